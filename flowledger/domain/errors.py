@@ -1,0 +1,64 @@
+"""One error hierarchy, rooted in FlowledgerError.
+
+Every message says what was wrong, where (workflow, handler, run, field) and
+what to do next. Connector errors (TransientError, AuthError, PermissionDenied,
+UncertainOutcome) are raised by tools; the engine turns them into run statuses.
+"""
+
+from __future__ import annotations
+
+
+class FlowledgerError(Exception):
+    """Base of every error flowledger raises on purpose."""
+
+
+class DefinitionError(FlowledgerError):
+    """A workflow definition cannot be registered as written (DESIGN §1.6)."""
+
+
+class ConfigurationError(FlowledgerError):
+    """The engine was configured wrongly (store URL, limits, policy)."""
+
+
+class NotFoundError(FlowledgerError):
+    """A workflow, run or session named by the caller does not exist."""
+
+
+class ActionNotApplicable(FlowledgerError):
+    """A person's decision does not apply to the run in its current state."""
+
+
+class LogicError(FlowledgerError):
+    """A handler broke a rule of DESIGN §1 (or raised): the run fails as `failed:logic`."""
+
+
+class InternalError(FlowledgerError):
+    """An engine or tool bug: the run fails as `failed:internal`."""
+
+
+class ConcurrencyError(FlowledgerError):
+    """Another process wrote to the same streams: this engine lost its session or lock."""
+
+
+class ToolError(FlowledgerError):
+    """Base of the errors a connector raises to say how a call went wrong."""
+
+
+class TransientError(ToolError):
+    """Timeouts, rate limits, network trouble: try again later."""
+
+
+class AuthError(ToolError):
+    """Credentials are missing or expired: a person must act."""
+
+
+class PermissionDenied(ToolError):
+    """The credentials lack a permission: a person must act."""
+
+
+class UncertainOutcome(ToolError):
+    """A mutator cannot tell whether its effect happened: reconcile."""
+
+
+class InvalidArgument(FlowledgerError, ValueError):
+    """A call into the API was given a value it cannot use."""

@@ -1,0 +1,202 @@
+"""The Workflow aggregate: definition fingerprint, status and the session lock.
+
+One open session per workflow (DESIGN §1.5): opening a session is an event on
+this stream, appended with optimistic concurrency, so two writers that read
+the same version can never both open one. Every later append of the session
+is fenced on this stream's version, so a holder that lost its lease (a
+takeover is an event here too) fails its next append.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+from uuid import UUID
+
+from flowledger.domain.aggregate import EventSourcedAggregate
+from flowledger.domain.errors import ConcurrencyError, InternalError
+from flowledger.domain.ids import workflow_id
+
+
+class WorkflowStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ERROR = "error"
+
+
+class SessionAlreadyOpen(ConcurrencyError):
+    """Another session of this workflow holds the lock."""
+
+
+class Workflow(EventSourcedAggregate):
+    append_order: ClassVar[int] = 3
+
+    def __init__(self) -> None:
+        self.name: str = ""
+        self.fingerprint: str = ""
+        self.topics: list[str] = []
+        self.handlers: list[str] = []
+        self.status: WorkflowStatus = WorkflowStatus.ACTIVE
+        self.reason: str | None = None
+        self.blocking_run: UUID | None = None
+        self.paused_until: datetime | None = None
+        self.open_session: UUID | None = None
+        self.session_owner: str | None = None
+        self.lease_until: datetime | None = None
+
+    class Registered(EventSourcedAggregate.Created):
+        name: str
+        fingerprint: str
+        topics: list[str]
+        handlers: list[str]
+
+        def apply(self, wf: Workflow) -> None:
+            wf.name = self.name
+            wf.fingerprint = self.fingerprint
+            wf.topics = list(self.topics)
+            wf.handlers = list(self.handlers)
+
+    class DefinitionChanged(EventSourcedAggregate.Event):
+        fingerprint: str
+        topics: list[str]
+        handlers: list[str]
+
+        def apply(self, wf: Workflow) -> None:
+            wf.fingerprint = self.fingerprint
+            wf.topics = list(self.topics)
+            wf.handlers = list(self.handlers)
+
+    class SessionOpened(EventSourcedAggregate.Event):
+        session_id: UUID
+        owner: str
+        lease_until: datetime
+
+        def apply(self, wf: Workflow) -> None:
+            wf.open_session = self.session_id
+            wf.session_owner = self.owner
+            wf.lease_until = self.lease_until
+
+    class LeaseRenewed(EventSourcedAggregate.Event):
+        session_id: UUID
+        lease_until: datetime
+
+        def apply(self, wf: Workflow) -> None:
+            wf.lease_until = self.lease_until
+
+    class SessionTakenOver(EventSourcedAggregate.Event):
+        session_id: UUID
+        previous_owner: str | None
+        owner: str
+        lease_until: datetime
+
+        def apply(self, wf: Workflow) -> None:
+            wf.session_owner = self.owner
+            wf.lease_until = self.lease_until
+
+    class SessionClosed(EventSourcedAggregate.Event):
+        session_id: UUID
+        result: str
+
+        def apply(self, wf: Workflow) -> None:
+            wf.open_session = None
+            wf.session_owner = None
+            wf.lease_until = None
+
+    class Paused(EventSourcedAggregate.Event):
+        reason: str
+        run_id: UUID | None
+        until: datetime | None
+
+        def apply(self, wf: Workflow) -> None:
+            wf.status = WorkflowStatus.PAUSED
+            wf.reason = self.reason
+            wf.blocking_run = self.run_id
+            wf.paused_until = self.until
+
+    class Errored(EventSourcedAggregate.Event):
+        reason: str
+        run_id: UUID | None
+
+        def apply(self, wf: Workflow) -> None:
+            wf.status = WorkflowStatus.ERROR
+            wf.reason = self.reason
+            wf.blocking_run = self.run_id
+            wf.paused_until = None
+
+    class Resumed(EventSourcedAggregate.Event):
+        reason: str
+
+        def apply(self, wf: Workflow) -> None:
+            wf.status = WorkflowStatus.ACTIVE
+            wf.reason = None
+            wf.blocking_run = None
+            wf.paused_until = None
+
+    # --------------------------------------------------------------- commands
+
+    @classmethod
+    def register(cls, *, now: datetime, name: str, fingerprint: str, topics: list[str],
+                 handlers: list[str]) -> Workflow:
+        return cls.start(cls.Registered, workflow_id(name), now, name=name,
+                         fingerprint=fingerprint, topics=topics, handlers=handlers)
+
+    def change_definition(self, now: datetime, fingerprint: str, topics: list[str],
+                          handlers: list[str]) -> None:
+        if fingerprint != self.fingerprint:
+            self.record(self.DefinitionChanged, now, fingerprint=fingerprint, topics=topics,
+                        handlers=handlers)
+
+    def lease_expired(self, now: datetime) -> bool:
+        return self.lease_until is not None and self.lease_until <= now
+
+    def open_session_for(self, now: datetime, session_id: UUID, owner: str,
+                         lease_until: datetime) -> None:
+        if self.open_session is not None:
+            raise SessionAlreadyOpen(
+                f"workflow {self.name!r} already has session {self.open_session} open "
+                f"(held by {self.session_owner}, lease until {self.lease_until})"
+            )
+        self.record(self.SessionOpened, now, session_id=session_id, owner=owner,
+                    lease_until=lease_until)
+
+    def renew_lease(self, now: datetime, lease_until: datetime) -> None:
+        if self.open_session is None:
+            raise InternalError(f"workflow {self.name!r} has no open session to renew")
+        self.record(self.LeaseRenewed, now, session_id=self.open_session,
+                    lease_until=lease_until)
+
+    def take_over_session(self, now: datetime, owner: str, lease_until: datetime,
+                          holder_dead: bool = False) -> UUID:
+        """Claim a session whose holder's lease ran out (or who is known to be dead).
+
+        The stale holder's next append is fenced on this stream's version: it fails.
+        """
+        if self.open_session is None:
+            raise InternalError(f"workflow {self.name!r} has no open session to take over")
+        if not (holder_dead or self.lease_expired(now)):
+            raise SessionAlreadyOpen(
+                f"session {self.open_session} of workflow {self.name!r} is held by "
+                f"{self.session_owner} until {self.lease_until}"
+            )
+        self.record(self.SessionTakenOver, now, session_id=self.open_session,
+                    previous_owner=self.session_owner, owner=owner, lease_until=lease_until)
+        return self.open_session
+
+    def close_session(self, now: datetime, session_id: UUID, result: str) -> None:
+        if self.open_session != session_id:
+            raise InternalError(
+                f"workflow {self.name!r}: session {session_id} is not the open session"
+            )
+        self.record(self.SessionClosed, now, session_id=session_id, result=result)
+
+    def pause(self, now: datetime, reason: str, run_id: UUID | None,
+              until: datetime | None) -> None:
+        self.record(self.Paused, now, reason=reason, run_id=run_id, until=until)
+
+    def error(self, now: datetime, reason: str, run_id: UUID | None) -> None:
+        self.record(self.Errored, now, reason=reason, run_id=run_id)
+
+    def resume(self, now: datetime, reason: str) -> None:
+        if self.status != WorkflowStatus.ACTIVE:
+            self.record(self.Resumed, now, reason=reason)

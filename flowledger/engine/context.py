@@ -1,0 +1,286 @@
+"""`ctx`: what a handler may do in the step it is in (DESIGN §1.1, §5).
+
+Everything a handler publishes, registers or reports is buffered here and only
+reaches the log when its run commits. A broken rule raises at once and is also
+remembered, so a handler that swallows the exception still fails.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from uuid import UUID
+
+from flowledger.domain import handler_rules as rules
+from flowledger.domain.errors import FlowledgerError, InternalError, LogicError, ToolError
+from flowledger.domain.handler_rules import Operation, RuleBroken, Step
+from flowledger.domain.ids import input_id as make_input_id
+from flowledger.domain.limits import Limits
+from flowledger.engine.definition import TopicMessage
+from flowledger.engine.tools import Tool, ToolMethod, reset_cost_sink, set_cost_sink
+from flowledger.infrastructure.codec import pack, unpack
+
+Peek = Callable[[str, int | None], list[tuple[str, bytes]]]
+Perform = Callable[[Tool, ToolMethod, tuple[Any, ...], dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    message_id: str
+    payload: bytes
+    input_id: UUID | None
+
+
+@dataclass(frozen=True)
+class InputRegistration:
+    input_id: UUID
+    source: str
+    type: str
+    external_id: str
+    title: str | None
+
+
+@dataclass(frozen=True)
+class Read:
+    tool: str
+    method: str
+    params: bytes
+    result: bytes
+
+
+class ToolProxy:
+    def __init__(self, ctx: HandlerContext, tool: Tool) -> None:
+        self._ctx, self._tool = ctx, tool
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        spec = type(self._tool).methods().get(method)
+        if spec is None:
+            raise self._ctx._broke(RuleBroken(
+                "tools are used through their marked methods",
+                f"{self._ctx.where}: {self._tool.tool_name()}.{method} is not a method marked "
+                "@fl.read or @fl.mutator; mark it, or call a marked one",
+            ))
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._ctx._call_tool(self._tool, spec, args, kwargs)
+
+        return call
+
+
+class ToolsView:
+    def __init__(self, ctx: HandlerContext) -> None:
+        self._ctx = ctx
+
+    def __getattr__(self, name: str) -> ToolProxy:
+        ctx = self._ctx
+        if ctx._declared_tools is not None and name not in ctx._declared_tools:
+            raise ctx._broke(rules.undeclared_tool(ctx.where, name, list(ctx._declared_tools)))
+        tool = ctx._tools.get(name)
+        if tool is None:
+            raise ctx._broke(RuleBroken(
+                "use only provided tools",
+                f"{ctx.where}: no tool named {name!r} was provided "
+                f"(provided: {sorted(ctx._tools)}); pass it in engine.register(..., tools=[...])",
+            ))
+        return ToolProxy(ctx, tool)
+
+
+class HandlerContext:
+    """The `ctx` a handler receives; one per step of one run."""
+
+    def __init__(self, *, workflow: str, handler: str, run_id: UUID, step: Step,
+                 now: Any, publishes: tuple[str, ...], subscribe: tuple[str, ...],
+                 tools: dict[str, Tool], declared_tools: tuple[str, ...] | None,
+                 limits: Limits, new_message_id: Callable[[], str],
+                 peek: Peek | None = None, perform: Perform | None = None,
+                 input_known: Callable[[UUID], bool] | None = None) -> None:
+        self.workflow = workflow
+        self.handler = handler
+        self.run_id = run_id
+        self.now = now
+        self.step = step
+        self.tools = ToolsView(self)
+        self.where = f"workflow {workflow!r}, {step.value} of {handler!r}, run {run_id}"
+        self._publishes_allowed = publishes
+        self._subscribe = subscribe
+        self._tools = tools
+        self._declared_tools = declared_tools
+        self._limits = limits
+        self._new_message_id = new_message_id
+        self._peek = peek
+        self._perform = perform
+        self._input_known = input_known
+        self._closed = False
+        self.violation: LogicError | None = None
+        self.tool_failure: InternalError | None = None
+        self.mutation_call: str | None = None
+        self.mutation_error: BaseException | None = None
+        self.published: dict[tuple[str, str], Publish] = {}
+        self.inputs: dict[UUID, InputRegistration] = {}
+        self.costs: list[tuple[Decimal, str]] = []
+        self.reads: list[Read] = []
+
+    # ------------------------------------------------------------ the rules
+
+    def _broke(self, error: LogicError) -> LogicError:
+        if self.violation is None:
+            self.violation = error
+        return error
+
+    def _guard(self, op: Operation) -> None:
+        if self._closed:
+            raise self._broke(RuleBroken(
+                "ctx lives for one step",
+                f"{self.where}: tried to {op.value} after the step ended; do all work "
+                "inside the handler call",
+            ))
+        if self.mutation_call is not None and op is not Operation.ADD_COST:
+            raise self._broke(rules.call_after_mutation(self.where, op.value))
+        try:
+            rules.check_allowed(self.step, op, self.where)
+        except LogicError as e:
+            raise self._broke(e) from None
+
+    def close(self) -> None:
+        self._closed = True
+
+    def raise_if_broken(self) -> None:
+        if self.tool_failure is not None:
+            raise self.tool_failure
+        if self.violation is not None:
+            raise self.violation
+
+    # ---------------------------------------------------------- operations
+
+    def publish(self, topic: str, message_id: str | None = None, payload: Any = None,
+                input_id: UUID | None = None) -> str:
+        """Publish (or replace, by message_id) a message; visible once the run commits."""
+        self._guard(Operation.PUBLISH)
+        if topic not in self._publishes_allowed:
+            raise self._broke(rules.undeclared_topic(self.where, topic,
+                                                     list(self._publishes_allowed)))
+        if self.step is Step.NEXT and input_id is not None:
+            raise self._broke(rules.input_id_in_next(self.where))
+        if message_id is None:
+            message_id = self._new_message_id()
+        if not isinstance(message_id, str) or not message_id:
+            raise self._broke(LogicError(
+                f"{self.where}: message_id must be a non-empty string, got {message_id!r}"))
+        if input_id is not None and input_id not in self.inputs and not (
+            self._input_known and self._input_known(input_id)
+        ):
+            raise self._broke(rules.unknown_input(self.where, input_id))
+        data = self._pack(payload, f"payload of {topic}/{message_id}", "payload")
+        self.published[(topic, message_id)] = Publish(topic, message_id, data, input_id)
+        return message_id
+
+    def register_input(self, source: str, type: str, id: str | int,
+                       title: str | None = None) -> UUID:
+        """Record an external thing this workflow handles; the same triple, the same id."""
+        self._guard(Operation.REGISTER_INPUT)
+        if isinstance(id, int) and not isinstance(id, bool):
+            id = str(id)
+        for name, value in (("source", source), ("type", type), ("id", id)):
+            if not isinstance(value, str) or not value:
+                raise self._broke(LogicError(
+                    f"{self.where}: register_input needs a non-empty string {name}, "
+                    f"got {value!r}"))
+        if title is not None:
+            if not isinstance(title, str):
+                raise self._broke(LogicError(f"{self.where}: input title must be a string"))
+            self._check_size("title", len(title.encode()), f"title of input {source}/{id}")
+        new_id = make_input_id(self.workflow, source, type, id)
+        self.inputs.setdefault(new_id, InputRegistration(new_id, source, type, id, title))
+        return new_id
+
+    def peek(self, topic: str, limit: int | None = None) -> list[TopicMessage]:
+        """Pending messages of a subscribed topic, oldest first."""
+        self._guard(Operation.PEEK)
+        if topic not in self._subscribe:
+            raise self._broke(rules.unsubscribed_topic(self.where, topic, list(self._subscribe),
+                                                       "peek"))
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise self._broke(LogicError(f"{self.where}: peek limit must be an int >= 0"))
+        assert self._peek is not None
+        return [TopicMessage(topic, m, unpack(p)) for m, p in self._peek(topic, limit)]
+
+    def add_cost(self, amount: Decimal | int | float | str, label: str = "") -> None:
+        """Report a cost of this run; exact decimals, summed into the session."""
+        self._guard(Operation.ADD_COST)
+        self.costs.append((self._amount(amount), str(label)))
+
+    # -------------------------------------------------------------- helpers
+
+    def _amount(self, amount: Any) -> Decimal:
+        if isinstance(amount, bool) or not isinstance(amount, Decimal | int | float | str):
+            raise self._broke(LogicError(
+                f"{self.where}: add_cost needs a Decimal, int or str amount, got {amount!r}"))
+        if isinstance(amount, float) and not math.isfinite(amount):
+            raise self._broke(LogicError(f"{self.where}: cost {amount!r} is not a number"))
+        try:
+            value = Decimal(str(amount)) if isinstance(amount, float) else Decimal(amount)
+        except InvalidOperation:
+            raise self._broke(LogicError(
+                f"{self.where}: cost {amount!r} is not a decimal number")) from None
+        if not value.is_finite() or value < 0:
+            raise self._broke(LogicError(
+                f"{self.where}: cost must be a finite amount >= 0, got {amount!r}"))
+        return value
+
+    def _check_size(self, field: str, size: int, what: str) -> None:
+        try:
+            self._limits.check(field, size, f"{self.where}, {what}")
+        except LogicError as e:
+            raise self._broke(e) from None
+
+    def _pack(self, value: Any, what: str, field: str) -> bytes:
+        try:
+            data = pack(value, self.where, what)
+        except LogicError as e:
+            raise self._broke(e) from None
+        self._check_size(field, len(data), what)
+        return data
+
+    def _call_tool(self, tool: Tool, spec: ToolMethod, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+        name = f"{tool.tool_name()}.{spec.name}"
+        if spec.kind == "mutator":
+            self._guard(Operation.MUTATE)
+            if self.mutation_call is not None:
+                raise self._broke(rules.second_mutation(self.where, self.mutation_call, name))
+            self.mutation_call = name
+            assert self._perform is not None
+            return self._perform(tool, spec, args, kwargs)
+        self._guard(Operation.READ)
+        params = self._pack({"args": list(args), "kwargs": kwargs},
+                            f"parameters of {name}", "params")
+        token = set_cost_sink(self._tool_cost)
+        try:
+            value = getattr(tool, spec.name)(*args, **kwargs)
+        except (ToolError, FlowledgerError):
+            raise
+        except Exception as e:
+            self.tool_failure = InternalError(
+                f"{self.where}: tool read {name} raised {type(e).__name__}: {e}. This is a bug "
+                "in the tool: tools signal trouble with fl.TransientError, fl.AuthError, "
+                "fl.PermissionDenied or fl.UncertainOutcome"
+            )
+            raise self.tool_failure from e
+        finally:
+            reset_cost_sink(token)
+        try:
+            result = pack(value, self.where, f"result of {name}")
+        except LogicError as e:
+            self.tool_failure = InternalError(str(e))
+            raise self.tool_failure from None
+        self._check_size("read", len(result), f"result of {name}")
+        self.reads.append(Read(tool.tool_name(), spec.name, params, result))
+        # Hand back what the log holds, so a replay sees exactly what this run saw.
+        return unpack(result)
+
+    def _tool_cost(self, amount: Any, label: str) -> None:
+        self.costs.append((self._amount(amount), label))

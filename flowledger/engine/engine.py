@@ -1,0 +1,377 @@
+"""`fl.Engine`: the one object an embedding application talks to (DESIGN §5)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+from uuid import UUID
+
+from flowledger.domain.continuation import Step as Continue
+from flowledger.domain.continuation import continuation
+from flowledger.domain.errors import (
+    ActionNotApplicable,
+    ConcurrencyError,
+    DefinitionError,
+    InvalidArgument,
+    NotFoundError,
+)
+from flowledger.domain.handler_run import HandlerRun
+from flowledger.domain.ids import topic_event_id, workflow_id
+from flowledger.domain.limits import Limits
+from flowledger.domain.mutation_ledger import MutationState
+from flowledger.domain.phases import RunStatus
+from flowledger.domain.session import Session, Trigger
+from flowledger.domain.workflow import Workflow, WorkflowStatus
+from flowledger.engine.clock import Clock, IdFactory, SystemClock, random_ids
+from flowledger.engine.definition import Workflow as WorkflowDefinition
+from flowledger.engine.faults import from_environment
+from flowledger.engine.handler_runs import SessionScope
+from flowledger.engine.policy import RetryPolicy
+from flowledger.engine.registration import Registration
+from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
+from flowledger.engine.streams import Streams
+from flowledger.engine.tools import Tool
+from flowledger.infrastructure.codec import unpack
+from flowledger.infrastructure.event_log import EventLog
+from flowledger.infrastructure.store_url import DEFAULT_STORE
+from flowledger.projections import pending_work
+from flowledger.projections.pending_work import PendingWork, RunRow, WorkflowRow
+from flowledger.projections.runner import ProjectionRunner
+
+Action = Literal["retry_reconcile", "did_not_happen", "skip"]
+ACTIONS: tuple[str, ...] = ("retry_reconcile", "did_not_happen", "skip")
+
+
+@dataclass(frozen=True)
+class BlockedRun:
+    """A run waiting for a person, with what it attempted and what can be done."""
+
+    run_id: UUID
+    workflow: str
+    handler: str
+    status: str
+    reason: str | None
+    tool: str | None
+    method: str | None
+    params: Any
+    mutation_state: str | None
+    actions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    workflows: list[WorkflowRow]
+    open_sessions: list[tuple[UUID, UUID, str, datetime | None]]
+    unfinished_runs: list[RunRow]
+    blocked: list[BlockedRun]
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether a lock holder may still be running (False only when provably dead)."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Engine:
+    """Runs registered workflows against one store (SQLite file, PostgreSQL, memory)."""
+
+    def __init__(self, store: str = DEFAULT_STORE, *, clock: Clock | None = None,
+                 ids: IdFactory | None = None, limits: Limits | None = None,
+                 policy: RetryPolicy | None = None,
+                 checkpoint: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.ids = ids or random_ids
+        self.limits = limits or Limits()
+        self.policy = policy or RetryPolicy()
+        self.checkpoint = checkpoint or from_environment()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.log = EventLog.open(store)
+        self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
+                                            [PendingWork()])
+        self.log.set_after_insert(self.projections.apply_inline)
+        self.projections.catch_up()
+        self._registered: dict[str, Registration] = {}
+
+    def close(self) -> None:
+        self.log.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------- registration
+
+    def register(self, workflow: WorkflowDefinition, tools: Iterable[Tool] = ()) -> None:
+        """Pre-flight validation (DESIGN §1.6), then record the workflow if it is new."""
+        if not isinstance(workflow, WorkflowDefinition):
+            raise DefinitionError(f"engine.register takes an fl.Workflow, got {workflow!r}")
+        by_name: dict[str, Tool] = {}
+        for tool in tools:
+            if not isinstance(tool, Tool):
+                raise DefinitionError(
+                    f"workflow {workflow.name!r}: tools must be fl.Tool instances, got {tool!r}")
+            type(tool).check_definition()
+            if tool.tool_name() in by_name:
+                raise DefinitionError(f"workflow {workflow.name!r}: two tools are named "
+                                      f"{tool.tool_name()!r}; give one a different `name`")
+            by_name[tool.tool_name()] = tool
+        workflow.check(by_name)
+        wf_id = workflow_id(workflow.name)
+        with self.log.reading() as c:
+            unfinished = pending_work.unfinished_runs(c, wf_id)
+        known = set(workflow.handler_names)
+        orphans: dict[str, list[UUID]] = {}
+        for row in unfinished:
+            if row.handler not in known:
+                orphans.setdefault(row.handler, []).append(row.run_id)
+        if orphans:
+            lines = [f"handler {h!r} not found; it has {len(ids)} incomplete "
+                     f"run{'s' if len(ids) != 1 else ''} ({', '.join(str(i) for i in ids)})"
+                     for h, ids in orphans.items()]
+            raise DefinitionError(
+                f"workflow {workflow.name!r} cannot be registered: " + "; ".join(lines)
+                + ". Keep the handler in the code until its runs are finished.")
+        if self.log.load(wf_id) is None:
+            wf = Workflow.register(now=self.clock.now(), name=workflow.name,
+                                   fingerprint=workflow.fingerprint(),
+                                   topics=list(workflow.topics),
+                                   handlers=workflow.handler_names)
+            with contextlib.suppress(ConcurrencyError):  # registered by another process
+                self.log.append(wf)
+        self._registered[workflow.name] = Registration(workflow, by_name, wf_id)
+
+    def _registration(self, name: str) -> Registration:
+        if isinstance(name, WorkflowDefinition):
+            name = name.name
+        reg = self._registered.get(name)
+        if reg is None:
+            raise NotFoundError(
+                f"workflow {name!r} is not registered with this engine; call "
+                f"engine.register(workflow, tools=[...]) first (registered: "
+                f"{sorted(self._registered) or 'none'})")
+        return reg
+
+    # ------------------------------------------------------------- sessions
+
+    def _scope_factory(self, reg: Registration) -> Callable[[Streams, Workflow, Session],
+                                                             SessionScope]:
+        def make(streams: Streams, wf: Workflow, session: Session) -> SessionScope:
+            return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
+                                self.limits, self.policy, self.checkpoint)
+
+        return make
+
+    def run_session(self, workflow: str, trigger: str = "manual", max_iterations: int = 100,
+                    max_cost: Decimal | int | str | None = None) -> SessionResult:
+        """Producers (unless trigger="event"), then consumers until no work or a budget ends."""
+        reg = self._registration(workflow)
+        request = self._request(trigger, max_iterations, max_cost)
+        runner = SessionRunner(reg, self._scope_factory(reg))
+        streams = Streams(self.log)
+        now = self.clock.now()
+        self.checkpoint("before_append:session_open")
+        opened = runner.open_new(streams, request, self.owner, now,
+                                 self.policy.lease_until(now), self.ids())
+        if isinstance(opened, SessionResult):
+            return opened
+        self.checkpoint("after_append:session_open")
+        assert streams.fenced_on is not None
+        return runner.run(streams, streams.fenced_on, opened, request)
+
+    @staticmethod
+    def _request(trigger: str, max_iterations: int, max_cost: Any) -> SessionRequest:
+        try:
+            trig = Trigger(trigger)
+        except ValueError:
+            raise InvalidArgument(f"trigger {trigger!r} is not one of "
+                                  f"{[t.value for t in Trigger]}") from None
+        if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or (
+                max_iterations < 0):
+            raise InvalidArgument(f"max_iterations must be an int >= 0, got {max_iterations!r}")
+        cost: Decimal | None = None
+        if max_cost is not None:
+            try:
+                cost = Decimal(str(max_cost))
+            except InvalidOperation:
+                raise InvalidArgument(f"max_cost must be a decimal number, got {max_cost!r}"
+                                      ) from None
+            if not cost.is_finite() or cost < 0:
+                raise InvalidArgument(f"max_cost must be a finite amount >= 0, got {max_cost!r}")
+        return SessionRequest(trig, max_iterations, cost)
+
+    # ------------------------------------------------------------- recovery
+
+    def recover(self) -> list[SessionResult]:
+        """Finish what a crash left, from the log: take over dead sessions and continue them."""
+        results: list[SessionResult] = []
+        for name, reg in self._registered.items():
+            wf: Workflow | None = self.log.load(reg.workflow_id)
+            if wf is None or wf.open_session is None:
+                continue
+            now = self.clock.now()
+            alive = _owner_alive(wf.session_owner)
+            if alive and not wf.lease_expired(now):
+                results.append(SessionResult(
+                    "busy", name, wf.open_session, error=(
+                        f"session {wf.open_session} is held by {wf.session_owner}, which may "
+                        f"still be running (lease until {wf.lease_until}); nothing was done")))
+                continue
+            session_id = wf.take_over_session(now, self.owner, self.policy.lease_until(now),
+                                              holder_dead=not alive)
+            session: Session | None = self.log.load(session_id)
+            assert session is not None
+            streams = Streams(self.log)
+            streams.pin(session)
+            streams.fence_on(wf)
+            try:
+                streams.append()
+            except ConcurrencyError:
+                results.append(SessionResult("busy", name, session_id,
+                                             error="another process took the session over"))
+                continue
+            request = SessionRequest(session.trigger, session.max_iterations, session.max_cost)
+            runner = SessionRunner(reg, self._scope_factory(reg))
+            results.append(runner.run(streams, wf, session, request))
+        return results
+
+    # ------------------------------------------------------------ decisions
+
+    def resolve(self, run_id: UUID | str, action: str) -> None:
+        """A person's decision on a mutation whose outcome is unknown (DESIGN §1.4)."""
+        if action not in ACTIONS:
+            raise InvalidArgument(f"action {action!r} is not one of {list(ACTIONS)}")
+        run = self._load_run(run_id)
+        m = run.mutation
+        if m is None or m.state not in (MutationState.INDETERMINATE,
+                                        MutationState.NEEDS_RECONCILE):
+            state = m.state.value if m else "no mutation"
+            raise ActionNotApplicable(
+                f"run {run.id} ({run.handler}): its mutation is {state}; resolve applies only "
+                "to a mutation whose outcome is unknown (indeterminate or needs_reconcile). "
+                "Nothing was changed.")
+        if action == "retry_reconcile" and m.reconcile is None:
+            raise ActionNotApplicable(
+                f"run {run.id}: tool {m.tool!r} has no reconcile method for {m.method!r}, so "
+                "reconciliation cannot be retried; choose did_not_happen or skip. Nothing "
+                "was changed.")
+        wf: Workflow | None = self.log.load(run.workflow_id)
+        assert wf is not None
+        if wf.open_session is not None:
+            raise ActionNotApplicable(
+                f"workflow {wf.name!r} has session {wf.open_session} open; decide once it has "
+                "closed. Nothing was changed.")
+        now = self.clock.now()
+        changed: list[Any] = [run, wf]
+        if action == "retry_reconcile":
+            run.mutation_needs_reconcile(now, "a person asked to reconcile again", 0, now)
+        elif action == "did_not_happen":
+            run.mutation_failed(now, "a person said it did not happen", via="person")
+            for t, mid in run.reserved_message_ids:
+                event = self.log.load(topic_event_id(run.workflow, t, mid))
+                if event is not None and event.reserved_by == run.id:
+                    event.release(now, run.id)
+                    changed.append(event)
+            run.release_reservations(now)
+            run.pause(now, RunStatus.PAUSED_TRANSIENT, "a person said the mutation did not "
+                      "happen; a fresh run may mutate again", retry_at=now)
+        else:
+            run.mutation_skipped(now, "a person chose to skip it")
+            run.mutated(now, "skipped")
+            run.reactivate(now, "a person chose to skip the mutation")
+        wf.resume(now, f"a person decided {action} for run {run.id}")
+        self.log.append(*changed)
+
+    def resume(self, workflow: str) -> bool:
+        """Lift a workflow's `paused`/`error` status once a person has dealt with the cause."""
+        reg_name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
+        wf: Workflow | None = self.log.load(workflow_id(reg_name))
+        if wf is None:
+            raise NotFoundError(f"no workflow named {reg_name!r} in store {self.store}")
+        if wf.status == WorkflowStatus.ACTIVE:
+            return False
+        for blocked in self.blocked():
+            if blocked.workflow == wf.name and "did_not_happen" in blocked.actions:
+                raise ActionNotApplicable(
+                    f"run {blocked.run_id} of {wf.name!r} has a mutation whose outcome is "
+                    f"unknown; decide first with `flowledger resolve {blocked.run_id} "
+                    f"{'|'.join(blocked.actions)}`. Nothing was changed.")
+        wf.resume(self.clock.now(), "resumed by a person")
+        self.log.append(wf)
+        return True
+
+    def _load_run(self, run_id: UUID | str) -> HandlerRun:
+        try:
+            rid = run_id if isinstance(run_id, UUID) else UUID(str(run_id))
+        except ValueError:
+            raise InvalidArgument(f"{run_id!r} is not a run id (a UUID)") from None
+        run = self.log.load(rid)
+        if not isinstance(run, HandlerRun):
+            raise NotFoundError(f"no run {rid} in store {self.store}")
+        return run
+
+    # ------------------------------------------------------------- queries
+
+    def run(self, run_id: UUID | str) -> HandlerRun:
+        """A run as its stream tells it now."""
+        return self._load_run(run_id)
+
+    def blocked(self) -> list[BlockedRun]:
+        """Everything waiting for a person (DESIGN §1.4)."""
+        with self.log.reading() as c:
+            rows = pending_work.unfinished_runs(c)
+            names = {w.workflow_id: w for w in pending_work.workflows(c)}
+        found: list[BlockedRun] = []
+        now = self.clock.now()
+        for row in rows:
+            wf_row = names.get(row.workflow_id)
+            if row.status == RunStatus.ACTIVE.value:
+                continue
+            run = self._load_run(row.run_id)
+            step, _ = continuation(run, cleared=False, now=now)
+            if step is not Continue.BLOCKED and not (
+                    wf_row is not None and wf_row.status == "error"
+                    and wf_row.blocking_run == run.id):
+                continue
+            m = run.mutation
+            actions: tuple[str, ...] = ()
+            if m is not None and m.state in (MutationState.INDETERMINATE,
+                                             MutationState.NEEDS_RECONCILE):
+                actions = tuple(a for a in ACTIONS if a != "retry_reconcile" or m.reconcile)
+            else:
+                actions = ("resume",)
+            found.append(BlockedRun(
+                run.id, run.workflow, run.handler, run.status.value, run.reason,
+                m.tool if m else None, m.method if m else None,
+                unpack(m.params) if m else None, m.state.value if m else None, actions))
+        return found
+
+    def status(self) -> EngineStatus:
+        with self.log.reading() as c:
+            wfs = pending_work.workflows(c)
+            sessions = pending_work.open_sessions(c)
+            unfinished = pending_work.unfinished_runs(c)
+        return EngineStatus(wfs, sessions, unfinished, self.blocked())

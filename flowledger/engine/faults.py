@@ -1,0 +1,44 @@
+"""Fault injection, for tests only: crash a real process at a named durable point.
+
+Set FLOWLEDGER_CRASH_AT to a point name (optionally `name#N` for its N-th time)
+and the process exits at once with code 86 when it gets there: no cleanup, no
+flush, like a power cut or a SIGKILL. Points:
+
+  before_append:LABEL / after_append:LABEL   around each append; LABEL is one of
+      session_open, in_flight, outcome, commit, producer_commit, failure,
+      session_close
+  before_call    between the in_flight append and the external call
+  after_call     between the call's return and recording its outcome
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+CRASH_EXIT_CODE = 86
+ENV = "FLOWLEDGER_CRASH_AT"
+
+
+def no_faults(point: str) -> None:
+    """The default checkpoint: does nothing."""
+
+
+def crash_at(spec: str) -> Callable[[str], None]:
+    name, _, nth = spec.partition("#")
+    wanted = int(nth) if nth else 1
+    seen = 0
+
+    def checkpoint(point: str) -> None:
+        nonlocal seen
+        if point == name:
+            seen += 1
+            if seen == wanted:
+                os._exit(CRASH_EXIT_CODE)
+
+    return checkpoint
+
+
+def from_environment() -> Callable[[str], None]:
+    spec = os.environ.get(ENV, "").strip()
+    return crash_at(spec) if spec else no_faults

@@ -1,0 +1,632 @@
+"""Drives one handler run through its phases (DESIGN §1.3, §1.4, §2.2).
+
+Durable points, the only appends of a run:
+  consumer with a mutation: (1) prepared + reservations + mutation in_flight,
+  before the external call; (2) the outcome + mutated; (3) the commit.
+  consumer that reserves nothing, or whose mutate calls no mutator: one append.
+  producer: one append. A failure ends the run with one more append at most.
+Every phase change is still its own event; events are appended together where
+no external effect lies between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from flowledger.domain import handler_rules as rules
+from flowledger.domain.continuation import Attempt, attempt_number
+from flowledger.domain.continuation import Step as Continue
+from flowledger.domain.errors import (
+    AuthError,
+    InternalError,
+    LogicError,
+    PermissionDenied,
+    TransientError,
+    UncertainOutcome,
+)
+from flowledger.domain.failures import describe, status_for
+from flowledger.domain.handler_rules import Step
+from flowledger.domain.handler_run import HandlerRun, OutcomeStatus
+from flowledger.domain.handler_state import HandlerState
+from flowledger.domain.ids import handler_state_id, topic_event_id
+from flowledger.domain.input_record import Input
+from flowledger.domain.limits import Limits
+from flowledger.domain.mutation_ledger import MutationState
+from flowledger.domain.phases import Phase, RunKind, RunStatus
+from flowledger.domain.session import Session
+from flowledger.domain.topic_event import TopicEvent
+from flowledger.domain.workflow import Workflow
+from flowledger.engine.clock import Clock, IdFactory
+from flowledger.engine.context import HandlerContext
+from flowledger.engine.definition import ConsumerSpec, Outcome, Prepared, ProducerSpec
+from flowledger.engine.policy import RetryPolicy
+from flowledger.engine.streams import Streams
+from flowledger.engine.tools import Reconciliation, Tool, ToolMethod, reset_cost_sink, set_cost_sink
+from flowledger.infrastructure.codec import NONE_PACKED, pack, unpack
+from flowledger.projections import pending_work
+
+Checkpoint = Callable[[str], None]
+
+DEFINITE_FAILURES = (TransientError, AuthError, PermissionDenied)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: UUID
+    handler: str
+    kind: RunKind
+    status: RunStatus
+    reason: str | None = None
+    declined: bool = False  # a consumer that reserved nothing
+
+    @property
+    def committed(self) -> bool:
+        return self.status is RunStatus.COMMITTED
+
+
+@dataclass
+class SessionScope:
+    """What every run of one session shares."""
+
+    streams: Streams
+    workflow: Workflow
+    session: Session
+    tools: dict[str, Tool]
+    clock: Clock
+    ids: IdFactory
+    limits: Limits
+    policy: RetryPolicy
+    checkpoint: Checkpoint
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def append(self, label: str) -> int:
+        """A durable point. `checkpoint` lets tests crash a real process around it."""
+        self.checkpoint(f"before_append:{label}")
+        now = self.now()
+        wf = self.workflow
+        if wf.open_session == self.session.id and wf.lease_until is not None and (
+            wf.lease_until - now).total_seconds() < self.policy.lease_seconds / 2:
+            wf.renew_lease(now, self.policy.lease_until(now))
+        position = self.streams.append()
+        self.checkpoint(f"after_append:{label}")
+        return position
+
+
+class _MutationCall:
+    """What became of the one mutator call of a run."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None  # the tool's own exception, if any
+        self.result_problem: InternalError | None = None
+
+
+class RunDriver:
+    def __init__(self, scope: SessionScope) -> None:
+        self.s = scope
+        self._cost_before: dict[UUID, Decimal] = {}  # runs continued from an earlier session
+
+    def _spent(self, run: HandlerRun) -> Decimal:
+        """What the run spent while this session worked on it."""
+        return run.cost - self._cost_before.get(run.id, Decimal(0))
+
+    # ------------------------------------------------------------ shared
+
+    @property
+    def _wf(self) -> str:
+        return self.s.workflow.name
+
+    def _new_run(self, kind: RunKind, handler: str, retry_of: HandlerRun | None = None,
+                 attempt: int | None = None) -> HandlerRun:
+        now = self.s.now()
+        run = HandlerRun.create(id=self.s.ids(), now=now, workflow_id=self.s.workflow.id,
+                                workflow=self._wf, session_id=self.s.session.id, kind=kind,
+                                handler=handler, retry_of=retry_of, attempt=attempt)
+        self.s.streams.pin(run)
+        self.s.session.run_started(now, run.id, handler, kind)
+        return run
+
+    def _context(self, run: HandlerRun, step: Step, publishes: tuple[str, ...],
+                 subscribe: tuple[str, ...], declared_tools: tuple[str, ...] | None,
+                 perform: Any = None) -> HandlerContext:
+        wf_id = self.s.workflow.id
+        log = self.s.streams.log
+
+        def peek(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
+            with log.reading() as c:
+                return [(m.message_id, m.payload)
+                        for m in pending_work.pending_messages(c, wf_id, topic, limit)]
+
+        return HandlerContext(
+            workflow=self._wf, handler=run.handler, run_id=run.id, step=step,
+            now=self.s.now(), publishes=publishes, subscribe=subscribe, tools=self.s.tools,
+            declared_tools=declared_tools, limits=self.s.limits,
+            new_message_id=lambda: self.s.ids().hex, peek=peek, perform=perform,
+            input_known=lambda i: self.s.streams.get(i) is not None,
+        )
+
+    def _flush(self, ctx: HandlerContext, run: HandlerRun) -> None:
+        """Reads and costs of a step become events of the run, in the order they happened."""
+        now = self.s.now()
+        for r in ctx.reads:
+            run.record_read(now, r.tool, r.method, r.params, r.result)
+        for amount, label in ctx.costs:
+            run.add_cost(now, amount, label)
+        ctx.reads.clear()
+        ctx.costs.clear()
+
+    def _state(self, handler: str) -> tuple[HandlerState | None, Any]:
+        agg = self.s.streams.get(handler_state_id(self._wf, handler))
+        return agg, (unpack(agg.state) if agg is not None else None)
+
+    def _reserved_events(self, run: HandlerRun) -> list[TopicEvent]:
+        return [self.s.streams.get(topic_event_id(self._wf, t, m))
+                for t, m in run.reserved_message_ids]
+
+    # ------------------------------------------------------------ ending a run
+
+    def _settle(self, run: HandlerRun, status: RunStatus, reason: str,
+                retry_at: datetime | None = None, label: str = "failure") -> RunResult:
+        """End a run that did not commit: pause or fail it, in one append.
+
+        Reservations go back to pending only when the mutation is known not to
+        have happened (or was never attempted); otherwise they stay with the run.
+        """
+        now = self.s.now()
+        wf = self.s.workflow
+        keeps = run.outcome in ("applied", "skipped") or (
+            run.mutation is not None and run.mutation.state is not MutationState.FAILED)
+        if not keeps:
+            self._release(run)
+        give_up = False
+        if status is RunStatus.PAUSED_TRANSIENT and retry_at is None:
+            retry_at = self.s.policy.transient_retry_at(now, run.attempt)
+            give_up = retry_at is None
+        if status.is_paused:
+            run.pause(now, status, reason, retry_at)
+            if give_up:
+                wf.error(now, f"run {run.id} ({run.handler}) gave up after {run.attempt} "
+                         f"attempts: {reason}", run.id)
+            else:
+                wf.pause(now, f"run {run.id} ({run.handler}) is {status.value}: {reason}",
+                         run.id, retry_at)
+        else:
+            run.fail(now, status, reason)
+            wf.error(now, f"run {run.id} ({run.handler}) {status.value}: {reason}", run.id)
+        self.s.session.run_ended(now, run.id, status.value, self._spent(run))
+        self.s.append(label)
+        self.s.streams.unpin(run)
+        return RunResult(run.id, run.handler, run.kind, status, reason)
+
+    def _release(self, run: HandlerRun) -> None:
+        now = self.s.now()
+        if run.holds_reservations:
+            for event in self._reserved_events(run):
+                if event.reserved_by == run.id:
+                    event.release(now, run.id)
+            run.release_reservations(now)
+
+    def _fail(self, run: HandlerRun, error: BaseException) -> RunResult:
+        return self._settle(run, status_for(error), describe(error))
+
+    # ------------------------------------------------------------ producers
+
+    def run_producer(self, spec: ProducerSpec, retry_of: HandlerRun | None = None,
+                     attempt: int | None = None) -> RunResult:
+        run = self._new_run(RunKind.PRODUCER, spec.name, retry_of, attempt)
+        if retry_of is not None:
+            retry_of.supersede(self.s.now(), run.id, "run again by a fresh run")
+        run.start_executing(self.s.now())
+        state_agg, state = self._state(spec.name)
+        ctx = self._context(run, Step.EXECUTE, spec.publishes, (), spec.tools)
+        try:
+            returned = spec.func(ctx, state)
+            ctx.raise_if_broken()
+            new_state = self._pack_state(returned, ctx)
+        except Exception as e:
+            self._flush(ctx, run)
+            return self._fail(run, ctx.tool_failure or ctx.violation or e)
+        finally:
+            ctx.close()
+        self._flush(ctx, run)
+        return self._commit(run, ctx, new_state, state_agg, caused_by=None, reserved=[],
+                            label="producer_commit")
+
+    def _pack_state(self, returned: Any, ctx: HandlerContext) -> bytes | None:
+        if returned is None:
+            return None  # None keeps the state as it was
+        return ctx._pack(returned, "returned state", "state")
+
+    # ------------------------------------------------------------ consumers
+
+    def run_consumer(self, spec: ConsumerSpec, retry_of: HandlerRun | None = None,
+                     attempt: int | None = None) -> RunResult:
+        run = self._new_run(RunKind.CONSUMER, spec.name, retry_of, attempt)
+        now = self.s.now()
+        if retry_of is not None:
+            # Its mutation is known not to have happened (or never started): its
+            # reservations go back to pending, and this run prepares afresh.
+            self._release(retry_of)
+            retry_of.supersede(now, run.id, "retried by a fresh run")
+        run.start_preparing(now)
+        ctx = self._context(run, Step.PREPARE, (), spec.subscribe, spec.tools)
+        try:
+            handler = spec.cls()
+            _, state = self._state(spec.name)
+            returned = handler.prepare(ctx, state)
+            ctx.raise_if_broken()
+            reservations, events, data, title, wake_at = self._check_prepared(
+                returned, spec, run, ctx)
+        except Exception as e:
+            self._flush(ctx, run)
+            return self._fail(run, ctx.tool_failure or ctx.violation or e)
+        finally:
+            ctx.close()
+        self._flush(ctx, run)
+        now = self.s.now()
+        run.prepared(now, reservations, data, title, wake_at)
+        for event in events:
+            event.reserve(now, run.id, run.chain_id)
+        prepared = Prepared(reservations, unpack(data), title, wake_at)
+        if not events:
+            return self._emit(run, spec, handler, prepared, Outcome("none"), declined=True)
+        if spec.has_mutate:
+            run.start_mutating(self.s.now())
+            ended = self._mutate(run, spec, handler, prepared)
+            if ended is not None:
+                return ended
+        return self._emit(run, spec, handler, prepared, self._outcome(run))
+
+    def _outcome(self, run: HandlerRun) -> Outcome:
+        status: OutcomeStatus = run.outcome or "none"
+        return Outcome(status, unpack(run.outcome_result) if status == "applied" else None)
+
+    def _check_prepared(self, returned: Any, spec: ConsumerSpec, run: HandlerRun,
+                        ctx: HandlerContext) -> tuple[dict[str, list[str]], list[TopicEvent],
+                                                      bytes, str | None, datetime | None]:
+        where = ctx.where
+        if returned is None:
+            returned = Prepared()
+        if not isinstance(returned, Prepared):
+            raise LogicError(f"{where}: prepare must return fl.Prepared(...) (or None when "
+                             f"there is nothing to do), got {type(returned).__name__}")
+        if not isinstance(returned.reservations, dict):
+            raise LogicError(f"{where}: Prepared.reservations must be a dict "
+                             "{topic: [message_id, ...]}")
+        reservations: dict[str, list[str]] = {}
+        events: list[TopicEvent] = []
+        for topic, ids in returned.reservations.items():
+            if topic not in spec.subscribe:
+                raise rules.unsubscribed_topic(where, topic, list(spec.subscribe), "reserve from")
+            if isinstance(ids, str) or not hasattr(ids, "__iter__"):
+                raise LogicError(f"{where}: reservations[{topic!r}] must be a list of "
+                                 f"message ids, got {ids!r}")
+            chosen = list(dict.fromkeys(ids))
+            for message_id in chosen:
+                event = self.s.streams.get(topic_event_id(self._wf, topic, str(message_id)))
+                if event is None:
+                    raise rules.unreservable_message(where, topic, message_id, "unknown")
+                if not event.may_be_reserved_by(run.chain_id):
+                    raise rules.unreservable_message(where, topic, message_id,
+                                                     event.status.value)
+                events.append(event)
+            if chosen:
+                reservations[topic] = [str(m) for m in chosen]
+        data = ctx._pack(returned.data, "Prepared.data", "data")
+        title = returned.title
+        if title is not None:
+            if not isinstance(title, str):
+                raise LogicError(f"{where}: Prepared.title must be a string, got {title!r}")
+            ctx._check_size("title", len(title.encode()), "Prepared.title")
+        wake_at = returned.wake_at
+        if wake_at is not None and (not isinstance(wake_at, datetime) or wake_at.tzinfo is None):
+            raise LogicError(f"{where}: Prepared.wake_at must be a timezone-aware datetime "
+                             f"(e.g. datetime.now(UTC) + timedelta(...)), got {wake_at!r}")
+        return reservations, events, data, title, wake_at
+
+    # ------------------------------------------------------------ mutation
+
+    def _mutate(self, run: HandlerRun, spec: ConsumerSpec, handler: Any,
+                prepared: Prepared) -> RunResult | None:
+        """Run mutate; returns a RunResult if the run ended here, None to go on to next."""
+        call = _MutationCall()
+        ctx = self._context(run, Step.MUTATE, (), (), spec.tools)
+
+        def perform(tool: Tool, method: ToolMethod, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+            return self._perform(run, ctx, call, tool, method, args, kwargs)
+
+        ctx._perform = perform
+        handler_error: BaseException | None = None
+        try:
+            handler.mutate(ctx, prepared)
+        except Exception as e:
+            if e is not call.error:
+                handler_error = e
+        finally:
+            ctx.close()
+        handler_error = ctx.violation or handler_error
+        self._flush(ctx, run)
+        mutation = run.mutation
+        if mutation is None:
+            if handler_error is not None:
+                return self._fail(run, handler_error)
+            run.mutated(self.s.now(), "none")
+            return None
+        if mutation.state is MutationState.APPLIED:
+            problem = call.result_problem or handler_error
+            if problem is not None:
+                return self._fail(run, problem)
+            return None
+        return self._settle_unapplied(run, call)
+
+    def _perform(self, run: HandlerRun, ctx: HandlerContext, call: _MutationCall, tool: Tool,
+                 method: ToolMethod, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        name = f"{tool.tool_name()}.{method.name}"
+        params = ctx._pack({"args": list(args), "kwargs": kwargs}, f"parameters of {name}",
+                           "params")
+        self._flush(ctx, run)
+        run.mutation_in_flight(self.s.now(), tool.tool_name(), method.name, params,
+                               method.reconcile)
+        # Appended before the external call: after a crash from here on,
+        # recovery must reconcile, never call the mutator again.
+        self.s.append("in_flight")
+        self.s.checkpoint("before_call")
+        token = set_cost_sink(ctx._tool_cost)
+        try:
+            value = getattr(tool, method.name)(*args, **kwargs)
+        except DEFINITE_FAILURES as e:
+            call.error = e
+            run.mutation_failed(self.s.now(), describe(e), via="call")
+            raise
+        except Exception as e:
+            call.error = e
+            reconciled = self._reconcile(run, tool, e, via="call")
+            if reconciled is not None:
+                call.error = None
+                return reconciled
+            raise
+        finally:
+            reset_cost_sink(token)
+        self.s.checkpoint("after_call")
+        return self._applied(run, ctx, call, value, via="call")
+
+    def _applied(self, run: HandlerRun, ctx: HandlerContext | None, call: _MutationCall | None,
+                 value: Any, via: str) -> Any:
+        now = self.s.now()
+        m = run.mutation
+        assert m is not None
+        where = f"workflow {self._wf!r}, run {run.id}, result of {m.tool}.{m.method}"
+        try:
+            result = pack(value, where, "the mutation's result")
+            self.s.limits.check("result", len(result), where)
+        except LogicError as e:
+            # The effect happened; only its result cannot be kept. Record it as
+            # applied without a result, and fail the run so a person looks.
+            result = NONE_PACKED
+            if call is not None:
+                call.result_problem = InternalError(str(e))
+        if ctx is not None:
+            self._flush(ctx, run)
+        run.mutation_applied(now, result, via=via)
+        run.mutated(now, "applied")
+        self.s.append("outcome")
+        return unpack(result)
+
+    def _reconcile(self, run: HandlerRun, tool: Tool, error: BaseException | None,
+                   via: str) -> Any | None:
+        """Ask the tool whether an uncertain mutation happened.
+
+        Returns the result (already recorded) when it did; otherwise records
+        failed / needs_reconcile / indeterminate and returns None.
+        """
+        now = self.s.now()
+        m = run.mutation
+        assert m is not None
+        cause = describe(error) if error is not None else (m.reason or "outcome unknown")
+        if m.reconcile is None:
+            run.mutation_indeterminate(
+                now, f"{cause}; tool {m.tool!r} has no reconcile method for {m.method!r}")
+            return None
+        params = unpack(m.params)
+        try:
+            answer = getattr(tool, m.reconcile)(*params["args"], **params["kwargs"])
+        except Exception as e:
+            answer = Reconciliation.retry(f"reconcile raised {describe(e)}")
+        if not isinstance(answer, Reconciliation):
+            answer = Reconciliation.retry(
+                f"{m.tool}.{m.reconcile} returned {type(answer).__name__}, not "
+                "fl.Reconciliation.applied/failed/retry")
+        if answer.status == "applied":
+            return self._applied(run, None, None, answer.result, via="reconcile")
+        if answer.status == "failed":
+            run.mutation_failed(now, answer.reason or cause, via="reconcile")
+            return None
+        attempts = m.reconcile_attempts + 1
+        next_at = self.s.policy.reconcile_at(now, attempts)
+        reason = f"{cause}; reconcile said retry" + (f" ({answer.reason})" if answer.reason else "")
+        if next_at is None:
+            run.mutation_indeterminate(now, f"{reason}; gave up after {attempts} attempts")
+        else:
+            run.mutation_needs_reconcile(now, reason, attempts, next_at)
+        return None
+
+    def _settle_unapplied(self, run: HandlerRun, call: _MutationCall) -> RunResult:
+        m = run.mutation
+        assert m is not None
+        if m.state is MutationState.FAILED:
+            error = call.error
+            if isinstance(error, DEFINITE_FAILURES | UncertainOutcome):
+                return self._settle(run, status_for(error), m.reason or describe(error))
+            # An unexpected exception from a mutator is a tool bug, even when
+            # reconcile proves nothing happened.
+            return self._settle(run, RunStatus.FAILED_INTERNAL,
+                                f"mutator raised {m.reason}; reconcile says it did not happen")
+        return self._settle(run, RunStatus.PAUSED_RECONCILIATION, m.reason or "outcome unknown",
+                            retry_at=m.next_reconcile_at)
+
+    # ------------------------------------------------------------ next + commit
+
+    def _emit(self, run: HandlerRun, spec: ConsumerSpec, handler: Any, prepared: Prepared,
+              outcome: Outcome, declined: bool = False) -> RunResult:
+        if run.phase is not Phase.EMITTING:
+            run.start_emitting(self.s.now())
+        reserved = self._reserved_events(run) if run.holds_reservations else []
+        caused_by = list(dict.fromkeys(c for e in reserved for c in e.caused_by))
+        ctx = self._context(run, Step.NEXT, spec.publishes, (), spec.tools)
+        new_state: bytes | None = None
+        if spec.has_next:
+            try:
+                returned = handler.next(ctx, prepared, outcome)
+                ctx.raise_if_broken()
+                new_state = self._pack_state(returned, ctx)
+            except Exception as e:
+                self._flush(ctx, run)
+                return self._fail(run, ctx.violation or e)
+            finally:
+                ctx.close()
+        self._flush(ctx, run)
+        state_agg, _ = self._state(spec.name)
+        result = self._commit(run, ctx, new_state, state_agg, caused_by, reserved,
+                              label="commit", skipped=outcome.status == "skipped")
+        if declined:
+            return RunResult(result.run_id, result.handler, result.kind, result.status,
+                             declined=True)
+        return result
+
+    def _commit(self, run: HandlerRun, ctx: HandlerContext, new_state: bytes | None,
+                state_agg: HandlerState | None, caused_by: list[UUID] | None,
+                reserved: list[TopicEvent], label: str, skipped: bool = False) -> RunResult:
+        """Consumption, publishes, inputs, state, the run and the session: one append."""
+        now = self.s.now()
+        for event in reserved:
+            if skipped:
+                event.skip(now, run.id)
+            else:
+                event.consume(now, run.id)
+        self._register_inputs(run, ctx)
+        for p in ctx.published.values():
+            causes = caused_by if caused_by is not None else [self._input_for(run, ctx, p)]
+            self._publish(run, p.topic, p.message_id, p.payload, causes)
+        if new_state is not None:
+            if state_agg is None:
+                self.s.streams.add(HandlerState.initialise(
+                    now=now, workflow_id=self.s.workflow.id, workflow=self._wf,
+                    handler=run.handler, run_id=run.id, state=new_state))
+            else:
+                state_agg.commit(now, run.id, new_state)
+        run.commit(now, state_replaced=new_state is not None)
+        self.s.session.run_ended(now, run.id, RunStatus.COMMITTED.value, self._spent(run))
+        self.s.append(label)
+        self.s.streams.unpin(run)
+        return RunResult(run.id, run.handler, run.kind, RunStatus.COMMITTED)
+
+    def _register_inputs(self, run: HandlerRun, ctx: HandlerContext) -> None:
+        for reg in ctx.inputs.values():
+            self._ensure_input(run, reg.source, reg.type, reg.external_id, reg.title, False)
+
+    def _input_for(self, run: HandlerRun, ctx: HandlerContext, p: Any) -> UUID:
+        if p.input_id is not None:
+            return p.input_id
+        # A producer publishing without an input gets an implicit one.
+        return self._ensure_input(run, run.handler, p.topic, p.message_id, None, True)
+
+    def _ensure_input(self, run: HandlerRun, source: str, type_: str, external_id: str,
+                      title: str | None, implicit: bool) -> UUID:
+        now = self.s.now()
+        candidate = Input.register(now=now, workflow_id=self.s.workflow.id, workflow=self._wf,
+                                   source=source, type_=type_, external_id=external_id,
+                                   title=title, run_id=run.id, implicit=implicit)
+        if self.s.streams.get(candidate.id) is None:
+            self.s.streams.add(candidate)
+        return candidate.id
+
+    def _publish(self, run: HandlerRun, topic: str, message_id: str, payload: bytes,
+                 caused_by: list[UUID]) -> None:
+        now = self.s.now()
+        existing = self.s.streams.get(topic_event_id(self._wf, topic, message_id))
+        if existing is not None:
+            existing.replace_payload(now, payload, caused_by, run.id)
+        else:
+            self.s.streams.add(TopicEvent.publish(
+                now=now, workflow_id=self.s.workflow.id, workflow=self._wf, topic=topic,
+                message_id=message_id, payload=payload, caused_by=caused_by, run_id=run.id))
+
+
+    # ------------------------------------------------------------ continuations
+
+    def continue_run(self, run: HandlerRun, step: Continue, attempt: Attempt,
+                     producer: ProducerSpec | None, consumer: ConsumerSpec | None) -> RunResult:
+        """Carry an unfinished run on by the phase-reset rules (DESIGN §1.3, §2.3)."""
+        self.s.streams.pin(run)
+        number = attempt_number(run.attempt, attempt)
+        if producer is not None:
+            return self.run_producer(producer, retry_of=run, attempt=number)
+        assert consumer is not None
+        if step is Continue.RETRY_FRESH:
+            return self.run_consumer(consumer, retry_of=run, attempt=number)
+        if step is Continue.RETRY_NEXT:
+            return self._retry_next(consumer, run, number)
+        self._take_up(run)
+        if step is Continue.RECONCILE:
+            return self._reconcile_run(consumer, run)
+        return self._continue_next(consumer, run)
+
+    def _take_up(self, run: HandlerRun) -> None:
+        """This session now works on a run another session started."""
+        now = self.s.now()
+        self._cost_before[run.id] = run.cost
+        self.s.session.run_started(now, run.id, run.handler, run.kind)
+        if run.status is not RunStatus.ACTIVE:
+            run.reactivate(now, "continued by session " + str(self.s.session.id))
+
+    def _prepared_of(self, run: HandlerRun) -> Prepared:
+        return Prepared(run.reservations, unpack(run.data), run.title, run.wake_at)
+
+    def _continue_next(self, spec: ConsumerSpec, run: HandlerRun) -> RunResult:
+        if run.phase in (Phase.PREPARED, Phase.MUTATING):
+            m = run.mutation
+            outcome: OutcomeStatus = "none"
+            if m is not None and m.state is MutationState.APPLIED:
+                outcome = "applied"
+            elif m is not None and m.state is MutationState.SKIPPED:
+                outcome = "skipped"
+            if run.phase is Phase.PREPARED:
+                run.start_mutating(self.s.now())
+            run.mutated(self.s.now(), outcome)
+        return self._emit(run, spec, spec.cls(), self._prepared_of(run), self._outcome(run))
+
+    def _retry_next(self, spec: ConsumerSpec, old: HandlerRun, attempt: int) -> RunResult:
+        run = self._new_run(RunKind.CONSUMER, spec.name, retry_of=old, attempt=attempt)
+        now = self.s.now()
+        run.carry_forward(now, old)
+        for event in self._reserved_events(old):
+            event.move_reservation(now, old.id, run.id)
+        old.hand_on_reservations(now, run.id)
+        old.supersede(now, run.id, "next is retried by a run that carries the outcome")
+        return self._emit(run, spec, spec.cls(), self._prepared_of(run), self._outcome(run))
+
+    def _reconcile_run(self, spec: ConsumerSpec, run: HandlerRun) -> RunResult:
+        m = run.mutation
+        assert m is not None
+        tool = self.s.tools.get(m.tool)
+        if tool is None:
+            return self._settle(run, RunStatus.PAUSED_RECONCILIATION,
+                                f"cannot reconcile {m.tool}.{m.method}: tool {m.tool!r} is not "
+                                "provided; register the workflow with it")
+        self._reconcile(run, tool, None, via="recovery")
+        m = run.mutation
+        assert m is not None
+        if m.state is MutationState.APPLIED:
+            return self._continue_next(spec, run)
+        if m.state is MutationState.FAILED:
+            # Proven not to have happened: a fresh run may mutate again, at once.
+            return self.run_consumer(spec, retry_of=run, attempt=run.attempt)
+        return self._settle(run, RunStatus.PAUSED_RECONCILIATION, m.reason or "outcome unknown",
+                            retry_at=m.next_reconcile_at)

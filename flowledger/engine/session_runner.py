@@ -1,0 +1,201 @@
+"""One session: open it, carry on unfinished runs, producers, then the consumer loop.
+
+DESIGN §1.5. Opening is an event on the workflow's stream with optimistic
+concurrency: of two processes that try at once, one gets `busy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from flowledger.domain.continuation import Step as Continue
+from flowledger.domain.continuation import continuation
+from flowledger.domain.errors import ConcurrencyError
+from flowledger.domain.handler_run import HandlerRun
+from flowledger.domain.phases import RunKind
+from flowledger.domain.scheduling import ConsumerView, Decline, pick_consumer, remaining_work
+from flowledger.domain.session import Session, SessionOutcome, Trigger
+from flowledger.domain.workflow import Workflow, WorkflowStatus
+from flowledger.engine.handler_runs import RunDriver, RunResult, SessionScope
+from flowledger.engine.registration import Registration
+from flowledger.engine.streams import Streams
+from flowledger.projections import pending_work
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """What a session did. `status` is one of DESIGN §1.5's session results."""
+
+    status: str
+    workflow: str
+    session_id: UUID | None = None
+    cost: Decimal = Decimal(0)
+    remaining: dict[str, dict[str, int]] = field(default_factory=dict)
+    error: str | None = None
+    budget: str | None = None
+    runs: tuple[RunResult, ...] = ()
+
+    @property
+    def consumer_runs(self) -> int:
+        return sum(1 for r in self.runs if r.kind is RunKind.CONSUMER)
+
+
+@dataclass
+class SessionRequest:
+    trigger: Trigger
+    max_iterations: int
+    max_cost: Decimal | None
+
+
+class SessionRunner:
+    def __init__(self, reg: Registration, scope_factory: Callable[[Streams, Workflow, Session],
+                                                                  SessionScope]) -> None:
+        self.reg = reg
+        self.make_scope = scope_factory
+
+    # -------------------------------------------------------------- opening
+
+    def open_new(self, streams: Streams, request: SessionRequest, owner: str,
+                 now: datetime, lease_until: datetime, new_id: UUID) -> SessionResult | Session:
+        """Open a session, or say why not (`busy` / `blocked`) without writing anything."""
+        wf: Workflow | None = streams.log.load(self.reg.workflow_id)
+        name = self.reg.definition.name
+        assert wf is not None, "registered workflows exist in the log"
+        if wf.open_session is not None:
+            return SessionResult(
+                "busy", name, error=(
+                    f"workflow {name!r} has session {wf.open_session} open, held by "
+                    f"{wf.session_owner} (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z). "
+                    "Nothing was done. If that process is gone, run `flowledger recover` "
+                    "(engine.recover()) to take the session over."))
+        blocked = self._blocked_reason(wf, now)
+        if blocked is not None:
+            return SessionResult("blocked", name, error=blocked)
+        session = Session.open(id=new_id, now=now, workflow_id=wf.id, workflow=name,
+                               trigger=request.trigger, max_iterations=request.max_iterations,
+                               max_cost=request.max_cost, owner=owner)
+        wf.change_definition(now, self.reg.definition.fingerprint(), list(self.reg.topics),
+                             self.reg.definition.handler_names)
+        wf.open_session_for(now, session.id, owner, lease_until)
+        streams.pin(session)
+        streams.fence_on(wf)
+        try:
+            streams.append()
+        except ConcurrencyError:
+            return SessionResult(
+                "busy", name, error=(f"another process opened a session of {name!r} at the "
+                                     "same moment; nothing was done"))
+        return session
+
+    def _blocked_reason(self, wf: Workflow, now: datetime) -> str | None:
+        name = wf.name
+        if wf.status == WorkflowStatus.ERROR:
+            return (f"workflow {name!r} is in error: {wf.reason}. Nothing was done. Fix the "
+                    f"cause, then `flowledger resume {name}` (engine.resume({name!r})).")
+        if wf.status == WorkflowStatus.PAUSED:
+            if wf.paused_until is not None and wf.paused_until <= now:
+                return None  # a retry or reconciliation is due
+            if wf.paused_until is not None:
+                return (f"workflow {name!r} is paused until {wf.paused_until:%Y-%m-%d %H:%M:%S}Z"
+                        f": {wf.reason}. Nothing was done; run a session after that time.")
+            return (f"workflow {name!r} is paused and waits for a person: {wf.reason}. "
+                    f"Nothing was done. See `flowledger blocked`; then `flowledger resolve RUN "
+                    f"ACTION` or `flowledger resume {name}`.")
+        return None
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, streams: Streams, wf: Workflow, session: Session,
+            request: SessionRequest) -> SessionResult:
+        """Work the session to its end and close it (one append)."""
+        scope = self.make_scope(streams, wf, session)
+        driver = RunDriver(scope)
+        runs: list[RunResult] = []
+        cleared = wf.status == WorkflowStatus.ACTIVE
+        if wf.status == WorkflowStatus.PAUSED:
+            wf.resume(scope.now(), "a retry or reconciliation fell due")
+        outcome, reason, budget, remaining = self._work(scope, driver, request, runs, cleared)
+        now = scope.now()
+        session.close(now, outcome, reason, budget, remaining)
+        wf.close_session(now, session.id, outcome.value)
+        scope.append("session_close")
+        return SessionResult(outcome.value, wf.name, session.id, session.cost, remaining,
+                             reason, budget, tuple(runs))
+
+    def _work(self, scope: SessionScope, driver: RunDriver, request: SessionRequest,
+              runs: list[RunResult], cleared: bool
+              ) -> tuple[SessionOutcome, str | None, str | None, dict[str, dict[str, int]]]:
+        stopped = self._continue_unfinished(scope, driver, runs, cleared)
+        if stopped is not None:
+            return stopped, runs[-1].reason if runs else None, None, {}
+        if request.trigger is not Trigger.EVENT:
+            for spec in self.reg.definition.producers:
+                if spec.name in scope.session.committed_handlers:
+                    continue  # a session taken over after a crash: it already ran
+                result = driver.run_producer(spec)
+                runs.append(result)
+                if not result.committed:
+                    return self._stop(result), result.reason, None, {}
+        consumers = [ConsumerView(c.name, c.subscribe) for c in self.reg.definition.consumers]
+        by_name = {c.name: c for c in self.reg.definition.consumers}
+        declines: dict[str, Decline] = {}
+        session = scope.session
+        while True:
+            now = scope.now()
+            with scope.streams.log.reading() as c:
+                backlog = pending_work.backlog(c, self.reg.workflow_id)
+                wakeups = pending_work.wakeups(c, self.reg.workflow_id)
+            chosen = pick_consumer(consumers, backlog, declines, wakeups, now)
+            if chosen is None:
+                return SessionOutcome.COMPLETED, None, None, {}
+            budget = None
+            if session.consumer_runs >= request.max_iterations:
+                budget = "max_iterations"
+            elif request.max_cost is not None and session.cost >= request.max_cost:
+                budget = "max_cost"
+            if budget is not None:
+                left = remaining_work(consumers, backlog, declines, wakeups, now)
+                spent = (f"{session.consumer_runs} consumer runs" if budget == "max_iterations"
+                         else f"cost {session.cost} of {request.max_cost}")
+                return (SessionOutcome.BUDGET_EXHAUSTED,
+                        f"{budget} reached ({spent}) with work remaining", budget, left)
+            result = driver.run_consumer(by_name[chosen])
+            runs.append(result)
+            if not result.committed:
+                return self._stop(result), result.reason, None, {}
+            if result.declined:
+                declines[chosen] = Decline(scope.streams.position, now)
+
+    @staticmethod
+    def _stop(result: RunResult) -> SessionOutcome:
+        return SessionOutcome.SUSPENDED if result.status.is_paused else SessionOutcome.FAILED
+
+    def _continue_unfinished(self, scope: SessionScope, driver: RunDriver,
+                             runs: list[RunResult], cleared: bool) -> SessionOutcome | None:
+        """Runs that earlier sessions left unfinished go first, by the reset rules."""
+        with scope.streams.log.reading() as c:
+            rows = pending_work.unfinished_runs(c, self.reg.workflow_id)
+        now = scope.now()
+        for row in rows:
+            run: HandlerRun | None = scope.streams.get(row.run_id)
+            if run is None or run.is_finished:
+                continue
+            step, attempt = continuation(run, cleared, now)
+            if step is Continue.WAIT:
+                continue
+            if step is Continue.BLOCKED:
+                scope.workflow.pause(now, f"run {run.id} ({run.handler}) waits for a person: "
+                                     f"{run.reason or run.status.value}", run.id, None)
+                return SessionOutcome.SUSPENDED
+            producer = self.reg.producer(run.handler) if run.kind is RunKind.PRODUCER else None
+            consumer = self.reg.consumer(run.handler) if run.kind is RunKind.CONSUMER else None
+            result = driver.continue_run(run, step, attempt, producer, consumer)
+            runs.append(result)
+            if not result.committed:
+                return self._stop(result)
+        return None
+

@@ -1,0 +1,93 @@
+"""The aggregates one session works on: loaded once, appended together.
+
+While a session holds its workflow's lock, nobody else writes this workflow's
+streams, so the aggregates stay valid in memory. Every append is fenced on the
+workflow stream's version: if another process took the session over, the
+append fails and nothing of it is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from flowledger.domain.aggregate import EventSourcedAggregate
+from flowledger.domain.errors import ConcurrencyError
+from flowledger.domain.workflow import Workflow
+from flowledger.infrastructure.event_log import EventLog
+from flowledger.infrastructure.sqlite_recorder import Fence
+
+_UNLOADED: Any = object()
+
+
+class Streams:
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self._cache: dict[UUID, EventSourcedAggregate | None] = {}
+        self._touched: dict[UUID, EventSourcedAggregate] = {}
+        # Aggregates that live across appends (the session, runs in progress):
+        # always looked at for pending events.
+        self._pinned: dict[UUID, EventSourcedAggregate] = {}
+        self.fenced_on: Workflow | None = None
+        self.position = 0  # log position of this session's last append
+        self.appends = 0
+        self.broken: BaseException | None = None
+
+    def get(self, aggregate_id: UUID) -> Any | None:
+        agg = self._cache.get(aggregate_id, _UNLOADED)
+        if agg is _UNLOADED:
+            agg = self.log.load(aggregate_id)
+            # A miss is remembered too: while the session holds the lock, no
+            # other writer can create this workflow's streams.
+            self._cache[aggregate_id] = agg
+        if agg is None:
+            return None
+        self._touched[aggregate_id] = agg
+        return agg
+
+    def add(self, agg: EventSourcedAggregate) -> None:
+        self._cache[agg.id] = agg
+        self._touched[agg.id] = agg
+
+    def pin(self, agg: EventSourcedAggregate) -> None:
+        self.add(agg)
+        self._pinned[agg.id] = agg
+
+    def unpin(self, agg: EventSourcedAggregate) -> None:
+        self._pinned.pop(agg.id, None)
+
+    def fence_on(self, workflow: Workflow) -> None:
+        self.pin(workflow)
+        self.fenced_on = workflow
+
+    def append(self) -> int:
+        """Append every pending event of the touched aggregates: one transaction."""
+        if self.broken is not None:
+            raise ConcurrencyError(
+                f"an earlier append of this session failed ({self.broken}); the session "
+                "stops here and recovery continues it from the log"
+            )
+        seen = {**self._touched, **self._pinned}
+        pending = sorted((a for a in seen.values() if a.has_pending_events),
+                         key=lambda a: a.append_order)
+        if not pending:
+            self._touched.clear()
+            return self.position
+        wf = self.fenced_on
+        fence = Fence(wf.id, wf.version) if wf is not None else None
+        try:
+            recordings = self.log.append(*pending, fence=fence)
+        except BaseException as e:
+            # The events were taken off the aggregates but not stored: the
+            # in-memory copies are ahead of the log, and this session may have
+            # lost its lock. Nothing more may be appended through it.
+            self.broken = e
+            self._cache.clear()
+            self._touched.clear()
+            self._pinned.clear()
+            raise
+        self._touched.clear()
+        self.appends += 1
+        if recordings:
+            self.position = recordings[-1].notification.id
+        return self.position

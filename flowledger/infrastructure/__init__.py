@@ -1,0 +1,1 @@
+"""Log wiring: stores, the msgpack/pydantic codec, configuration."""

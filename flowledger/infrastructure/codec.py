@@ -1,0 +1,133 @@
+"""The log's codec: pydantic events stored as msgpack bytes (ADR 0002).
+
+`pack`/`unpack` encode values handed in by handlers (payloads, state, data,
+params, results). `MsgpackTranscoder` plugs the same encoding into the
+library, and `PydanticMapper` turns events into stored events and back,
+keeping the library's order: encode → compress → encrypt.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import msgpack
+from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent, Transcoder
+from eventsourcing.utils import get_topic, resolve_topic
+
+from flowledger.domain.errors import LogicError
+
+_UUID = 1
+_DECIMAL = 2
+_NAIVE_DATETIME = 3
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, UUID):
+        return msgpack.ExtType(_UUID, obj.bytes)
+    if isinstance(obj, Decimal):
+        return msgpack.ExtType(_DECIMAL, str(obj).encode())
+    if isinstance(obj, dt.datetime):  # only naive ones reach here; aware ones are native
+        return msgpack.ExtType(_NAIVE_DATETIME, obj.isoformat().encode())
+    if isinstance(obj, set | frozenset):
+        raise TypeError(f"a {type(obj).__name__} has no order; use a sorted list")
+    raise TypeError(f"cannot serialise a value of type {type(obj).__name__}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _UUID:
+        return UUID(bytes=data)
+    if code == _DECIMAL:
+        return Decimal(data.decode())
+    if code == _NAIVE_DATETIME:
+        return dt.datetime.fromisoformat(data.decode())
+    return msgpack.ExtType(code, data)
+
+
+_packer_options = {"default": _default, "datetime": True, "use_bin_type": True}
+
+
+def encode(obj: Any) -> bytes:
+    return msgpack.packb(obj, **_packer_options)
+
+
+def decode(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, timestamp=3, raw=False,
+                           strict_map_key=False)
+
+
+SUPPORTED = "dict, list, tuple, str, int, float, bool, None, bytes, Decimal, UUID or datetime"
+
+
+def pack(value: Any, where: str, field: str) -> bytes:
+    """Encode a handler's value, or say clearly why it cannot be stored."""
+    try:
+        return encode(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise LogicError(
+            f"{where}: {field} cannot be stored in the log ({e}). "
+            f"Use only {SUPPORTED} values."
+        ) from None
+
+
+def unpack(data: bytes | None) -> Any:
+    return None if data is None or data == b"" else decode(data)
+
+
+NONE_PACKED = encode(None)
+
+
+class MsgpackTranscoder(Transcoder):
+    def encode(self, obj: Any) -> bytes:
+        return encode(obj)
+
+    def decode(self, data: bytes) -> Any:
+        return decode(data)
+
+
+class PydanticMapper(Mapper[UUID]):
+    """Stores an event's fields (not its id and version, which have their own columns)."""
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        state = dict(domain_event.__dict__)
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(type(domain_event), "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        data = self.transcoder.encode(state)
+        if self.compressor:
+            data = self.compressor.compress(data)
+        if self.cipher:
+            data = self.cipher.encrypt(data)
+        return StoredEvent(originator_id=originator_id, originator_version=originator_version,
+                           topic=get_topic(type(domain_event)), state=data)
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        cls = resolve_topic(stored_event.topic)
+        data = stored_event.state
+        try:
+            if self.cipher:
+                data = self.cipher.decrypt(data)
+            if self.compressor:
+                data = self.compressor.decompress(data)
+            state: dict[str, Any] = self.transcoder.decode(data)
+        except Exception as e:
+            raise MapperDeserialisationError(
+                f"cannot decode stored event {stored_event.topic} of stream "
+                f"{stored_event.originator_id} version {stored_event.originator_version}: {e}"
+            ) from e
+        originator_id = stored_event.originator_id
+        state["originator_id"] = (
+            originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
+        )
+        state["originator_version"] = stored_event.originator_version
+        from_version = state.pop("class_version", 1)
+        class_version = getattr(cls, "class_version", 1)
+        while from_version < class_version:  # upcasting is the mapper's job
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+            from_version += 1
+        # Validation restores enums and checks the stored shape still fits the class.
+        return cls.model_validate(state)

@@ -1,0 +1,126 @@
+"""The one append-only log: the library's Application wired to our codec and recorder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    InfrastructureFactory,
+    IntegrityError,
+    Mapper,
+    OperationalError,
+    Recording,
+)
+from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory
+from eventsourcing.utils import Environment
+
+from flowledger.domain.errors import ConcurrencyError, ConfigurationError
+from flowledger.infrastructure.codec import MsgpackTranscoder, PydanticMapper
+from flowledger.infrastructure.sqlite_recorder import (
+    AfterInsert,
+    Fence,
+    FlowSQLiteRecorder,
+    use_statement_cache,
+)
+from flowledger.infrastructure.store_url import StoreConfig, parse_store_url
+
+
+class EventLog(Application[UUID]):
+    """Appends aggregates' pending events in one transaction, optionally fenced."""
+
+    name = "flowledger"
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        try:
+            super().__init__(env=config.env)
+        except (OperationalError, OSError) as e:
+            raise ConfigurationError(f"cannot open store {config.url!r}: {e}") from e
+
+    @classmethod
+    def open(cls, url: str) -> EventLog:
+        return cls(parse_store_url(url))
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        factory = super().construct_factory(env)
+        if isinstance(factory, SQLiteFactory):
+            use_statement_cache(factory.datastore)
+        return factory
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return self.factory.mapper(transcoder=MsgpackTranscoder(), mapper_class=PydanticMapper)
+
+    def construct_recorder(self) -> ApplicationRecorder:
+        if isinstance(self.factory, SQLiteFactory):
+            recorder = FlowSQLiteRecorder(datastore=self.factory.datastore)
+            if self.factory.env_create_table():
+                recorder.create_table()
+            return recorder
+        raise ConfigurationError(
+            f"store {self.config.url!r}: only SQLite files and memory:// are supported "
+            "in this release"
+        )
+
+    @property
+    def flow_recorder(self) -> FlowSQLiteRecorder:
+        assert isinstance(self.recorder, FlowSQLiteRecorder)
+        return self.recorder
+
+    def set_after_insert(self, hook: AfterInsert | None) -> None:
+        self.flow_recorder.after_insert = hook
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        return self.events.put(
+            processing_event.events,
+            tracking=processing_event.tracking,
+            appended=processing_event.events,
+            **processing_event.saved_kwargs,
+        )
+
+    def append(self, *aggregates: Any, fence: Fence | None = None) -> list[Recording[UUID]]:
+        """One durable point: all pending events of these aggregates, or none.
+
+        The same steps as `Application.save`, without its per-object protocol
+        checks (they cost more than the insert): record, snapshot, notify.
+        """
+        processing = ProcessingEvent[UUID]()
+        for agg in aggregates:
+            processing.events.extend(agg.collect_events())
+            processing.aggregates[agg.id] = agg
+        processing.saved_kwargs["fence"] = fence
+        try:
+            recordings = self._record(processing)
+        except IntegrityError as e:
+            raise ConcurrencyError(
+                f"another process wrote to the same streams first ({e}); this append was "
+                "not stored"
+            ) from e
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        return recordings
+
+    def load(self, aggregate_id: UUID, version: int | None = None) -> Any | None:
+        try:
+            return self.repository.get(aggregate_id, version=version)
+        except AggregateNotFoundError:
+            return None
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A read transaction: one consistent snapshot of log and projections."""
+        with self.flow_recorder.reading() as c:
+            yield c
+
+    def close(self) -> None:
+        self.flow_recorder.close_reader()
+        super().close()
+
+    @contextmanager
+    def writing(self) -> Iterator[SQLiteCursor]:
+        with self.flow_recorder.datastore.transaction(commit=True) as c:
+            yield c

@@ -1,0 +1,46 @@
+"""What a projection is: tables of its own, a fold of log events into them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+Cursor = Any  # the store's DB-API cursor, passed in: projections never open connections
+
+
+class Projection(ABC):
+    """A read model derived from the log, updated exactly once per event.
+
+    `handlers` maps event classes to methods; events of other classes are
+    skipped (their position is still tracked).
+    """
+
+    name: ClassVar[str]
+    tables: ClassVar[tuple[str, ...]]
+
+    def __init__(self) -> None:
+        self._dispatch: dict[type, Callable[[Cursor, Any, int], None]] = {
+            cls: getattr(self, method) for cls, method in self.handlers().items()
+        }
+
+    @abstractmethod
+    def handlers(self) -> dict[type, str]:
+        """Event class → name of the method that folds it in."""
+
+    @abstractmethod
+    def create_tables(self, c: Cursor) -> None: ...
+
+    def clear(self, c: Cursor) -> None:
+        for table in self.tables:
+            c.execute(f"DELETE FROM {table}")
+
+    def apply(self, c: Cursor, event: Any, position: int) -> None:
+        method = self._dispatch.get(type(event))
+        if method is not None:
+            method(c, event, position)
+
+    def apply_batch(self, c: Cursor, batch: Sequence[tuple[Any, int]]) -> None:
+        """Fold in events in log order; a projection may coalesce writes here."""
+        for event, position in batch:
+            self.apply(c, event, position)

@@ -1,0 +1,398 @@
+"""Pending work (DESIGN §2.4): what the session loop and `status` read.
+
+Per workflow: messages and their status (with payloads, for peek), the backlog
+per topic, consumers' wake-ups, runs and whether they are finished, sessions,
+and the workflow's status and lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from flowledger.domain.handler_run import HandlerRun
+from flowledger.domain.scheduling import TopicBacklog
+from flowledger.domain.session import Session
+from flowledger.domain.topic_event import TopicEvent
+from flowledger.domain.workflow import Workflow
+from flowledger.projections.base import Cursor, Projection
+
+_RUN_FIELDS = ("run_id", "workflow_id", "session_id", "handler", "kind", "phase", "status",
+               "mutation_state", "retry_of", "holds", "reason", "retry_at", "created_at",
+               "updated_at", "position")
+_FINISHED = ("(status IN ('committed','superseded') "
+             "OR (status LIKE 'failed:%' AND holds=0))")
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class PendingWork(Projection):
+    name = "pending_work"
+    tables = ("fl_messages", "fl_backlog", "fl_wakeups", "fl_runs", "fl_sessions",
+              "fl_workflows")
+
+    def handlers(self) -> dict[type, str]:
+        return {
+            TopicEvent.Published: "_published",
+            TopicEvent.PayloadReplaced: "_replaced",
+            TopicEvent.Reserved: "_reserved",
+            TopicEvent.Released: "_released",
+            TopicEvent.ReservationMoved: "_moved",
+            TopicEvent.Consumed: "_consumed",
+            TopicEvent.Skipped: "_skipped",
+            Session.Opened: "_session_opened",
+            Session.RunStarted: "_session_run_started",
+            Session.Closed: "_session_closed",
+            Workflow.Registered: "_wf_registered",
+            Workflow.SessionOpened: "_wf_session",
+            Workflow.LeaseRenewed: "_wf_session",
+            Workflow.SessionTakenOver: "_wf_session",
+            Workflow.SessionClosed: "_wf_session",
+            Workflow.Paused: "_wf_status",
+            Workflow.Errored: "_wf_status",
+            Workflow.Resumed: "_wf_status",
+        }
+
+    def create_tables(self, c: Cursor) -> None:
+        c.execute("""CREATE TABLE IF NOT EXISTS fl_messages (
+            event_id TEXT PRIMARY KEY, workflow_id TEXT, topic TEXT, message_id TEXT,
+            status TEXT, reserved_by TEXT, payload BLOB, first_position INTEGER,
+            available_since INTEGER)""")
+        c.execute("""CREATE INDEX IF NOT EXISTS fl_messages_pending
+            ON fl_messages (workflow_id, topic, status, first_position)""")
+        c.execute("""CREATE TABLE IF NOT EXISTS fl_backlog (
+            workflow_id TEXT, topic TEXT, pending INTEGER, reserved INTEGER,
+            newest INTEGER, PRIMARY KEY (workflow_id, topic))""")
+        c.execute("""CREATE TABLE IF NOT EXISTS fl_wakeups (
+            workflow_id TEXT, handler TEXT, wake_at TEXT,
+            PRIMARY KEY (workflow_id, handler))""")
+        c.execute("""CREATE TABLE IF NOT EXISTS fl_runs (
+            run_id TEXT PRIMARY KEY, workflow_id TEXT, session_id TEXT, handler TEXT,
+            kind TEXT, phase TEXT, status TEXT, mutation_state TEXT, retry_of TEXT,
+            holds INTEGER, reason TEXT, retry_at TEXT, created_at TEXT, updated_at TEXT,
+            position INTEGER)""")
+        c.execute("CREATE INDEX IF NOT EXISTS fl_runs_wf ON fl_runs (workflow_id, status)")
+        c.execute("""CREATE TABLE IF NOT EXISTS fl_sessions (
+            session_id TEXT PRIMARY KEY, workflow_id TEXT, trigger TEXT, outcome TEXT,
+            reason TEXT, consumer_runs INTEGER, opened_at TEXT, closed_at TEXT)""")
+        c.execute("CREATE INDEX IF NOT EXISTS fl_sessions_wf ON fl_sessions (workflow_id)")
+        c.execute("""CREATE TABLE IF NOT EXISTS fl_workflows (
+            workflow_id TEXT PRIMARY KEY, name TEXT, status TEXT, reason TEXT,
+            blocking_run TEXT, paused_until TEXT, open_session TEXT, owner TEXT,
+            lease_until TEXT)""")
+
+    # -------------------------------------------------------------- messages
+
+    def _backlog(self, c: Cursor, workflow_id: str, topic: str, d_pending: int,
+                 d_reserved: int, newest: int | None) -> None:
+        c.execute(
+            "INSERT INTO fl_backlog VALUES (?,?,?,?,?) ON CONFLICT (workflow_id, topic) "
+            "DO UPDATE SET pending=pending+excluded.pending, "
+            "reserved=reserved+excluded.reserved, newest=MAX(newest, excluded.newest)",
+            (workflow_id, topic, d_pending, d_reserved, newest or 0),
+        )
+
+    def _move(self, c: Cursor, e: Any, position: int, status: str,
+              reserved_by: UUID | None) -> None:
+        c.execute("SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?",
+                  (e.originator_id.hex,))
+        workflow_id, topic, old = c.fetchone()
+        available = position if status == "pending" else None
+        c.execute(
+            "UPDATE fl_messages SET status=?, reserved_by=?, "
+            "available_since=COALESCE(?, available_since) WHERE event_id=?",
+            (status, reserved_by.hex if reserved_by else None, available,
+             e.originator_id.hex),
+        )
+        counts = {"pending": 0, "reserved": 0}
+        if old in counts:
+            counts[old] -= 1
+        if status in counts:
+            counts[status] += 1
+        self._backlog(c, workflow_id, topic, counts["pending"], counts["reserved"], available)
+
+    def _published(self, c: Cursor, e: TopicEvent.Published, position: int) -> None:
+        c.execute(
+            "INSERT INTO fl_messages VALUES (?,?,?,?,?,?,?,?,?)",
+            (e.originator_id.hex, e.workflow_id.hex, e.topic, e.message_id, "pending", None,
+             e.payload, position, position),
+        )
+        self._backlog(c, e.workflow_id.hex, e.topic, 1, 0, position)
+
+    def _replaced(self, c: Cursor, e: TopicEvent.PayloadReplaced, position: int) -> None:
+        c.execute("SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?",
+                  (e.originator_id.hex,))
+        workflow_id, topic, status = c.fetchone()
+        c.execute("UPDATE fl_messages SET payload=? WHERE event_id=?",
+                  (e.payload, e.originator_id.hex))
+        if status == "pending":  # a new payload is new work for consumers that declined
+            c.execute("UPDATE fl_messages SET available_since=? WHERE event_id=?",
+                      (position, e.originator_id.hex))
+            self._backlog(c, workflow_id, topic, 0, 0, position)
+
+    def _reserved(self, c: Cursor, e: TopicEvent.Reserved, position: int) -> None:
+        self._move(c, e, position, "reserved", e.run_id)
+
+    def _released(self, c: Cursor, e: TopicEvent.Released, position: int) -> None:
+        self._move(c, e, position, "pending", None)
+
+    def _moved(self, c: Cursor, e: TopicEvent.ReservationMoved, position: int) -> None:
+        self._move(c, e, position, "reserved", e.to_run)
+
+    def _consumed(self, c: Cursor, e: TopicEvent.Consumed, position: int) -> None:
+        self._move(c, e, position, "consumed", None)
+
+    def _skipped(self, c: Cursor, e: TopicEvent.Skipped, position: int) -> None:
+        self._move(c, e, position, "skipped", None)
+
+    # ------------------------------------------------------------------ runs
+    # A run changes several times per append; its row is folded in memory and
+    # written once per batch.
+
+    def apply(self, c: Cursor, event: Any, position: int) -> None:
+        self.apply_batch(c, [(event, position)])
+
+    def apply_batch(self, c: Cursor, batch: Sequence[tuple[Any, int]]) -> None:
+        rows: dict[str, dict[str, Any]] = {}
+        for event, position in batch:
+            if isinstance(event, HandlerRun.Event):
+                self._fold_run(c, rows, event, position)
+            else:
+                super().apply(c, event, position)
+        for row in rows.values():
+            c.execute(f"INSERT OR REPLACE INTO fl_runs ({', '.join(_RUN_FIELDS)}) "
+                      f"VALUES ({', '.join('?' * len(_RUN_FIELDS))})",
+                      tuple(row[f] for f in _RUN_FIELDS))
+
+    _PHASE_OF = {
+        "ExecutionStarted": "executing",
+        "PreparingStarted": "preparing",
+        "Prepared": "prepared",
+        "MutatingStarted": "mutating",
+        "Mutated": "mutated",
+        "EmittingStarted": "emitting",
+        "Committed": "committed",
+    }
+    _MUTATION_STATE = {
+        "MutationInFlight": "in_flight",
+        "MutationApplied": "applied",
+        "MutationFailed": "failed",
+        "MutationNeedsReconcile": "needs_reconcile",
+        "MutationIndeterminate": "indeterminate",
+        "MutationSkipped": "skipped",
+    }
+
+    def _fold_run(self, c: Cursor, rows: dict[str, dict[str, Any]], e: Any,
+                  position: int) -> None:
+        key = e.originator_id.hex
+        name = type(e).__name__
+        row = rows.get(key)
+        if row is None:
+            if name == "Created":
+                row = dict.fromkeys(_RUN_FIELDS)
+                row.update(run_id=key, workflow_id=e.workflow_id.hex,
+                           session_id=e.session_id.hex if e.session_id else None,
+                           handler=e.handler, kind=e.kind.value, phase="pending",
+                           status="active", retry_of=e.retry_of.hex if e.retry_of else None,
+                           holds=0, created_at=_ts(e.timestamp))
+            else:
+                c.execute(f"SELECT {', '.join(_RUN_FIELDS)} FROM fl_runs WHERE run_id=?",
+                          (key,))
+                row = dict(zip(_RUN_FIELDS, c.fetchone(), strict=True))
+            rows[key] = row
+        row["updated_at"] = _ts(e.timestamp)
+        row["position"] = position
+        if name in self._PHASE_OF:
+            row["phase"] = self._PHASE_OF[name]
+        if name in self._MUTATION_STATE:
+            row["mutation_state"] = self._MUTATION_STATE[name]
+        if name == "Prepared":
+            row["holds"] = int(any(e.reservations.values()))
+            # wake_at is per prepare: a prepare that omits it clears the previous one.
+            c.execute("INSERT INTO fl_wakeups VALUES (?,?,?) ON CONFLICT (workflow_id, handler) "
+                      "DO UPDATE SET wake_at=excluded.wake_at",
+                      (row["workflow_id"], row["handler"], _ts(e.wake_at)))
+        elif name == "CarriedForward":
+            row["holds"] = int(any(e.reservations.values()))
+        elif name in ("Committed", "ReservationsReleased", "ReservationsHandedOn"):
+            row["holds"] = 0
+        if name == "Committed" or name == "Reactivated":
+            row.update(status="committed" if name == "Committed" else "active", reason=None,
+                       retry_at=None)
+        elif name == "Superseded":
+            row.update(status="superseded", reason=e.reason, retry_at=None)
+        elif name in ("Paused", "Failed"):
+            row.update(status=e.status.value, reason=e.reason,
+                       retry_at=_ts(getattr(e, "retry_at", None)))
+
+    # -------------------------------------------------------------- sessions
+
+    def _session_opened(self, c: Cursor, e: Session.Opened, position: int) -> None:
+        c.execute("INSERT INTO fl_sessions VALUES (?,?,?,?,?,?,?,?)",
+                  (e.originator_id.hex, e.workflow_id.hex, e.trigger.value, None, None, 0,
+                   _ts(e.timestamp), None))
+
+    def _session_run_started(self, c: Cursor, e: Session.RunStarted, position: int) -> None:
+        if e.kind.value == "consumer":
+            c.execute("UPDATE fl_sessions SET consumer_runs=consumer_runs+1 "
+                      "WHERE session_id=?", (e.originator_id.hex,))
+
+    def _session_closed(self, c: Cursor, e: Session.Closed, position: int) -> None:
+        c.execute("UPDATE fl_sessions SET outcome=?, reason=?, closed_at=? WHERE session_id=?",
+                  (e.outcome.value, e.reason, _ts(e.timestamp), e.originator_id.hex))
+
+    # ------------------------------------------------------------- workflows
+
+    def _wf_registered(self, c: Cursor, e: Workflow.Registered, position: int) -> None:
+        c.execute("INSERT INTO fl_workflows VALUES (?,?,?,?,?,?,?,?,?)",
+                  (e.originator_id.hex, e.name, "active", None, None, None, None, None, None))
+
+    def _wf_session(self, c: Cursor, e: Any, position: int) -> None:
+        name = type(e).__name__
+        if name == "SessionClosed":
+            values: tuple[Any, ...] = (None, None, None)
+        elif name == "LeaseRenewed":
+            c.execute("UPDATE fl_workflows SET lease_until=? WHERE workflow_id=?",
+                      (_ts(e.lease_until), e.originator_id.hex))
+            return
+        else:
+            values = (e.session_id.hex, e.owner, _ts(e.lease_until))
+        c.execute("UPDATE fl_workflows SET open_session=?, owner=?, lease_until=? "
+                  "WHERE workflow_id=?", (*values, e.originator_id.hex))
+
+    def _wf_status(self, c: Cursor, e: Any, position: int) -> None:
+        name = type(e).__name__
+        if name == "Resumed":
+            values: tuple[Any, ...] = ("active", None, None, None)
+        elif name == "Paused":
+            values = ("paused", e.reason, e.run_id.hex if e.run_id else None, _ts(e.until))
+        else:
+            values = ("error", e.reason, e.run_id.hex if e.run_id else None, None)
+        c.execute("UPDATE fl_workflows SET status=?, reason=?, blocking_run=?, paused_until=? "
+                  "WHERE workflow_id=?", (*values, e.originator_id.hex))
+
+
+# ------------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    message_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: UUID
+    workflow_id: UUID
+    session_id: UUID | None
+    handler: str
+    kind: str
+    phase: str
+    status: str
+    mutation_state: str | None
+    retry_of: UUID | None
+    holds_reservations: bool
+    reason: str | None
+    retry_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WorkflowRow:
+    workflow_id: UUID
+    name: str
+    status: str
+    reason: str | None
+    blocking_run: UUID | None
+    paused_until: datetime | None
+    open_session: UUID | None
+    owner: str | None
+    lease_until: datetime | None
+
+
+def _uuid(value: str | None) -> UUID | None:
+    return UUID(value) if value else None
+
+
+def backlog(c: Cursor, workflow_id: UUID) -> dict[str, TopicBacklog]:
+    c.execute("SELECT topic, pending, newest FROM fl_backlog WHERE workflow_id=?",
+              (workflow_id.hex,))
+    return {t: TopicBacklog(p, n) for t, p, n in c.fetchall()}
+
+
+def wakeups(c: Cursor, workflow_id: UUID) -> dict[str, datetime]:
+    c.execute("SELECT handler, wake_at FROM fl_wakeups WHERE workflow_id=? "
+              "AND wake_at IS NOT NULL", (workflow_id.hex,))
+    return {h: datetime.fromisoformat(w) for h, w in c.fetchall()}
+
+
+def pending_messages(c: Cursor, workflow_id: UUID, topic: str,
+                     limit: int | None) -> list[PendingMessage]:
+    c.execute("SELECT message_id, payload FROM fl_messages WHERE workflow_id=? AND topic=? "
+              "AND status='pending' ORDER BY first_position LIMIT ?",
+              (workflow_id.hex, topic, -1 if limit is None else limit))
+    return [PendingMessage(m, p) for m, p in c.fetchall()]
+
+
+def message_status(c: Cursor, workflow_id: UUID, topic: str) -> dict[str, int]:
+    c.execute("SELECT status, COUNT(*) FROM fl_messages WHERE workflow_id=? AND topic=? "
+              "GROUP BY status", (workflow_id.hex, topic))
+    return dict(c.fetchall())
+
+
+_RUN_COLUMNS = ("run_id, workflow_id, session_id, handler, kind, phase, status, "
+                "mutation_state, retry_of, holds, reason, retry_at, created_at, updated_at")
+
+
+def _run_row(r: Any) -> RunRow:
+    return RunRow(UUID(r[0]), UUID(r[1]), _uuid(r[2]), r[3], r[4], r[5], r[6], r[7],
+                  _uuid(r[8]), bool(r[9]), r[10], _dt(r[11]), _dt(r[12]), _dt(r[13]))
+
+
+def unfinished_runs(c: Cursor, workflow_id: UUID | None = None) -> list[RunRow]:
+    """Runs that are not committed, superseded, or failed with nothing held."""
+    sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE NOT {_FINISHED}"
+    params: tuple[Any, ...] = ()
+    if workflow_id is not None:
+        sql += " AND workflow_id=?"
+        params = (workflow_id.hex,)
+    c.execute(sql + " ORDER BY position", params)
+    return [_run_row(r) for r in c.fetchall()]
+
+
+def runs(c: Cursor, workflow_id: UUID | None = None, status: str | None = None,
+         limit: int = 1000) -> list[RunRow]:
+    sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE 1=1"
+    params: list[Any] = []
+    if workflow_id is not None:
+        sql += " AND workflow_id=?"
+        params.append(workflow_id.hex)
+    if status is not None:
+        sql += " AND status=?"
+        params.append(status)
+    c.execute(sql + " ORDER BY created_at DESC LIMIT ?", (*params, limit))
+    return [_run_row(r) for r in c.fetchall()]
+
+
+def workflows(c: Cursor) -> list[WorkflowRow]:
+    c.execute("SELECT workflow_id, name, status, reason, blocking_run, paused_until, "
+              "open_session, owner, lease_until FROM fl_workflows ORDER BY name")
+    return [WorkflowRow(UUID(r[0]), r[1], r[2], r[3], _uuid(r[4]), _dt(r[5]), _uuid(r[6]),
+                        r[7], _dt(r[8])) for r in c.fetchall()]
+
+
+def open_sessions(c: Cursor) -> list[tuple[UUID, UUID, str, datetime | None]]:
+    c.execute("SELECT session_id, workflow_id, trigger, opened_at FROM fl_sessions "
+              "WHERE outcome IS NULL ORDER BY opened_at")
+    return [(UUID(s), UUID(w), t, _dt(o)) for s, w, t, o in c.fetchall()]

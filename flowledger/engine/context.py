@@ -249,9 +249,9 @@ class HandlerContext:
                    kwargs: dict[str, Any]) -> Any:
         name = f"{tool.tool_name()}.{spec.name}"
         if spec.kind == "mutator":
-            self._guard(Operation.MUTATE)
             if self.mutation_call is not None:
                 raise self._broke(rules.second_mutation(self.where, self.mutation_call, name))
+            self._guard(Operation.MUTATE)
             self.mutation_call = name
             assert self._perform is not None
             return self._perform(tool, spec, args, kwargs)

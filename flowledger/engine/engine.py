@@ -6,7 +6,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -33,6 +33,7 @@ from flowledger.engine.clock import Clock, IdFactory, SystemClock, random_ids
 from flowledger.engine.definition import Workflow as WorkflowDefinition
 from flowledger.engine.faults import from_environment
 from flowledger.engine.handler_runs import SessionScope
+from flowledger.engine.log_view import LoggedEvent, read_log
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.registration import Registration
 from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
@@ -368,6 +369,12 @@ class Engine:
                 m.tool if m else None, m.method if m else None,
                 unpack(m.params) if m else None, m.state.value if m else None, actions))
         return found
+
+    def events(self, workflow: str | None = None, run: UUID | str | None = None,
+               after: int = 0, upto: int | None = None) -> Iterator[LoggedEvent]:
+        """The log, decoded, in append order; optionally one workflow's or one run's."""
+        run_id = self._load_run(run).id if run is not None else None
+        return read_log(self.log, workflow, run_id, after, upto)
 
     def status(self) -> EngineStatus:
         with self.log.reading() as c:

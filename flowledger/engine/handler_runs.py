@@ -462,7 +462,7 @@ class RunDriver:
         assert m is not None
         if m.state is MutationState.FAILED:
             error = call.error
-            if isinstance(error, DEFINITE_FAILURES | UncertainOutcome):
+            if isinstance(error, (*DEFINITE_FAILURES, UncertainOutcome)):
                 return self._settle(run, status_for(error), m.reason or describe(error))
             # An unexpected exception from a mutator is a tool bug, even when
             # reconcile proves nothing happened.

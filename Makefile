@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` (set up, then run the demo) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test test-postgres lint bench clean
+
+$(BIN)/flowledger: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	@touch $@
+
+setup: $(BIN)/flowledger
+
+demo: setup
+	$(BIN)/flowledger demo
+
+test: setup
+	$(BIN)/pytest
+
+test-postgres: setup
+	$(BIN)/pytest -m postgres
+
+lint: setup
+	$(BIN)/ruff check flowledger tests bench examples
+
+bench: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/runs.py
+
+clean:
+	rm -rf $(VENV) flowledger-demo .pytest_cache .hypothesis

@@ -1,0 +1,218 @@
+"""Pre-flight validation (DESIGN §1.6) and limits (§1.7): clear errors, nothing lost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import flowledger as fl
+from tests.conftest import ScriptedLedgerTool, ledger_workflow, message_status
+
+
+def simple(name: str = "wf") -> fl.Workflow:
+    wf = fl.Workflow(name, topics=["in"])
+
+    @wf.consumer(subscribe=["in"])
+    class Reader:
+        def prepare(self, ctx: Any, state: Any) -> None:
+            return None
+
+    return wf
+
+
+def test_undeclared_topics_are_named(make_engine):
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.producer(publishes=["nowhere"])
+    def p(ctx: Any, state: Any) -> None: ...
+
+    @wf.consumer(subscribe=["in", "ghost"])
+    class C:
+        def prepare(self, ctx: Any, state: Any) -> None: ...
+
+    with pytest.raises(fl.DefinitionError) as e:
+        make_engine().register(wf)
+    assert "producer 'p' uses topic 'nowhere'" in str(e.value)
+    assert "consumer 'C' uses topic 'ghost'" in str(e.value)
+
+
+def test_consumer_subscribing_to_nothing_is_refused(make_engine):
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.consumer()
+    class Lonely:
+        def prepare(self, ctx: Any, state: Any) -> None: ...
+
+    with pytest.raises(fl.DefinitionError, match="'Lonely' subscribes to nothing"):
+        make_engine().register(wf)
+
+
+def test_colliding_handler_names_are_refused(make_engine):
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.producer(publishes=["in"], name="same")
+    def p(ctx: Any, state: Any) -> None: ...
+
+    @wf.consumer(subscribe=["in"], name="same")
+    class C:
+        def prepare(self, ctx: Any, state: Any) -> None: ...
+
+    with pytest.raises(fl.DefinitionError, match="handler name 'same' is used by a producer"):
+        make_engine().register(wf)
+
+
+def test_tools_referenced_but_not_provided_are_refused(make_engine):
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.consumer(subscribe=["in"], tools=["crm"])
+    class C:
+        def prepare(self, ctx: Any, state: Any) -> None: ...
+
+    with pytest.raises(fl.DefinitionError, match="uses tool 'crm', which was not provided"):
+        make_engine().register(wf)
+
+
+def test_consumer_without_prepare_and_bad_tools_are_refused(make_engine, ledger):
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.consumer(subscribe=["in"])
+    class NoPrepare:
+        pass
+
+    with pytest.raises(fl.DefinitionError, match="has no prepare"):
+        make_engine().register(wf)
+    with pytest.raises(fl.DefinitionError, match=r"fl\.Tool instances"):
+        make_engine().register(simple(), tools=["not a tool"])  # type: ignore[list-item]
+    with pytest.raises(fl.DefinitionError, match="two tools are named 'ledger'"):
+        make_engine().register(simple(), tools=[ScriptedLedgerTool(ledger),
+                                                ScriptedLedgerTool(ledger)])
+
+    class BadReconcile(fl.Tool):
+        name = "bad"
+
+        @fl.mutator(reconcile="missing")
+        def act(self) -> None: ...
+
+    with pytest.raises(fl.DefinitionError, match="no such method"):
+        make_engine().register(simple(), tools=[BadReconcile()])
+
+
+def test_bad_workflow_declarations_fail_at_once():
+    with pytest.raises(fl.DefinitionError):
+        fl.Workflow("", topics=["a"])
+    with pytest.raises(fl.DefinitionError, match="listed twice"):
+        fl.Workflow("wf", topics=["a", "a"])
+    wf = fl.Workflow("wf", topics=["a"])
+    with pytest.raises(fl.DefinitionError, match="decorates a class"):
+        wf.consumer(subscribe=["a"])(lambda ctx, state: None)
+
+
+def test_incomplete_runs_of_a_removed_handler_block_registration(make_engine, ledger):
+    engine = make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    tool.script = ["uncertain"]
+    tool.reconcile_script = ["retry"]
+    engine.register(ledger_workflow(items=["a"]), tools=[tool])
+    assert engine.run_session("wf").status == "suspended"
+
+    renamed = ledger_workflow(items=["a"])
+    renamed.consumers[0] = renamed.consumers[0].__class__(
+        "Renamed", *[getattr(renamed.consumers[0], f) for f in
+                     ("cls", "subscribe", "publishes", "tools")])
+    with pytest.raises(fl.DefinitionError,
+                       match="handler 'Append' not found; it has 1 incomplete run"):
+        make_engine().register(renamed, tools=[ScriptedLedgerTool(ledger)])
+
+
+def test_a_payload_over_the_limit_is_a_logic_error_and_nothing_is_lost(make_engine):
+    wf = fl.Workflow("wf", topics=["in"])
+    size = {"n": 10}
+
+    @wf.producer(publishes=["in"])
+    def p(ctx: Any, state: Any) -> None:
+        ctx.publish("in", message_id=f"m{size['n']}", payload="x" * size["n"])
+
+    engine = make_engine(limits=fl.Limits(payload=100))
+    engine.register(wf)
+    assert engine.run_session("wf").status == "completed"
+    before = [(e.position, e.name) for e in engine.events()]
+
+    size["n"] = 500
+    result = engine.run_session("wf")
+    assert result.status == "failed"
+    assert "payload is 50" in (result.error or "") and "limit of 100 bytes" in (result.error or "")
+    after = [(e.position, e.name) for e in engine.events()]
+    assert after[: len(before)] == before  # nothing earlier lost or changed
+    assert message_status(engine, "wf", "in") == {"pending": 1}  # the big one never landed
+
+
+@pytest.mark.parametrize("field, returned", [
+    ("state", lambda: "y" * 300),
+    ("data", None),
+])
+def test_state_and_data_over_the_limit(make_engine, field, returned):
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.producer(publishes=["in"])
+    def p(ctx: Any, state: Any) -> Any:
+        ctx.publish("in", message_id="m", payload=1)
+        return returned() if field == "state" else None
+
+    @wf.consumer(subscribe=["in"])
+    class C:
+        def prepare(self, ctx: Any, state: Any) -> Any:
+            return fl.Prepared({"in": ["m"]}, data="z" * 300)
+
+    engine = make_engine(limits=fl.Limits(state=100, data=100))
+    engine.register(wf)
+    result = engine.run_session("wf")
+    assert result.status == "failed"
+    assert f"{field} is 30" in (result.error or "")
+
+
+def test_unserialisable_values_are_clear_logic_errors(make_engine):
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.producer(publishes=["in"])
+    def p(ctx: Any, state: Any) -> None:
+        ctx.publish("in", message_id="m", payload={"when": object()})
+
+    engine = make_engine()
+    engine.register(wf)
+    result = engine.run_session("wf")
+    assert result.status == "failed"
+    assert "cannot be stored in the log" in (result.error or "")
+    assert "cannot serialise a value of type object" in (result.error or "")
+
+
+def test_a_mutation_result_over_the_limit_keeps_the_mutation_applied(make_engine, ledger):
+    class Big(fl.Tool):
+        name = "ledger"
+
+        @fl.mutator
+        def append(self, key: str, value: str) -> str:
+            ledger.append(key, value)
+            return "r" * 1000
+
+    engine = make_engine(limits=fl.Limits(result=100))
+    engine.register(ledger_workflow(items=["a"]), tools=[Big()])
+    result = engine.run_session("wf")
+    assert result.status == "failed"
+    run = engine.run(next(r for r in result.runs if r.handler == "Append").run_id)
+    assert run.status.value == "failed:internal"
+    assert run.mutation is not None and run.mutation.state.value == "applied"
+    assert "over the limit" in (run.reason or "")
+    assert ledger.keys() == ["a"]
+    assert message_status(engine, "wf", "in") == {"reserved": 1}
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(fl.ConfigurationError, match="positive"):
+        fl.Limits(payload=0)
+
+
+def test_bad_store_urls_are_clear(tmp_path):
+    for url in ("flow.db", "mysql://x", "sqlite://", f"sqlite:///{tmp_path}/missing/dir/x.db"):
+        with pytest.raises(fl.ConfigurationError):
+            fl.Engine(url)

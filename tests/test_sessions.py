@@ -1,0 +1,275 @@
+"""Sessions (DESIGN §1.5): order, budgets, stop rules, costs, one session at a time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowledger as fl
+from tests.conftest import ScriptedLedgerTool, ledger_workflow, message_status
+
+
+def pipeline(order: list[str], n: int = 3, cost: str = "0") -> fl.Workflow:
+    wf = fl.Workflow("wf", topics=["a", "b"])
+
+    @wf.producer(publishes=["a"])
+    def first(ctx: Any, state: Any) -> None:
+        order.append("first")
+        for i in range(n):
+            ctx.publish("a", message_id=str(i), payload=i)
+
+    @wf.producer(publishes=["a"])
+    def second(ctx: Any, state: Any) -> None:
+        order.append("second")
+
+    @wf.consumer(subscribe=["a"], publishes=["b"])
+    class Up:
+        def prepare(self, ctx: Any, state: Any) -> Any:
+            m = ctx.peek("a", limit=1)
+            return fl.Prepared({"a": [m[0].message_id]}, data=m[0].payload) if m else None
+
+        def next(self, ctx: Any, prepared: Any, outcome: Any) -> None:
+            order.append(f"up{prepared.data}")
+            ctx.add_cost(cost, "llm")
+            ctx.publish("b", message_id=str(prepared.data), payload=prepared.data)
+
+    @wf.consumer(subscribe=["b"])
+    class Down:
+        def prepare(self, ctx: Any, state: Any) -> Any:
+            m = ctx.peek("b", limit=1)
+            return fl.Prepared({"b": [m[0].message_id]}, data=m[0].payload) if m else None
+
+        def next(self, ctx: Any, prepared: Any, outcome: Any) -> None:
+            order.append(f"down{prepared.data}")
+            ctx.add_cost(cost, "llm")
+
+    return wf
+
+
+def test_producers_run_first_then_consumers_until_no_work(make_engine):
+    order: list[str] = []
+    engine = make_engine()
+    engine.register(pipeline(order))
+    result = engine.run_session("wf")
+    assert result.status == "completed"
+    assert order[:2] == ["first", "second"]
+    assert sorted(order[2:]) == sorted(["up0", "up1", "up2", "down0", "down1", "down2"])
+    assert result.consumer_runs == 6
+
+
+def test_event_trigger_skips_producers(make_engine):
+    order: list[str] = []
+    engine = make_engine()
+    engine.register(pipeline(order))
+    result = engine.run_session("wf", trigger="event")
+    assert result.status == "completed" and order == []
+
+
+def test_completes_at_once_when_there_is_no_work(make_engine):
+    engine = make_engine()
+    engine.register(pipeline([], n=0))
+    result = engine.run_session("wf")
+    assert result.status == "completed" and result.consumer_runs == 0
+
+
+def test_max_iterations_ends_with_remaining_work_listed(make_engine):
+    order: list[str] = []
+    engine = make_engine()
+    engine.register(pipeline(order, n=3))
+    result = engine.run_session("wf", max_iterations=2)
+    assert result.status == "budget_exhausted"
+    assert result.budget == "max_iterations"
+    assert result.consumer_runs == 2
+    assert result.remaining == {"Up": {"a": 1}, "Down": {"b": 2}}
+
+    rest = engine.run_session("wf", trigger="event")
+    assert rest.status == "completed" and rest.consumer_runs == 4
+
+
+def test_budget_ending_exactly_when_work_ends_is_completed(make_engine):
+    engine = make_engine()
+    engine.register(pipeline([], n=1))
+    result = engine.run_session("wf", max_iterations=2)
+    assert result.status == "completed"
+
+
+def test_max_cost_is_checked_before_each_consumer_run(make_engine):
+    engine = make_engine()
+    engine.register(pipeline([], n=3, cost="0.40"))
+    result = engine.run_session("wf", max_cost="1.00")
+    assert result.status == "budget_exhausted" and result.budget == "max_cost"
+    assert result.cost == Decimal("1.20")  # three runs started while under 1.00
+    assert result.remaining
+
+
+def test_session_cost_is_the_exact_sum_of_run_costs(make_engine):
+    engine = make_engine()
+    engine.register(pipeline([], n=3, cost="0.1"))
+    result = engine.run_session("wf")
+    assert result.cost == Decimal("0.6")  # exact: no float drift
+    run_costs = sum((engine.run(r.run_id).cost for r in result.runs), Decimal(0))
+    assert run_costs == result.cost
+
+
+def test_session_stops_at_the_first_failure(make_engine, ledger):
+    engine = make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    tool.script = ["ok", "auth"]
+    engine.register(ledger_workflow(items=["a", "b", "c"]), tools=[tool])
+    result = engine.run_session("wf")
+    assert result.status == "suspended"
+    assert [r.status.value for r in result.runs if r.handler == "Append"] == [
+        "committed", "paused:approval"]
+    assert message_status(engine, "wf", "in") == {"consumed": 1, "pending": 2}
+
+
+def test_wake_at_set_by_prepare_falls_due_later(make_engine, clock):
+    wf = fl.Workflow("wf", topics=["in"])
+    calls: list[Any] = []
+
+    @wf.producer(publishes=["in"])
+    def kick(ctx: Any, state: Any) -> Any:
+        if not state:
+            ctx.publish("in", message_id="kick", payload=1)
+        return True
+
+    @wf.consumer(subscribe=["in"])
+    class Timer:
+        def prepare(self, ctx: Any, state: Any) -> Any:
+            calls.append(ctx.now)
+            pending = [m.message_id for m in ctx.peek("in")]
+            return fl.Prepared({"in": pending} if pending else {},
+                               wake_at=ctx.now + timedelta(minutes=5))
+
+    engine = make_engine()
+    engine.register(wf)
+    first = engine.run_session("wf", max_iterations=10)
+    assert first.status == "completed" and len(calls) == 1  # took the kick; nothing left
+    clock.advance(60)
+    engine.run_session("wf")
+    assert len(calls) == 1  # not due yet
+    clock.advance(300)
+    due = engine.run_session("wf", max_iterations=10)
+    assert len(calls) == 2  # due: run once; it set a new wake_at and is not busy-looped
+    assert due.consumer_runs == 1
+
+
+def test_sessions_of_a_workflow_are_counted_in_the_log(make_engine):
+    engine = make_engine()
+    engine.register(pipeline([], n=1))
+    r = engine.run_session("wf")
+    closed = [e for e in engine.events(workflow="wf") if e.name == "Closed"]
+    assert closed[-1].stream_id == r.session_id
+    assert closed[-1].fields["outcome"] == "completed"
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(make_engine):
+    engine = make_engine()
+    engine.register(pipeline([]))
+    before = list(engine.events())
+    for kwargs in ({"trigger": "nightly"}, {"max_iterations": -1}, {"max_cost": "lots"},
+                   {"max_cost": -1}):
+        with pytest.raises(fl.InvalidArgument):
+            engine.run_session("wf", **kwargs)
+    with pytest.raises(fl.NotFoundError, match="not registered"):
+        engine.run_session("nope")
+    assert list(engine.events()) == before
+
+
+RACER = textwrap.dedent("""
+    import sys, time, json
+    import flowledger as fl
+    wf = fl.Workflow("race", topics=["t"])
+
+    @wf.consumer(subscribe=["t"])
+    class Slow:
+        def prepare(self, ctx, state):
+            return None
+
+    @wf.producer(publishes=["t"])
+    def slow(ctx, state):
+        time.sleep(float(sys.argv[2]))
+
+    engine = fl.Engine(sys.argv[1])
+    engine.register(wf)
+    print(json.dumps(engine.run_session("race").status), flush=True)
+""")
+
+
+def test_two_processes_race_for_one_workflow_and_one_gets_busy(tmp_path: Path):
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    store = f"sqlite:///{tmp_path / 'race.db'}"
+    slow = subprocess.Popen([sys.executable, str(script), store, "2.0"],
+                            stdout=subprocess.PIPE, text=True)
+    # Wait until the slow process has opened its session, then try a second one.
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        engine = fl.Engine(store)
+        try:
+            if engine.status().open_sessions:
+                break
+        except Exception:
+            pass
+        finally:
+            engine.close()
+        time.sleep(0.05)
+    fast = subprocess.run([sys.executable, str(script), store, "0"], capture_output=True,
+                          text=True, timeout=60)
+    out, _ = slow.communicate(timeout=60)
+    assert fast.stdout.strip() == '"busy"', fast.stderr
+    assert out.strip() == '"completed"'
+
+
+STARTER = textwrap.dedent("""
+    import sys, json
+    import flowledger as fl
+    wf = fl.Workflow("race", topics=["t"])
+
+    @wf.producer(publishes=["t"])
+    def quick(ctx, state):
+        pass
+
+    engine = fl.Engine(sys.argv[1])
+    engine.register(wf)
+    sys.stdout.write("ready\\n"); sys.stdout.flush()
+    sys.stdin.readline()
+    print(json.dumps(engine.run_session("race").status), flush=True)
+""")
+
+
+def test_simultaneous_opens_never_give_two_sessions(tmp_path: Path):
+    """Many processes released at once: sessions never overlap in the log."""
+    script = tmp_path / "starter.py"
+    script.write_text(STARTER)
+    store = f"sqlite:///{tmp_path / 'race.db'}"
+    procs = [subprocess.Popen([sys.executable, str(script), store], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    statuses = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert set(statuses) <= {'"busy"', '"completed"'} and '"completed"' in statuses
+    engine = fl.Engine(store)
+    try:
+        opened = 0
+        for e in engine.events(workflow="race"):
+            if e.name == "SessionOpened":
+                opened += 1
+                assert opened == 1, "a second session opened before the first closed"
+            elif e.name == "SessionClosed":
+                opened -= 1
+    finally:
+        engine.close()

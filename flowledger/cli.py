@@ -1,0 +1,559 @@
+"""The `flowledger` command: run workflows and look at what they did.
+
+Exit codes: 0 when every session completed (or stopped on its budget, with the
+work left listed); 1 when a session was suspended, failed, blocked or busy;
+2 when the command cannot be carried out as asked (bad store URL, unknown
+workflow or run, a decision that does not apply, a file that is not there...):
+one line on stderr, never a traceback. Anything else is a bug and raises.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import importlib.util
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from email.utils import parseaddr
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+from eventsourcing.persistence import InfrastructureFactoryError
+from rich.console import Console
+from rich.panel import Panel
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+import flowledger as fl
+from flowledger import demo as demo_module
+from flowledger.engine.log_view import LoggedEvent
+from flowledger.infrastructure.store_url import DEFAULT_STORE, parse_store_url
+
+STORE_ENV = "FLOWLEDGER_STORE"
+OK_SESSION_STATUSES = ("completed", "budget_exhausted")
+EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="flowledger",
+    help="Durable, auditable automations: run workflows, inspect the log, decide what is "
+         "blocked.\n\nExit codes: 0 done (or stopped on a budget), 1 a session was "
+         "suspended, failed, blocked or busy, 2 the command could not be carried out.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+class CommandError(fl.FlowledgerError):
+    """Something the person typing the command can fix (exit code 2)."""
+
+
+# ------------------------------------------------------------------ options
+
+
+class Trigger(enum.StrEnum):
+    manual = "manual"
+    schedule = "schedule"
+    event = "event"
+
+
+class Action(enum.StrEnum):
+    retry_reconcile = "retry_reconcile"
+    did_not_happen = "did_not_happen"
+    skip = "skip"
+
+
+@dataclass
+class GlobalOptions:
+    store: str
+
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option("--store", metavar="URL",
+                 help=f"Store URL (overrides the global --store and ${STORE_ENV})."),
+]
+TargetArgument = Annotated[
+    str,
+    typer.Argument(metavar="PATH_OR_MODULE", show_default=False,
+                   help="A .py file or a dotted module name that defines register(engine), "
+                        "or module-level fl.Workflow objects (and TOOLS)."),
+]
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    store: Annotated[str, typer.Option(
+        "--store", metavar="URL", envvar=STORE_ENV,
+        help="Store URL: sqlite:///file.db, sqlite:////abs/file.db or memory://.",
+    )] = DEFAULT_STORE,
+) -> None:
+    ctx.obj = GlobalOptions(store)
+
+
+def _store(ctx: typer.Context, store: str | None) -> str:
+    return store or ctx.ensure_object(GlobalOptions).store
+
+
+# ------------------------------------------------------------ engine & code
+
+
+class CommandEngine(fl.Engine):
+    """An engine that remembers which workflows this command registered, in order."""
+
+    def __init__(self, store: str) -> None:
+        super().__init__(store)
+        self.registered_names: list[str] = []
+
+    def register(self, workflow: fl.Workflow, tools: Iterable[fl.Tool] = ()) -> None:
+        super().register(workflow, tools)
+        if workflow.name not in self.registered_names:
+            self.registered_names.append(workflow.name)
+
+
+@contextmanager
+def open_engine(store: str, *, must_exist: bool = False) -> Iterator[CommandEngine]:
+    """An engine on `store`, closed when the command ends, whatever happens."""
+    config = parse_store_url(store)
+    if must_exist and config.path is not None and not config.path.exists():
+        raise CommandError(f"no store at {str(config.path)!r} (from {store}); run a workflow "
+                           "first, or point --store at an existing store")
+    try:
+        engine = CommandEngine(store)
+    except InfrastructureFactoryError as e:
+        # The log library could not build this store's persistence: for
+        # postgresql:// without the psycopg_pool module, say what is missing.
+        cause = f" ({e.__cause__})" if e.__cause__ is not None else ""
+        raise CommandError(f"cannot open store {store!r}: {e}{cause}") from e
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def import_workflow_module(target: str) -> ModuleType:
+    """Import the user's workflow code from a .py path or a dotted module name."""
+    path = Path(target)
+    if target.endswith(".py") or "/" in target or "\\" in target or path.exists():
+        if path.is_dir():
+            raise CommandError(f"{target!r} is a folder; give the .py file that defines the "
+                               "workflow")
+        if not path.is_file():
+            raise CommandError(f"no such file: {target!r}")
+        # Let the file import the modules next to it, as `python file.py` would.
+        sys.path.insert(0, str(path.resolve().parent))
+        name = f"flowledger_workflow_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise CommandError(f"cannot load {target!r} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # as `python -m` would
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as e:
+        # Only the module asked for is the user's mistake; a missing import
+        # inside it is a bug in that code and keeps its traceback.
+        if e.name is not None and (target == e.name or target.startswith(e.name + ".")):
+            raise CommandError(f"no module named {target!r}; give a .py file or an importable "
+                               "module name") from e
+        raise
+
+
+def register_module(engine: CommandEngine, module: ModuleType, target: str) -> list[str]:
+    """Call the module's register(engine), or register its workflows with its TOOLS."""
+    register = getattr(module, "register", None)
+    if callable(register):
+        register(engine)
+    else:
+        workflows = list({id(v): v for v in vars(module).values()
+                          if isinstance(v, fl.Workflow)}.values())
+        for workflow in workflows:
+            engine.register(workflow, tools=getattr(module, "TOOLS", []))
+    if not engine.registered_names:
+        raise CommandError(f"{target!r} registers no workflow: define module-level "
+                           "fl.Workflow objects (with TOOLS = [...]) or register(engine)")
+    return list(engine.registered_names)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def short(value: UUID | None) -> str:
+    return value.hex[:8] if value is not None else "-"
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _plain(value: Any, limit: int = 80) -> str:
+    if isinstance(value, UUID):
+        text = short(value)
+    elif isinstance(value, enum.Enum):
+        text = str(value.value)
+    elif isinstance(value, datetime):
+        text = when(value)
+    elif isinstance(value, Decimal):
+        text = str(value)
+    elif isinstance(value, list | tuple):
+        text = "[" + ", ".join(_plain(v, limit) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k}: {_plain(v, limit)}" for k, v in value.items()) + "}"
+    else:
+        text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+# Fields every event of a workflow repeats (the stream says them already); empty
+# fields (None) are left out too.
+_NOT_KEY = {"workflow_id", "workflow"}
+
+
+def key_fields(event: LoggedEvent) -> str:
+    return ", ".join(f"{k}={_plain(v)}" for k, v in event.fields.items()
+                     if k not in _NOT_KEY and v is not None)
+
+
+_EVENT_WIDTH = 34  # the longest aggregate.event name, HandlerRun.MutationNeedsReconcile
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment
+
+
+def log_line(event: LoggedEvent) -> Text:
+    """One event on one line, so that the log can be read, piped and grepped."""
+    line = Text()
+    line.append(f"{event.position:>6}  ", style="dim")
+    line.append(_utc(event.timestamp).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "  ")
+    line.append(f"{event.aggregate}.", style="cyan")
+    line.append(event.name.ljust(_EVENT_WIDTH - len(event.aggregate) - 1), style="bold cyan")
+    line.append(f"  {short(event.stream_id)}", style="magenta")
+    fields = key_fields(event)
+    if fields:
+        line.append("  " + fields)
+    return line
+
+
+def print_log(events: Iterable[LoggedEvent]) -> None:
+    header = (f"{'pos':>6}  {'time (UTC)':<23}  {'aggregate.event':<{_EVENT_WIDTH}}  "
+              "stream    fields")
+    out.print(Text(header, style="bold"), soft_wrap=True)
+    for event in events:
+        out.print(log_line(event), soft_wrap=True)
+
+
+def _remaining(result: fl.SessionResult) -> str:
+    return "; ".join(f"{consumer}: " + ", ".join(f"{t}={n}" for t, n in topics.items())
+                     for consumer, topics in result.remaining.items()) or "-"
+
+
+def _status_style(status: str) -> str:
+    if status in ("completed", "active", "committed"):
+        return "green"
+    return "yellow" if status in ("budget_exhausted", "paused") else "red"
+
+
+def note(label: str, text: str, style: str = "") -> None:
+    """A long explanation under a table: one soft-wrapped line, never squeezed into a cell."""
+    line = Text("  ")
+    line.append(f"{label}: ", style=style or "bold")
+    line.append(text)
+    out.print(line, soft_wrap=True)
+
+
+def print_sessions(results: list[fl.SessionResult], title: str = "Sessions") -> None:
+    table = Table(title=title, title_justify="left")
+    for name in ("workflow", "session", "status", "runs", "cost", "remaining work"):
+        table.add_column(name, overflow="fold")
+    for r in results:
+        table.add_row(r.workflow, short(r.session_id), Text(r.status, style=_status_style(
+            r.status)), f"{len(r.runs)} ({r.consumer_runs} consumer)", str(r.cost),
+            _remaining(r))
+    out.print(table)
+    for r in results:
+        if r.error:
+            note(f"{r.workflow} {short(r.session_id)} {r.status}", r.error,
+                 _status_style(r.status))
+
+
+def print_blocked(blocked: list[fl.BlockedRun]) -> None:
+    """One block per run: what it attempted, why it waits, the commands that decide."""
+    out.print(Text("Blocked runs (waiting for a person)", style="bold"))
+    for b in blocked:
+        out.print(Text(f"  run {b.run_id}  {b.workflow} / {b.handler}  {b.status}",
+                       style="red"), soft_wrap=True)
+        if b.tool:
+            out.print(f"    mutation: {b.tool}.{b.method}({_plain(b.params)}) is "
+                      f"{b.mutation_state}", soft_wrap=True, markup=False)
+        if b.reason:
+            out.print(f"    reason:   {b.reason}", soft_wrap=True, markup=False)
+        if "resume" in b.actions:
+            decide = f"flowledger resume {b.workflow}"
+        else:
+            decide = f"flowledger resolve {b.run_id} {'|'.join(b.actions)}"
+        out.print(f"    decide:   {decide}", soft_wrap=True, markup=False)
+
+
+def exit_code_for(results: Iterable[fl.SessionResult]) -> int:
+    return EXIT_OK if all(r.status in OK_SESSION_STATUSES for r in results) else EXIT_NOT_DONE
+
+
+# ----------------------------------------------------------------- commands
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    path_or_module: TargetArgument,
+    store: StoreOption = None,
+    max_iterations: Annotated[int, typer.Option(
+        min=0, help="Consumer runs a session may start.")] = 100,
+    max_cost: Annotated[str | None, typer.Option(
+        metavar="AMOUNT", help="Stop starting consumer runs once the session cost this "
+                               "much (a decimal).")] = None,
+    trigger: Annotated[Trigger, typer.Option(
+        help="manual and schedule run the producers first; event runs consumers only.",
+    )] = Trigger.manual,
+    workflow: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Run only this workflow of the module.")] = None,
+) -> None:
+    """Register the workflows of PATH_OR_MODULE and run one session of each.
+
+    Exit code 0 when every session completed or stopped on its budget, 1 when one
+    was suspended, failed, blocked or busy.
+    """
+    with open_engine(_store(ctx, store)) as engine:
+        names = register_module(engine, import_workflow_module(path_or_module),
+                                path_or_module)
+        if workflow is not None:
+            if workflow not in names:
+                raise CommandError(f"{path_or_module!r} defines no workflow {workflow!r} "
+                                   f"(it defines: {', '.join(names)})")
+            names = [workflow]
+        results = [engine.run_session(name, trigger=trigger.value,
+                                      max_iterations=max_iterations, max_cost=max_cost)
+                   for name in names]
+    print_sessions(results)
+    raise typer.Exit(exit_code_for(results))
+
+
+@app.command()
+def status(ctx: typer.Context, store: StoreOption = None) -> None:
+    """Workflows, open sessions, unfinished and blocked runs."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        st = engine.status()
+    if not st.workflows:
+        out.print("No workflows in this store yet.")
+        return
+    names = {w.workflow_id: w.name for w in st.workflows}
+    table = Table(title="Workflows", title_justify="left")
+    for name in ("workflow", "status", "open session", "lease holder", "lease until (UTC)"):
+        table.add_column(name, overflow="fold")
+    for w in st.workflows:
+        table.add_row(w.name, Text(w.status, style=_status_style(w.status)),
+                      short(w.open_session), w.owner or "-", when(w.lease_until))
+    out.print(table)
+    for w in st.workflows:
+        if w.reason:
+            note(f"{w.name} is {w.status}", w.reason, _status_style(w.status))
+
+    if st.open_sessions:
+        table = Table(title="Open sessions", title_justify="left")
+        for name in ("session", "workflow", "trigger", "opened (UTC)"):
+            table.add_column(name)
+        for session_id, workflow_id, trigger, opened in st.open_sessions:
+            table.add_row(short(session_id), names.get(workflow_id, short(workflow_id)),
+                          trigger, when(opened))
+        out.print(table)
+    else:
+        out.print("No open sessions.")
+
+    if st.unfinished_runs:
+        out.print(Text("Unfinished runs", style="bold"))
+        for r in st.unfinished_runs:
+            line = Text(f"  run {r.run_id}  ")
+            line.append(f"{names.get(r.workflow_id, short(r.workflow_id))} / {r.handler}  ")
+            line.append(f"phase={r.phase} ")
+            line.append(f"status={r.status}", style=_status_style(r.status))
+            if r.mutation_state:
+                line.append(f" mutation={r.mutation_state}")
+            if r.retry_at:
+                line.append(f" retry at {when(r.retry_at)} UTC")
+            out.print(line, soft_wrap=True)
+    else:
+        out.print("No unfinished runs.")
+
+    if st.blocked:
+        print_blocked(st.blocked)
+    else:
+        out.print("Nothing is blocked.")
+
+
+@app.command()
+def log(
+    ctx: typer.Context,
+    store: StoreOption = None,
+    workflow: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Only this workflow's events.")] = None,
+    run_id: Annotated[str | None, typer.Option(
+        "--run", metavar="RUN_ID", help="Only this run's events.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="Only the last N events.")] = None,
+) -> None:
+    """The event log, oldest first: the source of truth everything else is derived from."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        if workflow is not None and workflow not in {w.name for w in engine.status().workflows}:
+            raise CommandError(f"no workflow named {workflow!r} in store {engine.store}")
+        events: Iterable[LoggedEvent] = engine.events(workflow=workflow, run=run_id)
+        if limit is not None:
+            events = deque(events, maxlen=limit)
+        shown = list(events)
+    if not shown:
+        out.print("The log holds no such events.")
+        return
+    print_log(shown)
+
+
+@app.command()
+def blocked(ctx: typer.Context, store: StoreOption = None) -> None:
+    """Runs waiting for a person, and the decisions that apply to each."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        found = engine.blocked()
+    if not found:
+        out.print("Nothing is blocked.")
+        return
+    print_blocked(found)
+
+
+@app.command()
+def recover(ctx: typer.Context, path_or_module: TargetArgument,
+            store: StoreOption = None) -> None:
+    """Take over sessions a crashed process left open, and finish their work.
+
+    Needs the workflow code (PATH_OR_MODULE): recovery continues runs with it.
+    """
+    with open_engine(_store(ctx, store)) as engine:
+        register_module(engine, import_workflow_module(path_or_module), path_or_module)
+        results = engine.recover()
+    if not results:
+        out.print("Nothing to recover: no workflow of this code has a session open.")
+        return
+    print_sessions(results, title="Recovered sessions")
+    raise typer.Exit(exit_code_for(results))
+
+
+@app.command()
+def resolve(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(
+        metavar="RUN", help="The blocked run's id.", show_default=False)],
+    action: Annotated[Action, typer.Argument(
+        metavar="ACTION",
+        help="retry_reconcile: ask the tool again; did_not_happen: a fresh run may mutate "
+             "again; skip: go on without the mutation.")],
+    store: StoreOption = None,
+) -> None:
+    """Decide on a mutation whose outcome is unknown (see `flowledger blocked`)."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        engine.resolve(run, action.value)
+        workflow = engine.run(run).workflow
+    out.print(f"Recorded {action.value} for run {run} of {workflow!r}. The next session "
+              "carries it on: flowledger run PATH_OR_MODULE")
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    workflow: Annotated[str, typer.Argument(metavar="WORKFLOW", show_default=False)],
+    store: StoreOption = None,
+) -> None:
+    """Lift a workflow's paused or error status once the cause is dealt with."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        changed = engine.resume(workflow)
+    if changed:
+        out.print(f"Workflow {workflow!r} is active again; the next session will run it.")
+    else:
+        out.print(f"Workflow {workflow!r} is already active; nothing was changed.")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option(
+        "--dir", metavar="PATH", help="Working folder; wiped and recreated.",
+    )] = demo_module.DEFAULT_DEMO_DIR,
+) -> None:
+    """Run the bundled inbox-to-ledger example end to end on a fresh store."""
+    report = demo_module.run_demo(folder)
+    url = demo_module.store_url_for(folder, relative_to=Path.cwd())
+    out.print(Panel.fit(
+        f"flowledger demo: inbox to ledger, in {folder}/\n"
+        f"{len(report.emails)} sample emails in {folder / 'inbox'}/ -> ledger.db -> "
+        "summary.md\n"
+        f"Each session may start {demo_module.RUNS_PER_SESSION} consumer runs; "
+        "sessions run until no work is left."))
+    print_sessions(report.sessions)
+
+    rows = Table(title=f"Ledger rows ({folder / 'ledger.db'})", title_justify="left")
+    for name in ("row", "date", "from", "subject", "amount"):
+        rows.add_column(name, overflow="fold", justify="right" if name == "amount" else "left")
+    for row in report.ledger_rows:
+        amount = f"{row['amount']} {row['currency']}" if row["amount"] else "-"
+        name, address = parseaddr(row["sender"])
+        rows.add_row(str(row["row_id"]), (row["date"] or "")[:10], name or address,
+                     row["subject"], amount)
+    out.print(rows)
+    out.print(Rule(f"{folder / 'summary.md'}, as the Summarize consumer wrote it", align="left"))
+    out.print(report.summary.rstrip() or "(not written)", soft_wrap=True, markup=False)
+    if report.traced_run is not None:
+        out.print(Rule(f"From the log: the run that added row 1 ({report.traced_run})",
+                       align="left"))
+        print_log(report.trace)
+    next_steps = [f"flowledger --store {url} log", f"flowledger --store {url} status"]
+    if report.traced_run is not None:
+        next_steps.append(f"flowledger --store {url} log --run {report.traced_run}")
+    next_steps += [f"# drop another .eml into {folder / 'inbox'}/, then:",
+                   f"(cd {folder} && flowledger --store sqlite:///flow.db run workflow.py)"]
+    out.print("\nNext, try:")
+    for step in next_steps:
+        out.print(f"  {step}", soft_wrap=True, markup=False)
+    raise typer.Exit(EXIT_OK if report.succeeded else EXIT_NOT_DONE)
+
+
+# --------------------------------------------------------------------- main
+
+
+def one_line(message: str) -> str:
+    """A multi-line message (e.g. a DefinitionError's list of problems) on one line."""
+    lines = [line.strip().removeprefix("- ") for line in message.splitlines() if line.strip()]
+    return " ".join([*lines[:1], "; ".join(lines[1:])]).strip() if lines else message
+
+
+def main() -> None:
+    """Entry point of the `flowledger` script."""
+    try:
+        app(prog_name="flowledger")
+    except fl.FlowledgerError as e:
+        err.print(Text(f"error: {one_line(str(e))}", style="red"), soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()

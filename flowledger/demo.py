@@ -55,14 +55,16 @@ class DemoReport:
         return bool(self.sessions) and self.sessions[-1].status == "completed"
 
 
-def bundled_example_dir() -> Path:
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bundled_example_dir(package: Path = PACKAGE_DIR) -> Path:
     """The example's folder: shipped inside the wheel, or next to the package in a checkout.
 
     A wheel carries it as `flowledger/_examples/inbox_to_ledger` (pyproject's
     hatch force-include); a source checkout or editable install has it at
     `<repo>/examples/inbox_to_ledger`.
     """
-    package = Path(__file__).resolve().parent
     candidates = (package / "_examples" / EXAMPLE, package.parent / "examples" / EXAMPLE)
     for folder in candidates:
         if (folder / "workflow.py").is_file() and (folder / "inbox").is_dir():

@@ -1,0 +1,358 @@
+"""The `flowledger` command, end to end: real subprocesses, real files, real stores."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowledger import demo
+from flowledger.engine.faults import CRASH_EXIT_CODE
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "inbox_to_ledger" / "workflow.py"
+RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+FLAKY = '''
+import flowledger as fl
+
+wf = fl.Workflow("flaky", topics=["jobs"])
+
+
+class Remote(fl.Tool):
+    name = "remote"
+
+    @fl.mutator  # no reconcile: an uncertain call cannot be settled without a person
+    def send(self, job):
+        raise fl.UncertainOutcome("timeout talking to the remote")
+
+
+@wf.producer(publishes=["jobs"])
+def feed(ctx, state):
+    ctx.publish("jobs", message_id="job-1", payload={"n": 1})
+
+
+@wf.consumer(subscribe=["jobs"], tools=["remote"])
+class Send:
+    def prepare(self, ctx, state):
+        jobs = ctx.peek("jobs", limit=1)
+        if not jobs:
+            return fl.Prepared()
+        return fl.Prepared(reservations={"jobs": [jobs[0].message_id]}, data=jobs[0].payload)
+
+    def mutate(self, ctx, prepared):
+        ctx.tools.remote.send(prepared.data)
+
+
+TOOLS = [Remote()]
+'''
+
+TWO_WORKFLOWS = '''
+import flowledger as fl
+
+first = fl.Workflow("first", topics=["t"])
+second = fl.Workflow("second", topics=["t"])
+for wf in (first, second):
+    @wf.producer(publishes=["t"])
+    def produce(ctx, state):
+        ctx.publish("t", message_id="m", payload=1)
+'''
+
+BROKEN_DEFINITION = '''
+import flowledger as fl
+
+wf = fl.Workflow("broken", topics=["a"])
+
+@wf.producer(publishes=["b"])
+def produce(ctx, state):
+    pass
+
+@wf.consumer(subscribe=[])
+class Orphan:
+    def prepare(self, ctx, state):
+        pass
+'''
+
+
+def flowledger(*args: str, cwd: Path, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it, in its own process."""
+    full_env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_STORE"}
+    full_env.update(COLUMNS="200", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "flowledger.cli", *args], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit code 2, one line on stderr, no traceback anywhere."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder with the example's inbox, as the example expects to find it."""
+    shutil.copytree(EXAMPLE.parent / "inbox", tmp_path / "inbox")
+    return tmp_path
+
+
+def ledger_keys(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [k for (k,) in db.execute("SELECT key FROM ledger_rows ORDER BY row_id")]
+
+
+# ----------------------------------------------------------------------- demo
+
+
+def test_demo_runs_the_example_end_to_end(tmp_path: Path) -> None:
+    result = flowledger("demo", "--dir", "demo", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert len(ledger_keys(tmp_path / "demo" / "ledger.db")) == 5
+    assert "Total EUR: 1,469.01" in result.stdout
+    assert "MutationApplied" in result.stdout  # the log excerpt shows the mutation ledger
+    assert "flowledger --store sqlite:///demo/flow.db log" in result.stdout
+    assert "flowledger --store sqlite:///demo/flow.db status" in result.stdout
+
+    status = flowledger("--store", "sqlite:///demo/flow.db", "status", cwd=tmp_path)
+    assert status.returncode == 0
+    assert "inbox-to-ledger" in status.stdout
+
+
+def test_demo_starts_from_scratch_each_time(tmp_path: Path) -> None:
+    for _ in range(2):
+        result = flowledger("demo", "--dir", "demo", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+
+    assert len(ledger_keys(tmp_path / "demo" / "ledger.db")) == 5
+    assert "Rows: 5" in (tmp_path / "demo" / "summary.md").read_text()
+
+
+def test_demo_folder_can_run_the_workflow_again(tmp_path: Path) -> None:
+    flowledger("demo", "--dir", "demo", cwd=tmp_path)
+    shutil.copy(EXAMPLE.parent / "inbox" / "2024-03-01-hetzner-invoice.eml",
+                tmp_path / "demo" / "inbox" / "copy-of-a-seen-email.eml")
+
+    # The command the demo prints last.
+    result = flowledger("--store", "sqlite:///flow.db", "run", "workflow.py",
+                        cwd=tmp_path / "demo")
+
+    assert result.returncode == 0, result.stderr
+    assert len(ledger_keys(tmp_path / "demo" / "ledger.db")) == 5  # same Message-ID
+
+
+def test_demo_refuses_to_wipe_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.txt").write_text("do not delete")
+
+    assert_user_error(flowledger("demo", "--dir", "precious", cwd=tmp_path), "refusing")
+    assert (tmp_path / "precious" / "thesis.txt").exists()
+
+
+def test_bundled_example_is_found_in_a_wheel_and_in_a_checkout(tmp_path: Path) -> None:
+    assert demo.bundled_example_dir() == EXAMPLE.parent  # this checkout
+
+    wheel_package = tmp_path / "site-packages" / "flowledger"
+    shutil.copytree(EXAMPLE.parent, wheel_package / "_examples" / "inbox_to_ledger")
+    assert demo.bundled_example_dir(wheel_package) == (
+        wheel_package / "_examples" / "inbox_to_ledger")
+
+    with pytest.raises(demo.DemoError, match="bundled example is missing"):
+        demo.bundled_example_dir(tmp_path / "elsewhere" / "flowledger")
+
+
+def test_run_demo_reports_what_happened(tmp_path: Path) -> None:
+    report = demo.run_demo(tmp_path / "demo")
+
+    assert report.succeeded
+    assert len(report.emails) == len(report.ledger_rows) == 5
+    assert "Rows: 5" in report.summary
+    # The first session stops on its small budget; a later one finishes.
+    assert report.sessions[0].status == "budget_exhausted"
+    assert [e.name for e in report.trace if e.name.startswith("Mutation")] == [
+        "MutationInFlight", "MutationApplied"]
+
+
+# ------------------------------------------------------------ run, status, log
+
+
+def test_run_status_and_log_on_the_example(workdir: Path) -> None:
+    store = f"sqlite:///{workdir / 'flow.db'}"
+    env = {"FLOWLEDGER_EXAMPLE_DIR": str(workdir)}
+
+    run = flowledger("run", str(EXAMPLE), "--store", store, cwd=REPO, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "completed" in run.stdout
+    assert len(ledger_keys(workdir / "ledger.db")) == 5
+
+    again = flowledger("run", str(EXAMPLE), "--store", store, cwd=REPO, env=env)
+    assert again.returncode == 0
+    assert len(ledger_keys(workdir / "ledger.db")) == 5
+
+    status = flowledger("status", cwd=workdir, env={"FLOWLEDGER_STORE": store})
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"inbox-to-ledger\s*│\s*active", status.stdout)
+    assert "No open sessions." in status.stdout
+    assert "Nothing is blocked." in status.stdout
+
+    log = flowledger("--store", store, "log", "--workflow", "inbox-to-ledger", cwd=workdir)
+    assert log.returncode == 0, log.stderr
+    assert "Input.Registered" in log.stdout
+    assert "HandlerRun.MutationInFlight" in log.stdout
+    assert "TopicEvent.Published" in log.stdout
+
+    tail = flowledger("--store", store, "log", "--workflow", "inbox-to-ledger", "--limit", "3",
+                      cwd=workdir)
+    assert len(tail.stdout.strip().splitlines()) == 1 + 3  # the header and three events
+    assert "Workflow.SessionClosed" in tail.stdout.splitlines()[-1]
+
+
+def test_log_of_one_run_as_the_demo_suggests(tmp_path: Path) -> None:
+    shown = flowledger("demo", "--dir", "demo", cwd=tmp_path).stdout
+    suggested = re.search(r"flowledger (--store \S+ log --run \S+)", shown)
+    assert suggested is not None
+
+    one = flowledger(*suggested.group(1).split(), cwd=tmp_path)
+
+    assert one.returncode == 0, one.stderr
+    names = [line.split()[3] for line in one.stdout.strip().splitlines()[1:]]
+    assert names[0] == "HandlerRun.Created"
+    assert "HandlerRun.MutationApplied" in names
+    assert names[-1] == "HandlerRun.Committed"
+
+
+def test_run_a_dotted_module_with_module_level_workflows(tmp_path: Path) -> None:
+    (tmp_path / "my_flows.py").write_text(TWO_WORKFLOWS)
+
+    both = flowledger("run", "my_flows", cwd=tmp_path)
+    assert both.returncode == 0, both.stderr
+    assert "first" in both.stdout and "second" in both.stdout
+
+    one = flowledger("run", "my_flows", "--workflow", "second", "--trigger", "event",
+                     cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert "second" in one.stdout and "first" not in one.stdout
+
+
+# ------------------------------------------------- blocked, resolve, resume
+
+
+def test_a_blocked_run_is_shown_and_decided(tmp_path: Path) -> None:
+    (tmp_path / "flaky.py").write_text(FLAKY)
+
+    first = flowledger("run", "flaky.py", cwd=tmp_path)
+    assert first.returncode == 1
+    assert "suspended" in first.stdout
+
+    blocked = flowledger("blocked", cwd=tmp_path)
+    assert blocked.returncode == 0
+    run_id = RUN_ID.search(blocked.stdout)
+    assert run_id is not None
+    assert f"flowledger resolve {run_id.group()} did_not_happen|skip" in blocked.stdout
+
+    assert flowledger("run", "flaky.py", cwd=tmp_path).returncode == 1  # blocked
+    assert_user_error(flowledger("resume", "flaky", cwd=tmp_path), "decide first")
+    assert_user_error(flowledger("resolve", run_id.group(), "retry_reconcile", cwd=tmp_path),
+                      "no reconcile method")
+
+    decided = flowledger("resolve", run_id.group(), "skip", cwd=tmp_path)
+    assert decided.returncode == 0, decided.stderr
+    assert "Recorded skip" in decided.stdout
+
+    assert flowledger("run", "flaky.py", cwd=tmp_path).returncode == 0
+    assert "Nothing is blocked." in flowledger("status", cwd=tmp_path).stdout
+    assert_user_error(flowledger("resolve", run_id.group(), "skip", cwd=tmp_path),
+                      "its mutation is skipped")
+    resumed = flowledger("resume", "flaky", cwd=tmp_path)
+    assert resumed.returncode == 0
+    assert "already active" in resumed.stdout
+
+
+def test_recover_finishes_what_a_crash_left(workdir: Path) -> None:
+    # The process dies right after the second ledger insert, before the log
+    # knows it happened: recovery must reconcile, never insert again.
+    crashed = flowledger("run", str(EXAMPLE), cwd=workdir,
+                         env={"FLOWLEDGER_CRASH_AT": "after_call#2"})
+    assert crashed.returncode == CRASH_EXIT_CODE
+    assert len(ledger_keys(workdir / "ledger.db")) == 2
+
+    busy = flowledger("run", str(EXAMPLE), cwd=workdir)
+    assert busy.returncode == 1
+    assert "busy" in busy.stdout
+
+    recovered = flowledger("recover", str(EXAMPLE), cwd=workdir)
+    assert recovered.returncode == 0, recovered.stderr + recovered.stdout
+    assert "completed" in recovered.stdout
+    keys = ledger_keys(workdir / "ledger.db")
+    assert len(keys) == len(set(keys)) == 5
+
+    nothing = flowledger("recover", str(EXAMPLE), cwd=workdir)
+    assert nothing.returncode == 0
+    assert "Nothing to recover" in nothing.stdout
+
+
+# ----------------------------------------------------------- user mistakes
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with faulty workflow files and a store that holds one workflow.
+
+    Shared by the cases below: a mistake changes nothing, so none disturbs another.
+    """
+    folder = tmp_path_factory.mktemp("mistakes")
+    (folder / "empty.py").write_text("ANSWER = 42\n")
+    (folder / "broken.py").write_text(BROKEN_DEFINITION)
+    (folder / "flaky.py").write_text(FLAKY)
+    assert flowledger("run", "flaky.py", cwd=folder).returncode == 1
+    return folder
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--store", "nope", "status"], "is not a URL"),
+    (["--store", "mysql://db", "status"], "unknown scheme"),
+    (["--store", "sqlite:///no/such/folder/flow.db", "status"], "does not exist"),
+    (["--store", "sqlite:///never-ran.db", "status"], "no store at"),
+    # PostgreSQL is not supported in this release (see the README).
+    (["--store", "postgresql://user@127.0.0.1:5432/flow", "status"],
+     "store 'postgresql://user@127.0.0.1:5432/flow'"),
+    (["run", "no_such_file.py"], "no such file"),
+    (["run", "no_such_package.flows"], "no module named"),
+    (["run", "."], "is a folder"),
+    (["run", "empty.py"], "registers no workflow"),
+    (["run", "broken.py"], "consumer 'Orphan' subscribes to nothing"),
+    (["run", "flaky.py", "--workflow", "nope"], "defines no workflow 'nope'"),
+    (["run", "flaky.py", "--max-cost", "a lot"], "max_cost must be a decimal"),
+    (["resolve", "00000000-0000-0000-0000-000000000000", "skip"], "no run"),
+    (["resolve", "not-a-run-id", "skip"], "is not a run id"),
+    (["resume", "nope"], "no workflow named 'nope'"),
+    (["log", "--workflow", "nope"], "no workflow named 'nope'"),
+    (["log", "--run", "00000000-0000-0000-0000-000000000000"], "no run"),
+])
+def test_user_mistakes_exit_2_on_one_line(mistakes: Path, args: list[str],
+                                          fragment: str) -> None:
+    assert_user_error(flowledger(*args, cwd=mistakes), fragment)
+
+
+def test_the_installed_script_is_the_same_command(tmp_path: Path) -> None:
+    script = shutil.which("flowledger", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("no flowledger script next to this Python")
+
+    result = subprocess.run([script, "--store", "nope", "status"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+
+    assert_user_error(result, "is not a URL")
+    assert "Usage" in subprocess.run([script, "--help"], capture_output=True, text=True,
+                                     timeout=60).stdout

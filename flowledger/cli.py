@@ -294,6 +294,26 @@ def print_sessions(results: list[fl.SessionResult], title: str = "Sessions") -> 
                  _status_style(r.status))
 
 
+def print_waiting(st: fl.EngineStatus) -> None:
+    """Blocked runs, and workflows in error that no blocked run explains."""
+    # engine.blocked() lists runs; a workflow can be in error because of a run
+    # that has finished failing (failed:logic, nothing held), which it omits.
+    covered = {b.workflow for b in st.blocked}
+    in_error = [w for w in st.workflows if w.status == "error" and w.name not in covered]
+    if not st.blocked and not in_error:
+        out.print("Nothing is blocked.")
+        return
+    if st.blocked:
+        print_blocked(st.blocked)
+    if in_error:
+        out.print(Text("Workflows in error (waiting for a person)", style="bold"))
+        for w in in_error:
+            out.print(Text(f"  {w.name}", style="red"))
+            out.print(f"    reason:   {w.reason or '-'}", soft_wrap=True, markup=False)
+            out.print(f"    decide:   fix the cause, then flowledger resume {w.name}",
+                      soft_wrap=True, markup=False)
+
+
 def print_blocked(blocked: list[fl.BlockedRun]) -> None:
     """One block per run: what it attempted, why it waits, the commands that decide."""
     out.print(Text("Blocked runs (waiting for a person)", style="bold"))
@@ -401,10 +421,7 @@ def status(ctx: typer.Context, store: StoreOption = None) -> None:
     else:
         out.print("No unfinished runs.")
 
-    if st.blocked:
-        print_blocked(st.blocked)
-    else:
-        out.print("Nothing is blocked.")
+    print_waiting(st)
 
 
 @app.command()
@@ -434,13 +451,10 @@ def log(
 
 @app.command()
 def blocked(ctx: typer.Context, store: StoreOption = None) -> None:
-    """Runs waiting for a person, and the decisions that apply to each."""
+    """Runs and workflows waiting for a person, and the decisions that apply to each."""
     with open_engine(_store(ctx, store), must_exist=True) as engine:
-        found = engine.blocked()
-    if not found:
-        out.print("Nothing is blocked.")
-        return
-    print_blocked(found)
+        st = engine.status()
+    print_waiting(st)
 
 
 @app.command()

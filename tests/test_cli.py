@@ -53,6 +53,29 @@ class Send:
 TOOLS = [Remote()]
 '''
 
+BUGGY = '''
+import os
+import flowledger as fl
+
+wf = fl.Workflow("buggy", topics=["jobs"])
+
+
+@wf.producer(publishes=["jobs"])
+def feed(ctx, state):
+    ctx.publish("jobs", message_id="job-1", payload={"n": 1})
+
+
+@wf.consumer(subscribe=["jobs"])
+class Work:
+    def prepare(self, ctx, state):
+        jobs = ctx.peek("jobs", limit=1)
+        if not jobs:
+            return fl.Prepared()
+        if os.environ.get("WITH_BUG"):
+            raise KeyError("a bug in the handler")
+        return fl.Prepared(reservations={"jobs": [jobs[0].message_id]})
+'''
+
 TWO_WORKFLOWS = '''
 import flowledger as fl
 
@@ -277,6 +300,25 @@ def test_a_blocked_run_is_shown_and_decided(tmp_path: Path) -> None:
     resumed = flowledger("resume", "flaky", cwd=tmp_path)
     assert resumed.returncode == 0
     assert "already active" in resumed.stdout
+
+
+def test_a_workflow_in_error_waits_for_resume(tmp_path: Path) -> None:
+    (tmp_path / "buggy.py").write_text(BUGGY)
+
+    failed = flowledger("run", "buggy.py", cwd=tmp_path, env={"WITH_BUG": "1"})
+    assert failed.returncode == 1
+    assert "failed" in failed.stdout and "KeyError" in failed.stdout
+
+    waiting = flowledger("blocked", cwd=tmp_path)
+    assert "Workflows in error" in waiting.stdout
+    assert "flowledger resume buggy" in waiting.stdout
+    assert flowledger("run", "buggy.py", cwd=tmp_path).returncode == 1  # blocked
+
+    resumed = flowledger("resume", "buggy", cwd=tmp_path)  # the bug is fixed: no WITH_BUG
+    assert resumed.returncode == 0
+    assert "active again" in resumed.stdout
+    assert flowledger("run", "buggy.py", cwd=tmp_path).returncode == 0
+    assert "Nothing is blocked." in flowledger("blocked", cwd=tmp_path).stdout
 
 
 def test_recover_finishes_what_a_crash_left(workdir: Path) -> None:

@@ -46,6 +46,14 @@ class EventSourcedAggregate(BaseAggregate[UUID]):
         topic: str
         state: dict[str, Any]
 
+        def mutate(self, _: None) -> Any:
+            aggregate = super().mutate(_)
+            aggregate.restored_from_snapshot()
+            return aggregate
+
+    def restored_from_snapshot(self) -> None:
+        """Give back their types to fields the codec stores plainly (enums)."""
+
     @classmethod
     def start(cls, event_class: type[EventSourcedAggregate.Created], id: UUID,
               now: datetime, **fields: Any) -> Self:

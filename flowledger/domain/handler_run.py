@@ -56,6 +56,9 @@ class HandlerRun(EventSourcedAggregate):
         self.outcome: OutcomeStatus | None = None
         self.outcome_result: bytes | None = None
         self.costs: list[tuple[Decimal, str]] = []
+        # How much of `cost` sessions have counted: a run continued after a
+        # crash is counted by the session that ends it, for what is not yet.
+        self.counted_cost: Decimal = Decimal(0)
         self.reads: list[RecordedRead] = []
 
     # ----------------------------------------------------------------- events
@@ -216,8 +219,10 @@ class HandlerRun(EventSourcedAggregate):
 
     class Committed(EventSourcedAggregate.Event):
         state_replaced: bool
+        counted_cost: Decimal
 
         def apply(self, run: HandlerRun) -> None:
+            run.counted_cost = self.counted_cost
             run.phase = Phase.COMMITTED
             run.status = RunStatus.COMMITTED
             run.holds_reservations = False
@@ -237,8 +242,10 @@ class HandlerRun(EventSourcedAggregate):
         status: RunStatus
         reason: str
         retry_at: datetime | None
+        counted_cost: Decimal
 
         def apply(self, run: HandlerRun) -> None:
+            run.counted_cost = self.counted_cost
             run.status = self.status
             run.reason = self.reason
             run.retry_at = self.retry_at
@@ -246,8 +253,10 @@ class HandlerRun(EventSourcedAggregate):
     class Failed(EventSourcedAggregate.Event):
         status: RunStatus
         reason: str
+        counted_cost: Decimal
 
         def apply(self, run: HandlerRun) -> None:
+            run.counted_cost = self.counted_cost
             run.status = self.status
             run.reason = self.reason
             run.retry_at = None
@@ -263,8 +272,10 @@ class HandlerRun(EventSourcedAggregate):
     class Superseded(EventSourcedAggregate.Event):
         by_run: UUID
         reason: str
+        counted_cost: Decimal
 
         def apply(self, run: HandlerRun) -> None:
+            run.counted_cost = self.counted_cost
             run.status = RunStatus.SUPERSEDED
             run.superseded_by = self.by_run
             run.reason = self.reason
@@ -383,7 +394,8 @@ class HandlerRun(EventSourcedAggregate):
         self._advance(self.EmittingStarted, Phase.EMITTING, now)
 
     def commit(self, now: datetime, state_replaced: bool) -> None:
-        self._advance(self.Committed, Phase.COMMITTED, now, state_replaced=state_replaced)
+        self._advance(self.Committed, Phase.COMMITTED, now, state_replaced=state_replaced,
+                      counted_cost=self.cost)
 
     def release_reservations(self, now: datetime) -> None:
         if self.holds_reservations:
@@ -396,24 +408,30 @@ class HandlerRun(EventSourcedAggregate):
               retry_at: datetime | None = None) -> None:
         if not status.is_paused:
             raise InternalError(f"{status.value} is not a paused status")
-        self.record(self.Paused, now, status=status, reason=reason, retry_at=retry_at)
+        self.record(self.Paused, now, status=status, reason=reason, retry_at=retry_at,
+                    counted_cost=self.cost)
 
     def fail(self, now: datetime, status: RunStatus, reason: str) -> None:
         if not status.is_failed:
             raise InternalError(f"{status.value} is not a failed status")
-        self.record(self.Failed, now, status=status, reason=reason)
+        self.record(self.Failed, now, status=status, reason=reason, counted_cost=self.cost)
 
     def reactivate(self, now: datetime, reason: str) -> None:
         self.record(self.Reactivated, now, reason=reason)
 
     def supersede(self, now: datetime, by_run: UUID, reason: str) -> None:
-        self.record(self.Superseded, now, by_run=by_run, reason=reason)
+        self.record(self.Superseded, now, by_run=by_run, reason=reason, counted_cost=self.cost)
 
     # ---------------------------------------------------------------- queries
 
     @property
     def cost(self) -> Decimal:
         return sum((amount for amount, _ in self.costs), Decimal(0))
+
+    @property
+    def uncounted_cost(self) -> Decimal:
+        """What the run spent that no session has counted yet."""
+        return self.cost - self.counted_cost
 
     @property
     def is_finished(self) -> bool:

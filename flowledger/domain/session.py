@@ -45,7 +45,7 @@ class Session(EventSourcedAggregate):
         self.consumer_runs: int = 0
         self.producer_runs: int = 0
         self.started_runs: dict[UUID, str] = {}  # run → handler
-        self.committed_handlers: set[str] = set()
+        self.committed_handlers: list[str] = []
         self.ended_runs: dict[UUID, Decimal] = {}
         self.cost: Decimal = Decimal(0)
         self.outcome: SessionOutcome | None = None
@@ -89,8 +89,9 @@ class Session(EventSourcedAggregate):
         def apply(self, s: Session) -> None:
             s.ended_runs[self.run_id] = s.ended_runs.get(self.run_id, Decimal(0)) + self.cost
             s.cost += self.cost
-            if self.status == "committed" and self.run_id in s.started_runs:
-                s.committed_handlers.add(s.started_runs[self.run_id])
+            handler = s.started_runs.get(self.run_id)
+            if self.status == "committed" and handler and handler not in s.committed_handlers:
+                s.committed_handlers.append(handler)
 
     class Closed(EventSourcedAggregate.Event):
         outcome: SessionOutcome
@@ -103,6 +104,11 @@ class Session(EventSourcedAggregate):
             s.reason = self.reason
             s.budget = self.budget
             s.remaining = self.remaining
+
+    def restored_from_snapshot(self) -> None:
+        self.trigger = Trigger(self.trigger)
+        if self.outcome is not None:
+            self.outcome = SessionOutcome(self.outcome)
 
     @classmethod
     def open(cls, *, id: UUID, now: datetime, workflow_id: UUID, workflow: str,

@@ -133,6 +133,9 @@ class Workflow(EventSourcedAggregate):
             wf.blocking_run = None
             wf.paused_until = None
 
+    def restored_from_snapshot(self) -> None:
+        self.status = WorkflowStatus(self.status)
+
     # --------------------------------------------------------------- commands
 
     @classmethod

@@ -254,7 +254,8 @@ class Engine:
                 results.append(SessionResult("busy", name, session_id,
                                              error="another process took the session over"))
                 continue
-            request = SessionRequest(session.trigger, session.max_iterations, session.max_cost)
+            request = SessionRequest(Trigger(session.trigger), session.max_iterations,
+                                     session.max_cost)
             runner = SessionRunner(reg, self._scope_factory(reg))
             results.append(runner.run(streams, wf, session, request))
         return results

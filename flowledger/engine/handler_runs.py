@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -110,11 +109,6 @@ class _MutationCall:
 class RunDriver:
     def __init__(self, scope: SessionScope) -> None:
         self.s = scope
-        self._cost_before: dict[UUID, Decimal] = {}  # runs continued from an earlier session
-
-    def _spent(self, run: HandlerRun) -> Decimal:
-        """What the run spent while this session worked on it."""
-        return run.cost - self._cost_before.get(run.id, Decimal(0))
 
     # ------------------------------------------------------------ shared
 
@@ -188,6 +182,7 @@ class RunDriver:
         if status is RunStatus.PAUSED_TRANSIENT and retry_at is None:
             retry_at = self.s.policy.transient_retry_at(now, run.attempt)
             give_up = retry_at is None
+        spent = run.uncounted_cost
         if status.is_paused:
             run.pause(now, status, reason, retry_at)
             if give_up:
@@ -199,10 +194,18 @@ class RunDriver:
         else:
             run.fail(now, status, reason)
             wf.error(now, f"run {run.id} ({run.handler}) {status.value}: {reason}", run.id)
-        self.s.session.run_ended(now, run.id, status.value, self._spent(run))
+        self.s.session.run_ended(now, run.id, status.value, spent)
         self.s.append(label)
         self.s.streams.unpin(run)
         return RunResult(run.id, run.handler, run.kind, status, reason)
+
+    def _supersede(self, old: HandlerRun, new: HandlerRun, reason: str) -> None:
+        """The new run takes the old one's place; what the old one spent is counted."""
+        now = self.s.now()
+        spent = old.uncounted_cost
+        old.supersede(now, new.id, reason)
+        if spent:
+            self.s.session.run_ended(now, old.id, RunStatus.SUPERSEDED.value, spent)
 
     def _release(self, run: HandlerRun) -> None:
         now = self.s.now()
@@ -221,7 +224,7 @@ class RunDriver:
                      attempt: int | None = None) -> RunResult:
         run = self._new_run(RunKind.PRODUCER, spec.name, retry_of, attempt)
         if retry_of is not None:
-            retry_of.supersede(self.s.now(), run.id, "run again by a fresh run")
+            self._supersede(retry_of, run, "run again by a fresh run")
         run.start_executing(self.s.now())
         state_agg, state = self._state(spec.name)
         ctx = self._context(run, Step.EXECUTE, spec.publishes, (), spec.tools)
@@ -253,7 +256,7 @@ class RunDriver:
             # Its mutation is known not to have happened (or never started): its
             # reservations go back to pending, and this run prepares afresh.
             self._release(retry_of)
-            retry_of.supersede(now, run.id, "retried by a fresh run")
+            self._supersede(retry_of, run, "retried by a fresh run")
         run.start_preparing(now)
         ctx = self._context(run, Step.PREPARE, (), spec.subscribe, spec.tools)
         try:
@@ -521,8 +524,9 @@ class RunDriver:
                     handler=run.handler, run_id=run.id, state=new_state))
             else:
                 state_agg.commit(now, run.id, new_state)
+        spent = run.uncounted_cost
         run.commit(now, state_replaced=new_state is not None)
-        self.s.session.run_ended(now, run.id, RunStatus.COMMITTED.value, self._spent(run))
+        self.s.session.run_ended(now, run.id, RunStatus.COMMITTED.value, spent)
         self.s.append(label)
         self.s.streams.unpin(run)
         return RunResult(run.id, run.handler, run.kind, RunStatus.COMMITTED)
@@ -581,7 +585,6 @@ class RunDriver:
     def _take_up(self, run: HandlerRun) -> None:
         """This session now works on a run another session started."""
         now = self.s.now()
-        self._cost_before[run.id] = run.cost
         self.s.session.run_started(now, run.id, run.handler, run.kind)
         if run.status is not RunStatus.ACTIVE:
             run.reactivate(now, "continued by session " + str(self.s.session.id))
@@ -609,7 +612,7 @@ class RunDriver:
         for event in self._reserved_events(old):
             event.move_reservation(now, old.id, run.id)
         old.hand_on_reservations(now, run.id)
-        old.supersede(now, run.id, "next is retried by a run that carries the outcome")
+        self._supersede(old, run, "next is retried by a run that carries the outcome")
         return self._emit(run, spec, spec.cls(), self._prepared_of(run), self._outcome(run))
 
     def _reconcile_run(self, spec: ConsumerSpec, run: HandlerRun) -> RunResult:

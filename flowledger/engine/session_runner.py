@@ -116,9 +116,18 @@ class SessionRunner:
         driver = RunDriver(scope)
         runs: list[RunResult] = []
         cleared = wf.status == WorkflowStatus.ACTIVE
-        if wf.status == WorkflowStatus.PAUSED:
-            wf.resume(scope.now(), "a retry or reconciliation fell due")
-        outcome, reason, budget, remaining = self._work(scope, driver, request, runs, cleared)
+        blocked = self._blocked_reason(wf, scope.now())
+        if blocked is not None:
+            # Only a session taken over after a crash gets here: the run that
+            # paused or failed it was recorded, the close was not.
+            outcome = (SessionOutcome.FAILED if wf.status == WorkflowStatus.ERROR
+                       else SessionOutcome.SUSPENDED)
+            reason, budget, remaining = wf.reason, None, {}
+        else:
+            if wf.status == WorkflowStatus.PAUSED:
+                wf.resume(scope.now(), "a retry or reconciliation fell due")
+            outcome, reason, budget, remaining = self._work(scope, driver, request, runs,
+                                                            cleared)
         now = scope.now()
         session.close(now, outcome, reason, budget, remaining)
         wf.close_session(now, session.id, outcome.value)
@@ -132,7 +141,7 @@ class SessionRunner:
         stopped = self._continue_unfinished(scope, driver, runs, cleared)
         if stopped is not None:
             return stopped, runs[-1].reason if runs else None, None, {}
-        if request.trigger is not Trigger.EVENT:
+        if request.trigger != Trigger.EVENT:
             for spec in self.reg.definition.producers:
                 if spec.name in scope.session.committed_handlers:
                     continue  # a session taken over after a crash: it already ran

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -20,6 +21,8 @@ from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory
 from eventsourcing.utils import Environment
 
 from flowledger.domain.errors import ConcurrencyError, ConfigurationError
+from flowledger.domain.session import Session
+from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.codec import MsgpackTranscoder, PydanticMapper
 from flowledger.infrastructure.sqlite_recorder import (
     AfterInsert,
@@ -34,6 +37,10 @@ class EventLog(Application[UUID]):
     """Appends aggregates' pending events in one transaction, optionally fenced."""
 
     name = "flowledger"
+    # Snapshots are a cache of the replay of the streams that grow with use
+    # (a workflow's sessions, a session's runs); deleting them changes
+    # nothing but speed.
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Workflow: 100, Session: 200}
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -96,11 +103,17 @@ class EventLog(Application[UUID]):
         try:
             recordings = self._record(processing)
         except IntegrityError as e:
+            if fence is not None:  # a fenced writer: its session was taken over
+                raise ConcurrencyError(
+                    f"this session lost its lock: another process took it over ({e}). "
+                    "Nothing of this step was stored; the session stops here"
+                ) from e
             raise ConcurrencyError(
                 f"another process wrote to the same streams first ({e}); this append was "
                 "not stored"
             ) from e
-        self._take_snapshots(processing)
+        with contextlib.suppress(Exception):  # a snapshot is a cache: the events are stored
+            self._take_snapshots(processing)
         self._notify(recordings)
         return recordings
 

@@ -22,9 +22,15 @@ from flowledger.projections.base import Cursor, Projection
 
 _RUN_FIELDS = ("run_id", "workflow_id", "session_id", "handler", "kind", "phase", "status",
                "mutation_state", "retry_of", "holds", "reason", "retry_at", "created_at",
-               "updated_at", "position")
-_FINISHED = ("(status IN ('committed','superseded') "
-             "OR (status LIKE 'failed:%' AND holds=0))")
+               "updated_at", "position", "open")
+
+
+def _is_open(row: dict[str, Any]) -> int:
+    """Not committed, not superseded, and not failed with nothing held."""
+    status = row["status"]
+    finished = status in ("committed", "superseded") or (
+        status.startswith("failed:") and not row["holds"])
+    return 0 if finished else 1
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -79,8 +85,11 @@ class PendingWork(Projection):
             run_id TEXT PRIMARY KEY, workflow_id TEXT, session_id TEXT, handler TEXT,
             kind TEXT, phase TEXT, status TEXT, mutation_state TEXT, retry_of TEXT,
             holds INTEGER, reason TEXT, retry_at TEXT, created_at TEXT, updated_at TEXT,
-            position INTEGER)""")
+            position INTEGER, open INTEGER)""")
         c.execute("CREATE INDEX IF NOT EXISTS fl_runs_wf ON fl_runs (workflow_id, status)")
+        # Recovery looks up unfinished runs: its cost must follow their number,
+        # not the length of the log.
+        c.execute("CREATE INDEX IF NOT EXISTS fl_runs_open ON fl_runs (open, workflow_id)")
         c.execute("""CREATE TABLE IF NOT EXISTS fl_sessions (
             session_id TEXT PRIMARY KEY, workflow_id TEXT, trigger TEXT, outcome TEXT,
             reason TEXT, consumer_runs INTEGER, opened_at TEXT, closed_at TEXT)""")
@@ -169,6 +178,7 @@ class PendingWork(Projection):
             else:
                 super().apply(c, event, position)
         for row in rows.values():
+            row["open"] = _is_open(row)
             c.execute(f"INSERT OR REPLACE INTO fl_runs ({', '.join(_RUN_FIELDS)}) "
                       f"VALUES ({', '.join('?' * len(_RUN_FIELDS))})",
                       tuple(row[f] for f in _RUN_FIELDS))
@@ -362,7 +372,7 @@ def _run_row(r: Any) -> RunRow:
 
 def unfinished_runs(c: Cursor, workflow_id: UUID | None = None) -> list[RunRow]:
     """Runs that are not committed, superseded, or failed with nothing held."""
-    sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE NOT {_FINISHED}"
+    sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE open=1"
     params: tuple[Any, ...] = ()
     if workflow_id is not None:
         sql += " AND workflow_id=?"

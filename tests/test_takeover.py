@@ -1,0 +1,140 @@
+"""Lock takeover and fencing (ADR 0007), with real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import flowledger as fl
+from tests.conftest import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+
+STALE_HOLDER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[3])
+    import flowledger as fl
+    from tests.conftest import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+
+    class SlowTool(ScriptedLedgerTool):
+        @fl.read
+        def find(self, key):
+            print("reading", flush=True)
+            time.sleep(float(sys.argv[4]))   # stuck longer than its lease
+            return None
+
+    wf = ledger_workflow(items=["a"])
+    cls = wf.consumers[0].cls
+    original = cls.prepare
+    def prepare(self, ctx, state):
+        ctx.tools.ledger.find("a")
+        return original(self, ctx, state)
+    cls.prepare = prepare
+
+    engine = fl.Engine(sys.argv[1], policy=fl.RetryPolicy(lease_seconds=1))
+    engine.register(wf, tools=[SlowTool(ExternalLedger(sys.argv[2]))])
+    try:
+        print(engine.run_session("wf").status, flush=True)
+    except fl.ConcurrencyError as e:
+        print("fenced:", e, flush=True)
+""")
+
+
+def test_a_stale_holder_is_fenced_and_never_mutates_after_a_takeover(tmp_path: Path):
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    ledger_path = tmp_path / "ledger.db"
+    ExternalLedger(ledger_path)
+    script = tmp_path / "stale.py"
+    script.write_text(STALE_HOLDER)
+    root = str(Path(__file__).resolve().parent.parent)
+    stale = subprocess.Popen([sys.executable, str(script), store, str(ledger_path), root, "4"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert stale.stdout is not None and stale.stdout.readline().strip() == "reading"
+    time.sleep(1.5)  # its lease (1 s) runs out while it is stuck in prepare
+
+    ledger = ExternalLedger(ledger_path)
+    tool = ScriptedLedgerTool(ledger)
+    engine = fl.Engine(store)
+    engine.register(ledger_workflow(items=["a"]), tools=[tool])
+    results = engine.recover()
+    assert [r.status for r in results] == ["completed"], results
+    assert ledger.keys() == ["a"]
+
+    out, err = stale.communicate(timeout=60)
+    assert out.startswith("fenced: this session lost its lock"), (out, err)
+    assert ledger.keys() == ["a"]  # the stale holder never reached its mutation
+    takeovers = [e for e in engine.events(workflow="wf") if e.name == "SessionTakenOver"]
+    assert len(takeovers) == 1
+    engine.close()
+
+
+def test_recover_leaves_a_live_session_alone(make_engine, ledger):
+    holder = make_engine()
+    wf = ledger_workflow(items=["a"])
+    tool = ScriptedLedgerTool(ledger)
+    holder.register(wf, tools=[tool])
+    # Open a session by hand and leave it open, as a live process would.
+    from flowledger.domain.session import Trigger
+    from flowledger.engine.session_runner import SessionRequest, SessionRunner
+    from flowledger.engine.streams import Streams
+
+    reg = holder._registration("wf")
+    runner = SessionRunner(reg, holder._scope_factory(reg))
+    now = holder.clock.now()
+    opened = runner.open_new(Streams(holder.log), SessionRequest(Trigger.MANUAL, 10, None),
+                             holder.owner, now, holder.policy.lease_until(now), holder.ids())
+    assert not isinstance(opened, fl.SessionResult)
+
+    other = make_engine()
+    other.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+    assert [r.status for r in other.recover()] == ["busy"]
+    assert other.run_session("wf").status == "busy"
+    assert ledger.keys() == []
+
+
+def test_recover_is_a_no_op_when_nothing_is_unfinished(make_engine, ledger):
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf")
+    before = list(engine.events())
+    assert engine.recover() == []
+    assert list(engine.events()) == before
+
+
+def test_deleting_snapshots_changes_nothing_but_speed(make_engine, ledger, store):
+    engine = make_engine()
+    engine.register(ledger_workflow(items=[]), tools=[ScriptedLedgerTool(ledger)])
+    for _ in range(130):  # enough sessions for the workflow stream to be snapshotted
+        engine.run_session("wf")
+    from flowledger.domain.ids import workflow_id
+
+    with_snapshots = engine.log.load(workflow_id("wf"))
+    with engine.log.writing() as c:
+        c.execute("SELECT COUNT(*) FROM stored_snapshots")
+        assert c.fetchone()[0] > 0
+        c.execute("DELETE FROM stored_snapshots")
+    fresh = make_engine()
+    without = fresh.log.load(workflow_id("wf"))
+    state = {k: v for k, v in vars(with_snapshots).items() if k != "_pending_events"}
+    assert {k: v for k, v in vars(without).items() if k != "_pending_events"} == state
+    fresh.register(ledger_workflow(items=["z"]), tools=[ScriptedLedgerTool(ledger)])
+    assert fresh.run_session("wf").status == "completed"
+
+
+def test_dropped_projections_are_rebuilt_from_the_log_on_start(make_engine, ledger, store):
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf", max_iterations=1)
+    with engine.log.writing() as c:
+        for t in ("fl_messages", "fl_backlog", "fl_runs", "fl_sessions", "fl_workflows",
+                  "fl_wakeups"):
+            c.execute(f"DROP TABLE {t}")
+        c.execute("DELETE FROM tracking WHERE application_name='pending_work'")
+    engine.close()
+    again = make_engine()
+    again.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    result = again.run_session("wf", trigger="event")
+    assert result.status == "completed"
+    assert ledger.keys() == ["a", "b"]
+

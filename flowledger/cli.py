@@ -490,7 +490,7 @@ def resolve(
         engine.resolve(run, action.value)
         workflow = engine.run(run).workflow
     out.print(f"Recorded {action.value} for run {run} of {workflow!r}. The next session "
-              "carries it on: flowledger run PATH_OR_MODULE")
+              "carries it on: flowledger run PATH_OR_MODULE", soft_wrap=True, markup=False)
 
 
 @app.command()

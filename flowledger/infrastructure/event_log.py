@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 from uuid import UUID
@@ -11,6 +11,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import (
     ApplicationRecorder,
+    EventStore,
     InfrastructureFactory,
     IntegrityError,
     Mapper,
@@ -21,6 +22,7 @@ from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory
 from eventsourcing.utils import Environment
 
 from flowledger.domain.errors import ConcurrencyError, ConfigurationError
+from flowledger.domain.handler_state import HandlerState
 from flowledger.domain.session import Session
 from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.codec import MsgpackTranscoder, PydanticMapper
@@ -28,9 +30,18 @@ from flowledger.infrastructure.sqlite_recorder import (
     AfterInsert,
     Fence,
     FlowSQLiteRecorder,
+    FlowSQLiteSnapshotRecorder,
     use_statement_cache,
 )
 from flowledger.infrastructure.store_url import StoreConfig, parse_store_url
+
+
+def _fold(aggregate: Any, events: Iterable[Any]) -> Any:
+    """Replay: each event applies itself (the library's default projector also
+    checks every event against a runtime Protocol, which costs more than the fold)."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 class EventLog(Application[UUID]):
@@ -40,7 +51,8 @@ class EventLog(Application[UUID]):
     # Snapshots are a cache of the replay of the streams that grow with use
     # (a workflow's sessions, a session's runs); deleting them changes
     # nothing but speed.
-    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Workflow: 100, Session: 200}
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {
+        Workflow: 100, Session: 200, HandlerState: 20}
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -58,6 +70,12 @@ class EventLog(Application[UUID]):
         if isinstance(factory, SQLiteFactory):
             use_statement_cache(factory.datastore)
         return factory
+
+    def construct_snapshot_store(self) -> EventStore[UUID]:
+        recorder = FlowSQLiteSnapshotRecorder(self.flow_recorder.datastore, self.flow_recorder)
+        if isinstance(self.factory, SQLiteFactory) and self.factory.env_create_table():
+            recorder.create_table()
+        return self.factory.event_store(mapper=self.mapper, recorder=recorder)
 
     def construct_mapper(self) -> Mapper[UUID]:
         return self.factory.mapper(transcoder=MsgpackTranscoder(), mapper_class=PydanticMapper)
@@ -119,7 +137,7 @@ class EventLog(Application[UUID]):
 
     def load(self, aggregate_id: UUID, version: int | None = None) -> Any | None:
         try:
-            return self.repository.get(aggregate_id, version=version)
+            return self.repository.get(aggregate_id, version=version, projector_func=_fold)
         except AggregateNotFoundError:
             return None
 

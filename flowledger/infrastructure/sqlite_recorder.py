@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, InterfaceError, StoredEvent
 from eventsourcing.sqlite import (
     SQLITE3_DEFAULT_LOCK_TIMEOUT,
+    SQLiteAggregateRecorder,
     SQLiteConnection,
     SQLiteConnectionPool,
     SQLiteCursor,
@@ -40,7 +41,45 @@ class Fence:
         self.stream_id, self.version = stream_id, version
 
 
-class FlowSQLiteRecorder(SQLiteProcessRecorder):
+class FastReads:
+    """Loads a stream with one statement on the engine's read connection.
+
+    The library's `select_events` goes through the writers' pool with its own
+    transaction per call; loads are frequent and read-only.
+    """
+
+    events_table_name: str
+
+    def reading(self) -> AbstractContextManager[sqlite3.Cursor]:
+        raise NotImplementedError
+
+    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
+                      lte: int | None = None, desc: bool = False,
+                      limit: int | None = None) -> Sequence[StoredEvent]:
+        sql = (f"SELECT originator_version, topic, state FROM {self.events_table_name} "
+               "WHERE originator_id=? ")
+        key = originator_id.hex if isinstance(originator_id, UUID) else originator_id
+        params: list[Any] = [key]
+        if gt is not None:
+            sql += "AND originator_version>? "
+            params.append(gt)
+        if lte is not None:
+            sql += "AND originator_version<=? "
+            params.append(lte)
+        sql += "ORDER BY originator_version " + ("DESC " if desc else "ASC ")
+        if limit is not None:
+            sql += "LIMIT ? "
+            params.append(limit)
+        with self.reading() as c:
+            c.execute(sql, params)
+            rows = c.fetchall()
+        oid = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
+        return [StoredEvent(originator_id=oid, originator_version=v, topic=t, state=s)
+                for v, t, s in rows]
+
+
+
+class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
     after_insert: AfterInsert | None = None
     _reader: sqlite3.Connection | None = None
 
@@ -69,30 +108,6 @@ class FlowSQLiteRecorder(SQLiteProcessRecorder):
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-
-    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
-                      lte: int | None = None, desc: bool = False,
-                      limit: int | None = None) -> Sequence[StoredEvent]:
-        sql = (f"SELECT originator_version, topic, state FROM {self.events_table_name} "
-               "WHERE originator_id=? ")
-        key = originator_id.hex if isinstance(originator_id, UUID) else originator_id
-        params: list[Any] = [key]
-        if gt is not None:
-            sql += "AND originator_version>? "
-            params.append(gt)
-        if lte is not None:
-            sql += "AND originator_version<=? "
-            params.append(lte)
-        sql += "ORDER BY originator_version " + ("DESC " if desc else "ASC ")
-        if limit is not None:
-            sql += "LIMIT ? "
-            params.append(limit)
-        with self.reading() as c:
-            c.execute(sql, params)
-            rows = c.fetchall()
-        oid = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
-        return [StoredEvent(originator_id=oid, originator_version=v, topic=t, state=s)
-                for v, t, s in rows]
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
@@ -135,6 +150,17 @@ class FlowSQLiteRecorder(SQLiteProcessRecorder):
 
     def max_position(self, c: SQLiteCursor) -> int:
         return self._max_notification_id(c) or 0
+
+
+class FlowSQLiteSnapshotRecorder(FastReads, SQLiteAggregateRecorder):
+    """The snapshot table, read through the main recorder's read connection."""
+
+    def __init__(self, datastore: SQLiteDatastore, reads_through: FlowSQLiteRecorder) -> None:
+        super().__init__(datastore, events_table_name="stored_snapshots")
+        self.reads_through = reads_through
+
+    def reading(self) -> AbstractContextManager[sqlite3.Cursor]:
+        return self.reads_through.reading()
 
 
 class FlowSQLiteConnectionPool(SQLiteConnectionPool):

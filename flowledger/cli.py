@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import importlib
 import importlib.util
+import sqlite3
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -26,7 +27,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import typer
-from eventsourcing.persistence import InfrastructureFactoryError
+from eventsourcing.persistence import InfrastructureFactoryError, PersistenceError
 from rich.console import Console
 from rich.panel import Panel
 from rich.rule import Rule
@@ -133,10 +134,13 @@ def open_engine(store: str, *, must_exist: bool = False) -> Iterator[CommandEngi
                            "first, or point --store at an existing store")
     try:
         engine = CommandEngine(store)
-    except InfrastructureFactoryError as e:
-        # The log library could not build this store's persistence: for
-        # postgresql:// without the psycopg_pool module, say what is missing.
-        cause = f" ({e.__cause__})" if e.__cause__ is not None else ""
+    except (InfrastructureFactoryError, PersistenceError, sqlite3.DatabaseError) as e:
+        # The engine lets these through unwrapped when the URL points at
+        # something that is not a store: a folder or a file that is not a
+        # SQLite database (PersistenceError, sqlite3.DatabaseError), or
+        # postgresql:// without the psycopg_pool module (InfrastructureFactoryError,
+        # whose cause says what is missing).
+        cause = f" ({e.__cause__})" if e.__cause__ and str(e.__cause__) != str(e) else ""
         raise CommandError(f"cannot open store {store!r}: {e}{cause}") from e
     try:
         yield engine

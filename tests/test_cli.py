@@ -366,6 +366,8 @@ def mistakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["--store", "mysql://db", "status"], "unknown scheme"),
     (["--store", "sqlite:///no/such/folder/flow.db", "status"], "does not exist"),
     (["--store", "sqlite:///never-ran.db", "status"], "no store at"),
+    (["--store", "sqlite:///empty.py", "status"], "cannot open store"),  # not a database
+    (["--store", "sqlite:///.", "run", "flaky.py"], "cannot open store"),  # a folder
     # PostgreSQL is not supported in this release (see the README).
     (["--store", "postgresql://user@127.0.0.1:5432/flow", "status"],
      "store 'postgresql://user@127.0.0.1:5432/flow'"),

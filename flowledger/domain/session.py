@@ -44,7 +44,6 @@ class Session(EventSourcedAggregate):
         self.owner: str = ""
         self.consumer_runs: int = 0
         self.producer_runs: int = 0
-        self.started_runs: dict[UUID, str] = {}  # run → handler
         self.committed_handlers: list[str] = []
         self.ended_runs: dict[UUID, Decimal] = {}
         self.cost: Decimal = Decimal(0)
@@ -69,29 +68,28 @@ class Session(EventSourcedAggregate):
             s.max_cost = self.max_cost
             s.owner = self.owner
 
-    class RunStarted(EventSourcedAggregate.Event):
+    class RunEnded(EventSourcedAggregate.Event):
+        """A run this session worked on ended (committed, paused, failed, superseded).
+
+        The session's counters move here, in the same append as the run's end.
+        """
+
         run_id: UUID
         handler: str
         kind: RunKind
-
-        def apply(self, s: Session) -> None:
-            s.started_runs[self.run_id] = self.handler
-            if self.kind is RunKind.CONSUMER:
-                s.consumer_runs += 1
-            else:
-                s.producer_runs += 1
-
-    class RunEnded(EventSourcedAggregate.Event):
-        run_id: UUID
         status: str
         cost: Decimal
 
         def apply(self, s: Session) -> None:
             s.ended_runs[self.run_id] = s.ended_runs.get(self.run_id, Decimal(0)) + self.cost
             s.cost += self.cost
-            handler = s.started_runs.get(self.run_id)
-            if self.status == "committed" and handler and handler not in s.committed_handlers:
-                s.committed_handlers.append(handler)
+            if self.status != "superseded":  # a replaced run is counted for its cost only
+                if self.kind == RunKind.CONSUMER:
+                    s.consumer_runs += 1
+                else:
+                    s.producer_runs += 1
+            if self.status == "committed" and self.handler not in s.committed_handlers:
+                s.committed_handlers.append(self.handler)
 
     class Closed(EventSourcedAggregate.Event):
         outcome: SessionOutcome
@@ -118,14 +116,12 @@ class Session(EventSourcedAggregate):
                          trigger=trigger, max_iterations=max_iterations, max_cost=max_cost,
                          owner=owner)
 
-    def run_started(self, now: datetime, run_id: UUID, handler: str, kind: RunKind) -> None:
+    def run_ended(self, now: datetime, run_id: UUID, handler: str, kind: RunKind, status: str,
+                  cost: Decimal) -> None:
+        """`cost` is what the run spent that no session counted before."""
         self._require_open()
-        self.record(self.RunStarted, now, run_id=run_id, handler=handler, kind=kind)
-
-    def run_ended(self, now: datetime, run_id: UUID, status: str, cost: Decimal) -> None:
-        """`cost` is what the run spent while this session worked on it."""
-        self._require_open()
-        self.record(self.RunEnded, now, run_id=run_id, status=status, cost=cost)
+        self.record(self.RunEnded, now, run_id=run_id, handler=handler, kind=kind,
+                    status=status, cost=cost)
 
     def close(self, now: datetime, outcome: SessionOutcome, reason: str | None = None,
               budget: str | None = None,

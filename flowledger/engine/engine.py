@@ -293,7 +293,7 @@ class Engine:
         elif action == "did_not_happen":
             run.mutation_failed(now, "a person said it did not happen", via="person")
             for t, mid in run.reserved_message_ids:
-                event = self.log.load(topic_event_id(run.workflow, t, mid))
+                event = self.log.load(topic_event_id(run.workflow, t, mid), short=True)
                 if event is not None and event.reserved_by == run.id:
                     event.release(now, run.id)
                     changed.append(event)
@@ -330,7 +330,7 @@ class Engine:
             rid = run_id if isinstance(run_id, UUID) else UUID(str(run_id))
         except ValueError:
             raise InvalidArgument(f"{run_id!r} is not a run id (a UUID)") from None
-        run = self.log.load(rid)
+        run = self.log.load(rid, short=True)
         if not isinstance(run, HandlerRun):
             raise NotFoundError(f"no run {rid} in store {self.store}")
         return run

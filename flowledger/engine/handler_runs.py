@@ -123,7 +123,6 @@ class RunDriver:
                                 workflow=self._wf, session_id=self.s.session.id, kind=kind,
                                 handler=handler, retry_of=retry_of, attempt=attempt)
         self.s.streams.pin(run)
-        self.s.session.run_started(now, run.id, handler, kind)
         return run
 
     def _context(self, run: HandlerRun, step: Step, publishes: tuple[str, ...],
@@ -142,7 +141,7 @@ class RunDriver:
             now=self.s.now(), publishes=publishes, subscribe=subscribe, tools=self.s.tools,
             declared_tools=declared_tools, limits=self.s.limits,
             new_message_id=lambda: self.s.ids().hex, peek=peek, perform=perform,
-            input_known=lambda i: self.s.streams.get(i) is not None,
+            input_known=lambda i: self.s.streams.get(i, short=True) is not None,
         )
 
     def _flush(self, ctx: HandlerContext, run: HandlerRun) -> None:
@@ -160,7 +159,7 @@ class RunDriver:
         return agg, (unpack(agg.state) if agg is not None else None)
 
     def _reserved_events(self, run: HandlerRun) -> list[TopicEvent]:
-        return [self.s.streams.get(topic_event_id(self._wf, t, m))
+        return [self.s.streams.get(topic_event_id(self._wf, t, m), short=True)
                 for t, m in run.reserved_message_ids]
 
     # ------------------------------------------------------------ ending a run
@@ -194,7 +193,7 @@ class RunDriver:
         else:
             run.fail(now, status, reason)
             wf.error(now, f"run {run.id} ({run.handler}) {status.value}: {reason}", run.id)
-        self.s.session.run_ended(now, run.id, status.value, spent)
+        self.s.session.run_ended(now, run.id, run.handler, run.kind, status.value, spent)
         self.s.append(label)
         self.s.streams.unpin(run)
         return RunResult(run.id, run.handler, run.kind, status, reason)
@@ -205,7 +204,8 @@ class RunDriver:
         spent = old.uncounted_cost
         old.supersede(now, new.id, reason)
         if spent:
-            self.s.session.run_ended(now, old.id, RunStatus.SUPERSEDED.value, spent)
+            self.s.session.run_ended(now, old.id, old.handler, old.kind,
+                                     RunStatus.SUPERSEDED.value, spent)
 
     def _release(self, run: HandlerRun) -> None:
         now = self.s.now()
@@ -312,7 +312,8 @@ class RunDriver:
                                  f"message ids, got {ids!r}")
             chosen = list(dict.fromkeys(ids))
             for message_id in chosen:
-                event = self.s.streams.get(topic_event_id(self._wf, topic, str(message_id)))
+                event = self.s.streams.get(topic_event_id(self._wf, topic, str(message_id)),
+                                           short=True)
                 if event is None:
                     raise rules.unreservable_message(where, topic, message_id, "unknown")
                 if not event.may_be_reserved_by(run.chain_id):
@@ -526,7 +527,8 @@ class RunDriver:
                 state_agg.commit(now, run.id, new_state)
         spent = run.uncounted_cost
         run.commit(now, state_replaced=new_state is not None)
-        self.s.session.run_ended(now, run.id, RunStatus.COMMITTED.value, spent)
+        self.s.session.run_ended(now, run.id, run.handler, run.kind,
+                                 RunStatus.COMMITTED.value, spent)
         self.s.append(label)
         self.s.streams.unpin(run)
         return RunResult(run.id, run.handler, run.kind, RunStatus.COMMITTED)
@@ -547,14 +549,14 @@ class RunDriver:
         candidate = Input.register(now=now, workflow_id=self.s.workflow.id, workflow=self._wf,
                                    source=source, type_=type_, external_id=external_id,
                                    title=title, run_id=run.id, implicit=implicit)
-        if self.s.streams.get(candidate.id) is None:
+        if self.s.streams.get(candidate.id, short=True) is None:
             self.s.streams.add(candidate)
         return candidate.id
 
     def _publish(self, run: HandlerRun, topic: str, message_id: str, payload: bytes,
                  caused_by: list[UUID]) -> None:
         now = self.s.now()
-        existing = self.s.streams.get(topic_event_id(self._wf, topic, message_id))
+        existing = self.s.streams.get(topic_event_id(self._wf, topic, message_id), short=True)
         if existing is not None:
             existing.replace_payload(now, payload, caused_by, run.id)
         else:
@@ -585,7 +587,6 @@ class RunDriver:
     def _take_up(self, run: HandlerRun) -> None:
         """This session now works on a run another session started."""
         now = self.s.now()
-        self.s.session.run_started(now, run.id, run.handler, run.kind)
         if run.status is not RunStatus.ACTIVE:
             run.reactivate(now, "continued by session " + str(self.s.session.id))
 

@@ -190,7 +190,7 @@ class SessionRunner:
             rows = pending_work.unfinished_runs(c, self.reg.workflow_id)
         now = scope.now()
         for row in rows:
-            run: HandlerRun | None = scope.streams.get(row.run_id)
+            run: HandlerRun | None = scope.streams.get(row.run_id, short=True)
             if run is None or run.is_finished:
                 continue
             step, attempt = continuation(run, cleared, now)

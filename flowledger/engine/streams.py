@@ -33,10 +33,11 @@ class Streams:
         self.appends = 0
         self.broken: BaseException | None = None
 
-    def get(self, aggregate_id: UUID) -> Any | None:
+    def get(self, aggregate_id: UUID, *, short: bool = False) -> Any | None:
+        """`short`: see EventLog.load."""
         agg = self._cache.get(aggregate_id, _UNLOADED)
         if agg is _UNLOADED:
-            agg = self.log.load(aggregate_id)
+            agg = self.log.load(aggregate_id, short=short)
             # A miss is remembered too: while the session holds the lock, no
             # other writer can create this workflow's streams.
             self._cache[aggregate_id] = agg

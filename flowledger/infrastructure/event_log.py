@@ -53,6 +53,8 @@ class EventLog(Application[UUID]):
     # nothing but speed.
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {
         Workflow: 100, Session: 200, HandlerState: 20}
+    snapshotting_projectors: ClassVar[dict[type[Any], Any]] = dict.fromkeys(
+        snapshotting_intervals, _fold)
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -135,7 +137,15 @@ class EventLog(Application[UUID]):
         self._notify(recordings)
         return recordings
 
-    def load(self, aggregate_id: UUID, version: int | None = None) -> Any | None:
+    def load(self, aggregate_id: UUID, version: int | None = None, *,
+             short: bool = False) -> Any | None:
+        """An aggregate as of `version` (default: now), or None if it has no events.
+
+        `short`: the stream's type is never snapshotted (runs, messages, inputs),
+        so the snapshot lookup is skipped.
+        """
+        if short:
+            return _fold(None, self.events.get(aggregate_id, lte=version))
         try:
             return self.repository.get(aggregate_id, version=version, projector_func=_fold)
         except AggregateNotFoundError:

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, InterfaceError, StoredEvent
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
 from eventsourcing.sqlite import (
     SQLITE3_DEFAULT_LOCK_TIMEOUT,
     SQLiteAggregateRecorder,
@@ -82,6 +82,20 @@ class FastReads:
 class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
     after_insert: AfterInsert | None = None
     _reader: sqlite3.Connection | None = None
+
+    def create_table(self) -> None:
+        """The library's, made safe for processes that open a new store at once.
+
+        Two creators can both find no tracking table and both try to record its
+        first row; the loser fails although the tables now exist. Try again.
+        """
+        for attempt in range(3):
+            try:
+                super().create_table()
+                return
+            except (IntegrityError, OperationalError):
+                if attempt == 2:
+                    raise
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Cursor]:

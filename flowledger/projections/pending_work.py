@@ -25,6 +25,15 @@ _RUN_FIELDS = ("run_id", "workflow_id", "session_id", "handler", "kind", "phase"
                "updated_at", "position", "open")
 
 
+# Updated in place, leaving out `open`: SQLite rewrites an index entry whenever
+# its column is assigned, so `open` (indexed) is set only when it changes.
+_UPSERT_RUN = (
+    f"INSERT INTO fl_runs ({', '.join(_RUN_FIELDS)}) "
+    f"VALUES ({', '.join('?' * len(_RUN_FIELDS))}) ON CONFLICT (run_id) DO UPDATE SET "
+    + ", ".join(f"{f}=excluded.{f}" for f in _RUN_FIELDS[1:] if f != "open")
+)
+
+
 def _is_open(row: dict[str, Any]) -> int:
     """Not committed, not superseded, and not failed with nothing held."""
     status = row["status"]
@@ -56,7 +65,7 @@ class PendingWork(Projection):
             TopicEvent.Consumed: "_consumed",
             TopicEvent.Skipped: "_skipped",
             Session.Opened: "_session_opened",
-            Session.RunStarted: "_session_run_started",
+            Session.RunEnded: "_session_run_ended",
             Session.Closed: "_session_closed",
             Workflow.Registered: "_wf_registered",
             Workflow.SessionOpened: "_wf_session",
@@ -69,35 +78,36 @@ class PendingWork(Projection):
         }
 
     def create_tables(self, c: Cursor) -> None:
+        # WITHOUT ROWID and few indexes: every page a projection touches is
+        # written to the WAL and synced with the append (ADR 0005).
         c.execute("""CREATE TABLE IF NOT EXISTS fl_messages (
             event_id TEXT PRIMARY KEY, workflow_id TEXT, topic TEXT, message_id TEXT,
             status TEXT, reserved_by TEXT, payload BLOB, first_position INTEGER,
-            available_since INTEGER)""")
+            available_since INTEGER) WITHOUT ROWID""")
         c.execute("""CREATE INDEX IF NOT EXISTS fl_messages_pending
             ON fl_messages (workflow_id, topic, status, first_position)""")
         c.execute("""CREATE TABLE IF NOT EXISTS fl_backlog (
             workflow_id TEXT, topic TEXT, pending INTEGER, reserved INTEGER,
-            newest INTEGER, PRIMARY KEY (workflow_id, topic))""")
+            newest INTEGER, PRIMARY KEY (workflow_id, topic)) WITHOUT ROWID""")
         c.execute("""CREATE TABLE IF NOT EXISTS fl_wakeups (
             workflow_id TEXT, handler TEXT, wake_at TEXT,
-            PRIMARY KEY (workflow_id, handler))""")
+            PRIMARY KEY (workflow_id, handler)) WITHOUT ROWID""")
         c.execute("""CREATE TABLE IF NOT EXISTS fl_runs (
             run_id TEXT PRIMARY KEY, workflow_id TEXT, session_id TEXT, handler TEXT,
             kind TEXT, phase TEXT, status TEXT, mutation_state TEXT, retry_of TEXT,
             holds INTEGER, reason TEXT, retry_at TEXT, created_at TEXT, updated_at TEXT,
-            position INTEGER, open INTEGER)""")
-        c.execute("CREATE INDEX IF NOT EXISTS fl_runs_wf ON fl_runs (workflow_id, status)")
+            position INTEGER, open INTEGER) WITHOUT ROWID""")
         # Recovery looks up unfinished runs: its cost must follow their number,
         # not the length of the log.
         c.execute("CREATE INDEX IF NOT EXISTS fl_runs_open ON fl_runs (open, workflow_id)")
         c.execute("""CREATE TABLE IF NOT EXISTS fl_sessions (
             session_id TEXT PRIMARY KEY, workflow_id TEXT, trigger TEXT, outcome TEXT,
-            reason TEXT, consumer_runs INTEGER, opened_at TEXT, closed_at TEXT)""")
+            reason TEXT, consumer_runs INTEGER, opened_at TEXT, closed_at TEXT) WITHOUT ROWID""")
         c.execute("CREATE INDEX IF NOT EXISTS fl_sessions_wf ON fl_sessions (workflow_id)")
         c.execute("""CREATE TABLE IF NOT EXISTS fl_workflows (
             workflow_id TEXT PRIMARY KEY, name TEXT, status TEXT, reason TEXT,
             blocking_run TEXT, paused_until TEXT, open_session TEXT, owner TEXT,
-            lease_until TEXT)""")
+            lease_until TEXT) WITHOUT ROWID""")
 
     # -------------------------------------------------------------- messages
 
@@ -178,10 +188,11 @@ class PendingWork(Projection):
             else:
                 super().apply(c, event, position)
         for row in rows.values():
+            was_open = row["open"]
             row["open"] = _is_open(row)
-            c.execute(f"INSERT OR REPLACE INTO fl_runs ({', '.join(_RUN_FIELDS)}) "
-                      f"VALUES ({', '.join('?' * len(_RUN_FIELDS))})",
-                      tuple(row[f] for f in _RUN_FIELDS))
+            c.execute(_UPSERT_RUN, tuple(row[f] for f in _RUN_FIELDS))
+            if was_open is not None and was_open != row["open"]:
+                c.execute("UPDATE fl_runs SET open=? WHERE run_id=?", (row["open"], row["run_id"]))
 
     _PHASE_OF = {
         "ExecutionStarted": "executing",
@@ -229,7 +240,8 @@ class PendingWork(Projection):
             row["holds"] = int(any(e.reservations.values()))
             # wake_at is per prepare: a prepare that omits it clears the previous one.
             c.execute("INSERT INTO fl_wakeups VALUES (?,?,?) ON CONFLICT (workflow_id, handler) "
-                      "DO UPDATE SET wake_at=excluded.wake_at",
+                      "DO UPDATE SET wake_at=excluded.wake_at "
+                      "WHERE wake_at IS NOT excluded.wake_at",
                       (row["workflow_id"], row["handler"], _ts(e.wake_at)))
         elif name == "CarriedForward":
             row["holds"] = int(any(e.reservations.values()))
@@ -251,8 +263,8 @@ class PendingWork(Projection):
                   (e.originator_id.hex, e.workflow_id.hex, e.trigger.value, None, None, 0,
                    _ts(e.timestamp), None))
 
-    def _session_run_started(self, c: Cursor, e: Session.RunStarted, position: int) -> None:
-        if e.kind.value == "consumer":
+    def _session_run_ended(self, c: Cursor, e: Session.RunEnded, position: int) -> None:
+        if e.kind.value == "consumer" and e.status != "superseded":
             c.execute("UPDATE fl_sessions SET consumer_runs=consumer_runs+1 "
                       "WHERE session_id=?", (e.originator_id.hex,))
 

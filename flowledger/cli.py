@@ -299,23 +299,11 @@ def print_sessions(results: list[fl.SessionResult], title: str = "Sessions") -> 
 
 
 def print_waiting(st: fl.EngineStatus) -> None:
-    """Blocked runs, and workflows in error that no blocked run explains."""
-    # engine.blocked() lists runs; a workflow can be in error because of a run
-    # that has finished failing (failed:logic, nothing held), which it omits.
-    covered = {b.workflow for b in st.blocked}
-    in_error = [w for w in st.workflows if w.status == "error" and w.name not in covered]
-    if not st.blocked and not in_error:
+    """Everything waiting for a person (engine.blocked())."""
+    if not st.blocked:
         out.print("Nothing is blocked.")
         return
-    if st.blocked:
-        print_blocked(st.blocked)
-    if in_error:
-        out.print(Text("Workflows in error (waiting for a person)", style="bold"))
-        for w in in_error:
-            out.print(Text(f"  {w.name}", style="red"))
-            out.print(f"    reason:   {w.reason or '-'}", soft_wrap=True, markup=False)
-            out.print(f"    decide:   fix the cause, then flowledger resume {w.name}",
-                      soft_wrap=True, markup=False)
+    print_blocked(st.blocked)
 
 
 def print_blocked(blocked: list[fl.BlockedRun]) -> None:

@@ -80,6 +80,12 @@ def test_prepare_failure_fails_the_run_and_leaves_events_pending(make_engine):
     assert runs_of(result, "Broken")[0].status.value == "failed:logic"
     assert message_status(engine, "wf", "in") == {"pending": 1}
     assert engine.status().workflows[0].status == "error"
+    blocked = engine.blocked()
+    assert [(b.handler, b.status, b.actions) for b in blocked] == [
+        ("Broken", "failed:logic", ("resume",))]
+    assert engine.resume("wf") is True
+    assert engine.status().workflows[0].status == "active"
+    assert engine.blocked() == []
 
 
 def test_empty_reservations_commit_in_one_append_and_do_not_loop(make_engine):

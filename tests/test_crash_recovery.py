@@ -98,3 +98,21 @@ def test_crash_at_a_durable_point_then_recover(tmp_path: Path, point: str, outco
         assert projection_rows(engine) == live
     finally:
         engine.close()
+
+
+def test_the_next_session_recovers_what_a_dead_process_left(tmp_path: Path):
+    """DESIGN §2.3 "on start": no explicit recover() call is needed."""
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    ledger = tmp_path / "ledger.db"
+    crashed = worker(store, ledger, "session", "applied", crash_at="after_append:in_flight")
+    assert crashed.returncode == CRASH_EXIT_CODE
+    again = worker(store, ledger, "session", "applied")
+    assert json.loads(again.stdout)["statuses"] == ["completed"], again.stderr
+    assert sorted(k for (k,) in table(ledger, "SELECT key FROM rows")) == ITEMS
+    engine = fl.Engine(store)
+    try:
+        names = [e.name for e in engine.events(workflow="crashy")]
+        assert names.count("SessionTakenOver") == 1
+        assert engine.status().open_sessions == []
+    finally:
+        engine.close()

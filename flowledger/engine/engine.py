@@ -197,6 +197,15 @@ class Engine:
         self.checkpoint("before_append:session_open")
         opened = runner.open_new(streams, request, self.owner, now,
                                  self.policy.lease_until(now), self.ids())
+        if isinstance(opened, SessionResult) and opened.status == "busy":
+            # A session left open by a process that died is recovered first
+            # (DESIGN §2.3: on start), then this session opens as asked.
+            recovered = self._recover(reg)
+            if recovered is not None and recovered.status != "busy":
+                streams = Streams(self.log)
+                now = self.clock.now()
+                opened = runner.open_new(streams, request, self.owner, now,
+                                         self.policy.lease_until(now), self.ids())
         if isinstance(opened, SessionResult):
             return opened
         self.checkpoint("after_append:session_open")
@@ -227,38 +236,46 @@ class Engine:
     # ------------------------------------------------------------- recovery
 
     def recover(self) -> list[SessionResult]:
-        """Finish what a crash left, from the log: take over dead sessions and continue them."""
-        results: list[SessionResult] = []
-        for name, reg in self._registered.items():
-            wf: Workflow | None = self.log.load(reg.workflow_id)
-            if wf is None or wf.open_session is None:
-                continue
-            now = self.clock.now()
-            alive = _owner_alive(wf.session_owner)
-            if alive and not wf.lease_expired(now):
-                results.append(SessionResult(
-                    "busy", name, wf.open_session, error=(
-                        f"session {wf.open_session} is held by {wf.session_owner}, which may "
-                        f"still be running (lease until {wf.lease_until}); nothing was done")))
-                continue
-            session_id = wf.take_over_session(now, self.owner, self.policy.lease_until(now),
-                                              holder_dead=not alive)
-            session: Session | None = self.log.load(session_id)
-            assert session is not None
-            streams = Streams(self.log)
-            streams.pin(session)
-            streams.fence_on(wf)
-            try:
-                streams.append()
-            except ConcurrencyError:
-                results.append(SessionResult("busy", name, session_id,
-                                             error="another process took the session over"))
-                continue
-            request = SessionRequest(Trigger(session.trigger), session.max_iterations,
-                                     session.max_cost)
-            runner = SessionRunner(reg, self._scope_factory(reg))
-            results.append(runner.run(streams, wf, session, request))
-        return results
+        """Finish what a crash left, from the log: take over dead sessions and continue them.
+
+        Safe at any time: a session whose holder may still be running is left
+        alone (`busy`). Only registered workflows can be recovered — their
+        handlers are needed to go on.
+        """
+        results = [self._recover(reg) for reg in self._registered.values()]
+        return [r for r in results if r is not None]
+
+    def _recover(self, reg: Registration) -> SessionResult | None:
+        name = reg.definition.name
+        wf: Workflow | None = self.log.load(reg.workflow_id)
+        if wf is None or wf.open_session is None:
+            return None
+        now = self.clock.now()
+        alive = _owner_alive(wf.session_owner)
+        if alive and not wf.lease_expired(now):
+            return SessionResult("busy", name, wf.open_session, error=(
+                f"session {wf.open_session} is held by {wf.session_owner}, which may still be "
+                f"running (lease until {wf.lease_until}); nothing was done"))
+        session_id = wf.take_over_session(now, self.owner, self.policy.lease_until(now),
+                                          holder_dead=not alive)
+        session: Session | None = self.log.load(session_id)
+        assert session is not None
+        streams = Streams(self.log)
+        streams.pin(session)
+        streams.fence_on(wf)
+        try:
+            streams.append()
+        except ConcurrencyError:
+            return SessionResult("busy", name, session_id,
+                                 error="another process took the session over first")
+        request = SessionRequest(Trigger(session.trigger), session.max_iterations,
+                                 session.max_cost)
+        return SessionRunner(reg, self._scope_factory(reg)).run(streams, wf, session, request)
+
+    @property
+    def workflows(self) -> list[str]:
+        """Names of the workflows registered with this engine."""
+        return list(self._registered)
 
     # ------------------------------------------------------------ decisions
 
@@ -342,34 +359,36 @@ class Engine:
         return self._load_run(run_id)
 
     def blocked(self) -> list[BlockedRun]:
-        """Everything waiting for a person (DESIGN §1.4)."""
+        """Everything waiting for a person (DESIGN §1.4): mutations whose outcome is
+        unknown, runs paused for approval, and workflows in error."""
         with self.log.reading() as c:
             rows = pending_work.unfinished_runs(c)
-            names = {w.workflow_id: w for w in pending_work.workflows(c)}
-        found: list[BlockedRun] = []
+            wfs = pending_work.workflows(c)
         now = self.clock.now()
+        waiting: dict[UUID, HandlerRun] = {}
         for row in rows:
-            wf_row = names.get(row.workflow_id)
-            if row.status == RunStatus.ACTIVE.value:
-                continue
-            run = self._load_run(row.run_id)
-            step, _ = continuation(run, cleared=False, now=now)
-            if step is not Continue.BLOCKED and not (
-                    wf_row is not None and wf_row.status == "error"
-                    and wf_row.blocking_run == run.id):
-                continue
-            m = run.mutation
-            actions: tuple[str, ...] = ()
-            if m is not None and m.state in (MutationState.INDETERMINATE,
-                                             MutationState.NEEDS_RECONCILE):
-                actions = tuple(a for a in ACTIONS if a != "retry_reconcile" or m.reconcile)
-            else:
-                actions = ("resume",)
-            found.append(BlockedRun(
-                run.id, run.workflow, run.handler, run.status.value, run.reason,
-                m.tool if m else None, m.method if m else None,
-                unpack(m.params) if m else None, m.state.value if m else None, actions))
-        return found
+            if row.status != RunStatus.ACTIVE.value:
+                run = self._load_run(row.run_id)
+                if continuation(run, cleared=False, now=now)[0] is Continue.BLOCKED:
+                    waiting[run.id] = run
+        for wf in wfs:
+            stuck = wf.status == "error" or (wf.status == "paused" and wf.paused_until is None)
+            if stuck and wf.blocking_run is not None and wf.blocking_run not in waiting:
+                waiting[wf.blocking_run] = self._load_run(wf.blocking_run)
+        return [self._blocked_record(run) for run in waiting.values()]
+
+    @staticmethod
+    def _blocked_record(run: HandlerRun) -> BlockedRun:
+        m = run.mutation
+        if m is not None and m.state in (MutationState.INDETERMINATE,
+                                         MutationState.NEEDS_RECONCILE):
+            actions = tuple(a for a in ACTIONS if a != "retry_reconcile" or m.reconcile)
+        else:
+            actions = ("resume",)
+        return BlockedRun(run.id, run.workflow, run.handler, run.status.value, run.reason,
+                          m.tool if m else None, m.method if m else None,
+                          unpack(m.params) if m else None, m.state.value if m else None,
+                          actions)
 
     def events(self, workflow: str | None = None, run: UUID | str | None = None,
                after: int = 0, upto: int | None = None) -> Iterator[LoggedEvent]:

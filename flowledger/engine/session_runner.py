@@ -70,8 +70,9 @@ class SessionRunner:
                 "busy", name, error=(
                     f"workflow {name!r} has session {wf.open_session} open, held by "
                     f"{wf.session_owner} (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z). "
-                    "Nothing was done. If that process is gone, run `flowledger recover` "
-                    "(engine.recover()) to take the session over."))
+                    "Nothing was done. If that process is gone, its session is taken over "
+                    "once the lease runs out: run again then, or `flowledger recover "
+                    "PATH_OR_MODULE` (engine.recover())."))
         blocked = self._blocked_reason(wf, now)
         if blocked is not None:
             return SessionResult("blocked", name, error=blocked)

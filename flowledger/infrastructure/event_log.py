@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -13,9 +14,10 @@ from eventsourcing.persistence import (
     ApplicationRecorder,
     EventStore,
     InfrastructureFactory,
+    InfrastructureFactoryError,
     IntegrityError,
     Mapper,
-    OperationalError,
+    PersistenceError,
     Recording,
 )
 from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory
@@ -60,8 +62,14 @@ class EventLog(Application[UUID]):
         self.config = config
         try:
             super().__init__(env=config.env)
-        except (OperationalError, OSError) as e:
-            raise ConfigurationError(f"cannot open store {config.url!r}: {e}") from e
+        except (PersistenceError, InfrastructureFactoryError, sqlite3.Error, OSError) as e:
+            hint = ""
+            if config.kind == "postgresql":
+                hint = (" PostgreSQL needs the postgres extra (pip install "
+                        "'flowledger[postgres]'); see the README.")
+            elif config.kind == "sqlite":
+                hint = " The URL must name an SQLite database file (or a new one) in a folder."
+            raise ConfigurationError(f"cannot open store {config.url!r}: {e}.{hint}") from e
 
     @classmethod
     def open(cls, url: str) -> EventLog:

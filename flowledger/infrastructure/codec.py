@@ -9,6 +9,7 @@ keeping the library's order: encode → compress → encrypt.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -46,11 +47,17 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
-_packer_options = {"default": _default, "datetime": True, "use_bin_type": True}
+_local = threading.local()
 
 
 def encode(obj: Any) -> bytes:
-    return msgpack.packb(obj, **_packer_options)
+    # One Packer per thread, reused: building one per call costs more than
+    # packing a small event.
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(default=_default, datetime=True,
+                                                use_bin_type=True)
+    return packer.pack(obj)
 
 
 def decode(data: bytes) -> Any:

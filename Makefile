@@ -19,8 +19,9 @@ demo: setup
 test: setup
 	$(BIN)/pytest
 
+# pytest exits 5 when no test carries the mark: nothing to run is not a failure.
 test-postgres: setup
-	$(BIN)/pytest -m postgres
+	$(BIN)/pytest -m postgres || [ $$? -eq 5 ]
 
 lint: setup
 	$(BIN)/ruff check flowledger tests bench examples

@@ -43,6 +43,8 @@ from flowledger.infrastructure.codec import unpack
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.store_url import DEFAULT_STORE
 from flowledger.projections import pending_work
+from flowledger.projections.audit import Audit
+from flowledger.projections.costs import Costs
 from flowledger.projections.pending_work import PendingWork, RunRow, WorkflowRow
 from flowledger.projections.runner import ProjectionRunner
 
@@ -110,7 +112,7 @@ class Engine:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.log = EventLog.open(store)
         self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
-                                            [PendingWork()])
+                                            [PendingWork(), Costs(), Audit()])
         self.log.set_after_insert(self.projections.apply_inline)
         self.projections.catch_up()
         self._registered: dict[str, Registration] = {}

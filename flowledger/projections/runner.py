@@ -56,8 +56,15 @@ class ProjectionRunner:
             head = self.recorder.max_position(c)
             return max((head - self.position(c, p) for p in self.projections), default=0)
 
-    def catch_up(self, batch: int = 2000, progress: Progress | None = None) -> int:
-        """Fold in everything not yet projected; returns the number of events read."""
+    def positions(self) -> dict[str, int]:
+        """How far into the log each projection has read."""
+        with self.recorder.datastore.transaction(commit=False) as c:
+            return {p.name: self.position(c, p) for p in self.projections}
+
+    def catch_up(self, batch: int = 2000, progress: Progress | None = None,
+                 upto: int | None = None) -> int:
+        """Fold in everything not yet projected (up to position `upto`, if given);
+        returns the number of events read."""
         done = 0
         total = self.lag()
         while True:
@@ -69,7 +76,7 @@ class ProjectionRunner:
                           "WHERE application_name='__catch_up__'")
                 starts = {p.name: self.position(c, p) for p in self.projections}
                 low = min(starts.values(), default=0)
-                rows = self.recorder.select_stored(c, low, batch)
+                rows = self.recorder.select_stored(c, low, batch, upto)
                 if not rows:
                     return done
                 events = [(pos, self.mapper.to_domain_event(s)) for pos, s in rows]
@@ -83,7 +90,7 @@ class ProjectionRunner:
                 progress(done, max(total, done))
 
     def rebuild(self, names: Sequence[str] | None = None,
-                progress: Progress | None = None) -> int:
+                progress: Progress | None = None, batch: int = 2000) -> int:
         """Empty the named projections (all by default) and fold the log in from 0."""
         chosen = [p for p in self.projections if names is None or p.name in names]
         self._known.clear()
@@ -91,4 +98,4 @@ class ProjectionRunner:
             for p in chosen:
                 p.clear(c)
                 c.execute("DELETE FROM tracking WHERE application_name=?", (p.name,))
-        return self.catch_up(progress=progress)
+        return self.catch_up(batch=batch, progress=progress)

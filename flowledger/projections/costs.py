@@ -1,0 +1,134 @@
+"""Costs (DESIGN §2.4): every `ctx.add_cost` as an exact entry, per run, session,
+handler, workflow and day.
+
+A cost entry is attributed to the session that counted it: `Session.RunEnded`
+counts, for its run, everything not counted before (`HandlerRun.uncounted_cost`).
+So the entries a session counted sum, exactly, to that session's cost. Until
+then an entry is "not yet counted" (its run is still going, or was cut short
+by a crash) and belongs to the session its run was created in.
+
+Hot path (ADR 0005): one row per run (its identity, written with `Created`)
+and one row per cost entry, both keyed by run id, so one append writes a
+couple of adjacent rows; `RunEnded` updates the run's uncounted rows in place.
+Amounts stay decimal strings: SQLite has no exact decimal type, so sums are
+made in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from flowledger.domain.handler_run import HandlerRun
+from flowledger.domain.session import Session
+from flowledger.projections.base import Cursor, Projection
+
+
+def utc_text(moment: datetime) -> str:
+    """An event time as sortable text (UTC), so that its first ten characters are the day."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat()
+
+
+class Costs(Projection):
+    name = "costs"
+    tables = ("fl_cost_runs", "fl_costs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Scratch of the batch being folded in (see apply_batch).
+        self._new_runs: set[str] = set()
+        self._entries: list[list[Any]] = []
+
+    def handlers(self) -> dict[type, str]:
+        return {HandlerRun.Created: "_created", HandlerRun.CostAdded: "_cost_added",
+                Session.RunEnded: "_run_ended"}
+
+    def create_tables(self, c: Cursor) -> None:
+        # WITHOUT ROWID, keyed by run id (time-ordered ids: new rows land on
+        # the same last page), no secondary index: see ADR 0005 and 0009.
+        c.execute("""CREATE TABLE IF NOT EXISTS fl_cost_runs (
+            run_id TEXT PRIMARY KEY, workflow TEXT, handler TEXT, kind TEXT,
+            session_id TEXT) WITHOUT ROWID""")
+        c.execute("""CREATE TABLE IF NOT EXISTS fl_costs (
+            run_id TEXT, seq INTEGER, counted_by TEXT, at TEXT, amount TEXT, label TEXT,
+            PRIMARY KEY (run_id, seq)) WITHOUT ROWID""")
+
+    def apply(self, c: Cursor, event: Any, position: int) -> None:
+        self.apply_batch(c, [(event, position)])
+
+    def apply_batch(self, c: Cursor, batch: Sequence[tuple[Any, int]]) -> None:
+        # Runs created in this batch: none of their entries is in the table yet.
+        self._new_runs = set()
+        # Entries of this batch, written at its end: [run, seq, counted_by, at, amount, label].
+        self._entries = []
+        for event, position in batch:
+            method = self._dispatch.get(type(event))
+            if method is not None:
+                method(c, event, position)
+        if self._entries:
+            c.executemany("INSERT INTO fl_costs VALUES (?,?,?,?,?,?)", self._entries)
+
+    def _created(self, c: Cursor, e: HandlerRun.Created, position: int) -> None:
+        run = e.originator_id.hex
+        c.execute("INSERT INTO fl_cost_runs VALUES (?,?,?,?,?)",
+                  (run, e.workflow, e.handler, e.kind.value,
+                   e.session_id.hex if e.session_id else None))
+        self._new_runs.add(run)
+
+    def _cost_added(self, c: Cursor, e: HandlerRun.CostAdded, position: int) -> None:
+        self._entries.append([e.originator_id.hex, e.originator_version, None,
+                              utc_text(e.timestamp), str(e.amount), e.label])
+
+    def _run_ended(self, c: Cursor, e: Session.RunEnded, position: int) -> None:
+        """The session counts everything of the run that no session counted before."""
+        run, session = e.run_id.hex, e.originator_id.hex
+        for entry in self._entries:
+            if entry[0] == run and entry[2] is None:
+                entry[2] = session
+        if run not in self._new_runs:  # entries of earlier appends may be uncounted
+            c.execute("UPDATE fl_costs SET counted_by=? WHERE run_id=? AND counted_by IS NULL",
+                      (session, run))
+
+
+# ------------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True)
+class CostEntry:
+    """One `add_cost` of one run (a tool's own cost included)."""
+
+    run_id: UUID
+    seq: int  # the CostAdded event's version in the run's stream
+    workflow: str
+    handler: str
+    kind: str
+    session_id: UUID | None  # the session that counted it, else the run's own session
+    counted: bool
+    at: datetime
+    amount: Decimal
+    label: str
+
+
+def cost_entries(c: Cursor, workflow: str | None = None,
+                 session_id: UUID | None = None) -> list[CostEntry]:
+    """Entries in the order they were recorded, optionally of one workflow or session."""
+    sql = ("SELECT e.run_id, e.seq, r.workflow, r.handler, r.kind, "
+           "COALESCE(e.counted_by, r.session_id), e.counted_by IS NOT NULL, e.at, e.amount, "
+           "e.label FROM fl_costs e JOIN fl_cost_runs r ON r.run_id = e.run_id WHERE 1=1")
+    params: list[Any] = []
+    if workflow is not None:
+        sql += " AND r.workflow=?"
+        params.append(workflow)
+    if session_id is not None:
+        sql += " AND COALESCE(e.counted_by, r.session_id)=?"
+        params.append(session_id.hex)
+    c.execute(sql + " ORDER BY e.at, e.run_id, e.seq", params)
+    return [CostEntry(UUID(r[0]), r[1], r[2], r[3], r[4], UUID(r[5]) if r[5] else None,
+                      bool(r[6]), datetime.fromisoformat(r[7]), Decimal(r[8]), r[9])
+            for r in c.fetchall()]

@@ -1,0 +1,204 @@
+"""Projections are folds of the log (DESIGN §2.4, ADR 0005, ADR 0009).
+
+For random histories (the same generator as test_properties: items, tool
+outcomes, reconcile answers, costs, budgets, a person's decisions) on a real
+SQLite file:
+  * every projection rebuilt from position 0 equals the one kept live, row for row;
+  * a projection stopped at a random position — while the engine goes on
+    appending — and resumed by catch_up ends equal too, whatever the batch size;
+  * the cost entries a session counted sum exactly to that session's cost.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flowledger as fl
+from flowledger.domain.session import Session
+from flowledger.projections import costs as costs_projection
+from flowledger.projections.base import Projection
+from tests.conftest import ExternalLedger, ScriptedLedgerTool
+from tests.test_properties import CountingLedgerTool, costly_workflow, decide, history
+
+Rows = dict[str, list[tuple[object, ...]]]
+
+
+def projection_rows(engine: fl.Engine, names: list[str] | None = None) -> Rows:
+    """Every row of every table of the named projections (all by default), in key order."""
+    rows: Rows = {}
+    with engine.log.reading() as c:
+        for p in engine.projections.projections:
+            if names is None or p.name in names:
+                for table in p.tables:
+                    c.execute(f"SELECT * FROM {table}")
+                    rows[table] = sorted(map(tuple, c.fetchall()), key=repr)
+    return rows
+
+
+def projection(engine: fl.Engine, name: str) -> Projection:
+    return next(p for p in engine.projections.projections if p.name == name)
+
+
+def stop_at(engine: fl.Engine, name: str, position: int, batch: int) -> None:
+    """Empty one projection and fold it in only up to `position`: it is behind from then on."""
+    runner = engine.projections
+    runner._known.clear()
+    with runner.recorder.datastore.transaction(commit=True) as c:
+        projection(engine, name).clear(c)
+        c.execute("DELETE FROM tracking WHERE application_name=?", (name,))
+    runner.catch_up(batch=batch, upto=position)
+    assert runner.positions()[name] == position
+
+
+def run_history(engine: fl.Engine, clock: fl.ManualClock, sessions: list[tuple[int, str]]
+                ) -> list[fl.SessionResult]:
+    results = []
+    for max_iterations, decision in sessions:
+        results.append(engine.run_session("prop", max_iterations=max_iterations))
+        clock.advance(7200)
+        decide(engine, decision)
+    return results
+
+
+def new_engine(folder: str, h: dict[str, Any]) -> tuple[fl.Engine, fl.ManualClock]:
+    ledger = ExternalLedger(Path(folder) / "ledger.db")
+    tool = CountingLedgerTool(ledger)
+    tool.script = list(h["script"])
+    tool.reconcile_script = list(h["reconcile"])
+    clock = fl.ManualClock()
+    engine = fl.Engine(f"sqlite:///{Path(folder) / 'flow.db'}", clock=clock,
+                       ids=fl.SeededIds(3),
+                       policy=fl.RetryPolicy(transient_max_attempts=3, reconcile_max_attempts=2))
+    engine.register(costly_workflow(h["items"], h["costs"]), tools=[tool])
+    return engine, clock
+
+
+NAMES = ["pending_work", "costs", "audit"]
+SETTINGS = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+
+
+@SETTINGS
+@given(h=history)
+def test_a_projection_rebuilt_from_zero_equals_the_live_one(h: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        engine, clock = new_engine(folder, h)
+        try:
+            results = run_history(engine, clock, h["sessions"])
+            live = projection_rows(engine)
+            assert live["fl_runs"], "the history ran nothing"
+
+            read = engine.projections.rebuild()
+
+            assert read == engine.log.flow_recorder.max_notification_id()
+            assert projection_rows(engine) == live
+            check_session_costs(engine, results)
+        finally:
+            engine.close()
+
+
+@SETTINGS
+@given(h=history, data=st.data())
+def test_a_projection_stopped_anywhere_catches_up_to_the_same_rows(
+        h: dict[str, Any], data: st.DataObject) -> None:
+    """Stopped at a random position, left behind while later sessions append
+    (only costs and audit: the session loop itself reads pending work), then
+    resumed in random batches: the rows equal a rebuild from 0."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine, clock = new_engine(folder, h)
+        try:
+            split = data.draw(st.integers(0, len(h["sessions"])), label="sessions before stop")
+            run_history(engine, clock, h["sessions"][:split])
+            name = data.draw(st.sampled_from(NAMES if split == len(h["sessions"])
+                                              else ["costs", "audit"]), label="projection")
+            head = engine.log.flow_recorder.max_notification_id() or 0
+            stop_at(engine, name, data.draw(st.integers(0, head), label="stopped at"),
+                    batch=data.draw(st.integers(1, 50), label="batch"))
+            run_history(engine, clock, h["sessions"][split:])  # it stays behind meanwhile
+
+            engine.projections.catch_up(batch=data.draw(st.integers(1, 50), label="batch"))
+            resumed = projection_rows(engine, [name])
+            engine.projections.rebuild([name])
+
+            assert resumed == projection_rows(engine, [name])
+            assert engine.projections.lag() == 0
+        finally:
+            engine.close()
+
+
+def check_session_costs(engine: fl.Engine, results: list[fl.SessionResult]) -> None:
+    """What the cost entries say a session counted is exactly the session's cost."""
+    counted: dict[UUID, Decimal] = defaultdict(Decimal)
+    with engine.log.reading() as c:
+        for entry in costs_projection.cost_entries(c, workflow="prop"):
+            if entry.counted and entry.session_id is not None:
+                counted[entry.session_id] += entry.amount
+    for result in results:
+        if result.session_id is not None:
+            session = engine.log.load(result.session_id)
+            assert isinstance(session, Session)
+            assert counted.get(result.session_id, Decimal(0)) == session.cost == result.cost
+
+
+# ------------------------------------------------------------- live behaviour
+
+
+def test_projections_fold_in_within_each_append(make_engine, ledger: ExternalLedger) -> None:
+    """No lag after a session: every append moved every projection with it."""
+    engine = make_engine()
+    engine.register(costly_workflow(["a", "b"], ["0.25"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("prop")
+
+    head = engine.log.flow_recorder.max_notification_id()
+    assert engine.projections.positions() == dict.fromkeys(NAMES, head)
+    with engine.log.reading() as c:
+        assert c.execute("SELECT COUNT(*) FROM fl_costs").fetchone()[0] == 5  # 1 poll + 2x2
+        assert c.execute("SELECT COUNT(*) FROM fl_audit_causes").fetchone()[0] == 4
+
+
+def test_a_store_without_the_new_projections_catches_up_on_open(tmp_path: Path,
+                                                                ledger: ExternalLedger) -> None:
+    """A store written before a projection existed is folded in when an engine opens it."""
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    engine = fl.Engine(store, clock=fl.ManualClock())
+    engine.register(costly_workflow(["a"], ["1"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("prop")
+    live = projection_rows(engine)
+    with engine.log.writing() as c:
+        for name in ("costs", "audit"):
+            projection(engine, name).clear(c)
+            c.execute("DELETE FROM tracking WHERE application_name=?", (name,))
+    engine.close()
+
+    reopened = fl.Engine(store)
+    try:
+        assert projection_rows(reopened) == live
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 2000])
+def test_rebuild_reports_progress_up_to_the_head(make_engine, ledger: ExternalLedger,
+                                                 batch: int) -> None:
+    engine = make_engine()
+    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("prop")
+    head = engine.log.flow_recorder.max_notification_id()
+    seen: list[tuple[int, int]] = []
+
+    read = engine.projections.rebuild(batch=batch, progress=lambda done, total: seen.append(
+        (done, total)))
+
+    assert read == head
+    assert seen[-1] == (head, head)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)

@@ -22,10 +22,35 @@ from flowledger.domain.errors import (
 from flowledger.domain.limits import Limits
 from flowledger.engine.clock import Clock, ManualClock, SeededIds, SystemClock
 from flowledger.engine.definition import Outcome, Prepared, TopicMessage, Workflow
-from flowledger.engine.engine import BlockedRun, Engine, EngineStatus
+from flowledger.engine.engine import Engine
 from flowledger.engine.handler_runs import RunResult
+from flowledger.engine.log_view import LoggedEvent
 from flowledger.engine.policy import RetryPolicy
+from flowledger.engine.queries import (
+    BlockedRun,
+    CostLine,
+    CostReport,
+    EngineStatus,
+    EventHistory,
+    InputHistory,
+    MutationRecord,
+    PendingWorkReport,
+    Reservation,
+    RunInfo,
+    RunTimeline,
+    SessionInfo,
+    TopicWork,
+)
+from flowledger.engine.replay import (
+    Difference,
+    PublishedMessage,
+    ReplayReport,
+    RunBehaviour,
+    ToolCall,
+    UnrecordedRead,
+)
 from flowledger.engine.session_runner import SessionResult
+from flowledger.engine.time_travel import EngineAt
 from flowledger.engine.tools import Reconciliation, Tool, mutator, read
 
 __version__ = "0.1.0"
@@ -37,30 +62,49 @@ __all__ = [
     "Clock",
     "ConcurrencyError",
     "ConfigurationError",
+    "CostLine",
+    "CostReport",
     "DefinitionError",
+    "Difference",
     "Engine",
+    "EngineAt",
     "EngineStatus",
+    "EventHistory",
     "FlowledgerError",
+    "InputHistory",
     "InternalError",
     "InvalidArgument",
     "Limits",
+    "LoggedEvent",
     "LogicError",
     "ManualClock",
+    "MutationRecord",
     "NotFoundError",
     "Outcome",
+    "PendingWorkReport",
     "PermissionDenied",
     "Prepared",
+    "PublishedMessage",
     "Reconciliation",
+    "ReplayReport",
+    "Reservation",
     "RetryPolicy",
+    "RunBehaviour",
+    "RunInfo",
     "RunResult",
+    "RunTimeline",
     "SeededIds",
+    "SessionInfo",
     "SessionResult",
     "SystemClock",
     "Tool",
+    "ToolCall",
     "ToolError",
     "TopicMessage",
+    "TopicWork",
     "TransientError",
     "UncertainOutcome",
+    "UnrecordedRead",
     "Workflow",
     "__version__",
     "mutator",

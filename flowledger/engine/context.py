@@ -25,6 +25,9 @@ from flowledger.infrastructure.codec import pack, unpack
 
 Peek = Callable[[str, int | None], list[tuple[str, bytes]]]
 Perform = Callable[[Tool, ToolMethod, tuple[Any, ...], dict[str, Any]], Any]
+# Answers a tool read instead of the tool (replay debugging serves recorded
+# reads): (tool, method, packed params, args, kwargs) -> the read's value.
+ReadThrough = Callable[[Tool, ToolMethod, bytes, tuple[Any, ...], dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ class HandlerContext:
                  tools: dict[str, Tool], declared_tools: tuple[str, ...] | None,
                  limits: Limits, new_message_id: Callable[[], str],
                  peek: Peek | None = None, perform: Perform | None = None,
-                 input_known: Callable[[UUID], bool] | None = None) -> None:
+                 input_known: Callable[[UUID], bool] | None = None,
+                 read_through: ReadThrough | None = None) -> None:
         self.workflow = workflow
         self.handler = handler
         self.run_id = run_id
@@ -114,6 +118,7 @@ class HandlerContext:
         self._peek = peek
         self._perform = perform
         self._input_known = input_known
+        self._read_through = read_through
         self._closed = False
         self.violation: LogicError | None = None
         self.tool_failure: InternalError | None = None
@@ -260,7 +265,10 @@ class HandlerContext:
                             f"parameters of {name}", "params")
         token = set_cost_sink(self._tool_cost)
         try:
-            value = getattr(tool, spec.name)(*args, **kwargs)
+            if self._read_through is not None:
+                value = self._read_through(tool, spec, params, args, kwargs)
+            else:
+                value = getattr(tool, spec.name)(*args, **kwargs)
         except (ToolError, FlowledgerError):
             raise
         except Exception as e:

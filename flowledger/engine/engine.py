@@ -7,14 +7,11 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 from uuid import UUID
 
-from flowledger.domain.continuation import Step as Continue
-from flowledger.domain.continuation import continuation
 from flowledger.domain.errors import (
     ActionNotApplicable,
     ConcurrencyError,
@@ -33,47 +30,43 @@ from flowledger.engine.clock import Clock, IdFactory, SystemClock, random_ids
 from flowledger.engine.definition import Workflow as WorkflowDefinition
 from flowledger.engine.faults import from_environment
 from flowledger.engine.handler_runs import SessionScope
-from flowledger.engine.log_view import LoggedEvent, read_log
+from flowledger.engine.log_view import (
+    LoggedEvent,
+    read_log,
+    read_positions,
+    read_stream,
+    stream_version_at,
+)
 from flowledger.engine.policy import RetryPolicy
+from flowledger.engine.queries import (
+    ACTIONS,
+    BlockedRun,
+    CostReport,
+    EngineStatus,
+    EventHistory,
+    InputHistory,
+    PendingWorkReport,
+    ReadSide,
+    RunInfo,
+    RunTimeline,
+    SessionInfo,
+)
 from flowledger.engine.registration import Registration
+from flowledger.engine.replay import ReplayReport, replay_run
 from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
 from flowledger.engine.streams import Streams
+from flowledger.engine.time_travel import EngineAt
 from flowledger.engine.tools import Tool
-from flowledger.infrastructure.codec import unpack
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.store_url import DEFAULT_STORE
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
+from flowledger.projections.audit import mentions_of as audit_mentions_of
 from flowledger.projections.costs import Costs
-from flowledger.projections.pending_work import PendingWork, RunRow, WorkflowRow
+from flowledger.projections.pending_work import PendingWork
 from flowledger.projections.runner import ProjectionRunner
 
 Action = Literal["retry_reconcile", "did_not_happen", "skip"]
-ACTIONS: tuple[str, ...] = ("retry_reconcile", "did_not_happen", "skip")
-
-
-@dataclass(frozen=True)
-class BlockedRun:
-    """A run waiting for a person, with what it attempted and what can be done."""
-
-    run_id: UUID
-    workflow: str
-    handler: str
-    status: str
-    reason: str | None
-    tool: str | None
-    method: str | None
-    params: Any
-    mutation_state: str | None
-    actions: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class EngineStatus:
-    workflows: list[WorkflowRow]
-    open_sessions: list[tuple[UUID, UUID, str, datetime | None]]
-    unfinished_runs: list[RunRow]
-    blocked: list[BlockedRun]
 
 
 def _owner_alive(owner: str | None) -> bool:
@@ -360,37 +353,14 @@ class Engine:
         """A run as its stream tells it now."""
         return self._load_run(run_id)
 
+    def workflow(self, name: str) -> Workflow:
+        """A workflow as its stream tells it now: status, reason, session lock."""
+        return self._reads().workflow(name)
+
     def blocked(self) -> list[BlockedRun]:
         """Everything waiting for a person (DESIGN §1.4): mutations whose outcome is
         unknown, runs paused for approval, and workflows in error."""
-        with self.log.reading() as c:
-            rows = pending_work.unfinished_runs(c)
-            wfs = pending_work.workflows(c)
-        now = self.clock.now()
-        waiting: dict[UUID, HandlerRun] = {}
-        for row in rows:
-            if row.status != RunStatus.ACTIVE.value:
-                run = self._load_run(row.run_id)
-                if continuation(run, cleared=False, now=now)[0] is Continue.BLOCKED:
-                    waiting[run.id] = run
-        for wf in wfs:
-            stuck = wf.status == "error" or (wf.status == "paused" and wf.paused_until is None)
-            if stuck and wf.blocking_run is not None and wf.blocking_run not in waiting:
-                waiting[wf.blocking_run] = self._load_run(wf.blocking_run)
-        return [self._blocked_record(run) for run in waiting.values()]
-
-    @staticmethod
-    def _blocked_record(run: HandlerRun) -> BlockedRun:
-        m = run.mutation
-        if m is not None and m.state in (MutationState.INDETERMINATE,
-                                         MutationState.NEEDS_RECONCILE):
-            actions = tuple(a for a in ACTIONS if a != "retry_reconcile" or m.reconcile)
-        else:
-            actions = ("resume",)
-        return BlockedRun(run.id, run.workflow, run.handler, run.status.value, run.reason,
-                          m.tool if m else None, m.method if m else None,
-                          unpack(m.params) if m else None, m.state.value if m else None,
-                          actions)
+        return self._reads().blocked()
 
     def events(self, workflow: str | None = None, run: UUID | str | None = None,
                after: int = 0, upto: int | None = None) -> Iterator[LoggedEvent]:
@@ -399,8 +369,113 @@ class Engine:
         return read_log(self.log, workflow, run_id, after, upto)
 
     def status(self) -> EngineStatus:
+        return self._reads().status()
+
+    # ---------------------------------------------------- read side (§2.4, §2.5)
+
+    def _reads(self) -> ReadSide:
+        """The present: the live projections and the whole log."""
+        return ReadSide(self.log, self.log.reading, self.log.load, self._registered,
+                        self.clock.now)
+
+    def _caught_up(self) -> ReadSide:
+        """The present, after folding in what another process's older code appended
+        without these projections (normally nothing: appends fold them in)."""
+        if self.projections.lag():
+            self.projections.catch_up()
+        return self._reads()
+
+    def pending_work(self, workflow: str) -> PendingWorkReport:
+        """Backlog per topic, consumers with work, wake-ups, unfinished and blocked runs."""
+        return self._caught_up().pending_work(workflow)
+
+    def costs(self, workflow: str | None = None, session: UUID | str | None = None,
+              by: str = "session") -> CostReport:
+        """Exact cost sums by "run", "session", "handler", "day" (UTC) or "workflow"."""
+        return self._caught_up().costs(workflow=workflow, session=session, by=by)
+
+    def input_history(self, input_id: UUID | str) -> InputHistory:
+        """Every message an input caused, every run that reserved them, each mutation
+        (title, parameters, outcome), and the whole story in log order."""
+        return self._caught_up().input_history(input_id)
+
+    def run_timeline(self, run_id: UUID | str) -> RunTimeline:
+        """Every event of a run, and of other streams naming it, with log position and time."""
+        return self._caught_up().run_timeline(run_id)
+
+    def event_history(self, workflow: str, topic: str, message_id: str) -> EventHistory:
+        """Everything that happened to one message: every run that reserved it, and how
+        each ended."""
+        return self._caught_up().event_history(workflow, topic, message_id)
+
+    def runs(self, workflow: str | None = None, status: str | None = None,
+             since: datetime | None = None, until: datetime | None = None,
+             handler: str | None = None, session: UUID | str | None = None,
+             limit: int | None = 100) -> list[RunInfo]:
+        """Runs, newest first, filtered by workflow, status (exact, or "failed" /
+        "paused" for the family), creation time window, handler and session."""
+        return self._caught_up().runs(workflow, status, since, until, handler, session, limit)
+
+    def sessions(self, workflow: str | None = None, status: str | None = None,
+                 since: datetime | None = None, until: datetime | None = None,
+                 limit: int | None = 100) -> list[SessionInfo]:
+        """Sessions, newest first, filtered by workflow, status ("open" or an outcome)
+        and opening time window."""
+        return self._caught_up().sessions(workflow, status, since, until, limit)
+
+    def at(self, position: int) -> EngineAt:
+        """The store as it was when the log ended at `position` (0 = empty): runs,
+        sessions, workflows, pending work, costs, audit — read-only. Close it when done."""
+        return EngineAt(self.log, position, [type(p) for p in self.projections.projections],
+                        self._registered)
+
+    def replay(self, run_id: UUID | str) -> ReplayReport:
+        """Re-execute a recorded run with the code registered now, against its recorded
+        reads and the state and messages it began with; writes nothing, calls no tool.
+        Reports what differs (DESIGN §2.5)."""
+        run = self._load_run(run_id)
+        reg = self._registered.get(run.workflow)
+        if reg is None:
+            raise NotFoundError(
+                f"run {run.id} belongs to workflow {run.workflow!r}, which is not registered "
+                "with this engine: register its current code first (replay runs that code)")
+        stream = read_stream(self.log, run.id)
+        mentions = read_positions(self.log, self._mentions(run.id))
+        as_of = stream[0].position - 1
+        past: list[EngineAt] = []
+
+        def load_then(aggregate_id: UUID, short: bool = False) -> Any:
+            version = stream_version_at(self.log, aggregate_id, as_of)
+            return None if version is None else self.log.load(aggregate_id, version=version,
+                                                               short=short)
+
+        def peek_then(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
+            if not past:  # folded once, and only if the handler peeks
+                past.append(self.at(as_of))
+            with past[0]._scratch() as c:
+                return [(m.message_id, m.payload) for m in pending_work.pending_messages(
+                    c, run.workflow_id, topic, limit)]
+
+        try:
+            return replay_run(run, stream, mentions, reg, self.limits, load_then,
+                              self.log.load, peek_then)
+        finally:
+            for view in past:
+                view.close()
+
+    def rebuild_projections(self, names: list[str] | None = None,
+                            progress: Callable[[int, int], None] | None = None) -> int:
+        """Empty the projections (all, or the named ones) and fold the log in from
+        position 0; `progress(done, total)` is called after each batch. Returns the
+        number of events read."""
+        known = [p.name for p in self.projections.projections]
+        unknown = [n for n in names or [] if n not in known]
+        if unknown:
+            raise InvalidArgument(f"no projection named {', '.join(map(repr, unknown))}; "
+                                  f"the projections are {', '.join(known)}")
+        return self.projections.rebuild(names, progress=progress)
+
+    def _mentions(self, run_id: UUID) -> list[int]:
+        self._caught_up()
         with self.log.reading() as c:
-            wfs = pending_work.workflows(c)
-            sessions = pending_work.open_sessions(c)
-            unfinished = pending_work.unfinished_runs(c)
-        return EngineStatus(wfs, sessions, unfinished, self.blocked())
+            return audit_mentions_of(c, run_id)

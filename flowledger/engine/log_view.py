@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
 
 from flowledger.domain.ids import workflow_id as workflow_id_of
 from flowledger.infrastructure.codec import unpack
@@ -37,6 +39,19 @@ def _readable(value: Any) -> Any:
     return value
 
 
+def logged(position: int, stored: StoredEvent, event: Any,
+           workflow_id: UUID | None) -> LoggedEvent:
+    """One decoded event as people read it."""
+    stream = stored.originator_id
+    assert isinstance(stream, UUID)
+    aggregate, _, name = type(event).__qualname__.rpartition(".")
+    return LoggedEvent(
+        position, stream, stored.originator_version, aggregate, name, event.timestamp,
+        workflow_id,
+        {k: _readable(v) for k, v in event.__dict__.items() if k not in _HIDDEN},
+    )
+
+
 def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None,
              after: int = 0, upto: int | None = None, batch: int = 1000
              ) -> Iterator[LoggedEvent]:
@@ -65,8 +80,55 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
                 continue
             if run is not None and stream != run:
                 continue
-            aggregate, _, name = type(event).__qualname__.rpartition(".")
-            yield LoggedEvent(
-                pos, stream, stored.originator_version, aggregate, name, event.timestamp, wf,
-                {k: _readable(v) for k, v in event.__dict__.items() if k not in _HIDDEN},
-            )
+            yield logged(pos, stored, event, wf)
+
+
+def read_stream(log: EventLog, stream_id: UUID, upto: int | None = None,
+                workflow_id: UUID | None = None) -> list[LoggedEvent]:
+    """One stream's events (up to log position `upto`), with their log positions."""
+    sql = (f"SELECT rowid, originator_version, topic, state FROM "
+           f"{log.flow_recorder.events_table_name} WHERE originator_id=?")
+    params: list[Any] = [stream_id.hex]
+    if upto is not None:
+        sql += " AND rowid<=?"
+        params.append(upto)
+    with log.reading() as c:
+        c.execute(sql + " ORDER BY originator_version", params)
+        rows = c.fetchall()
+    found = []
+    for position, version, topic, state in rows:
+        stored = StoredEvent(originator_id=stream_id, originator_version=version, topic=topic,
+                             state=state)
+        event = log.mapper.to_domain_event(stored)
+        found.append(logged(position, stored, event,
+                            getattr(event, "workflow_id", None) or workflow_id))
+    return found
+
+
+def read_positions(log: EventLog, positions: Iterable[int]) -> list[LoggedEvent]:
+    """The events at these log positions, in log order."""
+    wanted = sorted(set(positions))
+    found: list[LoggedEvent] = []
+    table = log.flow_recorder.events_table_name
+    for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+        chunk = wanted[start:start + 500]
+        with log.reading() as c:
+            c.execute(f"SELECT rowid, originator_id, originator_version, topic, state "
+                      f"FROM {table} WHERE rowid IN ({','.join('?' * len(chunk))}) "
+                      "ORDER BY rowid", chunk)
+            rows = c.fetchall()
+        for position, stream, version, topic, state in rows:
+            stored = StoredEvent(originator_id=UUID(stream), originator_version=version,
+                                 topic=topic, state=state)
+            event = log.mapper.to_domain_event(stored)
+            found.append(logged(position, stored, event, getattr(event, "workflow_id", None)))
+    return found
+
+
+def stream_version_at(log: EventLog, stream_id: UUID, position: int) -> int | None:
+    """The version a stream had when the log ended at `position` (None: not yet begun)."""
+    with log.reading() as c:
+        c.execute(f"SELECT MAX(originator_version) FROM {log.flow_recorder.events_table_name} "
+                  "WHERE originator_id=? AND rowid<=?", (stream_id.hex, position))
+        version = c.fetchone()[0]
+    return int(version) if version is not None else None

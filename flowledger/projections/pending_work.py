@@ -418,3 +418,54 @@ def open_sessions(c: Cursor) -> list[tuple[UUID, UUID, str, datetime | None]]:
     c.execute("SELECT session_id, workflow_id, trigger, opened_at FROM fl_sessions "
               "WHERE outcome IS NULL ORDER BY opened_at")
     return [(UUID(s), UUID(w), t, _dt(o)) for s, w, t, o in c.fetchall()]
+
+
+# ------------------------------------------------------- listings (read side)
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    session_id: UUID
+    workflow_id: UUID
+    trigger: str
+    outcome: str | None  # None while the session is open
+    reason: str | None
+    consumer_runs: int
+    opened_at: datetime | None
+    closed_at: datetime | None
+
+
+def topic_counts(c: Cursor, workflow_id: UUID) -> dict[str, tuple[int, int]]:
+    """Per topic: (pending, reserved) messages."""
+    c.execute("SELECT topic, pending, reserved FROM fl_backlog WHERE workflow_id=?",
+              (workflow_id.hex,))
+    return {t: (p, r) for t, p, r in c.fetchall()}
+
+
+def session_rows(c: Cursor, workflow_id: UUID | None = None) -> list[SessionRow]:
+    """Sessions, oldest first."""
+    sql = ("SELECT session_id, workflow_id, trigger, outcome, reason, consumer_runs, opened_at, "
+           "closed_at FROM fl_sessions")
+    params: tuple[Any, ...] = ()
+    if workflow_id is not None:
+        sql += " WHERE workflow_id=?"
+        params = (workflow_id.hex,)
+    c.execute(sql + " ORDER BY opened_at, session_id", params)
+    return [SessionRow(UUID(r[0]), UUID(r[1]), r[2], r[3], r[4], r[5], _dt(r[6]), _dt(r[7]))
+            for r in c.fetchall()]
+
+
+def run_rows(c: Cursor, workflow_id: UUID | None = None, session_id: UUID | None = None,
+             handler: str | None = None) -> list[RunRow]:
+    """Runs in the order they were created (a scan: listings are not on the hot path)."""
+    sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE 1=1"
+    params: list[Any] = []
+    for column, value in (("workflow_id", workflow_id), ("session_id", session_id)):
+        if value is not None:
+            sql += f" AND {column}=?"
+            params.append(value.hex)
+    if handler is not None:
+        sql += " AND handler=?"
+        params.append(handler)
+    c.execute(sql + " ORDER BY created_at, run_id", params)
+    return [_run_row(r) for r in c.fetchall()]

@@ -1,0 +1,561 @@
+"""The read side (DESIGN §2.4, §2.5): typed answers from the projections and the log.
+
+One `ReadSide` answers every question over one view of the store: the
+present (the live projections, the whole log) or the past (`Engine.at`: the
+same projections folded into memory up to a position, streams read up to that
+position). The same code answers both, so "as it was" and "as it is" cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+from flowledger.domain.continuation import Step as Continue
+from flowledger.domain.continuation import continuation
+from flowledger.domain.errors import InvalidArgument, NotFoundError
+from flowledger.domain.handler_run import HandlerRun
+from flowledger.domain.ids import topic_event_id, workflow_id
+from flowledger.domain.input_record import Input
+from flowledger.domain.mutation_ledger import MutationState
+from flowledger.domain.phases import RunStatus
+from flowledger.domain.scheduling import ConsumerView, remaining_work
+from flowledger.domain.session import Session
+from flowledger.domain.topic_event import TopicEvent
+from flowledger.domain.workflow import Workflow
+from flowledger.engine.log_view import LoggedEvent, read_positions, read_stream
+from flowledger.engine.registration import Registration
+from flowledger.infrastructure.codec import unpack
+from flowledger.infrastructure.event_log import EventLog
+from flowledger.projections import audit, costs, pending_work
+from flowledger.projections.base import Cursor
+from flowledger.projections.pending_work import RunRow, WorkflowRow
+
+CostsBy = Literal["run", "session", "handler", "day", "workflow"]
+COSTS_BY: tuple[str, ...] = ("run", "session", "handler", "day", "workflow")
+
+# A person's decisions on a mutation whose outcome is unknown (DESIGN §1.4).
+ACTIONS: tuple[str, ...] = ("retry_reconcile", "did_not_happen", "skip")
+
+Loader = Callable[..., Any]  # (aggregate_id, short=False) -> aggregate | None
+
+
+# --------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class BlockedRun:
+    """A run waiting for a person, with what it attempted and what can be done."""
+
+    run_id: UUID
+    workflow: str
+    handler: str
+    status: str
+    reason: str | None
+    tool: str | None
+    method: str | None
+    params: Any
+    mutation_state: str | None
+    actions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    workflows: list[WorkflowRow]
+    open_sessions: list[tuple[UUID, UUID, str, datetime | None]]
+    unfinished_runs: list[RunRow]
+    blocked: list[BlockedRun]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as listings show it."""
+
+    run_id: UUID
+    workflow: str
+    session_id: UUID | None
+    handler: str
+    kind: str
+    phase: str
+    status: str
+    mutation_state: str | None
+    retry_of: UUID | None
+    reason: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: UUID
+    workflow: str
+    trigger: str
+    status: str  # "open", or the outcome: completed, budget_exhausted, suspended, ...
+    reason: str | None
+    consumer_runs: int
+    opened_at: datetime | None
+    closed_at: datetime | None
+    cost: Decimal  # what the session counted: exactly Session.cost
+
+
+@dataclass(frozen=True)
+class TopicWork:
+    topic: str
+    pending: int
+    reserved: int
+
+
+@dataclass(frozen=True)
+class PendingWorkReport:
+    """What is left to do in one workflow, and what stands in the way."""
+
+    workflow: str
+    status: str  # active | paused | error
+    reason: str | None
+    open_session: UUID | None
+    topics: tuple[TopicWork, ...]
+    # Per consumer with work: pending messages per subscribed topic ({} for a
+    # due wake-up only). None when this engine does not have the workflow's
+    # code registered (the log does not record subscriptions).
+    consumers_with_work: dict[str, dict[str, int]] | None
+    wakeups: dict[str, datetime]  # consumer -> wake_at
+    unfinished_runs: tuple[RunInfo, ...]
+    blocked_mutations: tuple[RunInfo, ...]  # outcome unknown: needs_reconcile, indeterminate
+    as_of: datetime
+
+
+@dataclass(frozen=True)
+class CostLine:
+    key: str  # run id, session id, handler, day (YYYY-MM-DD) or workflow, by `CostReport.by`
+    workflow: str
+    amount: Decimal  # exact
+    not_counted: Decimal  # part of `amount` no session has counted yet (runs still going)
+    entries: int  # add_cost calls
+    runs: int
+
+
+@dataclass(frozen=True)
+class CostReport:
+    by: str
+    workflow: str | None
+    session_id: UUID | None
+    lines: tuple[CostLine, ...]
+    total: Decimal
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One run's hold on a message: when it began and how it ended."""
+
+    run_id: UUID
+    handler: str
+    reserved_at: int  # log position
+    reserved_time: datetime
+    ended: str  # consumed | skipped | released | moved | held (still reserved)
+    ended_at: int | None
+    moved_to: UUID | None
+    run_status: str  # how the run itself ended (or is doing)
+    mutation_state: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class EventHistory:
+    """Everything that happened to one message of one topic."""
+
+    workflow: str
+    topic: str
+    message_id: str
+    event_id: UUID
+    status: str
+    payload: Any
+    caused_by: tuple[UUID, ...]
+    published_by: UUID | None
+    reservations: tuple[Reservation, ...]
+    entries: tuple[LoggedEvent, ...]  # the message's own stream, with log positions
+
+
+@dataclass(frozen=True)
+class MutationRecord:
+    run_id: UUID
+    handler: str
+    title: str | None
+    tool: str
+    method: str
+    params: Any
+    state: str
+    result: Any
+    reason: str | None
+    position: int  # where it went in flight
+    time: datetime
+
+
+@dataclass(frozen=True)
+class InputHistory:
+    """What happened to one input: the messages it caused (directly or downstream),
+    every run that reserved them, each mutation, and the whole story in log order."""
+
+    input_id: UUID
+    workflow: str
+    source: str
+    type: str
+    external_id: str
+    title: str | None
+    registered_by: UUID | None
+    events: tuple[EventHistory, ...]
+    runs: tuple[RunInfo, ...]
+    mutations: tuple[MutationRecord, ...]
+    entries: tuple[LoggedEvent, ...]
+
+
+@dataclass(frozen=True)
+class RunTimeline:
+    """Every event of a run's stream, and every event of other streams that names
+    it (messages it reserved, consumed or published, the state it committed, the
+    session that counted it), in log order."""
+
+    run: RunInfo
+    entries: tuple[LoggedEvent, ...]
+
+
+# ------------------------------------------------------------- the reader
+
+
+def parse_uuid(value: UUID | str, what: str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise InvalidArgument(f"{value!r} is not a {what} id (a UUID)") from None
+
+
+def _matches_status(status: str, wanted: str | None) -> bool:
+    """Exact, or a family: "failed" matches failed:logic and failed:internal."""
+    return wanted is None or status == wanted or status.split(":", 1)[0] == wanted
+
+
+def _within(moment: datetime | None, since: datetime | None, until: datetime | None) -> bool:
+    if since is None and until is None:
+        return True
+    if moment is None:
+        return False
+    return (since is None or moment >= since) and (until is None or moment < until)
+
+
+def _aware(moment: datetime | None, what: str) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        raise InvalidArgument(f"{what} must be a timezone-aware datetime, got {moment!r}")
+    return moment
+
+
+class ReadSide:
+    """Answers over one view of the store. See the module docstring."""
+
+    def __init__(self, log: EventLog, tables: Callable[[], AbstractContextManager[Cursor]],
+                 load: Loader, registered: Mapping[str, Registration],
+                 now: Callable[[], datetime], upto: int | None = None) -> None:
+        self.log = log
+        self._tables = tables  # a read cursor on the projections' tables
+        self._load = load
+        self._registered = registered
+        self._now = now
+        self.upto = upto  # None: the whole log
+
+    # ------------------------------------------------------------ helpers
+
+    def _workflow_names(self, c: Cursor) -> dict[UUID, str]:
+        return {w.workflow_id: w.name for w in pending_work.workflows(c)}
+
+    def _require_workflow(self, c: Cursor, name: str) -> WorkflowRow:
+        for w in pending_work.workflows(c):
+            if w.name == name:
+                return w
+        raise NotFoundError(f"no workflow named {name!r} in store {self.log.config.url}"
+                            + self._when())
+
+    def _when(self) -> str:
+        return f" at log position {self.upto}" if self.upto is not None else ""
+
+    def _run(self, run_id: UUID | str) -> HandlerRun:
+        rid = parse_uuid(run_id, "run")
+        run = self._load(rid, short=True)
+        if not isinstance(run, HandlerRun):
+            raise NotFoundError(f"no run {rid} in store {self.log.config.url}{self._when()}")
+        return run
+
+    @staticmethod
+    def _info_of(run: HandlerRun) -> RunInfo:
+        m = run.mutation
+        return RunInfo(run.id, run.workflow, run.session_id, run.handler, run.kind.value,
+                       run.phase.value, run.status.value, m.state.value if m else None,
+                       run.retry_of, run.reason, run.created_on, run.modified_on)
+
+    @staticmethod
+    def _info_of_row(row: RunRow, names: dict[UUID, str]) -> RunInfo:
+        return RunInfo(row.run_id, names.get(row.workflow_id, row.workflow_id.hex),
+                       row.session_id, row.handler, row.kind, row.phase, row.status,
+                       row.mutation_state, row.retry_of, row.reason, row.created_at,
+                       row.updated_at)
+
+    def _stream(self, stream_id: UUID, workflow: UUID | None = None) -> list[LoggedEvent]:
+        return read_stream(self.log, stream_id, self.upto, workflow)
+
+    # ----------------------------------------------------------- aggregates
+
+    def run(self, run_id: UUID | str) -> HandlerRun:
+        """A run as its stream tells it (as of this view)."""
+        return self._run(run_id)
+
+    def session(self, session_id: UUID | str) -> Session:
+        sid = parse_uuid(session_id, "session")
+        session = self._load(sid)
+        if not isinstance(session, Session):
+            raise NotFoundError(f"no session {sid} in store {self.log.config.url}"
+                                + self._when())
+        return session
+
+    def workflow(self, name: str) -> Workflow:
+        """The workflow aggregate: its status, reason and session lock."""
+        wf = self._load(workflow_id(name))
+        if not isinstance(wf, Workflow):
+            raise NotFoundError(f"no workflow named {name!r} in store {self.log.config.url}"
+                                + self._when())
+        return wf
+
+    # -------------------------------------------------------------- status
+
+    def status(self) -> EngineStatus:
+        with self._tables() as c:
+            wfs = pending_work.workflows(c)
+            sessions = pending_work.open_sessions(c)
+            unfinished = pending_work.unfinished_runs(c)
+        return EngineStatus(wfs, sessions, unfinished, self.blocked())
+
+    def blocked(self) -> list[BlockedRun]:
+        """Everything waiting for a person (DESIGN §1.4): mutations whose outcome is
+        unknown, runs paused for approval, and workflows in error."""
+        with self._tables() as c:
+            rows = pending_work.unfinished_runs(c)
+            wfs = pending_work.workflows(c)
+        now = self._now()
+        waiting: dict[UUID, HandlerRun] = {}
+        for row in rows:
+            if row.status != RunStatus.ACTIVE.value:
+                run = self._run(row.run_id)
+                if continuation(run, cleared=False, now=now)[0] is Continue.BLOCKED:
+                    waiting[run.id] = run
+        for wf in wfs:
+            stuck = wf.status == "error" or (wf.status == "paused" and wf.paused_until is None)
+            if stuck and wf.blocking_run is not None and wf.blocking_run not in waiting:
+                waiting[wf.blocking_run] = self._run(wf.blocking_run)
+        return [blocked_record(run) for run in waiting.values()]
+
+    def pending_work(self, workflow: str) -> PendingWorkReport:
+        """Backlog per topic, consumers with work, wake-ups, unfinished and blocked runs."""
+        with self._tables() as c:
+            row = self._require_workflow(c, workflow)
+            counts = pending_work.topic_counts(c, row.workflow_id)
+            backlog = pending_work.backlog(c, row.workflow_id)
+            wakeups = pending_work.wakeups(c, row.workflow_id)
+            names = self._workflow_names(c)
+            unfinished = [self._info_of_row(r, names)
+                          for r in pending_work.unfinished_runs(c, row.workflow_id)]
+        wf = self.workflow(workflow)
+        topics = list(dict.fromkeys([*wf.topics, *sorted(counts)]))
+        now = self._now()
+        reg = self._registered.get(workflow)
+        consumers = None
+        if reg is not None:
+            views = [ConsumerView(c.name, c.subscribe) for c in reg.definition.consumers]
+            consumers = remaining_work(views, backlog, {}, wakeups, now)
+        unsettled = (MutationState.NEEDS_RECONCILE.value, MutationState.INDETERMINATE.value)
+        return PendingWorkReport(
+            workflow, row.status, row.reason, row.open_session,
+            tuple(TopicWork(t, *counts.get(t, (0, 0))) for t in topics), consumers, wakeups,
+            tuple(unfinished), tuple(r for r in unfinished if r.mutation_state in unsettled),
+            now)
+
+    # ------------------------------------------------------------ listings
+
+    def runs(self, workflow: str | None = None, status: str | None = None,
+             since: datetime | None = None, until: datetime | None = None,
+             handler: str | None = None, session: UUID | str | None = None,
+             limit: int | None = 100) -> list[RunInfo]:
+        """Runs, newest first; `status` exact or a family ("failed", "paused"),
+        `since`/`until` bound the time each was created (until excluded)."""
+        since, until = _aware(since, "since"), _aware(until, "until")
+        with self._tables() as c:
+            wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
+            sid = parse_uuid(session, "session") if session is not None else None
+            names = self._workflow_names(c)
+            rows = pending_work.run_rows(c, wf_id, sid, handler)
+        found = [self._info_of_row(r, names) for r in reversed(rows)
+                 if _matches_status(r.status, status) and _within(r.created_at, since, until)]
+        return found[:limit] if limit is not None else found
+
+    def sessions(self, workflow: str | None = None, status: str | None = None,
+                 since: datetime | None = None, until: datetime | None = None,
+                 limit: int | None = 100) -> list[SessionInfo]:
+        """Sessions, newest first; `status` is "open" or an outcome; `since`/`until`
+        bound the time each was opened (until excluded)."""
+        since, until = _aware(since, "since"), _aware(until, "until")
+        with self._tables() as c:
+            wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
+            names = self._workflow_names(c)
+            rows = pending_work.session_rows(c, wf_id)
+            counted: dict[UUID, Decimal] = {}
+            for entry in costs.cost_entries(c, workflow):
+                if entry.counted and entry.session_id is not None:
+                    counted[entry.session_id] = counted.get(entry.session_id,
+                                                            Decimal(0)) + entry.amount
+        found = []
+        for r in reversed(rows):
+            state = r.outcome or "open"
+            if _matches_status(state, status) and _within(r.opened_at, since, until):
+                found.append(SessionInfo(r.session_id, names.get(r.workflow_id, "?"), r.trigger,
+                                         state, r.reason, r.consumer_runs, r.opened_at,
+                                         r.closed_at, counted.get(r.session_id, Decimal(0))))
+        return found[:limit] if limit is not None else found
+
+    # --------------------------------------------------------------- costs
+
+    def costs(self, workflow: str | None = None, session: UUID | str | None = None,
+              by: str = "session") -> CostReport:
+        """Exact sums of what runs reported with add_cost, grouped by run, session,
+        handler, day (UTC) or workflow; one line per workflow and key."""
+        if by not in COSTS_BY:
+            raise InvalidArgument(f"costs by {by!r}: choose one of {', '.join(COSTS_BY)}")
+        sid = parse_uuid(session, "session") if session is not None else None
+        with self._tables() as c:
+            if workflow is not None:
+                self._require_workflow(c, workflow)
+            entries = costs.cost_entries(c, workflow, sid)
+        groups: dict[tuple[str, str], list[costs.CostEntry]] = {}
+        for e in entries:
+            key = {"run": lambda e: str(e.run_id),
+                   "session": lambda e: str(e.session_id) if e.session_id else "-",
+                   "handler": lambda e: e.handler,
+                   "day": lambda e: e.at.astimezone(UTC).date().isoformat(),
+                   "workflow": lambda e: e.workflow}[by](e)
+            groups.setdefault((e.workflow, key), []).append(e)
+        lines = []
+        for (wf, key), group in groups.items():
+            lines.append(CostLine(
+                key, wf, sum((e.amount for e in group), Decimal(0)),
+                sum((e.amount for e in group if not e.counted), Decimal(0)), len(group),
+                len({e.run_id for e in group})))
+        if by in ("handler", "workflow"):
+            lines.sort(key=lambda line: (line.workflow, line.key))
+        # Otherwise in the order each line's first cost was recorded: entries come
+        # in that order, and so were the groups made.
+        return CostReport(by, workflow, sid, tuple(lines),
+                          sum((line.amount for line in lines), Decimal(0)))
+
+    # --------------------------------------------------------------- audit
+
+    def run_timeline(self, run_id: UUID | str) -> RunTimeline:
+        run = self._run(run_id)
+        own = self._stream(run.id, run.workflow_id)
+        with self._tables() as c:
+            others = audit.mentions_of(c, run.id)
+        if self.upto is not None:
+            others = [p for p in others if p <= self.upto]
+        entries = sorted([*own, *read_positions(self.log, others)], key=lambda e: e.position)
+        return RunTimeline(self._info_of(run), tuple(entries))
+
+    def event_history(self, workflow: str, topic: str, message_id: str) -> EventHistory:
+        event_id = topic_event_id(workflow, topic, str(message_id))
+        found = self._event_history(event_id)
+        if found is None:
+            raise NotFoundError(f"no message {message_id!r} in topic {topic!r} of workflow "
+                                f"{workflow!r}{self._when()}")
+        return found
+
+    def _event_history(self, event_id: UUID) -> EventHistory | None:
+        message: TopicEvent | None = self._load(event_id, short=True)
+        if message is None:
+            return None
+        entries = self._stream(event_id, message.workflow_id)
+        opened: dict[UUID, LoggedEvent] = {}
+        closed: list[tuple[UUID, LoggedEvent, str, LoggedEvent | None, UUID | None]] = []
+        for e in entries:
+            f = e.fields
+            if e.name == "Reserved":
+                opened[f["run_id"]] = e
+            elif e.name == "ReservationMoved":
+                start = opened.pop(f["from_run"], None)
+                if start is not None:
+                    closed.append((f["from_run"], start, "moved", e, f["to_run"]))
+                opened[f["to_run"]] = e
+            elif e.name in ("Released", "Consumed", "Skipped"):
+                start = opened.pop(f["run_id"], None)
+                if start is not None:
+                    closed.append((f["run_id"], start, e.name.lower(), e, None))
+        closed += [(run_id, start, "held", None, None) for run_id, start in opened.items()]
+        closed.sort(key=lambda item: item[1].position)
+        reservations = []
+        for run_id, start, ended, end, moved_to in closed:
+            run = self._run(run_id)
+            reservations.append(Reservation(
+                run_id, run.handler, start.position, start.timestamp, ended,
+                end.position if end else None, moved_to, run.status.value,
+                run.mutation_state.value if run.mutation_state else None, run.reason))
+        return EventHistory(message.workflow, message.topic, message.message_id, event_id,
+                            message.status.value, unpack(message.payload),
+                            tuple(message.caused_by), message.published_by,
+                            tuple(reservations), tuple(entries))
+
+    def input_history(self, input_id: UUID | str) -> InputHistory:
+        iid = parse_uuid(input_id, "input")
+        record = self._load(iid, short=True)
+        if not isinstance(record, Input):
+            raise NotFoundError(f"no input {iid} in store {self.log.config.url}{self._when()}")
+        with self._tables() as c:
+            caused = [e for e, p in audit.caused_by(c, iid)
+                      if self.upto is None or p <= self.upto]
+        events = [h for h in map(self._event_history, caused) if h is not None]
+        run_ids = list(dict.fromkeys(r.run_id for h in events for r in h.reservations))
+        runs = [self._run(r) for r in run_ids]
+        registration = self._stream(iid, record.workflow_id)
+        entries: dict[int, LoggedEvent] = {e.position: e for e in registration}
+        for h in events:
+            entries.update((e.position, e) for e in h.entries)
+        mutations = []
+        for run in runs:
+            stream = self._stream(run.id, run.workflow_id)
+            entries.update((e.position, e) for e in stream)
+            started = next((e for e in stream if e.name == "MutationInFlight"), None)
+            m = run.mutation
+            if m is not None and started is not None:
+                mutations.append(MutationRecord(
+                    run.id, run.handler, run.title, m.tool, m.method, unpack(m.params),
+                    m.state.value, unpack(m.result), m.reason, started.position,
+                    started.timestamp))
+        mutations.sort(key=lambda m: m.position)
+        return InputHistory(
+            iid, registration[0].fields["workflow"], record.source,
+            record.type, record.external_id, record.title, record.registered_by,
+            tuple(events), tuple(self._info_of(r) for r in runs), tuple(mutations),
+            tuple(entries[p] for p in sorted(entries)))
+
+
+def blocked_record(run: HandlerRun) -> BlockedRun:
+    """What a person needs to decide on a blocked run, and the decisions that apply."""
+    m = run.mutation
+    if m is not None and m.state in (MutationState.INDETERMINATE,
+                                     MutationState.NEEDS_RECONCILE):
+        actions = tuple(a for a in ACTIONS if a != "retry_reconcile" or m.reconcile)
+    else:
+        actions = ("resume",)
+    return BlockedRun(run.id, run.workflow, run.handler, run.status.value, run.reason,
+                      m.tool if m else None, m.method if m else None,
+                      unpack(m.params) if m else None, m.state.value if m else None,
+                      actions)
+

@@ -1,0 +1,79 @@
+"""`engine.at(position)`: the store as it was when the log ended at a position.
+
+Read models are the projections folded into memory up to that position
+(`projections/point_in_time.py`); aggregates are loaded at the version their
+stream had then; streams are read up to it. Everything is read-only, and the
+same `ReadSide` code answers as for the present (ADR 0009).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from flowledger.domain.errors import InvalidArgument
+from flowledger.engine.log_view import read_positions, stream_version_at
+from flowledger.engine.queries import ReadSide
+from flowledger.engine.registration import Registration
+from flowledger.infrastructure.event_log import EventLog
+from flowledger.projections.base import Cursor, Projection
+from flowledger.projections.point_in_time import fold_upto
+
+_BEFORE_ANYTHING = datetime.min.replace(tzinfo=UTC)
+
+
+def check_position(log: EventLog, position: int) -> int:
+    """A position of this log, or a clear InvalidArgument; returns the log's head."""
+    head = log.flow_recorder.max_notification_id() or 0
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise InvalidArgument(f"a log position is a whole number, got {position!r}")
+    if position < 0:
+        raise InvalidArgument(f"log position {position} is negative; positions run from 0 "
+                              f"(an empty log) to {head} (the last event)")
+    if position > head:
+        raise InvalidArgument(f"log position {position} is beyond the end of the log: the "
+                              f"last event is at {head}")
+    return head
+
+
+class EngineAt(ReadSide):
+    """Runs, sessions, workflows, pending work and costs exactly as they were when
+    the log ended at `position`. Close it (or use `with`) to free its memory."""
+
+    def __init__(self, log: EventLog, position: int,
+                 projection_types: Sequence[type[Projection]],
+                 registered: Mapping[str, Registration]) -> None:
+        check_position(log, position)
+        self.position = position
+        self._db = fold_upto(log, projection_types, position)
+        at = read_positions(log, [position]) if position else []
+        # The log's own clock: the time of the last event then.
+        self.time: datetime | None = at[0].timestamp if at else None
+        super().__init__(log, self._scratch, self._load_then, registered,
+                         lambda: self.time or _BEFORE_ANYTHING, upto=position)
+
+    @contextmanager
+    def _scratch(self) -> Iterator[Cursor]:
+        cursor = self._db.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+
+    def _load_then(self, aggregate_id: UUID, short: bool = False) -> Any | None:
+        version = stream_version_at(self.log, aggregate_id, self.position)
+        if version is None:
+            return None
+        return self.log.load(aggregate_id, version=version, short=short)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> EngineAt:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,312 @@
+"""The query API (DESIGN §2.4): pending work, exact costs, audit trails, listings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+import flowledger as fl
+from tests.conftest import ExternalLedger, NoReconcileTool, ScriptedLedgerTool, ledger_workflow
+
+
+class Boom(Exception):
+    """Stands in for a process dying between two appends."""
+
+
+def two_stage(costs: dict[str, str] | None = None, fail_next_once: bool = False
+              ) -> fl.Workflow:
+    """mail → (Book: one ledger row per mail) → booked → (Notify: records the row) .
+
+    The producer registers each mail as an input with a title; Book's `next`
+    publishes downstream, so the downstream message inherits the mail's input.
+    """
+    amounts = {"prepare": "0.1", "next": "0.2", "poll": "0.05", **(costs or {})}
+    wf = fl.Workflow("mail", topics=["mail", "booked"])
+    failures = {"next": 1 if fail_next_once else 0}
+
+    @wf.producer(publishes=["mail"])
+    def poll(ctx: Any, state: Any) -> None:
+        for n in ("m1", "m2"):
+            input_id = ctx.register_input(source="inbox", type="email", id=n,
+                                          title=f"Invoice {n}")
+            ctx.publish("mail", message_id=n, payload={"n": n}, input_id=input_id)
+        ctx.add_cost(amounts["poll"], "poll")
+
+    @wf.consumer(subscribe=["mail"], publishes=["booked"], tools=["ledger"])
+    class Book:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            pending = ctx.peek("mail", limit=1)
+            if not pending:
+                return None
+            ctx.add_cost(amounts["prepare"], "model")
+            m = pending[0]
+            return fl.Prepared({"mail": [m.message_id]}, data=m.payload,
+                               title=f"book {m.message_id}")
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.ledger.append(prepared.data["n"], "row-" + prepared.data["n"])
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            if failures["next"]:
+                failures["next"] -= 1
+                raise fl.TransientError("the notifier is rate limited")
+            ctx.add_cost(amounts["next"], "model")
+            ctx.publish("booked", message_id=prepared.data["n"], payload=outcome.result)
+
+    @wf.consumer(subscribe=["booked"])
+    class Notify:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            pending = ctx.peek("booked", limit=1)
+            if not pending:
+                return None
+            return fl.Prepared({"booked": [pending[0].message_id]}, title="notify")
+
+    return wf
+
+
+def input_of(engine: fl.Engine, mail: str) -> Any:
+    return engine.event_history("mail", "mail", mail).caused_by[0]
+
+
+# --------------------------------------------------------------------- costs
+
+
+def test_costs_are_exact_decimals_whatever_the_grouping(make_engine,
+                                                        ledger: ExternalLedger) -> None:
+    engine = make_engine()
+    engine.register(two_stage(), tools=[ScriptedLedgerTool(ledger)])
+    result = engine.run_session("mail")
+    assert result.status == "completed", result.error
+
+    by_session = engine.costs(by="session")
+    # 0.05 + 2 x (0.1 + 0.2): binary floats would give 0.6500000000000001.
+    assert by_session.total == Decimal("0.65") == result.cost
+    assert [(line.key, line.amount) for line in by_session.lines] == [
+        (str(result.session_id), Decimal("0.65"))]
+    assert {(line.key, line.amount, line.entries, line.runs)
+            for line in engine.costs(by="handler").lines} == {
+        ("poll", Decimal("0.05"), 1, 1), ("Book", Decimal("0.6"), 4, 2)}
+    by_run = engine.costs(by="run")
+    assert len(by_run.lines) == 3
+    for line in by_run.lines:
+        assert line.amount == engine.run(line.key).cost
+    assert [(line.key, line.amount) for line in engine.costs(by="workflow").lines] == [
+        ("mail", Decimal("0.65"))]
+
+
+def test_costs_by_day_and_by_session(make_engine, clock: fl.ManualClock,
+                                     ledger: ExternalLedger) -> None:
+    engine = make_engine()
+    engine.register(two_stage(), tools=[ScriptedLedgerTool(ledger)])
+    clock.set(datetime(2026, 3, 1, 23, 0, tzinfo=UTC))
+    first = engine.run_session("mail", max_iterations=1)
+    clock.set(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    second = engine.run_session("mail", trigger="event")
+
+    assert [(line.key, line.amount) for line in engine.costs(by="day").lines] == [
+        ("2026-03-01", Decimal("0.35")), ("2026-03-02", Decimal("0.3"))]
+    sessions = {line.key: line.amount for line in engine.costs(by="session").lines}
+    assert sessions == {str(first.session_id): first.cost, str(second.session_id): second.cost}
+    only_second = engine.costs(session=second.session_id, by="handler")
+    assert [(line.key, line.amount) for line in only_second.lines] == [("Book", Decimal("0.3"))]
+
+
+def test_costs_a_crash_left_uncounted_are_shown_then_counted(make_engine,
+                                                             clock: fl.ManualClock,
+                                                             ledger: ExternalLedger) -> None:
+    """A run cut short has spent money no session counted yet: shown as not counted,
+    under its own session, until recovery finishes the run and counts it."""
+    def crash_before_commit(point: str) -> None:
+        if point == "before_append:commit":
+            raise Boom(point)
+
+    engine = make_engine(checkpoint=crash_before_commit)
+    engine.register(two_stage(), tools=[ScriptedLedgerTool(ledger)])
+    with pytest.raises(Boom):
+        engine.run_session("mail")
+    session = engine.sessions()[0]
+    assert session.status == "open"
+
+    line = engine.costs(by="session").lines[0]
+    assert line.key == str(session.session_id)
+    assert (line.amount, line.not_counted) == (Decimal("0.15"), Decimal("0.1"))
+    assert session.cost == Decimal("0.05")  # only what the session counted so far
+
+    engine.checkpoint = lambda point: None
+    clock.advance(3600)  # the lease ran out: the session can be taken over
+    recovered = engine.recover()
+    assert recovered[0].status == "completed", recovered[0].error
+    line = engine.costs(by="session").lines[0]
+    assert (line.amount, line.not_counted) == (Decimal("0.65"), Decimal(0))
+    assert engine.sessions()[0].cost == Decimal("0.65") == engine.log.load(
+        session.session_id).cost
+
+
+def test_costs_refuse_what_they_cannot_answer(make_engine, ledger: ExternalLedger) -> None:
+    engine = make_engine()
+    engine.register(two_stage(), tools=[ScriptedLedgerTool(ledger)])
+    with pytest.raises(fl.InvalidArgument, match="choose one of run, session"):
+        engine.costs(by="month")
+    with pytest.raises(fl.NotFoundError, match="no workflow named 'nope'"):
+        engine.costs(workflow="nope")
+    with pytest.raises(fl.InvalidArgument, match="not a session id"):
+        engine.costs(session="yesterday")
+
+
+# --------------------------------------------------------------------- audit
+
+
+def test_input_history_follows_an_input_downstream(make_engine,
+                                                   ledger: ExternalLedger) -> None:
+    engine = make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    tool.script = ["transient"]  # m1's first row attempt fails, a retry books it
+    engine.register(two_stage(), tools=[tool])
+    first = engine.run_session("mail")
+    assert first.status == "suspended"
+    engine.clock.advance(3600)  # type: ignore[attr-defined]
+    assert engine.run_session("mail").status == "completed"
+
+    history = engine.input_history(input_of(engine, "m1"))
+
+    assert (history.source, history.type, history.external_id, history.title) == (
+        "inbox", "email", "m1", "Invoice m1")
+    assert [(h.topic, h.message_id, h.status) for h in history.events] == [
+        ("mail", "m1", "consumed"), ("booked", "m1", "consumed")]
+    assert [(r.handler, r.status) for r in history.runs] == [
+        ("Book", "superseded"), ("Book", "committed"), ("Notify", "committed")]
+    assert [(m.title, m.tool, m.method, m.params, m.state) for m in history.mutations] == [
+        ("book m1", "ledger", "append", {"args": ["m1", "row-m1"], "kwargs": {}}, "failed"),
+        ("book m1", "ledger", "append", {"args": ["m1", "row-m1"], "kwargs": {}}, "applied")]
+    assert history.mutations[1].result == {"row": 1, "key": "m1"}
+    assert "TransientError: rate limited" in (history.mutations[0].reason or "")
+    positions = [e.position for e in history.entries]
+    assert positions == sorted(set(positions))
+    assert (history.entries[0].aggregate, history.entries[0].name) == ("Input", "Registered")
+    names = {(e.aggregate, e.name) for e in history.entries}
+    assert {("TopicEvent", "Consumed"), ("HandlerRun", "MutationApplied")} <= names
+    # Nothing of the other mail.
+    assert all(e.fields.get("message_id") != "m2" for e in history.entries)
+
+
+def test_run_timeline_has_the_run_and_what_it_touched(make_engine,
+                                                      ledger: ExternalLedger) -> None:
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+    result = engine.run_session("wf")
+    run_id = next(r.run_id for r in result.runs if r.handler == "Append")
+
+    timeline = engine.run_timeline(str(run_id))
+
+    assert timeline.run.handler == "Append" and timeline.run.status == "committed"
+    own = [e for e in timeline.entries if e.stream_id == run_id]
+    assert own == list(engine.events(run=run_id))
+    others = [(e.aggregate, e.name) for e in timeline.entries if e.stream_id != run_id]
+    assert others == [("TopicEvent", "Reserved"), ("TopicEvent", "Consumed"),
+                      ("TopicEvent", "Published"), ("HandlerState", "Initialised"),
+                      ("Session", "RunEnded")]
+    positions = [e.position for e in timeline.entries]
+    assert positions == sorted(positions)
+    assert all(e.timestamp.tzinfo is not None for e in timeline.entries)
+
+
+def test_event_history_names_every_run_that_held_a_message(make_engine,
+                                                           ledger: ExternalLedger) -> None:
+    """next fails after the row was applied: a retry takes the reservation over
+    (moved), never mutates again, and consumes the message."""
+    engine = make_engine()
+    engine.register(two_stage(fail_next_once=True), tools=[ScriptedLedgerTool(ledger)])
+    assert engine.run_session("mail").status == "suspended"
+    engine.clock.advance(3600)  # type: ignore[attr-defined]
+    assert engine.run_session("mail").status == "completed"
+
+    history = engine.event_history("mail", "mail", "m1")
+
+    assert history.status == "consumed" and history.payload == {"n": "m1"}
+    first, second = history.reservations
+    assert (first.handler, first.ended, first.moved_to, first.run_status) == (
+        "Book", "moved", second.run_id, "superseded")
+    assert (second.ended, second.run_status, second.mutation_state) == (
+        "consumed", "committed", None)  # the retry carried the outcome, no mutation of its own
+    assert first.mutation_state == "applied"
+    assert ledger.keys() == ["m1", "m2"]
+    # The second session's producer published m1 again: its payload was replaced.
+    assert [e.name for e in history.entries] == ["Published", "Reserved", "ReservationMoved",
+                                                 "Consumed", "PayloadReplaced"]
+    with pytest.raises(fl.NotFoundError, match="no message 'zz' in topic 'mail'"):
+        engine.event_history("mail", "mail", "zz")
+
+
+# ------------------------------------------------------------------ listings
+
+
+def test_runs_and_sessions_filter_by_workflow_status_and_time(make_engine,
+                                                              clock: fl.ManualClock,
+                                                              ledger: ExternalLedger) -> None:
+    engine = make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    tool.script = ["ok", "auth"]  # the second row needs a person
+    engine.register(ledger_workflow(items=["a", "b"]), tools=[tool])
+    engine.register(two_stage(), tools=[tool])
+    start = clock.now()
+    assert engine.run_session("wf").status == "suspended"
+    clock.advance(600)
+    assert engine.run_session("mail").status == "completed"
+
+    assert [s.workflow for s in engine.sessions()] == ["mail", "wf"]  # newest first
+    assert [s.status for s in engine.sessions(workflow="wf")] == ["suspended"]
+    assert [s.workflow for s in engine.sessions(status="completed")] == ["mail"]
+    assert engine.sessions(status="open") == []
+    later = start + timedelta(seconds=300)
+    assert [s.workflow for s in engine.sessions(since=later)] == ["mail"]
+    assert [s.workflow for s in engine.sessions(until=later)] == ["wf"]
+
+    paused = engine.runs(status="paused")
+    assert [(r.workflow, r.handler, r.status) for r in paused] == [
+        ("wf", "Append", "paused:approval")]
+    assert engine.runs(status="paused:approval") == paused
+    assert {r.handler for r in engine.runs(workflow="mail")} == {"poll", "Book", "Notify"}
+    assert len(engine.runs(workflow="mail", limit=2)) == 2
+    assert {r.workflow for r in engine.runs(since=later)} == {"mail"}
+    session = engine.sessions(workflow="wf")[0].session_id
+    assert {r.workflow for r in engine.runs(session=session)} == {"wf"}
+    with pytest.raises(fl.InvalidArgument, match="timezone-aware"):
+        engine.runs(since=datetime(2026, 1, 1))
+    with pytest.raises(fl.NotFoundError):
+        engine.runs(workflow="nope")
+
+
+def test_pending_work_of_a_workflow(make_engine, ledger: ExternalLedger) -> None:
+    engine = make_engine()
+    tool = NoReconcileTool(ledger)
+    engine.register(ledger_workflow(items=["a", "b", "c"], tool_name="blind"), tools=[tool])
+    result = engine.run_session("wf", max_iterations=1)
+    assert result.status == "budget_exhausted"
+
+    work = engine.pending_work("wf")
+    assert work.status == "active" and work.open_session is None
+    assert [(t.topic, t.pending, t.reserved) for t in work.topics] == [
+        ("in", 2, 0), ("done", 1, 0)]
+    assert work.consumers_with_work == result.remaining == {"Append": {"in": 2}}
+    assert work.unfinished_runs == () and work.blocked_mutations == ()
+
+    tool.fail_with = "uncertain"  # no reconcile method: the outcome cannot be known
+    assert engine.run_session("wf").status == "suspended"
+    work = engine.pending_work("wf")
+    assert work.status == "paused"
+    assert [(t.topic, t.pending, t.reserved) for t in work.topics] == [
+        ("in", 1, 1), ("done", 1, 0)]
+    assert [(r.handler, r.mutation_state) for r in work.blocked_mutations] == [
+        ("Append", "indeterminate")]
+    assert work.blocked_mutations[0] in work.unfinished_runs
+
+    other = fl.Engine(engine.store)  # knows the store, not the code
+    try:
+        assert other.pending_work("wf").consumers_with_work is None
+        with pytest.raises(fl.NotFoundError, match="no workflow named 'nope'"):
+            other.pending_work("nope")
+    finally:
+        other.close()

@@ -1,0 +1,123 @@
+"""`engine.at(position)`: the store exactly as it was when the log ended there (§2.5)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import flowledger as fl
+from tests.conftest import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+from tests.test_projections import new_engine
+from tests.test_properties import decide, history
+
+
+def head(engine: fl.Engine) -> int:
+    return engine.log.flow_recorder.max_notification_id() or 0
+
+
+def views(reads: Any, workflow: str) -> dict[str, Any]:
+    """What an operator looks at, from the present engine or a past view alike."""
+    work = reads.pending_work(workflow)
+    return {
+        "status": reads.status(),
+        "pending_work": dataclasses.replace(work, as_of=None),
+        "costs": [reads.costs(by=by) for by in ("run", "session", "handler", "day")],
+        "sessions": reads.sessions(limit=None),
+        "runs": reads.runs(limit=None),
+        "workflow": reads.workflow(workflow).status,
+    }
+
+
+def table_rows(cursor: Any, tables: list[str]) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: sorted(map(tuple, cursor.execute(f"SELECT * FROM {t}").fetchall()), key=repr)
+            for t in tables}
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(h=history)
+def test_at_a_past_position_everything_is_as_it_was(h: dict[str, Any]) -> None:
+    """After each session of a random history: what the engine showed then equals
+    what `at(position)` shows now — views, projection rows, runs as loaded."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine, clock = new_engine(folder, h)
+        tables = [t for p in engine.projections.projections for t in p.tables]
+        try:
+            seen: list[tuple[int, dict[str, Any], dict[str, Any], dict[Any, Any]]] = []
+            for max_iterations, decision in h["sessions"]:
+                engine.run_session("prop", max_iterations=max_iterations)
+                with engine.log.reading() as c:
+                    rows = table_rows(c, tables)
+                loaded = {r.run_id: engine.run(r.run_id).status for r in engine.runs(limit=None)}
+                seen.append((head(engine), views(engine, "prop"), rows, loaded))
+                clock.advance(7200)
+                decide(engine, decision)
+
+            for position, then, rows, loaded in seen:
+                with engine.at(position) as past:
+                    assert views(past, "prop") == then
+                    with past._scratch() as c:
+                        assert table_rows(c, tables) == rows
+                    assert {r: past.run(r).status for r in loaded} == loaded
+        finally:
+            engine.close()
+
+
+def test_at_reads_the_past_of_streams_and_projections(make_engine, clock: fl.ManualClock,
+                                                      ledger: ExternalLedger) -> None:
+    engine = make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    tool.script = ["auth"]  # the first row waits for a person
+    engine.register(ledger_workflow(items=["a"]), tools=[tool])
+    assert engine.run_session("wf").status == "suspended"
+    paused_at = head(engine)
+    run_id = engine.runs(status="paused")[0].run_id
+    clock.advance(60)
+    engine.resume("wf")
+    assert engine.run_session("wf").status == "completed"
+
+    with engine.at(paused_at) as past:
+        assert past.position == paused_at
+        assert past.workflow("wf").status.value == "paused"
+        assert past.run(run_id).status.value == "paused:approval"
+        assert [b.run_id for b in past.blocked()] == [run_id]
+        assert [(t.topic, t.pending) for t in past.pending_work("wf").topics] == [
+            ("in", 1), ("done", 0)]
+        assert [s.status for s in past.sessions()] == ["suspended"]
+        timeline = past.run_timeline(run_id)
+        assert timeline.entries[-1].position <= paused_at
+        last = next(engine.events(after=paused_at - 1, upto=paused_at))
+        assert past.time == last.timestamp
+    # The present has moved on.
+    assert engine.run(run_id).status.value == "superseded"
+    assert engine.blocked() == []
+
+    with engine.at(0) as empty:
+        assert empty.status().workflows == [] and empty.sessions() == []
+        with pytest.raises(fl.NotFoundError, match="at log position 0"):
+            empty.run(run_id)
+
+
+@pytest.mark.parametrize("position", [-1, 10_000, "3", True, 2.5])
+def test_at_refuses_positions_outside_the_log(make_engine, position: Any) -> None:
+    engine = make_engine()
+    engine.register(ledger_workflow(items=[]))
+    with pytest.raises(fl.InvalidArgument, match="position"):
+        engine.at(position)
+
+
+def test_at_writes_nothing(make_engine, ledger: ExternalLedger) -> None:
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf")
+    before = (head(engine), engine.projections.positions())
+
+    with engine.at(head(engine) // 2) as past:
+        past.status()
+        past.costs()
+
+    assert (head(engine), engine.projections.positions()) == before

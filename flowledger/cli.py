@@ -9,11 +9,14 @@ one line on stderr, never a traceback. Anything else is a bug and raises.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import importlib.util
+import json
 import sqlite3
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,6 +33,7 @@ import typer
 from eventsourcing.persistence import InfrastructureFactoryError, PersistenceError
 from rich.console import Console
 from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
@@ -70,6 +74,14 @@ class Trigger(enum.StrEnum):
     event = "event"
 
 
+class CostsBy(enum.StrEnum):
+    run = "run"
+    session = "session"
+    handler = "handler"
+    day = "day"
+    workflow = "workflow"
+
+
 class Action(enum.StrEnum):
     retry_reconcile = "retry_reconcile"
     did_not_happen = "did_not_happen"
@@ -79,6 +91,7 @@ class Action(enum.StrEnum):
 @dataclass
 class GlobalOptions:
     store: str
+    position: int | None = None  # `flowledger at POSITION ...`
 
 
 StoreOption = Annotated[
@@ -372,6 +385,10 @@ def status(ctx: typer.Context, store: StoreOption = None) -> None:
     """Workflows, open sessions, unfinished and blocked runs."""
     with open_engine(_store(ctx, store), must_exist=True) as engine:
         st = engine.status()
+    print_status(st)
+
+
+def print_status(st: fl.EngineStatus) -> None:
     if not st.workflows:
         out.print("No workflows in this store yet.")
         return
@@ -498,6 +515,441 @@ def resume(
         out.print(f"Workflow {workflow!r} is active again; the next session will run it.")
     else:
         out.print(f"Workflow {workflow!r} is already active; nothing was changed.")
+
+
+# ------------------------------------------------------- the read side (§2.4, §2.5)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead "
+                                                          "of tables.")]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, UUID | Decimal):
+        return str(value)  # a decimal as text: exact
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return value.hex()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot show a {type(value).__name__} as JSON")
+
+
+def print_json(value: Any) -> None:
+    """Plain JSON on stdout (no colours, no wrapping): decimals and ids as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    sys.stdout.write(json.dumps(value, default=_json_default, indent=2, ensure_ascii=False)
+                     + "\n")
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """An ISO date or date-time; without a zone it is UTC."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise CommandError(f"{option} {value!r} is not a date or time; use e.g. 2026-03-01 or "
+                           "2026-03-01T09:30") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def call_text(tool: str, method: str, params: Any) -> str:
+    args = [_plain(a) for a in (params or {}).get("args", [])]
+    args += [f"{k}={_plain(v)}" for k, v in (params or {}).get("kwargs", {}).items()]
+    return f"{tool}.{method}({', '.join(args)})"
+
+
+def run_line(run: fl.RunInfo) -> Text:
+    line = Text(f"run {run.run_id}  ", style="bold")
+    line.append(f"{run.workflow} / {run.handler} ({run.kind})  phase={run.phase} ")
+    line.append(f"status={run.status}", style=_status_style(run.status))
+    if run.mutation_state:
+        line.append(f" mutation={run.mutation_state}")
+    if run.retry_of:
+        line.append(f" retry of {run.retry_of}")
+    return line
+
+
+@app.command()
+def timeline(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(metavar="RUN", show_default=False,
+                                       help="The run's id.")],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every event of a run, and of other streams that name it, with log position and time."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        found = engine.run_timeline(run)
+    if as_json:
+        print_json(found)
+        return
+    out.print(run_line(found.run), soft_wrap=True)
+    if found.run.reason:
+        note("reason", found.run.reason)
+    print_log(found.entries)
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    workflow: Annotated[str, typer.Argument(metavar="WORKFLOW", show_default=False)],
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", show_default=False)],
+    message_id: Annotated[str, typer.Argument(metavar="MESSAGE_ID", show_default=False)],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The history of one message: every run that reserved it, and how each ended."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        found = engine.event_history(workflow, topic, message_id)
+    if as_json:
+        print_json(found)
+        return
+    out.print(Text(f"{found.workflow} / {found.topic} / {found.message_id}: {found.status}",
+                   style="bold"), soft_wrap=True)
+    note("payload", _plain(found.payload, 200))
+    note("caused by input(s)", ", ".join(str(i) for i in found.caused_by) or "-")
+    note("published by run", str(found.published_by) if found.published_by else "-")
+    print_reservations(found.reservations)
+    print_log(found.entries)
+
+
+def print_reservations(reservations: Iterable[fl.Reservation], title: str = "Reserved by"
+                       ) -> None:
+    table = Table(title=title, title_justify="left")
+    for name in ("run", "handler", "reserved (pos, UTC)", "ended", "at pos", "run status",
+                 "mutation"):
+        table.add_column(name, overflow="fold")
+    rows = list(reservations)
+    for r in rows:
+        ended = r.ended + (f" to {r.moved_to}" if r.moved_to else "")
+        table.add_row(str(r.run_id), r.handler, f"{r.reserved_at}  {when(r.reserved_time)}",
+                      ended, str(r.ended_at or "-"),
+                      Text(r.run_status, style=_status_style(r.run_status)),
+                      r.mutation_state or "-")
+    if rows:
+        out.print(table)
+    else:
+        out.print("No run reserved it.")
+
+
+audit_app = typer.Typer(help="Audit trails: what happened to an input.", no_args_is_help=True,
+                        rich_markup_mode=None)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("input")
+def audit_input(
+    ctx: typer.Context,
+    input_id: Annotated[str, typer.Argument(metavar="ID", show_default=False,
+                                            help="The input's id (see `events`: caused by).")],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every message an input caused, every run that reserved them, each mutation, in order."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        found = engine.input_history(input_id)
+    if as_json:
+        print_json(found)
+        return
+    out.print(Text(f"input {found.input_id}  {found.workflow}: {found.source} / {found.type} "
+                   f"/ {found.external_id}", style="bold"), soft_wrap=True)
+    if found.title:
+        note("title", found.title)
+    note("registered by run", str(found.registered_by) if found.registered_by else "-")
+
+    caused = Table(title="Messages it caused", title_justify="left")
+    for name in ("topic", "message", "status", "reserved by"):
+        caused.add_column(name, overflow="fold")
+    for h in found.events:
+        held = "; ".join(f"{r.handler} {r.run_id} ({r.ended})" for r in h.reservations)
+        caused.add_row(h.topic, h.message_id, h.status, held or "-")
+    out.print(caused)
+
+    if found.mutations:
+        table = Table(title="Mutations", title_justify="left")
+        for name in ("pos", "time (UTC)", "run", "title", "call", "outcome"):
+            table.add_column(name, overflow="fold")
+        for m in found.mutations:
+            outcome = m.state + (f": {_plain(m.result)}" if m.state == "applied" else
+                                 f": {m.reason}" if m.reason else "")
+            table.add_row(str(m.position), when(m.time), str(m.run_id), m.title or "-",
+                          call_text(m.tool, m.method, m.params),
+                          Text(outcome, style=_status_style(
+                              "completed" if m.state == "applied" else m.state)))
+        out.print(table)
+    else:
+        out.print("No mutations.")
+    out.print(Rule("The whole story, in log order", align="left"))
+    print_log(found.entries)
+
+
+@app.command()
+def cost(
+    ctx: typer.Context,
+    by: Annotated[CostsBy, typer.Option(help="Group by run, session, handler, day (UTC) or "
+                                             "workflow.")] = CostsBy.session,
+    workflow: Annotated[str | None, typer.Option(metavar="NAME",
+                                                 help="Only this workflow.")] = None,
+    session: Annotated[str | None, typer.Option(metavar="SESSION_ID",
+                                                help="Only this session.")] = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What runs reported with add_cost: exact sums per run, session, handler, day or workflow."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        report = engine.costs(workflow=workflow, session=session, by=by.value)
+    if as_json:
+        print_json(report)
+        return
+    if not report.lines:
+        out.print("No costs recorded.")
+        return
+    table = Table(title=f"Costs by {report.by}", title_justify="left")
+    for name in ("workflow", report.by, "amount", "not yet counted", "entries", "runs"):
+        table.add_column(name, overflow="fold",
+                         justify="right" if name in ("amount", "not yet counted", "entries",
+                                                     "runs") else "left")
+    for line in report.lines:
+        table.add_row(line.workflow, line.key, str(line.amount),
+                      str(line.not_counted) if line.not_counted else "-", str(line.entries),
+                      str(line.runs))
+    table.add_section()
+    table.add_row("total", "", str(report.total), "", "", "")
+    out.print(table)
+    if any(line.not_counted for line in report.lines):
+        note("not yet counted", "spent by runs still going (or cut short by a crash); the "
+             "session that finishes them counts it")
+
+
+@app.command()
+def runs(
+    ctx: typer.Context,
+    workflow: Annotated[str | None, typer.Option(metavar="NAME")] = None,
+    status: Annotated[str | None, typer.Option(
+        metavar="STATUS", help="committed, failed, failed:logic, paused, superseded, ...")] = None,
+    since: Annotated[str | None, typer.Option(metavar="TIME",
+                                              help="Created at or after (UTC if no zone).")
+                     ] = None,
+    until: Annotated[str | None, typer.Option(metavar="TIME", help="Created before.")] = None,
+    limit: Annotated[int, typer.Option(min=1, metavar="N")] = 50,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Runs, newest first."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        found = engine.runs(workflow, status, parse_time(since, "--since"),
+                            parse_time(until, "--until"), limit=limit)
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        out.print("No such runs.")
+        return
+    table = Table(title="Runs (newest first)", title_justify="left")
+    for name in ("run", "created (UTC)", "workflow", "handler", "phase", "status", "mutation"):
+        table.add_column(name, overflow="fold")
+    for r in found:
+        table.add_row(str(r.run_id), when(r.created_at), r.workflow, r.handler, r.phase,
+                      Text(r.status, style=_status_style(r.status)), r.mutation_state or "-")
+    out.print(table)
+
+
+@app.command()
+def sessions(
+    ctx: typer.Context,
+    workflow: Annotated[str | None, typer.Option(metavar="NAME")] = None,
+    status: Annotated[str | None, typer.Option(
+        metavar="STATUS", help="open, completed, budget_exhausted, suspended, failed")] = None,
+    since: Annotated[str | None, typer.Option(metavar="TIME",
+                                              help="Opened at or after (UTC if no zone).")
+                     ] = None,
+    until: Annotated[str | None, typer.Option(metavar="TIME", help="Opened before.")] = None,
+    limit: Annotated[int, typer.Option(min=1, metavar="N")] = 50,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Sessions, newest first, with what each cost."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        found = engine.sessions(workflow, status, parse_time(since, "--since"),
+                                parse_time(until, "--until"), limit=limit)
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        out.print("No such sessions.")
+        return
+    table = Table(title="Sessions (newest first)", title_justify="left")
+    for name in ("session", "opened (UTC)", "closed (UTC)", "workflow", "trigger", "status",
+                 "consumer runs", "cost"):
+        table.add_column(name, overflow="fold")
+    for s in found:
+        table.add_row(str(s.session_id), when(s.opened_at), when(s.closed_at), s.workflow,
+                      s.trigger, Text(s.status, style=_status_style(s.status)),
+                      str(s.consumer_runs), str(s.cost))
+    out.print(table)
+
+
+at_app = typer.Typer(help="The store as it was when the log ended at POSITION (read-only).",
+                     no_args_is_help=True, rich_markup_mode=None,
+                     # so that a negative POSITION reaches the engine's own check
+                     context_settings={"ignore_unknown_options": True})
+app.add_typer(at_app, name="at")
+
+
+@at_app.callback()
+def at_position(
+    ctx: typer.Context,
+    position: Annotated[int, typer.Argument(
+        metavar="POSITION", show_default=False,
+        help="A log position (see `flowledger log`); 0 is the empty log.")],
+) -> None:
+    ctx.ensure_object(GlobalOptions).position = position
+
+
+@at_app.command("status")
+def at_status(ctx: typer.Context, store: StoreOption = None,
+              as_json: JsonOption = False) -> None:
+    """Workflows, open sessions, unfinished and blocked runs, as they were then."""
+    position = ctx.ensure_object(GlobalOptions).position
+    assert position is not None
+    with open_engine(_store(ctx, store), must_exist=True) as engine, \
+            engine.at(position) as past:
+        st = past.status()
+        moment = past.time
+    if as_json:
+        print_json({"position": position, "time": moment, "status": st})
+        return
+    out.print(Text(f"As of log position {position}"
+                   + (f" ({when(moment)} UTC)" if moment else " (the empty log)"),
+                   style="bold"))
+    print_status(st)
+
+
+@app.command()
+def replay(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(metavar="RUN", show_default=False,
+                                       help="The recorded run's id.")],
+    path_or_module: TargetArgument,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-run a recorded run with the code of PATH_OR_MODULE, against its recorded reads:
+    writes nothing, calls no tool, and shows what differs.
+
+    Exit code 0 when the current code does what the run did, 1 when something differs.
+    """
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        register_module(engine, import_workflow_module(path_or_module), path_or_module)
+        report = engine.replay(run)
+    if as_json:
+        print_json({**dataclasses.asdict(report), "same": report.same})
+        raise typer.Exit(EXIT_OK if report.same else EXIT_NOT_DONE)
+    out.print(Text(f"Replay of run {report.run_id}  {report.workflow} / {report.handler} "
+                   f"({report.kind})", style="bold"), soft_wrap=True)
+    note("code", f"{path_or_module}, as it is now; state and pending messages as of log "
+         f"position {report.as_of}; reads from the log; nothing written, no tool called")
+    note("steps", f"recorded {' > '.join(report.recorded.steps) or '-'}; replayed "
+         f"{' > '.join(report.replayed.steps) or '-'}")
+    if report.differences:
+        table = Table(title="Differences", title_justify="left")
+        for name in ("what", "recorded", "replayed"):
+            table.add_column(name, overflow="fold")
+        for d in report.differences:
+            table.add_row(d.what, _shown(d.recorded), _shown(d.replayed))
+        out.print(table)
+    for call in report.unrecorded_reads:
+        note("not recorded, not performed", str(call), "yellow")
+    for call in report.unused_reads:
+        note("recorded, not asked for", str(call))
+    for text in report.notes:
+        note("note", text)
+    if report.same:
+        out.print(Text("Same: the current code does what the recorded run did.",
+                       style="green"))
+    else:
+        count = len(report.differences) + len(report.unrecorded_reads)
+        out.print(Text(f"{count} difference{'s' if count != 1 else ''}.", style="yellow"))
+    raise typer.Exit(EXIT_OK if report.same else EXIT_NOT_DONE)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, str | fl.ToolCall) else _plain(value, 200)
+
+
+projections_app = typer.Typer(help="The read models derived from the log.",
+                              no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(projections_app, name="projections")
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    ctx: typer.Context,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", metavar="NAME", help="Rebuild only this projection (repeatable): "
+                                       "pending_work, costs, audit.")] = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Empty the projections and fold the whole log in again, from position 0."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        known = [p.name for p in engine.projections.projections]
+        unknown = [name for name in only or [] if name not in known]
+        if unknown:
+            raise CommandError(f"no projection named {', '.join(map(repr, unknown))}; the "
+                               f"projections are {', '.join(known)}")
+        started = time.perf_counter()
+        if as_json:
+            read = engine.rebuild_projections(only)
+        else:
+            with Progress(TextColumn("rebuilding {task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TextColumn("events"), TimeElapsedColumn(),
+                          console=out, transient=False) as bar:
+                task = bar.add_task(", ".join(only or known), total=None)
+
+                def progress(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                read = engine.rebuild_projections(only, progress=progress)
+        seconds = time.perf_counter() - started
+        positions = engine.projections.positions()
+    if as_json:
+        print_json({"events": read, "seconds": round(seconds, 3), "positions": positions})
+        return
+    rate = f" ({read / seconds:,.0f} events/s)" if seconds > 0 and read else ""
+    out.print(f"Rebuilt from position 0: {read:,} events in {seconds:.2f} s{rate}.")
+    print_positions(positions)
+
+
+@projections_app.command("status")
+def projections_status(ctx: typer.Context, store: StoreOption = None,
+                       as_json: JsonOption = False) -> None:
+    """How far into the log each projection has read."""
+    with open_engine(_store(ctx, store), must_exist=True) as engine:
+        positions = engine.projections.positions()
+        head = engine.log.flow_recorder.max_notification_id() or 0
+    if as_json:
+        print_json({"head": head, "positions": positions})
+        return
+    print_positions(positions, head)
+
+
+def print_positions(positions: dict[str, int], head: int | None = None) -> None:
+    table = Table(title="Projections", title_justify="left")
+    for name in ("projection", "position", *(("behind",) if head is not None else ())):
+        table.add_column(name, justify="left" if name == "projection" else "right")
+    for name, position in positions.items():
+        table.add_row(name, f"{position:,}",
+                      *((f"{head - position:,}",) if head is not None else ()))
+    out.print(table)
 
 
 @app.command()

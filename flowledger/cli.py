@@ -622,7 +622,8 @@ def events(
 def print_reservations(reservations: Iterable[fl.Reservation], title: str = "Reserved by"
                        ) -> None:
     table = Table(title=title, title_justify="left")
-    for name in ("run", "handler", "reserved (pos, UTC)", "ended", "at pos", "run status",
+    table.add_column("run", no_wrap=True, min_width=36)
+    for name in ("handler", "reserved (pos, UTC)", "ended", "at pos", "run status",
                  "mutation"):
         table.add_column(name, overflow="fold")
     rows = list(reservations)
@@ -752,7 +753,8 @@ def runs(
         out.print("No such runs.")
         return
     table = Table(title="Runs (newest first)", title_justify="left")
-    for name in ("run", "created (UTC)", "workflow", "handler", "phase", "status", "mutation"):
+    table.add_column("run", no_wrap=True, min_width=36)
+    for name in ("created (UTC)", "workflow", "handler", "phase", "status", "mutation"):
         table.add_column(name, overflow="fold")
     for r in found:
         table.add_row(str(r.run_id), when(r.created_at), r.workflow, r.handler, r.phase,
@@ -785,7 +787,8 @@ def sessions(
         out.print("No such sessions.")
         return
     table = Table(title="Sessions (newest first)", title_justify="left")
-    for name in ("session", "opened (UTC)", "closed (UTC)", "workflow", "trigger", "status",
+    table.add_column("session", no_wrap=True, min_width=36)
+    for name in ("opened (UTC)", "closed (UTC)", "workflow", "trigger", "status",
                  "consumer runs", "cost"):
         table.add_column(name, overflow="fold")
     for s in found:

@@ -43,6 +43,8 @@ _RUN_FIELDS: dict[type, tuple[str, ...]] = {
     HandlerRun.ReservationsHandedOn: ("to_run",),
     HandlerRun.Superseded: ("by_run",),
 }
+# Events that say which inputs caused a message.
+_CAUSES = frozenset({TopicEvent.Published, TopicEvent.PayloadReplaced})
 
 
 class Audit(Projection):
@@ -73,9 +75,9 @@ class Audit(Projection):
                 run: UUID | None = getattr(event, name)
                 if run is not None:
                     mentions.append((run.hex, position))
-            caused_by = getattr(event, "caused_by", None)
-            if caused_by:
-                causes.extend((i.hex, event.originator_id.hex, position) for i in caused_by)
+            if type(event) in _CAUSES:
+                causes.extend((i.hex, event.originator_id.hex, position)
+                              for i in event.caused_by)
         if mentions:
             c.executemany("INSERT INTO fl_audit_mentions VALUES (?,?)", mentions)
         if causes:

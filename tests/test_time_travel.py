@@ -60,7 +60,7 @@ def test_at_a_past_position_everything_is_as_it_was(h: dict[str, Any]) -> None:
             for position, then, rows, loaded in seen:
                 with engine.at(position) as past:
                     assert views(past, "prop") == then
-                    with past._scratch() as c:
+                    with past.tables() as c:
                         assert table_rows(c, tables) == rows
                     assert {r: past.run(r).status for r in loaded} == loaded
         finally:

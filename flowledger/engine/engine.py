@@ -42,6 +42,7 @@ from flowledger.engine.queries import (
     ACTIONS,
     BlockedRun,
     CostReport,
+    CostsBy,
     EngineStatus,
     EventHistory,
     InputHistory,
@@ -390,7 +391,7 @@ class Engine:
         return self._caught_up().pending_work(workflow)
 
     def costs(self, workflow: str | None = None, session: UUID | str | None = None,
-              by: str = "session") -> CostReport:
+              by: CostsBy = "session") -> CostReport:
         """Exact cost sums by "run", "session", "handler", "day" (UTC) or "workflow"."""
         return self._caught_up().costs(workflow=workflow, session=session, by=by)
 
@@ -452,7 +453,7 @@ class Engine:
         def peek_then(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
             if not past:  # folded once, and only if the handler peeks
                 past.append(self.at(as_of))
-            with past[0]._scratch() as c:
+            with past[0].tables() as c:
                 return [(m.message_id, m.payload) for m in pending_work.pending_messages(
                     c, run.workflow_id, topic, limit)]
 

@@ -427,7 +427,7 @@ class ReadSide:
     # --------------------------------------------------------------- costs
 
     def costs(self, workflow: str | None = None, session: UUID | str | None = None,
-              by: str = "session") -> CostReport:
+              by: CostsBy = "session") -> CostReport:
         """Exact sums of what runs reported with add_cost, grouped by run, session,
         handler, day (UTC) or workflow; one line per workflow and key."""
         if by not in COSTS_BY:
@@ -439,12 +439,7 @@ class ReadSide:
             entries = costs.cost_entries(c, workflow, sid)
         groups: dict[tuple[str, str], list[costs.CostEntry]] = {}
         for e in entries:
-            key = {"run": lambda e: str(e.run_id),
-                   "session": lambda e: str(e.session_id) if e.session_id else "-",
-                   "handler": lambda e: e.handler,
-                   "day": lambda e: e.at.astimezone(UTC).date().isoformat(),
-                   "workflow": lambda e: e.workflow}[by](e)
-            groups.setdefault((e.workflow, key), []).append(e)
+            groups.setdefault((e.workflow, _cost_key(e, by)), []).append(e)
         lines = []
         for (wf, key), group in groups.items():
             lines.append(CostLine(
@@ -544,6 +539,18 @@ class ReadSide:
             record.type, record.external_id, record.title, record.registered_by,
             tuple(events), tuple(self._info_of(r) for r in runs), tuple(mutations),
             tuple(entries[p] for p in sorted(entries)))
+
+
+def _cost_key(entry: costs.CostEntry, by: str) -> str:
+    if by == "run":
+        return str(entry.run_id)
+    if by == "session":
+        return str(entry.session_id) if entry.session_id else "-"
+    if by == "handler":
+        return entry.handler
+    if by == "day":
+        return entry.at.astimezone(UTC).date().isoformat()
+    return entry.workflow
 
 
 def blocked_record(run: HandlerRun) -> BlockedRun:

@@ -52,11 +52,12 @@ class EngineAt(ReadSide):
         at = read_positions(log, [position]) if position else []
         # The log's own clock: the time of the last event then.
         self.time: datetime | None = at[0].timestamp if at else None
-        super().__init__(log, self._scratch, self._load_then, registered,
+        super().__init__(log, self.tables, self._load_then, registered,
                          lambda: self.time or _BEFORE_ANYTHING, upto=position)
 
     @contextmanager
-    def _scratch(self) -> Iterator[Cursor]:
+    def tables(self) -> Iterator[Cursor]:
+        """A cursor on the projections' tables as they were (in memory)."""
         cursor = self._db.cursor()
         try:
             yield cursor

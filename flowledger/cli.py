@@ -213,7 +213,9 @@ def register_module(engine: CommandEngine, module: ModuleType, target: str) -> l
 
 
 def short(value: UUID | None) -> str:
-    return value.hex[:8] if value is not None else "-"
+    """The last 8 hex digits: run and session ids are time-ordered, so their
+    first digits are the same for everything created in the same hour."""
+    return value.hex[-8:] if value is not None else "-"
 
 
 def when(value: datetime | None) -> str:

@@ -23,6 +23,7 @@ from flowledger.engine.faults import CRASH_EXIT_CODE
 from flowledger.infrastructure.codec import unpack
 from tests.conftest import message_status
 from tests.crash_worker import ITEMS, OUTCOMES
+from tests.test_projections import projection_rows
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 LABELS = ["session_open", "producer_commit", "in_flight", "outcome", "commit", "failure",
@@ -44,16 +45,6 @@ def worker(store: str, ledger: Path, mode: str, outcome: str,
 def table(db: Path, sql: str) -> list[tuple[object, ...]]:
     with sqlite3.connect(db) as c:
         return list(c.execute(sql))
-
-
-def projection_rows(engine: fl.Engine) -> dict[str, list[tuple[object, ...]]]:
-    tables = ["fl_messages", "fl_backlog", "fl_wakeups", "fl_sessions", "fl_workflows"]
-    with engine.log.reading() as c:
-        rows = {t: sorted(map(tuple, c.execute(f"SELECT * FROM {t}").fetchall())) for t in tables}
-        c.execute("SELECT run_id, workflow_id, handler, kind, phase, status, mutation_state, "
-                  "retry_of, holds, reason, open FROM fl_runs")
-        rows["fl_runs"] = sorted(map(tuple, c.fetchall()))
-    return rows
 
 
 @pytest.mark.parametrize("outcome", list(OUTCOMES))

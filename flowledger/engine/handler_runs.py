@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from flowledger.domain import handler_rules as rules
 from flowledger.domain.continuation import Attempt, attempt_number
 from flowledger.domain.continuation import Step as Continue
 from flowledger.domain.errors import (
@@ -44,6 +43,7 @@ from flowledger.engine.clock import Clock, IdFactory
 from flowledger.engine.context import HandlerContext
 from flowledger.engine.definition import ConsumerSpec, Outcome, Prepared, ProducerSpec
 from flowledger.engine.policy import RetryPolicy
+from flowledger.engine.prepared_check import check_prepared
 from flowledger.engine.streams import Streams
 from flowledger.engine.tools import Reconciliation, Tool, ToolMethod, reset_cost_sink, set_cost_sink
 from flowledger.infrastructure.codec import NONE_PACKED, pack, unpack
@@ -264,8 +264,10 @@ class RunDriver:
             _, state = self._state(spec.name)
             returned = handler.prepare(ctx, state)
             ctx.raise_if_broken()
-            reservations, events, data, title, wake_at = self._check_prepared(
-                returned, spec, run, ctx)
+            checked = check_prepared(
+                returned, spec, run.chain_id, ctx,
+                lambda topic, message_id: self.s.streams.get(
+                    topic_event_id(self._wf, topic, message_id), short=True))
         except Exception as e:
             self._flush(ctx, run)
             return self._fail(run, ctx.tool_failure or ctx.violation or e)
@@ -273,11 +275,12 @@ class RunDriver:
             ctx.close()
         self._flush(ctx, run)
         now = self.s.now()
-        run.prepared(now, reservations, data, title, wake_at)
-        for event in events:
+        run.prepared(now, checked.reservations, checked.data, checked.title, checked.wake_at)
+        for event in checked.events:
             event.reserve(now, run.id, run.chain_id)
-        prepared = Prepared(reservations, unpack(data), title, wake_at)
-        if not events:
+        prepared = Prepared(checked.reservations, unpack(checked.data), checked.title,
+                            checked.wake_at)
+        if not checked.events:
             return self._emit(run, spec, handler, prepared, Outcome("none"), declined=True)
         if spec.has_mutate:
             run.start_mutating(self.s.now())
@@ -289,50 +292,6 @@ class RunDriver:
     def _outcome(self, run: HandlerRun) -> Outcome:
         status: OutcomeStatus = run.outcome or "none"
         return Outcome(status, unpack(run.outcome_result) if status == "applied" else None)
-
-    def _check_prepared(self, returned: Any, spec: ConsumerSpec, run: HandlerRun,
-                        ctx: HandlerContext) -> tuple[dict[str, list[str]], list[TopicEvent],
-                                                      bytes, str | None, datetime | None]:
-        where = ctx.where
-        if returned is None:
-            returned = Prepared()
-        if not isinstance(returned, Prepared):
-            raise LogicError(f"{where}: prepare must return fl.Prepared(...) (or None when "
-                             f"there is nothing to do), got {type(returned).__name__}")
-        if not isinstance(returned.reservations, dict):
-            raise LogicError(f"{where}: Prepared.reservations must be a dict "
-                             "{topic: [message_id, ...]}")
-        reservations: dict[str, list[str]] = {}
-        events: list[TopicEvent] = []
-        for topic, ids in returned.reservations.items():
-            if topic not in spec.subscribe:
-                raise rules.unsubscribed_topic(where, topic, list(spec.subscribe), "reserve from")
-            if isinstance(ids, str) or not hasattr(ids, "__iter__"):
-                raise LogicError(f"{where}: reservations[{topic!r}] must be a list of "
-                                 f"message ids, got {ids!r}")
-            chosen = list(dict.fromkeys(ids))
-            for message_id in chosen:
-                event = self.s.streams.get(topic_event_id(self._wf, topic, str(message_id)),
-                                           short=True)
-                if event is None:
-                    raise rules.unreservable_message(where, topic, message_id, "unknown")
-                if not event.may_be_reserved_by(run.chain_id):
-                    raise rules.unreservable_message(where, topic, message_id,
-                                                     event.status.value)
-                events.append(event)
-            if chosen:
-                reservations[topic] = [str(m) for m in chosen]
-        data = ctx._pack(returned.data, "Prepared.data", "data")
-        title = returned.title
-        if title is not None:
-            if not isinstance(title, str):
-                raise LogicError(f"{where}: Prepared.title must be a string, got {title!r}")
-            ctx._check_size("title", len(title.encode()), "Prepared.title")
-        wake_at = returned.wake_at
-        if wake_at is not None and (not isinstance(wake_at, datetime) or wake_at.tzinfo is None):
-            raise LogicError(f"{where}: Prepared.wake_at must be a timezone-aware datetime "
-                             f"(e.g. datetime.now(UTC) + timedelta(...)), got {wake_at!r}")
-        return reservations, events, data, title, wake_at
 
     # ------------------------------------------------------------ mutation
 

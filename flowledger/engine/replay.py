@@ -26,12 +26,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from flowledger.domain import handler_rules as rules
-from flowledger.domain.errors import FlowledgerError, LogicError, NotFoundError
+from flowledger.domain.errors import FlowledgerError, NotFoundError
 from flowledger.domain.failures import describe
 from flowledger.domain.handler_rules import Step
 from flowledger.domain.handler_run import HandlerRun
@@ -43,6 +41,7 @@ from flowledger.domain.topic_event import TopicEvent
 from flowledger.engine.context import HandlerContext
 from flowledger.engine.definition import ConsumerSpec, Outcome, Prepared, ProducerSpec
 from flowledger.engine.log_view import LoggedEvent
+from flowledger.engine.prepared_check import check_prepared
 from flowledger.engine.registration import Registration
 from flowledger.engine.tools import Tool, ToolMethod
 from flowledger.infrastructure.codec import unpack
@@ -263,7 +262,12 @@ class DryRun:
         try:
             returned = handler.prepare(ctx, self.state_at_start())
             ctx.raise_if_broken()
-            prepared = self._check_prepared(returned, spec, ctx)
+            checked = check_prepared(
+                returned, spec, self.run.chain_id, ctx,
+                lambda topic, message_id: self.load_then(
+                    topic_event_id(self.run.workflow, topic, message_id), short=True))
+            prepared = Prepared(checked.reservations, unpack(checked.data), checked.title,
+                                checked.wake_at)
         except Exception as e:
             self._fail(ctx.tool_failure or ctx.violation or e)
             return
@@ -355,49 +359,6 @@ class DryRun:
     def _keep_published(self, ctx: HandlerContext) -> None:
         self.out.published = [PublishedMessage(p.topic, p.message_id, unpack(p.payload))
                               for p in ctx.published.values()]
-
-    def _check_prepared(self, returned: Any, spec: ConsumerSpec,
-                        ctx: HandlerContext) -> Prepared:
-        """The checks a live run makes of what prepare returned, against the messages
-        as they were when the run began."""
-        where = ctx.where
-        if returned is None:
-            returned = Prepared()
-        if not isinstance(returned, Prepared):
-            raise LogicError(f"{where}: prepare must return fl.Prepared(...) (or None when "
-                             f"there is nothing to do), got {type(returned).__name__}")
-        if not isinstance(returned.reservations, dict):
-            raise LogicError(f"{where}: Prepared.reservations must be a dict "
-                             "{topic: [message_id, ...]}")
-        reservations: dict[str, list[str]] = {}
-        for topic, ids in returned.reservations.items():
-            if topic not in spec.subscribe:
-                raise rules.unsubscribed_topic(where, topic, list(spec.subscribe), "reserve from")
-            if isinstance(ids, str) or not hasattr(ids, "__iter__"):
-                raise LogicError(f"{where}: reservations[{topic!r}] must be a list of "
-                                 f"message ids, got {ids!r}")
-            chosen = [str(m) for m in dict.fromkeys(ids)]
-            for message_id in chosen:
-                event = self.load_then(topic_event_id(self.run.workflow, topic, message_id),
-                                       short=True)
-                if event is None:
-                    raise rules.unreservable_message(where, topic, message_id, "unknown")
-                if not event.may_be_reserved_by(self.run.chain_id):
-                    raise rules.unreservable_message(where, topic, message_id,
-                                                     event.status.value)
-            if chosen:
-                reservations[topic] = chosen
-        data = ctx._pack(returned.data, "Prepared.data", "data")
-        if returned.title is not None:
-            if not isinstance(returned.title, str):
-                raise LogicError(f"{where}: Prepared.title must be a string, got "
-                                 f"{returned.title!r}")
-            ctx._check_size("title", len(returned.title.encode()), "Prepared.title")
-        wake_at = returned.wake_at
-        if wake_at is not None and (not isinstance(wake_at, datetime) or wake_at.tzinfo is None):
-            raise LogicError(f"{where}: Prepared.wake_at must be a timezone-aware datetime "
-                             f"(e.g. datetime.now(UTC) + timedelta(...)), got {wake_at!r}")
-        return Prepared(reservations, unpack(data), returned.title, wake_at)
 
 
 def _same_call(call: ToolCall, recorded: Any) -> bool:

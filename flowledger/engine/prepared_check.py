@@ -1,0 +1,73 @@
+"""What prepare returned, checked against the rules (DESIGN §1.1, §1.2, §1.7).
+
+One place for these rules, used by live runs and by replay: each hands in how
+it finds a message (the live log, or the log as it was).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from flowledger.domain import handler_rules as rules
+from flowledger.domain.errors import LogicError
+from flowledger.domain.topic_event import TopicEvent
+from flowledger.engine.context import HandlerContext
+from flowledger.engine.definition import ConsumerSpec, Prepared
+
+FindMessage = Callable[[str, str], TopicEvent | None]  # (topic, message_id)
+
+
+@dataclass(frozen=True)
+class CheckedPrepared:
+    reservations: dict[str, list[str]]
+    events: list[TopicEvent]  # the messages to reserve, in order
+    data: bytes  # packed: its size is checked against the limits
+    title: str | None
+    wake_at: datetime | None
+
+
+def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: HandlerContext,
+                   find: FindMessage) -> CheckedPrepared:
+    """Raise a LogicError naming the rule broken, or return what to record."""
+    where = ctx.where
+    if returned is None:
+        returned = Prepared()
+    if not isinstance(returned, Prepared):
+        raise LogicError(f"{where}: prepare must return fl.Prepared(...) (or None when "
+                         f"there is nothing to do), got {type(returned).__name__}")
+    if not isinstance(returned.reservations, dict):
+        raise LogicError(f"{where}: Prepared.reservations must be a dict "
+                         "{topic: [message_id, ...]}")
+    reservations: dict[str, list[str]] = {}
+    events: list[TopicEvent] = []
+    for topic, ids in returned.reservations.items():
+        if topic not in spec.subscribe:
+            raise rules.unsubscribed_topic(where, topic, list(spec.subscribe), "reserve from")
+        if isinstance(ids, str) or not hasattr(ids, "__iter__"):
+            raise LogicError(f"{where}: reservations[{topic!r}] must be a list of "
+                             f"message ids, got {ids!r}")
+        chosen = [str(m) for m in dict.fromkeys(ids)]
+        for message_id in chosen:
+            event = find(topic, message_id)
+            if event is None:
+                raise rules.unreservable_message(where, topic, message_id, "unknown")
+            if not event.may_be_reserved_by(chain_id):
+                raise rules.unreservable_message(where, topic, message_id, event.status.value)
+            events.append(event)
+        if chosen:
+            reservations[topic] = chosen
+    data = ctx._pack(returned.data, "Prepared.data", "data")
+    title = returned.title
+    if title is not None:
+        if not isinstance(title, str):
+            raise LogicError(f"{where}: Prepared.title must be a string, got {title!r}")
+        ctx._check_size("title", len(title.encode()), "Prepared.title")
+    wake_at = returned.wake_at
+    if wake_at is not None and (not isinstance(wake_at, datetime) or wake_at.tzinfo is None):
+        raise LogicError(f"{where}: Prepared.wake_at must be a timezone-aware datetime "
+                         f"(e.g. datetime.now(UTC) + timedelta(...)), got {wake_at!r}")
+    return CheckedPrepared(reservations, events, data, title, wake_at)

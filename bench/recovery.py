@@ -104,9 +104,9 @@ def measure(size: int, repeat: int, folder: Path) -> dict[str, float]:
     script.write_text(WORKLOAD)
     db = folder / f"log-{size}.db"
     store = f"sqlite:///{db}"
-    # About 17 events per item processed (input, publish, the run's phases,
+    # About 15 events per item processed (input, publish, the run's phases,
     # consumption, the session's counters).
-    run(script, store, "fill", str(max(1, size // 17)))
+    run(script, store, "fill", str(max(1, size // 15)))
     for w in range(WORKFLOWS):
         run(script, store, "crash", f"wf{w}", env={"FLOWLEDGER_CRASH_AT": "after_append:in_flight"})
     events = events_in(db)

@@ -9,7 +9,9 @@ timed.
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -335,3 +337,17 @@ def git_revision(repo: Path) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+dirty" if dirty else "")
+
+
+def print_figures(title: str, rows: list[tuple[str, str, str]]) -> None:
+    """The closing table every bench script prints: figure, value, note, then the command."""
+    widths = [max(len(r[i]) for r in [*rows, ("figure", "value", "")]) for i in range(2)]
+    rule = "-" * (widths[0] + widths[1] + 4 + max(len(r[2]) for r in rows))
+    print(f"\n{title}")
+    print(rule)
+    print(f"{'figure'.ljust(widths[0])}  {'value'.rjust(widths[1])}  note")
+    print(rule)
+    for name, value, note in rows:
+        print(f"{name.ljust(widths[0])}  {value.rjust(widths[1])}  {note}")
+    print(rule)
+    print("command: " + shlex.join([sys.executable, *sys.argv]))

@@ -23,7 +23,6 @@ once, one after the other. The temporary directory is removed unless --keep.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sqlite3
 import statistics
 import sys
@@ -212,17 +211,8 @@ def main() -> int:
     rows.append(("size: whole file", f"{total / 1e6:.2f} MB",
                  f"{total / events:.0f} B/event ({how})"))
 
-    widths = [max(len(r[i]) for r in [*rows, ("figure", "value", "")]) for i in range(2)]
-    rule = "-" * (widths[0] + widths[1] + 4 + max(len(r[2]) for r in rows))
-    print(f"\nflowledger projections benchmark: {events:,} events, medians of {args.repeat} "
-          "rounds")
-    print(rule)
-    print(f"{'figure'.ljust(widths[0])}  {'value'.rjust(widths[1])}  note")
-    print(rule)
-    for name, value, note in rows:
-        print(f"{name.ljust(widths[0])}  {value.rjust(widths[1])}  {note}")
-    print(rule)
-    print("command: " + shlex.join([sys.executable, *sys.argv]))
+    wl.print_figures(f"flowledger projections benchmark: {events:,} events, medians of "
+                     f"{args.repeat} rounds", rows)
     if not args.keep:
         for path in folder.iterdir():
             path.unlink()

@@ -34,7 +34,6 @@ import cProfile
 import io
 import platform
 import pstats
-import shlex
 import shutil
 import sqlite3
 import statistics
@@ -262,16 +261,8 @@ def run(args: argparse.Namespace, n: int, repeat: int, warmup: int, tmp: Path) -
              f"target >= {DBOS_TARGET:g}x: {verdict(ratio_dbos, DBOS_TARGET)}; rounds "
              f"{each(ratio_dbos_each, '.2f')}"),
         ]
-    widths = [max(len(r[i]) for r in [*rows, ("figure", "value", "")]) for i in range(2)]
-    rule = "-" * (widths[0] + widths[1] + 4 + max(len(r[2]) for r in rows))
-    print(f"\nflowledger runs benchmark: medians of {repeat} rounds, N={n}, warm-up {warmup}")
-    print(rule)
-    print(f"{'figure'.ljust(widths[0])}  {'value'.rjust(widths[1])}  note")
-    print(rule)
-    for name, value, note in rows:
-        print(f"{name.ljust(widths[0])}  {value.rjust(widths[1])}  {note}")
-    print(rule)
-    print("command: " + shlex.join([sys.executable, *sys.argv]))
+    wl.print_figures(f"flowledger runs benchmark: medians of {repeat} rounds, N={n}, "
+                     f"warm-up {warmup}", rows)
     return 0
 
 

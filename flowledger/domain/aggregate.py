@@ -76,6 +76,3 @@ class EventSourcedAggregate(BaseAggregate[UUID]):
     @property
     def has_pending_events(self) -> bool:
         return bool(self._pending_events)
-
-    def discard_pending_events(self) -> None:
-        self._pending_events.clear()

@@ -54,11 +54,6 @@ _NEXT: dict[MutationState, frozenset[MutationState]] = {
     MutationState.SKIPPED: frozenset(),
 }
 
-# Outcome unknown: the reservations stay with the run.
-UNSETTLED = frozenset(
-    {MutationState.IN_FLIGHT, MutationState.NEEDS_RECONCILE, MutationState.INDETERMINATE}
-)
-
 
 @dataclass(frozen=True)
 class Mutation:
@@ -73,15 +68,6 @@ class Mutation:
     reason: str | None = None
     reconcile_attempts: int = 0
     next_reconcile_at: datetime | None = None
-
-    @property
-    def settled(self) -> bool:
-        return self.state not in UNSETTLED
-
-    @property
-    def may_have_happened(self) -> bool:
-        """True unless the effect is known not to have happened."""
-        return self.state is not MutationState.FAILED
 
     def moved_to(self, state: MutationState, **changes: object) -> Mutation:
         if state not in _NEXT[self.state]:

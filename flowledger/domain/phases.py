@@ -64,7 +64,3 @@ def phase_may_advance(kind: RunKind, current: Phase, new: Phase) -> bool:
     order = PHASE_ORDER[kind]
     return current in order and new in order and order.index(new) > order.index(current)
 
-
-def phase_reached(kind: RunKind, current: Phase, target: Phase) -> bool:
-    order = PHASE_ORDER[kind]
-    return order.index(current) >= order.index(target)

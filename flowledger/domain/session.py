@@ -133,7 +133,3 @@ class Session(EventSourcedAggregate):
     def _require_open(self) -> None:
         if self.outcome is not None:
             raise InternalError(f"session {self.id} is already closed ({self.outcome.value})")
-
-    @property
-    def is_open(self) -> bool:
-        return self.outcome is None

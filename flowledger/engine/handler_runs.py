@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from flowledger.domain.continuation import Attempt, attempt_number
@@ -43,13 +43,14 @@ from flowledger.engine.clock import Clock, IdFactory
 from flowledger.engine.context import HandlerContext
 from flowledger.engine.definition import ConsumerSpec, Outcome, Prepared, ProducerSpec
 from flowledger.engine.policy import RetryPolicy
-from flowledger.engine.prepared_check import check_prepared
+from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
 from flowledger.engine.streams import Streams
 from flowledger.engine.tools import Reconciliation, Tool, ToolMethod, reset_cost_sink, set_cost_sink
 from flowledger.infrastructure.codec import NONE_PACKED, pack, unpack
 from flowledger.projections import pending_work
 
 Checkpoint = Callable[[str], None]
+T = TypeVar("T")
 
 DEFINITE_FAILURES = (TransientError, AuthError, PermissionDenied)
 
@@ -126,8 +127,8 @@ class RunDriver:
         return run
 
     def _context(self, run: HandlerRun, step: Step, publishes: tuple[str, ...],
-                 subscribe: tuple[str, ...], declared_tools: tuple[str, ...] | None,
-                 perform: Any = None) -> HandlerContext:
+                 subscribe: tuple[str, ...], declared_tools: tuple[str, ...] | None
+                 ) -> HandlerContext:
         wf_id = self.s.workflow.id
         log = self.s.streams.log
 
@@ -140,7 +141,7 @@ class RunDriver:
             workflow=self._wf, handler=run.handler, run_id=run.id, step=step,
             now=self.s.now(), publishes=publishes, subscribe=subscribe, tools=self.s.tools,
             declared_tools=declared_tools, limits=self.s.limits,
-            new_message_id=lambda: self.s.ids().hex, peek=peek, perform=perform,
+            new_message_id=lambda: self.s.ids().hex, peek=peek,
             input_known=lambda i: self.s.streams.get(i, short=True) is not None,
         )
 
@@ -228,18 +229,30 @@ class RunDriver:
         run.start_executing(self.s.now())
         state_agg, state = self._state(spec.name)
         ctx = self._context(run, Step.EXECUTE, spec.publishes, (), spec.tools)
+        new_state, ended = self._step(run, ctx, lambda: self._pack_state(spec.func(ctx, state),
+                                                                         ctx))
+        if ended is not None:
+            return ended
+        return self._commit(run, ctx, new_state, state_agg, caused_by=None, reserved=[],
+                            label="producer_commit")
+
+    def _step(self, run: HandlerRun, ctx: HandlerContext,
+              work: Callable[[], T]) -> tuple[T | None, RunResult | None]:
+        """One handler call: its value, or the run ended as it failed.
+
+        A broken rule fails the run even when the handler swallowed the error,
+        and the step's reads and costs become events of the run either way.
+        """
         try:
-            returned = spec.func(ctx, state)
+            value = work()
             ctx.raise_if_broken()
-            new_state = self._pack_state(returned, ctx)
         except Exception as e:
             self._flush(ctx, run)
-            return self._fail(run, ctx.tool_failure or ctx.violation or e)
+            return None, self._fail(run, ctx.tool_failure or ctx.violation or e)
         finally:
             ctx.close()
         self._flush(ctx, run)
-        return self._commit(run, ctx, new_state, state_agg, caused_by=None, reserved=[],
-                            label="producer_commit")
+        return value, None
 
     def _pack_state(self, returned: Any, ctx: HandlerContext) -> bytes | None:
         if returned is None:
@@ -259,21 +272,20 @@ class RunDriver:
             self._supersede(retry_of, run, "retried by a fresh run")
         run.start_preparing(now)
         ctx = self._context(run, Step.PREPARE, (), spec.subscribe, spec.tools)
-        try:
+
+        def prepare() -> tuple[Any, CheckedPrepared]:
             handler = spec.cls()
             _, state = self._state(spec.name)
-            returned = handler.prepare(ctx, state)
-            ctx.raise_if_broken()
-            checked = check_prepared(
-                returned, spec, run.chain_id, ctx,
+            return handler, check_prepared(
+                handler.prepare(ctx, state), spec, run.chain_id, ctx,
                 lambda topic, message_id: self.s.streams.get(
                     topic_event_id(self._wf, topic, message_id), short=True))
-        except Exception as e:
-            self._flush(ctx, run)
-            return self._fail(run, ctx.tool_failure or ctx.violation or e)
-        finally:
-            ctx.close()
-        self._flush(ctx, run)
+
+        done, ended = self._step(run, ctx, prepare)
+        if ended is not None:
+            return ended
+        assert done is not None
+        handler, checked = done
         now = self.s.now()
         run.prepared(now, checked.reservations, checked.data, checked.title, checked.wake_at)
         for event in checked.events:
@@ -445,16 +457,10 @@ class RunDriver:
         ctx = self._context(run, Step.NEXT, spec.publishes, (), spec.tools)
         new_state: bytes | None = None
         if spec.has_next:
-            try:
-                returned = handler.next(ctx, prepared, outcome)
-                ctx.raise_if_broken()
-                new_state = self._pack_state(returned, ctx)
-            except Exception as e:
-                self._flush(ctx, run)
-                return self._fail(run, ctx.violation or e)
-            finally:
-                ctx.close()
-        self._flush(ctx, run)
+            new_state, ended = self._step(
+                run, ctx, lambda: self._pack_state(handler.next(ctx, prepared, outcome), ctx))
+            if ended is not None:
+                return ended
         state_agg, _ = self._state(spec.name)
         result = self._commit(run, ctx, new_state, state_agg, caused_by, reserved,
                               label="commit", skipped=outcome.status == "skipped")

@@ -393,20 +393,6 @@ def unfinished_runs(c: Cursor, workflow_id: UUID | None = None) -> list[RunRow]:
     return [_run_row(r) for r in c.fetchall()]
 
 
-def runs(c: Cursor, workflow_id: UUID | None = None, status: str | None = None,
-         limit: int = 1000) -> list[RunRow]:
-    sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE 1=1"
-    params: list[Any] = []
-    if workflow_id is not None:
-        sql += " AND workflow_id=?"
-        params.append(workflow_id.hex)
-    if status is not None:
-        sql += " AND status=?"
-        params.append(status)
-    c.execute(sql + " ORDER BY created_at DESC LIMIT ?", (*params, limit))
-    return [_run_row(r) for r in c.fetchall()]
-
-
 def workflows(c: Cursor) -> list[WorkflowRow]:
     c.execute("SELECT workflow_id, name, status, reason, blocking_run, paused_until, "
               "open_session, owner, lease_until FROM fl_workflows ORDER BY name")

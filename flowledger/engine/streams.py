@@ -77,7 +77,7 @@ class Streams:
         wf = self.fenced_on
         fence = Fence(wf.id, wf.version) if wf is not None else None
         try:
-            recordings = self.log.append(*pending, fence=fence)
+            position = self.log.append(*pending, fence=fence)
         except BaseException as e:
             # The events were taken off the aggregates but not stored: the
             # in-memory copies are ahead of the log, and this session may have
@@ -89,6 +89,6 @@ class Streams:
             raise
         self._touched.clear()
         self.appends += 1
-        if recordings:
-            self.position = recordings[-1].notification.id
+        if position:
+            self.position = position
         return self.position

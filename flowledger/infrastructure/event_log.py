@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     ApplicationRecorder,
     EventStore,
@@ -18,9 +18,8 @@ from eventsourcing.persistence import (
     IntegrityError,
     Mapper,
     PersistenceError,
-    Recording,
 )
-from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory
+from eventsourcing.sqlite import SQLiteFactory
 from eventsourcing.utils import Environment
 
 from flowledger.domain.errors import ConcurrencyError, ConfigurationError
@@ -106,30 +105,27 @@ class EventLog(Application[UUID]):
         assert isinstance(self.recorder, FlowSQLiteRecorder)
         return self.recorder
 
-    def set_after_insert(self, hook: AfterInsert | None) -> None:
+    def set_after_insert(self, hook: AfterInsert | None,
+                         on_abort: Callable[[], None] | None = None) -> None:
+        """`hook` runs inside each append's transaction; `on_abort` when one rolls back."""
         self.flow_recorder.after_insert = hook
+        self.flow_recorder.after_abort = on_abort
 
-    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
-        return self.events.put(
-            processing_event.events,
-            tracking=processing_event.tracking,
-            appended=processing_event.events,
-            **processing_event.saved_kwargs,
-        )
-
-    def append(self, *aggregates: Any, fence: Fence | None = None) -> list[Recording[UUID]]:
+    def append(self, *aggregates: Any, fence: Fence | None = None) -> int:
         """One durable point: all pending events of these aggregates, or none.
 
-        The same steps as `Application.save`, without its per-object protocol
-        checks (they cost more than the insert): record, snapshot, notify.
+        Returns the log position of the last event appended (0 if none). The
+        same steps as `Application.save` — record, then snapshot — on the
+        engine's own writer connection, without the library's per-object
+        protocol checks and connection pool, which cost more than the insert.
         """
-        processing = ProcessingEvent[UUID]()
-        for agg in aggregates:
-            processing.events.extend(agg.collect_events())
-            processing.aggregates[agg.id] = agg
-        processing.saved_kwargs["fence"] = fence
+        events = [e for agg in aggregates for e in agg.collect_events()]
+        if not events:
+            return 0
+        to_stored = self.mapper.to_stored_event
         try:
-            recordings = self._record(processing)
+            position = self.flow_recorder.append_stored(
+                [to_stored(e) for e in events], events, fence)
         except IntegrityError as e:
             if fence is not None:  # a fenced writer: its session was taken over
                 raise ConcurrencyError(
@@ -140,10 +136,21 @@ class EventLog(Application[UUID]):
                 f"another process wrote to the same streams first ({e}); this append was "
                 "not stored"
             ) from e
-        with contextlib.suppress(Exception):  # a snapshot is a cache: the events are stored
-            self._take_snapshots(processing)
-        self._notify(recordings)
-        return recordings
+        self._snapshot_if_due(aggregates, events)
+        return position
+
+    def _snapshot_if_due(self, aggregates: Sequence[Any], events: Sequence[Any]) -> None:
+        """Snapshot the long streams each time they pass their interval."""
+        due: list[Any] = []
+        for agg in aggregates:
+            interval = self.snapshotting_intervals.get(type(agg))
+            if interval is not None and any(
+                    e.originator_id == agg.id and e.originator_version % interval == 0
+                    for e in events):
+                due.append(agg)
+        for agg in due:
+            with contextlib.suppress(Exception):  # a snapshot is a cache: the events are stored
+                self.take_snapshot(agg.id, agg.version, projector_func=_fold)
 
     def load(self, aggregate_id: UUID, version: int | None = None, *,
              short: bool = False) -> Any | None:
@@ -166,10 +173,11 @@ class EventLog(Application[UUID]):
             yield c
 
     def close(self) -> None:
-        self.flow_recorder.close_reader()
+        self.flow_recorder.close_connections()
         super().close()
 
     @contextmanager
-    def writing(self) -> Iterator[SQLiteCursor]:
-        with self.flow_recorder.datastore.transaction(commit=True) as c:
+    def writing(self) -> Iterator[Any]:
+        """A write transaction on the engine's writer connection."""
+        with self.flow_recorder.writing() as c:
             yield c

@@ -53,6 +53,10 @@ class FastReads:
     def reading(self) -> AbstractContextManager[sqlite3.Cursor]:
         raise NotImplementedError
 
+    def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Rows of one statement, in its own (implicit) read transaction."""
+        raise NotImplementedError
+
     def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
                       lte: int | None = None, desc: bool = False,
                       limit: int | None = None) -> Sequence[StoredEvent]:
@@ -70,9 +74,7 @@ class FastReads:
         if limit is not None:
             sql += "LIMIT ? "
             params.append(limit)
-        with self.reading() as c:
-            c.execute(sql, params)
-            rows = c.fetchall()
+        rows = self.read_all(sql, params)
         oid = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
         return [StoredEvent(originator_id=oid, originator_version=v, topic=t, state=s)
                 for v, t, s in rows]
@@ -81,7 +83,9 @@ class FastReads:
 
 class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
     after_insert: AfterInsert | None = None
+    after_abort: Callable[[], None] | None = None  # an append's transaction rolled back
     _reader: sqlite3.Connection | None = None
+    _writer: sqlite3.Connection | None = None
 
     def create_table(self) -> None:
         """The library's, made safe for processes that open a new store at once.
@@ -97,6 +101,13 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
                 if attempt == 2:
                     raise
 
+    def _connect(self) -> sqlite3.Connection:
+        pool = self.datastore.pool
+        return sqlite3.connect(
+            pool.db_name, uri=True, isolation_level=None, check_same_thread=False,
+            cached_statements=FlowSQLiteConnectionPool.STATEMENT_CACHE,
+            timeout=pool.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT)
+
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Cursor]:
         """A read transaction on a connection of its own (no pool round trip).
@@ -105,11 +116,7 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
         snapshot, no write lock.
         """
         if self._reader is None:
-            pool = self.datastore.pool
-            self._reader = sqlite3.connect(
-                pool.db_name, uri=True, isolation_level=None, check_same_thread=False,
-                cached_statements=FlowSQLiteConnectionPool.STATEMENT_CACHE,
-                timeout=pool.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT)
+            self._reader = self._connect()
         cursor = self._reader.cursor()
         cursor.execute("BEGIN")
         try:
@@ -118,31 +125,89 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
             self._reader.rollback()
             cursor.close()
 
-    def close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+    def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        if self._reader is None:
+            self._reader = self._connect()
+        return self._reader.execute(sql, params).fetchall()
 
-    def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
-                       **kwargs: Any) -> Sequence[int] | None:
-        fence: Fence | None = kwargs.pop("fence", None)
-        appended: Sequence[Any] | None = kwargs.pop("appended", None)
-        ids = super()._insert_events(c, stored_events, **kwargs)
-        if fence is not None:
-            c.execute(
-                f"SELECT MAX(originator_version) FROM {self.events_table_name} "
-                "WHERE originator_id=?",
-                (fence.stream_id.hex,),
-            )
-            current = c.fetchone()[0]
-            if current != fence.version:
-                raise StaleFenceError(
-                    f"stream {fence.stream_id} is at version {current}, "
-                    f"expected {fence.version}"
-                )
-        if self.after_insert is not None and appended and ids:
-            self.after_insert(c, appended, ids)
-        return ids
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Cursor]:
+        """A write transaction on the engine's one writer connection.
+
+        BEGIN IMMEDIATE takes the write lock first (waiting up to the lock
+        timeout), so a transaction that reads before it writes never fails
+        on a snapshot another process moved on.
+        """
+        if self._writer is None:
+            self._writer = self._connect()
+        conn = self._writer
+        cursor = conn.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            cursor.close()
+            raise OperationalError(e) from e
+        try:
+            yield cursor
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            try:
+                conn.commit()
+            except sqlite3.Error:
+                conn.rollback()
+                raise
+        finally:
+            cursor.close()
+
+    def append_stored(self, stored_events: Sequence[StoredEvent], appended: Sequence[Any],
+                      fence: Fence | None = None) -> int:
+        """Insert stored events in one transaction; returns the last one's position.
+
+        The after-insert hook folds `appended` (the same events, as domain
+        objects) into the projections inside that transaction.
+        """
+        rows = [(s.originator_id.hex, s.originator_version, s.topic, s.state)
+                for s in stored_events]
+        try:
+            with self.writing() as c:
+                try:
+                    c.executemany(self._insert_sql, rows)
+                except sqlite3.IntegrityError as e:
+                    raise IntegrityError(e) from e
+                # Positions are rowids, given in order while this transaction
+                # holds the write lock (events are never deleted).
+                if fence is None:
+                    last = c.execute("SELECT last_insert_rowid()").fetchone()[0]
+                else:
+                    last, at = c.execute(self._fenced_sql, (fence.stream_id.hex,)).fetchone()
+                    if at != fence.version:
+                        raise StaleFenceError(f"stream {fence.stream_id} is at version {at}, "
+                                              f"expected {fence.version}")
+                if self.after_insert is not None:
+                    self.after_insert(c, appended, range(last - len(rows) + 1, last + 1))
+        except BaseException:
+            if self.after_abort is not None:
+                self.after_abort()
+            raise
+        return int(last)
+
+    @property
+    def _insert_sql(self) -> str:
+        return f"INSERT INTO {self.events_table_name} VALUES (?, ?, ?, ?)"
+
+    @property
+    def _fenced_sql(self) -> str:
+        """The last position, and the fenced stream's version, in one statement."""
+        return (f"SELECT last_insert_rowid(), (SELECT MAX(originator_version) FROM "
+                f"{self.events_table_name} WHERE originator_id=?)")
+
+    def close_connections(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
 
     def select_stored(self, c: SQLiteCursor, after: int, limit: int,
                       upto: int | None = None) -> list[tuple[int, StoredEvent]]:
@@ -175,6 +240,9 @@ class FlowSQLiteSnapshotRecorder(FastReads, SQLiteAggregateRecorder):
 
     def reading(self) -> AbstractContextManager[sqlite3.Cursor]:
         return self.reads_through.reading()
+
+    def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return self.reads_through.read_all(sql, params)
 
 
 class FlowSQLiteConnectionPool(SQLiteConnectionPool):

@@ -107,7 +107,7 @@ class Engine:
         self.log = EventLog.open(store)
         self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
                                             [PendingWork(), Costs(), Audit()])
-        self.log.set_after_insert(self.projections.apply_inline)
+        self.log.set_after_insert(self.projections.apply_inline, self.projections.forget)
         self.projections.catch_up()
         self._registered: dict[str, Registration] = {}
 
@@ -206,7 +206,15 @@ class Engine:
             return opened
         self.checkpoint("after_append:session_open")
         assert streams.fenced_on is not None
-        return runner.run(streams, streams.fenced_on, opened, request)
+        result = runner.run(streams, streams.fenced_on, opened, request)
+        self._catch_up_read_side()
+        return result
+
+    def _catch_up_read_side(self) -> None:
+        """Fold a session's events into the read-side projections (costs, audit),
+        which appends leave to a catch-up (ADR 0010). If another process holds the
+        write lock, the next read catches up instead."""
+        self.projections.catch_up_unless_busy()
 
     @staticmethod
     def _request(trigger: str, max_iterations: int, max_cost: Any) -> SessionRequest:
@@ -239,6 +247,7 @@ class Engine:
         handlers are needed to go on.
         """
         results = [self._recover(reg) for reg in self._registered.values()]
+        self._catch_up_read_side()
         return [r for r in results if r is not None]
 
     def _recover(self, reg: Registration) -> SessionResult | None:

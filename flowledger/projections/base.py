@@ -18,6 +18,10 @@ class Projection(ABC):
 
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]]
+    # Folded in inside every append (the session loop reads it between
+    # appends), or only by `catch_up`: after each session and before a read
+    # (ADR 0010).
+    inline: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._dispatch: dict[type, Callable[[Cursor, Any, int], None]] = {
@@ -30,6 +34,11 @@ class Projection(ABC):
 
     @abstractmethod
     def create_tables(self, c: Cursor) -> None: ...
+
+    def forget(self) -> None:  # noqa: B027 - a hook: most projections keep nothing
+        """Drop whatever was kept from earlier batches: the next batch does not
+        follow the last one this process folded in (another writer came in
+        between, or that batch's transaction rolled back)."""
 
     def clear(self, c: Cursor) -> None:
         for table in self.tables:

@@ -38,11 +38,14 @@ def utc_text(moment: datetime) -> str:
 class Costs(Projection):
     name = "costs"
     tables = ("fl_cost_runs", "fl_costs")
+    inline = False  # read side only: caught up after sessions and before reads
 
     def __init__(self) -> None:
         super().__init__()
         # Scratch of the batch being folded in (see apply_batch).
-        self._new_runs: set[str] = set()
+        self._new_runs: list[tuple[Any, ...]] = []
+        self._created_here: set[str] = set()
+        self._uncounted: dict[str, list[list[Any]]] = {}  # run → its entries not yet counted
         self._entries: list[list[Any]] = []
 
     def handlers(self) -> dict[type, str]:
@@ -63,35 +66,38 @@ class Costs(Projection):
         self.apply_batch(c, [(event, position)])
 
     def apply_batch(self, c: Cursor, batch: Sequence[tuple[Any, int]]) -> None:
-        # Runs created in this batch: none of their entries is in the table yet.
-        self._new_runs = set()
-        # Entries of this batch, written at its end: [run, seq, counted_by, at, amount, label].
-        self._entries = []
+        # Rows of this batch, written at its end with one statement per table:
+        # runs created in it (none of their entries is in the table yet), and
+        # entries as [run, seq, counted_by, at, amount, label].
+        self._new_runs, self._created_here, self._uncounted, self._entries = [], set(), {}, []
         for event, position in batch:
             method = self._dispatch.get(type(event))
             if method is not None:
                 method(c, event, position)
+        if self._new_runs:
+            c.executemany("INSERT INTO fl_cost_runs VALUES (?,?,?,?,?)", self._new_runs)
         if self._entries:
             c.executemany("INSERT INTO fl_costs VALUES (?,?,?,?,?,?)", self._entries)
 
     def _created(self, c: Cursor, e: HandlerRun.Created, position: int) -> None:
         run = e.originator_id.hex
-        c.execute("INSERT INTO fl_cost_runs VALUES (?,?,?,?,?)",
-                  (run, e.workflow, e.handler, e.kind.value,
-                   e.session_id.hex if e.session_id else None))
-        self._new_runs.add(run)
+        self._new_runs.append((run, e.workflow, e.handler, e.kind.value,
+                               e.session_id.hex if e.session_id else None))
+        self._created_here.add(run)
 
     def _cost_added(self, c: Cursor, e: HandlerRun.CostAdded, position: int) -> None:
-        self._entries.append([e.originator_id.hex, e.originator_version, None,
-                              utc_text(e.timestamp), str(e.amount), e.label])
+        entry = [e.originator_id.hex, e.originator_version, None, utc_text(e.timestamp),
+                 str(e.amount), e.label]
+        self._entries.append(entry)
+        self._uncounted.setdefault(entry[0], []).append(entry)
 
     def _run_ended(self, c: Cursor, e: Session.RunEnded, position: int) -> None:
         """The session counts everything of the run that no session counted before."""
         run, session = e.run_id.hex, e.originator_id.hex
-        for entry in self._entries:
-            if entry[0] == run and entry[2] is None:
-                entry[2] = session
-        if run not in self._new_runs:  # entries of earlier appends may be uncounted
+        for entry in self._uncounted.pop(run, ()):
+            entry[2] = session
+        if run not in self._created_here:
+            # Created in an earlier batch: entries stored then may be uncounted.
             c.execute("UPDATE fl_costs SET counted_by=? WHERE run_id=? AND counted_by IS NULL",
                       (session, run))
 

@@ -25,12 +25,16 @@ _RUN_FIELDS = ("run_id", "workflow_id", "session_id", "handler", "kind", "phase"
                "updated_at", "position", "open")
 
 
-# Updated in place, leaving out `open`: SQLite rewrites an index entry whenever
-# its column is assigned, so `open` (indexed) is set only when it changes.
+# Updated in place, assigning only what changes over a run's life: SQLite
+# rewrites an index entry whenever a column of it (or of its WHERE) is
+# assigned, so `open` and `workflow_id` (indexed) are left alone here and
+# `open` is set only when it changes.
+_MUTABLE_RUN_FIELDS = ("phase", "status", "mutation_state", "holds", "reason", "retry_at",
+                       "updated_at", "position")
 _UPSERT_RUN = (
     f"INSERT INTO fl_runs ({', '.join(_RUN_FIELDS)}) "
     f"VALUES ({', '.join('?' * len(_RUN_FIELDS))}) ON CONFLICT (run_id) DO UPDATE SET "
-    + ", ".join(f"{f}=excluded.{f}" for f in _RUN_FIELDS[1:] if f != "open")
+    + ", ".join(f"{f}=excluded.{f}" for f in _MUTABLE_RUN_FIELDS)
 )
 
 
@@ -54,6 +58,18 @@ class PendingWork(Projection):
     name = "pending_work"
     tables = ("fl_messages", "fl_backlog", "fl_wakeups", "fl_runs", "fl_sessions",
               "fl_workflows")
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Rows this projection wrote in its last batch, while they are still
+        # in play (open runs, reserved messages): the next batch of the same
+        # writer need not read them back. See `forget`.
+        self._open_runs: dict[str, dict[str, Any]] = {}
+        self._reserved: dict[str, tuple[str, str]] = {}  # event id → (workflow id, topic)
+
+    def forget(self) -> None:
+        self._open_runs.clear()
+        self._reserved.clear()
 
     def handlers(self) -> dict[type, str]:
         return {
@@ -84,8 +100,12 @@ class PendingWork(Projection):
             event_id TEXT PRIMARY KEY, workflow_id TEXT, topic TEXT, message_id TEXT,
             status TEXT, reserved_by TEXT, payload BLOB, first_position INTEGER,
             available_since INTEGER) WITHOUT ROWID""")
-        c.execute("""CREATE INDEX IF NOT EXISTS fl_messages_pending
-            ON fl_messages (workflow_id, topic, status, first_position)""")
+        # Partial indexes: an entry exists only while a message is pending (or a
+        # run open), so consuming a message or finishing a run deletes one
+        # entry instead of moving it, and the index stays as small as the work.
+        c.execute("DROP INDEX IF EXISTS fl_messages_pending")  # before 0.1.0: every status
+        c.execute("""CREATE INDEX IF NOT EXISTS fl_messages_pending_only
+            ON fl_messages (workflow_id, topic, first_position) WHERE status='pending'""")
         c.execute("""CREATE TABLE IF NOT EXISTS fl_backlog (
             workflow_id TEXT, topic TEXT, pending INTEGER, reserved INTEGER,
             newest INTEGER, PRIMARY KEY (workflow_id, topic)) WITHOUT ROWID""")
@@ -99,7 +119,9 @@ class PendingWork(Projection):
             position INTEGER, open INTEGER) WITHOUT ROWID""")
         # Recovery looks up unfinished runs: its cost must follow their number,
         # not the length of the log.
-        c.execute("CREATE INDEX IF NOT EXISTS fl_runs_open ON fl_runs (open, workflow_id)")
+        c.execute("DROP INDEX IF EXISTS fl_runs_open")  # before 0.1.0: finished runs too
+        c.execute("CREATE INDEX IF NOT EXISTS fl_runs_open_only ON fl_runs (workflow_id) "
+                  "WHERE open=1")
         c.execute("""CREATE TABLE IF NOT EXISTS fl_sessions (
             session_id TEXT PRIMARY KEY, workflow_id TEXT, trigger TEXT, outcome TEXT,
             reason TEXT, consumer_runs INTEGER, opened_at TEXT, closed_at TEXT) WITHOUT ROWID""")
@@ -122,16 +144,22 @@ class PendingWork(Projection):
 
     def _move(self, c: Cursor, e: Any, position: int, status: str,
               reserved_by: UUID | None) -> None:
-        c.execute("SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?",
-                  (e.originator_id.hex,))
-        workflow_id, topic, old = c.fetchone()
+        key = e.originator_id.hex
+        known = self._reserved.pop(key, None)
+        if known is not None:
+            (workflow_id, topic), old = known, "reserved"
+        else:
+            c.execute("SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?",
+                      (key,))
+            workflow_id, topic, old = c.fetchone()
         available = position if status == "pending" else None
         c.execute(
             "UPDATE fl_messages SET status=?, reserved_by=?, "
             "available_since=COALESCE(?, available_since) WHERE event_id=?",
-            (status, reserved_by.hex if reserved_by else None, available,
-             e.originator_id.hex),
+            (status, reserved_by.hex if reserved_by else None, available, key),
         )
+        if status == "reserved":
+            self._reserved[key] = (workflow_id, topic)
         counts = {"pending": 0, "reserved": 0}
         if old in counts:
             counts[old] -= 1
@@ -187,12 +215,16 @@ class PendingWork(Projection):
                 self._fold_run(c, rows, event, position)
             else:
                 super().apply(c, event, position)
-        for row in rows.values():
+        for key, row in rows.items():
             was_open = row["open"]
             row["open"] = _is_open(row)
             c.execute(_UPSERT_RUN, tuple(row[f] for f in _RUN_FIELDS))
             if was_open is not None and was_open != row["open"]:
-                c.execute("UPDATE fl_runs SET open=? WHERE run_id=?", (row["open"], row["run_id"]))
+                c.execute("UPDATE fl_runs SET open=? WHERE run_id=?", (row["open"], key))
+            if row["open"]:
+                self._open_runs[key] = row
+            else:
+                self._open_runs.pop(key, None)
 
     _PHASE_OF = {
         "ExecutionStarted": "executing",
@@ -216,7 +248,7 @@ class PendingWork(Projection):
                   position: int) -> None:
         key = e.originator_id.hex
         name = type(e).__name__
-        row = rows.get(key)
+        row = rows.get(key) or self._open_runs.get(key)
         if row is None:
             if name == "Created":
                 row = dict.fromkeys(_RUN_FIELDS)
@@ -229,7 +261,7 @@ class PendingWork(Projection):
                 c.execute(f"SELECT {', '.join(_RUN_FIELDS)} FROM fl_runs WHERE run_id=?",
                           (key,))
                 row = dict(zip(_RUN_FIELDS, c.fetchone(), strict=True))
-            rows[key] = row
+        rows[key] = row
         row["updated_at"] = _ts(e.timestamp)
         row["position"] = position
         if name in self._PHASE_OF:

@@ -9,10 +9,12 @@ a crash, for events written by another process's older code, or on rebuild.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from eventsourcing.persistence import Mapper, Tracking
+from eventsourcing.persistence import Mapper, OperationalError
 
 from flowledger.infrastructure.sqlite_recorder import FlowSQLiteRecorder
 from flowledger.projections.base import Cursor, Projection
@@ -26,11 +28,18 @@ class ProjectionRunner:
         self.recorder = recorder
         self.mapper = mapper
         self.projections = list(projections)
+        self.inline = [p for p in self.projections if p.inline]
+        self.deferred = [p for p in self.projections if not p.inline]
+        # Events this process appended and the read-side projections have not
+        # folded in yet, contiguous in position: folded in from memory (no
+        # re-reading, no decoding) when there are FOLD_EVERY of them, inside
+        # that append's transaction, or by the next `catch_up`.
+        self._unfolded: list[tuple[Any, int]] = []
         # Where each projection stood after the last batch this process folded
         # in. If the next append starts right after it, no other writer came in
         # between, so the tracking row need not be read again.
         self._known: dict[str, int] = {}
-        with recorder.datastore.transaction(commit=True) as c:
+        with recorder.writing() as c:
             for p in self.projections:
                 p.create_tables(c)
 
@@ -38,27 +47,69 @@ class ProjectionRunner:
         return self.recorder._max_tracking_id(projection.name, c) or 0
 
     def _track(self, c: Cursor, projection: Projection, position: int) -> None:
-        self.recorder._insert_tracking(c, Tracking(projection.name, position))
+        c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "
+                  "DO UPDATE SET notification_id=excluded.notification_id",
+                  (projection.name, position))
         self._known[projection.name] = position
 
     def apply_inline(self, c: Cursor, events: Sequence[Any], positions: Sequence[int]) -> None:
         """Called inside an append's transaction, after its inserts."""
         first = positions[0]
-        for p in self.projections:
-            if self._known.get(p.name) != first - 1 and self.position(c, p) != first - 1:
-                continue  # behind: catch_up will fold these events in order
+        for p in self.inline:
+            if self._known.get(p.name) != first - 1:
+                p.forget()  # not our last batch's successor: what it kept may be stale
+                if self.position(c, p) != first - 1:
+                    continue  # behind: catch_up will fold these events in order
             p.apply_batch(c, list(zip(events, positions, strict=True)))
             self._track(c, p, positions[-1])
+        if not self.deferred:
+            return
+        if self._unfolded and self._unfolded[-1][1] != first - 1:
+            self._unfolded = []  # another writer came in between: catch_up reads the log
+        self._unfolded.extend(zip(events, positions, strict=True))
+        if len(self._unfolded) >= self.FOLD_EVERY:
+            self._fold_unfolded(c)
+
+    FOLD_EVERY = 2000
+
+    def _fold_unfolded(self, c: Cursor) -> None:
+        """Fold the kept events into each read-side projection that they continue."""
+        unfolded, self._unfolded = self._unfolded, []
+        if not unfolded:
+            return
+        first, last = unfolded[0][1], unfolded[-1][1]
+        for p in self.deferred:
+            at = self._known.get(p.name)
+            if at is None or not first - 1 <= at < last:
+                at = self.position(c, p)
+            if first - 1 <= at < last:
+                p.apply_batch(c, unfolded[at - first + 1:])
+                self._track(c, p, last)
+
+    @contextlib.contextmanager
+    def _forgetting_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.forget()
+            raise
+
+    def forget(self) -> None:
+        """An append's transaction rolled back: nothing folded in it happened."""
+        self._known.clear()
+        self._unfolded = []
+        for p in self.projections:
+            p.forget()
 
     def lag(self) -> int:
         """How many events the slowest projection still has to fold in."""
-        with self.recorder.datastore.transaction(commit=False) as c:
+        with self.recorder.reading() as c:
             head = self.recorder.max_position(c)
             return max((head - self.position(c, p) for p in self.projections), default=0)
 
     def positions(self) -> dict[str, int]:
         """How far into the log each projection has read."""
-        with self.recorder.datastore.transaction(commit=False) as c:
+        with self.recorder.reading() as c:
             return {p.name: self.position(c, p) for p in self.projections}
 
     def catch_up(self, batch: int = 2000, progress: Progress | None = None,
@@ -66,15 +117,16 @@ class ProjectionRunner:
         """Fold in everything not yet projected (up to position `upto`, if given);
         returns the number of events read."""
         done = 0
+        if self._unfolded and upto is None:
+            with self.recorder.writing() as c, self._forgetting_on_error():
+                self._fold_unfolded(c)
         total = self.lag()
         while True:
-            with self.recorder.datastore.transaction(commit=True) as c:
-                # Write first, so the transaction holds the write lock before it
-                # reads (a read-then-write transaction fails if another process
-                # committed in between).
-                c.execute("UPDATE tracking SET notification_id=notification_id "
-                          "WHERE application_name='__catch_up__'")
+            with self.recorder.writing() as c, self._forgetting_on_error():
                 starts = {p.name: self.position(c, p) for p in self.projections}
+                for p in self.projections:
+                    if self._known.get(p.name) != starts[p.name]:
+                        p.forget()
                 low = min(starts.values(), default=0)
                 rows = self.recorder.select_stored(c, low, batch, upto)
                 if not rows:
@@ -89,12 +141,18 @@ class ProjectionRunner:
             if progress is not None:
                 progress(done, max(total, done))
 
+    def catch_up_unless_busy(self) -> None:
+        """Catch up now, or leave it to the next reader if another process holds
+        the write lock past the lock timeout."""
+        with contextlib.suppress(OperationalError, sqlite3.OperationalError):
+            self.catch_up()
+
     def rebuild(self, names: Sequence[str] | None = None,
                 progress: Progress | None = None, batch: int = 2000) -> int:
         """Empty the named projections (all by default) and fold the log in from 0."""
         chosen = [p for p in self.projections if names is None or p.name in names]
-        self._known.clear()
-        with self.recorder.datastore.transaction(commit=True) as c:
+        self.forget()
+        with self.recorder.writing() as c:
             for p in chosen:
                 p.clear(c)
                 c.execute("DELETE FROM tracking WHERE application_name=?", (p.name,))

@@ -88,9 +88,9 @@ class AppendCounter:
     def __enter__(self) -> AppendCounter:
         counter = self
 
-        def append(log: EventLog, *aggregates: Any, fence: Any = None) -> Any:
+        def append(log: EventLog, *aggregates: Any, **kwargs: Any) -> Any:
             runs = {a.id for a in aggregates if isinstance(a, HandlerRun) and a.has_pending_events}
-            result = counter._original(log, *aggregates, fence=fence)
+            result = counter._original(log, *aggregates, **kwargs)
             for r in runs:
                 counter.per_run[r] += 1
             return result

@@ -158,7 +158,7 @@ class Engine:
                                    topics=list(workflow.topics),
                                    handlers=workflow.handler_names)
             with contextlib.suppress(ConcurrencyError):  # registered by another process
-                self.log.append(wf)
+                self._append_and_catch_up(wf)
         self._registered[workflow.name] = Registration(workflow, by_name, wf_id)
 
     def _registration(self, name: str) -> Registration:
@@ -209,6 +209,12 @@ class Engine:
         result = runner.run(streams, streams.fenced_on, opened, request)
         self._catch_up_read_side()
         return result
+
+    def _append_and_catch_up(self, *aggregates: Any) -> None:
+        """An append outside a session: when the call returns, every projection
+        includes it, as after a session."""
+        self.log.append(*aggregates)
+        self._catch_up_read_side()
 
     def _catch_up_read_side(self) -> None:
         """Fold a session's events into the read-side projections (costs, audit),
@@ -327,7 +333,7 @@ class Engine:
             run.mutated(now, "skipped")
             run.reactivate(now, "a person chose to skip the mutation")
         wf.resume(now, f"a person decided {action} for run {run.id}")
-        self.log.append(*changed)
+        self._append_and_catch_up(*changed)
 
     def resume(self, workflow: str) -> bool:
         """Lift a workflow's `paused`/`error` status once a person has dealt with the cause."""
@@ -344,7 +350,7 @@ class Engine:
                     f"unknown; decide first with `flowledger resolve {blocked.run_id} "
                     f"{'|'.join(blocked.actions)}`. Nothing was changed.")
         wf.resume(self.clock.now(), "resumed by a person")
-        self.log.append(wf)
+        self._append_and_catch_up(wf)
         return True
 
     def _load_run(self, run_id: UUID | str) -> HandlerRun:

@@ -69,6 +69,14 @@ class RunResult:
         return self.status is RunStatus.COMMITTED
 
 
+# The appends whose commit waits for the disk (fsync): the one before a
+# mutator's external call (after it, a crash must reconcile, never call
+# again; it also syncs every append before it), and the session's close
+# (what run_session returns must outlive the machine). Any other append of a
+# session is covered by the next of these (ADR 0011).
+SYNCED_APPENDS = frozenset({"in_flight", "session_close"})
+
+
 @dataclass
 class SessionScope:
     """What every run of one session shares."""
@@ -94,7 +102,7 @@ class SessionScope:
         if wf.open_session == self.session.id and wf.lease_until is not None and (
             wf.lease_until - now).total_seconds() < self.policy.lease_seconds / 2:
             wf.renew_lease(now, self.policy.lease_until(now))
-        position = self.streams.append()
+        position = self.streams.append(sync=label in SYNCED_APPENDS)
         self.checkpoint(f"after_append:{label}")
         return position
 

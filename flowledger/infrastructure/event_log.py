@@ -111,8 +111,11 @@ class EventLog(Application[UUID]):
         self.flow_recorder.after_insert = hook
         self.flow_recorder.after_abort = on_abort
 
-    def append(self, *aggregates: Any, fence: Fence | None = None) -> int:
+    def append(self, *aggregates: Any, fence: Fence | None = None, sync: bool = True) -> int:
         """One durable point: all pending events of these aggregates, or none.
+
+        `sync=False` skips the fsync: for appends that a later synced one
+        covers before anything outside the log depends on them (ADR 0011).
 
         Returns the log position of the last event appended (0 if none). The
         same steps as `Application.save` — record, then snapshot — on the
@@ -125,7 +128,7 @@ class EventLog(Application[UUID]):
         to_stored = self.mapper.to_stored_event
         try:
             position = self.flow_recorder.append_stored(
-                [to_stored(e) for e in events], events, fence)
+                [to_stored(e) for e in events], events, fence, sync)
         except IntegrityError as e:
             if fence is not None:  # a fenced writer: its session was taken over
                 raise ConcurrencyError(

@@ -86,6 +86,7 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
     after_abort: Callable[[], None] | None = None  # an append's transaction rolled back
     _reader: sqlite3.Connection | None = None
     _writer: sqlite3.Connection | None = None
+    _writer_syncs = True
 
     def create_table(self) -> None:
         """The library's, made safe for processes that open a new store at once.
@@ -131,16 +132,25 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
         return self._reader.execute(sql, params).fetchall()
 
     @contextmanager
-    def writing(self) -> Iterator[sqlite3.Cursor]:
+    def writing(self, sync: bool = True) -> Iterator[sqlite3.Cursor]:
         """A write transaction on the engine's one writer connection.
 
         BEGIN IMMEDIATE takes the write lock first (waiting up to the lock
         timeout), so a transaction that reads before it writes never fails
         on a snapshot another process moved on.
+
+        `sync`: the commit waits until the log file is on disk (fsync), so it
+        survives a power loss; without it, it survives the process dying but
+        may be lost with the machine until the next synced commit, which
+        syncs everything before it too (ADR 0011).
         """
         if self._writer is None:
             self._writer = self._connect()
+            self._writer_syncs = True  # the library's and SQLite's default: FULL
         conn = self._writer
+        if sync != self._writer_syncs:
+            conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
+            self._writer_syncs = sync
         cursor = conn.cursor()
         try:
             cursor.execute("BEGIN IMMEDIATE")
@@ -162,7 +172,7 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
             cursor.close()
 
     def append_stored(self, stored_events: Sequence[StoredEvent], appended: Sequence[Any],
-                      fence: Fence | None = None) -> int:
+                      fence: Fence | None = None, sync: bool = True) -> int:
         """Insert stored events in one transaction; returns the last one's position.
 
         The after-insert hook folds `appended` (the same events, as domain
@@ -171,7 +181,7 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
         rows = [(s.originator_id.hex, s.originator_version, s.topic, s.state)
                 for s in stored_events]
         try:
-            with self.writing() as c:
+            with self.writing(sync) as c:
                 try:
                     c.executemany(self._insert_sql, rows)
                 except sqlite3.IntegrityError as e:

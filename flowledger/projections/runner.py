@@ -118,11 +118,11 @@ class ProjectionRunner:
         returns the number of events read."""
         done = 0
         if self._unfolded and upto is None:
-            with self.recorder.writing() as c, self._forgetting_on_error():
+            with self.recorder.writing(sync=False) as c, self._forgetting_on_error():
                 self._fold_unfolded(c)
         total = self.lag()
         while True:
-            with self.recorder.writing() as c, self._forgetting_on_error():
+            with self.recorder.writing(sync=False) as c, self._forgetting_on_error():
                 starts = {p.name: self.position(c, p) for p in self.projections}
                 for p in self.projections:
                     if self._known.get(p.name) != starts[p.name]:

@@ -25,13 +25,20 @@ _DECIMAL = 2
 _NAIVE_DATETIME = 3
 
 
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    # ExtType is a namedtuple: building the tuple directly skips its
+    # Python-level __new__, which costs more than the packing (UUIDs are in
+    # nearly every event).
+    return tuple.__new__(msgpack.ExtType, (code, data))
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, UUID):
-        return msgpack.ExtType(_UUID, obj.bytes)
+        return _ext(_UUID, obj.bytes)
     if isinstance(obj, Decimal):
-        return msgpack.ExtType(_DECIMAL, str(obj).encode())
+        return _ext(_DECIMAL, str(obj).encode())
     if isinstance(obj, dt.datetime):  # only naive ones reach here; aware ones are native
-        return msgpack.ExtType(_NAIVE_DATETIME, obj.isoformat().encode())
+        return _ext(_NAIVE_DATETIME, obj.isoformat().encode())
     if isinstance(obj, set | frozenset):
         raise TypeError(f"a {type(obj).__name__} has no order; use a sorted list")
     raise TypeError(f"cannot serialise a value of type {type(obj).__name__}")
@@ -98,10 +105,20 @@ class PydanticMapper(Mapper[UUID]):
     """Stores an event's fields (not its id and version, which have their own columns)."""
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        _, version, topic, data = self.to_row(domain_event)
+        return StoredEvent(originator_id=domain_event.originator_id,
+                           originator_version=version, topic=topic, state=data)
+
+    def to_row(self, domain_event: Any) -> tuple[str, int, str, bytes]:
+        """The stored columns of an event: stream id (hex), version, topic, state.
+
+        The append path inserts these directly (no StoredEvent in between).
+        """
         state = dict(domain_event.__dict__)
         originator_id = state.pop("originator_id")
         originator_version = state.pop("originator_version")
-        class_version = getattr(type(domain_event), "class_version", 1)
+        cls = type(domain_event)
+        class_version = getattr(cls, "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version
         data = self.transcoder.encode(state)
@@ -109,8 +126,7 @@ class PydanticMapper(Mapper[UUID]):
             data = self.compressor.compress(data)
         if self.cipher:
             data = self.cipher.encrypt(data)
-        return StoredEvent(originator_id=originator_id, originator_version=originator_version,
-                           topic=get_topic(type(domain_event)), state=data)
+        return originator_id.hex, originator_version, get_topic(cls), data
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         cls = resolve_topic(stored_event.topic)

@@ -101,6 +101,11 @@ class EventLog(Application[UUID]):
         )
 
     @property
+    def flow_mapper(self) -> PydanticMapper:
+        assert isinstance(self.mapper, PydanticMapper)
+        return self.mapper
+
+    @property
     def flow_recorder(self) -> FlowSQLiteRecorder:
         assert isinstance(self.recorder, FlowSQLiteRecorder)
         return self.recorder
@@ -125,10 +130,10 @@ class EventLog(Application[UUID]):
         events = [e for agg in aggregates for e in agg.collect_events()]
         if not events:
             return 0
-        to_stored = self.mapper.to_stored_event
+        to_row = self.flow_mapper.to_row
         try:
-            position = self.flow_recorder.append_stored(
-                [to_stored(e) for e in events], events, fence, sync)
+            position = self.flow_recorder.append_rows(
+                [to_row(e) for e in events], events, fence, sync)
         except IntegrityError as e:
             if fence is not None:  # a fenced writer: its session was taken over
                 raise ConcurrencyError(

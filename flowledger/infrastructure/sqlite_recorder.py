@@ -171,15 +171,14 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
         finally:
             cursor.close()
 
-    def append_stored(self, stored_events: Sequence[StoredEvent], appended: Sequence[Any],
-                      fence: Fence | None = None, sync: bool = True) -> int:
-        """Insert stored events in one transaction; returns the last one's position.
+    def append_rows(self, rows: Sequence[tuple[str, int, str, bytes]], appended: Sequence[Any],
+                    fence: Fence | None = None, sync: bool = True) -> int:
+        """Insert events (stream id hex, version, topic, state) in one transaction;
+        returns the last one's position.
 
         The after-insert hook folds `appended` (the same events, as domain
         objects) into the projections inside that transaction.
         """
-        rows = [(s.originator_id.hex, s.originator_version, s.topic, s.state)
-                for s in stored_events]
         try:
             with self.writing(sync) as c:
                 try:

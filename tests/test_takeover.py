@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from uuid import UUID
 
 import flowledger as fl
 from tests.conftest import ExternalLedger, ScriptedLedgerTool, ledger_workflow
@@ -120,6 +121,29 @@ def test_deleting_snapshots_changes_nothing_but_speed(make_engine, ledger, store
     assert {k: v for k, v in vars(without).items() if k != "_pending_events"} == state
     fresh.register(ledger_workflow(items=["z"]), tools=[ScriptedLedgerTool(ledger)])
     assert fresh.run_session("wf").status == "completed"
+
+
+def test_every_snapshot_equals_the_fold_of_its_stream(make_engine, ledger):
+    """Snapshots are taken from the aggregates in hand: each must equal a replay
+    of its stream's events up to the snapshot's version (workflow, session and
+    handler-state streams alike)."""
+    engine = make_engine()
+    items = [f"i{n:03d}" for n in range(210)]  # > 200 runs: the session is snapshotted too
+    engine.register(ledger_workflow(items=items), tools=[ScriptedLedgerTool(ledger)])
+    assert engine.run_session("wf", max_iterations=len(items)).status == "completed"
+    with engine.log.reading() as c:
+        c.execute("SELECT originator_id, originator_version FROM stored_snapshots")
+        taken = c.fetchall()
+    assert engine.log.snapshots is not None
+    kinds = set()
+    for stream, version in taken:
+        (snapshot,) = engine.log.snapshots.get(UUID(stream), lte=version, desc=True, limit=1)
+        restored = snapshot.mutate(None)
+        replayed = engine.log.load(UUID(stream), version, short=True)  # events only
+        assert restored.version == replayed.version == version
+        assert vars(restored) == vars(replayed), (stream, version)
+        kinds.add(type(restored).__name__)
+    assert {"Session", "HandlerState"} <= kinds, kinds
 
 
 def test_dropped_projections_are_rebuilt_from_the_log_on_start(make_engine, ledger, store):

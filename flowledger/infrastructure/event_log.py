@@ -157,8 +157,12 @@ class EventLog(Application[UUID]):
                     for e in events):
                 due.append(agg)
         for agg in due:
+            # Taken from the aggregate in hand, which is exactly the fold of its
+            # stream up to its version (the library's take_snapshot would read
+            # and decode the stream again to rebuild the same object).
             with contextlib.suppress(Exception):  # a snapshot is a cache: the events are stored
-                self.take_snapshot(agg.id, agg.version, projector_func=_fold)
+                assert self.snapshots is not None
+                self.snapshots.put([type(agg).Snapshot.take(agg)])
 
     def load(self, aggregate_id: UUID, version: int | None = None, *,
              short: bool = False) -> Any | None:

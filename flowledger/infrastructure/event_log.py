@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 from uuid import UUID
@@ -84,6 +84,7 @@ class EventLog(Application[UUID]):
         recorder = FlowSQLiteSnapshotRecorder(self.flow_recorder.datastore, self.flow_recorder)
         if isinstance(self.factory, SQLiteFactory) and self.factory.env_create_table():
             recorder.create_table()
+        self.flow_recorder.snapshot_table_name = recorder.events_table_name  # appends write it
         return self.factory.event_store(mapper=self.mapper, recorder=recorder)
 
     def construct_mapper(self) -> Mapper[UUID]:
@@ -127,13 +128,25 @@ class EventLog(Application[UUID]):
         engine's own writer connection, without the library's per-object
         protocol checks and connection pool, which cost more than the insert.
         """
-        events = [e for agg in aggregates for e in agg.collect_events()]
+        to_row = self.flow_mapper.to_row
+        events: list[Any] = []
+        snapshots: list[tuple[str, int, str, bytes]] = []
+        for agg in aggregates:
+            new = agg.collect_events()
+            if new:
+                events.extend(new)
+                if self._snapshot_due(agg, new[0].originator_version, new[-1].originator_version):
+                    # Taken from the aggregate in hand, which is exactly the fold of
+                    # its stream up to its version, and stored in the same
+                    # transaction. A snapshot is a cache: one that cannot be
+                    # taken is skipped, never the append.
+                    with contextlib.suppress(Exception):
+                        snapshots.append(to_row(type(agg).Snapshot.take(agg)))
         if not events:
             return 0
-        to_row = self.flow_mapper.to_row
         try:
             position = self.flow_recorder.append_rows(
-                [to_row(e) for e in events], events, fence, sync)
+                [to_row(e) for e in events], events, fence, sync, snapshots)
         except IntegrityError as e:
             if fence is not None:  # a fenced writer: its session was taken over
                 raise ConcurrencyError(
@@ -144,25 +157,12 @@ class EventLog(Application[UUID]):
                 f"another process wrote to the same streams first ({e}); this append was "
                 "not stored"
             ) from e
-        self._snapshot_if_due(aggregates, events)
         return position
 
-    def _snapshot_if_due(self, aggregates: Sequence[Any], events: Sequence[Any]) -> None:
-        """Snapshot the long streams each time they pass their interval."""
-        due: list[Any] = []
-        for agg in aggregates:
-            interval = self.snapshotting_intervals.get(type(agg))
-            if interval is not None and any(
-                    e.originator_id == agg.id and e.originator_version % interval == 0
-                    for e in events):
-                due.append(agg)
-        for agg in due:
-            # Taken from the aggregate in hand, which is exactly the fold of its
-            # stream up to its version (the library's take_snapshot would read
-            # and decode the stream again to rebuild the same object).
-            with contextlib.suppress(Exception):  # a snapshot is a cache: the events are stored
-                assert self.snapshots is not None
-                self.snapshots.put([type(agg).Snapshot.take(agg)])
+    def _snapshot_due(self, agg: Any, first: int, last: int) -> bool:
+        """The long streams are snapshotted each time they pass their interval."""
+        interval = self.snapshotting_intervals.get(type(agg))
+        return interval is not None and last // interval > (first - 1) // interval
 
     def load(self, aggregate_id: UUID, version: int | None = None, *,
              short: bool = False) -> Any | None:

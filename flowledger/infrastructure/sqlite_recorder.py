@@ -27,6 +27,7 @@ from eventsourcing.sqlite import (
 
 WAL_PAGES = 4000  # about 16 MB of WAL between checkpoints (4 KiB pages)
 
+Row = tuple[str, int, str, bytes]  # a stored event: stream id (hex), version, topic, state
 AfterInsert = Callable[[Any, Sequence[Any], Sequence[int]], None]
 
 
@@ -86,6 +87,7 @@ class FastReads:
 class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
     after_insert: AfterInsert | None = None
     after_abort: Callable[[], None] | None = None  # an append's transaction rolled back
+    snapshot_table_name = "stored_snapshots"
     _reader: sqlite3.Connection | None = None
     _writer: sqlite3.Connection | None = None
     _writer_syncs = True
@@ -178,13 +180,15 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
         finally:
             cursor.close()
 
-    def append_rows(self, rows: Sequence[tuple[str, int, str, bytes]], appended: Sequence[Any],
-                    fence: Fence | None = None, sync: bool = True) -> int:
+    def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
+                    fence: Fence | None = None, sync: bool = True,
+                    snapshots: Sequence[Row] = ()) -> int:
         """Insert events (stream id hex, version, topic, state) in one transaction;
         returns the last one's position.
 
         The after-insert hook folds `appended` (the same events, as domain
-        objects) into the projections inside that transaction.
+        objects) into the projections inside that transaction. `snapshots`
+        (rows of the same shape) go to the snapshot table in it too.
         """
         try:
             with self.writing(sync) as c:
@@ -201,6 +205,9 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
                     if at != fence.version:
                         raise StaleFenceError(f"stream {fence.stream_id} is at version {at}, "
                                               f"expected {fence.version}")
+                if snapshots:
+                    c.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES (?, ?, ?, ?)",
+                                  snapshots)
                 if self.after_insert is not None:
                     self.after_insert(c, appended, range(last - len(rows) + 1, last + 1))
         except BaseException:

@@ -153,8 +153,10 @@ def check_session_costs(engine: fl.Engine, results: list[fl.SessionResult]) -> N
 # ------------------------------------------------------------- live behaviour
 
 
-def test_projections_fold_in_within_each_append(make_engine, ledger: ExternalLedger) -> None:
-    """No lag after a session: every append moved every projection with it."""
+def test_every_projection_is_current_when_a_session_returns(make_engine,
+                                                            ledger: ExternalLedger) -> None:
+    """No lag after a session: pending work moved with every append, costs and
+    audit were folded in at the session's end (ADR 0010)."""
     engine = make_engine()
     engine.register(costly_workflow(["a", "b"], ["0.25"]), tools=[ScriptedLedgerTool(ledger)])
     engine.run_session("prop")
@@ -164,6 +166,41 @@ def test_projections_fold_in_within_each_append(make_engine, ledger: ExternalLed
     with engine.log.reading() as c:
         assert c.execute("SELECT COUNT(*) FROM fl_costs").fetchone()[0] == 5  # 1 poll + 2x2
         assert c.execute("SELECT COUNT(*) FROM fl_audit_causes").fetchone()[0] == 4
+
+
+def test_another_process_catching_up_or_rebuilding_mid_session_changes_nothing(
+        tmp_path: Path, ledger: ExternalLedger) -> None:
+    """While a session runs, a second engine on the same file (as another
+    process's `flowledger cost` or `projections rebuild` would) folds the
+    session's events into costs and audit and rebuilds pending work. The
+    session must neither fold those events twice nor trust what it kept."""
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    engine = fl.Engine(store, clock=fl.ManualClock())
+    others: list[fl.Engine] = []
+
+    class Meddling(ScriptedLedgerTool):
+        @fl.mutator(reconcile="find_appended")
+        def append(self, key: str, value: str) -> dict[str, Any]:
+            if key == "b":  # mid-session: runs "a" is committed, "c" not yet prepared
+                other = fl.Engine(store)
+                others.append(other)
+                other.costs()  # catches costs and audit up, past this engine's memory
+                other.projections.rebuild(["pending_work"])
+            return super().append(key, value)
+
+    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]), tools=[Meddling(ledger)])
+    try:
+        result = engine.run_session("prop")
+        assert result.status == "completed", result.error
+        assert [r.committed for r in result.runs] == [True] * 4
+        live = projection_rows(engine)
+        engine.projections.rebuild()
+        assert projection_rows(engine) == live
+        check_session_costs(engine, [result])
+    finally:
+        for other in others:
+            other.close()
+        engine.close()
 
 
 def test_a_store_without_the_new_projections_catches_up_on_open(tmp_path: Path,

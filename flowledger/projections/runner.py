@@ -36,8 +36,8 @@ class ProjectionRunner:
         # that append's transaction, or by the next `catch_up`.
         self._unfolded: list[tuple[Any, int]] = []
         # Where each projection stood after the last batch this process folded
-        # in. If the next append starts right after it, no other writer came in
-        # between, so the tracking row need not be read again.
+        # in. If its tracking row still says so, no other process folded or
+        # rebuilt it since, so what the projection kept in memory still holds.
         self._known: dict[str, int] = {}
         with recorder.writing() as c:
             for p in self.projections:
@@ -56,10 +56,12 @@ class ProjectionRunner:
         """Called inside an append's transaction, after its inserts."""
         first = positions[0]
         for p in self.inline:
-            if self._known.get(p.name) != first - 1:
-                p.forget()  # not our last batch's successor: what it kept may be stale
-                if self.position(c, p) != first - 1:
-                    continue  # behind: catch_up will fold these events in order
+            # Read, not remembered: another process may be rebuilding it.
+            at = self.position(c, p)
+            if at != self._known.get(p.name):
+                p.forget()  # someone else moved it: what it kept may be stale
+            if at != first - 1:
+                continue  # behind: catch_up will fold these events in order
             p.apply_batch(c, list(zip(events, positions, strict=True)))
             self._track(c, p, positions[-1])
         if not self.deferred:
@@ -79,9 +81,7 @@ class ProjectionRunner:
             return
         first, last = unfolded[0][1], unfolded[-1][1]
         for p in self.deferred:
-            at = self._known.get(p.name)
-            if at is None or not first - 1 <= at < last:
-                at = self.position(c, p)
+            at = self.position(c, p)  # another process may have caught it up meanwhile
             if first - 1 <= at < last:
                 p.apply_batch(c, unfolded[at - first + 1:])
                 self._track(c, p, last)
@@ -144,8 +144,11 @@ class ProjectionRunner:
     def catch_up_unless_busy(self) -> None:
         """Catch up now, or leave it to the next reader if another process holds
         the write lock past the lock timeout."""
-        with contextlib.suppress(OperationalError, sqlite3.OperationalError):
+        try:
             self.catch_up()
+        except (OperationalError, sqlite3.OperationalError) as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
 
     def rebuild(self, names: Sequence[str] | None = None,
                 progress: Progress | None = None, batch: int = 2000) -> int:

@@ -36,8 +36,8 @@ def test_an_event_of_another_stream_or_out_of_order_is_refused() -> None:
     created, preparing = run.collect_events()
     with pytest.raises(OriginatorIDError):
         preparing.mutate(other)
+    created_again = created.mutate(None)
+    created_again._version = 5  # a gap: version 2 cannot follow version 5
     with pytest.raises(OriginatorVersionError):
-        created_again = created.mutate(None)
-        created_again._version = 5  # a gap: version 2 cannot follow version 5
         preparing.mutate(created_again)
     assert other.version == 1

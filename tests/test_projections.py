@@ -11,6 +11,7 @@ SQLite file:
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
 from collections import defaultdict
 from decimal import Decimal
@@ -239,3 +240,28 @@ def test_rebuild_reports_progress_up_to_the_head(make_engine, ledger: ExternalLe
     assert read == head
     assert seen[-1] == (head, head)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_only_a_lock_timeout_lets_a_catch_up_wait_for_the_next_read(tmp_path: Path) -> None:
+    """After a session, a catch-up that finds another writer holding the file is
+    left to the next read; any other database error is raised."""
+    from eventsourcing.persistence import OperationalError
+
+    from flowledger.projections.runner import is_lock_timeout
+
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError) as missing:
+        other.execute("SELECT * FROM no_such_table")
+    holder.rollback()
+    wrapped = OperationalError(locked.value)
+    wrapped.__cause__ = locked.value
+
+    assert is_lock_timeout(locked.value) and is_lock_timeout(wrapped)
+    assert not is_lock_timeout(missing.value)
+    assert not is_lock_timeout(OperationalError("no cause"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -47,14 +47,12 @@ class Fence:
 class FastReads:
     """Loads a stream with one statement on the engine's read connection.
 
-    The library's `select_events` goes through the writers' pool with its own
-    transaction per call; loads are frequent and read-only.
+    The library's `select_events` goes through its connection pool with an
+    explicit transaction per call; loads are frequent, read-only and one
+    statement each.
     """
 
     events_table_name: str
-
-    def reading(self) -> AbstractContextManager[sqlite3.Cursor]:
-        raise NotImplementedError
 
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """Rows of one statement, in its own (implicit) read transaction."""
@@ -260,9 +258,6 @@ class FlowSQLiteSnapshotRecorder(FastReads, SQLiteAggregateRecorder):
     def __init__(self, datastore: SQLiteDatastore, reads_through: FlowSQLiteRecorder) -> None:
         super().__init__(datastore, events_table_name="stored_snapshots")
         self.reads_through = reads_through
-
-    def reading(self) -> AbstractContextManager[sqlite3.Cursor]:
-        return self.reads_through.reading()
 
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         return self.reads_through.read_all(sql, params)

@@ -1,10 +1,12 @@
 """Keeps projections in step with the log, exactly once per event.
 
 Each projection's position is a row of the library's tracking table, written
-in the same transaction as the projection's rows. Live appends fold their
-events in inside the append's own transaction (when the projection is up to
-date); otherwise `catch_up` follows the notification log by position — after
-a crash, for events written by another process's older code, or on rebuild.
+in the same transaction as the projection's rows. Inline projections (pending
+work) fold each append's events in inside that append's transaction; the
+read-side ones (costs, audit) fold the events this process appended in
+batches, from memory (ADR 0010). Whatever was not folded that way — a crash,
+another process's appends, a rebuild — `catch_up` follows from the log by
+position.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ from flowledger.infrastructure.sqlite_recorder import FlowSQLiteRecorder
 from flowledger.projections.base import Cursor, Projection
 
 Progress = Callable[[int, int], None]  # (done, total)
+
+
+def is_lock_timeout(error: BaseException) -> bool:
+    """Another writer held the database past the lock timeout (SQLITE_BUSY or
+    SQLITE_LOCKED, extended codes included), raised by sqlite3 or wrapped by
+    the library."""
+    cause = error if isinstance(error, sqlite3.Error) else error.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class ProjectionRunner:
@@ -147,7 +158,7 @@ class ProjectionRunner:
         try:
             self.catch_up()
         except (OperationalError, sqlite3.OperationalError) as e:
-            if "locked" not in str(e) and "busy" not in str(e):
+            if not is_lock_timeout(e):
                 raise
 
     def rebuild(self, names: Sequence[str] | None = None,

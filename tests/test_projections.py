@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 from collections import defaultdict
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 import flowledger as fl
 from flowledger.domain.session import Session
+from flowledger.domain.workflow import Workflow
 from flowledger.projections import costs as costs_projection
 from flowledger.projections.base import Projection
 from tests.conftest import ExternalLedger, ScriptedLedgerTool
@@ -265,3 +267,93 @@ def test_only_a_lock_timeout_lets_a_catch_up_wait_for_the_next_read(tmp_path: Pa
     assert is_lock_timeout(locked.value) and is_lock_timeout(wrapped)
     assert not is_lock_timeout(missing.value)
     assert not is_lock_timeout(OperationalError("no cause"))
+
+
+def _mid_mutation(tool_action: Any, ledger: ExternalLedger) -> type[ScriptedLedgerTool]:
+    """A ledger tool that calls `tool_action(key)` inside the external call."""
+
+    class MidCall(ScriptedLedgerTool):
+        @fl.mutator(reconcile="find_appended")
+        def append(self, key: str, value: str) -> dict[str, Any]:
+            tool_action(key)
+            return super().append(key, value)
+
+    return MidCall
+
+
+def test_a_run_between_its_appends_is_seen_by_another_process(tmp_path: Path,
+                                                              ledger: ExternalLedger) -> None:
+    """Pending work folds a run's in_flight and outcome appends in with its commit
+    (ADR 0012). During the external call, the run's row is not in the tables yet;
+    another process's `status` and `register` catch up first and see it."""
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    engine = fl.Engine(store, clock=fl.ManualClock())
+    other = fl.Engine(store)  # opened, and so caught up, before the session
+    seen: dict[str, Any] = {}
+
+    def look(key: str) -> None:
+        # Each catch-up folds for every process, so each call gets a run of its own.
+        head = engine.log.flow_recorder.max_notification_id()
+        seen[f"held {key}"] = head - engine.projections.positions()["pending_work"]
+        if key == "a":
+            runs = other.status().unfinished_runs
+            seen["runs"] = [(r.handler, r.phase, r.mutation_state) for r in runs]
+        else:
+            with pytest.raises(fl.DefinitionError, match="handler 'Append' not found"):
+                other.register(fl.Workflow("prop", topics=["in", "done"]))
+
+    tool = _mid_mutation(look, ledger)(ledger)
+    engine.register(costly_workflow(["a", "b"], ["0.5"]), tools=[tool])
+    try:
+        result = engine.run_session("prop")
+        assert result.status == "completed", result.error
+        assert seen["held a"] > 0 and seen["held b"] > 0, "in_flight was folded in at once"
+        assert seen["runs"] == [("Append", "mutating", "in_flight")]
+        live = projection_rows(engine)
+        engine.projections.rebuild()
+        assert projection_rows(engine) == live
+    finally:
+        other.close()
+        engine.close()
+
+
+def test_a_writer_between_a_runs_appends_is_folded_in_order(tmp_path: Path,
+                                                            ledger: ExternalLedger) -> None:
+    """During the external call, other writers append: one that folds pending work
+    (another engine registering a workflow) and one that does not (code without
+    these projections). The run's commit follows the log over both, so pending
+    work is current before the session reads it again, and equals a rebuild."""
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    engine = fl.Engine(store, clock=fl.ManualClock())
+    bare = fl.Engine(store)
+    bare.log.set_after_insert(None)  # appends only, as code without projections
+    seen: dict[str, int] = {}
+
+    def write(key: str) -> None:
+        if key == "a":
+            with fl.Engine(store) as other:
+                other.register(fl.Workflow("other-a", topics=["t"]))
+        elif key == "b":
+            seen["foreign"] = bare.log.append(Workflow.register(
+                now=datetime(2026, 1, 1, tzinfo=UTC), name="other-b", fingerprint="f",
+                topics=["t"], handlers=[]))
+        else:  # the next run's call: run "b" committed since, past the foreign event
+            seen["folded"] = engine.projections.positions()["pending_work"]
+
+    tool = _mid_mutation(write, ledger)(ledger)
+    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]), tools=[tool])
+    try:
+        result = engine.run_session("prop")
+        assert result.status == "completed", result.error
+        assert [r.committed for r in result.runs] == [True] * 4
+        assert seen["folded"] > seen["foreign"]
+        head = engine.log.flow_recorder.max_notification_id()
+        assert engine.projections.positions()["pending_work"] == head
+        live = projection_rows(engine, ["pending_work"])
+        names = sorted(r[1] for r in live["fl_workflows"])
+        assert names == ["other-a", "other-b", "prop"]
+        engine.projections.rebuild(["pending_work"])
+        assert projection_rows(engine, ["pending_work"]) == live
+    finally:
+        bare.close()
+        engine.close()

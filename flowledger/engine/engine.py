@@ -138,6 +138,7 @@ class Engine:
             by_name[tool.tool_name()] = tool
         workflow.check(by_name)
         wf_id = workflow_id(workflow.name)
+        self._catch_up_if_behind()  # a run in another process may be between appends
         with self.log.reading() as c:
             unfinished = pending_work.unfinished_runs(c, wf_id)
         known = set(workflow.handler_names)
@@ -376,7 +377,7 @@ class Engine:
     def blocked(self) -> list[BlockedRun]:
         """Everything waiting for a person (DESIGN §1.4): mutations whose outcome is
         unknown, runs paused for approval, and workflows in error."""
-        return self._reads().blocked()
+        return self._caught_up().blocked()
 
     def events(self, workflow: str | None = None, run: UUID | str | None = None,
                after: int = 0, upto: int | None = None) -> Iterator[LoggedEvent]:
@@ -385,7 +386,7 @@ class Engine:
         return read_log(self.log, workflow, run_id, after, upto)
 
     def status(self) -> EngineStatus:
-        return self._reads().status()
+        return self._caught_up().status()
 
     # ---------------------------------------------------- read side (§2.4, §2.5)
 
@@ -395,11 +396,15 @@ class Engine:
                         self.clock.now)
 
     def _caught_up(self) -> ReadSide:
-        """The present, after folding in what another process's older code appended
-        without these projections (normally nothing: appends fold them in)."""
+        """The present, after folding in what the projections have not yet:
+        another process's run between its held appends (ADR 0012), a session's
+        events for costs and audit, or appends by older code."""
+        self._catch_up_if_behind()
+        return self._reads()
+
+    def _catch_up_if_behind(self) -> None:
         if self.projections.lag():
             self.projections.catch_up()
-        return self._reads()
 
     def pending_work(self, workflow: str) -> PendingWorkReport:
         """Backlog per topic, consumers with work, wake-ups, unfinished and blocked runs."""

@@ -76,6 +76,12 @@ class RunResult:
 # session is covered by the next of these (ADR 0011).
 SYNCED_APPENDS = frozenset({"in_flight", "session_close"})
 
+# The appends after which the same run always appends again before anything
+# reads pending work (the external call and `next` lie between, which cannot
+# peek): pending work folds their events in with that next append, writing
+# the run's row once per run instead of once per append (ADR 0012).
+HELD_FOLDS = frozenset({"in_flight", "outcome"})
+
 
 @dataclass
 class SessionScope:
@@ -102,7 +108,7 @@ class SessionScope:
         if wf.open_session == self.session.id and wf.lease_until is not None and (
             wf.lease_until - now).total_seconds() < self.policy.lease_seconds / 2:
             wf.renew_lease(now, self.policy.lease_until(now))
-        position = self.streams.append(sync=label in SYNCED_APPENDS)
+        position = self.streams.append(sync=label in SYNCED_APPENDS, hold=label in HELD_FOLDS)
         self.checkpoint(f"after_append:{label}")
         return position
 

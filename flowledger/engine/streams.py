@@ -61,7 +61,7 @@ class Streams:
         self.pin(workflow)
         self.fenced_on = workflow
 
-    def append(self, sync: bool = True) -> int:
+    def append(self, sync: bool = True, hold: bool = False) -> int:
         """Append every pending event of the touched aggregates: one transaction."""
         if self.broken is not None:
             raise ConcurrencyError(
@@ -77,7 +77,7 @@ class Streams:
         wf = self.fenced_on
         fence = Fence(wf.id, wf.version) if wf is not None else None
         try:
-            position = self.log.append(*pending, fence=fence, sync=sync)
+            position = self.log.append(*pending, fence=fence, sync=sync, hold=hold)
         except BaseException as e:
             # The events were taken off the aggregates but not stored: the
             # in-memory copies are ahead of the log, and this session may have

@@ -117,11 +117,14 @@ class EventLog(Application[UUID]):
         self.flow_recorder.after_insert = hook
         self.flow_recorder.after_abort = on_abort
 
-    def append(self, *aggregates: Any, fence: Fence | None = None, sync: bool = True) -> int:
+    def append(self, *aggregates: Any, fence: Fence | None = None, sync: bool = True,
+               hold: bool = False) -> int:
         """One durable point: all pending events of these aggregates, or none.
 
         `sync=False` skips the fsync: for appends that a later synced one
         covers before anything outside the log depends on them (ADR 0011).
+        `hold=True` lets pending work fold these events in with the next
+        append instead of in this one (ADR 0012).
 
         Returns the log position of the last event appended (0 if none). The
         same steps as `Application.save` — record, then snapshot — on the
@@ -146,7 +149,7 @@ class EventLog(Application[UUID]):
             return 0
         try:
             position = self.flow_recorder.append_rows(
-                [to_row(e) for e in events], events, fence, sync, snapshots)
+                [to_row(e) for e in events], events, fence, sync, snapshots, hold)
         except IntegrityError as e:
             if fence is not None:  # a fenced writer: its session was taken over
                 raise ConcurrencyError(

@@ -28,7 +28,8 @@ from eventsourcing.sqlite import (
 WAL_PAGES = 4000  # about 16 MB of WAL between checkpoints (4 KiB pages)
 
 Row = tuple[str, int, str, bytes]  # a stored event: stream id (hex), version, topic, state
-AfterInsert = Callable[[Any, Sequence[Any], Sequence[int]], None]
+# (cursor, events, their positions, hold): see ProjectionRunner.apply_inline.
+AfterInsert = Callable[[Any, Sequence[Any], Sequence[int], bool], None]
 
 
 class StaleFenceError(IntegrityError):
@@ -118,20 +119,29 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
         Reads are the engine's hot path between appends: one consistent
         snapshot, no write lock.
         """
-        if self._reader is None:
-            self._reader = self._connect()
-        cursor = self._reader.cursor()
+        conn = self._reading_connection()
+        cursor = conn.cursor()
         cursor.execute("BEGIN")
         try:
             yield cursor
         finally:
-            self._reader.rollback()
+            conn.rollback()
             cursor.close()
 
-    def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+    def _reading_connection(self) -> sqlite3.Connection:
+        """The writer's connection between its transactions: its page cache
+        holds what this process just wrote, where a connection of its own would
+        re-read every page another connection changed. Inside a write
+        transaction, a connection of its own (reads see only what is committed)."""
+        writer = self._writer
+        if writer is not None and not writer.in_transaction:
+            return writer
         if self._reader is None:
             self._reader = self._connect()
-        return self._reader.execute(sql, params).fetchall()
+        return self._reader
+
+    def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return self._reading_connection().execute(sql, params).fetchall()
 
     @contextmanager
     def writing(self, sync: bool = True) -> Iterator[sqlite3.Cursor]:
@@ -180,13 +190,14 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
 
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
-                    snapshots: Sequence[Row] = ()) -> int:
+                    snapshots: Sequence[Row] = (), hold: bool = False) -> int:
         """Insert events (stream id hex, version, topic, state) in one transaction;
         returns the last one's position.
 
         The after-insert hook folds `appended` (the same events, as domain
         objects) into the projections inside that transaction. `snapshots`
-        (rows of the same shape) go to the snapshot table in it too.
+        (rows of the same shape) go to the snapshot table in it too. `hold` is
+        passed on to the hook.
         """
         try:
             with self.writing(sync) as c:
@@ -207,7 +218,7 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
                     c.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES (?, ?, ?, ?)",
                                   snapshots)
                 if self.after_insert is not None:
-                    self.after_insert(c, appended, range(last - len(rows) + 1, last + 1))
+                    self.after_insert(c, appended, range(last - len(rows) + 1, last + 1), hold)
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()

@@ -2,11 +2,12 @@
 
 Each projection's position is a row of the library's tracking table, written
 in the same transaction as the projection's rows. Inline projections (pending
-work) fold each append's events in inside that append's transaction; the
-read-side ones (costs, audit) fold the events this process appended in
-batches, from memory (ADR 0010). Whatever was not folded that way — a crash,
-another process's appends, a rebuild — `catch_up` follows from the log by
-position.
+work) fold each append's events in inside that append's transaction, or a
+held append's with the next append of its run (ADR 0012), following the log
+over anything another writer put between. The read-side ones (costs, audit)
+fold the events this process appended in batches, from memory (ADR 0010).
+Whatever was not folded that way — a crash, another process's appends, a
+rebuild — `catch_up` follows from the log by position.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class ProjectionRunner:
         # re-reading, no decoding) when there are FOLD_EVERY of them, inside
         # that append's transaction, or by the next `catch_up`.
         self._unfolded: list[tuple[Any, int]] = []
+        # Events of held appends (`apply_inline`) that pending work has not
+        # folded in yet, contiguous in position.
+        self._held: list[tuple[Any, int]] = []
         # Where each projection stood after the last batch this process folded
         # in. If its tracking row still says so, no other process folded or
         # rebuilt it since, so what the projection kept in memory still holds.
@@ -63,25 +67,68 @@ class ProjectionRunner:
                   (projection.name, position))
         self._known[projection.name] = position
 
-    def apply_inline(self, c: Cursor, events: Sequence[Any], positions: Sequence[int]) -> None:
-        """Called inside an append's transaction, after its inserts."""
-        first = positions[0]
+    def apply_inline(self, c: Cursor, events: Sequence[Any], positions: Sequence[int],
+                     hold: bool = False) -> None:
+        """Called inside an append's transaction, after its inserts.
+
+        `hold`: this append is followed by another of the same run before
+        anything reads pending work, so its events are kept and folded in with
+        that one's (ADR 0012); an append that does not continue the kept ones
+        folds them at once.
+        """
+        new = list(zip(events, positions, strict=True))
+        if self.inline:
+            if hold and (not self._held or self._held[-1][1] == positions[0] - 1):
+                self._held.extend(new)
+            else:
+                held, self._held = self._held, []
+                self._fold_inline(c, held + new)
+        if not self.deferred:
+            return
+        if self._unfolded and self._unfolded[-1][1] != positions[0] - 1:
+            self._unfolded = []  # another writer came in between: catch_up reads the log
+        self._unfolded.extend(new)
+        if len(self._unfolded) >= self.FOLD_EVERY:
+            self._fold_unfolded(c)
+
+    def _fold_inline(self, c: Cursor, mine: Sequence[tuple[Any, int]]) -> None:
+        """Bring each inline projection up to the last of `mine`, which this
+        process appended: from memory, and from the log for whatever lies
+        between (another writer's appends, or events someone else rebuilt away)."""
         for p in self.inline:
-            # Read, not remembered: another process may be rebuilding it.
+            # Read, not remembered: another process may have folded or rebuilt it.
             at = self.position(c, p)
             if at != self._known.get(p.name):
                 p.forget()  # someone else moved it: what it kept may be stale
-            if at != first - 1:
-                continue  # behind: catch_up will fold these events in order
-            p.apply_batch(c, list(zip(events, positions, strict=True)))
-            self._track(c, p, positions[-1])
-        if not self.deferred:
-            return
-        if self._unfolded and self._unfolded[-1][1] != first - 1:
-            self._unfolded = []  # another writer came in between: catch_up reads the log
-        self._unfolded.extend(zip(events, positions, strict=True))
-        if len(self._unfolded) >= self.FOLD_EVERY:
-            self._fold_unfolded(c)
+            batch = self._continuing(c, at, mine)
+            if batch:
+                p.apply_batch(c, batch)
+                self._track(c, p, batch[-1][1])
+
+    def _continuing(self, c: Cursor, at: int, mine: Sequence[tuple[Any, int]]
+                    ) -> list[tuple[Any, int]]:
+        """The events after position `at` up to the last of `mine`, in order."""
+        out: list[tuple[Any, int]] = []
+        expected = at + 1
+        for event, position in mine:
+            if position < expected:
+                continue  # already folded, by another process's catch-up
+            if position > expected:
+                out.extend(self._read(c, expected - 1, position - 1))
+            out.append((event, position))
+            expected = position + 1
+        return out
+
+    def _read(self, c: Cursor, after: int, upto: int) -> list[tuple[Any, int]]:
+        """Decoded events in (after, upto], read with the caller's cursor."""
+        out: list[tuple[Any, int]] = []
+        while after < upto:
+            rows = self.recorder.select_stored(c, after, 2000, upto)
+            if not rows:
+                break
+            out.extend((self.mapper.to_domain_event(s), pos) for pos, s in rows)
+            after = rows[-1][0]
+        return out
 
     FOLD_EVERY = 2000
 
@@ -109,6 +156,7 @@ class ProjectionRunner:
         """An append's transaction rolled back: nothing folded in it happened."""
         self._known.clear()
         self._unfolded = []
+        self._held = []
         for p in self.projections:
             p.forget()
 
@@ -128,6 +176,7 @@ class ProjectionRunner:
         """Fold in everything not yet projected (up to position `upto`, if given);
         returns the number of events read."""
         done = 0
+        self._held = []  # committed: folded in from the log below
         if self._unfolded and upto is None:
             with self.recorder.writing(sync=False) as c, self._forgetting_on_error():
                 self._fold_unfolded(c)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 import msgpack
@@ -104,6 +104,19 @@ class MsgpackTranscoder(Transcoder):
 class PydanticMapper(Mapper[UUID]):
     """Stores an event's fields (not its id and version, which have their own columns)."""
 
+    # Per event class: (topic, class_version). A missing class attribute of a
+    # pydantic model is looked up through its metaclass, which raises and
+    # catches on every call: too slow for every event appended.
+    _classes: ClassVar[dict[type, tuple[str, int]]] = {}
+
+    @classmethod
+    def _class_info(cls, event_class: type) -> tuple[str, int]:
+        info = cls._classes.get(event_class)
+        if info is None:
+            info = cls._classes[event_class] = (
+                get_topic(event_class), getattr(event_class, "class_version", 1))
+        return info
+
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         _, version, topic, data = self.to_row(domain_event)
         return StoredEvent(originator_id=domain_event.originator_id,
@@ -117,8 +130,7 @@ class PydanticMapper(Mapper[UUID]):
         state = dict(domain_event.__dict__)
         originator_id = state.pop("originator_id")
         originator_version = state.pop("originator_version")
-        cls = type(domain_event)
-        class_version = getattr(cls, "class_version", 1)
+        topic, class_version = self._class_info(type(domain_event))
         if class_version > 1:
             state["class_version"] = class_version
         data = self.transcoder.encode(state)
@@ -126,7 +138,7 @@ class PydanticMapper(Mapper[UUID]):
             data = self.compressor.compress(data)
         if self.cipher:
             data = self.cipher.encrypt(data)
-        return originator_id.hex, originator_version, get_topic(cls), data
+        return originator_id.hex, originator_version, topic, data
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         cls = resolve_topic(stored_event.topic)

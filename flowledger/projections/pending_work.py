@@ -216,6 +216,8 @@ class PendingWork(Projection):
             else:
                 super().apply(c, event, position)
         for key, row in rows.items():
+            if isinstance(row["updated_at"], datetime):
+                row["updated_at"] = row["updated_at"].isoformat()
             was_open = row["open"]
             row["open"] = _is_open(row)
             c.execute(_UPSERT_RUN, tuple(row[f] for f in _RUN_FIELDS))
@@ -262,7 +264,7 @@ class PendingWork(Projection):
                           (key,))
                 row = dict(zip(_RUN_FIELDS, c.fetchone(), strict=True))
         rows[key] = row
-        row["updated_at"] = _ts(e.timestamp)
+        row["updated_at"] = e.timestamp  # stored as text once per batch
         row["position"] = position
         if name in self._PHASE_OF:
             row["phase"] = self._PHASE_OF[name]

@@ -273,3 +273,40 @@ def test_simultaneous_opens_never_give_two_sessions(tmp_path: Path):
                 opened -= 1
     finally:
         engine.close()
+
+
+def test_a_long_session_keeps_only_a_bounded_number_of_streams_loaded(make_engine,
+                                                                       monkeypatch):
+    """Between runs, a session forgets the streams no run holds once it has loaded
+    more than Streams.KEEP: memory stays bounded, and what it loads again from the
+    log is the same (every run still commits, projections equal a rebuild)."""
+    from flowledger.engine.streams import Streams
+
+    kept: list[int] = []
+    trim = Streams.trim
+
+    def watched(self: Streams) -> None:
+        trim(self)
+        kept.append(len(self._cache))
+
+    monkeypatch.setattr(Streams, "KEEP", 6)
+    monkeypatch.setattr(Streams, "trim", watched)
+    order: list[str] = []
+    engine = make_engine()
+    engine.register(pipeline(order, n=15))
+    result = engine.run_session("wf")
+    assert result.status == "completed", result.error
+    assert result.consumer_runs == 30
+    assert sorted(order[2:]) == sorted([f"up{i}" for i in range(15)]
+                                       + [f"down{i}" for i in range(15)])
+    assert len(kept) == 32 and max(kept) <= 6
+    assert min(kept) <= 2  # it did forget: only the session and workflow were left
+
+    def tables() -> dict[str, list[Any]]:
+        with engine.log.reading() as c:
+            return {t: c.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+                    for t in ("fl_runs", "fl_messages", "fl_backlog")}
+
+    live = tables()
+    engine.rebuild_projections(["pending_work"])
+    assert tables() == live

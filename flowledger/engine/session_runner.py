@@ -147,6 +147,7 @@ class SessionRunner:
                 if spec.name in scope.session.committed_handlers:
                     continue  # a session taken over after a crash: it already ran
                 result = driver.run_producer(spec)
+                scope.streams.trim()
                 runs.append(result)
                 if not result.committed:
                     return self._stop(result), result.reason, None, {}
@@ -174,6 +175,7 @@ class SessionRunner:
                 return (SessionOutcome.BUDGET_EXHAUSTED,
                         f"{budget} reached ({spent}) with work remaining", budget, left)
             result = driver.run_consumer(by_name[chosen])
+            scope.streams.trim()
             runs.append(result)
             if not result.committed:
                 return self._stop(result), result.reason, None, {}

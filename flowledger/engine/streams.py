@@ -57,6 +57,16 @@ class Streams:
     def unpin(self, agg: EventSourcedAggregate) -> None:
         self._pinned.pop(agg.id, None)
 
+    # How many loaded streams a session keeps between runs. Past this, the ones
+    # no run holds are dropped (and loaded again if a later run asks): a long
+    # session's memory, and the garbage collector's work, stay bounded.
+    KEEP = 512
+
+    def trim(self) -> None:
+        """Between runs: forget loaded streams nothing holds, if there are many."""
+        if len(self._cache) > self.KEEP and not self._touched:
+            self._cache = dict(self._pinned)
+
     def fence_on(self, workflow: Workflow) -> None:
         self.pin(workflow)
         self.fenced_on = workflow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from flowledger.domain.errors import ConfigurationError, LogicError
@@ -30,11 +31,13 @@ class Limits:
                     f"limit {f.name!r} must be a positive number of bytes, got {value!r}"
                 )
 
-    def check(self, field: str, size: int, where: str) -> None:
+    def check(self, field: str, size: int, where: str | Callable[[], str]) -> None:
+        """`where` may be a function: the place is worked out only for the error."""
         limit: int = getattr(self, field)
         if size > limit:
             raise LogicError(
-                f"{where}: {field} is {size:,} bytes, over the limit of {limit:,} bytes. "
+                f"{where() if callable(where) else where}: {field} is {size:,} bytes, "
+                f"over the limit of {limit:,} bytes. "
                 f"Keep large content outside the log (store a path, key or URL instead), "
                 f"or raise the limit with fl.Limits({field}=...)."
             )

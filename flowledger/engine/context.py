@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -108,7 +109,6 @@ class HandlerContext:
         self.now = now
         self.step = step
         self.tools = ToolsView(self)
-        self.where = f"workflow {workflow!r}, {step.value} of {handler!r}, run {run_id}"
         self._publishes_allowed = publishes
         self._subscribe = subscribe
         self._tools = tools
@@ -128,6 +128,12 @@ class HandlerContext:
         self.inputs: dict[UUID, InputRegistration] = {}
         self.costs: list[tuple[Decimal, str]] = []
         self.reads: list[Read] = []
+
+    @cached_property
+    def where(self) -> str:
+        """Where an error happened, for its message (built only when one is)."""
+        return (f"workflow {self.workflow!r}, {self.step.value} of {self.handler!r}, "
+                f"run {self.run_id}")
 
     # ------------------------------------------------------------ the rules
 
@@ -238,13 +244,13 @@ class HandlerContext:
 
     def _check_size(self, field: str, size: int, what: str) -> None:
         try:
-            self._limits.check(field, size, f"{self.where}, {what}")
+            self._limits.check(field, size, lambda: f"{self.where}, {what}")
         except LogicError as e:
             raise self._broke(e) from None
 
     def _pack(self, value: Any, what: str, field: str) -> bytes:
         try:
-            data = pack(value, self.where, what)
+            data = pack(value, lambda: self.where, what)
         except LogicError as e:
             raise self._broke(e) from None
         self._check_size(field, len(data), what)
@@ -281,7 +287,7 @@ class HandlerContext:
         finally:
             reset_cost_sink(token)
         try:
-            result = pack(value, self.where, f"result of {name}")
+            result = pack(value, lambda: self.where, f"result of {name}")
         except LogicError as e:
             self.tool_failure = InternalError(str(e))
             raise self.tool_failure from None

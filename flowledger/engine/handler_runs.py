@@ -161,6 +161,8 @@ class RunDriver:
 
     def _flush(self, ctx: HandlerContext, run: HandlerRun) -> None:
         """Reads and costs of a step become events of the run, in the order they happened."""
+        if not (ctx.reads or ctx.costs):
+            return
         now = self.s.now()
         for r in ctx.reads:
             run.record_read(now, r.tool, r.method, r.params, r.result)
@@ -391,7 +393,9 @@ class RunDriver:
         now = self.s.now()
         m = run.mutation
         assert m is not None
-        where = f"workflow {self._wf!r}, run {run.id}, result of {m.tool}.{m.method}"
+        def where() -> str:
+            return f"workflow {self._wf!r}, run {run.id}, result of {m.tool}.{m.method}"
+
         try:
             result = pack(value, where, "the mutation's result")
             self.s.limits.check("result", len(result), where)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, ClassVar
 from uuid import UUID
@@ -75,13 +76,17 @@ def decode(data: bytes) -> Any:
 SUPPORTED = "dict, list, tuple, str, int, float, bool, None, bytes, Decimal, UUID or datetime"
 
 
-def pack(value: Any, where: str, field: str) -> bytes:
-    """Encode a handler's value, or say clearly why it cannot be stored."""
+def pack(value: Any, where: str | Callable[[], str], field: str) -> bytes:
+    """Encode a handler's value, or say clearly why it cannot be stored.
+
+    `where` may be a function: the place is worked out only for the error.
+    """
     try:
         return encode(value)
     except (TypeError, ValueError, OverflowError) as e:
         raise LogicError(
-            f"{where}: {field} cannot be stored in the log ({e}). "
+            f"{where() if callable(where) else where}: {field} cannot be stored in the log "
+            f"({e}). "
             f"Use only {SUPPORTED} values."
         ) from None
 

@@ -357,3 +357,84 @@ def test_a_writer_between_a_runs_appends_is_folded_in_order(tmp_path: Path,
     finally:
         bare.close()
         engine.close()
+
+
+MESSAGE_OPS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(
+    ["reserve", "release", "move", "consume", "skip", "replace"])), max_size=25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=MESSAGE_OPS, cuts=st.lists(st.booleans(), min_size=40, max_size=40),
+       forgets=st.lists(st.booleans(), min_size=40, max_size=40))
+def test_message_rows_are_the_fold_of_their_events_however_batched(
+        ops: list[tuple[int, str]], cuts: list[bool], forgets: list[bool]) -> None:
+    """Pending work folds a batch's message changes in memory and writes each row
+    and topic count once. Whatever the batches (and whether the projection kept
+    anything from the last one), every row says what the message's own stream
+    says: status, holder, payload, when it last became available, and the
+    topic's pending and reserved counts."""
+    from flowledger.domain.topic_event import TopicEvent
+    from flowledger.projections.pending_work import PendingWork
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    wf = UUID(int=7)
+    runs = [UUID(int=100 + i) for i in range(4)]
+    messages = [TopicEvent.publish(now=now, workflow_id=wf, workflow="wf",
+                                   topic="t" if i < 2 else "u", message_id=str(i),
+                                   payload=b"p0", caused_by=[], run_id=runs[0])
+                for i in range(3)]
+    available = {}
+    log: list[tuple[Any, int]] = []
+
+    def collect(m: TopicEvent) -> None:
+        for e in m.collect_events():
+            log.append((e, len(log) + 1))
+            if isinstance(e, TopicEvent.Published | TopicEvent.Released) or (
+                    isinstance(e, TopicEvent.PayloadReplaced) and m.status.value == "pending"):
+                available[m.id] = len(log)
+
+    for m in messages:
+        collect(m)
+    for n, (i, op) in enumerate(ops):
+        m, holder = messages[i], messages[i].reserved_by
+        if op == "reserve" and m.status.value == "pending":
+            m.reserve(now, runs[n % 4], runs[n % 4])
+        elif op == "replace":
+            m.replace_payload(now, f"p{n}".encode(), [], runs[0])
+        elif holder is not None and op == "release":
+            m.release(now, holder)
+        elif holder is not None and op == "move":
+            m.move_reservation(now, holder, runs[(n + 1) % 4])
+        elif holder is not None and op == "consume":
+            m.consume(now, holder)
+        elif holder is not None and op == "skip":
+            m.skip(now, holder)
+        collect(m)
+
+    with tempfile.TemporaryDirectory() as folder:
+        db = sqlite3.connect(Path(folder) / "pending.db", isolation_level=None)
+        c = db.cursor()
+        p = PendingWork()
+        p.create_tables(c)
+        batch: list[tuple[Any, int]] = []
+        for k, item in enumerate(log):
+            batch.append(item)
+            if cuts[k % len(cuts)] or k == len(log) - 1:
+                c.execute("BEGIN")
+                p.apply_batch(c, batch)
+                c.execute("COMMIT")
+                batch = []
+                if forgets[k % len(forgets)]:
+                    p.forget()
+        rows = {r[0]: r[1:] for r in c.execute(
+            "SELECT event_id, status, reserved_by, payload, available_since FROM fl_messages")}
+        counts = {r[0]: r[1:] for r in c.execute(
+            "SELECT topic, pending, reserved FROM fl_backlog")}
+        db.close()
+
+    assert rows == {m.id.hex: (m.status.value, m.reserved_by.hex if m.reserved_by else None,
+                               m.payload, available[m.id]) for m in messages}
+    for topic in ("t", "u"):
+        mine = [m for m in messages if m.topic == topic]
+        assert counts[topic] == (sum(m.status.value == "pending" for m in mine),
+                                 sum(m.status.value == "reserved" for m in mine))

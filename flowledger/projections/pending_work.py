@@ -66,10 +66,16 @@ class PendingWork(Projection):
         # writer need not read them back. See `forget`.
         self._open_runs: dict[str, dict[str, Any]] = {}
         self._reserved: dict[str, tuple[str, str]] = {}  # event id → (workflow id, topic)
+        # The batch in progress: changed message rows, and per (workflow, topic)
+        # the change of its pending and reserved counts and its newest position.
+        self._msgs: dict[str, dict[str, Any]] = {}
+        self._counts: dict[tuple[str, str], list[int]] = {}
 
     def forget(self) -> None:
         self._open_runs.clear()
         self._reserved.clear()
+        self._msgs.clear()
+        self._counts.clear()
 
     def handlers(self) -> dict[type, str]:
         return {
@@ -132,59 +138,88 @@ class PendingWork(Projection):
             lease_until TEXT) WITHOUT ROWID""")
 
     # -------------------------------------------------------------- messages
+    # A message changes several times per batch (reserved, then consumed), and
+    # its topic's counts with it: both are folded in memory and written once
+    # per batch (`_write_messages`).
 
-    def _backlog(self, c: Cursor, workflow_id: str, topic: str, d_pending: int,
-                 d_reserved: int, newest: int | None) -> None:
-        c.execute(
-            "INSERT INTO fl_backlog VALUES (?,?,?,?,?) ON CONFLICT (workflow_id, topic) "
-            "DO UPDATE SET pending=pending+excluded.pending, "
-            "reserved=reserved+excluded.reserved, newest=MAX(newest, excluded.newest)",
-            (workflow_id, topic, d_pending, d_reserved, newest or 0),
-        )
+    def _message(self, c: Cursor, key: str) -> dict[str, Any]:
+        """The batch's copy of a message row's changes, from memory or the table."""
+        row = self._msgs.get(key)
+        if row is None:
+            known = self._reserved.pop(key, None)
+            if known is not None:
+                workflow_id, topic, status = *known, "reserved"
+            else:
+                c.execute("SELECT workflow_id, topic, status FROM fl_messages "
+                          "WHERE event_id=?", (key,))
+                workflow_id, topic, status = c.fetchone()
+            row = self._msgs[key] = {"new": False, "moved": False, "workflow_id": workflow_id,
+                                     "topic": topic, "status": status, "reserved_by": None,
+                                     "available_since": None, "payload": None}
+        return row
+
+    def _count(self, row: dict[str, Any], d_pending: int, d_reserved: int,
+               newest: int | None) -> None:
+        counts = self._counts.setdefault((row["workflow_id"], row["topic"]), [0, 0, 0])
+        counts[0] += d_pending
+        counts[1] += d_reserved
+        if newest is not None:
+            counts[2] = max(counts[2], newest)
 
     def _move(self, c: Cursor, e: Any, position: int, status: str,
               reserved_by: UUID | None) -> None:
-        key = e.originator_id.hex
-        known = self._reserved.pop(key, None)
-        if known is not None:
-            (workflow_id, topic), old = known, "reserved"
-        else:
-            c.execute("SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?",
-                      (key,))
-            workflow_id, topic, old = c.fetchone()
+        row = self._message(c, e.originator_id.hex)
+        old = row["status"]
         available = position if status == "pending" else None
-        c.execute(
-            "UPDATE fl_messages SET status=?, reserved_by=?, "
-            "available_since=COALESCE(?, available_since) WHERE event_id=?",
-            (status, reserved_by.hex if reserved_by else None, available, key),
-        )
-        if status == "reserved":
-            self._reserved[key] = (workflow_id, topic)
-        counts = {"pending": 0, "reserved": 0}
-        if old in counts:
-            counts[old] -= 1
-        if status in counts:
-            counts[status] += 1
-        self._backlog(c, workflow_id, topic, counts["pending"], counts["reserved"], available)
+        row.update(status=status, reserved_by=reserved_by.hex if reserved_by else None,
+                   moved=True)
+        if available is not None:
+            row["available_since"] = available
+        self._count(row, (status == "pending") - (old == "pending"),
+                    (status == "reserved") - (old == "reserved"), available)
 
     def _published(self, c: Cursor, e: TopicEvent.Published, position: int) -> None:
-        c.execute(
-            "INSERT INTO fl_messages VALUES (?,?,?,?,?,?,?,?,?)",
-            (e.originator_id.hex, e.workflow_id.hex, e.topic, e.message_id, "pending", None,
-             e.payload, position, position),
-        )
-        self._backlog(c, e.workflow_id.hex, e.topic, 1, 0, position)
+        row = self._msgs[e.originator_id.hex] = {
+            "new": True, "workflow_id": e.workflow_id.hex, "topic": e.topic,
+            "message_id": e.message_id, "status": "pending", "reserved_by": None,
+            "payload": e.payload, "first_position": position, "available_since": position}
+        self._count(row, 1, 0, position)
 
     def _replaced(self, c: Cursor, e: TopicEvent.PayloadReplaced, position: int) -> None:
-        c.execute("SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?",
-                  (e.originator_id.hex,))
-        workflow_id, topic, status = c.fetchone()
-        c.execute("UPDATE fl_messages SET payload=? WHERE event_id=?",
-                  (e.payload, e.originator_id.hex))
-        if status == "pending":  # a new payload is new work for consumers that declined
-            c.execute("UPDATE fl_messages SET available_since=? WHERE event_id=?",
-                      (position, e.originator_id.hex))
-            self._backlog(c, workflow_id, topic, 0, 0, position)
+        row = self._message(c, e.originator_id.hex)
+        row["payload"] = e.payload
+        if row["status"] == "pending":  # a new payload is new work for consumers that declined
+            row["available_since"] = position
+            self._count(row, 0, 0, position)
+
+    def _write_messages(self, c: Cursor) -> None:
+        new = [(k, r["workflow_id"], r["topic"], r["message_id"], r["status"], r["reserved_by"],
+                r["payload"], r["first_position"], r["available_since"])
+               for k, r in self._msgs.items() if r["new"]]
+        if new:
+            c.executemany("INSERT INTO fl_messages VALUES (?,?,?,?,?,?,?,?,?)", new)
+        moved = [(r["status"], r["reserved_by"], r["available_since"], r["payload"], k)
+                 for k, r in self._msgs.items() if not r["new"] and r["moved"]]
+        if moved:
+            c.executemany("UPDATE fl_messages SET status=?, reserved_by=?, "
+                          "available_since=COALESCE(?, available_since), "
+                          "payload=COALESCE(?, payload) WHERE event_id=?", moved)
+        replaced = [(r["available_since"], r["payload"], k)  # a new payload, nothing else
+                    for k, r in self._msgs.items() if not r["new"] and not r["moved"]]
+        if replaced:
+            c.executemany("UPDATE fl_messages SET available_since=COALESCE(?, available_since), "
+                          "payload=? WHERE event_id=?", replaced)
+        if self._counts:
+            c.executemany(
+                "INSERT INTO fl_backlog VALUES (?,?,?,?,?) ON CONFLICT (workflow_id, topic) "
+                "DO UPDATE SET pending=pending+excluded.pending, "
+                "reserved=reserved+excluded.reserved, newest=MAX(newest, excluded.newest)",
+                [(w, t, p, r, n) for (w, t), (p, r, n) in self._counts.items()])
+        for key, row in self._msgs.items():
+            if row["status"] == "reserved":
+                self._reserved[key] = (row["workflow_id"], row["topic"])
+        self._msgs.clear()
+        self._counts.clear()
 
     def _reserved(self, c: Cursor, e: TopicEvent.Reserved, position: int) -> None:
         self._move(c, e, position, "reserved", e.run_id)
@@ -215,6 +250,7 @@ class PendingWork(Projection):
                 self._fold_run(c, rows, event, position)
             else:
                 super().apply(c, event, position)
+        self._write_messages(c)
         for key, row in rows.items():
             if isinstance(row["updated_at"], datetime):
                 row["updated_at"] = row["updated_at"].isoformat()

@@ -16,6 +16,7 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     CanSnapshotAggregate,
 )
+from eventsourcing.utils import get_topic, resolve_topic
 from pydantic import BaseModel, ConfigDict
 
 
@@ -42,6 +43,18 @@ class EventSourcedAggregate(BaseAggregate[UUID]):
     class Created(Event, CanInitAggregate[UUID]):
         originator_topic: str
 
+        def mutate(self, _: None) -> Any:
+            """Build the aggregate this event starts: the library's steps, without
+            matching event fields to `__init__` parameters (ours take none; their
+            state comes from `apply`, on creation and on every replay alike)."""
+            cls = resolve_topic(self.originator_topic)
+            aggregate = cls.__new__(cls)
+            aggregate.__base_init__(self.originator_id, self.originator_version,
+                                    self.timestamp)
+            aggregate.__init__()
+            self.apply(aggregate)
+            return aggregate
+
     class Snapshot(DomainEvent, CanSnapshotAggregate[UUID]):
         topic: str
         state: dict[str, Any]
@@ -58,7 +71,11 @@ class EventSourcedAggregate(BaseAggregate[UUID]):
     def start(cls, event_class: type[EventSourcedAggregate.Created], id: UUID,
               now: datetime, **fields: Any) -> Self:
         """Create the aggregate by recording its first event."""
-        return cls._create(event_class, id=id, timestamp=now, **fields)  # type: ignore[arg-type]
+        event = event_class(originator_id=id, originator_version=cls.INITIAL_VERSION,
+                            timestamp=now, originator_topic=get_topic(cls), **fields)
+        aggregate: Self = event.mutate(None)
+        aggregate._pending_events.append(event)
+        return aggregate
 
     def record(
         self, event_class: type[EventSourcedAggregate.Event], now: datetime, **fields: Any

@@ -15,6 +15,8 @@ from eventsourcing.domain import (
     CanInitAggregate,
     CanMutateAggregate,
     CanSnapshotAggregate,
+    OriginatorIDError,
+    OriginatorVersionError,
 )
 from eventsourcing.utils import get_topic, resolve_topic
 from pydantic import BaseModel, ConfigDict
@@ -38,7 +40,17 @@ class EventSourcedAggregate(BaseAggregate[UUID]):
     append_order: ClassVar[int] = 1
 
     class Event(DomainEvent, CanMutateAggregate[UUID]):
-        pass
+        def mutate(self, aggregate: Any) -> Any:
+            """The library's checks and steps, on the aggregate's fields directly
+            (its property setters cost more than the fold of most events)."""
+            if self.originator_id != aggregate._id:
+                raise OriginatorIDError(self.originator_id, aggregate._id)
+            if self.originator_version != aggregate._version + 1:
+                raise OriginatorVersionError(self.originator_version, aggregate._version + 1)
+            self.apply(aggregate)
+            aggregate._version = self.originator_version
+            aggregate._modified_on = self.timestamp
+            return aggregate
 
     class Created(Event, CanInitAggregate[UUID]):
         originator_topic: str

@@ -165,7 +165,7 @@ class PydanticMapper(Mapper[UUID]):
         )
         state["originator_version"] = stored_event.originator_version
         from_version = state.pop("class_version", 1)
-        class_version = getattr(cls, "class_version", 1)
+        class_version = self._class_info(cls)[1]
         while from_version < class_version:  # upcasting is the mapper's job
             getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
             from_version += 1

@@ -370,7 +370,7 @@ def mistakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--store", "nope", "status"], "is not a URL"),
-    (["--store", "mysql://db", "status"], "unknown scheme"),
+    (["--store", "mysql://db", "status"], "unknown scheme 'mysql'; use sqlite:///"),
     (["--store", "sqlite:///no/such/folder/flow.db", "status"], "does not exist"),
     (["--store", "sqlite:///never-ran.db", "status"], "no store at"),
     (["--store", "sqlite:///empty.py", "status"], "cannot open store"),  # not a database

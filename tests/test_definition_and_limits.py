@@ -216,3 +216,12 @@ def test_bad_store_urls_are_clear(tmp_path):
     for url in ("flow.db", "mysql://x", "sqlite://", f"sqlite:///{tmp_path}/missing/dir/x.db"):
         with pytest.raises(fl.ConfigurationError):
             fl.Engine(url)
+
+
+@pytest.mark.parametrize("url", ["flow.db", "mysql://x"])
+def test_a_bad_store_url_suggests_only_stores_this_release_opens(url):
+    with pytest.raises(fl.ConfigurationError) as caught:
+        fl.Engine(url)
+    message = str(caught.value)
+    assert "sqlite:///" in message and "memory://" in message
+    assert "postgres" not in message  # refused by the engine until its recorder lands

@@ -10,10 +10,9 @@ from urllib.parse import urlsplit
 from flowledger.domain.errors import ConfigurationError
 
 DEFAULT_STORE = "sqlite:///flowledger.db"
-ACCEPTED = (
-    "sqlite:///relative/path.db, sqlite:////absolute/path.db, "
-    "postgresql://user@host:5432/dbname, or memory://"
-)
+# What works in this release (postgresql:// is parsed, and refused by the
+# engine with its own message, until its recorder lands).
+ACCEPTED = "sqlite:///relative/path.db, sqlite:////absolute/path.db, or memory://"
 
 
 @dataclass(frozen=True)

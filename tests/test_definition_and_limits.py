@@ -218,10 +218,10 @@ def test_bad_store_urls_are_clear(tmp_path):
             fl.Engine(url)
 
 
-@pytest.mark.parametrize("url", ["flow.db", "mysql://x"])
+@pytest.mark.parametrize("url", ["flow.db", "mysql://x", "postgresql://u@127.0.0.1:5432/test"])
 def test_a_bad_store_url_suggests_only_stores_this_release_opens(url):
     with pytest.raises(fl.ConfigurationError) as caught:
         fl.Engine(url)
     message = str(caught.value)
     assert "sqlite:///" in message and "memory://" in message
-    assert "postgres" not in message  # refused by the engine until its recorder lands
+    assert "postgresql://" not in message.replace(repr(url), "")  # refused until its recorder lands

@@ -34,7 +34,7 @@ from flowledger.infrastructure.sqlite_recorder import (
     FlowSQLiteSnapshotRecorder,
     use_statement_cache,
 )
-from flowledger.infrastructure.store_url import StoreConfig, parse_store_url
+from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
 
 
 def _fold(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -98,7 +98,7 @@ class EventLog(Application[UUID]):
             return recorder
         raise ConfigurationError(
             f"store {self.config.url!r}: only SQLite files and memory:// are supported "
-            "in this release"
+            f"in this release (PostgreSQL comes later); use {ACCEPTED}"
         )
 
     @property

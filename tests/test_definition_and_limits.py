@@ -183,7 +183,7 @@ def test_unserialisable_values_are_clear_logic_errors(make_engine):
     result = engine.run_session("wf")
     assert result.status == "failed"
     assert "cannot be stored in the log" in (result.error or "")
-    assert "cannot serialise a value of type object" in (result.error or "")
+    assert "['when'] is of type object, which the log cannot store" in (result.error or "")
 
 
 def test_a_mutation_result_over_the_limit_keeps_the_mutation_applied(make_engine, ledger):

@@ -20,10 +20,16 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import get_topic, resolve_topic
 
 from flowledger.domain.errors import LogicError
+from flowledger.domain.text import unencodable
 
 _UUID = 1
 _DECIMAL = 2
 _NAIVE_DATETIME = 3
+_TUPLE = 4
+
+# msgpack stores ints of at most 64 bits.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+_MAX_DEPTH = 500  # below msgpack's own nesting limit of 512
 
 
 def _ext(code: int, data: bytes) -> msgpack.ExtType:
@@ -45,6 +51,39 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise a value of type {type(obj).__name__}")
 
 
+def _value_default(obj: Any) -> Any:
+    """Handler values are packed with strict types, so that what comes back is
+    equal to what went in: a tuple stays a tuple (and a dict keyed by tuples
+    stays readable), a subclass of a native type is stored as that type."""
+    if isinstance(obj, msgpack.ExtType):
+        raise TypeError("msgpack.ExtType values are reserved for the log's own types")
+    if isinstance(obj, tuple):
+        return _ext(_TUPLE, _pack_value(list(obj)))
+    if isinstance(obj, str):
+        return str.__str__(obj)
+    if isinstance(obj, int):  # bool is native; IntEnum and other subclasses
+        return int.__int__(obj)
+    if isinstance(obj, float):
+        return float.__float__(obj)
+    if isinstance(obj, bytes):
+        return bytes(obj)
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    if isinstance(obj, dt.datetime) and type(obj) is not dt.datetime:
+        # A subclass (pandas' Timestamp, pendulum's DateTime) as a plain datetime.
+        return dt.datetime(obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second,
+                           obj.microsecond, obj.tzinfo, fold=obj.fold)
+    return _default(obj)
+
+
+def _pack_value(value: Any) -> bytes:
+    # A fresh packer: _value_default may run inside another packer's call.
+    return msgpack.packb(value, default=_value_default, strict_types=True, datetime=True,
+                         use_bin_type=True)
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == _UUID:
         return UUID(bytes=data)
@@ -52,6 +91,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return Decimal(data.decode())
     if code == _NAIVE_DATETIME:
         return dt.datetime.fromisoformat(data.decode())
+    if code == _TUPLE:
+        return tuple(decode(data))
     return msgpack.ExtType(code, data)
 
 
@@ -73,6 +114,14 @@ def decode(data: bytes) -> Any:
                            strict_map_key=False)
 
 
+def _hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {_frozen(k): v for k, v in pairs}
+
+
+def _frozen(key: Any) -> Any:
+    return tuple(_frozen(k) for k in key) if isinstance(key, list) else key
+
+
 SUPPORTED = "dict, list, tuple, str, int, float, bool, None, bytes, Decimal, UUID or datetime"
 
 
@@ -82,17 +131,68 @@ def pack(value: Any, where: str | Callable[[], str], field: str) -> bytes:
     `where` may be a function: the place is worked out only for the error.
     """
     try:
-        return encode(value)
+        data = _pack_value(value)
+        # Read it back once: what the log accepts must come back, or every run
+        # that reads it would fail (a poison message). Small next to the append.
+        unpack(data)
+        return data
     except (TypeError, ValueError, OverflowError) as e:
+        problem = find_problem(value) or f"it does not read back ({e})"
         raise LogicError(
-            f"{where() if callable(where) else where}: {field} cannot be stored in the log "
-            f"({e}). "
-            f"Use only {SUPPORTED} values."
+            f"{where() if callable(where) else where}: {field} cannot be stored in the log: "
+            f"{problem}."
         ) from None
 
 
+def find_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
+    """What in `value` the log cannot store, and where (only called on failure)."""
+    at = f"{path} " if path else "the value "
+    if depth > _MAX_DEPTH:
+        return f"{at}is nested more than {_MAX_DEPTH} levels deep; flatten it"
+    if value is None or isinstance(value, bool | float | bytes | bytearray | memoryview
+                                   | UUID | Decimal | dt.datetime):
+        return None
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            digits = str(value) if value.bit_length() < 200 else f"of {value.bit_length()} bits"
+            return (f"{at}is the int {digits}, beyond the 64 bits the log stores "
+                    f"(-2**63 to 2**64-1); store it as a str or a Decimal")
+        return None
+    if isinstance(value, str):
+        why = unencodable(value)
+        return f"{at}is a string that {why}" if why else None
+    if isinstance(value, msgpack.ExtType):
+        return f"{at}is a msgpack.ExtType, reserved for the log's own types"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = (find_problem(k, (f"{path} " if path else "") + f"key {k!r}"[:200],
+                                    depth + 1)
+                       or find_problem(v, f"{path}[{k!r}]"[:200], depth + 1))
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            problem = find_problem(item, f"{path}[{i}]", depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, set | frozenset):
+        return f"{at}is a {type(value).__name__}, which has no order; use a sorted list"
+    return (f"{at}is of type {type(value).__name__}, which the log cannot store; use only "
+            f"{SUPPORTED} values")
+
+
 def unpack(data: bytes | None) -> Any:
-    return None if data is None or data == b"" else decode(data)
+    if data is None or data == b"":
+        return None
+    try:
+        return decode(data)
+    except TypeError:
+        # Written before tuples were kept: a dict keyed by tuples came back
+        # keyed by lists. Read such a value with its keys made tuples again.
+        return msgpack.unpackb(data, ext_hook=_ext_hook, timestamp=3, raw=False,
+                               strict_map_key=False, object_pairs_hook=_hashable_keys)
 
 
 NONE_PACKED = encode(None)

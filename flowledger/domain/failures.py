@@ -10,6 +10,7 @@ from flowledger.domain.errors import (
     UncertainOutcome,
 )
 from flowledger.domain.phases import RunStatus
+from flowledger.domain.text import recordable
 
 
 def status_for(error: BaseException) -> RunStatus:
@@ -23,6 +24,13 @@ def status_for(error: BaseException) -> RunStatus:
 
 
 def describe(error: BaseException) -> str:
-    text = str(error).strip()
-    name = type(error).__name__
+    """`Type: message`, always recordable: whatever a handler or tool raised (a
+    message with lone surrogates, megabytes of text, a `__str__` that itself
+    raises), the run's failure can be written to the log."""
+    name = recordable(type(error).__name__)
+    try:
+        text = str(error).strip()
+    except Exception as e:  # a broken __str__ must not hide the failure
+        text = f"(its message cannot be shown: str() raised {type(e).__name__})"
+    text = recordable(text)
     return f"{name}: {text}" if text else name

@@ -22,6 +22,9 @@ class Limits:
     result: int = 256 * KiB
     read: int = 256 * KiB
     title: int = 1 * KiB
+    message_id: int = 1 * KiB
+    input_key: int = 1 * KiB  # each of an input's source, type and id
+    label: int = 1 * KiB  # a cost's label
 
     def __post_init__(self) -> None:
         for f in fields(self):

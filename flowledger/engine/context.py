@@ -20,6 +20,7 @@ from flowledger.domain.errors import FlowledgerError, InternalError, LogicError,
 from flowledger.domain.handler_rules import Operation, RuleBroken, Step
 from flowledger.domain.ids import input_id as make_input_id
 from flowledger.domain.limits import Limits
+from flowledger.domain.text import unencodable
 from flowledger.engine.definition import TopicMessage
 from flowledger.engine.tools import Tool, ToolMethod, reset_cost_sink, set_cost_sink
 from flowledger.infrastructure.codec import pack, unpack
@@ -178,9 +179,7 @@ class HandlerContext:
             raise self._broke(rules.input_id_in_next(self.where))
         if message_id is None:
             message_id = self._new_message_id()
-        if not isinstance(message_id, str) or not message_id:
-            raise self._broke(LogicError(
-                f"{self.where}: message_id must be a non-empty string, got {message_id!r}"))
+        self._text(message_id, f"message_id of a message published to {topic!r}", "message_id")
         if input_id is not None and input_id not in self.inputs and not (
             self._input_known and self._input_known(input_id)
         ):
@@ -196,14 +195,9 @@ class HandlerContext:
         if isinstance(id, int) and not isinstance(id, bool):
             id = str(id)
         for name, value in (("source", source), ("type", type), ("id", id)):
-            if not isinstance(value, str) or not value:
-                raise self._broke(LogicError(
-                    f"{self.where}: register_input needs a non-empty string {name}, "
-                    f"got {value!r}"))
+            self._text(value, f"register_input's {name}", "input_key")
         if title is not None:
-            if not isinstance(title, str):
-                raise self._broke(LogicError(f"{self.where}: input title must be a string"))
-            self._check_size("title", len(title.encode()), f"title of input {source}/{id}")
+            self._text(title, f"title of input {source}/{id}", "title", empty_ok=True)
         new_id = make_input_id(self.workflow, source, type, id)
         self.inputs.setdefault(new_id, InputRegistration(new_id, source, type, id, title))
         return new_id
@@ -222,7 +216,7 @@ class HandlerContext:
     def add_cost(self, amount: Decimal | int | float | str, label: str = "") -> None:
         """Report a cost of this run; exact decimals, summed into the session."""
         self._guard(Operation.ADD_COST)
-        self.costs.append((self._amount(amount), str(label)))
+        self.costs.append((self._amount(amount), self._label(label)))
 
     # -------------------------------------------------------------- helpers
 
@@ -241,6 +235,20 @@ class HandlerContext:
             raise self._broke(LogicError(
                 f"{self.where}: cost must be a finite amount >= 0, got {amount!r}"))
         return value
+
+    def _text(self, value: Any, what: str, limit: str, empty_ok: bool = False) -> str:
+        """A name or id handed in for the log: a string, encodable, within its limit."""
+        if not isinstance(value, str) or not (value or empty_ok):
+            raise self._broke(LogicError(
+                f"{self.where}: {what} must be a non-empty string, got {value!r}"[:2000]))
+        why = unencodable(value)
+        if why is not None:
+            raise self._broke(LogicError(f"{self.where}: {what} {why}"))
+        self._check_size(limit, len(value.encode()), what)
+        return value
+
+    def _label(self, label: Any) -> str:
+        return self._text(str(label), "the cost's label", "label", empty_ok=True)
 
     def _check_size(self, field: str, size: int, what: str) -> None:
         try:
@@ -297,4 +305,4 @@ class HandlerContext:
         return unpack(result)
 
     def _tool_cost(self, amount: Any, label: str) -> None:
-        self.costs.append((self._amount(amount), label))
+        self.costs.append((self._amount(amount), self._label(label)))

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from flowledger.domain import handler_rules as rules
 from flowledger.domain.errors import LogicError
+from flowledger.domain.text import unencodable
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.engine.context import HandlerContext
 from flowledger.engine.definition import ConsumerSpec, Prepared
@@ -52,7 +53,8 @@ def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: Handl
                              f"message ids, got {ids!r}")
         chosen = [str(m) for m in dict.fromkeys(ids)]
         for message_id in chosen:
-            event = find(topic, message_id)
+            # An id UTF-8 cannot encode was never published.
+            event = find(topic, message_id) if unencodable(message_id) is None else None
             if event is None:
                 raise rules.unreservable_message(where, topic, message_id, "unknown")
             if not event.may_be_reserved_by(chain_id):
@@ -65,7 +67,7 @@ def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: Handl
     if title is not None:
         if not isinstance(title, str):
             raise LogicError(f"{where}: Prepared.title must be a string, got {title!r}")
-        ctx._check_size("title", len(title.encode()), "Prepared.title")
+        ctx._text(title, "Prepared.title", "title", empty_ok=True)
     wake_at = returned.wake_at
     if wake_at is not None and (not isinstance(wake_at, datetime) or wake_at.tzinfo is None):
         raise LogicError(f"{where}: Prepared.wake_at must be a timezone-aware datetime "

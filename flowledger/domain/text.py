@@ -1,0 +1,34 @@
+"""Text the log can hold: UTF-8, so no lone surrogates (DESIGN §1.7).
+
+Python strings may hold lone surrogates (`"\\ud800"`, from broken JSON escapes
+or `errors="surrogateescape"`), which UTF-8 cannot encode. Names and ids a
+user hands in are refused with `unencodable`'s answer; free text the engine
+must record whatever it holds (an exception's message) goes through
+`recordable`.
+"""
+
+from __future__ import annotations
+
+# An exception's text kept in the log: enough for a traceback's last line and
+# then some, never megabytes.
+MAX_RECORDED_TEXT = 4000
+
+
+def unencodable(text: str) -> str | None:
+    """Why `text` cannot be stored, or None when it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"holds {text[e.start]!r} at position {e.start}, a lone surrogate that "
+                "UTF-8 cannot encode (clean it, e.g. with "
+                "text.encode('utf-8', 'replace').decode())")
+    return None
+
+
+def recordable(text: str, limit: int = MAX_RECORDED_TEXT) -> str:
+    """`text` as the log can always hold it: unencodable characters escaped, bounded."""
+    if unencodable(text) is not None:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+    return text

@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flowledger.domain.errors import DefinitionError
+from flowledger.domain.text import unencodable
+from flowledger.engine.runnable import not_runnable
 from flowledger.engine.tools import Tool
 
 
@@ -72,11 +74,23 @@ def _names(value: Iterable[str] | str | None, what: str, where: str) -> tuple[st
         return ()
     if isinstance(value, str):
         value = [value]
-    names = tuple(value)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise DefinitionError(f"{where}: {what} must be a list of names, got {value!r}"
+                              ) from None
     for n in names:
-        if not isinstance(n, str) or not n:
-            raise DefinitionError(f"{where}: {what} must be non-empty strings, got {n!r}")
+        _name(n, what, where)
     return names
+
+
+def _name(value: Any, what: str, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DefinitionError(f"{where}: {what}: expected a non-empty string, got {value!r}")
+    why = unencodable(value)
+    if why is not None:
+        raise DefinitionError(f"{where}: {what} {value!r} {why}")
+    return value
 
 
 class Workflow:
@@ -85,7 +99,7 @@ class Workflow:
     def __init__(self, name: str, topics: Sequence[str] = ()) -> None:
         if not isinstance(name, str) or not name.strip():
             raise DefinitionError(f"a workflow needs a non-empty name, got {name!r}")
-        self.name = name
+        self.name = _name(name, "a workflow's name", "fl.Workflow")
         self.topics = _names(topics, "topics", f"workflow {name!r}")
         if len(set(self.topics)) != len(self.topics):
             raise DefinitionError(f"workflow {name!r}: topics are listed twice: {self.topics}")
@@ -100,8 +114,12 @@ class Workflow:
         def register(func: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             handler = name or getattr(func, "__name__", "")
             where = f"workflow {self.name!r}, producer {handler!r}"
+            _name(handler, "a handler's name", where)
             if not callable(func) or inspect.isclass(func):
                 raise DefinitionError(f"{where}: @producer decorates a function (ctx, state)")
+            why = not_runnable(func)
+            if why is not None:
+                raise DefinitionError(f"{where}: the producer {why}")
             self.producers.append(ProducerSpec(
                 handler, func, _names(publishes, "publishes", where),
                 None if tools is None else _names(tools, "tools", where)))
@@ -115,11 +133,16 @@ class Workflow:
         def register(cls: type) -> type:
             handler = name or getattr(cls, "__name__", "")
             where = f"workflow {self.name!r}, consumer {handler!r}"
+            _name(handler, "a handler's name", where)
             if not inspect.isclass(cls):
                 raise DefinitionError(
                     f"{where}: @consumer decorates a class with prepare (and optionally "
                     "mutate and next) methods"
                 )
+            for method in ("prepare", "mutate", "next"):
+                why = not_runnable(getattr(cls, method, None))
+                if why is not None:
+                    raise DefinitionError(f"{where}: {method} {why}")
             self.consumers.append(ConsumerSpec(
                 handler, cls, _names(subscribe, "subscribe", where),
                 _names(publishes, "publishes", where),

@@ -15,6 +15,8 @@ from decimal import Decimal
 from typing import Any, ClassVar, Literal, TypeVar
 
 from flowledger.domain.errors import DefinitionError, FlowledgerError
+from flowledger.domain.text import unencodable
+from flowledger.engine.runnable import not_runnable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,15 +110,26 @@ class Tool:
 
     @classmethod
     def check_definition(cls) -> None:
+        tool = cls.tool_name()
+        if not isinstance(tool, str) or not tool.strip() or unencodable(tool) is not None:
+            raise DefinitionError(f"tool class {cls.__name__}: name must be a non-empty "
+                                  f"UTF-8 string, got {tool!r}")
         for name, spec in cls.methods().items():
+            why = not_runnable(getattr(cls, name))
+            if why is not None:
+                raise DefinitionError(f"tool {tool!r}: {spec.kind} {name!r} {why}")
             if spec.kind == "mutator" and spec.reconcile is not None:
                 target = getattr(cls, spec.reconcile, None)
                 if not callable(target):
                     raise DefinitionError(
-                        f"tool {cls.tool_name()!r}: mutator {name!r} names reconcile="
+                        f"tool {tool!r}: mutator {name!r} names reconcile="
                         f"{spec.reconcile!r}, but the tool has no such method. Define "
                         f"{spec.reconcile}(self, ...) taking the mutator's arguments."
                     )
+                why = not_runnable(target)
+                if why is not None:
+                    raise DefinitionError(f"tool {tool!r}: reconcile method "
+                                          f"{spec.reconcile!r} {why}")
 
 
 def set_cost_sink(sink: Callable[[Any, str], None] | None) -> contextvars.Token[Any]:

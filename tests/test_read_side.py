@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 import flowledger as fl
+from flowledger.engine.faults import SimulatedCrash
 from tests.conftest import ExternalLedger, NoReconcileTool, ScriptedLedgerTool, ledger_workflow
 
 
-class Boom(Exception):
+class Boom(SimulatedCrash):
     """Stands in for a process dying between two appends."""
 
 

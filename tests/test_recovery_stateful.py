@@ -28,6 +28,7 @@ import flowledger as fl
 from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.ids import handler_state_id, topic_event_id
 from flowledger.domain.phases import RunKind
+from flowledger.engine.faults import SimulatedCrash
 from flowledger.infrastructure.codec import unpack
 from tests.crash_worker import OUTCOMES
 
@@ -38,7 +39,7 @@ POINTS = ["before_append:in_flight", "after_append:in_flight", "before_call", "a
           "before_append:producer_commit", "before_append:session_close"]
 
 
-class Crash(BaseException):
+class Crash(SimulatedCrash):
     """A process dying: not an Exception, so nothing on the way catches it."""
 
 

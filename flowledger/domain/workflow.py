@@ -94,6 +94,17 @@ class Workflow(EventSourcedAggregate):
             wf.session_owner = self.owner
             wf.lease_until = self.lease_until
 
+    class SessionAbandoned(EventSourcedAggregate.Event):
+        """The holder stopped working on its session (interrupted) without closing
+        it: the lease ends now, so recovery takes the session over at once and
+        continues its runs as after a crash."""
+
+        session_id: UUID
+        reason: str
+
+        def apply(self, wf: Workflow) -> None:
+            wf.lease_until = self.timestamp
+
     class SessionClosed(EventSourcedAggregate.Event):
         session_id: UUID
         result: str
@@ -185,6 +196,13 @@ class Workflow(EventSourcedAggregate):
         self.record(self.SessionTakenOver, now, session_id=self.open_session,
                     previous_owner=self.session_owner, owner=owner, lease_until=lease_until)
         return self.open_session
+
+    def abandon_session(self, now: datetime, session_id: UUID, owner: str, reason: str) -> bool:
+        """Give up a session this owner holds; False if it is not (or no longer) theirs."""
+        if self.open_session != session_id or self.session_owner != owner:
+            return False
+        self.record(self.SessionAbandoned, now, session_id=session_id, reason=reason)
+        return True
 
     def close_session(self, now: datetime, session_id: UUID, result: str) -> None:
         if self.open_session != session_id:

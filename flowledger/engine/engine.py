@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import uuid
@@ -15,10 +16,12 @@ from uuid import UUID
 from flowledger.domain.errors import (
     ActionNotApplicable,
     ConcurrencyError,
+    CorruptEventError,
     DefinitionError,
     InvalidArgument,
     NotFoundError,
 )
+from flowledger.domain.failures import describe
 from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.ids import topic_event_id, workflow_id
 from flowledger.domain.limits import Limits
@@ -28,7 +31,7 @@ from flowledger.domain.session import Session, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, SystemClock, random_ids
 from flowledger.engine.definition import Workflow as WorkflowDefinition
-from flowledger.engine.faults import from_environment
+from flowledger.engine.faults import SimulatedCrash, from_environment
 from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.log_view import (
     LoggedEvent,
@@ -69,6 +72,8 @@ from flowledger.projections.runner import ProjectionRunner
 
 Action = Literal["retry_reconcile", "did_not_happen", "skip"]
 
+logger = logging.getLogger("flowledger.engine")
+
 
 def _owner_alive(owner: str | None) -> bool:
     """Whether a lock holder may still be running (False only when provably dead)."""
@@ -108,7 +113,11 @@ class Engine:
         self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
                                             [PendingWork(), Costs(), Audit()])
         self.log.set_after_insert(self.projections.apply_inline, self.projections.forget)
-        self.projections.catch_up()
+        # An event that cannot be read stops whatever needs it (a query catches up
+        # first, an append folds it in), not the opening: the log stays readable
+        # up to it.
+        with contextlib.suppress(CorruptEventError):
+            self.projections.catch_up()
         self._registered: dict[str, Registration] = {}
 
     def close(self) -> None:
@@ -126,6 +135,10 @@ class Engine:
         """Pre-flight validation (DESIGN §1.6), then record the workflow if it is new."""
         if not isinstance(workflow, WorkflowDefinition):
             raise DefinitionError(f"engine.register takes an fl.Workflow, got {workflow!r}")
+        if isinstance(tools, Tool | str | bytes) or not isinstance(tools, Iterable):
+            raise DefinitionError(
+                f"workflow {workflow.name!r}: engine.register's tools must be a list of "
+                f"fl.Tool instances (tools=[MyTool(...)], or [] for none), got {tools!r}")
         by_name: dict[str, Tool] = {}
         for tool in tools:
             if not isinstance(tool, Tool):
@@ -154,13 +167,18 @@ class Engine:
                 f"workflow {workflow.name!r} cannot be registered: " + "; ".join(lines)
                 + ". Keep the handler in the code until its runs are finished.")
         if self.log.load(wf_id) is None:
-            wf = Workflow.register(now=self.clock.now(), name=workflow.name,
-                                   fingerprint=workflow.fingerprint(),
-                                   topics=list(workflow.topics),
-                                   handlers=workflow.handler_names)
-            with contextlib.suppress(ConcurrencyError):  # registered by another process
-                self._append_and_catch_up(wf)
+            self._record_new_workflow(workflow)
         self._registered[workflow.name] = Registration(workflow, by_name, wf_id)
+
+    def _record_new_workflow(self, workflow: WorkflowDefinition) -> None:
+        """Append Workflow.Registered for a workflow the log does not hold yet (the
+        seam a caller that must not write overrides: the CLI's replay and recover)."""
+        wf = Workflow.register(now=self.clock.now(), name=workflow.name,
+                               fingerprint=workflow.fingerprint(),
+                               topics=list(workflow.topics),
+                               handlers=workflow.handler_names)
+        with contextlib.suppress(ConcurrencyError):  # registered by another process
+            self._append_and_catch_up(wf)
 
     def _registration(self, name: str) -> Registration:
         if isinstance(name, WorkflowDefinition):
@@ -205,11 +223,39 @@ class Engine:
                                          self.policy.lease_until(now), self.ids())
         if isinstance(opened, SessionResult):
             return opened
-        self.checkpoint("after_append:session_open")
-        assert streams.fenced_on is not None
-        result = runner.run(streams, streams.fenced_on, opened, request)
+        with self._abandoned_if_interrupted(reg, opened.id):
+            self.checkpoint("after_append:session_open")
+            assert streams.fenced_on is not None
+            result = runner.run(streams, streams.fenced_on, opened, request)
         self._catch_up_read_side()
         return result
+
+    @contextlib.contextmanager
+    def _abandoned_if_interrupted(self, reg: Registration, session_id: UUID) -> Iterator[None]:
+        """A session whose work is cut short by an exception the engine does not
+        handle (KeyboardInterrupt, SystemExit, a bug) is left as a crash leaves
+        it — its runs unfinished, to be continued by the rules of DESIGN §2.3,
+        never failed — but its lease ends at once: this engine (or any other)
+        continues it on the next session or recover(), instead of waiting out
+        the lease of a holder that is alive but no longer working on it."""
+        try:
+            yield
+        except SimulatedCrash:
+            raise  # a test standing for a dead process: write nothing more
+        except BaseException as interruption:
+            self._abandon(reg, session_id, interruption)
+            raise
+
+    def _abandon(self, reg: Registration, session_id: UUID, cause: BaseException) -> None:
+        try:
+            wf: Workflow | None = self.log.load(reg.workflow_id)
+            if wf is not None and wf.abandon_session(
+                    self.clock.now(), session_id, self.owner,
+                    f"the session stopped: {describe(cause)}"):
+                self._append_and_catch_up(wf)
+        except Exception as e:  # the store itself may be what failed
+            logger.warning("could not end the lease of session %s (%s); it is taken over "
+                           "when the lease runs out", session_id, describe(e))
 
     def _append_and_catch_up(self, *aggregates: Any) -> None:
         """An append outside a session: when the call returns, every projection
@@ -282,7 +328,9 @@ class Engine:
                                  error="another process took the session over first")
         request = SessionRequest(Trigger(session.trigger), session.max_iterations,
                                  session.max_cost)
-        return SessionRunner(reg, self._scope_factory(reg)).run(streams, wf, session, request)
+        with self._abandoned_if_interrupted(reg, session_id):
+            return SessionRunner(reg, self._scope_factory(reg)).run(streams, wf, session,
+                                                                    request)
 
     @property
     def workflows(self) -> list[str]:

@@ -5,7 +5,7 @@ and the process exits at once with code 86 when it gets there: no cleanup, no
 flush, like a power cut or a SIGKILL. Points:
 
   before_append:LABEL / after_append:LABEL   around each append; LABEL is one of
-      session_open, in_flight, outcome, commit, producer_commit, failure,
+      session_open, release, in_flight, outcome, commit, producer_commit, failure,
       session_close
   before_call    between the in_flight append and the external call
   after_call     between the call's return and recording its outcome
@@ -18,6 +18,14 @@ from collections.abc import Callable
 
 CRASH_EXIT_CODE = 86
 ENV = "FLOWLEDGER_CRASH_AT"
+
+
+class SimulatedCrash(BaseException):
+    """Raised by an in-process test's checkpoint to stand for the process dying
+    there. The engine writes nothing more when it sees it, as a dead process
+    would not; any other exception that interrupts a session (KeyboardInterrupt,
+    SystemExit) makes the engine end its lease first, so the session is
+    continued at once (engine.Engine._abandon)."""
 
 
 def no_faults(point: str) -> None:

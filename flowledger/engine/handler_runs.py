@@ -37,6 +37,7 @@ from flowledger.domain.limits import Limits
 from flowledger.domain.mutation_ledger import MutationState
 from flowledger.domain.phases import Phase, RunKind, RunStatus
 from flowledger.domain.session import Session
+from flowledger.domain.text import recordable
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.clock import Clock, IdFactory
@@ -44,6 +45,7 @@ from flowledger.engine.context import HandlerContext
 from flowledger.engine.definition import ConsumerSpec, Outcome, Prepared, ProducerSpec
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
+from flowledger.engine.runnable import refuse_awaitable
 from flowledger.engine.streams import Streams
 from flowledger.engine.tools import Reconciliation, Tool, ToolMethod, reset_cost_sink, set_cost_sink
 from flowledger.infrastructure.codec import NONE_PACKED, pack, unpack
@@ -271,6 +273,7 @@ class RunDriver:
         return value, None
 
     def _pack_state(self, returned: Any, ctx: HandlerContext) -> bytes | None:
+        refuse_awaitable(returned, ctx.where)
         if returned is None:
             return None  # None keeps the state as it was
         return ctx._pack(returned, "returned state", "state")
@@ -284,8 +287,13 @@ class RunDriver:
         if retry_of is not None:
             # Its mutation is known not to have happened (or never started): its
             # reservations go back to pending, and this run prepares afresh.
+            held = retry_of.holds_reservations
             self._release(retry_of)
             self._supersede(retry_of, run, "retried by a fresh run")
+            if held:
+                # Pending again in the log before this run's prepare peeks
+                # (peek reads pending work, which folds appends only).
+                self.s.append("release")
         run.start_preparing(now)
         ctx = self._context(run, Step.PREPARE, (), spec.subscribe, spec.tools)
 
@@ -336,7 +344,7 @@ class RunDriver:
         ctx._perform = perform
         handler_error: BaseException | None = None
         try:
-            handler.mutate(ctx, prepared)
+            refuse_awaitable(handler.mutate(ctx, prepared), ctx.where)
         except Exception as e:
             if e is not call.error:
                 handler_error = e
@@ -438,12 +446,13 @@ class RunDriver:
                 "fl.Reconciliation.applied/failed/retry")
         if answer.status == "applied":
             return self._applied(run, None, None, answer.result, via="reconcile")
+        told = recordable(str(answer.reason or ""))  # a tool's text, kept whatever it holds
         if answer.status == "failed":
-            run.mutation_failed(now, answer.reason or cause, via="reconcile")
+            run.mutation_failed(now, told or cause, via="reconcile")
             return None
         attempts = m.reconcile_attempts + 1
         next_at = self.s.policy.reconcile_at(now, attempts)
-        reason = f"{cause}; reconcile said retry" + (f" ({answer.reason})" if answer.reason else "")
+        reason = f"{cause}; reconcile said retry" + (f" ({told})" if told else "")
         if next_at is None:
             run.mutation_indeterminate(now, f"{reason}; gave up after {attempts} attempts")
         else:

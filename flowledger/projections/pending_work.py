@@ -92,6 +92,7 @@ class PendingWork(Projection):
             Workflow.Registered: "_wf_registered",
             Workflow.SessionOpened: "_wf_session",
             Workflow.LeaseRenewed: "_wf_session",
+            Workflow.SessionAbandoned: "_wf_session",
             Workflow.SessionTakenOver: "_wf_session",
             Workflow.SessionClosed: "_wf_session",
             Workflow.Paused: "_wf_status",
@@ -352,9 +353,10 @@ class PendingWork(Projection):
         name = type(e).__name__
         if name == "SessionClosed":
             values: tuple[Any, ...] = (None, None, None)
-        elif name == "LeaseRenewed":
+        elif name in ("LeaseRenewed", "SessionAbandoned"):
+            until = e.lease_until if name == "LeaseRenewed" else e.timestamp
             c.execute("UPDATE fl_workflows SET lease_until=? WHERE workflow_id=?",
-                      (_ts(e.lease_until), e.originator_id.hex))
+                      (_ts(until), e.originator_id.hex))
             return
         else:
             values = (e.session_id.hex, e.owner, _ts(e.lease_until))

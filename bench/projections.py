@@ -10,8 +10,8 @@ downstream message: every projection has work), then, in the same process:
  1. reads every notification of the log in batches, raw (rows only) and
     decoded into domain events (read + decode): what any fold must pay at least;
  2. rebuilds the projections from position 0 (`ProjectionRunner.rebuild`: empty
-    them, then read, decode and fold every event, batch by batch, each batch
-    in one transaction with its tracking row), all together and each alone, and
+    them, then read, decode and fold every event, batch by batch, with their
+    tracking rows, all in one transaction: ADR 0013), all together and each alone, and
     prints events/s and the ratio rebuild / (read + decode) from the same round;
  3. prints the bytes of the log and of each projection's tables and indexes,
     from SQLite's `dbstat` table (page counts if it is missing), as the live

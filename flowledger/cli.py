@@ -13,12 +13,13 @@ import dataclasses
 import enum
 import importlib
 import importlib.util
+import itertools
 import json
 import sqlite3
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +41,10 @@ from rich.text import Text
 
 import flowledger as fl
 from flowledger import demo as demo_module
+from flowledger.domain.session import Trigger
+from flowledger.engine.definition import Workflow as WorkflowDefinition
 from flowledger.engine.log_view import LoggedEvent
+from flowledger.engine.queries import ACTIONS, COSTS_BY, RUN_STATUSES, SESSION_STATUSES
 from flowledger.infrastructure.store_url import DEFAULT_STORE, parse_store_url
 
 STORE_ENV = "FLOWLEDGER_STORE"
@@ -67,25 +71,21 @@ class CommandError(fl.FlowledgerError):
 
 # ------------------------------------------------------------------ options
 
-
-class Trigger(enum.StrEnum):
-    manual = "manual"
-    schedule = "schedule"
-    event = "event"
-
-
-class CostsBy(enum.StrEnum):
-    run = "run"
-    session = "session"
-    handler = "handler"
-    day = "day"
-    workflow = "workflow"
+# Options that take one of a fixed set of values take it as text, checked by
+# `choice` against the engine's own list, so that a wrong one is a one-line
+# error (exit 2) that lists the right ones, like every other mistake.
+TRIGGERS: tuple[str, ...] = tuple(t.value for t in Trigger)
 
 
-class Action(enum.StrEnum):
-    retry_reconcile = "retry_reconcile"
-    did_not_happen = "did_not_happen"
-    skip = "skip"
+def choices(valid: Sequence[str]) -> str:
+    """The metavar that shows an option's values in the help, as click.Choice would."""
+    return "[" + "|".join(valid) + "]"
+
+
+def choice(value: str, valid: Sequence[str], option: str) -> str:
+    if value not in valid:
+        raise CommandError(f"{option} {value!r} is not one of: {', '.join(valid)}")
+    return value
 
 
 @dataclass
@@ -126,27 +126,52 @@ def _store(ctx: typer.Context, store: str | None) -> str:
 
 
 class CommandEngine(fl.Engine):
-    """An engine that remembers which workflows this command registered, in order."""
+    """An engine that remembers which workflows this command registered, in order.
 
-    def __init__(self, store: str) -> None:
+    With `record=False`, registering a workflow the store does not hold yet runs
+    every pre-flight check but appends nothing: the workflow is kept in
+    `unrecorded`, for `record` to append later (`run`, once it knows which
+    workflows it runs) or never (`replay` and `recover`, which write no
+    registration).
+    """
+
+    def __init__(self, store: str, *, record: bool = True) -> None:
         super().__init__(store)
         self.registered_names: list[str] = []
+        self.recording = record
+        self.unrecorded: dict[str, WorkflowDefinition] = {}
 
     def register(self, workflow: fl.Workflow, tools: Iterable[fl.Tool] = ()) -> None:
         super().register(workflow, tools)
         if workflow.name not in self.registered_names:
             self.registered_names.append(workflow.name)
 
+    def _record_new_workflow(self, workflow: WorkflowDefinition) -> None:
+        if self.recording:
+            super()._record_new_workflow(workflow)
+        else:
+            self.unrecorded[workflow.name] = workflow
+
+    def record(self, names: Iterable[str]) -> None:
+        """Append the registration of those of `names` that were kept unrecorded."""
+        for name in names:
+            workflow = self.unrecorded.pop(name, None)
+            if workflow is not None:
+                super()._record_new_workflow(workflow)
+
 
 @contextmanager
-def open_engine(store: str, *, must_exist: bool = False) -> Iterator[CommandEngine]:
-    """An engine on `store`, closed when the command ends, whatever happens."""
+def open_engine(store: str, *, must_exist: bool = False, record: bool = True
+                ) -> Iterator[CommandEngine]:
+    """An engine on `store`, closed when the command ends, whatever happens.
+
+    `record=False`: see CommandEngine."""
     config = parse_store_url(store)
     if must_exist and config.path is not None and not config.path.exists():
         raise CommandError(f"no store at {str(config.path)!r} (from {store}); run a workflow "
                            "first, or point --store at an existing store")
     try:
-        engine = CommandEngine(store)
+        engine = CommandEngine(store, record=record)
     except (InfrastructureFactoryError, PersistenceError, sqlite3.DatabaseError) as e:
         # The engine lets these through unwrapped when the URL points at
         # something that is not a store: a folder or a file that is not a
@@ -356,9 +381,10 @@ def run(
     max_cost: Annotated[str | None, typer.Option(
         metavar="AMOUNT", help="Stop starting consumer runs once the session cost this "
                                "much (a decimal).")] = None,
-    trigger: Annotated[Trigger, typer.Option(
+    trigger: Annotated[str, typer.Option(
+        metavar=choices(TRIGGERS),
         help="manual and schedule run the producers first; event runs consumers only.",
-    )] = Trigger.manual,
+    )] = Trigger.MANUAL.value,
     workflow: Annotated[str | None, typer.Option(
         metavar="NAME", help="Run only this workflow of the module.")] = None,
 ) -> None:
@@ -367,15 +393,20 @@ def run(
     Exit code 0 when every session completed or stopped on its budget, 1 when one
     was suspended, failed, blocked or busy.
     """
-    with open_engine(_store(ctx, store)) as engine:
+    choice(trigger, TRIGGERS, "--trigger")
+    # Registered without writing first: a workflow is recorded in the store only
+    # once it is known to run (not for `--workflow nope`, nor for the others).
+    with open_engine(_store(ctx, store), record=False) as engine:
         names = register_module(engine, import_workflow_module(path_or_module),
                                 path_or_module)
         if workflow is not None:
             if workflow not in names:
                 raise CommandError(f"{path_or_module!r} defines no workflow {workflow!r} "
-                                   f"(it defines: {', '.join(names)})")
+                                   f"(it defines: {', '.join(names)}); nothing was run or "
+                                   "written")
             names = [workflow]
-        results = [engine.run_session(name, trigger=trigger.value,
+        engine.record(names)
+        results = [engine.run_session(name, trigger=trigger,
                                       max_iterations=max_iterations, max_cost=max_cost)
                    for name in names]
     print_sessions(results)
@@ -448,16 +479,21 @@ def log(
 ) -> None:
     """The event log, oldest first: the source of truth everything else is derived from."""
     with open_engine(_store(ctx, store), must_exist=True) as engine:
-        if workflow is not None and workflow not in {w.name for w in engine.status().workflows}:
-            raise CommandError(f"no workflow named {workflow!r} in store {engine.store}")
-        events: Iterable[LoggedEvent] = engine.events(workflow=workflow, run=run_id)
+        if workflow is not None:
+            held = sorted(w.name for w in engine.status().workflows)
+            if workflow not in held:
+                raise CommandError(f"no workflow named {workflow!r} in store {engine.store} "
+                                   f"(it holds: {', '.join(held) or 'none'})")
+        events: Iterator[LoggedEvent] = engine.events(workflow=workflow, run=run_id)
         if limit is not None:
-            events = deque(events, maxlen=limit)
-        shown = list(events)
-    if not shown:
-        out.print("The log holds no such events.")
-        return
-    print_log(shown)
+            events = iter(deque(events, maxlen=limit))
+        # Printed as read: if an event cannot be read, what comes before it is
+        # shown, and the error names it.
+        first = next(events, None)
+        if first is None:
+            out.print("The log holds no such events.")
+            return
+        print_log(itertools.chain([first], events))
 
 
 @app.command()
@@ -475,8 +511,17 @@ def recover(ctx: typer.Context, path_or_module: TargetArgument,
 
     Needs the workflow code (PATH_OR_MODULE): recovery continues runs with it.
     """
-    with open_engine(_store(ctx, store)) as engine:
-        register_module(engine, import_workflow_module(path_or_module), path_or_module)
+    # A workflow the store does not hold has nothing to recover: it is not recorded.
+    with open_engine(_store(ctx, store), must_exist=True, record=False) as engine:
+        names = register_module(engine, import_workflow_module(path_or_module),
+                                path_or_module)
+        if all(name in engine.unrecorded for name in names):
+            held = sorted(w.name for w in engine.status().workflows)
+            raise CommandError(
+                f"store {engine.store} holds none of the workflows {path_or_module!r} "
+                f"defines ({', '.join(names)}); it holds: {', '.join(held) or 'no workflows'}. "
+                "Nothing was recovered or written: point --store at the store those "
+                "workflows ran on")
         results = engine.recover()
     if not results:
         out.print("Nothing to recover: no workflow of this code has a session open.")
@@ -490,17 +535,18 @@ def resolve(
     ctx: typer.Context,
     run: Annotated[str, typer.Argument(
         metavar="RUN", help="The blocked run's id.", show_default=False)],
-    action: Annotated[Action, typer.Argument(
-        metavar="ACTION",
+    action: Annotated[str, typer.Argument(
+        metavar="ACTION", show_default=False,
         help="retry_reconcile: ask the tool again; did_not_happen: a fresh run may mutate "
              "again; skip: go on without the mutation.")],
     store: StoreOption = None,
 ) -> None:
     """Decide on a mutation whose outcome is unknown (see `flowledger blocked`)."""
+    choice(action, ACTIONS, "ACTION")
     with open_engine(_store(ctx, store), must_exist=True) as engine:
-        engine.resolve(run, action.value)
+        engine.resolve(run, action)
         workflow = engine.run(run).workflow
-    out.print(f"Recorded {action.value} for run {run} of {workflow!r}. The next session "
+    out.print(f"Recorded {action} for run {run} of {workflow!r}. The next session "
               "carries it on: flowledger run PATH_OR_MODULE", soft_wrap=True, markup=False)
 
 
@@ -695,8 +741,9 @@ def audit_input(
 @app.command()
 def cost(
     ctx: typer.Context,
-    by: Annotated[CostsBy, typer.Option(help="Group by run, session, handler, day (UTC) or "
-                                             "workflow.")] = CostsBy.session,
+    by: Annotated[str, typer.Option(
+        metavar=choices(COSTS_BY),
+        help="Group by run, session, handler, day (UTC) or workflow.")] = "session",
     workflow: Annotated[str | None, typer.Option(metavar="NAME",
                                                  help="Only this workflow.")] = None,
     session: Annotated[str | None, typer.Option(metavar="SESSION_ID",
@@ -705,8 +752,9 @@ def cost(
     as_json: JsonOption = False,
 ) -> None:
     """What runs reported with add_cost: exact sums per run, session, handler, day or workflow."""
+    choice(by, COSTS_BY, "--by")
     with open_engine(_store(ctx, store), must_exist=True) as engine:
-        report = engine.costs(workflow=workflow, session=session, by=by.value)
+        report = engine.costs(workflow=workflow, session=session, by=by)  # type: ignore[arg-type]
     if as_json:
         print_json(report)
         return
@@ -735,7 +783,8 @@ def runs(
     ctx: typer.Context,
     workflow: Annotated[str | None, typer.Option(metavar="NAME")] = None,
     status: Annotated[str | None, typer.Option(
-        metavar="STATUS", help="committed, failed, failed:logic, paused, superseded, ...")] = None,
+        metavar="STATUS", help=f"One of {', '.join(RUN_STATUSES)} (failed and paused match "
+                               "every failed:... and paused:... status).")] = None,
     since: Annotated[str | None, typer.Option(metavar="TIME",
                                               help="Created at or after (UTC if no zone).")
                      ] = None,
@@ -745,6 +794,8 @@ def runs(
     as_json: JsonOption = False,
 ) -> None:
     """Runs, newest first."""
+    if status is not None:
+        choice(status, RUN_STATUSES, "--status")
     with open_engine(_store(ctx, store), must_exist=True) as engine:
         found = engine.runs(workflow, status, parse_time(since, "--since"),
                             parse_time(until, "--until"), limit=limit)
@@ -769,7 +820,7 @@ def sessions(
     ctx: typer.Context,
     workflow: Annotated[str | None, typer.Option(metavar="NAME")] = None,
     status: Annotated[str | None, typer.Option(
-        metavar="STATUS", help="open, completed, budget_exhausted, suspended, failed")] = None,
+        metavar="STATUS", help=f"One of {', '.join(SESSION_STATUSES)}.")] = None,
     since: Annotated[str | None, typer.Option(metavar="TIME",
                                               help="Opened at or after (UTC if no zone).")
                      ] = None,
@@ -779,6 +830,8 @@ def sessions(
     as_json: JsonOption = False,
 ) -> None:
     """Sessions, newest first, with what each cost."""
+    if status is not None:
+        choice(status, SESSION_STATUSES, "--status")
     with open_engine(_store(ctx, store), must_exist=True) as engine:
         found = engine.sessions(workflow, status, parse_time(since, "--since"),
                                 parse_time(until, "--until"), limit=limit)
@@ -850,7 +903,8 @@ def replay(
 
     Exit code 0 when the current code does what the run did, 1 when something differs.
     """
-    with open_engine(_store(ctx, store), must_exist=True) as engine:
+    # Registered with every pre-flight check, and without appending anything.
+    with open_engine(_store(ctx, store), must_exist=True, record=False) as engine:
         register_module(engine, import_workflow_module(path_or_module), path_or_module)
         report = engine.replay(run)
     if as_json:

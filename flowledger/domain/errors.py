@@ -7,6 +7,8 @@ UncertainOutcome) are raised by tools; the engine turns them into run statuses.
 
 from __future__ import annotations
 
+from uuid import UUID
+
 
 class FlowledgerError(Exception):
     """Base of every error flowledger raises on purpose."""
@@ -18,6 +20,24 @@ class DefinitionError(FlowledgerError):
 
 class ConfigurationError(FlowledgerError):
     """The engine was configured wrongly (store URL, limits, policy)."""
+
+
+class CorruptEventError(FlowledgerError):
+    """A stored event cannot be read back: its body (or its type) was changed or
+    damaged outside flowledger. Nothing is skipped: what needed the event stops.
+
+    `position` is its log position (None for a snapshot, which is not part of
+    the log), `stream_id` and `version` its stream and place in it, `topic` its
+    stored type.
+    """
+
+    def __init__(self, message: str, *, position: int | None, stream_id: UUID,
+                 version: int, topic: str) -> None:
+        super().__init__(message)
+        self.position = position
+        self.stream_id = stream_id
+        self.version = version
+        self.topic = topic
 
 
 class NotFoundError(FlowledgerError):
@@ -34,6 +54,10 @@ class LogicError(FlowledgerError):
 
 class InternalError(FlowledgerError):
     """An engine or tool bug: the run fails as `failed:internal`."""
+
+
+class StoreBusyError(FlowledgerError):
+    """Another process held the store's write lock past the lock timeout."""
 
 
 class ConcurrencyError(FlowledgerError):

@@ -26,7 +26,7 @@ from flowledger.domain.input_record import Input
 from flowledger.domain.mutation_ledger import MutationState
 from flowledger.domain.phases import RunStatus
 from flowledger.domain.scheduling import ConsumerView, remaining_work
-from flowledger.domain.session import Session
+from flowledger.domain.session import Session, SessionOutcome
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.log_view import LoggedEvent, read_positions, read_stream
@@ -42,6 +42,23 @@ COSTS_BY: tuple[str, ...] = ("run", "session", "handler", "day", "workflow")
 
 # A person's decisions on a mutation whose outcome is unknown (DESIGN §1.4).
 ACTIONS: tuple[str, ...] = ("retry_reconcile", "did_not_happen", "skip")
+
+
+def _with_families(statuses: list[str]) -> tuple[str, ...]:
+    """Each status, and before the first of a family ("failed:logic") the family
+    itself ("failed"), which matches all of its members."""
+    out: list[str] = []
+    for status in statuses:
+        family = status.split(":", 1)[0]
+        if family != status and family not in out:
+            out.append(family)
+        out.append(status)
+    return tuple(out)
+
+
+# What `runs(status=...)` and `sessions(status=...)` accept.
+RUN_STATUSES: tuple[str, ...] = _with_families([s.value for s in RunStatus])
+SESSION_STATUSES: tuple[str, ...] = ("open", *(o.value for o in SessionOutcome))
 
 Loader = Callable[..., Any]  # (aggregate_id, short=False) -> aggregate | None
 
@@ -236,6 +253,12 @@ def parse_uuid(value: UUID | str, what: str) -> UUID:
         raise InvalidArgument(f"{value!r} is not a {what} id (a UUID)") from None
 
 
+def check_choice(value: str | None, valid: tuple[str, ...], what: str) -> None:
+    """A filter value that must be one of a fixed set: a clear InvalidArgument if not."""
+    if value is not None and value not in valid:
+        raise InvalidArgument(f"{what} {value!r} is not one of: {', '.join(valid)}")
+
+
 def _matches_status(status: str, wanted: str | None) -> bool:
     """Exact, or a family: "failed" matches failed:logic and failed:internal."""
     return wanted is None or status == wanted or status.split(":", 1)[0] == wanted
@@ -277,8 +300,9 @@ class ReadSide:
         for w in pending_work.workflows(c):
             if w.name == name:
                 return w
+        names = sorted(w.name for w in pending_work.workflows(c))
         raise NotFoundError(f"no workflow named {name!r} in store {self.log.config.url}"
-                            + self._when())
+                            + self._when() + f" (it holds: {', '.join(names) or 'none'})")
 
     def _when(self) -> str:
         return f" at log position {self.upto}" if self.upto is not None else ""
@@ -390,6 +414,7 @@ class ReadSide:
              limit: int | None = 100) -> list[RunInfo]:
         """Runs, newest first; `status` exact or a family ("failed", "paused"),
         `since`/`until` bound the time each was created (until excluded)."""
+        check_choice(status, RUN_STATUSES, "run status")
         since, until = _aware(since, "since"), _aware(until, "until")
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
@@ -405,6 +430,7 @@ class ReadSide:
                  limit: int | None = 100) -> list[SessionInfo]:
         """Sessions, newest first; `status` is "open" or an outcome; `since`/`until`
         bound the time each was opened (until excluded)."""
+        check_choice(status, SESSION_STATUSES, "session status")
         since, until = _aware(since, "since"), _aware(until, "until")
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None

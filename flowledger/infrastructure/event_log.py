@@ -18,11 +18,18 @@ from eventsourcing.persistence import (
     IntegrityError,
     Mapper,
     PersistenceError,
+    StoredEvent,
 )
 from eventsourcing.sqlite import SQLiteFactory
 from eventsourcing.utils import Environment
 
-from flowledger.domain.errors import ConcurrencyError, ConfigurationError
+from flowledger.domain.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    CorruptEventError,
+    FlowledgerError,
+    StoreBusyError,
+)
 from flowledger.domain.handler_state import HandlerState
 from flowledger.domain.session import Session
 from flowledger.domain.workflow import Workflow
@@ -32,8 +39,10 @@ from flowledger.infrastructure.sqlite_recorder import (
     Fence,
     FlowSQLiteRecorder,
     FlowSQLiteSnapshotRecorder,
+    is_lock_timeout,
     use_statement_cache,
 )
+from flowledger.infrastructure.store_check import check_sqlite_store
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
 
 
@@ -43,6 +52,52 @@ def _fold(aggregate: Any, events: Iterable[Any]) -> Any:
     for event in events:
         aggregate = event.mutate(aggregate)
     return aggregate
+
+
+class CheckedMapper(PydanticMapper):
+    """The codec's mapper, saying which stored event it could not read back.
+
+    Any failure to turn a stored event into a domain event (a body that does
+    not decode or no longer fits its class, a type that does not exist) is a
+    CorruptEventError naming the event's log position, stream, version and
+    type. Errors flowledger raises on purpose pass through as they are.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Where a stored event sits: (log position, None) or (None, "snapshot"); set
+        # by the EventLog that owns this mapper.
+        self.locate: Callable[[StoredEvent], tuple[int | None, str | None]] = (
+            lambda stored: (None, None))
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        try:
+            return super().to_domain_event(stored_event)
+        except FlowledgerError:
+            raise
+        except Exception as e:
+            raise self.corrupt(stored_event, e) from e
+
+    def corrupt(self, stored: StoredEvent, error: BaseException) -> CorruptEventError:
+        try:
+            position, table = self.locate(stored)
+        except Exception:  # the store itself may be failing: say what is known
+            position, table = None, None
+        stream = stored.originator_id
+        stream_id = stream if isinstance(stream, UUID) else UUID(str(stream))
+        name = stored.topic.rpartition(":")[2] if stored.topic.startswith("flowledger.") \
+            else repr(stored.topic)
+        cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
+        detail = " ".join(str(cause).split())
+        detail = f"{type(cause).__name__}: {detail[:200]}" if detail else type(cause).__name__
+        what = (f"the event at log position {position}" if position is not None else
+                "a snapshot" if table == "snapshot" else "a stored event")
+        return CorruptEventError(
+            f"{what} (stream {stream_id}, version {stored.originator_version}, {name}) cannot "
+            f"be read: {detail}. It was changed or damaged outside flowledger; nothing was "
+            "skipped or written. Restore the store from a backup taken before the damage",
+            position=position, stream_id=stream_id, version=stored.originator_version,
+            topic=stored.topic)
 
 
 class EventLog(Application[UUID]):
@@ -59,9 +114,16 @@ class EventLog(Application[UUID]):
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
+        if config.kind == "sqlite":
+            check_sqlite_store(config)  # before anything connects to it for writing
         try:
             super().__init__(env=config.env)
         except (PersistenceError, InfrastructureFactoryError, sqlite3.Error, OSError) as e:
+            if is_lock_timeout(e):
+                raise StoreBusyError(
+                    f"store {config.url!r} is locked: another process held its write lock "
+                    "for longer than the lock timeout while this one set the store up. "
+                    "Nothing was changed; try again when that process is done") from e
             hint = ""
             if config.kind == "postgresql":
                 hint = (" PostgreSQL needs the postgres extra (pip install "
@@ -69,6 +131,23 @@ class EventLog(Application[UUID]):
             elif config.kind == "sqlite":
                 hint = " The URL must name an SQLite database file (or a new one) in a folder."
             raise ConfigurationError(f"cannot open store {config.url!r}: {e}.{hint}") from e
+        self.flow_mapper.locate = self._locate
+
+    def _locate(self, stored: StoredEvent) -> tuple[int | None, str | None]:
+        """The log position of a stored event, or that it is a snapshot: found by
+        its stream, version and exact stored body."""
+        recorder = self.flow_recorder
+        stream = stored.originator_id
+        key = (stream.hex if isinstance(stream, UUID) else str(stream),
+               stored.originator_version, stored.state)
+        where = "WHERE originator_id=? AND originator_version=? AND state=?"
+        rows = recorder.read_all(f"SELECT rowid FROM {recorder.events_table_name} {where}",
+                                 key)
+        if rows:
+            return int(rows[0][0]), None
+        if recorder.read_all(f"SELECT 1 FROM {recorder.snapshot_table_name} {where}", key):
+            return None, "snapshot"
+        return None, None
 
     @classmethod
     def open(cls, url: str) -> EventLog:
@@ -88,7 +167,7 @@ class EventLog(Application[UUID]):
         return self.factory.event_store(mapper=self.mapper, recorder=recorder)
 
     def construct_mapper(self) -> Mapper[UUID]:
-        return self.factory.mapper(transcoder=MsgpackTranscoder(), mapper_class=PydanticMapper)
+        return self.factory.mapper(transcoder=MsgpackTranscoder(), mapper_class=CheckedMapper)
 
     def construct_recorder(self) -> ApplicationRecorder:
         if isinstance(self.factory, SQLiteFactory):
@@ -102,8 +181,8 @@ class EventLog(Application[UUID]):
         )
 
     @property
-    def flow_mapper(self) -> PydanticMapper:
-        assert isinstance(self.mapper, PydanticMapper)
+    def flow_mapper(self) -> CheckedMapper:
+        assert isinstance(self.mapper, CheckedMapper)
         return self.mapper
 
     @property
@@ -180,6 +259,12 @@ class EventLog(Application[UUID]):
             return self.repository.get(aggregate_id, version=version, projector_func=_fold)
         except AggregateNotFoundError:
             return None
+        except CorruptEventError as e:
+            if e.position is not None or e.stream_id != aggregate_id:
+                raise
+            # An unreadable snapshot (or one that went away meanwhile): snapshots are
+            # a cache of the stream's events, which say the same.
+            return _fold(None, self.events.get(aggregate_id, lte=version))
 
     @contextmanager
     def reading(self) -> Iterator[Any]:

@@ -304,3 +304,12 @@ class FlowSQLiteConnectionPool(SQLiteConnectionPool):
 def use_statement_cache(datastore: SQLiteDatastore) -> None:
     old = datastore.pool
     datastore.pool = FlowSQLiteConnectionPool(db_name=old.db_name, lock_timeout=old.lock_timeout)
+
+
+def is_lock_timeout(error: BaseException) -> bool:
+    """Another writer held the database past the lock timeout (SQLITE_BUSY or
+    SQLITE_LOCKED, extended codes included), raised by sqlite3 or wrapped by
+    the library."""
+    cause = error if isinstance(error, sqlite3.Error) else error.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

@@ -19,19 +19,10 @@ from typing import Any
 
 from eventsourcing.persistence import Mapper, OperationalError
 
-from flowledger.infrastructure.sqlite_recorder import FlowSQLiteRecorder
+from flowledger.infrastructure.sqlite_recorder import FlowSQLiteRecorder, is_lock_timeout
 from flowledger.projections.base import Cursor, Projection
 
 Progress = Callable[[int, int], None]  # (done, total)
-
-
-def is_lock_timeout(error: BaseException) -> bool:
-    """Another writer held the database past the lock timeout (SQLITE_BUSY or
-    SQLITE_LOCKED, extended codes included), raised by sqlite3 or wrapped by
-    the library."""
-    cause = error if isinstance(error, sqlite3.Error) else error.__cause__
-    code = getattr(cause, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class ProjectionRunner:
@@ -183,23 +174,32 @@ class ProjectionRunner:
         total = self.lag()
         while True:
             with self.recorder.writing(sync=False) as c, self._forgetting_on_error():
-                starts = {p.name: self.position(c, p) for p in self.projections}
-                for p in self.projections:
-                    if self._known.get(p.name) != starts[p.name]:
-                        p.forget()
-                low = min(starts.values(), default=0)
-                rows = self.recorder.select_stored(c, low, batch, upto)
-                if not rows:
-                    return done
-                events = [(pos, self.mapper.to_domain_event(s)) for pos, s in rows]
-                for p in self.projections:
-                    todo = [(e, pos) for pos, e in events if pos > starts[p.name]]
-                    if todo:
-                        p.apply_batch(c, todo)
-                        self._track(c, p, todo[-1][1])
-            done += len(rows)
+                read = self._fold_next(c, batch, upto)
+            if not read:
+                return done
+            done += read
             if progress is not None:
                 progress(done, max(total, done))
+
+    def _fold_next(self, c: Cursor, batch: int, upto: int | None) -> int:
+        """Fold the next `batch` events (up to `upto`) into every projection that
+        has not folded them in yet, with the caller's cursor; returns how many
+        events were read (0: every projection is up to date)."""
+        starts = {p.name: self.position(c, p) for p in self.projections}
+        for p in self.projections:
+            if self._known.get(p.name) != starts[p.name]:
+                p.forget()
+        low = min(starts.values(), default=0)
+        rows = self.recorder.select_stored(c, low, batch, upto)
+        if not rows:
+            return 0
+        events = [(pos, self.mapper.to_domain_event(s)) for pos, s in rows]
+        for p in self.projections:
+            todo = [(e, pos) for pos, e in events if pos > starts[p.name]]
+            if todo:
+                p.apply_batch(c, todo)
+                self._track(c, p, todo[-1][1])
+        return len(rows)
 
     def catch_up_unless_busy(self) -> None:
         """Catch up now, or leave it to the next reader if another process holds
@@ -212,11 +212,23 @@ class ProjectionRunner:
 
     def rebuild(self, names: Sequence[str] | None = None,
                 progress: Progress | None = None, batch: int = 2000) -> int:
-        """Empty the named projections (all by default) and fold the log in from 0."""
+        """Empty the named projections (all by default) and fold the log in from 0.
+
+        All in one transaction: a rebuild that fails (an event that cannot be
+        read, a crash, Ctrl-C) leaves every projection exactly as it was. Other
+        writers wait for the write lock meanwhile (ADR 0013).
+        """
         chosen = [p for p in self.projections if names is None or p.name in names]
         self.forget()
-        with self.recorder.writing() as c:
+        done = 0
+        with self.recorder.writing() as c, self._forgetting_on_error():
             for p in chosen:
                 p.clear(c)
                 c.execute("DELETE FROM tracking WHERE application_name=?", (p.name,))
-        return self.catch_up(batch=batch, progress=progress)
+            total = self.recorder.max_position(c) - min(
+                (self.position(c, p) for p in self.projections), default=0)
+            while read := self._fold_next(c, batch, None):
+                done += read
+                if progress is not None:
+                    progress(done, max(total, done))
+        return done

@@ -1,0 +1,96 @@
+"""Whether a SQLite file is a flowledger store, before anything opens it for writing.
+
+An engine opened on a file creates its tables there (and switches the file to
+WAL journaling), and reads and writes its tables by name. So a file is opened
+only if it is a new store (it does not exist, is empty, or has no tables yet)
+or one of ours (its tables that carry our names have our columns); anything
+else — a file that is not an SQLite database, another application's database
+— is refused with a ConfigurationError that names the file, and nothing is
+written to it (ADR 0013). The check reads the schema on a read-only connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote
+
+from flowledger.domain.errors import ConfigurationError
+from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig
+
+# The columns the log's tables have in a store the library created (its
+# SQLite recorders): the recorder inserts rows by position, so they are exact.
+EVENT_COLUMNS = ("originator_id", "originator_version", "topic", "state")
+OUR_TABLES: dict[str, tuple[str, ...]] = {
+    "stored_events": EVENT_COLUMNS,
+    "stored_snapshots": EVENT_COLUMNS,
+    "tracking": ("application_name", "notification_id"),
+}
+LOG_TABLE = "stored_events"
+OUR_TOPICS = "flowledger."  # every event class of ours lives in the package
+WHAT_TO_DO = ("Point the store URL at a flowledger store, or at a file that does not exist "
+              "yet for a new one; nothing was written to the file")
+
+
+def check_sqlite_store(config: StoreConfig) -> None:
+    """Refuse a file that is not a flowledger store (see the module docstring)."""
+    path = config.path
+    if path is None or not path.exists():
+        return  # a new store
+    where = f"cannot open store {config.url!r}: {str(path.resolve())!r}"
+    if path.is_dir():
+        raise ConfigurationError(
+            f"{where} is a folder, not a store file; name a file in it (e.g. "
+            f"sqlite:///{(path / 'flow.db').as_posix()}). Use {ACCEPTED}")
+    if path.stat().st_size == 0:
+        return  # an empty file is an empty SQLite database: a new store
+    try:
+        tables, first_topics = _schema(path)
+    except sqlite3.DatabaseError as e:
+        raise ConfigurationError(
+            f"{where} is not a flowledger store: it is not an SQLite database, or it is "
+            f"damaged ({e}). {WHAT_TO_DO}") from None
+    except sqlite3.Error as e:  # cannot be read at all: permissions, locks
+        raise ConfigurationError(f"{where} cannot be read ({e}); check that the file is "
+                                 "readable and not locked by another program") from None
+    for name, expected in OUR_TABLES.items():
+        found = tables.get(name)
+        if found is not None and tuple(found) != expected:
+            raise ConfigurationError(
+                f"{where} is not a flowledger store: its table {name!r} has the columns "
+                f"({', '.join(found)}), where a flowledger store has ({', '.join(expected)}); "
+                f"it belongs to another application. {WHAT_TO_DO}")
+    topic = first_topics.get(LOG_TABLE)
+    if topic is not None and not topic.startswith(OUR_TOPICS):
+        raise ConfigurationError(
+            f"{where} is not a flowledger store: its log holds the events of another "
+            f"application (the first is {topic!r}). {WHAT_TO_DO}")
+    if tables and LOG_TABLE not in tables:
+        others = sorted(tables)
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5
+                                         else "")
+        raise ConfigurationError(
+            f"{where} is not a flowledger store: it is the SQLite database of another "
+            f"application (its tables: {shown}) and holds no flowledger log; the log keeps "
+            f"a file of its own. {WHAT_TO_DO}")
+
+
+def _schema(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Table name → column names, and the log's first event's topic (if it has
+    one and its table has our shape), read without changing the file."""
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=30)
+    try:
+        names = [name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite%'")]
+        tables = {name: [row[1] for row in conn.execute(
+            "SELECT * FROM pragma_table_info(?)", (name,))] for name in names}
+        topics: dict[str, str] = {}
+        if tuple(tables.get(LOG_TABLE, ())) == EVENT_COLUMNS:
+            row = conn.execute(f"SELECT topic FROM {LOG_TABLE} ORDER BY rowid LIMIT 1"
+                               ).fetchone()
+            if row is not None:
+                topics[LOG_TABLE] = str(row[0])
+        return tables, topics
+    finally:
+        conn.close()

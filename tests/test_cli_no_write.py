@@ -1,0 +1,150 @@
+"""Commands that must not write (issue 9, item 8), counted in the log itself.
+
+`replay` promises to write nothing; `recover` has nothing to do for a workflow
+the store does not hold; `run --workflow NAME` refuses a name the module does
+not define before it writes anything. Each test counts the store's events
+(rows and last position) before and after the command: real subprocesses, real
+files, as tests/test_cli.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import FLAKY, TWO_WORKFLOWS, assert_user_error, flowledger
+from tests.test_cli_read_side import SHOP
+
+# The shop workflow, and a second one the shop's store has never seen.
+SHOP_AND_MORE = SHOP + '''
+
+more = fl.Workflow("more", topics=["t"])
+
+
+@more.producer(publishes=["t"])
+def produce(ctx, state):
+    ctx.publish("t", message_id="m", payload=1)
+'''
+
+
+def log_size(path: Path) -> tuple[int, int]:
+    """(rows, last position) of the store's log."""
+    with sqlite3.connect(path) as db:
+        rows, last = db.execute("SELECT COUNT(*), MAX(rowid) FROM stored_events").fetchone()
+    return int(rows), int(last or 0)
+
+
+def workflows_in(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return sorted(name for (name,) in db.execute("SELECT name FROM fl_workflows"))
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    """A folder whose store (flowledger.db) holds one completed shop session."""
+    (tmp_path / "shop.py").write_text(SHOP)
+    (tmp_path / "shop_and_more.py").write_text(SHOP_AND_MORE)
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    (tmp_path / "two.py").write_text(TWO_WORKFLOWS)
+    result = flowledger("run", "shop.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return tmp_path
+
+
+def a_run_of(folder: Path) -> str:
+    found = json.loads(flowledger("runs", "--json", cwd=folder).stdout)
+    return str(next(r["run_id"] for r in found if r["handler"] == "BookOrder"))
+
+
+def test_replay_registers_nothing(shop: Path) -> None:
+    store = shop / "flowledger.db"
+    run = a_run_of(shop)
+    before = log_size(store)
+
+    # The module also defines `more`, which the store has never seen.
+    replayed = flowledger("replay", run, "shop_and_more.py", cwd=shop)
+    assert replayed.returncode == 0, replayed.stderr + replayed.stdout
+    assert "Same" in replayed.stdout
+    as_json = flowledger("replay", run, "shop_and_more.py", "--json", cwd=shop)
+    assert json.loads(as_json.stdout)["same"] is True
+
+    assert log_size(store) == before
+    assert workflows_in(store) == ["shop"]
+
+
+def test_replay_still_runs_the_pre_flight_checks(shop: Path) -> None:
+    store = shop / "flowledger.db"
+    (shop / "broken.py").write_text(SHOP.replace('publishes=["booked"]', 'publishes=["nope"]'))
+    before = log_size(store)
+
+    assert_user_error(flowledger("replay", a_run_of(shop), "broken.py", cwd=shop),
+                      "uses topic 'nope', which the workflow does not declare")
+    assert log_size(store) == before
+
+
+def test_recover_on_another_workflows_store_refuses_and_writes_nothing(shop: Path) -> None:
+    store = shop / "flowledger.db"
+    before = log_size(store)
+
+    assert_user_error(flowledger("recover", "flaky.py", cwd=shop),
+                      "holds none of the workflows 'flaky.py' defines (flaky)",
+                      "it holds: shop", "Nothing was recovered or written")
+
+    assert log_size(store) == before
+    assert workflows_in(store) == ["shop"]
+
+
+def test_recover_leaves_out_the_workflows_the_store_does_not_hold(shop: Path) -> None:
+    store = shop / "flowledger.db"
+    before = log_size(store)
+
+    recovered = flowledger("recover", "shop_and_more.py", cwd=shop)
+
+    assert recovered.returncode == 0, recovered.stderr
+    assert "Nothing to recover" in recovered.stdout
+    assert log_size(store) == before
+    assert workflows_in(store) == ["shop"]
+
+
+def test_recover_needs_an_existing_store(tmp_path: Path) -> None:
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    assert_user_error(flowledger("--store", "sqlite:///new.db", "recover", "flaky.py",
+                                 cwd=tmp_path), "no store at")
+    assert not (tmp_path / "new.db").exists()
+
+
+def test_run_of_a_workflow_the_module_does_not_define_writes_nothing(shop: Path) -> None:
+    store = shop / "flowledger.db"
+    before = log_size(store)
+
+    for module in ("flaky.py", "two.py", "shop_and_more.py"):
+        result = flowledger("run", module, "--workflow", "nope", cwd=shop)
+        assert_user_error(result, f"{module!r} defines no workflow 'nope'",
+                          "nothing was run or written")
+    assert "(it defines: first, second)" in flowledger(
+        "run", "two.py", "--workflow", "nope", cwd=shop).stderr
+
+    assert log_size(store) == before
+    assert workflows_in(store) == ["shop"]
+
+
+def test_run_of_a_workflow_the_module_does_not_define_on_a_new_store(tmp_path: Path) -> None:
+    (tmp_path / "two.py").write_text(TWO_WORKFLOWS)
+
+    assert_user_error(flowledger("--store", "sqlite:///new.db", "run", "two.py", "--workflow",
+                                 "nope", cwd=tmp_path), "defines no workflow 'nope'")
+
+    assert log_size(tmp_path / "new.db") == (0, 0)
+
+
+def test_run_of_one_workflow_records_only_that_one(shop: Path) -> None:
+    result = flowledger("run", "two.py", "--workflow", "second", cwd=shop)
+
+    assert result.returncode == 0, result.stderr
+    assert workflows_in(shop / "flowledger.db") == ["second", "shop"]
+    both = flowledger("run", "two.py", cwd=shop)  # without --workflow: every one of them
+    assert both.returncode == 0, both.stderr
+    assert workflows_in(shop / "flowledger.db") == ["first", "second", "shop"]

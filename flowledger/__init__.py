@@ -3,6 +3,8 @@
 The public API (DESIGN §5). Everything not listed in `__all__` may change.
 """
 
+from flowledger.authoring.definition import Outcome, Prepared, TopicMessage, Workflow
+from flowledger.authoring.tools import Reconciliation, Tool, mutator, read
 from flowledger.domain.errors import (
     ActionNotApplicable,
     AuthError,
@@ -23,12 +25,20 @@ from flowledger.domain.errors import (
 )
 from flowledger.domain.limits import Limits
 from flowledger.engine.clock import Clock, ManualClock, SeededIds, SystemClock
-from flowledger.engine.definition import Outcome, Prepared, TopicMessage, Workflow
 from flowledger.engine.engine import Engine
 from flowledger.engine.handler_runs import RunResult
-from flowledger.engine.log_view import LoggedEvent
 from flowledger.engine.policy import RetryPolicy
-from flowledger.engine.queries import (
+from flowledger.engine.replay import (
+    Difference,
+    PublishedMessage,
+    ReplayReport,
+    RunBehaviour,
+    ToolCall,
+    UnrecordedRead,
+)
+from flowledger.engine.session_runner import SessionResult
+from flowledger.read_side.log_view import LoggedEvent
+from flowledger.read_side.queries import (
     BlockedRun,
     CostLine,
     CostReport,
@@ -43,17 +53,7 @@ from flowledger.engine.queries import (
     SessionInfo,
     TopicWork,
 )
-from flowledger.engine.replay import (
-    Difference,
-    PublishedMessage,
-    ReplayReport,
-    RunBehaviour,
-    ToolCall,
-    UnrecordedRead,
-)
-from flowledger.engine.session_runner import SessionResult
-from flowledger.engine.time_travel import EngineAt
-from flowledger.engine.tools import Reconciliation, Tool, mutator, read
+from flowledger.read_side.time_travel import EngineAt
 
 __version__ = "0.1.0"
 

@@ -41,11 +41,11 @@ from rich.text import Text
 
 import flowledger as fl
 from flowledger import demo as demo_module
+from flowledger.authoring.definition import Workflow as WorkflowDefinition
 from flowledger.domain.session import Trigger
-from flowledger.engine.definition import Workflow as WorkflowDefinition
-from flowledger.engine.log_view import LoggedEvent
-from flowledger.engine.queries import ACTIONS, COSTS_BY, RUN_STATUSES, SESSION_STATUSES
 from flowledger.infrastructure.store_url import DEFAULT_STORE, parse_store_url
+from flowledger.read_side.log_view import LoggedEvent
+from flowledger.read_side.queries import ACTIONS, COSTS_BY, RUN_STATUSES, SESSION_STATUSES
 
 STORE_ENV = "FLOWLEDGER_STORE"
 OK_SESSION_STATUSES = ("completed", "budget_exhausted")

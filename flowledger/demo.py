@@ -19,8 +19,8 @@ from uuid import UUID
 
 from flowledger.domain.errors import FlowledgerError
 from flowledger.engine.engine import Engine
-from flowledger.engine.log_view import LoggedEvent
 from flowledger.engine.session_runner import SessionResult
+from flowledger.read_side.log_view import LoggedEvent
 
 EXAMPLE = "inbox_to_ledger"
 DEFAULT_DEMO_DIR = Path("flowledger-demo")

@@ -16,7 +16,7 @@ import pytest
 import flowledger as fl
 from flowledger.domain.phases import RunStatus
 from flowledger.domain.session import SessionOutcome, Trigger
-from flowledger.engine.queries import ACTIONS, COSTS_BY, RUN_STATUSES, SESSION_STATUSES
+from flowledger.read_side.queries import ACTIONS, COSTS_BY, RUN_STATUSES, SESSION_STATUSES
 from tests.test_cli import assert_user_error, flowledger
 from tests.test_cli_read_side import SHOP
 

@@ -15,14 +15,14 @@ from functools import cached_property
 from typing import Any
 from uuid import UUID
 
+from flowledger.authoring.definition import TopicMessage
+from flowledger.authoring.tools import Tool, ToolMethod, reset_cost_sink, set_cost_sink
 from flowledger.domain import handler_rules as rules
 from flowledger.domain.errors import FlowledgerError, InternalError, LogicError, ToolError
 from flowledger.domain.handler_rules import Operation, RuleBroken, Step
 from flowledger.domain.ids import input_id as make_input_id
 from flowledger.domain.limits import Limits
 from flowledger.domain.text import unencodable
-from flowledger.engine.definition import TopicMessage
-from flowledger.engine.tools import Tool, ToolMethod, reset_cost_sink, set_cost_sink
 from flowledger.infrastructure.codec import pack, unpack
 
 Peek = Callable[[str, int | None], list[tuple[str, bytes]]]

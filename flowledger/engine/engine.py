@@ -13,6 +13,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 from uuid import UUID
 
+from flowledger.authoring.definition import Workflow as WorkflowDefinition
+from flowledger.authoring.registration import Registration
+from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import (
     ActionNotApplicable,
     ConcurrencyError,
@@ -30,18 +33,28 @@ from flowledger.domain.phases import RunStatus
 from flowledger.domain.session import Session, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, SystemClock, random_ids
-from flowledger.engine.definition import Workflow as WorkflowDefinition
 from flowledger.engine.faults import SimulatedCrash, from_environment
 from flowledger.engine.handler_runs import SessionScope
-from flowledger.engine.log_view import (
+from flowledger.engine.policy import RetryPolicy
+from flowledger.engine.replay import ReplayReport, replay_run
+from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
+from flowledger.engine.streams import Streams
+from flowledger.infrastructure.event_log import EventLog
+from flowledger.infrastructure.store_url import DEFAULT_STORE
+from flowledger.projections import pending_work
+from flowledger.projections.audit import Audit
+from flowledger.projections.audit import mentions_of as audit_mentions_of
+from flowledger.projections.costs import Costs
+from flowledger.projections.pending_work import PendingWork
+from flowledger.projections.runner import ProjectionRunner
+from flowledger.read_side.log_view import (
     LoggedEvent,
     read_log,
     read_positions,
     read_stream,
     stream_version_at,
 )
-from flowledger.engine.policy import RetryPolicy
-from flowledger.engine.queries import (
+from flowledger.read_side.queries import (
     ACTIONS,
     BlockedRun,
     CostReport,
@@ -55,20 +68,7 @@ from flowledger.engine.queries import (
     RunTimeline,
     SessionInfo,
 )
-from flowledger.engine.registration import Registration
-from flowledger.engine.replay import ReplayReport, replay_run
-from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
-from flowledger.engine.streams import Streams
-from flowledger.engine.time_travel import EngineAt
-from flowledger.engine.tools import Tool
-from flowledger.infrastructure.event_log import EventLog
-from flowledger.infrastructure.store_url import DEFAULT_STORE
-from flowledger.projections import pending_work
-from flowledger.projections.audit import Audit
-from flowledger.projections.audit import mentions_of as audit_mentions_of
-from flowledger.projections.costs import Costs
-from flowledger.projections.pending_work import PendingWork
-from flowledger.projections.runner import ProjectionRunner
+from flowledger.read_side.time_travel import EngineAt
 
 Action = Literal["retry_reconcile", "did_not_happen", "skip"]
 

@@ -17,6 +17,15 @@ from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
+from flowledger.authoring.definition import ConsumerSpec, Outcome, Prepared, ProducerSpec
+from flowledger.authoring.runnable import refuse_awaitable
+from flowledger.authoring.tools import (
+    Reconciliation,
+    Tool,
+    ToolMethod,
+    reset_cost_sink,
+    set_cost_sink,
+)
 from flowledger.domain.continuation import Attempt, attempt_number
 from flowledger.domain.continuation import Step as Continue
 from flowledger.domain.errors import (
@@ -42,12 +51,9 @@ from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.clock import Clock, IdFactory
 from flowledger.engine.context import HandlerContext
-from flowledger.engine.definition import ConsumerSpec, Outcome, Prepared, ProducerSpec
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
-from flowledger.engine.runnable import refuse_awaitable
 from flowledger.engine.streams import Streams
-from flowledger.engine.tools import Reconciliation, Tool, ToolMethod, reset_cost_sink, set_cost_sink
 from flowledger.infrastructure.codec import NONE_PACKED, pack, unpack
 from flowledger.projections import pending_work
 

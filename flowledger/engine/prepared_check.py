@@ -12,12 +12,12 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from flowledger.authoring.definition import ConsumerSpec, Prepared
 from flowledger.domain import handler_rules as rules
 from flowledger.domain.errors import LogicError
 from flowledger.domain.text import unencodable
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.engine.context import HandlerContext
-from flowledger.engine.definition import ConsumerSpec, Prepared
 
 FindMessage = Callable[[str, str], TopicEvent | None]  # (topic, message_id)
 

@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from flowledger.authoring.definition import ConsumerSpec, Outcome, Prepared, ProducerSpec
+from flowledger.authoring.registration import Registration
+from flowledger.authoring.tools import Tool, ToolMethod
 from flowledger.domain.errors import FlowledgerError, NotFoundError
 from flowledger.domain.failures import describe
 from flowledger.domain.handler_rules import Step
@@ -39,12 +42,9 @@ from flowledger.domain.mutation_ledger import MutationState
 from flowledger.domain.phases import RunKind
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.engine.context import HandlerContext
-from flowledger.engine.definition import ConsumerSpec, Outcome, Prepared, ProducerSpec
-from flowledger.engine.log_view import LoggedEvent
 from flowledger.engine.prepared_check import check_prepared
-from flowledger.engine.registration import Registration
-from flowledger.engine.tools import Tool, ToolMethod
 from flowledger.infrastructure.codec import unpack
+from flowledger.read_side.log_view import LoggedEvent
 
 Loader = Callable[..., Any]  # (aggregate_id, short=False) -> aggregate as of the run's start
 PeekThen = Callable[[str, int | None], list[tuple[str, bytes]]]

@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
+from flowledger.authoring.registration import Registration
 from flowledger.domain.continuation import Step as Continue
 from flowledger.domain.continuation import continuation
 from flowledger.domain.errors import ConcurrencyError
@@ -21,7 +22,6 @@ from flowledger.domain.scheduling import ConsumerView, Decline, pick_consumer, r
 from flowledger.domain.session import Session, SessionOutcome, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.handler_runs import RunDriver, RunResult, SessionScope
-from flowledger.engine.registration import Registration
 from flowledger.engine.streams import Streams
 from flowledger.projections import pending_work
 

@@ -6,7 +6,7 @@ cannot answer quickly is which *other* streams speak of a run (the messages it
 reserved, consumed and published, the state it committed, the session that
 counted it) and which messages an input caused. This projection keeps exactly
 those two indexes, as log positions; the answers are read from the log itself
-(`flowledger/engine/queries.py`). Small keyed rows, no secondary index: a
+(`flowledger/read_side/queries.py`). Small keyed rows, no secondary index: a
 consumer run adds about five rows, all under its own run id (ADR 0009).
 """
 

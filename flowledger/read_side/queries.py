@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
+from flowledger.authoring.registration import Registration
 from flowledger.domain.continuation import Step as Continue
 from flowledger.domain.continuation import continuation
 from flowledger.domain.errors import InvalidArgument, NotFoundError
@@ -29,13 +30,12 @@ from flowledger.domain.scheduling import ConsumerView, remaining_work
 from flowledger.domain.session import Session, SessionOutcome
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
-from flowledger.engine.log_view import LoggedEvent, read_positions, read_stream
-from flowledger.engine.registration import Registration
 from flowledger.infrastructure.codec import unpack
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.projections import audit, costs, pending_work
 from flowledger.projections.base import Cursor
 from flowledger.projections.pending_work import RunRow, WorkflowRow
+from flowledger.read_side.log_view import LoggedEvent, read_positions, read_stream
 
 CostsBy = Literal["run", "session", "handler", "day", "workflow"]
 COSTS_BY: tuple[str, ...] = ("run", "session", "handler", "day", "workflow")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
+from flowledger.authoring.definition import ConsumerSpec, ProducerSpec, Workflow
+from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import InternalError
-from flowledger.engine.definition import ConsumerSpec, ProducerSpec, Workflow
-from flowledger.engine.tools import Tool
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from flowledger.authoring.registration import Registration
 from flowledger.domain.errors import InvalidArgument
-from flowledger.engine.log_view import read_positions, stream_version_at
-from flowledger.engine.queries import ReadSide
-from flowledger.engine.registration import Registration
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.point_in_time import fold_upto
+from flowledger.read_side.log_view import read_positions, stream_version_at
+from flowledger.read_side.queries import ReadSide
 
 _BEFORE_ANYTHING = datetime.min.replace(tzinfo=UTC)
 

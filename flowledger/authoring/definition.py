@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from flowledger.authoring.runnable import not_runnable
+from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import DefinitionError
 from flowledger.domain.text import unencodable
-from flowledger.engine.runnable import not_runnable
-from flowledger.engine.tools import Tool
 
 
 @dataclass(frozen=True)

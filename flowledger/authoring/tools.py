@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, TypeVar
 
+from flowledger.authoring.runnable import not_runnable
 from flowledger.domain.errors import DefinitionError, FlowledgerError
 from flowledger.domain.text import unencodable
-from flowledger.engine.runnable import not_runnable
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -1,0 +1,1 @@
+"""What users write: workflow definitions, handler return types, tools (DESIGN §5)."""

@@ -1,0 +1,1 @@
+"""Answers from the log and its projections: queries, the log itself, time travel."""

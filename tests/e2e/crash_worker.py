@@ -1,6 +1,6 @@
 """A real process that runs (or recovers) a session, for the crash tests.
 
-    python tests/crash_worker.py STORE LEDGER_DB MODE [OUTCOME]
+    python tests/e2e/crash_worker.py STORE LEDGER_DB MODE [OUTCOME]
 
 MODE is `session` (run one session; FLOWLEDGER_CRASH_AT makes it die at a
 durable point) or `recover` (recover, then run sessions — resolving a blocked
@@ -12,94 +12,40 @@ JSON line describing what it saw.
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import flowledger as fl
+# Run by path: the repository's root, so that `tests.helpers` imports.
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import flowledger as fl  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    OUTCOMES,
+    ExternalLedger,
+    NoReconcileTool,
+    ScriptedLedgerTool,
+)
 
 ITEMS = ["a", "b"]
 
-# OUTCOME → (how the first append call behaves, reconcile answers, tool has reconcile)
-OUTCOMES: dict[str, tuple[str, list[str], bool]] = {
-    "applied": ("ok", [], True),
-    "failed": ("transient", [], True),
-    "uncertain_applied": ("uncertain_applied", ["look"], True),
-    "uncertain_failed": ("uncertain", ["look"], True),
-    "uncertain_retry": ("uncertain", ["retry", "look"], True),
-    "no_reconcile": ("uncertain_applied", [], False),
-}
+
+class BlindLedger(NoReconcileTool):
+    name = "ledger"  # the workflow calls ctx.tools.ledger, with a reconcile method or not
 
 
-class Ledger:
-    """The outside world: a SQLite table with a unique key, and a call journal."""
-
-    def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self.db.execute("CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY, value TEXT)")
-        # Across processes: how many mutator calls were made so far.
-        self.db.execute("CREATE TABLE IF NOT EXISTS calls (n INTEGER)")
-        # A second write of a key would be a mutation performed twice.
-        self.db.execute("CREATE TABLE IF NOT EXISTS duplicates (key TEXT)")
-
-    def next_call(self) -> int:
-        self.db.execute("INSERT INTO calls VALUES (1)")
-        return int(self.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
-
-    def write(self, key: str, value: str) -> None:
-        if self.find(key) is not None:
-            self.db.execute("INSERT INTO duplicates VALUES (?)", (key,))
-            raise RuntimeError(f"{key} written twice")
-        self.db.execute("INSERT INTO rows VALUES (?, ?)", (key, value))
-
-    def find(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM rows WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
-
-
-def make_tool(ledger: Ledger, outcome: str) -> fl.Tool:
+def make_tool(ledger: ExternalLedger, outcome: str) -> ScriptedLedgerTool:
+    """The first mutator call on this ledger, whichever process makes it, behaves
+    as OUTCOME says; later calls succeed. Each process starts with the full list
+    of OUTCOME's reconcile answers."""
     first, answers, has_reconcile = OUTCOMES[outcome]
-    answers = list(answers)
-
-    def append(key: str, value: str) -> dict[str, str]:
-        how = first if ledger.next_call() == 1 else "ok"
-        if how == "transient":
-            raise fl.TransientError("rate limited")
-        if how == "uncertain":
-            raise fl.UncertainOutcome("timed out before writing")
-        ledger.write(key, value)
-        if how == "uncertain_applied":
-            raise fl.UncertainOutcome("timed out after writing")
-        return {"key": key}
-
-    if has_reconcile:
-        class Reconciled(fl.Tool):
-            name = "ledger"
-
-            @fl.mutator(reconcile="find_appended")
-            def append(self, key: str, value: str) -> dict[str, str]:
-                return append(key, value)
-
-            def find_appended(self, key: str, value: str) -> fl.Reconciliation:
-                how = answers.pop(0) if answers else "look"
-                if how == "retry":
-                    return fl.Reconciliation.retry("ledger unreachable")
-                found = ledger.find(key)
-                return (fl.Reconciliation.applied({"key": key}) if found
-                        else fl.Reconciliation.failed("not there"))
-
-        return Reconciled()
-
-    class Blind(fl.Tool):
-        name = "ledger"
-
-        @fl.mutator
-        def append(self, key: str, value: str) -> dict[str, str]:
-            return append(key, value)
-
-    return Blind()
+    tool = ScriptedLedgerTool(ledger) if has_reconcile else BlindLedger(ledger)
+    tool.script = [] if ledger.calls_made() else [first]
+    tool.reconcile_script = list(answers)
+    return tool
 
 
 def workflow() -> fl.Workflow:
@@ -136,7 +82,7 @@ POLICY = fl.RetryPolicy(transient_base_delay=0.01, transient_max_delay=0.02,
 def main() -> None:
     store, ledger_path, mode = sys.argv[1:4]
     outcome = sys.argv[4] if len(sys.argv) > 4 else "applied"
-    ledger = Ledger(ledger_path)
+    ledger = ExternalLedger(Path(ledger_path), count_calls=True)
     engine = fl.Engine(store, policy=POLICY)
     engine.register(workflow(), tools=[make_tool(ledger, outcome)])
     seen: list[str] = []
@@ -162,5 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     main()

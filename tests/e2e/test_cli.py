@@ -15,7 +15,7 @@ import pytest
 from flowledger import demo
 from flowledger.engine.faults import CRASH_EXIT_CODE
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "inbox_to_ledger" / "workflow.py"
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

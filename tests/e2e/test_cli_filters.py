@@ -17,8 +17,8 @@ import flowledger as fl
 from flowledger.domain.phases import RunStatus
 from flowledger.domain.session import SessionOutcome, Trigger
 from flowledger.read_side.queries import ACTIONS, COSTS_BY, RUN_STATUSES, SESSION_STATUSES
-from tests.test_cli import assert_user_error, flowledger
-from tests.test_cli_read_side import SHOP
+from tests.e2e.test_cli import assert_user_error, flowledger
+from tests.e2e.test_cli_read_side import SHOP
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@
 the store does not hold; `run --workflow NAME` refuses a name the module does
 not define before it writes anything. Each test counts the store's events
 (rows and last position) before and after the command: real subprocesses, real
-files, as tests/test_cli.py.
+files, as tests/e2e/test_cli.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import FLAKY, TWO_WORKFLOWS, assert_user_error, flowledger
-from tests.test_cli_read_side import SHOP
+from tests.e2e.test_cli import FLAKY, TWO_WORKFLOWS, assert_user_error, flowledger
+from tests.e2e.test_cli_read_side import SHOP
 
 # The shop workflow, and a second one the shop's store has never seen.
 SHOP_AND_MORE = SHOP + '''

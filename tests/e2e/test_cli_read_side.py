@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import assert_user_error, flowledger
+from tests.e2e.test_cli import assert_user_error, flowledger
 
 SHOP = '''
 import os

@@ -21,9 +21,8 @@ import flowledger as fl
 from flowledger.domain.ids import handler_state_id
 from flowledger.engine.faults import CRASH_EXIT_CODE
 from flowledger.infrastructure.codec import unpack
-from tests.conftest import message_status
-from tests.crash_worker import ITEMS, OUTCOMES
-from tests.test_projections import projection_rows
+from tests.e2e.crash_worker import ITEMS
+from tests.helpers import OUTCOMES, message_status, projection_rows
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 LABELS = ["session_open", "producer_commit", "in_flight", "outcome", "commit", "failure",

@@ -22,9 +22,9 @@ import msgpack
 import pytest
 
 import flowledger as fl
-from tests.conftest import ExternalLedger, ScriptedLedgerTool, ledger_workflow
-from tests.test_cli import assert_user_error, flowledger
-from tests.test_cli_read_side import SHOP
+from tests.e2e.test_cli import assert_user_error, flowledger
+from tests.e2e.test_cli_read_side import SHOP
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
 
 # ------------------------------------------------------------------ helpers
 

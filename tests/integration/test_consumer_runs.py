@@ -6,7 +6,7 @@ from typing import Any
 
 import flowledger as fl
 from flowledger.domain.mutation_ledger import MutationState
-from tests.conftest import (
+from tests.helpers import (
     ExternalLedger,
     NoReconcileTool,
     ScriptedLedgerTool,
@@ -229,7 +229,7 @@ def test_uncertain_outcome_reconcile_says_retry_keeps_reservations(make_engine, 
 def test_uncertain_outcome_without_reconcile_is_indeterminate_and_blocks(make_engine, ledger):
     engine = make_engine()
     tool = NoReconcileTool(ledger)
-    tool.fail_with = "uncertain"
+    tool.script = ["uncertain_applied"]
     engine.register(ledger_workflow(items=["a"], tool_name="blind"), tools=[tool])
 
     result = engine.run_session("wf")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import flowledger as fl
-from tests.conftest import ScriptedLedgerTool, ledger_workflow, message_status
+from tests.helpers import ScriptedLedgerTool, ledger_workflow, message_status
 
 
 def simple(name: str = "wf") -> fl.Workflow:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import flowledger as fl
-from tests.conftest import ExternalLedger, ScriptedLedgerTool, ledger_workflow, message_status
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow, message_status
 
 
 def consumer_with(step: str, kind: str) -> type:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import flowledger as fl
-from tests.conftest import ScriptedLedgerTool, ledger_workflow
+from tests.helpers import ScriptedLedgerTool, ledger_workflow
 
 
 def transactions(statements: list[str]) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import flowledger as fl
-from tests.conftest import ExternalLedger, ScriptedLedgerTool, message_status
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, message_status
 
 
 def run_broken(make_engine: Any, ledger: ExternalLedger, prepare: Any = None,

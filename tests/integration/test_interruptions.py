@@ -14,7 +14,7 @@ import pytest
 
 import flowledger as fl
 from flowledger.domain.ids import workflow_id
-from tests.conftest import ExternalLedger, ScriptedLedgerTool, ledger_workflow, message_status
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow, message_status
 
 INTERRUPTIONS = [KeyboardInterrupt, SystemExit]
 

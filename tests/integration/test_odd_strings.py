@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import flowledger as fl
 from flowledger.domain.ids import workflow_id
-from tests.conftest import message_status
+from tests.helpers import message_status
 
 LONE_SURROGATES = st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff"])
 ANY_TEXT = st.text(st.one_of(st.characters(), LONE_SURROGATES), max_size=40)

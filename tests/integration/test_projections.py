@@ -1,6 +1,6 @@
 """Projections are folds of the log (DESIGN §2.4, ADR 0005, ADR 0009).
 
-For random histories (the same generator as test_properties: items, tool
+For random histories (tests.helpers.history, as in test_properties: items, tool
 outcomes, reconcile answers, costs, budgets, a person's decisions) on a real
 SQLite file:
   * every projection rebuilt from position 0 equals the one kept live, row for row;
@@ -29,22 +29,15 @@ from flowledger.domain.session import Session
 from flowledger.domain.workflow import Workflow
 from flowledger.projections import costs as costs_projection
 from flowledger.projections.base import Projection
-from tests.conftest import ExternalLedger, ScriptedLedgerTool
-from tests.test_properties import CountingLedgerTool, costly_workflow, decide, history
-
-Rows = dict[str, list[tuple[object, ...]]]
-
-
-def projection_rows(engine: fl.Engine, names: list[str] | None = None) -> Rows:
-    """Every row of every table of the named projections (all by default), in key order."""
-    rows: Rows = {}
-    with engine.log.reading() as c:
-        for p in engine.projections.projections:
-            if names is None or p.name in names:
-                for table in p.tables:
-                    c.execute(f"SELECT * FROM {table}")
-                    rows[table] = sorted(map(tuple, c.fetchall()), key=repr)
-    return rows
+from tests.helpers import (
+    ExternalLedger,
+    ScriptedLedgerTool,
+    costly_workflow,
+    decide,
+    history,
+    new_engine,
+    projection_rows,
+)
 
 
 def projection(engine: fl.Engine, name: str) -> Projection:
@@ -70,19 +63,6 @@ def run_history(engine: fl.Engine, clock: fl.ManualClock, sessions: list[tuple[i
         clock.advance(7200)
         decide(engine, decision)
     return results
-
-
-def new_engine(folder: str, h: dict[str, Any]) -> tuple[fl.Engine, fl.ManualClock]:
-    ledger = ExternalLedger(Path(folder) / "ledger.db")
-    tool = CountingLedgerTool(ledger)
-    tool.script = list(h["script"])
-    tool.reconcile_script = list(h["reconcile"])
-    clock = fl.ManualClock()
-    engine = fl.Engine(f"sqlite:///{Path(folder) / 'flow.db'}", clock=clock,
-                       ids=fl.SeededIds(3),
-                       policy=fl.RetryPolicy(transient_max_attempts=3, reconcile_max_attempts=2))
-    engine.register(costly_workflow(h["items"], h["costs"]), tools=[tool])
-    return engine, clock
 
 
 NAMES = ["pending_work", "costs", "audit"]

@@ -10,7 +10,6 @@ budgets, sessions, time passing, and a person's decisions. After each history:
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from collections import Counter, defaultdict
 from decimal import Decimal
@@ -19,63 +18,13 @@ from typing import Any
 from uuid import UUID
 
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import flowledger as fl
 from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.ids import topic_event_id
 from flowledger.domain.phases import RunKind
 from flowledger.infrastructure.event_log import EventLog
-from tests.conftest import ExternalLedger, ScriptedLedgerTool
-
-OUTCOMES = ["ok", "transient", "auth", "uncertain", "uncertain_applied", "boom_applied"]
-
-
-class CountingLedgerTool(ScriptedLedgerTool):
-    """Remembers every key it actually wrote."""
-
-    def __init__(self, ledger: ExternalLedger) -> None:
-        super().__init__(ledger)
-        self.writes: list[str] = []
-        original = ledger.append
-
-        def append(key: str, value: str) -> int:
-            row = original(key, value)
-            self.writes.append(key)
-            return row
-
-        ledger.append = append  # type: ignore[method-assign]
-
-
-def costly_workflow(items: list[str], costs: list[str]) -> fl.Workflow:
-    wf = fl.Workflow("prop", topics=["in", "done"])
-    cost_iter = iter(costs * 50)
-
-    @wf.producer(publishes=["in"])
-    def produce(ctx: Any, state: Any) -> None:
-        for item in items:
-            ctx.publish("in", message_id=item, payload=item)
-        ctx.add_cost(next(cost_iter), "poll")
-
-    @wf.consumer(subscribe=["in"], publishes=["done"])
-    class Append:
-        def prepare(self, ctx: Any, state: Any) -> Any:
-            pending = ctx.peek("in", limit=1)
-            if not pending:
-                return None
-            ctx.add_cost(next(cost_iter), "think")
-            return fl.Prepared({"in": [pending[0].message_id]},
-                               data={"item": pending[0].payload, "count": state or 0})
-
-        def mutate(self, ctx: Any, prepared: Any) -> None:
-            ctx.tools.ledger.append(prepared.data["item"], "v")
-
-        def next(self, ctx: Any, prepared: Any, outcome: Any) -> Any:
-            ctx.add_cost(next(cost_iter), "write")
-            ctx.publish("done", message_id=prepared.data["item"], payload=outcome.status)
-            return prepared.data["count"] + 1
-
-    return wf
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, costly_workflow, decide, history
 
 
 class AppendCounter:
@@ -102,25 +51,13 @@ class AppendCounter:
         EventLog.append = self._original  # type: ignore[method-assign]
 
 
-history = st.fixed_dictionaries({
-    "items": st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=5, unique=True),
-    "script": st.lists(st.sampled_from(OUTCOMES), max_size=8),
-    "reconcile": st.lists(st.sampled_from(["look", "retry"]), max_size=6),
-    "costs": st.lists(st.sampled_from(["0", "0.01", "0.1", "1.5", "0.333"]), min_size=1,
-                      max_size=4),
-    "sessions": st.lists(st.tuples(st.integers(0, 6), st.sampled_from(
-        ["none", "did_not_happen", "skip", "retry_reconcile", "resume"])), min_size=1,
-        max_size=6),
-})
-
-
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(h=history)
 def test_invariants_hold_for_random_histories(h: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ledger = ExternalLedger(Path(tmp) / "ledger.db")
-        tool = CountingLedgerTool(ledger)
+        tool = ScriptedLedgerTool(ledger)
         tool.script = list(h["script"])
         tool.reconcile_script = list(h["reconcile"])
         clock = fl.ManualClock()
@@ -140,20 +77,7 @@ def test_invariants_hold_for_random_histories(h: dict[str, Any]) -> None:
             engine.close()
 
 
-def decide(engine: fl.Engine, decision: str) -> None:
-    """A person acting on whatever waits for them, when the decision applies."""
-    if decision == "none":
-        return
-    for blocked in engine.blocked():
-        if decision != "resume" and decision in blocked.actions:
-            engine.resolve(blocked.run_id, decision)
-            return
-    if decision == "resume":
-        with contextlib.suppress(fl.ActionNotApplicable):
-            engine.resume("prop")
-
-
-def check_invariants(engine: fl.Engine, tool: CountingLedgerTool,
+def check_invariants(engine: fl.Engine, tool: ScriptedLedgerTool,
                      results: list[fl.SessionResult], appends: AppendCounter,
                      items: list[str]) -> None:
     runs: dict[UUID, HandlerRun] = {}

@@ -10,7 +10,7 @@ import pytest
 
 import flowledger as fl
 from flowledger.engine.faults import SimulatedCrash
-from tests.conftest import ExternalLedger, NoReconcileTool, ScriptedLedgerTool, ledger_workflow
+from tests.helpers import ExternalLedger, NoReconcileTool, ScriptedLedgerTool, ledger_workflow
 
 
 class Boom(SimulatedCrash):
@@ -294,7 +294,7 @@ def test_pending_work_of_a_workflow(make_engine, ledger: ExternalLedger) -> None
     assert work.consumers_with_work == result.remaining == {"Append": {"in": 2}}
     assert work.unfinished_runs == () and work.blocked_mutations == ()
 
-    tool.fail_with = "uncertain"  # no reconcile method: the outcome cannot be known
+    tool.script = ["uncertain_applied"]  # no reconcile method: the outcome cannot be known
     assert engine.run_session("wf").status == "suspended"
     work = engine.pending_work("wf")
     assert work.status == "paused"

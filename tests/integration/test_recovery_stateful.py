@@ -30,7 +30,13 @@ from flowledger.domain.ids import handler_state_id, topic_event_id
 from flowledger.domain.phases import RunKind
 from flowledger.engine.faults import SimulatedCrash
 from flowledger.infrastructure.codec import unpack
-from tests.crash_worker import OUTCOMES
+from tests.helpers import (
+    OUTCOMES,
+    MemoryLedger,
+    MutationScenario,
+    NoReconcileTool,
+    ScriptedLedgerTool,
+)
 
 POINTS = ["before_append:in_flight", "after_append:in_flight", "before_call", "after_call",
           "before_append:outcome", "after_append:outcome", "before_append:commit",
@@ -43,52 +49,21 @@ class Crash(SimulatedCrash):
     """A process dying: not an Exception, so nothing on the way catches it."""
 
 
-class World:
-    """The outside world, kept in memory: what was written, and each write."""
+class World(MemoryLedger):
+    """The outside world, kept in memory: what was written, and each write; and
+    how the next calls of both ledger tools behave."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, str] = {}
-        self.writes: list[str] = []
-        self.script: list[str] = []
+        super().__init__()
+        self.script: list[str | MutationScenario] = []
         self.answers: list[str] = []
 
 
 def make_tools(world: World) -> list[fl.Tool]:
-    def append(key: str, value: str) -> str:
-        first, answers, _ = OUTCOMES[world.script.pop(0)] if world.script else ("ok", [], True)
-        world.answers.extend(answers)
-        if first == "transient":
-            raise fl.TransientError("rate limited")
-        if first == "uncertain":
-            raise fl.UncertainOutcome("timeout before writing")
-        world.rows[key] = value
-        world.writes.append(key)
-        if first == "uncertain_applied":
-            raise fl.UncertainOutcome("timeout after writing")
-        return key
-
-    class Ledger(fl.Tool):
-        name = "ledger"
-
-        @fl.mutator(reconcile="find_appended")
-        def append(self, key: str, value: str) -> str:
-            return append(key, value)
-
-        def find_appended(self, key: str, value: str) -> fl.Reconciliation:
-            how = world.answers.pop(0) if world.answers else "look"
-            if how == "retry":
-                return fl.Reconciliation.retry("unreachable")
-            return (fl.Reconciliation.applied(key) if key in world.rows
-                    else fl.Reconciliation.failed("not there"))
-
-    class Blind(fl.Tool):
-        name = "blind"
-
-        @fl.mutator
-        def append(self, key: str, value: str) -> str:
-            return append(key, value)
-
-    return [Ledger(), Blind()]
+    """The ledger tool, and one without a reconcile method (for items "x..."),
+    both writing to the world and going by its one script."""
+    return [ScriptedLedgerTool(world, script=world.script, reconcile_script=world.answers),
+            NoReconcileTool(world, script=world.script, reconcile_script=world.answers)]
 
 
 def workflow(inbox: list[str]) -> fl.Workflow:
@@ -165,7 +140,7 @@ class RecoveryMachine(RuleBasedStateMachine):
 
     @rule(outcome=st.sampled_from(list(OUTCOMES)))
     def next_call_behaves(self, outcome: str) -> None:
-        self.world.script.append(outcome)
+        self.world.script.append(OUTCOMES[outcome])
 
     @rule(point=st.sampled_from(POINTS))
     def arm_crash(self, point: str) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 import flowledger as fl
 from flowledger.domain.mutation_ledger import MutationState
-from tests.conftest import (
+from tests.helpers import (
     ExternalLedger,
     NoReconcileTool,
     ScriptedLedgerTool,
@@ -26,7 +26,7 @@ def blocked_run(make_engine, ledger: ExternalLedger, *, reconcile: bool,
         engine.register(ledger_workflow(items=["a"]), tools=[tool])
     else:
         tool = NoReconcileTool(ledger)
-        tool.fail_with = "uncertain"
+        tool.script = ["uncertain_applied"]
         engine.register(ledger_workflow(items=["a"], tool_name="blind"), tools=[tool])
     assert engine.run_session("wf").status == "suspended"
     [blocked] = engine.blocked()

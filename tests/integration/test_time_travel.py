@@ -10,9 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import flowledger as fl
-from tests.conftest import ExternalLedger, ScriptedLedgerTool, ledger_workflow
-from tests.test_projections import new_engine
-from tests.test_properties import decide, history
+from tests.helpers import (
+    ExternalLedger,
+    ScriptedLedgerTool,
+    decide,
+    history,
+    ledger_workflow,
+    new_engine,
+)
 
 
 def head(engine: fl.Engine) -> int:

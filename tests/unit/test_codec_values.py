@@ -1,7 +1,7 @@
 """Handler values in the log: what is accepted comes back equal, the rest is refused.
 
-Pure codec properties (no database), then one engine run with a value that
-used to poison a topic: a dict keyed by tuples.
+Pure codec properties (no database). An engine run with a value that used to
+poison a topic, a dict keyed by tuples: tests/integration/test_codec_payloads.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 import flowledger as fl
 from flowledger.infrastructure.codec import pack, unpack
-from tests.conftest import message_status
 
 LONE_SURROGATES = st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff", "\udc80"])
 ANY_TEXT = st.text(st.one_of(st.characters(), LONE_SURROGATES), max_size=12)
@@ -141,33 +140,3 @@ def test_a_refused_value_is_named_with_where_it_sits(value: Any, words: str) -> 
     # An int out of range is not "of an unsupported type".
     if isinstance(value, int):
         assert "use only" not in str(e.value)
-
-
-def test_a_payload_keyed_by_tuples_is_consumed_not_a_poison_message(make_engine) -> None:
-    wf = fl.Workflow("wf", topics=["in"])
-    seen: list[Any] = []
-
-    @wf.producer(publishes=["in"])
-    def p(ctx: Any, state: Any) -> None:
-        ctx.publish("in", message_id="m", payload={(1, 2): "a", "when": (2026, 12)})
-
-    @wf.consumer(subscribe=["in"])
-    class C:
-        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
-            messages = ctx.peek("in")
-            if not messages:
-                return None
-            seen.append(messages[0].payload)
-            return fl.Prepared(reservations={"in": [messages[0].message_id]},
-                               data=messages[0].payload)
-
-        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> Any:
-            seen.append(prepared.data)
-            return {"last": prepared.data}
-
-    engine = make_engine()
-    engine.register(wf)
-    result = engine.run_session("wf")
-    assert result.status == "completed", result.error
-    assert seen == [{(1, 2): "a", "when": (2026, 12)}] * 2
-    assert message_status(engine, "wf", "in") == {"consumed": 1}

@@ -1,0 +1,1 @@
+"""The CLI, and engines in real processes (killed ones too)."""

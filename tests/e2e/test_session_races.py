@@ -1,0 +1,101 @@
+"""One open session per workflow (DESIGN §1.5), between real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import flowledger as fl
+
+RACER = textwrap.dedent("""
+    import sys, time, json
+    import flowledger as fl
+    wf = fl.Workflow("race", topics=["t"])
+
+    @wf.consumer(subscribe=["t"])
+    class Slow:
+        def prepare(self, ctx, state):
+            return None
+
+    @wf.producer(publishes=["t"])
+    def slow(ctx, state):
+        time.sleep(float(sys.argv[2]))
+
+    engine = fl.Engine(sys.argv[1])
+    engine.register(wf)
+    print(json.dumps(engine.run_session("race").status), flush=True)
+""")
+
+
+def test_two_processes_race_for_one_workflow_and_one_gets_busy(tmp_path: Path):
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    store = f"sqlite:///{tmp_path / 'race.db'}"
+    slow = subprocess.Popen([sys.executable, str(script), store, "2.0"],
+                            stdout=subprocess.PIPE, text=True)
+    # Wait until the slow process has opened its session, then try a second one.
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        engine = fl.Engine(store)
+        try:
+            if engine.status().open_sessions:
+                break
+        except Exception:
+            pass
+        finally:
+            engine.close()
+        time.sleep(0.05)
+    fast = subprocess.run([sys.executable, str(script), store, "0"], capture_output=True,
+                          text=True, timeout=60)
+    out, _ = slow.communicate(timeout=60)
+    assert fast.stdout.strip() == '"busy"', fast.stderr
+    assert out.strip() == '"completed"'
+
+
+STARTER = textwrap.dedent("""
+    import sys, json
+    import flowledger as fl
+    wf = fl.Workflow("race", topics=["t"])
+
+    @wf.producer(publishes=["t"])
+    def quick(ctx, state):
+        pass
+
+    engine = fl.Engine(sys.argv[1])
+    engine.register(wf)
+    sys.stdout.write("ready\\n"); sys.stdout.flush()
+    sys.stdin.readline()
+    print(json.dumps(engine.run_session("race").status), flush=True)
+""")
+
+
+def test_simultaneous_opens_never_give_two_sessions(tmp_path: Path):
+    """Many processes released at once: sessions never overlap in the log."""
+    script = tmp_path / "starter.py"
+    script.write_text(STARTER)
+    store = f"sqlite:///{tmp_path / 'race.db'}"
+    procs = [subprocess.Popen([sys.executable, str(script), store], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    statuses = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert set(statuses) <= {'"busy"', '"completed"'} and '"completed"' in statuses
+    engine = fl.Engine(store)
+    try:
+        opened = 0
+        for e in engine.events(workflow="race"):
+            if e.name == "SessionOpened":
+                opened += 1
+                assert opened == 1, "a second session opened before the first closed"
+            elif e.name == "SessionClosed":
+                opened -= 1
+    finally:
+        engine.close()

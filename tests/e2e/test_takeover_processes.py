@@ -1,0 +1,69 @@
+"""Lock takeover and fencing (ADR 0007), with real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import flowledger as fl
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+
+STALE_HOLDER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[3])
+    import flowledger as fl
+    from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+
+    class SlowTool(ScriptedLedgerTool):
+        @fl.read
+        def find(self, key):
+            print("reading", flush=True)
+            time.sleep(float(sys.argv[4]))   # stuck longer than its lease
+            return None
+
+    wf = ledger_workflow(items=["a"])
+    cls = wf.consumers[0].cls
+    original = cls.prepare
+    def prepare(self, ctx, state):
+        ctx.tools.ledger.find("a")
+        return original(self, ctx, state)
+    cls.prepare = prepare
+
+    engine = fl.Engine(sys.argv[1], policy=fl.RetryPolicy(lease_seconds=1))
+    engine.register(wf, tools=[SlowTool(ExternalLedger(sys.argv[2]))])
+    try:
+        print(engine.run_session("wf").status, flush=True)
+    except fl.ConcurrencyError as e:
+        print("fenced:", e, flush=True)
+""")
+
+
+def test_a_stale_holder_is_fenced_and_never_mutates_after_a_takeover(tmp_path: Path):
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    ledger_path = tmp_path / "ledger.db"
+    ExternalLedger(ledger_path)
+    script = tmp_path / "stale.py"
+    script.write_text(STALE_HOLDER)
+    root = str(Path(__file__).resolve().parents[2])
+    stale = subprocess.Popen([sys.executable, str(script), store, str(ledger_path), root, "4"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert stale.stdout is not None and stale.stdout.readline().strip() == "reading"
+    time.sleep(1.5)  # its lease (1 s) runs out while it is stuck in prepare
+
+    ledger = ExternalLedger(ledger_path)
+    tool = ScriptedLedgerTool(ledger)
+    engine = fl.Engine(store)
+    engine.register(ledger_workflow(items=["a"]), tools=[tool])
+    results = engine.recover()
+    assert [r.status for r in results] == ["completed"], results
+    assert ledger.keys() == ["a"]
+
+    out, err = stale.communicate(timeout=60)
+    assert out.startswith("fenced: this session lost its lock"), (out, err)
+    assert ledger.keys() == ["a"]  # the stale holder never reached its mutation
+    takeovers = [e for e in engine.events(workflow="wf") if e.name == "SessionTakenOver"]
+    assert len(takeovers) == 1
+    engine.close()

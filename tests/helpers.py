@@ -1,0 +1,360 @@
+"""The test helpers every suite shares (fixtures are in tests/conftest.py).
+
+* the outside world a mutator changes: a ledger in a real SQLite file
+  (`ExternalLedger`, seen by other processes too) or in memory (`MemoryLedger`);
+* the ledger tool that changes it, told call by call how to behave
+  (`ScriptedLedgerTool`, `NoReconcileTool`), and the named mutation outcomes the
+  crash and recovery tests go through (`OUTCOMES`);
+* the workflows most tests run (`ledger_workflow`, `costly_workflow`), random
+  histories of sessions and a person's decisions (`history`, `decide`,
+  `new_engine`);
+* ways to look at a store (`message_status`, `projection_rows`).
+
+Subprocess scripts (tests/e2e/crash_worker.py, the scripts test modules write
+to a temporary folder) import this module too: put the repository's root on
+`sys.path` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from hypothesis import strategies as st
+
+import flowledger as fl
+
+# ----------------------------------------------------------- the outside world
+
+
+class Ledger(Protocol):
+    """What the ledger tool needs of the outside world."""
+
+    def note_call(self) -> None: ...
+    def append(self, key: str, value: str) -> int: ...
+    def find(self, key: str) -> str | None: ...
+
+
+class ExternalLedger:
+    """A real SQLite table standing in for the outside world a mutator changes.
+
+    Other processes on the same file see the same rows. A key is written at
+    most once, as a unique key in a real system would: a second write raises
+    `sqlite3.IntegrityError` and is noted in the `duplicates` table, so a test
+    can see a mutation performed twice even when another process tried it.
+    With `count_calls`, every mutator call that reaches it is counted in the
+    file too (`calls_made`), across processes.
+    """
+
+    def __init__(self, path: Path, count_calls: bool = False) -> None:
+        self.path = path
+        self.count_calls = count_calls
+        with self._db() as db:
+            db.executescript("""
+                BEGIN;
+                CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY, value TEXT);
+                CREATE TABLE IF NOT EXISTS duplicates (key TEXT);
+                CREATE TABLE IF NOT EXISTS calls (n INTEGER);
+                COMMIT;
+            """)
+
+    def _db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None)
+
+    def note_call(self) -> None:
+        if self.count_calls:
+            with self._db() as db:
+                db.execute("INSERT INTO calls VALUES (1)")
+
+    def calls_made(self) -> int:
+        with self._db() as db:
+            return int(db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+
+    def append(self, key: str, value: str) -> int:
+        with self._db() as db:
+            try:
+                cur = db.execute("INSERT INTO rows VALUES (?, ?)", (key, value))
+            except sqlite3.IntegrityError:
+                db.execute("INSERT INTO duplicates VALUES (?)", (key,))
+                raise
+            return int(cur.lastrowid or 0)
+
+    def find(self, key: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT value FROM rows WHERE key=?", (key,)).fetchone()
+            return row[0] if row else None
+
+    def keys(self) -> list[str]:
+        with self._db() as db:
+            return [r[0] for r in db.execute("SELECT key FROM rows ORDER BY key")]
+
+
+class MemoryLedger:
+    """The outside world kept in memory (fast enough for stateful tests).
+
+    It takes every write, a second one of the same key too: `writes` lists
+    them all, so a mutation performed twice shows there.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, str] = {}
+        self.writes: list[str] = []
+        self.calls = 0
+
+    def note_call(self) -> None:
+        self.calls += 1
+
+    def append(self, key: str, value: str) -> int:
+        self.rows[key] = value
+        self.writes.append(key)
+        return len(self.writes)
+
+    def find(self, key: str) -> str | None:
+        return self.rows.get(key)
+
+    def keys(self) -> list[str]:
+        return sorted(self.rows)
+
+
+# ------------------------------------------------------------------ the tool
+
+
+class MutationScenario(NamedTuple):
+    """How one mutation goes: its call, then what the reconcile answers."""
+
+    call: str  # one of ScriptedLedgerTool's behaviours
+    answers: list[str]  # the reconcile's answers after it, in order
+    reconcile: bool  # whether the tool has a reconcile method at all
+
+
+# The mutation outcomes the crash and recovery tests go through.
+OUTCOMES: dict[str, MutationScenario] = {
+    "applied": MutationScenario("ok", [], True),
+    "failed": MutationScenario("transient", [], True),
+    "uncertain_applied": MutationScenario("uncertain_applied", ["look"], True),
+    "uncertain_failed": MutationScenario("uncertain", ["look"], True),
+    "uncertain_retry": MutationScenario("uncertain", ["retry", "look"], True),
+    "no_reconcile": MutationScenario("uncertain_applied", [], False),
+}
+
+
+class ScriptedLedgerTool(fl.Tool):
+    """A ledger tool whose next calls can be told to fail in chosen ways.
+
+    `script` holds, per call of `append`, one of: "ok", "transient", "auth",
+    "uncertain_applied" (writes, then raises UncertainOutcome), "uncertain"
+    (does not write, raises UncertainOutcome), "boom_applied" (writes, then
+    raises a plain exception) — or a MutationScenario, whose call is one of
+    these and whose answers join `reconcile_script` when the call is made. An
+    empty script means "ok". `reconcile_script` holds answers of the
+    reconcile: "look" (look the row up; also when it is empty), "retry",
+    "raise". Tools that share one script pass the same lists.
+
+    It remembers every call (`calls`), every reconcile (`reconcile_calls`) and
+    every key it wrote (`writes`).
+    """
+
+    name = "ledger"
+
+    def __init__(self, ledger: Ledger, script: list[str | MutationScenario] | None = None,
+                 reconcile_script: list[str] | None = None) -> None:
+        self.ledger = ledger
+        self.script: list[str | MutationScenario] = [] if script is None else script
+        self.reconcile_script: list[str] = [] if reconcile_script is None else reconcile_script
+        self.calls: list[tuple[str, str]] = []
+        self.reconcile_calls: list[tuple[str, str]] = []
+        self.writes: list[str] = []
+
+    @fl.read
+    def find(self, key: str) -> str | None:
+        return self.ledger.find(key)
+
+    @fl.mutator(reconcile="find_appended")
+    def append(self, key: str, value: str) -> dict[str, Any]:
+        self.calls.append((key, value))
+        self.ledger.note_call()
+        how = self.script.pop(0) if self.script else "ok"
+        if isinstance(how, MutationScenario):
+            self.reconcile_script.extend(how.answers)
+            how = how.call
+        if how == "transient":
+            raise fl.TransientError("rate limited")
+        if how == "auth":
+            raise fl.AuthError("token expired")
+        if how == "uncertain":
+            raise fl.UncertainOutcome("timeout before the write")
+        row = self.ledger.append(key, value)
+        self.writes.append(key)
+        if how == "uncertain_applied":
+            raise fl.UncertainOutcome("timeout after the write")
+        if how == "boom_applied":
+            raise RuntimeError("connection reset")
+        return {"row": row, "key": key}
+
+    def find_appended(self, key: str, value: str) -> fl.Reconciliation:
+        self.reconcile_calls.append((key, value))
+        how = self.reconcile_script.pop(0) if self.reconcile_script else "look"
+        if how == "retry":
+            return fl.Reconciliation.retry("ledger not reachable")
+        if how == "raise":
+            raise RuntimeError("reconcile crashed")
+        found = self.ledger.find(key)
+        if found is None:
+            return fl.Reconciliation.failed("no such row")
+        return fl.Reconciliation.applied({"row": None, "key": key, "found": found})
+
+
+class NoReconcileTool(ScriptedLedgerTool):
+    """The same ledger tool without a reconcile method: an uncertain call of it
+    cannot be settled without a person. Reached as `ctx.tools.blind`."""
+
+    name = "blind"
+
+    @fl.mutator
+    def append(self, key: str, value: str) -> dict[str, Any]:
+        return super().append(key, value)
+
+
+# ----------------------------------------------------------------- workflows
+
+
+def ledger_workflow(name: str = "wf", items: list[str] | None = None,
+                    tool_name: str = "ledger") -> fl.Workflow:
+    """A producer that publishes `items`, a consumer that appends each to the ledger."""
+    wf = fl.Workflow(name, topics=["in", "done"])
+    feed = list(items if items is not None else ["a", "b", "c"])
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> Any:
+        for item in feed:
+            ctx.publish("in", message_id=item, payload={"item": item})
+        return None
+
+    @wf.consumer(subscribe=["in"], publishes=["done"])
+    class Append:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            pending = ctx.peek("in", limit=1)
+            if not pending:
+                return None
+            m = pending[0]
+            return fl.Prepared(reservations={"in": [m.message_id]}, data=m.payload,
+                               title=f"append {m.message_id}")
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            tool = getattr(ctx.tools, tool_name)
+            tool.append(prepared.data["item"], "v-" + prepared.data["item"])
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> Any:
+            ctx.publish("done", message_id=prepared.data["item"],
+                        payload={"outcome": outcome.status, "result": outcome.result})
+            return {"last": prepared.data["item"]}
+
+    return wf
+
+
+def costly_workflow(items: list[str], costs: list[str]) -> fl.Workflow:
+    """Workflow "prop": ledger_workflow's shape, with a cost in every step and a
+    count of the items done as the consumer's state."""
+    wf = fl.Workflow("prop", topics=["in", "done"])
+    cost_iter = iter(costs * 50)
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> None:
+        for item in items:
+            ctx.publish("in", message_id=item, payload=item)
+        ctx.add_cost(next(cost_iter), "poll")
+
+    @wf.consumer(subscribe=["in"], publishes=["done"])
+    class Append:
+        def prepare(self, ctx: Any, state: Any) -> Any:
+            pending = ctx.peek("in", limit=1)
+            if not pending:
+                return None
+            ctx.add_cost(next(cost_iter), "think")
+            return fl.Prepared({"in": [pending[0].message_id]},
+                               data={"item": pending[0].payload, "count": state or 0})
+
+        def mutate(self, ctx: Any, prepared: Any) -> None:
+            ctx.tools.ledger.append(prepared.data["item"], "v")
+
+        def next(self, ctx: Any, prepared: Any, outcome: Any) -> Any:
+            ctx.add_cost(next(cost_iter), "write")
+            ctx.publish("done", message_id=prepared.data["item"], payload=outcome.status)
+            return prepared.data["count"] + 1
+
+    return wf
+
+
+# ------------------------------------------------------------ random histories
+
+
+TOOL_BEHAVIOURS = ["ok", "transient", "auth", "uncertain", "uncertain_applied", "boom_applied"]
+
+# A history of costly_workflow: items to process, tool outcomes, reconcile
+# answers, costs, sessions with their budgets and a person's decision after each.
+history = st.fixed_dictionaries({
+    "items": st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=5, unique=True),
+    "script": st.lists(st.sampled_from(TOOL_BEHAVIOURS), max_size=8),
+    "reconcile": st.lists(st.sampled_from(["look", "retry"]), max_size=6),
+    "costs": st.lists(st.sampled_from(["0", "0.01", "0.1", "1.5", "0.333"]), min_size=1,
+                      max_size=4),
+    "sessions": st.lists(st.tuples(st.integers(0, 6), st.sampled_from(
+        ["none", "did_not_happen", "skip", "retry_reconcile", "resume"])), min_size=1,
+        max_size=6),
+})
+
+
+def decide(engine: fl.Engine, decision: str) -> None:
+    """A person acting on whatever waits for them, when the decision applies."""
+    if decision == "none":
+        return
+    for blocked in engine.blocked():
+        if decision != "resume" and decision in blocked.actions:
+            engine.resolve(blocked.run_id, decision)
+            return
+    if decision == "resume":
+        with contextlib.suppress(fl.ActionNotApplicable):
+            engine.resume("prop")
+
+
+def new_engine(folder: str, h: dict[str, Any]) -> tuple[fl.Engine, fl.ManualClock]:
+    """An engine on a SQLite file in `folder`, with costly_workflow registered
+    and its ledger tool scripted as the history `h` says."""
+    ledger = ExternalLedger(Path(folder) / "ledger.db")
+    tool = ScriptedLedgerTool(ledger)
+    tool.script = list(h["script"])
+    tool.reconcile_script = list(h["reconcile"])
+    clock = fl.ManualClock()
+    engine = fl.Engine(f"sqlite:///{Path(folder) / 'flow.db'}", clock=clock,
+                       ids=fl.SeededIds(3),
+                       policy=fl.RetryPolicy(transient_max_attempts=3, reconcile_max_attempts=2))
+    engine.register(costly_workflow(h["items"], h["costs"]), tools=[tool])
+    return engine, clock
+
+
+# ---------------------------------------------------------- looking at a store
+
+Rows = dict[str, list[tuple[object, ...]]]
+
+
+def message_status(engine: fl.Engine, workflow: str, topic: str) -> dict[str, int]:
+    """How many messages of the topic are in each status, as pending work counts them."""
+    from flowledger.domain.ids import workflow_id
+    from flowledger.projections import pending_work
+
+    with engine.log.reading() as c:
+        return pending_work.message_status(c, workflow_id(workflow), topic)
+
+
+def projection_rows(engine: fl.Engine, names: list[str] | None = None) -> Rows:
+    """Every row of every table of the named projections (all by default), in key order."""
+    rows: Rows = {}
+    with engine.log.reading() as c:
+        for p in engine.projections.projections:
+            if names is None or p.name in names:
+                for table in p.tables:
+                    c.execute(f"SELECT * FROM {table}")
+                    rows[table] = sorted(map(tuple, c.fetchall()), key=repr)
+    return rows

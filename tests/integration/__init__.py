@@ -1,0 +1,1 @@
+"""An Engine on a real SQLite store, in this process."""

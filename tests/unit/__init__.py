@@ -1,0 +1,1 @@
+"""Pure domain: no database, no Engine."""

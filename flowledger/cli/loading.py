@@ -1,0 +1,67 @@
+"""Loading the user's workflow code: a PATH_OR_MODULE imported, and its
+workflows registered on the command's engine."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import flowledger as fl
+from flowledger.cli.exits import CommandError
+from flowledger.cli.store import CommandEngine
+
+
+def import_workflow_module(target: str) -> ModuleType:
+    """Import the user's workflow code from a .py path or a dotted module name."""
+    path = Path(target)
+    if target.endswith(".py") or "/" in target or "\\" in target or path.exists():
+        if path.is_dir():
+            raise CommandError(f"{target!r} is a folder; give the .py file that defines the "
+                               "workflow")
+        if not path.is_file():
+            raise CommandError(f"no such file: {target!r}")
+        # Let the file import the modules next to it, as `python file.py` would.
+        sys.path.insert(0, str(path.resolve().parent))
+        name = f"flowledger_workflow_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise CommandError(f"cannot load {target!r} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # as `python -m` would
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as e:
+        # Only the module asked for is the user's mistake; a missing import
+        # inside it is a bug in that code and keeps its traceback.
+        if e.name is not None and (target == e.name or target.startswith(e.name + ".")):
+            raise CommandError(f"no module named {target!r}; give a .py file or an importable "
+                               "module name") from e
+        raise
+
+
+def register_module(engine: CommandEngine, module: ModuleType, target: str) -> list[str]:
+    """Call the module's register(engine), or register its workflows with its TOOLS."""
+    register = getattr(module, "register", None)
+    if callable(register):
+        register(engine)
+    else:
+        workflows = list({id(v): v for v in vars(module).values()
+                          if isinstance(v, fl.Workflow)}.values())
+        for workflow in workflows:
+            engine.register(workflow, tools=getattr(module, "TOOLS", []))
+    if not engine.registered_names:
+        raise CommandError(f"{target!r} registers no workflow: define module-level "
+                           "fl.Workflow objects (with TOOLS = [...]) or register(engine)")
+    return list(engine.registered_names)
+
+
+def load(engine: CommandEngine, target: str) -> list[str]:
+    """Import PATH_OR_MODULE and register its workflows: their names, in order."""
+    return register_module(engine, import_workflow_module(target), target)

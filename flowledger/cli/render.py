@@ -1,0 +1,133 @@
+"""How values look on the terminal: the two consoles, ids, times, amounts and
+any recorded value in a few characters, status colours, notes under a table,
+JSON for scripts, and an error on one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import sys
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from rich.console import Console
+from rich.text import Text
+
+import flowledger as fl
+from flowledger.domain.phases import RunStatus
+from flowledger.domain.session import SessionOutcome
+from flowledger.domain.workflow import WorkflowStatus
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+# ------------------------------------------------------------------ values
+
+
+def short(value: UUID | None) -> str:
+    """The last 8 hex digits: run and session ids are time-ordered, so their
+    first digits are the same for everything created in the same hour."""
+    return value.hex[-8:] if value is not None else "-"
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def plain(value: Any, limit: int = 80) -> str:
+    """Any recorded value (payload, parameters, result) as short plain text."""
+    if isinstance(value, UUID):
+        text = short(value)
+    elif isinstance(value, enum.Enum):
+        text = str(value.value)
+    elif isinstance(value, datetime):
+        text = when(value)
+    elif isinstance(value, Decimal):
+        text = str(value)
+    elif isinstance(value, list | tuple):
+        text = "[" + ", ".join(plain(v, limit) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k}: {plain(v, limit)}" for k, v in value.items()) + "}"
+    else:
+        text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def shown(value: Any) -> str:
+    """A value in a table cell: text and tool calls as they are, others as `plain`."""
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, str | fl.ToolCall) else plain(value, 200)
+
+
+def call_text(tool: str, method: str, params: Any) -> str:
+    """A recorded tool call as `tool.method(arg, key=value)`."""
+    args = [plain(a) for a in (params or {}).get("args", [])]
+    args += [f"{k}={plain(v)}" for k, v in (params or {}).get("kwargs", {}).items()]
+    return f"{tool}.{method}({', '.join(args)})"
+
+
+# ------------------------------------------------------------------ colours
+
+# Statuses of sessions, workflows and runs: good is green, waiting on a limit
+# or a person's say is yellow, anything else (failed, paused:..., open) is red.
+_GOOD: tuple[str, ...] = (SessionOutcome.COMPLETED, WorkflowStatus.ACTIVE, RunStatus.ACTIVE,
+                          RunStatus.COMMITTED)
+_WAITING: tuple[str, ...] = (SessionOutcome.BUDGET_EXHAUSTED, WorkflowStatus.PAUSED)
+
+
+def status_style(status: str) -> str:
+    if status in _GOOD:
+        return "green"
+    return "yellow" if status in _WAITING else "red"
+
+
+def note(label: str, text: str, style: str = "") -> None:
+    """A long explanation under a table: one soft-wrapped line, never squeezed into a cell."""
+    line = Text("  ")
+    line.append(f"{label}: ", style=style or "bold")
+    line.append(text)
+    out.print(line, soft_wrap=True)
+
+
+# ------------------------------------------------------------------ JSON
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, UUID | Decimal):
+        return str(value)  # a decimal as text: exact
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return value.hex()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot show a {type(value).__name__} as JSON")
+
+
+def print_json(value: Any) -> None:
+    """Plain JSON on stdout (no colours, no wrapping): decimals and ids as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    sys.stdout.write(json.dumps(value, default=_json_default, indent=2, ensure_ascii=False)
+                     + "\n")
+
+
+# ------------------------------------------------------------------ errors
+
+
+def one_line(message: str) -> str:
+    """A multi-line message (e.g. a DefinitionError's list of problems) on one line."""
+    lines = [line.strip().removeprefix("- ") for line in message.splitlines() if line.strip()]
+    return " ".join([*lines[:1], "; ".join(lines[1:])]).strip() if lines else message
+
+
+def print_error(message: str) -> None:
+    """`error: ...` on stderr, on one line."""
+    err.print(Text(f"error: {one_line(message)}", style="red"), soft_wrap=True)

@@ -1,0 +1,127 @@
+"""The commands that run workflow code or record a decision: run, recover,
+resolve, resume, and the bundled demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowledger import demo as demo_module
+from flowledger.cli.exits import EXIT_NOT_DONE, EXIT_OK, CommandError, exit_code_for
+from flowledger.cli.loading import load
+from flowledger.cli.options import TRIGGERS, StoreOption, TargetArgument, choices, store_url
+from flowledger.cli.render import out
+from flowledger.cli.store import open_engine
+from flowledger.cli.views import print_demo, print_sessions
+from flowledger.domain.session import Trigger
+from flowledger.read_side.queries import ACTIONS, check_choice
+
+
+def run(
+    ctx: typer.Context,
+    path_or_module: TargetArgument,
+    store: StoreOption = None,
+    max_iterations: Annotated[int, typer.Option(
+        min=0, help="Consumer runs a session may start.")] = 100,
+    max_cost: Annotated[str | None, typer.Option(
+        metavar="AMOUNT", help="Stop starting consumer runs once the session cost this "
+                               "much (a decimal).")] = None,
+    trigger: Annotated[str, typer.Option(
+        metavar=choices(TRIGGERS),
+        help="manual and schedule run the producers first; event runs consumers only.",
+    )] = Trigger.MANUAL.value,
+    workflow: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Run only this workflow of the module.")] = None,
+) -> None:
+    """Register the workflows of PATH_OR_MODULE and run one session of each.
+
+    Exit code 0 when every session completed or stopped on its budget, 1 when one
+    was suspended, failed, blocked or busy.
+    """
+    check_choice(trigger, TRIGGERS, "--trigger")
+    # Registered without writing first: a workflow is recorded in the store only
+    # once it is known to run (not for `--workflow nope`, nor for the others).
+    with open_engine(store_url(ctx, store), record=False) as engine:
+        names = load(engine, path_or_module)
+        if workflow is not None:
+            if workflow not in names:
+                raise CommandError(f"{path_or_module!r} defines no workflow {workflow!r} "
+                                   f"(it defines: {', '.join(names)}); nothing was run or "
+                                   "written")
+            names = [workflow]
+        engine.record(names)
+        results = [engine.run_session(name, trigger=trigger,
+                                      max_iterations=max_iterations, max_cost=max_cost)
+                   for name in names]
+    print_sessions(results)
+    raise typer.Exit(exit_code_for(results))
+
+
+def recover(ctx: typer.Context, path_or_module: TargetArgument,
+            store: StoreOption = None) -> None:
+    """Take over sessions a crashed process left open, and finish their work.
+
+    Needs the workflow code (PATH_OR_MODULE): recovery continues runs with it.
+    """
+    # A workflow the store does not hold has nothing to recover: it is not recorded.
+    with open_engine(store_url(ctx, store), must_exist=True, record=False) as engine:
+        names = load(engine, path_or_module)
+        if all(name in engine.unrecorded for name in names):
+            held = sorted(w.name for w in engine.status().workflows)
+            raise CommandError(
+                f"store {engine.store} holds none of the workflows {path_or_module!r} "
+                f"defines ({', '.join(names)}); it holds: {', '.join(held) or 'no workflows'}. "
+                "Nothing was recovered or written: point --store at the store those "
+                "workflows ran on")
+        results = engine.recover()
+    if not results:
+        out.print("Nothing to recover: no workflow of this code has a session open.")
+        return
+    print_sessions(results, title="Recovered sessions")
+    raise typer.Exit(exit_code_for(results))
+
+
+def resolve(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(
+        metavar="RUN", help="The blocked run's id.", show_default=False)],
+    action: Annotated[str, typer.Argument(
+        metavar="ACTION", show_default=False,
+        help="retry_reconcile: ask the tool again; did_not_happen: a fresh run may mutate "
+             "again; skip: go on without the mutation.")],
+    store: StoreOption = None,
+) -> None:
+    """Decide on a mutation whose outcome is unknown (see `flowledger blocked`)."""
+    check_choice(action, ACTIONS, "ACTION")
+    with open_engine(store_url(ctx, store), must_exist=True) as engine:
+        engine.resolve(run, action)
+        workflow = engine.run(run).workflow
+    out.print(f"Recorded {action} for run {run} of {workflow!r}. The next session "
+              "carries it on: flowledger run PATH_OR_MODULE", soft_wrap=True, markup=False)
+
+
+def resume(
+    ctx: typer.Context,
+    workflow: Annotated[str, typer.Argument(metavar="WORKFLOW", show_default=False)],
+    store: StoreOption = None,
+) -> None:
+    """Lift a workflow's paused or error status once the cause is dealt with."""
+    with open_engine(store_url(ctx, store), must_exist=True) as engine:
+        changed = engine.resume(workflow)
+    if changed:
+        out.print(f"Workflow {workflow!r} is active again; the next session will run it.")
+    else:
+        out.print(f"Workflow {workflow!r} is already active; nothing was changed.")
+
+
+def demo(
+    folder: Annotated[Path, typer.Option(
+        "--dir", metavar="PATH", help="Working folder; wiped and recreated.",
+    )] = demo_module.DEFAULT_DEMO_DIR,
+) -> None:
+    """Run the bundled inbox-to-ledger example end to end on a fresh store."""
+    report = demo_module.run_demo(folder)
+    print_demo(report, folder, demo_module.store_url_for(folder, relative_to=Path.cwd()))
+    raise typer.Exit(EXIT_OK if report.succeeded else EXIT_NOT_DONE)

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-postgres lint bench clean
+.PHONY: setup demo test test-postgres lint typecheck bench clean
 
 $(BIN)/flowledger: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test-postgres: setup
 
 lint: setup
 	$(BIN)/ruff check flowledger tests bench examples
+
+# Configured in pyproject.toml ([tool.mypy]): strict for flowledger.domain.
+typecheck: setup
+	$(BIN)/python -m mypy flowledger
 
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -25,6 +25,7 @@ from flowledger.domain.errors import (
 )
 from flowledger.domain.limits import Limits
 from flowledger.engine.clock import Clock, ManualClock, SeededIds, SystemClock
+from flowledger.engine.context import HandlerContext
 from flowledger.engine.engine import Engine
 from flowledger.engine.handler_runs import RunResult
 from flowledger.engine.policy import RetryPolicy
@@ -74,6 +75,7 @@ __all__ = [
     "EngineStatus",
     "EventHistory",
     "FlowledgerError",
+    "HandlerContext",
     "InputHistory",
     "InternalError",
     "InvalidArgument",

@@ -30,7 +30,6 @@ MARKER = ".flowledger-demo"
 # budget with work left, and the next one carries on where it stopped.
 RUNS_PER_SESSION = 4
 MAX_SESSIONS = 20
-OK_STATUSES = ("completed", "budget_exhausted")
 
 
 class DemoError(FlowledgerError):

@@ -11,12 +11,16 @@ import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from flowledger.authoring.runnable import not_runnable
 from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import DefinitionError
 from flowledger.domain.text import unencodable
+
+# The decorators hand back what they decorate: a user's handlers keep their types.
+ProducerFunc = TypeVar("ProducerFunc", bound=Callable[..., Any])
+ConsumerClass = TypeVar("ConsumerClass", bound=type)
 
 
 @dataclass(frozen=True)
@@ -110,11 +114,12 @@ class Workflow:
         return f"Workflow({self.name!r})"
 
     def producer(self, publishes: Iterable[str] | str = (), *, name: str | None = None,
-                 tools: Iterable[str] | None = None) -> Callable[[Any], Any]:
-        def register(func: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+                 tools: Iterable[str] | None = None
+                 ) -> Callable[[ProducerFunc], ProducerFunc]:
+        def register(func: ProducerFunc) -> ProducerFunc:
             handler = name or getattr(func, "__name__", "")
             where = f"workflow {self.name!r}, producer {handler!r}"
-            _name(handler, "a handler's name", where)
+            handler = _name(handler, "a handler's name", where)
             if not callable(func) or inspect.isclass(func):
                 raise DefinitionError(f"{where}: @producer decorates a function (ctx, state)")
             why = not_runnable(func)
@@ -129,11 +134,12 @@ class Workflow:
 
     def consumer(self, subscribe: Iterable[str] | str = (),
                  publishes: Iterable[str] | str = (), *, name: str | None = None,
-                 tools: Iterable[str] | None = None) -> Callable[[type], type]:
-        def register(cls: type) -> type:
+                 tools: Iterable[str] | None = None
+                 ) -> Callable[[ConsumerClass], ConsumerClass]:
+        def register(cls: ConsumerClass) -> ConsumerClass:
             handler = name or getattr(cls, "__name__", "")
             where = f"workflow {self.name!r}, consumer {handler!r}"
-            _name(handler, "a handler's name", where)
+            handler = _name(handler, "a handler's name", where)
             if not inspect.isclass(cls):
                 raise DefinitionError(
                     f"{where}: @consumer decorates a class with prepare (and optionally "

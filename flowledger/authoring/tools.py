@@ -12,13 +12,16 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, overload
 
 from flowledger.authoring.runnable import not_runnable
 from flowledger.domain.errors import DefinitionError, FlowledgerError
 from flowledger.domain.text import unencodable
 
-F = TypeVar("F", bound=Callable[..., Any])
+# The decorators hand back the method itself, marked: its signature is the
+# user's (checked by tests/integration/test_tool_typing.py under mypy --strict).
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _KIND = "__flowledger_tool_method__"
 
@@ -30,20 +33,30 @@ class ToolMethod:
     reconcile: str | None = None
 
 
-def read(func: F) -> F:
+def read(func: Callable[P, R]) -> Callable[P, R]:
     """Mark a tool method as a read: allowed in producers and prepare, recorded in the log."""
     setattr(func, _KIND, ToolMethod("read", func.__name__))
     return func
 
 
-def mutator(func: F | None = None, *, reconcile: str | None = None) -> Any:
+@overload
+def mutator(func: Callable[P, R]) -> Callable[P, R]: ...
+
+
+@overload
+def mutator(*, reconcile: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def mutator(func: Callable[P, R] | None = None, *, reconcile: str | None = None
+            ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a tool method as the external side effect of a consumer's mutate.
 
-    `reconcile` names a method of the same tool, called with the same arguments,
-    that answers whether an uncertain call took effect.
+    `@fl.mutator` or `@fl.mutator(reconcile="name")`: `reconcile` names a method
+    of the same tool, called with the same arguments, that answers whether an
+    uncertain call took effect.
     """
 
-    def mark(f: F) -> F:
+    def mark(f: Callable[P, R]) -> Callable[P, R]:
         setattr(f, _KIND, ToolMethod("mutator", f.__name__, reconcile))
         return f
 

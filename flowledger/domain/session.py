@@ -43,7 +43,6 @@ class Session(EventSourcedAggregate):
         self.max_cost: Decimal | None = None
         self.owner: str = ""
         self.consumer_runs: int = 0
-        self.producer_runs: int = 0
         self.committed_handlers: list[str] = []
         self.ended_runs: dict[UUID, Decimal] = {}
         self.cost: Decimal = Decimal(0)
@@ -83,11 +82,9 @@ class Session(EventSourcedAggregate):
         def apply(self, s: Session) -> None:
             s.ended_runs[self.run_id] = s.ended_runs.get(self.run_id, Decimal(0)) + self.cost
             s.cost += self.cost
-            if self.status != "superseded":  # a replaced run is counted for its cost only
-                if self.kind == RunKind.CONSUMER:
-                    s.consumer_runs += 1
-                else:
-                    s.producer_runs += 1
+            # A replaced run is counted for its cost only.
+            if self.status != "superseded" and self.kind == RunKind.CONSUMER:
+                s.consumer_runs += 1
             if self.status == "committed" and self.handler not in s.committed_handlers:
                 s.committed_handlers.append(self.handler)
 

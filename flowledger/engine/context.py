@@ -124,7 +124,6 @@ class HandlerContext:
         self.violation: LogicError | None = None
         self.tool_failure: InternalError | None = None
         self.mutation_call: str | None = None
-        self.mutation_error: BaseException | None = None
         self.published: dict[tuple[str, str], Publish] = {}
         self.inputs: dict[UUID, InputRegistration] = {}
         self.costs: list[tuple[Decimal, str]] = []
@@ -194,8 +193,8 @@ class HandlerContext:
         self._guard(Operation.REGISTER_INPUT)
         if isinstance(id, int) and not isinstance(id, bool):
             id = str(id)
-        for name, value in (("source", source), ("type", type), ("id", id)):
-            self._text(value, f"register_input's {name}", "input_key")
+        source, type, id = (self._text(value, f"register_input's {name}", "input_key")
+                            for name, value in (("source", source), ("type", type), ("id", id)))
         if title is not None:
             self._text(title, f"title of input {source}/{id}", "title", empty_ok=True)
         new_id = make_input_id(self.workflow, source, type, id)

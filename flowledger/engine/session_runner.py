@@ -123,7 +123,8 @@ class SessionRunner:
             # paused or failed it was recorded, the close was not.
             outcome = (SessionOutcome.FAILED if wf.status == WorkflowStatus.ERROR
                        else SessionOutcome.SUSPENDED)
-            reason, budget, remaining = wf.reason, None, {}
+            remaining: dict[str, dict[str, int]] = {}
+            reason, budget = wf.reason, None
         else:
             if wf.status == WorkflowStatus.PAUSED:
                 wf.resume(scope.now(), "a retry or reconciliation fell due")

@@ -30,7 +30,6 @@ class Streams:
         self._pinned: dict[UUID, EventSourcedAggregate] = {}
         self.fenced_on: Workflow | None = None
         self.position = 0  # log position of this session's last append
-        self.appends = 0
         self.broken: BaseException | None = None
 
     def get(self, aggregate_id: UUID, *, short: bool = False) -> Any | None:
@@ -98,7 +97,6 @@ class Streams:
             self._pinned.clear()
             raise
         self._touched.clear()
-        self.appends += 1
         if position:
             self.position = position
         return self.position

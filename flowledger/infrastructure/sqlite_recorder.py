@@ -20,7 +20,6 @@ from eventsourcing.sqlite import (
     SQLiteAggregateRecorder,
     SQLiteConnection,
     SQLiteConnectionPool,
-    SQLiteCursor,
     SQLiteDatastore,
     SQLiteProcessRecorder,
 )
@@ -241,7 +240,7 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
                 conn.close()
         self._reader = self._writer = None
 
-    def select_stored(self, c: SQLiteCursor, after: int, limit: int,
+    def select_stored(self, c: sqlite3.Cursor, after: int, limit: int,
                       upto: int | None = None) -> list[tuple[int, StoredEvent]]:
         """Notifications after a position, read with the caller's cursor."""
         sql = (f"SELECT rowid, originator_id, originator_version, topic, state "
@@ -259,8 +258,10 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
             for row in c.fetchall()
         ]
 
-    def max_position(self, c: SQLiteCursor) -> int:
-        return self._max_notification_id(c) or 0
+    def max_position(self, c: sqlite3.Cursor) -> int:
+        """The last position, read with the caller's cursor (0 in an empty log)."""
+        c.execute(self.select_max_notification_id_statement)
+        return c.fetchone()[0] or 0
 
 
 class FlowSQLiteSnapshotRecorder(FastReads, SQLiteAggregateRecorder):

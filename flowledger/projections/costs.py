@@ -86,10 +86,11 @@ class Costs(Projection):
         self._created_here.add(run)
 
     def _cost_added(self, c: Cursor, e: HandlerRun.CostAdded, position: int) -> None:
-        entry = [e.originator_id.hex, e.originator_version, None, utc_text(e.timestamp),
-                 str(e.amount), e.label]
+        run = e.originator_id.hex
+        entry: list[Any] = [run, e.originator_version, None, utc_text(e.timestamp),
+                            str(e.amount), e.label]
         self._entries.append(entry)
-        self._uncounted.setdefault(entry[0], []).append(entry)
+        self._uncounted.setdefault(run, []).append(entry)
 
     def _run_ended(self, c: Cursor, e: Session.RunEnded, position: int) -> None:
         """The session counts everything of the run that no session counted before."""

@@ -7,7 +7,7 @@ is what the caller says it is, so replay and property tests need no clock.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 from uuid import UUID
 
 from eventsourcing.domain import (
@@ -55,7 +55,7 @@ class EventSourcedAggregate(BaseAggregate[UUID]):
     class Created(Event, CanInitAggregate[UUID]):
         originator_topic: str
 
-        def mutate(self, _: None) -> Any:
+        def mutate(self, _: BaseAggregate[Any] | None) -> Any:
             """Build the aggregate this event starts: the library's steps, without
             matching event fields to `__init__` parameters (ours take none; their
             state comes from `apply`, on creation and on every replay alike)."""
@@ -72,7 +72,8 @@ class EventSourcedAggregate(BaseAggregate[UUID]):
         state: dict[str, Any]
 
         def mutate(self, _: None) -> Any:
-            aggregate = super().mutate(_)
+            # The topic the snapshot names is the class that took it: always one of ours.
+            aggregate = cast("EventSourcedAggregate", super().mutate(_))
             aggregate.restored_from_snapshot()
             return aggregate
 
@@ -105,3 +106,12 @@ class EventSourcedAggregate(BaseAggregate[UUID]):
     @property
     def has_pending_events(self) -> bool:
         return bool(self._pending_events)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending_events)
+
+    def recorded_since(self, mark: int) -> tuple[EventSourcedAggregate.Event, ...]:
+        """The events recorded (not yet appended) after the first `mark` of them."""
+        # The library types its list by its base class; ours holds only our Events.
+        return cast("tuple[EventSourcedAggregate.Event, ...]", tuple(self._pending_events[mark:]))

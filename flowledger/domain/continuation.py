@@ -59,12 +59,18 @@ def continuation(run: HandlerRun, cleared: bool, now: datetime) -> tuple[Step, A
         if m.state is MutationState.INDETERMINATE:
             return Step.BLOCKED, Attempt.SAME
         return Step.CONTINUE_NEXT, Attempt.SAME
+    if status in (RunStatus.COMMITTED, RunStatus.SUPERSEDED):
+        return Step.WAIT, Attempt.SAME
+    # Whatever paused or failed it: a mutation that may have happened is never
+    # retried fresh. One in flight (a reconcile that could not be asked, e.g.
+    # its tool was not provided) or waiting for reconciliation is reconciled;
+    # an indeterminate one waits for a person's decision.
+    if m is not None and m.state in (MutationState.IN_FLIGHT, MutationState.NEEDS_RECONCILE):
+        reconcile_due = m.next_reconcile_at is None or m.next_reconcile_at <= now
+        return (Step.RECONCILE if reconcile_due or cleared else Step.WAIT), Attempt.SAME
+    if m is not None and m.state is MutationState.INDETERMINATE:
+        return Step.BLOCKED, Attempt.SAME
     if status is RunStatus.PAUSED_RECONCILIATION:
-        if m is not None and m.state is MutationState.NEEDS_RECONCILE:
-            reconcile_due = m.next_reconcile_at is None or m.next_reconcile_at <= now
-            return (Step.RECONCILE if reconcile_due or cleared else Step.WAIT), Attempt.SAME
-        if m is not None and m.state is MutationState.INDETERMINATE:
-            return Step.BLOCKED, Attempt.SAME
         return (Step.RETRY_NEXT if _applied(run) else Step.RETRY_FRESH), Attempt.SAME
     if status is RunStatus.PAUSED_TRANSIENT:
         if not (due or cleared):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from flowledger.domain.errors import (
     AuthError,
     InternalError,
@@ -12,6 +14,11 @@ from flowledger.domain.errors import (
 from flowledger.domain.phases import RunStatus
 from flowledger.domain.text import recordable
 
+# A connector's definite failure (nothing happened: transient, or approval
+# needed), its own word that the outcome is unknown, or anything else it
+# raised (a tool bug, whose outcome is unknown too).
+CallFailure = Literal["transient", "approval", "uncertain", "unexpected"]
+
 
 def status_for(error: BaseException) -> RunStatus:
     if isinstance(error, TransientError | UncertainOutcome):
@@ -21,6 +28,17 @@ def status_for(error: BaseException) -> RunStatus:
     if isinstance(error, InternalError):
         return RunStatus.FAILED_INTERNAL
     return RunStatus.FAILED_LOGIC
+
+
+def call_failure(error: BaseException) -> CallFailure:
+    """How a mutator's call failed, as the run decider weighs it."""
+    if isinstance(error, TransientError):
+        return "transient"
+    if isinstance(error, AuthError | PermissionDenied):
+        return "approval"
+    if isinstance(error, UncertainOutcome):
+        return "uncertain"
+    return "unexpected"
 
 
 def describe(error: BaseException) -> str:

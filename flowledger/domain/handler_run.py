@@ -84,12 +84,14 @@ class HandlerRun(EventSourcedAggregate):
             run.attempt = self.attempt
 
     class ExecutionStarted(EventSourcedAggregate.Event):
+        phase_reached: ClassVar[Phase] = Phase.EXECUTING
         def apply(self, run: HandlerRun) -> None:
-            run.phase = Phase.EXECUTING
+            run.phase = self.phase_reached
 
     class PreparingStarted(EventSourcedAggregate.Event):
+        phase_reached: ClassVar[Phase] = Phase.PREPARING
         def apply(self, run: HandlerRun) -> None:
-            run.phase = Phase.PREPARING
+            run.phase = self.phase_reached
 
     class ReadRecorded(EventSourcedAggregate.Event):
         tool: str
@@ -108,13 +110,14 @@ class HandlerRun(EventSourcedAggregate):
             run.costs.append((self.amount, self.label))
 
     class Prepared(EventSourcedAggregate.Event):
+        phase_reached: ClassVar[Phase] = Phase.PREPARED
         reservations: dict[str, list[str]]
         data: bytes
         title: str | None
         wake_at: datetime | None
 
         def apply(self, run: HandlerRun) -> None:
-            run.phase = Phase.PREPARED
+            run.phase = self.phase_reached
             run.reservations = self.reservations
             run.holds_reservations = any(self.reservations.values())
             run.data = self.data
@@ -142,10 +145,12 @@ class HandlerRun(EventSourcedAggregate):
             run.outcome_result = self.outcome_result
 
     class MutatingStarted(EventSourcedAggregate.Event):
+        phase_reached: ClassVar[Phase] = Phase.MUTATING
         def apply(self, run: HandlerRun) -> None:
-            run.phase = Phase.MUTATING
+            run.phase = self.phase_reached
 
     class MutationInFlight(EventSourcedAggregate.Event):
+        ledger_state: ClassVar[MutationState] = MutationState.IN_FLIGHT
         tool: str
         method: str
         params: bytes
@@ -155,26 +160,29 @@ class HandlerRun(EventSourcedAggregate):
             run.mutation = Mutation(self.tool, self.method, self.params, self.reconcile)
 
     class MutationApplied(EventSourcedAggregate.Event):
+        ledger_state: ClassVar[MutationState] = MutationState.APPLIED
         result: bytes
         via: str
 
         def apply(self, run: HandlerRun) -> None:
             assert run.mutation is not None
             run.mutation = run.mutation.moved_to(
-                MutationState.APPLIED, result=self.result, next_reconcile_at=None
+                self.ledger_state, result=self.result, next_reconcile_at=None
             )
 
     class MutationFailed(EventSourcedAggregate.Event):
+        ledger_state: ClassVar[MutationState] = MutationState.FAILED
         reason: str
         via: str
 
         def apply(self, run: HandlerRun) -> None:
             assert run.mutation is not None
             run.mutation = run.mutation.moved_to(
-                MutationState.FAILED, reason=self.reason, next_reconcile_at=None
+                self.ledger_state, reason=self.reason, next_reconcile_at=None
             )
 
     class MutationNeedsReconcile(EventSourcedAggregate.Event):
+        ledger_state: ClassVar[MutationState] = MutationState.NEEDS_RECONCILE
         reason: str
         attempts: int
         next_attempt_at: datetime | None
@@ -182,48 +190,53 @@ class HandlerRun(EventSourcedAggregate):
         def apply(self, run: HandlerRun) -> None:
             assert run.mutation is not None
             run.mutation = run.mutation.moved_to(
-                MutationState.NEEDS_RECONCILE,
+                self.ledger_state,
                 reason=self.reason,
                 reconcile_attempts=self.attempts,
                 next_reconcile_at=self.next_attempt_at,
             )
 
     class MutationIndeterminate(EventSourcedAggregate.Event):
+        ledger_state: ClassVar[MutationState] = MutationState.INDETERMINATE
         reason: str
 
         def apply(self, run: HandlerRun) -> None:
             assert run.mutation is not None
             run.mutation = run.mutation.moved_to(
-                MutationState.INDETERMINATE, reason=self.reason, next_reconcile_at=None
+                self.ledger_state, reason=self.reason, next_reconcile_at=None
             )
 
     class MutationSkipped(EventSourcedAggregate.Event):
+        ledger_state: ClassVar[MutationState] = MutationState.SKIPPED
         reason: str
 
         def apply(self, run: HandlerRun) -> None:
             assert run.mutation is not None
-            run.mutation = run.mutation.moved_to(MutationState.SKIPPED, reason=self.reason)
+            run.mutation = run.mutation.moved_to(self.ledger_state, reason=self.reason)
 
     class Mutated(EventSourcedAggregate.Event):
+        phase_reached: ClassVar[Phase] = Phase.MUTATED
         outcome: str
 
         def apply(self, run: HandlerRun) -> None:
-            run.phase = Phase.MUTATED
+            run.phase = self.phase_reached
             run.outcome = self.outcome  # type: ignore[assignment]
             if run.mutation is not None and run.mutation.state is MutationState.APPLIED:
                 run.outcome_result = run.mutation.result
 
     class EmittingStarted(EventSourcedAggregate.Event):
+        phase_reached: ClassVar[Phase] = Phase.EMITTING
         def apply(self, run: HandlerRun) -> None:
-            run.phase = Phase.EMITTING
+            run.phase = self.phase_reached
 
     class Committed(EventSourcedAggregate.Event):
+        phase_reached: ClassVar[Phase] = Phase.COMMITTED
         state_replaced: bool
         counted_cost: Decimal
 
         def apply(self, run: HandlerRun) -> None:
             run.counted_cost = self.counted_cost
-            run.phase = Phase.COMMITTED
+            run.phase = self.phase_reached
             run.status = RunStatus.COMMITTED
             run.holds_reservations = False
             run.reason = None

@@ -38,6 +38,7 @@ _NEXT: dict[MutationState, frozenset[MutationState]] = {
             MutationState.FAILED,
             MutationState.NEEDS_RECONCILE,
             MutationState.INDETERMINATE,
+            MutationState.SKIPPED,  # a person may skip it while it is being reconciled
         }
     ),
     # Only a person moves an indeterminate mutation on.

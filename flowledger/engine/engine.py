@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
@@ -28,8 +28,14 @@ from flowledger.domain.failures import describe
 from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.ids import topic_event_id, workflow_id
 from flowledger.domain.limits import Limits
-from flowledger.domain.mutation_ledger import MutationState
-from flowledger.domain.phases import RunStatus
+from flowledger.domain.run_decider import (
+    ACTIONS,
+    PersonDecided,
+    Resumed,
+    Rules,
+    check_decision,
+    decide,
+)
 from flowledger.domain.session import Session, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, SystemClock, random_ids
@@ -55,7 +61,6 @@ from flowledger.read_side.log_view import (
     stream_version_at,
 )
 from flowledger.read_side.queries import (
-    ACTIONS,
     BlockedRun,
     CostReport,
     CostsBy,
@@ -69,8 +74,6 @@ from flowledger.read_side.queries import (
     SessionInfo,
 )
 from flowledger.read_side.time_travel import EngineAt
-
-Action = Literal["retry_reconcile", "did_not_happen", "skip"]
 
 logger = logging.getLogger("flowledger.engine")
 
@@ -344,19 +347,7 @@ class Engine:
         if action not in ACTIONS:
             raise InvalidArgument(f"action {action!r} is not one of {list(ACTIONS)}")
         run = self._load_run(run_id)
-        m = run.mutation
-        if m is None or m.state not in (MutationState.INDETERMINATE,
-                                        MutationState.NEEDS_RECONCILE):
-            state = m.state.value if m else "no mutation"
-            raise ActionNotApplicable(
-                f"run {run.id} ({run.handler}): its mutation is {state}; resolve applies only "
-                "to a mutation whose outcome is unknown (indeterminate or needs_reconcile). "
-                "Nothing was changed.")
-        if action == "retry_reconcile" and m.reconcile is None:
-            raise ActionNotApplicable(
-                f"run {run.id}: tool {m.tool!r} has no reconcile method for {m.method!r}, so "
-                "reconciliation cannot be retried; choose did_not_happen or skip. Nothing "
-                "was changed.")
+        check_decision(run, action)
         wf: Workflow | None = self.log.load(run.workflow_id)
         assert wf is not None
         if wf.open_session is not None:
@@ -365,22 +356,15 @@ class Engine:
                 "closed. Nothing was changed.")
         now = self.clock.now()
         changed: list[Any] = [run, wf]
-        if action == "retry_reconcile":
-            run.mutation_needs_reconcile(now, "a person asked to reconcile again", 0, now)
-        elif action == "did_not_happen":
-            run.mutation_failed(now, "a person said it did not happen", via="person")
-            for t, mid in run.reserved_message_ids:
-                event = self.log.load(topic_event_id(run.workflow, t, mid), short=True)
+        release = [self.log.load(topic_event_id(run.workflow, t, mid), short=True)
+                   for t, mid in run.reserved_message_ids]
+        effect = decide(run, PersonDecided(action), Rules(
+            now, self.policy.reconcile_at, self.policy.transient_retry_at)).effect
+        if isinstance(effect, Resumed) and effect.release:
+            for event in release:
                 if event is not None and event.reserved_by == run.id:
                     event.release(now, run.id)
                     changed.append(event)
-            run.release_reservations(now)
-            run.pause(now, RunStatus.PAUSED_TRANSIENT, "a person said the mutation did not "
-                      "happen; a fresh run may mutate again", retry_at=now)
-        else:
-            run.mutation_skipped(now, "a person chose to skip it")
-            run.mutated(now, "skipped")
-            run.reactivate(now, "a person chose to skip the mutation")
         wf.resume(now, f"a person decided {action} for run {run.id}")
         self._append_and_catch_up(*changed)
 

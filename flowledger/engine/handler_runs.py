@@ -7,6 +7,11 @@ Durable points, the only appends of a run:
   producer: one append. A failure ends the run with one more append at most.
 Every phase change is still its own event; events are appended together where
 no external effect lies between them.
+
+`RunDriver` is the live interpreter of the run decider (domain/run_decider.py):
+it runs the handler's steps and the tool calls, tells the decider what came of
+them, records what it decides on the run, and appends at the durable points.
+What follows what (the rules of DESIGN §1.3 to §1.4) is decided there, not here.
 """
 
 from __future__ import annotations
@@ -28,23 +33,37 @@ from flowledger.authoring.tools import (
 )
 from flowledger.domain.continuation import Attempt, attempt_number
 from flowledger.domain.continuation import Step as Continue
-from flowledger.domain.errors import (
-    AuthError,
-    InternalError,
-    LogicError,
-    PermissionDenied,
-    TransientError,
-    UncertainOutcome,
-)
-from flowledger.domain.failures import describe, status_for
+from flowledger.domain.errors import InternalError, LogicError
+from flowledger.domain.failures import CallFailure, call_failure, describe, status_for
 from flowledger.domain.handler_rules import Step
 from flowledger.domain.handler_run import HandlerRun, OutcomeStatus
 from flowledger.domain.handler_state import HandlerState
 from flowledger.domain.ids import handler_state_id, topic_event_id
 from flowledger.domain.input_record import Input
 from flowledger.domain.limits import Limits
-from flowledger.domain.mutation_ledger import MutationState
 from flowledger.domain.phases import Phase, RunKind, RunStatus
+from flowledger.domain.run_decider import (
+    CallRaised,
+    CallReturned,
+    Effect,
+    MutateEnded,
+    MutatorCalled,
+    NoReconcileMethod,
+    Observation,
+    PrepareReturned,
+    Reconcile,
+    ReconcileAnswered,
+    RetryFresh,
+    ReturnResult,
+    Rules,
+    RunMutate,
+    RunNext,
+    Settle,
+    decide,
+    keeps_reservations,
+    settled_outcome,
+    settlement,
+)
 from flowledger.domain.session import Session
 from flowledger.domain.text import recordable
 from flowledger.domain.topic_event import TopicEvent
@@ -59,8 +78,6 @@ from flowledger.projections import pending_work
 
 Checkpoint = Callable[[str], None]
 T = TypeVar("T")
-
-DEFINITE_FAILURES = (TransientError, AuthError, PermissionDenied)
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,7 @@ class _MutationCall:
 
     def __init__(self) -> None:
         self.error: BaseException | None = None  # the tool's own exception, if any
+        self.failure: CallFailure | None = None  # and how the decider weighs it
         self.result_problem: InternalError | None = None
 
 
@@ -184,44 +202,37 @@ class RunDriver:
         return agg, (unpack(agg.state) if agg is not None else None)
 
     def _reserved_events(self, run: HandlerRun) -> list[TopicEvent]:
-        return [self.s.streams.get(topic_event_id(self._wf, t, m), short=True)
-                for t, m in run.reserved_message_ids]
+        events: list[TopicEvent] = []
+        for t, m in run.reserved_message_ids:
+            event = self.s.streams.get(topic_event_id(self._wf, t, m), short=True)
+            if event is None:  # prepare reserved only messages it found
+                raise InternalError(f"run {run.id} reserved {t}/{m}, which has no stream")
+            events.append(event)
+        return events
 
     # ------------------------------------------------------------ ending a run
 
-    def _settle(self, run: HandlerRun, status: RunStatus, reason: str,
-                retry_at: datetime | None = None, label: str = "failure") -> RunResult:
+    def _settle(self, run: HandlerRun, settle: Settle, label: str = "failure") -> RunResult:
         """End a run that did not commit: pause or fail it, in one append.
 
         Reservations go back to pending only when the mutation is known not to
         have happened (or was never attempted); otherwise they stay with the run.
         """
-        now = self.s.now()
-        wf = self.s.workflow
-        keeps = run.outcome in ("applied", "skipped") or (
-            run.mutation is not None and run.mutation.state is not MutationState.FAILED)
-        if not keeps:
+        if not keeps_reservations(run):
             self._release(run)
-        give_up = False
-        if status is RunStatus.PAUSED_TRANSIENT and retry_at is None:
-            retry_at = self.s.policy.transient_retry_at(now, run.attempt)
-            give_up = retry_at is None
         spent = run.uncounted_cost
-        if status.is_paused:
-            run.pause(now, status, reason, retry_at)
-            if give_up:
-                wf.error(now, f"run {run.id} ({run.handler}) gave up after {run.attempt} "
-                         f"attempts: {reason}", run.id)
-            else:
-                wf.pause(now, f"run {run.id} ({run.handler}) is {status.value}: {reason}",
-                         run.id, retry_at)
+        rules = self._rules()
+        ending = settlement(run, settle, rules)
+        wf = self.s.workflow
+        if ending.workflow == "pause":
+            wf.pause(rules.now, ending.reason, run.id, ending.retry_at)
         else:
-            run.fail(now, status, reason)
-            wf.error(now, f"run {run.id} ({run.handler}) {status.value}: {reason}", run.id)
-        self.s.session.run_ended(now, run.id, run.handler, run.kind, status.value, spent)
+            wf.error(rules.now, ending.reason, run.id)
+        self.s.session.run_ended(rules.now, run.id, run.handler, run.kind,
+                                 settle.status.value, spent)
         self.s.append(label)
         self.s.streams.unpin(run)
-        return RunResult(run.id, run.handler, run.kind, status, reason)
+        return RunResult(run.id, run.handler, run.kind, settle.status, settle.reason)
 
     def _supersede(self, old: HandlerRun, new: HandlerRun, reason: str) -> None:
         """The new run takes the old one's place; what the old one spent is counted."""
@@ -241,7 +252,7 @@ class RunDriver:
             run.release_reservations(now)
 
     def _fail(self, run: HandlerRun, error: BaseException) -> RunResult:
-        return self._settle(run, status_for(error), describe(error))
+        return self._settle(run, Settle(status_for(error), describe(error)))
 
     # ------------------------------------------------------------ producers
 
@@ -316,30 +327,44 @@ class RunDriver:
             return ended
         assert done is not None
         handler, checked = done
+        effect = self._decide(run, PrepareReturned(checked.reservations, checked.data,
+                                                   checked.title, checked.wake_at,
+                                                   spec.has_mutate))
         now = self.s.now()
-        run.prepared(now, checked.reservations, checked.data, checked.title, checked.wake_at)
         for event in checked.events:
             event.reserve(now, run.id, run.chain_id)
         prepared = Prepared(checked.reservations, unpack(checked.data), checked.title,
                             checked.wake_at)
-        if not checked.events:
-            return self._emit(run, spec, handler, prepared, Outcome("none"), declined=True)
-        if spec.has_mutate:
-            run.start_mutating(self.s.now())
-            ended = self._mutate(run, spec, handler, prepared)
-            if ended is not None:
-                return ended
-        return self._emit(run, spec, handler, prepared, self._outcome(run))
+        if isinstance(effect, RunMutate):
+            effect = self._mutate(run, spec, handler, prepared)
+        return self._carry_out(run, spec, handler, prepared, effect)
 
-    def _outcome(self, run: HandlerRun) -> Outcome:
-        status: OutcomeStatus = run.outcome or "none"
-        return Outcome(status, unpack(run.outcome_result) if status == "applied" else None)
+    def _decide(self, run: HandlerRun, observation: Observation) -> Effect:
+        return decide(run, observation, self._rules()).effect
+
+    def _rules(self) -> Rules:
+        policy = self.s.policy
+        return Rules(self.s.now(), policy.reconcile_at, policy.transient_retry_at)
+
+    def _carry_out(self, run: HandlerRun, spec: ConsumerSpec, handler: Any,
+                   prepared: Prepared, effect: Effect) -> RunResult:
+        """The decider's last word on a consumer run: next, a retry, or its end."""
+        if isinstance(effect, RunNext):
+            result = unpack(effect.result) if effect.outcome == "applied" else None
+            return self._emit(run, spec, handler, prepared, Outcome(effect.outcome, result),
+                              declined=effect.declined)
+        if isinstance(effect, RetryFresh):
+            # Proven not to have happened: a fresh run may mutate again, at once.
+            return self.run_consumer(spec, retry_of=run, attempt=run.attempt)
+        if isinstance(effect, Settle):
+            return self._settle(run, effect)
+        raise InternalError(f"run {run.id}: {type(effect).__name__} cannot end a run")
 
     # ------------------------------------------------------------ mutation
 
     def _mutate(self, run: HandlerRun, spec: ConsumerSpec, handler: Any,
-                prepared: Prepared) -> RunResult | None:
-        """Run mutate; returns a RunResult if the run ended here, None to go on to next."""
+                prepared: Prepared) -> Effect:
+        """Run mutate, carrying out what the decider says of its one call."""
         call = _MutationCall()
         ctx = self._context(run, Step.MUTATE, (), (), spec.tools)
 
@@ -356,20 +381,11 @@ class RunDriver:
                 handler_error = e
         finally:
             ctx.close()
-        handler_error = ctx.violation or handler_error
+        problem = call.result_problem or ctx.violation or handler_error
         self._flush(ctx, run)
-        mutation = run.mutation
-        if mutation is None:
-            if handler_error is not None:
-                return self._fail(run, handler_error)
-            run.mutated(self.s.now(), "none")
-            return None
-        if mutation.state is MutationState.APPLIED:
-            problem = call.result_problem or handler_error
-            if problem is not None:
-                return self._fail(run, problem)
-            return None
-        return self._settle_unapplied(run, call)
+        return self._decide(run, MutateEnded(
+            status_for(problem) if problem else None, describe(problem) if problem else None,
+            call.failure))
 
     def _perform(self, run: HandlerRun, ctx: HandlerContext, call: _MutationCall, tool: Tool,
                  method: ToolMethod, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -377,8 +393,8 @@ class RunDriver:
         params = ctx._pack({"args": list(args), "kwargs": kwargs}, f"parameters of {name}",
                            "params")
         self._flush(ctx, run)
-        run.mutation_in_flight(self.s.now(), tool.tool_name(), method.name, params,
-                               method.reconcile)
+        self._decide(run, MutatorCalled(tool.tool_name(), method.name, params,
+                                        method.reconcile))
         # Appended before the external call: after a crash from here on,
         # recovery must reconcile, never call the mutator again.
         self.s.append("in_flight")
@@ -386,27 +402,32 @@ class RunDriver:
         token = set_cost_sink(ctx._tool_cost)
         try:
             value = getattr(tool, method.name)(*args, **kwargs)
-        except DEFINITE_FAILURES as e:
-            call.error = e
-            run.mutation_failed(self.s.now(), describe(e), via="call")
-            raise
         except Exception as e:
-            call.error = e
-            reconciled = self._reconcile(run, tool, e, via="call")
-            if reconciled is not None:
-                call.error = None
-                return reconciled
+            call.error, call.failure = e, call_failure(e)
+            effect = self._decide(run, CallRaised(call.failure, describe(e)))
+            if isinstance(effect, Reconcile):
+                effect = self._reconcile(run, tool, describe(e), call, live=True)
+            if isinstance(effect, ReturnResult):
+                call.error = call.failure = None
+                self._flush(ctx, run)
+                self.s.append("outcome")
+                return unpack(effect.result)
             raise
         finally:
             reset_cost_sink(token)
         self.s.checkpoint("after_call")
-        return self._applied(run, ctx, call, value, via="call")
+        self._flush(ctx, run)
+        self._decide(run, CallReturned(self._result(run, value, call)))
+        self.s.append("outcome")
+        return unpack(run.outcome_result)
 
-    def _applied(self, run: HandlerRun, ctx: HandlerContext | None, call: _MutationCall | None,
-                 value: Any, via: str) -> Any:
-        now = self.s.now()
+    def _result(self, run: HandlerRun, value: Any, call: _MutationCall | None) -> bytes:
+        """The mutation's result, packed; if it cannot be kept the effect still
+        happened: recorded as applied without a result, and the run fails so a
+        person looks."""
         m = run.mutation
         assert m is not None
+
         def where() -> str:
             return f"workflow {self._wf!r}, run {run.id}, result of {m.tool}.{m.method}"
 
@@ -414,33 +435,17 @@ class RunDriver:
             result = pack(value, where, "the mutation's result")
             self.s.limits.check("result", len(result), where)
         except LogicError as e:
-            # The effect happened; only its result cannot be kept. Record it as
-            # applied without a result, and fail the run so a person looks.
-            result = NONE_PACKED
             if call is not None:
                 call.result_problem = InternalError(str(e))
-        if ctx is not None:
-            self._flush(ctx, run)
-        run.mutation_applied(now, result, via=via)
-        run.mutated(now, "applied")
-        self.s.append("outcome")
-        return unpack(result)
+            return NONE_PACKED
+        return result
 
-    def _reconcile(self, run: HandlerRun, tool: Tool, error: BaseException | None,
-                   via: str) -> Any | None:
-        """Ask the tool whether an uncertain mutation happened.
-
-        Returns the result (already recorded) when it did; otherwise records
-        failed / needs_reconcile / indeterminate and returns None.
-        """
-        now = self.s.now()
+    def _reconcile(self, run: HandlerRun, tool: Tool, cause: str, call: _MutationCall | None,
+                   live: bool) -> Effect:
+        """Ask the tool whether an uncertain mutation happened; the decider says
+        what its answer means."""
         m = run.mutation
-        assert m is not None
-        cause = describe(error) if error is not None else (m.reason or "outcome unknown")
-        if m.reconcile is None:
-            run.mutation_indeterminate(
-                now, f"{cause}; tool {m.tool!r} has no reconcile method for {m.method!r}")
-            return None
+        assert m is not None and m.reconcile is not None
         params = unpack(m.params)
         try:
             answer = getattr(tool, m.reconcile)(*params["args"], **params["kwargs"])
@@ -450,34 +455,9 @@ class RunDriver:
             answer = Reconciliation.retry(
                 f"{m.tool}.{m.reconcile} returned {type(answer).__name__}, not "
                 "fl.Reconciliation.applied/failed/retry")
-        if answer.status == "applied":
-            return self._applied(run, None, None, answer.result, via="reconcile")
+        result = self._result(run, answer.result, call) if answer.status == "applied" else None
         told = recordable(str(answer.reason or ""))  # a tool's text, kept whatever it holds
-        if answer.status == "failed":
-            run.mutation_failed(now, told or cause, via="reconcile")
-            return None
-        attempts = m.reconcile_attempts + 1
-        next_at = self.s.policy.reconcile_at(now, attempts)
-        reason = f"{cause}; reconcile said retry" + (f" ({told})" if told else "")
-        if next_at is None:
-            run.mutation_indeterminate(now, f"{reason}; gave up after {attempts} attempts")
-        else:
-            run.mutation_needs_reconcile(now, reason, attempts, next_at)
-        return None
-
-    def _settle_unapplied(self, run: HandlerRun, call: _MutationCall) -> RunResult:
-        m = run.mutation
-        assert m is not None
-        if m.state is MutationState.FAILED:
-            error = call.error
-            if isinstance(error, (*DEFINITE_FAILURES, UncertainOutcome)):
-                return self._settle(run, status_for(error), m.reason or describe(error))
-            # An unexpected exception from a mutator is a tool bug, even when
-            # reconcile proves nothing happened.
-            return self._settle(run, RunStatus.FAILED_INTERNAL,
-                                f"mutator raised {m.reason}; reconcile says it did not happen")
-        return self._settle(run, RunStatus.PAUSED_RECONCILIATION, m.reason or "outcome unknown",
-                            retry_at=m.next_reconcile_at)
+        return self._decide(run, ReconcileAnswered(answer.status, result, told, cause, live))
 
     # ------------------------------------------------------------ next + commit
 
@@ -593,16 +573,14 @@ class RunDriver:
 
     def _continue_next(self, spec: ConsumerSpec, run: HandlerRun) -> RunResult:
         if run.phase in (Phase.PREPARED, Phase.MUTATING):
-            m = run.mutation
-            outcome: OutcomeStatus = "none"
-            if m is not None and m.state is MutationState.APPLIED:
-                outcome = "applied"
-            elif m is not None and m.state is MutationState.SKIPPED:
-                outcome = "skipped"
             if run.phase is Phase.PREPARED:
                 run.start_mutating(self.s.now())
-            run.mutated(self.s.now(), outcome)
+            run.mutated(self.s.now(), settled_outcome(run))
         return self._emit(run, spec, spec.cls(), self._prepared_of(run), self._outcome(run))
+
+    def _outcome(self, run: HandlerRun) -> Outcome:
+        status: OutcomeStatus = run.outcome or "none"
+        return Outcome(status, unpack(run.outcome_result) if status == "applied" else None)
 
     def _retry_next(self, spec: ConsumerSpec, old: HandlerRun, attempt: int) -> RunResult:
         run = self._new_run(RunKind.CONSUMER, spec.name, retry_of=old, attempt=attempt)
@@ -619,16 +597,14 @@ class RunDriver:
         assert m is not None
         tool = self.s.tools.get(m.tool)
         if tool is None:
-            return self._settle(run, RunStatus.PAUSED_RECONCILIATION,
-                                f"cannot reconcile {m.tool}.{m.method}: tool {m.tool!r} is not "
-                                "provided; register the workflow with it")
-        self._reconcile(run, tool, None, via="recovery")
-        m = run.mutation
-        assert m is not None
-        if m.state is MutationState.APPLIED:
-            return self._continue_next(spec, run)
-        if m.state is MutationState.FAILED:
-            # Proven not to have happened: a fresh run may mutate again, at once.
-            return self.run_consumer(spec, retry_of=run, attempt=run.attempt)
-        return self._settle(run, RunStatus.PAUSED_RECONCILIATION, m.reason or "outcome unknown",
-                            retry_at=m.next_reconcile_at)
+            return self._settle(run, Settle(
+                RunStatus.PAUSED_RECONCILIATION, f"cannot reconcile {m.tool}.{m.method}: tool "
+                f"{m.tool!r} is not provided; register the workflow with it"))
+        cause = m.reason or "outcome unknown"
+        if m.reconcile is None:
+            effect = self._decide(run, NoReconcileMethod(cause))
+        else:
+            effect = self._reconcile(run, tool, cause, None, live=False)
+        if isinstance(effect, RunNext):
+            self.s.append("outcome")
+        return self._carry_out(run, spec, spec.cls(), self._prepared_of(run), effect)

@@ -15,10 +15,12 @@ registered with the engine now, in a dry mode that writes nothing:
 Then it reports what differs from the recorded run: reservations, mutation,
 published messages, returned state, error.
 
-It does not reuse `RunDriver`, whose steps are interleaved with durable
-appends and tool calls; it reuses what decides a handler's behaviour: the same
-`HandlerContext` (so every rule of DESIGN §1.1 holds as it did live), the same
-rule messages, limits and codec.
+It is the dry interpreter of the run decider (domain/run_decider.py), as
+`RunDriver` is the live one: what follows prepare, and which recorded outcome
+`next` may be replayed with, are the decider's answers; the handler's steps run
+in the same `HandlerContext` (so every rule of DESIGN §1.1 holds as it did
+live), with the same rule messages, limits and codec. It appends nothing and
+calls no tool.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -40,6 +43,13 @@ from flowledger.domain.ids import handler_state_id, topic_event_id
 from flowledger.domain.limits import Limits
 from flowledger.domain.mutation_ledger import MutationState
 from flowledger.domain.phases import RunKind
+from flowledger.domain.run_decider import (
+    PrepareReturned,
+    Rules,
+    RunMutate,
+    decide,
+    replayable_outcome,
+)
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.engine.context import HandlerContext
 from flowledger.engine.prepared_check import check_prepared
@@ -49,7 +59,12 @@ from flowledger.read_side.log_view import LoggedEvent
 Loader = Callable[..., Any]  # (aggregate_id, short=False) -> aggregate as of the run's start
 PeekThen = Callable[[str, int | None], list[tuple[str, bytes]]]
 
-GENERATED_ID = "replay-new-id-"  # message ids the replay makes up for publish(message_id=None)
+# Message ids the replay makes up for publish(message_id=None).
+GENERATED_ID = "replay-new-id-"
+
+# Replay decides only what follows prepare: no retry is ever scheduled.
+_NO_RETRIES = Rules(datetime.min.replace(tzinfo=UTC), lambda now, n: None,
+                    lambda now, n: None)
 
 
 class UnrecordedRead(FlowledgerError):
@@ -253,9 +268,8 @@ class DryRun:
             self.out.reservations = _reservations(run.reservations)
             prepared = Prepared(run.reservations, unpack(run.data), run.title, run.wake_at)
             status = run.outcome or "none"
-            outcome = Outcome(status,  # type: ignore[arg-type]
-                              unpack(run.outcome_result) if status == "applied" else None)
-            self._next(spec, handler, prepared, outcome)
+            carried = Outcome(status, unpack(run.outcome_result) if status == "applied" else None)
+            self._next(spec, handler, prepared, carried)
             return
         ctx = self._context(Step.PREPARE, (), spec.subscribe, spec.tools)
         self.out.steps.append("prepare")
@@ -274,14 +288,23 @@ class DryRun:
         finally:
             ctx.close()
         self.out.reservations = _reservations(prepared.reservations)
-        if not self.out.reservations:
-            self._next(spec, handler, prepared, Outcome("none"))
-            return
+        effect = decide(self._scratch_run(), PrepareReturned(
+            checked.reservations, checked.data, checked.title, checked.wake_at,
+            spec.has_mutate), _NO_RETRIES).effect
         outcome: Outcome | None = Outcome("none")
-        if spec.has_mutate:
+        if isinstance(effect, RunMutate):
             outcome = self._mutate(spec, handler, prepared)
         if outcome is not None:
             self._next(spec, handler, prepared, outcome)
+
+    def _scratch_run(self) -> HandlerRun:
+        """A copy of the run's start, in memory only: what the decider decides on."""
+        run = self.run
+        scratch = HandlerRun.create(id=run.id, now=run.created_on, workflow_id=run.workflow_id,
+                                    workflow=run.workflow, session_id=None, kind=run.kind,
+                                    handler=run.handler)
+        scratch.start_preparing(run.created_on)
+        return scratch
 
     def _mutate(self, spec: ConsumerSpec, handler: Any, prepared: Prepared) -> Outcome | None:
         ctx = self._context(Step.MUTATE, (), (), spec.tools)
@@ -317,22 +340,14 @@ class DryRun:
         call = self.out.mutation
         if call is None:
             return Outcome("none")
-        if recorded is None or not _same_call(call, recorded):
+        status, note = replayable_outcome(
+            recorded, recorded is not None and _same_call(call, recorded))
+        if note is not None:
+            self.notes.append(note)
+        if status is None:
             self.out.stopped = True
-            self.notes.append(
-                "next was not replayed: the mutator call differs from the recorded one, so "
-                "its outcome is unknown (replay never performs a mutation)")
             return None
-        if recorded.state is MutationState.APPLIED:
-            return Outcome("applied", result[0] if result else None)
-        if recorded.state is MutationState.SKIPPED:
-            self.notes.append("a person skipped the recorded mutation: next sees 'skipped'")
-            return Outcome("skipped")
-        self.out.stopped = True
-        self.notes.append(
-            f"the recorded mutation ended {recorded.state.value}; replay cannot know a tool's "
-            "answer, so it stops there as the recorded run did")
-        return None
+        return Outcome(status, result[0] if status == "applied" and result else None)
 
     def _next(self, spec: ConsumerSpec, handler: Any, prepared: Prepared,
               outcome: Outcome) -> None:

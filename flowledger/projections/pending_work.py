@@ -65,7 +65,9 @@ class PendingWork(Projection):
         # in play (open runs, reserved messages): the next batch of the same
         # writer need not read them back. See `forget`.
         self._open_runs: dict[str, dict[str, Any]] = {}
-        self._reserved: dict[str, tuple[str, str]] = {}  # event id → (workflow id, topic)
+        # event id → (workflow id, topic). Not `_reserved`: that is the handler
+        # of TopicEvent.Reserved, which an attribute of that name would shadow.
+        self._reserved_messages: dict[str, tuple[str, str]] = {}
         # The batch in progress: changed message rows, and per (workflow, topic)
         # the change of its pending and reserved counts and its newest position.
         self._msgs: dict[str, dict[str, Any]] = {}
@@ -73,7 +75,7 @@ class PendingWork(Projection):
 
     def forget(self) -> None:
         self._open_runs.clear()
-        self._reserved.clear()
+        self._reserved_messages.clear()
         self._msgs.clear()
         self._counts.clear()
 
@@ -147,7 +149,7 @@ class PendingWork(Projection):
         """The batch's copy of a message row's changes, from memory or the table."""
         row = self._msgs.get(key)
         if row is None:
-            known = self._reserved.pop(key, None)
+            known = self._reserved_messages.pop(key, None)
             if known is not None:
                 workflow_id, topic, status = *known, "reserved"
             else:
@@ -218,7 +220,7 @@ class PendingWork(Projection):
                 [(w, t, p, r, n) for (w, t), (p, r, n) in self._counts.items()])
         for key, row in self._msgs.items():
             if row["status"] == "reserved":
-                self._reserved[key] = (row["workflow_id"], row["topic"])
+                self._reserved_messages[key] = (row["workflow_id"], row["topic"])
         self._msgs.clear()
         self._counts.clear()
 
@@ -265,24 +267,6 @@ class PendingWork(Projection):
             else:
                 self._open_runs.pop(key, None)
 
-    _PHASE_OF = {
-        "ExecutionStarted": "executing",
-        "PreparingStarted": "preparing",
-        "Prepared": "prepared",
-        "MutatingStarted": "mutating",
-        "Mutated": "mutated",
-        "EmittingStarted": "emitting",
-        "Committed": "committed",
-    }
-    _MUTATION_STATE = {
-        "MutationInFlight": "in_flight",
-        "MutationApplied": "applied",
-        "MutationFailed": "failed",
-        "MutationNeedsReconcile": "needs_reconcile",
-        "MutationIndeterminate": "indeterminate",
-        "MutationSkipped": "skipped",
-    }
-
     def _fold_run(self, c: Cursor, rows: dict[str, dict[str, Any]], e: Any,
                   position: int) -> None:
         key = e.originator_id.hex
@@ -303,10 +287,14 @@ class PendingWork(Projection):
         rows[key] = row
         row["updated_at"] = e.timestamp  # stored as text once per batch
         row["position"] = position
-        if name in self._PHASE_OF:
-            row["phase"] = self._PHASE_OF[name]
-        if name in self._MUTATION_STATE:
-            row["mutation_state"] = self._MUTATION_STATE[name]
+        # Which phase, and which ledger state, an event moves to is the event
+        # class's own (domain/handler_run.py), as its fold there uses it.
+        phase = getattr(e, "phase_reached", None)
+        if phase is not None:
+            row["phase"] = phase.value
+        state = getattr(e, "ledger_state", None)
+        if state is not None:
+            row["mutation_state"] = state.value
         if name == "Prepared":
             row["holds"] = int(any(e.reservations.values()))
             # wake_at is per prepare: a prepare that omits it clears the previous one.

@@ -26,6 +26,8 @@ from flowledger.domain.ids import topic_event_id, workflow_id
 from flowledger.domain.input_record import Input
 from flowledger.domain.mutation_ledger import MutationState
 from flowledger.domain.phases import RunStatus
+from flowledger.domain.run_decider import ACTIONS as ACTIONS  # the CLI offers these
+from flowledger.domain.run_decider import actions_for
 from flowledger.domain.scheduling import ConsumerView, remaining_work
 from flowledger.domain.session import Session, SessionOutcome
 from flowledger.domain.topic_event import TopicEvent
@@ -39,10 +41,6 @@ from flowledger.read_side.log_view import LoggedEvent, read_positions, read_stre
 
 CostsBy = Literal["run", "session", "handler", "day", "workflow"]
 COSTS_BY: tuple[str, ...] = ("run", "session", "handler", "day", "workflow")
-
-# A person's decisions on a mutation whose outcome is unknown (DESIGN §1.4).
-ACTIONS: tuple[str, ...] = ("retry_reconcile", "did_not_happen", "skip")
-
 
 def _with_families(statuses: list[str]) -> tuple[str, ...]:
     """Each status, and before the first of a family ("failed:logic") the family
@@ -582,11 +580,7 @@ def _cost_key(entry: costs.CostEntry, by: str) -> str:
 def blocked_record(run: HandlerRun) -> BlockedRun:
     """What a person needs to decide on a blocked run, and the decisions that apply."""
     m = run.mutation
-    if m is not None and m.state in (MutationState.INDETERMINATE,
-                                     MutationState.NEEDS_RECONCILE):
-        actions = tuple(a for a in ACTIONS if a != "retry_reconcile" or m.reconcile)
-    else:
-        actions = ("resume",)
+    actions: tuple[str, ...] = actions_for(run) or ("resume",)
     return BlockedRun(run.id, run.workflow, run.handler, run.status.value, run.reason,
                       m.tool if m else None, m.method if m else None,
                       unpack(m.params) if m else None, m.state.value if m else None,

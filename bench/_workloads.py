@@ -127,10 +127,11 @@ class ConsumerBench:
     call, next publishes one downstream event. A producer fills the input topic
     beforehand (not timed)."""
 
-    def __init__(self, store: str) -> None:
+    def __init__(self, store: str, name: str = CONSUMER_WF) -> None:
+        self.name = name
         self.plan = {"publish": 0}
         self.ledger = Ledger()
-        wf = fl.Workflow(CONSUMER_WF, topics=["in", "out"])
+        wf = fl.Workflow(name, topics=["in", "out"])
         plan = self.plan
 
         @wf.producer(publishes=["in"])
@@ -162,14 +163,14 @@ class ConsumerBench:
     def fill(self, n: int) -> None:
         """Publish n events in one producer run (one session, no consumer runs)."""
         self.plan["publish"] = n
-        r = self.engine.run_session(CONSUMER_WF, trigger="manual", max_iterations=0)
+        r = self.engine.run_session(self.name, trigger="manual", max_iterations=0)
         expected = "budget_exhausted" if n else "completed"
         if r.status != expected:
             raise RuntimeError(f"fill session ended {r.status}: {r.error}")
 
     def consume(self, n: int) -> fl.SessionResult:
         """One session (trigger=event: no producers) running up to n consumer runs."""
-        r = self.engine.run_session(CONSUMER_WF, trigger="event", max_iterations=n)
+        r = self.engine.run_session(self.name, trigger="event", max_iterations=n)
         if r.consumer_runs != n or not all(x.committed for x in r.runs):
             raise RuntimeError(f"consumer session ended {r.status} after {r.consumer_runs} "
                                f"of {n} runs: {r.error}")

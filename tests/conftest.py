@@ -1,4 +1,8 @@
-"""Fixtures shared by every suite: a clock, engines on real SQLite files, an external ledger.
+"""Fixtures shared by every suite: a clock, engines on real stores, an external ledger.
+
+Every test that takes `store` (or `make_engine`) runs on an SQLite file and on
+PostgreSQL (tests/postgres.py says when the server is not reachable, and
+skips those; with FLOWLEDGER_REQUIRE_POSTGRES=1, as in CI, it fails instead).
 
 The helpers the tests build with (ledger tools, workflows, ways to look at a
 store) are in tests/helpers.py.
@@ -13,6 +17,7 @@ from typing import Any
 import pytest
 
 import flowledger as fl
+from tests import postgres
 from tests.helpers import ExternalLedger
 
 
@@ -21,9 +26,15 @@ def clock() -> fl.ManualClock:
     return fl.ManualClock()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'flow.db'}"
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store per test: an SQLite file, and (marked `postgres`) a schema of
+    its own on the PostgreSQL server, dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'flow.db'}"
+        return
+    with postgres.fresh_schema() as url:
+        yield url
 
 
 @pytest.fixture
@@ -45,3 +56,11 @@ def make_engine(store: str, clock: fl.ManualClock) -> Iterator[Callable[..., fl.
     yield make
     for e in engines:
         e.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return postgres.report()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    postgres.skip_unless_reachable(items)

@@ -6,7 +6,7 @@ import contextlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -42,6 +42,7 @@ from flowledger.infrastructure.sqlite_recorder import (
     is_lock_timeout,
     use_statement_cache,
 )
+from flowledger.infrastructure.store import LogStore
 from flowledger.infrastructure.store_check import check_sqlite_store
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
 
@@ -134,20 +135,7 @@ class EventLog(Application[UUID]):
         self.flow_mapper.locate = self._locate
 
     def _locate(self, stored: StoredEvent) -> tuple[int | None, str | None]:
-        """The log position of a stored event, or that it is a snapshot: found by
-        its stream, version and exact stored body."""
-        recorder = self.flow_recorder
-        stream = stored.originator_id
-        key = (stream.hex if isinstance(stream, UUID) else str(stream),
-               stored.originator_version, stored.state)
-        where = "WHERE originator_id=? AND originator_version=? AND state=?"
-        rows = recorder.read_all(f"SELECT rowid FROM {recorder.events_table_name} {where}",
-                                 key)
-        if rows:
-            return int(rows[0][0]), None
-        if recorder.read_all(f"SELECT 1 FROM {recorder.snapshot_table_name} {where}", key):
-            return None, "snapshot"
-        return None, None
+        return self.flow_recorder.locate(stored)
 
     @classmethod
     def open(cls, url: str) -> EventLog:
@@ -160,10 +148,20 @@ class EventLog(Application[UUID]):
         return factory
 
     def construct_snapshot_store(self) -> EventStore[UUID]:
-        recorder = FlowSQLiteSnapshotRecorder(self.flow_recorder.datastore, self.flow_recorder)
+        main = self.recorder
+        if not isinstance(main, FlowSQLiteRecorder):
+            from flowledger.infrastructure.postgres_recorder import (
+                FlowPostgresRecorder,
+                FlowPostgresSnapshotRecorder,
+            )
+
+            assert isinstance(main, FlowPostgresRecorder)
+            return self.factory.event_store(mapper=self.mapper,
+                                            recorder=FlowPostgresSnapshotRecorder(main))
+        recorder = FlowSQLiteSnapshotRecorder(main.datastore, main)
         if isinstance(self.factory, SQLiteFactory) and self.factory.env_create_table():
             recorder.create_table()
-        self.flow_recorder.snapshot_table_name = recorder.events_table_name  # appends write it
+        main.snapshot_table_name = recorder.events_table_name  # appends write it
         return self.factory.event_store(mapper=self.mapper, recorder=recorder)
 
     def construct_mapper(self) -> Mapper[UUID]:
@@ -175,10 +173,19 @@ class EventLog(Application[UUID]):
             if self.factory.env_create_table():
                 recorder.create_table()
             return recorder
-        raise ConfigurationError(
-            f"store {self.config.url!r}: only SQLite files and memory:// are supported "
-            f"in this release (PostgreSQL comes later); use {ACCEPTED}"
-        )
+        if self.config.kind == "postgresql":
+            from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
+
+            env = self.config.env
+            pg = FlowPostgresRecorder(self.factory.datastore, {  # type: ignore[attr-defined]
+                "dbname": env["POSTGRES_DBNAME"], "host": env["POSTGRES_HOST"],
+                "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
+                "password": env["POSTGRES_PASSWORD"],
+                "connect_timeout": 10})
+            pg.create_table()
+            return pg
+        raise ConfigurationError(f"store {self.config.url!r} is not one this release opens; "
+                                 f"use {ACCEPTED}")
 
     @property
     def flow_mapper(self) -> CheckedMapper:
@@ -186,9 +193,9 @@ class EventLog(Application[UUID]):
         return self.mapper
 
     @property
-    def flow_recorder(self) -> FlowSQLiteRecorder:
-        assert isinstance(self.recorder, FlowSQLiteRecorder)
-        return self.recorder
+    def flow_recorder(self) -> LogStore:
+        """This store's recorder, through the seam every store implements."""
+        return cast(LogStore, self.recorder)
 
     def set_after_insert(self, hook: AfterInsert | None,
                          on_abort: Callable[[], None] | None = None) -> None:
@@ -230,14 +237,15 @@ class EventLog(Application[UUID]):
             position = self.flow_recorder.append_rows(
                 [to_row(e) for e in events], events, fence, sync, snapshots, hold)
         except IntegrityError as e:
+            detail = " ".join(str(e).split())  # on one line (PostgreSQL adds a DETAIL line)
             if fence is not None:  # a fenced writer: its session was taken over
                 raise ConcurrencyError(
-                    f"this session lost its lock: another process took it over ({e}). "
+                    f"this session lost its lock: another process took it over ({detail}). "
                     "Nothing of this step was stored; the session stops here"
                 ) from e
             raise ConcurrencyError(
-                f"another process wrote to the same streams first ({e}); this append was "
-                "not stored"
+                f"another process wrote to the same streams first ({detail}); this append "
+                "was not stored"
             ) from e
         return position
 

@@ -8,7 +8,10 @@ tracking position in that same transaction.
 
 from __future__ import annotations
 
+import itertools
+import random
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,24 +27,12 @@ from eventsourcing.sqlite import (
     SQLiteProcessRecorder,
 )
 
+from flowledger.infrastructure.store import AfterInsert, Fence, Row
+
 WAL_PAGES = 4000  # about 16 MB of WAL between checkpoints (4 KiB pages)
-
-Row = tuple[str, int, str, bytes]  # a stored event: stream id (hex), version, topic, state
-# (cursor, events, their positions, hold): see ProjectionRunner.apply_inline.
-AfterInsert = Callable[[Any, Sequence[Any], Sequence[int], bool], None]
-
 
 class StaleFenceError(IntegrityError):
     """The fenced stream is no longer at the version the writer expected."""
-
-
-class Fence:
-    """Append only if stream `stream_id` is exactly at `version`."""
-
-    __slots__ = ("stream_id", "version")
-
-    def __init__(self, stream_id: UUID, version: int) -> None:
-        self.stream_id, self.version = stream_id, version
 
 
 class FastReads:
@@ -263,6 +254,78 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
         c.execute(self.select_max_notification_id_statement)
         return c.fetchone()[0] or 0
 
+    # ------------------------------------------------- the store seam (store.py)
+
+    position_column = "rowid"  # a stored event's log position
+
+    def tracked(self, c: sqlite3.Cursor, name: str) -> int:
+        """How far projection `name` has read into the log (0: not at all)."""
+        c.execute("SELECT MAX(notification_id) FROM tracking WHERE application_name=?", (name,))
+        return c.fetchone()[0] or 0
+
+    def track(self, c: sqlite3.Cursor, name: str, position: int) -> None:
+        c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "
+                  "DO UPDATE SET notification_id=excluded.notification_id", (name, position))
+
+    def untrack(self, c: sqlite3.Cursor, name: str) -> None:
+        c.execute("DELETE FROM tracking WHERE application_name=?", (name,))
+
+    def select_stream(self, c: sqlite3.Cursor, stream_id: UUID, upto: int | None
+                      ) -> list[tuple[int, int, str, bytes]]:
+        """(position, version, topic, state) of one stream's events, up to a position."""
+        sql = (f"SELECT rowid, originator_version, topic, state FROM {self.events_table_name} "
+               "WHERE originator_id=?")
+        params: list[Any] = [stream_id.hex]
+        if upto is not None:
+            sql += " AND rowid<=?"
+            params.append(upto)
+        c.execute(sql + " ORDER BY originator_version", params)
+        return list(c.fetchall())
+
+    # SQLite's default limit on bound parameters is 999.
+    MAX_PARAMETERS = 500
+
+    def select_positions(self, c: sqlite3.Cursor, positions: Sequence[int]
+                         ) -> list[tuple[int, StoredEvent]]:
+        """The stored events at these positions (at most MAX_PARAMETERS), in log order."""
+        c.execute(f"SELECT rowid, originator_id, originator_version, topic, state "
+                  f"FROM {self.events_table_name} WHERE rowid IN "
+                  f"({','.join('?' * len(positions))}) ORDER BY rowid", list(positions))
+        return [(row[0], StoredEvent(originator_id=UUID(row[1]), originator_version=row[2],
+                                     topic=row[3], state=row[4])) for row in c.fetchall()]
+
+    def stream_version_at(self, c: sqlite3.Cursor, stream_id: UUID, position: int) -> int | None:
+        c.execute(f"SELECT MAX(originator_version) FROM {self.events_table_name} "
+                  "WHERE originator_id=? AND rowid<=?", (stream_id.hex, position))
+        version = c.fetchone()[0]
+        return int(version) if version is not None else None
+
+    def locate(self, stored: StoredEvent) -> tuple[int | None, str | None]:
+        """The log position of a stored event, or that it is a snapshot: found by
+        its stream, version and exact stored body (only to name a corrupt one)."""
+        stream = stored.originator_id
+        key = (stream.hex if isinstance(stream, UUID) else str(stream),
+               stored.originator_version, stored.state)
+        where = "WHERE originator_id=? AND originator_version=? AND state=?"
+        rows = self.read_all(f"SELECT rowid FROM {self.events_table_name} {where}", key)
+        if rows:
+            return int(rows[0][0]), None
+        if self.read_all(f"SELECT 1 FROM {self.snapshot_table_name} {where}", key):
+            return None, "snapshot"
+        return None, None
+
+    @staticmethod
+    def is_busy(error: BaseException) -> bool:
+        """Another writer held the store past the lock timeout."""
+        return is_lock_timeout(error)
+
+    def announce(self, owner: str) -> None:
+        """Nothing to hold: on SQLite a holder is known by its process id."""
+
+    def holder_alive(self, owner: str | None) -> bool | None:
+        """None: the engine judges by the owner's host and process id."""
+        return None
+
 
 class FlowSQLiteSnapshotRecorder(FastReads, SQLiteAggregateRecorder):
     """The snapshot table, read through the main recorder's read connection."""
@@ -293,10 +356,20 @@ class FlowSQLiteConnectionPool(SQLiteConnectionPool):
         except (sqlite3.Error, TypeError) as e:
             raise InterfaceError(e) from e
         if not self.is_sqlite_memory_mode and not self.is_journal_mode_wal:
-            mode = c.execute("PRAGMA journal_mode;").fetchone()[0]
-            if mode.lower() != "wal":
-                c.execute("PRAGMA journal_mode=WAL;")
-                self.journal_mode_was_changed_to_wal = True
+            for attempt in itertools.count():
+                # Switching a new file to WAL needs the file to itself: a process
+                # opening the same new store at the same instant makes it fail at
+                # once (SQLite does not wait on this lock). Try again, briefly.
+                try:
+                    mode = c.execute("PRAGMA journal_mode;").fetchone()[0]
+                    if mode.lower() != "wal":
+                        c.execute("PRAGMA journal_mode=WAL;")
+                        self.journal_mode_was_changed_to_wal = True
+                    break
+                except sqlite3.OperationalError as e:
+                    if not is_lock_timeout(e) or attempt >= 200:
+                        raise InterfaceError(e) from e
+                    time.sleep(0.01 + 0.04 * random.random())
             self.is_journal_mode_wal = True
         c.row_factory = sqlite3.Row
         return SQLiteConnection(sqlite_conn=c, max_age=self.max_age)

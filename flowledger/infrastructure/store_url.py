@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from flowledger.domain.errors import ConfigurationError
 
 DEFAULT_STORE = "sqlite:///flowledger.db"
-# What works in this release (postgresql:// is parsed, and refused by the
-# engine with its own message, until its recorder lands).
-ACCEPTED = "sqlite:///relative/path.db, sqlite:////absolute/path.db, or memory://"
+# The stores this release opens.
+ACCEPTED = ("sqlite:///relative/path.db, sqlite:////absolute/path.db, "
+            "postgresql://user@host:5432/dbname[?schema=NAME], or memory://")
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,33 @@ class StoreConfig:
     kind: str  # "sqlite" | "memory" | "postgresql"
     env: dict[str, str]
     path: Path | None = None
+    read_only: bool = False  # sqlite:///file.db?mode=ro
+
+
+# What a sqlite:// URL's query may say (anything else is refused, never taken
+# as part of the file's name).
+SQLITE_QUERY = {"mode": ("ro",)}
+
+
+def _sqlite_query(url: str, query: str) -> bool:
+    """Whether the query of a sqlite:// URL asks for read-only (`?mode=ro`)."""
+    if not query:
+        return False
+    try:
+        given = parse_qs(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        given = {}
+    unknown = sorted(set(given) - set(SQLITE_QUERY)) or ([] if given else [query])
+    if unknown:
+        raise ConfigurationError(
+            f"store URL {url!r}: unknown query parameter {', '.join(map(repr, unknown))}; "
+            "a sqlite:// URL takes only ?mode=ro (open the store read-only)")
+    for name, values in given.items():
+        if len(values) != 1 or values[0] not in SQLITE_QUERY[name]:
+            raise ConfigurationError(
+                f"store URL {url!r}: {name}={'&'.join(values)!r} is not one of "
+                f"{', '.join(SQLITE_QUERY[name])}")
+    return True
 
 
 def parse_store_url(url: str) -> StoreConfig:
@@ -29,6 +56,8 @@ def parse_store_url(url: str) -> StoreConfig:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "sqlite":
         raw = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        raw, _, query = raw.partition("?")
+        read_only = _sqlite_query(url, query)
         if not raw:
             raise ConfigurationError(
                 f"store URL {url!r} names no file; use sqlite:///flow.db (relative) "
@@ -40,21 +69,19 @@ def parse_store_url(url: str) -> StoreConfig:
                 f"store URL {url!r}: folder {str(path.parent)!r} does not exist; create it "
                 "or point the URL at an existing folder"
             )
+        if read_only:
+            if not path.is_file() or path.stat().st_size == 0:
+                raise ConfigurationError(f"store URL {url!r}: no store at {raw!r} to open "
+                                         "read-only")
+            # SQLite's own read-only mode: nothing this process does can write to it.
+            name = f"file:{quote(str(path.resolve()))}?mode=ro"
+            return StoreConfig(url, "sqlite", _sqlite_env(name), path, read_only=True)
         return StoreConfig(url, "sqlite", _sqlite_env(str(path)), path)
     if scheme == "memory":
         name = f"file:flowledger-{uuid.uuid4().hex}?mode=memory&cache=shared"
         return StoreConfig(url, "memory", _sqlite_env(name))
     if scheme in ("postgresql", "postgres"):
-        parts = urlsplit(url)
-        env = {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": parts.path.lstrip("/") or "postgres",
-            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
-            "POSTGRES_PORT": str(parts.port or 5432),
-            "POSTGRES_USER": parts.username or "postgres",
-            "POSTGRES_PASSWORD": parts.password or "",
-        }
-        return StoreConfig(url, "postgresql", env)
+        return StoreConfig(url, "postgresql", _postgres_env(url))
     raise ConfigurationError(f"store URL {url!r} has an unknown scheme {scheme!r}; use {ACCEPTED}")
 
 
@@ -65,4 +92,34 @@ def _sqlite_env(db_name: str) -> dict[str, str]:
         # Several processes may share the file: wait for the write lock rather
         # than fail at once (NOTES: "keep the lock timeout generous").
         "SQLITE_LOCK_TIMEOUT": "30",
+    }
+
+
+def _postgres_env(url: str) -> dict[str, str]:
+    """postgresql://user[:password]@host[:port]/dbname[?schema=NAME]"""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"schema"})
+    if unknown:
+        raise ConfigurationError(
+            f"store URL {url!r}: unknown parameter {unknown[0]!r}; a PostgreSQL store takes "
+            "only ?schema=NAME")
+    schema = query.get("schema", [""])[-1]
+    if schema and not schema.replace("_", "a").isalnum():
+        raise ConfigurationError(
+            f"store URL {url!r}: schema {schema!r} must be letters, digits and underscores")
+    try:
+        port = str(parts.port or 5432)
+    except ValueError:
+        raise ConfigurationError(f"store URL {url!r}: the port is not a number") from None
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
+        "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+        "POSTGRES_PORT": port,
+        "POSTGRES_USER": unquote(parts.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(parts.password or ""),
+        "POSTGRES_SCHEMA": schema or "public",
+        # Several processes share the store: wait for the log's write lock.
+        "POSTGRES_LOCK_TIMEOUT": "30",
     }

@@ -215,8 +215,9 @@ class PendingWork(Projection):
         if self._counts:
             c.executemany(
                 "INSERT INTO fl_backlog VALUES (?,?,?,?,?) ON CONFLICT (workflow_id, topic) "
-                "DO UPDATE SET pending=pending+excluded.pending, "
-                "reserved=reserved+excluded.reserved, newest=MAX(newest, excluded.newest)",
+                "DO UPDATE SET pending=fl_backlog.pending+excluded.pending, "
+                "reserved=fl_backlog.reserved+excluded.reserved, "
+                "newest=MAX(fl_backlog.newest, excluded.newest)",
                 [(w, t, p, r, n) for (w, t), (p, r, n) in self._counts.items()])
         for key, row in self._msgs.items():
             if row["status"] == "reserved":
@@ -300,7 +301,7 @@ class PendingWork(Projection):
             # wake_at is per prepare: a prepare that omits it clears the previous one.
             c.execute("INSERT INTO fl_wakeups VALUES (?,?,?) ON CONFLICT (workflow_id, handler) "
                       "DO UPDATE SET wake_at=excluded.wake_at "
-                      "WHERE wake_at IS NOT excluded.wake_at",
+                      "WHERE fl_wakeups.wake_at IS NOT excluded.wake_at",
                       (row["workflow_id"], row["handler"], _ts(e.wake_at)))
         elif name == "CarriedForward":
             row["holds"] = int(any(e.reservations.values()))
@@ -421,9 +422,12 @@ def wakeups(c: Cursor, workflow_id: UUID) -> dict[str, datetime]:
 
 def pending_messages(c: Cursor, workflow_id: UUID, topic: str,
                      limit: int | None) -> list[PendingMessage]:
-    c.execute("SELECT message_id, payload FROM fl_messages WHERE workflow_id=? AND topic=? "
-              "AND status='pending' ORDER BY first_position LIMIT ?",
-              (workflow_id.hex, topic, -1 if limit is None else limit))
+    sql = ("SELECT message_id, payload FROM fl_messages WHERE workflow_id=? AND topic=? "
+           "AND status='pending' ORDER BY first_position")
+    if limit is None:
+        c.execute(sql, (workflow_id.hex, topic))
+    else:
+        c.execute(sql + " LIMIT ?", (workflow_id.hex, topic, limit))
     return [PendingMessage(m, p) for m, p in c.fetchall()]
 
 

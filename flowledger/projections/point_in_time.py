@@ -1,27 +1,26 @@
 """Read models as they were when the log ended at a position (DESIGN §2.5, ADR 0009).
 
 The same projection classes fold the log's first `position` events into
-tables of a private in-memory SQLite database: the past is computed by the
+tables of a private in-memory database (store.scratch_database): the past is computed by the
 code that computes the present, so the two cannot disagree on what a fold
 means. Nothing is written to the store.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from flowledger.infrastructure.event_log import EventLog
+from flowledger.infrastructure.store import scratch_database
 from flowledger.projections.base import Projection
 
 
 def fold_upto(log: EventLog, projection_types: Sequence[type[Projection]], position: int,
-              batch: int = 2000) -> sqlite3.Connection:
+              batch: int = 2000) -> Any:
     """A fresh in-memory database holding these projections folded up to `position`."""
-    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    c = db.cursor()
+    db, c = scratch_database()
     projections = [cls() for cls in projection_types]
-    c.execute("BEGIN")
     for p in projections:
         p.create_tables(c)
     after = 0

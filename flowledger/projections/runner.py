@@ -13,20 +13,19 @@ rebuild — `catch_up` follows from the log by position.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from eventsourcing.persistence import Mapper, OperationalError
+from eventsourcing.persistence import Mapper
 
-from flowledger.infrastructure.sqlite_recorder import FlowSQLiteRecorder, is_lock_timeout
+from flowledger.infrastructure.store import LogStore
 from flowledger.projections.base import Cursor, Projection
 
 Progress = Callable[[int, int], None]  # (done, total)
 
 
 class ProjectionRunner:
-    def __init__(self, recorder: FlowSQLiteRecorder, mapper: Mapper[Any],
+    def __init__(self, recorder: LogStore, mapper: Mapper[Any],
                  projections: Sequence[Projection]) -> None:
         self.recorder = recorder
         self.mapper = mapper
@@ -50,12 +49,10 @@ class ProjectionRunner:
                 p.create_tables(c)
 
     def position(self, c: Cursor, projection: Projection) -> int:
-        return self.recorder._max_tracking_id(projection.name, c) or 0
+        return self.recorder.tracked(c, projection.name)
 
     def _track(self, c: Cursor, projection: Projection, position: int) -> None:
-        c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "
-                  "DO UPDATE SET notification_id=excluded.notification_id",
-                  (projection.name, position))
+        self.recorder.track(c, projection.name, position)
         self._known[projection.name] = position
 
     def apply_inline(self, c: Cursor, events: Sequence[Any], positions: Sequence[int],
@@ -206,8 +203,8 @@ class ProjectionRunner:
         the write lock past the lock timeout."""
         try:
             self.catch_up()
-        except (OperationalError, sqlite3.OperationalError) as e:
-            if not is_lock_timeout(e):
+        except Exception as e:
+            if not self.recorder.is_busy(e):
                 raise
 
     def rebuild(self, names: Sequence[str] | None = None,
@@ -224,7 +221,7 @@ class ProjectionRunner:
         with self.recorder.writing() as c, self._forgetting_on_error():
             for p in chosen:
                 p.clear(c)
-                c.execute("DELETE FROM tracking WHERE application_name=?", (p.name,))
+                self.recorder.untrack(c, p.name)
             total = self.recorder.max_position(c) - min(
                 (self.position(c, p) for p in self.projections), default=0)
             while read := self._fold_next(c, batch, None):

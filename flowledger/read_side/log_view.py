@@ -86,15 +86,8 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
 def read_stream(log: EventLog, stream_id: UUID, upto: int | None = None,
                 workflow_id: UUID | None = None) -> list[LoggedEvent]:
     """One stream's events (up to log position `upto`), with their log positions."""
-    sql = (f"SELECT rowid, originator_version, topic, state FROM "
-           f"{log.flow_recorder.events_table_name} WHERE originator_id=?")
-    params: list[Any] = [stream_id.hex]
-    if upto is not None:
-        sql += " AND rowid<=?"
-        params.append(upto)
     with log.reading() as c:
-        c.execute(sql + " ORDER BY originator_version", params)
-        rows = c.fetchall()
+        rows = log.flow_recorder.select_stream(c, stream_id, upto)
     found = []
     for position, version, topic, state in rows:
         stored = StoredEvent(originator_id=stream_id, originator_version=version, topic=topic,
@@ -109,17 +102,12 @@ def read_positions(log: EventLog, positions: Iterable[int]) -> list[LoggedEvent]
     """The events at these log positions, in log order."""
     wanted = sorted(set(positions))
     found: list[LoggedEvent] = []
-    table = log.flow_recorder.events_table_name
-    for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
-        chunk = wanted[start:start + 500]
+    recorder = log.flow_recorder
+    step = recorder.MAX_PARAMETERS
+    for start in range(0, len(wanted), step):
         with log.reading() as c:
-            c.execute(f"SELECT rowid, originator_id, originator_version, topic, state "
-                      f"FROM {table} WHERE rowid IN ({','.join('?' * len(chunk))}) "
-                      "ORDER BY rowid", chunk)
-            rows = c.fetchall()
-        for position, stream, version, topic, state in rows:
-            stored = StoredEvent(originator_id=UUID(stream), originator_version=version,
-                                 topic=topic, state=state)
+            rows = recorder.select_positions(c, wanted[start:start + step])
+        for position, stored in rows:
             event = log.mapper.to_domain_event(stored)
             found.append(logged(position, stored, event, getattr(event, "workflow_id", None)))
     return found
@@ -128,7 +116,4 @@ def read_positions(log: EventLog, positions: Iterable[int]) -> list[LoggedEvent]
 def stream_version_at(log: EventLog, stream_id: UUID, position: int) -> int | None:
     """The version a stream had when the log ended at `position` (None: not yet begun)."""
     with log.reading() as c:
-        c.execute(f"SELECT MAX(originator_version) FROM {log.flow_recorder.events_table_name} "
-                  "WHERE originator_id=? AND rowid<=?", (stream_id.hex, position))
-        version = c.fetchone()[0]
-    return int(version) if version is not None else None
+        return log.flow_recorder.stream_version_at(c, stream_id, position)

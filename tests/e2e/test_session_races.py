@@ -29,10 +29,9 @@ RACER = textwrap.dedent("""
 """)
 
 
-def test_two_processes_race_for_one_workflow_and_one_gets_busy(tmp_path: Path):
+def test_two_processes_race_for_one_workflow_and_one_gets_busy(tmp_path: Path, store: str):
     script = tmp_path / "racer.py"
     script.write_text(RACER)
-    store = f"sqlite:///{tmp_path / 'race.db'}"
     slow = subprocess.Popen([sys.executable, str(script), store, "2.0"],
                             stdout=subprocess.PIPE, text=True)
     # Wait until the slow process has opened its session, then try a second one.
@@ -73,11 +72,10 @@ STARTER = textwrap.dedent("""
 """)
 
 
-def test_simultaneous_opens_never_give_two_sessions(tmp_path: Path):
+def test_simultaneous_opens_never_give_two_sessions(tmp_path: Path, store: str):
     """Many processes released at once: sessions never overlap in the log."""
     script = tmp_path / "starter.py"
     script.write_text(STARTER)
-    store = f"sqlite:///{tmp_path / 'race.db'}"
     procs = [subprocess.Popen([sys.executable, str(script), store], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
     for p in procs:

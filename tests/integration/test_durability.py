@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 import flowledger as fl
 from tests.helpers import ScriptedLedgerTool, ledger_workflow
 
@@ -33,6 +35,10 @@ def transactions(statements: list[str]) -> list[tuple[str, str]]:
 
 def synced(txs: list[tuple[str, str]], event: str) -> list[bool]:
     return [mode == "FULL" for mode, sql in txs if event in sql]
+
+
+# It reads SQLite's own statements (PostgreSQL's synchronous_commit: ADR 0017).
+pytestmark = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 
 
 def test_only_in_flight_and_session_close_wait_for_the_disk(make_engine: Any,

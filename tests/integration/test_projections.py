@@ -229,7 +229,7 @@ def test_only_a_lock_timeout_lets_a_catch_up_wait_for_the_next_read(tmp_path: Pa
     left to the next read; any other database error is raised."""
     from eventsourcing.persistence import OperationalError
 
-    from flowledger.projections.runner import is_lock_timeout
+    from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 
     path = tmp_path / "locked.db"
     holder = sqlite3.connect(path, isolation_level=None)

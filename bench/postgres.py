@@ -1,0 +1,214 @@
+"""Runs per second of the engine on PostgreSQL, against the raw log and DBOS there.
+
+    .venv/bin/python bench/postgres.py [--url postgresql://postgres@127.0.0.1:5432]
+                                       [--runs 1000] [--repeat 3] [--warmup 50]
+
+Everything runs against the local server, in databases this script creates
+(`flowledger_bench_*`, dropped at the end). Figures are medians of --repeat
+rounds; each round measures every system once. Printed:
+ 1. consumer runs/s (ONE mutator call each, as bench/runs.py) with one engine
+    process, and with two processes at once, each on a workflow of its own on
+    the same store (their sum);
+ 2. appends (log transactions) per consumer run, counted;
+ 3. the library's own Application saving one new aggregate with ONE event per
+    save on its PostgreSQL module (saves/s), the raw bound = saves/s / appends
+    per run, and the engine's share of it (target >= 0.8);
+ 4. DBOS (optional `bench` extra): the 3-step workflow of bench/runs.py with a
+    PostgreSQL system database (target: engine >= 5x); two processes >= 1.5x one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _workloads as wl  # noqa: E402
+from eventsourcing.application import Application  # noqa: E402
+
+from flowledger.domain.phases import RunKind  # noqa: E402
+
+
+def admin(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(f"{url}/postgres", autocommit=True)
+
+
+def fresh_db(url: str, name: str) -> str:
+    with admin(url) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        c.execute(f'CREATE DATABASE "{name}"')
+    return f"{url}/{name}"
+
+
+def drop_db(url: str, name: str) -> None:
+    with admin(url) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def consumer_rate(store: str, n: int, warmup: int, name: str = wl.CONSUMER_WF) -> float:
+    b = wl.ConsumerBench(store, name)
+    try:
+        b.fill(warmup + n)
+        if warmup:
+            b.engine.run_session(name, trigger="event", max_iterations=warmup)
+        t = time.perf_counter()
+        b.consume(n)
+        return n / (time.perf_counter() - t)
+    finally:
+        b.close()
+
+
+WORKER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import _workloads as wl
+b = wl.ConsumerBench(sys.argv[2], sys.argv[3])
+n, warmup = int(sys.argv[4]), int(sys.argv[5])
+b.fill(warmup + n)
+if warmup:
+    b.engine.run_session(sys.argv[3], trigger="event", max_iterations=warmup)
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.readline()
+t = time.perf_counter()
+b.consume(n)
+print(time.perf_counter() - t, flush=True)
+b.close()
+"""
+
+
+def two_process_rate(store: str, n: int, warmup: int) -> float:
+    """Two processes, each consuming n runs of its own workflow on one store, started
+    together: runs of both / the wall time until both are done."""
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(HERE), store, f"wf-{k}",
+                               str(n), str(warmup)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for k in range(2)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    t = time.perf_counter()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        p.communicate(timeout=600)
+        if p.returncode:
+            raise RuntimeError("a worker process failed")
+    return 2 * n / (time.perf_counter() - t)
+
+
+def appends_per_run(store: str, n: int) -> float:
+    b = wl.ConsumerBench(store)
+    try:
+        b.fill(n)
+        with wl.AppendCounter().active() as counter:
+            b.consume(n)
+    finally:
+        b.close()
+    return statistics.mean(counter.per_run(RunKind.CONSUMER))
+
+
+def raw_rate(url: str, n: int, warmup: int) -> float:
+    """The library's own Application on its PostgreSQL module, one event per save."""
+    parts = url.split("://", 1)[1]
+    userhost, _, dbname = parts.partition("/")
+    user, _, host = userhost.rpartition("@")
+    hostname, _, port = host.partition(":")
+    app: Application[UUID] = Application(env={
+        "PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": dbname,
+        "POSTGRES_HOST": hostname, "POSTGRES_PORT": port or "5432",
+        "POSTGRES_USER": user.partition(":")[0] or "postgres",
+        "POSTGRES_PASSWORD": user.partition(":")[2]})
+    try:
+        for i in range(warmup):
+            app.save(wl.Row(i))
+        t = time.perf_counter()
+        for i in range(n):
+            app.save(wl.Row(i))
+        return n / (time.perf_counter() - t)
+    finally:
+        app.close()
+
+
+def dbos_rate(url: str, n: int, warmup: int) -> float:
+    from dbos import DBOS, DBOSConfig
+
+    book = wl._dbos_definitions()
+    config: DBOSConfig = {"name": "flowledger-bench", "log_level": "WARNING",
+                          "system_database_url": url}
+    DBOS(config=config)
+    DBOS.launch()
+    try:
+        for i in range(warmup):
+            book(i)
+        t = time.perf_counter()
+        for i in range(warmup, warmup + n):
+            book(i)
+        return n / (time.perf_counter() - t)
+    finally:
+        DBOS.destroy()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432",
+                    help="the server (no database: the script makes its own)")
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=50)
+    args = ap.parse_args()
+    url, n, warmup = args.url.rstrip("/"), args.runs, args.warmup
+    dbos_v = wl.dbos_version()
+    with admin(url) as c:
+        server = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    print(f"flowledger {version('flowledger')} ({wl.git_revision(HERE.parent)}), "
+          f"eventsourcing {version('eventsourcing')}, dbos {dbos_v or 'not installed'}, "
+          f"PostgreSQL {server}, psycopg {psycopg.__version__}")
+    print(f"N={n} runs, medians of {args.repeat} rounds, warm-up {warmup}; server {url}")
+    got: dict[str, list[float]] = {"one": [], "two": [], "raw": [], "dbos": []}
+    names = []
+    try:
+        for k in range(args.repeat):
+            names += [f"flowledger_bench_{k}_{s}" for s in ("one", "two", "raw", "dbos")]
+            got["one"].append(consumer_rate(fresh_db(url, names[-4]), n, warmup))
+            got["two"].append(two_process_rate(fresh_db(url, names[-3]), n, warmup))
+            got["raw"].append(raw_rate(fresh_db(url, names[-2]), n, warmup))
+            if dbos_v is not None:
+                got["dbos"].append(dbos_rate(fresh_db(url, names[-1]), n, warmup))
+            print(f"  round {k + 1}: " + ", ".join(
+                f"{key} {values[-1]:,.0f}/s" for key, values in got.items() if values))
+        names.append("flowledger_bench_count")
+        appends = appends_per_run(fresh_db(url, names[-1]), min(n, 500))
+    finally:
+        for name in names:
+            drop_db(url, name)
+    med = {key: statistics.median(values) for key, values in got.items() if values}
+    bound = med["raw"] / appends
+    rows = [
+        ("consumer runs/s, 1 process", f"{med['one']:,.0f}", "1 mutation each"),
+        ("consumer runs/s, 2 processes", f"{med['two']:,.0f}",
+         f"both workflows together; {med['two'] / med['one']:.2f}x one (target >= 1.5x)"),
+        ("appends / consumer run", f"{appends:.2f}", "log transactions"),
+        ("raw eventsourcing saves/s", f"{med['raw']:,.0f}", "Application.save, 1 event"),
+        ("raw bound runs/s", f"{bound:,.0f}", f"raw / {appends:.2f} appends per run"),
+        ("engine / raw bound", f"{med['one'] / bound:.2f}", "target >= 0.8"),
+    ]
+    if "dbos" in med:
+        rows += [("DBOS workflows/s", f"{med['dbos']:,.0f}", "3 steps, PostgreSQL system db"),
+                 ("engine / DBOS", f"{med['one'] / med['dbos']:.2f}x", "target >= 5x")]
+    wl.print_figures("flowledger on PostgreSQL", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,12 +10,13 @@ import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from flowledger.authoring.runnable import not_runnable
 from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import DefinitionError
+from flowledger.domain.schedule import Schedule, parse_schedule
 from flowledger.domain.text import unencodable
 
 # The decorators hand back what they decorate: a user's handlers keep their types.
@@ -54,6 +55,7 @@ class ProducerSpec:
     func: Callable[[Any, Any], Any]
     publishes: tuple[str, ...]
     tools: tuple[str, ...] | None
+    schedule: Schedule | None = None  # every= / cron=: run by the worker when due
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,11 @@ class Workflow:
         return f"Workflow({self.name!r})"
 
     def producer(self, publishes: Iterable[str] | str = (), *, name: str | None = None,
-                 tools: Iterable[str] | None = None
-                 ) -> Callable[[ProducerFunc], ProducerFunc]:
+                 tools: Iterable[str] | None = None, every: timedelta | str | None = None,
+                 cron: str | None = None) -> Callable[[ProducerFunc], ProducerFunc]:
+        schedule = parse_schedule(every, cron, f"workflow {self.name!r}, producer "
+                                               f"{name or '(decorated)'}")
+
         def register(func: ProducerFunc) -> ProducerFunc:
             handler = name or getattr(func, "__name__", "")
             where = f"workflow {self.name!r}, producer {handler!r}"
@@ -127,7 +132,7 @@ class Workflow:
                 raise DefinitionError(f"{where}: the producer {why}")
             self.producers.append(ProducerSpec(
                 handler, func, _names(publishes, "publishes", where),
-                None if tools is None else _names(tools, "tools", where)))
+                None if tools is None else _names(tools, "tools", where), schedule))
             return func
 
         return register

@@ -38,6 +38,9 @@ class SessionResult:
     error: str | None = None
     budget: str | None = None
     runs: tuple[RunResult, ...] = ()
+    # The session a crashed process had left open, which this one recovered
+    # (took over and finished) before it opened.
+    recovered: SessionResult | None = None
 
     @property
     def consumer_runs(self) -> int:
@@ -49,6 +52,10 @@ class SessionRequest:
     trigger: Trigger
     max_iterations: int
     max_cost: Decimal | None
+    producers: frozenset[str] | None = None  # a worker's schedule session: only these
+    # A worker asked to stop: the session ends before its next consumer run, with
+    # the work left listed (budget "worker_stop"), never in the middle of a run.
+    should_stop: Callable[[], bool] | None = None
 
 
 class SessionRunner:
@@ -147,6 +154,8 @@ class SessionRunner:
             for spec in self.reg.definition.producers:
                 if spec.name in scope.session.committed_handlers:
                     continue  # a session taken over after a crash: it already ran
+                if request.producers is not None and spec.name not in request.producers:
+                    continue  # the worker runs the producers whose tick came
                 result = driver.run_producer(spec)
                 scope.streams.trim()
                 runs.append(result)
@@ -169,9 +178,12 @@ class SessionRunner:
                 budget = "max_iterations"
             elif request.max_cost is not None and session.cost >= request.max_cost:
                 budget = "max_cost"
+            elif request.should_stop is not None and request.should_stop():
+                budget = "worker_stop"
             if budget is not None:
                 left = remaining_work(consumers, backlog, declines, wakeups, now)
                 spent = (f"{session.consumer_runs} consumer runs" if budget == "max_iterations"
+                         else "the worker is stopping" if budget == "worker_stop"
                          else f"cost {session.cost} of {request.max_cost}")
                 return (SessionOutcome.BUDGET_EXHAUSTED,
                         f"{budget} reached ({spent}) with work remaining", budget, left)

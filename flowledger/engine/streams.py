@@ -8,6 +8,8 @@ append fails and nothing of it is stored.
 
 from __future__ import annotations
 
+import threading
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +33,10 @@ class Streams:
         self.fenced_on: Workflow | None = None
         self.position = 0  # log position of this session's last append
         self.broken: BaseException | None = None
+        # Held by every append of the session and by the heartbeat's lease
+        # renewal (engine/heartbeat.py): the two never interleave.
+        self.lock = threading.RLock()
+        self.lost_lock: ConcurrencyError | None = None  # found by the heartbeat
 
     def get(self, aggregate_id: UUID, *, short: bool = False) -> Any | None:
         """`short`: see EventLog.load."""
@@ -72,6 +78,40 @@ class Streams:
 
     def append(self, sync: bool = True, hold: bool = False) -> int:
         """Append every pending event of the touched aggregates: one transaction."""
+        with self.lock:
+            return self._append(sync, hold)
+
+    def renew_lease(self, now: datetime, lease_until: datetime, session_id: UUID) -> bool:
+        """The heartbeat's append: the workflow's LeaseRenewed alone, fenced. False
+        when there is nothing it may do (another append is due anyway)."""
+        with self.lock:
+            wf = self.fenced_on
+            if (self.broken is not None or self.lost_lock is not None or wf is None
+                    or wf.open_session != session_id or wf.has_pending_events):
+                return False
+            stored_version = wf.version
+            wf.renew_lease(now, lease_until)
+            try:
+                self.log.append(wf, fence=Fence(wf.id, wf.version))
+            except ConcurrencyError as e:
+                self.lost_lock = e  # taken over: the session's next append stops it
+                raise
+            except BaseException:
+                # Not stored (the store was busy, say): the workflow as the log has
+                # it, without the renewal, if nobody else wrote it meanwhile.
+                fresh = self.log.load(wf.id)
+                if fresh is not None and fresh.version == stored_version:
+                    wf.__dict__.update(fresh.__dict__)
+                else:
+                    self.lost_lock = ConcurrencyError(
+                        "this session lost its lock: its workflow stream changed while the "
+                        "lease was being renewed")
+                raise
+            return True
+
+    def _append(self, sync: bool, hold: bool) -> int:
+        if self.lost_lock is not None:
+            raise ConcurrencyError(str(self.lost_lock)) from self.lost_lock
         if self.broken is not None:
             raise ConcurrencyError(
                 f"an earlier append of this session failed ({self.broken}); the session "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -41,8 +42,8 @@ STALE_HOLDER = textwrap.dedent("""
 """)
 
 
-def test_a_stale_holder_is_fenced_and_never_mutates_after_a_takeover(tmp_path: Path):
-    store = f"sqlite:///{tmp_path / 'flow.db'}"
+def test_a_stale_holder_is_fenced_and_never_mutates_after_a_takeover(tmp_path: Path,
+                                                                     store: str):
     ledger_path = tmp_path / "ledger.db"
     ExternalLedger(ledger_path)
     script = tmp_path / "stale.py"
@@ -51,7 +52,11 @@ def test_a_stale_holder_is_fenced_and_never_mutates_after_a_takeover(tmp_path: P
     stale = subprocess.Popen([sys.executable, str(script), store, str(ledger_path), root, "4"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert stale.stdout is not None and stale.stdout.readline().strip() == "reading"
-    time.sleep(1.5)  # its lease (1 s) runs out while it is stuck in prepare
+    # Frozen (a stopped process, a paused machine): its heartbeat stops too, so its
+    # lease (1 s) runs out while it is stuck in prepare. A live holder in a long
+    # call keeps its lease (ADR 0019).
+    stale.send_signal(signal.SIGSTOP)
+    time.sleep(1.5)
 
     ledger = ExternalLedger(ledger_path)
     tool = ScriptedLedgerTool(ledger)
@@ -61,6 +66,7 @@ def test_a_stale_holder_is_fenced_and_never_mutates_after_a_takeover(tmp_path: P
     assert [r.status for r in results] == ["completed"], results
     assert ledger.keys() == ["a"]
 
+    stale.send_signal(signal.SIGCONT)
     out, err = stale.communicate(timeout=60)
     assert out.startswith("fenced: this session lost its lock"), (out, err)
     assert ledger.keys() == ["a"]  # the stale holder never reached its mutation

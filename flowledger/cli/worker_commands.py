@@ -1,0 +1,125 @@
+"""The commands that keep running: `flowledger worker` (DESIGN §6) and
+`flowledger follow` (the log, live)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from flowledger.cli.exits import EXIT_OK
+from flowledger.cli.loading import load
+from flowledger.cli.options import StoreOption, TargetArgument, store_url
+from flowledger.cli.store import open_engine
+from flowledger.read_side.log_view import LoggedEvent
+
+
+def _logging(quiet: bool, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("flowledger")
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def worker(
+    ctx: typer.Context,
+    path_or_module: TargetArgument,
+    store: StoreOption = None,
+    interval: Annotated[float, typer.Option(
+        min=0.01, help="Check the log for new work at most this often (seconds).")] = 0.5,
+    max_iterations: Annotated[int, typer.Option(
+        min=1, help="Consumer runs one session may start before the others get a turn.")] = 100,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")
+                     ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Every decision, too.")
+                       ] = False,
+) -> None:
+    """Run the workflows of PATH_OR_MODULE continuously: each session when it is due.
+
+    Schedules (every=/cron=), new events from any process, wake-ups, retries and
+    reconciliation backoff start sessions by themselves. SIGTERM or Ctrl-C stops
+    after the current step (the session is closed, exit 0): within the handler or
+    tool call in progress plus one interval. A second one stops at once, and the
+    next worker's recovery finishes the rest.
+    """
+    _logging(quiet, verbose)
+    with open_engine(store_url(ctx, store)) as engine:
+        load(engine, path_or_module)
+        engine.serve(interval=interval, max_iterations=max_iterations)
+    raise typer.Exit(EXIT_OK)
+
+
+_BLOCKING = {("Workflow", "Paused"), ("Workflow", "Errored"), ("HandlerRun", "Paused"),
+             ("HandlerRun", "Failed"), ("HandlerRun", "MutationIndeterminate")}
+
+
+def _notable(event: LoggedEvent) -> bool:
+    if (event.aggregate, event.name) in _BLOCKING:
+        return True
+    outcome = str(event.fields.get("outcome", ""))
+    return event.aggregate == "Session" and event.name == "Closed" and outcome in (
+        "budget_exhausted", "suspended", "failed", "SessionOutcome.BUDGET_EXHAUSTED",
+        "SessionOutcome.SUSPENDED", "SessionOutcome.FAILED")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _one_line(value: Any) -> Any:
+    """One event, one line: a text of several lines (a traceback) shows its last."""
+    if isinstance(value, str) and "\n" in value.strip():
+        return f"[...] {value.strip().splitlines()[-1]}"
+    return value
+
+
+def follow(
+    ctx: typer.Context,
+    store: StoreOption = None,
+    workflow: Annotated[str | None, typer.Option(metavar="NAME",
+                                                 help="Only this workflow's events.")] = None,
+    blocked: Annotated[bool, typer.Option(
+        "--blocked", help="Only pauses, failures, escalations and budget ends.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    after: Annotated[int | None, typer.Option(
+        metavar="POSITION", help="Start after this log position (default: the end now).")
+    ] = None,
+    interval: Annotated[float, typer.Option(min=0.01, help="Check for new events this often.")
+                        ] = 0.5,
+) -> None:
+    """Print the log's events as any process appends them, until Ctrl-C."""
+    with open_engine(store_url(ctx, store), must_exist=True) as engine:
+        try:
+            for event in engine.follow(after=after, workflow=workflow, interval=interval):
+                notable = _notable(event)
+                if blocked and not notable:
+                    continue
+                if as_json:
+                    line = json.dumps({
+                        "position": event.position, "time": event.timestamp.isoformat(),
+                        "aggregate": event.aggregate, "event": event.name,
+                        "stream": str(event.stream_id),
+                        "workflow_id": str(event.workflow_id) if event.workflow_id else None,
+                        "notable": notable, "fields": _plain(event.fields)})
+                else:
+                    fields = " ".join(f"{k}={_one_line(_plain(v))}"
+                                      for k, v in event.fields.items())
+                    mark = "!! " if notable else "   "
+                    line = (f"{mark}{event.position:>7} {event.timestamp:%H:%M:%S} "
+                            f"{event.aggregate}.{event.name} {str(event.stream_id)[:8]} "
+                            f"{fields}")
+                typer.echo(line)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+    raise typer.Exit(EXIT_OK)

@@ -1,0 +1,83 @@
+"""Waiting for the log to move: the one seam between the worker and its store.
+
+`wait_for_append(after, timeout)` returns as soon as the log holds an event
+past position `after`, or when `timeout` has passed. On SQLite it polls the
+log's head no faster than `interval`; a store with notifications (PostgreSQL's
+LISTEN/NOTIFY) can answer the same call by being woken instead — nothing above
+this module knows which.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from uuid import UUID
+
+from flowledger.domain.ids import workflow_id as workflow_id_of
+from flowledger.domain.workflow import Workflow
+from flowledger.infrastructure.event_log import EventLog
+from flowledger.read_side.log_view import LoggedEvent, read_log
+
+
+def max_position(log: EventLog) -> int:
+    """The log position of the last event appended (0: empty log)."""
+    recorder = log.flow_recorder
+    with log.reading() as c:
+        return int(recorder.max_position(c) or 0)
+
+
+class LogWaiter:
+    def __init__(self, log: EventLog, interval: float = 0.5,
+                 stop: threading.Event | None = None) -> None:
+        if interval <= 0:
+            raise ValueError("the polling interval must be positive")
+        self.log = log
+        self.interval = interval
+        self.stop = stop or threading.Event()
+
+    def head(self) -> int:
+        return max_position(self.log)
+
+    def wait_for_append(self, after: int, timeout: float | None) -> int:
+        """The log's head once it is past `after`, or at the timeout (or on stop)."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            head = self.head()
+            if head > after:
+                return head
+            left = self.interval if deadline is None else min(self.interval,
+                                                              deadline - time.monotonic())
+            if left <= 0 or self.stop.wait(left):
+                return head
+
+
+def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = None,
+               interval: float = 0.5, stop: threading.Event | None = None
+               ) -> Iterator[LoggedEvent]:
+    """Every event after `after`, then each new one as any process appends it,
+    until `stop` is set. `after=None`: from the end of the log now. `workflow`:
+    only the events of that workflow's streams."""
+    waiter = LogWaiter(log, interval, stop)
+    wanted = workflow_id_of(workflow) if workflow else None
+    owners: dict[UUID, UUID | None] = {}  # stream → its workflow, learnt across batches
+    position = waiter.head() if after is None else after
+    while not waiter.stop.is_set():
+        head = waiter.wait_for_append(position, None if stop is None else interval)
+        if head <= position:
+            continue
+        for event in read_log(log, None, None, position, head):
+            if wanted is not None and _owner(log, owners, event) != wanted:
+                continue
+            yield event
+        position = head
+
+
+def _owner(log: EventLog, owners: dict[UUID, UUID | None], event: LoggedEvent) -> UUID | None:
+    if event.workflow_id is not None:
+        owners[event.stream_id] = event.workflow_id
+    if event.stream_id not in owners:  # a stream begun before this batch
+        agg = log.load(event.stream_id)
+        owners[event.stream_id] = (agg.id if isinstance(agg, Workflow)
+                                   else getattr(agg, "workflow_id", None))
+    return owners[event.stream_id]

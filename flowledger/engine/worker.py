@@ -1,0 +1,296 @@
+"""The worker: `engine.serve()` runs each workflow's sessions when they are due
+(DESIGN §6).
+
+Every loop reads the log (each scheduled producer's last committed run, the
+backlog, wake-ups, retry times, the session lock), asks the pure rules of
+domain/due.py which workflows are due, serves them in turn, then sleeps until
+the next due time or a new append, checking the log no faster than
+`interval`. The only things it keeps in memory are economies (how far into the
+log it has read, what its last session of each workflow already saw): a
+restarted worker reads the same log and makes the same decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from flowledger.authoring.registration import Registration
+from flowledger.domain.due import Decision, Due, Situation, decide_due, serving_order
+from flowledger.domain.phases import RunKind
+from flowledger.domain.schedule import Schedule
+from flowledger.domain.scheduling import ConsumerView, TopicBacklog
+from flowledger.domain.session import Trigger
+from flowledger.domain.workflow import Workflow
+from flowledger.engine.session_runner import SessionRequest, SessionResult
+from flowledger.engine.waiting import LogWaiter
+from flowledger.projections import pending_work
+from flowledger.read_side.log_view import read_log
+
+if TYPE_CHECKING:
+    from flowledger.engine.engine import Engine
+
+logger = logging.getLogger("flowledger.worker")
+
+
+@dataclass
+class _Served:
+    """What this worker's last session of a workflow saw when it began."""
+
+    seen_position: int = 0
+    served_at: datetime | None = None
+    more_work: bool = False
+
+
+@dataclass
+class _LastRuns:
+    """Each scheduled producer's last committed run (its creation time), from the log."""
+
+    read_upto: int = 0
+    last: dict[tuple[UUID, str], datetime] = field(default_factory=dict)
+    started: dict[UUID, tuple[UUID, str, datetime]] = field(default_factory=dict)
+
+
+_Facts = tuple[Workflow, dict[str, TopicBacklog], dict[str, datetime], list[datetime]]
+
+
+class Worker:
+    def __init__(self, engine: Engine, *, interval: float = 0.5,
+                 max_iterations: int = 100) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self.engine = engine
+        self.interval = interval
+        self.max_iterations = max_iterations
+        self.stop = threading.Event()
+        self._served: dict[str, _Served] = {}
+        self._runs = _LastRuns()
+        self._turn = 0
+        self._cache: dict[UUID, tuple[int, _Facts]] = {}
+        self.sessions = 0  # sessions this worker ran (for tests and figures)
+
+    # -------------------------------------------------------------- serving
+
+    def serve(self, stop: threading.Event | None = None) -> None:
+        if stop is not None:
+            self.stop = stop
+        restore = self._install_signals()
+        waiter = LogWaiter(self.engine.log, self.interval, self.stop)
+        logger.info("worker %s serving %s (checking the log every %ss)", self.engine.owner,
+                    ", ".join(self.engine.workflows) or "no workflow", self.interval)
+        try:
+            for result in self.engine.recover():
+                if result.status != "busy":
+                    logger.info("recovered session %s of %s: %s", result.session_id,
+                                result.workflow, result.status)
+            self._seed_last_runs(waiter.head())
+            while not self.stop.is_set():
+                head = waiter.head()
+                self._read_new_runs(head)
+                now = self.engine.clock.now()
+                decisions = [self._decide(reg, now) for reg in self._regs()]
+                due = [d.due for d in decisions if d.due is not None]
+                if due:
+                    for item in serving_order(due, self._turn):
+                        if self.stop.is_set():
+                            break
+                        try:
+                            self._serve(item, head)
+                        except Exception:
+                            # The session lost its lock, or the store failed: what was
+                            # appended stands, and the log says what is left. Never
+                            # the end of the worker.
+                            logger.exception("session of %s stopped", item.workflow)
+                            self.stop.wait(self.interval)
+                    self._turn += 1
+                    continue
+                waiter.wait_for_append(head, self._sleep_for(decisions, now))
+        finally:
+            restore()
+            logger.info("worker %s stopped", self.engine.owner)
+
+    def run_once(self) -> list[SessionResult]:
+        """One pass: serve every workflow due now (for tests and embedding loops)."""
+        head = LogWaiter(self.engine.log, self.interval).head()
+        if not self._runs.read_upto:
+            self._seed_last_runs(head)
+        self._read_new_runs(head)
+        now = self.engine.clock.now()
+        due = [d.due for d in (self._decide(r, now) for r in self._regs()) if d.due]
+        results = [self._serve(item, head) for item in serving_order(due, self._turn)]
+        self._turn += 1
+        return [r for r in results if r is not None]
+
+    def next_due(self) -> datetime | None:
+        self._read_new_runs(LogWaiter(self.engine.log, self.interval).head())
+        now = self.engine.clock.now()
+        return min((d.next_due for d in (self._decide(r, now) for r in self._regs())
+                    if d.next_due is not None), default=None)
+
+    def _sleep_for(self, decisions: list[Decision], now: datetime) -> float:
+        # Never longer than the interval: the clock may be a manual one, and the
+        # store may change without a new append being seen in between.
+        soonest = min((d.next_due for d in decisions if d.next_due is not None), default=None)
+        if soonest is None:
+            return self.interval
+        return max(0.0, min(self.interval, (soonest - now).total_seconds()))
+
+    def _regs(self) -> list[Registration]:
+        return list(self.engine._registered.values())
+
+    def _serve(self, due: Due, head: int) -> SessionResult | None:
+        engine = self.engine
+        reg = engine._registered[due.workflow]
+        served = self._served.setdefault(due.workflow, _Served())
+        served.seen_position = head
+        served.served_at = engine.clock.now()
+        started = time.monotonic()
+        if due.trigger == "recover":
+            result = engine._recover(reg)
+            engine._catch_up_read_side()
+            if result is not None:
+                logger.info("took over session %s of %s (%s): %s", result.session_id,
+                            due.workflow, due.reason, result.status)
+        else:
+            if due.producers:
+                logger.info("tick of %s: %s", due.workflow, ", ".join(due.producers))
+            request = SessionRequest(Trigger(due.trigger), self.max_iterations, None,
+                                     producers=frozenset(due.producers),
+                                     should_stop=self.stop.is_set)
+            result = engine._run_session(reg, request)
+        if result is None:
+            return None
+        self.sessions += 1
+        served.more_work = result.status == "budget_exhausted"
+        for run in result.runs:
+            logger.debug("run %s of %s/%s ended %s%s", run.run_id, due.workflow, run.handler,
+                         run.status.value, f": {run.reason}" if run.reason else "")
+        log = logger.warning if result.status in ("failed", "suspended") else logger.info
+        log("session %s of %s (%s: %s) %s: %d runs, cost %s%s in %.3fs", result.session_id,
+            due.workflow, due.trigger, due.reason, result.status, len(result.runs),
+            result.cost, f", {result.error}" if result.error else "",
+            time.monotonic() - started)
+        return result
+
+    # ------------------------------------------------------- what the log says
+
+    def _decide(self, reg: Registration, now: datetime) -> Decision:
+        return decide_due(self._situation(reg, now), now)
+
+    def _situation(self, reg: Registration, now: datetime) -> Situation:
+        name = reg.definition.name
+        served = self._served.get(name, _Served())
+        facts = self._facts(reg)
+        if facts is None:
+            return Situation(name, status="error")
+        wf, backlog, wakeups, retries = facts
+        schedules: dict[str, Schedule] = {p.name: p.schedule for p in reg.definition.producers
+                                          if p.schedule is not None}
+        return Situation(
+            name, status=wf.status.value, paused_until=wf.paused_until,
+            session_open=wf.open_session is not None, lease_until=wf.lease_until,
+            holder_dead=wf.open_session is not None and not self._holder_alive(wf.session_owner),
+            schedules=schedules,
+            last_runs={p: self._runs.last.get((reg.workflow_id, p)) for p in schedules},
+            consumers=[ConsumerView(c.name, c.subscribe) for c in reg.definition.consumers],
+            backlog=backlog, seen_position=served.seen_position, wakeups=wakeups,
+            retry_times=retries, served_at=served.served_at, more_work=served.more_work)
+
+    def _facts(self, reg: Registration) -> _Facts | None:
+        """What the log says of a workflow, read again only when the log has moved
+        (an idle worker's loop then costs one look at the log's head)."""
+        engine = self.engine
+        head = self._runs.read_upto
+        cached = self._cache.get(reg.workflow_id)
+        if cached is not None and cached[0] == head:
+            return cached[1]
+        wf: Workflow | None = engine.log.load(reg.workflow_id)
+        if wf is None:
+            return None
+        engine._catch_up_if_behind()
+        with engine.log.reading() as c:
+            backlog = pending_work.backlog(c, reg.workflow_id)
+            wakeups = pending_work.wakeups(c, reg.workflow_id)
+            retries = [r.retry_at for r in pending_work.unfinished_runs(c, reg.workflow_id)
+                       if r.retry_at is not None]
+        facts = (wf, backlog, wakeups, retries)
+        self._cache[reg.workflow_id] = (head, facts)
+        return facts
+
+    def _holder_alive(self, owner: str | None) -> bool:
+        """As recovery asks it: the store's own answer where it has one (e.g. an
+        advisory lock on PostgreSQL), else whether the holder's process exists."""
+        from flowledger.engine.engine import _owner_alive
+
+        ask = getattr(self.engine.log.flow_recorder, "holder_alive", None)
+        alive = ask(owner) if ask is not None else None
+        return _owner_alive(owner) if alive is None else bool(alive)
+
+    def _seed_last_runs(self, head: int) -> None:
+        """The last committed run of each scheduled producer, read once at start;
+        later ones are read from the log's new events (`_read_new_runs`)."""
+        with self.engine.log.reading() as c:
+            for reg in self._regs():
+                for p in reg.definition.producers:
+                    if p.schedule is None:
+                        continue
+                    times = [r.created_at for r in pending_work.run_rows(
+                        c, reg.workflow_id, handler=p.name)
+                        if r.status == "committed" and r.created_at is not None]
+                    if times:
+                        self._runs.last[(reg.workflow_id, p.name)] = max(times)
+        self._runs.read_upto = head
+
+    def _read_new_runs(self, head: int) -> None:
+        runs = self._runs
+        if head <= runs.read_upto:
+            return
+        if not any(p.schedule is not None for r in self._regs() for p in r.definition.producers):
+            runs.read_upto = head  # nothing scheduled: no need to read the new events
+            return
+        for event in read_log(self.engine.log, None, None, runs.read_upto, head):
+            if event.aggregate != "HandlerRun":
+                continue
+            fields: dict[str, Any] = event.fields
+            if event.name == "Created" and fields.get("kind") in (RunKind.PRODUCER, "producer"):
+                runs.started[event.stream_id] = (fields["workflow_id"], fields["handler"],
+                                                 event.timestamp)
+            elif event.name == "Committed" and event.stream_id in runs.started:
+                wf_id, handler, created = runs.started.pop(event.stream_id)
+                key = (wf_id, handler)
+                if key not in runs.last or runs.last[key] < created:
+                    runs.last[key] = created
+        runs.read_upto = head
+
+    # -------------------------------------------------------------- signals
+
+    def _install_signals(self) -> Any:
+        """SIGTERM/SIGINT: stop after the step in progress (the session closes with
+        what is left listed); a second signal stops at once (KeyboardInterrupt:
+        the session is left as a crash leaves it, and recovery finishes it)."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            if self.stop.is_set():
+                logger.warning("second signal %s: stopping at once", signum)
+                raise KeyboardInterrupt
+            logger.info("signal %s: stopping after the current step", signum)
+            self.stop.set()
+
+        for s in previous:
+            signal.signal(s, handle)
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore

@@ -1,0 +1,265 @@
+"""`flowledger worker` as real processes: two workers over a real inbox folder and a
+real ledger, one killed with SIGKILL, the other stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import flowledger as fl
+from tests.helpers import ExternalLedger
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WORKFLOW = textwrap.dedent("""
+    import os
+    from pathlib import Path
+    import flowledger as fl
+    from tests.helpers import ExternalLedger
+
+    wf = fl.Workflow("inbox", topics=["file.seen"])
+    INBOX = Path(os.environ["TEST_INBOX"])
+
+    @wf.producer(publishes=["file.seen"], every="1s")
+    def scan(ctx, state):
+        for path in sorted(INBOX.glob("*.txt")):
+            ctx.publish("file.seen", message_id=path.name, payload={"text": path.read_text()})
+
+    class Ledger(fl.Tool):
+        name = "ledger"
+        def __init__(self):
+            self.ledger = ExternalLedger(Path(os.environ["TEST_LEDGER"]), count_calls=True)
+        @fl.mutator(reconcile="find")
+        def append(self, key, value):
+            self.ledger.note_call()
+            return self.ledger.append(key, value)
+        def find(self, key, value):
+            found = self.ledger.find(key)
+            return fl.Reconciliation.failed() if found is None else fl.Reconciliation.applied(0)
+
+    @wf.consumer(subscribe=["file.seen"])
+    class Book:
+        def prepare(self, ctx, state):
+            pending = ctx.peek("file.seen", limit=1)
+            if not pending:
+                return None
+            m = pending[0]
+            return fl.Prepared(reservations={"file.seen": [m.message_id]},
+                               data=[m.message_id, m.payload["text"]])
+        def mutate(self, ctx, prepared):
+            ctx.tools.ledger.append(*prepared.data)
+
+    TOOLS = [Ledger()]
+""")
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_workers_book_every_file_once_survive_sigkill_and_stop_on_sigterm(
+        tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (tmp_path / "wf.py").write_text(WORKFLOW)
+    ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    env = {**os.environ, "TEST_INBOX": str(inbox), "TEST_LEDGER": str(tmp_path / "ledger.db"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLEDGER_CRASH_AT", None)
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "flowledger.cli", "--store", store, "worker",
+             str(tmp_path / "wf.py"), "--interval", "0.1"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    a, b = start(), start()
+    try:
+        for i in range(6):
+            (inbox / f"{i}.txt").write_text(f"file {i}")
+            time.sleep(0.15)
+        _wait(lambda: len(ledger.keys()) == 6, 20, "six files booked")
+        a.send_signal(signal.SIGKILL)
+        a.wait(5)
+        for i in range(6, 9):
+            (inbox / f"{i}.txt").write_text(f"file {i}")
+        _wait(lambda: len(ledger.keys()) == 9, 20, "the other worker to book the rest")
+        started = time.monotonic()
+        b.send_signal(signal.SIGTERM)
+        _, err = b.communicate(timeout=10)
+        took = time.monotonic() - started
+        assert b.returncode == 0, err
+        assert took < 5, took
+        assert "session" in err  # one line per session on stderr (logging)
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.kill()
+    assert ledger.keys() == [f"{i}.txt" for i in range(9)]
+    assert ledger.calls_made() == 9  # every tool call counted: each file exactly once
+    with fl.Engine(store) as engine:
+        assert engine.workflow("inbox").open_session is None  # closed, or finished by takeover
+        assert not engine.blocked()
+
+
+SLOW = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    import flowledger as fl
+    from tests.helpers import ExternalLedger
+
+    wf = fl.Workflow("slow", topics=["job"])
+
+    @wf.producer(publishes=["job"], every="1h")
+    def jobs(ctx, state):
+        for i in range(3):
+            ctx.publish("job", message_id=f"j{i}", payload={})
+
+    class Ledger(fl.Tool):
+        name = "ledger"
+        def __init__(self):
+            self.ledger = ExternalLedger(Path(os.environ["TEST_LEDGER"]), count_calls=True)
+        @fl.mutator(reconcile="find")
+        def append(self, key):
+            self.ledger.note_call()
+            print("calling", key, flush=True)
+            time.sleep(1.0)   # the worker is told to stop during this call
+            return self.ledger.append(key, "v")
+        def find(self, key):
+            found = self.ledger.find(key)
+            return fl.Reconciliation.failed() if found is None else fl.Reconciliation.applied(0)
+
+    @wf.consumer(subscribe=["job"])
+    class Do:
+        def prepare(self, ctx, state):
+            pending = ctx.peek("job", limit=1)
+            if not pending:
+                return None
+            return fl.Prepared(reservations={"job": [pending[0].message_id]},
+                               data=pending[0].message_id)
+        def mutate(self, ctx, prepared):
+            ctx.tools.ledger.append(prepared.data)
+
+    TOOLS = [Ledger()]
+""")
+
+
+def test_sigterm_during_a_call_finishes_the_step_closes_the_session_and_exits_0(
+        tmp_path: Path) -> None:
+    (tmp_path / "wf.py").write_text(SLOW)
+    ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    env = {**os.environ, "TEST_LEDGER": str(tmp_path / "ledger.db"), "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLEDGER_CRASH_AT", None)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flowledger.cli", "--store", store, "worker",
+         str(tmp_path / "wf.py"), "--interval", "0.1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().startswith("calling j0")
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)  # in the middle of the first mutation
+        _, err = worker.communicate(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert took < 3, took  # the call in progress (1 s), the close, one interval
+    assert ledger.keys() == ["j0"] and ledger.calls_made() == 1  # finished, nothing more
+    with fl.Engine(store) as engine:
+        wf = engine.workflow("slow")
+        assert wf.open_session is None  # closed, not abandoned
+        [last] = engine.sessions(workflow="slow", limit=1)
+        assert last.status == "budget_exhausted" and "stopping" in (last.reason or "")
+        [job] = engine.pending_work("slow").topics
+        assert job.pending == 2  # left for the next worker
+
+
+def test_follow_prints_events_appended_by_another_process_as_json(tmp_path: Path) -> None:
+    import json
+
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    (tmp_path / "wf.py").write_text(SLOW.replace("time.sleep(1.0)", "pass"))
+    env = {**os.environ, "TEST_LEDGER": str(tmp_path / "ledger.db"), "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLEDGER_CRASH_AT", None)
+    with fl.Engine(store):
+        pass  # the store exists, empty
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "flowledger.cli", "--store", store, "follow", "--json",
+         "--after", "0", "--interval", "0.05"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        subprocess.run([sys.executable, "-m", "flowledger.cli", "--store", store, "run",
+                        str(tmp_path / "wf.py")], cwd=tmp_path, env=env, check=True,
+                       capture_output=True)
+        assert follower.stdout is not None
+        seen: list[dict[str, object]] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            seen.append(json.loads(follower.stdout.readline()))
+            if seen[-1]["aggregate"] == "Workflow" and seen[-1]["event"] == "SessionClosed":
+                break
+        follower.send_signal(signal.SIGINT)
+        follower.communicate(timeout=5)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0
+    names = [f"{e['aggregate']}.{e['event']}" for e in seen]
+    assert names[0] == "Workflow.Registered" and "HandlerRun.MutationApplied" in names
+    assert names[-1] == "Workflow.SessionClosed"
+    assert [e["position"] for e in seen] == sorted(e["position"] for e in seen)
+
+
+def test_a_worker_killed_in_a_call_is_replaced_and_nothing_is_done_twice(
+        tmp_path: Path) -> None:
+    (tmp_path / "wf.py").write_text(SLOW.replace("time.sleep(1.0)", "time.sleep(0.5)"))
+    ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    env = {**os.environ, "TEST_LEDGER": str(tmp_path / "ledger.db"), "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLEDGER_CRASH_AT", None)
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "flowledger.cli", "--store", store, "worker",
+             str(tmp_path / "wf.py"), "--interval", "0.1"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    a = start()
+    b: subprocess.Popen[str] | None = None
+    try:
+        assert a.stdout is not None
+        assert a.stdout.readline().startswith("calling j0")  # in flight, not yet written
+        a.send_signal(signal.SIGKILL)
+        a.wait(5)
+        b = start()  # replaces it: takes the session over, reconciles j0, goes on
+        _wait(lambda: len(ledger.keys()) == 3, 20, "the second worker to finish")
+        b.send_signal(signal.SIGTERM)
+        _, err = b.communicate(timeout=10)
+        assert b.returncode == 0, err
+        assert "took over session" in err
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert ledger.keys() == ["j0", "j1", "j2"]
+    # j0's first call was cut off before it wrote; reconcile proved it, one fresh call
+    # wrote it. Four calls, three writes, no key written twice.
+    assert ledger.calls_made() == 4
+    with ledger._db() as db:
+        assert db.execute("SELECT COUNT(*) FROM duplicates").fetchone()[0] == 0

@@ -1,0 +1,291 @@
+"""The worker (DESIGN §6) in-process, on a real SQLite store, with the manual clock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import flowledger as fl
+from flowledger.engine.worker import Worker
+from tests.helpers import MemoryLedger, MutationScenario, ScriptedLedgerTool, ledger_workflow
+
+START = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
+
+
+def ticking_workflow(calls: list[str], name: str = "ticks", **schedule: Any) -> fl.Workflow:
+    wf = fl.Workflow(name, topics=["tick", "done"])
+
+    @wf.producer(publishes=["tick"], **schedule)
+    def produce(ctx: Any, state: Any) -> Any:
+        n = (state or {}).get("n", 0) + 1
+        calls.append(f"produce {n}")
+        ctx.publish("tick", message_id=f"t{n}", payload={"n": n})
+        return {"n": n}
+
+    @wf.consumer(subscribe=["tick"], publishes=["done"], tools=["ledger"])
+    class Book:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            pending = ctx.peek("tick", limit=1)
+            if not pending:
+                return None
+            return fl.Prepared(reservations={"tick": [pending[0].message_id]},
+                               data=pending[0].message_id)
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.ledger.append(prepared.data, "v")
+
+    return wf
+
+
+def test_every_runs_once_per_tick_coalesces_missed_ticks_and_survives_a_restart(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    clock.set(START)
+    calls: list[str] = []
+    ledger = MemoryLedger()
+    engine = make_engine()
+    engine.register(ticking_workflow(calls, every="1m"), tools=[ScriptedLedgerTool(ledger)])
+    worker = Worker(engine)
+    assert [r.status for r in worker.run_once()] == ["completed"]  # never ran: at once
+    assert calls == ["produce 1"] and ledger.calls == 1
+    assert worker.run_once() == []
+    assert worker.next_due() == datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+    clock.advance(29)
+    assert worker.run_once() == []  # 00:00:59: the tick is at 00:01
+    clock.advance(1)
+    assert len(worker.run_once()) == 1 and calls[-1] == "produce 2"
+    clock.advance(3600)  # an outage of sixty ticks
+    restarted = make_engine()
+    restarted.register(ticking_workflow(calls, every="1m"), tools=[ScriptedLedgerTool(ledger)])
+    again = Worker(restarted)  # what ran comes from the log, not from memory
+    assert len(again.run_once()) == 1 and calls[-1] == "produce 3"  # once, not sixty times
+    assert again.run_once() == []  # nor repeated
+    fresh = Worker(make_engine())
+    fresh.engine.register(ticking_workflow(calls, every="1m"),
+                          tools=[ScriptedLedgerTool(ledger)])
+    assert fresh.run_once() == []  # a third worker, same log: nothing due either
+    assert ledger.writes == ["t1", "t2", "t3"]  # each tick's event booked exactly once
+
+
+def test_cron_schedule(make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    clock.set(START)
+    calls: list[str] = []
+    engine = make_engine()
+    engine.register(ticking_workflow(calls, cron="*/5 * * * *"),
+                    tools=[ScriptedLedgerTool(MemoryLedger())])
+    worker = Worker(engine)
+    worker.run_once()
+    assert worker.next_due() == datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    clock.set(datetime(2026, 1, 1, 0, 4, 59, tzinfo=UTC))
+    assert worker.run_once() == []
+    clock.set(datetime(2026, 1, 1, 0, 5, tzinfo=UTC))
+    assert len(worker.run_once()) == 1
+    assert calls == ["produce 1", "produce 2"]
+
+
+def test_an_event_from_another_engine_runs_the_consumer_without_the_producer(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    clock.set(START)
+    calls: list[str] = []
+    ledger = MemoryLedger()
+    engine = make_engine()
+    engine.register(ticking_workflow(calls, every="1h"), tools=[ScriptedLedgerTool(ledger)])
+    worker = Worker(engine)
+    worker.run_once()
+    other = make_engine()  # another process, as far as the store can tell
+    other_calls: list[str] = []
+    other.register(ticking_workflow(other_calls), tools=[ScriptedLedgerTool(ledger)])
+    other.run_session("ticks", trigger="manual")  # its producer publishes t2... as "t1"
+    other_wf = fl.Workflow("feeder", topics=["x"])
+    assert other_wf.name == "feeder"
+    # publish a fresh message through a manual session of a one-off producer
+    extra = ticking_workflow(other_calls, name="ticks")
+    extra.producers.clear()
+
+    @extra.producer(publishes=["tick"], name="produce")
+    def push(ctx: Any, state: Any) -> Any:
+        ctx.publish("tick", message_id="from-elsewhere", payload={})
+        return state
+
+    third = make_engine()
+    third.register(extra, tools=[ScriptedLedgerTool(MemoryLedger())])
+    third.run_session("ticks", trigger="manual", max_iterations=0)  # published, not consumed
+    results = worker.run_once()
+    assert [(r.status, r.runs[0].kind.value) for r in results] == [("completed", "consumer")]
+    assert "from-elsewhere" in ledger.writes
+    assert calls == ["produce 1"]  # the hourly producer did not run for it
+
+
+def test_a_transient_retry_and_a_reconcile_backoff_fire_by_themselves(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    clock.set(START)
+    ledger = MemoryLedger()
+    tool = ScriptedLedgerTool(ledger, ["transient", MutationScenario("uncertain", ["retry"],
+                                                                     True)])
+    engine = make_engine(policy=fl.RetryPolicy(jitter=0, transient_base_delay=10,
+                                               reconcile_base_delay=20))
+    engine.register(ledger_workflow(items=["a"]), tools=[tool])
+    assert engine.run_session("wf").status == "suspended"  # transient: retry in 10 s
+    worker = Worker(engine)
+    assert worker.run_once() == []
+    assert worker.next_due() is not None
+    clock.advance(10)
+    results = worker.run_once()
+    assert [r.status for r in results] == ["suspended"]  # uncertain, reconcile said retry
+    assert tool.reconcile_calls == [("a", "v-a")]
+    assert worker.run_once() == []
+    clock.advance(20)
+    assert [r.status for r in worker.run_once()] == ["completed"]  # reconciled: not applied,
+    assert ledger.writes == ["a"] and len(tool.calls) == 3  # so a fresh run wrote it once
+
+
+def test_serve_in_a_thread_stops_when_told_and_follow_sees_appends(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    ledger = MemoryLedger()
+    engine = make_engine(clock=fl.SystemClock())
+    engine.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    stop = threading.Event()
+    seen: list[str] = []
+    follower = make_engine(clock=fl.SystemClock())
+
+    def follow() -> None:
+        for event in follower.follow(after=0, interval=0.05, stop=stop):
+            seen.append(f"{event.aggregate}.{event.name}")
+
+    t = threading.Thread(target=follow)
+    t.start()
+    engine.run_session("wf")  # the producer has no schedule: run by hand
+    assert ledger.writes == ["a", "b"]
+    server = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
+    server.start()
+    stop.wait(0.3)
+    stop.set()
+    server.join(5)
+    t.join(5)
+    assert not server.is_alive() and not t.is_alive()
+    assert "Workflow.SessionClosed" in seen and "HandlerRun.MutationApplied" in seen
+    assert engine.workflow("wf").open_session is None
+
+
+def test_a_big_backlog_does_not_starve_another_workflow(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    clock.set(START)
+    big, small = MemoryLedger(), MemoryLedger()
+    engine = make_engine()
+    engine.register(ledger_workflow("big", items=[f"b{i}" for i in range(6)]),
+                    tools=[ScriptedLedgerTool(big)])
+    engine.register(ledger_workflow("small", items=["s"]), tools=[ScriptedLedgerTool(small)])
+    for name in ("big", "small"):
+        engine.run_session(name, max_iterations=0)  # published, nothing consumed
+    worker = Worker(engine, max_iterations=2)
+    first = worker.run_once()
+    assert sorted(r.workflow for r in first) == ["big", "small"]  # both served in one pass
+    assert small.writes == ["s"] and len(big.writes) == 2
+    while worker.run_once():
+        pass
+    assert len(big.writes) == 6
+
+
+def test_a_heartbeat_keeps_a_long_call_from_being_taken_over(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    """A tool read three times longer than the lease: the session keeps its lock
+    (the heartbeat renews it), and another engine's recover() finds it busy."""
+    ledger = MemoryLedger()
+    in_call = threading.Event()
+
+    class SlowTool(ScriptedLedgerTool):
+        @fl.read
+        def find(self, key: str) -> str | None:
+            in_call.set()
+            threading.Event().wait(1.5)
+            return None
+
+    wf = ledger_workflow(items=["a"])
+    cls: Any = wf.consumers[0].cls
+    original = cls.prepare
+
+    def prepare(self: Any, ctx: Any, state: Any) -> Any:
+        ctx.tools.ledger.find("a")
+        return original(self, ctx, state)
+
+    cls.prepare = prepare
+    policy = fl.RetryPolicy(lease_seconds=0.5)
+    holder = make_engine(clock=fl.SystemClock(), policy=policy)
+    holder.register(wf, tools=[SlowTool(ledger)])
+    other = make_engine(clock=fl.SystemClock(), policy=policy)
+    other.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+    results: list[Any] = []
+    t = threading.Thread(target=lambda: results.append(holder.run_session("wf")))
+    t.start()
+    assert in_call.wait(5)
+    statuses = []
+    for _ in range(4):  # over 1.2 s, more than twice the lease
+        threading.Event().wait(0.3)
+        statuses += [r.status for r in other.recover()]
+    t.join(10)
+    assert statuses == ["busy"] * 4
+    assert results[0].status == "completed" and ledger.writes == ["a"]
+    renewals = [e for e in other.events(workflow="wf") if e.name == "LeaseRenewed"]
+    assert len(renewals) >= 2
+
+
+def test_worker_threads_share_workflows_and_book_each_event_once(
+        make_engine: Callable[..., fl.Engine], tmp_path: Any) -> None:
+    from tests.helpers import ExternalLedger
+
+    ledger = ExternalLedger(tmp_path / "threads-ledger.db", count_calls=True)
+    names = [f"w{i}" for i in range(3)]
+    setup = make_engine(clock=fl.SystemClock())
+    for name in names:
+        setup.register(ledger_workflow(name, items=[f"{name}-{j}" for j in range(5)]),
+                       tools=[ScriptedLedgerTool(ledger)])
+        setup.run_session(name, max_iterations=0)  # published, nothing consumed
+    stop = threading.Event()
+    threads = []
+    for _ in range(3):
+        engine = make_engine(clock=fl.SystemClock())
+        for name in names:
+            engine.register(ledger_workflow(name, items=[]), tools=[ScriptedLedgerTool(ledger)])
+        threads.append(threading.Thread(target=engine.serve,
+                                        kwargs={"stop": stop, "interval": 0.02,
+                                                "max_iterations": 2}))
+    for t in threads:
+        t.start()
+    deadline = threading.Event()
+    for _ in range(200):
+        if len(ledger.keys()) == 15:
+            break
+        deadline.wait(0.05)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert ledger.keys() == sorted(f"{n}-{j}" for n in names for j in range(5))
+    assert ledger.calls_made() == 15  # every tool call counted: each event exactly once
+    assert all(setup.workflow(n).open_session is None for n in names)
+
+
+def test_follow_one_workflow_knows_streams_begun_before_it_started(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    from flowledger.engine.waiting import max_position
+
+    engine = make_engine()
+    for name in ("a", "b"):
+        engine.register(ledger_workflow(name, items=["x"]),
+                        tools=[ScriptedLedgerTool(MemoryLedger())])
+        engine.run_session(name, max_iterations=0)  # x published, not consumed
+    start = max_position(engine.log)
+    for name in ("a", "b"):
+        engine.run_session(name, trigger="event")  # x's stream began before `start`
+    stop = threading.Event()
+    seen = []
+    for event in engine.follow(after=start, workflow="a", interval=0.01, stop=stop):
+        seen.append(event)
+        if event.aggregate == "Workflow" and event.name == "SessionClosed":
+            stop.set()
+    assert seen and all(e.position > start for e in seen)
+    wf_a = engine.workflow("a").id
+    streams = {e.stream_id for e in seen}
+    assert wf_a in streams
+    assert any(e.aggregate == "TopicEvent" and e.name == "Consumed" for e in seen)
+    assert engine.workflow("b").id not in streams

@@ -16,6 +16,8 @@ The modules, one idea each:
   loading.py        importing PATH_OR_MODULE and registering its workflows
   store.py          opening the store: the engine a command drives
   views.py          how each answer looks (tables, the log, reports)
+  tables.py         tables fitted to the width: key columns whole, the rest cut
+                    with an ellipsis or left out; plain when not a terminal
   render.py         how one value looks (ids, times, JSON, an error on one line)
   exits.py          exit codes, and CommandError (exit 2)
 """

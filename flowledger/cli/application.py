@@ -9,7 +9,7 @@ import sys
 import typer
 
 import flowledger as fl
-from flowledger.cli import read_commands, run_commands
+from flowledger.cli import copy_command, read_commands, run_commands, worker_commands
 from flowledger.cli.exits import EXIT_USAGE
 from flowledger.cli.options import at_options, global_options
 from flowledger.cli.render import print_error
@@ -20,7 +20,6 @@ app = typer.Typer(
          "blocked.\n\nExit codes: 0 done (or stopped on a budget), 1 a session was "
          "suspended, failed, blocked or busy, 2 the command could not be carried out.",
     no_args_is_help=True,
-    add_completion=False,
     rich_markup_mode=None,
 )
 app.callback()(global_options)
@@ -39,6 +38,9 @@ for command in (
     read_commands.runs,
     read_commands.sessions,
     read_commands.replay,
+    worker_commands.worker,
+    worker_commands.follow,
+    copy_command.copy,
     run_commands.demo,
 ):
     app.command()(command)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
@@ -31,19 +32,41 @@ def import_workflow_module(target: str) -> ModuleType:
             raise CommandError(f"cannot load {target!r} as a Python module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as e:
+            raise CommandError(f"{target!r} does not compile: {_syntax_error(e)}") from e
+        except ImportError as e:
+            raise CommandError(f"{target!r} cannot be imported: {_import_error(e, path)}"
+                               ) from e
         return module
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # as `python -m` would
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as e:
-        # Only the module asked for is the user's mistake; a missing import
-        # inside it is a bug in that code and keeps its traceback.
         if e.name is not None and (target == e.name or target.startswith(e.name + ".")):
             raise CommandError(f"no module named {target!r}; give a .py file or an importable "
                                "module name") from e
-        raise
+        raise CommandError(f"module {target!r} cannot be imported: {_import_error(e)}") from e
+    except SyntaxError as e:
+        raise CommandError(f"module {target!r} does not compile: {_syntax_error(e)}") from e
+    except ImportError as e:
+        raise CommandError(f"module {target!r} cannot be imported: {_import_error(e)}") from e
+
+
+def _syntax_error(e: SyntaxError) -> str:
+    """Where a syntax error is and what it is, on one line (as Python's own last lines)."""
+    where = f"{e.filename or '?'}, line {e.lineno}" if e.lineno else (e.filename or "?")
+    return f"{type(e).__name__} at {where}: {e.msg}"
+
+
+def _import_error(e: ImportError, path: Path | None = None) -> str:
+    """An import that failed inside the user's code: which, and from where."""
+    frames = traceback.extract_tb(e.__traceback__)
+    own = [f for f in frames if path is None or Path(f.filename).resolve() == path.resolve()]
+    where = f" (at {own[-1].filename}, line {own[-1].lineno})" if own else ""
+    return f"{type(e).__name__}: {e}{where}"
 
 
 def register_module(engine: CommandEngine, module: ModuleType, target: str) -> list[str]:

@@ -30,12 +30,24 @@ class GlobalOptions:
     position: int | None = None  # `flowledger at POSITION ...`
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from flowledger import __version__
+
+        typer.echo(f"flowledger {__version__}")
+        raise typer.Exit()
+
+
 def global_options(
     ctx: typer.Context,
     store: Annotated[str, typer.Option(
         "--store", metavar="URL", envvar=STORE_ENV,
-        help="Store URL: sqlite:///file.db, sqlite:////abs/file.db or memory://.",
+        help="Store URL: sqlite:///file.db, sqlite:////abs/file.db (add ?mode=ro to open "
+             "it read-only) or memory://.",
     )] = DEFAULT_STORE,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print flowledger's version and exit.")] = False,
 ) -> None:
     ctx.obj = GlobalOptions(store)
 

@@ -28,7 +28,7 @@ from flowledger.cli.options import (
     parse_time,
     store_url,
 )
-from flowledger.cli.render import out, print_json
+from flowledger.cli.render import out, print_json, print_json_line
 from flowledger.cli.store import open_engine
 from flowledger.cli.views import (
     print_costs,
@@ -45,6 +45,7 @@ from flowledger.cli.views import (
     print_timeline,
     print_waiting,
     rebuild_progress,
+    status_json,
 )
 from flowledger.read_side.log_view import LoggedEvent
 from flowledger.read_side.queries import (
@@ -58,10 +59,13 @@ from flowledger.read_side.queries import (
 # ------------------------------------------------------------------ the present
 
 
-def status(ctx: typer.Context, store: StoreOption = None) -> None:
+def status(ctx: typer.Context, store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Workflows, open sessions, unfinished and blocked runs."""
     with open_engine(store_url(ctx, store), must_exist=True) as engine:
         st = engine.status()
+    if as_json:
+        print_json(status_json(st))
+        return
     print_status(st)
 
 
@@ -74,17 +78,31 @@ def log(
         "--run", metavar="RUN_ID", help="Only this run's events.")] = None,
     limit: Annotated[int | None, typer.Option(
         min=1, metavar="N", help="Only the last N events.")] = None,
+    after: Annotated[int, typer.Option(
+        min=0, metavar="POSITION", help="Only events after this log position.")] = 0,
+    since: Annotated[str | None, typer.Option(
+        metavar="TIME", help="Only events at or after this time (UTC if no zone).")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print JSON for scripts: one object per line (JSON Lines).")] = False,
 ) -> None:
     """The event log, oldest first: the source of truth everything else is derived from."""
+    moment = parse_time(since, "--since")
     with open_engine(store_url(ctx, store), must_exist=True) as engine:
         if workflow is not None:
             held = sorted(w.name for w in engine.status().workflows)
             if workflow not in held:
                 raise CommandError(f"no workflow named {workflow!r} in store {engine.store} "
                                    f"(it holds: {', '.join(held) or 'none'})")
-        events: Iterator[LoggedEvent] = engine.events(workflow=workflow, run=run_id)
+        events: Iterator[LoggedEvent] = engine.events(workflow=workflow, run=run_id,
+                                                      after=after)
+        if moment is not None:
+            events = (e for e in events if e.timestamp >= moment)
         if limit is not None:
             events = iter(deque(events, maxlen=limit))
+        if as_json:
+            for event in events:
+                print_json_line(event)
+            return
         # Printed as read: if an event cannot be read, what comes before it is
         # shown, and the error names it.
         first = next(events, None)
@@ -94,10 +112,14 @@ def log(
         print_log(itertools.chain([first], events))
 
 
-def blocked(ctx: typer.Context, store: StoreOption = None) -> None:
+def blocked(ctx: typer.Context, store: StoreOption = None, as_json: JsonOption = False
+            ) -> None:
     """Runs and workflows waiting for a person, and the decisions that apply to each."""
     with open_engine(store_url(ctx, store), must_exist=True) as engine:
         st = engine.status()
+    if as_json:
+        print_json(status_json(st)["blocked"])
+        return
     print_waiting(st)
 
 
@@ -107,7 +129,8 @@ def blocked(ctx: typer.Context, store: StoreOption = None) -> None:
 def timeline(
     ctx: typer.Context,
     run: Annotated[str, typer.Argument(metavar="RUN", show_default=False,
-                                       help="The run's id.")],
+                                       help="The run's id, a unique prefix of it, or its "
+                                            "short id (as printed).")],
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -139,8 +162,9 @@ def events(
 
 def audit_input(
     ctx: typer.Context,
-    input_id: Annotated[str, typer.Argument(metavar="ID", show_default=False,
-                                            help="The input's id (see `events`: caused by).")],
+    input_id: Annotated[str, typer.Argument(
+        metavar="ID", show_default=False,
+        help="The input's id (see `events`: caused by), a unique prefix or its short id.")],
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -239,7 +263,7 @@ def at_status(ctx: typer.Context, store: StoreOption = None,
         st = past.status()
         moment = past.time
     if as_json:
-        print_json({"position": at, "time": moment, "status": st})
+        print_json({"position": at, "time": moment, "status": status_json(st)})
         return
     print_status_at(at, moment, st)
 
@@ -280,7 +304,8 @@ def projections_rebuild(
     as_json: JsonOption = False,
 ) -> None:
     """Empty the projections and fold the whole log in again, from position 0."""
-    with open_engine(store_url(ctx, store), must_exist=True) as engine:
+    with open_engine(store_url(ctx, store), must_exist=True,
+                     writes="rewrites the projections") as engine:
         known = [p.name for p in engine.projections.projections]
         unknown = [name for name in only or [] if name not in known]
         if unknown:

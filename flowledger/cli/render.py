@@ -7,13 +7,18 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
 import sys
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.rule import Rule
 from rich.text import Text
 
 import flowledger as fl
@@ -21,8 +26,23 @@ from flowledger.domain.phases import RunStatus
 from flowledger.domain.session import SessionOutcome
 from flowledger.domain.workflow import WorkflowStatus
 
-out = Console(highlight=False)
+
+def _piped_width() -> int | None:
+    """Output that is not a terminal (a file, a pipe) is not squeezed into 80
+    columns: lines are as long as what they hold, unless $COLUMNS says a width."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None  # the terminal's width, or $COLUMNS
+    return 400
+
+
+out = Console(highlight=False, width=_piped_width())
 err = Console(stderr=True, highlight=False)
+
+
+def plain_layout() -> bool:
+    """Not a terminal: tables without box drawing, no colour (rich leaves colour
+    out by itself when it does not write to a terminal)."""
+    return not out.is_terminal
 
 
 # ------------------------------------------------------------------ values
@@ -34,8 +54,17 @@ def short(value: UUID | None) -> str:
     return value.hex[-8:] if value is not None else "-"
 
 
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # every time the CLI prints, in UTC ("... (UTC)")
+TIME_WIDTH = 19
+
+
 def when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+    """A moment as every command prints it: UTC, to the second."""
+    if value is None:
+        return "-"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime(TIME_FORMAT)
 
 
 def plain(value: Any, limit: int = 80) -> str:
@@ -86,6 +115,14 @@ def status_style(status: str) -> str:
     return "yellow" if status in _WAITING else "red"
 
 
+def heading(text: str) -> None:
+    """A line that heads what follows: a rule on a terminal, plain text otherwise."""
+    if plain_layout():
+        out.print(f"--- {text}", soft_wrap=True, markup=False)
+    else:
+        out.print(Rule(text, align="left"))
+
+
 def note(label: str, text: str, style: str = "") -> None:
     """A long explanation under a table: one soft-wrapped line, never squeezed into a cell."""
     line = Text("  ")
@@ -117,6 +154,28 @@ def print_json(value: Any) -> None:
         value = dataclasses.asdict(value)
     sys.stdout.write(json.dumps(value, default=_json_default, indent=2, ensure_ascii=False)
                      + "\n")
+
+
+def print_json_line(value: Any) -> None:
+    """One JSON object on one line (JSON Lines), for output that streams."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    sys.stdout.write(json.dumps(value, default=_json_default, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------ progress
+
+
+@contextmanager
+def working(what: str, quiet: bool = False) -> Iterator[None]:
+    """A spinner with the time elapsed on stderr while long work goes on, so that
+    a long recovery or session does not look hung; only on a terminal."""
+    if quiet or not err.is_terminal:
+        yield
+        return
+    with Progress(SpinnerColumn(), TextColumn(what + "..."), TimeElapsedColumn(),
+                  console=err, transient=True):
+        yield
 
 
 # ------------------------------------------------------------------ errors

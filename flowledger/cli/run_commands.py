@@ -8,13 +8,28 @@ from typing import Annotated
 
 import typer
 
+import flowledger as fl
 from flowledger import demo as demo_module
 from flowledger.cli.exits import EXIT_NOT_DONE, EXIT_OK, CommandError, exit_code_for
 from flowledger.cli.loading import load
-from flowledger.cli.options import TRIGGERS, StoreOption, TargetArgument, choices, store_url
-from flowledger.cli.render import out
+from flowledger.cli.options import (
+    TRIGGERS,
+    JsonOption,
+    StoreOption,
+    TargetArgument,
+    choices,
+    store_url,
+)
+from flowledger.cli.render import call_text, out, print_json, short, working
 from flowledger.cli.store import open_engine
-from flowledger.cli.views import print_demo, print_sessions
+from flowledger.cli.views import (
+    Settled,
+    print_demo,
+    print_recovered,
+    print_sessions,
+    print_settled,
+    session_json,
+)
 from flowledger.domain.session import Trigger
 from flowledger.read_side.queries import ACTIONS, check_choice
 
@@ -34,6 +49,7 @@ def run(
     )] = Trigger.MANUAL.value,
     workflow: Annotated[str | None, typer.Option(
         metavar="NAME", help="Run only this workflow of the module.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Register the workflows of PATH_OR_MODULE and run one session of each.
 
@@ -43,7 +59,8 @@ def run(
     check_choice(trigger, TRIGGERS, "--trigger")
     # Registered without writing first: a workflow is recorded in the store only
     # once it is known to run (not for `--workflow nope`, nor for the others).
-    with open_engine(store_url(ctx, store), record=False) as engine:
+    with open_engine(store_url(ctx, store), record=False,
+                     writes="runs sessions, which append to the log") as engine:
         names = load(engine, path_or_module)
         if workflow is not None:
             if workflow not in names:
@@ -52,21 +69,28 @@ def run(
                                    "written")
             names = [workflow]
         engine.record(names)
-        results = [engine.run_session(name, trigger=trigger,
-                                      max_iterations=max_iterations, max_cost=max_cost)
-                   for name in names]
-    print_sessions(results)
+        with working("running " + ", ".join(names), quiet=as_json):
+            results = [engine.run_session(name, trigger=trigger,
+                                          max_iterations=max_iterations, max_cost=max_cost)
+                       for name in names]
+        settled = settled_mutations(engine, [r.recovered for r in results if r.recovered])
+    if as_json:
+        print_json([session_json(r) for r in results])
+    else:
+        print_sessions(results)
+        print_settled(settled)
     raise typer.Exit(exit_code_for(results))
 
 
 def recover(ctx: typer.Context, path_or_module: TargetArgument,
-            store: StoreOption = None) -> None:
+            store: StoreOption = None, as_json: JsonOption = False) -> None:
     """Take over sessions a crashed process left open, and finish their work.
 
     Needs the workflow code (PATH_OR_MODULE): recovery continues runs with it.
     """
     # A workflow the store does not hold has nothing to recover: it is not recorded.
-    with open_engine(store_url(ctx, store), must_exist=True, record=False) as engine:
+    with open_engine(store_url(ctx, store), must_exist=True, record=False,
+                     writes="continues sessions, which appends to the log") as engine:
         names = load(engine, path_or_module)
         if all(name in engine.unrecorded for name in names):
             held = sorted(w.name for w in engine.status().workflows)
@@ -75,12 +99,39 @@ def recover(ctx: typer.Context, path_or_module: TargetArgument,
                 f"defines ({', '.join(names)}); it holds: {', '.join(held) or 'no workflows'}. "
                 "Nothing was recovered or written: point --store at the store those "
                 "workflows ran on")
-        results = engine.recover()
+        with working("recovering what a crash left", quiet=as_json):
+            results = engine.recover()
+        settled = settled_mutations(engine, results)
+    if as_json:
+        print_json([session_json(r) for r in results])
+        raise typer.Exit(exit_code_for(results))
     if not results:
         out.print("Nothing to recover: no workflow of this code has a session open.")
         return
-    print_sessions(results, title="Recovered sessions")
+    print_recovered(results)
+    print_settled(settled)
     raise typer.Exit(exit_code_for(results))
+
+
+def settled_mutations(engine: fl.Engine, results: list[fl.SessionResult]
+                      ) -> list[Settled]:
+    """The mutations of recovered sessions that had to be reconciled (their call was in
+    flight when the process died, or its outcome unknown), and what that found."""
+    found = []
+    for result in results:
+        for r in result.runs:
+            entries = [e for e in engine.run_timeline(r.run_id).entries
+                       if e.stream_id == r.run_id]
+            started = next((e for e in entries if e.name == "MutationInFlight"), None)
+            ends = [e for e in entries if e.fields.get("via") == "reconcile"
+                    or e.name in ("MutationNeedsReconcile", "MutationIndeterminate")]
+            if started is None or not ends:
+                continue
+            f = started.fields
+            found.append(Settled(r.run_id, r.handler, call_text(f["tool"], f["method"],
+                                                               f["params"]),
+                                 f.get("reconcile"), ends[-1].name, ends[-1].fields))
+    return found
 
 
 def resolve(
@@ -95,10 +146,12 @@ def resolve(
 ) -> None:
     """Decide on a mutation whose outcome is unknown (see `flowledger blocked`)."""
     check_choice(action, ACTIONS, "ACTION")
-    with open_engine(store_url(ctx, store), must_exist=True) as engine:
+    with open_engine(store_url(ctx, store), must_exist=True,
+                     writes="records a decision in the log") as engine:
         engine.resolve(run, action)
-        workflow = engine.run(run).workflow
-    out.print(f"Recorded {action} for run {run} of {workflow!r}. The next session "
+        found = engine.run(run)
+    workflow = found.workflow
+    out.print(f"Recorded {action} for run {short(found.id)} of {workflow!r}. The next session "
               "carries it on: flowledger run PATH_OR_MODULE", soft_wrap=True, markup=False)
 
 
@@ -108,7 +161,8 @@ def resume(
     store: StoreOption = None,
 ) -> None:
     """Lift a workflow's paused or error status once the cause is dealt with."""
-    with open_engine(store_url(ctx, store), must_exist=True) as engine:
+    with open_engine(store_url(ctx, store), must_exist=True,
+                     writes="records the resumption in the log") as engine:
         changed = engine.resume(workflow)
     if changed:
         out.print(f"Workflow {workflow!r} is active again; the next session will run it.")

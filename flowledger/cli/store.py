@@ -50,12 +50,16 @@ class CommandEngine(fl.Engine):
 
 
 @contextmanager
-def open_engine(store: str, *, must_exist: bool = False, record: bool = True
-                ) -> Iterator[CommandEngine]:
+def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
+                writes: str | None = None) -> Iterator[CommandEngine]:
     """An engine on `store`, closed when the command ends, whatever happens.
 
-    `record=False`: see CommandEngine."""
+    `record=False`: see CommandEngine. `writes`: what the command writes (it is
+    refused on a store opened read-only, `?mode=ro`)."""
     config = parse_store_url(store)
+    if writes is not None and config.read_only:
+        raise CommandError(f"store {store!r} is opened read-only (?mode=ro), and this command "
+                           f"{writes}; drop ?mode=ro to let it write")
     if must_exist and config.path is not None and not config.path.exists():
         raise CommandError(f"no store at {str(config.path)!r} (from {store}); run a workflow "
                            "first, or point --store at an existing store")

@@ -4,21 +4,35 @@ tables and lines on the terminal (render.py says how one value looks)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parseaddr
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.rule import Rule
-from rich.table import Table
 from rich.text import Text
 
 import flowledger as fl
 from flowledger import demo as demo_module
-from flowledger.cli.render import call_text, note, out, plain, short, shown, status_style, when
+from flowledger.cli.render import (
+    call_text,
+    heading,
+    note,
+    out,
+    plain,
+    plain_layout,
+    short,
+    shown,
+    status_style,
+    when,
+)
+from flowledger.cli.tables import Cell, Col, print_table
 from flowledger.read_side.log_view import LoggedEvent
 
 # ------------------------------------------------------------------ the log
@@ -35,15 +49,11 @@ def key_fields(event: LoggedEvent) -> str:
                      if k not in _NOT_KEY and v is not None)
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC) if moment.tzinfo is not None else moment
-
-
 def log_line(event: LoggedEvent) -> Text:
     """One event on one line, so that the log can be read, piped and grepped."""
     line = Text()
     line.append(f"{event.position:>6}  ", style="dim")
-    line.append(_utc(event.timestamp).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "  ")
+    line.append(when(event.timestamp) + "  ")
     line.append(f"{event.aggregate}.", style="cyan")
     line.append(event.name.ljust(_EVENT_WIDTH - len(event.aggregate) - 1), style="bold cyan")
     line.append(f"  {short(event.stream_id)}", style="magenta")
@@ -54,7 +64,7 @@ def log_line(event: LoggedEvent) -> Text:
 
 
 def print_log(events: Iterable[LoggedEvent]) -> None:
-    header = (f"{'pos':>6}  {'time (UTC)':<23}  {'aggregate.event':<{_EVENT_WIDTH}}  "
+    header = (f"{'pos':>6}  {'time (UTC)':<19}  {'aggregate.event':<{_EVENT_WIDTH}}  "
               "stream    fields")
     out.print(Text(header, style="bold"), soft_wrap=True)
     for event in events:
@@ -70,18 +80,89 @@ def _remaining(result: fl.SessionResult) -> str:
 
 
 def print_sessions(results: list[fl.SessionResult], title: str = "Sessions") -> None:
-    table = Table(title=title, title_justify="left")
-    for name in ("workflow", "session", "status", "runs", "cost", "remaining work"):
-        table.add_column(name, overflow="fold")
-    for r in results:
-        table.add_row(r.workflow, short(r.session_id), Text(r.status, style=status_style(
-            r.status)), f"{len(r.runs)} ({r.consumer_runs} consumer)", str(r.cost),
-            _remaining(r))
-    out.print(table)
+    recovered = [r.recovered for r in results if r.recovered is not None]
+    if recovered:
+        print_recovered(recovered, "First, a crashed session was recovered")
+    print_table(title, [Col("workflow", max_width=24), Col("session", key=True),
+                        Col("status", key=True), Col("runs", key=True),
+                        Col("cost", key=True, justify="right"), Col("remaining work", drop=1)],
+                [[r.workflow, short(r.session_id), Text(r.status, style=status_style(r.status)),
+                  f"{len(r.runs)} ({r.consumer_runs} consumer)", str(r.cost), _remaining(r)]
+                 for r in results])
     for r in results:
         if r.error:
             note(f"{r.workflow} {short(r.session_id)} {r.status}", r.error,
                  status_style(r.status))
+
+
+def print_recovered(results: list[fl.SessionResult], title: str = "Recovered sessions"
+                    ) -> None:
+    """Sessions a crash left, taken over and finished: each one's runs, and for a
+    mutation whose outcome recovery had to settle, how it was settled."""
+    print_sessions(results, title=title)
+    for r in results:
+        counts: dict[str, int] = {}
+        for run in r.runs:
+            counts[run.status.value] = counts.get(run.status.value, 0) + 1
+        if counts:
+            note(f"{r.workflow} {short(r.session_id)}", "recovery ran " + ", ".join(
+                f"{n} {status}" for status, n in counts.items()) + " run"
+                + ("s" if len(r.runs) != 1 else ""))
+        for run in r.runs:
+            if not run.committed:
+                note(f"  run {short(run.run_id)} {run.handler}", run.status.value
+                     + (f": {run.reason}" if run.reason else ""), status_style(run.status.value))
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A mutation recovery reconciled: the call, its reconcile method, and the
+    event that settled it (MutationApplied, MutationFailed, or still unknown)."""
+
+    run_id: UUID
+    handler: str
+    call: str
+    reconcile: str | None
+    outcome: str
+    fields: dict[str, Any]
+
+
+def print_settled(settled: list[Settled]) -> None:
+    """What recovery did with each mutation a crash left in flight."""
+    for m in settled:
+        found = {"MutationApplied": f"it had happened, result {plain(m.fields.get('result'))}",
+                 "MutationFailed": "it had not happened"
+                 + (f" ({m.fields['reason']})" if m.fields.get("reason") else ""),
+                 }.get(m.outcome, "its outcome is still unknown; see flowledger blocked")
+        note(f"run {short(m.run_id)} {m.handler}",
+             f"mutation {m.call} was reconciled with {m.reconcile or '(no reconcile)'}: "
+             f"{found}", status_style("completed" if m.outcome == "MutationApplied"
+                                      else "failed"))
+
+
+def session_json(r: fl.SessionResult) -> dict[str, Any]:
+    """A session's result for --json: its fields, with the consumer runs counted."""
+    data = dataclasses.asdict(r)
+    data["consumer_runs"] = r.consumer_runs
+    if r.recovered is not None:
+        data["recovered"] = session_json(r.recovered)
+    return data
+
+
+def status_json(st: fl.EngineStatus) -> dict[str, Any]:
+    """The status for --json: objects with named fields, never bare arrays."""
+    names = {w.workflow_id: w.name for w in st.workflows}
+    return {
+        "workflows": [{**dataclasses.asdict(w), "holder_gone": w.name in st.holders_gone}
+                      for w in st.workflows],
+        "open_sessions": [{"session_id": sid, "workflow_id": wid, "workflow": names.get(wid),
+                           "trigger": trigger, "opened_at": opened}
+                          for sid, wid, trigger, opened in st.open_sessions],
+        "unfinished_runs": [{**dataclasses.asdict(r), "workflow": names.get(r.workflow_id)}
+                            for r in st.unfinished_runs],
+        "blocked": [dataclasses.asdict(b) for b in st.blocked],
+        "holders_gone": list(st.holders_gone),
+    }
 
 
 # ------------------------------------------------------------------ status
@@ -92,32 +173,34 @@ def print_status(st: fl.EngineStatus) -> None:
         out.print("No workflows in this store yet.")
         return
     names = {w.workflow_id: w.name for w in st.workflows}
-    table = Table(title="Workflows", title_justify="left")
-    for name in ("workflow", "status", "open session", "lease holder", "lease until (UTC)"):
-        table.add_column(name, overflow="fold")
-    for w in st.workflows:
-        table.add_row(w.name, Text(w.status, style=status_style(w.status)),
-                      short(w.open_session), w.owner or "-", when(w.lease_until))
-    out.print(table)
+    print_table("Workflows", [Col("workflow"), Col("status", key=True),
+                              Col("open session", key=True), Col("lease holder", drop=2),
+                              Col("lease until (UTC)", drop=1, key=True)],
+                [[w.name, Text(w.status, style=status_style(w.status)), short(w.open_session),
+                  w.owner or "-", when(w.lease_until)] for w in st.workflows])
     for w in st.workflows:
         if w.reason:
             note(f"{w.name} is {w.status}", w.reason, status_style(w.status))
+        if w.name in st.holders_gone:
+            note(f"{w.name}: holder gone", f"the process holding session "
+                 f"{short(w.open_session)} ({w.owner}) is no longer running; its work is left "
+                 "as the crash left it (a mutation in_flight is settled by its reconcile, "
+                 "never called again). Continue it with: flowledger recover PATH_OR_MODULE "
+                 "(or the next flowledger run does it first)", "red")
 
     if st.open_sessions:
-        table = Table(title="Open sessions", title_justify="left")
-        for name in ("session", "workflow", "trigger", "opened (UTC)"):
-            table.add_column(name)
-        for session_id, workflow_id, trigger, opened in st.open_sessions:
-            table.add_row(short(session_id), names.get(workflow_id, short(workflow_id)),
-                          trigger, when(opened))
-        out.print(table)
+        print_table("Open sessions", [Col("session", key=True), Col("workflow"),
+                                      Col("trigger", drop=1), Col("opened (UTC)", key=True)],
+                    [[short(session_id), names.get(workflow_id, short(workflow_id)), trigger,
+                      when(opened)] for session_id, workflow_id, trigger, opened in
+                     st.open_sessions])
     else:
         out.print("No open sessions.")
 
     if st.unfinished_runs:
         out.print(Text("Unfinished runs", style="bold"))
         for r in st.unfinished_runs:
-            line = Text(f"  run {r.run_id}  ")
+            line = Text(f"  run {short(r.run_id)}  ")
             line.append(f"{names.get(r.workflow_id, short(r.workflow_id))} / {r.handler}  ")
             line.append(f"phase={r.phase} ")
             line.append(f"status={r.status}", style=status_style(r.status))
@@ -152,17 +235,17 @@ def print_blocked(blocked: list[fl.BlockedRun]) -> None:
     """One block per run: what it attempted, why it waits, the commands that decide."""
     out.print(Text("Blocked runs (waiting for a person)", style="bold"))
     for b in blocked:
-        out.print(Text(f"  run {b.run_id}  {b.workflow} / {b.handler}  {b.status}",
+        out.print(Text(f"  run {short(b.run_id)}  {b.workflow} / {b.handler}  {b.status}",
                        style="red"), soft_wrap=True)
-        if b.tool:
-            out.print(f"    mutation: {b.tool}.{b.method}({plain(b.params)}) is "
+        if b.tool and b.method:
+            out.print(f"    mutation: {call_text(b.tool, b.method, b.params)} is "
                       f"{b.mutation_state}", soft_wrap=True, markup=False)
         if b.reason:
             out.print(f"    reason:   {b.reason}", soft_wrap=True, markup=False)
         if "resume" in b.actions:
             decide = f"flowledger resume {b.workflow}"
         else:
-            decide = f"flowledger resolve {b.run_id} {'|'.join(b.actions)}"
+            decide = f"flowledger resolve {short(b.run_id)} {'|'.join(b.actions)}"
         out.print(f"    decide:   {decide}", soft_wrap=True, markup=False)
 
 
@@ -173,50 +256,66 @@ def print_runs(found: list[fl.RunInfo]) -> None:
     if not found:
         out.print("No such runs.")
         return
-    table = Table(title="Runs (newest first)", title_justify="left")
-    table.add_column("run", no_wrap=True, min_width=36)
-    for name in ("created (UTC)", "workflow", "handler", "phase", "status", "mutation"):
-        table.add_column(name, overflow="fold")
+    print_table("Runs (newest first)", [
+        Col("run", key=True), Col("created (UTC)", key=True, drop=2), Col("workflow", drop=4),
+        Col("handler"), Col("phase", drop=3), Col("status", key=True),
+        Col("mutation", drop=1)],
+        [[short(r.run_id), when(r.created_at), r.workflow, r.handler, r.phase,
+          Text(r.status, style=status_style(r.status)), r.mutation_state or "-"]
+         for r in found])
     for r in found:
-        table.add_row(str(r.run_id), when(r.created_at), r.workflow, r.handler, r.phase,
-                      Text(r.status, style=status_style(r.status)), r.mutation_state or "-")
-    out.print(table)
+        if r.traceback:
+            note(f"run {short(r.run_id)} {r.status}", r.reason or "", status_style(r.status))
+            print_traceback(r.traceback, frames=1)
+
+
+def print_traceback(text: str, frames: int | None = None) -> None:
+    """A failure's recorded traceback, indented; only its last `frames` frames."""
+    lines = text.splitlines()
+    if frames is not None:
+        starts = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+        if len(starts) > frames:
+            lines = lines[starts[-frames]:]
+    for line in lines:
+        out.print(Text("    " + line, style="dim"), soft_wrap=True)
 
 
 def print_session_list(found: list[fl.SessionInfo]) -> None:
     if not found:
         out.print("No such sessions.")
         return
-    table = Table(title="Sessions (newest first)", title_justify="left")
-    table.add_column("session", no_wrap=True, min_width=36)
-    for name in ("opened (UTC)", "closed (UTC)", "workflow", "trigger", "status",
-                 "consumer runs", "cost"):
-        table.add_column(name, overflow="fold")
-    for s in found:
-        table.add_row(str(s.session_id), when(s.opened_at), when(s.closed_at), s.workflow,
-                      s.trigger, Text(s.status, style=status_style(s.status)),
-                      str(s.consumer_runs), str(s.cost))
-    out.print(table)
+    print_table("Sessions (newest first)", [
+        Col("session", key=True), Col("opened (UTC)", key=True, drop=3),
+        Col("closed (UTC)", key=True, drop=4), Col("workflow", drop=2),
+        Col("trigger", drop=5), Col("status", key=True), Col("runs", key=True, justify="right"),
+        Col("cost", key=True, justify="right")],
+        [[short(s.session_id), when(s.opened_at), when(s.closed_at), s.workflow, s.trigger,
+          Text(s.status, style=status_style(s.status)), str(s.consumer_runs), str(s.cost)]
+         for s in found])
 
 
 # ------------------------------------------------------------------ histories
 
 
 def run_line(run: fl.RunInfo) -> Text:
-    line = Text(f"run {run.run_id}  ", style="bold")
+    line = Text(f"run {short(run.run_id)}  ", style="bold")
     line.append(f"{run.workflow} / {run.handler} ({run.kind})  phase={run.phase} ")
     line.append(f"status={run.status}", style=status_style(run.status))
     if run.mutation_state:
         line.append(f" mutation={run.mutation_state}")
     if run.retry_of:
-        line.append(f" retry of {run.retry_of}")
+        line.append(f" retry of {short(run.retry_of)}")
     return line
 
 
 def print_timeline(found: fl.RunTimeline) -> None:
     out.print(run_line(found.run), soft_wrap=True)
+    note("id", str(found.run.run_id))
     if found.run.reason:
         note("reason", found.run.reason)
+    if found.run.traceback:
+        note("traceback", "the handler's last frames, as recorded")
+        print_traceback(found.run.traceback)
     print_log(found.entries)
 
 
@@ -224,62 +323,58 @@ def print_event_history(found: fl.EventHistory) -> None:
     out.print(Text(f"{found.workflow} / {found.topic} / {found.message_id}: {found.status}",
                    style="bold"), soft_wrap=True)
     note("payload", plain(found.payload, 200))
-    note("caused by input(s)", ", ".join(str(i) for i in found.caused_by) or "-")
-    note("published by run", str(found.published_by) if found.published_by else "-")
+    note("caused by input(s)", ", ".join(short(i) for i in found.caused_by) or "-")
+    note("published by run", short(found.published_by))
     print_reservations(found.reservations)
     print_log(found.entries)
 
 
 def print_reservations(reservations: Iterable[fl.Reservation], title: str = "Reserved by"
                        ) -> None:
-    table = Table(title=title, title_justify="left")
-    table.add_column("run", no_wrap=True, min_width=36)
-    for name in ("handler", "reserved (pos, UTC)", "ended", "at pos", "run status",
-                 "mutation"):
-        table.add_column(name, overflow="fold")
     rows = list(reservations)
-    for r in rows:
-        ended = r.ended + (f" to {r.moved_to}" if r.moved_to else "")
-        table.add_row(str(r.run_id), r.handler, f"{r.reserved_at}  {when(r.reserved_time)}",
-                      ended, str(r.ended_at or "-"),
-                      Text(r.run_status, style=status_style(r.run_status)),
-                      r.mutation_state or "-")
     if rows:
-        out.print(table)
+        print_table(title, [
+            Col("run", key=True), Col("handler"), Col("reserved (pos, UTC)", drop=2),
+            Col("ended", key=True), Col("at pos", drop=3, justify="right"),
+            Col("run status", key=True), Col("mutation", drop=1)],
+            [[short(r.run_id), r.handler, f"{r.reserved_at}  {when(r.reserved_time)}",
+              r.ended + (f" to {short(r.moved_to)}" if r.moved_to else ""),
+              str(r.ended_at or "-"), Text(r.run_status, style=status_style(r.run_status)),
+              r.mutation_state or "-"] for r in rows])
     else:
         out.print("No run reserved it.")
 
 
 def print_input_history(found: fl.InputHistory) -> None:
-    out.print(Text(f"input {found.input_id}  {found.workflow}: {found.source} / {found.type} "
-                   f"/ {found.external_id}", style="bold"), soft_wrap=True)
+    out.print(Text(f"input {short(found.input_id)}  {found.workflow}: {found.source} / "
+                   f"{found.type} / {found.external_id}", style="bold"), soft_wrap=True)
     if found.title:
         note("title", found.title)
-    note("registered by run", str(found.registered_by) if found.registered_by else "-")
+    note("id", str(found.input_id))
+    note("registered by run", short(found.registered_by))
 
-    caused = Table(title="Messages it caused", title_justify="left")
-    for name in ("topic", "message", "status", "reserved by"):
-        caused.add_column(name, overflow="fold")
-    for h in found.events:
-        held = "; ".join(f"{r.handler} {r.run_id} ({r.ended})" for r in h.reservations)
-        caused.add_row(h.topic, h.message_id, h.status, held or "-")
-    out.print(caused)
+    print_table("Messages it caused", [
+        Col("topic"), Col("message", key=True), Col("status", key=True),
+        Col("reserved by", drop=1)],
+        [[h.topic, h.message_id, h.status,
+          "; ".join(f"{r.handler} {short(r.run_id)} ({r.ended})" for r in h.reservations)
+          or "-"] for h in found.events])
 
     if found.mutations:
-        table = Table(title="Mutations", title_justify="left")
-        for name in ("pos", "time (UTC)", "run", "title", "call", "outcome"):
-            table.add_column(name, overflow="fold")
+        rows: list[list[Cell]] = []
         for m in found.mutations:
             outcome = m.state + (f": {plain(m.result)}" if m.state == "applied" else
                                  f": {m.reason}" if m.reason else "")
-            table.add_row(str(m.position), when(m.time), str(m.run_id), m.title or "-",
-                          call_text(m.tool, m.method, m.params),
-                          Text(outcome, style=status_style(
-                              "completed" if m.state == "applied" else m.state)))
-        out.print(table)
+            rows.append([str(m.position), when(m.time), short(m.run_id), m.title or "-",
+                         call_text(m.tool, m.method, m.params),
+                         Text(outcome, style=status_style(
+                             "completed" if m.state == "applied" else m.state))])
+        print_table("Mutations", [
+            Col("pos", key=True, justify="right", drop=2), Col("time (UTC)", key=True, drop=3),
+            Col("run", key=True), Col("title", drop=1), Col("call"), Col("outcome")], rows)
     else:
         out.print("No mutations.")
-    out.print(Rule("The whole story, in log order", align="left"))
+    heading("The whole story, in log order")
     print_log(found.entries)
 
 
@@ -290,21 +385,27 @@ def print_costs(report: fl.CostReport) -> None:
     if not report.lines:
         out.print("No costs recorded.")
         return
-    table = Table(title=f"Costs by {report.by}", title_justify="left")
-    for name in ("workflow", report.by, "amount", "not yet counted", "entries", "runs"):
-        table.add_column(name, overflow="fold",
-                         justify="right" if name in ("amount", "not yet counted", "entries",
-                                                     "runs") else "left")
-    for line in report.lines:
-        table.add_row(line.workflow, line.key, str(line.amount),
-                      str(line.not_counted) if line.not_counted else "-", str(line.entries),
-                      str(line.runs))
-    table.add_section()
-    table.add_row("total", "", str(report.total), "", "", "")
-    out.print(table)
+    ids = report.by in ("run", "session")
+    print_table(f"Costs by {report.by}", [
+        Col("workflow", drop=1), Col(report.by, key=True), Col("amount", key=True,
+                                                               justify="right"),
+        Col("not yet counted", key=True, justify="right", drop=2),
+        Col("entries", justify="right", drop=3), Col("runs", justify="right", drop=4)],
+        [[line.workflow, _short_key(line.key) if ids else line.key, str(line.amount),
+          str(line.not_counted) if line.not_counted else "-", str(line.entries),
+          str(line.runs)] for line in report.lines],
+        footer=[["total", "", str(report.total), "", "", ""]])
     if any(line.not_counted for line in report.lines):
         note("not yet counted", "spent by runs still going (or cut short by a crash); the "
              "session that finishes them counts it")
+
+
+def _short_key(key: str) -> str:
+    """A cost line's run or session id, short as everywhere else."""
+    try:
+        return short(UUID(key))
+    except ValueError:
+        return key
 
 
 # ------------------------------------------------------------------ replay
@@ -312,19 +413,17 @@ def print_costs(report: fl.CostReport) -> None:
 
 def print_replay(report: fl.ReplayReport, code: str) -> None:
     """What re-running a recorded run with the `code` of now did, and how it differs."""
-    out.print(Text(f"Replay of run {report.run_id}  {report.workflow} / {report.handler} "
+    out.print(Text(f"Replay of run {short(report.run_id)}  {report.workflow} / {report.handler} "
                    f"({report.kind})", style="bold"), soft_wrap=True)
     note("code", f"{code}, as it is now; state and pending messages as of log "
          f"position {report.as_of}; reads from the log; nothing written, no tool called")
     note("steps", f"recorded {' > '.join(report.recorded.steps) or '-'}; replayed "
          f"{' > '.join(report.replayed.steps) or '-'}")
     if report.differences:
-        table = Table(title="Differences", title_justify="left")
-        for name in ("what", "recorded", "replayed"):
-            table.add_column(name, overflow="fold")
-        for d in report.differences:
-            table.add_row(d.what, shown(d.recorded), shown(d.replayed))
-        out.print(table)
+        print_table("Differences", [Col("what"), Col("recorded"), Col("replayed")],
+                    [[d.what, shown(d.recorded), shown(d.replayed)] for d in report.differences])
+        for d in report.differences:  # whole, as the table may cut them short
+            note(d.what, f"recorded {shown(d.recorded)}; replayed {shown(d.replayed)}")
     for call in report.unrecorded_reads:
         note("not recorded, not performed", str(call), "yellow")
     for call in report.unused_reads:
@@ -364,13 +463,11 @@ def print_rebuilt(read: int, seconds: float, positions: dict[str, int]) -> None:
 
 
 def print_positions(positions: dict[str, int], head: int | None = None) -> None:
-    table = Table(title="Projections", title_justify="left")
-    for name in ("projection", "position", *(("behind",) if head is not None else ())):
-        table.add_column(name, justify="left" if name == "projection" else "right")
-    for name, position in positions.items():
-        table.add_row(name, f"{position:,}",
-                      *((f"{head - position:,}",) if head is not None else ()))
-    out.print(table)
+    print_table("Projections", [
+        Col("projection"), Col("position", key=True, justify="right"),
+        *((Col("behind", key=True, justify="right"),) if head is not None else ())],
+        [[name, f"{position:,}", *((f"{head - position:,}",) if head is not None else ())]
+         for name, position in positions.items()])
 
 
 # ------------------------------------------------------------------ demo
@@ -378,32 +475,34 @@ def print_positions(positions: dict[str, int], head: int | None = None) -> None:
 
 def print_demo(report: demo_module.DemoReport, folder: Path, url: str) -> None:
     """What the demo did, the ledger it wrote, and what to try next."""
-    out.print(Panel.fit(
-        f"flowledger demo: inbox to ledger, in {folder}/\n"
-        f"{len(report.emails)} sample emails in {folder / 'inbox'}/ -> ledger.db -> "
-        "summary.md\n"
-        f"Each session may start {demo_module.RUNS_PER_SESSION} consumer runs; "
-        "sessions run until no work is left."))
+    intro = (f"flowledger demo: inbox to ledger, in {folder}/\n"
+             f"{len(report.emails)} sample emails in {folder / 'inbox'}/ -> ledger.db -> "
+             "summary.md\n"
+             f"Each session may start {demo_module.RUNS_PER_SESSION} consumer runs; "
+             "sessions run until no work is left.")
+    if plain_layout():
+        out.print(intro, soft_wrap=True, markup=False)
+    else:
+        out.print(Panel.fit(intro))
     print_sessions(report.sessions)
 
-    rows = Table(title=f"Ledger rows ({folder / 'ledger.db'})", title_justify="left")
-    for name in ("row", "date", "from", "subject", "amount"):
-        rows.add_column(name, overflow="fold", justify="right" if name == "amount" else "left")
+    rows: list[list[Cell]] = []
     for row in report.ledger_rows:
         amount = f"{row['amount']} {row['currency']}" if row["amount"] else "-"
         name, address = parseaddr(row["sender"])
-        rows.add_row(str(row["row_id"]), (row["date"] or "")[:10], name or address,
-                     row["subject"], amount)
-    out.print(rows)
-    out.print(Rule(f"{folder / 'summary.md'}, as the Summarize consumer wrote it", align="left"))
+        rows.append([str(row["row_id"]), (row["date"] or "")[:10], name or address,
+                     row["subject"], amount])
+    print_table(f"Ledger rows ({folder / 'ledger.db'})", [
+        Col("row", key=True, justify="right"), Col("date", key=True, drop=2),
+        Col("from", drop=1), Col("subject"), Col("amount", key=True, justify="right")], rows)
+    heading(f"{folder / 'summary.md'}, as the Summarize consumer wrote it")
     out.print(report.summary.rstrip() or "(not written)", soft_wrap=True, markup=False)
     if report.traced_run is not None:
-        out.print(Rule(f"From the log: the run that added row 1 ({report.traced_run})",
-                       align="left"))
+        heading(f"From the log: the run that added row 1 ({short(report.traced_run)})")
         print_log(report.trace)
     next_steps = [f"flowledger --store {url} log", f"flowledger --store {url} status"]
     if report.traced_run is not None:
-        next_steps.append(f"flowledger --store {url} log --run {report.traced_run}")
+        next_steps.append(f"flowledger --store {url} log --run {short(report.traced_run)}")
     next_steps += [f"# drop another .eml into {folder / 'inbox'}/, then:",
                    f"(cd {folder} && flowledger --store sqlite:///flow.db run workflow.py)"]
     out.print("\nNext, try:")

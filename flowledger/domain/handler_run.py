@@ -45,6 +45,8 @@ class HandlerRun(EventSourcedAggregate):
         self.phase: Phase = Phase.PENDING
         self.status: RunStatus = RunStatus.ACTIVE
         self.reason: str | None = None
+        # The failing handler's traceback (its last frames), when it failed on a bug.
+        self.traceback: str | None = None
         self.retry_at: datetime | None = None
         self.superseded_by: UUID | None = None
         self.reservations: dict[str, list[str]] = {}
@@ -267,11 +269,15 @@ class HandlerRun(EventSourcedAggregate):
         status: RunStatus
         reason: str
         counted_cost: Decimal
+        # The handler's traceback, bounded (failures.traceback_of); None in logs
+        # written before it was recorded.
+        traceback: str | None = None
 
         def apply(self, run: HandlerRun) -> None:
             run.counted_cost = self.counted_cost
             run.status = self.status
             run.reason = self.reason
+            run.traceback = self.traceback
             run.retry_at = None
 
     class Reactivated(EventSourcedAggregate.Event):
@@ -424,10 +430,12 @@ class HandlerRun(EventSourcedAggregate):
         self.record(self.Paused, now, status=status, reason=reason, retry_at=retry_at,
                     counted_cost=self.cost)
 
-    def fail(self, now: datetime, status: RunStatus, reason: str) -> None:
+    def fail(self, now: datetime, status: RunStatus, reason: str,
+             traceback: str | None = None) -> None:
         if not status.is_failed:
             raise InternalError(f"{status.value} is not a failed status")
-        self.record(self.Failed, now, status=status, reason=reason, counted_cost=self.cost)
+        self.record(self.Failed, now, status=status, reason=reason, counted_cost=self.cost,
+                    traceback=traceback)
 
     def reactivate(self, now: datetime, reason: str) -> None:
         self.record(self.Reactivated, now, reason=reason)

@@ -161,6 +161,7 @@ class Settle:
     status: RunStatus
     reason: str
     retry_at: datetime | None = None
+    traceback: str | None = None  # a failure's, kept with it (failures.traceback_of)
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,7 @@ def settlement(run: HandlerRun, settle: Settle, rules: Rules) -> Settlement:
                               f"{run.attempt} attempts: {reason}", None)
         return Settlement("pause", f"run {run.id} ({run.handler}) is {status.value}: {reason}",
                           retry_at)
-    run.fail(now, status, reason)
+    run.fail(now, status, reason, settle.traceback)
     return Settlement("error", f"run {run.id} ({run.handler}) {status.value}: {reason}", None)
 
 

@@ -9,6 +9,8 @@ drift apart.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -86,6 +88,9 @@ class EngineStatus:
     open_sessions: list[tuple[UUID, UUID, str, datetime | None]]
     unfinished_runs: list[RunRow]
     blocked: list[BlockedRun]
+    # Workflows whose open session's holder is provably gone (the engine knows:
+    # Engine.status); `flowledger recover` continues them.
+    holders_gone: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,8 @@ class RunInfo:
     reason: str | None
     created_at: datetime | None
     updated_at: datetime | None
+    # A failed run's traceback (its handler's last frames), as recorded.
+    traceback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,44 @@ def parse_uuid(value: UUID | str, what: str) -> UUID:
         raise InvalidArgument(f"{value!r} is not a {what} id (a UUID)") from None
 
 
+# --------------------------------------------------------------- short ids
+
+IdKind = Literal["run", "session", "input"]
+ID_KINDS: tuple[str, ...] = ("run", "session", "input")
+MIN_SHORT_ID = 4  # hex digits: fewer would match half the store
+_HEX = frozenset("0123456789abcdef")
+# Where each kind of id is listed: (table, column), as hex text.
+_ID_TABLES: dict[str, tuple[str, str]] = {
+    "run": ("fl_runs", "run_id"),
+    "session": ("fl_sessions", "session_id"),
+    "input": ("fl_audit_causes", "input_id"),
+}
+
+
+class AmbiguousId(InvalidArgument):
+    """A short id that more than one id of its kind starts or ends with."""
+
+    def __init__(self, message: str, candidates: tuple[UUID, ...]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
+def short_id_digits(text: str) -> str | None:
+    """`text` as the hex digits an id or short id is made of (dashes dropped,
+    lower case), or None if it is not one."""
+    digits = text.strip().replace("-", "").lower()
+    return digits if digits and set(digits) <= _HEX and len(digits) <= 32 else None
+
+
+def matching_ids(c: Cursor, kind: str, digits: str) -> list[UUID]:
+    """Ids of `kind` whose hex starts with `digits` (a prefix) or ends with them
+    (the short id the CLI prints: the last 8 digits)."""
+    table, column = _ID_TABLES[kind]
+    c.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} LIKE ? OR {column} LIKE ?",
+              (digits + "%", "%" + digits))
+    return sorted({UUID(value) for (value,) in c.fetchall()})
+
+
 def check_choice(value: str | None, valid: tuple[str, ...], what: str) -> None:
     """A filter value that must be one of a fixed set: a clear InvalidArgument if not."""
     if value is not None and value not in valid:
@@ -305,8 +350,41 @@ class ReadSide:
     def _when(self) -> str:
         return f" at log position {self.upto}" if self.upto is not None else ""
 
+    def resolve_id(self, kind: str, value: UUID | str) -> UUID:
+        """The id of `kind` ("run", "session" or "input") that `value` names: a
+        UUID, or any unique prefix of its hex (with or without dashes), or its
+        short id as printed (the last digits). An ambiguous one is refused with
+        the candidates (AmbiguousId); one that matches nothing is a NotFoundError."""
+        if kind not in _ID_TABLES:
+            raise InvalidArgument(f"id kind {kind!r} is not one of {', '.join(ID_KINDS)}")
+        if isinstance(value, UUID):
+            return value
+        text = str(value)
+        with contextlib.suppress(ValueError):
+            return UUID(text)
+        digits = short_id_digits(text)
+        an = "an" if kind == "input" else "a"
+        if digits is None:
+            raise InvalidArgument(f"{text!r} is not {an} {kind} id: give the id, a prefix of "
+                                  f"it or its short id (hex digits, e.g. as `flowledger "
+                                  f"log` prints them)")
+        if len(digits) < MIN_SHORT_ID:
+            raise InvalidArgument(f"{kind} id {text!r} is too short: give at least "
+                                  f"{MIN_SHORT_ID} hex digits of it")
+        with self._tables() as c:
+            found = matching_ids(c, kind, digits)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise NotFoundError(f"no {kind} {text!r} in store {self.log.config.url}"
+                                f"{self._when()} (no {kind} id starts or ends with {digits})")
+        shown = ", ".join(str(i) for i in found[:10])
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        raise AmbiguousId(f"{kind} id {text!r} is ambiguous: it matches {len(found)} "
+                          f"{kind}s ({shown}{more}); give more digits", tuple(found))
+
     def _run(self, run_id: UUID | str) -> HandlerRun:
-        rid = parse_uuid(run_id, "run")
+        rid = self.resolve_id("run", run_id)
         run = self._load(rid, short=True)
         if not isinstance(run, HandlerRun):
             raise NotFoundError(f"no run {rid} in store {self.log.config.url}{self._when()}")
@@ -317,7 +395,8 @@ class ReadSide:
         m = run.mutation
         return RunInfo(run.id, run.workflow, run.session_id, run.handler, run.kind.value,
                        run.phase.value, run.status.value, m.state.value if m else None,
-                       run.retry_of, run.reason, run.created_on, run.modified_on)
+                       run.retry_of, run.reason, run.created_on, run.modified_on,
+                       run.traceback)
 
     @staticmethod
     def _info_of_row(row: RunRow, names: dict[UUID, str]) -> RunInfo:
@@ -336,7 +415,7 @@ class ReadSide:
         return self._run(run_id)
 
     def session(self, session_id: UUID | str) -> Session:
-        sid = parse_uuid(session_id, "session")
+        sid = self.resolve_id("session", session_id)
         session = self._load(sid)
         if not isinstance(session, Session):
             raise NotFoundError(f"no session {sid} in store {self.log.config.url}"
@@ -414,14 +493,17 @@ class ReadSide:
         `since`/`until` bound the time each was created (until excluded)."""
         check_choice(status, RUN_STATUSES, "run status")
         since, until = _aware(since, "since"), _aware(until, "until")
+        sid = self.resolve_id("session", session) if session is not None else None
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
-            sid = parse_uuid(session, "session") if session is not None else None
             names = self._workflow_names(c)
             rows = pending_work.run_rows(c, wf_id, sid, handler)
         found = [self._info_of_row(r, names) for r in reversed(rows)
                  if _matches_status(r.status, status) and _within(r.created_at, since, until)]
-        return found[:limit] if limit is not None else found
+        found = found[:limit] if limit is not None else found
+        # A failed run's traceback is on its stream, not in the listing's rows.
+        return [dataclasses.replace(r, traceback=self._run(r.run_id).traceback)
+                if r.status.startswith("failed") else r for r in found]
 
     def sessions(self, workflow: str | None = None, status: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
@@ -456,7 +538,7 @@ class ReadSide:
         handler, day (UTC) or workflow; one line per workflow and key."""
         if by not in COSTS_BY:
             raise InvalidArgument(f"costs by {by!r}: choose one of {', '.join(COSTS_BY)}")
-        sid = parse_uuid(session, "session") if session is not None else None
+        sid = self.resolve_id("session", session) if session is not None else None
         with self._tables() as c:
             if workflow is not None:
                 self._require_workflow(c, workflow)
@@ -532,7 +614,7 @@ class ReadSide:
                             tuple(reservations), tuple(entries))
 
     def input_history(self, input_id: UUID | str) -> InputHistory:
-        iid = parse_uuid(input_id, "input")
+        iid = self.resolve_id("input", input_id)
         record = self._load(iid, short=True)
         if not isinstance(record, Input):
             raise NotFoundError(f"no input {iid} in store {self.log.config.url}{self._when()}")

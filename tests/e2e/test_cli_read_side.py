@@ -100,7 +100,8 @@ def test_timeline_of_a_run(shop: Path) -> None:
     shown = flowledger("timeline", run_id, cwd=shop)
 
     assert shown.returncode == 0, shown.stderr
-    assert f"run {run_id}  shop / BookOrder (consumer)" in shown.stdout
+    assert f"run {run_id[-8:]}  shop / BookOrder (consumer)" in shown.stdout
+    assert f"id: {run_id}" in shown.stdout
     for name in ("HandlerRun.Created", "HandlerRun.ReadRecorded", "TopicEvent.Reserved",
                  "HandlerRun.MutationApplied", "TopicEvent.Published", "Session.RunEnded"):
         assert name in shown.stdout

@@ -295,3 +295,20 @@ def test_only_a_settled_outcome_is_carried_forward() -> None:
         assert (run.outcome, run.reservations, run.holds_reservations) == (
             outcome, {"in": ["m1"]}, True)
         assert run.phase is P.PENDING and run.mutation is None  # next only: no mutation
+
+
+def test_a_failure_recorded_before_tracebacks_still_reads() -> None:
+    """HandlerRun.Failed gained `traceback` (issue 13) with a default: an event
+    written without it reads back, and folds to a run without one."""
+    from flowledger.infrastructure.codec import MsgpackTranscoder
+
+    fields = {"originator_id": UUID(int=1), "originator_version": 2, "timestamp": START,
+              "status": RunStatus.FAILED_LOGIC, "reason": "KeyError: 'x'",
+              "counted_cost": Decimal(0)}
+    old = HandlerRun.Failed(**fields)
+    assert old.traceback is None
+    transcoder = MsgpackTranscoder()
+    decoded = transcoder.decode(transcoder.encode(old.model_dump(exclude={"traceback"})))
+    assert HandlerRun.Failed.model_validate(decoded).traceback is None
+    new = HandlerRun.Failed(**fields, traceback='  File "x.py", line 1\nKeyError: \'x\'')
+    assert HandlerRun.Failed.model_validate(new.model_dump()).traceback == new.traceback

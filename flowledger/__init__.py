@@ -26,7 +26,7 @@ from flowledger.domain.errors import (
 from flowledger.domain.limits import Limits
 from flowledger.engine.clock import Clock, ManualClock, SeededIds, SystemClock
 from flowledger.engine.context import HandlerContext
-from flowledger.engine.engine import Engine
+from flowledger.engine.engine import Engine, copy_store
 from flowledger.engine.handler_runs import RunResult
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.replay import (
@@ -113,6 +113,7 @@ __all__ = [
     "UnrecordedRead",
     "Workflow",
     "__version__",
+    "copy_store",
     "mutator",
     "read",
 ]

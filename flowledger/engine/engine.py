@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -41,6 +43,7 @@ from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, SystemClock, random_ids
 from flowledger.engine.faults import SimulatedCrash, from_environment
 from flowledger.engine.handler_runs import SessionScope
+from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.replay import ReplayReport, replay_run
 from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
@@ -113,6 +116,7 @@ class Engine:
         self.checkpoint = checkpoint or from_environment()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.log = EventLog.open(store)
+        self.log.flow_recorder.announce(self.owner)
         self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
                                             [PendingWork(), Costs(), Audit()])
         self.log.set_after_insert(self.projections.apply_inline, self.projections.forget)
@@ -122,8 +126,10 @@ class Engine:
         with contextlib.suppress(CorruptEventError):
             self.projections.catch_up()
         self._registered: dict[str, Registration] = {}
+        self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))
 
     def close(self) -> None:
+        self.heartbeat.stop()
         self.log.close()
 
     def __enter__(self) -> Engine:
@@ -200,7 +206,7 @@ class Engine:
                                                              SessionScope]:
         def make(streams: Streams, wf: Workflow, session: Session) -> SessionScope:
             return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
-                                self.limits, self.policy, self.checkpoint)
+                                self.limits, self.policy, self.checkpoint, self.heartbeat)
 
         return make
 
@@ -208,13 +214,16 @@ class Engine:
                     max_cost: Decimal | int | str | None = None) -> SessionResult:
         """Producers (unless trigger="event"), then consumers until no work or a budget ends."""
         reg = self._registration(workflow)
-        request = self._request(trigger, max_iterations, max_cost)
+        return self._run_session(reg, self._request(trigger, max_iterations, max_cost))
+
+    def _run_session(self, reg: Registration, request: SessionRequest) -> SessionResult:
         runner = SessionRunner(reg, self._scope_factory(reg))
         streams = Streams(self.log)
         now = self.clock.now()
         self.checkpoint("before_append:session_open")
         opened = runner.open_new(streams, request, self.owner, now,
                                  self.policy.lease_until(now), self.ids())
+        recovered: SessionResult | None = None
         if isinstance(opened, SessionResult) and opened.status == "busy":
             # A session left open by a process that died is recovered first
             # (DESIGN §2.3: on start), then this session opens as asked.
@@ -226,11 +235,18 @@ class Engine:
                                          self.policy.lease_until(now), self.ids())
         if isinstance(opened, SessionResult):
             return opened
+        logger.info("session %s of %s (%s) opened", opened.id, reg.definition.name,
+                    request.trigger.value)
         with self._abandoned_if_interrupted(reg, opened.id):
             self.checkpoint("after_append:session_open")
             assert streams.fenced_on is not None
             result = runner.run(streams, streams.fenced_on, opened, request)
+        if recovered is not None:
+            result = dataclasses.replace(result, recovered=recovered)
         self._catch_up_read_side()
+        logger.info("session %s of %s (%s) closed: %s%s", result.session_id, result.workflow,
+                    request.trigger.value, result.status,
+                    f" ({result.error})" if result.error else "")
         return result
 
     @contextlib.contextmanager
@@ -312,7 +328,7 @@ class Engine:
         if wf is None or wf.open_session is None:
             return None
         now = self.clock.now()
-        alive = _owner_alive(wf.session_owner)
+        alive = self._holder_alive(wf.session_owner)
         if alive and not wf.lease_expired(now):
             return SessionResult("busy", name, wf.open_session, error=(
                 f"session {wf.open_session} is held by {wf.session_owner}, which may still be "
@@ -329,11 +345,32 @@ class Engine:
         except ConcurrencyError:
             return SessionResult("busy", name, session_id,
                                  error="another process took the session over first")
+        logger.info("took over session %s of %s (%s)", session_id, name,
+                    "its holder is gone" if not alive else "its lease ran out")
         request = SessionRequest(Trigger(session.trigger), session.max_iterations,
                                  session.max_cost)
         with self._abandoned_if_interrupted(reg, session_id):
             return SessionRunner(reg, self._scope_factory(reg)).run(streams, wf, session,
                                                                     request)
+
+    # --------------------------------------------------------- the worker (§6)
+
+    def serve(self, stop: threading.Event | None = None, *, interval: float = 0.5,
+              max_iterations: int = 100) -> None:
+        """Recover, then run a session for each workflow whenever it is due, until
+        `stop` is set or the process gets SIGTERM/SIGINT (flowledger/engine/worker.py)."""
+        from flowledger.engine.worker import Worker
+
+        Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)
+
+    def follow(self, after: int | None = 0, *, workflow: str | None = None,
+               interval: float = 0.5,
+               stop: threading.Event | None = None) -> Iterator[LoggedEvent]:
+        """Each event after log position `after` (None: the end of the log now) as
+        any process appends it, until `stop` is set (or for ever)."""
+        from flowledger.engine.waiting import follow_log
+
+        return follow_log(self.log, after, workflow=workflow, interval=interval, stop=stop)
 
     @property
     def workflows(self) -> list[str]:
@@ -386,11 +423,14 @@ class Engine:
         self._append_and_catch_up(wf)
         return True
 
+    def resolve_id(self, kind: str, value: UUID | str) -> UUID:
+        """The id of a "run", "session" or "input" that `value` names: the UUID, any
+        unique prefix of its hex (dashes optional) or its short id as the CLI prints
+        it. Ambiguous: an InvalidArgument listing the candidates."""
+        return self._caught_up().resolve_id(kind, value)
+
     def _load_run(self, run_id: UUID | str) -> HandlerRun:
-        try:
-            rid = run_id if isinstance(run_id, UUID) else UUID(str(run_id))
-        except ValueError:
-            raise InvalidArgument(f"{run_id!r} is not a run id (a UUID)") from None
+        rid = self.resolve_id("run", run_id)
         run = self.log.load(rid, short=True)
         if not isinstance(run, HandlerRun):
             raise NotFoundError(f"no run {rid} in store {self.store}")
@@ -418,7 +458,17 @@ class Engine:
         return read_log(self.log, workflow, run_id, after, upto)
 
     def status(self) -> EngineStatus:
-        return self._caught_up().status()
+        """Workflows, open sessions, unfinished and blocked runs; and the workflows
+        whose session holder is provably gone (`holders_gone`: recover() continues them)."""
+        st = self._caught_up().status()
+        gone = tuple(w.name for w in st.workflows
+                     if w.open_session is not None and not self._holder_alive(w.owner))
+        return dataclasses.replace(st, holders_gone=gone) if gone else st
+
+    def _holder_alive(self, owner: str | None) -> bool:
+        """Whether a session's holder may still be running (False only when provably dead)."""
+        alive = self.log.flow_recorder.holder_alive(owner)  # the store may know (ADR 0017)
+        return _owner_alive(owner) if alive is None else alive
 
     # ---------------------------------------------------- read side (§2.4, §2.5)
 
@@ -532,3 +582,25 @@ class Engine:
         self._caught_up()
         with self.log.reading() as c:
             return audit_mentions_of(c, run_id)
+
+
+def copy_store(source: str, target: str,
+               progress: Callable[[int, int], None] | None = None) -> int:
+    """Carry a whole log from store URL `source` to the empty store `target`, in
+    position order, and rebuild the projections there (DESIGN §7): moving from
+    SQLite to PostgreSQL without losing history. Returns the events copied."""
+    from flowledger.infrastructure.copying import copy_log
+
+    if source == target:
+        raise InvalidArgument(f"copy needs two different stores, got {source!r} twice")
+    src = EventLog.open(source)
+    try:
+        dst = EventLog.open(target)
+        try:
+            copied = copy_log(src, dst, progress)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    Engine(target).close()  # opening it folds every projection in from position 0
+    return copied

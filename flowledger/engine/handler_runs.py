@@ -16,6 +16,7 @@ What follows what (the rules of DESIGN §1.3 to §1.4) is decided there, not her
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +35,13 @@ from flowledger.authoring.tools import (
 from flowledger.domain.continuation import Attempt, attempt_number
 from flowledger.domain.continuation import Step as Continue
 from flowledger.domain.errors import InternalError, LogicError
-from flowledger.domain.failures import CallFailure, call_failure, describe, status_for
+from flowledger.domain.failures import (
+    CallFailure,
+    call_failure,
+    describe,
+    status_for,
+    traceback_of,
+)
 from flowledger.domain.handler_rules import Step
 from flowledger.domain.handler_run import HandlerRun, OutcomeStatus
 from flowledger.domain.handler_state import HandlerState
@@ -70,6 +77,7 @@ from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.clock import Clock, IdFactory
 from flowledger.engine.context import HandlerContext
+from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
 from flowledger.engine.streams import Streams
@@ -121,19 +129,35 @@ class SessionScope:
     limits: Limits
     policy: RetryPolicy
     checkpoint: Checkpoint
+    heartbeat: Heartbeat | None = None
 
     def now(self) -> datetime:
         return self.clock.now()
 
+    def in_call(self) -> contextlib.AbstractContextManager[None]:
+        """A handler or tool call: the heartbeat renews the lease meanwhile (ADR 0019)."""
+        if self.heartbeat is None:
+            return contextlib.nullcontext()
+        return self.heartbeat.window(self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        now = self.now()
+        wf = self.workflow
+        if wf.lease_until is not None and (
+                wf.lease_until - now).total_seconds() < self.policy.lease_seconds / 2:
+            self.streams.renew_lease(now, self.policy.lease_until(now), self.session.id)
+
     def append(self, label: str) -> int:
         """A durable point. `checkpoint` lets tests crash a real process around it."""
         self.checkpoint(f"before_append:{label}")
-        now = self.now()
-        wf = self.workflow
-        if wf.open_session == self.session.id and wf.lease_until is not None and (
-            wf.lease_until - now).total_seconds() < self.policy.lease_seconds / 2:
-            wf.renew_lease(now, self.policy.lease_until(now))
-        position = self.streams.append(sync=label in SYNCED_APPENDS, hold=label in HELD_FOLDS)
+        with self.streams.lock:  # never at the same time as the heartbeat's renewal
+            now = self.now()
+            wf = self.workflow
+            if wf.open_session == self.session.id and wf.lease_until is not None and (
+                wf.lease_until - now).total_seconds() < self.policy.lease_seconds / 2:
+                wf.renew_lease(now, self.policy.lease_until(now))
+            position = self.streams.append(sync=label in SYNCED_APPENDS,
+                                           hold=label in HELD_FOLDS)
         self.checkpoint(f"after_append:{label}")
         return position
 
@@ -252,7 +276,9 @@ class RunDriver:
             run.release_reservations(now)
 
     def _fail(self, run: HandlerRun, error: BaseException) -> RunResult:
-        return self._settle(run, Settle(status_for(error), describe(error)))
+        status = status_for(error)
+        return self._settle(run, Settle(status, describe(error), traceback=(
+            traceback_of(error) if status.is_failed else None)))
 
     # ------------------------------------------------------------ producers
 
@@ -279,7 +305,8 @@ class RunDriver:
         and the step's reads and costs become events of the run either way.
         """
         try:
-            value = work()
+            with self.s.in_call():
+                value = work()
             ctx.raise_if_broken()
         except Exception as e:
             self._flush(ctx, run)
@@ -375,7 +402,8 @@ class RunDriver:
         ctx._perform = perform
         handler_error: BaseException | None = None
         try:
-            refuse_awaitable(handler.mutate(ctx, prepared), ctx.where)
+            with self.s.in_call():
+                refuse_awaitable(handler.mutate(ctx, prepared), ctx.where)
         except Exception as e:
             if e is not call.error:
                 handler_error = e
@@ -448,7 +476,8 @@ class RunDriver:
         assert m is not None and m.reconcile is not None
         params = unpack(m.params)
         try:
-            answer = getattr(tool, m.reconcile)(*params["args"], **params["kwargs"])
+            with self.s.in_call():
+                answer = getattr(tool, m.reconcile)(*params["args"], **params["kwargs"])
         except Exception as e:
             answer = Reconciliation.retry(f"reconcile raised {describe(e)}")
         if not isinstance(answer, Reconciliation):

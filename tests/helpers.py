@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -358,3 +359,14 @@ def projection_rows(engine: fl.Engine, names: list[str] | None = None) -> Rows:
                     c.execute(f"SELECT * FROM {table}")
                     rows[table] = sorted(map(tuple, c.fetchall()), key=repr)
     return rows
+
+
+def release_together(procs: list[subprocess.Popen[str]]) -> None:
+    """Wait until every process printed "ready", then let them all go at once
+    (each reads one line from its stdin): a race between real processes."""
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()

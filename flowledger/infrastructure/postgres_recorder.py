@@ -106,7 +106,19 @@ def _uuid(value: Any) -> UUID:
     return value if isinstance(value, UUID) else UUID(str(value))
 
 
-class FlowPostgresRecorder(FastReads, PostgresApplicationRecorder):
+class _PgReads(FastReads):
+    """Streams read by id on PostgreSQL: the id column is a uuid."""
+
+    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
+                      lte: int | None = None, desc: bool = False,
+                      limit: int | None = None) -> Sequence[StoredEvent]:
+        found = super().select_events(_uuid(originator_id).hex, gt=gt, lte=lte, desc=desc,
+                                      limit=limit)
+        return [StoredEvent(e.originator_id, e.originator_version, e.topic, bytes(e.state))
+                for e in found]
+
+
+class FlowPostgresRecorder(_PgReads, PostgresApplicationRecorder):
     """The log on PostgreSQL, through the store seam (store.LogStore)."""
 
     after_insert: AfterInsert | None = None
@@ -357,14 +369,6 @@ class FlowPostgresRecorder(FastReads, PostgresApplicationRecorder):
         return [(row[0], StoredEvent(originator_id=_uuid(row[1]), originator_version=row[2],
                                      topic=row[3], state=bytes(row[4]))) for row in rows]
 
-    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
-                      lte: int | None = None, desc: bool = False,
-                      limit: int | None = None) -> Sequence[StoredEvent]:
-        found = super().select_events(_uuid(originator_id).hex, gt=gt, lte=lte, desc=desc,
-                                      limit=limit)
-        return [StoredEvent(e.originator_id, e.originator_version, e.topic, bytes(e.state))
-                for e in found]
-
     def stream_version_at(self, c: PgCursor, stream_id: UUID, position: int) -> int | None:
         version = c.execute(f"SELECT MAX(originator_version) FROM {self.events_table_name} "
                             "WHERE originator_id=? AND notification_id<=?",
@@ -410,7 +414,7 @@ class FlowPostgresRecorder(FastReads, PostgresApplicationRecorder):
         return isinstance(cause, psycopg.errors.LockNotAvailable)
 
 
-class FlowPostgresSnapshotRecorder(FastReads, AggregateRecorder):
+class FlowPostgresSnapshotRecorder(_PgReads, AggregateRecorder):
     """The snapshot table, read through the main recorder's read connection;
     snapshots are written inside appends (FlowPostgresRecorder.append_rows)."""
 
@@ -421,14 +425,6 @@ class FlowPostgresSnapshotRecorder(FastReads, AggregateRecorder):
 
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         return self.reads_through.read_all(sql, params)
-
-    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
-                      lte: int | None = None, desc: bool = False,
-                      limit: int | None = None) -> Sequence[StoredEvent]:
-        found = super().select_events(_uuid(originator_id).hex, gt=gt, lte=lte, desc=desc,
-                                      limit=limit)
-        return [StoredEvent(e.originator_id, e.originator_version, e.topic, bytes(e.state))
-                for e in found]
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         raise NotImplementedError("snapshots are written inside appends (append_rows)")

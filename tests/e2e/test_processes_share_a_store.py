@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import flowledger as fl
+from tests.helpers import release_together
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -135,12 +136,7 @@ def test_racing_processes_mutate_each_item_exactly_once(tmp_path: Path, store: s
     procs = [subprocess.Popen([sys.executable, str(script), store, str(log), ROOT],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
+    release_together(procs)
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert all("done" in out for out in outs), outs
     with fl.Engine(store) as engine:

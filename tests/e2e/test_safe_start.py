@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import postgres
+from tests.helpers import release_together
 
 OPENER = textwrap.dedent("""
     import sys
@@ -43,12 +44,7 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path, kind:
         procs = [subprocess.Popen([sys.executable, str(script), store], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(6)]
-        for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        release_together(procs)
         results = [p.communicate(timeout=120) for p in procs]
         failures = [err for (out, err), p in zip(results, procs, strict=True) if p.returncode]
         assert not failures, failures[0]

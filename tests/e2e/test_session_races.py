@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import flowledger as fl
+from tests.helpers import release_together
 
 RACER = textwrap.dedent("""
     import sys, time, json
@@ -78,12 +79,7 @@ def test_simultaneous_opens_never_give_two_sessions(tmp_path: Path, store: str):
     script.write_text(STARTER)
     procs = [subprocess.Popen([sys.executable, str(script), store], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
+    release_together(procs)
     statuses = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert set(statuses) <= {'"busy"', '"completed"'} and '"completed"' in statuses
     engine = fl.Engine(store)

@@ -62,5 +62,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     return postgres.report()
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Said at the end too: `-q` hides the header."""
+    terminalreporter.write_line(postgres.report())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     postgres.skip_unless_reachable(items)

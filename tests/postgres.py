@@ -48,7 +48,8 @@ def unreachable() -> str | None:
                 with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                     conn.execute(f'CREATE DATABASE "{name}"')
     except Exception as e:
-        return f"no PostgreSQL server at {URL} ({type(e).__name__}: {str(e).strip()[:120]})"
+        detail = " ".join(str(e).split())[:120]
+        return f"no PostgreSQL server at {URL} ({type(e).__name__}: {detail})"
     return None
 
 

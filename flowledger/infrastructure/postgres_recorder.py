@@ -36,7 +36,7 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
-from flowledger.infrastructure.store import AfterInsert, Fence, Row
+from flowledger.infrastructure.store import AfterInsert, Fence, Row, SharedSQL
 
 # A constant key for the advisory lock that serialises table creation.
 _CREATE_LOCK = 0x666C6F77  # "flow"
@@ -118,13 +118,16 @@ class _PgReads(FastReads):
                 for e in found]
 
 
-class FlowPostgresRecorder(_PgReads, PostgresApplicationRecorder):
+class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     """The log on PostgreSQL, through the store seam (store.LogStore)."""
 
     after_insert: AfterInsert | None = None
     after_abort: Any = None
     snapshot_table_name = "stored_snapshots"
     position_column = "notification_id"
+
+    def stream_key(self, stream_id: UUID | str) -> UUID:
+        return _uuid(stream_id)
     MAX_PARAMETERS = 5000
 
     def __init__(self, datastore: PostgresDatastore, conninfo: dict[str, Any],
@@ -350,17 +353,6 @@ class FlowPostgresRecorder(_PgReads, PostgresApplicationRecorder):
                                      topic=row[3], state=bytes(row[4])))
                 for row in c.execute(sql, params).fetchall()]
 
-    def select_stream(self, c: PgCursor, stream_id: UUID, upto: int | None
-                      ) -> list[tuple[int, int, str, bytes]]:
-        sql = (f"SELECT notification_id, originator_version, topic, state FROM "
-               f"{self.events_table_name} WHERE originator_id=?")
-        params: list[Any] = [stream_id]
-        if upto is not None:
-            sql += " AND notification_id<=?"
-            params.append(upto)
-        rows = c.execute(sql + " ORDER BY originator_version", params).fetchall()
-        return [(p, v, t, bytes(s)) for p, v, t, s in rows]
-
     def select_positions(self, c: PgCursor, positions: Sequence[int]
                          ) -> list[tuple[int, StoredEvent]]:
         rows = c.execute(f"SELECT notification_id, originator_id, originator_version, topic, "
@@ -369,12 +361,6 @@ class FlowPostgresRecorder(_PgReads, PostgresApplicationRecorder):
         return [(row[0], StoredEvent(originator_id=_uuid(row[1]), originator_version=row[2],
                                      topic=row[3], state=bytes(row[4]))) for row in rows]
 
-    def stream_version_at(self, c: PgCursor, stream_id: UUID, position: int) -> int | None:
-        version = c.execute(f"SELECT MAX(originator_version) FROM {self.events_table_name} "
-                            "WHERE originator_id=? AND notification_id<=?",
-                            (stream_id, position)).fetchone()[0]
-        return int(version) if version is not None else None
-
     def max_position(self, c: PgCursor) -> int:
         return int(c.execute(f"SELECT MAX(notification_id) FROM {self.events_table_name}"
                              ).fetchone()[0] or 0)
@@ -382,31 +368,6 @@ class FlowPostgresRecorder(_PgReads, PostgresApplicationRecorder):
     def max_notification_id(self) -> int | None:
         with self.reading() as c:
             return self.max_position(c) or None
-
-    # --------------------------------------------------------------- tracking
-
-    def tracked(self, c: PgCursor, name: str) -> int:
-        row = c.execute("SELECT notification_id FROM tracking WHERE application_name=?",
-                        (name,)).fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
-    def track(self, c: PgCursor, name: str, position: int) -> None:
-        c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "
-                  "DO UPDATE SET notification_id=excluded.notification_id", (name, position))
-
-    def untrack(self, c: PgCursor, name: str) -> None:
-        c.execute("DELETE FROM tracking WHERE application_name=?", (name,))
-
-    def locate(self, stored: StoredEvent) -> tuple[int | None, str | None]:
-        key = (_uuid(stored.originator_id), stored.originator_version, stored.state)
-        where = "WHERE originator_id=? AND originator_version=? AND state=?"
-        rows = self.read_all(f"SELECT notification_id FROM {self.events_table_name} {where}",
-                             key)
-        if rows:
-            return int(rows[0][0]), None
-        if self.read_all(f"SELECT 1 FROM {self.snapshot_table_name} {where}", key):
-            return None, "snapshot"
-        return None, None
 
     @staticmethod
     def is_busy(error: BaseException) -> bool:

@@ -27,7 +27,7 @@ from eventsourcing.sqlite import (
     SQLiteProcessRecorder,
 )
 
-from flowledger.infrastructure.store import AfterInsert, Fence, Row
+from flowledger.infrastructure.store import AfterInsert, Fence, Row, SharedSQL
 
 WAL_PAGES = 4000  # about 16 MB of WAL between checkpoints (4 KiB pages)
 
@@ -73,7 +73,7 @@ class FastReads:
 
 
 
-class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
+class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     after_insert: AfterInsert | None = None
     after_abort: Callable[[], None] | None = None  # an append's transaction rolled back
     snapshot_table_name = "stored_snapshots"
@@ -258,29 +258,8 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
 
     position_column = "rowid"  # a stored event's log position
 
-    def tracked(self, c: sqlite3.Cursor, name: str) -> int:
-        """How far projection `name` has read into the log (0: not at all)."""
-        c.execute("SELECT MAX(notification_id) FROM tracking WHERE application_name=?", (name,))
-        return c.fetchone()[0] or 0
-
-    def track(self, c: sqlite3.Cursor, name: str, position: int) -> None:
-        c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "
-                  "DO UPDATE SET notification_id=excluded.notification_id", (name, position))
-
-    def untrack(self, c: sqlite3.Cursor, name: str) -> None:
-        c.execute("DELETE FROM tracking WHERE application_name=?", (name,))
-
-    def select_stream(self, c: sqlite3.Cursor, stream_id: UUID, upto: int | None
-                      ) -> list[tuple[int, int, str, bytes]]:
-        """(position, version, topic, state) of one stream's events, up to a position."""
-        sql = (f"SELECT rowid, originator_version, topic, state FROM {self.events_table_name} "
-               "WHERE originator_id=?")
-        params: list[Any] = [stream_id.hex]
-        if upto is not None:
-            sql += " AND rowid<=?"
-            params.append(upto)
-        c.execute(sql + " ORDER BY originator_version", params)
-        return list(c.fetchall())
+    def stream_key(self, stream_id: UUID | str) -> str:
+        return stream_id.hex if isinstance(stream_id, UUID) else str(stream_id)
 
     # SQLite's default limit on bound parameters is 999.
     MAX_PARAMETERS = 500
@@ -293,26 +272,6 @@ class FlowSQLiteRecorder(FastReads, SQLiteProcessRecorder):
                   f"({','.join('?' * len(positions))}) ORDER BY rowid", list(positions))
         return [(row[0], StoredEvent(originator_id=UUID(row[1]), originator_version=row[2],
                                      topic=row[3], state=row[4])) for row in c.fetchall()]
-
-    def stream_version_at(self, c: sqlite3.Cursor, stream_id: UUID, position: int) -> int | None:
-        c.execute(f"SELECT MAX(originator_version) FROM {self.events_table_name} "
-                  "WHERE originator_id=? AND rowid<=?", (stream_id.hex, position))
-        version = c.fetchone()[0]
-        return int(version) if version is not None else None
-
-    def locate(self, stored: StoredEvent) -> tuple[int | None, str | None]:
-        """The log position of a stored event, or that it is a snapshot: found by
-        its stream, version and exact stored body (only to name a corrupt one)."""
-        stream = stored.originator_id
-        key = (stream.hex if isinstance(stream, UUID) else str(stream),
-               stored.originator_version, stored.state)
-        where = "WHERE originator_id=? AND originator_version=? AND state=?"
-        rows = self.read_all(f"SELECT rowid FROM {self.events_table_name} {where}", key)
-        if rows:
-            return int(rows[0][0]), None
-        if self.read_all(f"SELECT 1 FROM {self.snapshot_table_name} {where}", key):
-            return None, "snapshot"
-        return None, None
 
     @staticmethod
     def is_busy(error: BaseException) -> bool:

@@ -93,6 +93,68 @@ class LogStore(Protocol):
     def close_connections(self) -> None: ...
 
 
+class SharedSQL:
+    """The seam's methods whose SQL both stores run as written (`?` placeholders:
+    the PostgreSQL cursor translates them); a recorder says only which column
+    holds a position and how it keys a stream."""
+
+    events_table_name: str
+    snapshot_table_name: str
+    position_column: str
+
+    def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def stream_key(self, stream_id: UUID | str) -> Any:
+        """A stream id as the store's originator_id column holds it."""
+        raise NotImplementedError
+
+    def tracked(self, c: Cursor, name: str) -> int:
+        """How far projection `name` has read into the log (0: not at all)."""
+        c.execute("SELECT MAX(notification_id) FROM tracking WHERE application_name=?", (name,))
+        return int(c.fetchone()[0] or 0)
+
+    def track(self, c: Cursor, name: str, position: int) -> None:
+        c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "
+                  "DO UPDATE SET notification_id=excluded.notification_id", (name, position))
+
+    def untrack(self, c: Cursor, name: str) -> None:
+        c.execute("DELETE FROM tracking WHERE application_name=?", (name,))
+
+    def select_stream(self, c: Cursor, stream_id: UUID, upto: int | None
+                      ) -> list[tuple[int, int, str, bytes]]:
+        """(position, version, topic, state) of one stream's events, up to a position."""
+        pos = self.position_column
+        sql = (f"SELECT {pos}, originator_version, topic, state FROM {self.events_table_name} "
+               "WHERE originator_id=?")
+        params: list[Any] = [self.stream_key(stream_id)]
+        if upto is not None:
+            sql += f" AND {pos}<=?"
+            params.append(upto)
+        c.execute(sql + " ORDER BY originator_version", params)
+        return [(p, v, t, bytes(s)) for p, v, t, s in c.fetchall()]
+
+    def stream_version_at(self, c: Cursor, stream_id: UUID, position: int) -> int | None:
+        c.execute(f"SELECT MAX(originator_version) FROM {self.events_table_name} "
+                  f"WHERE originator_id=? AND {self.position_column}<=?",
+                  (self.stream_key(stream_id), position))
+        version = c.fetchone()[0]
+        return int(version) if version is not None else None
+
+    def locate(self, stored: StoredEvent) -> tuple[int | None, str | None]:
+        """The log position of a stored event, or that it is a snapshot: found by
+        its stream, version and exact stored body (only to name a corrupt one)."""
+        key = (self.stream_key(stored.originator_id), stored.originator_version, stored.state)
+        where = "WHERE originator_id=? AND originator_version=? AND state=?"
+        rows = self.read_all(
+            f"SELECT {self.position_column} FROM {self.events_table_name} {where}", key)
+        if rows:
+            return int(rows[0][0]), None
+        if self.read_all(f"SELECT 1 FROM {self.snapshot_table_name} {where}", key):
+            return None, "snapshot"
+        return None, None
+
+
 def scratch_database() -> tuple[Any, Cursor]:
     """A private in-memory database and a cursor in an open transaction: time
     travel folds projections into it, whatever the store."""

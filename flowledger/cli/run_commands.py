@@ -3,6 +3,8 @@ resolve, resume, and the bundled demo."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +22,7 @@ from flowledger.cli.options import (
     choices,
     store_url,
 )
-from flowledger.cli.render import call_text, out, print_json, short, working
+from flowledger.cli.render import call_text, err, note, out, print_json, short, working
 from flowledger.cli.store import open_engine
 from flowledger.cli.views import (
     Settled,
@@ -31,6 +33,7 @@ from flowledger.cli.views import (
     session_json,
 )
 from flowledger.domain.session import Trigger
+from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.read_side.queries import ACTIONS, check_choice
 
 
@@ -54,7 +57,9 @@ def run(
     """Register the workflows of PATH_OR_MODULE and run one session of each.
 
     Exit code 0 when every session completed or stopped on its budget, 1 when one
-    was suspended, failed, blocked or busy.
+    was suspended, failed, blocked or busy. Ctrl-C (or SIGTERM) finishes the step in
+    progress, closes the session with the work left listed and exits 130 (143); a
+    second one stops at once (130), and the next run or recover continues.
     """
     check_choice(trigger, TRIGGERS, "--trigger")
     # Registered without writing first: a workflow is recorded in the store only
@@ -69,17 +74,50 @@ def run(
                                    "written")
             names = [workflow]
         engine.record(names)
-        with working("running " + ", ".join(names), quiet=as_json):
-            results = [engine.run_session(name, trigger=trigger,
-                                          max_iterations=max_iterations, max_cost=max_cost)
-                       for name in names]
+        results: list[fl.SessionResult] = []
+        # Ctrl-C or SIGTERM: the step in progress finishes, the session closes with
+        # the work left listed, no other workflow starts; a second one stops at once
+        # (ADR 0020).
+        stopping = GracefulStop(log=None, on_signal=_tell_stopping)
+        try:
+            with stopping, working("running " + ", ".join(names), quiet=as_json):
+                for name in names:
+                    if stopping.is_set():
+                        break
+                    results.append(engine.run_session(
+                        name, trigger=trigger, max_iterations=max_iterations,
+                        max_cost=max_cost, stop=stopping.event))
+        except KeyboardInterrupt:
+            err.print(f"Stopped at once: a session in progress is left as a crash leaves it, "
+                      f"its lease ended. `flowledger run {path_or_module}` (or `recover`) "
+                      "continues it: a call that was under way is reconciled, never repeated "
+                      "blindly.", soft_wrap=True, markup=False, highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         settled = settled_mutations(engine, [r.recovered for r in results if r.recovered])
     if as_json:
         print_json([session_json(r) for r in results])
     else:
         print_sessions(results)
         print_settled(settled)
-    raise typer.Exit(exit_code_for(results))
+    if stopping.signal is None:
+        raise typer.Exit(exit_code_for(results))
+    left = names[len(results):]
+    if not as_json:
+        note(f"stopped by {signal.Signals(stopping.signal).name}",
+             "the step in progress finished and the session closed with the work left "
+             "listed" + (f"; not run: {', '.join(left)}" if left else "")
+             + f". `flowledger run {path_or_module}` continues.", "yellow")
+    raise typer.Exit(128 + stopping.signal)
+
+
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
+
+
+def _tell_stopping(signum: int, at_once: bool) -> None:
+    """Said from the signal handler, at once (os.write: safe in a handler)."""
+    if not at_once:
+        os.write(2, (f"\n{signal.Signals(signum).name}: finishing the step in progress, then "
+                     "closing the session; Ctrl-C again stops at once\n").encode())
 
 
 def recover(ctx: typer.Context, path_or_module: TargetArgument,

@@ -211,10 +211,19 @@ class Engine:
         return make
 
     def run_session(self, workflow: str, trigger: str = "manual", max_iterations: int = 100,
-                    max_cost: Decimal | int | str | None = None) -> SessionResult:
-        """Producers (unless trigger="event"), then consumers until no work or a budget ends."""
+                    max_cost: Decimal | int | str | None = None, *,
+                    stop: threading.Event | None = None) -> SessionResult:
+        """Producers (unless trigger="event"), then consumers until no work or a budget ends.
+
+        `stop`, once set (e.g. by a signal handler: `flowledger run` on Ctrl-C), ends
+        the session before its next consumer run: the step in progress finishes and
+        the session closes `budget_exhausted` (budget "stop") with the work left
+        listed (ADR 0020)."""
         reg = self._registration(workflow)
-        return self._run_session(reg, self._request(trigger, max_iterations, max_cost))
+        request = self._request(trigger, max_iterations, max_cost)
+        if stop is not None:
+            request.should_stop, request.stop_budget = stop.is_set, "stop"
+        return self._run_session(reg, request)
 
     def _run_session(self, reg: Registration, request: SessionRequest) -> SessionResult:
         runner = SessionRunner(reg, self._scope_factory(reg))

@@ -56,6 +56,9 @@ class SessionRequest:
     # A worker asked to stop: the session ends before its next consumer run, with
     # the work left listed (budget "worker_stop"), never in the middle of a run.
     should_stop: Callable[[], bool] | None = None
+    # The budget such a stop is recorded as: "stop" for run_session(stop=...) (e.g.
+    # `flowledger run` got Ctrl-C, ADR 0020).
+    stop_budget: str = "worker_stop"
 
 
 class SessionRunner:
@@ -179,12 +182,14 @@ class SessionRunner:
             elif request.max_cost is not None and session.cost >= request.max_cost:
                 budget = "max_cost"
             elif request.should_stop is not None and request.should_stop():
-                budget = "worker_stop"
+                budget = request.stop_budget
             if budget is not None:
                 left = remaining_work(consumers, backlog, declines, wakeups, now)
                 spent = (f"{session.consumer_runs} consumer runs" if budget == "max_iterations"
+                         else f"cost {session.cost} of {request.max_cost}"
+                         if budget == "max_cost"
                          else "the worker is stopping" if budget == "worker_stop"
-                         else f"cost {session.cost} of {request.max_cost}")
+                         else "a stop was requested")
                 return (SessionOutcome.BUDGET_EXHAUSTED,
                         f"{budget} reached ({spent}) with work remaining", budget, left)
             result = driver.run_consumer(by_name[chosen])

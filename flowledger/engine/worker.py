@@ -13,12 +13,10 @@ restarted worker reads the same log and makes the same decisions.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -29,6 +27,7 @@ from flowledger.domain.schedule import Schedule
 from flowledger.domain.scheduling import ConsumerView, TopicBacklog
 from flowledger.domain.session import Trigger
 from flowledger.domain.workflow import Workflow
+from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.engine.session_runner import SessionRequest, SessionResult
 from flowledger.engine.waiting import LogWaiter
 from flowledger.projections import pending_work
@@ -81,7 +80,11 @@ class Worker:
     def serve(self, stop: threading.Event | None = None) -> None:
         if stop is not None:
             self.stop = stop
-        restore = self._install_signals()
+        # SIGTERM/SIGINT: stop after the step in progress (the session closes with
+        # what is left listed); a second signal stops at once (KeyboardInterrupt:
+        # the session is left as a crash leaves it, and recovery finishes it).
+        signals = GracefulStop(self.stop, log=logger)
+        signals.install()
         waiter = LogWaiter(self.engine.log, self.interval, self.stop)
         logger.info("worker %s serving %s (checking the log every %ss)", self.engine.owner,
                     ", ".join(self.engine.workflows) or "no workflow", self.interval)
@@ -113,7 +116,7 @@ class Worker:
                     continue
                 waiter.wait_for_append(head, self._sleep_for(decisions, now))
         finally:
-            restore()
+            signals.restore()
             logger.info("worker %s stopped", self.engine.owner)
 
     def run_once(self) -> list[SessionResult]:
@@ -268,29 +271,3 @@ class Worker:
                 if key not in runs.last or runs.last[key] < created:
                     runs.last[key] = created
         runs.read_upto = head
-
-    # -------------------------------------------------------------- signals
-
-    def _install_signals(self) -> Any:
-        """SIGTERM/SIGINT: stop after the step in progress (the session closes with
-        what is left listed); a second signal stops at once (KeyboardInterrupt:
-        the session is left as a crash leaves it, and recovery finishes it)."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-        def handle(signum: int, frame: FrameType | None) -> None:
-            if self.stop.is_set():
-                logger.warning("second signal %s: stopping at once", signum)
-                raise KeyboardInterrupt
-            logger.info("signal %s: stopping after the current step", signum)
-            self.stop.set()
-
-        for s in previous:
-            signal.signal(s, handle)
-
-        def restore() -> None:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-        return restore

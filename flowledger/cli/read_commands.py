@@ -28,9 +28,10 @@ from flowledger.cli.options import (
     parse_time,
     store_url,
 )
-from flowledger.cli.render import out, print_json, print_json_line
+from flowledger.cli.render import err, out, print_json, print_json_line
 from flowledger.cli.store import open_engine
 from flowledger.cli.views import (
+    log_line,
     print_costs,
     print_event_history,
     print_input_history,
@@ -47,6 +48,7 @@ from flowledger.cli.views import (
     rebuild_progress,
     status_json,
 )
+from flowledger.cli.worker_commands import print_live
 from flowledger.read_side.log_view import LoggedEvent
 from flowledger.read_side.queries import (
     COSTS_BY,
@@ -84,6 +86,9 @@ def log(
         metavar="TIME", help="Only events at or after this time (UTC if no zone).")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print JSON for scripts: one object per line (JSON Lines).")] = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Then keep printing new events as any process appends them, "
+                               "until Ctrl-C.")] = False,
 ) -> None:
     """The event log, oldest first: the source of truth everything else is derived from."""
     moment = parse_time(since, "--since")
@@ -93,23 +98,45 @@ def log(
             if workflow not in held:
                 raise CommandError(f"no workflow named {workflow!r} in store {engine.store} "
                                    f"(it holds: {', '.join(held) or 'none'})")
-        events: Iterator[LoggedEvent] = engine.events(workflow=workflow, run=run_id,
-                                                      after=after)
-        if moment is not None:
-            events = (e for e in events if e.timestamp >= moment)
+        run = engine.run(run_id).id if run_id is not None else None
+        last = after  # the position of the last event read: --follow goes on from there
+
+        def read() -> Iterator[LoggedEvent]:
+            nonlocal last
+            for event in engine.events(workflow=workflow, run=run, after=after):
+                last = event.position
+                yield event
+
+        def wanted(event: LoggedEvent) -> bool:
+            return (run is None or event.stream_id == run) and (
+                moment is None or event.timestamp >= moment)
+
+        def show(event: LoggedEvent) -> None:
+            if wanted(event):
+                if as_json:
+                    print_json_line(event)
+                else:
+                    out.print(log_line(event), soft_wrap=True)
+
+        events: Iterator[LoggedEvent] = filter(wanted, read())
         if limit is not None:
             events = iter(deque(events, maxlen=limit))
         if as_json:
             for event in events:
                 print_json_line(event)
-            return
-        # Printed as read: if an event cannot be read, what comes before it is
-        # shown, and the error names it.
-        first = next(events, None)
-        if first is None:
-            out.print("The log holds no such events.")
-            return
-        print_log(itertools.chain([first], events))
+        else:
+            # Printed as read: if an event cannot be read, what comes before it is
+            # shown, and the error names it.
+            first = next(events, None)
+            if first is None and not follow:
+                out.print("The log holds no such events.")
+                return
+            print_log(itertools.chain([first], events) if first is not None else [])
+        if follow:
+            if err.is_terminal:
+                err.print("following the log: new events appear as they are appended; "
+                          "Ctrl-C to stop", style="dim", soft_wrap=True)
+            print_live(engine, last, workflow, 0.5, show)
 
 
 def blocked(ctx: typer.Context, store: StoreOption = None, as_json: JsonOption = False

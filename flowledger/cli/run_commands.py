@@ -30,6 +30,7 @@ from flowledger.cli.views import (
     print_recovered,
     print_sessions,
     print_settled,
+    recovery_progress,
     session_json,
 )
 from flowledger.domain.session import Trigger
@@ -137,8 +138,8 @@ def recover(ctx: typer.Context, path_or_module: TargetArgument,
                 f"defines ({', '.join(names)}); it holds: {', '.join(held) or 'no workflows'}. "
                 "Nothing was recovered or written: point --store at the store those "
                 "workflows ran on")
-        with working("recovering what a crash left", quiet=as_json):
-            results = engine.recover()
+        with recovery_progress(quiet=as_json) as progress:
+            results = engine.recover(progress=progress)
         settled = settled_mutations(engine, results)
     if as_json:
         print_json([session_json(r) for r in results])

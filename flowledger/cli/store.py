@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-
-from eventsourcing.persistence import InfrastructureFactoryError, PersistenceError
 
 import flowledger as fl
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
@@ -55,24 +52,18 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
     """An engine on `store`, closed when the command ends, whatever happens.
 
     `record=False`: see CommandEngine. `writes`: what the command writes (it is
-    refused on a store opened read-only, `?mode=ro`)."""
+    refused on a store opened read-only, `?mode=ro`, before any code is loaded).
+
+    Whatever keeps the store from opening is a FlowledgerError the engine raises
+    (ConfigurationError, StoreBusyError): `main` prints it on one line, exit 2.
+    The CLI imports no database driver and catches none of their errors."""
     config = parse_store_url(store)
-    if writes is not None and config.read_only:
-        raise CommandError(f"store {store!r} is opened read-only (?mode=ro), and this command "
-                           f"{writes}; drop ?mode=ro to let it write")
+    if writes is not None:
+        config.refuse_writes(f"this command {writes}")
     if must_exist and config.path is not None and not config.path.exists():
         raise CommandError(f"no store at {str(config.path)!r} (from {store}); run a workflow "
                            "first, or point --store at an existing store")
-    try:
-        engine = CommandEngine(store, record=record)
-    except (InfrastructureFactoryError, PersistenceError, sqlite3.DatabaseError) as e:
-        # The engine lets these through unwrapped when the URL points at
-        # something that is not a store: a folder or a file that is not a
-        # SQLite database (PersistenceError, sqlite3.DatabaseError), or
-        # postgresql:// without the psycopg_pool module (InfrastructureFactoryError,
-        # whose cause says what is missing).
-        cause = f" ({e.__cause__})" if e.__cause__ and str(e.__cause__) != str(e) else ""
-        raise CommandError(f"cannot open store {store!r}: {e}{cause}") from e
+    engine = CommandEngine(store, record=record)
     try:
         yield engine
     finally:

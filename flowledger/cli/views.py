@@ -15,13 +15,21 @@ from typing import Any
 from uuid import UUID
 
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 import flowledger as fl
 from flowledger import demo as demo_module
 from flowledger.cli.render import (
     call_text,
+    err,
     heading,
     note,
     out,
@@ -138,6 +146,28 @@ def print_settled(settled: list[Settled]) -> None:
              f"mutation {m.call} was reconciled with {m.reconcile or '(no reconcile)'}: "
              f"{found}", status_style("completed" if m.outcome == "MutationApplied"
                                       else "failed"))
+
+
+@contextmanager
+def recovery_progress(quiet: bool = False) -> Iterator[Callable[[int, int], None] | None]:
+    """While recovery runs, on stderr and only on a terminal: `recovering ━━━ 12 of ~40
+    runs 0:00:03`, fed by the `progress(done, total)` callback handed back for
+    `engine.recover(progress=...)` (None when quiet or not a terminal: nothing shown).
+    The total is the engine's estimate of the work left (`~`), revised as runs end."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    with Progress(SpinnerColumn(), TextColumn("recovering"), BarColumn(bar_width=24),
+                  TextColumn("{task.fields[count]}"), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("recovering", total=None, count="")
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=max(total, 1),
+                       count=f"{done} of {'~' if done < total else ''}{total} "
+                             f"run{'s' if total != 1 else ''}")
+
+        yield progress
 
 
 def session_json(r: fl.SessionResult) -> dict[str, Any]:

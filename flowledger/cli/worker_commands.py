@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
+import flowledger as fl
 from flowledger.cli.exits import EXIT_OK
 from flowledger.cli.loading import load
 from flowledger.cli.options import StoreOption, TargetArgument, store_url
+from flowledger.cli.render import out
 from flowledger.cli.store import open_engine
+from flowledger.cli.views import log_line
 from flowledger.read_side.log_view import LoggedEvent
 
 
@@ -76,11 +81,17 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _one_line(value: Any) -> Any:
-    """One event, one line: a text of several lines (a traceback) shows its last."""
-    if isinstance(value, str) and "\n" in value.strip():
-        return f"[...] {value.strip().splitlines()[-1]}"
-    return value
+def print_live(engine: fl.Engine, after: int | None, workflow: str | None, interval: float,
+               show: Callable[[LoggedEvent], None]) -> None:
+    """`show` each event after log position `after` (None: the end of the log now) as
+    any process appends it, until Ctrl-C: `follow`, and `log --follow` once it has
+    printed the log so far."""
+    try:
+        for event in engine.follow(after=after, workflow=workflow, interval=interval):
+            show(event)
+            sys.stdout.flush()  # a pipe sees each event as it comes
+    except KeyboardInterrupt:
+        pass
 
 
 def follow(
@@ -97,29 +108,26 @@ def follow(
     interval: Annotated[float, typer.Option(min=0.01, help="Check for new events this often.")
                         ] = 0.5,
 ) -> None:
-    """Print the log's events as any process appends them, until Ctrl-C."""
+    """Print the log's events as any process appends them, until Ctrl-C.
+
+    Each line is the line `flowledger log` prints, marked `!!` when it needs attention.
+    """
+
+    def show(event: LoggedEvent) -> None:
+        notable = _notable(event)
+        if blocked and not notable:
+            return
+        if as_json:
+            typer.echo(json.dumps({
+                "position": event.position, "time": event.timestamp.isoformat(),
+                "aggregate": event.aggregate, "event": event.name,
+                "stream": str(event.stream_id),
+                "workflow_id": str(event.workflow_id) if event.workflow_id else None,
+                "notable": notable, "fields": _plain(event.fields)}))
+        else:
+            mark = Text("!! ", style="bold red") if notable else Text("   ")
+            out.print(mark + log_line(event), soft_wrap=True)
+
     with open_engine(store_url(ctx, store), must_exist=True) as engine:
-        try:
-            for event in engine.follow(after=after, workflow=workflow, interval=interval):
-                notable = _notable(event)
-                if blocked and not notable:
-                    continue
-                if as_json:
-                    line = json.dumps({
-                        "position": event.position, "time": event.timestamp.isoformat(),
-                        "aggregate": event.aggregate, "event": event.name,
-                        "stream": str(event.stream_id),
-                        "workflow_id": str(event.workflow_id) if event.workflow_id else None,
-                        "notable": notable, "fields": _plain(event.fields)})
-                else:
-                    fields = " ".join(f"{k}={_one_line(_plain(v))}"
-                                      for k, v in event.fields.items())
-                    mark = "!! " if notable else "   "
-                    line = (f"{mark}{event.position:>7} {event.timestamp:%H:%M:%S} "
-                            f"{event.aggregate}.{event.name} {str(event.stream_id)[:8]} "
-                            f"{fields}")
-                typer.echo(line)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            pass
+        print_live(engine, after, workflow, interval, show)
     raise typer.Exit(EXIT_OK)

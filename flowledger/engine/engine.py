@@ -21,10 +21,13 @@ from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import (
     ActionNotApplicable,
     ConcurrencyError,
+    ConfigurationError,
     CorruptEventError,
     DefinitionError,
+    FlowledgerError,
     InvalidArgument,
     NotFoundError,
+    StoreBusyError,
 )
 from flowledger.domain.failures import describe
 from flowledger.domain.handler_run import HandlerRun
@@ -49,13 +52,14 @@ from flowledger.engine.replay import ReplayReport, replay_run
 from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
 from flowledger.engine.streams import Streams
 from flowledger.infrastructure.event_log import EventLog
+from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 from flowledger.infrastructure.store_url import DEFAULT_STORE
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
 from flowledger.projections.audit import mentions_of as audit_mentions_of
 from flowledger.projections.costs import Costs
 from flowledger.projections.pending_work import PendingWork
-from flowledger.projections.runner import ProjectionRunner
+from flowledger.projections.runner import Progress, ProjectionRunner
 from flowledger.read_side.log_view import (
     LoggedEvent,
     read_log,
@@ -116,15 +120,33 @@ class Engine:
         self.checkpoint = checkpoint or from_environment()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.log = EventLog.open(store)
-        self.log.flow_recorder.announce(self.owner)
-        self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
-                                            [PendingWork(), Costs(), Audit()])
-        self.log.set_after_insert(self.projections.apply_inline, self.projections.forget)
-        # An event that cannot be read stops whatever needs it (a query catches up
-        # first, an append folds it in), not the opening: the log stays readable
-        # up to it.
-        with contextlib.suppress(CorruptEventError):
-            self.projections.catch_up()
+        try:
+            self.log.flow_recorder.announce(self.owner)
+            self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
+                                                [PendingWork(), Costs(), Audit()])
+            self.log.set_after_insert(self.projections.apply_inline, self.projections.forget)
+            lag = self.projections.lag() if self.log.config.read_only else 0
+            if lag:
+                raise ConfigurationError(
+                    f"cannot open store {store!r}: it is opened read-only (?mode=ro), and its "
+                    f"projections are {lag} events behind its log (a process stopped between "
+                    "an append and their catch-up), which takes a write to fold in. Nothing "
+                    "was written: open it once without ?mode=ro to catch them up")
+            # An event that cannot be read stops whatever needs it (a query catches up
+            # first, an append folds it in), not the opening: the log stays readable
+            # up to it.
+            with contextlib.suppress(CorruptEventError):
+                self.projections.catch_up()
+        except Exception as e:
+            self.log.close()
+            if isinstance(e, FlowledgerError) or not _from_the_store(e):
+                raise  # ours already, or a bug: shown as it is
+            if is_lock_timeout(e):  # every failure to open a store is one of ours
+                raise StoreBusyError(
+                    f"store {store!r} is locked: another process held its write lock for "
+                    "longer than the lock timeout while this one caught up its projections. "
+                    "Nothing was changed; try again when that process is done") from e
+            raise ConfigurationError(f"cannot open store {store!r}: {describe(e)}") from e
         self._registered: dict[str, Registration] = {}
         self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))
 
@@ -182,6 +204,8 @@ class Engine:
     def _record_new_workflow(self, workflow: WorkflowDefinition) -> None:
         """Append Workflow.Registered for a workflow the log does not hold yet (the
         seam a caller that must not write overrides: the CLI's replay and recover)."""
+        self.log.config.refuse_writes(f"registering workflow {workflow.name!r}, which it "
+                                      "does not hold yet, appends it to the log")
         wf = Workflow.register(now=self.clock.now(), name=workflow.name,
                                fingerprint=workflow.fingerprint(),
                                topics=list(workflow.topics),
@@ -202,11 +226,12 @@ class Engine:
 
     # ------------------------------------------------------------- sessions
 
-    def _scope_factory(self, reg: Registration) -> Callable[[Streams, Workflow, Session],
-                                                             SessionScope]:
+    def _scope_factory(self, reg: Registration, checkpoint: Callable[[str], None] | None = None
+                       ) -> Callable[[Streams, Workflow, Session], SessionScope]:
         def make(streams: Streams, wf: Workflow, session: Session) -> SessionScope:
             return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
-                                self.limits, self.policy, self.checkpoint, self.heartbeat)
+                                self.limits, self.policy, checkpoint or self.checkpoint,
+                                self.heartbeat)
 
         return make
 
@@ -226,6 +251,7 @@ class Engine:
         return self._run_session(reg, request)
 
     def _run_session(self, reg: Registration, request: SessionRequest) -> SessionResult:
+        self.log.config.refuse_writes("a session appends to the log")
         runner = SessionRunner(reg, self._scope_factory(reg))
         streams = Streams(self.log)
         now = self.clock.now()
@@ -320,18 +346,31 @@ class Engine:
 
     # ------------------------------------------------------------- recovery
 
-    def recover(self) -> list[SessionResult]:
+    def recover(self, *, progress: Progress | None = None) -> list[SessionResult]:
         """Finish what a crash left, from the log: take over dead sessions and continue them.
 
         Safe at any time: a session whose holder may still be running is left
         alone (`busy`). Only registered workflows can be recovered — their
         handlers are needed to go on.
+
+        `progress(done, total)`, if given, is called as recovery starts and after
+        each run it ends: `done` runs of about `total`, an estimate of the work
+        left (unfinished runs, producers still to run, pending messages within
+        the session's budget) revised after each run, and exact at the end.
         """
-        results = [self._recover(reg) for reg in self._registered.values()]
+        self.log.config.refuse_writes("recovery continues sessions, which appends to the log")
+        regs = list(self._registered.values())
+        count = _RecoveryCount(self.log, self.checkpoint, regs, progress) if progress else None
+        results = []
+        for reg in regs:
+            results.append(self._recover(reg, count.checkpoint(reg) if count else None))
+            if count:
+                count.finished(reg)
         self._catch_up_read_side()
         return [r for r in results if r is not None]
 
-    def _recover(self, reg: Registration) -> SessionResult | None:
+    def _recover(self, reg: Registration, checkpoint: Callable[[str], None] | None = None
+                 ) -> SessionResult | None:
         name = reg.definition.name
         wf: Workflow | None = self.log.load(reg.workflow_id)
         if wf is None or wf.open_session is None:
@@ -359,8 +398,8 @@ class Engine:
         request = SessionRequest(Trigger(session.trigger), session.max_iterations,
                                  session.max_cost)
         with self._abandoned_if_interrupted(reg, session_id):
-            return SessionRunner(reg, self._scope_factory(reg)).run(streams, wf, session,
-                                                                    request)
+            return SessionRunner(reg, self._scope_factory(reg, checkpoint)).run(
+                streams, wf, session, request)
 
     # --------------------------------------------------------- the worker (§6)
 
@@ -368,6 +407,7 @@ class Engine:
               max_iterations: int = 100) -> None:
         """Recover, then run a session for each workflow whenever it is due, until
         `stop` is set or the process gets SIGTERM/SIGINT (flowledger/engine/worker.py)."""
+        self.log.config.refuse_writes("the worker runs sessions, which append to the log")
         from flowledger.engine.worker import Worker
 
         Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)
@@ -392,6 +432,7 @@ class Engine:
         """A person's decision on a mutation whose outcome is unknown (DESIGN §1.4)."""
         if action not in ACTIONS:
             raise InvalidArgument(f"action {action!r} is not one of {list(ACTIONS)}")
+        self.log.config.refuse_writes("a decision is recorded in the log")
         run = self._load_run(run_id)
         check_decision(run, action)
         wf: Workflow | None = self.log.load(run.workflow_id)
@@ -417,6 +458,7 @@ class Engine:
     def resume(self, workflow: str) -> bool:
         """Lift a workflow's `paused`/`error` status once a person has dealt with the cause."""
         reg_name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
+        self.log.config.refuse_writes("resuming a workflow is recorded in the log")
         wf: Workflow | None = self.log.load(workflow_id(reg_name))
         if wf is None:
             raise NotFoundError(f"no workflow named {reg_name!r} in store {self.store}")
@@ -580,6 +622,7 @@ class Engine:
         """Empty the projections (all, or the named ones) and fold the log in from
         position 0; `progress(done, total)` is called after each batch. Returns the
         number of events read."""
+        self.log.config.refuse_writes("a rebuild rewrites the projections")
         known = [p.name for p in self.projections.projections]
         unknown = [n for n in names or [] if n not in known]
         if unknown:
@@ -591,6 +634,63 @@ class Engine:
         self._caught_up()
         with self.log.reading() as c:
             return audit_mentions_of(c, run_id)
+
+
+def _from_the_store(error: BaseException) -> bool:
+    """Whether the store's driver or the persistence library raised `error` (a bug
+    of ours, a NameError, stays one), told without importing any driver."""
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in (
+        "sqlite3", "psycopg", "psycopg_pool", "eventsourcing")
+
+
+# The durable points at which a run has ended (flowledger/engine/faults.py).
+_RUN_ENDED = frozenset({"after_append:commit", "after_append:producer_commit",
+                        "after_append:failure"})
+
+
+class _RecoveryCount:
+    """recover()'s `progress(done, total)`: the runs ended so far, of about how many."""
+
+    def __init__(self, log: EventLog, checkpoint: Callable[[str], None],
+                 regs: list[Registration], progress: Progress) -> None:
+        self.log, self.passed_on, self.progress, self.done = log, checkpoint, progress, 0
+        self.left = {reg.workflow_id: self.runs_left(reg) for reg in regs}
+        self.report()
+
+    def report(self) -> None:
+        self.progress(self.done, self.done + sum(self.left.values()))
+
+    def checkpoint(self, reg: Registration) -> Callable[[str], None]:
+        """The engine's checkpoint, counting the runs of `reg`'s session as they end."""
+        def counted(point: str) -> None:
+            self.passed_on(point)
+            if point in _RUN_ENDED:
+                self.done += 1
+                self.left[reg.workflow_id] = self.runs_left(reg)
+                self.report()
+
+        return counted
+
+    def finished(self, reg: Registration) -> None:
+        self.left[reg.workflow_id] = 0
+        self.report()
+
+    def runs_left(self, reg: Registration) -> int:
+        """About how many runs finishing `reg`'s open session takes (0: none is open)."""
+        wf: Workflow | None = self.log.load(reg.workflow_id)
+        session: Session | None = (self.log.load(wf.open_session)
+                                   if wf is not None and wf.open_session else None)
+        if session is None:
+            return 0
+        with self.log.reading() as c:
+            unfinished = len(pending_work.unfinished_runs(c, reg.workflow_id))
+            backlog = pending_work.backlog(c, reg.workflow_id)
+        topics = {t for spec in reg.definition.consumers for t in spec.subscribe}
+        pending = sum(b.pending for t, b in backlog.items() if t in topics)
+        producers = 0 if Trigger(session.trigger) is Trigger.EVENT else sum(
+            1 for p in reg.definition.producers if p.name not in session.committed_handlers)
+        return unfinished + producers + min(
+            pending, max(0, session.max_iterations - session.consumer_runs))
 
 
 def copy_store(source: str, target: str,

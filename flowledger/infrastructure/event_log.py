@@ -129,9 +129,16 @@ class EventLog(Application[UUID]):
             if config.kind == "postgresql":
                 hint = (" PostgreSQL needs the postgres extra (pip install "
                         "'flowledger[postgres]'); see the README.")
+            elif config.read_only:
+                hint = (" It is opened read-only (?mode=ro) and is not a flowledger store yet: "
+                        "its tables cannot be created. Open it once without ?mode=ro, or "
+                        "point the URL at a flowledger store.")
             elif config.kind == "sqlite":
                 hint = " The URL must name an SQLite database file (or a new one) in a folder."
-            raise ConfigurationError(f"cannot open store {config.url!r}: {e}.{hint}") from e
+            cause = e.__cause__  # the library's wrapper: what was missing or refused
+            detail = f"{e} ({cause})" if cause is not None and str(cause) not in str(e) else e
+            raise ConfigurationError(f"cannot open store {config.url!r}: {detail}.{hint}"
+                                     ) from e
         self.flow_mapper.locate = self._locate
 
     def _locate(self, stored: StoredEvent) -> tuple[int | None, str | None]:

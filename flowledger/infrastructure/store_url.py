@@ -23,6 +23,16 @@ class StoreConfig:
     path: Path | None = None
     read_only: bool = False  # sqlite:///file.db?mode=ro
 
+    def refuse_writes(self, what: str) -> None:
+        """A store opened read-only (`?mode=ro`) is refused, before anything, by every
+        call that would write to it; `what` says what the caller writes. The one
+        place that decides it and says so: the engine's writing calls and the
+        CLI's writing commands (before loading any code) call it."""
+        if self.read_only:
+            raise ConfigurationError(
+                f"store {self.url!r} is opened read-only (?mode=ro), and {what}; nothing was "
+                "written. To let it write, drop ?mode=ro from the store URL")
+
 
 # What a sqlite:// URL's query may say (anything else is refused, never taken
 # as part of the file's name).

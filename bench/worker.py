@@ -1,5 +1,6 @@
 """The worker's figures (DESIGN §6), with real `flowledger worker` processes on one
-SQLite store:
+SQLite store (or, with --postgres, on PostgreSQL, where workers are woken by the
+store's notifications instead of polling):
 
 * latency from an event appended by another process to the commit of the run
   that consumed it (p50 / p99), read from the log's own timestamps;
@@ -10,6 +11,7 @@ SQLite store:
 * an idle worker's CPU time per minute.
 
     .venv/bin/python bench/worker.py [--events 100] [--backlog 400] [--idle 10] [--interval 0.5]
+                                     [--postgres postgresql://postgres@127.0.0.1:5432]
 """
 
 from __future__ import annotations
@@ -65,6 +67,40 @@ WORKLOAD = textwrap.dedent('''
         for name in NAMES:
             engine.register(build(name), tools=[Sink()])
 ''')
+
+
+class Stores:
+    """A new store per measurement: an SQLite file in its folder, or a schema of
+    its own in one PostgreSQL database (created here, dropped at the end)."""
+
+    DATABASE = "flowledger_bench_worker"
+
+    def __init__(self) -> None:
+        self.server: str | None = None
+
+    def use_postgres(self, server: str) -> None:
+        import psycopg
+
+        self.server = server.rstrip("/")
+        with psycopg.connect(f"{self.server}/postgres", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{self.DATABASE}" WITH (FORCE)')
+            c.execute(f'CREATE DATABASE "{self.DATABASE}"')
+
+    def new(self, folder: Path) -> str:
+        if self.server is None:
+            return f"sqlite:///{folder / 'flow.db'}"
+        schema = "b_" + "".join(ch if ch.isalnum() else "_" for ch in folder.name)
+        return f"{self.server}/{self.DATABASE}?schema={schema}"
+
+    def drop(self) -> None:
+        if self.server is not None:
+            import psycopg
+
+            with psycopg.connect(f"{self.server}/postgres", autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{self.DATABASE}" WITH (FORCE)')
+
+
+STORES = Stores()
 
 
 def worker(folder: Path, store: str, interval: float, env: dict[str, str]
@@ -123,7 +159,7 @@ def latency(base: Path, events: int, interval: float) -> tuple[float, float]:
 
     folder = Path(tempfile.mkdtemp(dir=base))
     (folder / "workload.py").write_text(WORKLOAD)
-    store = f"sqlite:///{folder / 'flow.db'}"
+    store = STORES.new(folder)
     publish(store, folder, ["w0"], 0)  # registered, nothing pending
     w = worker(folder, store, interval, environment(folder, BENCH_WORKFLOWS="w0"))
     try:
@@ -152,7 +188,7 @@ def latency(base: Path, events: int, interval: float) -> tuple[float, float]:
 def throughput(base: Path, backlog: int, workers: int, interval: float) -> float:
     folder = Path(tempfile.mkdtemp(dir=base))
     (folder / "workload.py").write_text(WORKLOAD)
-    store = f"sqlite:///{folder / 'flow.db'}"
+    store = STORES.new(folder)
     names = [f"w{i}" for i in range(4)]
     publish(store, folder, names, backlog // len(names))
     env = environment(folder, BENCH_WORKFLOWS=",".join(names), BENCH_CALL="0.002")
@@ -179,7 +215,7 @@ def takeover(base: Path, interval: float) -> float:
 
     folder = Path(tempfile.mkdtemp(dir=base))
     (folder / "workload.py").write_text(WORKLOAD)
-    store = f"sqlite:///{folder / 'flow.db'}"
+    store = STORES.new(folder)
     publish(store, folder, ["w0"], 3)
     env = environment(folder, BENCH_WORKFLOWS="w0", BENCH_CALL="3")
     a = worker(folder, store, interval, env)
@@ -208,7 +244,7 @@ def takeover(base: Path, interval: float) -> float:
 def idle_cpu(base: Path, seconds: float, interval: float) -> float:
     folder = Path(tempfile.mkdtemp(dir=base))
     (folder / "workload.py").write_text(WORKLOAD)
-    store = f"sqlite:///{folder / 'flow.db'}"
+    store = STORES.new(folder)
     publish(store, folder, ["w0"], 0)
     w = worker(folder, store, interval, environment(folder, BENCH_WORKFLOWS="w0"))
     try:
@@ -232,7 +268,22 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=400)
     parser.add_argument("--idle", type=float, default=10.0)
     parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--postgres", metavar="URL", default=None,
+                        help="a PostgreSQL server (postgresql://user@host:port) to use "
+                             "instead of SQLite files")
     args = parser.parse_args()
+    if args.postgres:
+        STORES.use_postgres(args.postgres)
+        print(f"store: PostgreSQL at {args.postgres} (workers woken by notifications)")
+    else:
+        print("store: SQLite files (workers poll the log)")
+    try:
+        measure(args)
+    finally:
+        STORES.drop()
+
+
+def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         p50, p99 = latency(base, args.events, min(args.interval, 0.1))

@@ -181,14 +181,18 @@ class Workflow(EventSourcedAggregate):
                     lease_until=lease_until)
 
     def take_over_session(self, now: datetime, owner: str, lease_until: datetime,
-                          holder_dead: bool = False) -> UUID:
+                          holder_dead: bool = False, lease_now: datetime | None = None
+                          ) -> UUID:
         """Claim a session whose holder's lease ran out (or who is known to be dead).
+
+        `lease_now`: the time leases are judged in (the store's, DESIGN §7), if
+        not `now`.
 
         The stale holder's next append is fenced on this stream's version: it fails.
         """
         if self.open_session is None:
             raise InternalError(f"workflow {self.name!r} has no open session to take over")
-        if not (holder_dead or self.lease_expired(now)):
+        if not (holder_dead or self.lease_expired(lease_now or now)):
             raise SessionAlreadyOpen(
                 f"session {self.open_session} of workflow {self.name!r} is held by "
                 f"{self.session_owner} until {self.lease_until}"

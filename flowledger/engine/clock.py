@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from uuid import UUID
@@ -33,6 +34,39 @@ class ManualClock:
 
     def set(self, when: datetime) -> None:
         self._now = when
+
+
+class LeaseClock:
+    """Time for leases: the engine's clock moved onto the store's, when the store
+    keeps one (PostgreSQL), so that engines on machines whose clocks differ agree
+    on when a lease runs out (DESIGN §7). Lease ends are written and judged in
+    the store's time; everything else keeps the engine's.
+
+    The offset between the two is measured at opening and again at each
+    session's opening (one query). An injected clock other than the system's
+    (tests, simulations) is used as it is: its time is not the store's.
+    """
+
+    def __init__(self, clock: Clock, store_time: Callable[[], datetime | None]) -> None:
+        self.clock = clock
+        self._store_time = store_time
+        self.offset = timedelta(0)
+
+    def align(self) -> None:
+        if not isinstance(self.clock, SystemClock):
+            return
+        before = self.clock.now()
+        store = self._store_time()
+        after = self.clock.now()
+        self.offset = timedelta(0) if store is None else store - (before + (after - before) / 2)
+
+    def now(self) -> datetime:
+        """The store's time now (the engine's, where the store keeps none)."""
+        return self.clock.now() + self.offset
+
+    def to_engine(self, when: datetime | None) -> datetime | None:
+        """A lease end, in the engine's time (for rules that compare it to its now)."""
+        return None if when is None else when - self.offset
 
 
 class IdFactory(Protocol):

@@ -43,7 +43,7 @@ from flowledger.domain.run_decider import (
 )
 from flowledger.domain.session import Session, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
-from flowledger.engine.clock import Clock, IdFactory, SystemClock, random_ids
+from flowledger.engine.clock import Clock, IdFactory, LeaseClock, SystemClock, random_ids
 from flowledger.engine.faults import SimulatedCrash, from_environment
 from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.heartbeat import Heartbeat
@@ -122,6 +122,8 @@ class Engine:
         self.log = EventLog.open(store)
         try:
             self.log.flow_recorder.announce(self.owner)
+            self.lease = LeaseClock(self.clock, self.log.flow_recorder.store_time)
+            self.lease.align()
             self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
                                                 [PendingWork(), Costs(), Audit()])
             self.log.set_after_insert(self.projections.apply_inline, self.projections.forget)
@@ -231,7 +233,7 @@ class Engine:
         def make(streams: Streams, wf: Workflow, session: Session) -> SessionScope:
             return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
                                 self.limits, self.policy, checkpoint or self.checkpoint,
-                                self.heartbeat)
+                                self.heartbeat, self.lease)
 
         return make
 
@@ -254,10 +256,11 @@ class Engine:
         self.log.config.refuse_writes("a session appends to the log")
         runner = SessionRunner(reg, self._scope_factory(reg))
         streams = Streams(self.log)
+        self.lease.align()
         now = self.clock.now()
         self.checkpoint("before_append:session_open")
         opened = runner.open_new(streams, request, self.owner, now,
-                                 self.policy.lease_until(now), self.ids())
+                                 self.policy.lease_until(self.lease.now()), self.ids())
         recovered: SessionResult | None = None
         if isinstance(opened, SessionResult) and opened.status == "busy":
             # A session left open by a process that died is recovered first
@@ -267,7 +270,8 @@ class Engine:
                 streams = Streams(self.log)
                 now = self.clock.now()
                 opened = runner.open_new(streams, request, self.owner, now,
-                                         self.policy.lease_until(now), self.ids())
+                                         self.policy.lease_until(self.lease.now()),
+                                         self.ids())
         if isinstance(opened, SessionResult):
             return opened
         logger.info("session %s of %s (%s) opened", opened.id, reg.definition.name,
@@ -377,12 +381,13 @@ class Engine:
             return None
         now = self.clock.now()
         alive = self._holder_alive(wf.session_owner)
-        if alive and not wf.lease_expired(now):
+        lease_now = self.lease.now()  # leases are judged in the store's time
+        if alive and not wf.lease_expired(lease_now):
             return SessionResult("busy", name, wf.open_session, error=(
                 f"session {wf.open_session} is held by {wf.session_owner}, which may still be "
                 f"running (lease until {wf.lease_until}); nothing was done"))
-        session_id = wf.take_over_session(now, self.owner, self.policy.lease_until(now),
-                                          holder_dead=not alive)
+        session_id = wf.take_over_session(now, self.owner, self.policy.lease_until(lease_now),
+                                          holder_dead=not alive, lease_now=lease_now)
         session: Session | None = self.log.load(session_id)
         assert session is not None
         streams = Streams(self.log)

@@ -75,7 +75,7 @@ from flowledger.domain.session import Session
 from flowledger.domain.text import recordable
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
-from flowledger.engine.clock import Clock, IdFactory
+from flowledger.engine.clock import Clock, IdFactory, LeaseClock
 from flowledger.engine.context import HandlerContext
 from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.policy import RetryPolicy
@@ -130,9 +130,13 @@ class SessionScope:
     policy: RetryPolicy
     checkpoint: Checkpoint
     heartbeat: Heartbeat | None = None
+    lease: LeaseClock | None = None  # leases are in the store's time (DESIGN §7)
 
     def now(self) -> datetime:
         return self.clock.now()
+
+    def lease_now(self) -> datetime:
+        return self.lease.now() if self.lease is not None else self.clock.now()
 
     def in_call(self) -> contextlib.AbstractContextManager[None]:
         """A handler or tool call: the heartbeat renews the lease meanwhile (ADR 0019)."""
@@ -141,21 +145,22 @@ class SessionScope:
         return self.heartbeat.window(self._keep_alive)
 
     def _keep_alive(self) -> None:
-        now = self.now()
+        lease_now = self.lease_now()
         wf = self.workflow
         if wf.lease_until is not None and (
-                wf.lease_until - now).total_seconds() < self.policy.lease_seconds / 2:
-            self.streams.renew_lease(now, self.policy.lease_until(now), self.session.id)
+                wf.lease_until - lease_now).total_seconds() < self.policy.lease_seconds / 2:
+            self.streams.renew_lease(self.now(), self.policy.lease_until(lease_now),
+                                     self.session.id)
 
     def append(self, label: str) -> int:
         """A durable point. `checkpoint` lets tests crash a real process around it."""
         self.checkpoint(f"before_append:{label}")
         with self.streams.lock:  # never at the same time as the heartbeat's renewal
-            now = self.now()
+            lease_now = self.lease_now()
             wf = self.workflow
             if wf.open_session == self.session.id and wf.lease_until is not None and (
-                wf.lease_until - now).total_seconds() < self.policy.lease_seconds / 2:
-                wf.renew_lease(now, self.policy.lease_until(now))
+                wf.lease_until - lease_now).total_seconds() < self.policy.lease_seconds / 2:
+                wf.renew_lease(self.now(), self.policy.lease_until(lease_now))
             position = self.streams.append(sync=label in SYNCED_APPENDS,
                                            hold=label in HELD_FOLDS)
         self.checkpoint(f"after_append:{label}")
@@ -197,7 +202,7 @@ class RunDriver:
         log = self.s.streams.log
 
         def peek(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
-            with log.reading() as c:
+            with log.reading(snapshot=False) as c:  # one statement
                 return [(m.message_id, m.payload)
                         for m in pending_work.pending_messages(c, wf_id, topic, limit)]
 

@@ -170,7 +170,8 @@ class SessionRunner:
         session = scope.session
         while True:
             now = scope.now()
-            with scope.streams.log.reading() as c:
+            # Two hints for choosing a consumer: they need not share a snapshot.
+            with scope.streams.log.reading(snapshot=False) as c:
                 backlog = pending_work.backlog(c, self.reg.workflow_id)
                 wakeups = pending_work.wakeups(c, self.reg.workflow_id)
             chosen = pick_consumer(consumers, backlog, declines, wakeups, now)

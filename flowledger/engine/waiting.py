@@ -2,9 +2,11 @@
 
 `wait_for_append(after, timeout)` returns as soon as the log holds an event
 past position `after`, or when `timeout` has passed. On SQLite it polls the
-log's head no faster than `interval`; a store with notifications (PostgreSQL's
-LISTEN/NOTIFY) can answer the same call by being woken instead — nothing above
-this module knows which.
+log's head no faster than `interval`; on a store that sends notifications
+(PostgreSQL's LISTEN/NOTIFY) it is woken by each append's commit instead, and
+looks at the head only then or every `NOTIFIED_CHECK` seconds (a lost
+connection, a stop asked from another thread) — nothing above this module
+knows which.
 """
 
 from __future__ import annotations
@@ -28,13 +30,20 @@ def max_position(log: EventLog) -> int:
 
 
 class LogWaiter:
+    # With notifications: how long a wait lasts at most without looking at the
+    # head or at `stop` (a signal's handler sets it between two such slices).
+    NOTIFIED_CHECK = 0.5
+
     def __init__(self, log: EventLog, interval: float = 0.5,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, *, notified: bool = True) -> None:
         if interval <= 0:
             raise ValueError("the polling interval must be positive")
         self.log = log
         self.interval = interval
         self.stop = stop or threading.Event()
+        # Listening starts before the first look at the head: an append that
+        # commits in between wakes the first wait.
+        self.wakeups = log.flow_recorder.listen() if notified else None
 
     def head(self) -> int:
         return max_position(self.log)
@@ -42,14 +51,29 @@ class LogWaiter:
     def wait_for_append(self, after: int, timeout: float | None) -> int:
         """The log's head once it is past `after`, or at the timeout (or on stop)."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        step = self.interval if self.wakeups is None else self.NOTIFIED_CHECK
         while True:
             head = self.head()
             if head > after:
                 return head
-            left = self.interval if deadline is None else min(self.interval,
-                                                              deadline - time.monotonic())
-            if left <= 0 or self.stop.wait(left):
+            left = step if deadline is None else min(step, deadline - time.monotonic())
+            if left <= 0 or self.stop.is_set():
                 return head
+            if self.wakeups is not None:
+                self.wakeups.wait(left)
+            elif self.stop.wait(left):
+                return head
+
+    def close(self) -> None:
+        if self.wakeups is not None:
+            self.wakeups.close()
+            self.wakeups = None
+
+    def __enter__(self) -> LogWaiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = None,
@@ -58,19 +82,19 @@ def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = N
     """Every event after `after`, then each new one as any process appends it,
     until `stop` is set. `after=None`: from the end of the log now. `workflow`:
     only the events of that workflow's streams."""
-    waiter = LogWaiter(log, interval, stop)
     wanted = workflow_id_of(workflow) if workflow else None
     owners: dict[UUID, UUID | None] = {}  # stream → its workflow, learnt across batches
-    position = waiter.head() if after is None else after
-    while not waiter.stop.is_set():
-        head = waiter.wait_for_append(position, None if stop is None else interval)
-        if head <= position:
-            continue
-        for event in read_log(log, None, None, position, head):
-            if wanted is not None and _owner(log, owners, event) != wanted:
+    with LogWaiter(log, interval, stop) as waiter:
+        position = waiter.head() if after is None else after
+        while not waiter.stop.is_set():
+            head = waiter.wait_for_append(position, None if stop is None else interval)
+            if head <= position:
                 continue
-            yield event
-        position = head
+            for event in read_log(log, None, None, position, head):
+                if wanted is not None and _owner(log, owners, event) != wanted:
+                    continue
+                yield event
+            position = head
 
 
 def _owner(log: EventLog, owners: dict[UUID, UUID | None], event: LoggedEvent) -> UUID | None:

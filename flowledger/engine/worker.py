@@ -29,7 +29,7 @@ from flowledger.domain.session import Trigger
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.engine.session_runner import SessionRequest, SessionResult
-from flowledger.engine.waiting import LogWaiter
+from flowledger.engine.waiting import LogWaiter, max_position
 from flowledger.projections import pending_work
 from flowledger.read_side.log_view import read_log
 
@@ -86,8 +86,10 @@ class Worker:
         signals = GracefulStop(self.stop, log=logger)
         signals.install()
         waiter = LogWaiter(self.engine.log, self.interval, self.stop)
-        logger.info("worker %s serving %s (checking the log every %ss)", self.engine.owner,
-                    ", ".join(self.engine.workflows) or "no workflow", self.interval)
+        logger.info("worker %s serving %s (%s)", self.engine.owner,
+                    ", ".join(self.engine.workflows) or "no workflow",
+                    "woken by the store's notifications" if waiter.wakeups is not None
+                    else f"checking the log every {self.interval}s")
         try:
             for result in self.engine.recover():
                 if result.status != "busy":
@@ -116,12 +118,13 @@ class Worker:
                     continue
                 waiter.wait_for_append(head, self._sleep_for(decisions, now))
         finally:
+            waiter.close()
             signals.restore()
             logger.info("worker %s stopped", self.engine.owner)
 
     def run_once(self) -> list[SessionResult]:
         """One pass: serve every workflow due now (for tests and embedding loops)."""
-        head = LogWaiter(self.engine.log, self.interval).head()
+        head = max_position(self.engine.log)
         if not self._runs.read_upto:
             self._seed_last_runs(head)
         self._read_new_runs(head)
@@ -132,7 +135,7 @@ class Worker:
         return [r for r in results if r is not None]
 
     def next_due(self) -> datetime | None:
-        self._read_new_runs(LogWaiter(self.engine.log, self.interval).head())
+        self._read_new_runs(max_position(self.engine.log))
         now = self.engine.clock.now()
         return min((d.next_due for d in (self._decide(r, now) for r in self._regs())
                     if d.next_due is not None), default=None)
@@ -198,7 +201,8 @@ class Worker:
                                           if p.schedule is not None}
         return Situation(
             name, status=wf.status.value, paused_until=wf.paused_until,
-            session_open=wf.open_session is not None, lease_until=wf.lease_until,
+            session_open=wf.open_session is not None,
+            lease_until=self.engine.lease.to_engine(wf.lease_until),  # in the store's time
             holder_dead=wf.open_session is not None and not self._holder_alive(wf.session_owner),
             schedules=schedules,
             last_runs={p: self._runs.last.get((reg.workflow_id, p)) for p in schedules},

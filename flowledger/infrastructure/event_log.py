@@ -282,9 +282,10 @@ class EventLog(Application[UUID]):
             return _fold(None, self.events.get(aggregate_id, lte=version))
 
     @contextmanager
-    def reading(self) -> Iterator[Any]:
-        """A read transaction: one consistent snapshot of log and projections."""
-        with self.flow_recorder.reading() as c:
+    def reading(self, snapshot: bool = True) -> Iterator[Any]:
+        """A read transaction: one consistent snapshot of log and projections
+        (`snapshot=False`: each statement its own, where that costs less)."""
+        with self.flow_recorder.reading(snapshot) as c:
             yield c
 
     def close(self) -> None:

@@ -18,10 +18,12 @@ little that differs (placeholders, `WITHOUT ROWID`, integer and blob types,
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +39,9 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
 from flowledger.infrastructure.store import AfterInsert, Fence, Row, SharedSQL
+
+# Events in one INSERT statement, at most (4 parameters each, of PostgreSQL's 65,535).
+_ROWS_PER_INSERT = 1000
 
 # A constant key for the advisory lock that serialises table creation.
 _CREATE_LOCK = 0x666C6F77  # "flow"
@@ -70,6 +75,20 @@ class PgCursor:
 
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self._c = cursor
+        # A write transaction's tracking rows, read with its first round trip
+        # (`FlowPostgresRecorder.writing`) and kept up to date by its writes.
+        self.tracking: dict[str, int] | None = None
+        self._tracking_query: psycopg.Cursor[Any] | None = None
+
+    def prefetch_tracking(self, query: psycopg.Cursor[Any]) -> None:
+        """`query` was sent (not yet read): the tracking table's rows."""
+        self._tracking_query = query
+
+    def tracking_rows(self) -> dict[str, int] | None:
+        if self._tracking_query is not None:
+            self.tracking = {name: int(at or 0) for name, at in self._tracking_query.fetchall()}
+            self._tracking_query = None
+        return self.tracking
 
     def _sql(self, sql: str) -> str:
         done = self._cache.get(sql)
@@ -137,12 +156,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self.lock_timeout_s = lock_timeout_s
         self.schema = datastore.schema
         self._local = threading.local()
-        self._writer: psycopg.Connection[Any] | None = None
+        # The writer connections, synced and unsynced (see `writing`).
+        self._writers: dict[bool, psycopg.Connection[Any]] = {}
         self._writer_lock = threading.RLock()
 
     # ------------------------------------------------------------ connections
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, setting: str = "") -> psycopg.Connection[Any]:
         try:
             conn = psycopg.connect(**self.conninfo, autocommit=False)
         except psycopg.OperationalError as e:  # no server, refused, bad credentials
@@ -150,6 +170,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         with conn.cursor() as c:
             c.execute(f"SET lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'")
             c.execute(f"SET search_path TO \"{self.schema}\"")
+            if setting:
+                c.execute(setting)
         conn.commit()
         return conn
 
@@ -182,12 +204,42 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                           "PRIMARY KEY (originator_id, originator_version))")
                 c.execute("CREATE TABLE IF NOT EXISTS tracking (application_name text "
                           "PRIMARY KEY, notification_id bigint)")
+                self._create_append_notification(c)
             conn.commit()
         finally:
             conn.close()
 
+    @property
+    def channel(self) -> str:
+        """The notification channel of this store's log (one per schema)."""
+        return f"flowledger_{self.schema}"[:63]
+
+    def _create_append_notification(self, c: psycopg.Cursor[Any]) -> None:
+        """Every transaction that appends to the log notifies `channel` as it
+        commits (a statement trigger: any writer, one notification per
+        transaction), so a waiting worker is woken instead of polling."""
+        c.execute("SELECT 1 FROM pg_trigger WHERE tgname = 'fl_appended' "
+                  "AND tgrelid = %s::regclass", (f'"{self.schema}".{self.events_table_name}',))
+        if c.fetchone():
+            return  # created already: re-creating would lock the log table
+        c.execute(f"CREATE OR REPLACE FUNCTION \"{self.schema}\".fl_notify_appended() "
+                  "RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                  f"PERFORM pg_notify('{self.channel}', ''); RETURN NULL; END $$")
+        c.execute(f"CREATE TRIGGER fl_appended AFTER INSERT ON {self.events_table_name} "
+                  f"FOR EACH STATEMENT EXECUTE FUNCTION \"{self.schema}\".fl_notify_appended()")
+
+    def listen(self) -> PgAppendWakeups:
+        return PgAppendWakeups(self.conninfo, self.channel)
+
     @contextmanager
-    def reading(self) -> Iterator[PgCursor]:
+    def reading(self, snapshot: bool = True) -> Iterator[PgCursor]:
+        """`snapshot`: one REPEATABLE READ transaction for all the statements;
+        else each statement is its own snapshot, on an autocommit connection (one
+        round trip a statement, where a transaction adds two)."""
+        if not snapshot:
+            with self._single().cursor() as raw:
+                yield PgCursor(raw)
+            return
         conn = self._reader()
         with conn.cursor() as raw:
             raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -197,52 +249,119 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 with contextlib.suppress(psycopg.Error):  # a broken one is replaced
                     conn.rollback()
 
-    def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        """One statement: its own snapshot, on an autocommit connection (one round
-        trip, where an explicit read transaction takes three)."""
+    def _single(self) -> psycopg.Connection[Any]:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "single", None)
         if conn is None or conn.closed or conn.broken:
             conn = self._local.single = self._connect()
             conn.autocommit = True
-        with conn.cursor() as raw:
+        return conn
+
+    def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """One statement: its own snapshot, on an autocommit connection."""
+        with self._single().cursor() as raw:
             return PgCursor(raw).execute(sql, params).fetchall()
 
     @contextmanager
-    def writing(self, sync: bool = True) -> Iterator[PgCursor]:
+    def writing(self, sync: bool = True, tracking: bool = False) -> Iterator[PgCursor]:
         """One write transaction, holding the log table's EXCLUSIVE lock from its
         start (waiting up to the lock timeout): writers run one at a time.
-        `sync=False`: the commit does not wait for the WAL flush (ADR 0011)."""
+        `sync=False`: the commit does not wait for the WAL flush (ADR 0011); it
+        runs on a writer connection whose sessions are set so, where a `SET
+        LOCAL` would cost a statement per transaction.
+
+        The transaction runs in pipeline mode: statements whose results nobody
+        reads (the projections' writes) are sent without waiting, and travel
+        with the next read or the commit. The lock, the tracking rows (when
+        `tracking`: the caller will fold projections) and an append's inserts
+        and fence go in the first round trip. An error of any statement rolls
+        the whole transaction back, wherever it surfaces.
+        """
         with self._writer_lock:
-            if self._writer is None or self._writer.closed or self._writer.broken:
-                self._writer = self._connect()
-            conn = self._writer
+            conn = self._writers.get(sync)
+            if conn is None or conn.closed or conn.broken:
+                conn = self._writers[sync] = self._connect(
+                    "" if sync else "SET synchronous_commit = off")
             raw = conn.cursor()
             try:
-                raw.execute(f"LOCK TABLE {self.events_table_name} IN EXCLUSIVE MODE"
-                            + ("" if sync else "; SET LOCAL synchronous_commit = off"))
+                with conn.pipeline():
+                    # On a cursor of its own: a cursor keeps only its last result.
+                    conn.execute(f"LOCK TABLE {self.events_table_name} IN EXCLUSIVE MODE")
+                    cursor = PgCursor(raw)
+                    if tracking:
+                        rows = conn.cursor()
+                        rows.execute("SELECT application_name, notification_id FROM tracking")
+                        cursor.prefetch_tracking(rows)
+                    yield cursor
+                    conn.commit()  # an unknown outcome raises: never retried here
             except psycopg.errors.LockNotAvailable as e:
-                conn.rollback()
-                raw.close()
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
                 raise OperationalError(e) from e
-            except BaseException:
-                conn.rollback()
-                raw.close()
-                raise
-            try:
-                yield PgCursor(raw)
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
                 raise
-            else:
-                try:
-                    conn.commit()  # an unknown outcome raises: never retried here
-                except BaseException:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.rollback()
-                    raise
             finally:
                 raw.close()
+
+    def _send_inserts(self, conn: psycopg.Connection[Any], chunk: Sequence[Row],
+                      fence: Fence | None, rows: Sequence[Row]) -> psycopg.Cursor[Any]:
+        """One INSERT for these events, sent without waiting for its answer. With
+        a fence, it inserts nothing unless the fenced stream is, before this
+        append, at the version that this append's own events of it bring to
+        `fence.version` (the statement's snapshot predates its own rows)."""
+        c = conn.cursor()
+        values = ", ".join(["(%s::uuid, %s::bigint, %s, %s::bytea)"] * len(chunk))
+        params: list[Any] = [v for row in chunk for v in row]
+        sql = (f"INSERT INTO {self.events_table_name} (originator_id, originator_version, "
+               f"topic, state) ")
+        if fence is None:
+            sql += f"VALUES {values}"
+        else:
+            own = sum(1 for r in rows if r[0] == fence.stream_id.hex)
+            sql += (f"SELECT * FROM (VALUES {values}) AS appended WHERE "
+                    f"(SELECT MAX(originator_version) FROM {self.events_table_name} "
+                    "WHERE originator_id=%s) IS NOT DISTINCT FROM %s")
+            params += [fence.stream_id, fence.version - own if fence.version > own else None]
+        c.execute(sql + " RETURNING notification_id, originator_id, originator_version",
+                  params)
+        return c
+
+    @staticmethod
+    def _positions(rows: Sequence[Row], inserted: psycopg.Cursor[Any],
+                   fence: Fence | None) -> list[int]:
+        """Each row's position, in the rows' order. PostgreSQL gives a multi-row
+        VALUES its serial numbers in order; RETURNING's order is not promised,
+        so the rows are matched by stream and version, and the order checked:
+        positions must follow the order the events were appended in."""
+        given = {(i.hex, v): int(p) for p, i, v in inserted.fetchall()}  # i: a UUID
+        inserted.close()
+        if not given and rows and fence is not None:
+            raise StaleFenceError(f"stream {fence.stream_id} is no longer at the version "
+                                  f"{fence.version} this append was fenced on")
+        positions = [given[(r[0], r[1])] for r in rows]  # r[0]: the stream id's hex
+        if any(a >= b for a, b in itertools.pairwise(positions)):
+            raise OperationalError(f"positions {positions} were not given in the order of "
+                                   "the appended events; nothing was stored")
+        return positions
+
+    def tracked(self, c: PgCursor, name: str) -> int:
+        rows = c.tracking_rows()
+        if rows is None:
+            return super().tracked(c, name)
+        return rows.get(name, 0)
+
+    def track(self, c: PgCursor, name: str, position: int) -> None:
+        super().track(c, name, position)
+        rows = c.tracking_rows()
+        if rows is not None:
+            rows[name] = position
+
+    def untrack(self, c: PgCursor, name: str) -> None:
+        super().untrack(c, name)
+        rows = c.tracking_rows()
+        if rows is not None:
+            rows.pop(name, None)
 
     # -------------------------------------------------------------- liveness
 
@@ -269,6 +388,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         conn.execute("SELECT pg_advisory_lock(%s, %s)", (_CREATE_LOCK, key))
         self._liveness = conn
 
+    def store_time(self) -> datetime:
+        """The server's clock: every engine on this store judges leases by it."""
+        return self.read_all("SELECT clock_timestamp()", ())[0][0]
+
     def holder_alive(self, owner: str | None) -> bool | None:
         """False when `owner`'s connection is gone (its advisory lock is free),
         True while it holds it, None when this store cannot tell."""
@@ -290,11 +413,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         if self._liveness is not None and not self._liveness.closed:
             self._liveness.close()
         self._liveness = None
-        for conn in (self._writer, getattr(self._local, "reader", None),
+        for conn in (*self._writers.values(), getattr(self._local, "reader", None),
                      getattr(self._local, "single", None)):
             if conn is not None and not conn.closed:
                 conn.close()
-        self._writer = None
+        self._writers = {}
         self._local.reader = self._local.single = None
 
     # ----------------------------------------------------------------- writes
@@ -303,29 +426,22 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False) -> int:
         try:
-            with self.writing(sync) as c:
+            with self.writing(sync, tracking=not hold) as c:
                 raw = c._c
                 positions: list[int] = []
                 try:
-                    # One pipelined statement per event, in order: each gets its
-                    # position as it is inserted.
-                    raw.executemany(f"INSERT INTO {self.events_table_name} (originator_id, "
-                                    "originator_version, topic, state) VALUES "
-                                    "(%s, %s, %s, %s) RETURNING notification_id", rows,
-                                    returning=True)
-                    while True:
-                        positions.append(int(raw.fetchone()[0]))  # type: ignore[index]
-                        if not raw.nextset():
-                            break
+                    chunks = [rows[i:i + _ROWS_PER_INSERT]
+                              for i in range(0, len(rows), _ROWS_PER_INSERT)]
+                    # The first insert carries the fence: under the table lock
+                    # no other writer can move the stream between its check and
+                    # the commit.
+                    inserts = [self._send_inserts(raw.connection, chunk,
+                                                  fence if n == 0 else None, rows)
+                               for n, chunk in enumerate(chunks)]
+                    for chunk, inserted in zip(chunks, inserts, strict=True):
+                        positions.extend(self._positions(chunk, inserted, fence))
                 except psycopg.errors.UniqueViolation as e:
                     raise IntegrityError(e) from e
-                if fence is not None:
-                    raw.execute(f"SELECT MAX(originator_version) FROM {self.events_table_name} "
-                                "WHERE originator_id=%s", (fence.stream_id,))
-                    at = raw.fetchone()[0]  # type: ignore[index]
-                    if at != fence.version:
-                        raise StaleFenceError(f"stream {fence.stream_id} is at version {at}, "
-                                              f"expected {fence.version}")
                 if snapshots:
                     raw.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES "
                                     "(%s, %s, %s, %s) ON CONFLICT DO NOTHING", snapshots)
@@ -373,6 +489,25 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def is_busy(error: BaseException) -> bool:
         cause = error if isinstance(error, psycopg.Error) else error.__cause__
         return isinstance(cause, psycopg.errors.LockNotAvailable)
+
+
+class PgAppendWakeups:
+    """Woken by the log's notifications (LISTEN on a connection of its own)."""
+
+    def __init__(self, conninfo: dict[str, Any], channel: str) -> None:
+        self.conn = psycopg.connect(**conninfo, autocommit=True)
+        self.conn.execute(f'LISTEN "{channel}"')
+
+    def wait(self, timeout: float) -> bool:
+        """True once an append was committed since the last wait (or during this
+        one), False after `timeout` seconds without one."""
+        woken = False
+        for _ in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1):
+            woken = True
+        return woken
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class FlowPostgresSnapshotRecorder(_PgReads, AggregateRecorder):

@@ -103,11 +103,12 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
             timeout=pool.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT)
 
     @contextmanager
-    def reading(self) -> Iterator[sqlite3.Cursor]:
+    def reading(self, snapshot: bool = True) -> Iterator[sqlite3.Cursor]:
         """A read transaction on a connection of its own (no pool round trip).
 
         Reads are the engine's hot path between appends: one consistent
-        snapshot, no write lock.
+        snapshot, no write lock. (`snapshot=False` allows each statement a
+        snapshot of its own; in-process, one transaction costs no more.)
         """
         conn = self._reading_connection()
         cursor = conn.cursor()
@@ -280,6 +281,14 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
 
     def announce(self, owner: str) -> None:
         """Nothing to hold: on SQLite a holder is known by its process id."""
+
+    def listen(self) -> None:
+        """None: SQLite sends no notifications; waiting for appends polls."""
+        return None
+
+    def store_time(self) -> None:
+        """None: an SQLite file's writers share one host, and its clock."""
+        return None
 
     def holder_alive(self, owner: str | None) -> bool | None:
         """None: the engine judges by the owner's host and process id."""

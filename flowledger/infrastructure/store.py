@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -34,6 +35,14 @@ class Fence:
         self.stream_id, self.version = stream_id, version
 
 
+class AppendWakeups(Protocol):
+    def wait(self, timeout: float) -> bool:
+        """True once an append committed since the last call, else False after
+        `timeout` seconds."""
+
+    def close(self) -> None: ...
+
+
 class LogStore(Protocol):
     """One store's log: appends with the fence and the projection hook, reads by
     position and by stream, tracking, and what its errors mean."""
@@ -43,8 +52,9 @@ class LogStore(Protocol):
     after_abort: Callable[[], None] | None
     MAX_PARAMETERS: int
 
-    def reading(self) -> AbstractContextManager[Cursor]:
-        """One consistent read snapshot."""
+    def reading(self, snapshot: bool = True) -> AbstractContextManager[Cursor]:
+        """One consistent read snapshot (`snapshot=False`: statements that need
+        not agree with each other, each as fresh as the store can give)."""
 
     def writing(self, sync: bool = True) -> AbstractContextManager[Cursor]:
         """One write transaction, holding the log's write lock from its start."""
@@ -85,6 +95,14 @@ class LogStore(Protocol):
 
     def announce(self, owner: str) -> None:
         """This engine (`owner`) is alive, for as long as its process is."""
+
+    def store_time(self) -> datetime | None:
+        """The store's own clock, where it keeps one that all its writers share
+        (PostgreSQL's); None where writers share the engine's host (SQLite)."""
+
+    def listen(self) -> AppendWakeups | None:
+        """Wake-ups on appends from any process, where the store sends them
+        (PostgreSQL's notifications); None where waiting means polling (SQLite)."""
 
     def holder_alive(self, owner: str | None) -> bool | None:
         """Whether a session holder is alive (False: provably gone), or None when

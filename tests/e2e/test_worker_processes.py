@@ -1,5 +1,7 @@
 """`flowledger worker` as real processes: two workers over a real inbox folder and a
-real ledger, one killed with SIGKILL, the other stopped with SIGTERM."""
+real ledger, one killed with SIGKILL, the other stopped with SIGTERM; on an
+SQLite file (workers poll the log) and on PostgreSQL (workers are woken by the
+store's notifications)."""
 
 from __future__ import annotations
 
@@ -69,12 +71,11 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_two_workers_book_every_file_once_survive_sigkill_and_stop_on_sigterm(
-        tmp_path: Path) -> None:
+        tmp_path: Path, store: str) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (tmp_path / "wf.py").write_text(WORKFLOW)
     ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
-    store = f"sqlite:///{tmp_path / 'flow.db'}"
     env = {**os.environ, "TEST_INBOX": str(inbox), "TEST_LEDGER": str(tmp_path / "ledger.db"),
            "PYTHONPATH": str(ROOT)}
     env.pop("FLOWLEDGER_CRASH_AT", None)
@@ -157,10 +158,9 @@ SLOW = textwrap.dedent("""
 
 
 def test_sigterm_during_a_call_finishes_the_step_closes_the_session_and_exits_0(
-        tmp_path: Path) -> None:
+        tmp_path: Path, store: str) -> None:
     (tmp_path / "wf.py").write_text(SLOW)
     ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
-    store = f"sqlite:///{tmp_path / 'flow.db'}"
     env = {**os.environ, "TEST_LEDGER": str(tmp_path / "ledger.db"), "PYTHONPATH": str(ROOT)}
     env.pop("FLOWLEDGER_CRASH_AT", None)
     worker = subprocess.Popen(
@@ -189,10 +189,10 @@ def test_sigterm_during_a_call_finishes_the_step_closes_the_session_and_exits_0(
         assert job.pending == 2  # left for the next worker
 
 
-def test_follow_prints_events_appended_by_another_process_as_json(tmp_path: Path) -> None:
+def test_follow_prints_events_appended_by_another_process_as_json(
+        tmp_path: Path, store: str) -> None:
     import json
 
-    store = f"sqlite:///{tmp_path / 'flow.db'}"
     (tmp_path / "wf.py").write_text(SLOW.replace("time.sleep(1.0)", "pass"))
     env = {**os.environ, "TEST_LEDGER": str(tmp_path / "ledger.db"), "PYTHONPATH": str(ROOT)}
     env.pop("FLOWLEDGER_CRASH_AT", None)
@@ -227,10 +227,9 @@ def test_follow_prints_events_appended_by_another_process_as_json(tmp_path: Path
 
 
 def test_a_worker_killed_in_a_call_is_replaced_and_nothing_is_done_twice(
-        tmp_path: Path) -> None:
+        tmp_path: Path, store: str) -> None:
     (tmp_path / "wf.py").write_text(SLOW.replace("time.sleep(1.0)", "time.sleep(0.5)"))
     ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
-    store = f"sqlite:///{tmp_path / 'flow.db'}"
     env = {**os.environ, "TEST_LEDGER": str(tmp_path / "ledger.db"), "PYTHONPATH": str(ROOT)}
     env.pop("FLOWLEDGER_CRASH_AT", None)
 

@@ -43,7 +43,7 @@ from flowledger.infrastructure.sqlite_recorder import (
     use_statement_cache,
 )
 from flowledger.infrastructure.store import LogStore
-from flowledger.infrastructure.store_check import check_sqlite_store
+from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
 
 
@@ -117,6 +117,8 @@ class EventLog(Application[UUID]):
         self.config = config
         if config.kind == "sqlite":
             check_sqlite_store(config)  # before anything connects to it for writing
+        elif config.kind == "postgresql":
+            check_postgres_server(config)
         try:
             super().__init__(env=config.env)
         except (PersistenceError, InfrastructureFactoryError, sqlite3.Error, OSError) as e:
@@ -126,9 +128,8 @@ class EventLog(Application[UUID]):
                     "for longer than the lock timeout while this one set the store up. "
                     "Nothing was changed; try again when that process is done") from e
             hint = ""
-            if config.kind == "postgresql":
-                hint = (" PostgreSQL needs the postgres extra (pip install "
-                        "'flowledger[postgres]'); see the README.")
+            if config.kind == "postgresql":  # reachable (check_postgres_server), yet failing
+                hint = " Check that the user may create tables in the database (or schema)."
             elif config.read_only:
                 hint = (" It is opened read-only (?mode=ro) and is not a flowledger store yet: "
                         "its tables cannot be created. Open it once without ?mode=ro, or "

@@ -94,3 +94,33 @@ def _schema(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
         return tables, topics
     finally:
         conn.close()
+
+
+def check_postgres_server(config: StoreConfig) -> None:
+    """Connect once, briefly, before the library's connection pool would retry for
+    half a minute: a server that is down, a database that does not exist or a
+    refused login is said at once, in the server's own words, with what to do."""
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigurationError(
+            f"cannot open store {config.url!r}: PostgreSQL needs the postgres extra "
+            "(pip install 'flowledger[postgres]'); see the README") from None
+    env = config.env
+    try:
+        psycopg.connect(dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"],
+                        port=env["POSTGRES_PORT"], user=env["POSTGRES_USER"],
+                        password=env["POSTGRES_PASSWORD"], connect_timeout=10).close()
+    except psycopg.OperationalError as e:
+        said = " ".join(str(e).split())
+        where = f"{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}"
+        if "does not exist" in said and "database" in said:
+            todo = (f"create it first (createdb -h {env['POSTGRES_HOST']} -p "
+                    f"{env['POSTGRES_PORT']} -U {env['POSTGRES_USER']} "
+                    f"{env['POSTGRES_DBNAME']}), or name one that exists")
+        elif "authentication" in said or "password" in said or "role" in said:
+            todo = "check the user and password in the URL"
+        else:
+            todo = f"check that a PostgreSQL server runs at {where} and accepts connections"
+        raise ConfigurationError(f"cannot open store {config.url!r}: {said}. Nothing was "
+                                 f"written; {todo}") from None

@@ -231,5 +231,25 @@ def test_a_postgresql_server_that_does_not_answer_is_a_clear_error():
     url = "postgresql://postgres@127.0.0.1:1/nowhere"
     with pytest.raises(fl.ConfigurationError) as caught:
         fl.Engine(url)
-    assert f"cannot open store {url!r}" in str(caught.value)
-    assert "\n" not in str(caught.value)
+    message = str(caught.value)
+    assert f"cannot open store {url!r}" in message
+    assert "\n" not in message
+    assert "Connection refused" in message and "server runs at 127.0.0.1:1" in message
+    assert "postgres extra" not in message  # it is installed: that is not what is wrong
+
+
+@pytest.mark.postgres
+def test_a_database_or_user_that_does_not_exist_is_said_at_once_with_what_to_do():
+    from tests import postgres
+
+    server = postgres.URL.rsplit("/", 1)[0]  # the test server, without its database
+    missing_db = f"{server}/flowledger_no_such_database"
+    with pytest.raises(fl.ConfigurationError) as caught:
+        fl.Engine(missing_db)
+    assert 'database "flowledger_no_such_database" does not exist' in str(caught.value)
+    assert "createdb" in str(caught.value)
+    nobody = server.replace("postgres@", "flowledger_nobody@") + "/postgres"
+    with pytest.raises(fl.ConfigurationError) as caught:
+        fl.Engine(nobody)
+    assert 'role "flowledger_nobody" does not exist' in str(caught.value)
+    assert "check the user and password" in str(caught.value)

@@ -370,3 +370,81 @@ def release_together(procs: list[subprocess.Popen[str]]) -> None:
         assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
+
+
+# ------------------------------------------- a workflow for flowledger.testing
+
+
+class OrderFolder(fl.Tool):
+    """Orders waiting, one file each in `folder/orders` (the outside world a
+    producer polls)."""
+
+    name = "orders"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder / "orders"
+        self.folder.mkdir(exist_ok=True)
+
+    @fl.read
+    def waiting(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir())
+
+
+def place_order(folder: Path, order: str) -> None:
+    (folder / "orders").mkdir(exist_ok=True)
+    (folder / "orders" / order).write_text(order)
+
+
+class OrderBook(fl.Tool):
+    """A file of booked orders, one line each; `find` reconciles `add` by looking."""
+
+    name = "book"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "book.txt"
+
+    def lines(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.exists() else []
+
+    @fl.read
+    def has(self, order: str) -> bool:
+        return order in self.lines()
+
+    @fl.mutator(reconcile="find")
+    def add(self, order: str) -> int:
+        with self.path.open("a") as f:
+            f.write(order + "\n")
+        return len(self.lines())
+
+    def find(self, order: str) -> fl.Reconciliation:
+        lines = self.lines()
+        if order in lines:
+            return fl.Reconciliation.applied(lines.index(order) + 1)
+        return fl.Reconciliation.failed(f"{order} is not in the book")
+
+
+def orders_workflow() -> fl.Workflow:
+    """poll (publishes each waiting order once) -> BookOrder (adds it to the book)."""
+    wf = fl.Workflow("orders", topics=["placed", "booked"])
+
+    @wf.producer(publishes=["placed"], tools=["orders"])
+    def poll(ctx: Any, state: Any) -> None:
+        for order in ctx.tools.orders.waiting():
+            ctx.publish("placed", message_id=order, payload=order)
+
+    @wf.consumer(subscribe=["placed"], publishes=["booked"], tools=["book"])
+    class BookOrder:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared:
+            placed = ctx.peek("placed", limit=1)
+            if not placed:
+                return fl.Prepared()
+            return fl.Prepared({"placed": [placed[0].message_id]}, data=placed[0].payload)
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.book.add(prepared.data)
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            if prepared.data is not None:
+                ctx.publish("booked", message_id=prepared.data, payload=outcome.result)
+
+    return wf

@@ -10,6 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
+from flowledger.domain.errors import DefinitionError, InvalidArgument
+from flowledger.domain.schedule import parse_every
+
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
@@ -29,11 +32,33 @@ class ManualClock:
     def now(self) -> datetime:
         return self._now
 
-    def advance(self, seconds: float) -> None:
-        self._now += timedelta(seconds=seconds)
+    def advance(self, by: float | timedelta | str) -> datetime:
+        """Move forward by seconds, a timedelta, or text like "30s", "5m", "1h",
+        "1d" (as `every=` takes); returns the new time."""
+        self._now += _duration(by)
+        return self._now
 
     def set(self, when: datetime) -> None:
         self._now = when
+
+
+def _duration(by: float | timedelta | str) -> timedelta:
+    if isinstance(by, timedelta):
+        step = by
+    elif isinstance(by, str):
+        try:
+            step = timedelta(seconds=parse_every(by, "ManualClock.advance").seconds)
+        except DefinitionError:
+            raise InvalidArgument(f"ManualClock.advance({by!r}): give seconds, a timedelta "
+                                  "or a text like '30s', '5m', '1h' or '1d'") from None
+    elif isinstance(by, int | float) and not isinstance(by, bool):
+        step = timedelta(seconds=by)
+    else:
+        raise InvalidArgument(f"ManualClock.advance({by!r}): give seconds, a timedelta "
+                              "or a text like '30s', '5m', '1h' or '1d'")
+    if step < timedelta(0):
+        raise InvalidArgument(f"ManualClock.advance({by!r}): time only moves forward")
+    return step
 
 
 class LeaseClock:

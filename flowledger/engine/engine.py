@@ -44,7 +44,7 @@ from flowledger.domain.run_decider import (
 from flowledger.domain.session import Session, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, LeaseClock, SystemClock, random_ids
-from flowledger.engine.faults import SimulatedCrash, from_environment
+from flowledger.engine.faults import SimulatedCrash, declared_dead, from_environment
 from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.policy import RetryPolicy
@@ -87,7 +87,7 @@ logger = logging.getLogger("flowledger.engine")
 
 def _owner_alive(owner: str | None) -> bool:
     """Whether a lock holder may still be running (False only when provably dead)."""
-    if not owner:
+    if not owner or declared_dead(owner):
         return False
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]

@@ -19,6 +19,17 @@ from collections.abc import Callable
 CRASH_EXIT_CODE = 86
 ENV = "FLOWLEDGER_CRASH_AT"
 
+# The labels of the appends a session makes (handler_runs.SessionScope.append,
+# and the session's opening in engine.py), and every durable point named after
+# them: the one list the docstring above, the README and flowledger.testing
+# (which walks them all) go by.
+APPEND_LABELS = ("session_open", "release", "in_flight", "outcome", "commit",
+                 "producer_commit", "failure", "session_close")
+DURABLE_POINTS = (
+    *(f"{side}_append:{label}" for label in APPEND_LABELS for side in ("before", "after")),
+    "before_call", "after_call",
+)
+
 
 class SimulatedCrash(BaseException):
     """Raised by an in-process test's checkpoint to stand for the process dying
@@ -26,6 +37,19 @@ class SimulatedCrash(BaseException):
     would not; any other exception that interrupts a session (KeyboardInterrupt,
     SystemExit) makes the engine end its lease first, so the session is
     continued at once (engine.Engine._abandon)."""
+
+
+# Engines (their `Engine.owner`) that an in-process test killed
+# (flowledger.testing.crash_at): judged gone, as a process that no longer runs is.
+_dead_owners: set[str] = set()
+
+
+def declare_dead(owner: str) -> None:
+    _dead_owners.add(owner)
+
+
+def declared_dead(owner: str) -> bool:
+    return owner in _dead_owners
 
 
 def no_faults(point: str) -> None:

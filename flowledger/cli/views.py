@@ -5,6 +5,7 @@ tables and lines on the terminal (render.py says how one value looks)."""
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,8 +58,15 @@ def key_fields(event: LoggedEvent) -> str:
                      if k not in _NOT_KEY and v is not None)
 
 
-def log_line(event: LoggedEvent) -> Text:
-    """One event on one line, so that the log can be read, piped and grepped."""
+_FIELDS_INDENT = 8
+
+
+def log_line(event: LoggedEvent, margin: int = 0) -> Text:
+    """One event on one line, so that the log can be read, piped and grepped.
+
+    On a terminal too narrow for the line (`margin`: columns the caller puts
+    before it), its fields go on the lines below, indented and wrapped at the
+    terminal's width, instead of the terminal breaking them anywhere."""
     line = Text()
     line.append(f"{event.position:>6}  ", style="dim")
     line.append(when(event.timestamp) + "  ")
@@ -66,14 +74,22 @@ def log_line(event: LoggedEvent) -> Text:
     line.append(event.name.ljust(_EVENT_WIDTH - len(event.aggregate) - 1), style="bold cyan")
     line.append(f"  {short(event.stream_id)}", style="magenta")
     fields = key_fields(event)
-    if fields:
+    if not fields:
+        return line
+    width = None if plain_layout() else out.width - margin
+    if width is None or line.cell_len + 2 + len(fields) <= width:
         line.append("  " + fields)
+        return line
+    for part in textwrap.wrap(fields, max(20, width - _FIELDS_INDENT), break_on_hyphens=False):
+        line.append("\n" + " " * (margin + _FIELDS_INDENT) + part)
     return line
 
 
 def print_log(events: Iterable[LoggedEvent]) -> None:
     header = (f"{'pos':>6}  {'time (UTC)':<19}  {'aggregate.event':<{_EVENT_WIDTH}}  "
               "stream    fields")
+    if not plain_layout() and len(header) > out.width:
+        header = header.replace("stream    fields", "stream")  # fields: below each
     out.print(Text(header, style="bold"), soft_wrap=True)
     for event in events:
         out.print(log_line(event), soft_wrap=True)

@@ -126,7 +126,7 @@ def follow(
                 "notable": notable, "fields": _plain(event.fields)}))
         else:
             mark = Text("!! ", style="bold red") if notable else Text("   ")
-            out.print(mark + log_line(event), soft_wrap=True)
+            out.print(mark + log_line(event, margin=len(mark)), soft_wrap=True)
 
     with open_engine(store_url(ctx, store), must_exist=True) as engine:
         print_live(engine, after, workflow, interval, show)

@@ -333,3 +333,24 @@ def test_parse_store_url_reads_the_query() -> None:
     assert ro.read_only and ro.path == Path(__file__)
     assert ro.env["SQLITE_DBNAME"].startswith("file:") and ro.env["SQLITE_DBNAME"].endswith(
         "?mode=ro")
+
+
+def test_the_log_on_an_80_column_terminal_puts_fields_below_instead_of_breaking_them(
+        shop: Path) -> None:
+    """A terminal breaks a long line anywhere (`state_replaced` as `state` / `_replaced`):
+    on a terminal, the fields of a line too long go below it, indented and wrapped
+    between fields; piped, a line stays one line to grep."""
+    listed = flowledger("log", "--json", cwd=shop)
+    events = [json.loads(line) for line in listed.stdout.splitlines()]
+    shown = narrow("log", cwd=shop, env={"TTY_COMPATIBLE": "1"})
+    assert shown.returncode == 0, shown.stderr
+    lines = ANSI.sub("", shown.stdout).splitlines()
+    assert all(len(line) <= 80 for line in lines), "\n".join(x for x in lines if len(x) > 80)
+    committed = next(e for e in events if e["name"] == "Committed")
+    at = next(i for i, line in enumerate(lines)
+              if line.lstrip().startswith(f"{committed['position']} "))
+    assert lines[at + 1].startswith(" " * 8) and "state_replaced=" in lines[at + 1]
+    piped = flowledger("log", cwd=shop)
+    one = next(line for line in piped.stdout.splitlines()
+               if line.lstrip().startswith(f"{committed['position']} "))
+    assert "HandlerRun.Committed" in one and "state_replaced=" in one

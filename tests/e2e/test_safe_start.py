@@ -49,3 +49,30 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path, kind:
         failures = [err for (out, err), p in zip(results, procs, strict=True) if p.returncode]
         assert not failures, failures[0]
         assert [out.strip() for out, _ in results] == ["0"] * 6
+
+
+def test_a_new_sqlite_store_opens_while_another_process_holds_its_write_lock(
+        tmp_path: Path) -> None:
+    """The race the concurrent openers above rarely hit, made certain: switching a
+    new file to WAL while another connection holds its write lock fails at once
+    (SQLite calls no busy handler there), so the opening must try again until
+    the lock is released, not fail."""
+    import sqlite3
+    import threading
+
+    import flowledger as fl
+
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA user_version=1")  # a database file, still without tables
+    other.execute("BEGIN IMMEDIATE")  # another process's write lock on it
+    release = threading.Timer(0.5, lambda: other.execute("ROLLBACK"))
+    release.start()
+    try:
+        with fl.Engine(f"sqlite:///{path}") as engine:
+            assert list(engine.events()) == []
+        journal = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert journal == "wal"
+    finally:
+        release.join()
+        other.close()

@@ -4,6 +4,8 @@ Every test that takes `store` (or `make_engine`) runs on an SQLite file and on
 PostgreSQL (tests/postgres.py says when the server is not reachable, and
 skips those; with FLOWLEDGER_REQUIRE_POSTGRES=1, as in CI, it fails instead).
 
+The fixtures are flowledger.testing's (its pytest plugin), under the short
+names the suite uses; `store` adds PostgreSQL to every test that takes it.
 The helpers the tests build with (ledger tools, workflows, ways to look at a
 store) are in tests/helpers.py.
 """
@@ -17,13 +19,14 @@ from typing import Any
 import pytest
 
 import flowledger as fl
+from flowledger.testing.engines import EngineFactory
 from tests import postgres
 from tests.helpers import ExternalLedger
 
 
 @pytest.fixture
-def clock() -> fl.ManualClock:
-    return fl.ManualClock()
+def clock(flowledger_clock: fl.ManualClock) -> fl.ManualClock:
+    return flowledger_clock
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -44,18 +47,10 @@ def ledger(tmp_path: Path) -> ExternalLedger:
 
 @pytest.fixture
 def make_engine(store: str, clock: fl.ManualClock) -> Iterator[Callable[..., fl.Engine]]:
-    engines: list[fl.Engine] = []
-
-    def make(**kwargs: Any) -> fl.Engine:
-        kwargs.setdefault("clock", clock)
-        kwargs.setdefault("ids", fl.SeededIds(len(engines)))
-        engine = fl.Engine(kwargs.pop("store", store), **kwargs)
-        engines.append(engine)
-        return engine
-
-    yield make
-    for e in engines:
-        e.close()
+    """flowledger.testing's engine factory, on this suite's `store` (both stores)."""
+    factory = EngineFactory(store, clock)
+    yield factory
+    factory.close_all()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

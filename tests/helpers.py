@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, Protocol
 from hypothesis import strategies as st
 
 import flowledger as fl
+from flowledger.testing import projection_rows as projection_rows
 
 # ----------------------------------------------------------- the outside world
 
@@ -337,9 +338,6 @@ def new_engine(folder: str, h: dict[str, Any]) -> tuple[fl.Engine, fl.ManualCloc
 
 # ---------------------------------------------------------- looking at a store
 
-Rows = dict[str, list[tuple[object, ...]]]
-
-
 def message_status(engine: fl.Engine, workflow: str, topic: str) -> dict[str, int]:
     """How many messages of the topic are in each status, as pending work counts them."""
     from flowledger.domain.ids import workflow_id
@@ -347,18 +345,6 @@ def message_status(engine: fl.Engine, workflow: str, topic: str) -> dict[str, in
 
     with engine.log.reading() as c:
         return pending_work.message_status(c, workflow_id(workflow), topic)
-
-
-def projection_rows(engine: fl.Engine, names: list[str] | None = None) -> Rows:
-    """Every row of every table of the named projections (all by default), in key order."""
-    rows: Rows = {}
-    with engine.log.reading() as c:
-        for p in engine.projections.projections:
-            if names is None or p.name in names:
-                for table in p.tables:
-                    c.execute(f"SELECT * FROM {table}")
-                    rows[table] = sorted(map(tuple, c.fetchall()), key=repr)
-    return rows
 
 
 def release_together(procs: list[subprocess.Popen[str]]) -> None:

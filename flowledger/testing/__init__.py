@@ -3,8 +3,9 @@
 * pytest fixtures (flowledger/testing/plugin.py, loaded by pytest wherever
   flowledger is installed): `flowledger_engine`, `flowledger_new_engine`,
   `flowledger_clock`, `flowledger_store`, `flowledger_worker`;
-* `crash_at(engine, point)` and `expect_crash(engine)`: an engine dies at a
-  durable point (`DURABLE_POINTS`) or inside a tool call, in-process;
+* `crash_at(engine, point)`, `crash_if_reached(engine, point)` and
+  `expect_crash(engine)`: an engine dies at a durable point (`DURABLE_POINTS`)
+  or inside a tool call, in-process;
 * `double(tool)` / `ToolDouble`: tools whose calls are recorded and can be told
   to fail (`Fault`);
 * `check_exactly_once(...)`: random histories of sessions, crashes and failures
@@ -24,6 +25,7 @@ from flowledger.testing.crashes import (
     CrashReport,
     EngineCrashed,
     crash_at,
+    crash_if_reached,
     expect_crash,
 )
 from flowledger.testing.engines import EngineFactory
@@ -44,6 +46,7 @@ __all__ = [
     "assert_projections_rebuild_equal",
     "check_exactly_once",
     "crash_at",
+    "crash_if_reached",
     "double",
     "expect_crash",
     "fresh_postgres_schema",

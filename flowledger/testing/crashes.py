@@ -26,7 +26,7 @@ from flowledger.engine.engine import Engine
 from flowledger.engine.faults import DURABLE_POINTS, SimulatedCrash, declare_dead
 
 __all__ = ["DURABLE_POINTS", "CrashNotReached", "CrashReport", "EngineCrashed", "crash_at",
-           "expect_crash"]
+           "crash_if_reached", "expect_crash"]
 
 
 class EngineCrashed(FlowledgerError):
@@ -92,8 +92,9 @@ def expect_crash(engine: Engine) -> Iterator[CrashReport]:
 
 @contextlib.contextmanager
 def crash_if_reached(engine: Engine, point: str | None) -> Iterator[CrashReport]:
-    """`crash_at` that tolerates not reaching the point (None: no point armed,
-    but a crash from a tool double is still contained)."""
+    """`crash_at` that tolerates not reaching the point (`report.happened` says
+    whether it did), e.g. to walk every point of a workflow some of which only a
+    retry passes. None: no point armed, but a tool double's crash is contained."""
     _refuse_private_store(engine)
     previous = engine.checkpoint
     if point is not None:

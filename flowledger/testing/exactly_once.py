@@ -1,0 +1,432 @@
+"""The exactly-once check: random histories of a user's workflow — inputs
+arriving, sessions, crashes at any durable point or inside a tool call,
+transient failures, uncertain outcomes — then recovery until nothing can go on
+by itself, and the verdict (ADR 0021):
+
+* no mutation's side effect happened twice (by the tool doubles' recorded
+  calls, not by what the outside world refused);
+* the log and the recorded calls agree: each mutation the log says was applied
+  happened once, and each effect that happened is one the log knows of;
+* nothing is left open, unfinished, blocked or failed, and as many messages are
+  left pending per topic as in the same history without faults;
+* the projections rebuilt from the log equal the live ones.
+
+A failing history is shrunk by hypothesis and reported step by step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, NoReturn, TypeVar
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("flowledger.testing.check_exactly_once needs hypothesis: "
+                      "pip install hypothesis (flowledger's `dev` extra has it)") from error
+
+from flowledger.authoring.definition import Workflow
+from flowledger.authoring.tools import Tool
+from flowledger.domain.errors import ActionNotApplicable
+from flowledger.engine.clock import ManualClock, SeededIds
+from flowledger.engine.engine import Engine
+from flowledger.engine.faults import DURABLE_POINTS
+from flowledger.engine.policy import RetryPolicy
+from flowledger.infrastructure.codec import unpack
+from flowledger.testing.crashes import crash_if_reached
+from flowledger.testing.projection_check import assert_projections_rebuild_equal
+from flowledger.testing.tool_double import FAULTS_FOR, Fault, RecordedCall, ToolDouble, double
+
+__all__ = ["ExactlyOnceViolation", "check_exactly_once"]
+
+X = TypeVar("X")
+MutationKey = Callable[[RecordedCall], Hashable]
+
+# A policy that gives up soon, without jitter: histories stay short and replayable.
+DEFAULT_POLICY = RetryPolicy(transient_max_attempts=3, reconcile_max_attempts=3, jitter=0)
+_DRAIN_ROUNDS = 30
+_AN_HOUR = 3600  # past every retry time, reconciliation backoff and lease of the policy
+
+
+class ExactlyOnceViolation(AssertionError):
+    """What went wrong, the history that led there, and every mutator call."""
+
+
+# ------------------------------------------------------------------ the steps
+
+
+@dataclass(frozen=True)
+class Deliver(Generic[X]):
+    value: X
+
+    def __repr__(self) -> str:
+        return f"deliver {self.value!r}"
+
+
+@dataclass(frozen=True)
+class RunSession:
+    trigger: str
+    max_iterations: int
+
+    def __repr__(self) -> str:
+        return f"session ({self.trigger}, at most {self.max_iterations} consumer runs)"
+
+
+@dataclass(frozen=True)
+class ArmCrash:
+    point: str
+
+    def __repr__(self) -> str:
+        return f"the next session or recovery crashes at {self.point}"
+
+
+@dataclass(frozen=True)
+class TellFault:
+    tool: str
+    method: str
+    fault: Fault
+
+    def __repr__(self) -> str:
+        return f"the next call of {self.tool}.{self.method}: {self.fault.value}"
+
+
+@dataclass(frozen=True)
+class TimePasses:
+    seconds: int
+
+    def __repr__(self) -> str:
+        return f"{self.seconds}s pass"
+
+
+@dataclass(frozen=True)
+class Recover:
+    def __repr__(self) -> str:
+        return "recover"
+
+
+Step = Deliver[Any] | RunSession | ArmCrash | TellFault | TimePasses | Recover
+
+
+def _steps(inputs: st.SearchStrategy[Any], targets: list[tuple[str, str, Fault]]
+           ) -> st.SearchStrategy[Step]:
+    options: list[st.SearchStrategy[Any]] = [
+        st.builds(Deliver, inputs),
+        st.builds(RunSession, st.sampled_from(["manual", "event"]), st.integers(0, 4)),
+        st.builds(ArmCrash, st.tuples(st.sampled_from(DURABLE_POINTS), st.integers(1, 2)).map(
+            lambda p: p[0] if p[1] == 1 else f"{p[0]}#{p[1]}")),
+        st.builds(TimePasses, st.sampled_from([1, 30, 600, _AN_HOUR])),
+        st.builds(Recover),
+    ]
+    if targets:
+        options.append(st.sampled_from(targets).map(lambda t: TellFault(*t)))
+    return st.one_of(options)
+
+
+# ------------------------------------------------------------------ the check
+
+
+def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[Tool]],
+                       inputs: st.SearchStrategy[X], deliver: Callable[[Path, X], None],
+                       max_examples: int = 50, max_steps: int = 12,
+                       mutation_key: MutationKey | None = None,
+                       policy: RetryPolicy = DEFAULT_POLICY) -> None:
+    """Check `workflow` performs each mutation exactly once, whatever happens.
+
+    `tools(folder)` makes the workflow's tools for one history, working in
+    `folder` (their outside world, fresh each time); they are wrapped in tool
+    doubles. `deliver(folder, value)` puts one input drawn from `inputs` into
+    that world, for the workflow's producers to find. `mutation_key(call)` says
+    which calls are the same mutation (default: same tool, method and arguments).
+    Runs on a temporary SQLite file; raises ExactlyOnceViolation with the
+    shrunk history when a rule is broken.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        targets = [(d.tool_name(), method, fault)
+                   for d in _doubles(tools, Path(folder))
+                   for method in _methods(d) for fault in sorted(
+                       FAULTS_FOR[d.kind_of(method)], key=lambda f: f.value)]
+
+    @settings(max_examples=max_examples, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.function_scoped_fixture])
+    # Every history starts with an input: one without any has nothing to check.
+    @given(st.builds(lambda first, rest: [Deliver(first), *rest], inputs,
+                     st.lists(_steps(inputs, targets), max_size=max_steps - 1)))
+    def histories(history: list[Step]) -> None:
+        faulty = _History(workflow, tools, deliver, policy, mutation_key or _same_call)
+        try:
+            faulty.play(history)
+            faulty.drain()
+            with _History(workflow, tools, deliver, policy, _same_call) as calm:
+                calm.play([s for s in history if isinstance(s, Deliver | RunSession)])
+                calm.drain()
+                expected_pending = calm.pending()
+            faulty.verdict(expected_pending)
+        finally:
+            faulty.close()
+
+    histories()
+
+
+def _doubles(tools: Callable[[Path], Sequence[Tool]], folder: Path) -> list[ToolDouble]:
+    return [double(t) for t in tools(folder)]
+
+
+def _methods(tool: ToolDouble) -> list[str]:
+    specs = type(tool).methods()
+    return sorted({*specs, *(s.reconcile for s in specs.values() if s.reconcile)})
+
+
+def _canonical(value: Any) -> Hashable:
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _canonical(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_canonical(v) for v in value)
+    return value if isinstance(value, Hashable) else repr(value)
+
+
+def _same_call(call: RecordedCall) -> Hashable:
+    return (call.tool, call.method, _canonical(call.args), _canonical(call.kwargs))
+
+
+@dataclass
+class _History:
+    """One history, played on its own store and outside world."""
+
+    workflow: Workflow
+    make_tools: Callable[[Path], Sequence[Tool]]
+    deliver: Callable[[Path, Any], None]
+    policy: RetryPolicy
+    key: MutationKey
+    folder: tempfile.TemporaryDirectory[str] = field(
+        default_factory=tempfile.TemporaryDirectory)
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        root = Path(self.folder.name)
+        self.world = root / "world"
+        self.world.mkdir()
+        self.store = f"sqlite:///{root / 'flow.db'}"
+        self.clock = ManualClock()
+        self.doubles = _doubles(self.make_tools, self.world)
+        self.engines = 0
+        self.armed: str | None = None
+        self.skipped_after_effect: list[Hashable] = []
+        self.engine = self._new_engine()
+
+    def __enter__(self) -> _History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.engine.close()
+        self.folder.cleanup()
+
+    def _new_engine(self) -> Engine:
+        self.engines += 1
+        engine = Engine(self.store, clock=self.clock, ids=SeededIds(self.engines),
+                        policy=self.policy)
+        engine.register(self.workflow, tools=self.doubles)
+        return engine
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+    # ------------------------------------------------------------- playing
+
+    def play(self, history: list[Step]) -> None:
+        for number, step in enumerate(history, 1):
+            self.say(f"{number}. {step!r}")
+            if isinstance(step, Deliver):
+                self.deliver(self.world, step.value)
+            elif isinstance(step, ArmCrash):
+                self.armed = step.point
+            elif isinstance(step, TellFault):
+                next(d for d in self.doubles if d.tool_name() == step.tool).fail(
+                    step.method, step.fault)
+            elif isinstance(step, TimePasses):
+                self.clock.advance(step.seconds)
+            elif isinstance(step, RunSession):
+                self._session(step.trigger, step.max_iterations)
+            else:
+                self._recover()
+
+    def _session(self, trigger: str = "manual", max_iterations: int = 100) -> Any:
+        return self._engine_call(lambda e: e.run_session(
+            self.workflow.name, trigger=trigger, max_iterations=max_iterations), _session_line)
+
+    def _recover(self) -> Any:
+        return self._engine_call(lambda e: e.recover(),
+                                 lambda done: f"recovered {len(done)} session(s)")
+
+    def _engine_call(self, call: Callable[[Engine], Any], outcome: Callable[[Any], str]
+                     ) -> Any:
+        """One call of the engine, crashing where the history armed a crash (or a
+        tool double was told to): then a new engine takes over."""
+        point, self.armed = self.armed, None
+        result = None
+        try:
+            with crash_if_reached(self.engine, point) as report:
+                result = call(self.engine)
+                self.lines[-1] += f" -> {outcome(result)}"
+        except Exception as e:
+            self.fail(f"the engine raised {type(e).__name__}: {e}", e)
+        if report.happened:
+            self.lines[-1] += f" -> CRASHED at {report.point}; a new engine takes over"
+            self.engine = self._new_engine()
+        elif point is not None:
+            self.armed = point  # not reached yet: still armed
+        return result
+
+    def drain(self) -> None:
+        """Time passes, recovery runs and a person decides, truthfully, until
+        nothing can go on by itself (crashes and faults still armed happen too)."""
+        self.say("then, until nothing is left to do: an hour passes, recover, a person "
+                 "decides what waits for one, a session")
+        for _ in range(_DRAIN_ROUNDS):
+            self.clock.advance(_AN_HOUR)
+            self.say("   recover")
+            self._recover()
+            self._person_decides()
+            self.say("   session")
+            result = self._session()
+            if result is not None and result.status == "completed" and not self._left_over():
+                return
+        self.fail(f"the workflow did not settle after {_DRAIN_ROUNDS} rounds: "
+                  f"{'; '.join(self._left_over())}")
+
+    def _person_decides(self) -> None:
+        for blocked in self.engine.blocked():
+            if blocked.status.startswith("failed"):
+                self.fail(f"run {blocked.run_id} of {blocked.handler} {blocked.status}: "
+                          f"{blocked.reason}")
+            if blocked.mutation_state == "indeterminate" and blocked.tool is not None:
+                last = self._last_call(blocked.tool, blocked.method or "", blocked.params)
+                if last is not None and last.fault is None and last.effect == "unknown":
+                    self.fail(f"run {blocked.run_id} of {blocked.handler} waits for a person, "
+                              f"and not because of a fault the check injected: "
+                              f"{last.describe()}. A mutator says what became of its call: "
+                              "it returns, or raises fl.TransientError, fl.AuthError or "
+                              "fl.UncertainOutcome (and has a reconcile method)")
+                effect = self._effect_of(blocked.tool, blocked.method or "", blocked.params)
+                action = "did_not_happen" if effect == "did_not_happen" else "skip"
+                if action == "skip" and effect is not None:
+                    self.skipped_after_effect.append(self._log_key(
+                        blocked.tool, blocked.method or "", blocked.params))
+                self.say(f"   a person: {blocked.tool}.{blocked.method} of run "
+                         f"{str(blocked.run_id)[-8:]} is indeterminate; its effect "
+                         f"{effect or 'was never attempted'}: {action}")
+                self.engine.resolve(blocked.run_id, action)
+            elif not blocked.actions or blocked.actions == ("resume",):
+                with contextlib.suppress(ActionNotApplicable):
+                    self.engine.resume(blocked.workflow)
+
+    def _calls_like(self, tool: str, method: str, params: Any) -> list[RecordedCall]:
+        """The recorded calls of the mutation a run's log names."""
+        wanted = self._log_key(tool, method, params)
+        return [c for d in self.doubles for c in d.calls
+                if c.kind == "mutator" and self.key(c) == wanted]
+
+    def _last_call(self, tool: str, method: str, params: Any) -> RecordedCall | None:
+        calls = self._calls_like(tool, method, params)
+        return calls[-1] if calls else None
+
+    def _effect_of(self, tool: str, method: str, params: Any) -> str | None:
+        """What the recorded calls say of the mutation a blocked run attempted."""
+        effects = {c.effect for c in self._calls_like(tool, method, params)}
+        for known in ("happened", "unknown", "did_not_happen"):
+            if known in effects:
+                return known
+        return None
+
+    def _log_key(self, tool: str, method: str, params: Any) -> Hashable:
+        params = params or {"args": [], "kwargs": {}}
+        return self.key(RecordedCall(tool, method, "mutator", 0, tuple(params["args"]),
+                                     dict(params["kwargs"])))
+
+    def _left_over(self) -> list[str]:
+        work = self.engine.pending_work(self.workflow.name)
+        left = [f"run {str(r.run_id)[-8:]} of {r.handler} is {r.status}"
+                for r in work.unfinished_runs]
+        if work.open_session is not None:
+            left.append(f"session {work.open_session} is open")
+        if work.status != "active":
+            left.append(f"the workflow is {work.status}: {work.reason}")
+        left += [f"{b.handler} waits for a person ({b.status}: {b.reason})"
+                 for b in self.engine.blocked()]
+        return left
+
+    def pending(self) -> dict[str, int]:
+        return {t.topic: t.pending for t in
+                self.engine.pending_work(self.workflow.name).topics if t.pending}
+
+    # ------------------------------------------------------------- verdict
+
+    def verdict(self, expected_pending: dict[str, int]) -> None:
+        effects: dict[Hashable, list[RecordedCall]] = {}
+        for d in self.doubles:
+            for c in d.effects():
+                effects.setdefault(self.key(c), []).append(c)
+        for calls in effects.values():
+            if len(calls) > 1:
+                self.fail(f"a mutation happened {len(calls)} times: "
+                          + "; ".join(c.describe() for c in calls))
+        applied = Counter(self._applied_in_log())
+        applied.update(self.skipped_after_effect)
+        happened = Counter({k: len(v) for k, v in effects.items()})
+        if applied != happened:
+            only_log = applied - happened
+            only_world = happened - applied
+            self.fail("the log and the tools disagree: "
+                      + (f"the log says applied, but no call had that effect: "
+                         f"{sorted(map(repr, only_log))}; " if only_log else "")
+                      + (f"calls had effects the log does not record as applied: "
+                         f"{[c.describe() for k in only_world for c in effects[k]]}"
+                         if only_world else ""))
+        left = self._left_over()
+        if left:
+            self.fail("left over: " + "; ".join(left))
+        pending = self.pending()
+        if pending != expected_pending:
+            self.fail(f"messages left pending per topic: {pending}; the same history "
+                      f"without faults leaves {expected_pending}")
+        try:
+            assert_projections_rebuild_equal(self.engine)
+        except AssertionError as e:
+            self.fail(str(e))
+
+    def _applied_in_log(self) -> list[Hashable]:
+        """The mutations the log records as applied: one per run chain (a retry
+        of an applied run carries its mutation forward)."""
+        by_chain: dict[Any, Hashable] = {}
+        for info in self.engine.runs(workflow=self.workflow.name, limit=None):
+            run = self.engine.run(info.run_id)
+            m = run.mutation
+            if m is not None and m.state.value == "applied":
+                by_chain[run.chain_id] = self._log_key(m.tool, m.method, unpack(m.params))
+        return list(by_chain.values())
+
+    def fail(self, problem: str, cause: BaseException | None = None) -> NoReturn:
+        calls = [c for d in self.doubles for c in d.calls if c.kind != "read"]
+        report = "\n".join([
+            f"exactly-once check of workflow {self.workflow.name!r}: {problem}",
+            "History:", *(f"  {line}" for line in self.lines),
+            "Mutator and reconcile calls:",
+            *(f"  {c.describe()}" for c in calls), *([] if calls else ["  (none)"])])
+        raise ExactlyOnceViolation(report) from cause
+
+
+def _session_line(result: Any) -> str:
+    runs = ", ".join(f"{r.handler} {r.status.value}" for r in result.runs)
+    error = f" ({result.error})" if result.error else ""
+    return f"{result.status}{error}" + (f" [{runs}]" if runs else "")
+

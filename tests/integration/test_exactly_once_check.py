@@ -1,0 +1,83 @@
+"""flowledger.testing.check_exactly_once passes a sound workflow and finds broken
+ones, reporting a short, readable history (each case checked to fail)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import strategies as st
+
+import flowledger as fl
+import flowledger.testing as flt
+from tests.helpers import OrderBook, OrderFolder, orders_workflow, place_order
+
+ORDERS = st.sampled_from(["A-1", "A-2", "A-3"])
+
+
+def test_a_sound_workflow_passes() -> None:
+    flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f), OrderBook(f)],
+                           inputs=ORDERS, deliver=place_order, max_examples=40)
+
+
+class LookNoFurther(OrderBook):
+    """Broken: its reconcile answers "failed" without looking, so an add whose
+    outcome was unknown is made again."""
+
+    def find(self, order: str) -> fl.Reconciliation:
+        return fl.Reconciliation.failed("did not look")
+
+
+class AppliesThenRaises(OrderBook):
+    """Broken: writes, then raises a plain error every other call — and it has
+    no reconcile, so nothing can tell whether the write happened."""
+
+    @fl.mutator
+    def add(self, order: str) -> int:
+        written = super().add(order)
+        if written % 2:
+            raise RuntimeError("connection reset after the write")
+        return written
+
+
+def renumbering_workflow() -> fl.Workflow:
+    """Broken: publishes each order under a new message id every poll."""
+    wf = orders_workflow()
+    wf2 = fl.Workflow("orders", topics=["placed", "booked"])
+
+    @wf2.producer(publishes=["placed"], tools=["orders"])
+    def poll(ctx: Any, state: Any) -> int:
+        polls = (state or 0) + 1
+        for order in ctx.tools.orders.waiting():
+            ctx.publish("placed", message_id=f"{order}@{polls}", payload=order)
+        return polls
+
+    wf2.consumer(subscribe=["placed"], publishes=["booked"], tools=["book"])(
+        wf.consumers[0].cls)
+    return wf2
+
+
+@pytest.mark.parametrize(("workflow", "book", "finding"), [
+    (orders_workflow, LookNoFurther, "a mutation happened 2 times"),
+    (renumbering_workflow, OrderBook, "a mutation happened 2 times"),
+    (orders_workflow, AppliesThenRaises, "RuntimeError"),
+], ids=["reconcile-that-does-not-look", "new-message-ids-each-poll", "applies-then-raises"])
+def test_a_broken_workflow_is_found_and_its_history_told(workflow: Any, book: type[OrderBook],
+                                                        finding: str) -> None:
+    with pytest.raises(flt.ExactlyOnceViolation) as found:
+        flt.check_exactly_once(workflow(), tools=lambda f: [OrderFolder(f), book(f)],
+                               inputs=ORDERS, deliver=place_order, max_examples=150)
+    report = str(found.value)
+    assert finding in report
+    assert "History:\n  1. deliver 'A-" in report
+    assert "Mutator and reconcile calls:" in report
+    history = report.split("History:\n")[1].split("then, until nothing")[0]
+    assert history.count("\n") <= 6  # shrunk to a few steps
+
+
+def test_the_check_needs_its_workflow_s_tools_and_says_what_is_missing(tmp_path: Path) -> None:
+    place_order(tmp_path, "A-1")
+    with pytest.raises(fl.DefinitionError, match="book"):
+        flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f)],
+                               inputs=ORDERS, deliver=place_order, max_examples=1)

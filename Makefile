@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 $(BIN)/flowledger: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet -e '.[dev,postgres,crypto]'
 	@touch $@
 
 setup: $(BIN)/flowledger

@@ -12,6 +12,7 @@ from flowledger.domain.errors import (
     ConfigurationError,
     CorruptEventError,
     DefinitionError,
+    EncryptionKeyError,
     FlowledgerError,
     InternalError,
     InvalidArgument,
@@ -38,6 +39,8 @@ from flowledger.engine.replay import (
     UnrecordedRead,
 )
 from flowledger.engine.session_runner import SessionResult
+from flowledger.engine.verification import Problem, Verification, verify_store
+from flowledger.infrastructure.encryption import new_key as new_cipher_key
 from flowledger.read_side.log_view import LoggedEvent
 from flowledger.read_side.queries import (
     BlockedRun,
@@ -70,6 +73,7 @@ __all__ = [
     "CostReport",
     "DefinitionError",
     "Difference",
+    "EncryptionKeyError",
     "Engine",
     "EngineAt",
     "EngineStatus",
@@ -89,6 +93,7 @@ __all__ = [
     "PendingWorkReport",
     "PermissionDenied",
     "Prepared",
+    "Problem",
     "PublishedMessage",
     "Reconciliation",
     "ReplayReport",
@@ -111,9 +116,12 @@ __all__ = [
     "TransientError",
     "UncertainOutcome",
     "UnrecordedRead",
+    "Verification",
     "Workflow",
     "__version__",
     "copy_store",
     "mutator",
+    "new_cipher_key",
     "read",
+    "verify_store",
 ]

@@ -9,7 +9,13 @@ import sys
 import typer
 
 import flowledger as fl
-from flowledger.cli import copy_command, read_commands, run_commands, worker_commands
+from flowledger.cli import (
+    copy_command,
+    integrity_commands,
+    read_commands,
+    run_commands,
+    worker_commands,
+)
 from flowledger.cli.exits import EXIT_USAGE
 from flowledger.cli.options import at_options, global_options
 from flowledger.cli.render import print_error
@@ -41,6 +47,8 @@ for command in (
     worker_commands.worker,
     worker_commands.follow,
     copy_command.copy,
+    integrity_commands.verify,
+    integrity_commands.keygen,
     run_commands.demo,
 ):
     app.command()(command)

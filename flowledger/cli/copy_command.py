@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,7 +12,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import flowledger as fl
+from flowledger.cli.exits import CommandError
 from flowledger.cli.render import out, print_json
+from flowledger.infrastructure.encryption import KEY_ENV
+
+
+def _key_from(name: str) -> str:
+    """The key in environment variable `name` ("" when it is unset: no key)."""
+    if not name:
+        raise CommandError("name an environment variable that holds the key")
+    value = os.environ.get(name, "")
+    if not value and name != KEY_ENV:
+        raise CommandError(f"environment variable {name} is not set: set it to the cipher "
+                           "key (base64; `flowledger keygen` makes one)")
+    return value
 
 
 @contextmanager
@@ -31,16 +45,29 @@ def copy(
                                         help="The store to copy from (it is only read).")],
     target: Annotated[str, typer.Option("--to", metavar="URL",
                                         help="An empty store to copy into.")],
+    from_key_env: Annotated[str, typer.Option(
+        metavar="NAME", help="The environment variable holding the source's cipher key.")
+    ] = KEY_ENV,
+    to_key_env: Annotated[str | None, typer.Option(
+        metavar="NAME", help="The environment variable holding the copy's cipher key (a new "
+                             "key rotates it; default: the source's key).")] = None,
+    to_clear: Annotated[bool, typer.Option(
+        "--to-clear", help="Write the copy in clear (decrypt it).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Copy a whole log, in position order, into an empty store and rebuild its
-    projections there (e.g. from an SQLite file to PostgreSQL)."""
+    projections there (e.g. from an SQLite file to PostgreSQL). The source's chain
+    is verified first. With --to-key-env, the copy is encrypted with another key:
+    that is how a key is rotated (or a store in clear encrypted)."""
+    source_key = _key_from(from_key_env)
+    target_key = "" if to_clear else None if to_key_env is None else _key_from(to_key_env)
     started = time.perf_counter()
     if as_json:
-        copied = fl.copy_store(source, target)
+        copied = fl.copy_store(source, target, source_key=source_key, target_key=target_key)
     else:
         with _copy_progress() as progress:
-            copied = fl.copy_store(source, target, progress)
+            copied = fl.copy_store(source, target, progress, source_key=source_key,
+                                   target_key=target_key)
     seconds = time.perf_counter() - started
     if as_json:
         print_json({"events": copied, "seconds": round(seconds, 3), "to": target})

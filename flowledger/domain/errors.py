@@ -22,6 +22,11 @@ class ConfigurationError(FlowledgerError):
     """The engine was configured wrongly (store URL, limits, policy)."""
 
 
+class EncryptionKeyError(ConfigurationError):
+    """A store's cipher key is missing, wrong, malformed, or given for a store
+    written in clear (ADR 0022). Nothing was read or written."""
+
+
 class CorruptEventError(FlowledgerError):
     """A stored event cannot be read back: its body (or its type) was changed or
     damaged outside flowledger. Nothing is skipped: what needed the event stops.

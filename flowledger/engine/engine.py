@@ -51,6 +51,8 @@ from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.replay import ReplayReport, replay_run
 from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
 from flowledger.engine.streams import Streams
+from flowledger.engine.verification import Verification, verify_log
+from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 from flowledger.infrastructure.store_url import DEFAULT_STORE
@@ -111,7 +113,14 @@ class Engine:
     def __init__(self, store: str = DEFAULT_STORE, *, clock: Clock | None = None,
                  ids: IdFactory | None = None, limits: Limits | None = None,
                  policy: RetryPolicy | None = None,
-                 checkpoint: Callable[[str], None] | None = None) -> None:
+                 checkpoint: Callable[[str], None] | None = None,
+                 cipher_key: str | None = None, compress: bool | None = None,
+                 chain_key: str | None = None) -> None:
+        """`cipher_key`: the store's AES key, base64 (else FLOWLEDGER_CIPHER_KEY; ""
+        for none whatever the environment says); `compress`: zlib bodies for a new
+        store (None: as the store was created); `chain_key`: the HMAC key of the
+        tamper-evident chain (else FLOWLEDGER_CHAIN_KEY, else derived from the
+        cipher key). See ADR 0022 and 0023."""
         self.store = store
         self.clock = clock or SystemClock()
         self.ids = ids or random_ids
@@ -119,7 +128,7 @@ class Engine:
         self.policy = policy or RetryPolicy()
         self.checkpoint = checkpoint or from_environment()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.log = EventLog.open(store)
+        self.log = EventLog.open(store, protection(cipher_key, compress, chain_key))
         try:
             self.log.flow_recorder.announce(self.owner)
             self.lease = LeaseClock(self.clock, self.log.flow_recorder.store_time)
@@ -151,6 +160,10 @@ class Engine:
             raise ConfigurationError(f"cannot open store {store!r}: {describe(e)}") from e
         self._registered: dict[str, Registration] = {}
         self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))
+
+    def verify(self, expect: str | None = None) -> Verification:
+        """Walk the log and its tamper-evident chain (see `fl.verify_store`)."""
+        return verify_log(self.log, expect)
 
     def close(self) -> None:
         self.heartbeat.stop()
@@ -699,22 +712,32 @@ class _RecoveryCount:
 
 
 def copy_store(source: str, target: str,
-               progress: Callable[[int, int], None] | None = None) -> int:
+               progress: Callable[[int, int], None] | None = None, *,
+               source_key: str | None = None, target_key: str | None = None,
+               chain_key: str | None = None) -> int:
     """Carry a whole log from store URL `source` to the empty store `target`, in
     position order, and rebuild the projections there (DESIGN §7): moving from
-    SQLite to PostgreSQL without losing history. Returns the events copied."""
+    SQLite to PostgreSQL without losing history. Returns the events copied.
+
+    `source_key`/`target_key`: each store's cipher key (None: FLOWLEDGER_CIPHER_KEY
+    for the source, the source's key for the target; "" for none). Giving the
+    target another key rotates it; "" writes the copy in clear (ADR 0022)."""
     from flowledger.infrastructure.copying import copy_log
 
     if source == target:
         raise InvalidArgument(f"copy needs two different stores, got {source!r} twice")
-    src = EventLog.open(source)
+    asked = protection(source_key, None, chain_key)
+    src = EventLog.open(source, asked)
+    to = protection((asked.cipher_key or "") if target_key is None else target_key, None,
+                    chain_key)
     try:
-        dst = EventLog.open(target)
+        dst = EventLog.open(target, to)
         try:
             copied = copy_log(src, dst, progress)
         finally:
             dst.close()
     finally:
         src.close()
-    Engine(target).close()  # opening it folds every projection in from position 0
+    # Opening it folds every projection in from position 0.
+    Engine(target, cipher_key=to.cipher_key or "", chain_key=chain_key).close()
     return copied

@@ -83,6 +83,7 @@ from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
 from flowledger.engine.streams import Streams
 from flowledger.infrastructure.codec import NONE_PACKED, pack, unpack
 from flowledger.projections import pending_work
+from flowledger.projections.sealing import Seal
 
 Checkpoint = Callable[[str], None]
 T = TypeVar("T")
@@ -200,11 +201,12 @@ class RunDriver:
                  ) -> HandlerContext:
         wf_id = self.s.workflow.id
         log = self.s.streams.log
+        seal = Seal(log.cipher)
 
         def peek(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
             with log.reading(snapshot=False) as c:  # one statement
                 return [(m.message_id, m.payload)
-                        for m in pending_work.pending_messages(c, wf_id, topic, limit)]
+                        for m in pending_work.pending_messages(c, wf_id, topic, limit, seal)]
 
         return HandlerContext(
             workflow=self._wf, handler=run.handler, run_id=run.id, step=step,

@@ -12,6 +12,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     ApplicationRecorder,
+    Cipher,
     EventStore,
     InfrastructureFactory,
     InfrastructureFactoryError,
@@ -21,7 +22,7 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.sqlite import SQLiteFactory
-from eventsourcing.utils import Environment
+from eventsourcing.utils import Environment, EnvType
 
 from flowledger.domain.errors import (
     ConcurrencyError,
@@ -34,6 +35,8 @@ from flowledger.domain.handler_state import HandlerState
 from flowledger.domain.session import Session
 from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.codec import MsgpackTranscoder, PydanticMapper
+from flowledger.infrastructure.encryption import Protection, scrubbed
+from flowledger.infrastructure.encryption import protection as asked_protection
 from flowledger.infrastructure.sqlite_recorder import (
     AfterInsert,
     Fence,
@@ -44,6 +47,7 @@ from flowledger.infrastructure.sqlite_recorder import (
 )
 from flowledger.infrastructure.store import LogStore
 from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
+from flowledger.infrastructure.store_format import make_compressor, settle_format
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
 
 
@@ -113,8 +117,10 @@ class EventLog(Application[UUID]):
     snapshotting_projectors: ClassVar[dict[type[Any], Any]] = dict.fromkeys(
         snapshotting_intervals, _fold)
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, protection: Protection | None = None) -> None:
         self.config = config
+        # Settled before the library reads its environment (construct_env).
+        self.protection = protection if protection is not None else asked_protection()
         if config.kind == "sqlite":
             check_sqlite_store(config)  # before anything connects to it for writing
         elif config.kind == "postgresql":
@@ -141,13 +147,43 @@ class EventLog(Application[UUID]):
             raise ConfigurationError(f"cannot open store {config.url!r}: {detail}.{hint}"
                                      ) from e
         self.flow_mapper.locate = self._locate
+        try:
+            self.format = settle_format(self.flow_recorder, self.protection, config.url,
+                                        config.read_only)
+        except BaseException as e:
+            self.close()
+            if isinstance(e, Exception) and self.flow_recorder.is_busy(e):
+                raise StoreBusyError(
+                    f"store {config.url!r} is locked: another process held its write lock "
+                    "for longer than the lock timeout while this one recorded the store's "
+                    "format. Nothing was changed; try again when that process is done") from e
+            raise
+        # Compression is the store's, recorded when it was created.
+        self.flow_mapper.compressor = make_compressor() if self.format.compressed else None
+        self.flow_recorder.chain = self.format.chain(self.protection.hmac_key())
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        """The library's environment, without the body settings it would take from
+        the process environment: the cipher and compressor are ours to set
+        (encryption.Protection), from arguments or FLOWLEDGER_CIPHER_KEY only."""
+        base = super().construct_env(name, None)
+        settings = scrubbed(base, name)
+        settings.update(env or {})
+        settings.update(self.protection.library_env())
+        return Environment(name, settings)
 
     def _locate(self, stored: StoredEvent) -> tuple[int | None, str | None]:
         return self.flow_recorder.locate(stored)
 
     @classmethod
-    def open(cls, url: str) -> EventLog:
-        return cls(parse_store_url(url))
+    def open(cls, url: str, protection: Protection | None = None) -> EventLog:
+        return cls(parse_store_url(url), protection)
+
+    @property
+    def cipher(self) -> Cipher | None:
+        """The store's cipher (None: written in clear): projections seal their copies
+        of what handlers wrote with it."""
+        return self.flow_mapper.cipher
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         factory = super().construct_factory(env)

@@ -37,6 +37,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
+from flowledger.infrastructure.hash_chain import HEAD_SQL, INSERT_SQL, Chain, head_of
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
 from flowledger.infrastructure.store import AfterInsert, Fence, Row, SharedSQL
 
@@ -142,6 +143,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     after_insert: AfterInsert | None = None
     after_abort: Any = None
+    chain: Chain | None = None  # set once the store's format is settled
     snapshot_table_name = "stored_snapshots"
     position_column = "notification_id"
 
@@ -432,6 +434,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 try:
                     chunks = [rows[i:i + _ROWS_PER_INSERT]
                               for i in range(0, len(rows), _ROWS_PER_INSERT)]
+                    # The chain's head travels with the lock and the inserts
+                    # (no round trip of its own); the new links are queued
+                    # below and travel with the next read or the commit.
+                    head_query = None
+                    if self.chain is not None:
+                        head_query = raw.connection.cursor()
+                        head_query.execute(HEAD_SQL)
                     # The first insert carries the fence: under the table lock
                     # no other writer can move the stream between its check and
                     # the commit.
@@ -442,6 +451,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                         positions.extend(self._positions(chunk, inserted, fence))
                 except psycopg.errors.UniqueViolation as e:
                     raise IntegrityError(e) from e
+                if self.chain is not None and head_query is not None:
+                    head = head_of(head_query.fetchall())
+                    head_query.close()
+                    raw.executemany(translate(INSERT_SQL),
+                                    self.chain.links(head, positions, rows))
                 if snapshots:
                     raw.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES "
                                     "(%s, %s, %s, %s) ON CONFLICT DO NOTHING", snapshots)

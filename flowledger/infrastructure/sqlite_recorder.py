@@ -27,6 +27,7 @@ from eventsourcing.sqlite import (
     SQLiteProcessRecorder,
 )
 
+from flowledger.infrastructure.hash_chain import HEAD_SQL, INSERT_SQL, Chain, head_of
 from flowledger.infrastructure.store import AfterInsert, Fence, Row, SharedSQL
 
 WAL_PAGES = 4000  # about 16 MB of WAL between checkpoints (4 KiB pages)
@@ -75,6 +76,7 @@ class FastReads:
 
 class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     after_insert: AfterInsert | None = None
+    chain: Chain | None = None  # set once the store's format is settled
     after_abort: Callable[[], None] | None = None  # an append's transaction rolled back
     snapshot_table_name = "stored_snapshots"
     _reader: sqlite3.Connection | None = None
@@ -205,11 +207,15 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                     if at != fence.version:
                         raise StaleFenceError(f"stream {fence.stream_id} is at version {at}, "
                                               f"expected {fence.version}")
+                positions = range(last - len(rows) + 1, last + 1)
+                if self.chain is not None:  # the tamper-evident links (ADR 0023)
+                    head = head_of(c.execute(HEAD_SQL).fetchall())
+                    c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
                 if snapshots:
                     c.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES (?, ?, ?, ?)",
                                   snapshots)
                 if self.after_insert is not None:
-                    self.after_insert(c, appended, range(last - len(rows) + 1, last + 1), hold)
+                    self.after_insert(c, appended, positions, hold)
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()

@@ -15,10 +15,13 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
+
+if TYPE_CHECKING:
+    from flowledger.infrastructure.hash_chain import Chain
 
 Cursor = Any  # a DB-API cursor of the store (or its translating wrapper)
 Row = tuple[str, int, str, bytes]  # a stored event: stream id (hex), version, topic, state
@@ -49,6 +52,7 @@ class LogStore(Protocol):
 
     events_table_name: str
     after_insert: AfterInsert | None
+    chain: Chain | None  # the tamper-evident links each append writes (ADR 0023)
     after_abort: Callable[[], None] | None
     MAX_PARAMETERS: int
 

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from flowledger.projections.sealing import NO_SEAL, Seal
+
 Cursor = Any  # the store's DB-API cursor, passed in: projections never open connections
 
 
@@ -22,6 +24,9 @@ class Projection(ABC):
     # appends), or only by `catch_up`: after each session and before a read
     # (ADR 0010).
     inline: ClassVar[bool] = True
+    # Copies of what handlers wrote are sealed with the store's cipher (ADR 0022);
+    # set by the runner.
+    seal: Seal = NO_SEAL
 
     def __init__(self) -> None:
         self._dispatch: dict[type, Callable[[Cursor, Any, int], None]] = {

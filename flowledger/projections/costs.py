@@ -26,6 +26,7 @@ from uuid import UUID
 from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.session import Session
 from flowledger.projections.base import Cursor, Projection
+from flowledger.projections.sealing import NO_SEAL, Seal
 
 
 def utc_text(moment: datetime) -> str:
@@ -88,7 +89,7 @@ class Costs(Projection):
     def _cost_added(self, c: Cursor, e: HandlerRun.CostAdded, position: int) -> None:
         run = e.originator_id.hex
         entry: list[Any] = [run, e.originator_version, None, utc_text(e.timestamp),
-                            str(e.amount), e.label]
+                            str(e.amount), self.seal.seal_text(e.label)]
         self._entries.append(entry)
         self._uncounted.setdefault(run, []).append(entry)
 
@@ -123,7 +124,7 @@ class CostEntry:
 
 
 def cost_entries(c: Cursor, workflow: str | None = None,
-                 session_id: UUID | None = None) -> list[CostEntry]:
+                 session_id: UUID | None = None, seal: Seal = NO_SEAL) -> list[CostEntry]:
     """Entries in the order they were recorded, optionally of one workflow or session."""
     sql = ("SELECT e.run_id, e.seq, r.workflow, r.handler, r.kind, "
            "COALESCE(e.counted_by, r.session_id), e.counted_by IS NOT NULL, e.at, e.amount, "
@@ -137,5 +138,6 @@ def cost_entries(c: Cursor, workflow: str | None = None,
         params.append(session_id.hex)
     c.execute(sql + " ORDER BY e.at, e.run_id, e.seq", params)
     return [CostEntry(UUID(r[0]), r[1], r[2], r[3], r[4], UUID(r[5]) if r[5] else None,
-                      bool(r[6]), datetime.fromisoformat(r[7]), Decimal(r[8]), r[9])
+                      bool(r[6]), datetime.fromisoformat(r[7]), Decimal(r[8]),
+                      seal.open_text(r[9]) or "")
             for r in c.fetchall()]

@@ -19,6 +19,7 @@ from flowledger.domain.session import Session
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.projections.base import Cursor, Projection
+from flowledger.projections.sealing import NO_SEAL, Seal
 
 _RUN_FIELDS = ("run_id", "workflow_id", "session_id", "handler", "kind", "phase", "status",
                "mutation_state", "retry_of", "holds", "reason", "retry_at", "created_at",
@@ -185,12 +186,13 @@ class PendingWork(Projection):
         row = self._msgs[e.originator_id.hex] = {
             "new": True, "workflow_id": e.workflow_id.hex, "topic": e.topic,
             "message_id": e.message_id, "status": "pending", "reserved_by": None,
-            "payload": e.payload, "first_position": position, "available_since": position}
+            "payload": self.seal.seal_bytes(e.payload), "first_position": position,
+            "available_since": position}
         self._count(row, 1, 0, position)
 
     def _replaced(self, c: Cursor, e: TopicEvent.PayloadReplaced, position: int) -> None:
         row = self._message(c, e.originator_id.hex)
-        row["payload"] = e.payload
+        row["payload"] = self.seal.seal_bytes(e.payload)
         if row["status"] == "pending":  # a new payload is new work for consumers that declined
             row["available_since"] = position
             self._count(row, 0, 0, position)
@@ -311,9 +313,9 @@ class PendingWork(Projection):
             row.update(status="committed" if name == "Committed" else "active", reason=None,
                        retry_at=None)
         elif name == "Superseded":
-            row.update(status="superseded", reason=e.reason, retry_at=None)
+            row.update(status="superseded", reason=self.seal.seal_text(e.reason), retry_at=None)
         elif name in ("Paused", "Failed"):
-            row.update(status=e.status.value, reason=e.reason,
+            row.update(status=e.status.value, reason=self.seal.seal_text(e.reason),
                        retry_at=_ts(getattr(e, "retry_at", None)))
 
     # -------------------------------------------------------------- sessions
@@ -330,7 +332,8 @@ class PendingWork(Projection):
 
     def _session_closed(self, c: Cursor, e: Session.Closed, position: int) -> None:
         c.execute("UPDATE fl_sessions SET outcome=?, reason=?, closed_at=? WHERE session_id=?",
-                  (e.outcome.value, e.reason, _ts(e.timestamp), e.originator_id.hex))
+                  (e.outcome.value, self.seal.seal_text(e.reason), _ts(e.timestamp),
+                   e.originator_id.hex))
 
     # ------------------------------------------------------------- workflows
 
@@ -357,9 +360,11 @@ class PendingWork(Projection):
         if name == "Resumed":
             values: tuple[Any, ...] = ("active", None, None, None)
         elif name == "Paused":
-            values = ("paused", e.reason, e.run_id.hex if e.run_id else None, _ts(e.until))
+            values = ("paused", self.seal.seal_text(e.reason),
+                      e.run_id.hex if e.run_id else None, _ts(e.until))
         else:
-            values = ("error", e.reason, e.run_id.hex if e.run_id else None, None)
+            values = ("error", self.seal.seal_text(e.reason),
+                      e.run_id.hex if e.run_id else None, None)
         c.execute("UPDATE fl_workflows SET status=?, reason=?, blocking_run=?, paused_until=? "
                   "WHERE workflow_id=?", (*values, e.originator_id.hex))
 
@@ -421,14 +426,14 @@ def wakeups(c: Cursor, workflow_id: UUID) -> dict[str, datetime]:
 
 
 def pending_messages(c: Cursor, workflow_id: UUID, topic: str,
-                     limit: int | None) -> list[PendingMessage]:
+                     limit: int | None, seal: Seal = NO_SEAL) -> list[PendingMessage]:
     sql = ("SELECT message_id, payload FROM fl_messages WHERE workflow_id=? AND topic=? "
            "AND status='pending' ORDER BY first_position")
     if limit is None:
         c.execute(sql, (workflow_id.hex, topic))
     else:
         c.execute(sql + " LIMIT ?", (workflow_id.hex, topic, limit))
-    return [PendingMessage(m, p) for m, p in c.fetchall()]
+    return [PendingMessage(m, seal.open_bytes(p)) for m, p in c.fetchall()]
 
 
 def message_status(c: Cursor, workflow_id: UUID, topic: str) -> dict[str, int]:
@@ -441,12 +446,14 @@ _RUN_COLUMNS = ("run_id, workflow_id, session_id, handler, kind, phase, status, 
                 "mutation_state, retry_of, holds, reason, retry_at, created_at, updated_at")
 
 
-def _run_row(r: Any) -> RunRow:
+def _run_row(r: Any, seal: Seal) -> RunRow:
     return RunRow(UUID(r[0]), UUID(r[1]), _uuid(r[2]), r[3], r[4], r[5], r[6], r[7],
-                  _uuid(r[8]), bool(r[9]), r[10], _dt(r[11]), _dt(r[12]), _dt(r[13]))
+                  _uuid(r[8]), bool(r[9]), seal.open_text(r[10]), _dt(r[11]), _dt(r[12]),
+                  _dt(r[13]))
 
 
-def unfinished_runs(c: Cursor, workflow_id: UUID | None = None) -> list[RunRow]:
+def unfinished_runs(c: Cursor, workflow_id: UUID | None = None,
+                    seal: Seal = NO_SEAL) -> list[RunRow]:
     """Runs that are not committed, superseded, or failed with nothing held."""
     sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE open=1"
     params: tuple[Any, ...] = ()
@@ -454,14 +461,14 @@ def unfinished_runs(c: Cursor, workflow_id: UUID | None = None) -> list[RunRow]:
         sql += " AND workflow_id=?"
         params = (workflow_id.hex,)
     c.execute(sql + " ORDER BY position", params)
-    return [_run_row(r) for r in c.fetchall()]
+    return [_run_row(r, seal) for r in c.fetchall()]
 
 
-def workflows(c: Cursor) -> list[WorkflowRow]:
+def workflows(c: Cursor, seal: Seal = NO_SEAL) -> list[WorkflowRow]:
     c.execute("SELECT workflow_id, name, status, reason, blocking_run, paused_until, "
               "open_session, owner, lease_until FROM fl_workflows ORDER BY name")
-    return [WorkflowRow(UUID(r[0]), r[1], r[2], r[3], _uuid(r[4]), _dt(r[5]), _uuid(r[6]),
-                        r[7], _dt(r[8])) for r in c.fetchall()]
+    return [WorkflowRow(UUID(r[0]), r[1], r[2], seal.open_text(r[3]), _uuid(r[4]), _dt(r[5]),
+                        _uuid(r[6]), r[7], _dt(r[8])) for r in c.fetchall()]
 
 
 def open_sessions(c: Cursor) -> list[tuple[UUID, UUID, str, datetime | None]]:
@@ -492,7 +499,8 @@ def topic_counts(c: Cursor, workflow_id: UUID) -> dict[str, tuple[int, int]]:
     return {t: (p, r) for t, p, r in c.fetchall()}
 
 
-def session_rows(c: Cursor, workflow_id: UUID | None = None) -> list[SessionRow]:
+def session_rows(c: Cursor, workflow_id: UUID | None = None,
+                 seal: Seal = NO_SEAL) -> list[SessionRow]:
     """Sessions, oldest first."""
     sql = ("SELECT session_id, workflow_id, trigger, outcome, reason, consumer_runs, opened_at, "
            "closed_at FROM fl_sessions")
@@ -501,12 +509,13 @@ def session_rows(c: Cursor, workflow_id: UUID | None = None) -> list[SessionRow]
         sql += " WHERE workflow_id=?"
         params = (workflow_id.hex,)
     c.execute(sql + " ORDER BY opened_at, session_id", params)
-    return [SessionRow(UUID(r[0]), UUID(r[1]), r[2], r[3], r[4], r[5], _dt(r[6]), _dt(r[7]))
+    return [SessionRow(UUID(r[0]), UUID(r[1]), r[2], r[3], seal.open_text(r[4]), r[5],
+                       _dt(r[6]), _dt(r[7]))
             for r in c.fetchall()]
 
 
 def run_rows(c: Cursor, workflow_id: UUID | None = None, session_id: UUID | None = None,
-             handler: str | None = None) -> list[RunRow]:
+             handler: str | None = None, seal: Seal = NO_SEAL) -> list[RunRow]:
     """Runs in the order they were created (a scan: listings are not on the hot path)."""
     sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE 1=1"
     params: list[Any] = []
@@ -518,4 +527,4 @@ def run_rows(c: Cursor, workflow_id: UUID | None = None, session_id: UUID | None
         sql += " AND handler=?"
         params.append(handler)
     c.execute(sql + " ORDER BY created_at, run_id", params)
-    return [_run_row(r) for r in c.fetchall()]
+    return [_run_row(r, seal) for r in c.fetchall()]

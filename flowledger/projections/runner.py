@@ -20,6 +20,7 @@ from eventsourcing.persistence import Mapper
 
 from flowledger.infrastructure.store import LogStore
 from flowledger.projections.base import Cursor, Projection
+from flowledger.projections.sealing import Seal
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -30,6 +31,9 @@ class ProjectionRunner:
         self.recorder = recorder
         self.mapper = mapper
         self.projections = list(projections)
+        self.seal = Seal(mapper.cipher)
+        for p in self.projections:
+            p.seal = self.seal
         self.inline = [p for p in self.projections if p.inline]
         self.deferred = [p for p in self.projections if not p.inline]
         # Events this process appended and the read-side projections have not

@@ -39,6 +39,7 @@ from flowledger.infrastructure.event_log import EventLog
 from flowledger.projections import audit, costs, pending_work
 from flowledger.projections.base import Cursor
 from flowledger.projections.pending_work import RunRow, WorkflowRow
+from flowledger.projections.sealing import Seal
 from flowledger.read_side.log_view import LoggedEvent, read_positions, read_stream
 
 CostsBy = Literal["run", "session", "handler", "day", "workflow"]
@@ -333,17 +334,18 @@ class ReadSide:
         self._registered = registered
         self._now = now
         self.upto = upto  # None: the whole log
+        self._seal = Seal(log.cipher)  # projections' sealed copies (ADR 0022)
 
     # ------------------------------------------------------------ helpers
 
     def _workflow_names(self, c: Cursor) -> dict[UUID, str]:
-        return {w.workflow_id: w.name for w in pending_work.workflows(c)}
+        return {w.workflow_id: w.name for w in pending_work.workflows(c, self._seal)}
 
     def _require_workflow(self, c: Cursor, name: str) -> WorkflowRow:
-        for w in pending_work.workflows(c):
+        for w in pending_work.workflows(c, self._seal):
             if w.name == name:
                 return w
-        names = sorted(w.name for w in pending_work.workflows(c))
+        names = sorted(w.name for w in pending_work.workflows(c, self._seal))
         raise NotFoundError(f"no workflow named {name!r} in store {self.log.config.url}"
                             + self._when() + f" (it holds: {', '.join(names) or 'none'})")
 
@@ -434,17 +436,17 @@ class ReadSide:
 
     def status(self) -> EngineStatus:
         with self._tables() as c:
-            wfs = pending_work.workflows(c)
+            wfs = pending_work.workflows(c, self._seal)
             sessions = pending_work.open_sessions(c)
-            unfinished = pending_work.unfinished_runs(c)
+            unfinished = pending_work.unfinished_runs(c, seal=self._seal)
         return EngineStatus(wfs, sessions, unfinished, self.blocked())
 
     def blocked(self) -> list[BlockedRun]:
         """Everything waiting for a person (DESIGN §1.4): mutations whose outcome is
         unknown, runs paused for approval, and workflows in error."""
         with self._tables() as c:
-            rows = pending_work.unfinished_runs(c)
-            wfs = pending_work.workflows(c)
+            rows = pending_work.unfinished_runs(c, seal=self._seal)
+            wfs = pending_work.workflows(c, self._seal)
         now = self._now()
         waiting: dict[UUID, HandlerRun] = {}
         for row in rows:
@@ -467,7 +469,7 @@ class ReadSide:
             wakeups = pending_work.wakeups(c, row.workflow_id)
             names = self._workflow_names(c)
             unfinished = [self._info_of_row(r, names)
-                          for r in pending_work.unfinished_runs(c, row.workflow_id)]
+                          for r in pending_work.unfinished_runs(c, row.workflow_id, self._seal)]
         wf = self.workflow(workflow)
         topics = list(dict.fromkeys([*wf.topics, *sorted(counts)]))
         now = self._now()
@@ -497,7 +499,7 @@ class ReadSide:
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
             names = self._workflow_names(c)
-            rows = pending_work.run_rows(c, wf_id, sid, handler)
+            rows = pending_work.run_rows(c, wf_id, sid, handler, self._seal)
         found = [self._info_of_row(r, names) for r in reversed(rows)
                  if _matches_status(r.status, status) and _within(r.created_at, since, until)]
         found = found[:limit] if limit is not None else found
@@ -515,9 +517,9 @@ class ReadSide:
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
             names = self._workflow_names(c)
-            rows = pending_work.session_rows(c, wf_id)
+            rows = pending_work.session_rows(c, wf_id, self._seal)
             counted: dict[UUID, Decimal] = {}
-            for entry in costs.cost_entries(c, workflow):
+            for entry in costs.cost_entries(c, workflow, seal=self._seal):
                 if entry.counted and entry.session_id is not None:
                     counted[entry.session_id] = counted.get(entry.session_id,
                                                             Decimal(0)) + entry.amount
@@ -542,7 +544,7 @@ class ReadSide:
         with self._tables() as c:
             if workflow is not None:
                 self._require_workflow(c, workflow)
-            entries = costs.cost_entries(c, workflow, sid)
+            entries = costs.cost_entries(c, workflow, sid, self._seal)
         groups: dict[tuple[str, str], list[costs.CostEntry]] = {}
         for e in entries:
             groups.setdefault((e.workflow, _cost_key(e, by)), []).append(e)

@@ -1,0 +1,62 @@
+"""`flowledger verify` and `flowledger keygen`: prove the log unedited, make a key
+(DESIGN §9, ADR 0022 and 0023)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+import flowledger as fl
+from flowledger.cli.exits import EXIT_NOT_DONE
+from flowledger.cli.options import JsonOption, StoreOption, store_url
+from flowledger.cli.render import out, print_json
+
+
+def verify(
+    ctx: typer.Context,
+    store: StoreOption = None,
+    expect: Annotated[str | None, typer.Option(
+        metavar="DIGEST", help="A head digest printed by an earlier verify (kept outside "
+                               "the store): it must still be in the chain.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Prove the log was not edited: walk every event and its chain link once, in
+    position order, and name the position of any changed, removed, inserted or
+    moved event. Prints the head digest to keep elsewhere (--expect). Exit 1 if
+    anything was found. Needs the store's key (FLOWLEDGER_CIPHER_KEY, or
+    FLOWLEDGER_CHAIN_KEY)."""
+    found = fl.verify_store(store_url(ctx, store), expect=expect)
+    if as_json:
+        print_json({"ok": found.ok, "events": found.events, "covered_from": found.covered_from,
+                    "uncovered": found.uncovered, "keyed": found.keyed,
+                    "head": {"position": found.head_position, "digest": found.head_digest},
+                    "expected_found": found.expected_found,
+                    "problems": [{"position": p.position, "kind": p.kind, "detail": p.detail}
+                                 for p in found.problems]})
+    else:
+        for problem in found.problems:
+            out.print(f"position {problem.position}: {problem.kind}: {problem.detail}",
+                      markup=False, highlight=False)
+        if found.expected_found is False:
+            out.print(f"the expected digest {expect} is not in the chain: the events up to "
+                      "where it was taken were changed or removed", markup=False)
+        kind = "HMAC-SHA256 (keyed)" if found.keyed else (
+            "SHA-256 (unkeyed: whoever can write the store can recompute it; anchor the "
+            "head digest elsewhere, or give the store a key)")
+        out.print(f"{found.events:,} events checked; chain {kind}", markup=False)
+        if found.uncovered:
+            out.print(f"positions before {found.covered_from} ({found.uncovered:,} events) were "
+                      "written before the chain existed and are not covered", markup=False)
+        out.print(f"head: position {found.head_position} digest {found.head_digest or '-'}",
+                  markup=False, highlight=False)
+        out.print("OK: the log is as it was written" if found.ok else
+                  f"NOT OK: {len(found.problems)} problem(s)", markup=False)
+    if not found.ok:
+        raise typer.Exit(EXIT_NOT_DONE)
+
+
+def keygen() -> None:
+    """Print a new random AES-256 key (base64) for FLOWLEDGER_CIPHER_KEY. Keep it
+    outside the store: without it, an encrypted store cannot be read."""
+    out.print(fl.new_cipher_key(), markup=False, highlight=False)

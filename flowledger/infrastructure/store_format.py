@@ -1,0 +1,201 @@
+"""What a store records about how it is written, checked at every opening (ADR 0022, 0023).
+
+`fl_store_format` holds a few named values, written once when the store is
+created (or first opened by a release that has them):
+
+* `cipher`: `aes-gcm` or `none`; `key_check`: a known text encrypted with the
+  store's key, so a wrong key is told at opening, not at the first read;
+* `compression`: `zlib` or `none`;
+* `chain`: `hmac-sha256` or `sha256`; `chain_check`: a value only the chain's
+  key reproduces; `chain_from`: the first position the chain covers (1 for a
+  new store; for a store created before the chain, the next position then);
+  `store_id`: random, bound into the chain's first link.
+
+A store written encrypted refuses to open without its key, one written in
+clear refuses a key, and a keyed chain refuses a wrong or missing chain key:
+an engine that opened anyway would write events the store's other readers
+cannot read, or links that break its chain.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from eventsourcing.persistence import Cipher, Compressor
+from eventsourcing.utils import Environment, resolve_topic
+
+from flowledger.domain.errors import EncryptionKeyError
+from flowledger.infrastructure.encryption import (
+    CHAIN_KEY_ENV,
+    CIPHER_TOPIC,
+    COMPRESSOR_TOPIC,
+    KEY_ENV,
+    NEW_KEY_HINT,
+    Protection,
+)
+from flowledger.infrastructure.hash_chain import CREATE_CHAIN, Chain
+from flowledger.infrastructure.store import LogStore
+
+FORMAT_TABLE = "fl_store_format"
+_CREATE = (f"CREATE TABLE IF NOT EXISTS {FORMAT_TABLE} (name TEXT PRIMARY KEY, "
+           "value TEXT NOT NULL)")
+_KEY_CHECK_TEXT = b"flowledger cipher key check v1"
+
+
+@dataclass(frozen=True)
+class StoreFormat:
+    encrypted: bool
+    compressed: bool
+    chain_keyed: bool
+    chain_from: int
+    store_id: str
+    key_check: str | None = None
+    chain_check: str | None = None
+    recorded: bool = True  # False: a read-only store that predates the record
+
+    def as_rows(self) -> list[tuple[str, str]]:
+        rows = [("cipher", "aes-gcm" if self.encrypted else "none"),
+                ("compression", "zlib" if self.compressed else "none"),
+                ("chain", "hmac-sha256" if self.chain_keyed else "sha256"),
+                ("chain_from", str(self.chain_from)), ("store_id", self.store_id)]
+        if self.key_check is not None:
+            rows.append(("key_check", self.key_check))
+        if self.chain_check is not None:
+            rows.append(("chain_check", self.chain_check))
+        return rows
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, str]) -> StoreFormat:
+        return cls(encrypted=rows.get("cipher") == "aes-gcm",
+                   compressed=rows.get("compression") == "zlib",
+                   chain_keyed=rows.get("chain") == "hmac-sha256",
+                   chain_from=int(rows.get("chain_from", "1")),
+                   store_id=rows.get("store_id", ""), key_check=rows.get("key_check"),
+                   chain_check=rows.get("chain_check"))
+
+    def chain(self, key: bytes | None) -> Chain:
+        return Chain(key, self.store_id, self.chain_from)
+
+
+def make_cipher(key: str) -> Cipher:
+    """The library's AES-GCM cipher for a base64 key."""
+    cipher_class: type[Cipher] = resolve_topic(CIPHER_TOPIC)
+    return cipher_class(Environment(env={"CIPHER_KEY": key}))
+
+
+def make_compressor() -> Compressor:
+    compressor_class: type[Compressor] = resolve_topic(COMPRESSOR_TOPIC)
+    return compressor_class()
+
+
+def read_format(c: Any) -> dict[str, str]:
+    c.execute(f"SELECT name, value FROM {FORMAT_TABLE}")
+    return {str(n): str(v) for n, v in c.fetchall()}
+
+
+def _recorded(recorder: LogStore) -> dict[str, str]:
+    """The recorded format (empty: none yet), read without the write lock."""
+    try:
+        with recorder.reading() as c:
+            return read_format(c)
+    except Exception:  # no such table yet (each store's driver has its own error)
+        return {}
+
+
+def settle_format(recorder: LogStore, asked: Protection, url: str,
+                  read_only: bool) -> StoreFormat:
+    """The store's recorded format (recorded now from `asked` if it has none),
+    checked against `asked`: raises EncryptionKeyError on any mismatch."""
+    rows = _recorded(recorder)
+    if not rows and not read_only:
+        # Under the write lock: of two processes creating a store at once, one
+        # records its format whole, the other finds it recorded.
+        with recorder.writing() as c:
+            c.execute(_CREATE)
+            c.execute(CREATE_CHAIN)
+        with recorder.writing() as c:
+            if not read_format(c):
+                new = _new_format(asked, recorder.max_position(c))
+                c.executemany(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)", new.as_rows())
+        rows = _recorded(recorder)
+    if rows:
+        found = StoreFormat.from_rows(rows)
+    else:  # a read-only store that predates the record: in clear, no chain
+        with recorder.reading() as c:
+            head = recorder.max_position(c)
+        found = StoreFormat(False, False, False, head + 1, "", recorded=False)
+    check_format(found, asked, url)
+    return found
+
+
+def _new_format(asked: Protection, head: int) -> StoreFormat:
+    """A new store is written as asked; a store that already holds events
+    (written before this record existed) was written in clear, uncompressed,
+    and its chain starts with the next append."""
+    legacy = head > 0
+    encrypted = asked.encrypted and not legacy
+    chain_key = asked.hmac_key()
+    if legacy and asked.chain_key is None:
+        chain_key = None  # a key derived from a cipher key this store does not use
+    fmt = StoreFormat(encrypted=encrypted, compressed=bool(asked.compress) and not legacy,
+                      chain_keyed=chain_key is not None, chain_from=head + 1,
+                      store_id=uuid.uuid4().hex)
+    key_check = (make_cipher(asked.cipher_key).encrypt(_KEY_CHECK_TEXT).hex()
+                 if encrypted and asked.cipher_key else None)
+    return StoreFormat(fmt.encrypted, fmt.compressed, fmt.chain_keyed, fmt.chain_from,
+                       fmt.store_id, key_check, fmt.chain(chain_key).check_value())
+
+
+def check_format(found: StoreFormat, asked: Protection, url: str) -> None:
+    where = f"store {url!r}"
+    if found.encrypted and not asked.encrypted:
+        raise EncryptionKeyError(
+            f"{where} is encrypted and no key was given: set {KEY_ENV} (or pass "
+            "Engine(..., cipher_key=...)) to the key it was written with. Nothing was read")
+    if asked.encrypted and not found.encrypted:
+        raise EncryptionKeyError(
+            f"{where} was written in clear, and a cipher key was given ({asked.key_source}): "
+            "its events cannot be encrypted where they are. To encrypt it, copy it into a "
+            "new store: flowledger --store URL copy --to NEW_URL --to-key-env "
+            f"{KEY_ENV} (or open it without a key). Nothing was written")
+    if found.encrypted and asked.cipher_key is not None:
+        try:
+            plain = make_cipher(asked.cipher_key).decrypt(bytes.fromhex(found.key_check or ""))
+        except ValueError:
+            plain = b""
+        if plain != _KEY_CHECK_TEXT:
+            raise EncryptionKeyError(
+                f"{where} was encrypted with another key than the one given "
+                f"({asked.key_source}): give the key it was written with. Nothing was read "
+                "or written")
+    if asked.compress is not None and asked.compress != found.compressed:
+        state = "compressed (zlib)" if found.compressed else "not compressed"
+        raise EncryptionKeyError(
+            f"{where} is {state}, and compression was asked {'on' if asked.compress else 'off'}"
+            ": a store keeps the compression it was created with. Leave it unset to follow "
+            "the store, or copy the log into a new store to change it")
+    check_chain_key(found, asked.hmac_key(), where)
+
+
+def check_chain_key(found: StoreFormat, key: bytes | None, where: str) -> None:
+    """The chain's key must be the store's: links written with another would break it."""
+    if not found.recorded:
+        return
+    if found.chain_keyed and key is None:
+        raise EncryptionKeyError(
+            f"{where} has a keyed chain (HMAC) and no key was given: set {CHAIN_KEY_ENV} "
+            f"(or {KEY_ENV}, for an encrypted store) to the key it was written with")
+    if not found.chain_keyed and key is not None:
+        raise EncryptionKeyError(
+            f"{where} has an unkeyed chain, and a chain key was given: a store keeps the "
+            f"chain it was created with. Unset {CHAIN_KEY_ENV}, or copy the log into a new "
+            "store to key its chain")
+    if found.chain(key).check_value() != found.chain_check:
+        raise EncryptionKeyError(
+            f"{where}: the chain key given is not the one its chain was written with (or "
+            f"its format record was edited); give the right {CHAIN_KEY_ENV}. {NEW_KEY_HINT}"
+            if key is not None else
+            f"{where}: its chain's check value does not match: its format record "
+            f"({FORMAT_TABLE}) was edited")

@@ -1,0 +1,208 @@
+"""The tamper-evident log (DESIGN §9, ADR 0023): rows edited, removed, swapped or
+inserted directly in the store are each found by `verify` and named by position."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+import flowledger as fl
+from flowledger.infrastructure.hash_chain import Chain
+from tests.e2e.test_cli import flowledger
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+from tests.store_contents import position_column, run_sql
+
+
+@pytest.fixture(params=["keyed", "unkeyed"])
+def key(request: pytest.FixtureRequest) -> str:
+    """An encrypted store (its chain is an HMAC keyed by the cipher key), and one in
+    clear (an unkeyed SHA-256 chain)."""
+    return fl.new_cipher_key() if request.param == "keyed" else ""
+
+
+def filled(store: str, key: str, tmp_path: Path) -> list[int]:
+    with fl.Engine(store, cipher_key=key) as engine:
+        engine.register(ledger_workflow(items=["a", "b", "c"]),
+                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+        assert engine.run_session("wf").status == "completed"
+        report = engine.verify()
+        assert report.ok and report.problems == [] and report.uncovered == 0
+        assert report.keyed == bool(key)
+        positions = [e.position for e in engine.events()]
+    assert report.events == len(positions) and report.head_position == positions[-1]
+    return positions
+
+
+def found(store: str, key: str) -> list[tuple[int, str]]:
+    report = fl.verify_store(store, cipher_key=key)
+    assert not report.ok
+    return [(p.position, p.kind) for p in report.problems]
+
+
+def test_a_changed_event_is_named_by_position(store: str, key: str, tmp_path: Path) -> None:
+    positions = filled(store, key, tmp_path)
+    target = positions[len(positions) // 2]
+    pos = position_column(store)
+    (state,) = run_sql(store, f"SELECT state FROM stored_events WHERE {pos}=?", (target,))[0]
+    changed = bytes(state)[:-1] + bytes([bytes(state)[-1] ^ 1])  # one bit
+    run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (changed, target))
+    assert found(store, key) == [(target, "changed")]
+
+
+def test_a_removed_event_is_named_by_position(store: str, key: str, tmp_path: Path) -> None:
+    positions = filled(store, key, tmp_path)
+    target = positions[5]
+    run_sql(store, f"DELETE FROM stored_events WHERE {position_column(store)}=?", (target,))
+    assert found(store, key) == [(target, "removed")]
+
+
+def test_an_event_removed_with_its_link_is_named_by_position(store: str, key: str,
+                                                             tmp_path: Path) -> None:
+    positions = filled(store, key, tmp_path)
+    target = positions[5]
+    run_sql(store, f"DELETE FROM stored_events WHERE {position_column(store)}=?", (target,))
+    run_sql(store, "DELETE FROM fl_chain WHERE position=?", (target,))
+    assert found(store, key) == [(target, "removed")]
+
+
+def test_two_swapped_events_are_both_named(store: str, key: str, tmp_path: Path) -> None:
+    positions = filled(store, key, tmp_path)
+    a, b = positions[3], positions[4]
+    pos = position_column(store)
+    rows = {p: run_sql(store, f"SELECT originator_id, originator_version, topic, state FROM "
+                              f"stored_events WHERE {pos}=?", (p,))[0] for p in (a, b)}
+    run_sql(store, f"DELETE FROM stored_events WHERE {pos} IN (?, ?)", (a, b))
+    for here, there in ((a, b), (b, a)):
+        oid, version, topic, state = rows[there]
+        run_sql(store, f"INSERT INTO stored_events ({pos}, originator_id, originator_version, "
+                       "topic, state) VALUES (?, ?, ?, ?, ?)",
+                (here, oid, version, topic, state))
+    assert found(store, key) == [(a, "changed"), (b, "changed")]
+
+
+def test_an_inserted_event_is_named_by_position(store: str, key: str, tmp_path: Path) -> None:
+    positions = filled(store, key, tmp_path)
+    pos = position_column(store)
+    oid, version, topic, state = run_sql(
+        store, f"SELECT originator_id, originator_version, topic, state FROM stored_events "
+               f"WHERE {pos}=?", (positions[-1],))[0]
+    run_sql(store, "INSERT INTO stored_events (originator_id, originator_version, topic, "
+                   "state) VALUES (?, ?, ?, ?)", (oid, version + 1, topic, state))
+    (inserted,) = run_sql(store, f"SELECT MAX({pos}) FROM stored_events")[0]
+    assert found(store, key) == [(inserted, "inserted")]
+
+
+def test_a_keyed_chain_cannot_be_recomputed_without_the_key(store: str, tmp_path: Path) -> None:
+    """Whoever edits an event and writes the link again (with any key but the store's)
+    is still found."""
+    key = fl.new_cipher_key()
+    positions = filled(store, key, tmp_path)
+    target, pos = positions[2], position_column(store)
+    run_sql(store, f"UPDATE stored_events SET topic=? WHERE {pos}=?",
+            ("flowledger.domain.workflow:Workflow.Paused", target))
+    oid, version, topic, state = run_sql(store, "SELECT originator_id, originator_version, "
+                                                f"topic, state FROM stored_events WHERE {pos}=?",
+                                         (target,))[0]
+    (_previous, prev_digest), = run_sql(
+        store, "SELECT previous, digest FROM fl_chain WHERE position=?", (positions[1],))
+    (store_id,), = run_sql(store, "SELECT value FROM fl_store_format WHERE name='store_id'")
+    forged = Chain(None, store_id, 1).digest(bytes(prev_digest), target, positions[1],
+                                             (str(oid).replace("-", ""), version, topic,
+                                              bytes(state)))
+    run_sql(store, "UPDATE fl_chain SET digest=? WHERE position=?", (forged, target))
+    assert found(store, key)[0] == (target, "changed")
+
+
+def test_an_unkeyed_chain_recomputed_whole_is_caught_by_the_anchor(store: str,
+                                                                   tmp_path: Path) -> None:
+    """Without a key, an editor can recompute every link: the head digest kept outside
+    the store (`verify --expect`) is what catches it."""
+    positions = filled(store, "", tmp_path)
+    anchor = fl.verify_store(store, cipher_key="").head_digest
+    assert fl.verify_store(store, cipher_key="", expect=anchor).ok
+    pos = position_column(store)
+    run_sql(store, f"DELETE FROM stored_events WHERE {pos}=?", (positions[4],))
+    (store_id,), = run_sql(store, "SELECT value FROM fl_store_format WHERE name='store_id'")
+    chain = Chain(None, store_id, 1)
+    rows = run_sql(store, f"SELECT {pos}, originator_id, originator_version, topic, state "
+                          f"FROM stored_events ORDER BY {pos}")
+    links = chain.links(None, [r[0] for r in rows],
+                        [(str(r[1]).replace("-", ""), r[2], r[3], bytes(r[4])) for r in rows])
+    run_sql(store, "DELETE FROM fl_chain")
+    for link in links:
+        run_sql(store, "INSERT INTO fl_chain VALUES (?, ?, ?)", link)
+    assert fl.verify_store(store, cipher_key="").ok  # recomputed: the chain alone agrees
+    report = fl.verify_store(store, cipher_key="", expect=anchor)
+    assert not report.ok and report.expected_found is False
+
+
+def test_a_wrong_chain_key_is_a_clear_error_not_a_list_of_problems(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'flow.db'}"
+    chain_key = fl.new_cipher_key()
+    with fl.Engine(url, chain_key=chain_key) as engine:
+        engine.register(ledger_workflow(items=["a"]), tools=[])
+    assert fl.verify_store(url, chain_key=chain_key).keyed
+    with pytest.raises(fl.EncryptionKeyError, match="not the one its chain was written with"):
+        fl.verify_store(url, chain_key=fl.new_cipher_key())
+    with pytest.raises(fl.EncryptionKeyError, match=r"keyed chain .*FLOWLEDGER_CHAIN_KEY"):
+        fl.Engine(url)
+
+
+def test_a_store_from_before_the_chain_is_covered_from_its_next_append(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'flow.db'}"
+    tools = [ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))]
+    with fl.Engine(url) as engine:
+        engine.register(ledger_workflow(items=["a"]), tools=tools)
+        engine.run_session("wf")
+        head = max(e.position for e in engine.events())
+    run_sql(url, "DROP TABLE fl_chain")  # as a store written before this release
+    run_sql(url, "DROP TABLE fl_store_format")
+    with fl.Engine(url) as engine:
+        engine.register(ledger_workflow(items=["a", "b"]), tools=tools)
+        engine.run_session("wf")
+        report = engine.verify()
+    assert report.ok and report.covered_from == head + 1 and report.uncovered == head
+
+
+@pytest.mark.postgres
+def test_gaps_in_postgresql_positions_do_not_break_the_chain(tmp_path: Path) -> None:
+    from tests import postgres
+
+    with postgres.fresh_schema() as store:
+        filled(store, "", tmp_path)
+        # A rolled-back append leaves its sequence numbers unused.
+        run_sql(store, "SELECT setval(pg_get_serial_sequence('stored_events', "
+                       "'notification_id'), (SELECT MAX(notification_id) + 7 FROM "
+                       "stored_events))")
+        with fl.Engine(store, cipher_key="") as engine:
+            engine.register(ledger_workflow(items=["a", "b", "c", "d"]),
+                            tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+            engine.run_session("wf")
+            report = engine.verify()
+            positions = [e.position for e in engine.events()]
+        assert report.ok, report.problems
+        assert any(b - a > 1 for a, b in itertools.pairwise(positions))
+
+
+def test_verify_on_the_command_line_names_the_position_and_prints_the_head(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'flow.db'}"
+    key = fl.new_cipher_key()
+    positions = filled(url, key, tmp_path)
+    env = {"FLOWLEDGER_CIPHER_KEY": key}
+    good = flowledger("--store", url, "verify", cwd=tmp_path, env=env)
+    assert good.returncode == 0, good.stderr
+    assert "OK" in good.stdout and "HMAC-SHA256" in good.stdout
+    digest = good.stdout.split("digest ")[1].split()[0]
+    assert flowledger("--store", url, "verify", "--expect", digest, cwd=tmp_path,
+                      env=env).returncode == 0
+    run_sql(url, "DELETE FROM stored_events WHERE rowid=?", (positions[3],))
+    bad = flowledger("--store", url, "verify", cwd=tmp_path, env=env)
+    assert bad.returncode == 1
+    assert f"position {positions[3]}: removed" in bad.stdout and "NOT OK" in bad.stdout
+    no_key = flowledger("--store", url, "verify", cwd=tmp_path)
+    assert no_key.returncode == 2 and "FLOWLEDGER_CIPHER_KEY" in no_key.stderr
+    assert "Traceback" not in no_key.stderr

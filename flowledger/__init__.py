@@ -25,6 +25,7 @@ from flowledger.domain.errors import (
     UncertainOutcome,
 )
 from flowledger.domain.limits import Limits
+from flowledger.domain.secret import Secret
 from flowledger.engine.clock import Clock, ManualClock, SeededIds, SystemClock
 from flowledger.engine.context import HandlerContext
 from flowledger.engine.engine import Engine, copy_store
@@ -103,6 +104,7 @@ __all__ = [
     "RunInfo",
     "RunResult",
     "RunTimeline",
+    "Secret",
     "SeededIds",
     "SessionInfo",
     "SessionResult",

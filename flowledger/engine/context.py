@@ -22,7 +22,9 @@ from flowledger.domain.errors import FlowledgerError, InternalError, LogicError,
 from flowledger.domain.handler_rules import Operation, RuleBroken, Step
 from flowledger.domain.ids import input_id as make_input_id
 from flowledger.domain.limits import Limits
+from flowledger.domain.secret import Secret
 from flowledger.domain.text import unencodable
+from flowledger.engine.secret_resolution import SecretResolver, scrub
 from flowledger.infrastructure.codec import pack, unpack
 
 Peek = Callable[[str, int | None], list[tuple[str, bytes]]]
@@ -103,11 +105,13 @@ class HandlerContext:
                  limits: Limits, new_message_id: Callable[[], str],
                  peek: Peek | None = None, perform: Perform | None = None,
                  input_known: Callable[[UUID], bool] | None = None,
-                 read_through: ReadThrough | None = None) -> None:
+                 read_through: ReadThrough | None = None,
+                 secrets: SecretResolver | None = None) -> None:
         self.workflow = workflow
         self.handler = handler
         self.run_id = run_id
         self.now = now
+        self._secrets = secrets if secrets is not None else SecretResolver()
         self.step = step
         self.tools = ToolsView(self)
         self._publishes_allowed = publishes
@@ -277,14 +281,18 @@ class HandlerContext:
         params = self._pack({"args": list(args), "kwargs": kwargs},
                             f"parameters of {name}", "params")
         token = set_cost_sink(self._tool_cost)
+        revealed: dict[str, Secret] = {}
         try:
             if self._read_through is not None:
                 value = self._read_through(tool, spec, params, args, kwargs)
             else:
-                value = getattr(tool, spec.name)(*args, **kwargs)
-        except (ToolError, FlowledgerError):
+                real_args, real_kwargs, revealed = self._secrets.resolve(args, kwargs)
+                value = getattr(tool, spec.name)(*real_args, **real_kwargs)
+        except (ToolError, FlowledgerError) as e:
+            scrub(e, revealed)
             raise
         except Exception as e:
+            scrub(e, revealed)
             self.tool_failure = InternalError(
                 f"{self.where}: tool read {name} raised {type(e).__name__}: {e}. This is a bug "
                 "in the tool: tools signal trouble with fl.TransientError, fl.AuthError, "

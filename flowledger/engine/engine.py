@@ -49,6 +49,7 @@ from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.replay import ReplayReport, replay_run
+from flowledger.engine.secret_resolution import SecretProvider, SecretResolver
 from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
 from flowledger.engine.streams import Streams
 from flowledger.engine.verification import Verification, verify_log
@@ -115,13 +116,17 @@ class Engine:
                  policy: RetryPolicy | None = None,
                  checkpoint: Callable[[str], None] | None = None,
                  cipher_key: str | None = None, compress: bool | None = None,
-                 chain_key: str | None = None) -> None:
+                 chain_key: str | None = None,
+                 secrets: SecretProvider | None = None) -> None:
         """`cipher_key`: the store's AES key, base64 (else FLOWLEDGER_CIPHER_KEY; ""
         for none whatever the environment says); `compress`: zlib bodies for a new
         store (None: as the store was created); `chain_key`: the HMAC key of the
         tamper-evident chain (else FLOWLEDGER_CHAIN_KEY, else derived from the
-        cipher key). See ADR 0022 and 0023."""
+        cipher key). See ADR 0022 and 0023. `secrets`: what `fl.Secret(name)` resolves
+        to, a mapping or a function name -> value (`fl.Secret.from_env(NAME)` reads
+        the environment): tools receive values, the log records references."""
         self.store = store
+        self.secrets = SecretResolver(secrets)
         self.clock = clock or SystemClock()
         self.ids = ids or random_ids
         self.limits = limits or Limits()
@@ -246,7 +251,7 @@ class Engine:
         def make(streams: Streams, wf: Workflow, session: Session) -> SessionScope:
             return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
                                 self.limits, self.policy, checkpoint or self.checkpoint,
-                                self.heartbeat, self.lease)
+                                self.heartbeat, self.lease, self.secrets)
 
         return make
 

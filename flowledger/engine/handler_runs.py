@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -71,6 +71,7 @@ from flowledger.domain.run_decider import (
     settled_outcome,
     settlement,
 )
+from flowledger.domain.secret import Secret
 from flowledger.domain.session import Session
 from flowledger.domain.text import recordable
 from flowledger.domain.topic_event import TopicEvent
@@ -80,6 +81,7 @@ from flowledger.engine.context import HandlerContext
 from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
+from flowledger.engine.secret_resolution import SecretResolver, scrub
 from flowledger.engine.streams import Streams
 from flowledger.infrastructure.codec import NONE_PACKED, pack, unpack
 from flowledger.projections import pending_work
@@ -132,6 +134,7 @@ class SessionScope:
     checkpoint: Checkpoint
     heartbeat: Heartbeat | None = None
     lease: LeaseClock | None = None  # leases are in the store's time (DESIGN §7)
+    secrets: SecretResolver = field(default_factory=SecretResolver)  # DESIGN §9
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -214,6 +217,7 @@ class RunDriver:
             declared_tools=declared_tools, limits=self.s.limits,
             new_message_id=lambda: self.s.ids().hex, peek=peek,
             input_known=lambda i: self.s.streams.get(i, short=True) is not None,
+            secrets=self.s.secrets,
         )
 
     def _flush(self, ctx: HandlerContext, run: HandlerRun) -> None:
@@ -435,9 +439,13 @@ class RunDriver:
         self.s.append("in_flight")
         self.s.checkpoint("before_call")
         token = set_cost_sink(ctx._tool_cost)
+        revealed: dict[str, Secret] = {}
         try:
-            value = getattr(tool, method.name)(*args, **kwargs)
+            # Secrets are resolved here, after in_flight recorded their references.
+            real_args, real_kwargs, revealed = self.s.secrets.resolve(args, kwargs)
+            value = getattr(tool, method.name)(*real_args, **real_kwargs)
         except Exception as e:
+            scrub(e, revealed)
             call.error, call.failure = e, call_failure(e)
             effect = self._decide(run, CallRaised(call.failure, describe(e)))
             if isinstance(effect, Reconcile):
@@ -482,10 +490,15 @@ class RunDriver:
         m = run.mutation
         assert m is not None and m.reconcile is not None
         params = unpack(m.params)
+        revealed: dict[str, Secret] = {}
         try:
+            # The log holds the secrets' references: resolved anew for every reconcile.
+            args, kwargs, revealed = self.s.secrets.resolve(tuple(params["args"]),
+                                                            params["kwargs"])
             with self.s.in_call():
-                answer = getattr(tool, m.reconcile)(*params["args"], **params["kwargs"])
+                answer = getattr(tool, m.reconcile)(*args, **kwargs)
         except Exception as e:
+            scrub(e, revealed)
             answer = Reconciliation.retry(f"reconcile raised {describe(e)}")
         if not isinstance(answer, Reconciliation):
             answer = Reconciliation.retry(

@@ -20,12 +20,14 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import get_topic, resolve_topic
 
 from flowledger.domain.errors import LogicError
+from flowledger.domain.secret import Secret
 from flowledger.domain.text import unencodable
 
 _UUID = 1
 _DECIMAL = 2
 _NAIVE_DATETIME = 3
 _TUPLE = 4
+_SECRET = 5  # a secret's reference, never its value (DESIGN §9)
 
 # msgpack stores ints of at most 64 bits.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
@@ -59,6 +61,8 @@ def _value_default(obj: Any) -> Any:
         raise TypeError("msgpack.ExtType values are reserved for the log's own types")
     if isinstance(obj, tuple):
         return _ext(_TUPLE, _pack_value(list(obj)))
+    if isinstance(obj, Secret):
+        return _ext(_SECRET, _pack_value([obj.source, obj.name]))
     if isinstance(obj, str):
         return str.__str__(obj)
     if isinstance(obj, int):  # bool is native; IntEnum and other subclasses
@@ -93,6 +97,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return dt.datetime.fromisoformat(data.decode())
     if code == _TUPLE:
         return tuple(decode(data))
+    if code == _SECRET:
+        source, name = decode(data)
+        return Secret(name, source)
     return msgpack.ExtType(code, data)
 
 
@@ -122,7 +129,8 @@ def _frozen(key: Any) -> Any:
     return tuple(_frozen(k) for k in key) if isinstance(key, list) else key
 
 
-SUPPORTED = "dict, list, tuple, str, int, float, bool, None, bytes, Decimal, UUID or datetime"
+SUPPORTED = ("dict, list, tuple, str, int, float, bool, None, bytes, Decimal, UUID, datetime "
+             "or fl.Secret")
 
 
 def pack(value: Any, where: str | Callable[[], str], field: str) -> bytes:
@@ -150,7 +158,7 @@ def find_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
     if depth > _MAX_DEPTH:
         return f"{at}is nested more than {_MAX_DEPTH} levels deep; flatten it"
     if value is None or isinstance(value, bool | float | bytes | bytearray | memoryview
-                                   | UUID | Decimal | dt.datetime):
+                                   | UUID | Decimal | dt.datetime | Secret):
         return None
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:

@@ -1,0 +1,109 @@
+"""Secrets resolved at the tool's door (DESIGN §9): a tool call's arguments with every
+`fl.Secret` replaced by its value, just before the call, and the values scrubbed
+from what the call raised before anything records it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flowledger.domain.errors import AuthError, ConfigurationError
+from flowledger.domain.secret import Secret
+
+# What `Engine(secrets=...)` takes: a mapping of names to values, or a function.
+SecretProvider = Mapping[str, str] | Callable[[str], str]
+
+
+class SecretResolver:
+    def __init__(self, provider: SecretProvider | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        if provider is not None and not (isinstance(provider, Mapping) or callable(provider)):
+            raise ConfigurationError(
+                f"Engine(secrets=...) takes a mapping of names to values or a function "
+                f"name -> value, got {type(provider).__name__}")
+        self.provider = provider
+        self.environ = os.environ if environ is None else environ
+
+    def value(self, secret: Secret) -> str:
+        """The secret's value now; a missing one is an AuthError (a person must set
+        it: the run pauses for approval, and nothing is recorded but the reference)."""
+        if secret.source == "env":
+            found = self.environ.get(secret.name)
+            if found is None:
+                raise AuthError(f"{secret!r}: environment variable {secret.name} is not set "
+                                "in this process; set it and resume")
+            return found
+        if self.provider is None:
+            raise AuthError(f"{secret!r}: this engine has no secrets provider; give one with "
+                            "fl.Engine(..., secrets=...) or use fl.Secret.from_env(NAME)")
+        try:
+            got = (self.provider.get(secret.name) if isinstance(self.provider, Mapping)
+                   else self.provider(secret.name))
+        except Exception as e:
+            raise AuthError(f"{secret!r}: the secrets provider raised "
+                            f"{type(e).__name__}") from None
+        if not isinstance(got, str):
+            raise AuthError(f"{secret!r}: the secrets provider has no value for it (it gave "
+                            f"{type(got).__name__}); add it to the provider")
+        return got
+
+    def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Secret]]:
+        """The arguments with their secrets' values (in lists, tuples and dict values
+        too), and value → reference for scrubbing. Arguments without a secret are
+        returned as they are."""
+        revealed: dict[str, Secret] = {}
+
+        def walk(value: Any) -> Any:
+            if isinstance(value, Secret):
+                plain = self.value(value)
+                revealed[plain] = value
+                return plain
+            if isinstance(value, list):
+                return [walk(v) for v in value]
+            if isinstance(value, tuple):
+                return tuple(walk(v) for v in value)
+            if isinstance(value, dict):
+                return {k: walk(v) for k, v in value.items()}
+            return value
+
+        if not _holds_secret((args, kwargs)):
+            return args, kwargs, revealed
+        return tuple(walk(a) for a in args), {k: walk(v) for k, v in kwargs.items()}, revealed
+
+
+def _holds_secret(value: Any) -> bool:
+    if isinstance(value, Secret):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_secret(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_secret(v) for v in value.values())
+    return False
+
+
+def scrub(error: BaseException, revealed: Mapping[str, Secret]) -> None:
+    """Replace every revealed value in the messages of `error` and the errors it
+    chains to by its reference, before the engine records them (a tool that says
+    "invalid key sk_live_..." must not put the key in the log)."""
+    if not revealed:
+        return
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        # An exception type whose args cannot be set is left as it is.
+        with contextlib.suppress(Exception):
+            current.args = tuple(_scrubbed(a, revealed) for a in current.args)
+        current = current.__cause__ or current.__context__
+
+
+def _scrubbed(value: Any, revealed: Mapping[str, Secret]) -> Any:
+    if not isinstance(value, str):
+        return value
+    for plain, ref in revealed.items():
+        if plain:
+            value = value.replace(plain, repr(ref))
+    return value

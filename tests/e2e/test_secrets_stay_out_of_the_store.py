@@ -1,0 +1,117 @@
+"""Secrets (DESIGN §9): the log, snapshots and projections hold a secret's reference,
+never its value, before and after a real process crash and its recovery; the tool
+gets the value, a reconcile after the crash gets it again, replay shows the reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import flowledger as fl
+from flowledger.engine.faults import CRASH_EXIT_CODE
+from tests.e2e.secret_worker import Payments, workflow
+from tests.store_contents import store_bytes
+
+WORKER = Path(__file__).with_name("secret_worker.py")
+PAY_KEY = "sk_live_8f3a61c9d2e0"
+PAY_TOKEN = "tok_5e19b7a0c344"
+
+
+def worker(store: str, calls: Path, mode: str, crash_at: str | None = None,
+           cipher_key: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_CRASH_AT"}
+    env.update(PAY_KEY=PAY_KEY, PAY_TOKEN=PAY_TOKEN, FLOWLEDGER_CIPHER_KEY=cipher_key)
+    if crash_at:
+        env["FLOWLEDGER_CRASH_AT"] = crash_at
+    return subprocess.run([sys.executable, str(WORKER), store, str(calls), mode],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def in_clear(store: str) -> list[str]:
+    contents = store_bytes(store)
+    return [name for name, value in (("PAY_KEY", PAY_KEY), ("PAY_TOKEN", PAY_TOKEN))
+            if value.encode() in contents]
+
+
+def calls_made(calls: Path) -> list[tuple[str, str]]:
+    return [(c["call"], c["secret"]) for c in map(json.loads, calls.read_text().splitlines())]
+
+
+@pytest.mark.parametrize("cipher", ["clear", "encrypted"])
+def test_a_secret_never_reaches_the_store_across_a_crash_and_recovery(
+        store: str, tmp_path: Path, cipher: str) -> None:
+    """Encryption is not what keeps it out: the store in clear holds no value either."""
+    calls = tmp_path / "calls.jsonl"
+    key = fl.new_cipher_key() if cipher == "encrypted" else ""
+    # The mutator was called, then the process died before its outcome was recorded.
+    crashed = worker(store, calls, "session", crash_at="after_call", cipher_key=key)
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+    assert calls_made(calls) == [("balance", PAY_TOKEN), ("charge", PAY_KEY)]
+    assert in_clear(store) == []
+    recovered = worker(store, calls, "recover", cipher_key=key)
+    assert recovered.returncode == 0, recovered.stderr
+    assert json.loads(recovered.stdout)["status"] == "completed"
+    # The reconcile after the crash got the value, resolved anew from the reference.
+    assert calls_made(calls)[2:] == [("reconcile", PAY_KEY)]
+    assert in_clear(store) == []
+    with fl.Engine(store, cipher_key=key) as engine:
+        called = [e for e in engine.events() if e.name == "MutationInFlight"]
+        assert called[0].fields["params"]["kwargs"] == {"api_key": fl.Secret.from_env("PAY_KEY")}
+        reads = [e for e in engine.events() if e.name == "ReadRecorded"]
+        assert reads and reads[0].fields["params"]["kwargs"] == {"token": fl.Secret("token")}
+        # Replay shows the reference, and finds no difference.
+        engine.register(workflow(), tools=[Payments(tmp_path / "unused.jsonl")])
+        report = engine.replay(called[0].stream_id)
+        assert report.differences == ()
+        assert report.recorded.mutation is not None
+        assert "api_key=Secret.from_env('PAY_KEY')" in str(report.recorded.mutation)
+        assert engine.verify().ok
+
+
+class Leaky(fl.Tool):
+    name = "payments"
+
+    @fl.mutator
+    def charge(self, item: str, api_key: str) -> None:
+        raise fl.AuthError(f"key {api_key} was revoked")  # a tool that repeats its key
+
+
+def test_a_tools_error_that_repeats_the_secret_is_recorded_with_the_reference(
+        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAY_KEY", PAY_KEY)
+    wf = fl.Workflow("leak", topics=["orders"])
+
+    @wf.producer(publishes=["orders"])
+    def orders(ctx: object, state: object) -> None:
+        ctx.publish("orders", message_id="o1", payload=1)  # type: ignore[attr-defined]
+
+    @wf.consumer(subscribe=["orders"])
+    class Charge:
+        def prepare(self, ctx: object, state: object) -> fl.Prepared:
+            return fl.Prepared({"orders": ["o1"]})
+
+        def mutate(self, ctx: object, prepared: fl.Prepared) -> None:
+            ctx.tools.payments.charge("o1", api_key=fl.Secret.from_env("PAY_KEY"))  # type: ignore[attr-defined]
+
+    with fl.Engine(store) as engine:
+        engine.register(wf, tools=[Leaky()])
+        result = engine.run_session("leak")
+        assert result.status == "suspended"
+        blocked = engine.blocked()
+        assert "Secret.from_env('PAY_KEY') was revoked" in str(blocked)
+    assert PAY_KEY.encode() not in store_bytes(store)
+
+
+def test_a_missing_secret_pauses_the_run_for_a_person_and_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAY_KEY", raising=False)
+    with fl.Engine(f"sqlite:///{tmp_path / 'flow.db'}", secrets={"token": PAY_TOKEN}) as engine:
+        engine.register(workflow(), tools=[Payments(tmp_path / "calls.jsonl")])
+        result = engine.run_session("billing")
+        assert result.status == "suspended"
+        assert "environment variable PAY_KEY is not set" in str(engine.blocked())

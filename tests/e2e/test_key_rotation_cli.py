@@ -1,0 +1,36 @@
+"""Rotating a store's key from the command line: `flowledger copy --to-key-env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flowledger as fl
+from tests.e2e.test_cli import assert_user_error, flowledger
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+
+
+def test_copy_rotates_the_key_and_each_store_opens_only_with_its_own(tmp_path: Path) -> None:
+    old_key, new_key = fl.new_cipher_key(), fl.new_cipher_key()
+    source = f"sqlite:///{tmp_path / 'old.db'}"
+    with fl.Engine(source, cipher_key=old_key) as engine:
+        engine.register(ledger_workflow(items=["a", "b"]),
+                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+        engine.run_session("wf")
+        count = len(list(engine.events()))
+    target = f"sqlite:///{tmp_path / 'new.db'}"
+    env = {"FLOWLEDGER_CIPHER_KEY": old_key, "NEW_KEY": new_key}
+    done = flowledger("copy", "--from", source, "--to", target, "--to-key-env", "NEW_KEY",
+                      cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"Copied {count} events" in done.stdout
+    rotated = {"FLOWLEDGER_CIPHER_KEY": new_key}
+    assert flowledger("--store", target, "verify", cwd=tmp_path, env=rotated).returncode == 0
+    status = flowledger("--store", target, "status", cwd=tmp_path, env=rotated)
+    assert status.returncode == 0 and "wf" in status.stdout
+    assert_user_error(flowledger("--store", target, "status", cwd=tmp_path,
+                                 env={"FLOWLEDGER_CIPHER_KEY": old_key}),
+                      "encrypted with another key")
+    assert_user_error(flowledger("copy", "--from", source, "--to",
+                                 f"sqlite:///{tmp_path / 'x.db'}", "--to-key-env", "UNSET_KEY",
+                                 cwd=tmp_path, env=env),
+                      "UNSET_KEY is not set")

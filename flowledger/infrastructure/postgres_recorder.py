@@ -80,6 +80,10 @@ class PgCursor:
         # (`FlowPostgresRecorder.writing`) and kept up to date by its writes.
         self.tracking: dict[str, int] | None = None
         self._tracking_query: psycopg.Cursor[Any] | None = None
+        # The last statement that returns rows, on a cursor of its own: in a
+        # pipelined transaction a cursor that ran several statements may hand
+        # back an earlier one's result (an INSERT's) to a later fetch.
+        self._rows: psycopg.Cursor[Any] | None = None
 
     def prefetch_tracking(self, query: psycopg.Cursor[Any]) -> None:
         """`query` was sent (not yet read): the tracking table's rows."""
@@ -98,7 +102,13 @@ class PgCursor:
         return done
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
-        self._c.execute(self._sql(sql), params)
+        if _returns_rows(sql):
+            if self._rows is not None:
+                self._rows.close()
+            self._rows = self._c.connection.cursor()
+            self._rows.execute(self._sql(sql), params)
+        else:
+            self._c.execute(self._sql(sql), params)
         return self
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> PgCursor:
@@ -106,20 +116,26 @@ class PgCursor:
         return self
 
     def fetchone(self) -> Any:
-        return self._c.fetchone()
+        return (self._rows or self._c).fetchone()
 
     def fetchall(self) -> list[Any]:
-        return self._c.fetchall()
+        return (self._rows or self._c).fetchall()
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._c)
+        return iter(self._rows or self._c)
 
     @property
     def rowcount(self) -> int:
         return self._c.rowcount
 
     def close(self) -> None:
+        if self._rows is not None:
+            self._rows.close()
         self._c.close()
+
+
+def _returns_rows(sql: str) -> bool:
+    return sql.lstrip()[:6].upper().startswith(("SELECT", "WITH")) or " RETURNING " in sql.upper()
 
 
 def _uuid(value: Any) -> UUID:

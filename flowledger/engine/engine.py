@@ -63,6 +63,7 @@ from flowledger.projections.audit import mentions_of as audit_mentions_of
 from flowledger.projections.costs import Costs
 from flowledger.projections.pending_work import PendingWork
 from flowledger.projections.runner import Progress, ProjectionRunner
+from flowledger.projections.sealing import Seal
 from flowledger.read_side.log_view import (
     LoggedEvent,
     read_log,
@@ -139,7 +140,8 @@ class Engine:
             self.lease = LeaseClock(self.clock, self.log.flow_recorder.store_time)
             self.lease.align()
             self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
-                                                [PendingWork(), Costs(), Audit()])
+                                                [PendingWork(), Costs(), Audit()],
+                                                Seal(self.log.column_cipher))
             self.log.set_after_insert(self.projections.apply_inline, self.projections.forget)
             lag = self.projections.lag() if self.log.config.read_only else 0
             if lag:

@@ -204,7 +204,7 @@ class RunDriver:
                  ) -> HandlerContext:
         wf_id = self.s.workflow.id
         log = self.s.streams.log
-        seal = Seal(log.cipher)
+        seal = Seal(log.column_cipher)
 
         def peek(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
             with log.reading(snapshot=False) as c:  # one statement

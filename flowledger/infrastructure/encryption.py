@@ -86,6 +86,14 @@ class Protection:
             env["COMPRESSOR_TOPIC"] = COMPRESSOR_TOPIC
         return env
 
+    def column_cipher(self) -> ColumnCipher | None:
+        """The projections' cipher (see ColumnCipher), None in clear."""
+        if self.cipher_key is None:
+            return None
+        raw = base64.b64decode(self.cipher_key)
+        return ColumnCipher(hmac.new(raw, b"flowledger projection columns v1",
+                                     hashlib.sha256).digest())
+
     def hmac_key(self) -> bytes | None:
         """The chain's key: the one given, else one derived from the cipher key
         (so that one secret is enough), else None (an unkeyed chain)."""
@@ -140,3 +148,33 @@ def scrubbed(env: Mapping[str, str], name: str) -> dict[str, str]:
     prefix = name.upper() + "_"
     drop = {*LIBRARY_SETTINGS, *(prefix + s for s in LIBRARY_SETTINGS)}
     return {k: v for k, v in env.items() if k not in drop}
+
+
+_COLUMN_NONCE = bytes(12)
+
+
+class ColumnCipher:
+    """Seals the projections' copies (ADR 0022): AES-GCM-SIV under a key derived
+    from the cipher key, with a fixed nonce, so it is deterministic — a value
+    seals to the same bytes every time, and a projection rebuilt from the log
+    equals the one maintained as it went (DESIGN §2.4), byte for byte. GCM-SIV
+    is made for this: reusing the nonce reveals only that two sealed values are
+    equal, never the key or the text. Event bodies keep the library's random
+    nonces."""
+
+    def __init__(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+
+        self._aead = AESGCMSIV(key)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        return self._aead.encrypt(_COLUMN_NONCE, plaintext, None)
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return self._aead.decrypt(_COLUMN_NONCE, ciphertext, None)
+        except InvalidTag:
+            raise ValueError("a sealed projection value does not open with this store's "
+                             "key (changed outside flowledger?)") from None

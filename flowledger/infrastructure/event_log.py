@@ -12,7 +12,6 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     ApplicationRecorder,
-    Cipher,
     EventStore,
     InfrastructureFactory,
     InfrastructureFactoryError,
@@ -35,7 +34,7 @@ from flowledger.domain.handler_state import HandlerState
 from flowledger.domain.session import Session
 from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.codec import MsgpackTranscoder, PydanticMapper
-from flowledger.infrastructure.encryption import Protection, scrubbed
+from flowledger.infrastructure.encryption import ColumnCipher, Protection, scrubbed
 from flowledger.infrastructure.encryption import protection as asked_protection
 from flowledger.infrastructure.sqlite_recorder import (
     AfterInsert,
@@ -161,6 +160,8 @@ class EventLog(Application[UUID]):
         # Compression is the store's, recorded when it was created.
         self.flow_mapper.compressor = make_compressor() if self.format.compressed else None
         self.flow_recorder.chain = self.format.chain(self.protection.hmac_key())
+        self._column_cipher = (self.protection.column_cipher() if self.format.encrypted
+                               else None)
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
         """The library's environment, without the body settings it would take from
@@ -180,10 +181,10 @@ class EventLog(Application[UUID]):
         return cls(parse_store_url(url), protection)
 
     @property
-    def cipher(self) -> Cipher | None:
-        """The store's cipher (None: written in clear): projections seal their copies
-        of what handlers wrote with it."""
-        return self.flow_mapper.cipher
+    def column_cipher(self) -> ColumnCipher | None:
+        """What projections seal their copies of what handlers wrote with (None: the
+        store is in clear)."""
+        return self._column_cipher
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         factory = super().construct_factory(env)

@@ -20,18 +20,18 @@ from eventsourcing.persistence import Mapper
 
 from flowledger.infrastructure.store import LogStore
 from flowledger.projections.base import Cursor, Projection
-from flowledger.projections.sealing import Seal
+from flowledger.projections.sealing import NO_SEAL, Seal
 
 Progress = Callable[[int, int], None]  # (done, total)
 
 
 class ProjectionRunner:
     def __init__(self, recorder: LogStore, mapper: Mapper[Any],
-                 projections: Sequence[Projection]) -> None:
+                 projections: Sequence[Projection], seal: Seal = NO_SEAL) -> None:
         self.recorder = recorder
         self.mapper = mapper
         self.projections = list(projections)
-        self.seal = Seal(mapper.cipher)
+        self.seal = seal  # copies of handlers' values are sealed (ADR 0022)
         for p in self.projections:
             p.seal = self.seal
         self.inline = [p for p in self.projections if p.inline]

@@ -1,7 +1,8 @@
 """Projections' copies of what handlers wrote, encrypted like the log (ADR 0022).
 
 A projection that keeps a copy of a payload, a failure's reason or a cost's
-label seals it with the store's cipher when the store is encrypted, so that
+label seals it with the store's column cipher (deterministic: a rebuilt
+projection equals the live one) when the store is encrypted, so that
 nothing a user's automation read or wrote lies in clear in the store. Ids,
 names from the definition, statuses, counts and times stay in clear: the
 engine's queries select and order by them.
@@ -10,11 +11,17 @@ engine's queries select and order by them.
 from __future__ import annotations
 
 import base64
-from typing import Any
-
-from eventsourcing.persistence import Cipher
+from typing import Any, Protocol
 
 SEALED_TEXT = "enc:v1:"  # how a sealed text column's value starts
+
+
+class Cipher(Protocol):
+    """The store's column cipher (infrastructure.encryption.ColumnCipher)."""
+
+    def encrypt(self, plaintext: bytes) -> bytes: ...
+
+    def decrypt(self, ciphertext: bytes) -> bytes: ...
 
 
 class Seal:

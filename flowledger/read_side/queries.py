@@ -334,7 +334,7 @@ class ReadSide:
         self._registered = registered
         self._now = now
         self.upto = upto  # None: the whole log
-        self._seal = Seal(log.cipher)  # projections' sealed copies (ADR 0022)
+        self._seal = Seal(log.column_cipher)  # projections' sealed copies (ADR 0022)
 
     # ------------------------------------------------------------ helpers
 

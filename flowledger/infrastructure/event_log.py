@@ -166,10 +166,17 @@ class EventLog(Application[UUID]):
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
         """The library's environment, without the body settings it would take from
         the process environment: the cipher and compressor are ours to set
-        (encryption.Protection), from arguments or FLOWLEDGER_CIPHER_KEY only."""
+        (encryption.Protection), from arguments or FLOWLEDGER_CIPHER_KEY only.
+        Nor may the process environment override what the store URL says (the
+        library reads FLOWLEDGER_POSTGRES_DBNAME before POSTGRES_DBNAME): the URL
+        alone names the store."""
         base = super().construct_env(name, None)
         settings = scrubbed(base, name)
-        settings.update(env or {})
+        ours = dict(env or {})
+        prefix = name.upper() + "_"
+        for key in [*ours, "PERSISTENCE_MODULE"]:
+            settings.pop(prefix + key, None)
+        settings.update(ours)
         settings.update(self.protection.library_env())
         return Environment(name, settings)
 

@@ -203,3 +203,18 @@ def test_recover_with_nothing_to_do_reports_zero_of_zero(store_file: Path) -> No
         engine.register(ledger_workflow("wf", tool_name="blind"))
         assert engine.recover(progress=lambda d, t: calls.append((d, t))) == []
     assert calls and set(calls) == {(0, 0)}
+
+
+def test_the_process_environment_cannot_point_the_library_at_another_store(
+        tmp_path, monkeypatch):
+    """The library reads FLOWLEDGER_<SETTING> before <SETTING>: a stray variable
+    must not send the log somewhere the URL does not say."""
+    elsewhere = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("FLOWLEDGER_SQLITE_DBNAME", str(elsewhere))
+    monkeypatch.setenv("FLOWLEDGER_PERSISTENCE_MODULE", "eventsourcing.popo")
+    monkeypatch.setenv("FLOWLEDGER_POSTGRES_DBNAME", "flowledger_nowhere")
+    store = tmp_path / "flow.db"
+    with fl.Engine(f"sqlite:///{store}") as engine:
+        engine.register(ledger_workflow("wf", tool_name="blind"))
+    assert store.exists() and store.stat().st_size > 0
+    assert not elsewhere.exists()

@@ -10,7 +10,6 @@ import ast
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from flowledger.engine.faults import CRASH_EXIT_CODE
 from tests.e2e.test_cli import EXAMPLE, flowledger
 from tests.e2e.test_cli_narrow import ANSI, narrow
 
@@ -170,16 +168,6 @@ def test_follow_prints_the_lines_log_prints_marked_when_they_need_attention(
 
 
 # ------------------------------------------------------------------ recover's progress
-
-
-@pytest.fixture
-def crashed(tmp_path: Path) -> Path:
-    """The example killed right after its second ledger insert."""
-    shutil.copytree(EXAMPLE.parent / "inbox", tmp_path / "inbox")
-    result = flowledger("run", str(EXAMPLE), cwd=tmp_path,
-                        env={"FLOWLEDGER_CRASH_AT": "after_call#2"})
-    assert result.returncode == CRASH_EXIT_CODE
-    return tmp_path
 
 
 def screen(text: str) -> list[str]:

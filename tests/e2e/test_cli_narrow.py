@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from flowledger.engine.faults import CRASH_EXIT_CODE
 from tests.e2e.test_cli import BUGGY, EXAMPLE, FLAKY, assert_user_error, flowledger
 from tests.e2e.test_cli_read_side import SHOP
 
@@ -178,16 +176,6 @@ def test_a_failing_handler_traceback_is_kept_and_shown(tmp_path: Path) -> None:
     runs = narrow("runs", cwd=tmp_path)
     assert "KeyError: 'a bug in the handler'" in runs.stdout
     assert 'raise KeyError("a bug in the handler")' in runs.stdout
-
-
-@pytest.fixture
-def crashed(tmp_path: Path) -> Path:
-    """The example killed right after its second ledger insert."""
-    shutil.copytree(EXAMPLE.parent / "inbox", tmp_path / "inbox")
-    result = flowledger("run", str(EXAMPLE), cwd=tmp_path,
-                        env={"FLOWLEDGER_CRASH_AT": "after_call#2"})
-    assert result.returncode == CRASH_EXIT_CODE
-    return tmp_path
 
 
 def test_status_says_the_holder_is_gone_and_what_to_run(crashed: Path) -> None:

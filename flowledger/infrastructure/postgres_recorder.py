@@ -37,7 +37,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
-from flowledger.infrastructure.hash_chain import HEAD_SQL, INSERT_SQL, Chain, head_of
+from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, head_of
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
 from flowledger.infrastructure.store import AfterInsert, Fence, Row, SharedSQL
 
@@ -470,8 +470,12 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 if self.chain is not None and head_query is not None:
                     head = head_of(head_query.fetchall())
                     head_query.close()
-                    raw.executemany(translate(INSERT_SQL),
-                                    self.chain.links(head, positions, rows))
+                    links = self.chain.links(head, positions, rows)
+                    for i in range(0, len(links), _ROWS_PER_INSERT):  # one statement each
+                        part = links[i:i + _ROWS_PER_INSERT]
+                        raw.execute(f"INSERT INTO {CHAIN_TABLE} VALUES "
+                                    + ", ".join(["(%s, %s, %s)"] * len(part)),
+                                    [v for link in part for v in link])
                 if snapshots:
                     raw.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES "
                                     "(%s, %s, %s, %s) ON CONFLICT DO NOTHING", snapshots)

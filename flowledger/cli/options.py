@@ -43,7 +43,7 @@ def global_options(
     store: Annotated[str, typer.Option(
         "--store", metavar="URL", envvar=STORE_ENV,
         help="Store URL: sqlite:///file.db, sqlite:////abs/file.db (add ?mode=ro to open "
-             "it read-only) or memory://.",
+             "it read-only), postgresql://user@host:5432/dbname[?schema=NAME] or memory://.",
     )] = DEFAULT_STORE,
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version,

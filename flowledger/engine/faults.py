@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from flowledger.domain.errors import ConfigurationError
+
 CRASH_EXIT_CODE = 86
 ENV = "FLOWLEDGER_CRASH_AT"
 
@@ -58,6 +60,12 @@ def no_faults(point: str) -> None:
 
 def crash_at(spec: str) -> Callable[[str], None]:
     name, _, nth = spec.partition("#")
+    if name not in DURABLE_POINTS or (nth and not (nth.isdigit() and int(nth) > 0)):
+        # A point that does not exist would never be reached: the "crash test"
+        # would pass without crashing anything.
+        raise ConfigurationError(
+            f"{ENV}={spec!r} names no durable point; use one of {', '.join(DURABLE_POINTS)}, "
+            "optionally with #N for its N-th time (e.g. after_call#2)")
     wanted = int(nth) if nth else 1
     seen = 0
 

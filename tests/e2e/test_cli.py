@@ -408,3 +408,14 @@ def test_the_installed_script_is_the_same_command(tmp_path: Path) -> None:
     assert_user_error(result, "is not a URL")
     assert "Usage" in subprocess.run([script, "--help"], capture_output=True, text=True,
                                      timeout=60).stdout
+
+
+@pytest.mark.parametrize("spec", ["after_cal", "after_call#0", "after_call#two"])
+def test_a_crash_point_that_does_not_exist_is_refused_instead_of_never_reached(
+        tmp_path: Path, spec: str) -> None:
+    """A mistyped FLOWLEDGER_CRASH_AT would never crash anything, and a crash test
+    relying on it would pass without testing: it is a user error, said at once."""
+    shutil.copytree(EXAMPLE.parent / "inbox", tmp_path / "inbox")
+    result = flowledger("run", str(EXAMPLE), cwd=tmp_path, env={"FLOWLEDGER_CRASH_AT": spec})
+    assert_user_error(result, "FLOWLEDGER_CRASH_AT", "names no durable point", "after_call#2")
+    assert not (tmp_path / "flowledger.db").exists()  # refused before the store is opened

@@ -44,6 +44,7 @@ class GracefulStop:
                  on_signal: Callable[[int, bool], None] | None = None) -> None:
         self.event = event if event is not None else threading.Event()
         self.signal: int | None = None  # the first signal received
+        self._received = False
         self._log = log
         self._on_signal = on_signal
         self._previous: dict[int, Any] = {}
@@ -53,7 +54,14 @@ class GracefulStop:
         return self.event.is_set()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        at_once = self.event.is_set()
+        # The state changes first: a second signal can arrive while this handler
+        # still runs (Python then runs its handler nested, here), and it must find
+        # the first one recorded, or it would be taken for a first and lost.
+        at_once = self._received or self.event.is_set()
+        self._received = True
+        if not at_once:
+            self.signal = signum
+            self.event.set()
         if self._on_signal is not None:
             self._on_signal(signum, at_once)
         if at_once:
@@ -62,8 +70,6 @@ class GracefulStop:
             raise KeyboardInterrupt
         if self._log is not None:
             self._log.info("signal %s: stopping after the current step", signum)
-        self.signal = signum
-        self.event.set()
 
     def install(self) -> None:
         """Take SIGTERM/SIGINT over (in the main thread only); `restore` gives them back."""

@@ -148,23 +148,26 @@ class SessionScope:
             return contextlib.nullcontext()
         return self.heartbeat.window(self._keep_alive)
 
+    def _renewed_lease_end(self) -> datetime | None:
+        """The lease's new end (in the store's time) when less than half of it is
+        left, else None: the one rule both renewals follow."""
+        lease_now, until = self.lease_now(), self.workflow.lease_until
+        if until is None or (until - lease_now).total_seconds() >= self.policy.lease_seconds / 2:
+            return None
+        return self.policy.lease_until(lease_now)
+
     def _keep_alive(self) -> None:
-        lease_now = self.lease_now()
-        wf = self.workflow
-        if wf.lease_until is not None and (
-                wf.lease_until - lease_now).total_seconds() < self.policy.lease_seconds / 2:
-            self.streams.renew_lease(self.now(), self.policy.lease_until(lease_now),
-                                     self.session.id)
+        until = self._renewed_lease_end()
+        if until is not None:
+            self.streams.renew_lease(self.now(), until, self.session.id)
 
     def append(self, label: str) -> int:
         """A durable point. `checkpoint` lets tests crash a real process around it."""
         self.checkpoint(f"before_append:{label}")
         with self.streams.lock:  # never at the same time as the heartbeat's renewal
-            lease_now = self.lease_now()
-            wf = self.workflow
-            if wf.open_session == self.session.id and wf.lease_until is not None and (
-                wf.lease_until - lease_now).total_seconds() < self.policy.lease_seconds / 2:
-                wf.renew_lease(self.now(), self.policy.lease_until(lease_now))
+            until = self._renewed_lease_end()
+            if until is not None and self.workflow.open_session == self.session.id:
+                self.workflow.renew_lease(self.now(), until)
             position = self.streams.append(sync=label in SYNCED_APPENDS,
                                            hold=label in HELD_FOLDS)
         self.checkpoint(f"after_append:{label}")

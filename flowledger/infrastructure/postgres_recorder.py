@@ -41,8 +41,18 @@ from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, h
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
 from flowledger.infrastructure.store import AfterInsert, Fence, Row, SharedSQL
 
-# Events in one INSERT statement, at most (4 parameters each, of PostgreSQL's 65,535).
+# Rows in one INSERT statement, at most (4 parameters each, of PostgreSQL's 65,535).
 _ROWS_PER_INSERT = 1000
+
+
+def _in_statements(rows: Sequence[Any]) -> list[Sequence[Any]]:
+    """`rows` cut into the parts one multi-row INSERT each takes."""
+    return [rows[i:i + _ROWS_PER_INSERT] for i in range(0, len(rows), _ROWS_PER_INSERT)]
+
+
+def _values(template: str, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """A multi-row VALUES list for `rows` (each row as `template`) and its parameters."""
+    return ", ".join([template] * len(rows)), [v for row in rows for v in row]
 
 # A constant key for the advisory lock that serialises table creation.
 _CREATE_LOCK = 0x666C6F77  # "flow"
@@ -329,8 +339,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         append, at the version that this append's own events of it bring to
         `fence.version` (the statement's snapshot predates its own rows)."""
         c = conn.cursor()
-        values = ", ".join(["(%s::uuid, %s::bigint, %s, %s::bytea)"] * len(chunk))
-        params: list[Any] = [v for row in chunk for v in row]
+        values, params = _values("(%s::uuid, %s::bigint, %s, %s::bytea)", chunk)
         sql = (f"INSERT INTO {self.events_table_name} (originator_id, originator_version, "
                f"topic, state) ")
         if fence is None:
@@ -448,8 +457,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 raw = c._c
                 positions: list[int] = []
                 try:
-                    chunks = [rows[i:i + _ROWS_PER_INSERT]
-                              for i in range(0, len(rows), _ROWS_PER_INSERT)]
+                    chunks = _in_statements(rows)
                     # The chain's head travels with the lock and the inserts
                     # (no round trip of its own); the new links are queued
                     # below and travel with the next read or the commit.
@@ -463,19 +471,17 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     inserts = [self._send_inserts(raw.connection, chunk,
                                                   fence if n == 0 else None, rows)
                                for n, chunk in enumerate(chunks)]
-                    for chunk, inserted in zip(chunks, inserts, strict=True):
-                        positions.extend(self._positions(chunk, inserted, fence))
+                    for n, (chunk, inserted) in enumerate(zip(chunks, inserts, strict=True)):
+                        positions.extend(self._positions(chunk, inserted,
+                                                         fence if n == 0 else None))
                 except psycopg.errors.UniqueViolation as e:
                     raise IntegrityError(e) from e
                 if self.chain is not None and head_query is not None:
                     head = head_of(head_query.fetchall())
                     head_query.close()
-                    links = self.chain.links(head, positions, rows)
-                    for i in range(0, len(links), _ROWS_PER_INSERT):  # one statement each
-                        part = links[i:i + _ROWS_PER_INSERT]
-                        raw.execute(f"INSERT INTO {CHAIN_TABLE} VALUES "
-                                    + ", ".join(["(%s, %s, %s)"] * len(part)),
-                                    [v for link in part for v in link])
+                    for part in _in_statements(self.chain.links(head, positions, rows)):
+                        values, params = _values("(%s, %s, %s)", part)
+                        raw.execute(f"INSERT INTO {CHAIN_TABLE} VALUES {values}", params)
                 if snapshots:
                     raw.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES "
                                     "(%s, %s, %s, %s) ON CONFLICT DO NOTHING", snapshots)

@@ -56,8 +56,13 @@ def verify(
                       "written before the chain existed and are not covered", markup=False)
         out.print(f"head: position {found.head_position} digest {found.head_digest or '-'}",
                   markup=False, highlight=False)
+        first = min((p.position for p in found.problems), default=None)
         out.print("OK: the log is as it was written" if found.ok else
-                  f"NOT OK: {len(found.problems)} problem(s)", markup=False)
+                  f"NOT OK: {len(found.problems)} problem(s). The store was changed outside "
+                  "flowledger" + (f" from position {first} on" if first is not None else "")
+                  + ": restore it from a backup taken before that (verify the backup with "
+                  "--expect and a digest kept elsewhere), and find who could write to it",
+                  markup=False)
     if not found.ok:
         raise typer.Exit(EXIT_NOT_DONE)
 

@@ -53,7 +53,8 @@ class FastReads:
     def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
                       lte: int | None = None, desc: bool = False,
                       limit: int | None = None) -> Sequence[StoredEvent]:
-        sql = (f"SELECT originator_version, topic, state FROM {self.events_table_name} "
+        sql = (f"SELECT originator_version, topic, CAST(state AS BLOB) "
+               f"FROM {self.events_table_name} "
                "WHERE originator_id=? ")
         key = originator_id.hex if isinstance(originator_id, UUID) else originator_id
         params: list[Any] = [key]
@@ -241,7 +242,8 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     def select_stored(self, c: sqlite3.Cursor, after: int, limit: int,
                       upto: int | None = None) -> list[tuple[int, StoredEvent]]:
         """Notifications after a position, read with the caller's cursor."""
-        sql = (f"SELECT rowid, originator_id, originator_version, topic, state "
+        sql = (f"SELECT rowid, originator_id, originator_version, topic, "
+               "CAST(state AS BLOB) "
                f"FROM {self.events_table_name} WHERE rowid>? ")
         params: list[Any] = [after]
         if upto is not None:
@@ -274,7 +276,8 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     def select_positions(self, c: sqlite3.Cursor, positions: Sequence[int]
                          ) -> list[tuple[int, StoredEvent]]:
         """The stored events at these positions (at most MAX_PARAMETERS), in log order."""
-        c.execute(f"SELECT rowid, originator_id, originator_version, topic, state "
+        c.execute(f"SELECT rowid, originator_id, originator_version, topic, "
+               "CAST(state AS BLOB) "
                   f"FROM {self.events_table_name} WHERE rowid IN "
                   f"({','.join('?' * len(positions))}) ORDER BY rowid", list(positions))
         return [(row[0], StoredEvent(originator_id=UUID(row[1]), originator_version=row[2],

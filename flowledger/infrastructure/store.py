@@ -147,7 +147,8 @@ class SharedSQL:
                       ) -> list[tuple[int, int, str, bytes]]:
         """(position, version, topic, state) of one stream's events, up to a position."""
         pos = self.position_column
-        sql = (f"SELECT {pos}, originator_version, topic, state FROM {self.events_table_name} "
+        sql = (f"SELECT {pos}, originator_version, topic, CAST(state AS BLOB) "
+               f"FROM {self.events_table_name} "
                "WHERE originator_id=?")
         params: list[Any] = [self.stream_key(stream_id)]
         if upto is not None:

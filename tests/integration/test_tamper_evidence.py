@@ -51,6 +51,17 @@ def test_a_changed_event_is_named_by_position(store: str, key: str, tmp_path: Pa
     assert found(store, key) == [(target, "changed")]
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_body_rewritten_as_text_is_named_not_a_crash(store: str, key: str,
+                                                       tmp_path: Path) -> None:
+    """SQLite lets an edit turn a body into TEXT that is not UTF-8 (x'00' || state):
+    reading it must still give bytes, so the change is named by position."""
+    positions = filled(store, key, tmp_path)
+    target = positions[1]
+    run_sql(store, "UPDATE stored_events SET state = x'ff' || state WHERE rowid=?", (target,))
+    assert found(store, key) == [(target, "changed")]
+
+
 def test_a_removed_event_is_named_by_position(store: str, key: str, tmp_path: Path) -> None:
     positions = filled(store, key, tmp_path)
     target = positions[5]

@@ -142,7 +142,8 @@ class Engine:
             self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
                                                 [PendingWork(), Costs(), Audit()],
                                                 Seal(self.log.column_cipher))
-            self.log.set_after_insert(self.projections.apply_inline, self.projections.forget)
+            self.log.set_after_insert(self.projections.apply_inline, self.projections.forget,
+                                     self.projections.may_hold, self.projections.prefetch)
             lag = self.projections.lag() if self.log.config.read_only else 0
             if lag:
                 raise ConfigurationError(

@@ -44,7 +44,7 @@ from flowledger.infrastructure.sqlite_recorder import (
     is_lock_timeout,
     use_statement_cache,
 )
-from flowledger.infrastructure.store import LogStore
+from flowledger.infrastructure.store import BeforeFold, LogStore
 from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
 from flowledger.infrastructure.store_format import make_compressor, settle_format
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
@@ -105,6 +105,7 @@ class CheckedMapper(PydanticMapper):
 
 
 class EventLog(Application[UUID]):
+    _may_hold: Callable[[], bool] | None = None
     """Appends aggregates' pending events in one transaction, optionally fenced."""
 
     name = "flowledger"
@@ -250,10 +251,16 @@ class EventLog(Application[UUID]):
         return cast(LogStore, self.recorder)
 
     def set_after_insert(self, hook: AfterInsert | None,
-                         on_abort: Callable[[], None] | None = None) -> None:
-        """`hook` runs inside each append's transaction; `on_abort` when one rolls back."""
+                         on_abort: Callable[[], None] | None = None,
+                         may_hold: Callable[[], bool] | None = None,
+                         prefetch: BeforeFold | None = None) -> None:
+        """`hook` runs inside each append's transaction; `on_abort` when one rolls
+        back; `may_hold` says whether the hook may hold an append's fold now;
+        `prefetch` asks ahead for what the hook will read, where the store can."""
         self.flow_recorder.after_insert = hook
         self.flow_recorder.after_abort = on_abort
+        self.flow_recorder.before_fold = prefetch
+        self._may_hold = may_hold
 
     def append(self, *aggregates: Any, fence: Fence | None = None, sync: bool = True,
                hold: bool = False) -> int:
@@ -285,6 +292,8 @@ class EventLog(Application[UUID]):
                         snapshots.append(to_row(type(agg).Snapshot.take(agg)))
         if not events:
             return 0
+        if hold and self._may_hold is not None:
+            hold = self._may_hold()
         try:
             position = self.flow_recorder.append_rows(
                 [to_row(e) for e in events], events, fence, sync, snapshots, hold)

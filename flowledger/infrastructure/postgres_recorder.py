@@ -38,8 +38,9 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, head_of
+from flowledger.infrastructure.postgres_batch import PgBatch
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
-from flowledger.infrastructure.store import AfterInsert, Fence, Row, SharedSQL
+from flowledger.infrastructure.store import AfterInsert, BeforeFold, Fence, Row, SharedSQL
 
 # Rows in one INSERT statement, at most (4 parameters each, of PostgreSQL's 65,535).
 _ROWS_PER_INSERT = 1000
@@ -80,30 +81,17 @@ def translate(sql: str) -> str:
 
 
 class PgCursor:
-    """A psycopg cursor that takes the projections' SQL as written."""
+    """A psycopg cursor that takes the projections' SQL as written (reads;
+    write transactions use `PgBatch`)."""
 
     _cache: dict[str, str] = {}
 
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self._c = cursor
-        # A write transaction's tracking rows, read with its first round trip
-        # (`FlowPostgresRecorder.writing`) and kept up to date by its writes.
-        self.tracking: dict[str, int] | None = None
-        self._tracking_query: psycopg.Cursor[Any] | None = None
-        # The last statement that returns rows, on a cursor of its own: in a
-        # pipelined transaction a cursor that ran several statements may hand
-        # back an earlier one's result (an INSERT's) to a later fetch.
-        self._rows: psycopg.Cursor[Any] | None = None
 
-    def prefetch_tracking(self, query: psycopg.Cursor[Any]) -> None:
-        """`query` was sent (not yet read): the tracking table's rows."""
-        self._tracking_query = query
-
-    def tracking_rows(self) -> dict[str, int] | None:
-        if self._tracking_query is not None:
-            self.tracking = {name: int(at or 0) for name, at in self._tracking_query.fetchall()}
-            self._tracking_query = None
-        return self.tracking
+    @staticmethod
+    def tracking_rows() -> dict[str, int] | None:
+        return None  # read by statement (see PgBatch.tracking_rows)
 
     def _sql(self, sql: str) -> str:
         done = self._cache.get(sql)
@@ -112,13 +100,7 @@ class PgCursor:
         return done
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
-        if _returns_rows(sql):
-            if self._rows is not None:
-                self._rows.close()
-            self._rows = self._c.connection.cursor()
-            self._rows.execute(self._sql(sql), params)
-        else:
-            self._c.execute(self._sql(sql), params)
+        self._c.execute(self._sql(sql), params)
         return self
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> PgCursor:
@@ -126,26 +108,16 @@ class PgCursor:
         return self
 
     def fetchone(self) -> Any:
-        return (self._rows or self._c).fetchone()
+        return self._c.fetchone()
 
     def fetchall(self) -> list[Any]:
-        return (self._rows or self._c).fetchall()
+        return self._c.fetchall()
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._rows or self._c)
-
-    @property
-    def rowcount(self) -> int:
-        return self._c.rowcount
+        return iter(self._c)
 
     def close(self) -> None:
-        if self._rows is not None:
-            self._rows.close()
         self._c.close()
-
-
-def _returns_rows(sql: str) -> bool:
-    return sql.lstrip()[:6].upper().startswith(("SELECT", "WITH")) or " RETURNING " in sql.upper()
 
 
 def _uuid(value: Any) -> UUID:
@@ -169,6 +141,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     after_insert: AfterInsert | None = None
     after_abort: Any = None
+    before_fold: BeforeFold | None = None
     chain: Chain | None = None  # set once the store's format is settled
     snapshot_table_name = "stored_snapshots"
     position_column = "notification_id"
@@ -187,6 +160,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         # The writer connections, synced and unsynced (see `writing`).
         self._writers: dict[bool, psycopg.Connection[Any]] = {}
         self._writer_lock = threading.RLock()
+        # Per writer connection: the statements prepared on it (PgBatch).
+        self._prepared: dict[bool, dict[str, str]] = {}
 
     # ------------------------------------------------------------ connections
 
@@ -289,56 +264,57 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         with self._single().cursor() as raw:
             return PgCursor(raw).execute(sql, params).fetchall()
 
+    def _writer(self, sync: bool) -> psycopg.Connection[Any]:
+        """The writer connection, synced or not (see `writing`)."""
+        conn = self._writers.get(sync)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._writers[sync] = self._connect(
+                "" if sync else "SET synchronous_commit = off")
+            conn.autocommit = True  # transactions are begun and ended in the batch
+            self._prepared[sync] = {}
+        return conn
+
     @contextmanager
-    def writing(self, sync: bool = True, tracking: bool = False) -> Iterator[PgCursor]:
+    def writing(self, sync: bool = True, tracking: bool = False) -> Iterator[PgBatch]:
         """One write transaction, holding the log table's EXCLUSIVE lock from its
         start (waiting up to the lock timeout): writers run one at a time.
         `sync=False`: the commit does not wait for the WAL flush (ADR 0011); it
         runs on a writer connection whose sessions are set so, where a `SET
         LOCAL` would cost a statement per transaction.
 
-        The transaction runs in pipeline mode: statements whose results nobody
-        reads (the projections' writes) are sent without waiting, and travel
-        with the next read or the commit. The lock, the tracking rows (when
-        `tracking`: the caller will fold projections) and an append's inserts
-        and fence go in the first round trip. An error of any statement rolls
-        the whole transaction back, wherever it surfaces.
+        Statements are queued and sent together (postgres_batch.py): the
+        BEGIN, the lock, the tracking rows (when `tracking`: the caller will
+        fold projections) and an append's inserts and fence go in the first
+        message; the projections' writes go with the next read or the COMMIT.
+        An error of any statement rolls the whole transaction back, wherever it
+        surfaces.
         """
         with self._writer_lock:
-            conn = self._writers.get(sync)
-            if conn is None or conn.closed or conn.broken:
-                conn = self._writers[sync] = self._connect(
-                    "" if sync else "SET synchronous_commit = off")
-            raw = conn.cursor()
+            batch = PgBatch(self._writer(sync), translate, self._prepared[sync])
             try:
-                with conn.pipeline():
-                    # On a cursor of its own: a cursor keeps only its last result.
-                    conn.execute(f"LOCK TABLE {self.events_table_name} IN EXCLUSIVE MODE")
-                    cursor = PgCursor(raw)
-                    if tracking:
-                        rows = conn.cursor()
-                        rows.execute("SELECT application_name, notification_id FROM tracking")
-                        cursor.prefetch_tracking(rows)
-                    yield cursor
-                    conn.commit()  # an unknown outcome raises: never retried here
+                batch.add("BEGIN")
+                batch.add(f"LOCK TABLE {self.events_table_name} IN EXCLUSIVE MODE")
+                if tracking:
+                    batch.prefetch_tracking()
+                yield batch
+                batch.commit()
             except psycopg.errors.LockNotAvailable as e:
                 with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
+                    batch.rollback()
                 raise OperationalError(e) from e
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
+                    batch.rollback()
                 raise
             finally:
-                raw.close()
+                batch.close()
 
-    def _send_inserts(self, conn: psycopg.Connection[Any], chunk: Sequence[Row],
-                      fence: Fence | None, rows: Sequence[Row]) -> psycopg.Cursor[Any]:
-        """One INSERT for these events, sent without waiting for its answer. With
-        a fence, it inserts nothing unless the fenced stream is, before this
-        append, at the version that this append's own events of it bring to
-        `fence.version` (the statement's snapshot predates its own rows)."""
-        c = conn.cursor()
+    def _insert_sql(self, chunk: Sequence[Row], fence: Fence | None,
+                    rows: Sequence[Row]) -> tuple[str, list[Any]]:
+        """One INSERT for these events. With a fence, it inserts nothing unless
+        the fenced stream is, before this append, at the version that this
+        append's own events of it bring to `fence.version` (the statement's
+        snapshot predates its own rows)."""
         values, params = _values("(%s::uuid, %s::bigint, %s, %s::bytea)", chunk)
         sql = (f"INSERT INTO {self.events_table_name} (originator_id, originator_version, "
                f"topic, state) ")
@@ -350,19 +326,15 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     f"(SELECT MAX(originator_version) FROM {self.events_table_name} "
                     "WHERE originator_id=%s) IS NOT DISTINCT FROM %s")
             params += [fence.stream_id, fence.version - own if fence.version > own else None]
-        c.execute(sql + " RETURNING notification_id, originator_id, originator_version",
-                  params)
-        return c
+        return sql + " RETURNING notification_id, originator_id, originator_version", params
 
     @staticmethod
-    def _positions(rows: Sequence[Row], inserted: psycopg.Cursor[Any],
-                   fence: Fence | None) -> list[int]:
+    def _positions(rows: Sequence[Row], inserted: list[Any], fence: Fence | None) -> list[int]:
         """Each row's position, in the rows' order. PostgreSQL gives a multi-row
         VALUES its serial numbers in order; RETURNING's order is not promised,
         so the rows are matched by stream and version, and the order checked:
         positions must follow the order the events were appended in."""
-        given = {(i.hex, v): int(p) for p, i, v in inserted.fetchall()}  # i: a UUID
-        inserted.close()
+        given = {(i.hex, v): int(p) for p, i, v in inserted}  # i: a UUID
         if not given and rows and fence is not None:
             raise StaleFenceError(f"stream {fence.stream_id} is no longer at the version "
                                   f"{fence.version} this append was fenced on")
@@ -372,19 +344,19 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                                    "the appended events; nothing was stored")
         return positions
 
-    def tracked(self, c: PgCursor, name: str) -> int:
+    def tracked(self, c: PgCursor | PgBatch, name: str) -> int:
         rows = c.tracking_rows()
         if rows is None:
             return super().tracked(c, name)
         return rows.get(name, 0)
 
-    def track(self, c: PgCursor, name: str, position: int) -> None:
+    def track(self, c: PgCursor | PgBatch, name: str, position: int) -> None:
         super().track(c, name, position)
         rows = c.tracking_rows()
         if rows is not None:
             rows[name] = position
 
-    def untrack(self, c: PgCursor, name: str) -> None:
+    def untrack(self, c: PgCursor | PgBatch, name: str) -> None:
         super().untrack(c, name)
         rows = c.tracking_rows()
         if rows is not None:
@@ -454,39 +426,34 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     snapshots: Sequence[Row] = (), hold: bool = False) -> int:
         try:
             with self.writing(sync, tracking=not hold) as c:
-                raw = c._c
                 positions: list[int] = []
+                # The chain's head and the inserts travel with the BEGIN and the
+                # lock, in the transaction's first message; the first insert
+                # carries the fence: under the table lock no other writer can
+                # move the stream between its check and the commit.
+                head = c.ask(HEAD_SQL) if self.chain is not None else None
+                chunks = _in_statements(rows)
+                inserts = [c.ask(*self._insert_sql(chunk, fence if n == 0 else None, rows))
+                           for n, chunk in enumerate(chunks)]
+                if self.before_fold is not None:
+                    self.before_fold(c, appended, hold)
                 try:
-                    chunks = _in_statements(rows)
-                    # The chain's head travels with the lock and the inserts
-                    # (no round trip of its own); the new links are queued
-                    # below and travel with the next read or the commit.
-                    head_query = None
-                    if self.chain is not None:
-                        head_query = raw.connection.cursor()
-                        head_query.execute(HEAD_SQL)
-                    # The first insert carries the fence: under the table lock
-                    # no other writer can move the stream between its check and
-                    # the commit.
-                    inserts = [self._send_inserts(raw.connection, chunk,
-                                                  fence if n == 0 else None, rows)
-                               for n, chunk in enumerate(chunks)]
                     for n, (chunk, inserted) in enumerate(zip(chunks, inserts, strict=True)):
-                        positions.extend(self._positions(chunk, inserted,
+                        positions.extend(self._positions(chunk, inserted.fetchall(),
                                                          fence if n == 0 else None))
                 except psycopg.errors.UniqueViolation as e:
                     raise IntegrityError(e) from e
-                if self.chain is not None and head_query is not None:
-                    head = head_of(head_query.fetchall())
-                    head_query.close()
-                    for part in _in_statements(self.chain.links(head, positions, rows)):
-                        values, params = _values("(%s, %s, %s)", part)
-                        raw.execute(f"INSERT INTO {CHAIN_TABLE} VALUES {values}", params)
-                if snapshots:
-                    raw.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES "
-                                    "(%s, %s, %s, %s) ON CONFLICT DO NOTHING", snapshots)
+                if self.chain is not None and head is not None:
+                    links = self.chain.links(head_of(head.fetchall()), positions, rows)
+                    for part in _in_statements(links):
+                        c.add(f"INSERT INTO {CHAIN_TABLE} VALUES "
+                              + _values("(%s, %s, %s::bytea)", part)[0],
+                              [v for link in part for v in link])
+                for snapshot in snapshots:
+                    c.add(f"INSERT INTO {self.snapshot_table_name} VALUES "
+                          "(%s::uuid, %s, %s, %s::bytea) ON CONFLICT DO NOTHING", snapshot)
                 if self.after_insert is not None:
-                    self.after_insert(c, appended, positions, hold)
+                    self.after_insert(c, appended, positions, hold, fence)
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()

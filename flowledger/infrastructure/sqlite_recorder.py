@@ -28,7 +28,7 @@ from eventsourcing.sqlite import (
 )
 
 from flowledger.infrastructure.hash_chain import HEAD_SQL, INSERT_SQL, Chain, head_of
-from flowledger.infrastructure.store import AfterInsert, Fence, Row, SharedSQL
+from flowledger.infrastructure.store import AfterInsert, BeforeFold, Fence, Row, SharedSQL
 
 WAL_PAGES = 4000  # about 16 MB of WAL between checkpoints (4 KiB pages)
 
@@ -79,6 +79,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     after_insert: AfterInsert | None = None
     chain: Chain | None = None  # set once the store's format is settled
     after_abort: Callable[[], None] | None = None  # an append's transaction rolled back
+    before_fold: BeforeFold | None = None  # unused: reads of a file cost no round trip
     snapshot_table_name = "stored_snapshots"
     _reader: sqlite3.Connection | None = None
     _writer: sqlite3.Connection | None = None
@@ -216,7 +217,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                     c.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES (?, ?, ?, ?)",
                                   snapshots)
                 if self.after_insert is not None:
-                    self.after_insert(c, appended, positions, hold)
+                    self.after_insert(c, appended, positions, hold, fence)
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()

@@ -25,8 +25,13 @@ if TYPE_CHECKING:
 
 Cursor = Any  # a DB-API cursor of the store (or its translating wrapper)
 Row = tuple[str, int, str, bytes]  # a stored event: stream id (hex), version, topic, state
-# (cursor, events, their positions, hold): see ProjectionRunner.apply_inline.
-AfterInsert = Callable[[Any, Sequence[Any], Sequence[int], bool], None]
+# (cursor, events, their positions, hold, the append's fence): see
+# ProjectionRunner.apply_inline.
+AfterInsert = Callable[[Any, Sequence[Any], Sequence[int], bool, "Fence | None"], None]
+
+
+# (cursor, events, hold): see ProjectionRunner.prefetch.
+BeforeFold = Callable[[Any, Sequence[Any], bool], None]
 
 
 class Fence:
@@ -54,6 +59,10 @@ class LogStore(Protocol):
     after_insert: AfterInsert | None
     chain: Chain | None  # the tamper-evident links each append writes (ADR 0023)
     after_abort: Callable[[], None] | None
+    # Called before an append's positions are known, where the store's cursor
+    # can send reads ahead (`prefetch`); None where it cannot (SQLite: reads
+    # cost no round trip).
+    before_fold: BeforeFold | None
     MAX_PARAMETERS: int
 
     def reading(self, snapshot: bool = True) -> AbstractContextManager[Cursor]:

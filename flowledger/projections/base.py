@@ -45,6 +45,15 @@ class Projection(ABC):
         follow the last one this process folded in (another writer came in
         between, or that batch's transaction rolled back)."""
 
+    def prefetch(self, c: Cursor, events: Sequence[Any]) -> None:  # noqa: B027 - a hook
+        """Ask ahead (`c.prefetch`, where the store's cursor sends reads ahead)
+        for what folding `events` next will read."""
+
+    def forget_except(self, workflow_id: str) -> None:
+        """Like `forget`, but what was kept of workflow `workflow_id` (hex)
+        still holds: only other workflows' events were folded in between."""
+        self.forget()
+
     def clear(self, c: Cursor) -> None:
         for table in self.tables:
             c.execute(f"DELETE FROM {table}")

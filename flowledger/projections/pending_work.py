@@ -73,12 +73,61 @@ class PendingWork(Projection):
         # the change of its pending and reserved counts and its newest position.
         self._msgs: dict[str, dict[str, Any]] = {}
         self._counts: dict[tuple[str, str], list[int]] = {}
+        # Rows the next batch will read, asked for ahead (`prefetch`).
+        self._ahead_msgs: dict[str, Any] = {}
+        self._ahead_runs: dict[str, Any] = {}
 
     def forget(self) -> None:
         self._open_runs.clear()
         self._reserved_messages.clear()
         self._msgs.clear()
         self._counts.clear()
+        self._ahead_msgs.clear()
+        self._ahead_runs.clear()
+
+    _MESSAGE_EVENTS = (TopicEvent.PayloadReplaced, TopicEvent.Reserved, TopicEvent.Released,
+                       TopicEvent.ReservationMoved, TopicEvent.Consumed, TopicEvent.Skipped)
+
+    def prefetch(self, c: Cursor, events: Sequence[Any]) -> None:
+        """Ask, with the append's first message, for the message and run rows
+        that folding `events` will read and that this projection does not keep:
+        read in the middle of the fold, each would cost a round trip of its own
+        while the transaction holds the log's lock."""
+        new: set[str] = set()
+        for e in events:
+            key = e.originator_id.hex
+            if isinstance(e, (TopicEvent.Published, HandlerRun.Created)):
+                new.add(key)
+            elif key in new:
+                continue
+            elif isinstance(e, HandlerRun.Event):
+                if key not in self._open_runs and key not in self._ahead_runs:
+                    self._ahead_runs[key] = c.prefetch(
+                        f"SELECT {', '.join(_RUN_FIELDS)} FROM fl_runs WHERE run_id=?", (key,))
+            elif (isinstance(e, self._MESSAGE_EVENTS) and key not in self._reserved_messages
+                  and key not in self._ahead_msgs):
+                self._ahead_msgs[key] = c.prefetch(
+                    "SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?", (key,))
+
+    @staticmethod
+    def _read_row(c: Cursor, ahead: dict[str, Any], key: str, sql: str) -> Any:
+        """A row asked for ahead, or else read now."""
+        asked = ahead.pop(key, None)
+        rows = asked.fetchall() if asked is not None else None
+        if rows:
+            return rows[0]
+        c.execute(sql, (key,))
+        return c.fetchone()
+
+    def forget_except(self, workflow_id: str) -> None:
+        self._open_runs = {k: r for k, r in self._open_runs.items()
+                           if r["workflow_id"] == workflow_id}
+        self._reserved_messages = {k: m for k, m in self._reserved_messages.items()
+                                   if m[0] == workflow_id}
+        self._msgs.clear()
+        self._counts.clear()
+        self._ahead_msgs.clear()
+        self._ahead_runs.clear()
 
     def handlers(self) -> dict[type, str]:
         return {
@@ -154,9 +203,9 @@ class PendingWork(Projection):
             if known is not None:
                 workflow_id, topic, status = *known, "reserved"
             else:
-                c.execute("SELECT workflow_id, topic, status FROM fl_messages "
-                          "WHERE event_id=?", (key,))
-                workflow_id, topic, status = c.fetchone()
+                workflow_id, topic, status = self._read_row(
+                    c, self._ahead_msgs, key,
+                    "SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?")
             row = self._msgs[key] = {"new": False, "moved": False, "workflow_id": workflow_id,
                                      "topic": topic, "status": status, "reserved_by": None,
                                      "available_since": None, "payload": None}
@@ -257,6 +306,8 @@ class PendingWork(Projection):
             else:
                 super().apply(c, event, position)
         self._write_messages(c)
+        self._ahead_msgs.clear()
+        self._ahead_runs.clear()
         for key, row in rows.items():
             if isinstance(row["updated_at"], datetime):
                 row["updated_at"] = row["updated_at"].isoformat()
@@ -284,9 +335,9 @@ class PendingWork(Projection):
                            status="active", retry_of=e.retry_of.hex if e.retry_of else None,
                            holds=0, created_at=_ts(e.timestamp))
             else:
-                c.execute(f"SELECT {', '.join(_RUN_FIELDS)} FROM fl_runs WHERE run_id=?",
-                          (key,))
-                row = dict(zip(_RUN_FIELDS, c.fetchone(), strict=True))
+                row = dict(zip(_RUN_FIELDS, self._read_row(
+                    c, self._ahead_runs, key,
+                    f"SELECT {', '.join(_RUN_FIELDS)} FROM fl_runs WHERE run_id=?"), strict=True))
         rows[key] = row
         row["updated_at"] = e.timestamp  # stored as text once per batch
         row["position"] = position

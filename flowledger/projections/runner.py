@@ -18,7 +18,7 @@ from typing import Any
 
 from eventsourcing.persistence import Mapper
 
-from flowledger.infrastructure.store import LogStore
+from flowledger.infrastructure.store import Fence, LogStore
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.sealing import NO_SEAL, Seal
 
@@ -48,6 +48,17 @@ class ProjectionRunner:
         # in. If its tracking row still says so, no other process folded or
         # rebuilt it since, so what the projection kept in memory still holds.
         self._known: dict[str, int] = {}
+        # Appends in a row that followed this process's previous one with no
+        # other writer's append between. Holding pays only while nobody else
+        # appends: another writer's append folds the held events in from the
+        # log, and this process must then read back the rows it kept.
+        self._quiet_appends = self.QUIET_BEFORE_HOLDING
+        self._last_appended: int | None = None
+        # The fenced stream and its version after this process's last append,
+        # and whether every append since the last fold continued the one
+        # before it on the same workflow stream (`_forget_moved`).
+        self._last_fence: tuple[Any, int] | None = None
+        self._continuous = False
         with recorder.writing() as c:
             for p in self.projections:
                 p.create_tables(c)
@@ -59,22 +70,35 @@ class ProjectionRunner:
         self.recorder.track(c, projection.name, position)
         self._known[projection.name] = position
 
+    # After another writer's append came between two of this process's, how
+    # many appends in a row must follow on directly before appends are held
+    # again (ADR 0012, 0017).
+    QUIET_BEFORE_HOLDING = 50
+
+    def may_hold(self) -> bool:
+        """Whether an append may be held now: not while other writers append."""
+        return self._quiet_appends >= self.QUIET_BEFORE_HOLDING
+
     def apply_inline(self, c: Cursor, events: Sequence[Any], positions: Sequence[int],
-                     hold: bool = False) -> None:
+                     hold: bool = False, fence: Fence | None = None) -> None:
         """Called inside an append's transaction, after its inserts.
 
         `hold`: this append is followed by another of the same run before
         anything reads pending work, so its events are kept and folded in with
         that one's (ADR 0012); an append that does not continue the kept ones
-        folds them at once.
+        folds them at once. `fence`: the append's, if a session appends.
         """
         new = list(zip(events, positions, strict=True))
+        self._note_fence(events, fence)
+        follows = self._last_appended is None or positions[0] == self._last_appended + 1
+        self._quiet_appends = self._quiet_appends + 1 if follows else 0
+        self._last_appended = positions[-1]
         if self.inline:
             if hold and (not self._held or self._held[-1][1] == positions[0] - 1):
                 self._held.extend(new)
             else:
                 held, self._held = self._held, []
-                self._fold_inline(c, held + new)
+                self._fold_inline(c, held + new, fence)
         if not self.deferred:
             return
         if self._unfolded and self._unfolded[-1][1] != positions[0] - 1:
@@ -83,19 +107,64 @@ class ProjectionRunner:
         if len(self._unfolded) >= self.FOLD_EVERY:
             self._fold_unfolded(c)
 
-    def _fold_inline(self, c: Cursor, mine: Sequence[tuple[Any, int]]) -> None:
+    def prefetch(self, c: Cursor, events: Sequence[Any], hold: bool = False) -> None:
+        """Called inside an append's transaction before its positions are known:
+        the inline projections ask ahead for what folding its events will read."""
+        if hold or not self.inline:
+            return
+        mine = [e for e, _ in self._held] + list(events)
+        for p in self.inline:
+            p.prefetch(c, mine)
+
+    def _note_fence(self, events: Sequence[Any], fence: Fence | None) -> None:
+        """Whether this append continues this process's last one on the same
+        workflow stream: nobody else wrote that stream in between."""
+        if fence is None:
+            self._continuous, self._last_fence = False, None
+            return
+        own = sum(1 for e in events if e.originator_id == fence.stream_id)
+        self._continuous = (self._continuous
+                            and self._last_fence == (fence.stream_id, fence.version - own))
+        self._last_fence = (fence.stream_id, fence.version)
+
+    def _fold_inline(self, c: Cursor, mine: Sequence[tuple[Any, int]],
+                     fence: Fence | None = None) -> None:
         """Bring each inline projection up to the last of `mine`, which this
         process appended: from memory, and from the log for whatever lies
         between (another writer's appends, or events someone else rebuilt away)."""
         for p in self.inline:
             # Read, not remembered: another process may have folded or rebuilt it.
             at = self.position(c, p)
-            if at != self._known.get(p.name):
-                p.forget()  # someone else moved it: what it kept may be stale
+            known = self._known.get(p.name)
+            if at != known:
+                keep = fence.stream_id.hex if fence is not None and self._continuous else None
+                self._forget_moved(p, at, known, mine, keep)
             batch = self._continuing(c, at, mine)
             if batch:
                 p.apply_batch(c, batch)
                 self._track(c, p, batch[-1][1])
+        self._continuous = True  # from this append on
+
+    @staticmethod
+    def _forget_moved(p: Projection, at: int, known: int | None,
+                      mine: Sequence[tuple[Any, int]], keep: str | None) -> None:
+        """Projection `p` was moved by someone else since this process last
+        folded it (from `known` to `at`): drop what it kept that may be stale.
+
+        Only other writers' events lie between, when the move went forward and
+        none of `mine` is in it. Those leave the rows of workflow `keep` as they
+        were: a run's row and a message's status change only through appends of
+        its workflow's session, and `keep` is the workflow whose session
+        appends now, whose stream nobody else wrote since this process's last
+        fold (each append since was fenced on the version the one before left).
+        Everything else is dropped: the rows of other workflows (another
+        process may have run their sessions since), and all of it after a
+        rebuild or a fold of this process's own events by someone else.
+        """
+        if keep is None or known is None or at < known or (mine and mine[0][1] <= at):
+            p.forget()
+        else:
+            p.forget_except(keep)
 
     def _continuing(self, c: Cursor, at: int, mine: Sequence[tuple[Any, int]]
                     ) -> list[tuple[Any, int]]:
@@ -147,6 +216,7 @@ class ProjectionRunner:
     def forget(self) -> None:
         """An append's transaction rolled back: nothing folded in it happened."""
         self._known.clear()
+        self._last_fence, self._continuous = None, False
         self._unfolded = []
         self._held = []
         for p in self.projections:

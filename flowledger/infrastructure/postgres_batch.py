@@ -1,0 +1,189 @@
+"""A PostgreSQL write transaction sent in as few messages as its reads allow.
+
+Each statement of a write transaction sent on its own costs a message each
+way and the client and server work around it, for every projection row the
+transaction writes. A `PgBatch` instead binds each statement's values on the
+client and queues it; the queue goes to the server as one multi-statement
+query (the simple query protocol) when a statement's rows are needed, and
+with the COMMIT at the end. The server runs the statements in order and stops
+at the first error, which leaves the transaction aborted: nothing of it is
+stored (ADR 0017).
+
+Statements are written in the projections' SQLite-flavoured SQL; `translate`
+makes them PostgreSQL's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+Translate = Callable[[str], str]
+
+# Statements prepared per connection, at most (rebuilds and catch-ups write the
+# same few; past this, statements are sent with their values in the text).
+MAX_PREPARED = 200
+
+
+class Rows:
+    """The rows a queued statement returns, once the queue has been sent."""
+
+    __slots__ = ("_batch", "_rows")
+
+    def __init__(self, batch: PgBatch) -> None:
+        self._batch = batch
+        self._rows: list[Any] | None = None
+
+    def fetchall(self) -> list[Any]:
+        if self._rows is None:
+            self._batch.flush()
+        assert self._rows is not None
+        return self._rows
+
+
+class PgBatch:
+    """A DB-API-like cursor over one write transaction on an autocommit
+    connection: statements are queued, sent together, and answered in order."""
+
+    def __init__(self, conn: psycopg.Connection[Any], translate: Translate,
+                 prepared: dict[str, str]) -> None:
+        self._conn = conn
+        # Statements prepared on this connection (SQL → name), kept by the
+        # connection's owner; and those whose PREPARE is queued, not yet run.
+        self._prepared = prepared
+        self._preparing: dict[str, str] = {}
+        self._translate = translate
+        self._binder = psycopg.ClientCursor(conn)
+        self._queue: list[str] = []
+        self._wanted: list[tuple[int, Rows]] = []  # (statement index, its rows)
+        self._last: list[Any] = []
+        # A write transaction's tracking rows, read with its first message and
+        # kept up to date by its writes (FlowPostgresRecorder.tracked).
+        self.tracking: dict[str, int] | None = None
+        self._tracking_rows: Rows | None = None
+        self._forget_prepared = False
+
+    # ------------------------------------------------------------- queueing
+
+    def bind(self, sql: str, params: Sequence[Any] | None = None) -> str:
+        """`sql` (PostgreSQL's, `%s` placeholders) with `params` bound as literals:
+        as an EXECUTE of the statement prepared on this connection, so that the
+        server plans it once, not at every transaction."""
+        if not params:
+            return sql.replace("%%", "%")
+        name = self._prepared.get(sql)
+        if name is None:
+            if len(self._prepared) + len(self._preparing) >= MAX_PREPARED:
+                return self._binder.mogrify(sql, params)
+            name = self._preparing.get(sql)
+            if name is None:
+                name = self._preparing[sql] = f"fl_{len(self._prepared) + len(self._preparing)}"
+                parts = sql.split("%s")
+                numbered = "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1))
+                self._queue.append(f"PREPARE {name} AS {numbered}{parts[-1]}".replace("%%", "%"))
+        return self._binder.mogrify(f"EXECUTE {name}({', '.join(['%s'] * len(params))})",
+                                    params)
+
+    def add(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        """Queue a statement whose result nobody reads (PostgreSQL's SQL)."""
+        self._queue.append(self.bind(sql, params))
+
+    def ask(self, sql: str, params: Sequence[Any] | None = None) -> Rows:
+        """Queue a statement whose rows are read later (PostgreSQL's SQL)."""
+        rows = Rows(self)
+        bound = self.bind(sql, params)  # may queue its PREPARE first
+        self._wanted.append((len(self._queue), rows))
+        self._queue.append(bound)
+        return rows
+
+    def flush(self) -> None:
+        """Send the queue as one query; fill in the rows asked for."""
+        if not self._queue:
+            return
+        query, self._queue = ";\n".join(self._queue), []
+        wanted, self._wanted = dict(self._wanted), []
+        preparing, self._preparing = self._preparing, {}
+        with self._conn.cursor() as cur:
+            try:
+                cur.execute(query.encode())
+            except BaseException:
+                # Which PREPAREs ran before the error is not known: none is kept.
+                if preparing:
+                    self._forget_prepared = True
+                raise
+            self._prepared.update(preparing)
+            index = 0
+            while True:
+                rows = wanted.get(index)
+                if rows is not None:
+                    rows._rows = cur.fetchall()
+                index += 1
+                if not cur.nextset():
+                    break
+
+    # ------------------------------------------------ the projections' face
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> PgBatch:
+        """SQLite-flavoured SQL: queued, or sent at once when it returns rows."""
+        sql = self._translate(sql)
+        if _returns_rows(sql):
+            rows = self.ask(sql, params)
+            self._last = rows.fetchall()
+        else:
+            self.add(sql, params)
+        return self
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> PgBatch:
+        sql = self._translate(sql)
+        for one in params:
+            self.add(sql, one)
+        return self
+
+    def fetchone(self) -> Any:
+        return self._last[0] if self._last else None
+
+    def fetchall(self) -> list[Any]:
+        return self._last
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._last)
+
+    def prefetch(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        """SQLite-flavoured SQL whose rows are read later: sent with the next message."""
+        return self.ask(self._translate(sql), params)
+
+    # --------------------------------------------------------- transaction
+
+    def prefetch_tracking(self) -> None:
+        """Queue the read of the tracking table, answered with the first message."""
+        self._tracking_rows = self.ask("SELECT application_name, notification_id FROM tracking")
+
+    def tracking_rows(self) -> dict[str, int] | None:
+        if self._tracking_rows is not None:
+            self.tracking = {name: int(at or 0)
+                             for name, at in self._tracking_rows.fetchall()}
+            self._tracking_rows = None
+        return self.tracking
+
+    def commit(self) -> None:
+        """Send what is queued with the COMMIT. An unknown outcome (the
+        connection lost on the way) raises: never retried here."""
+        self._queue.append("COMMIT")
+        self.flush()
+
+    def rollback(self) -> None:
+        self._queue, self._wanted, self._preparing = [], [], {}
+        if not self._conn.closed and not self._conn.broken:
+            self._conn.execute(b"ROLLBACK")
+            if self._forget_prepared:
+                self._conn.execute(b"DEALLOCATE ALL")
+                self._prepared.clear()
+
+    def close(self) -> None:
+        self._binder.close()
+
+
+def _returns_rows(sql: str) -> bool:
+    return sql.lstrip()[:6].upper().startswith(("SELECT", "WITH")) or " RETURNING " in sql.upper()

@@ -1,0 +1,102 @@
+"""PostgreSQL write transactions sent as queued statements (ADR 0017, PgBatch):
+values bound on the client come back exactly as written, whatever they hold;
+a statement that fails anywhere in the queue leaves nothing of its
+transaction; statements prepared on a writer connection survive a failed
+transaction without breaking the next one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flowledger.infrastructure import postgres_batch
+from flowledger.infrastructure.event_log import EventLog
+from tests import postgres
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[Any]:
+    with postgres.fresh_schema() as url:
+        log = EventLog.open(url)
+        rec = log.flow_recorder
+        with rec.writing() as c:
+            assert isinstance(c, postgres_batch.PgBatch)
+            c.execute("CREATE TABLE odd (k INTEGER PRIMARY KEY, t TEXT, b BLOB, n INTEGER)")
+        try:
+            yield rec
+        finally:
+            log.close()
+
+
+def _clear(rec: Any) -> None:
+    with rec.writing() as c:
+        c.execute("DELETE FROM odd")
+
+
+# Text the log accepts (ADR 0014: no NUL, no lone surrogates), including what
+# would break a statement if it were pasted in unquoted.
+texts = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    st.sampled_from(["'", "''", "\\", "\\'", "%s", "%%", "$1", "?", ";", "'); DROP TABLE odd; --",
+                     "E'\\x00'", "$$", "$tag$", "\u2028", "é", "😀"]),
+)
+integers = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "literal"])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.one_of(st.none(), texts), st.one_of(st.none(), st.binary()),
+                               st.one_of(st.none(), integers)), min_size=1, max_size=6))
+def test_values_come_back_exactly_as_written(recorder: Any, prepared: bool,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             rows: list[tuple[Any, ...]]) -> None:
+    monkeypatch.setattr(postgres_batch, "MAX_PREPARED", 200 if prepared else 0)
+    _clear(recorder)
+    with recorder.writing() as c:
+        c.executemany("INSERT INTO odd VALUES (?, ?, ?, ?)",
+                      [(k, *row) for k, row in enumerate(rows)])
+        # Read back inside the same transaction (sends the queue) and after it.
+        inside = c.execute("SELECT t, b, n FROM odd ORDER BY k").fetchall()
+    after = recorder.read_all("SELECT t, b, n FROM odd ORDER BY k", ())
+    for got in (inside, after):
+        assert [(t, bytes(b) if b is not None else None, n) for t, b, n in got] == rows
+    assert recorder.read_all("SELECT COUNT(*) FROM odd", ())[0][0] == len(rows)
+
+
+def test_a_failing_statement_anywhere_in_the_queue_stores_nothing(recorder: Any) -> None:
+    _clear(recorder)
+    with pytest.raises(Exception, match="duplicate key"), recorder.writing() as c:
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (1, "a", None, 1))
+        c.execute("UPDATE odd SET n=? WHERE k=?", (2, 1))
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (1, "again", None, 3))
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (2, "after", None, 4))
+    assert recorder.read_all("SELECT COUNT(*) FROM odd", ()) == [(0,)]
+    # The writer connection is usable at once, with the same statements.
+    with recorder.writing() as c:
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (1, "a", None, 1))
+    assert recorder.read_all("SELECT t FROM odd", ()) == [("a",)]
+
+
+def test_statements_prepared_in_a_failed_transaction_do_not_break_the_next(
+        recorder: Any) -> None:
+    """The failure comes in the same message as the statements' PREPAREs, so
+    which of them ran is unknown: the connection's prepared statements are
+    dropped and prepared again (not 'does not exist', not 'already exists')."""
+    _clear(recorder)
+    novel = "INSERT INTO odd (k, t) VALUES (?, ?) ON CONFLICT (k) DO NOTHING"
+    with pytest.raises(Exception, match="duplicate key"), recorder.writing() as c:
+        c.execute(novel, (7, "x"))  # prepared now, in this transaction's message
+        c.execute("INSERT INTO odd (k, t, n) VALUES (?, ?, ?)", (8, "y", 1))
+        c.execute("INSERT INTO odd (k, t, n) VALUES (?, ?, ?)", (8, "z", 2))
+    for k in (9, 10):  # the first prepares again, the second uses it prepared
+        with recorder.writing() as c:
+            c.execute(novel, (k, "x"))
+            c.execute("INSERT INTO odd (k, t, n) VALUES (?, ?, ?)", (k + 10, "y", 1))
+    assert recorder.read_all("SELECT k FROM odd ORDER BY k", ()) == [(9,), (10,), (19,), (20,)]

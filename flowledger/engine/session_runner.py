@@ -170,10 +170,9 @@ class SessionRunner:
         session = scope.session
         while True:
             now = scope.now()
-            # Two hints for choosing a consumer: they need not share a snapshot.
+            # The two hints for choosing a consumer, read in one statement.
             with scope.streams.log.reading(snapshot=False) as c:
-                backlog = pending_work.backlog(c, self.reg.workflow_id)
-                wakeups = pending_work.wakeups(c, self.reg.workflow_id)
+                backlog, wakeups = pending_work.backlog_and_wakeups(c, self.reg.workflow_id)
             chosen = pick_consumer(consumers, backlog, declines, wakeups, now)
             if chosen is None:
                 return SessionOutcome.COMPLETED, None, None, {}

@@ -223,8 +223,7 @@ class Worker:
             return None
         engine._catch_up_if_behind()
         with engine.log.reading() as c:
-            backlog = pending_work.backlog(c, reg.workflow_id)
-            wakeups = pending_work.wakeups(c, reg.workflow_id)
+            backlog, wakeups = pending_work.backlog_and_wakeups(c, reg.workflow_id)
             retries = [r.retry_at for r in pending_work.unfinished_runs(c, reg.workflow_id)
                        if r.retry_at is not None]
         facts = (wf, backlog, wakeups, retries)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from uuid import UUID
 
 import psycopg
 
@@ -76,15 +77,35 @@ class PgBatch:
         name = self._prepared.get(sql)
         if name is None:
             if len(self._prepared) + len(self._preparing) >= MAX_PREPARED:
-                return self._binder.mogrify(sql, params)
+                return self._binder.mogrify(sql, params)  # once: not worth preparing
             name = self._preparing.get(sql)
             if name is None:
                 name = self._preparing[sql] = f"fl_{len(self._prepared) + len(self._preparing)}"
                 parts = sql.split("%s")
                 numbered = "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1))
                 self._queue.append(f"PREPARE {name} AS {numbered}{parts[-1]}".replace("%%", "%"))
-        return self._binder.mogrify(f"EXECUTE {name}({', '.join(['%s'] * len(params))})",
-                                    params)
+        return f"EXECUTE {name}({', '.join([self._literal(v) for v in params])})"
+
+    def _literal(self, value: Any) -> str:
+        """One value as an SQL literal: the types the log and the projections
+        write, quoted here (psycopg's general machinery costs several times
+        more per value); anything else through psycopg. The writer connection
+        runs with standard_conforming_strings on (`FlowPostgresRecorder._connect`),
+        where a backslash in a quoted string is an ordinary character."""
+        kind = type(value)
+        if value is None:
+            return "NULL"
+        if kind is str:
+            if "\x00" in value:  # it would end the query text there (ADR 0014)
+                raise psycopg.DataError("PostgreSQL text cannot contain NUL (0x00) characters")
+            return "'" + value.replace("'", "''") + "'"
+        if kind is int:
+            return str(value)
+        if kind is bytes:
+            return "'\\x" + value.hex() + "'::bytea"
+        if kind is UUID:
+            return "'" + str(value) + "'::uuid"
+        return self._binder.mogrify("%s", (value,))
 
     def add(self, sql: str, params: Sequence[Any] | None = None) -> None:
         """Queue a statement whose result nobody reads (PostgreSQL's SQL)."""
@@ -107,7 +128,7 @@ class PgBatch:
         preparing, self._preparing = self._preparing, {}
         with self._conn.cursor() as cur:
             try:
-                cur.execute(query.encode())
+                cur.execute(query.encode(self._conn.info.encoding))
             except BaseException:
                 # Which PREPAREs ran before the error is not known: none is kept.
                 if preparing:

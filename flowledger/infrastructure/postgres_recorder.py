@@ -172,6 +172,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             raise InterfaceError(" ".join(str(e).split())) from e
         with conn.cursor() as c:
             c.execute(f"SET lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'")
+            c.execute("SET standard_conforming_strings = on")  # PgBatch's literals
             c.execute(f"SET search_path TO \"{self.schema}\"")
             if setting:
                 c.execute(setting)

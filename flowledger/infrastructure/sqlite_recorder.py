@@ -8,7 +8,6 @@ tracking position in that same transaction.
 
 from __future__ import annotations
 
-import itertools
 import random
 import sqlite3
 import time
@@ -334,10 +333,14 @@ class FlowSQLiteConnectionPool(SQLiteConnectionPool):
         except (sqlite3.Error, TypeError) as e:
             raise InterfaceError(e) from e
         if not self.is_sqlite_memory_mode and not self.is_journal_mode_wal:
-            for attempt in itertools.count():
-                # Switching a new file to WAL needs the file to itself: a process
-                # opening the same new store at the same instant makes it fail at
-                # once (SQLite does not wait on this lock). Try again, briefly.
+            # Switching a new file to WAL needs the file to itself: a process
+            # opening the same new store at the same instant makes it fail at
+            # once (SQLite does not wait on this lock). Try again, briefly, up
+            # to the lock timeout in all: a holder that keeps the file (each
+            # try may wait that long itself) is reported, not waited out 200
+            # times over.
+            give_up = time.monotonic() + (self.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT)
+            while True:
                 try:
                     mode = c.execute("PRAGMA journal_mode;").fetchone()[0]
                     if mode.lower() != "wal":
@@ -345,7 +348,7 @@ class FlowSQLiteConnectionPool(SQLiteConnectionPool):
                         self.journal_mode_was_changed_to_wal = True
                     break
                 except sqlite3.OperationalError as e:
-                    if not is_lock_timeout(e) or attempt >= 200:
+                    if not is_lock_timeout(e) or time.monotonic() >= give_up:
                         raise InterfaceError(e) from e
                     time.sleep(0.01 + 0.04 * random.random())
             self.is_journal_mode_wal = True

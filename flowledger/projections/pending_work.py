@@ -464,16 +464,35 @@ def _uuid(value: str | None) -> UUID | None:
     return UUID(value) if value else None
 
 
+_BACKLOG = "SELECT topic, pending, newest FROM fl_backlog WHERE workflow_id=?"
+_WAKEUPS = "SELECT handler, wake_at FROM fl_wakeups WHERE workflow_id=? AND wake_at IS NOT NULL"
+
+
 def backlog(c: Cursor, workflow_id: UUID) -> dict[str, TopicBacklog]:
-    c.execute("SELECT topic, pending, newest FROM fl_backlog WHERE workflow_id=?",
-              (workflow_id.hex,))
+    c.execute(_BACKLOG, (workflow_id.hex,))
     return {t: TopicBacklog(p, n) for t, p, n in c.fetchall()}
 
 
 def wakeups(c: Cursor, workflow_id: UUID) -> dict[str, datetime]:
-    c.execute("SELECT handler, wake_at FROM fl_wakeups WHERE workflow_id=? "
-              "AND wake_at IS NOT NULL", (workflow_id.hex,))
+    c.execute(_WAKEUPS, (workflow_id.hex,))
     return {h: datetime.fromisoformat(w) for h, w in c.fetchall()}
+
+
+def backlog_and_wakeups(c: Cursor, workflow_id: UUID
+                        ) -> tuple[dict[str, TopicBacklog], dict[str, datetime]]:
+    """`backlog` and `wakeups` in one statement: the session loop reads both
+    before each consumer run, and on a server each statement is a round trip."""
+    c.execute("SELECT 0, topic, pending, newest, NULL FROM fl_backlog WHERE workflow_id=? "
+              "UNION ALL SELECT 1, handler, NULL, NULL, wake_at FROM fl_wakeups "
+              "WHERE workflow_id=? AND wake_at IS NOT NULL", (workflow_id.hex,) * 2)
+    topics: dict[str, TopicBacklog] = {}
+    wakes: dict[str, datetime] = {}
+    for kind, name, pending, newest, wake_at in c.fetchall():
+        if kind == 0:
+            topics[name] = TopicBacklog(pending, newest)
+        else:
+            wakes[name] = datetime.fromisoformat(wake_at)
+    return topics, wakes
 
 
 def pending_messages(c: Cursor, workflow_id: UUID, topic: str,

@@ -100,3 +100,12 @@ def test_statements_prepared_in_a_failed_transaction_do_not_break_the_next(
             c.execute(novel, (k, "x"))
             c.execute("INSERT INTO odd (k, t, n) VALUES (?, ?, ?)", (k + 10, "y", 1))
     assert recorder.read_all("SELECT k FROM odd ORDER BY k", ()) == [(9,), (10,), (19,), (20,)]
+
+
+def test_text_with_nul_is_refused_and_nothing_is_stored(recorder: Any) -> None:
+    """A NUL would end the query text where it stands: refused before sending."""
+    _clear(recorder)
+    with pytest.raises(Exception, match="NUL"), recorder.writing() as c:
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (1, "fine", None, 1))
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (2, "a\x00b", None, 2))
+    assert recorder.read_all("SELECT COUNT(*) FROM odd", ()) == [(0,)]

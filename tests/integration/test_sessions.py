@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 import flowledger as fl
+from flowledger.domain.ids import workflow_id
+from flowledger.projections import pending_work
 from tests.helpers import ScriptedLedgerTool, ledger_workflow, message_status
 
 
@@ -158,6 +160,12 @@ def test_wake_at_set_by_prepare_falls_due_later(make_engine, clock):
     due = engine.run_session("wf", max_iterations=10)
     assert len(calls) == 2  # due: run once; it set a new wake_at and is not busy-looped
     assert due.consumer_runs == 1
+    # The session loop reads both hints in one statement: the same as read apart.
+    wf_id = workflow_id("wf")
+    with engine.log.reading() as c:
+        both = pending_work.backlog_and_wakeups(c, wf_id)
+        apart = pending_work.backlog(c, wf_id), pending_work.wakeups(c, wf_id)
+    assert both == apart and list(both[0]) == ["in"] and list(both[1]) == ["Timer"]
 
 
 def test_sessions_of_a_workflow_are_counted_in_the_log(make_engine):

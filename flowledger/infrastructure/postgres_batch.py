@@ -64,6 +64,7 @@ class PgBatch:
         # kept up to date by its writes (FlowPostgresRecorder.tracked).
         self.tracking: dict[str, int] | None = None
         self._tracking_rows: Rows | None = None
+        self.tracking_changes: dict[str, int | None] = {}  # by this transaction
         self._forget_prepared = False
 
     # ------------------------------------------------------------- queueing

@@ -37,8 +37,9 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
-from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, head_of
-from flowledger.infrastructure.postgres_batch import PgBatch
+from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, Link, head_of
+from flowledger.infrastructure.postgres_batch import PgBatch, Rows
+from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast, create_guard_sql
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
 from flowledger.infrastructure.store import AfterInsert, BeforeFold, Fence, Row, SharedSQL
 
@@ -162,6 +163,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self._writer_lock = threading.RLock()
         # Per writer connection: the statements prepared on it (PgBatch).
         self._prepared: dict[bool, dict[str, str]] = {}
+        self._forecast = Forecast(self.events_table_name)
+        self._sequence = ""  # the log's position sequence (create_table)
 
     # ------------------------------------------------------------ connections
 
@@ -209,6 +212,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 c.execute("CREATE TABLE IF NOT EXISTS tracking (application_name text "
                           "PRIMARY KEY, notification_id bigint)")
                 self._create_append_notification(c)
+                c.execute(create_guard_sql(self.schema))
+                c.execute("SELECT pg_get_serial_sequence(%s, 'notification_id')",
+                          (f'"{self.schema}".{self.events_table_name}',))
+                row = c.fetchone()
+                self._sequence = row[0] if row else ""
             conn.commit()
         finally:
             conn.close()
@@ -299,6 +307,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     batch.prefetch_tracking()
                 yield batch
                 batch.commit()
+                self._forecast.tracked(batch.tracking_changes)
             except psycopg.errors.LockNotAvailable as e:
                 with contextlib.suppress(psycopg.Error):
                     batch.rollback()
@@ -306,6 +315,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     batch.rollback()
+                self._forecast.forget()
                 raise
             finally:
                 batch.close()
@@ -356,12 +366,16 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         rows = c.tracking_rows()
         if rows is not None:
             rows[name] = position
+        if isinstance(c, PgBatch):
+            c.tracking_changes[name] = position
 
     def untrack(self, c: PgCursor | PgBatch, name: str) -> None:
         super().untrack(c, name)
         rows = c.tracking_rows()
         if rows is not None:
             rows.pop(name, None)
+        if isinstance(c, PgBatch):
+            c.tracking_changes[name] = None
 
     # -------------------------------------------------------------- liveness
 
@@ -425,27 +439,41 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False) -> int:
+        """Insert events in one transaction: on the forecast (one message) while
+        this writer is the only one appending, else reading the head first
+        (postgres_forecast.py). A forecast that missed stored nothing."""
+        with self._writer_lock:
+            if 0 < len(rows) <= _ROWS_PER_INSERT and self._forecast.usable(
+                    self.chain is not None):
+                try:
+                    return self._append(rows, appended, fence, sync, snapshots, hold, True)
+                except psycopg.Error as e:
+                    if e.sqlstate != GUARD_FAILED:
+                        raise
+                    self._forecast.missed()
+            return self._append(rows, appended, fence, sync, snapshots, hold, False)
+
+    def _append(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
+                sync: bool, snapshots: Sequence[Row], hold: bool, forecast: bool) -> int:
+        links: list[Link] = []
+        positions: list[int] = []
+        head: tuple[int, bytes] | None = None
+        inserts: list[Rows] = []
+        head_rows: Rows | None = None
         try:
-            with self.writing(sync, tracking=not hold) as c:
-                positions: list[int] = []
-                # The chain's head and the inserts travel with the BEGIN and the
-                # lock, in the transaction's first message; the first insert
-                # carries the fence: under the table lock no other writer can
-                # move the stream between its check and the commit.
-                head = c.ask(HEAD_SQL) if self.chain is not None else None
-                chunks = _in_statements(rows)
-                inserts = [c.ask(*self._insert_sql(chunk, fence if n == 0 else None, rows))
-                           for n, chunk in enumerate(chunks)]
+            with self.writing(sync, tracking=not forecast) as c:
+                if forecast:
+                    positions, head = self._send_forecast(c, rows, fence)
+                else:
+                    inserts, head_rows = self._send_reading_head(c, rows, fence)
+                # What the fold will read travels in the same message.
                 if self.before_fold is not None:
                     self.before_fold(c, appended, hold)
-                try:
-                    for n, (chunk, inserted) in enumerate(zip(chunks, inserts, strict=True)):
-                        positions.extend(self._positions(chunk, inserted.fetchall(),
-                                                         fence if n == 0 else None))
-                except psycopg.errors.UniqueViolation as e:
-                    raise IntegrityError(e) from e
-                if self.chain is not None and head is not None:
-                    links = self.chain.links(head_of(head.fetchall()), positions, rows)
+                if not forecast:
+                    positions = self._positions_given(rows, fence, inserts)
+                    head = head_of(head_rows.fetchall()) if head_rows is not None else None
+                if self.chain is not None:
+                    links = self.chain.links(head, positions, rows)
                     for part in _in_statements(links):
                         c.add(f"INSERT INTO {CHAIN_TABLE} VALUES "
                               + _values("(%s, %s, %s::bytea)", part)[0],
@@ -455,11 +483,58 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                           "(%s::uuid, %s, %s, %s::bytea) ON CONFLICT DO NOTHING", snapshot)
                 if self.after_insert is not None:
                     self.after_insert(c, appended, positions, hold, fence)
+                tracking = c.tracking_rows()
+        except psycopg.errors.UniqueViolation as e:
+            if self.after_abort is not None:
+                self.after_abort()
+            raise IntegrityError(e) from e
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()
             raise
+        if rows:
+            self._forecast.learn(positions[-1], (links[-1][0], links[-1][2]) if links else None,
+                                 tracking)
         return int(positions[-1]) if rows else 0
+
+    def _send_reading_head(self, c: PgBatch, rows: Sequence[Row], fence: Fence | None
+                           ) -> tuple[list[Rows], Rows | None]:
+        """Queue the first message's reads: the chain's head and the inserts (the
+        first carries the fence), whose answers give the positions."""
+        head = c.ask(HEAD_SQL) if self.chain is not None else None
+        inserts = [c.ask(*self._insert_sql(chunk, fence if n == 0 else None, rows))
+                   for n, chunk in enumerate(_in_statements(rows))]
+        return inserts, head
+
+    def _positions_given(self, rows: Sequence[Row], fence: Fence | None,
+                         inserts: Sequence[Rows]) -> list[int]:
+        positions: list[int] = []
+        for n, (chunk, inserted) in enumerate(zip(_in_statements(rows), inserts, strict=True)):
+            positions.extend(self._positions(chunk, inserted.fetchall(),
+                                             fence if n == 0 else None))
+        return positions
+
+    def _send_forecast(self, c: PgBatch, rows: Sequence[Row], fence: Fence | None
+                       ) -> tuple[list[int], tuple[int, bytes] | None]:
+        """Queue the guard and the inserts at the forecast positions (sent with
+        the rest of the transaction): the positions, and the chain's head."""
+        f = self._forecast
+        assert f.head is not None and f.tracking is not None
+        c.tracking = dict(f.tracking)
+        before = None
+        if fence is not None:
+            own = sum(1 for r in rows if r[0] == fence.stream_id.hex)
+            before = fence.version - own if fence.version > own else None
+        c.add(*f.guard(fence, before))
+        positions = list(range(f.head + 1, f.head + 1 + len(rows)))
+        values, params = _values("(%s, %s::uuid, %s::bigint, %s, %s::bytea)",
+                                 [(p, *r) for p, r in zip(positions, rows, strict=True)])
+        c.add(f"INSERT INTO {self.events_table_name} (notification_id, originator_id, "
+              f"originator_version, topic, state) VALUES {values}", params)
+        # Positions given here bypass the sequence: it is kept past them, for
+        # any writer that takes the next one from it.
+        c.add("SELECT setval(%s, %s)", (self._sequence, positions[-1]))
+        return positions, f.chain_head
 
     # ------------------------------------------------------------------ reads
 

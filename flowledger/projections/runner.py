@@ -109,8 +109,12 @@ class ProjectionRunner:
 
     def prefetch(self, c: Cursor, events: Sequence[Any], hold: bool = False) -> None:
         """Called inside an append's transaction before its positions are known:
-        the inline projections ask ahead for what folding its events will read."""
-        if hold or not self.inline:
+        the inline projections ask ahead for what folding its events will read.
+        A held append asks too, for the fold of a later append: until then only
+        its own run's appends, which fold nothing, come between (an append of
+        another writer that folds moves the projection, and what was asked is
+        then dropped with the rest of what the projection kept)."""
+        if not self.inline:
             return
         mine = [e for e, _ in self._held] + list(events)
         for p in self.inline:

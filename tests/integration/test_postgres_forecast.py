@@ -1,0 +1,86 @@
+"""PostgreSQL appends on the forecast (postgres_forecast.py, ADR 0017): a writer
+that is the only one appending sends each append in one message; one whose
+forecast another process made wrong stores nothing of that attempt, appends
+the ordinary way, and leaves the log, its chain and its projections as if it
+had never forecast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import flowledger as fl
+from flowledger.infrastructure.postgres_forecast import Forecast
+from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
+from flowledger.testing import assert_projections_rebuild_equal
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, costly_workflow
+
+on_postgresql = pytest.mark.parametrize(
+    "store", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+
+
+class Seen:
+    """Counts forecasts sent and missed (the real methods run)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent = self.missed = 0
+        send, miss = FlowPostgresRecorder._send_forecast, Forecast.missed
+
+        def sent(recorder: Any, *a: Any) -> Any:
+            self.sent += 1
+            return send(recorder, *a)
+
+        def missed(forecast: Forecast) -> None:
+            self.missed += 1
+            miss(forecast)
+
+        monkeypatch.setattr(FlowPostgresRecorder, "_send_forecast", sent)
+        monkeypatch.setattr(Forecast, "missed", missed)
+
+
+@on_postgresql
+def test_a_writer_alone_appends_on_its_forecast(make_engine, ledger, monkeypatch):
+    seen = Seen(monkeypatch)
+    engine = make_engine()
+    engine.register(costly_workflow(["a", "b", "c", "d"], ["0.5"]),
+                    tools=[ScriptedLedgerTool(ledger)])
+    result = engine.run_session("prop")
+    assert result.status == "completed", result.error
+    assert seen.missed == 0
+    assert seen.sent >= 3 * 4  # every append of the four consumer runs, at least
+    assert engine.verify().ok
+    assert_projections_rebuild_equal(engine)
+
+
+@on_postgresql
+@pytest.mark.parametrize("meddle", ["append", "catch_up"])
+def test_a_forecast_another_writer_made_wrong_stores_nothing(make_engine, tmp_path, monkeypatch,
+                                                             meddle):
+    """During each external call, another engine appends (the head moves) or
+    only catches up (the head stays, the tracking rows move past this
+    engine's held events): the run's next append misses its forecast."""
+    seen = Seen(monkeypatch)
+    ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
+    engine, other = make_engine(), make_engine()
+
+    def write(key: str) -> None:
+        if meddle == "append":
+            other.register(fl.Workflow(f"other-{key}", topics=["t"]))
+        else:
+            other.status()  # folds this engine's held events in
+
+    class Meddling(ScriptedLedgerTool):
+        @fl.mutator(reconcile="find_appended")
+        def append(self, key: str, value: str) -> dict[str, Any]:
+            write(key)
+            return super().append(key, value)
+
+    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]), tools=[Meddling(ledger)])
+    result = engine.run_session("prop")
+    assert result.status == "completed", result.error
+    assert [r.committed for r in result.runs] == [True] * 4
+    assert seen.missed >= 1
+    assert ledger.calls_made() == 3 and sorted(ledger.keys()) == ["a", "b", "c"]
+    assert engine.verify().ok  # the chain links every event once, in order
+    assert_projections_rebuild_equal(engine)

@@ -129,7 +129,7 @@ class PgBatch:
         preparing, self._preparing = self._preparing, {}
         with self._conn.cursor() as cur:
             try:
-                cur.execute(query.encode(self._conn.info.encoding))
+                cur.execute(query.encode(self._conn.info.encoding), prepare=False)
             except BaseException:
                 # Which PREPAREs ran before the error is not known: none is kept.
                 if preparing:
@@ -197,11 +197,16 @@ class PgBatch:
 
     def rollback(self) -> None:
         self._queue, self._wanted, self._preparing = [], [], {}
-        if not self._conn.closed and not self._conn.broken:
-            self._conn.execute(b"ROLLBACK")
+        if self._conn.closed or self._conn.broken:
+            return
+        try:
+            self._conn.execute(b"ROLLBACK", prepare=False)
             if self._forget_prepared:
-                self._conn.execute(b"DEALLOCATE ALL")
+                self._conn.execute(b"DEALLOCATE ALL", prepare=False)
                 self._prepared.clear()
+        except psycopg.Error:
+            self._conn.close()  # its owner opens a fresh one, nothing prepared on it
+            raise
 
     def close(self) -> None:
         self._binder.close()

@@ -212,7 +212,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 c.execute("CREATE TABLE IF NOT EXISTS tracking (application_name text "
                           "PRIMARY KEY, notification_id bigint)")
                 self._create_append_notification(c)
-                c.execute(create_guard_sql(self.schema))
+                c.execute("SELECT 1 FROM pg_proc WHERE proname = 'fl_guard' AND pronamespace = "
+                          "%s::regnamespace", (f'"{self.schema}"',))
+                if not c.fetchone():  # created once: a role that only reads need not create
+                    c.execute(create_guard_sql(self.schema))
                 c.execute("SELECT pg_get_serial_sequence(%s, 'notification_id')",
                           (f'"{self.schema}".{self.events_table_name}',))
                 row = c.fetchone()
@@ -280,6 +283,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             conn = self._writers[sync] = self._connect(
                 "" if sync else "SET synchronous_commit = off")
             conn.autocommit = True  # transactions are begun and ended in the batch
+            # PgBatch prepares its statements itself (and may DEALLOCATE ALL):
+            # none of psycopg's own on this connection.
+            conn.prepare_threshold = None
             self._prepared[sync] = {}
         return conn
 

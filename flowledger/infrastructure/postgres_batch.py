@@ -124,7 +124,7 @@ class PgBatch:
         """Send the queue as one query; fill in the rows asked for."""
         if not self._queue:
             return
-        query, self._queue = ";\n".join(self._queue), []
+        query, self._queue = "\n;\n".join(self._queue), []  # a -- comment ends at \n
         wanted, self._wanted = dict(self._wanted), []
         preparing, self._preparing = self._preparing, {}
         with self._conn.cursor() as cur:

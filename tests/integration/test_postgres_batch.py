@@ -109,3 +109,28 @@ def test_text_with_nul_is_refused_and_nothing_is_stored(recorder: Any) -> None:
         c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (1, "fine", None, 1))
         c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (2, "a\x00b", None, 2))
     assert recorder.read_all("SELECT COUNT(*) FROM odd", ()) == [(0,)]
+
+
+def test_many_failed_transactions_in_a_row_leave_the_writer_usable(recorder: Any) -> None:
+    """Each failure drops the statements prepared on the connection; none of
+    psycopg's own may be among them (it would prepare a statement sent alone
+    in a message, as a second read in a row is, once it had been sent five
+    times)."""
+    _clear(recorder)
+
+    def read_then_commit() -> None:
+        with recorder.writing() as c:
+            c.execute("SELECT COUNT(*) FROM odd")  # sends all so far
+            c.execute("SELECT COUNT(*) FROM odd")  # alone in its message
+
+    for n in range(8):
+        read_then_commit()
+        with pytest.raises(Exception, match="duplicate key"), recorder.writing() as c:
+            c.execute(f"INSERT INTO odd (k, t) VALUES (?, ?) ON CONFLICT DO NOTHING -- {n}",
+                      (100 + n, "new"))
+            c.execute("INSERT INTO odd (k, t) VALUES (?, ?)", (1, "x"))
+            c.execute("INSERT INTO odd (k, t) VALUES (?, ?)", (1, "y"))
+    read_then_commit()
+    with recorder.writing() as c:
+        c.execute("INSERT INTO odd (k, t) VALUES (?, ?)", (1, "x"))
+    assert recorder.read_all("SELECT k, t FROM odd", ()) == [(1, "x")]

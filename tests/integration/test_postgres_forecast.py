@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 
 import flowledger as fl
-from flowledger.infrastructure.postgres_forecast import Forecast
+from flowledger.infrastructure.postgres_forecast import GUARD_FAILED
 from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
 from flowledger.testing import assert_projections_rebuild_equal
 from tests.helpers import ExternalLedger, ScriptedLedgerTool, costly_workflow
@@ -21,22 +22,23 @@ on_postgresql = pytest.mark.parametrize(
 
 
 class Seen:
-    """Counts forecasts sent and missed (the real methods run)."""
+    """Counts appends made on a forecast, and those whose forecast missed (the
+    real method runs)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sent = self.missed = 0
-        send, miss = FlowPostgresRecorder._send_forecast, Forecast.missed
+        append = FlowPostgresRecorder._append
 
-        def sent(recorder: Any, *a: Any) -> Any:
-            self.sent += 1
-            return send(recorder, *a)
+        def counted(recorder: Any, *a: Any) -> Any:
+            forecast = a[-1]
+            self.sent += forecast
+            try:
+                return append(recorder, *a)
+            except psycopg.Error as e:
+                self.missed += forecast and e.sqlstate == GUARD_FAILED
+                raise
 
-        def missed(forecast: Forecast) -> None:
-            self.missed += 1
-            miss(forecast)
-
-        monkeypatch.setattr(FlowPostgresRecorder, "_send_forecast", sent)
-        monkeypatch.setattr(Forecast, "missed", missed)
+        monkeypatch.setattr(FlowPostgresRecorder, "_append", counted)
 
 
 @on_postgresql

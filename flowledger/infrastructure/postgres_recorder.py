@@ -18,6 +18,7 @@ little that differs (placeholders, `WITHOUT ROWID`, integer and blob types,
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import re
 import threading
@@ -70,8 +71,10 @@ _TRANSLATIONS = [
 ]
 
 
+@functools.lru_cache(maxsize=1024)
 def translate(sql: str) -> str:
-    """SQLite-flavoured SQL of the projections, as PostgreSQL runs it."""
+    """SQLite-flavoured SQL of the projections, as PostgreSQL runs it (the
+    projections write a few dozen statements, each translated once)."""
     ignore = "INSERT OR IGNORE INTO" in sql
     for pattern, replacement in _TRANSLATIONS:
         sql = pattern.sub(replacement, sql)
@@ -85,8 +88,6 @@ class PgCursor:
     """A psycopg cursor that takes the projections' SQL as written (reads;
     write transactions use `PgBatch`)."""
 
-    _cache: dict[str, str] = {}
-
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self._c = cursor
 
@@ -94,18 +95,12 @@ class PgCursor:
     def tracking_rows() -> dict[str, int] | None:
         return None  # read by statement (see PgBatch.tracking_rows)
 
-    def _sql(self, sql: str) -> str:
-        done = self._cache.get(sql)
-        if done is None:
-            done = self._cache[sql] = translate(sql)
-        return done
-
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
-        self._c.execute(self._sql(sql), params)
+        self._c.execute(translate(sql), params)
         return self
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> PgCursor:
-        self._c.executemany(self._sql(sql), params)
+        self._c.executemany(translate(sql), params)
         return self
 
     def fetchone(self) -> Any:

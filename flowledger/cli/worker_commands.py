@@ -19,6 +19,7 @@ from flowledger.cli.options import StoreOption, TargetArgument, store_url
 from flowledger.cli.render import out
 from flowledger.cli.store import open_engine
 from flowledger.cli.views import log_line
+from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.read_side.log_view import LoggedEvent
 
 
@@ -85,13 +86,20 @@ def print_live(engine: fl.Engine, after: int | None, workflow: str | None, inter
                show: Callable[[LoggedEvent], None]) -> None:
     """`show` each event after log position `after` (None: the end of the log now) as
     any process appends it, until Ctrl-C: `follow`, and `log --follow` once it has
-    printed the log so far."""
-    try:
-        for event in engine.follow(after=after, workflow=workflow, interval=interval):
-            show(event)
-            sys.stdout.flush()  # a pipe sees each event as it comes
-    except KeyboardInterrupt:
-        pass
+    printed the log so far.
+
+    Ctrl-C (or SIGTERM) only asks the loop to stop, within `interval`: a
+    KeyboardInterrupt raised inside a thread wait can leave its lock broken
+    ("release unlocked lock") and end in a traceback. A second one stops at once.
+    """
+    with GracefulStop(log=None) as stop:
+        try:
+            for event in engine.follow(after=after, workflow=workflow, interval=interval,
+                                       stop=stop.event):
+                show(event)
+                sys.stdout.flush()  # a pipe sees each event as it comes
+        except KeyboardInterrupt:
+            pass
 
 
 def follow(

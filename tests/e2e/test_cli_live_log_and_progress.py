@@ -88,9 +88,9 @@ def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    """Ctrl-C, as a user stops it; returns its stderr."""
-    proc.send_signal(signal.SIGINT)
+def stop(proc: subprocess.Popen[str], signum: int = signal.SIGINT) -> str:
+    """Ctrl-C, as a user stops it (or `signum`); returns its stderr."""
+    proc.send_signal(signum)
     try:
         _, stderr = proc.communicate(timeout=10)
     finally:
@@ -165,6 +165,18 @@ def test_follow_prints_the_lines_log_prints_marked_when_they_need_attention(
     history = narrow("log", cwd=ticks).stdout.splitlines()[1:]
     assert [line[3:] for line in out.seen] == history  # one time format, short ids
     assert all(line.startswith("   ") for line in out.seen)  # nothing needs attention
+
+
+def test_follow_stops_on_sigterm_as_on_ctrl_c(ticks: Path) -> None:
+    """A service manager stops it with SIGTERM: the loop ends within its
+    interval, with no traceback, and exit status 0."""
+    follower = start("follow", "--after", "0", "--interval", "0.05", cwd=ticks)
+    try:
+        Lines(follower).until(re.compile(r"Workflow\.SessionClosed"))
+    finally:
+        stderr = stop(follower, signal.SIGTERM)
+    assert follower.returncode == 0, stderr
+    assert "Traceback" not in stderr
 
 
 # ------------------------------------------------------------------ recover's progress

@@ -105,8 +105,9 @@ class CheckedMapper(PydanticMapper):
 
 
 class EventLog(Application[UUID]):
-    _may_hold: Callable[[], bool] | None = None
     """Appends aggregates' pending events in one transaction, optionally fenced."""
+
+    _may_hold: Callable[[], bool] | None = None
 
     name = "flowledger"
     # Snapshots are a cache of the replay of the streams that grow with use

@@ -57,6 +57,9 @@ class PgBatch:
         self._preparing: dict[str, str] = {}
         self._translate = translate
         self._binder = psycopg.ClientCursor(conn)
+        # Quoted here only as standard_conforming_strings has them (a server or
+        # a pooler that turned it off gets psycopg's quoting).
+        self._plain_strings = conn.info.parameter_status("standard_conforming_strings") == "on"
         self._queue: list[str] = []
         self._wanted: list[tuple[int, Rows]] = []  # (statement index, its rows)
         self._last: list[Any] = []
@@ -96,13 +99,13 @@ class PgBatch:
         kind = type(value)
         if value is None:
             return "NULL"
-        if kind is str:
+        if kind is str and self._plain_strings:
             if "\x00" in value:  # it would end the query text there (ADR 0014)
                 raise psycopg.DataError("PostgreSQL text cannot contain NUL (0x00) characters")
             return "'" + value.replace("'", "''") + "'"
         if kind is int:
             return str(value)
-        if kind is bytes:
+        if kind is bytes and self._plain_strings:
             return "'\\x" + value.hex() + "'::bytea"
         if kind is UUID:
             return "'" + str(value) + "'::uuid"
@@ -155,6 +158,7 @@ class PgBatch:
             self._last = rows.fetchall()
         else:
             self.add(sql, params)
+            self._last = []  # what it returns is not read
         return self
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> PgBatch:

@@ -488,7 +488,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         except psycopg.errors.UniqueViolation as e:
             if self.after_abort is not None:
                 self.after_abort()
-            raise IntegrityError(e) from e
+            if e.diag.table_name == self.events_table_name:  # a stream's version taken
+                raise IntegrityError(e) from e
+            raise  # a projection's or the chain's: not another writer's doing
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()

@@ -35,6 +35,7 @@ def recorder() -> Iterator[Any]:
 
 
 def _clear(rec: Any) -> None:
+    rec._writer(True).execute("SET standard_conforming_strings = on")  # as it opens
     with rec.writing() as c:
         c.execute("DELETE FROM odd")
 
@@ -49,16 +50,21 @@ texts = st.one_of(
 integers = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
 
+@pytest.mark.parametrize("conforming", ["on", "off"], ids=["conforming", "escapes"])
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "literal"])
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(st.one_of(st.none(), texts), st.one_of(st.none(), st.binary()),
                                st.one_of(st.none(), integers)), min_size=1, max_size=6))
-def test_values_come_back_exactly_as_written(recorder: Any, prepared: bool,
+def test_values_come_back_exactly_as_written(recorder: Any, prepared: bool, conforming: str,
                                              monkeypatch: pytest.MonkeyPatch,
                                              rows: list[tuple[Any, ...]]) -> None:
+    """Whether statements are prepared or not, and whatever the server does with
+    backslashes in quoted strings (standard_conforming_strings, which a server
+    or a pooler may turn off)."""
     monkeypatch.setattr(postgres_batch, "MAX_PREPARED", 200 if prepared else 0)
     _clear(recorder)
+    recorder._writer(True).execute(f"SET standard_conforming_strings = {conforming}")
     with recorder.writing() as c:
         c.executemany("INSERT INTO odd VALUES (?, ?, ?, ?)",
                       [(k, *row) for k, row in enumerate(rows)])

@@ -6,14 +6,18 @@ had never forecast."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
 import flowledger as fl
+from flowledger.domain.ids import workflow_id
+from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED
 from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
+from flowledger.infrastructure.store import Fence
 from flowledger.testing import assert_projections_rebuild_equal
 from tests.helpers import ExternalLedger, ScriptedLedgerTool, costly_workflow
 
@@ -86,3 +90,25 @@ def test_a_forecast_another_writer_made_wrong_stores_nothing(make_engine, tmp_pa
     assert ledger.calls_made() == 3 and sorted(ledger.keys()) == ["a", "b", "c"]
     assert engine.verify().ok  # the chain links every event once, in order
     assert_projections_rebuild_equal(engine)
+
+
+@on_postgresql
+def test_a_stale_fence_on_the_forecast_path_stores_nothing(make_engine, monkeypatch):
+    """The guard checks the fenced stream too: an append fenced on a version the
+    stream is no longer at is refused even when nobody appended since this
+    writer's last append (the head is as forecast), and nothing of it is stored."""
+    seen = Seen(monkeypatch)
+    engine = make_engine()
+    engine.register(fl.Workflow("wf", topics=["t"]))
+    log = engine.log
+    wf = log.load(workflow_id("wf"))
+    head = log.flow_recorder.max_notification_id()
+    extra = Workflow.register(now=datetime(2026, 1, 1, tzinfo=UTC), name="other",
+                              fingerprint="f", topics=["t"], handlers=[])
+    sent = seen.sent
+    with pytest.raises(fl.ConcurrencyError, match="lost its lock"):
+        log.append(extra, fence=Fence(wf.id, wf.version + 1))  # one ahead of the stream
+    assert seen.sent > sent and seen.missed >= 1  # tried on the forecast, which missed
+    assert log.flow_recorder.max_notification_id() == head
+    assert log.load(extra.id) is None
+    assert engine.verify().ok

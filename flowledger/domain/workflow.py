@@ -97,13 +97,16 @@ class Workflow(EventSourcedAggregate):
     class SessionAbandoned(EventSourcedAggregate.Event):
         """The holder stopped working on its session (interrupted) without closing
         it: the lease ends now, so recovery takes the session over at once and
-        continues its runs as after a crash."""
+        continues its runs as after a crash. `lease_until`: now in the time
+        leases are measured in (the store's, ADR 0017); absent in events
+        written before it was recorded, where the event's time stands for it."""
 
         session_id: UUID
         reason: str
+        lease_until: datetime | None = None
 
         def apply(self, wf: Workflow) -> None:
-            wf.lease_until = self.timestamp
+            wf.lease_until = self.lease_until or self.timestamp
 
     class SessionClosed(EventSourcedAggregate.Event):
         session_id: UUID
@@ -201,11 +204,14 @@ class Workflow(EventSourcedAggregate):
                     previous_owner=self.session_owner, owner=owner, lease_until=lease_until)
         return self.open_session
 
-    def abandon_session(self, now: datetime, session_id: UUID, owner: str, reason: str) -> bool:
-        """Give up a session this owner holds; False if it is not (or no longer) theirs."""
+    def abandon_session(self, now: datetime, session_id: UUID, owner: str, reason: str,
+                        lease_until: datetime | None = None) -> bool:
+        """Give up a session this owner holds; False if it is not (or no longer) theirs.
+        `lease_until`: now in the leases' time, where that is not `now`'s."""
         if self.open_session != session_id or self.session_owner != owner:
             return False
-        self.record(self.SessionAbandoned, now, session_id=session_id, reason=reason)
+        self.record(self.SessionAbandoned, now, session_id=session_id, reason=reason,
+                    lease_until=lease_until)
         return True
 
     def close_session(self, now: datetime, session_id: UUID, result: str) -> None:

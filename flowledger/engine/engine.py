@@ -330,7 +330,7 @@ class Engine:
             wf: Workflow | None = self.log.load(reg.workflow_id)
             if wf is not None and wf.abandon_session(
                     self.clock.now(), session_id, self.owner,
-                    f"the session stopped: {describe(cause)}"):
+                    f"the session stopped: {describe(cause)}", lease_until=self.lease.now()):
                 self._append_and_catch_up(wf)
         except Exception as e:  # the store itself may be what failed
             logger.warning("could not end the lease of session %s (%s); it is taken over "

@@ -397,7 +397,7 @@ class PendingWork(Projection):
         if name == "SessionClosed":
             values: tuple[Any, ...] = (None, None, None)
         elif name in ("LeaseRenewed", "SessionAbandoned"):
-            until = e.lease_until if name == "LeaseRenewed" else e.timestamp
+            until = e.lease_until or e.timestamp  # SessionAbandoned: see its docstring
             c.execute("UPDATE fl_workflows SET lease_until=? WHERE workflow_id=?",
                       (_ts(until), e.originator_id.hex))
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -89,6 +90,37 @@ def test_an_engine_whose_clock_runs_behind_takes_over_a_lease_that_ran_out(pg_st
     finally:
         behind.close()
         holder.close()
+
+
+@pytest.mark.postgres
+def test_a_session_interrupted_by_an_engine_whose_clock_runs_ahead_is_taken_over_at_once(
+        pg_store, ledger):
+    """An interrupted session's lease ends at once (ADR 0015), in the store's
+    time: not ten minutes on, where the interrupted engine's clock stands."""
+    calls = 0
+
+    class Interrupted(ScriptedLedgerTool):
+        @fl.mutator(reconcile="find_appended")
+        def append(self, key: str, value: str) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the call
+            return super().append(key, value)
+
+    ahead = fl.Engine(pg_store, clock=ShiftedClock(timedelta(minutes=10)))
+    other = fl.Engine(pg_store)
+    try:
+        ahead.register(ledger_workflow(items=["a"]), tools=[Interrupted(ledger)])
+        other.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+        with pytest.raises(KeyboardInterrupt):
+            ahead.run_session("wf")
+        # `ahead` is still open (alive): only the lease's end lets `other` in.
+        assert [r.status for r in other.recover()] == ["completed"]
+        assert ledger.calls_made() == 1 and ledger.keys() == ["a"]
+    finally:
+        other.close()
+        ahead.close()
 
 
 def test_the_lease_clock_follows_the_store_and_leaves_injected_clocks_alone():

@@ -23,7 +23,7 @@ from flowledger.domain.handler_rules import Operation, RuleBroken, Step
 from flowledger.domain.ids import input_id as make_input_id
 from flowledger.domain.limits import Limits
 from flowledger.domain.secret import Secret
-from flowledger.domain.text import unencodable
+from flowledger.domain.text import unstorable
 from flowledger.engine.secret_resolution import SecretResolver, scrub
 from flowledger.infrastructure.codec import pack, unpack
 
@@ -244,7 +244,7 @@ class HandlerContext:
         if not isinstance(value, str) or not (value or empty_ok):
             raise self._broke(LogicError(
                 f"{self.where}: {what} must be a non-empty string, got {value!r}"[:2000]))
-        why = unencodable(value)
+        why = unstorable(value)
         if why is not None:
             raise self._broke(LogicError(f"{self.where}: {what} {why}"))
         self._check_size(limit, len(value.encode()), what)

@@ -75,8 +75,9 @@ def test_any_exception_text_leaves_the_session_closed(shared_engine: fl.Engine,
     assert "ValueError" in result.error
     assert open_session(shared_engine, name) is None
     # The recorded reason is the one the log holds, readable by a new reader.
-    assert [r.reason for r in shared_engine.runs(workflow=name)] == [
-        r.reason for r in fl.Engine(shared_engine.store).runs(workflow=name)]
+    with fl.Engine(shared_engine.store) as reader:
+        assert [r.reason for r in shared_engine.runs(workflow=name)] == [
+            r.reason for r in reader.runs(workflow=name)]
 
 
 @settings(max_examples=30, deadline=None,

@@ -61,7 +61,7 @@ class GracefulStop:
         self._received = True
         if not at_once:
             self.signal = signum
-            self.event.set()
+            self._set_event()
         if self._on_signal is not None:
             self._on_signal(signum, at_once)
         if at_once:
@@ -70,6 +70,16 @@ class GracefulStop:
             raise KeyboardInterrupt
         if self._log is not None:
             self._log.info("signal %s: stopping after the current step", signum)
+
+    def _set_event(self) -> None:
+        """Set the event from a thread of its own. The handler runs in the main
+        thread, between two of its bytecodes, and that thread may be inside the
+        event's own `wait` holding the event's lock (a plain Lock): setting it
+        here would wait for that lock for ever. In the common case the setter is
+        done at once; if not, it finishes as soon as the main thread goes on."""
+        setter = threading.Thread(target=self.event.set, name="flowledger-stop", daemon=True)
+        setter.start()
+        setter.join(0.5)
 
     def install(self) -> None:
         """Take SIGTERM/SIGINT over (in the main thread only); `restore` gives them back."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -206,6 +207,19 @@ class ScriptedLedgerTool(fl.Tool):
         if found is None:
             return fl.Reconciliation.failed("no such row")
         return fl.Reconciliation.applied({"row": None, "key": key, "found": found})
+
+
+def mid_call_tool(action: Callable[[str], None]) -> type[ScriptedLedgerTool]:
+    """A ScriptedLedgerTool that calls `action(key)` inside each external call,
+    before the script's behaviour: another process writing, a Ctrl-C, ..."""
+
+    class MidCall(ScriptedLedgerTool):
+        @fl.mutator(reconcile="find_appended")
+        def append(self, key: str, value: str) -> dict[str, Any]:
+            action(key)
+            return super().append(key, value)
+
+    return MidCall
 
 
 class NoReconcileTool(ScriptedLedgerTool):

@@ -193,6 +193,16 @@ class PgBatch:
             self._tracking_rows = None
         return self.tracking
 
+    def tracked(self, name: str, position: int | None) -> None:
+        """This transaction wrote `name`'s tracking row (None: deleted it)."""
+        self.tracking_changes[name] = position
+        rows = self.tracking_rows()
+        if rows is not None:
+            if position is None:
+                rows.pop(name, None)
+            else:
+                rows[name] = position
+
     def commit(self) -> None:
         """Send what is queued with the COMMIT. An unknown outcome (the
         connection lost on the way) raises: never retried here."""

@@ -91,10 +91,6 @@ class PgCursor:
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self._c = cursor
 
-    @staticmethod
-    def tracking_rows() -> dict[str, int] | None:
-        return None  # read by statement (see PgBatch.tracking_rows)
-
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         self._c.execute(translate(sql), params)
         return self
@@ -357,26 +353,20 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         return positions
 
     def tracked(self, c: PgCursor | PgBatch, name: str) -> int:
-        rows = c.tracking_rows()
+        rows = c.tracking_rows() if isinstance(c, PgBatch) else None
         if rows is None:
             return super().tracked(c, name)
         return rows.get(name, 0)
 
     def track(self, c: PgCursor | PgBatch, name: str, position: int) -> None:
         super().track(c, name, position)
-        rows = c.tracking_rows()
-        if rows is not None:
-            rows[name] = position
         if isinstance(c, PgBatch):
-            c.tracking_changes[name] = position
+            c.tracked(name, position)
 
     def untrack(self, c: PgCursor | PgBatch, name: str) -> None:
         super().untrack(c, name)
-        rows = c.tracking_rows()
-        if rows is not None:
-            rows.pop(name, None)
         if isinstance(c, PgBatch):
-            c.tracking_changes[name] = None
+            c.tracked(name, None)
 
     # -------------------------------------------------------------- liveness
 

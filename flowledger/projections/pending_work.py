@@ -39,6 +39,11 @@ _UPSERT_RUN = (
 )
 
 
+# What a fold reads back of a row it does not keep (PendingWork._read_row).
+_RUN_ROW = f"SELECT {', '.join(_RUN_FIELDS)} FROM fl_runs WHERE run_id=?"
+_MESSAGE_ROW = "SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?"
+
+
 def _is_open(row: dict[str, Any]) -> int:
     """Not committed, not superseded, and not failed with nothing held."""
     status = row["status"]
@@ -102,12 +107,10 @@ class PendingWork(Projection):
                 continue
             elif isinstance(e, HandlerRun.Event):
                 if key not in self._open_runs and key not in self._ahead_runs:
-                    self._ahead_runs[key] = c.prefetch(
-                        f"SELECT {', '.join(_RUN_FIELDS)} FROM fl_runs WHERE run_id=?", (key,))
+                    self._ahead_runs[key] = c.prefetch(_RUN_ROW, (key,))
             elif (isinstance(e, self._MESSAGE_EVENTS) and key not in self._reserved_messages
                   and key not in self._ahead_msgs):
-                self._ahead_msgs[key] = c.prefetch(
-                    "SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?", (key,))
+                self._ahead_msgs[key] = c.prefetch(_MESSAGE_ROW, (key,))
 
     @staticmethod
     def _read_row(c: Cursor, ahead: dict[str, Any], key: str, sql: str) -> Any:
@@ -203,9 +206,8 @@ class PendingWork(Projection):
             if known is not None:
                 workflow_id, topic, status = *known, "reserved"
             else:
-                workflow_id, topic, status = self._read_row(
-                    c, self._ahead_msgs, key,
-                    "SELECT workflow_id, topic, status FROM fl_messages WHERE event_id=?")
+                workflow_id, topic, status = self._read_row(c, self._ahead_msgs, key,
+                                                            _MESSAGE_ROW)
             row = self._msgs[key] = {"new": False, "moved": False, "workflow_id": workflow_id,
                                      "topic": topic, "status": status, "reserved_by": None,
                                      "available_since": None, "payload": None}
@@ -335,9 +337,8 @@ class PendingWork(Projection):
                            status="active", retry_of=e.retry_of.hex if e.retry_of else None,
                            holds=0, created_at=_ts(e.timestamp))
             else:
-                row = dict(zip(_RUN_FIELDS, self._read_row(
-                    c, self._ahead_runs, key,
-                    f"SELECT {', '.join(_RUN_FIELDS)} FROM fl_runs WHERE run_id=?"), strict=True))
+                row = dict(zip(_RUN_FIELDS, self._read_row(c, self._ahead_runs, key, _RUN_ROW),
+                               strict=True))
         rows[key] = row
         row["updated_at"] = e.timestamp  # stored as text once per batch
         row["position"] = position

@@ -465,8 +465,7 @@ class ReadSide:
         with self._tables() as c:
             row = self._require_workflow(c, workflow)
             counts = pending_work.topic_counts(c, row.workflow_id)
-            backlog = pending_work.backlog(c, row.workflow_id)
-            wakeups = pending_work.wakeups(c, row.workflow_id)
+            backlog, wakeups = pending_work.backlog_and_wakeups(c, row.workflow_id)
             names = self._workflow_names(c)
             unfinished = [self._info_of_row(r, names)
                           for r in pending_work.unfinished_runs(c, row.workflow_id, self._seal)]

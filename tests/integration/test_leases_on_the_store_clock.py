@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -22,7 +21,7 @@ from flowledger.engine.clock import LeaseClock
 from flowledger.engine.session_runner import SessionRequest, SessionRunner
 from flowledger.engine.streams import Streams
 from tests import postgres
-from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow, mid_call_tool
 
 
 class ShiftedClock(fl.SystemClock):
@@ -97,21 +96,13 @@ def test_a_session_interrupted_by_an_engine_whose_clock_runs_ahead_is_taken_over
         pg_store, ledger):
     """An interrupted session's lease ends at once (ADR 0015), in the store's
     time: not ten minutes on, where the interrupted engine's clock stands."""
-    calls = 0
-
-    class Interrupted(ScriptedLedgerTool):
-        @fl.mutator(reconcile="find_appended")
-        def append(self, key: str, value: str) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                raise KeyboardInterrupt  # Ctrl-C in the middle of the call
-            return super().append(key, value)
+    def ctrl_c(key: str) -> None:
+        raise KeyboardInterrupt  # in the middle of the call
 
     ahead = fl.Engine(pg_store, clock=ShiftedClock(timedelta(minutes=10)))
     other = fl.Engine(pg_store)
     try:
-        ahead.register(ledger_workflow(items=["a"]), tools=[Interrupted(ledger)])
+        ahead.register(ledger_workflow(items=["a"]), tools=[mid_call_tool(ctrl_c)(ledger)])
         other.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
         with pytest.raises(KeyboardInterrupt):
             ahead.run_session("wf")

@@ -118,10 +118,9 @@ def test_text_with_nul_is_refused_and_nothing_is_stored(recorder: Any) -> None:
 
 
 def test_many_failed_transactions_in_a_row_leave_the_writer_usable(recorder: Any) -> None:
-    """Each failure drops the statements prepared on the connection; none of
-    psycopg's own may be among them (it would prepare a statement sent alone
-    in a message, as a second read in a row is, once it had been sent five
-    times)."""
+    """Each failure drops the statements prepared on the connection, and each
+    failing transaction prepares a new one (whose SQL ends in a -- comment: the
+    separator must not be swallowed by it); the writer stays usable all along."""
     _clear(recorder)
 
     def read_then_commit() -> None:

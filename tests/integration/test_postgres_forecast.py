@@ -19,7 +19,7 @@ from flowledger.infrastructure.postgres_forecast import GUARD_FAILED
 from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
 from flowledger.infrastructure.store import Fence
 from flowledger.testing import assert_projections_rebuild_equal
-from tests.helpers import ExternalLedger, ScriptedLedgerTool, costly_workflow
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, costly_workflow, mid_call_tool
 
 on_postgresql = pytest.mark.parametrize(
     "store", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
@@ -76,13 +76,8 @@ def test_a_forecast_another_writer_made_wrong_stores_nothing(make_engine, tmp_pa
         else:
             other.status()  # folds this engine's held events in
 
-    class Meddling(ScriptedLedgerTool):
-        @fl.mutator(reconcile="find_appended")
-        def append(self, key: str, value: str) -> dict[str, Any]:
-            write(key)
-            return super().append(key, value)
-
-    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]), tools=[Meddling(ledger)])
+    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]),
+                    tools=[mid_call_tool(write)(ledger)])
     result = engine.run_session("prop")
     assert result.status == "completed", result.error
     assert [r.committed for r in result.runs] == [True] * 4

@@ -35,6 +35,7 @@ from tests.helpers import (
     costly_workflow,
     decide,
     history,
+    mid_call_tool,
     new_engine,
     projection_rows,
 )
@@ -249,18 +250,6 @@ def test_only_a_lock_timeout_lets_a_catch_up_wait_for_the_next_read(tmp_path: Pa
     assert not is_lock_timeout(OperationalError("no cause"))
 
 
-def _mid_mutation(tool_action: Any, ledger: ExternalLedger) -> type[ScriptedLedgerTool]:
-    """A ledger tool that calls `tool_action(key)` inside the external call."""
-
-    class MidCall(ScriptedLedgerTool):
-        @fl.mutator(reconcile="find_appended")
-        def append(self, key: str, value: str) -> dict[str, Any]:
-            tool_action(key)
-            return super().append(key, value)
-
-    return MidCall
-
-
 def test_a_run_between_its_appends_is_seen_by_another_process(tmp_path: Path,
                                                               ledger: ExternalLedger) -> None:
     """Pending work folds a run's in_flight and outcome appends in with its commit
@@ -282,7 +271,7 @@ def test_a_run_between_its_appends_is_seen_by_another_process(tmp_path: Path,
             with pytest.raises(fl.DefinitionError, match="handler 'Append' not found"):
                 other.register(fl.Workflow("prop", topics=["in", "done"]))
 
-    tool = _mid_mutation(look, ledger)(ledger)
+    tool = mid_call_tool(look)(ledger)
     engine.register(costly_workflow(["a", "b"], ["0.5"]), tools=[tool])
     try:
         result = engine.run_session("prop")
@@ -320,7 +309,7 @@ def test_a_writer_between_a_runs_appends_is_folded_in_order(tmp_path: Path,
         else:  # the next run's call: run "b" committed since, past the foreign event
             seen["folded"] = engine.projections.positions()["pending_work"]
 
-    tool = _mid_mutation(write, ledger)(ledger)
+    tool = mid_call_tool(write)(ledger)
     engine.register(costly_workflow(["a", "b", "c"], ["0.5"]), tools=[tool])
     try:
         result = engine.run_session("prop")

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,66 +28,20 @@ from hypothesis import strategies as st
 import flowledger as fl
 from flowledger.testing import assert_projections_rebuild_equal
 from tests import postgres
+from tests.helpers import MemoryLedger, MutationScenario, ledger_workflow, mid_call_tool
 
 WORKFLOWS = ["w0", "w1", "w2"]
-ITEMS = ["i0", "i1", "i2", "i3"]
 
 
-class Ledger(fl.Tool):
-    """Counts every call; may fail, or let the other engine write, mid-call."""
-
-    name = "ledger"
-
-    def __init__(self, calls: list[str], plan: dict[str, Any]) -> None:
-        self.calls, self.plan = calls, plan
-
-    @fl.mutator(reconcile="find")
-    def put(self, key: str) -> str:
-        action, self.plan["mid"] = self.plan.get("mid"), None
-        if action is not None:
-            action()
-        failure = self.plan.pop("fail", None)
-        if failure is not None:
-            raise failure
-        self.calls.append(key)
-        return key
-
-    def find(self, key: str) -> fl.Reconciliation:
-        return (fl.Reconciliation.applied(key) if key in self.calls
-                else fl.Reconciliation.failed())
+def items(name: str) -> list[str]:
+    """Each workflow's own keys: one ledger takes them all."""
+    return [f"{name}-{k}" for k in range(4)]
 
 
-def workflow(name: str) -> fl.Workflow:
-    wf = fl.Workflow(name, topics=["in"])
-
-    @wf.producer(publishes=["in"])
-    def feed(ctx: Any, state: Any) -> None:
-        for item in ITEMS:  # again each session: the payload is replaced
-            ctx.publish("in", message_id=item, payload=f"{name}/{item}")
-
-    @wf.consumer(subscribe=["in"])
-    class Put:
-        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
-            m = ctx.peek("in", limit=1)
-            if not m:
-                return None
-            return fl.Prepared(reservations={"in": [m[0].message_id]}, data=m[0].payload)
-
-        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
-            ctx.tools.ledger.put(prepared.data)
-
-    return wf
-
-
-FAILURES = [None, None, "transient", "uncertain", "error"]
-
-
-def failure(kind: str | None) -> Exception | None:
-    """None: the call works. Transient: the run pauses holding its message (another
-    session, maybe the other engine's, continues it); uncertain: reconciled;
-    error: the workflow stops until resumed."""
-    return {"transient": fl.TransientError("later"), "uncertain": fl.UncertainOutcome("lost"),
-            "error": RuntimeError("the ledger said no"), None: None}[kind]
+# How the call goes (ScriptedLedgerTool's script): it works; transient: the run
+# pauses holding its message (another session, maybe the other engine's,
+# continues it); uncertain: reconciled; auth: the workflow stops until resumed.
+FAILURES = ["ok", "ok", "transient", "uncertain", "auth"]
 
 
 STEPS = st.lists(st.tuples(st.integers(0, 1), st.integers(0, 2), st.integers(1, 3),
@@ -115,28 +68,35 @@ def test_two_writers_keep_pending_work_equal_to_its_rebuild(
         kind: str, steps: list[tuple[int, int, int, int | None, str | None, bool]]) -> None:
     """On PostgreSQL, each writer appends on its forecast while the other is
     quiet, and falls back when the other moved the log (postgres_forecast.py)."""
-    calls: list[str] = []
-    plans: list[dict[str, Any]] = [{}, {}]
+    ledger = MemoryLedger()  # takes every write, a second of one key too
+    mids: list[Callable[[str], None]] = [lambda key: None, lambda key: None]
+    scripts: list[list[str | MutationScenario]] = [[], []]
     clock = fl.ManualClock()
     with fresh_store(kind) as store:
         engines = [fl.Engine(store, clock=clock), fl.Engine(store, clock=clock)]
         try:
-            for engine, plan in zip(engines, plans, strict=True):
+            for who, engine in enumerate(engines):
+                tool = mid_call_tool(lambda key, who=who: mids[who](key))(ledger, scripts[who])
                 for name in WORKFLOWS:
-                    engine.register(workflow(name), tools=[Ledger(calls, plan)])
+                    engine.register(ledger_workflow(name, items(name)), tools=[tool])
             for who, wf, iterations, mid, fails, later in steps:
                 other = engines[1 - who]
-                if mid is not None:
-                    plans[who]["mid"] = (
-                        lambda other=other, mid=mid: other.run_session(WORKFLOWS[mid],
-                                                                       max_iterations=2))
-                plans[who]["fail"] = failure(fails)
+
+                def meddle(key: str, other: fl.Engine = other, mid: int | None = mid,
+                           who: int = who) -> None:
+                    mids[who] = lambda key: None  # once per step
+                    if mid is not None:
+                        other.run_session(WORKFLOWS[mid], max_iterations=2)
+
+                mids[who] = meddle
+                scripts[who][:] = [fails]
                 if later:  # past any retry time; the other engine resumes a stopped one
                     clock.advance("1h")
                     other.resume(WORKFLOWS[wf])
                 engines[who].run_session(WORKFLOWS[wf], max_iterations=iterations)
-                plans[who].clear()
-            assert len(calls) == len(set(calls)), f"an item was mutated twice: {calls}"
+                mids[who], scripts[who][:] = (lambda key: None), []
+            assert len(ledger.writes) == len(set(ledger.writes)), (
+                f"an item was mutated twice: {ledger.writes}")
             for engine in engines:
                 assert_projections_rebuild_equal(engine)
         finally:

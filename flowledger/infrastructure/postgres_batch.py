@@ -97,14 +97,14 @@ class PgBatch:
         runs with standard_conforming_strings on (`FlowPostgresRecorder._connect`),
         where a backslash in a quoted string is an ordinary character."""
         kind = type(value)
-        if value is None:
-            return "NULL"
         if kind is str and self._plain_strings:
             if "\x00" in value:  # it would end the query text there (ADR 0014)
                 raise psycopg.DataError("PostgreSQL text cannot contain NUL (0x00) characters")
             return "'" + value.replace("'", "''") + "'"
         if kind is int:
             return str(value)
+        if value is None:
+            return "NULL"
         if kind is bytes and self._plain_strings:
             return "'\\x" + value.hex() + "'::bytea"
         if kind is UUID:
@@ -139,8 +139,11 @@ class PgBatch:
                     self._forget_prepared = True
                 raise
             self._prepared.update(preparing)
+            # Every statement's result has been checked by now (psycopg raises
+            # the first error); only those asked for are read.
+            last = max(wanted, default=-1)
             index = 0
-            while True:
+            while index <= last:
                 rows = wanted.get(index)
                 if rows is not None:
                     rows._rows = cur.fetchall()

@@ -174,9 +174,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         return conn
 
     def _reader(self) -> psycopg.Connection[Any]:
+        """The snapshot reader: psycopg begins each of its transactions itself,
+        as REPEATABLE READ READ ONLY."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "reader", None)
         if conn is None or conn.closed or conn.broken:
             conn = self._local.reader = self._connect()
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
         return conn
 
     def create_table(self) -> None:
@@ -248,12 +252,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             return
         conn = self._reader()
         with conn.cursor() as raw:
-            raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 yield PgCursor(raw)
             finally:
+                # Ended by COMMIT, which changes nothing here: psycopg forgets the
+                # statements it prepared on the connection at every ROLLBACK.
                 with contextlib.suppress(psycopg.Error):  # a broken one is replaced
-                    conn.rollback()
+                    conn.commit()
 
     def _single(self) -> psycopg.Connection[Any]:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "single", None)

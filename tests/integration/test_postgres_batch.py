@@ -139,3 +139,32 @@ def test_many_failed_transactions_in_a_row_leave_the_writer_usable(recorder: Any
     with recorder.writing() as c:
         c.execute("INSERT INTO odd (k, t) VALUES (?, ?)", (1, "x"))
     assert recorder.read_all("SELECT k, t FROM odd", ()) == [(1, "x")]
+
+
+def test_a_failure_after_a_read_in_the_same_message_stores_nothing(recorder: Any) -> None:
+    """Only the results asked for are read from a message; an error of any
+    statement after them still surfaces, and aborts the whole transaction."""
+    _clear(recorder)
+    with pytest.raises(Exception, match="duplicate key"), recorder.writing() as c:
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (1, "a", None, 1))
+        counted = c.prefetch("SELECT COUNT(*) FROM odd")
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (1, "again", None, 2))
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?)", (2, "after", None, 3))
+        counted.fetchall()  # sends the queue
+    assert recorder.read_all("SELECT COUNT(*) FROM odd", ()) == [(0,)]
+
+
+def test_a_snapshot_read_sees_one_state_of_the_store(recorder: Any) -> None:
+    """`reading()` is one REPEATABLE READ, read-only transaction: a write
+    committed between two of its statements is not seen by the second."""
+    _clear(recorder)
+    for round_ in range(2):  # the reader's connection is used again
+        with recorder.reading() as c:
+            assert c.execute("SELECT current_setting('transaction_isolation'), "
+                             "current_setting('transaction_read_only')").fetchone() == (
+                "repeatable read", "on")
+            before = c.execute("SELECT COUNT(*) FROM odd").fetchone()[0]
+            with recorder.writing() as w:
+                w.execute("INSERT INTO odd (k, t) VALUES (?, ?)", (round_, "new"))
+            assert c.execute("SELECT COUNT(*) FROM odd").fetchone()[0] == before
+        assert recorder.read_all("SELECT COUNT(*) FROM odd", ()) == [(before + 1,)]

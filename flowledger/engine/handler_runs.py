@@ -184,6 +184,10 @@ class _MutationCall:
 
 
 class RunDriver:
+    # A peek of at most this many messages reads their streams in the same
+    # statement (a reservation of what it found loads them); a longer one does not.
+    READ_AHEAD = 16
+
     def __init__(self, scope: SessionScope) -> None:
         self.s = scope
 
@@ -211,8 +215,13 @@ class RunDriver:
 
         def peek(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
             with log.reading(snapshot=False) as c:  # one statement
-                return [(m.message_id, m.payload)
-                        for m in pending_work.pending_messages(c, wf_id, topic, limit, seal)]
+                if limit is None or limit > self.READ_AHEAD:
+                    return [(m.message_id, m.payload) for m in
+                            pending_work.pending_messages(c, wf_id, topic, limit, seal)]
+                found = pending_work.pending_messages_read_ahead(
+                    c, wf_id, topic, limit, log.flow_recorder.with_stream_events, seal)
+            self.s.streams.read_ahead({stream: events for _, stream, events in found if events})
+            return [(m.message_id, m.payload) for m, _, _ in found]
 
         return HandlerContext(
             workflow=self._wf, handler=run.handler, run_id=run.id, step=step,

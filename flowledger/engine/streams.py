@@ -27,6 +27,8 @@ class Streams:
         self.log = log
         self._cache: dict[UUID, EventSourcedAggregate | None] = {}
         self._touched: dict[UUID, EventSourcedAggregate] = {}
+        # Streams' events read ahead by the last peek, folded only if asked for.
+        self._ahead: dict[UUID, list[tuple[int, str, bytes]]] = {}
         # Aggregates that live across appends (the session, runs in progress):
         # always looked at for pending events.
         self._pinned: dict[UUID, EventSourcedAggregate] = {}
@@ -42,7 +44,9 @@ class Streams:
         """`short`: see EventLog.load."""
         agg = self._cache.get(aggregate_id, _UNLOADED)
         if agg is _UNLOADED:
-            agg = self.log.load(aggregate_id, short=short)
+            ahead = self._ahead.pop(aggregate_id, None)
+            agg = (self.log.load(aggregate_id, short=short) if ahead is None
+                   else self.log.stream_from_events(aggregate_id, ahead))
             # A miss is remembered too: while the session holds the lock, no
             # other writer can create this workflow's streams.
             self._cache[aggregate_id] = agg
@@ -50,6 +54,12 @@ class Streams:
             return None
         self._touched[aggregate_id] = agg
         return agg
+
+    def read_ahead(self, events: dict[UUID, list[tuple[int, str, bytes]]]) -> None:
+        """Short streams' events (version, topic, stored state) read with another
+        query, for a `get` that may follow before the run's next step; they
+        replace those of the previous read-ahead."""
+        self._ahead = events
 
     def add(self, agg: EventSourcedAggregate) -> None:
         self._cache[agg.id] = agg
@@ -68,7 +78,9 @@ class Streams:
     KEEP = 512
 
     def trim(self) -> None:
-        """Between runs: forget loaded streams nothing holds, if there are many."""
+        """Between runs: forget loaded streams nothing holds, if there are many,
+        and what was read ahead."""
+        self._ahead = {}
         if len(self._cache) > self.KEEP and not self._touched:
             self._cache = dict(self._pinned)
 
@@ -135,6 +147,7 @@ class Streams:
             self._cache.clear()
             self._touched.clear()
             self._pinned.clear()
+            self._ahead = {}
             raise
         self._touched.clear()
         if position:

@@ -336,6 +336,14 @@ class EventLog(Application[UUID]):
             # a cache of the stream's events, which say the same.
             return _fold(None, self.events.get(aggregate_id, lte=version))
 
+    def stream_from_events(self, stream_id: UUID, events: Iterable[tuple[int, str, bytes]]
+                           ) -> Any | None:
+        """A short stream (see `load`) from its events (version, topic, stored
+        state) as another query read them."""
+        return _fold(None, [self.events.mapper.to_domain_event(
+            StoredEvent(originator_id=stream_id, originator_version=version, topic=topic,
+                        state=state)) for version, topic, state in events])
+
     @contextmanager
     def reading(self, snapshot: bool = True) -> Iterator[Any]:
         """A read transaction: one consistent snapshot of log and projections

@@ -137,6 +137,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     chain: Chain | None = None  # set once the store's format is settled
     snapshot_table_name = "stored_snapshots"
     position_column = "notification_id"
+    stream_key_sql = "CAST({column} AS uuid)"
 
     def stream_key(self, stream_id: UUID | str) -> UUID:
         return _uuid(stream_id)

@@ -84,6 +84,9 @@ class LogStore(Protocol):
     def select_stream(self, c: Cursor, stream_id: UUID, upto: int | None
                       ) -> list[tuple[int, int, str, bytes]]: ...
 
+    def with_stream_events(self, sql: str, key: str, order: str) -> str:
+        """`sql` with each of its rows followed by the events of one stream."""
+
     def select_positions(self, c: Cursor, positions: Sequence[int]
                          ) -> list[tuple[int, StoredEvent]]: ...
 
@@ -151,6 +154,19 @@ class SharedSQL:
 
     def untrack(self, c: Cursor, name: str) -> None:
         c.execute("DELETE FROM tracking WHERE application_name=?", (name,))
+
+    # The originator_id column's value for a stream id held as hex text in `column`.
+    stream_key_sql = "{column}"
+
+    def with_stream_events(self, sql: str, key: str, order: str) -> str:
+        """A query whose rows are those of `sql`, each repeated with the events
+        (version, topic, state; NULLs where there are none) of the stream whose
+        hex id is in its column `key`, in the order of its column `order`: what
+        a reader would otherwise load stream by stream, a round trip each."""
+        stream = self.stream_key_sql.format(column=f"q.{key}")
+        return (f"SELECT q.*, e.originator_version, e.topic, CAST(e.state AS BLOB) "
+                f"FROM ({sql}) AS q LEFT JOIN {self.events_table_name} AS e "
+                f"ON e.originator_id={stream} ORDER BY q.{order}, e.originator_version")
 
     def select_stream(self, c: Cursor, stream_id: UUID, upto: int | None
                       ) -> list[tuple[int, int, str, bytes]]:

@@ -7,7 +7,7 @@ and the workflow's status and lock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -505,6 +505,33 @@ def pending_messages(c: Cursor, workflow_id: UUID, topic: str,
     else:
         c.execute(sql + " LIMIT ?", (workflow_id.hex, topic, limit))
     return [PendingMessage(m, seal.open_bytes(p)) for m, p in c.fetchall()]
+
+
+StreamEvents = list[tuple[int, str, bytes]]  # version, topic, stored state
+
+
+def pending_messages_read_ahead(c: Cursor, workflow_id: UUID, topic: str, limit: int,
+                                with_stream_events: Callable[[str, str, str], str],
+                                seal: Seal = NO_SEAL
+                                ) -> list[tuple[PendingMessage, UUID, StreamEvents]]:
+    """`pending_messages`, each with its message's stream id and events, read
+    in the same statement (`LogStore.with_stream_events`): a consumer's prepare
+    peeks and then reserves what it found, which loads those streams."""
+    sql = ("SELECT event_id, message_id, payload, first_position FROM fl_messages "
+           "WHERE workflow_id=? AND topic=? AND status='pending' "
+           "ORDER BY first_position LIMIT ?")
+    c.execute(with_stream_events(sql, "event_id", "first_position"),
+              (workflow_id.hex, topic, limit))
+    found: list[tuple[PendingMessage, UUID, StreamEvents]] = []
+    last = None
+    for event_id, message_id, payload, _, version, event_topic, state in c.fetchall():
+        if event_id != last:
+            found.append((PendingMessage(message_id, seal.open_bytes(payload)),
+                          UUID(event_id), []))
+            last = event_id
+        if version is not None:
+            found[-1][2].append((int(version), event_topic, bytes(state)))
+    return found
 
 
 def message_status(c: Cursor, workflow_id: UUID, topic: str) -> dict[str, int]:

@@ -8,7 +8,8 @@ Everything runs against the local server, in databases this script creates
 rounds; each round measures every system once. Printed:
  1. consumer runs/s (ONE mutator call each, as bench/runs.py) with one engine
     process, and with two processes at once, each on a workflow of its own on
-    the same store (their sum);
+    the same store (their sum); and, for scale, two processes on a store each
+    in the same server (nothing shared but the server and the machine's cores);
  2. appends (log transactions) per consumer run, counted;
  3. the library's own Application saving one new aggregate with ONE event per
     save on its PostgreSQL module (saves/s), the raw bound = saves/s / appends
@@ -87,12 +88,14 @@ b.close()
 """
 
 
-def two_process_rate(store: str, n: int, warmup: int) -> float:
-    """Two processes, each consuming n runs of its own workflow on one store, started
-    together: runs of both / the wall time until both are done."""
+def two_process_rate(stores: list[str], n: int, warmup: int) -> float:
+    """Two processes, each consuming n runs of its own workflow, on one store
+    (`stores` names it twice) or on a store each, started together: runs of
+    both / the wall time until both are done."""
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(HERE), store, f"wf-{k}",
                                str(n), str(warmup)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True) for k in range(2)]
+                              stdout=subprocess.PIPE, text=True)
+             for k, store in enumerate(stores)]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     t = time.perf_counter()
@@ -175,13 +178,17 @@ def main() -> int:
           f"eventsourcing {version('eventsourcing')}, dbos {dbos_v or 'not installed'}, "
           f"PostgreSQL {server}, psycopg {psycopg.__version__}")
     print(f"N={n} runs, medians of {args.repeat} rounds, warm-up {warmup}; server {url}")
-    got: dict[str, list[float]] = {"one": [], "two": [], "raw": [], "dbos": []}
+    got: dict[str, list[float]] = {"one": [], "two": [], "apart": [], "raw": [], "dbos": []}
     names = []
     try:
         for k in range(args.repeat):
-            names += [f"flowledger_bench_{k}_{s}" for s in ("one", "two", "raw", "dbos")]
-            got["one"].append(consumer_rate(fresh_db(url, names[-4]), n, warmup))
-            got["two"].append(two_process_rate(fresh_db(url, names[-3]), n, warmup))
+            names += [f"flowledger_bench_{k}_{s}"
+                      for s in ("one", "two", "apart_a", "apart_b", "raw", "dbos")]
+            got["one"].append(consumer_rate(fresh_db(url, names[-6]), n, warmup))
+            shared = fresh_db(url, names[-5])
+            got["two"].append(two_process_rate([shared, shared], n, warmup))
+            got["apart"].append(two_process_rate(
+                [fresh_db(url, names[-4]), fresh_db(url, names[-3])], n, warmup))
             got["raw"].append(raw_rate(fresh_db(url, names[-2]), n, warmup))
             if dbos_v is not None:
                 got["dbos"].append(dbos_rate(fresh_db(url, names[-1]), n, warmup))
@@ -198,6 +205,9 @@ def main() -> int:
         ("consumer runs/s, 1 process", f"{med['one']:,.0f}", "1 mutation each"),
         ("consumer runs/s, 2 processes", f"{med['two']:,.0f}",
          f"both workflows together; {med['two'] / med['one']:.2f}x one (target >= 1.5x)"),
+        ("... on a store each", f"{med['apart']:,.0f}",
+         f"{med['apart'] / med['one']:.2f}x one: what this machine allows when no lock is "
+         "shared"),
         ("appends / consumer run", f"{appends:.2f}", "log transactions"),
         ("raw eventsourcing saves/s", f"{med['raw']:,.0f}", "Application.save, 1 event"),
         ("raw bound runs/s", f"{bound:,.0f}", f"raw / {appends:.2f} appends per run"),

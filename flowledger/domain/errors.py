@@ -45,6 +45,17 @@ class CorruptEventError(FlowledgerError):
         self.topic = topic
 
 
+class ProjectionConflictError(FlowledgerError):
+    """An append could not write a projection's row (or a chain link): its table
+    already holds one under that key, written outside flowledger. Nothing of
+    the append was stored and the log is intact; rebuilding the projections
+    mends them. `table` names the table."""
+
+    def __init__(self, message: str, *, table: str) -> None:
+        super().__init__(message)
+        self.table = table
+
+
 class NotFoundError(FlowledgerError):
     """A workflow, run or session named by the caller does not exist."""
 

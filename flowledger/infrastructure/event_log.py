@@ -28,6 +28,7 @@ from flowledger.domain.errors import (
     ConfigurationError,
     CorruptEventError,
     FlowledgerError,
+    ProjectionConflictError,
     StoreBusyError,
 )
 from flowledger.domain.handler_state import HandlerState
@@ -36,6 +37,7 @@ from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.codec import MsgpackTranscoder, PydanticMapper
 from flowledger.infrastructure.encryption import ColumnCipher, Protection, scrubbed
 from flowledger.infrastructure.encryption import protection as asked_protection
+from flowledger.infrastructure.hash_chain import CHAIN_TABLE
 from flowledger.infrastructure.sqlite_recorder import (
     AfterInsert,
     Fence,
@@ -44,10 +46,26 @@ from flowledger.infrastructure.sqlite_recorder import (
     is_lock_timeout,
     use_statement_cache,
 )
-from flowledger.infrastructure.store import BeforeFold, LogStore
+from flowledger.infrastructure.store import BeforeFold, LogStore, ProjectionRowTaken
 from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
 from flowledger.infrastructure.store_format import make_compressor, settle_format
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
+
+
+def _conflict(e: ProjectionRowTaken) -> ProjectionConflictError:
+    """What to tell of a row in an append's way, which only a write made
+    outside flowledger can have put there."""
+    done = "Nothing of this append was stored, and the log is intact"
+    if e.table == CHAIN_TABLE:
+        return ProjectionConflictError(
+            f"the chain table {CHAIN_TABLE} already holds a link at a position this append "
+            f"takes ({e.detail}): it was written outside flowledger. {done}; `flowledger "
+            "verify` tells what else was changed", table=e.table)
+    return ProjectionConflictError(
+        f"the projection table {e.table} already holds a row this append writes "
+        f"({e.detail}): it was written outside flowledger, and the projections are out of "
+        f"step with the log. {done}. Rebuild them (`flowledger projections rebuild`, or "
+        "engine.rebuild_projections()), then run again", table=e.table)
 
 
 def _fold(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -298,6 +316,8 @@ class EventLog(Application[UUID]):
         try:
             position = self.flow_recorder.append_rows(
                 [to_row(e) for e in events], events, fence, sync, snapshots, hold)
+        except ProjectionRowTaken as e:
+            raise _conflict(e) from e
         except IntegrityError as e:
             detail = " ".join(str(e).split())  # on one line (PostgreSQL adds a DETAIL line)
             if fence is not None:  # a fenced writer: its session was taken over

@@ -42,7 +42,14 @@ from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, L
 from flowledger.infrastructure.postgres_batch import PgBatch, Rows
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast, create_guard_sql
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
-from flowledger.infrastructure.store import AfterInsert, BeforeFold, Fence, Row, SharedSQL
+from flowledger.infrastructure.store import (
+    AfterInsert,
+    BeforeFold,
+    Fence,
+    ProjectionRowTaken,
+    Row,
+    SharedSQL,
+)
 
 # Rows in one INSERT statement, at most (4 parameters each, of PostgreSQL's 65,535).
 _ROWS_PER_INSERT = 1000
@@ -486,7 +493,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 self.after_abort()
             if e.diag.table_name == self.events_table_name:  # a stream's version taken
                 raise IntegrityError(e) from e
-            raise  # a projection's or the chain's: not another writer's doing
+            # A projection's or the chain's: not another writer's doing.
+            raise ProjectionRowTaken(e.diag.table_name or "?", " ".join(str(e).split())) from e
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()

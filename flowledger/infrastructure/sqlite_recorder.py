@@ -9,6 +9,7 @@ tracking position in that same transaction.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +28,14 @@ from eventsourcing.sqlite import (
 )
 
 from flowledger.infrastructure.hash_chain import HEAD_SQL, INSERT_SQL, Chain, head_of
-from flowledger.infrastructure.store import AfterInsert, BeforeFold, Fence, Row, SharedSQL
+from flowledger.infrastructure.store import (
+    AfterInsert,
+    BeforeFold,
+    Fence,
+    ProjectionRowTaken,
+    Row,
+    SharedSQL,
+)
 
 WAL_PAGES = 4000  # about 16 MB of WAL between checkpoints (4 KiB pages)
 
@@ -209,14 +217,18 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                         raise StaleFenceError(f"stream {fence.stream_id} is at version {at}, "
                                               f"expected {fence.version}")
                 positions = range(last - len(rows) + 1, last + 1)
-                if self.chain is not None:  # the tamper-evident links (ADR 0023)
-                    head = head_of(c.execute(HEAD_SQL).fetchall())
-                    c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
-                if snapshots:
-                    c.executemany(f"INSERT INTO {self.snapshot_table_name} VALUES (?, ?, ?, ?)",
-                                  snapshots)
-                if self.after_insert is not None:
-                    self.after_insert(c, appended, positions, hold, fence)
+                try:
+                    if self.chain is not None:  # the tamper-evident links (ADR 0023)
+                        head = head_of(c.execute(HEAD_SQL).fetchall())
+                        c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
+                    if snapshots:
+                        c.executemany(f"INSERT INTO {self.snapshot_table_name} "
+                                      "VALUES (?, ?, ?, ?)", snapshots)
+                    if self.after_insert is not None:
+                        self.after_insert(c, appended, positions, hold, fence)
+                except sqlite3.IntegrityError as e:  # "UNIQUE constraint failed: t.c"
+                    table = re.search(r"failed: (\w+)\.", str(e))
+                    raise ProjectionRowTaken(table[1] if table else "?", str(e)) from e
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()

@@ -34,6 +34,16 @@ AfterInsert = Callable[[Any, Sequence[Any], Sequence[int], bool, "Fence | None"]
 BeforeFold = Callable[[Any, Sequence[Any], bool], None]
 
 
+class ProjectionRowTaken(Exception):
+    """An append's transaction found a row of `table` (a projection's, or the
+    chain's) already under the key it writes; it was rolled back."""
+
+    def __init__(self, table: str, detail: str) -> None:
+        super().__init__(f"{table}: {detail}")
+        self.table = table
+        self.detail = detail
+
+
 class Fence:
     """Append only if stream `stream_id` is exactly at `version`."""
 

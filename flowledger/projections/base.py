@@ -43,7 +43,11 @@ class Projection(ABC):
     def forget(self) -> None:  # noqa: B027 - a hook: most projections keep nothing
         """Drop whatever was kept from earlier batches: the next batch does not
         follow the last one this process folded in (another writer came in
-        between, or that batch's transaction rolled back)."""
+        between, or that batch's transaction rolled back). What was asked ahead
+        is the runner's to drop (`drop_asked`)."""
+
+    def drop_asked(self) -> None:  # noqa: B027 - a hook: most projections ask nothing
+        """Drop what `prefetch` asked for and no fold has read yet."""
 
     def prefetch(self, c: Cursor, events: Sequence[Any]) -> None:  # noqa: B027 - a hook
         """Ask ahead (`c.prefetch`, where the store's cursor sends reads ahead)

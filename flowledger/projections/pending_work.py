@@ -87,6 +87,8 @@ class PendingWork(Projection):
         self._reserved_messages.clear()
         self._msgs.clear()
         self._counts.clear()
+
+    def drop_asked(self) -> None:
         self._ahead_msgs.clear()
         self._ahead_runs.clear()
 
@@ -129,8 +131,6 @@ class PendingWork(Projection):
                                    if m[0] == workflow_id}
         self._msgs.clear()
         self._counts.clear()
-        self._ahead_msgs.clear()
-        self._ahead_runs.clear()
 
     def handlers(self) -> dict[type, str]:
         return {

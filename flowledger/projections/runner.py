@@ -59,6 +59,11 @@ class ProjectionRunner:
         # before it on the same workflow stream (`_forget_moved`).
         self._last_fence: tuple[Any, int] | None = None
         self._continuous = False
+        # Whether all the inline projections asked ahead was asked in the append
+        # being folded: read in its transaction, under the log's lock or the
+        # forecast's guard, it holds although someone moved the projections
+        # since this process's last fold (`_fold_inline`).
+        self._asked_now = False
         with recorder.writing() as c:
             for p in self.projections:
                 p.create_tables(c)
@@ -116,8 +121,11 @@ class ProjectionRunner:
         then dropped with the rest of what the projection kept)."""
         if not self.inline:
             return
+        self._asked_now = not self._held
         mine = [e for e, _ in self._held] + list(events)
         for p in self.inline:
+            if self._asked_now:
+                p.drop_asked()  # left by an earlier append: it may be stale
             p.prefetch(c, mine)
 
     def _note_fence(self, events: Sequence[Any], fence: Fence | None) -> None:
@@ -143,11 +151,14 @@ class ProjectionRunner:
             if at != known:
                 keep = fence.stream_id.hex if fence is not None and self._continuous else None
                 self._forget_moved(p, at, known, mine, keep)
+                if not self._asked_now:  # asked for by a held append, before the move
+                    p.drop_asked()
             batch = self._continuing(c, at, mine)
             if batch:
                 p.apply_batch(c, batch)
                 self._track(c, p, batch[-1][1])
         self._continuous = True  # from this append on
+        self._asked_now = False
 
     @staticmethod
     def _forget_moved(p: Projection, at: int, known: int | None,
@@ -223,8 +234,10 @@ class ProjectionRunner:
         self._last_fence, self._continuous = None, False
         self._unfolded = []
         self._held = []
+        self._asked_now = False
         for p in self.projections:
             p.forget()
+            p.drop_asked()
 
     def lag(self) -> int:
         """How many events the slowest projection still has to fold in."""

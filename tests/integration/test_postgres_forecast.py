@@ -15,7 +15,8 @@ import pytest
 import flowledger as fl
 from flowledger.domain.ids import workflow_id
 from flowledger.domain.workflow import Workflow
-from flowledger.infrastructure.postgres_forecast import GUARD_FAILED
+from flowledger.infrastructure.postgres_batch import PgBatch
+from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast
 from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
 from flowledger.infrastructure.store import Fence
 from flowledger.testing import assert_projections_rebuild_equal
@@ -107,3 +108,69 @@ def test_a_stale_fence_on_the_forecast_path_stores_nothing(make_engine, monkeypa
     assert log.flow_recorder.max_notification_id() == head
     assert log.load(extra.id) is None
     assert engine.verify().ok
+
+
+@on_postgresql
+def test_an_ordinary_append_folds_from_what_it_asked_under_the_lock(make_engine, tmp_path,
+                                                                    monkeypatch):
+    """An append made the ordinary way asks, in its first message and under the
+    log's lock, for the rows its fold will read: here the reserved message's.
+    Another engine appended while each run prepared, moving the projections,
+    so the engine drops the rows it kept of other workflows; not what it just
+    asked for, which was read after that move. The fold reads nothing more:
+    each append sends two messages, never three."""
+    monkeypatch.setattr(Forecast, "usable", lambda self, chained: False)  # the ordinary way
+    messages = [0]
+    sent: list[int] = []
+    flush, append = PgBatch.flush, FlowPostgresRecorder._append
+
+    def counted_flush(batch: PgBatch) -> None:
+        messages[0] += bool(batch._queue)
+        flush(batch)
+
+    def counted_append(recorder: Any, *a: Any) -> Any:
+        before = messages[0]
+        try:
+            return append(recorder, *a)
+        finally:
+            sent.append(messages[0] - before)
+
+    engine, other = make_engine(), make_engine()
+    ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> None:
+        for item in "abc":
+            ctx.publish("in", message_id=item, payload=item)
+
+    @wf.consumer(subscribe=["in"])
+    class Take:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            found = ctx.peek("in", limit=1)
+            if not found:
+                return None
+            other.register(fl.Workflow(f"other-{found[0].message_id}", topics=["t"]))
+            return fl.Prepared(reservations={"in": [found[0].message_id]},
+                               data=found[0].payload)
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.ledger.append(prepared.data, "v")
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            return None
+
+    engine.register(wf, tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf", trigger="manual", max_iterations=0)  # publishes a, b, c
+    # Another writer's append before the session too: this engine holds no append
+    # (ADR 0012) from the session's first on.
+    other.register(fl.Workflow("other", topics=["t"]))
+    monkeypatch.setattr(PgBatch, "flush", counted_flush)
+    monkeypatch.setattr(FlowPostgresRecorder, "_append", counted_append)
+
+    result = engine.run_session("wf", trigger="event")
+
+    assert result.status == "completed", result.error
+    assert ledger.calls_made() == 3 and ledger.keys() == ["a", "b", "c"]
+    assert sent and max(sent) == 2, sent
+    assert_projections_rebuild_equal(engine)

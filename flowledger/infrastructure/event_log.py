@@ -54,18 +54,20 @@ from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_sto
 
 def _conflict(e: ProjectionRowTaken) -> ProjectionConflictError:
     """What to tell of a row in an append's way, which only a write made
-    outside flowledger can have put there."""
+    outside flowledger (or a bug) can have put there."""
     done = "Nothing of this append was stored, and the log is intact"
     if e.table == CHAIN_TABLE:
         return ProjectionConflictError(
             f"the chain table {CHAIN_TABLE} already holds a link at a position this append "
-            f"takes ({e.detail}): it was written outside flowledger. {done}; `flowledger "
-            "verify` tells what else was changed", table=e.table)
+            f"takes ({e.detail}): it was written outside flowledger. {done}, but its chain "
+            "is not: `flowledger verify` tells what else was changed, and the store must be "
+            "restored from a backup", table=e.table)
     return ProjectionConflictError(
         f"the projection table {e.table} already holds a row this append writes "
-        f"({e.detail}): it was written outside flowledger, and the projections are out of "
-        f"step with the log. {done}. Rebuild them (`flowledger projections rebuild`, or "
-        "engine.rebuild_projections()), then run again", table=e.table)
+        f"({e.detail}): it was written outside flowledger (or by a bug of ours), and the "
+        f"projections are out of step with the log. {done}. Rebuild them (`flowledger "
+        "projections rebuild`, or engine.rebuild_projections()), then run again",
+        table=e.table)
 
 
 def _fold(aggregate: Any, events: Iterable[Any]) -> Any:

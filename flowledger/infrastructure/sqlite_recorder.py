@@ -217,18 +217,20 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                         raise StaleFenceError(f"stream {fence.stream_id} is at version {at}, "
                                               f"expected {fence.version}")
                 positions = range(last - len(rows) + 1, last + 1)
+                if snapshots:  # a cache: one already there stands (as on PostgreSQL)
+                    c.executemany(f"INSERT OR IGNORE INTO {self.snapshot_table_name} "
+                                  "VALUES (?, ?, ?, ?)", snapshots)
                 try:
                     if self.chain is not None:  # the tamper-evident links (ADR 0023)
                         head = head_of(c.execute(HEAD_SQL).fetchall())
                         c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
-                    if snapshots:
-                        c.executemany(f"INSERT INTO {self.snapshot_table_name} "
-                                      "VALUES (?, ?, ?, ?)", snapshots)
                     if self.after_insert is not None:
                         self.after_insert(c, appended, positions, hold, fence)
-                except sqlite3.IntegrityError as e:  # "UNIQUE constraint failed: t.c"
-                    table = re.search(r"failed: (\w+)\.", str(e))
-                    raise ProjectionRowTaken(table[1] if table else "?", str(e)) from e
+                except sqlite3.IntegrityError as e:
+                    taken = re.match(r"UNIQUE constraint failed: (\w+)\.", str(e))
+                    if taken is None:
+                        raise
+                    raise ProjectionRowTaken(taken[1], str(e)) from e
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()

@@ -176,7 +176,8 @@ class SharedSQL:
         stream = self.stream_key_sql.format(column=f"q.{key}")
         return (f"SELECT q.*, e.originator_version, e.topic, CAST(e.state AS BLOB) "
                 f"FROM ({sql}) AS q LEFT JOIN {self.events_table_name} AS e "
-                f"ON e.originator_id={stream} ORDER BY q.{order}, e.originator_version")
+                f"ON e.originator_id={stream} "
+                f"ORDER BY q.{order}, q.{key}, e.originator_version")
 
     def select_stream(self, c: Cursor, stream_id: UUID, upto: int | None
                       ) -> list[tuple[int, int, str, bytes]]:

@@ -277,6 +277,7 @@ class ProjectionRunner:
         for p in self.projections:
             if self._known.get(p.name) != starts[p.name]:
                 p.forget()
+                p.drop_asked()  # asked by a held append, before the move
         low = min(starts.values(), default=0)
         rows = self.recorder.select_stored(c, low, batch, upto)
         if not rows:

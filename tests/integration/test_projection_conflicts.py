@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import flowledger as fl
-from flowledger.domain.ids import topic_event_id
+from flowledger.domain.ids import handler_state_id, topic_event_id
 from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow, message_status
 
 
@@ -43,3 +43,22 @@ def test_a_projection_row_in_the_way_stores_nothing_and_names_the_table(
     assert result.status == "completed", result.error
     assert ledger.keys() == ["a", "b", "c", "d"]
     assert message_status(engine, "wf", "in") == {"consumed": 4}
+
+
+def test_a_snapshot_already_stored_does_not_stop_an_append(
+        make_engine: Any, ledger: ExternalLedger) -> None:
+    """Snapshots are a cache: one found where an append would store its own
+    (here a handler's state at version 20, written by hand and unreadable)
+    is left as it is, on both stores, and the work goes on."""
+    engine = make_engine()
+    items = [f"i{n:02}" for n in range(25)]
+    engine.register(ledger_workflow(items=items), tools=[ScriptedLedgerTool(ledger)])
+    with engine.log.flow_recorder.writing() as c:
+        c.execute("INSERT INTO stored_snapshots VALUES (?, ?, ?, ?)",
+                  (handler_state_id("wf", "Append").hex, 20, "not.a:Snapshot", b"\x00"))
+
+    result = engine.run_session("wf")
+
+    assert result.status == "completed", result.error
+    assert ledger.keys() == items
+    assert message_status(engine, "wf", "in") == {"consumed": 25}

@@ -206,8 +206,8 @@ def main() -> int:
         ("consumer runs/s, 2 processes", f"{med['two']:,.0f}",
          f"both workflows together; {med['two'] / med['one']:.2f}x one (target >= 1.5x)"),
         ("... on a store each", f"{med['apart']:,.0f}",
-         f"{med['apart'] / med['one']:.2f}x one: what this machine allows when no lock is "
-         "shared"),
+         f"{med['apart'] / med['one']:.2f}x one: what this machine allows, sharing only the "
+         "server"),
         ("appends / consumer run", f"{appends:.2f}", "log transactions"),
         ("raw eventsourcing saves/s", f"{med['raw']:,.0f}", "Application.save, 1 event"),
         ("raw bound runs/s", f"{bound:,.0f}", f"raw / {appends:.2f} appends per run"),

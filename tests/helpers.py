@@ -20,13 +20,15 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from hypothesis import strategies as st
 
 import flowledger as fl
+from flowledger.projections import pending_work
+from flowledger.projections.runner import ProjectionRunner
 from flowledger.testing import projection_rows as projection_rows
 
 # ----------------------------------------------------------- the outside world
@@ -448,3 +450,27 @@ def orders_workflow() -> fl.Workflow:
                 ctx.publish("booked", message_id=prepared.data, payload=outcome.result)
 
     return wf
+
+
+@contextlib.contextmanager
+def checked_pending_hints() -> Iterator[list[int]]:
+    """While active, each time a session loop takes its workflow's backlog and
+    wake-ups from what the projection runner keeps (`pending_hints`), they are
+    compared with the store's, read afresh: any difference fails the test.
+    Yields the number of comparisons made so far (in a one-item list)."""
+    original = ProjectionRunner.pending_hints
+    made = [0]
+
+    def checking(runner: ProjectionRunner, workflow_id: Any) -> Any:
+        kept = original(runner, workflow_id)
+        with runner.recorder.reading(snapshot=False) as c:
+            stored = pending_work.backlog_and_wakeups(c, workflow_id)
+        assert kept == stored, f"kept {kept}, but the store holds {stored}"
+        made[0] += 1
+        return kept
+
+    ProjectionRunner.pending_hints = checking  # type: ignore[method-assign]
+    try:
+        yield made
+    finally:
+        ProjectionRunner.pending_hints = original  # type: ignore[method-assign]

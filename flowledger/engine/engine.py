@@ -254,7 +254,8 @@ class Engine:
         def make(streams: Streams, wf: Workflow, session: Session) -> SessionScope:
             return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
                                 self.limits, self.policy, checkpoint or self.checkpoint,
-                                self.heartbeat, self.lease, self.secrets)
+                                self.heartbeat, self.lease, self.secrets,
+                                self.projections.pending_hints)
 
         return make
 

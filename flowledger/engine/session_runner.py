@@ -170,9 +170,13 @@ class SessionRunner:
         session = scope.session
         while True:
             now = scope.now()
-            # The two hints for choosing a consumer, read in one statement.
-            with scope.streams.log.reading(snapshot=False) as c:
-                backlog, wakeups = pending_work.backlog_and_wakeups(c, self.reg.workflow_id)
+            # The two hints for choosing a consumer (kept in memory once read).
+            if scope.pending_hints is not None:
+                backlog, wakeups = scope.pending_hints(self.reg.workflow_id)
+            else:
+                with scope.streams.log.reading(snapshot=False) as c:
+                    backlog, wakeups = pending_work.backlog_and_wakeups(c,
+                                                                        self.reg.workflow_id)
             chosen = pick_consumer(consumers, backlog, declines, wakeups, now)
             if chosen is None:
                 return SessionOutcome.COMPLETED, None, None, {}

@@ -60,6 +60,10 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+# A workflow's backlog per topic and wake-ups per handler: the session loop's hints.
+PendingHints = tuple[dict[str, TopicBacklog], dict[str, datetime]]
+
+
 class PendingWork(Projection):
     name = "pending_work"
     tables = ("fl_messages", "fl_backlog", "fl_wakeups", "fl_runs", "fl_sessions",
@@ -81,12 +85,28 @@ class PendingWork(Projection):
         # Rows the next batch will read, asked for ahead (`prefetch`).
         self._ahead_msgs: dict[str, Any] = {}
         self._ahead_runs: dict[str, Any] = {}
+        # Per workflow (hex) whose session runs here: its backlog and wake-ups
+        # as stored, kept up to date by this projection's batches (`hints`).
+        self._hints: dict[str, PendingHints] = {}
 
     def forget(self) -> None:
         self._open_runs.clear()
         self._reserved_messages.clear()
         self._msgs.clear()
         self._counts.clear()
+        self._hints.clear()
+
+    def hints(self, workflow_id: str) -> PendingHints | None:
+        """Workflow `workflow_id`'s backlog and wake-ups as stored, if kept."""
+        kept = self._hints.get(workflow_id)
+        return (dict(kept[0]), dict(kept[1])) if kept is not None else None
+
+    def keep_hints(self, workflow_id: str, backlog: dict[str, TopicBacklog],
+                   wakeups: dict[str, datetime]) -> None:
+        """Keep workflow `workflow_id`'s backlog and wake-ups, as just read from
+        the store with every batch of this process folded in, and keep them up
+        to date: only its session, which runs here, changes them."""
+        self._hints[workflow_id] = (dict(backlog), dict(wakeups))
 
     def drop_asked(self) -> None:
         self._ahead_msgs.clear()
@@ -127,6 +147,7 @@ class PendingWork(Projection):
     def forget_except(self, workflow_id: str) -> None:
         self._open_runs = {k: r for k, r in self._open_runs.items()
                            if r["workflow_id"] == workflow_id}
+        self._hints = {k: h for k, h in self._hints.items() if k == workflow_id}
         self._reserved_messages = {k: m for k, m in self._reserved_messages.items()
                                    if m[0] == workflow_id}
         self._msgs.clear()
@@ -272,6 +293,12 @@ class PendingWork(Projection):
                 "reserved=fl_backlog.reserved+excluded.reserved, "
                 "newest=MAX(fl_backlog.newest, excluded.newest)",
                 [(w, t, p, r, n) for (w, t), (p, r, n) in self._counts.items()])
+            for (w, t), (p, _, n) in self._counts.items():
+                kept = self._hints.get(w)
+                if kept is not None:  # as the statement above changes the row
+                    old = kept[0].get(t)
+                    kept[0][t] = (TopicBacklog(p, n) if old is None else
+                                  TopicBacklog(old.pending + p, max(old.newest, n)))
         for key, row in self._msgs.items():
             if row["status"] == "reserved":
                 self._reserved_messages[key] = (row["workflow_id"], row["topic"])
@@ -357,6 +384,12 @@ class PendingWork(Projection):
                       "DO UPDATE SET wake_at=excluded.wake_at "
                       "WHERE fl_wakeups.wake_at IS NOT excluded.wake_at",
                       (row["workflow_id"], row["handler"], _ts(e.wake_at)))
+            kept = self._hints.get(row["workflow_id"])
+            if kept is not None:
+                if e.wake_at is None:
+                    kept[1].pop(row["handler"], None)
+                else:  # as a read of the row gives it back
+                    kept[1][row["handler"]] = datetime.fromisoformat(e.wake_at.isoformat())
         elif name == "CarriedForward":
             row["holds"] = int(any(e.reservations.values()))
         elif name in ("Committed", "ReservationsReleased", "ReservationsHandedOn"):
@@ -479,8 +512,7 @@ def wakeups(c: Cursor, workflow_id: UUID) -> dict[str, datetime]:
     return {h: datetime.fromisoformat(w) for h, w in c.fetchall()}
 
 
-def backlog_and_wakeups(c: Cursor, workflow_id: UUID
-                        ) -> tuple[dict[str, TopicBacklog], dict[str, datetime]]:
+def backlog_and_wakeups(c: Cursor, workflow_id: UUID) -> PendingHints:
     """`backlog` and `wakeups` in one statement: the session loop reads both
     before each consumer run, and on a server each statement is a round trip."""
     c.execute("SELECT 0, topic, pending, newest, NULL FROM fl_backlog WHERE workflow_id=? "

@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import Mapper
 
 from flowledger.infrastructure.store import Fence, LogStore
 from flowledger.projections.base import Cursor, Projection
+from flowledger.projections.pending_work import PendingHints, PendingWork, backlog_and_wakeups
 from flowledger.projections.sealing import NO_SEAL, Seal
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -111,6 +113,23 @@ class ProjectionRunner:
         self._unfolded.extend(new)
         if len(self._unfolded) >= self.FOLD_EVERY:
             self._fold_unfolded(c)
+
+    def pending_hints(self, workflow_id: UUID) -> PendingHints:
+        """The backlog and wake-ups of the workflow whose session runs here: read
+        once, then kept up to date by this process's folds (the session loop
+        asks before each consumer run, and only that session changes them). A
+        fold that rolled back, or another writer's that moved pending work
+        past this session's fence, drops them (`forget`, `_forget_moved`)."""
+        pending = next((p for p in self.inline if isinstance(p, PendingWork)), None)
+        key = workflow_id.hex
+        kept = pending.hints(key) if pending is not None and not self._held else None
+        if kept is not None:
+            return kept
+        with self.recorder.reading(snapshot=False) as c:
+            found = backlog_and_wakeups(c, workflow_id)
+        if pending is not None and not self._held:
+            pending.keep_hints(key, *found)
+        return found
 
     def prefetch(self, c: Cursor, events: Sequence[Any], hold: bool = False) -> None:
         """Called inside an append's transaction before its positions are known:

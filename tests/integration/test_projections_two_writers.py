@@ -7,7 +7,8 @@ run a session of another workflow (its appends come between the run's own),
 and some calls fail: a run paused holding its message is continued later,
 maybe by the other engine, which changes rows the first one may keep.
 Whatever the schedule, every projection rebuilt from position 0 equals the
-one the writers kept, and no item is mutated twice.
+one the writers kept, the backlog and wake-ups a session loop takes from
+memory equal the store's, and no item is mutated twice.
 
 This is what lets a writer keep the rows of the workflow whose session it
 holds when another writer moved the projection, and stop holding its folds
@@ -28,7 +29,13 @@ from hypothesis import strategies as st
 import flowledger as fl
 from flowledger.testing import assert_projections_rebuild_equal
 from tests import postgres
-from tests.helpers import MemoryLedger, MutationScenario, ledger_workflow, mid_call_tool
+from tests.helpers import (
+    MemoryLedger,
+    MutationScenario,
+    checked_pending_hints,
+    ledger_workflow,
+    mid_call_tool,
+)
 
 WORKFLOWS = ["w0", "w1", "w2"]
 
@@ -72,7 +79,7 @@ def test_two_writers_keep_pending_work_equal_to_its_rebuild(
     mids: list[Callable[[str], None]] = [lambda key: None, lambda key: None]
     scripts: list[list[str | MutationScenario]] = [[], []]
     clock = fl.ManualClock()
-    with fresh_store(kind) as store:
+    with fresh_store(kind) as store, checked_pending_hints() as compared:
         engines = [fl.Engine(store, clock=clock), fl.Engine(store, clock=clock)]
         try:
             for who, engine in enumerate(engines):
@@ -99,6 +106,7 @@ def test_two_writers_keep_pending_work_equal_to_its_rebuild(
                 f"an item was mutated twice: {ledger.writes}")
             for engine in engines:
                 assert_projections_rebuild_equal(engine)
+            assert compared[0] > 0  # the session loops' hints, each equal to the store's
         finally:
             for engine in engines:
                 engine.close()

@@ -461,8 +461,8 @@ def checked_pending_hints() -> Iterator[list[int]]:
     original = ProjectionRunner.pending_hints
     made = [0]
 
-    def checking(runner: ProjectionRunner, workflow_id: Any) -> Any:
-        kept = original(runner, workflow_id)
+    def checking(runner: ProjectionRunner, workflow_id: Any, fresh: bool = False) -> Any:
+        kept = original(runner, workflow_id, fresh)
         with runner.recorder.reading(snapshot=False) as c:
             stored = pending_work.backlog_and_wakeups(c, workflow_id)
         assert kept == stored, f"kept {kept}, but the store holds {stored}"

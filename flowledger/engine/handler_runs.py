@@ -137,7 +137,7 @@ class SessionScope:
     secrets: SecretResolver = field(default_factory=SecretResolver)  # DESIGN §9
     # The workflow's backlog and wake-ups, as pending work stores them (the
     # session loop's hints): kept by the projection runner once read.
-    pending_hints: Callable[[UUID], pending_work.PendingHints] | None = None
+    pending_hints: Callable[[UUID, bool], pending_work.PendingHints] | None = None
 
     def now(self) -> datetime:
         return self.clock.now()

@@ -168,11 +168,13 @@ class SessionRunner:
         by_name = {c.name: c for c in self.reg.definition.consumers}
         declines: dict[str, Decline] = {}
         session = scope.session
+        fresh = True  # the session's first look reads the store
         while True:
             now = scope.now()
-            # The two hints for choosing a consumer (kept in memory once read).
+            # The two hints for choosing a consumer (read once a session, then kept).
             if scope.pending_hints is not None:
-                backlog, wakeups = scope.pending_hints(self.reg.workflow_id)
+                backlog, wakeups = scope.pending_hints(self.reg.workflow_id, fresh)
+                fresh = False
             else:
                 with scope.streams.log.reading(snapshot=False) as c:
                     backlog, wakeups = pending_work.backlog_and_wakeups(c,

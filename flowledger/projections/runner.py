@@ -114,15 +114,18 @@ class ProjectionRunner:
         if len(self._unfolded) >= self.FOLD_EVERY:
             self._fold_unfolded(c)
 
-    def pending_hints(self, workflow_id: UUID) -> PendingHints:
+    def pending_hints(self, workflow_id: UUID, fresh: bool = False) -> PendingHints:
         """The backlog and wake-ups of the workflow whose session runs here: read
-        once, then kept up to date by this process's folds (the session loop
-        asks before each consumer run, and only that session changes them). A
-        fold that rolled back, or another writer's that moved pending work
-        past this session's fence, drops them (`forget`, `_forget_moved`)."""
+        from the store when `fresh` (a session's first look: whatever changed
+        them between sessions, a rebuild included, is seen), then kept up to
+        date by this process's folds (the session loop asks before each
+        consumer run, and only that session changes them). A fold that rolled
+        back, or another writer's that moved pending work past this session's
+        fence, drops them (`forget`, `_forget_moved`)."""
         pending = next((p for p in self.inline if isinstance(p, PendingWork)), None)
         key = workflow_id.hex
-        kept = pending.hints(key) if pending is not None and not self._held else None
+        kept = (pending.hints(key) if pending is not None and not self._held and not fresh
+                else None)
         if kept is not None:
             return kept
         with self.recorder.reading(snapshot=False) as c:
@@ -276,11 +279,11 @@ class ProjectionRunner:
         done = 0
         self._held = []  # committed: folded in from the log below
         if self._unfolded and upto is None:
-            with self.recorder.writing(sync=False) as c, self._forgetting_on_error():
+            with self._forgetting_on_error(), self.recorder.writing(sync=False) as c:
                 self._fold_unfolded(c)
         total = self.lag()
         while True:
-            with self.recorder.writing(sync=False) as c, self._forgetting_on_error():
+            with self._forgetting_on_error(), self.recorder.writing(sync=False) as c:
                 read = self._fold_next(c, batch, upto)
             if not read:
                 return done
@@ -329,7 +332,7 @@ class ProjectionRunner:
         chosen = [p for p in self.projections if names is None or p.name in names]
         self.forget()
         done = 0
-        with self.recorder.writing() as c, self._forgetting_on_error():
+        with self._forgetting_on_error(), self.recorder.writing() as c:
             for p in chosen:
                 p.clear(c)
                 self.recorder.untrack(c, p.name)

@@ -122,3 +122,23 @@ def test_another_engines_session_is_not_hidden_by_what_this_one_kept(
     assert last.status == "completed", last.error
     assert compared[0] >= 6
     assert ledger.keys() == items
+
+
+def test_a_session_sees_what_was_rebuilt_since_the_last(
+        make_engine: Any, ledger: ExternalLedger) -> None:
+    """Each session reads its hints from the store first: a rebuild by another
+    engine between two sessions, which moves no tracking position, is seen."""
+    worker, admin = make_engine(), make_engine()
+    worker.register(ledger_workflow(), tools=[ScriptedLedgerTool(ledger)])
+    worker.run_session("wf", trigger="manual", max_iterations=0)  # a, b, c pending
+    with worker.log.flow_recorder.writing() as c:  # the backlog damaged by hand
+        c.execute("UPDATE fl_backlog SET pending=0")
+
+    with checked_pending_hints() as compared:
+        idle = worker.run_session("wf", trigger="event")  # it believes the damage
+        admin.rebuild_projections()
+        done = worker.run_session("wf", trigger="event")
+
+    assert idle.status == "completed" and idle.consumer_runs == 0
+    assert done.status == "completed", done.error
+    assert ledger.keys() == ["a", "b", "c"] and compared[0] >= 2

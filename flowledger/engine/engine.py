@@ -254,8 +254,8 @@ class Engine:
         def make(streams: Streams, wf: Workflow, session: Session) -> SessionScope:
             return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
                                 self.limits, self.policy, checkpoint or self.checkpoint,
-                                self.heartbeat, self.lease, self.secrets,
-                                self.projections.pending_hints)
+                                self.projections.pending_hints, self.heartbeat, self.lease,
+                                self.secrets)
 
         return make
 

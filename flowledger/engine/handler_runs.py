@@ -132,12 +132,12 @@ class SessionScope:
     limits: Limits
     policy: RetryPolicy
     checkpoint: Checkpoint
+    # The workflow's backlog and wake-ups, as pending work stores them (the
+    # session loop's hints; `True`: read them from the store): ProjectionRunner.
+    pending_hints: Callable[[UUID, bool], pending_work.PendingHints]
     heartbeat: Heartbeat | None = None
     lease: LeaseClock | None = None  # leases are in the store's time (DESIGN §7)
     secrets: SecretResolver = field(default_factory=SecretResolver)  # DESIGN §9
-    # The workflow's backlog and wake-ups, as pending work stores them (the
-    # session loop's hints): kept by the projection runner once read.
-    pending_hints: Callable[[UUID, bool], pending_work.PendingHints] | None = None
 
     def now(self) -> datetime:
         return self.clock.now()

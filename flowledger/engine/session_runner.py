@@ -172,13 +172,8 @@ class SessionRunner:
         while True:
             now = scope.now()
             # The two hints for choosing a consumer (read once a session, then kept).
-            if scope.pending_hints is not None:
-                backlog, wakeups = scope.pending_hints(self.reg.workflow_id, fresh)
-                fresh = False
-            else:
-                with scope.streams.log.reading(snapshot=False) as c:
-                    backlog, wakeups = pending_work.backlog_and_wakeups(c,
-                                                                        self.reg.workflow_id)
+            backlog, wakeups = scope.pending_hints(self.reg.workflow_id, fresh)
+            fresh = False
             chosen = pick_consumer(consumers, backlog, declines, wakeups, now)
             if chosen is None:
                 return SessionOutcome.COMPLETED, None, None, {}

@@ -18,6 +18,7 @@ from flowledger.domain.errors import ConcurrencyError
 from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import Fence
+from flowledger.infrastructure.store import StreamEvents
 
 _UNLOADED: Any = object()
 
@@ -28,7 +29,7 @@ class Streams:
         self._cache: dict[UUID, EventSourcedAggregate | None] = {}
         self._touched: dict[UUID, EventSourcedAggregate] = {}
         # Streams' events read ahead by the last peek, folded only if asked for.
-        self._ahead: dict[UUID, list[tuple[int, str, bytes]]] = {}
+        self._ahead: dict[UUID, StreamEvents] = {}
         # Aggregates that live across appends (the session, runs in progress):
         # always looked at for pending events.
         self._pinned: dict[UUID, EventSourcedAggregate] = {}
@@ -55,7 +56,7 @@ class Streams:
         self._touched[aggregate_id] = agg
         return agg
 
-    def read_ahead(self, events: dict[UUID, list[tuple[int, str, bytes]]]) -> None:
+    def read_ahead(self, events: dict[UUID, StreamEvents]) -> None:
         """Short streams' events (version, topic, stored state) read with another
         query, for a `get` that may follow before the run's next step; they
         replace those of the previous read-ahead."""

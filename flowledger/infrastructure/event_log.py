@@ -46,7 +46,12 @@ from flowledger.infrastructure.sqlite_recorder import (
     is_lock_timeout,
     use_statement_cache,
 )
-from flowledger.infrastructure.store import BeforeFold, LogStore, ProjectionRowTaken
+from flowledger.infrastructure.store import (
+    BeforeFold,
+    LogStore,
+    ProjectionRowTaken,
+    StreamEvents,
+)
 from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
 from flowledger.infrastructure.store_format import make_compressor, settle_format
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
@@ -358,8 +363,7 @@ class EventLog(Application[UUID]):
             # a cache of the stream's events, which say the same.
             return _fold(None, self.events.get(aggregate_id, lte=version))
 
-    def stream_from_events(self, stream_id: UUID, events: Iterable[tuple[int, str, bytes]]
-                           ) -> Any | None:
+    def stream_from_events(self, stream_id: UUID, events: StreamEvents) -> Any | None:
         """A short stream (see `load`) from its events (version, topic, stored
         state) as another query read them."""
         return _fold(None, [self.events.mapper.to_domain_event(

@@ -64,6 +64,12 @@ def _values(template: str, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any
     """A multi-row VALUES list for `rows` (each row as `template`) and its parameters."""
     return ", ".join([template] * len(rows)), [v for row in rows for v in row]
 
+def _fence_before(fence: Fence, rows: Sequence[Row]) -> int | None:
+    """The version the fenced stream is at before `rows` are appended, if they
+    bring it to `fence.version` (None: it has no event yet)."""
+    own = sum(1 for r in rows if r[0] == fence.stream_id.hex)
+    return fence.version - own if fence.version > own else None
+
 # A constant key for the advisory lock that serialises table creation.
 _CREATE_LOCK = 0x666C6F77  # "flow"
 
@@ -145,10 +151,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     snapshot_table_name = "stored_snapshots"
     position_column = "notification_id"
     stream_key_sql = "CAST({column} AS uuid)"
+    MAX_PARAMETERS = 5000
 
     def stream_key(self, stream_id: UUID | str) -> UUID:
         return _uuid(stream_id)
-    MAX_PARAMETERS = 5000
 
     def __init__(self, datastore: PostgresDatastore, conninfo: dict[str, Any],
                  lock_timeout_s: float = 30.0) -> None:
@@ -342,11 +348,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         if fence is None:
             sql += f"VALUES {values}"
         else:
-            own = sum(1 for r in rows if r[0] == fence.stream_id.hex)
             sql += (f"SELECT * FROM (VALUES {values}) AS appended WHERE "
                     f"(SELECT MAX(originator_version) FROM {self.events_table_name} "
                     "WHERE originator_id=%s) IS NOT DISTINCT FROM %s")
-            params += [fence.stream_id, fence.version - own if fence.version > own else None]
+            params += [fence.stream_id, _fence_before(fence, rows)]
         return sql + " RETURNING notification_id, originator_id, originator_version", params
 
     @staticmethod
@@ -528,11 +533,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         f = self._forecast
         assert f.head is not None and f.tracking is not None
         c.tracking = dict(f.tracking)
-        before = None
-        if fence is not None:
-            own = sum(1 for r in rows if r[0] == fence.stream_id.hex)
-            before = fence.version - own if fence.version > own else None
-        c.add(*f.guard(fence, before))
+        c.add(*f.guard(fence, _fence_before(fence, rows) if fence is not None else None))
         positions = list(range(f.head + 1, f.head + 1 + len(rows)))
         values, params = _values("(%s, %s::uuid, %s::bigint, %s, %s::bytea)",
                                  [(p, *r) for p, r in zip(positions, rows, strict=True)])

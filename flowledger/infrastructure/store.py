@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 Cursor = Any  # a DB-API cursor of the store (or its translating wrapper)
 Row = tuple[str, int, str, bytes]  # a stored event: stream id (hex), version, topic, state
+StreamEvents = list[tuple[int, str, bytes]]  # one stream's events: version, topic, state
 # (cursor, events, their positions, hold, the append's fence): see
 # ProjectionRunner.apply_inline.
 AfterInsert = Callable[[Any, Sequence[Any], Sequence[int], bool, "Fence | None"], None]

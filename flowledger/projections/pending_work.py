@@ -18,6 +18,7 @@ from flowledger.domain.scheduling import TopicBacklog
 from flowledger.domain.session import Session
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
+from flowledger.infrastructure.store import StreamEvents
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.sealing import NO_SEAL, Seal
 
@@ -498,23 +499,15 @@ def _uuid(value: str | None) -> UUID | None:
     return UUID(value) if value else None
 
 
-_BACKLOG = "SELECT topic, pending, newest FROM fl_backlog WHERE workflow_id=?"
-_WAKEUPS = "SELECT handler, wake_at FROM fl_wakeups WHERE workflow_id=? AND wake_at IS NOT NULL"
-
-
 def backlog(c: Cursor, workflow_id: UUID) -> dict[str, TopicBacklog]:
-    c.execute(_BACKLOG, (workflow_id.hex,))
+    c.execute("SELECT topic, pending, newest FROM fl_backlog WHERE workflow_id=?",
+              (workflow_id.hex,))
     return {t: TopicBacklog(p, n) for t, p, n in c.fetchall()}
 
 
-def wakeups(c: Cursor, workflow_id: UUID) -> dict[str, datetime]:
-    c.execute(_WAKEUPS, (workflow_id.hex,))
-    return {h: datetime.fromisoformat(w) for h, w in c.fetchall()}
-
-
 def backlog_and_wakeups(c: Cursor, workflow_id: UUID) -> PendingHints:
-    """`backlog` and `wakeups` in one statement: the session loop reads both
-    before each consumer run, and on a server each statement is a round trip."""
+    """`backlog` and each handler's wake-up in one statement: the session loop
+    reads both, and on a server each statement is a round trip."""
     c.execute("SELECT 0, topic, pending, newest, NULL FROM fl_backlog WHERE workflow_id=? "
               "UNION ALL SELECT 1, handler, NULL, NULL, wake_at FROM fl_wakeups "
               "WHERE workflow_id=? AND wake_at IS NOT NULL", (workflow_id.hex,) * 2)
@@ -537,9 +530,6 @@ def pending_messages(c: Cursor, workflow_id: UUID, topic: str,
     else:
         c.execute(sql + " LIMIT ?", (workflow_id.hex, topic, limit))
     return [PendingMessage(m, seal.open_bytes(p)) for m, p in c.fetchall()]
-
-
-StreamEvents = list[tuple[int, str, bytes]]  # version, topic, stored state
 
 
 def pending_messages_read_ahead(c: Cursor, workflow_id: UUID, topic: str, limit: int,

@@ -37,6 +37,7 @@ class ProjectionRunner:
         for p in self.projections:
             p.seal = self.seal
         self.inline = [p for p in self.projections if p.inline]
+        self._pending = next((p for p in self.inline if isinstance(p, PendingWork)), None)
         self.deferred = [p for p in self.projections if not p.inline]
         # Events this process appended and the read-side projections have not
         # folded in yet, contiguous in position: folded in from memory (no
@@ -122,7 +123,7 @@ class ProjectionRunner:
         consumer run, and only that session changes them). A fold that rolled
         back, or another writer's that moved pending work past this session's
         fence, drops them (`forget`, `_forget_moved`)."""
-        pending = next((p for p in self.inline if isinstance(p, PendingWork)), None)
+        pending = self._pending
         key = workflow_id.hex
         kept = (pending.hints(key) if pending is not None and not self._held and not fresh
                 else None)

@@ -5,7 +5,7 @@ One session at a time between real processes: tests/e2e/test_session_races.py.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -164,7 +164,10 @@ def test_wake_at_set_by_prepare_falls_due_later(make_engine, clock):
     wf_id = workflow_id("wf")
     with engine.log.reading() as c:
         both = pending_work.backlog_and_wakeups(c, wf_id)
-        apart = pending_work.backlog(c, wf_id), pending_work.wakeups(c, wf_id)
+        wakeups = {h: datetime.fromisoformat(w) for h, w in c.execute(
+            "SELECT handler, wake_at FROM fl_wakeups WHERE workflow_id=? AND wake_at IS NOT NULL",
+            (wf_id.hex,)).fetchall()}
+        apart = pending_work.backlog(c, wf_id), wakeups
     assert both == apart and list(both[0]) == ["in"] and list(both[1]) == ["Timer"]
 
 

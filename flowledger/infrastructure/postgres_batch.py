@@ -9,6 +9,12 @@ with the COMMIT at the end. The server runs the statements in order and stops
 at the first error, which leaves the transaction aborted: nothing of it is
 stored (ADR 0017).
 
+A statement's PREPARE, the first time a connection meets it, goes in a message
+of its own: the server keeps the whole text of the message a statement was
+prepared in, and copies it at every EXECUTE of that statement (a PREPARE that
+came with a producer's thousands of events made every later EXECUTE copy
+megabytes).
+
 Statements are written in the projections' SQLite-flavoured SQL; `translate`
 makes them PostgreSQL's.
 """
@@ -62,13 +68,13 @@ class PgBatch:
         self._plain_strings = conn.info.parameter_status("standard_conforming_strings") == "on"
         self._queue: list[str] = []
         self._wanted: list[tuple[int, Rows]] = []  # (statement index, its rows)
+        self._prepares: dict[int, str] = {}  # statement index of a PREPARE → its SQL
         self._last: list[Any] = []
         # A write transaction's tracking rows, read with its first message and
         # kept up to date by its writes (FlowPostgresRecorder.tracked).
         self.tracking: dict[str, int] | None = None
         self._tracking_rows: Rows | None = None
         self.tracking_changes: dict[str, int | None] = {}  # by this transaction
-        self._forget_prepared = False
 
     # ------------------------------------------------------------- queueing
 
@@ -87,6 +93,7 @@ class PgBatch:
                 name = self._preparing[sql] = f"fl_{len(self._prepared) + len(self._preparing)}"
                 parts = sql.split("%s")
                 numbered = "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1))
+                self._prepares[len(self._queue)] = sql
                 self._queue.append(f"PREPARE {name} AS {numbered}{parts[-1]}".replace("%%", "%"))
         return f"EXECUTE {name}({', '.join([self._literal(v) for v in params])})"
 
@@ -124,32 +131,42 @@ class PgBatch:
         return rows
 
     def flush(self) -> None:
-        """Send the queue as one query; fill in the rows asked for."""
+        """Send the queue, as one query but for the PREPAREs it holds (each
+        goes alone, in order); fill in the rows asked for."""
         if not self._queue:
             return
-        query, self._queue = "\n;\n".join(self._queue), []  # a -- comment ends at \n
+        queue, self._queue = self._queue, []
         wanted, self._wanted = dict(self._wanted), []
+        prepares, self._prepares = self._prepares, {}
         preparing, self._preparing = self._preparing, {}
         with self._conn.cursor() as cur:
-            try:
-                cur.execute(query.encode(self._conn.info.encoding), prepare=False)
-            except BaseException:
-                # Which PREPAREs ran before the error is not known: none is kept.
-                if preparing:
-                    self._forget_prepared = True
-                raise
-            self._prepared.update(preparing)
-            # Every statement's result has been checked by now (psycopg raises
-            # the first error); only those asked for are read.
-            last = max(wanted, default=-1)
-            index = 0
-            while index <= last:
-                rows = wanted.get(index)
-                if rows is not None:
-                    rows._rows = cur.fetchall()
-                index += 1
-                if not cur.nextset():
-                    break
+            start = 0
+            for at in [*prepares, len(queue)]:
+                self._send(cur, queue, start, at, wanted)
+                if at < len(queue):
+                    self._send(cur, queue, at, at + 1, wanted)
+                    # Known prepared once its own message is answered.
+                    self._prepared[prepares[at]] = preparing[prepares[at]]
+                start = at + 1
+
+    def _send(self, cur: psycopg.Cursor[Any], queue: list[str], start: int, stop: int,
+              wanted: dict[int, Rows]) -> None:
+        """Statements start..stop-1 of the queue as one query."""
+        if start >= stop:
+            return
+        query = "\n;\n".join(queue[start:stop])  # a -- comment ends at \n
+        cur.execute(query.encode(self._conn.info.encoding), prepare=False)
+        # Every statement's result has been checked by now (psycopg raises the
+        # first error); only those asked for are read.
+        last = max((index for index in wanted if start <= index < stop), default=-1)
+        index = start
+        while index <= last:
+            rows = wanted.get(index)
+            if rows is not None:
+                rows._rows = cur.fetchall()
+            index += 1
+            if not cur.nextset():
+                break
 
     # ------------------------------------------------ the projections' face
 
@@ -213,14 +230,11 @@ class PgBatch:
         self.flush()
 
     def rollback(self) -> None:
-        self._queue, self._wanted, self._preparing = [], [], {}
+        self._queue, self._wanted, self._prepares, self._preparing = [], [], {}, {}
         if self._conn.closed or self._conn.broken:
             return
         try:
             self._conn.execute(b"ROLLBACK", prepare=False)
-            if self._forget_prepared:
-                self._conn.execute(b"DEALLOCATE ALL", prepare=False)
-                self._prepared.clear()
         except psycopg.Error:
             self._conn.close()  # its owner opens a fresh one, nothing prepared on it
             raise

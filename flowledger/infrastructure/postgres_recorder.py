@@ -293,7 +293,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             conn = self._writers[sync] = self._connect(
                 "" if sync else "SET synchronous_commit = off")
             conn.autocommit = True  # transactions are begun and ended in the batch
-            # PgBatch prepares its statements itself (and may DEALLOCATE ALL):
+            # PgBatch prepares its statements itself:
             # none of psycopg's own on this connection.
             conn.prepare_threshold = None
             self._prepared[sync] = {}

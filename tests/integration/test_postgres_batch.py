@@ -92,9 +92,10 @@ def test_a_failing_statement_anywhere_in_the_queue_stores_nothing(recorder: Any)
 
 def test_statements_prepared_in_a_failed_transaction_do_not_break_the_next(
         recorder: Any) -> None:
-    """The failure comes in the same message as the statements' PREPAREs, so
-    which of them ran is unknown: the connection's prepared statements are
-    dropped and prepared again (not 'does not exist', not 'already exists')."""
+    """Statements prepared in a transaction that then fails stay prepared
+    (PREPARE is not undone by a rollback) and are used as such; one whose
+    PREPARE was never sent is prepared later (not 'does not exist', not
+    'already exists')."""
     _clear(recorder)
     novel = "INSERT INTO odd (k, t) VALUES (?, ?) ON CONFLICT (k) DO NOTHING"
     with pytest.raises(Exception, match="duplicate key"), recorder.writing() as c:
@@ -108,6 +109,28 @@ def test_statements_prepared_in_a_failed_transaction_do_not_break_the_next(
     assert recorder.read_all("SELECT k FROM odd ORDER BY k", ()) == [(9,), (10,), (19,), (20,)]
 
 
+def test_a_statement_prepared_in_a_large_transaction_keeps_only_its_own_text(
+        recorder: Any) -> None:
+    """The server keeps the whole text of the message a statement was PREPAREd
+    in, and copies it at every EXECUTE of that statement: had a first use come
+    with a producer's thousands of events, every later statement would copy
+    them. Each PREPARE goes in a message of its own, whatever comes around it."""
+    _clear(recorder)
+    big = "x" * 200_000
+    with recorder.writing() as c:
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?) -- first", (1, big, None, 1))
+        c.execute("INSERT INTO odd VALUES (?, ?, ?, ?) -- second", (2, big, None, 2))
+        assert c.execute("SELECT COUNT(*) FROM odd -- a read between").fetchall() == [(2,)]
+        c.execute("UPDATE odd SET n=? WHERE k=? -- after the read", (5, 2))
+    texts = [text for (text,) in recorder._writer(True).execute(
+        "SELECT statement FROM pg_prepared_statements WHERE name LIKE 'fl_%'")]
+    assert len([t for t in texts if "-- first" in t or "-- second" in t or "-- after" in t]) == 3
+    for text in texts:
+        assert text.startswith("PREPARE fl_") and len(text) < 1_000, text[:200]
+    assert recorder.read_all("SELECT k, length(t), n FROM odd ORDER BY k", ()) == [
+        (1, len(big), 1), (2, len(big), 5)]
+
+
 def test_text_with_nul_is_refused_and_nothing_is_stored(recorder: Any) -> None:
     """A NUL would end the query text where it stands: refused before sending."""
     _clear(recorder)
@@ -118,9 +141,9 @@ def test_text_with_nul_is_refused_and_nothing_is_stored(recorder: Any) -> None:
 
 
 def test_many_failed_transactions_in_a_row_leave_the_writer_usable(recorder: Any) -> None:
-    """Each failure drops the statements prepared on the connection, and each
-    failing transaction prepares a new one (whose SQL ends in a -- comment: the
-    separator must not be swallowed by it); the writer stays usable all along."""
+    """Each failing transaction prepares a new statement (whose SQL ends in a
+    -- comment: the separator must not be swallowed by it); the writer stays
+    usable all along."""
     _clear(recorder)
 
     def read_then_commit() -> None:

@@ -26,12 +26,16 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import generators
+from psycopg.pq import ExecStatus
 
 Translate = Callable[[str], str]
 
 # Statements prepared per connection, at most (rebuilds and catch-ups write the
 # same few; past this, statements are sent with their values in the text).
 MAX_PREPARED = 200
+
+_ANSWERED = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
 
 
 class Rows:
@@ -62,10 +66,13 @@ class PgBatch:
         self._prepared = prepared
         self._preparing: dict[str, str] = {}
         self._translate = translate
-        self._binder = psycopg.ClientCursor(conn)
+        self._binder: psycopg.ClientCursor[Any] | None = None  # made when first needed
         # Quoted here only as standard_conforming_strings has them (a server or
         # a pooler that turned it off gets psycopg's quoting).
-        self._plain_strings = conn.info.parameter_status("standard_conforming_strings") == "on"
+        self._quote = (_QUOTE if conn.info.parameter_status("standard_conforming_strings") == "on"
+                       else _QUOTE_SAFELY)
+        self._encoding = conn.info.encoding
+        self._loader = psycopg.adapt.Transformer(conn)
         self._queue: list[str] = []
         self._wanted: list[tuple[int, Rows]] = []  # (statement index, its rows)
         self._prepares: dict[int, str] = {}  # statement index of a PREPARE → its SQL
@@ -87,7 +94,7 @@ class PgBatch:
         name = self._prepared.get(sql)
         if name is None:
             if len(self._prepared) + len(self._preparing) >= MAX_PREPARED:
-                return self._binder.mogrify(sql, params)  # once: not worth preparing
+                return self._mogrify(sql, params)  # once: not worth preparing
             name = self._preparing.get(sql)
             if name is None:
                 name = self._preparing[sql] = f"fl_{len(self._prepared) + len(self._preparing)}"
@@ -95,28 +102,17 @@ class PgBatch:
                 numbered = "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1))
                 self._prepares[len(self._queue)] = sql
                 self._queue.append(f"PREPARE {name} AS {numbered}{parts[-1]}".replace("%%", "%"))
-        return f"EXECUTE {name}({', '.join([self._literal(v) for v in params])})"
+        quote, other = self._quote.get, self._literal
+        return f"EXECUTE {name}({', '.join([quote(type(v), other)(v) for v in params])})"
 
     def _literal(self, value: Any) -> str:
-        """One value as an SQL literal: the types the log and the projections
-        write, quoted here (psycopg's general machinery costs several times
-        more per value); anything else through psycopg. The writer connection
-        runs with standard_conforming_strings on (`FlowPostgresRecorder._connect`),
-        where a backslash in a quoted string is an ordinary character."""
-        kind = type(value)
-        if kind is str and self._plain_strings:
-            if "\x00" in value:  # it would end the query text there (ADR 0014)
-                raise psycopg.DataError("PostgreSQL text cannot contain NUL (0x00) characters")
-            return "'" + value.replace("'", "''") + "'"
-        if kind is int:
-            return str(value)
-        if value is None:
-            return "NULL"
-        if kind is bytes and self._plain_strings:
-            return "'\\x" + value.hex() + "'::bytea"
-        if kind is UUID:
-            return "'" + str(value) + "'::uuid"
-        return self._binder.mogrify("%s", (value,))
+        """A value of a type `_QUOTE` does not know, through psycopg."""
+        return self._mogrify("%s", (value,))
+
+    def _mogrify(self, sql: str, params: Sequence[Any]) -> str:
+        if self._binder is None:
+            self._binder = psycopg.ClientCursor(self._conn)
+        return self._binder.mogrify(sql, params)
 
     def add(self, sql: str, params: Sequence[Any] | None = None) -> None:
         """Queue a statement whose result nobody reads (PostgreSQL's SQL)."""
@@ -139,34 +135,42 @@ class PgBatch:
         wanted, self._wanted = dict(self._wanted), []
         prepares, self._prepares = self._prepares, {}
         preparing, self._preparing = self._preparing, {}
-        with self._conn.cursor() as cur:
-            start = 0
-            for at in [*prepares, len(queue)]:
-                self._send(cur, queue, start, at, wanted)
-                if at < len(queue):
-                    self._send(cur, queue, at, at + 1, wanted)
-                    # Known prepared once its own message is answered.
-                    self._prepared[prepares[at]] = preparing[prepares[at]]
-                start = at + 1
+        start = 0
+        for at in [*prepares, len(queue)]:
+            self._send(queue, start, at, wanted)
+            if at < len(queue):
+                self._send(queue, at, at + 1, wanted)
+                # Known prepared once its own message is answered.
+                self._prepared[prepares[at]] = preparing[prepares[at]]
+            start = at + 1
 
-    def _send(self, cur: psycopg.Cursor[Any], queue: list[str], start: int, stop: int,
-              wanted: dict[int, Rows]) -> None:
-        """Statements start..stop-1 of the queue as one query."""
+    def _send(self, queue: list[str], start: int, stop: int, wanted: dict[int, Rows]) -> None:
+        """Statements start..stop-1 of the queue as one query. Sent through
+        psycopg's connection (its lock, its wait: an interrupt cancels the
+        query) but not a cursor, whose bookkeeping for every result cost more
+        than the statements' answers here need."""
         if start >= stop:
             return
-        query = "\n;\n".join(queue[start:stop])  # a -- comment ends at \n
-        cur.execute(query.encode(self._conn.info.encoding), prepare=False)
-        # Every statement's result has been checked by now (psycopg raises the
-        # first error); only those asked for are read.
-        last = max((index for index in wanted if start <= index < stop), default=-1)
-        index = start
-        while index <= last:
+        query = "\n;\n".join(queue[start:stop]).encode(self._encoding)  # -- ends at \n
+        conn = self._conn
+        if conn.closed:
+            raise psycopg.OperationalError("the connection is closed")
+        with conn.lock:
+            conn.pgconn.send_query(query)
+            results = conn.wait(generators.execute(conn.pgconn))
+        for result in results:  # the server stops at the first error
+            if result.status not in _ANSWERED:
+                if result.status == ExecStatus.FATAL_ERROR:
+                    raise psycopg.errors.error_from_result(result, encoding=self._encoding)
+                raise psycopg.InternalError(f"unexpected answer: {ExecStatus(result.status).name}")
+        if len(results) != stop - start:
+            raise psycopg.InternalError(f"{len(results)} answers to {stop - start} statements")
+        for index in range(start, stop):
             rows = wanted.get(index)
             if rows is not None:
-                rows._rows = cur.fetchall()
-            index += 1
-            if not cur.nextset():
-                break
+                result = results[index - start]
+                self._loader.set_pgresult(result)
+                rows._rows = self._loader.load_rows(0, result.ntuples, tuple)
 
     # ------------------------------------------------ the projections' face
 
@@ -240,7 +244,37 @@ class PgBatch:
             raise
 
     def close(self) -> None:
-        self._binder.close()
+        if self._binder is not None:
+            self._binder.close()
+
+
+def _text(value: str) -> str:
+    if "\x00" in value:  # it would end the query text there (ADR 0014)
+        raise psycopg.DataError("PostgreSQL text cannot contain NUL (0x00) characters")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _null(value: None) -> str:
+    return "NULL"
+
+
+def _bytes(value: bytes) -> str:
+    return "'\\x" + value.hex() + "'::bytea"
+
+
+def _uuid(value: UUID) -> str:
+    return "'" + str(value) + "'::uuid"
+
+
+# The types the log and the projections write, quoted here (psycopg's general
+# machinery costs several times more per value), as SQL literals on a
+# connection with standard_conforming_strings on (`FlowPostgresRecorder._connect`
+# sets it), where a backslash in a quoted string is an ordinary character.
+# `bool` is not here: a subclass of int, it goes through psycopg.
+_QUOTE: dict[type, Callable[[Any], str]] = {
+    str: _text, int: str, type(None): _null, bytes: _bytes, UUID: _uuid}
+# With it off, text and bytes go through psycopg too.
+_QUOTE_SAFELY: dict[type, Callable[[Any], str]] = {int: str, type(None): _null, UUID: _uuid}
 
 
 def _returns_rows(sql: str) -> bool:

@@ -13,7 +13,9 @@ rounds; each round measures every system once. Printed:
  2. appends (log transactions) per consumer run, counted;
  3. the library's own Application saving one new aggregate with ONE event per
     save on its PostgreSQL module (saves/s), the raw bound = saves/s / appends
-    per run, and the engine's share of it (target >= 0.8);
+    per run, and the engine's share of it (target >= 0.8); and the library's
+    saves/s with two processes on one store, the anchor for two engine
+    processes (its log takes the same table lock);
  4. DBOS (optional `bench` extra): the 3-step workflow of bench/runs.py with a
     PostgreSQL system database (target: engine >= 5x); two processes >= 1.5x one.
 """
@@ -87,12 +89,21 @@ print(time.perf_counter() - t, flush=True)
 b.close()
 """
 
+RAW_WORKER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import postgres
+n, warmup = int(sys.argv[4]), int(sys.argv[5])
+print(n / postgres.raw_rate(sys.argv[2], n, warmup, ready=True), flush=True)
+"""
 
-def two_process_rate(stores: list[str], n: int, warmup: int) -> float:
-    """Two processes, each consuming n runs of its own workflow, on one store
-    (`stores` names it twice) or on a store each, started together: runs of
-    both / the wall time until both are done."""
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(HERE), store, f"wf-{k}",
+
+def two_process_rate(stores: list[str], n: int, warmup: int, worker: str = WORKER) -> float:
+    """Two processes, each consuming n runs of its own workflow (or, with
+    RAW_WORKER, making n raw saves), on one store (`stores` names it twice) or
+    on a store each, started together: the work of both / the wall time until
+    both are done."""
+    procs = [subprocess.Popen([sys.executable, "-c", worker, str(HERE), store, f"wf-{k}",
                                str(n), str(warmup)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
              for k, store in enumerate(stores)]
@@ -121,8 +132,10 @@ def appends_per_run(store: str, n: int) -> float:
     return statistics.mean(counter.per_run(RunKind.CONSUMER))
 
 
-def raw_rate(url: str, n: int, warmup: int) -> float:
-    """The library's own Application on its PostgreSQL module, one event per save."""
+def raw_rate(url: str, n: int, warmup: int, ready: bool = False) -> float:
+    """The library's own Application on its PostgreSQL module, one event per
+    save. `ready`: in a worker process, say so after the warm-up and wait for
+    a line on stdin before the timed saves."""
     parts = url.split("://", 1)[1]
     userhost, _, dbname = parts.partition("/")
     user, _, host = userhost.rpartition("@")
@@ -135,6 +148,10 @@ def raw_rate(url: str, n: int, warmup: int) -> float:
     try:
         for i in range(warmup):
             app.save(wl.Row(i))
+        if ready:
+            sys.stdout.write("ready\n")
+            sys.stdout.flush()
+            sys.stdin.readline()
         t = time.perf_counter()
         for i in range(n):
             app.save(wl.Row(i))
@@ -178,18 +195,21 @@ def main() -> int:
           f"eventsourcing {version('eventsourcing')}, dbos {dbos_v or 'not installed'}, "
           f"PostgreSQL {server}, psycopg {psycopg.__version__}")
     print(f"N={n} runs, medians of {args.repeat} rounds, warm-up {warmup}; server {url}")
-    got: dict[str, list[float]] = {"one": [], "two": [], "apart": [], "raw": [], "dbos": []}
+    got: dict[str, list[float]] = {"one": [], "two": [], "apart": [], "raw": [], "raw_two": [],
+                                   "dbos": []}
     names = []
     try:
         for k in range(args.repeat):
             names += [f"flowledger_bench_{k}_{s}"
-                      for s in ("one", "two", "apart_a", "apart_b", "raw", "dbos")]
-            got["one"].append(consumer_rate(fresh_db(url, names[-6]), n, warmup))
-            shared = fresh_db(url, names[-5])
+                      for s in ("one", "two", "apart_a", "apart_b", "raw", "raw_two", "dbos")]
+            got["one"].append(consumer_rate(fresh_db(url, names[-7]), n, warmup))
+            shared = fresh_db(url, names[-6])
             got["two"].append(two_process_rate([shared, shared], n, warmup))
             got["apart"].append(two_process_rate(
-                [fresh_db(url, names[-4]), fresh_db(url, names[-3])], n, warmup))
-            got["raw"].append(raw_rate(fresh_db(url, names[-2]), n, warmup))
+                [fresh_db(url, names[-5]), fresh_db(url, names[-4])], n, warmup))
+            got["raw"].append(raw_rate(fresh_db(url, names[-3]), n, warmup))
+            shared = fresh_db(url, names[-2])
+            got["raw_two"].append(two_process_rate([shared, shared], n, warmup, RAW_WORKER))
             if dbos_v is not None:
                 got["dbos"].append(dbos_rate(fresh_db(url, names[-1]), n, warmup))
             print(f"  round {k + 1}: " + ", ".join(
@@ -212,6 +232,8 @@ def main() -> int:
         ("raw eventsourcing saves/s", f"{med['raw']:,.0f}", "Application.save, 1 event"),
         ("raw bound runs/s", f"{bound:,.0f}", f"raw / {appends:.2f} appends per run"),
         ("engine / raw bound", f"{med['one'] / bound:.2f}", "target >= 0.8"),
+        ("raw saves/s, 2 processes", f"{med['raw_two']:,.0f}",
+         f"one store; {med['raw_two'] / med['raw']:.2f}x one (anchor for 2 processes)"),
     ]
     if "dbos" in med:
         rows += [("DBOS workflows/s", f"{med['dbos']:,.0f}", "3 steps, PostgreSQL system db"),

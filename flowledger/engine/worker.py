@@ -61,6 +61,10 @@ _Facts = tuple[Workflow, dict[str, TopicBacklog], dict[str, datetime], list[date
 
 
 class Worker:
+    # Seconds between two looks at a store that could not be read, at most (the
+    # wait doubles from `interval` at each failure in a row).
+    MAX_RETRY_WAIT = 10.0
+
     def __init__(self, engine: Engine, *, interval: float = 0.5,
                  max_iterations: int = 100) -> None:
         if interval <= 0:
@@ -96,31 +100,49 @@ class Worker:
                     logger.info("recovered session %s of %s: %s", result.session_id,
                                 result.workflow, result.status)
             self._seed_last_runs(waiter.head())
+            failures = 0
             while not self.stop.is_set():
-                head = waiter.head()
-                self._read_new_runs(head)
-                now = self.engine.clock.now()
-                decisions = [self._decide(reg, now) for reg in self._regs()]
-                due = [d.due for d in decisions if d.due is not None]
-                if due:
-                    for item in serving_order(due, self._turn):
-                        if self.stop.is_set():
-                            break
-                        try:
-                            self._serve(item, head)
-                        except Exception:
-                            # The session lost its lock, or the store failed: what was
-                            # appended stands, and the log says what is left. Never
-                            # the end of the worker.
-                            logger.exception("session of %s stopped", item.workflow)
-                            self.stop.wait(self.interval)
-                    self._turn += 1
-                    continue
-                waiter.wait_for_append(head, self._sleep_for(decisions, now))
+                try:
+                    self._pass(waiter)
+                    failures = 0
+                except Exception as e:
+                    # The store could not be read or waited on (a server
+                    # restarting, a network down): what stands in the log is
+                    # unchanged, so the worker waits and looks again. Never the
+                    # end of the worker.
+                    failures += 1
+                    delay = min(self.interval * 2 ** (failures - 1), self.MAX_RETRY_WAIT)
+                    logger.error("could not read the store (%s); trying again in %.1fs",
+                                 " ".join(str(e).split()) or type(e).__name__, delay)
+                    self.stop.wait(delay)
         finally:
             waiter.close()
             signals.restore()
             logger.info("worker %s stopped", self.engine.owner)
+
+    def _pass(self, waiter: LogWaiter) -> None:
+        """Serve every workflow due now, or else wait for an append or the
+        next due time."""
+        head = waiter.head()
+        self._read_new_runs(head)
+        now = self.engine.clock.now()
+        decisions = [self._decide(reg, now) for reg in self._regs()]
+        due = [d.due for d in decisions if d.due is not None]
+        if not due:
+            waiter.wait_for_append(head, self._sleep_for(decisions, now))
+            return
+        for item in serving_order(due, self._turn):
+            if self.stop.is_set():
+                break
+            try:
+                self._serve(item, head)
+            except Exception:
+                # The session lost its lock, or the store failed: what was
+                # appended stands, and the log says what is left. Never the
+                # end of the worker.
+                logger.exception("session of %s stopped", item.workflow)
+                self.stop.wait(self.interval)
+        self._turn += 1
 
     def run_once(self) -> list[SessionResult]:
         """One pass: serve every workflow due now (for tests and embedding loops)."""

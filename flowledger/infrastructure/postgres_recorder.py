@@ -21,11 +21,12 @@ import contextlib
 import functools
 import itertools
 import re
+import select
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 from uuid import UUID
 
 import psycopg
@@ -53,6 +54,30 @@ from flowledger.infrastructure.store import (
 
 # Rows in one INSERT statement, at most (4 parameters each, of PostgreSQL's 65,535).
 _ROWS_PER_INSERT = 1000
+
+
+def _usable(conn: psycopg.Connection[Any] | None) -> TypeGuard[psycopg.Connection[Any]]:
+    """Whether an idle connection can still be used. The server sends an idle
+    connection nothing unasked but when it ends it (restarted, failed over,
+    `pg_terminate_backend`, a pooler's idle timeout): a FATAL message, then
+    the end of the stream. Without this look, each connection would fail the
+    first statement sent on it after that, so that a write, a session, a read
+    failed for each connection the engine holds. (A settings reload can also
+    send a parameter's new value: the connection is then replaced for nothing.)"""
+    if conn is None or conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return not readable
+
+
+def _replace(conn: psycopg.Connection[Any] | None) -> None:
+    """Close a connection that is no longer `_usable` (it may still be open)."""
+    if conn is not None and not conn.closed:
+        with contextlib.suppress(psycopg.Error, OSError):
+            conn.close()
 
 
 def _in_statements(rows: Sequence[Any]) -> list[Sequence[Any]]:
@@ -191,7 +216,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         """The snapshot reader: psycopg begins each of its transactions itself,
         as REPEATABLE READ READ ONLY."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "reader", None)
-        if conn is None or conn.closed or conn.broken:
+        if not _usable(conn):
+            _replace(conn)
             conn = self._local.reader = self._connect()
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
@@ -276,7 +302,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _single(self) -> psycopg.Connection[Any]:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "single", None)
-        if conn is None or conn.closed or conn.broken:
+        if not _usable(conn):
+            _replace(conn)
             conn = self._local.single = self._connect()
             conn.autocommit = True
         return conn
@@ -289,7 +316,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def _writer(self, sync: bool) -> psycopg.Connection[Any]:
         """The writer connection, synced or not (see `writing`)."""
         conn = self._writers.get(sync)
-        if conn is None or conn.closed or conn.broken:
+        if not _usable(conn):
+            _replace(conn)
             conn = self._writers[sync] = self._connect(
                 "" if sync else "SET synchronous_commit = off")
             conn.autocommit = True  # transactions are begun and ended in the batch
@@ -315,6 +343,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         surfaces.
         """
         with self._writer_lock:
+            self._keep_announced()
             batch = PgBatch(self._writer(sync), translate, self._prepared[sync])
             try:
                 batch.add("BEGIN")
@@ -389,6 +418,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     # -------------------------------------------------------------- liveness
 
     _liveness: psycopg.Connection[Any] | None = None
+    _owner: str | None = None
 
     @staticmethod
     def _liveness_key(owner: str) -> int | None:
@@ -409,7 +439,17 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             return
         conn = psycopg.connect(**self.conninfo, autocommit=True)
         conn.execute("SELECT pg_advisory_lock(%s, %s)", (_CREATE_LOCK, key))
-        self._liveness = conn
+        self._liveness, self._owner = conn, owner
+
+    def _keep_announced(self) -> None:
+        """Take the owner's advisory lock again if the server ended the
+        connection that held it: until then, other processes judge this one
+        gone and take its sessions over (its appends are then refused by the
+        fence, as for any holder taken over)."""
+        if self._owner is not None and not _usable(self._liveness):
+            _replace(self._liveness)
+            self._liveness = None
+            self.announce(self._owner)
 
     def store_time(self) -> datetime:
         """The server's clock: every engine on this store judges leases by it."""
@@ -586,15 +626,27 @@ class PgAppendWakeups:
     """Woken by the log's notifications (LISTEN on a connection of its own)."""
 
     def __init__(self, conninfo: dict[str, Any], channel: str) -> None:
-        self.conn = psycopg.connect(**conninfo, autocommit=True)
-        self.conn.execute(f'LISTEN "{channel}"')
+        self.conninfo, self.channel = conninfo, channel
+        self.conn = self._listening()
+
+    def _listening(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(**self.conninfo, autocommit=True)
+        conn.execute(f'LISTEN "{self.channel}"')
+        return conn
 
     def wait(self, timeout: float) -> bool:
         """True once an append was committed since the last wait (or during this
-        one), False after `timeout` seconds without one."""
+        one), False after `timeout` seconds without one. True too when the
+        server had ended the connection: it listens again on a new one, and
+        what was appended meanwhile is not known."""
         woken = False
-        for _ in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1):
-            woken = True
+        try:
+            for _ in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1):
+                woken = True
+        except psycopg.OperationalError:
+            _replace(self.conn)
+            self.conn = self._listening()
+            return True
         return woken
 
     def close(self) -> None:

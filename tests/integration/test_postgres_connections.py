@@ -1,0 +1,224 @@
+"""Connections the PostgreSQL server ends (a restart, a failover,
+`pg_terminate_backend`, a pooler's idle timeout) are replaced before the engine
+next uses them: sessions, reads and the worker's wait go on as if nothing had
+happened, each mutation is made once, and the engine is again known alive to
+other processes (its advisory lock, ADR 0017)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+import flowledger as fl
+from flowledger.engine.waiting import LogWaiter
+from tests.helpers import MemoryLedger, ScriptedLedgerTool, costly_workflow, mid_call_tool
+
+on_postgresql = pytest.mark.parametrize(
+    "store", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+
+
+def _server(engine: fl.Engine) -> psycopg.Connection[Any]:
+    return psycopg.connect(**engine.log.flow_recorder.conninfo, autocommit=True)
+
+
+def _now(engine: fl.Engine) -> Any:
+    """The server's clock: connections opened after it are those made later."""
+    with _server(engine) as c:
+        return c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+
+
+def end_connections(engine: fl.Engine, since: Any) -> int:
+    """End, as the server would, every connection opened on this engine's
+    database since `since` but the one asking, and wait until they are gone."""
+    with _server(engine) as c:
+        pids = [pid for (pid,) in c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_start >= %s", (since,))]
+        for pid in pids:
+            c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while c.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                        (pids,)).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the server did not end the connections"
+            time.sleep(0.02)
+    return len(pids)
+
+
+def _alive_to_others(engine: fl.Engine, other: fl.Engine) -> bool | None:
+    return other.log.flow_recorder.holder_alive(engine.owner)
+
+
+@on_postgresql
+def test_a_session_after_the_server_ended_every_connection_runs_as_usual(make_engine, ledger):
+    other = make_engine()  # looks at the engine's liveness from another process's seat
+    since = _now(other)
+    engine = make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    engine.register(costly_workflow(["a", "b", "c", "d"], ["0.5"]), tools=[tool])
+    first = engine.run_session("prop", max_iterations=2)
+    assert first.status == "budget_exhausted", first.error
+    assert _alive_to_others(engine, other) is True
+
+    # The two writers, the readers and the advisory lock's connection.
+    assert end_connections(engine, since) >= 4
+    assert _alive_to_others(engine, other) is False
+
+    second = engine.run_session("prop")
+    assert second.status == "completed", second.error
+    assert sorted(key for key, _ in tool.calls) == ["a", "b", "c", "d"]  # each once
+    assert ledger.keys() == ["a", "b", "c", "d"]
+    assert _alive_to_others(engine, other) is True  # announced again
+    status = engine.status()
+    assert [w.open_session for w in status.workflows] == [None]
+    assert engine.verify().ok
+
+
+@on_postgresql
+def test_connections_ended_during_an_external_call_are_replaced_mid_session(make_engine,
+                                                                         ledger):
+    """The server ends them while a run waits on its tool: the run's outcome
+    and everything after it are written on new connections, in the same
+    session."""
+    since = _now(make_engine())
+    engine = make_engine()
+    ended: list[int] = []
+
+    def end_once(key: str) -> None:
+        if key == "b":
+            ended.append(end_connections(engine, since))
+
+    tool = mid_call_tool(end_once)(ledger)
+    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]), tools=[tool])
+    result = engine.run_session("prop")
+    assert ended and ended[0] >= 4
+    assert result.status == "completed", result.error
+    assert sorted(key for key, _ in tool.calls) == ["a", "b", "c"]
+    assert ledger.keys() == ["a", "b", "c"]
+    assert engine.verify().ok
+
+
+@on_postgresql
+def test_a_waiter_whose_listening_connection_the_server_ended_is_woken_again(make_engine):
+    engine, other = make_engine(), make_engine()
+    engine.register(fl.Workflow("first", topics=["t"]))
+
+    def append_soon(name: str) -> threading.Thread:
+        thread = threading.Thread(target=lambda: (
+            time.sleep(0.3), other.register(fl.Workflow(name, topics=["t"]))))
+        thread.start()
+        return thread
+
+    with LogWaiter(engine.log) as waiter:
+        head = waiter.head()
+        assert waiter.wakeups is not None
+        listening = waiter.wakeups.conn.info.backend_pid
+        with _server(engine) as c:
+            since = c.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = %s",
+                              (listening,)).fetchone()[0]  # type: ignore[index]
+        end_connections(engine, since)  # the listening one, and any younger
+        # Appended while the waiter waits: the wait finds its connection gone.
+        appending = append_soon("second")
+        assert waiter.wait_for_append(head, timeout=10) > head
+        appending.join()
+        # And it listens again: the next append wakes it too.
+        head = waiter.head()
+        appending = append_soon("third")
+        assert waiter.wait_for_append(head, timeout=10) > head
+        appending.join()
+
+
+def queue_workflow(queue: list[str]) -> fl.Workflow:
+    """A producer that publishes what is in `queue` (taken out as published),
+    a consumer that writes each message to the ledger tool."""
+    wf = fl.Workflow("queued", topics=["in"])
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> None:
+        while queue:
+            item = queue.pop(0)
+            ctx.publish("in", message_id=item, payload=item)
+
+    @wf.consumer(subscribe=["in"], tools=["ledger"])
+    class Write:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            pending = ctx.peek("in", limit=1)
+            if not pending:
+                return None
+            return fl.Prepared({"in": [pending[0].message_id]}, data=pending[0].payload)
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.ledger.append(prepared.data, "v")
+
+    return wf
+
+
+def _until(done: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@on_postgresql
+def test_a_worker_rides_out_a_server_it_cannot_reach(store, make_engine):
+    """Its role refused logins and its connections ended, for a while: the
+    worker logs, waits and looks again (never ends), then serves what was
+    published once the server lets it in again, each message once."""
+    role = f"fl_outage_{uuid.uuid4().hex[:8]}"
+
+    def admin() -> psycopg.Connection[Any]:
+        return psycopg.connect(store.partition("?")[0], autocommit=True)
+
+    with admin() as c:
+        c.execute(f'CREATE ROLE "{role}" LOGIN')
+        c.execute(f'GRANT CREATE ON DATABASE "{c.info.dbname}" TO "{role}"')
+    queue: list[str] = []
+    tool = ScriptedLedgerTool(MemoryLedger())
+    stop = threading.Event()
+    worker: fl.Engine | None = None
+    serving: threading.Thread | None = None
+    try:
+        # The role's engine makes the store: its schema and tables are the role's.
+        worker = fl.Engine(store.replace("postgres@", f"{role}@", 1), clock=fl.SystemClock())
+        worker.register(queue_workflow([]), tools=[tool])
+        feeder = make_engine(clock=fl.SystemClock())
+        feeder.register(queue_workflow(queue), tools=[ScriptedLedgerTool(MemoryLedger())])
+        serving = threading.Thread(target=worker.serve, kwargs={"stop": stop, "interval": 0.05})
+        serving.start()
+
+        queue += ["a", "b"]
+        assert feeder.run_session("queued", max_iterations=0).status == "budget_exhausted"
+        _until(lambda: len(tool.calls) == 2, 20, "the worker did not serve a and b")
+
+        with admin() as c:
+            c.execute(f'ALTER ROLE "{role}" NOLOGIN')
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE usename = %s", (role,))
+        time.sleep(1.5)  # the worker finds the store gone, and cannot log in
+        assert serving.is_alive()
+        with admin() as c:
+            c.execute(f'ALTER ROLE "{role}" LOGIN')
+
+        queue += ["c", "d"]
+        assert feeder.run_session("queued", max_iterations=0).status == "budget_exhausted"
+        _until(lambda: len(tool.calls) == 4, 30, "the worker did not serve c and d")
+        stop.set()
+        serving.join(10)
+        assert not serving.is_alive()
+        assert sorted(key for key, _ in tool.calls) == ["a", "b", "c", "d"]
+    finally:
+        stop.set()
+        if serving is not None:
+            serving.join(10)
+        if worker is not None:
+            worker.close()
+        with admin() as c:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE usename = %s", (role,))
+            c.execute(f'DROP OWNED BY "{role}" CASCADE')
+            c.execute(f'DROP ROLE "{role}"')

@@ -21,13 +21,18 @@ makes them PostgreSQL's.
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg import generators
+from psycopg.abc import PQGen
+from psycopg.adapt import Transformer
 from psycopg.pq import ExecStatus
+from psycopg.pq.abc import PGconn, PGresult
 
 Translate = Callable[[str], str]
 
@@ -36,6 +41,24 @@ Translate = Callable[[str], str]
 MAX_PREPARED = 200
 
 _ANSWERED = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+
+
+class Prepared:
+    """The statements prepared on one connection (SQL → name), kept by the
+    connection's owner. A name is never issued twice on a connection: a
+    PREPARE whose outcome is not known (an interrupt during its round trip,
+    after the server ran it) leaves at most a statement nobody uses, never a
+    name that clashes with the next one."""
+
+    __slots__ = ("issued", "names")
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.issued = 0
+
+    def issue(self) -> str:
+        self.issued += 1
+        return f"fl_{self.issued}"
 
 
 class Rows:
@@ -59,10 +82,10 @@ class PgBatch:
     connection: statements are queued, sent together, and answered in order."""
 
     def __init__(self, conn: psycopg.Connection[Any], translate: Translate,
-                 prepared: dict[str, str]) -> None:
+                 prepared: Prepared) -> None:
         self._conn = conn
-        # Statements prepared on this connection (SQL → name), kept by the
-        # connection's owner; and those whose PREPARE is queued, not yet run.
+        # Statements prepared on this connection, and those whose PREPARE is
+        # queued, not yet run (SQL → name).
         self._prepared = prepared
         self._preparing: dict[str, str] = {}
         self._translate = translate
@@ -72,7 +95,7 @@ class PgBatch:
         self._quote = (_QUOTE if conn.info.parameter_status("standard_conforming_strings") == "on"
                        else _QUOTE_SAFELY)
         self._encoding = conn.info.encoding
-        self._loader = psycopg.adapt.Transformer(conn)
+        self._loader = Transformer(conn)
         self._queue: list[str] = []
         self._wanted: list[tuple[int, Rows]] = []  # (statement index, its rows)
         self._prepares: dict[int, str] = {}  # statement index of a PREPARE → its SQL
@@ -90,18 +113,24 @@ class PgBatch:
         as an EXECUTE of the statement prepared on this connection, so that the
         server plans it once, not at every transaction."""
         if not params:
-            return sql.replace("%%", "%")
-        name = self._prepared.get(sql)
+            text = sql.replace("%%", "%").rstrip(" \t\r\n;")  # a last ; would be one more
+            if not _NOTHING.sub("", text).strip(" \t\r\n;"):
+                # It would give no answer, and the answers that follow would be
+                # taken for the wrong statements'.
+                raise psycopg.ProgrammingError(f"an empty statement: {sql!r}")
+            return text
+        name = self._prepared.names.get(sql)
         if name is None:
-            if len(self._prepared) + len(self._preparing) >= MAX_PREPARED:
+            if self._prepared.issued >= MAX_PREPARED:
                 return self._mogrify(sql, params)  # once: not worth preparing
             name = self._preparing.get(sql)
             if name is None:
-                name = self._preparing[sql] = f"fl_{len(self._prepared) + len(self._preparing)}"
-                parts = sql.split("%s")
-                numbered = "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1))
+                name = self._preparing[sql] = self._prepared.issue()
+                numbers = itertools.count(1)
+                numbered = _PLACEHOLDER.sub(
+                    lambda m: "%" if m.group() == "%%" else f"${next(numbers)}", sql)
                 self._prepares[len(self._queue)] = sql
-                self._queue.append(f"PREPARE {name} AS {numbered}{parts[-1]}".replace("%%", "%"))
+                self._queue.append(f"PREPARE {name} AS {numbered}")
         quote, other = self._quote.get, self._literal
         return f"EXECUTE {name}({', '.join([quote(type(v), other)(v) for v in params])})"
 
@@ -141,7 +170,7 @@ class PgBatch:
             if at < len(queue):
                 self._send(queue, at, at + 1, wanted)
                 # Known prepared once its own message is answered.
-                self._prepared[prepares[at]] = preparing[prepares[at]]
+                self._prepared.names[prepares[at]] = preparing[prepares[at]]
             start = at + 1
 
     def _send(self, queue: list[str], start: int, stop: int, wanted: dict[int, Rows]) -> None:
@@ -156,21 +185,20 @@ class PgBatch:
         if conn.closed:
             raise psycopg.OperationalError("the connection is closed")
         with conn.lock:
-            conn.pgconn.send_query(query)
-            results = conn.wait(generators.execute(conn.pgconn))
+            # Sent inside the wait: an interrupt at any point cancels the query.
+            results = conn.wait(_execute(conn.pgconn, query))
         for result in results:  # the server stops at the first error
             if result.status not in _ANSWERED:
                 if result.status == ExecStatus.FATAL_ERROR:
                     raise psycopg.errors.error_from_result(result, encoding=self._encoding)
                 raise psycopg.InternalError(f"unexpected answer: {ExecStatus(result.status).name}")
-        if len(results) != stop - start:
+        asked = [index for index in wanted if start <= index < stop]
+        if asked and len(results) != stop - start:  # unreachable: every statement answers
             raise psycopg.InternalError(f"{len(results)} answers to {stop - start} statements")
-        for index in range(start, stop):
-            rows = wanted.get(index)
-            if rows is not None:
-                result = results[index - start]
-                self._loader.set_pgresult(result)
-                rows._rows = self._loader.load_rows(0, result.ntuples, tuple)
+        for index in asked:
+            result = results[index - start]
+            self._loader.set_pgresult(result)
+            wanted[index]._rows = self._loader.load_rows(0, result.ntuples, tuple)
 
     # ------------------------------------------------ the projections' face
 
@@ -246,6 +274,19 @@ class PgBatch:
     def close(self) -> None:
         if self._binder is not None:
             self._binder.close()
+
+
+def _execute(pgconn: PGconn, query: bytes) -> PQGen[list[PGresult]]:
+    """psycopg's generator that collects a query's results, with the sending
+    inside it."""
+    pgconn.send_query(query)
+    return (yield from generators.execute(pgconn))
+
+
+# A placeholder, or a % doubled to be taken as itself.
+_PLACEHOLDER = re.compile(r"%%|%s")
+# What in a statement is not SQL: comments.
+_NOTHING = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 
 
 def _text(value: str) -> str:

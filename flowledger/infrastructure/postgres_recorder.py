@@ -40,7 +40,7 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, Link, head_of
-from flowledger.infrastructure.postgres_batch import PgBatch, Rows
+from flowledger.infrastructure.postgres_batch import PgBatch, Prepared, Rows
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast, create_guard_sql
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
 from flowledger.infrastructure.store import (
@@ -192,7 +192,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self._writers: dict[bool, psycopg.Connection[Any]] = {}
         self._writer_lock = threading.RLock()
         # Per writer connection: the statements prepared on it (PgBatch).
-        self._prepared: dict[bool, dict[str, str]] = {}
+        self._prepared: dict[bool, Prepared] = {}
         self._forecast = Forecast(self.events_table_name)
         self._sequence = ""  # the log's position sequence (create_table)
 
@@ -324,7 +324,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             # PgBatch prepares its statements itself:
             # none of psycopg's own on this connection.
             conn.prepare_threshold = None
-            self._prepared[sync] = {}
+            self._prepared[sync] = Prepared()
         return conn
 
     @contextmanager

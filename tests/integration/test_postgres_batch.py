@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -129,6 +130,60 @@ def test_a_statement_prepared_in_a_large_transaction_keeps_only_its_own_text(
         assert text.startswith("PREPARE fl_") and len(text) < 1_000, text[:200]
     assert recorder.read_all("SELECT k, length(t), n FROM odd ORDER BY k", ()) == [
         (1, len(big), 1), (2, len(big), 5)]
+
+
+def test_an_interrupt_once_a_prepare_ran_leaves_no_name_to_clash_with(
+        recorder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during a PREPARE's round trip, after the server ran it: the
+    statement exists on the connection but was never recorded as prepared.
+    Names are never issued twice, so later statements, new or the same, are
+    prepared and run (not 'prepared statement "fl_N" already exists')."""
+    _clear(recorder)
+    real_send = postgres_batch.PgBatch._send
+
+    def interrupted(batch: Any, queue: list[str], start: int, stop: int, wanted: Any) -> None:
+        real_send(batch, queue, start, stop, wanted)
+        if queue[start].startswith("PREPARE") and "-- interrupted" in queue[start]:
+            raise KeyboardInterrupt  # as a signal's handler would, as the answer came
+
+    monkeypatch.setattr(postgres_batch.PgBatch, "_send", interrupted)
+    with pytest.raises(KeyboardInterrupt), recorder.writing() as c:
+        c.execute("INSERT INTO odd (k, t) VALUES (?, ?) -- interrupted", (1, "x"))
+    monkeypatch.setattr(postgres_batch.PgBatch, "_send", real_send)
+    with recorder.writing() as c:
+        c.execute("INSERT INTO odd (k, t) VALUES (?, ?) -- interrupted", (2, "y"))
+        c.execute("UPDATE odd SET n=? WHERE k=? -- new after the interrupt", (7, 2))
+    assert recorder.read_all("SELECT k, t, n FROM odd", ()) == [(2, "y", 7)]
+
+
+def test_an_empty_statement_is_refused_before_anything_is_sent(recorder: Any) -> None:
+    """It would answer nothing, and the answers after it would be taken for
+    the wrong statements'; a statement's last semicolon is not one more."""
+    _clear(recorder)
+    for empty in ("", "  ;  ", "-- nothing", "/* nothing */ ;"):
+        with pytest.raises(psycopg.ProgrammingError, match="empty statement"), \
+                recorder.writing() as c:
+            c.execute("INSERT INTO odd (k, t) VALUES (?, ?)", (1, "x"))
+            c.execute(empty)
+        assert recorder.read_all("SELECT COUNT(*) FROM odd", ()) == [(0,)]
+    with recorder.writing() as c:
+        c.execute("INSERT INTO odd (k, t) VALUES (?, ?);", (1, "x"))
+        c.execute("UPDATE odd SET n = 5;")
+        assert c.execute("SELECT k, n FROM odd").fetchall() == [(1, 5)]
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "literal"])
+def test_a_percent_in_the_sql_is_not_a_placeholder(recorder: Any, prepared: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres_batch, "MAX_PREPARED", 200 if prepared else 0)
+    _clear(recorder)
+    with recorder.writing() as c:
+        c.executemany("INSERT INTO odd (k, t) VALUES (?, ?)",
+                      [(1, "%session"), (2, "%s"), (3, "plain")])
+        assert c.execute("SELECT k FROM odd WHERE t LIKE '%s%' AND k > ? ORDER BY k",
+                         (0,)).fetchall() == [(1,), (2,)]
+        assert c.execute("SELECT k FROM odd WHERE t = '%' || ? ORDER BY k",
+                         ("s",)).fetchall() == [(2,)]
 
 
 def test_text_with_nul_is_refused_and_nothing_is_stored(recorder: Any) -> None:

@@ -160,6 +160,9 @@ class SessionScope:
         return self.policy.lease_until(lease_now)
 
     def _keep_alive(self) -> None:
+        # A server that restarted forgot this engine's liveness lock: held
+        # again within a beat, before other processes believe it gone.
+        self.streams.log.flow_recorder.keep_announced()
         until = self._renewed_lease_end()
         if until is not None:
             self.streams.renew_lease(self.now(), until, self.session.id)

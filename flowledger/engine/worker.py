@@ -111,9 +111,10 @@ class Worker:
                     # unchanged, so the worker waits and looks again. Never the
                     # end of the worker.
                     failures += 1
-                    delay = min(self.interval * 2 ** (failures - 1), self.MAX_RETRY_WAIT)
-                    logger.error("could not read the store (%s); trying again in %.1fs",
-                                 " ".join(str(e).split()) or type(e).__name__, delay)
+                    delay = min(self.interval * 2 ** min(failures - 1, 16), self.MAX_RETRY_WAIT)
+                    logger.error("could not read the store (%s: %s); trying again in %.1fs",
+                                 type(e).__name__, " ".join(str(e).split()), delay,
+                                 exc_info=failures == 1)  # the whole story once
                     self.stop.wait(delay)
         finally:
             waiter.close()

@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import re
-import select
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +38,7 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import pq
 
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, Link, head_of
 from flowledger.infrastructure.postgres_batch import PgBatch, Prepared, Rows
@@ -52,25 +53,34 @@ from flowledger.infrastructure.store import (
     SharedSQL,
 )
 
+logger = logging.getLogger("flowledger.store")
+
 # Rows in one INSERT statement, at most (4 parameters each, of PostgreSQL's 65,535).
 _ROWS_PER_INSERT = 1000
 
 
 def _usable(conn: psycopg.Connection[Any] | None) -> TypeGuard[psycopg.Connection[Any]]:
-    """Whether an idle connection can still be used. The server sends an idle
-    connection nothing unasked but when it ends it (restarted, failed over,
-    `pg_terminate_backend`, a pooler's idle timeout): a FATAL message, then
-    the end of the stream. Without this look, each connection would fail the
+    """Whether an idle connection can still be used. The server ends idle
+    connections (restarted, `pg_terminate_backend`, an idle timeout) with a
+    FATAL message, then the end of the stream, which nobody reads until a
+    statement is sent: without this look, each connection would fail the
     first statement sent on it after that, so that a write, a session, a read
-    failed for each connection the engine holds. (A settings reload can also
-    send a parameter's new value: the connection is then replaced for nothing.)"""
+    failed for each connection the engine holds. What is waiting is read
+    without blocking and parsed by libpq (a NOTICE or a NOTIFY leaves the
+    connection usable; the second read meets the end of the stream)."""
     if conn is None or conn.closed or conn.broken:
         return False
+    pgconn = conn.pgconn
+    if pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        return False  # a query whose answer never came: not idle, not usable
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    except (OSError, ValueError, psycopg.Error):
+        for _ in range(2):
+            pgconn.consume_input()  # libpq's socket never blocks
+            pgconn.is_busy()  # parses what came
+    except psycopg.Error:
         return False
-    return not readable
+    return (pgconn.status == pq.ConnStatus.OK
+            and pgconn.transaction_status == pq.TransactionStatus.IDLE)
 
 
 def _replace(conn: psycopg.Connection[Any] | None) -> None:
@@ -191,6 +201,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         # The writer connections, synced and unsynced (see `writing`).
         self._writers: dict[bool, psycopg.Connection[Any]] = {}
         self._writer_lock = threading.RLock()
+        self._liveness_lock = threading.Lock()
         # Per writer connection: the statements prepared on it (PgBatch).
         self._prepared: dict[bool, Prepared] = {}
         self._forecast = Forecast(self.events_table_name)
@@ -343,7 +354,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         surfaces.
         """
         with self._writer_lock:
-            self._keep_announced()
+            self.keep_announced()
             batch = PgBatch(self._writer(sync), translate, self._prepared[sync])
             try:
                 batch.add("BEGIN")
@@ -433,49 +444,98 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def announce(self, owner: str) -> None:
         """Hold `owner`'s advisory lock on a connection of its own for as long as
         this process lives: when the process dies, the server drops the
-        connection and the lock with it, and the holder is provably gone."""
+        connection and the lock with it, and the holder is provably gone. The
+        connection is exempt from the server's idle timeout, and its TCP
+        keepalives find a vanished server in about a minute."""
         key = self._liveness_key(owner)
         if key is None:
             return
-        conn = psycopg.connect(**self.conninfo, autocommit=True)
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", (_CREATE_LOCK, key))
+        conn = self._liveness_connection()
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", (_CREATE_LOCK, key))
+        except BaseException:
+            _replace(conn)
+            raise
         self._liveness, self._owner = conn, owner
 
-    def _keep_announced(self) -> None:
+    def _liveness_connection(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(**self.conninfo, autocommit=True, keepalives=1,
+                               keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+        with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14 on
+            conn.execute("SET idle_session_timeout = 0")
+        return conn
+
+    def keep_announced(self) -> None:
         """Take the owner's advisory lock again if the server ended the
-        connection that held it: until then, other processes judge this one
-        gone and take its sessions over (its appends are then refused by the
-        fence, as for any holder taken over)."""
-        if self._owner is not None and not _usable(self._liveness):
+        connection that held it (called before each write and at each
+        heartbeat). Until then other processes may judge this one gone, and a
+        server that restarted less than `LIVENESS_GRACE` seconds ago is not
+        believed on it (`holder_alive`). Never waits on the lock and never
+        raises: if it cannot be taken now, the next call tries again, and the
+        fence keeps a holder taken over meanwhile from appending."""
+        key = self._liveness_key(self._owner or "")
+        if key is None:
+            return
+        with self._liveness_lock:
+            if _usable(self._liveness):
+                return
             _replace(self._liveness)
             self._liveness = None
-            self.announce(self._owner)
+            try:
+                conn = self._liveness_connection()
+            except psycopg.Error as e:
+                logger.warning("could not take this engine's liveness lock again: %s", e)
+                return
+            try:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                   (_CREATE_LOCK, key)).fetchone()
+            except psycopg.Error as e:
+                _replace(conn)
+                logger.warning("could not take this engine's liveness lock again: %s", e)
+                return
+            if row and row[0]:
+                self._liveness = conn
+            else:  # its old connection's backend has not ended yet
+                _replace(conn)
 
     def store_time(self) -> datetime:
         """The server's clock: every engine on this store judges leases by it."""
         return self.read_all("SELECT clock_timestamp()", ())[0][0]
 
+    # Seconds after a server (re)starts during which a free advisory lock does
+    # not prove its owner gone: live engines take theirs again at their next
+    # write or heartbeat (at least every second while a session runs).
+    LIVENESS_GRACE = 10
+
     def holder_alive(self, owner: str | None) -> bool | None:
         """False when `owner`'s connection is gone (its advisory lock is free),
-        True while it holds it, None when this store cannot tell."""
+        True while it holds it, None when this store cannot tell: no lock for
+        that owner, or a server that started less than `LIVENESS_GRACE`
+        seconds ago (a restart frees every lock, the living's too)."""
         key = self._liveness_key(owner or "")
         if key is None:
             return None
         conn = psycopg.connect(**self.conninfo, autocommit=True)
         try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                               (_CREATE_LOCK, key)).fetchone()
-            free = bool(row and row[0])
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s), "
+                "clock_timestamp() - pg_postmaster_start_time() < %s * interval '1 second'",
+                (_CREATE_LOCK, key, self.LIVENESS_GRACE)).fetchone()
+            free, restarted = bool(row and row[0]), bool(row and row[1])
             if free:
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_CREATE_LOCK, key))
+            if free and restarted:
+                return None
             return not free
         finally:
             conn.close()
 
     def close_connections(self) -> None:
-        if self._liveness is not None and not self._liveness.closed:
-            self._liveness.close()
-        self._liveness = None
+        with self._liveness_lock:
+            self._owner = None  # not announced again by a write still under way
+            if self._liveness is not None and not self._liveness.closed:
+                self._liveness.close()
+            self._liveness = None
         for conn in (*self._writers.values(), getattr(self._local, "reader", None),
                      getattr(self._local, "single", None)):
             if conn is not None and not conn.closed:
@@ -627,6 +687,7 @@ class PgAppendWakeups:
 
     def __init__(self, conninfo: dict[str, Any], channel: str) -> None:
         self.conninfo, self.channel = conninfo, channel
+        self.closed = False
         self.conn = self._listening()
 
     def _listening(self) -> psycopg.Connection[Any]:
@@ -644,12 +705,15 @@ class PgAppendWakeups:
             for _ in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1):
                 woken = True
         except psycopg.OperationalError:
+            if self.closed:  # closed by another thread to end the wait
+                return False
             _replace(self.conn)
             self.conn = self._listening()
             return True
         return woken
 
     def close(self) -> None:
+        self.closed = True
         self.conn.close()
 
 

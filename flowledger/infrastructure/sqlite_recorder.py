@@ -305,6 +305,9 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     def announce(self, owner: str) -> None:
         """Nothing to hold: on SQLite a holder is known by its process id."""
 
+    def keep_announced(self) -> None:
+        """Nothing to hold again."""
+
     def listen(self) -> None:
         """None: SQLite sends no notifications; waiting for appends polls."""
         return None

@@ -123,6 +123,9 @@ class LogStore(Protocol):
     def announce(self, owner: str) -> None:
         """This engine (`owner`) is alive, for as long as its process is."""
 
+    def keep_announced(self) -> None:
+        """Say so again if the store forgot it (a restarted server)."""
+
     def store_time(self) -> datetime | None:
         """The store's own clock, where it keeps one that all its writers share
         (PostgreSQL's); None where writers share the engine's host (SQLite)."""

@@ -6,6 +6,7 @@ other processes (its advisory lock, ADR 0017)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -26,19 +27,20 @@ def _server(engine: fl.Engine) -> psycopg.Connection[Any]:
     return psycopg.connect(**engine.log.flow_recorder.conninfo, autocommit=True)
 
 
-def _now(engine: fl.Engine) -> Any:
-    """The server's clock: connections opened after it are those made later."""
-    with _server(engine) as c:
-        return c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+def backends(engine: fl.Engine) -> list[int]:
+    """The server processes of the engine's own connections (this thread's
+    readers, its writers, its liveness lock's)."""
+    rec = engine.log.flow_recorder
+    conns = [*rec._writers.values(), getattr(rec._local, "reader", None),
+             getattr(rec._local, "single", None), rec._liveness]
+    return [c.info.backend_pid for c in conns if c is not None and not c.closed]
 
 
-def end_connections(engine: fl.Engine, since: Any) -> int:
-    """End, as the server would, every connection opened on this engine's
-    database since `since` but the one asking, and wait until they are gone."""
+def end_connections(engine: fl.Engine, pids: list[int] | None = None) -> int:
+    """End, as the server would, the engine's connections (or those `pids`),
+    and wait until they are gone."""
+    pids = backends(engine) if pids is None else pids
     with _server(engine) as c:
-        pids = [pid for (pid,) in c.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND backend_start >= %s", (since,))]
         for pid in pids:
             c.execute("SELECT pg_terminate_backend(%s)", (pid,))
         deadline = time.monotonic() + 10
@@ -56,7 +58,6 @@ def _alive_to_others(engine: fl.Engine, other: fl.Engine) -> bool | None:
 @on_postgresql
 def test_a_session_after_the_server_ended_every_connection_runs_as_usual(make_engine, ledger):
     other = make_engine()  # looks at the engine's liveness from another process's seat
-    since = _now(other)
     engine = make_engine()
     tool = ScriptedLedgerTool(ledger)
     engine.register(costly_workflow(["a", "b", "c", "d"], ["0.5"]), tools=[tool])
@@ -65,7 +66,7 @@ def test_a_session_after_the_server_ended_every_connection_runs_as_usual(make_en
     assert _alive_to_others(engine, other) is True
 
     # The two writers, the readers and the advisory lock's connection.
-    assert end_connections(engine, since) >= 4
+    assert end_connections(engine) >= 4
     assert _alive_to_others(engine, other) is False
 
     second = engine.run_session("prop")
@@ -84,13 +85,12 @@ def test_connections_ended_during_an_external_call_are_replaced_mid_session(make
     """The server ends them while a run waits on its tool: the run's outcome
     and everything after it are written on new connections, in the same
     session."""
-    since = _now(make_engine())
     engine = make_engine()
     ended: list[int] = []
 
     def end_once(key: str) -> None:
         if key == "b":
-            ended.append(end_connections(engine, since))
+            ended.append(end_connections(engine))
 
     tool = mid_call_tool(end_once)(ledger)
     engine.register(costly_workflow(["a", "b", "c"], ["0.5"]), tools=[tool])
@@ -114,13 +114,10 @@ def test_a_waiter_whose_listening_connection_the_server_ended_is_woken_again(mak
         return thread
 
     with LogWaiter(engine.log) as waiter:
+        waiter.NOTIFIED_CHECK = 30  # woken by notifications only, not by looking
         head = waiter.head()
         assert waiter.wakeups is not None
-        listening = waiter.wakeups.conn.info.backend_pid
-        with _server(engine) as c:
-            since = c.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = %s",
-                              (listening,)).fetchone()[0]  # type: ignore[index]
-        end_connections(engine, since)  # the listening one, and any younger
+        end_connections(engine, [waiter.wakeups.conn.info.backend_pid])
         # Appended while the waiter waits: the wait finds its connection gone.
         appending = append_soon("second")
         assert waiter.wait_for_append(head, timeout=10) > head
@@ -128,8 +125,36 @@ def test_a_waiter_whose_listening_connection_the_server_ended_is_woken_again(mak
         # And it listens again: the next append wakes it too.
         head = waiter.head()
         appending = append_soon("third")
+        started = time.monotonic()
         assert waiter.wait_for_append(head, timeout=10) > head
+        assert time.monotonic() - started < 5, "not woken by the append's notification"
         appending.join()
+
+
+@on_postgresql
+def test_taking_the_liveness_lock_again_never_holds_up_a_write(make_engine, ledger):
+    """The liveness lock's connection was ended but its key is still held (say
+    by a backend the server has not ended yet): writes go on at once, and the
+    lock is taken at the first write after the key is free."""
+    other = make_engine()
+    engine = make_engine()
+    engine.register(costly_workflow(["a", "b"], ["0.5"]), tools=[ScriptedLedgerTool(ledger)])
+    rec = engine.log.flow_recorder
+    key = rec._liveness_key(engine.owner)
+    end_connections(engine, backends(engine))
+    with _server(engine) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (0x666C6F77, key))
+        started = time.monotonic()
+        result = engine.run_session("prop", max_iterations=1)
+        assert result.status == "budget_exhausted", result.error
+        assert time.monotonic() - started < 5, "a write waited for the liveness lock"
+        assert rec._liveness is None  # not taken: someone else holds the key
+    # The key is free again (its holder's connection closed): the next write takes it.
+    assert engine.run_session("prop").status == "completed"
+    assert rec._liveness is not None
+    assert _alive_to_others(engine, other) is True
+    timeout = rec._liveness.execute("SHOW idle_session_timeout").fetchone()[0]
+    assert timeout == "0", "the liveness connection must not be ended for idling"
 
 
 def queue_workflow(queue: list[str]) -> fl.Workflow:
@@ -165,7 +190,7 @@ def _until(done: Any, seconds: float, what: str) -> None:
 
 
 @on_postgresql
-def test_a_worker_rides_out_a_server_it_cannot_reach(store, make_engine):
+def test_a_worker_rides_out_a_server_it_cannot_reach(store, make_engine, caplog):
     """Its role refused logins and its connections ended, for a while: the
     worker logs, waits and looks again (never ends), then serves what was
     published once the server lets it in again, each message once."""
@@ -174,15 +199,16 @@ def test_a_worker_rides_out_a_server_it_cannot_reach(store, make_engine):
     def admin() -> psycopg.Connection[Any]:
         return psycopg.connect(store.partition("?")[0], autocommit=True)
 
-    with admin() as c:
-        c.execute(f'CREATE ROLE "{role}" LOGIN')
-        c.execute(f'GRANT CREATE ON DATABASE "{c.info.dbname}" TO "{role}"')
     queue: list[str] = []
     tool = ScriptedLedgerTool(MemoryLedger())
     stop = threading.Event()
     worker: fl.Engine | None = None
     serving: threading.Thread | None = None
+    caplog.set_level(logging.ERROR, logger="flowledger.worker")
     try:
+        with admin() as c:
+            c.execute(f'CREATE ROLE "{role}" LOGIN')
+            c.execute(f'GRANT CREATE ON DATABASE "{c.info.dbname}" TO "{role}"')
         # The role's engine makes the store: its schema and tables are the role's.
         worker = fl.Engine(store.replace("postgres@", f"{role}@", 1), clock=fl.SystemClock())
         worker.register(queue_workflow([]), tools=[tool])
@@ -201,6 +227,7 @@ def test_a_worker_rides_out_a_server_it_cannot_reach(store, make_engine):
                       "WHERE usename = %s", (role,))
         time.sleep(1.5)  # the worker finds the store gone, and cannot log in
         assert serving.is_alive()
+        assert "could not read the store" in caplog.text
         with admin() as c:
             c.execute(f'ALTER ROLE "{role}" LOGIN')
 
@@ -220,5 +247,6 @@ def test_a_worker_rides_out_a_server_it_cannot_reach(store, make_engine):
         with admin() as c:
             c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                       "WHERE usename = %s", (role,))
-            c.execute(f'DROP OWNED BY "{role}" CASCADE')
-            c.execute(f'DROP ROLE "{role}"')
+            if c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                c.execute(f'DROP OWNED BY "{role}" CASCADE')
+                c.execute(f'DROP ROLE "{role}"')

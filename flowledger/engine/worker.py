@@ -78,6 +78,7 @@ class Worker:
         self._turn = 0
         self._cache: dict[UUID, tuple[int, _Facts]] = {}
         self.sessions = 0  # sessions this worker ran (for tests and figures)
+        self._undecided: set[str] = set()  # workflows whose last decision failed
 
     # -------------------------------------------------------------- serving
 
@@ -127,7 +128,7 @@ class Worker:
         head = waiter.head()
         self._read_new_runs(head)
         now = self.engine.clock.now()
-        decisions = [self._decide(reg, now) for reg in self._regs()]
+        decisions = self._decisions(now)
         due = [d.due for d in decisions if d.due is not None]
         if not due:
             waiter.wait_for_append(head, self._sleep_for(decisions, now))
@@ -152,7 +153,7 @@ class Worker:
             self._seed_last_runs(head)
         self._read_new_runs(head)
         now = self.engine.clock.now()
-        due = [d.due for d in (self._decide(r, now) for r in self._regs()) if d.due]
+        due = [d.due for d in self._decisions(now) if d.due]
         results = [self._serve(item, head) for item in serving_order(due, self._turn)]
         self._turn += 1
         return [r for r in results if r is not None]
@@ -209,6 +210,24 @@ class Worker:
         return result
 
     # ------------------------------------------------------- what the log says
+
+    def _decisions(self, now: datetime) -> list[Decision]:
+        """Each workflow's, by the due rules. One whose facts cannot be read
+        (its stream cannot be decoded, say) is left out of this pass, said once
+        until it can be read again, and the others are served."""
+        decisions = []
+        for reg in self._regs():
+            name = reg.definition.name
+            try:
+                decisions.append(self._decide(reg, now))
+            except Exception:
+                if name not in self._undecided:
+                    logger.exception("could not tell whether %s is due: its sessions wait, "
+                                     "the other workflows are served", name)
+                    self._undecided.add(name)
+                continue
+            self._undecided.discard(name)
+        return decisions
 
     def _decide(self, reg: Registration, now: datetime) -> Decision:
         return decide_due(self._situation(reg, now), now)

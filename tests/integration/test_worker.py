@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 import flowledger as fl
+from flowledger.domain.ids import workflow_id
 from flowledger.engine.worker import Worker
 from tests.helpers import MemoryLedger, MutationScenario, ScriptedLedgerTool, ledger_workflow
+from tests.store_contents import position_column, run_sql
 
 START = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
 
@@ -185,6 +190,32 @@ def test_a_big_backlog_does_not_starve_another_workflow(
     while worker.run_once():
         pass
     assert len(big.writes) == 6
+
+
+def test_a_workflow_whose_stream_cannot_be_read_does_not_stop_the_others(
+        store: str, make_engine: Callable[..., fl.Engine], clock: fl.ManualClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One workflow's stream was damaged in the store: the worker says so once
+    and goes on serving the other workflows."""
+    clock.set(START)
+    broken, fine = MemoryLedger(), MemoryLedger()
+    engine = make_engine()
+    engine.register(ledger_workflow("broken", items=["x"]), tools=[ScriptedLedgerTool(broken)])
+    engine.register(ledger_workflow("fine", items=["a"]), tools=[ScriptedLedgerTool(fine)])
+    for name in ("broken", "fine"):
+        engine.run_session(name, max_iterations=0)  # published, nothing consumed
+    worker = Worker(engine)
+    # Damaged while the worker runs: the workflow stream's last event.
+    pos = position_column(store)
+    stream = workflow_id("broken")
+    (target,) = run_sql(store, f"SELECT MAX({pos}) FROM stored_events "
+                               "WHERE originator_id IN (?, ?)", (stream.hex, str(stream)))[0]
+    run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (b"\xc1", target))
+    with caplog.at_level(logging.ERROR, logger="flowledger.worker"):
+        assert [r.workflow for r in worker.run_once()] == ["fine"]
+        assert worker.run_once() == []
+    assert fine.writes == ["a"] and broken.writes == []
+    assert caplog.text.count("could not tell whether broken is due") == 1
 
 
 def test_a_heartbeat_keeps_a_long_call_from_being_taken_over(

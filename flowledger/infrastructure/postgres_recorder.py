@@ -515,20 +515,15 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         key = self._liveness_key(owner or "")
         if key is None:
             return None
-        conn = psycopg.connect(**self.conninfo, autocommit=True)
-        try:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s, %s), "
-                "clock_timestamp() - pg_postmaster_start_time() < %s * interval '1 second'",
-                (_CREATE_LOCK, key, self.LIVENESS_GRACE)).fetchone()
-            free, restarted = bool(row and row[0]), bool(row and row[1])
-            if free:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_CREATE_LOCK, key))
-            if free and restarted:
-                return None
-            return not free
-        finally:
-            conn.close()
+        # A transaction-level try: released as the statement ends (the reading
+        # connection is in autocommit), so no connection of its own per look.
+        (free, restarted), = self.read_all(
+            "SELECT pg_try_advisory_xact_lock(?, ?), "
+            "clock_timestamp() - pg_postmaster_start_time() < ? * interval '1 second'",
+            (_CREATE_LOCK, key, self.LIVENESS_GRACE))
+        if free and restarted:
+            return None
+        return not free
 
     def close_connections(self) -> None:
         with self._liveness_lock:

@@ -261,3 +261,27 @@ def test_a_worker_rides_out_a_server_it_cannot_reach(store, make_engine, caplog)
             if c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
                 c.execute(f'DROP OWNED BY "{role}" CASCADE')
                 c.execute(f'DROP ROLE "{role}"')
+
+
+@on_postgresql
+def test_looking_at_a_holder_opens_no_connection_and_holds_nothing(make_engine, monkeypatch):
+    """The worker looks at each open session's holder at every pass: each look
+    is one statement on a connection the engine has, and leaves no lock held
+    (a dead holder's key stays free for the next look, anyone's)."""
+    engine, other = make_engine(), make_engine()
+    rec = other.log.flow_recorder
+    _past_the_grace(engine)
+    gone = "elsewhere:1:deadbeef"
+    assert rec.holder_alive(engine.owner) is True and rec.holder_alive(gone) is False
+    opened: list[int] = []
+    connect = psycopg.connect
+    monkeypatch.setattr(psycopg, "connect", lambda *a, **k: opened.append(1) or connect(*a, **k))
+    for _ in range(10):
+        assert rec.holder_alive(engine.owner) is True
+        assert rec.holder_alive(gone) is False
+    assert opened == []
+    monkeypatch.undo()
+    with _server(engine) as c:
+        free = c.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                         (0x666C6F77, rec._liveness_key(gone))).fetchone()[0]  # type: ignore[index]
+    assert free, "a look left the key held"

@@ -22,6 +22,7 @@ from uuid import UUID
 
 from flowledger.authoring.registration import Registration
 from flowledger.domain.due import Decision, Due, Situation, decide_due, serving_order
+from flowledger.domain.errors import CorruptEventError
 from flowledger.domain.phases import RunKind
 from flowledger.domain.schedule import Schedule
 from flowledger.domain.scheduling import ConsumerView, TopicBacklog
@@ -161,8 +162,8 @@ class Worker:
     def next_due(self) -> datetime | None:
         self._read_new_runs(max_position(self.engine.log))
         now = self.engine.clock.now()
-        return min((d.next_due for d in (self._decide(r, now) for r in self._regs())
-                    if d.next_due is not None), default=None)
+        return min((d.next_due for d in self._decisions(now) if d.next_due is not None),
+                   default=None)
 
     def _sleep_for(self, decisions: list[Decision], now: datetime) -> float:
         # Never longer than the interval: the clock may be a manual one, and the
@@ -212,15 +213,16 @@ class Worker:
     # ------------------------------------------------------- what the log says
 
     def _decisions(self, now: datetime) -> list[Decision]:
-        """Each workflow's, by the due rules. One whose facts cannot be read
-        (its stream cannot be decoded, say) is left out of this pass, said once
-        until it can be read again, and the others are served."""
+        """Each workflow's, by the due rules. One whose stream cannot be decoded
+        (damaged outside flowledger) is left out of this pass, said once until
+        it can be read again, and the others are served. Any other failure is
+        the store's, and every workflow's: it ends the pass (`serve` backs off)."""
         decisions = []
         for reg in self._regs():
             name = reg.definition.name
             try:
                 decisions.append(self._decide(reg, now))
-            except Exception:
+            except CorruptEventError:  # its own; the store's failures end the pass
                 if name not in self._undecided:
                     logger.exception("could not tell whether %s is due: its sessions wait, "
                                      "the other workflows are served", name)

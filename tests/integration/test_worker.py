@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -216,6 +217,32 @@ def test_a_workflow_whose_stream_cannot_be_read_does_not_stop_the_others(
         assert worker.run_once() == []
     assert fine.writes == ["a"] and broken.writes == []
     assert caplog.text.count("could not tell whether broken is due") == 1
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_failure_of_the_store_for_every_workflow_backs_off_and_says_so(
+        store: str, make_engine: Callable[..., fl.Engine],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A table every decision reads is gone: not one workflow's damage, the
+    store's. The worker says so at each look and waits longer each time."""
+    engine = make_engine(clock=fl.SystemClock())
+    for name in ("a", "b"):
+        engine.register(ledger_workflow(name, items=["x"]),
+                        tools=[ScriptedLedgerTool(MemoryLedger())])
+        engine.run_session(name, max_iterations=0)
+    run_sql(store, "ALTER TABLE fl_wakeups RENAME TO fl_wakeups_gone")
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="flowledger.worker"):
+        serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
+        serving.start()
+        time.sleep(1.0)
+        stop.set()
+        serving.join(10)
+    assert not serving.is_alive()
+    waits = [float(m.rsplit(" ", 1)[1].rstrip("s")) for m in caplog.messages
+             if m.startswith("could not read the store")]
+    assert len(waits) >= 3 and waits == sorted(waits) and waits[-1] > waits[0], caplog.messages
+    assert not any("could not tell whether" in m for m in caplog.messages)
 
 
 def test_a_heartbeat_keeps_a_long_call_from_being_taken_over(

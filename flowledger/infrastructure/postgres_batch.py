@@ -193,7 +193,7 @@ class PgBatch:
                     raise psycopg.errors.error_from_result(result, encoding=self._encoding)
                 raise psycopg.InternalError(f"unexpected answer: {ExecStatus(result.status).name}")
         asked = [index for index in wanted if start <= index < stop]
-        if asked and len(results) != stop - start:  # unreachable: every statement answers
+        if asked and len(results) != stop - start:  # one `execute` held two statements
             raise psycopg.InternalError(f"{len(results)} answers to {stop - start} statements")
         for index in asked:
             result = results[index - start]

@@ -99,11 +99,13 @@ def _values(template: str, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any
     """A multi-row VALUES list for `rows` (each row as `template`) and its parameters."""
     return ", ".join([template] * len(rows)), [v for row in rows for v in row]
 
+
 def _fence_before(fence: Fence, rows: Sequence[Row]) -> int | None:
     """The version the fenced stream is at before `rows` are appended, if they
     bring it to `fence.version` (None: it has no event yet)."""
     own = sum(1 for r in rows if r[0] == fence.stream_id.hex)
     return fence.version - own if fence.version > own else None
+
 
 # A constant key for the advisory lock that serialises table creation.
 _CREATE_LOCK = 0x666C6F77  # "flow"
@@ -429,7 +431,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     # -------------------------------------------------------------- liveness
 
     _liveness: psycopg.Connection[Any] | None = None
-    _owner: str | None = None
+    _held_key: int | None = None  # the advisory lock this engine holds while alive
 
     @staticmethod
     def _liveness_key(owner: str) -> int | None:
@@ -444,26 +446,34 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def announce(self, owner: str) -> None:
         """Hold `owner`'s advisory lock on a connection of its own for as long as
         this process lives: when the process dies, the server drops the
-        connection and the lock with it, and the holder is provably gone. The
-        connection is exempt from the server's idle timeout, and its TCP
-        keepalives find a vanished server in about a minute."""
+        connection and the lock with it, and the holder is provably gone."""
         key = self._liveness_key(owner)
         if key is None:
             return
-        conn = self._liveness_connection()
+        self._liveness, self._held_key = self._hold_liveness(key, wait=True), key
+
+    def _hold_liveness(self, key: int, wait: bool) -> psycopg.Connection[Any] | None:
+        """A connection of its own holding advisory lock `key` (None: not
+        waiting, and it is held elsewhere). The connection is exempt from the
+        server's idle timeout, and its TCP keepalives find a vanished server
+        in about a minute."""
+        conn = psycopg.connect(**self.conninfo, autocommit=True, keepalives=1,
+                               keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
         try:
-            conn.execute("SELECT pg_advisory_lock(%s, %s)", (_CREATE_LOCK, key))
+            with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14 on
+                conn.execute("SET idle_session_timeout = 0")
+            if wait:
+                conn.execute("SELECT pg_advisory_lock(%s, %s)", (_CREATE_LOCK, key))
+                return conn
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                               (_CREATE_LOCK, key)).fetchone()
         except BaseException:
             _replace(conn)
             raise
-        self._liveness, self._owner = conn, owner
-
-    def _liveness_connection(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(**self.conninfo, autocommit=True, keepalives=1,
-                               keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
-        with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14 on
-            conn.execute("SET idle_session_timeout = 0")
-        return conn
+        if row and row[0]:
+            return conn
+        _replace(conn)  # its old connection's backend has not ended yet, say
+        return None
 
     def keep_announced(self) -> None:
         """Take the owner's advisory lock again if the server ended the
@@ -473,7 +483,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         believed on it (`holder_alive`). Never waits on the lock and never
         raises: if it cannot be taken now, the next call tries again, and the
         fence keeps a holder taken over meanwhile from appending."""
-        key = self._liveness_key(self._owner or "")
+        key = self._held_key
         if key is None:
             return
         with self._liveness_lock:
@@ -482,21 +492,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             _replace(self._liveness)
             self._liveness = None
             try:
-                conn = self._liveness_connection()
+                self._liveness = self._hold_liveness(key, wait=False)
             except psycopg.Error as e:
                 logger.warning("could not take this engine's liveness lock again: %s", e)
-                return
-            try:
-                row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                   (_CREATE_LOCK, key)).fetchone()
-            except psycopg.Error as e:
-                _replace(conn)
-                logger.warning("could not take this engine's liveness lock again: %s", e)
-                return
-            if row and row[0]:
-                self._liveness = conn
-            else:  # its old connection's backend has not ended yet
-                _replace(conn)
 
     def store_time(self) -> datetime:
         """The server's clock: every engine on this store judges leases by it."""
@@ -527,7 +525,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def close_connections(self) -> None:
         with self._liveness_lock:
-            self._owner = None  # not announced again by a write still under way
+            self._held_key = None  # not announced again by a write still under way
             if self._liveness is not None and not self._liveness.closed:
                 self._liveness.close()
             self._liveness = None

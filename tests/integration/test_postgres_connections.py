@@ -17,6 +17,7 @@ import pytest
 
 import flowledger as fl
 from flowledger.engine.waiting import LogWaiter
+from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK
 from tests.helpers import MemoryLedger, ScriptedLedgerTool, costly_workflow, mid_call_tool
 
 on_postgresql = pytest.mark.parametrize(
@@ -154,7 +155,7 @@ def test_taking_the_liveness_lock_again_never_holds_up_a_write(make_engine, ledg
     key = rec._liveness_key(engine.owner)
     end_connections(engine, backends(engine))
     with _server(engine) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s, %s)", (0x666C6F77, key))
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (_CREATE_LOCK, key))
         started = time.monotonic()
         result = engine.run_session("prop", max_iterations=1)
         assert result.status == "budget_exhausted", result.error
@@ -283,5 +284,5 @@ def test_looking_at_a_holder_opens_no_connection_and_holds_nothing(make_engine, 
     monkeypatch.undo()
     with _server(engine) as c:
         free = c.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                         (0x666C6F77, rec._liveness_key(gone))).fetchone()[0]  # type: ignore[index]
+                         (_CREATE_LOCK, rec._liveness_key(gone))).fetchone()[0]  # type: ignore[index]
     assert free, "a look left the key held"

@@ -45,7 +45,7 @@ from flowledger.domain.failures import (
 from flowledger.domain.handler_rules import Step
 from flowledger.domain.handler_run import HandlerRun, OutcomeStatus
 from flowledger.domain.handler_state import HandlerState
-from flowledger.domain.ids import handler_state_id, topic_event_id
+from flowledger.domain.ids import handler_state_id, input_id, topic_event_id
 from flowledger.domain.input_record import Input
 from flowledger.domain.limits import Limits
 from flowledger.domain.phases import Phase, RunKind, RunStatus
@@ -256,6 +256,7 @@ class RunDriver:
 
     def _reserved_events(self, run: HandlerRun) -> list[TopicEvent]:
         events: list[TopicEvent] = []
+        self.s.streams.preload(topic_event_id(self._wf, t, m) for t, m in run.reserved_message_ids)
         for t, m in run.reserved_message_ids:
             event = self.s.streams.get(topic_event_id(self._wf, t, m), short=True)
             if event is None:  # prepare reserved only messages it found
@@ -376,7 +377,9 @@ class RunDriver:
             return handler, check_prepared(
                 handler.prepare(ctx, state), spec, run.chain_id, ctx,
                 lambda topic, message_id: self.s.streams.get(
-                    topic_event_id(self._wf, topic, message_id), short=True))
+                    topic_event_id(self._wf, topic, message_id), short=True),
+                lambda wanted: self.s.streams.preload(
+                    topic_event_id(self._wf, topic, message_id) for topic, message_id in wanted))
 
         done, ended = self._step(run, ctx, prepare)
         if ended is not None:
@@ -559,6 +562,7 @@ class RunDriver:
                 event.skip(now, run.id)
             else:
                 event.consume(now, run.id)
+        self._preload(run, ctx, caused_by)
         self._register_inputs(run, ctx)
         for p in ctx.published.values():
             causes = caused_by if caused_by is not None else [self._input_for(run, ctx, p)]
@@ -577,6 +581,19 @@ class RunDriver:
         self.s.append(label)
         self.s.streams.unpin(run)
         return RunResult(run.id, run.handler, run.kind, RunStatus.COMMITTED)
+
+    def _preload(self, run: HandlerRun, ctx: HandlerContext,
+                 caused_by: list[UUID] | None) -> None:
+        """The streams the commit looks for (each publish's, each input's) read
+        in one go: a producer publishing many items asks once."""
+        wf = self._wf
+        wanted = [input_id(wf, reg.source, reg.type, reg.external_id)
+                  for reg in ctx.inputs.values()]
+        for p in ctx.published.values():
+            wanted.append(topic_event_id(wf, p.topic, p.message_id))
+            if caused_by is None and p.input_id is None:
+                wanted.append(input_id(wf, run.handler, p.topic, p.message_id))
+        self.s.streams.preload(wanted)
 
     def _register_inputs(self, run: HandlerRun, ctx: HandlerContext) -> None:
         for reg in ctx.inputs.values():

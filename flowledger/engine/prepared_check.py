@@ -20,6 +20,7 @@ from flowledger.domain.topic_event import TopicEvent
 from flowledger.engine.context import HandlerContext
 
 FindMessage = Callable[[str, str], TopicEvent | None]  # (topic, message_id)
+FindFirst = Callable[[list[tuple[str, str]]], None]  # every (topic, message_id) to find
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,10 @@ class CheckedPrepared:
 
 
 def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: HandlerContext,
-                   find: FindMessage) -> CheckedPrepared:
-    """Raise a LogicError naming the rule broken, or return what to record."""
+                   find: FindMessage, find_first: FindFirst | None = None) -> CheckedPrepared:
+    """Raise a LogicError naming the rule broken, or return what to record.
+    `find_first`, if given, is told every message `find` will be asked for,
+    before the first `find` (the live log reads them together)."""
     where = ctx.where
     if returned is None:
         returned = Prepared()
@@ -44,7 +47,6 @@ def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: Handl
         raise LogicError(f"{where}: Prepared.reservations must be a dict "
                          "{topic: [message_id, ...]}")
     reservations: dict[str, list[str]] = {}
-    events: list[TopicEvent] = []
     for topic, ids in returned.reservations.items():
         if topic not in spec.subscribe:
             raise rules.unsubscribed_topic(where, topic, list(spec.subscribe), "reserve from")
@@ -52,16 +54,22 @@ def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: Handl
             raise LogicError(f"{where}: reservations[{topic!r}] must be a list of "
                              f"message ids, got {ids!r}")
         chosen = [str(m) for m in dict.fromkeys(ids)]
+        if chosen:
+            reservations[topic] = chosen
+    # An id UTF-8 cannot encode was never published: never looked for.
+    wanted = [(topic, m) for topic, chosen in reservations.items() for m in chosen
+              if unencodable(m) is None]
+    if find_first is not None:
+        find_first(wanted)
+    events: list[TopicEvent] = []
+    for topic, chosen in reservations.items():
         for message_id in chosen:
-            # An id UTF-8 cannot encode was never published.
             event = find(topic, message_id) if unencodable(message_id) is None else None
             if event is None:
                 raise rules.unreservable_message(where, topic, message_id, "unknown")
             if not event.may_be_reserved_by(chain_id):
                 raise rules.unreservable_message(where, topic, message_id, event.status.value)
             events.append(event)
-        if chosen:
-            reservations[topic] = chosen
     data = ctx._pack(returned.data, "Prepared.data", "data")
     title = returned.title
     if title is not None:

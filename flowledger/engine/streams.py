@@ -9,6 +9,7 @@ append fails and nothing of it is stored.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -55,6 +56,19 @@ class Streams:
             return None
         self._touched[aggregate_id] = agg
         return agg
+
+    def preload(self, stream_ids: Iterable[UUID]) -> None:
+        """Load the short streams among these that are not loaded yet, in one
+        read, so that the `get`s that follow find them (or their absence) in
+        memory: a run that publishes or registers many items asks once, not
+        once per item."""
+        wanted = [i for i in dict.fromkeys(stream_ids)
+                  if i not in self._cache and i not in self._ahead]
+        if len(wanted) < 2:
+            return  # one `get` reads it as cheaply
+        found = self.log.load_short(wanted)
+        for stream_id in wanted:
+            self._cache[stream_id] = found.get(stream_id)
 
     def read_ahead(self, events: dict[UUID, StreamEvents]) -> None:
         """Short streams' events (version, topic, stored state) read with another

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, cast
 from uuid import UUID
@@ -362,6 +362,12 @@ class EventLog(Application[UUID]):
             # An unreadable snapshot (or one that went away meanwhile): snapshots are
             # a cache of the stream's events, which say the same.
             return _fold(None, self.events.get(aggregate_id, lte=version))
+
+    def load_short(self, stream_ids: Sequence[UUID]) -> dict[UUID, Any]:
+        """Short streams (see `load`) by id, read together: those with events."""
+        found = self.flow_recorder.select_streams(stream_ids)
+        return {stream_id: self.stream_from_events(stream_id, events)
+                for stream_id, events in found.items()}
 
     def stream_from_events(self, stream_id: UUID, events: StreamEvents) -> Any | None:
         """A short stream (see `load`) from its events (version, topic, stored

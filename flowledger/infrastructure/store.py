@@ -95,6 +95,10 @@ class LogStore(Protocol):
     def select_stream(self, c: Cursor, stream_id: UUID, upto: int | None
                       ) -> list[tuple[int, int, str, bytes]]: ...
 
+    def select_streams(self, stream_ids: Sequence[UUID]) -> dict[UUID, StreamEvents]:
+        """Whole streams by id, each as fresh as the store can give; those with
+        no events are left out."""
+
     def with_stream_events(self, sql: str, key: str, order: str) -> str:
         """`sql` with each of its rows followed by the events of one stream."""
 

@@ -1,0 +1,134 @@
+"""A run's commit looks for the stream of every message it publishes and of
+every input it registers (new, or a second event in an existing one). It reads
+them together (`Streams.preload`), not one read each: on a server each was a
+round trip, and a producer publishing a hundred items made two hundred."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+import flowledger as fl
+from flowledger.domain.ids import input_id, topic_event_id
+from flowledger.infrastructure.codec import unpack
+from flowledger.infrastructure.event_log import EventLog
+from tests.helpers import message_status
+
+ITEMS = [f"item-{k}" for k in range(40)]
+
+
+def _workflow(plan: dict[str, Any]) -> fl.Workflow:
+    """One producer run per session: publishes plan["items"] (round-numbered
+    payloads), half with a registered input, half with an implicit one."""
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> int:
+        n = (state or 0) + 1
+        for k, item in enumerate(plan["items"]):
+            registered = (ctx.register_input("inbox", "mail", item) if k % 2 else None)
+            ctx.publish("in", message_id=item, payload={"round": n}, input_id=registered)
+        return n
+
+    return wf
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> tuple[list[UUID], list[int]]:
+    """Streams loaded one by one, and the size of each load of many."""
+    one: list[UUID] = []
+    many: list[int] = []
+    load, load_short = EventLog.load, EventLog.load_short
+
+    def counting_load(self: EventLog, aggregate_id: UUID, version: int | None = None, *,
+                      short: bool = False) -> Any:
+        one.append(aggregate_id)
+        return load(self, aggregate_id, version, short=short)
+
+    def counting_short(self: EventLog, stream_ids: Any) -> Any:
+        many.append(len(stream_ids))
+        return load_short(self, stream_ids)
+
+    monkeypatch.setattr(EventLog, "load", counting_load)
+    monkeypatch.setattr(EventLog, "load_short", counting_short)
+    return one, many
+
+
+def _streams(items: list[str]) -> set[UUID]:
+    return ({topic_event_id("wf", "in", item) for item in items}
+            | {input_id("wf", "inbox", "mail", item) for item in items[1::2]}
+            | {input_id("wf", "produce", "in", item) for item in items[::2]})
+
+
+def test_a_producer_publishing_many_reads_their_streams_at_once(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine()
+    plan = {"items": ITEMS}
+    engine.register(_workflow(plan))
+    one, many = _spy(monkeypatch)
+
+    first = engine.run_session("wf", trigger="manual", max_iterations=0)
+
+    assert first.status == "completed", first.error
+    assert message_status(engine, "wf", "in") == {"pending": len(ITEMS)}
+    assert not _streams(ITEMS) & set(one)  # none loaded one by one
+    assert many == [len(ITEMS) * 2]  # 40 messages and 40 inputs, in one read
+
+
+def test_what_was_read_together_goes_on_from_each_streams_version(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second round republishes every item and adds new ones, with a read
+    limited to 7 streams a statement: existing streams get their second event
+    (a stale version would fail the append), new ones their first."""
+    engine = make_engine()
+    plan = {"items": ITEMS}
+    engine.register(_workflow(plan))
+    assert engine.run_session("wf", trigger="manual", max_iterations=0).error is None
+    monkeypatch.setattr(type(engine.log.flow_recorder), "MAX_PARAMETERS", 7)
+    plan["items"] = [*ITEMS, "new-1", "new-2", "new-3"]
+
+    second = engine.run_session("wf", trigger="manual", max_iterations=0)
+
+    assert second.status == "completed", second.error
+    assert message_status(engine, "wf", "in") == {"pending": len(ITEMS) + 3}
+    log = engine.log
+    for item in ITEMS:
+        event = log.load(topic_event_id("wf", "in", item), short=True)
+        assert event.version == 2 and unpack(event.payload) == {"round": 2}
+    for item in ("new-1", "new-2", "new-3"):
+        assert log.load(topic_event_id("wf", "in", item), short=True).version == 1
+    registered = log.load(input_id("wf", "inbox", "mail", ITEMS[1]), short=True)
+    assert registered is not None and registered.version == 1  # found, not registered again
+
+
+def test_a_consumer_reserving_many_reads_their_streams_at_once(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peek longer than the read-ahead (RunDriver.READ_AHEAD) reads no
+    streams; the reservation of all it found then reads them in one go."""
+    wf = _workflow({"items": ITEMS})
+    engine = make_engine()
+
+    @wf.consumer(subscribe=["in"])
+    class TakeAll:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            found = ctx.peek("in", limit=len(ITEMS))
+            return fl.Prepared({"in": [m.message_id for m in found]}) if found else None
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            pass
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            pass
+
+    engine.register(wf)
+    produced = engine.run_session("wf", trigger="manual", max_iterations=0)
+    assert produced.status == "budget_exhausted", produced.error
+    one, many = _spy(monkeypatch)
+
+    result = engine.run_session("wf", trigger="event", max_iterations=1)
+
+    assert result.consumer_runs == 1 and result.runs[0].committed, result.error
+    assert message_status(engine, "wf", "in") == {"consumed": len(ITEMS)}
+    assert not {topic_event_id("wf", "in", item) for item in ITEMS} & set(one)
+    assert many == [len(ITEMS)]

@@ -16,7 +16,9 @@ rounds; each round measures every system once. Printed:
     per run, and the engine's share of it (target >= 0.8); and the library's
     saves/s with two processes on one store, the anchor for two engine
     processes (its log takes the same table lock);
- 4. DBOS (optional `bench` extra): the 3-step workflow of bench/runs.py with a
+ 4. a producer publishing 100 new messages a run (messages/s), beside the
+    library saving 100 new aggregates in one save (events/s);
+ 5. DBOS (optional `bench` extra): the 3-step workflow of bench/runs.py with a
     PostgreSQL system database (target: engine >= 5x); two processes >= 1.5x one.
 """
 
@@ -132,19 +134,24 @@ def appends_per_run(store: str, n: int) -> float:
     return statistics.mean(counter.per_run(RunKind.CONSUMER))
 
 
-def raw_rate(url: str, n: int, warmup: int, ready: bool = False) -> float:
-    """The library's own Application on its PostgreSQL module, one event per
-    save. `ready`: in a worker process, say so after the warm-up and wait for
-    a line on stdin before the timed saves."""
+def _raw_app(url: str) -> Application[UUID]:
+    """The library's own Application on its PostgreSQL module, on `url`'s database."""
     parts = url.split("://", 1)[1]
     userhost, _, dbname = parts.partition("/")
     user, _, host = userhost.rpartition("@")
     hostname, _, port = host.partition(":")
-    app: Application[UUID] = Application(env={
+    return Application(env={
         "PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": dbname,
         "POSTGRES_HOST": hostname, "POSTGRES_PORT": port or "5432",
         "POSTGRES_USER": user.partition(":")[0] or "postgres",
         "POSTGRES_PASSWORD": user.partition(":")[2]})
+
+
+def raw_rate(url: str, n: int, warmup: int, ready: bool = False) -> float:
+    """The library's own Application on its PostgreSQL module, one event per
+    save. `ready`: in a worker process, say so after the warm-up and wait for
+    a line on stdin before the timed saves."""
+    app = _raw_app(url)
     try:
         for i in range(warmup):
             app.save(wl.Row(i))
@@ -156,6 +163,35 @@ def raw_rate(url: str, n: int, warmup: int, ready: bool = False) -> float:
         for i in range(n):
             app.save(wl.Row(i))
         return n / (time.perf_counter() - t)
+    finally:
+        app.close()
+
+
+def producer_rate(store: str, runs: int, per_run: int = 100) -> float:
+    """Messages/s of one producer publishing `per_run` new messages a run (each
+    with its implicit input), a session a run, as a poller that finds many new
+    items does."""
+    b = wl.ConsumerBench(store)
+    try:
+        b.fill(per_run)  # warm-up
+        t = time.perf_counter()
+        for _ in range(runs):
+            b.fill(per_run)
+        return runs * per_run / (time.perf_counter() - t)
+    finally:
+        b.close()
+
+
+def raw_batch_rate(url: str, saves: int, per_save: int = 100) -> float:
+    """Events/s of the library's Application saving `per_save` new aggregates
+    (one event each) in one save: its own cost of a many-event transaction."""
+    app = _raw_app(url)
+    try:
+        app.save(*[wl.Row(i) for i in range(per_save)])
+        t = time.perf_counter()
+        for k in range(saves):
+            app.save(*[wl.Row(k * per_save + i) for i in range(per_save)])
+        return saves * per_save / (time.perf_counter() - t)
     finally:
         app.close()
 
@@ -196,12 +232,13 @@ def main() -> int:
           f"PostgreSQL {server}, psycopg {psycopg.__version__}")
     print(f"N={n} runs, medians of {args.repeat} rounds, warm-up {warmup}; server {url}")
     got: dict[str, list[float]] = {"one": [], "two": [], "apart": [], "raw": [], "raw_two": [],
-                                   "dbos": []}
+                                   "producer": [], "raw_batch": [], "dbos": []}
     names = []
     try:
         for k in range(args.repeat):
             names += [f"flowledger_bench_{k}_{s}"
-                      for s in ("one", "two", "apart_a", "apart_b", "raw", "raw_two", "dbos")]
+                      for s in ("producer", "raw_batch",
+                                "one", "two", "apart_a", "apart_b", "raw", "raw_two", "dbos")]
             got["one"].append(consumer_rate(fresh_db(url, names[-7]), n, warmup))
             shared = fresh_db(url, names[-6])
             got["two"].append(two_process_rate([shared, shared], n, warmup))
@@ -211,6 +248,9 @@ def main() -> int:
             shared = fresh_db(url, names[-2])
             raw_rate(shared, 0, 0)  # the library's CREATE TABLE is not safe run twice at once
             got["raw_two"].append(two_process_rate([shared, shared], n, warmup, RAW_WORKER))
+            runs_of_100 = max(n // 50, 4)
+            got["producer"].append(producer_rate(fresh_db(url, names[-9]), runs_of_100))
+            got["raw_batch"].append(raw_batch_rate(fresh_db(url, names[-8]), runs_of_100))
             if dbos_v is not None:
                 got["dbos"].append(dbos_rate(fresh_db(url, names[-1]), n, warmup))
             print(f"  round {k + 1}: " + ", ".join(
@@ -235,6 +275,14 @@ def main() -> int:
         ("engine / raw bound", f"{med['one'] / bound:.2f}", "target >= 0.8"),
         ("raw saves/s, 2 processes", f"{med['raw_two']:,.0f}",
          f"one store; {med['raw_two'] / med['raw']:.2f}x one (anchor for 2 processes)"),
+    ]
+    rows += [
+        ("producer messages/s", f"{med['producer']:,.0f}",
+         "100 new messages a run, each with its implicit input"),
+        ("raw events/s, 100 a save", f"{med['raw_batch']:,.0f}",
+         "Application.save of 100 new aggregates, one event each"),
+        ("producer / raw", f"{med['producer'] / med['raw_batch']:.2f}",
+         "messages per raw event (a message: its event, its input's, pending work)"),
     ]
     if "dbos" in med:
         rows += [("DBOS workflows/s", f"{med['dbos']:,.0f}", "3 steps, PostgreSQL system db"),

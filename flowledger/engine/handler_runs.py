@@ -256,7 +256,6 @@ class RunDriver:
 
     def _reserved_events(self, run: HandlerRun) -> list[TopicEvent]:
         events: list[TopicEvent] = []
-        self.s.streams.preload(topic_event_id(self._wf, t, m) for t, m in run.reserved_message_ids)
         for t, m in run.reserved_message_ids:
             event = self.s.streams.get(topic_event_id(self._wf, t, m), short=True)
             if event is None:  # prepare reserved only messages it found

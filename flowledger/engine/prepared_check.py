@@ -46,7 +46,15 @@ def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: Handl
     if not isinstance(returned.reservations, dict):
         raise LogicError(f"{where}: Prepared.reservations must be a dict "
                          "{topic: [message_id, ...]}")
+    if find_first is not None:
+        # What the checks below will look for, from the reservations given as
+        # lists (an iterator is read once, below); the checks raise on the rest,
+        # in the same order as without this.
+        wanted = [(topic, str(m)) for topic, ids in returned.reservations.items()
+                  if topic in spec.subscribe and isinstance(ids, list | tuple) for m in ids]
+        find_first([(topic, m) for topic, m in dict.fromkeys(wanted) if unencodable(m) is None])
     reservations: dict[str, list[str]] = {}
+    events: list[TopicEvent] = []
     for topic, ids in returned.reservations.items():
         if topic not in spec.subscribe:
             raise rules.unsubscribed_topic(where, topic, list(spec.subscribe), "reserve from")
@@ -54,22 +62,16 @@ def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: Handl
             raise LogicError(f"{where}: reservations[{topic!r}] must be a list of "
                              f"message ids, got {ids!r}")
         chosen = [str(m) for m in dict.fromkeys(ids)]
-        if chosen:
-            reservations[topic] = chosen
-    # An id UTF-8 cannot encode was never published: never looked for.
-    wanted = [(topic, m) for topic, chosen in reservations.items() for m in chosen
-              if unencodable(m) is None]
-    if find_first is not None:
-        find_first(wanted)
-    events: list[TopicEvent] = []
-    for topic, chosen in reservations.items():
         for message_id in chosen:
+            # An id UTF-8 cannot encode was never published.
             event = find(topic, message_id) if unencodable(message_id) is None else None
             if event is None:
                 raise rules.unreservable_message(where, topic, message_id, "unknown")
             if not event.may_be_reserved_by(chain_id):
                 raise rules.unreservable_message(where, topic, message_id, event.status.value)
             events.append(event)
+        if chosen:
+            reservations[topic] = chosen
     data = ctx._pack(returned.data, "Prepared.data", "data")
     title = returned.title
     if title is not None:

@@ -85,12 +85,24 @@ def test_what_was_read_together_goes_on_from_each_streams_version(
     plan = {"items": ITEMS}
     engine.register(_workflow(plan))
     assert engine.run_session("wf", trigger="manual", max_iterations=0).error is None
-    monkeypatch.setattr(type(engine.log.flow_recorder), "MAX_PARAMETERS", 7)
+    recorder = type(engine.log.flow_recorder)
+    monkeypatch.setattr(recorder, "MAX_PARAMETERS", 7)
+    statements: list[int] = []
+    read_all = recorder.read_all
+
+    def counting(self: Any, sql: str, params: Any) -> Any:
+        if " IN (" in sql:
+            statements.append(len(params))
+        return read_all(self, sql, params)
+
+    monkeypatch.setattr(recorder, "read_all", counting)
     plan["items"] = [*ITEMS, "new-1", "new-2", "new-3"]
 
     second = engine.run_session("wf", trigger="manual", max_iterations=0)
 
     assert second.status == "completed", second.error
+    assert len(_streams(plan["items"])) == 86  # 43 messages, 43 inputs
+    assert statements == [7] * 12 + [2]  # at most 7 a statement
     assert message_status(engine, "wf", "in") == {"pending": len(ITEMS) + 3}
     log = engine.log
     for item in ITEMS:
@@ -132,3 +144,42 @@ def test_a_consumer_reserving_many_reads_their_streams_at_once(
     assert message_status(engine, "wf", "in") == {"consumed": len(ITEMS)}
     assert not {topic_event_id("wf", "in", item) for item in ITEMS} & set(one)
     assert many == [len(ITEMS)]
+
+
+def _reserving(name: str, reservations: Any) -> fl.Workflow:
+    """A producer publishes m1 and m2; the consumer reserves `reservations()`."""
+    wf = fl.Workflow(name, topics=["in", "other"])
+
+    @wf.producer(publishes=["in"])
+    def producer(ctx: Any, state: Any) -> None:
+        ctx.publish("in", message_id="m1", payload=1)
+        ctx.publish("in", message_id="m2", payload=2)
+
+    @wf.consumer(subscribe=["in"])
+    class Reserver:
+        def prepare(self, ctx: Any, state: Any) -> Any:
+            return fl.Prepared(reservations())
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            pass
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            pass
+
+    return wf
+
+
+def test_reading_ahead_changes_no_error_and_reads_an_iterator_once(make_engine: Any) -> None:
+    """The first topic's unknown message is what the run fails on, as before the
+    reservations were read together (replay compares that error); and ids
+    given as an iterator are all reserved."""
+    engine = make_engine()
+    engine.register(_reserving("wf", lambda: {"in": ["nope"], "other": ["m1"]}))
+    failed = engine.run_session("wf")
+    assert failed.status == "failed"
+    assert "in/nope" in (failed.error or "") and "which is unknown" in (failed.error or "")
+
+    engine.register(_reserving("iter", lambda: {"in": (m for m in ["m1", "m2"])}))
+    result = engine.run_session("iter")
+    assert result.status == "completed", result.error
+    assert message_status(engine, "iter", "in") == {"consumed": 2}

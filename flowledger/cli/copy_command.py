@@ -15,6 +15,7 @@ import flowledger as fl
 from flowledger.cli.exits import CommandError
 from flowledger.cli.render import out, print_json
 from flowledger.infrastructure.encryption import KEY_ENV
+from flowledger.infrastructure.store_url import shown
 
 
 def _key_from(name: str) -> str:
@@ -70,7 +71,7 @@ def copy(
                                    target_key=target_key)
     seconds = time.perf_counter() - started
     if as_json:
-        print_json({"events": copied, "seconds": round(seconds, 3), "to": target})
+        print_json({"events": copied, "seconds": round(seconds, 3), "to": shown(target)})
         return
-    out.print(f"Copied {copied:,} events to {target} in {seconds:.2f} s and rebuilt its "
+    out.print(f"Copied {copied:,} events to {shown(target)} in {seconds:.2f} s and rebuilt its "
               "projections.")

@@ -56,7 +56,7 @@ from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
-from flowledger.infrastructure.store_url import DEFAULT_STORE
+from flowledger.infrastructure.store_url import DEFAULT_STORE, shown
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
 from flowledger.projections.audit import mentions_of as audit_mentions_of
@@ -147,10 +147,10 @@ class Engine:
             lag = self.projections.lag() if self.log.config.read_only else 0
             if lag:
                 raise ConfigurationError(
-                    f"cannot open store {store!r}: it is opened read-only (?mode=ro), and its "
-                    f"projections are {lag} events behind its log (a process stopped between "
-                    "an append and their catch-up), which takes a write to fold in. Nothing "
-                    "was written: open it once without ?mode=ro to catch them up")
+                    f"cannot open store {shown(store)!r}: it is opened read-only (?mode=ro), "
+                    f"and its projections are {lag} events behind its log (a process stopped "
+                    "between an append and their catch-up), which takes a write to fold in. "
+                    "Nothing was written: open it once without ?mode=ro to catch them up")
             # An event that cannot be read stops whatever needs it (a query catches up
             # first, an append folds it in), not the opening: the log stays readable
             # up to it.
@@ -162,10 +162,10 @@ class Engine:
                 raise  # ours already, or a bug: shown as it is
             if is_lock_timeout(e):  # every failure to open a store is one of ours
                 raise StoreBusyError(
-                    f"store {store!r} is locked: another process held its write lock for "
+                    f"store {shown(store)!r} is locked: another process held its write lock for "
                     "longer than the lock timeout while this one caught up its projections. "
                     "Nothing was changed; try again when that process is done") from e
-            raise ConfigurationError(f"cannot open store {store!r}: {describe(e)}") from e
+            raise ConfigurationError(f"cannot open store {shown(store)!r}: {describe(e)}") from e
         self._registered: dict[str, Registration] = {}
         self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))
 
@@ -734,7 +734,8 @@ def copy_store(source: str, target: str,
     from flowledger.infrastructure.copying import copy_log
 
     if source == target:
-        raise InvalidArgument(f"copy needs two different stores, got {source!r} twice")
+        raise InvalidArgument(f"copy needs two different stores, got {shown(source)!r} "
+                              "twice")
     asked = protection(source_key, None, chain_key)
     src = EventLog.open(source, asked)
     to = protection((asked.cipher_key or "") if target_key is None else target_key, None,

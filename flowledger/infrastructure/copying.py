@@ -32,7 +32,7 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
     with dst.reading() as c:
         if dst.max_position(c):
             raise ConfigurationError(
-                f"cannot copy into {target.config.url!r}: it already holds "
+                f"cannot copy into {target.config.shown!r}: it already holds "
                 f"{dst.max_position(c):,} events. Copy into a new, empty store (a new "
                 "SQLite file, or an empty PostgreSQL database or ?schema=...)")
     chain = src.chain
@@ -41,7 +41,7 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
         if found.problems:
             shown = "; ".join(str(p) for p in found.problems[:5])
             raise ConfigurationError(
-                f"cannot copy {source.config.url!r}: its log was edited outside flowledger "
+                f"cannot copy {source.config.shown!r}: its log was edited outside flowledger "
                 f"({len(found.problems)} problem(s): {shown}). Nothing was copied; run "
                 "`flowledger verify` on it, and restore it from a backup")
     recode = _recoder(source, target)

@@ -156,7 +156,7 @@ class EventLog(Application[UUID]):
         except (PersistenceError, InfrastructureFactoryError, sqlite3.Error, OSError) as e:
             if is_lock_timeout(e):
                 raise StoreBusyError(
-                    f"store {config.url!r} is locked: another process held its write lock "
+                    f"store {config.shown!r} is locked: another process held its write lock "
                     "for longer than the lock timeout while this one set the store up. "
                     "Nothing was changed; try again when that process is done") from e
             hint = ""
@@ -170,17 +170,17 @@ class EventLog(Application[UUID]):
                 hint = " The URL must name an SQLite database file (or a new one) in a folder."
             cause = e.__cause__  # the library's wrapper: what was missing or refused
             detail = f"{e} ({cause})" if cause is not None and str(cause) not in str(e) else e
-            raise ConfigurationError(f"cannot open store {config.url!r}: {detail}.{hint}"
+            raise ConfigurationError(f"cannot open store {config.shown!r}: {detail}.{hint}"
                                      ) from e
         self.flow_mapper.locate = self._locate
         try:
-            self.format = settle_format(self.flow_recorder, self.protection, config.url,
+            self.format = settle_format(self.flow_recorder, self.protection, config.shown,
                                         config.read_only)
         except BaseException as e:
             self.close()
             if isinstance(e, Exception) and self.flow_recorder.is_busy(e):
                 raise StoreBusyError(
-                    f"store {config.url!r} is locked: another process held its write lock "
+                    f"store {config.shown!r} is locked: another process held its write lock "
                     "for longer than the lock timeout while this one recorded the store's "
                     "format. Nothing was changed; try again when that process is done") from e
             raise
@@ -255,15 +255,22 @@ class EventLog(Application[UUID]):
         if self.config.kind == "postgresql":
             from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
 
-            env = self.config.env
-            pg = FlowPostgresRecorder(self.factory.datastore, {  # type: ignore[attr-defined]
+            env, connect = self.config.env, self.config.connect
+            datastore = self.factory.datastore  # type: ignore[attr-defined]
+            # The library looks up its composite types for its database-functions
+            # insert, which flowledger does not use: its pool opens no connection
+            # for that (it would keep five idle for the engine's life). If it ever
+            # connects, it does so with the URL's parameters too.
+            datastore.register_type_adapters = lambda: None
+            datastore.pool.kwargs.update(connect)
+            pg = FlowPostgresRecorder(datastore, {
                 "dbname": env["POSTGRES_DBNAME"], "host": env["POSTGRES_HOST"],
                 "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
                 "password": env["POSTGRES_PASSWORD"],
-                "connect_timeout": 10})
+                "connect_timeout": 10, **connect})
             pg.create_table()
             return pg
-        raise ConfigurationError(f"store {self.config.url!r} is not one this release opens; "
+        raise ConfigurationError(f"store {self.config.shown!r} is not one this release opens; "
                                  f"use {ACCEPTED}")
 
     @property

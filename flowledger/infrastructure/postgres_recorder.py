@@ -457,8 +457,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         waiting, and it is held elsewhere). The connection is exempt from the
         server's idle timeout, and its TCP keepalives find a vanished server
         in about a minute."""
-        conn = psycopg.connect(**self.conninfo, autocommit=True, keepalives=1,
-                               keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+        conn = psycopg.connect(**{**self.conninfo, "keepalives": 1, "keepalives_idle": 30,
+                                  "keepalives_interval": 10, "keepalives_count": 3},
+                               autocommit=True)
         try:
             with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14 on
                 conn.execute("SET idle_session_timeout = 0")

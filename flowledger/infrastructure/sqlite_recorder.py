@@ -53,7 +53,7 @@ class FastReads:
     """
 
     events_table_name: str
-    MAX_PARAMETERS: int
+    MAX_PARAMETERS = 500  # SQLite's default limit on bound parameters is 999
 
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """Rows of one statement, in its own (implicit) read transaction."""
@@ -90,7 +90,10 @@ class FastReads:
         found: dict[UUID, StreamEvents] = {}
         step = self.MAX_PARAMETERS
         for start in range(0, len(stream_ids), step):
-            chunk = stream_ids[start:start + step]
+            chunk = list(stream_ids[start:start + step])
+            # Padded (repeating its last id) to a power of two: a few statements
+            # for the drivers' statement caches, not one per length.
+            chunk += chunk[-1:] * (min(step, 1 << (len(chunk) - 1).bit_length()) - len(chunk))
             rows = self.read_all(
                 f"SELECT originator_id, originator_version, topic, CAST(state AS BLOB) "
                 f"FROM {self.events_table_name} WHERE originator_id IN "
@@ -305,8 +308,6 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     def stream_key(self, stream_id: UUID | str) -> str:
         return stream_id.hex if isinstance(stream_id, UUID) else str(stream_id)
 
-    # SQLite's default limit on bound parameters is 999.
-    MAX_PARAMETERS = 500
 
     def select_positions(self, c: sqlite3.Cursor, positions: Sequence[int]
                          ) -> list[tuple[int, StoredEvent]]:

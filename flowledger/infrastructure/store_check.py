@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from flowledger.domain.errors import ConfigurationError
@@ -37,7 +38,7 @@ def check_sqlite_store(config: StoreConfig) -> None:
     path = config.path
     if path is None or not path.exists():
         return  # a new store
-    where = f"cannot open store {config.url!r}: {str(path.resolve())!r}"
+    where = f"cannot open store {config.shown!r}: {str(path.resolve())!r}"
     if path.is_dir():
         raise ConfigurationError(
             f"{where} is a folder, not a store file; name a file in it (e.g. "
@@ -104,13 +105,15 @@ def check_postgres_server(config: StoreConfig) -> None:
         import psycopg
     except ImportError:
         raise ConfigurationError(
-            f"cannot open store {config.url!r}: PostgreSQL needs the postgres extra "
+            f"cannot open store {config.shown!r}: PostgreSQL needs the postgres extra "
             "(pip install 'flowledger[postgres]'); see the README") from None
     env = config.env
     try:
-        psycopg.connect(dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"],
-                        port=env["POSTGRES_PORT"], user=env["POSTGRES_USER"],
-                        password=env["POSTGRES_PASSWORD"], connect_timeout=10).close()
+        settings: dict[str, Any] = {
+            "dbname": env["POSTGRES_DBNAME"], "host": env["POSTGRES_HOST"],
+            "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
+            "password": env["POSTGRES_PASSWORD"], "connect_timeout": 10, **config.connect}
+        psycopg.connect(**settings).close()
     except psycopg.OperationalError as e:
         said = " ".join(str(e).split())
         where = f"{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}"
@@ -119,8 +122,12 @@ def check_postgres_server(config: StoreConfig) -> None:
                     f"{env['POSTGRES_PORT']} -U {env['POSTGRES_USER']} "
                     f"{env['POSTGRES_DBNAME']}), or name one that exists")
         elif "authentication" in said or "password" in said or "role" in said:
-            todo = "check the user and password in the URL"
+            todo = ("check the user and the password (in the URL, in PGPASSWORD or in "
+                    "~/.pgpass)")
+        elif "SSL" in said or "certificate" in said:
+            todo = ("check the URL's ssl parameters (sslmode, sslrootcert, ...) against the "
+                    "server's TLS setup")
         else:
             todo = f"check that a PostgreSQL server runs at {where} and accepts connections"
-        raise ConfigurationError(f"cannot open store {config.url!r}: {said}. Nothing was "
+        raise ConfigurationError(f"cannot open store {config.shown!r}: {said}. Nothing was "
                                  f"written; {todo}") from None

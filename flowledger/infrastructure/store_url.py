@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -12,7 +15,32 @@ from flowledger.domain.errors import ConfigurationError
 DEFAULT_STORE = "sqlite:///flowledger.db"
 # The stores this release opens.
 ACCEPTED = ("sqlite:///relative/path.db, sqlite:////absolute/path.db, "
-            "postgresql://user@host:5432/dbname[?schema=NAME], or memory://")
+            "postgresql://user@host:5432/dbname[?schema=NAME&sslmode=...], or memory://")
+
+# libpq connection parameters that name a secret: never shown (nor is a URL's password).
+SECRET_PARAMETERS = ("password", "sslpassword", "oauth_client_secret", "scram_client_key",
+                     "scram_server_key")
+_SECRET_IN_QUERY = re.compile(r"(?i)(?<=[?&])(" + "|".join(SECRET_PARAMETERS) + r")=[^&#]*")
+
+
+def shown(url: str) -> str:
+    """`url` as errors and output may show it: a password (and any secret libpq
+    parameter in its query) replaced by ***. Never raises, whatever `url` is:
+    it is used on URLs that failed to parse."""
+    if not isinstance(url, str):
+        return repr(url)
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() in ("sqlite", "memory"):
+        return url  # a file's name, which holds no credentials
+    if not sep:  # not a URL: user:password@ may still be in it (a missing /, say)
+        scheme, rest = "", url
+    # user:password@ ends at the URL's last @, wherever an unescaped @, /, ? or #
+    # in the password put it: past it, more may be hidden, never less.
+    at, colon = rest.rfind("@"), rest.find(":")
+    if 0 <= colon < at and not any(c in rest[:colon] for c in "/?#@"):
+        rest = rest[:colon + 1] + "***" + rest[at:]
+    where, q, query = rest.partition("?")
+    return scheme + sep + where + _SECRET_IN_QUERY.sub(r"\1=***", q + query)
 
 
 @dataclass(frozen=True)
@@ -22,6 +50,14 @@ class StoreConfig:
     env: dict[str, str]
     path: Path | None = None
     read_only: bool = False  # sqlite:///file.db?mode=ro
+    # PostgreSQL: libpq connection parameters from the URL's query (sslmode=...),
+    # for every connection the engine opens.
+    connect: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def shown(self) -> str:
+        """The URL as messages show it: no password (see `shown`)."""
+        return shown(self.url)
 
     def refuse_writes(self, what: str) -> None:
         """A store opened read-only (`?mode=ro`) is refused, before anything, by every
@@ -62,7 +98,7 @@ def _sqlite_query(url: str, query: str) -> bool:
 
 def parse_store_url(url: str) -> StoreConfig:
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(f"store URL {url!r} is not a URL; use {ACCEPTED}")
+        raise ConfigurationError(f"store URL {shown(url)!r} is not a URL; use {ACCEPTED}")
     scheme = url.split("://", 1)[0].lower()
     if scheme == "sqlite":
         raw = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
@@ -91,8 +127,10 @@ def parse_store_url(url: str) -> StoreConfig:
         name = f"file:flowledger-{uuid.uuid4().hex}?mode=memory&cache=shared"
         return StoreConfig(url, "memory", _sqlite_env(name))
     if scheme in ("postgresql", "postgres"):
-        return StoreConfig(url, "postgresql", _postgres_env(url))
-    raise ConfigurationError(f"store URL {url!r} has an unknown scheme {scheme!r}; use {ACCEPTED}")
+        env, connect = _postgres_env(url)
+        return StoreConfig(url, "postgresql", env, connect=connect)
+    raise ConfigurationError(f"store URL {shown(url)!r} has an unknown scheme {scheme!r}; "
+                             f"use {ACCEPTED}")
 
 
 def _sqlite_env(db_name: str) -> dict[str, str]:
@@ -105,31 +143,75 @@ def _sqlite_env(db_name: str) -> dict[str, str]:
     }
 
 
-def _postgres_env(url: str) -> dict[str, str]:
-    """postgresql://user[:password]@host[:port]/dbname[?schema=NAME]"""
+# Said by the URL's own parts, not its query; a replication connection runs no SQL.
+_NOT_IN_QUERY = {"host": "the host", "port": "the port", "dbname": "the path",
+                 "user": "the user part", "password": "the user part (user:password@)",
+                 "replication": None}
+
+
+def _libpq_parameters() -> set[str] | None:
+    """The connection parameters the installed libpq knows (None: no driver,
+    which opening the store reports)."""
+    try:
+        from psycopg import pq
+    except ImportError:
+        return None
+    return {d.keyword.decode() for d in pq.Conninfo.get_defaults()}
+
+
+def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]:
+    """The URL's libpq parameters (?sslmode=verify-full&application_name=...):
+    every one libpq knows but those the URL's parts say; the last value of each."""
+    given = {name: values[-1] for name, values in query.items() if name != "schema"}
+    known = _libpq_parameters()
+    for name in given:
+        if name in _NOT_IN_QUERY:
+            said_by = _NOT_IN_QUERY[name]
+            raise ConfigurationError(
+                f"store URL {shown(url)!r}: {name}= cannot be given in the query; "
+                + (f"say it in {said_by} of the URL" if said_by else
+                   "flowledger's connections run SQL, which a replication connection cannot"))
+        if known is not None and name not in known:
+            close = difflib.get_close_matches(name, [*known, "schema"], n=1)
+            raise ConfigurationError(
+                f"store URL {shown(url)!r}: unknown parameter {name!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + "; a PostgreSQL store takes ?schema=NAME and libpq's connection "
+                "parameters (sslmode, sslrootcert, application_name, connect_timeout, ...)")
+    return given
+
+
+def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """postgresql://user[:password]@host[:port]/dbname[?schema=NAME&libpq parameters]:
+    the library's environment, and the libpq parameters for every connection.
+    Without a password in the URL, libpq's own sources give it: PGPASSWORD,
+    else the password file (~/.pgpass, PGPASSFILE)."""
     parts = urlsplit(url)
     query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"schema"})
-    if unknown:
-        raise ConfigurationError(
-            f"store URL {url!r}: unknown parameter {unknown[0]!r}; a PostgreSQL store takes "
-            "only ?schema=NAME")
+    connect = _connect_parameters(url, query)
     schema = query.get("schema", [""])[-1]
     if schema and not schema.replace("_", "a").isalnum():
         raise ConfigurationError(
-            f"store URL {url!r}: schema {schema!r} must be letters, digits and underscores")
+            f"store URL {shown(url)!r}: schema {schema!r} must be letters, digits and "
+            "underscores")
     try:
         port = str(parts.port or 5432)
     except ValueError:
-        raise ConfigurationError(f"store URL {url!r}: the port is not a number") from None
+        raise ConfigurationError(f"store URL {shown(url)!r}: the port is not a number") from None
+    password = (unquote(parts.password) if parts.password is not None
+                else os.environ.get("PGPASSWORD", ""))
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
         "POSTGRES_HOST": parts.hostname or "127.0.0.1",
         "POSTGRES_PORT": port,
         "POSTGRES_USER": unquote(parts.username or "postgres"),
-        "POSTGRES_PASSWORD": unquote(parts.password or ""),
+        "POSTGRES_PASSWORD": password,
         "POSTGRES_SCHEMA": schema or "public",
         # Several processes share the store: wait for the log's write lock.
         "POSTGRES_LOCK_TIMEOUT": "30",
-    }
+        # The library's own pool opens no connection until asked (flowledger
+        # opens its own: infrastructure/postgres_recorder.py).
+        "POSTGRES_POOL_SIZE": "0",
+        "POSTGRES_MAX_OVERFLOW": "1",
+    }, connect

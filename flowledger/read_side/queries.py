@@ -346,7 +346,7 @@ class ReadSide:
             if w.name == name:
                 return w
         names = sorted(w.name for w in pending_work.workflows(c, self._seal))
-        raise NotFoundError(f"no workflow named {name!r} in store {self.log.config.url}"
+        raise NotFoundError(f"no workflow named {name!r} in store {self.log.config.shown}"
                             + self._when() + f" (it holds: {', '.join(names) or 'none'})")
 
     def _when(self) -> str:
@@ -378,7 +378,7 @@ class ReadSide:
         if len(found) == 1:
             return found[0]
         if not found:
-            raise NotFoundError(f"no {kind} {text!r} in store {self.log.config.url}"
+            raise NotFoundError(f"no {kind} {text!r} in store {self.log.config.shown}"
                                 f"{self._when()} (no {kind} id starts or ends with {digits})")
         shown = ", ".join(str(i) for i in found[:10])
         more = f" and {len(found) - 10} more" if len(found) > 10 else ""
@@ -389,7 +389,7 @@ class ReadSide:
         rid = self.resolve_id("run", run_id)
         run = self._load(rid, short=True)
         if not isinstance(run, HandlerRun):
-            raise NotFoundError(f"no run {rid} in store {self.log.config.url}{self._when()}")
+            raise NotFoundError(f"no run {rid} in store {self.log.config.shown}{self._when()}")
         return run
 
     @staticmethod
@@ -420,7 +420,7 @@ class ReadSide:
         sid = self.resolve_id("session", session_id)
         session = self._load(sid)
         if not isinstance(session, Session):
-            raise NotFoundError(f"no session {sid} in store {self.log.config.url}"
+            raise NotFoundError(f"no session {sid} in store {self.log.config.shown}"
                                 + self._when())
         return session
 
@@ -428,7 +428,7 @@ class ReadSide:
         """The workflow aggregate: its status, reason and session lock."""
         wf = self._load(workflow_id(name))
         if not isinstance(wf, Workflow):
-            raise NotFoundError(f"no workflow named {name!r} in store {self.log.config.url}"
+            raise NotFoundError(f"no workflow named {name!r} in store {self.log.config.shown}"
                                 + self._when())
         return wf
 
@@ -618,7 +618,7 @@ class ReadSide:
         iid = self.resolve_id("input", input_id)
         record = self._load(iid, short=True)
         if not isinstance(record, Input):
-            raise NotFoundError(f"no input {iid} in store {self.log.config.url}{self._when()}")
+            raise NotFoundError(f"no input {iid} in store {self.log.config.shown}{self._when()}")
         with self._tables() as c:
             caused = [e for e, p in audit.caused_by(c, iid)
                       if self.upto is None or p <= self.upto]

@@ -24,6 +24,7 @@ from typing import Any
 from flowledger.domain.errors import FlowledgerError, InvalidArgument
 from flowledger.engine.engine import Engine
 from flowledger.engine.faults import DURABLE_POINTS, SimulatedCrash, declare_dead
+from flowledger.infrastructure.store_url import shown
 
 __all__ = ["DURABLE_POINTS", "CrashNotReached", "CrashReport", "EngineCrashed", "crash_at",
            "crash_if_reached", "expect_crash"]
@@ -140,7 +141,7 @@ def kill(engine: Engine, point: str) -> None:
     with contextlib.suppress(Exception):  # a dead process closes nothing cleanly either
         engine.log.close()
     declare_dead(engine.owner)
-    why = (f"this engine (store {engine.store!r}) crashed at {point!r} "
+    why = (f"this engine (store {shown(engine.store)!r}) crashed at {point!r} "
            "(flowledger.testing): like the process it stands for, it can do nothing "
            "more. Open a new fl.Engine on the same store and register the workflow; its "
            "recover() or next run_session continues the work")

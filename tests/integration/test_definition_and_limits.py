@@ -252,4 +252,4 @@ def test_a_database_or_user_that_does_not_exist_is_said_at_once_with_what_to_do(
     with pytest.raises(fl.ConfigurationError) as caught:
         fl.Engine(nobody)
     assert 'role "flowledger_nobody" does not exist' in str(caught.value)
-    assert "check the user and password" in str(caught.value)
+    assert "check the user and the password" in str(caught.value)

@@ -1,0 +1,141 @@
+"""PostgreSQL connections as libpq makes them (ADR 0017): the URL's libpq
+parameters (sslmode, application_name, ...) reach every connection the engine
+opens, a password the URL does not hold comes from libpq's own sources
+(PGPASSWORD, ~/.pgpass), the library's connection pool keeps no idle
+connections, and no message or output shows a password."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+import flowledger as fl
+from tests import postgres
+from tests.e2e.test_cli import flowledger
+from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow
+from tests.integration.test_postgres_connections import backends
+
+pytestmark = pytest.mark.postgres
+
+SECRET = "s3cret-Xq9"
+
+
+def _with_password(url: str, password: str = SECRET) -> str:
+    """The test server's URL (trust auth: any password is accepted) with one."""
+    scheme, _, rest = url.partition("://")
+    user, _, host = rest.partition("@")
+    return f"{scheme}://{user}:{password}@{host}"
+
+
+def _named(name: str) -> set[int]:
+    with psycopg.connect(postgres.URL, autocommit=True) as c:
+        return {pid for (pid,) in c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,))}
+
+
+def _engine_and_session(url: str) -> fl.Engine:
+    engine = fl.Engine(url)
+    engine.register(ledger_workflow(), tools=[ScriptedLedgerTool(MemoryLedger())])
+    result = engine.run_session("wf")
+    assert result.status == "completed", result.error
+    return engine
+
+
+def test_the_urls_libpq_parameters_reach_every_connection_and_no_pool_idles() -> None:
+    name = f"fl-{uuid.uuid4().hex[:10]}"
+    with postgres.fresh_schema() as url:
+        engine = _engine_and_session(f"{url}&application_name={name}&connect_timeout=7")
+        try:
+            waiter = engine.log.flow_recorder.listen()  # its LISTEN connection
+            ours = {*backends(engine), waiter.conn.info.backend_pid}
+            # Every connection carries the URL's parameters, and the server has no
+            # other connection of this engine (the library's pool opened none).
+            assert _named(name) == ours
+            assert len(ours) == 6  # two writers, two readers, the liveness lock's, LISTEN
+            assert waiter.conn.info.get_parameters()["connect_timeout"] == "7"
+            waiter.close()
+        finally:
+            engine.close()
+        assert _named(name) == set()
+
+
+def test_a_password_not_in_the_url_comes_from_pgpassword(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGPASSWORD", "from-the-environment")
+    with postgres.fresh_schema() as url:
+        engine = _engine_and_session(url)
+        try:
+            rec = engine.log.flow_recorder
+            used = {c.info.password for c in [*rec._writers.values(), rec._local.single,
+                                              rec._liveness]}
+            assert used == {"from-the-environment"}
+        finally:
+            engine.close()
+        given = _engine_and_session(_with_password(url, "in-the-url"))
+        try:  # a password in the URL wins
+            assert given.log.flow_recorder._single().info.password == "in-the-url"
+        finally:
+            given.close()
+
+
+def test_a_refused_tls_setting_is_said_with_what_to_do_and_no_password() -> None:
+    with postgres.fresh_schema() as url:
+        with psycopg.connect(postgres.URL) as c:
+            ssl = c.execute("SHOW ssl").fetchone()[0]  # type: ignore[index]
+        if ssl == "on":
+            pytest.skip("this server speaks TLS: sslmode=require would be accepted")
+        with pytest.raises(fl.ConfigurationError) as caught:
+            fl.Engine(f"{_with_password(url)}&sslmode=require")
+    said = str(caught.value)
+    assert "SSL was required" in said and "sslmode" in said
+    assert SECRET not in said and ":***@" in said
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("sslmod=require", "unknown parameter 'sslmod' (did you mean 'sslmode'?)"),
+    ("host=elsewhere", "host= cannot be given in the query; say it in the host of the URL"),
+    ("password=x", "password= cannot be given in the query"),
+    ("replication=database", "replication= cannot be given in the query"),
+])
+def test_a_parameter_the_store_cannot_take_is_refused_by_name(query: str, expected: str) -> None:
+    with pytest.raises(fl.ConfigurationError) as caught:
+        fl.Engine(f"{_with_password(postgres.URL)}?{query}")
+    assert expected in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_no_message_or_output_shows_the_password(tmp_path: Any) -> None:
+    """Errors of opening, of copying and of the CLI, and the CLI's output."""
+    server = _with_password(postgres.URL.rsplit("/", 1)[0])
+    said: list[str] = []
+    for url in (f"{server.rsplit(':', 1)[0]}:1/nowhere",  # no server there
+                f"{server}/flowledger_no_such_database",
+                f"{server.replace('postgres:', 'flowledger_nobody:')}/postgres"):
+        with pytest.raises(fl.ConfigurationError) as caught:
+            fl.Engine(url)
+        said.append(str(caught.value))
+    with postgres.fresh_schema() as url:
+        target = _with_password(url)
+        _engine_and_session(target).close()  # not empty: a copy into it is refused
+        source = f"sqlite:///{tmp_path / 'source.db'}"
+        _engine_and_session(source).close()
+        with pytest.raises(fl.ConfigurationError) as caught:
+            fl.copy_store(source, target)
+        said.append(str(caught.value))
+        for args in (["copy", "--from", source, "--to", target],
+                     ["--store", target, "runs", "--workflow", "no_such_workflow"],
+                     ["--store", f"{server.rsplit(':', 1)[0]}:1/nowhere", "status"]):
+            result = flowledger(*args, cwd=tmp_path)
+            assert result.returncode == 2, (result.stdout, result.stderr)
+            said.append(result.stdout + result.stderr)
+        with postgres.fresh_schema() as empty:
+            copied = flowledger("copy", "--from", source, "--to", _with_password(empty),
+                                cwd=tmp_path)
+            assert copied.returncode == 0, copied.stderr
+            said.append(copied.stdout + copied.stderr)
+    for text in said:
+        assert SECRET not in text, text
+    assert all(":***@" in text for text in said), said

@@ -1,0 +1,61 @@
+"""A store URL as messages show it (`store_url.shown`): whatever the password
+and wherever the URL is refused, the password is not in what is said."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flowledger.domain.errors import ConfigurationError
+from flowledger.infrastructure.store_url import parse_store_url, shown
+
+passwords = st.text(min_size=1, max_size=30).map(lambda rest: "PW" + rest)
+# Typed as a user would: percent-encoded, or as it is (an @, / or ? in it then
+# makes a URL that parses badly, and must still not be shown).
+written = st.one_of(passwords.map(lambda p: (p, quote(p, safe=""))),
+                    passwords.map(lambda p: (p, p)))
+
+REFUSED_TAILS = ["/db?sslmod=require", "/db?host=elsewhere", "/db?schema=no-dashes",
+                 "/db?password=again", ":notaport/db"]
+
+
+@given(written, st.sampled_from(["postgresql", "postgres", "postgresq"]))
+def test_a_shown_url_holds_no_password(pw: tuple[str, str], scheme: str) -> None:
+    _, typed = pw
+    url = f"{scheme}://alice:{typed}@db.example.com:5432/app?schema=s"
+    said = shown(url)
+    assert "PW" not in said
+    assert said.startswith(f"{scheme}://alice:***@")
+
+
+@given(written, st.sampled_from(REFUSED_TAILS))
+def test_a_refused_url_is_said_without_its_password(pw: tuple[str, str], tail: str) -> None:
+    _, typed = pw
+    url = f"postgresql://alice:{quote(typed, safe='')}@db.example.com{tail}"
+    with pytest.raises(ConfigurationError) as caught:
+        parse_store_url(url)
+    assert "PW" not in str(caught.value)
+    assert "alice:***@" in str(caught.value)
+
+
+@given(written)
+def test_a_url_mistyped_past_parsing_is_said_without_its_password(pw: tuple[str, str]) -> None:
+    for url in (f"postgresql:/alice:{pw[1]}@db/app", f"alice:{pw[1]}@db/app"):
+        with pytest.raises(ConfigurationError) as caught:
+            parse_store_url(url)
+        assert "PW" not in str(caught.value)
+
+
+@pytest.mark.parametrize("secret", ["sslpassword", "SSLPassword", "oauth_client_secret"])
+def test_secret_parameters_in_the_query_are_not_shown(secret: str) -> None:
+    said = shown(f"postgresql://alice@db/app?sslmode=require&{secret}=PWkey&x=1")
+    assert "PWkey" not in said and f"{secret}=***" in said and "sslmode=require" in said
+
+
+def test_urls_without_credentials_are_shown_as_they_are() -> None:
+    for url in ["sqlite:///data/a:b@c.db", "memory://", "postgresql://alice@db:5432/app",
+                "postgresql://db/app?schema=s"]:
+        assert shown(url) == url

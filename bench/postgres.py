@@ -25,6 +25,7 @@ rounds; each round measures every system once. Printed:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -61,15 +62,42 @@ def drop_db(url: str, name: str) -> None:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def backends_cpu(store: str) -> float | None:
+    """CPU seconds the server's processes for `store`'s database have used so
+    far, from /proc (None: the server is not on this machine, or not readable)."""
+    url, _, dbname = store.rpartition("/")
+    with admin(url) as c:
+        pids = [pid for (pid,) in c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (dbname,))]
+    try:
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    except OSError:
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+CPU: dict[str, list[float]] = {"client": [], "server": []}  # ms a consumer run
+
+
 def consumer_rate(store: str, n: int, warmup: int, name: str = wl.CONSUMER_WF) -> float:
+    """Consumer runs/s of one engine; its client and server CPU a run go to CPU."""
     b = wl.ConsumerBench(store, name)
     try:
         b.fill(warmup + n)
         if warmup:
             b.engine.run_session(name, trigger="event", max_iterations=warmup)
-        t = time.perf_counter()
+        server = backends_cpu(store)
+        cpu, t = time.process_time(), time.perf_counter()
         b.consume(n)
-        return n / (time.perf_counter() - t)
+        took = time.perf_counter() - t
+        CPU["client"].append((time.process_time() - cpu) / n * 1e3)
+        after = backends_cpu(store)
+        if server is not None and after is not None:
+            CPU["server"].append((after - server) / n * 1e3)
+        return n / took
     finally:
         b.close()
 
@@ -262,8 +290,12 @@ def main() -> int:
             drop_db(url, name)
     med = {key: statistics.median(values) for key, values in got.items() if values}
     bound = med["raw"] / appends
+    cpu = {key: statistics.median(v) for key, v in CPU.items() if v}
+    split = (f"CPU a run: client {cpu['client']:.2f} ms" + (
+        f", server {cpu['server']:.2f} ms, wall {1e3 / med['one']:.2f} ms"
+        if "server" in cpu else ""))
     rows = [
-        ("consumer runs/s, 1 process", f"{med['one']:,.0f}", "1 mutation each"),
+        ("consumer runs/s, 1 process", f"{med['one']:,.0f}", f"1 mutation each; {split}"),
         ("consumer runs/s, 2 processes", f"{med['two']:,.0f}",
          f"both workflows together; {med['two'] / med['one']:.2f}x one (target >= 1.5x)"),
         ("... on a store each", f"{med['apart']:,.0f}",

@@ -49,6 +49,7 @@ from flowledger.cli.views import (
     status_json,
 )
 from flowledger.cli.worker_commands import print_live
+from flowledger.infrastructure.store_url import shown
 from flowledger.read_side.log_view import LoggedEvent
 from flowledger.read_side.queries import (
     COSTS_BY,
@@ -96,7 +97,7 @@ def log(
         if workflow is not None:
             held = sorted(w.name for w in engine.status().workflows)
             if workflow not in held:
-                raise CommandError(f"no workflow named {workflow!r} in store {engine.store} "
+                raise CommandError(f"no workflow named {workflow!r} in store {shown(engine.store)} "
                                    f"(it holds: {', '.join(held) or 'none'})")
         run = engine.run(run_id).id if run_id is not None else None
         last = after  # the position of the last event read: --follow goes on from there

@@ -35,6 +35,7 @@ from flowledger.cli.views import (
 )
 from flowledger.domain.session import Trigger
 from flowledger.engine.graceful_stop import GracefulStop
+from flowledger.infrastructure.store_url import shown
 from flowledger.read_side.queries import ACTIONS, check_choice
 
 
@@ -134,7 +135,7 @@ def recover(ctx: typer.Context, path_or_module: TargetArgument,
         if all(name in engine.unrecorded for name in names):
             held = sorted(w.name for w in engine.status().workflows)
             raise CommandError(
-                f"store {engine.store} holds none of the workflows {path_or_module!r} "
+                f"store {shown(engine.store)} holds none of the workflows {path_or_module!r} "
                 f"defines ({', '.join(names)}); it holds: {', '.join(held) or 'no workflows'}. "
                 "Nothing was recovered or written: point --store at the store those "
                 "workflows ran on")

@@ -488,7 +488,7 @@ class Engine:
         self.log.config.refuse_writes("resuming a workflow is recorded in the log")
         wf: Workflow | None = self.log.load(workflow_id(reg_name))
         if wf is None:
-            raise NotFoundError(f"no workflow named {reg_name!r} in store {self.store}")
+            raise NotFoundError(f"no workflow named {reg_name!r} in store {shown(self.store)}")
         if wf.status == WorkflowStatus.ACTIVE:
             return False
         for blocked in self.blocked():
@@ -511,7 +511,7 @@ class Engine:
         rid = self.resolve_id("run", run_id)
         run = self.log.load(rid, short=True)
         if not isinstance(run, HandlerRun):
-            raise NotFoundError(f"no run {rid} in store {self.store}")
+            raise NotFoundError(f"no run {rid} in store {shown(self.store)}")
         return run
 
     # ------------------------------------------------------------- queries

@@ -114,7 +114,7 @@ def check_postgres_server(config: StoreConfig) -> None:
             "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
             "password": env["POSTGRES_PASSWORD"], "connect_timeout": 10, **config.connect}
         psycopg.connect(**settings).close()
-    except psycopg.OperationalError as e:
+    except psycopg.Error as e:  # OperationalError; a bad parameter value: ProgrammingError
         said = " ".join(str(e).split())
         where = f"{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}"
         if "does not exist" in said and "database" in said:
@@ -124,6 +124,8 @@ def check_postgres_server(config: StoreConfig) -> None:
         elif "authentication" in said or "password" in said or "role" in said:
             todo = ("check the user and the password (in the URL, in PGPASSWORD or in "
                     "~/.pgpass)")
+        elif not isinstance(e, psycopg.OperationalError):
+            todo = "check the values of the URL's parameters"
         elif "SSL" in said or "certificate" in said:
             todo = ("check the URL's ssl parameters (sslmode, sslrootcert, ...) against the "
                     "server's TLS setup")

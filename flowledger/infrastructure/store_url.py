@@ -18,29 +18,42 @@ ACCEPTED = ("sqlite:///relative/path.db, sqlite:////absolute/path.db, "
             "postgresql://user@host:5432/dbname[?schema=NAME&sslmode=...], or memory://")
 
 # libpq connection parameters that name a secret: never shown (nor is a URL's password).
-SECRET_PARAMETERS = ("password", "sslpassword", "oauth_client_secret", "scram_client_key",
-                     "scram_server_key")
-_SECRET_IN_QUERY = re.compile(r"(?i)(?<=[?&])(" + "|".join(SECRET_PARAMETERS) + r")=[^&#]*")
+SECRET_PARAMETERS = {"password", "sslpassword", "oauth_client_secret", "scram_client_key",
+                     "scram_server_key"}
 
 
 def shown(url: str) -> str:
-    """`url` as errors and output may show it: a password (and any secret libpq
-    parameter in its query) replaced by ***. Never raises, whatever `url` is:
-    it is used on URLs that failed to parse."""
+    """`url` as errors and output may show it: its password (and the value of
+    any secret libpq parameter in its query) replaced by ***. Never raises,
+    whatever `url` is: it shows URLs that failed to parse, where in doubt it
+    hides more, never less."""
     if not isinstance(url, str):
-        return repr(url)
+        return f"<a {type(url).__name__}, not a URL>"
     scheme, sep, rest = url.partition("://")
     if scheme.lower() in ("sqlite", "memory"):
         return url  # a file's name, which holds no credentials
     if not sep:  # not a URL: user:password@ may still be in it (a missing /, say)
         scheme, rest = "", url
     # user:password@ ends at the URL's last @, wherever an unescaped @, /, ? or #
-    # in the password put it: past it, more may be hidden, never less.
+    # in the password put it.
     at, colon = rest.rfind("@"), rest.find(":")
     if 0 <= colon < at and not any(c in rest[:colon] for c in "/?#@"):
         rest = rest[:colon + 1] + "***" + rest[at:]
+    elif at < 0 and not rest.startswith("["):
+        # No @: a "port" that is not a number may be a password whose host was
+        # left out (user:password/db).
+        host, colon_, port = re.split(r"([/?#])", rest, maxsplit=1)[0].partition(":")
+        if colon_ and not port.isdigit():
+            rest = host + ":***" + rest[len(host) + 1 + len(port):]
     where, q, query = rest.partition("?")
-    return scheme + sep + where + _SECRET_IN_QUERY.sub(r"\1=***", q + query)
+    return scheme + sep + where + q + "&".join(_hide_secret(p) for p in query.split("&"))
+
+
+def _hide_secret(parameter: str) -> str:
+    name, eq, _ = parameter.partition("=")
+    if eq and unquote(name).strip().lower() in SECRET_PARAMETERS:
+        return name + "=***"
+    return parameter
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,9 @@ class StoreConfig:
     # PostgreSQL: libpq connection parameters from the URL's query (sslmode=...),
     # for every connection the engine opens.
     connect: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the URL and the environment may hold a password
+        return f"StoreConfig({self.shown!r}, kind={self.kind!r})"
 
     @property
     def shown(self) -> str:
@@ -143,10 +159,17 @@ def _sqlite_env(db_name: str) -> dict[str, str]:
     }
 
 
-# Said by the URL's own parts, not its query; a replication connection runs no SQL.
-_NOT_IN_QUERY = {"host": "the host", "port": "the port", "dbname": "the path",
-                 "user": "the user part", "password": "the user part (user:password@)",
-                 "replication": None}
+# Not taken from the query: what the URL's own parts say, and settings the
+# engine's connections depend on.
+_NOT_IN_QUERY = {
+    "host": "say it in the host of the URL", "port": "say it in the port of the URL",
+    "dbname": "say it in the path of the URL", "user": "say it in the user part of the URL",
+    "password": "give it in the user part (user:password@), PGPASSWORD or ~/.pgpass",
+    "service": "name the server in the URL itself (host, port, database and user)",
+    "replication": "flowledger's connections run SQL, which a replication connection cannot",
+    "client_encoding": "flowledger's connections speak UTF-8",
+    "options": "flowledger sets its connections' server settings itself",
+}
 
 
 def _libpq_parameters() -> set[str] | None:
@@ -166,11 +189,8 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
     known = _libpq_parameters()
     for name in given:
         if name in _NOT_IN_QUERY:
-            said_by = _NOT_IN_QUERY[name]
-            raise ConfigurationError(
-                f"store URL {shown(url)!r}: {name}= cannot be given in the query; "
-                + (f"say it in {said_by} of the URL" if said_by else
-                   "flowledger's connections run SQL, which a replication connection cannot"))
+            raise ConfigurationError(f"store URL {shown(url)!r}: {name}= cannot be given in "
+                                     f"the query; {_NOT_IN_QUERY[name]}")
         if known is not None and name not in known:
             close = difflib.get_close_matches(name, [*known, "schema"], n=1)
             raise ConfigurationError(

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from flowledger.domain.errors import ConfigurationError
+from flowledger.infrastructure.store_url import parse_store_url, shown
 
 StoreKind = Literal["sqlite", "memory", "postgresql"]
 STORE_KINDS: tuple[StoreKind, ...] = ("sqlite", "memory", "postgresql")
@@ -35,13 +36,17 @@ def fresh_store(kind: str, folder: Path, postgres: str = DEFAULT_POSTGRES) -> It
 
 
 def _connect(url: str, dbname: str | None = None) -> Any:
+    """A connection as the engine would open one for `url` (its password from
+    the URL, PGPASSWORD or ~/.pgpass; its libpq parameters), to `dbname`."""
     import psycopg
 
-    parts = urlsplit(url)
-    return psycopg.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
-                           user=parts.username or "postgres", password=parts.password or "",
-                           dbname=dbname or parts.path.lstrip("/"), connect_timeout=3,
-                           autocommit=True)
+    config = parse_store_url(url)
+    env = config.env
+    settings: dict[str, Any] = {
+        "host": env["POSTGRES_HOST"], "port": env["POSTGRES_PORT"],
+        "user": env["POSTGRES_USER"], "password": env["POSTGRES_PASSWORD"],
+        "dbname": dbname or env["POSTGRES_DBNAME"], "connect_timeout": 3, **config.connect}
+    return psycopg.connect(**settings, autocommit=True)
 
 
 @cache
@@ -62,7 +67,7 @@ def postgres_unreachable(url: str) -> str | None:
                     conn.execute(f'CREATE DATABASE "{name}"')
     except Exception as e:
         detail = " ".join(str(e).split())[:120]
-        return f"no PostgreSQL server at {url} ({type(e).__name__}: {detail})"
+        return f"no PostgreSQL server at {shown(url)} ({type(e).__name__}: {detail})"
     return None
 
 
@@ -74,8 +79,10 @@ def fresh_postgres_schema(url: str = DEFAULT_POSTGRES) -> Iterator[str]:
         raise ConfigurationError(f"cannot make a test store on PostgreSQL: {why}")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     parts = urlsplit(url)
+    kept = [p for p in parts.query.split("&") if p and p.partition("=")[0] != "schema"]
     try:
-        yield f"{parts.scheme}://{parts.netloc}{parts.path}?schema={schema}"
+        yield f"{parts.scheme}://{parts.netloc}{parts.path}?" + "&".join(
+            [*kept, f"schema={schema}"])
     finally:
         with _connect(url) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

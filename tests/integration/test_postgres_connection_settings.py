@@ -56,6 +56,10 @@ def test_the_urls_libpq_parameters_reach_every_connection_and_no_pool_idles() ->
             assert _named(name) == ours
             assert len(ours) == 6  # two writers, two readers, the liveness lock's, LISTEN
             assert waiter.conn.info.get_parameters()["connect_timeout"] == "7"
+            # The library's own pool opened none (it kept five idle for the
+            # engine's life, without the URL's parameters).
+            pool = engine.log.factory.datastore.pool
+            assert pool.get_stats().get("connections_num", 0) == 0
             waiter.close()
         finally:
             engine.close()
@@ -81,6 +85,35 @@ def test_a_password_not_in_the_url_comes_from_pgpassword(
             given.close()
 
 
+def test_a_password_not_in_the_url_nor_in_pgpassword_comes_from_the_password_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("*:*:*:*:from-the-file\n")
+    passfile.chmod(0o600)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    with postgres.fresh_schema() as url:
+        engine = _engine_and_session(url)
+        try:
+            assert engine.log.flow_recorder._single().info.password == "from-the-file"
+        finally:
+            engine.close()
+
+
+def test_the_testing_kit_connects_as_the_engine_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowledger.testing import stores
+
+    monkeypatch.setenv("PGPASSWORD", "from-the-environment")
+    with stores._connect(postgres.URL) as conn:
+        assert conn.info.password == "from-the-environment"
+    name = f"fl-{uuid.uuid4().hex[:10]}"
+    with stores.fresh_postgres_schema(f"{postgres.URL}?application_name={name}") as url:
+        assert f"application_name={name}" in url and "schema=t_" in url
+    unreachable = stores.postgres_unreachable(
+        f"{_with_password(postgres.URL).rsplit(':', 1)[0]}:1/nowhere")
+    assert unreachable is not None and SECRET not in unreachable and ":***@" in unreachable
+
+
 def test_a_refused_tls_setting_is_said_with_what_to_do_and_no_password() -> None:
     with postgres.fresh_schema() as url:
         with psycopg.connect(postgres.URL) as c:
@@ -99,6 +132,12 @@ def test_a_refused_tls_setting_is_said_with_what_to_do_and_no_password() -> None
     ("host=elsewhere", "host= cannot be given in the query; say it in the host of the URL"),
     ("password=x", "password= cannot be given in the query"),
     ("replication=database", "replication= cannot be given in the query"),
+    ("client_encoding=LATIN1", "client_encoding= cannot be given in the query; flowledger's "
+                               "connections speak UTF-8"),
+    ("options=-c%20default_transaction_read_only=on", "options= cannot be given"),
+    ("service=elsewhere", "service= cannot be given in the query; name the server"),
+    ("connect_timeout=abc", "bad value for connect_timeout: 'abc'. Nothing was written; "
+                            "check the values of the URL's parameters"),
 ])
 def test_a_parameter_the_store_cannot_take_is_refused_by_name(query: str, expected: str) -> None:
     with pytest.raises(fl.ConfigurationError) as caught:
@@ -125,11 +164,20 @@ def test_no_message_or_output_shows_the_password(tmp_path: Any) -> None:
         with pytest.raises(fl.ConfigurationError) as caught:
             fl.copy_store(source, target)
         said.append(str(caught.value))
+        with pytest.raises(fl.NotFoundError) as missing:
+            fl.Engine(target).run(uuid.uuid4())
+        said.append(str(missing.value))
+        other_workflow = tmp_path / "other.py"
+        other_workflow.write_text("import flowledger as fl\nwf = fl.Workflow('other')\n"
+                                  "@wf.producer()\ndef p(ctx, state):\n    return None\n")
         for args in (["copy", "--from", source, "--to", target],
                      ["--store", target, "runs", "--workflow", "no_such_workflow"],
+                     ["--store", target, "log", "--workflow", "no_such_workflow"],
+                     ["--store", target, "resume", "no_such_workflow"],
+                     ["--store", target, "recover", str(other_workflow)],
                      ["--store", f"{server.rsplit(':', 1)[0]}:1/nowhere", "status"]):
             result = flowledger(*args, cwd=tmp_path)
-            assert result.returncode == 2, (result.stdout, result.stderr)
+            assert result.returncode == 2, (args, result.stdout, result.stderr)
             said.append(result.stdout + result.stderr)
         with postgres.fresh_schema() as empty:
             copied = flowledger("copy", "--from", source, "--to", _with_password(empty),

@@ -55,7 +55,14 @@ def test_secret_parameters_in_the_query_are_not_shown(secret: str) -> None:
     assert "PWkey" not in said and f"{secret}=***" in said and "sslmode=require" in said
 
 
+def test_what_is_not_quite_a_url_hides_its_password_too() -> None:
+    assert shown("postgresql://alice:PWx/app") == "postgresql://alice:***/app"  # no host
+    assert shown("postgresql://db/app?ssl%70assword=PWx") == (
+        "postgresql://db/app?ssl%70assword=***")  # an escaped name
+    assert shown(b"postgresql://alice:PWx@db") == "<a bytes, not a URL>"  # type: ignore[arg-type]
+
+
 def test_urls_without_credentials_are_shown_as_they_are() -> None:
     for url in ["sqlite:///data/a:b@c.db", "memory://", "postgresql://alice@db:5432/app",
-                "postgresql://db/app?schema=s"]:
+                "postgresql://db/app?schema=s", "postgresql://[::1]:5432/app"]:
         assert shown(url) == url

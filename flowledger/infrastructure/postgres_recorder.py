@@ -200,6 +200,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self.lock_timeout_s = lock_timeout_s
         self.schema = datastore.schema
         self._local = threading.local()
+        # Every reading connection opened, whichever thread keeps it: closed with
+        # the engine, not left to its thread's end (a pool's threads outlive it).
+        self._reading: list[psycopg.Connection[Any]] = []
+        self._reading_lock = threading.Lock()
         # The writer connections, synced and unsynced (see `writing`).
         self._writers: dict[bool, psycopg.Connection[Any]] = {}
         self._writer_lock = threading.RLock()
@@ -231,7 +235,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         conn: psycopg.Connection[Any] | None = getattr(self._local, "reader", None)
         if not _usable(conn):
             _replace(conn)
-            conn = self._local.reader = self._connect()
+            conn = self._local.reader = self._kept(self._connect())
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
         return conn
@@ -313,11 +317,17 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 with contextlib.suppress(psycopg.Error):  # a broken one is replaced
                     conn.commit()
 
+    def _kept(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        with self._reading_lock:
+            self._reading = [c for c in self._reading if not c.closed]
+            self._reading.append(conn)
+        return conn
+
     def _single(self) -> psycopg.Connection[Any]:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "single", None)
         if not _usable(conn):
             _replace(conn)
-            conn = self._local.single = self._connect()
+            conn = self._local.single = self._kept(self._connect())
             conn.autocommit = True
         return conn
 
@@ -530,9 +540,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             if self._liveness is not None and not self._liveness.closed:
                 self._liveness.close()
             self._liveness = None
-        for conn in (*self._writers.values(), getattr(self._local, "reader", None),
-                     getattr(self._local, "single", None)):
-            if conn is not None and not conn.closed:
+        with self._reading_lock:
+            reading, self._reading = self._reading, []
+        for conn in (*self._writers.values(), *reading):
+            if not conn.closed:
                 conn.close()
         self._writers = {}
         self._local.reader = self._local.single = None

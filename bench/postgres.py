@@ -131,8 +131,8 @@ print(n / postgres.raw_rate(sys.argv[2], n, warmup, ready=True), flush=True)
 def two_process_rate(stores: list[str], n: int, warmup: int, worker: str = WORKER) -> float:
     """Two processes, each consuming n runs of its own workflow (or, with
     RAW_WORKER, making n raw saves), on one store (`stores` names it twice) or
-    on a store each, started together: the work of both / the wall time until
-    both are done."""
+    on a store each; started one after the other, timed from a common go: the
+    work of both / the wall time until both are done."""
     procs = []
     for k, store in enumerate(stores):  # one after the other until ready: the
         # library's CREATE statements fail when two processes run them at once

@@ -8,7 +8,8 @@
 * the workflows most tests run (`ledger_workflow`, `costly_workflow`), random
   histories of sessions and a person's decisions (`history`, `decide`,
   `new_engine`);
-* ways to look at a store (`message_status`, `projection_rows`).
+* ways to look at a store (`message_status`, `projection_rows`) and at what the
+  engine reads of it (`count_loads`).
 
 Subprocess scripts (tests/e2e/crash_worker.py, the scripts test modules write
 to a temporary folder) import this module too: put the repository's root on
@@ -474,3 +475,19 @@ def checked_pending_hints() -> Iterator[list[int]]:
         yield made
     finally:
         ProjectionRunner.pending_hints = original  # type: ignore[method-assign]
+
+
+def count_loads(monkeypatch: Any) -> list[Any]:
+    """Every stream the engine loads by id, one by one (`EventLog.load`), in order."""
+    from flowledger.infrastructure.event_log import EventLog
+
+    loaded: list[Any] = []
+    original = EventLog.load
+
+    def counting(self: EventLog, aggregate_id: Any, version: int | None = None, *,
+                 short: bool = False) -> Any:
+        loaded.append(aggregate_id)
+        return original(self, aggregate_id, version, short=short)
+
+    monkeypatch.setattr(EventLog, "load", counting)
+    return loaded

@@ -590,19 +590,26 @@ class RunDriver:
                   for reg in ctx.inputs.values()]
         for p in ctx.published.values():
             wanted.append(topic_event_id(wf, p.topic, p.message_id))
-            if caused_by is None and p.input_id is None:
-                wanted.append(input_id(wf, run.handler, p.topic, p.message_id))
+            implicit = self._implicit_input(run, p) if caused_by is None else None
+            if implicit is not None:
+                wanted.append(input_id(wf, *implicit))
         self.s.streams.preload(wanted)
 
     def _register_inputs(self, run: HandlerRun, ctx: HandlerContext) -> None:
         for reg in ctx.inputs.values():
             self._ensure_input(run, reg.source, reg.type, reg.external_id, reg.title, False)
 
+    @staticmethod
+    def _implicit_input(run: HandlerRun, p: Any) -> tuple[str, str, str] | None:
+        """The input (source, type, external id) a publish without one gets."""
+        return None if p.input_id is not None else (run.handler, p.topic, p.message_id)
+
     def _input_for(self, run: HandlerRun, ctx: HandlerContext, p: Any) -> UUID:
-        if p.input_id is not None:
+        implicit = self._implicit_input(run, p)
+        if implicit is None:
             return p.input_id
         # A producer publishing without an input gets an implicit one.
-        return self._ensure_input(run, run.handler, p.topic, p.message_id, None, True)
+        return self._ensure_input(run, *implicit, None, True)
 
     def _ensure_input(self, run: HandlerRun, source: str, type_: str, external_id: str,
                       title: str | None, implicit: bool) -> UUID:

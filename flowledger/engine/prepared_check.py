@@ -20,7 +20,7 @@ from flowledger.domain.topic_event import TopicEvent
 from flowledger.engine.context import HandlerContext
 
 FindMessage = Callable[[str, str], TopicEvent | None]  # (topic, message_id)
-FindFirst = Callable[[list[tuple[str, str]]], None]  # every (topic, message_id) to find
+Preload = Callable[[list[tuple[str, str]]], None]  # (topic, message_id)s `find` will be asked
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,11 @@ class CheckedPrepared:
 
 
 def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: HandlerContext,
-                   find: FindMessage, find_first: FindFirst | None = None) -> CheckedPrepared:
+                   find: FindMessage, preload: Preload | None = None) -> CheckedPrepared:
     """Raise a LogicError naming the rule broken, or return what to record.
-    `find_first`, if given, is told every message `find` will be asked for,
-    before the first `find` (the live log reads them together)."""
+    `preload`, if given, is told, before the first `find`, the messages `find`
+    will be asked for among those reserved as lists (the live log reads them
+    together)."""
     where = ctx.where
     if returned is None:
         returned = Prepared()
@@ -46,13 +47,13 @@ def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: Handl
     if not isinstance(returned.reservations, dict):
         raise LogicError(f"{where}: Prepared.reservations must be a dict "
                          "{topic: [message_id, ...]}")
-    if find_first is not None:
+    if preload is not None:
         # What the checks below will look for, from the reservations given as
         # lists (an iterator is read once, below); the checks raise on the rest,
         # in the same order as without this.
         wanted = [(topic, str(m)) for topic, ids in returned.reservations.items()
                   if topic in spec.subscribe and isinstance(ids, list | tuple) for m in ids]
-        find_first([(topic, m) for topic, m in dict.fromkeys(wanted) if unencodable(m) is None])
+        preload([(topic, m) for topic, m in dict.fromkeys(wanted) if unencodable(m) is None])
     reservations: dict[str, list[str]] = {}
     events: list[TopicEvent] = []
     for topic, ids in returned.reservations.items():

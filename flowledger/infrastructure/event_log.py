@@ -255,19 +255,16 @@ class EventLog(Application[UUID]):
         if self.config.kind == "postgresql":
             from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
 
-            env, connect = self.config.env, self.config.connect
+            settings = self.config.libpq()
             datastore = self.factory.datastore  # type: ignore[attr-defined]
             # The library looks up its composite types for its database-functions
             # insert, which flowledger does not use: its pool opens no connection
             # for that (it would keep five idle for the engine's life). If it ever
-            # connects, it does so with the URL's parameters too.
+            # connects, it does so as flowledger's connections do.
             datastore.register_type_adapters = lambda: None
-            datastore.pool.kwargs.update(connect)
-            pg = FlowPostgresRecorder(datastore, {
-                "dbname": env["POSTGRES_DBNAME"], "host": env["POSTGRES_HOST"],
-                "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
-                "password": env["POSTGRES_PASSWORD"],
-                "connect_timeout": 10, **connect})
+            datastore.pool.kwargs.pop("password", None)
+            datastore.pool.kwargs.update(settings)
+            pg = FlowPostgresRecorder(datastore, settings)
             pg.create_table()
             return pg
         raise ConfigurationError(f"store {self.config.shown!r} is not one this release opens; "

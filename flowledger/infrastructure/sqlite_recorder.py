@@ -105,7 +105,6 @@ class FastReads:
         return found
 
 
-
 class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     after_insert: AfterInsert | None = None
     chain: Chain | None = None  # set once the store's format is settled
@@ -307,7 +306,6 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
 
     def stream_key(self, stream_id: UUID | str) -> str:
         return stream_id.hex if isinstance(stream_id, UUID) else str(stream_id)
-
 
     def select_positions(self, c: sqlite3.Cursor, positions: Sequence[int]
                          ) -> list[tuple[int, StoredEvent]]:

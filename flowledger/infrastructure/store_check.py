@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from flowledger.domain.errors import ConfigurationError
@@ -109,11 +108,7 @@ def check_postgres_server(config: StoreConfig) -> None:
             "(pip install 'flowledger[postgres]'); see the README") from None
     env = config.env
     try:
-        settings: dict[str, Any] = {
-            "dbname": env["POSTGRES_DBNAME"], "host": env["POSTGRES_HOST"],
-            "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
-            "password": env["POSTGRES_PASSWORD"], "connect_timeout": 10, **config.connect}
-        psycopg.connect(**settings).close()
+        psycopg.connect(**config.libpq()).close()
     except psycopg.Error as e:  # OperationalError; a bad parameter value: ProgrammingError
         said = " ".join(str(e).split())
         where = f"{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}"

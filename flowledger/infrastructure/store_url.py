@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from flowledger.domain.errors import ConfigurationError
@@ -69,6 +69,20 @@ class StoreConfig:
 
     def __repr__(self) -> str:  # the URL and the environment may hold a password
         return f"StoreConfig({self.shown!r}, kind={self.kind!r})"
+
+    def libpq(self, connect_timeout: int = 10, dbname: str | None = None) -> dict[str, Any]:
+        """What every PostgreSQL connection to this store is opened with: the
+        URL's parts and its libpq parameters. Without a password in the URL,
+        none is passed: libpq takes it, at each connection, from PGPASSWORD or
+        the password file (~/.pgpass, PGPASSFILE)."""
+        env = self.env
+        settings: dict[str, Any] = {
+            "dbname": dbname or env["POSTGRES_DBNAME"], "host": env["POSTGRES_HOST"],
+            "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
+            "connect_timeout": connect_timeout}
+        if env["POSTGRES_PASSWORD"]:
+            settings["password"] = env["POSTGRES_PASSWORD"]
+        return {**settings, **self.connect}
 
     @property
     def shown(self) -> str:
@@ -203,9 +217,7 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
 
 def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
     """postgresql://user[:password]@host[:port]/dbname[?schema=NAME&libpq parameters]:
-    the library's environment, and the libpq parameters for every connection.
-    Without a password in the URL, libpq's own sources give it: PGPASSWORD,
-    else the password file (~/.pgpass, PGPASSFILE)."""
+    the library's environment, and the libpq parameters for every connection."""
     parts = urlsplit(url)
     query = parse_qs(parts.query, keep_blank_values=True)
     connect = _connect_parameters(url, query)
@@ -218,15 +230,13 @@ def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
         port = str(parts.port or 5432)
     except ValueError:
         raise ConfigurationError(f"store URL {shown(url)!r}: the port is not a number") from None
-    password = (unquote(parts.password) if parts.password is not None
-                else os.environ.get("PGPASSWORD", ""))
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
         "POSTGRES_HOST": parts.hostname or "127.0.0.1",
         "POSTGRES_PORT": port,
         "POSTGRES_USER": unquote(parts.username or "postgres"),
-        "POSTGRES_PASSWORD": password,
+        "POSTGRES_PASSWORD": unquote(parts.password or ""),  # "": libpq's (StoreConfig.libpq)
         "POSTGRES_SCHEMA": schema or "public",
         # Several processes share the store: wait for the log's write lock.
         "POSTGRES_LOCK_TIMEOUT": "30",

@@ -36,17 +36,10 @@ def fresh_store(kind: str, folder: Path, postgres: str = DEFAULT_POSTGRES) -> It
 
 
 def _connect(url: str, dbname: str | None = None) -> Any:
-    """A connection as the engine would open one for `url` (its password from
-    the URL, PGPASSWORD or ~/.pgpass; its libpq parameters), to `dbname`."""
+    """A connection as the engine would open one for `url`, to `dbname`."""
     import psycopg
 
-    config = parse_store_url(url)
-    env = config.env
-    settings: dict[str, Any] = {
-        "host": env["POSTGRES_HOST"], "port": env["POSTGRES_PORT"],
-        "user": env["POSTGRES_USER"], "password": env["POSTGRES_PASSWORD"],
-        "dbname": dbname or env["POSTGRES_DBNAME"], "connect_timeout": 3, **config.connect}
-    return psycopg.connect(**settings, autocommit=True)
+    return psycopg.connect(**parse_store_url(url).libpq(3, dbname), autocommit=True)
 
 
 @cache
@@ -57,8 +50,8 @@ def postgres_unreachable(url: str) -> str | None:
         import psycopg
     except ImportError:
         return "psycopg is not installed (pip install 'flowledger[postgres]')"
-    name = urlsplit(url).path.lstrip("/")
     try:
+        name = parse_store_url(url).env["POSTGRES_DBNAME"]
         with _connect(url, "postgres") as conn:
             found = conn.execute("SELECT 1 FROM pg_database WHERE datname=%s",
                                  (name,)).fetchone()

@@ -6,28 +6,18 @@ whole stream, so its appends go on from the stream's real version."""
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 import pytest
 
 import flowledger as fl
 from flowledger.domain.ids import topic_event_id
-from flowledger.infrastructure.event_log import EventLog
-from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow, message_status
-
-
-def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[UUID]:
-    """Every stream the engine loads by id, in order."""
-    loaded: list[UUID] = []
-    original = EventLog.load
-
-    def counting(self: EventLog, aggregate_id: UUID, version: int | None = None, *,
-                 short: bool = False) -> Any:
-        loaded.append(aggregate_id)
-        return original(self, aggregate_id, version, short=short)
-
-    monkeypatch.setattr(EventLog, "load", counting)
-    return loaded
+from tests.helpers import (
+    ExternalLedger,
+    ScriptedLedgerTool,
+    count_loads,
+    ledger_workflow,
+    message_status,
+)
 
 
 def test_a_reservation_after_a_peek_loads_no_message_stream(
@@ -36,7 +26,7 @@ def test_a_reservation_after_a_peek_loads_no_message_stream(
     engine.register(ledger_workflow(), tools=[ScriptedLedgerTool(ledger)])
     produced = engine.run_session("wf", trigger="manual", max_iterations=0)
     assert produced.status == "budget_exhausted", produced.error
-    loaded = _count_loads(monkeypatch)
+    loaded = count_loads(monkeypatch)
 
     result = engine.run_session("wf", trigger="event")  # consumers only, a fresh session
 

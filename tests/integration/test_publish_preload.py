@@ -14,7 +14,7 @@ import flowledger as fl
 from flowledger.domain.ids import input_id, topic_event_id
 from flowledger.infrastructure.codec import unpack
 from flowledger.infrastructure.event_log import EventLog
-from tests.helpers import message_status
+from tests.helpers import count_loads, message_status
 
 ITEMS = [f"item-{k}" for k in range(40)]
 
@@ -37,22 +37,15 @@ def _workflow(plan: dict[str, Any]) -> fl.Workflow:
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> tuple[list[UUID], list[int]]:
     """Streams loaded one by one, and the size of each load of many."""
-    one: list[UUID] = []
     many: list[int] = []
-    load, load_short = EventLog.load, EventLog.load_short
-
-    def counting_load(self: EventLog, aggregate_id: UUID, version: int | None = None, *,
-                      short: bool = False) -> Any:
-        one.append(aggregate_id)
-        return load(self, aggregate_id, version, short=short)
+    load_short = EventLog.load_short
 
     def counting_short(self: EventLog, stream_ids: Any) -> Any:
         many.append(len(stream_ids))
         return load_short(self, stream_ids)
 
-    monkeypatch.setattr(EventLog, "load", counting_load)
     monkeypatch.setattr(EventLog, "load_short", counting_short)
-    return one, many
+    return count_loads(monkeypatch), many
 
 
 def _streams(items: list[str]) -> set[UUID]:

@@ -111,7 +111,8 @@ def check_postgres_server(config: StoreConfig) -> None:
         psycopg.connect(**config.libpq()).close()
     except psycopg.Error as e:  # OperationalError; a bad parameter value: ProgrammingError
         said = " ".join(str(e).split())
-        where = f"{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}"
+        where = ", ".join(f"{host}:{port}" for host, port in zip(
+            env["POSTGRES_HOST"].split(","), env["POSTGRES_PORT"].split(","), strict=True))
         if "does not exist" in said and "database" in said:
             todo = (f"create it first (createdb -h {env['POSTGRES_HOST']} -p "
                     f"{env['POSTGRES_PORT']} -U {env['POSTGRES_USER']} "

@@ -215,6 +215,25 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
     return given
 
 
+def _hosts(url: str, netloc: str) -> tuple[str, str]:
+    """The URL's host[:port] list, as libpq takes it: "h1,h2" and "5432,5433".
+    Several hosts (a primary and its standbys, with
+    ?target_session_attrs=read-write) are tried in order at each connection,
+    so an engine follows a failover when it replaces its connections."""
+    hosts, ports = [], []
+    for entry in netloc.rpartition("@")[2].split(","):
+        if entry.startswith("["):  # [IPv6 address]:port
+            host, _, rest = entry[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = entry.partition(":")
+        if port and not port.isdigit():
+            raise ConfigurationError(f"store URL {shown(url)!r}: a port is not a number")
+        hosts.append(unquote(host) or "127.0.0.1")
+        ports.append(port or "5432")
+    return ",".join(hosts), ",".join(ports)
+
+
 def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
     """postgresql://user[:password]@host[:port]/dbname[?schema=NAME&libpq parameters]:
     the library's environment, and the libpq parameters for every connection."""
@@ -226,15 +245,12 @@ def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
         raise ConfigurationError(
             f"store URL {shown(url)!r}: schema {schema!r} must be letters, digits and "
             "underscores")
-    try:
-        port = str(parts.port or 5432)
-    except ValueError:
-        raise ConfigurationError(f"store URL {shown(url)!r}: the port is not a number") from None
+    hosts, ports = _hosts(url, parts.netloc)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
-        "POSTGRES_HOST": parts.hostname or "127.0.0.1",
-        "POSTGRES_PORT": port,
+        "POSTGRES_HOST": hosts,
+        "POSTGRES_PORT": ports,
         "POSTGRES_USER": unquote(parts.username or "postgres"),
         "POSTGRES_PASSWORD": unquote(parts.password or ""),  # "": libpq's (StoreConfig.libpq)
         "POSTGRES_SCHEMA": schema or "public",

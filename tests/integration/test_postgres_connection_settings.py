@@ -213,3 +213,22 @@ def test_closing_the_engine_closes_the_connections_other_threads_read_on() -> No
         assert len(_named(name)) >= 5 + 2  # each reading thread holds its own
         engine.close()
         assert _none_named(name)  # while the pool's threads are still alive
+
+
+def test_a_url_naming_several_hosts_connects_to_the_one_that_answers() -> None:
+    """postgresql://user@primary,standby/db?target_session_attrs=read-write: libpq
+    tries the hosts in order at each connection (here the first refuses), so an
+    engine that replaces its connections follows a failover."""
+    with postgres.fresh_schema() as url:
+        user, _, where = url.partition("://")[2].partition("@")
+        several = f"postgresql://{user}@127.0.0.1:1,{where}&target_session_attrs=read-write"
+        engine = _engine_and_session(several)
+        try:
+            assert engine.log.flow_recorder._single().info.port != 1
+            assert engine.status().workflows[0].name == "wf"
+        finally:
+            engine.close()
+        nowhere = f"postgresql://{user}@127.0.0.1:1,127.0.0.1:2/x"
+        with pytest.raises(fl.ConfigurationError) as caught:
+            fl.Engine(nowhere)
+        assert "127.0.0.1:1, 127.0.0.1:2" in str(caught.value)

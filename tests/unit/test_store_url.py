@@ -1,5 +1,6 @@
-"""A store URL as messages show it (`store_url.shown`): whatever the password
-and wherever the URL is refused, the password is not in what is said."""
+"""PostgreSQL store URLs: as messages show them (`store_url.shown`), whatever the
+password and wherever the URL is refused, the password is not in what is said;
+and as libpq is given them (several hosts)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,17 @@ def test_urls_without_credentials_are_shown_as_they_are() -> None:
     for url in ["sqlite:///data/a:b@c.db", "memory://", "postgresql://alice@db:5432/app",
                 "postgresql://db/app?schema=s", "postgresql://[::1]:5432/app"]:
         assert shown(url) == url
+
+
+@pytest.mark.parametrize(("hosts", "host", "port"), [
+    ("primary:5432,standby:5433", "primary,standby", "5432,5433"),
+    ("primary,standby", "primary,standby", "5432,5432"),
+    ("[::1]:6000,[fe80::1]", "::1,fe80::1", "6000,5432"),
+    ("", "127.0.0.1", "5432"),
+])
+def test_several_hosts_go_to_libpq_as_lists(hosts: str, host: str, port: str) -> None:
+    config = parse_store_url(f"postgresql://alice@{hosts}/app?target_session_attrs=read-write")
+    settings = config.libpq()
+    assert (settings["host"], settings["port"]) == (host, port)
+    assert settings["target_session_attrs"] == "read-write" and "password" not in settings
+

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote
 
 from flowledger.domain.errors import ConfigurationError
 
@@ -39,12 +39,14 @@ def shown(url: str) -> str:
     at, colon = rest.rfind("@"), rest.find(":")
     if 0 <= colon < at and not any(c in rest[:colon] for c in "/?#@"):
         rest = rest[:colon + 1] + "***" + rest[at:]
-    elif at < 0 and not rest.startswith("["):
+    elif at < 0:
         # No @: a "port" that is not a number may be a password whose host was
         # left out (user:password/db).
-        host, colon_, port = re.split(r"([/?#])", rest, maxsplit=1)[0].partition(":")
-        if colon_ and not port.isdigit():
-            rest = host + ":***" + rest[len(host) + 1 + len(port):]
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        entries = [e if e.startswith("[") or e.partition(":")[2].isdigit()
+                   or ":" not in e else e.partition(":")[0] + ":***"
+                   for e in authority.split(",")]
+        rest = ",".join(entries) + rest[len(authority):]
     where, q, query = rest.partition("?")
     return scheme + sep + where + q + "&".join(_hide_secret(p) for p in query.split("&"))
 
@@ -215,44 +217,64 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
     return given
 
 
-def _hosts(url: str, netloc: str) -> tuple[str, str]:
+def _hosts(url: str, hostlist: str) -> tuple[str, str]:
     """The URL's host[:port] list, as libpq takes it: "h1,h2" and "5432,5433".
     Several hosts (a primary and its standbys, with
-    ?target_session_attrs=read-write) are tried in order at each connection,
-    so an engine follows a failover when it replaces its connections."""
+    ?target_session_attrs=read-write) are tried in order at each connection."""
     hosts, ports = [], []
-    for entry in netloc.rpartition("@")[2].split(","):
+    entries = hostlist.split(",")
+    for entry in entries:
+        if not entry and len(entries) > 1:
+            raise ConfigurationError(f"store URL {shown(url)!r}: an empty host in its list "
+                                     "of hosts; name each host once, between commas")
         if entry.startswith("["):  # [IPv6 address]:port
             host, _, rest = entry[1:].partition("]")
             port = rest.removeprefix(":")
         else:
             host, _, port = entry.partition(":")
-        if port and not port.isdigit():
-            raise ConfigurationError(f"store URL {shown(url)!r}: a port is not a number")
-        hosts.append(unquote(host) or "127.0.0.1")
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigurationError(f"store URL {shown(url)!r}: a port is not a number "
+                                     "from 1 to 65535")
+        host = unquote(host)
+        if "," in host:
+            raise ConfigurationError(f"store URL {shown(url)!r}: a host name holds a comma")
+        hosts.append(host or "127.0.0.1")
         ports.append(port or "5432")
     return ",".join(hosts), ",".join(ports)
+
+
+def _split(url: str) -> tuple[str | None, str | None, str, str, str]:
+    """user, password, host list, path and query of a postgresql:// URL, split
+    by hand: the standard library refuses lists of bracketed IPv6 hosts."""
+    rest = url.partition("://")[2].partition("#")[0]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if not at:
+        return None, None, hostlist, path, query
+    user, colon, password = userinfo.partition(":")
+    return unquote(user), (unquote(password) if colon else None), hostlist, path, query
 
 
 def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
     """postgresql://user[:password]@host[:port]/dbname[?schema=NAME&libpq parameters]:
     the library's environment, and the libpq parameters for every connection."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query, keep_blank_values=True)
+    user, password, hostlist, path, raw_query = _split(url)
+    query = parse_qs(raw_query, keep_blank_values=True)
     connect = _connect_parameters(url, query)
     schema = query.get("schema", [""])[-1]
     if schema and not schema.replace("_", "a").isalnum():
         raise ConfigurationError(
             f"store URL {shown(url)!r}: schema {schema!r} must be letters, digits and "
             "underscores")
-    hosts, ports = _hosts(url, parts.netloc)
+    hosts, ports = _hosts(url, hostlist)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
+        "POSTGRES_DBNAME": unquote(path.lstrip("/")) or "postgres",
         "POSTGRES_HOST": hosts,
         "POSTGRES_PORT": ports,
-        "POSTGRES_USER": unquote(parts.username or "postgres"),
-        "POSTGRES_PASSWORD": unquote(parts.password or ""),  # "": libpq's (StoreConfig.libpq)
+        "POSTGRES_USER": user or "postgres",
+        "POSTGRES_PASSWORD": password or "",  # "": libpq's own (StoreConfig.libpq)
         "POSTGRES_SCHEMA": schema or "public",
         # Several processes share the store: wait for the log's write lock.
         "POSTGRES_LOCK_TIMEOUT": "30",

@@ -73,6 +73,8 @@ def test_urls_without_credentials_are_shown_as_they_are() -> None:
     ("primary:5432,standby:5433", "primary,standby", "5432,5433"),
     ("primary,standby", "primary,standby", "5432,5432"),
     ("[::1]:6000,[fe80::1]", "::1,fe80::1", "6000,5432"),
+    ("db1,[::1]", "db1,::1", "5432,5432"),  # a list the standard library's parser refuses
+    ("%2Fvar%2Frun%2Fpostgresql", "/var/run/postgresql", "5432"),  # a socket directory
     ("", "127.0.0.1", "5432"),
 ])
 def test_several_hosts_go_to_libpq_as_lists(hosts: str, host: str, port: str) -> None:
@@ -80,4 +82,22 @@ def test_several_hosts_go_to_libpq_as_lists(hosts: str, host: str, port: str) ->
     settings = config.libpq()
     assert (settings["host"], settings["port"]) == (host, port)
     assert settings["target_session_attrs"] == "read-write" and "password" not in settings
+
+
+@pytest.mark.parametrize(("hosts", "said"), [
+    ("db1,", "an empty host in its list of hosts"),
+    (",db2", "an empty host in its list of hosts"),
+    ("db:70000", "a port is not a number from 1 to 65535"),
+    ("db:0", "a port is not a number from 1 to 65535"),
+    ("db:\u0665\u0664", "a port is not a number from 1 to 65535"),
+    ("a%2Cb", "a host name holds a comma"),
+])
+def test_a_host_list_libpq_would_read_otherwise_is_refused(hosts: str, said: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_store_url(f"postgresql://alice:PWx@{hosts}/app")
+    assert said in str(caught.value) and "PWx" not in str(caught.value)
+
+
+def test_a_host_list_without_a_user_is_shown_as_it_is() -> None:
+    assert shown("postgresql://db1:5432,db2:5433/app") == "postgresql://db1:5432,db2:5433/app"
 

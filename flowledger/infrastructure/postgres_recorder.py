@@ -200,8 +200,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self.lock_timeout_s = lock_timeout_s
         self.schema = datastore.schema
         self._local = threading.local()
-        # Every reading connection opened, whichever thread keeps it: closed with
-        # the engine, not left to its thread's end (a pool's threads outlive it).
+        # Every reading connection opened, whichever thread keeps it (`_this_threads`).
         self._reading: list[psycopg.Connection[Any]] = []
         self._reading_lock = threading.Lock()
         # The writer connections, synced and unsynced (see `writing`).
@@ -232,12 +231,23 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def _reader(self) -> psycopg.Connection[Any]:
         """The snapshot reader: psycopg begins each of its transactions itself,
         as REPEATABLE READ READ ONLY."""
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "reader", None)
+        return self._this_threads("reader", isolation_level=psycopg.IsolationLevel.REPEATABLE_READ,
+                                  read_only=True)
+
+    def _this_threads(self, slot: str, **settings: Any) -> psycopg.Connection[Any]:
+        """This thread's reading connection `slot`, opened (with `settings`) if
+        it has none or the server ended it; every one is kept for `close_connections`,
+        whichever thread opened it (a pool's threads outlive the engine)."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, slot, None)
         if not _usable(conn):
             _replace(conn)
-            conn = self._local.reader = self._kept(self._connect())
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
+            conn = self._connect()
+            for name, value in settings.items():
+                setattr(conn, name, value)
+            setattr(self._local, slot, conn)
+            with self._reading_lock:
+                self._reading = [c for c in self._reading if not c.closed]
+                self._reading.append(conn)
         return conn
 
     def create_table(self) -> None:
@@ -317,19 +327,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 with contextlib.suppress(psycopg.Error):  # a broken one is replaced
                     conn.commit()
 
-    def _kept(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-        with self._reading_lock:
-            self._reading = [c for c in self._reading if not c.closed]
-            self._reading.append(conn)
-        return conn
-
     def _single(self) -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "single", None)
-        if not _usable(conn):
-            _replace(conn)
-            conn = self._local.single = self._kept(self._connect())
-            conn.autocommit = True
-        return conn
+        """The autocommit reader: each statement its own snapshot."""
+        return self._this_threads("single", autocommit=True)
 
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """One statement: its own snapshot, on an autocommit connection."""

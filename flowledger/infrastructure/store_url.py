@@ -234,10 +234,12 @@ def _hosts(url: str, hostlist: str) -> tuple[str, str]:
             host, _, port = entry.partition(":")
         if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
             raise ConfigurationError(f"store URL {shown(url)!r}: a port is not a number "
-                                     "from 1 to 65535")
+                                     "from 1 to 65535; write host:port with the server's "
+                                     "port (5432 when left out)")
         host = unquote(host)
         if "," in host:
-            raise ConfigurationError(f"store URL {shown(url)!r}: a host name holds a comma")
+            raise ConfigurationError(f"store URL {shown(url)!r}: a host name holds a comma "
+                                     "(%2C); separate hosts with plain commas")
         hosts.append(host or "127.0.0.1")
         ports.append(port or "5432")
     return ",".join(hosts), ",".join(ports)

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from flowledger.domain.errors import ConfigurationError
 from flowledger.infrastructure.store_url import parse_store_url, shown
@@ -71,11 +70,10 @@ def fresh_postgres_schema(url: str = DEFAULT_POSTGRES) -> Iterator[str]:
     if why is not None:
         raise ConfigurationError(f"cannot make a test store on PostgreSQL: {why}")
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    parts = urlsplit(url)
-    kept = [p for p in parts.query.split("&") if p and p.partition("=")[0] != "schema"]
+    base, _, query = url.partition("?")  # not urlsplit: it refuses lists of IPv6 hosts
+    kept = [p for p in query.split("&") if p and p.partition("=")[0] != "schema"]
     try:
-        yield f"{parts.scheme}://{parts.netloc}{parts.path}?" + "&".join(
-            [*kept, f"schema={schema}"])
+        yield f"{base}?" + "&".join([*kept, f"schema={schema}"])
     finally:
         with _connect(url) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -169,7 +169,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         return self._reading_connection().execute(sql, params).fetchall()
 
     @contextmanager
-    def writing(self, sync: bool = True) -> Iterator[sqlite3.Cursor]:
+    def writing(self, sync: bool = True, tracking: bool = False) -> Iterator[sqlite3.Cursor]:
         """A write transaction on the engine's one writer connection.
 
         BEGIN IMMEDIATE takes the write lock first (waiting up to the lock
@@ -179,7 +179,8 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         `sync`: the commit waits until the log file is on disk (fsync), so it
         survives a power loss; without it, it survives the process dying but
         may be lost with the machine until the next synced commit, which
-        syncs everything before it too (ADR 0011).
+        syncs everything before it too (ADR 0011). `tracking` changes nothing
+        here: each statement is a call, not a round trip.
         """
         if self._writer is None:
             self._writer = self._connect()

@@ -80,8 +80,11 @@ class LogStore(Protocol):
         """One consistent read snapshot (`snapshot=False`: statements that need
         not agree with each other, each as fresh as the store can give)."""
 
-    def writing(self, sync: bool = True) -> AbstractContextManager[Cursor]:
-        """One write transaction, holding the log's write lock from its start."""
+    def writing(self, sync: bool = True, tracking: bool = False
+                ) -> AbstractContextManager[Cursor]:
+        """One write transaction, holding the log's write lock from its start.
+        `tracking`: the caller reads the projections' tracking rows, which a
+        store that sends statements together reads with its first message."""
 
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
@@ -114,6 +117,8 @@ class LogStore(Protocol):
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]: ...
 
     def tracked(self, c: Cursor, name: str) -> int: ...
+
+    def heads(self, c: Cursor) -> tuple[int, dict[str, int]]: ...
 
     def track(self, c: Cursor, name: str, position: int) -> None: ...
 
@@ -165,6 +170,19 @@ class SharedSQL:
         """How far projection `name` has read into the log (0: not at all)."""
         c.execute("SELECT MAX(notification_id) FROM tracking WHERE application_name=?", (name,))
         return int(c.fetchone()[0] or 0)
+
+    def heads(self, c: Cursor) -> tuple[int, dict[str, int]]:
+        """The log's last position (0: empty) and how far each tracked projection
+        has read into it, in one statement (a round trip, where each is one)."""
+        c.execute(f"SELECT NULL, MAX({self.position_column}) FROM {self.events_table_name} "
+                  "UNION ALL SELECT application_name, notification_id FROM tracking")
+        head, tracked = 0, {}
+        for name, at in c.fetchall():
+            if name is None:
+                head = int(at or 0)
+            else:
+                tracked[name] = int(at or 0)
+        return head, tracked
 
     def track(self, c: Cursor, name: str, position: int) -> None:
         c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "

@@ -19,6 +19,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import Mapper
 
+from flowledger.domain.session import Session
 from flowledger.infrastructure.store import Fence, LogStore
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.pending_work import PendingHints, PendingWork, backlog_and_wakeups
@@ -112,7 +113,10 @@ class ProjectionRunner:
         if self._unfolded and self._unfolded[-1][1] != positions[0] - 1:
             self._unfolded = []  # another writer came in between: catch_up reads the log
         self._unfolded.extend(new)
-        if len(self._unfolded) >= self.FOLD_EVERY:
+        if len(self._unfolded) >= self.FOLD_EVERY or any(
+                isinstance(e, Session.Closed) for e in events):
+            # A session's close folds what it appended here: the catch-up after
+            # it would take a write transaction of its own (ADR 0017).
             self._fold_unfolded(c)
 
     def pending_hints(self, workflow_id: UUID, fresh: bool = False) -> PendingHints:
@@ -263,15 +267,17 @@ class ProjectionRunner:
             p.drop_asked()
 
     def lag(self) -> int:
-        """How many events the slowest projection still has to fold in."""
-        with self.recorder.reading() as c:
-            head = self.recorder.max_position(c)
-            return max((head - self.position(c, p) for p in self.projections), default=0)
+        """How many events the slowest projection still has to fold in (one
+        statement: a read before every query and after every session asks)."""
+        with self.recorder.reading(snapshot=False) as c:
+            head, tracked = self.recorder.heads(c)
+        return max((head - tracked.get(p.name, 0) for p in self.projections), default=0)
 
     def positions(self) -> dict[str, int]:
         """How far into the log each projection has read."""
-        with self.recorder.reading() as c:
-            return {p.name: self.position(c, p) for p in self.projections}
+        with self.recorder.reading(snapshot=False) as c:
+            tracked = self.recorder.heads(c)[1]
+        return {p.name: tracked.get(p.name, 0) for p in self.projections}
 
     def catch_up(self, batch: int = 2000, progress: Progress | None = None,
                  upto: int | None = None) -> int:
@@ -280,17 +286,21 @@ class ProjectionRunner:
         done = 0
         self._held = []  # committed: folded in from the log below
         if self._unfolded and upto is None:
-            with self._forgetting_on_error(), self.recorder.writing(sync=False) as c:
+            with (self._forgetting_on_error(),
+                  self.recorder.writing(sync=False, tracking=True) as c):
                 self._fold_unfolded(c)
         total = self.lag()
+        if not total:
+            return 0  # nothing to fold: no write transaction, no wait for the write lock
         while True:
-            with self._forgetting_on_error(), self.recorder.writing(sync=False) as c:
+            with (self._forgetting_on_error(),
+                  self.recorder.writing(sync=False, tracking=True) as c):
                 read = self._fold_next(c, batch, upto)
-            if not read:
-                return done
             done += read
-            if progress is not None:
+            if progress is not None and read:
                 progress(done, max(total, done))
+            if read < batch:  # it reached the head: every projection is there
+                return done
 
     def _fold_next(self, c: Cursor, batch: int, upto: int | None) -> int:
         """Fold the next `batch` events (up to `upto`) into every projection that

@@ -1,0 +1,146 @@
+"""What a session costs the store besides its runs' appends: its opening and its
+close, and nothing after. The close folds the session's events into the
+read-side projections (costs, audit) in its own transaction, and a catch-up
+with nothing to fold takes no write transaction: on a server each transaction
+is round trips, and each takes the log's write lock, which every other writer
+then waits for (ADR 0017, "What a session costs besides its runs")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowledger as fl
+from flowledger.engine.faults import SimulatedCrash
+from flowledger.testing import assert_projections_rebuild_equal
+from tests.helpers import (
+    ExternalLedger,
+    MemoryLedger,
+    ScriptedLedgerTool,
+    costly_workflow,
+    ledger_workflow,
+    mid_call_tool,
+)
+
+
+def count_write_transactions(engine: fl.Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The write transactions the engine's store begins from now on (each noted
+    with whether it was an append: the store begins one for each append too)."""
+    recorder = engine.log.flow_recorder
+    begun: list[str] = []
+    writing, append_rows = recorder.writing, recorder.append_rows
+
+    def counting_writing(*args: Any, **kwargs: Any) -> Any:
+        begun.append("write")
+        return writing(*args, **kwargs)
+
+    def counting_append(*args: Any, **kwargs: Any) -> Any:
+        begun.append("append")
+        return append_rows(*args, **kwargs)
+
+    monkeypatch.setattr(recorder, "writing", counting_writing)
+    monkeypatch.setattr(recorder, "append_rows", counting_append)
+    return begun
+
+
+def _transactions(begun: list[str]) -> list[str]:
+    """An append's own `writing` is part of it: one entry per transaction."""
+    out: list[str] = []
+    for entry in begun:
+        if entry == "write" and out and out[-1] == "append":
+            out[-1] = "append+"  # the append's transaction itself
+            continue
+        out.append(entry)
+    return out
+
+
+def test_a_session_writes_its_appends_and_nothing_after(make_engine: Any,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    engine.run_session("wf", trigger="manual", max_iterations=0)  # publishes "a"
+    begun = count_write_transactions(engine, monkeypatch)
+    result = engine.run_session("wf", trigger="event", max_iterations=1)
+    assert result.consumer_runs == 1 and result.runs[0].committed
+    # The opening, the run's three appends, the close: no catch-up transaction.
+    assert _transactions(begun) == ["append+"] * 5
+    positions = engine.projections.positions()
+    head = engine.log.flow_recorder.max_notification_id()
+    assert positions == {"pending_work": head, "costs": head, "audit": head}
+    assert engine.projections.lag() == 0
+    assert_projections_rebuild_equal(engine)
+
+
+def test_a_catch_up_with_nothing_to_fold_writes_nothing(make_engine: Any,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    engine.run_session("wf")
+    begun = count_write_transactions(engine, monkeypatch)
+    assert engine.projections.catch_up() == 0
+    engine.status()
+    assert begun == []
+
+
+class Died(SimulatedCrash):
+    """Stands in for the process dying before its session's close."""
+
+
+def _die_before_close(at: str) -> None:
+    if at == "before_append:session_close":
+        raise Died(at)
+
+
+def test_a_catch_up_folds_what_another_engine_appended(make_engine: Any,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """Another engine's session, folded at its own close, leaves nothing to
+    fold; one that died before its close leaves its runs' events to the next
+    catch-up, which folds them in one write transaction."""
+    engine = make_engine()
+    other = make_engine()
+    other.register(ledger_workflow("other", items=["x"]),
+                   tools=[ScriptedLedgerTool(MemoryLedger())])
+    other.run_session("other")
+    begun = count_write_transactions(engine, monkeypatch)
+    assert engine.projections.catch_up() == 0 and begun == []
+    dying = make_engine(checkpoint=_die_before_close)
+    dying.register(ledger_workflow("dies", items=["y"]),
+                   tools=[ScriptedLedgerTool(MemoryLedger())])
+    with pytest.raises(Died):
+        dying.run_session("dies")
+    assert engine.projections.lag() > 0
+    assert engine.projections.catch_up() > 0
+    assert _transactions(begun) == ["write"]
+    assert engine.projections.lag() == 0
+    assert_projections_rebuild_equal(engine)
+
+
+def test_sessions_interleaved_with_another_engines_keep_the_read_side_whole(
+        make_engine: Any, tmp_path: Path) -> None:
+    """During every tool call of one engine's session, another engine runs a
+    session of its own: the first one's events are never contiguous, so its
+    close cannot fold them all from memory; the catch-up after it does, and
+    the projections equal their rebuild."""
+    ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
+    engine, other = make_engine(), make_engine()
+    other.register(ledger_workflow("other", items=[f"o{k}" for k in range(6)]),
+                   tools=[ScriptedLedgerTool(MemoryLedger())])
+    other.run_session("other", trigger="manual", max_iterations=0)
+
+    def meanwhile(key: str) -> None:
+        other.run_session("other", trigger="event", max_iterations=1)
+
+    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]),
+                    tools=[mid_call_tool(meanwhile)(ledger)])
+    result = engine.run_session("prop")
+    assert result.status == "completed", result.error
+    assert ledger.calls_made() == 3
+    assert engine.projections.lag() == 0
+    assert engine.costs(workflow="prop").total == result.cost
+    assert_projections_rebuild_equal(engine)
+    assert_projections_rebuild_equal(other)

@@ -278,7 +278,7 @@ class Engine:
         self.log.config.refuse_writes("a session appends to the log")
         runner = SessionRunner(reg, self._scope_factory(reg))
         streams = Streams(self.log)
-        self.lease.align()
+        self.lease.keep_aligned()
         now = self.clock.now()
         self.checkpoint("before_append:session_open")
         opened = runner.open_new(streams, request, self.owner, now,

@@ -357,6 +357,10 @@ class EventLog(Application[UUID]):
         if short:
             return _fold(None, self.events.get(aggregate_id, lte=version))
         try:
+            if version is None:  # the latest snapshot and what follows it, read together
+                snapshot, after = self.flow_recorder.select_latest(aggregate_id)
+                to_domain = self.flow_mapper.to_domain_event
+                return _fold(None, [to_domain(s) for s in (snapshot, *after) if s is not None])
             return self.repository.get(aggregate_id, version=version, projector_func=_fold)
         except AggregateNotFoundError:
             return None

@@ -120,6 +120,8 @@ class LogStore(Protocol):
 
     def heads(self, c: Cursor) -> tuple[int, dict[str, int]]: ...
 
+    def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]: ...
+
     def track(self, c: Cursor, name: str, position: int) -> None: ...
 
     def untrack(self, c: Cursor, name: str) -> None: ...
@@ -183,6 +185,25 @@ class SharedSQL:
             else:
                 tracked[name] = int(at or 0)
         return head, tracked
+
+    def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]:
+        """A snapshotted stream's latest snapshot (None: it has none) and its
+        events after it, in one statement: the library reads each with a
+        statement of its own, a round trip each on a server."""
+        key = self.stream_key(stream_id)
+        snapshots, events = self.snapshot_table_name, self.events_table_name
+        latest = f"(SELECT MAX(originator_version) FROM {snapshots} WHERE originator_id=?)"
+        rows = self.read_all(
+            f"SELECT 1, originator_version, topic, CAST(state AS BLOB) FROM {snapshots} "
+            f"WHERE originator_id=? AND originator_version={latest} UNION ALL "
+            f"SELECT 0, originator_version, topic, CAST(state AS BLOB) FROM {events} "
+            f"WHERE originator_id=? AND originator_version>COALESCE({latest}, 0) "
+            "ORDER BY 1 DESC, 2", (key, key, key, key))
+        stored = [StoredEvent(originator_id=stream_id, originator_version=version, topic=topic,
+                              state=bytes(state)) for _, version, topic, state in rows]
+        if rows and rows[0][0] == 1:
+            return stored[0], stored[1:]
+        return None, stored
 
     def track(self, c: Cursor, name: str, position: int) -> None:
         c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 import flowledger as fl
+from flowledger.domain.ids import handler_state_id, workflow_id
 from flowledger.engine.faults import SimulatedCrash
+from flowledger.infrastructure.codec import unpack
 from flowledger.testing import assert_projections_rebuild_equal
 from tests.helpers import (
     ExternalLedger,
@@ -144,3 +146,45 @@ def test_sessions_interleaved_with_another_engines_keep_the_read_side_whole(
     assert engine.costs(workflow="prop").total == result.cost
     assert_projections_rebuild_equal(engine)
     assert_projections_rebuild_equal(other)
+
+
+def test_a_snapshotted_stream_loads_in_one_statement(make_engine: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler's state (snapshotted every 20 versions), a workflow and a
+    session load their latest snapshot and the events after it together, and
+    come out as the whole stream folded from its first event."""
+    engine = make_engine()
+    wf = fl.Workflow("counter", topics=["t"])
+
+    @wf.producer(publishes=["t"])
+    def count(ctx: Any, state: Any) -> Any:
+        return {"n": (state or {}).get("n", 0) + 1}
+
+    engine.register(wf)
+    for _ in range(23):
+        assert engine.run_session("counter").status == "completed"
+    log = engine.log
+    recorder = log.flow_recorder
+    statements: list[str] = []
+    read_all = recorder.read_all
+
+    def counting(sql: str, params: Any) -> Any:
+        statements.append(sql)
+        return read_all(sql, params)
+
+    monkeypatch.setattr(recorder, "read_all", counting)
+    state_id = handler_state_id("counter", "count")
+    snapshot, after = recorder.select_latest(state_id)
+    assert snapshot is not None and snapshot.originator_version == 20
+    assert [e.originator_version for e in after] == [21, 22, 23]
+    statements.clear()
+    for stream_id in (state_id, workflow_id("counter")):
+        loaded = log.load(stream_id)
+        assert len(statements) == 1
+        statements.clear()
+        whole = log.load(stream_id, short=True)  # every event, no snapshot
+        assert loaded is not None and whole is not None
+        assert loaded.version == whole.version and loaded.__dict__ == whole.__dict__
+        statements.clear()
+    assert log.load(handler_state_id("counter", "nobody")) is None
+    assert unpack(log.load(state_id).state) == {"n": 23}

@@ -18,7 +18,9 @@ rounds; each round measures every system once. Printed:
     processes (its log takes the same table lock);
  4. a producer publishing 100 new messages a run (messages/s), beside the
     library saving 100 new aggregates in one save (events/s);
- 5. DBOS (optional `bench` extra): the 3-step workflow of bench/runs.py with a
+ 5. sessions of ONE consumer run each, one after another (what a worker serving
+    one message at a time runs: each session opens, runs, closes), beside DBOS;
+ 6. DBOS (optional `bench` extra): the 3-step workflow of bench/runs.py with a
     PostgreSQL system database (target: engine >= 5x); two processes >= 1.5x one.
 """
 
@@ -153,6 +155,21 @@ def two_process_rate(stores: list[str], n: int, warmup: int, worker: str = WORKE
     return 2 * n / (time.perf_counter() - t)
 
 
+def session_rate(store: str, n: int, warmup: int) -> float:
+    """Sessions/s of one engine, each session running one consumer run."""
+    b = wl.ConsumerBench(store)
+    try:
+        b.fill(warmup + n)
+        for _ in range(warmup):
+            b.consume(1)
+        t = time.perf_counter()
+        for _ in range(n):
+            b.consume(1)
+        return n / (time.perf_counter() - t)
+    finally:
+        b.close()
+
+
 def appends_per_run(store: str, n: int) -> float:
     b = wl.ConsumerBench(store)
     try:
@@ -262,12 +279,12 @@ def main() -> int:
           f"PostgreSQL {server}, psycopg {psycopg.__version__}")
     print(f"N={n} runs, medians of {args.repeat} rounds, warm-up {warmup}; server {url}")
     got: dict[str, list[float]] = {"one": [], "two": [], "apart": [], "raw": [], "raw_two": [],
-                                   "producer": [], "raw_batch": [], "dbos": []}
+                                   "producer": [], "raw_batch": [], "sessions": [], "dbos": []}
     names = []
     try:
         for k in range(args.repeat):
             names += [f"flowledger_bench_{k}_{s}"
-                      for s in ("producer", "raw_batch",
+                      for s in ("sessions", "producer", "raw_batch",
                                 "one", "two", "apart_a", "apart_b", "raw", "raw_two", "dbos")]
             got["one"].append(consumer_rate(fresh_db(url, names[-7]), n, warmup))
             shared = fresh_db(url, names[-6])
@@ -280,6 +297,8 @@ def main() -> int:
             runs_of_100 = max(n // 50, 4)
             got["producer"].append(producer_rate(fresh_db(url, names[-9]), runs_of_100))
             got["raw_batch"].append(raw_batch_rate(fresh_db(url, names[-8]), runs_of_100))
+            got["sessions"].append(session_rate(fresh_db(url, names[-10]), max(n // 2, 10),
+                                                warmup))
             if dbos_v is not None:
                 got["dbos"].append(dbos_rate(fresh_db(url, names[-1]), n, warmup))
             print(f"  round {k + 1}: " + ", ".join(
@@ -320,6 +339,9 @@ def main() -> int:
     if "dbos" in med:
         rows += [("DBOS workflows/s", f"{med['dbos']:,.0f}", "3 steps, PostgreSQL system db"),
                  ("engine / DBOS", f"{med['one'] / med['dbos']:.2f}x", "target >= 5x")]
+    rows += [("sessions/s, one run each", f"{med['sessions']:,.0f}",
+              "open, one consumer run, close: a worker serving one message at a time" + (
+                  f"; {med['sessions'] / med['dbos']:.2f}x DBOS" if "dbos" in med else ""))]
     wl.print_figures("flowledger on PostgreSQL", rows)
     return 0
 

@@ -180,10 +180,11 @@ class Worker:
         engine = self.engine
         reg = engine._registered[due.workflow]
         served = self._served.setdefault(due.workflow, _Served())
-        served.seen_position = head
-        served.served_at = engine.clock.now()
         started = time.monotonic()
         if due.trigger == "recover":
+            # Not a session of this worker's: what is pending stays to be served
+            # (the holder may have closed its session since the look, with new
+            # events in it, and recovery may find nothing to take over).
             result = engine._recover(reg)
             engine._catch_up_read_side()
             if result is not None:
@@ -195,6 +196,8 @@ class Worker:
             request = SessionRequest(Trigger(due.trigger), self.max_iterations, None,
                                      producers=frozenset(due.producers),
                                      should_stop=self.stop.is_set)
+            served.seen_position = head
+            served.served_at = engine.clock.now()
             result = engine._run_session(reg, request)
         if result is None:
             return None

@@ -347,3 +347,49 @@ def test_follow_one_workflow_knows_streams_begun_before_it_started(
     assert wf_a in streams
     assert any(e.aggregate == "TopicEvent" and e.name == "Consumed" for e in seen)
     assert engine.workflow("b").id not in streams
+
+
+@pytest.mark.parametrize(
+    "store", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_pending_events_of_a_session_that_closed_during_the_look_are_served(
+        make_engine: Callable[..., fl.Engine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker reads a workflow's state, then asks whether the holder of its
+    open session is alive. A publisher that closed its session and exited in
+    between is found gone: the session looks abandoned, and recovery finds
+    nothing to take over. What that session published is still served, by the
+    next pass (a recover marked it seen, and a worker with a publisher that
+    opens an engine per message served half of them a second later or never)."""
+    ledger = MemoryLedger()
+    worker_engine = make_engine()
+    worker_engine.register(ledger_workflow("wf", items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+    assert worker_engine.run_session("wf").status == "completed"  # "a" published, consumed
+    worker = Worker(worker_engine)
+    assert worker.run_once() == []
+    at_close = threading.Event()
+    go_on = threading.Event()
+
+    def before_close(at: str) -> None:
+        if at == "before_append:session_close":
+            at_close.set()
+            go_on.wait(30)
+
+    publisher = make_engine(checkpoint=before_close)
+    publisher.register(ledger_workflow("wf", items=["b"]), tools=[ScriptedLedgerTool(ledger)])
+    thread = threading.Thread(
+        target=lambda: publisher.run_session("wf", trigger="manual", max_iterations=0))
+    thread.start()
+    assert at_close.wait(30)  # "b" is published, the publisher's session still open
+    alive = Worker._holder_alive
+
+    def after_the_publisher_is_gone(self: Worker, owner: str | None) -> bool:
+        go_on.set()
+        thread.join(30)
+        publisher.close()  # its process exits: its liveness lock is free
+        return alive(self, owner)
+
+    monkeypatch.setattr(Worker, "_holder_alive", after_the_publisher_is_gone)
+    assert worker.run_once() == []  # judged gone; nothing left to take over
+    monkeypatch.setattr(Worker, "_holder_alive", alive)
+    results = worker.run_once()
+    assert [(r.status, len(r.runs)) for r in results] == [("completed", 1)]
+    assert sorted(ledger.writes) == ["a", "b"]

@@ -67,23 +67,15 @@ class LeaseClock:
     on when a lease runs out (DESIGN §7). Lease ends are written and judged in
     the store's time; everything else keeps the engine's.
 
-    The offset between the two is measured at opening (one query), and again at
-    a session's opening once `REALIGN_AFTER` seconds have passed or the engine's
-    clock was stepped since (`keep_aligned`). An injected clock other than the
-    system's (tests, simulations) is used as it is: its time is not the store's.
+    The offset between the two is measured at opening and again at each
+    session's opening (one query). An injected clock other than the system's
+    (tests, simulations) is used as it is: its time is not the store's.
     """
-
-    # Two clocks kept by NTP drift apart by at most 0.5 ms a second: 15 ms here.
-    REALIGN_AFTER = 30.0
-    # How far the engine's clock may move from the monotonic one before the
-    # offset is measured again (a step: NTP, a resumed virtual machine, a person).
-    STEP = timedelta(milliseconds=100)
 
     def __init__(self, clock: Clock, store_time: Callable[[], datetime | None]) -> None:
         self.clock = clock
         self._store_time = store_time
         self.offset = timedelta(0)
-        self._measured: tuple[float, datetime] | None = None  # (monotonic, engine's time)
 
     def align(self) -> None:
         if not isinstance(self.clock, SystemClock):
@@ -92,20 +84,6 @@ class LeaseClock:
         store = self._store_time()
         after = self.clock.now()
         self.offset = timedelta(0) if store is None else store - (before + (after - before) / 2)
-        self._measured = (time.monotonic(), after)
-
-    def keep_aligned(self) -> None:
-        """Measure the offset again if it may have changed: `REALIGN_AFTER`
-        seconds after the last measure, or at once if the engine's clock moved
-        other than the monotonic clock since (a query a session saved)."""
-        if self._measured is None:
-            self.align()
-            return
-        at, then = self._measured
-        elapsed = time.monotonic() - at
-        moved = self.clock.now() - then
-        if elapsed >= self.REALIGN_AFTER or abs(moved - timedelta(seconds=elapsed)) > self.STEP:
-            self.align()
 
     def now(self) -> datetime:
         """The store's time now (the engine's, where the store keeps none)."""

@@ -278,7 +278,7 @@ class Engine:
         self.log.config.refuse_writes("a session appends to the log")
         runner = SessionRunner(reg, self._scope_factory(reg))
         streams = Streams(self.log)
-        self.lease.keep_aligned()
+        self.lease.align()
         now = self.clock.now()
         self.checkpoint("before_append:session_open")
         opened = runner.open_new(streams, request, self.owner, now,
@@ -344,9 +344,11 @@ class Engine:
         self._catch_up_read_side()
 
     def _catch_up_read_side(self) -> None:
-        """Fold a session's events into the read-side projections (costs, audit),
-        which appends leave to a catch-up (ADR 0010). If another process holds the
-        write lock, the next read catches up instead."""
+        """Fold into the read-side projections (costs, audit) whatever appends
+        left to a catch-up (ADR 0010): a session's close folds its own events
+        when they follow on from the projections (ADR 0017), so this is most
+        often one read. If another process holds the write lock, the next read
+        catches up instead."""
         self.projections.catch_up_unless_busy()
 
     @staticmethod

@@ -50,7 +50,7 @@ _CAUSES = frozenset({TopicEvent.Published, TopicEvent.PayloadReplaced})
 class Audit(Projection):
     name = "audit"
     tables = ("fl_audit_mentions", "fl_audit_causes")
-    inline = False  # read side only: caught up after sessions and before reads
+    inline = False  # read side only: folded at a session's close, or caught up before reads
 
     def handlers(self) -> dict[type, str]:
         return {}  # apply_batch reads _RUN_FIELDS directly

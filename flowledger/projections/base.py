@@ -21,8 +21,9 @@ class Projection(ABC):
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]]
     # Folded in inside every append (the session loop reads it between
-    # appends), or only by `catch_up`: after each session and before a read
-    # (ADR 0010).
+    # appends), or not (the read side): in batches from memory inside appends
+    # (every FOLD_EVERY events and a session's close), else by `catch_up`
+    # after each session and before a read (ADR 0010, 0017).
     inline: ClassVar[bool] = True
     # Copies of what handlers wrote are sealed with the store's cipher (ADR 0022);
     # set by the runner.

@@ -39,7 +39,7 @@ def utc_text(moment: datetime) -> str:
 class Costs(Projection):
     name = "costs"
     tables = ("fl_cost_runs", "fl_costs")
-    inline = False  # read side only: caught up after sessions and before reads
+    inline = False  # read side only: folded at a session's close, or caught up before reads
 
     def __init__(self) -> None:
         super().__init__()

@@ -5,7 +5,8 @@ in the same transaction as the projection's rows. Inline projections (pending
 work) fold each append's events in inside that append's transaction, or a
 held append's with the next append of its run (ADR 0012), following the log
 over anything another writer put between. The read-side ones (costs, audit)
-fold the events this process appended in batches, from memory (ADR 0010).
+fold the events this process appended in batches, from memory, inside an
+append: every FOLD_EVERY events and a session's close (ADR 0010, 0017).
 Whatever was not folded that way — a crash, another process's appends, a
 rebuild — `catch_up` follows from the log by position.
 """

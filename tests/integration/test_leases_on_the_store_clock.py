@@ -11,7 +11,7 @@ only the lease decides.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -129,31 +129,3 @@ def test_the_lease_clock_follows_the_store_and_leaves_injected_clocks_alone():
     no_store_clock = LeaseClock(ShiftedClock(timedelta(hours=-3)), lambda: None)
     no_store_clock.align()
     assert no_store_clock.offset == timedelta(0)
-
-
-def test_the_offset_is_measured_again_after_a_while_or_a_step_of_the_engines_clock(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A session's opening measures the offset again (a query) only once
-    REALIGN_AFTER seconds have passed since the last measure, or at once when
-    the engine's clock was stepped meanwhile."""
-    asked: list[datetime] = []
-
-    def store_time() -> datetime:
-        asked.append(datetime.now(UTC))
-        return asked[-1]
-
-    engine_clock = ShiftedClock(timedelta(0))
-    lease = LeaseClock(engine_clock, store_time)
-    lease.align()
-    lease.keep_aligned()
-    lease.keep_aligned()
-    assert len(asked) == 1 and abs(lease.offset) < timedelta(seconds=1)
-    engine_clock.shift = timedelta(minutes=-7)  # stepped back: NTP, a resumed VM
-    lease.keep_aligned()
-    assert len(asked) == 2
-    assert abs(lease.offset - timedelta(minutes=7)) < timedelta(seconds=1)
-    lease.keep_aligned()
-    assert len(asked) == 2
-    monkeypatch.setattr(LeaseClock, "REALIGN_AFTER", 0.0)
-    lease.keep_aligned()
-    assert len(asked) == 3

@@ -125,8 +125,9 @@ def test_a_catch_up_folds_what_another_engine_appended(make_engine: Any,
 def test_sessions_interleaved_with_another_engines_keep_the_read_side_whole(
         make_engine: Any, tmp_path: Path) -> None:
     """During every tool call of one engine's session, another engine runs a
-    session of its own: the first one's events are never contiguous, so its
-    close cannot fold them all from memory; the catch-up after it does, and
+    session of its own: the first one's events are never contiguous. Each
+    engine's catch-ups fold the other's events from the log, each close folds
+    from memory only what follows on from where the projections stand, and
     the projections equal their rebuild."""
     ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
     engine, other = make_engine(), make_engine()

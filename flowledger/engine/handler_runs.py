@@ -84,6 +84,7 @@ from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
 from flowledger.engine.secret_resolution import SecretResolver, scrub
 from flowledger.engine.streams import Streams
 from flowledger.infrastructure.codec import NONE_PACKED, pack, unpack
+from flowledger.infrastructure.store import ReadAfter
 from flowledger.projections import pending_work
 from flowledger.projections.sealing import Seal
 
@@ -167,15 +168,16 @@ class SessionScope:
         if until is not None:
             self.streams.renew_lease(self.now(), until, self.session.id)
 
-    def append(self, label: str) -> int:
-        """A durable point. `checkpoint` lets tests crash a real process around it."""
+    def append(self, label: str, read_after: ReadAfter | None = None) -> int:
+        """A durable point. `checkpoint` lets tests crash a real process around it.
+        `read_after`: read in the append's transaction, after its writes."""
         self.checkpoint(f"before_append:{label}")
         with self.streams.lock:  # never at the same time as the heartbeat's renewal
             until = self._renewed_lease_end()
             if until is not None and self.workflow.open_session == self.session.id:
                 self.workflow.renew_lease(self.now(), until)
             position = self.streams.append(sync=label in SYNCED_APPENDS,
-                                           hold=label in HELD_FOLDS)
+                                           hold=label in HELD_FOLDS, read_after=read_after)
         self.checkpoint(f"after_append:{label}")
         return position
 
@@ -196,6 +198,13 @@ class RunDriver:
 
     def __init__(self, scope: SessionScope) -> None:
         self.s = scope
+        # The last read-ahead peek of a run (topic, limit), asked again in the
+        # transaction of that run's commit: the next run's prepare most often
+        # peeks the same, and finds the answer there (a round trip less).
+        self._peeked: tuple[str, int] | None = None
+        # That answer: (topic, limit, the read, the session's log position after
+        # the commit). Good while nothing else of the session was appended since.
+        self._peek_ahead: tuple[str, int, ReadAfter, int] | None = None
 
     # ------------------------------------------------------------ shared
 
@@ -206,6 +215,7 @@ class RunDriver:
     def _new_run(self, kind: RunKind, handler: str, retry_of: HandlerRun | None = None,
                  attempt: int | None = None) -> HandlerRun:
         now = self.s.now()
+        self._peeked = None  # this run's own peek, if it makes one
         run = HandlerRun.create(id=self.s.ids(), now=now, workflow_id=self.s.workflow.id,
                                 workflow=self._wf, session_id=self.s.session.id, kind=kind,
                                 handler=handler, retry_of=retry_of, attempt=attempt)
@@ -220,12 +230,16 @@ class RunDriver:
         seal = Seal(log.column_cipher)
 
         def peek(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
-            with log.reading(snapshot=False) as c:  # one statement
-                if limit is None or limit > self.READ_AHEAD:
+            if limit is None or limit > self.READ_AHEAD:
+                with log.reading(snapshot=False) as c:  # one statement
                     return [(m.message_id, m.payload) for m in
                             pending_work.pending_messages(c, wf_id, topic, limit, seal)]
-                found = pending_work.pending_messages_read_ahead(
-                    c, wf_id, topic, limit, log.flow_recorder.with_stream_events, seal)
+            self._peeked = (topic, limit)
+            found = self._peeked_in_commit(topic, limit, seal)
+            if found is None:
+                with log.reading(snapshot=False) as c:  # one statement
+                    found = pending_work.pending_messages_read_ahead(
+                        c, wf_id, topic, limit, log.flow_recorder.with_stream_events, seal)
             self.s.streams.read_ahead({stream: events for _, stream, events in found if events})
             return [(m.message_id, m.payload) for m, _, _ in found]
 
@@ -237,6 +251,31 @@ class RunDriver:
             input_known=lambda i: self.s.streams.get(i, short=True) is not None,
             secrets=self.s.secrets,
         )
+
+    def _peeked_in_commit(self, topic: str, limit: int, seal: Seal
+                          ) -> pending_work.ReadAhead | None:
+        """The answer to this peek read in the last commit's transaction, if
+        it asked the same and nothing of this session was appended since: only
+        this session changes its workflow's pending messages while it runs."""
+        ahead, self._peek_ahead = self._peek_ahead, None
+        if ahead is None:
+            return None
+        asked_topic, asked_limit, read, position = ahead
+        if ((asked_topic, asked_limit) != (topic, limit) or read.rows is None
+                or self.s.streams.position != position):
+            return None
+        return pending_work.read_ahead_found(read.rows, seal)
+
+    def _commit_asking_next_peek(self, label: str) -> None:
+        """The commit's append, asking again this run's read-ahead peek."""
+        peeked, self._peeked = self._peeked, None
+        if peeked is None:
+            self.s.append(label)
+            return
+        asked = ReadAfter(*pending_work.read_ahead_query(
+            self.s.workflow.id, *peeked, self.s.streams.log.flow_recorder.with_stream_events))
+        position = self.s.append(label, read_after=asked)
+        self._peek_ahead = (*peeked, asked, position)
 
     def _flush(self, ctx: HandlerContext, run: HandlerRun) -> None:
         """Reads and costs of a step become events of the run, in the order they happened."""
@@ -577,7 +616,7 @@ class RunDriver:
         run.commit(now, state_replaced=new_state is not None)
         self.s.session.run_ended(now, run.id, run.handler, run.kind,
                                  RunStatus.COMMITTED.value, spent)
-        self.s.append(label)
+        self._commit_asking_next_peek(label)
         self.s.streams.unpin(run)
         return RunResult(run.id, run.handler, run.kind, RunStatus.COMMITTED)
 

@@ -19,7 +19,7 @@ from flowledger.domain.errors import ConcurrencyError
 from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import Fence
-from flowledger.infrastructure.store import StreamEvents
+from flowledger.infrastructure.store import ReadAfter, StreamEvents
 
 _UNLOADED: Any = object()
 
@@ -103,10 +103,12 @@ class Streams:
         self.pin(workflow)
         self.fenced_on = workflow
 
-    def append(self, sync: bool = True, hold: bool = False) -> int:
-        """Append every pending event of the touched aggregates: one transaction."""
+    def append(self, sync: bool = True, hold: bool = False,
+               read_after: ReadAfter | None = None) -> int:
+        """Append every pending event of the touched aggregates: one transaction
+        (`read_after` read last in it)."""
         with self.lock:
-            return self._append(sync, hold)
+            return self._append(sync, hold, read_after)
 
     def renew_lease(self, now: datetime, lease_until: datetime, session_id: UUID) -> bool:
         """The heartbeat's append: the workflow's LeaseRenewed alone, fenced. False
@@ -136,7 +138,7 @@ class Streams:
                 raise
             return True
 
-    def _append(self, sync: bool, hold: bool) -> int:
+    def _append(self, sync: bool, hold: bool, read_after: ReadAfter | None = None) -> int:
         if self.lost_lock is not None:
             raise ConcurrencyError(str(self.lost_lock)) from self.lost_lock
         if self.broken is not None:
@@ -153,7 +155,8 @@ class Streams:
         wf = self.fenced_on
         fence = Fence(wf.id, wf.version) if wf is not None else None
         try:
-            position = self.log.append(*pending, fence=fence, sync=sync, hold=hold)
+            position = self.log.append(*pending, fence=fence, sync=sync, hold=hold,
+                                       read_after=read_after)
         except BaseException as e:
             # The events were taken off the aggregates but not stored: the
             # in-memory copies are ahead of the log, and this session may have

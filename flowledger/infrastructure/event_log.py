@@ -50,6 +50,7 @@ from flowledger.infrastructure.store import (
     BeforeFold,
     LogStore,
     ProjectionRowTaken,
+    ReadAfter,
     StreamEvents,
 )
 from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
@@ -293,13 +294,14 @@ class EventLog(Application[UUID]):
         self._may_hold = may_hold
 
     def append(self, *aggregates: Any, fence: Fence | None = None, sync: bool = True,
-               hold: bool = False) -> int:
+               hold: bool = False, read_after: ReadAfter | None = None) -> int:
         """One durable point: all pending events of these aggregates, or none.
 
         `sync=False` skips the fsync: for appends that a later synced one
         covers before anything outside the log depends on them (ADR 0011).
         `hold=True` lets pending work fold these events in with the next
-        append instead of in this one (ADR 0012).
+        append instead of in this one (ADR 0012). `read_after` is read in the
+        same transaction, after its writes (its rows set once it committed).
 
         Returns the log position of the last event appended (0 if none). The
         same steps as `Application.save` — record, then snapshot — on the
@@ -326,7 +328,7 @@ class EventLog(Application[UUID]):
             hold = self._may_hold()
         try:
             position = self.flow_recorder.append_rows(
-                [to_row(e) for e in events], events, fence, sync, snapshots, hold)
+                [to_row(e) for e in events], events, fence, sync, snapshots, hold, read_after)
         except ProjectionRowTaken as e:
             raise _conflict(e) from e
         except IntegrityError as e:

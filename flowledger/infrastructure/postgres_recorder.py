@@ -49,6 +49,7 @@ from flowledger.infrastructure.store import (
     BeforeFold,
     Fence,
     ProjectionRowTaken,
+    ReadAfter,
     Row,
     SharedSQL,
 )
@@ -552,28 +553,33 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
-                    snapshots: Sequence[Row] = (), hold: bool = False) -> int:
+                    snapshots: Sequence[Row] = (), hold: bool = False,
+                    read_after: ReadAfter | None = None) -> int:
         """Insert events in one transaction: on the forecast (one message) while
         this writer is the only one appending, else reading the head first
-        (postgres_forecast.py). A forecast that missed stored nothing."""
+        (postgres_forecast.py). A forecast that missed stored nothing.
+        `read_after` goes last, in the COMMIT's message."""
         with self._writer_lock:
             if 0 < len(rows) <= _ROWS_PER_INSERT and self._forecast.usable(
                     self.chain is not None):
                 try:
-                    return self._append(rows, appended, fence, sync, snapshots, hold, True)
+                    return self._append(rows, appended, fence, sync, snapshots, hold, True,
+                                        read_after)
                 except psycopg.Error as e:
                     if e.sqlstate != GUARD_FAILED:
                         raise
                     self._forecast.missed()
-            return self._append(rows, appended, fence, sync, snapshots, hold, False)
+            return self._append(rows, appended, fence, sync, snapshots, hold, False, read_after)
 
     def _append(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
-                sync: bool, snapshots: Sequence[Row], hold: bool, forecast: bool) -> int:
+                sync: bool, snapshots: Sequence[Row], hold: bool, forecast: bool,
+                read_after: ReadAfter | None = None) -> int:
         links: list[Link] = []
         positions: list[int] = []
         head: tuple[int, bytes] | None = None
         inserts: list[Rows] = []
         head_rows: Rows | None = None
+        asked: Rows | None = None
         try:
             with self.writing(sync, tracking=not forecast) as c:
                 if forecast:
@@ -597,6 +603,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                           "(%s::uuid, %s, %s, %s::bytea) ON CONFLICT DO NOTHING", snapshot)
                 if self.after_insert is not None:
                     self.after_insert(c, appended, positions, hold, fence)
+                if read_after is not None:
+                    asked = c.prefetch(read_after.sql, read_after.params)
                 tracking = c.tracking_rows()
         except psycopg.errors.UniqueViolation as e:
             if self.after_abort is not None:
@@ -609,6 +617,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             if self.after_abort is not None:
                 self.after_abort()
             raise
+        if read_after is not None and asked is not None:
+            read_after.rows = asked.fetchall()  # committed
         if rows:
             self._forecast.learn(positions[-1], (links[-1][0], links[-1][2]) if links else None,
                                  tracking)

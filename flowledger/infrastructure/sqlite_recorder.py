@@ -33,6 +33,7 @@ from flowledger.infrastructure.store import (
     BeforeFold,
     Fence,
     ProjectionRowTaken,
+    ReadAfter,
     Row,
     SharedSQL,
     StreamEvents,
@@ -216,15 +217,17 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
 
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
-                    snapshots: Sequence[Row] = (), hold: bool = False) -> int:
+                    snapshots: Sequence[Row] = (), hold: bool = False,
+                    read_after: ReadAfter | None = None) -> int:
         """Insert events (stream id hex, version, topic, state) in one transaction;
         returns the last one's position.
 
         The after-insert hook folds `appended` (the same events, as domain
         objects) into the projections inside that transaction. `snapshots`
         (rows of the same shape) go to the snapshot table in it too. `hold` is
-        passed on to the hook.
+        passed on to the hook. `read_after` is read last in the transaction.
         """
+        read: list[Any] | None = None
         try:
             with self.writing(sync) as c:
                 try:
@@ -250,6 +253,8 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                         c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
                     if self.after_insert is not None:
                         self.after_insert(c, appended, positions, hold, fence)
+                    if read_after is not None:
+                        read = c.execute(read_after.sql, read_after.params).fetchall()
                 except sqlite3.IntegrityError as e:
                     taken = re.match(r"UNIQUE constraint failed: (\w+)\.", str(e))
                     if taken is None:
@@ -259,6 +264,8 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
             if self.after_abort is not None:
                 self.after_abort()
             raise
+        if read_after is not None:
+            read_after.rows = read  # committed
         return int(last)
 
     @property

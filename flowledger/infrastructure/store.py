@@ -45,6 +45,18 @@ class ProjectionRowTaken(Exception):
         self.detail = detail
 
 
+class ReadAfter:
+    """A read made in an append's own transaction, after its writes (SQL as the
+    projections write it): what the caller will read next, asked in the same
+    message on a server. `rows` is set once the append committed."""
+
+    __slots__ = ("params", "rows", "sql")
+
+    def __init__(self, sql: str, params: Sequence[Any]) -> None:
+        self.sql, self.params = sql, params
+        self.rows: list[Any] | None = None
+
+
 class Fence:
     """Append only if stream `stream_id` is exactly at `version`."""
 
@@ -88,9 +100,10 @@ class LogStore(Protocol):
 
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
-                    snapshots: Sequence[Row] = (), hold: bool = False) -> int:
+                    snapshots: Sequence[Row] = (), hold: bool = False,
+                    read_after: ReadAfter | None = None) -> int:
         """Insert events in one transaction, fenced, with the after-insert hook
-        in it; the last one's position."""
+        in it; the last one's position. `read_after` is read last in it."""
 
     def select_stored(self, c: Cursor, after: int, limit: int,
                       upto: int | None = None) -> list[tuple[int, StoredEvent]]: ...

@@ -532,21 +532,35 @@ def pending_messages(c: Cursor, workflow_id: UUID, topic: str,
     return [PendingMessage(m, seal.open_bytes(p)) for m, p in c.fetchall()]
 
 
+ReadAhead = list[tuple[PendingMessage, UUID, StreamEvents]]
+
+
 def pending_messages_read_ahead(c: Cursor, workflow_id: UUID, topic: str, limit: int,
                                 with_stream_events: Callable[[str, str, str], str],
-                                seal: Seal = NO_SEAL
-                                ) -> list[tuple[PendingMessage, UUID, StreamEvents]]:
+                                seal: Seal = NO_SEAL) -> ReadAhead:
     """`pending_messages`, each with its message's stream id and events, read
     in the same statement (`LogStore.with_stream_events`): a consumer's prepare
     peeks and then reserves what it found, which loads those streams."""
+    c.execute(*read_ahead_query(workflow_id, topic, limit, with_stream_events))
+    return read_ahead_found(c.fetchall(), seal)
+
+
+def read_ahead_query(workflow_id: UUID, topic: str, limit: int,
+                     with_stream_events: Callable[[str, str, str], str]
+                     ) -> tuple[str, tuple[Any, ...]]:
+    """The statement of `pending_messages_read_ahead`, and its parameters."""
     sql = ("SELECT event_id, message_id, payload, first_position FROM fl_messages "
            "WHERE workflow_id=? AND topic=? AND status='pending' "
            "ORDER BY first_position LIMIT ?")
-    c.execute(with_stream_events(sql, "event_id", "first_position"),
-              (workflow_id.hex, topic, limit))
-    found: list[tuple[PendingMessage, UUID, StreamEvents]] = []
+    return (with_stream_events(sql, "event_id", "first_position"),
+            (workflow_id.hex, topic, limit))
+
+
+def read_ahead_found(rows: list[Any], seal: Seal = NO_SEAL) -> ReadAhead:
+    """What `read_ahead_query`'s rows say: each message, its stream id and events."""
+    found: ReadAhead = []
     last = None
-    for event_id, message_id, payload, _, version, event_topic, state in c.fetchall():
+    for event_id, message_id, payload, _, version, event_topic, state in rows:
         if event_id != last:
             found.append((PendingMessage(message_id, seal.open_bytes(payload)),
                           UUID(event_id), []))

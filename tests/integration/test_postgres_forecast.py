@@ -35,7 +35,7 @@ class Seen:
         append = FlowPostgresRecorder._append
 
         def counted(recorder: Any, *a: Any) -> Any:
-            forecast = a[-1]
+            forecast = a[6]  # _append(rows, appended, fence, sync, snapshots, hold, forecast, ...)
             self.sent += forecast
             try:
                 return append(recorder, *a)

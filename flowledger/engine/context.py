@@ -211,8 +211,10 @@ class HandlerContext:
         if topic not in self._subscribe:
             raise self._broke(rules.unsubscribed_topic(self.where, topic, list(self._subscribe),
                                                        "peek"))
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise self._broke(LogicError(f"{self.where}: peek limit must be an int >= 0"))
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise self._broke(LogicError(f"{self.where}: peek limit must be an int >= 0 "
+                                         f"(got {limit!r})"))
         assert self._peek is not None
         return [TopicMessage(topic, m, unpack(p)) for m, p in self._peek(topic, limit)]
 

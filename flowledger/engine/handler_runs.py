@@ -234,12 +234,12 @@ class RunDriver:
                 with log.reading(snapshot=False) as c:  # one statement
                     return [(m.message_id, m.payload) for m in
                             pending_work.pending_messages(c, wf_id, topic, limit, seal)]
-            self._peeked = (topic, limit)
             found = self._peeked_in_commit(topic, limit, seal)
             if found is None:
                 with log.reading(snapshot=False) as c:  # one statement
                     found = pending_work.pending_messages_read_ahead(
                         c, wf_id, topic, limit, log.flow_recorder.with_stream_events, seal)
+            self._peeked = (topic, limit)  # read: the commit may ask it again
             self.s.streams.read_ahead({stream: events for _, stream, events in found if events})
             return [(m.message_id, m.payload) for m, _, _ in found]
 

@@ -8,6 +8,7 @@ are retried, or where a second consumer peeks another topic in between."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any
 
@@ -18,14 +19,15 @@ from hypothesis import strategies as st
 import flowledger as fl
 from flowledger.engine.handler_runs import RunDriver
 from flowledger.projections import pending_work
-from tests.helpers import MemoryLedger, ScriptedLedgerTool
+from tests.helpers import MemoryLedger, ScriptedLedgerTool, message_status
 
 
 def _workflow(name: str, items: list[str], peeks: list[tuple[str, str, tuple[str, ...]]]
               ) -> fl.Workflow:
     """Two consumers: `Take` peeks up to 2 of "in" and takes the first (an item
-    "x+" publishes "x+1" back into "in" from its next); `Audit` peeks 1 of
-    "side" (published by Take for items ending in "s"). Every peek is noted."""
+    "x+" publishes "x+1" back into "in" from its next); `Audit` peeks 2 of
+    "side" (published by Take for items ending in "s"): the same limit, so
+    only the topic tells their peeks apart. Every peek is noted."""
     wf = fl.Workflow(name, topics=["in", "side", "done"])
 
     @wf.producer(publishes=["in"])
@@ -57,7 +59,7 @@ def _workflow(name: str, items: list[str], peeks: list[tuple[str, str, tuple[str
     @wf.consumer(subscribe=["side"])
     class Audit:
         def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
-            found = ctx.peek("side", limit=1)
+            found = ctx.peek("side", limit=2)
             peeks.append(("Audit", "side", tuple(m.message_id for m in found)))
             if not found:
                 return None
@@ -165,3 +167,78 @@ def test_a_run_that_did_not_peek_in_between_makes_the_next_peek_read(
     assert result.status == "completed", result.error
     assert [r.handler for r in result.runs] == ["produce", "Take", "Refill", "Take", "Take"]
     assert peeks == [("a", "b"), ("b", "z"), ("z",)]
+
+
+def test_a_peek_of_another_limit_on_the_same_topic_reads(make_engine: Any,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Skim peeks 1 of "in" and declines; Take peeks 2 of "in", takes the first
+    and publishes a new message into "in", which gives Skim work again: Skim's
+    peek after Take's commit must not take the answer to Take's (2 messages)."""
+    def run() -> list[tuple[str, tuple[str, ...]]]:
+        peeks: list[tuple[str, tuple[str, ...]]] = []
+        wf = fl.Workflow(f"limits{next(NAMES)}", topics=["in"])
+
+        @wf.producer(publishes=["in"])
+        def produce(ctx: Any, state: Any) -> Any:
+            for item in ("a", "b", "c"):
+                ctx.publish("in", message_id=item, payload={})
+            return None
+
+        @wf.consumer(subscribe=["in"])
+        class Skim:
+            def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+                peeks.append(("Skim", tuple(m.message_id for m in ctx.peek("in", limit=1))))
+                return None
+
+        @wf.consumer(subscribe=["in"], publishes=["in"])
+        class Take:
+            def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+                found = ctx.peek("in", limit=2)
+                peeks.append(("Take", tuple(m.message_id for m in found)))
+                return fl.Prepared({"in": [found[0].message_id]}) if found else None
+
+            def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+                taken = prepared.reservations["in"][0]
+                if len(taken) == 1:
+                    ctx.publish("in", message_id=taken + "2", payload={})
+
+        engine = make_engine()
+        try:
+            engine.register(wf)
+            assert engine.run_session(wf.name, max_iterations=8).status in (
+                "completed", "budget_exhausted")
+        finally:
+            engine.close()
+        return peeks
+
+    got = run()
+    assert ("Skim", ("b",)) in got and ("Take", ("b", "c")) in got
+    monkeypatch.setattr(RunDriver, "_peeked_in_commit", lambda self, *args: None)
+    assert got == run()
+
+
+def test_a_bad_peek_limit_fails_the_run_with_what_was_wrong(make_engine: Any) -> None:
+    """A bool is not a limit (True would read as 1 on one store and fail on
+    the other): the run fails saying so, even when prepare catches the error,
+    and the message stays pending."""
+    wf = fl.Workflow("badlimit", topics=["in"])
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> Any:
+        ctx.publish("in", message_id="a", payload={})
+        return None
+
+    @wf.consumer(subscribe=["in"])
+    class Take:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            with contextlib.suppress(Exception):  # caught: the run fails all the same
+                ctx.peek("in", limit=True)
+            return fl.Prepared({"in": ["a"]})
+
+    engine = make_engine()
+    engine.register(wf)
+    result = engine.run_session("badlimit")
+    assert result.status == "failed"
+    assert "peek limit must be an int >= 0 (got True)" in (result.error or "")
+    assert message_status(engine, "badlimit", "in") == {"pending": 1}

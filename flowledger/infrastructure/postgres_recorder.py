@@ -201,8 +201,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self.lock_timeout_s = lock_timeout_s
         self.schema = datastore.schema
         self._local = threading.local()
-        # Every reading connection opened, whichever thread keeps it (`_this_threads`).
-        self._reading: list[psycopg.Connection[Any]] = []
+        # Every reading connection opened, with the thread that keeps it (`_this_threads`).
+        self._reading: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []
         self._reading_lock = threading.Lock()
         # The writer connections, synced and unsynced (see `writing`).
         self._writers: dict[bool, psycopg.Connection[Any]] = {}
@@ -238,7 +238,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def _this_threads(self, slot: str, **settings: Any) -> psycopg.Connection[Any]:
         """This thread's reading connection `slot`, opened (with `settings`) if
         it has none or the server ended it; every one is kept for `close_connections`,
-        whichever thread opened it (a pool's threads outlive the engine)."""
+        whichever thread opened it (a pool's threads outlive the engine). Those
+        of threads that have ended are closed when another is opened: a server
+        that starts a thread per request would otherwise keep two connections
+        open for each request until the engine closes."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, slot, None)
         if not _usable(conn):
             _replace(conn)
@@ -247,8 +250,12 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 setattr(conn, name, value)
             setattr(self._local, slot, conn)
             with self._reading_lock:
-                self._reading = [c for c in self._reading if not c.closed]
-                self._reading.append(conn)
+                ended = [c for thread, c in self._reading if not thread.is_alive()]
+                self._reading = [(thread, c) for thread, c in self._reading
+                                 if thread.is_alive() and not c.closed]
+                self._reading.append((threading.current_thread(), conn))
+            for old in ended:  # nobody uses them: their thread's locals are gone
+                _replace(old)
         return conn
 
     def create_table(self) -> None:
@@ -543,7 +550,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             self._liveness = None
         with self._reading_lock:
             reading, self._reading = self._reading, []
-        for conn in (*self._writers.values(), *reading):
+        for conn in (*self._writers.values(), *(c for _, c in reading)):
             if not conn.closed:
                 conn.close()
         self._writers = {}

@@ -6,6 +6,7 @@ connections, and no message or output shows a password."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -213,6 +214,29 @@ def test_closing_the_engine_closes_the_connections_other_threads_read_on() -> No
         assert len(_named(name)) >= 5 + 2  # each reading thread holds its own
         engine.close()
         assert _none_named(name)  # while the pool's threads are still alive
+
+
+def test_a_thread_per_request_does_not_leave_its_connections_open() -> None:
+    """A server that starts a thread per request (the standard library's
+    ThreadingHTTPServer): each request thread reads and ends; the connections
+    of ended threads are closed when the next thread opens its own, so the
+    engine holds its own five and the last thread's two, not two per request."""
+    name = f"fl-{uuid.uuid4().hex[:10]}"
+    with postgres.fresh_schema() as url:
+        engine = _engine_and_session(f"{url}&application_name={name}")
+        try:
+            engine.status()  # this thread's readers: the engine's own five
+            for _ in range(20):
+                request = threading.Thread(target=engine.status)
+                request.start()
+                request.join()
+            deadline = time.monotonic() + 10
+            while len(_named(name)) > 5 + 2 and time.monotonic() < deadline:
+                time.sleep(0.05)  # a closed connection's server process ends a moment later
+            assert len(_named(name)) == 5 + 2
+        finally:
+            engine.close()
+        assert _none_named(name)
 
 
 def test_a_url_naming_several_hosts_connects_to_the_one_that_answers() -> None:

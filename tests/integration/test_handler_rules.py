@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -113,43 +114,56 @@ def test_a_call_after_the_mutation_is_a_logic_error(make_engine, ledger):
     assert "last thing mutate does" in (run.reason or "")
 
 
-def test_reserving_an_unsubscribed_topic_is_a_logic_error(make_engine):
-    wf = fl.Workflow("wf", topics=["in", "other"])
+def _one_message(prepare: Any, topics: tuple[str, ...] = ("in",)) -> fl.Workflow:
+    """Workflow "wf": a producer publishes "m1" to "in"; a consumer of "in"
+    prepares with `prepare(ctx, state)`."""
+    wf = fl.Workflow("wf", topics=list(topics))
 
     @wf.producer(publishes=["in"])
     def producer(ctx: Any, state: Any) -> None:
         ctx.publish("in", message_id="m1", payload=1)
 
     @wf.consumer(subscribe=["in"])
-    class Greedy:
+    class Consumer:
         def prepare(self, ctx: Any, state: Any) -> Any:
-            return fl.Prepared({"other": ["m1"]})
+            return prepare(ctx, state)
 
+    return wf
+
+
+def test_reserving_an_unsubscribed_topic_is_a_logic_error(make_engine):
     engine = make_engine()
-    engine.register(wf)
+    engine.register(_one_message(lambda ctx, state: fl.Prepared({"other": ["m1"]}),
+                                 topics=("in", "other")))
     result = engine.run_session("wf")
     assert result.status == "failed"
     assert "does not subscribe" in (result.error or "")
 
 
 def test_reserving_a_consumed_or_unknown_message_is_a_logic_error(make_engine):
-    wf = fl.Workflow("wf", topics=["in"])
     wanted = {"ids": ["nope"]}
-
-    @wf.producer(publishes=["in"])
-    def producer(ctx: Any, state: Any) -> None:
-        ctx.publish("in", message_id="m1", payload=1)
-
-    @wf.consumer(subscribe=["in"])
-    class Reserver:
-        def prepare(self, ctx: Any, state: Any) -> Any:
-            return fl.Prepared({"in": wanted["ids"]})
-
     engine = make_engine()
-    engine.register(wf)
+    engine.register(_one_message(lambda ctx, state: fl.Prepared({"in": wanted["ids"]})))
     result = engine.run_session("wf")
     assert result.status == "failed"
     assert "which is unknown" in (result.error or "")
+    assert message_status(engine, "wf", "in") == {"pending": 1}
+
+
+def test_a_bad_peek_limit_fails_the_run_with_what_was_wrong(make_engine):
+    """A bool is not a limit (True would read as 1 on one store and fail on
+    the other): the run fails saying so, even when prepare catches the error,
+    and the message stays pending."""
+    def prepare(ctx: Any, state: Any) -> Any:
+        with contextlib.suppress(Exception):  # caught: the run fails all the same
+            ctx.peek("in", limit=True)
+        return fl.Prepared({"in": ["m1"]})
+
+    engine = make_engine()
+    engine.register(_one_message(prepare))
+    result = engine.run_session("wf")
+    assert result.status == "failed"
+    assert "peek limit must be an int >= 0 (got True)" in (result.error or "")
     assert message_status(engine, "wf", "in") == {"pending": 1}
 
 

@@ -6,6 +6,7 @@ had never forecast."""
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,9 +34,10 @@ class Seen:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sent = self.missed = 0
         append = FlowPostgresRecorder._append
+        signature = inspect.signature(append)
 
         def counted(recorder: Any, *a: Any) -> Any:
-            forecast = a[6]  # _append(rows, appended, fence, sync, snapshots, hold, forecast, ...)
+            forecast = signature.bind(recorder, *a).arguments["forecast"]
             self.sent += forecast
             try:
                 return append(recorder, *a)

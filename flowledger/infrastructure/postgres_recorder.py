@@ -111,6 +111,13 @@ def _fence_before(fence: Fence, rows: Sequence[Row]) -> int | None:
 # A constant key for the advisory lock that serialises table creation.
 _CREATE_LOCK = 0x666C6F77  # "flow"
 
+# The server as it is now: its timeline (which a standby's promotion moves on)
+# and when its postmaster started (which a restart moves on). NULL on a standby.
+# A lock taken under another incarnation was lost with it, not with its holder.
+_INCARNATION = ("(CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
+                "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || ' ' || "
+                "extract(epoch FROM pg_postmaster_start_time())::text END)")
+
 _TRANSLATIONS = [
     (re.compile(r"\)\s*WITHOUT ROWID"), ")"),
     (re.compile(r"\bINTEGER\b"), "BIGINT"),
@@ -281,6 +288,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                           "PRIMARY KEY (originator_id, originator_version))")
                 c.execute("CREATE TABLE IF NOT EXISTS tracking (application_name text "
                           "PRIMARY KEY, notification_id bigint)")
+                c.execute("SELECT to_regclass(%s)", (f'"{self.schema}".fl_liveness',))
+                row = c.fetchone()
+                if row is None or row[0] is None:  # a role that only reads need not create
+                    c.execute("CREATE TABLE fl_liveness (owner text PRIMARY KEY, "
+                              "key integer NOT NULL, incarnation text)")
                 self._create_append_notification(c)
                 c.execute("SELECT 1 FROM pg_proc WHERE proname = 'fl_guard' AND pronamespace = "
                           "%s::regnamespace", (f'"{self.schema}"',))
@@ -450,6 +462,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     _liveness: psycopg.Connection[Any] | None = None
     _held_key: int | None = None  # the advisory lock this engine holds while alive
+    _owner = ""  # whose lock it is (`announce`)
 
     @staticmethod
     def _liveness_key(owner: str) -> int | None:
@@ -468,13 +481,15 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         key = self._liveness_key(owner)
         if key is None:
             return
+        self._owner = owner
         self._liveness, self._held_key = self._hold_liveness(key, wait=True), key
 
     def _hold_liveness(self, key: int, wait: bool) -> psycopg.Connection[Any] | None:
         """A connection of its own holding advisory lock `key` (None: not
-        waiting, and it is held elsewhere). The connection is exempt from the
-        server's idle timeout, and its TCP keepalives find a vanished server
-        in about a minute."""
+        waiting, and it is held elsewhere), and the lock noted as taken under
+        the server's present incarnation (`_note_held`). The connection is
+        exempt from the server's idle timeout, and its TCP keepalives find a
+        vanished server in about a minute."""
         conn = psycopg.connect(**{**self.conninfo, "keepalives": 1, "keepalives_idle": 30,
                                   "keepalives_interval": 10, "keepalives_count": 3},
                                autocommit=True)
@@ -483,16 +498,37 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 conn.execute("SET idle_session_timeout = 0")
             if wait:
                 conn.execute("SELECT pg_advisory_lock(%s, %s)", (_CREATE_LOCK, key))
-                return conn
-            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                               (_CREATE_LOCK, key)).fetchone()
+            else:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                   (_CREATE_LOCK, key)).fetchone()
+                if not (row and row[0]):
+                    _replace(conn)  # its old connection's backend has not ended yet, say
+                    return None
         except BaseException:
             _replace(conn)
             raise
-        if row and row[0]:
-            return conn
-        _replace(conn)  # its old connection's backend has not ended yet, say
-        return None
+        self._note_held(conn, key)
+        return conn
+
+    def _note_held(self, conn: psycopg.Connection[Any], key: int) -> None:
+        """Write down, after taking the lock, under which incarnation of the
+        server this engine holds it (`fl_liveness`): a free lock proves its
+        owner gone only if the owner took it under the present one. A failover
+        or a restart frees every lock, the living's too, and a living owner may
+        take a while to reach the new server (`holder_alive`). Also clears the
+        notes of owners whose lock is free (gone, or not yet back: either way
+        their note proves nothing now). A note that cannot be written leaves
+        this engine judged by its lease, never wrongly gone."""
+        table = f'"{self.schema}".fl_liveness'
+        try:
+            conn.execute(f"INSERT INTO {table} (owner, key, incarnation) "  # noqa: S608
+                         f"VALUES (%s, %s, {_INCARNATION}) ON CONFLICT (owner) DO UPDATE "
+                         "SET key = excluded.key, incarnation = excluded.incarnation",
+                         (self._owner, key))
+            conn.execute(f"DELETE FROM {table} WHERE owner <> %s "  # noqa: S608
+                         "AND pg_try_advisory_xact_lock(%s, key)", (self._owner, _CREATE_LOCK))
+        except psycopg.Error as e:
+            logger.warning("could not note this engine's liveness lock: %s", e)
 
     def keep_announced(self) -> None:
         """Take the owner's advisory lock again if the server ended the
@@ -520,27 +556,31 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         return self.read_all("SELECT clock_timestamp()", ())[0][0]
 
     # Seconds after a server (re)starts during which a free advisory lock does
-    # not prove its owner gone: live engines take theirs again at their next
-    # write or heartbeat (at least every second while a session runs).
+    # not prove its owner gone: a crash of one of its processes makes the
+    # server end every connection without a new incarnation (`_INCARNATION`).
     LIVENESS_GRACE = 10
 
     def holder_alive(self, owner: str | None) -> bool | None:
-        """False when `owner`'s connection is gone (its advisory lock is free),
-        True while it holds it, None when this store cannot tell: no lock for
-        that owner, or a server that started less than `LIVENESS_GRACE`
-        seconds ago (a restart frees every lock, the living's too)."""
+        """False when `owner`'s connection is gone (its advisory lock is free,
+        and it took it under the server's present incarnation), True while it
+        holds it, None when this store cannot tell: no lock for that owner, a
+        lock last taken before a failover or a restart (its owner may not have
+        reached the server since), or a server that started less than
+        `LIVENESS_GRACE` seconds ago."""
         key = self._liveness_key(owner or "")
         if key is None:
             return None
         # A transaction-level try: released as the statement ends (the reading
         # connection is in autocommit), so no connection of its own per look.
-        (free, restarted), = self.read_all(
+        (free, restarted, here), = self.read_all(
             "SELECT pg_try_advisory_xact_lock(?, ?), "
-            "clock_timestamp() - pg_postmaster_start_time() < ? * interval '1 second'",
-            (_CREATE_LOCK, key, self.LIVENESS_GRACE))
-        if free and restarted:
-            return None
-        return not free
+            "clock_timestamp() - pg_postmaster_start_time() < ? * interval '1 second', "
+            f"COALESCE((SELECT incarnation = {_INCARNATION} FROM fl_liveness "
+            "WHERE owner = ?), false)",
+            (_CREATE_LOCK, key, self.LIVENESS_GRACE, owner))
+        if not free:
+            return True
+        return None if restarted or not here else False
 
     def close_connections(self) -> None:
         with self._liveness_lock:

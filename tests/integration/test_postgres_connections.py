@@ -269,11 +269,14 @@ def test_looking_at_a_holder_opens_no_connection_and_holds_nothing(make_engine, 
     """The worker looks at each open session's holder at every pass: each look
     is one statement on a connection the engine has, and leaves no lock held
     (a dead holder's key stays free for the next look, anyone's)."""
-    engine, other = make_engine(), make_engine()
+    engine, other, dead = make_engine(), make_engine(), make_engine()
     rec = other.log.flow_recorder
     _past_the_grace(engine)
-    gone = "elsewhere:1:deadbeef"
+    end_connections(dead)  # as if its process had died
+    gone = dead.owner
     assert rec.holder_alive(engine.owner) is True and rec.holder_alive(gone) is False
+    # An owner that never took its lock on this server is not proven gone.
+    assert rec.holder_alive("elsewhere:1:deadbeef") is None
     opened: list[int] = []
     connect = psycopg.connect
     monkeypatch.setattr(psycopg, "connect", lambda *a, **k: opened.append(1) or connect(*a, **k))

@@ -207,9 +207,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self.conninfo = conninfo
         self.lock_timeout_s = lock_timeout_s
         self.schema = datastore.schema
+        # Reading connections (`_lent`): those lent to this thread now, those
+        # idle per kind, and every one open, for `close_connections`.
         self._local = threading.local()
-        # Every reading connection opened, with the thread that keeps it (`_this_threads`).
-        self._reading: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []
+        self._idle: dict[str, list[psycopg.Connection[Any]]] = {"reader": [], "single": []}
+        self._reading: set[psycopg.Connection[Any]] = set()
         self._reading_lock = threading.Lock()
         # The writer connections, synced and unsynced (see `writing`).
         self._writers: dict[bool, psycopg.Connection[Any]] = {}
@@ -236,34 +238,57 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         conn.commit()
         return conn
 
-    def _reader(self) -> psycopg.Connection[Any]:
-        """The snapshot reader: psycopg begins each of its transactions itself,
-        as REPEATABLE READ READ ONLY."""
-        return self._this_threads("reader", isolation_level=psycopg.IsolationLevel.REPEATABLE_READ,
-                                  read_only=True)
+    # Idle reading connections kept per kind; more are opened while more
+    # threads read at once, and closed as they come back.
+    IDLE_READERS = 4
 
-    def _this_threads(self, slot: str, **settings: Any) -> psycopg.Connection[Any]:
-        """This thread's reading connection `slot`, opened (with `settings`) if
-        it has none or the server ended it; every one is kept for `close_connections`,
-        whichever thread opened it (a pool's threads outlive the engine). Those
-        of threads that have ended are closed when another is opened: a server
-        that starts a thread per request would otherwise keep two connections
-        open for each request until the engine closes."""
-        conn: psycopg.Connection[Any] | None = getattr(self._local, slot, None)
-        if not _usable(conn):
-            _replace(conn)
-            conn = self._connect()
-            for name, value in settings.items():
-                setattr(conn, name, value)
-            setattr(self._local, slot, conn)
-            with self._reading_lock:
-                ended = [c for thread, c in self._reading if not thread.is_alive()]
-                self._reading = [(thread, c) for thread, c in self._reading
-                                 if thread.is_alive() and not c.closed]
-                self._reading.append((threading.current_thread(), conn))
-            for old in ended:  # nobody uses them: their thread's locals are gone
-                _replace(old)
+    @contextmanager
+    def _lent(self, kind: str) -> Iterator[psycopg.Connection[Any]]:
+        """A reading connection of `kind` ("reader": the snapshot reader, whose
+        transactions psycopg begins as REPEATABLE READ READ ONLY; "single":
+        autocommit), lent for one read and given back. A read nested in
+        another of the same kind in this thread gets the same connection.
+        Lent, not kept per thread: a service's pool of request threads holds
+        as many as read at once, not two per thread for the engine's life."""
+        held: psycopg.Connection[Any] | None = getattr(self._local, kind, None)
+        if held is not None:
+            yield held
+            return
+        conn = self._take(kind)
+        setattr(self._local, kind, conn)
+        try:
+            yield conn
+        finally:
+            setattr(self._local, kind, None)
+            self._give_back(kind, conn)
+
+    def _take(self, kind: str) -> psycopg.Connection[Any]:
+        with self._reading_lock:
+            idle = self._idle[kind]
+            while idle:
+                conn = idle.pop()
+                if _usable(conn):
+                    return conn
+                self._reading.discard(conn)
+                _replace(conn)  # the server ended it while it was idle
+        conn = self._connect()
+        if kind == "reader":
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+        else:
+            conn.autocommit = True
+        with self._reading_lock:
+            self._reading.add(conn)
         return conn
+
+    def _give_back(self, kind: str, conn: psycopg.Connection[Any]) -> None:
+        with self._reading_lock:
+            if (conn in self._reading and not (conn.closed or conn.broken)
+                    and len(self._idle[kind]) < self.IDLE_READERS):
+                self._idle[kind].append(conn)
+                return
+            self._reading.discard(conn)
+        _replace(conn)
 
     def create_table(self) -> None:
         """The library's tables, plus ours, created once even when several
@@ -334,11 +359,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         else each statement is its own snapshot, on an autocommit connection (one
         round trip a statement, where a transaction adds two)."""
         if not snapshot:
-            with self._single().cursor() as raw:
+            with self._lent("single") as single, single.cursor() as raw:
                 yield PgCursor(raw)
             return
-        conn = self._reader()
-        with conn.cursor() as raw:
+        with self._lent("reader") as conn, conn.cursor() as raw:
             try:
                 yield PgCursor(raw)
             finally:
@@ -347,13 +371,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 with contextlib.suppress(psycopg.Error):  # a broken one is replaced
                     conn.commit()
 
-    def _single(self) -> psycopg.Connection[Any]:
-        """The autocommit reader: each statement its own snapshot."""
-        return self._this_threads("single", autocommit=True)
-
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """One statement: its own snapshot, on an autocommit connection."""
-        with self._single().cursor() as raw:
+        with self._lent("single") as single, single.cursor() as raw:
             return PgCursor(raw).execute(sql, params).fetchall()
 
     def _writer(self, sync: bool) -> psycopg.Connection[Any]:
@@ -521,11 +541,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         this engine judged by its lease, never wrongly gone."""
         table = f'"{self.schema}".fl_liveness'
         try:
-            conn.execute(f"INSERT INTO {table} (owner, key, incarnation) "  # noqa: S608
+            conn.execute(f"INSERT INTO {table} (owner, key, incarnation) "
                          f"VALUES (%s, %s, {_INCARNATION}) ON CONFLICT (owner) DO UPDATE "
                          "SET key = excluded.key, incarnation = excluded.incarnation",
                          (self._owner, key))
-            conn.execute(f"DELETE FROM {table} WHERE owner <> %s "  # noqa: S608
+            conn.execute(f"DELETE FROM {table} WHERE owner <> %s "
                          "AND pg_try_advisory_xact_lock(%s, key)", (self._owner, _CREATE_LOCK))
         except psycopg.Error as e:
             logger.warning("could not note this engine's liveness lock: %s", e)
@@ -588,13 +608,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             if self._liveness is not None and not self._liveness.closed:
                 self._liveness.close()
             self._liveness = None
-        with self._reading_lock:
-            reading, self._reading = self._reading, []
-        for conn in (*self._writers.values(), *(c for _, c in reading)):
+        with self._reading_lock:  # lent ones too: a pool's threads outlive the engine
+            reading, self._reading = self._reading, set()
+            self._idle = {kind: [] for kind in self._idle}
+        for conn in (*self._writers.values(), *reading):
             if not conn.closed:
                 conn.close()
         self._writers = {}
-        self._local.reader = self._local.single = None
 
     # ----------------------------------------------------------------- writes
 

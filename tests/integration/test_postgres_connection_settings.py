@@ -50,6 +50,12 @@ def _none_named(name: str) -> bool:
     return True
 
 
+def _a_reader(engine: fl.Engine) -> Any:
+    """One of the engine's reading connections, as a read would be lent it."""
+    with engine.log.flow_recorder._lent("single") as conn:
+        return conn
+
+
 def _engine_and_session(url: str) -> fl.Engine:
     engine = fl.Engine(url)
     engine.register(ledger_workflow(), tools=[ScriptedLedgerTool(MemoryLedger())])
@@ -87,14 +93,14 @@ def test_a_password_not_in_the_url_comes_from_pgpassword(
         engine = _engine_and_session(url)
         try:
             rec = engine.log.flow_recorder
-            used = {c.info.password for c in [*rec._writers.values(), rec._local.single,
-                                              rec._liveness]}
+            with rec._lent("single") as single:
+                used = {c.info.password for c in [*rec._writers.values(), single, rec._liveness]}
             assert used == {"from-the-environment"}
         finally:
             engine.close()
         given = _engine_and_session(_with_password(url, "in-the-url"))
         try:  # a password in the URL wins
-            assert given.log.flow_recorder._single().info.password == "in-the-url"
+            assert _a_reader(given).info.password == "in-the-url"
         finally:
             given.close()
 
@@ -109,7 +115,7 @@ def test_a_password_not_in_the_url_nor_in_pgpassword_comes_from_the_password_fil
     with postgres.fresh_schema() as url:
         engine = _engine_and_session(url)
         try:
-            assert engine.log.flow_recorder._single().info.password == "from-the-file"
+            assert _a_reader(engine).info.password == "from-the-file"
         finally:
             engine.close()
 
@@ -205,35 +211,86 @@ def test_no_message_or_output_shows_the_password(tmp_path: Any) -> None:
 
 def test_closing_the_engine_closes_the_connections_other_threads_read_on() -> None:
     """A service's request threads read (status, runs) and outlive the engine:
-    each thread's reading connections are closed with it, not left to the
-    threads' end."""
+    the connections they read on are closed with it, not left to the threads'
+    end, even one lent to a read still under way."""
     name = f"fl-{uuid.uuid4().hex[:10]}"
     with postgres.fresh_schema() as url, ThreadPoolExecutor(max_workers=3) as threads:
         engine = _engine_and_session(f"{url}&application_name={name}")
         list(threads.map(lambda _: engine.status(), range(12)))  # every thread reads
-        assert len(_named(name)) >= 5 + 2  # each reading thread holds its own
+        reading, closed = threading.Event(), threading.Event()
+
+        def read_across_the_close() -> None:
+            with engine.log.reading() as c:
+                c.execute("SELECT 1")
+                reading.set()
+                closed.wait(10)
+
+        under_way = threads.submit(read_across_the_close)
+        assert reading.wait(10)
+        assert len(_named(name)) >= 5
         engine.close()
         assert _none_named(name)  # while the pool's threads are still alive
+        closed.set()
+        under_way.result(10)  # its read ends quietly; its connection stays closed
+        assert _none_named(name)
+
+
+def _connections_after(name: str, most: int) -> int:
+    """How many connections the server has named `name`, once those closed
+    have ended (their server processes end a moment after)."""
+    deadline = time.monotonic() + 10
+    while len(_named(name)) > most and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(_named(name))
 
 
 def test_a_thread_per_request_does_not_leave_its_connections_open() -> None:
     """A server that starts a thread per request (the standard library's
-    ThreadingHTTPServer): each request thread reads and ends; the connections
-    of ended threads are closed when the next thread opens its own, so the
-    engine holds its own five and the last thread's two, not two per request."""
+    ThreadingHTTPServer): each request thread reads and ends; its reads are
+    lent the engine's idle connections, so the engine holds its own five, not
+    two more per request."""
     name = f"fl-{uuid.uuid4().hex[:10]}"
     with postgres.fresh_schema() as url:
         engine = _engine_and_session(f"{url}&application_name={name}")
         try:
-            engine.status()  # this thread's readers: the engine's own five
+            engine.status()  # the engine's own five: two writers, two readers, liveness
             for _ in range(20):
                 request = threading.Thread(target=engine.status)
                 request.start()
                 request.join()
-            deadline = time.monotonic() + 10
-            while len(_named(name)) > 5 + 2 and time.monotonic() < deadline:
-                time.sleep(0.05)  # a closed connection's server process ends a moment later
-            assert len(_named(name)) == 5 + 2
+            assert _connections_after(name, 5) == 5
+        finally:
+            engine.close()
+        assert _none_named(name)
+
+
+def test_a_pool_of_live_threads_holds_what_reads_at_once_not_two_per_thread() -> None:
+    """A service's pool of request threads, all alive: reads one after another
+    share the engine's readers (before: two connections per thread, for the
+    engine's life: 35 here); reads all at once open more, and of those at most
+    IDLE_READERS of each kind stay open once they are done."""
+    name = f"fl-{uuid.uuid4().hex[:10]}"
+    with postgres.fresh_schema() as url, ThreadPoolExecutor(max_workers=16) as threads:
+        engine = _engine_and_session(f"{url}&application_name={name}")
+        rec = engine.log.flow_recorder
+        try:
+            one_at_a_time = threading.Lock()
+            started = threading.Barrier(16)
+
+            def read_in_turn(_: int) -> None:
+                started.wait(10)  # every thread of the pool is alive and used
+                with one_at_a_time:
+                    engine.status()
+
+            list(threads.map(read_in_turn, range(16)))
+            assert _connections_after(name, 5) == 5
+
+            def read_at_once(_: int) -> None:
+                started.wait(10)
+                engine.status()
+
+            list(threads.map(read_at_once, range(16)))
+            assert _connections_after(name, 3 + 2 * rec.IDLE_READERS) <= 3 + 2 * rec.IDLE_READERS
         finally:
             engine.close()
         assert _none_named(name)
@@ -248,7 +305,7 @@ def test_a_url_naming_several_hosts_connects_to_the_one_that_answers() -> None:
         several = f"postgresql://{user}@127.0.0.1:1,{where}&target_session_attrs=read-write"
         engine = _engine_and_session(several)
         try:
-            assert engine.log.flow_recorder._single().info.port != 1
+            assert _a_reader(engine).info.port != 1
             assert engine.status().workflows[0].name == "wf"
         finally:
             engine.close()

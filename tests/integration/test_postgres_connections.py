@@ -29,11 +29,10 @@ def _server(engine: fl.Engine) -> psycopg.Connection[Any]:
 
 
 def backends(engine: fl.Engine) -> list[int]:
-    """The server processes of the engine's own connections (this thread's
-    readers, its writers, its liveness lock's)."""
+    """The server processes of the engine's own connections (its reading
+    connections, its writers, its liveness lock's)."""
     rec = engine.log.flow_recorder
-    conns = [*rec._writers.values(), getattr(rec._local, "reader", None),
-             getattr(rec._local, "single", None), rec._liveness]
+    conns = [*rec._writers.values(), *rec._reading, rec._liveness]
     return [c.info.backend_pid for c in conns if c is not None and not c.closed]
 
 

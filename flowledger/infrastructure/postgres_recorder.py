@@ -111,12 +111,18 @@ def _fence_before(fence: Fence, rows: Sequence[Row]) -> int | None:
 # A constant key for the advisory lock that serialises table creation.
 _CREATE_LOCK = 0x666C6F77  # "flow"
 
-# The server as it is now: its timeline (which a standby's promotion moves on)
-# and when its postmaster started (which a restart moves on). NULL on a standby.
-# A lock taken under another incarnation was lost with it, not with its holder.
+# The server as it is now: its timeline (a standby's promotion moves it on),
+# when its postmaster started (a restart), and when its shared statistics were
+# last reset (a reinitialisation after one of its processes crashed, which
+# keeps the start time; also `pg_stat_reset_shared`). Any role may read them;
+# NULL on a standby. A lock taken under another incarnation was lost with it,
+# not with its holder; a part that moves for another reason only makes a free
+# lock "cannot tell".
 _INCARNATION = ("(CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
                 "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || ' ' || "
-                "extract(epoch FROM pg_postmaster_start_time())::text END)")
+                "extract(epoch FROM pg_postmaster_start_time())::text || ' ' || "
+                "COALESCE(extract(epoch FROM (SELECT stats_reset FROM pg_stat_bgwriter))::text, "
+                "'') END)")
 
 _TRANSLATIONS = [
     (re.compile(r"\)\s*WITHOUT ROWID"), ")"),
@@ -536,26 +542,33 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         owner gone only if the owner took it under the present one. A failover
         or a restart frees every lock, the living's too, and a living owner may
         take a while to reach the new server (`holder_alive`). Also clears the
-        notes of owners whose lock is free (gone, or not yet back: either way
-        their note proves nothing now). A note that cannot be written leaves
-        this engine judged by its lease, never wrongly gone."""
+        notes taken under an earlier incarnation whose lock is free (they
+        prove nothing any more); those of owners that died under this one
+        stay, their proof. A note that cannot be written leaves this engine
+        judged by its lease, never wrongly gone."""
         table = f'"{self.schema}".fl_liveness'
         try:
             conn.execute(f"INSERT INTO {table} (owner, key, incarnation) "
                          f"VALUES (%s, %s, {_INCARNATION}) ON CONFLICT (owner) DO UPDATE "
                          "SET key = excluded.key, incarnation = excluded.incarnation",
                          (self._owner, key))
-            conn.execute(f"DELETE FROM {table} WHERE owner <> %s "
-                         "AND pg_try_advisory_xact_lock(%s, key)", (self._owner, _CREATE_LOCK))
         except psycopg.Error as e:
             logger.warning("could not note this engine's liveness lock: %s", e)
+            return
+        try:
+            conn.execute(f"DELETE FROM {table} WHERE incarnation IS DISTINCT FROM "
+                         f"{_INCARNATION} AND pg_try_advisory_xact_lock(%s, key)",
+                         (_CREATE_LOCK,))
+        except psycopg.Error as e:
+            logger.warning("could not clear the liveness notes of an earlier server: %s", e)
 
     def keep_announced(self) -> None:
         """Take the owner's advisory lock again if the server ended the
         connection that held it (called before each write and at each
-        heartbeat). Until then other processes may judge this one gone, and a
-        server that restarted less than `LIVENESS_GRACE` seconds ago is not
-        believed on it (`holder_alive`). Never waits on the lock and never
+        heartbeat). Until then, after a restart or a failover, other processes
+        cannot tell whether it lives and go by its leases (`holder_alive`); after
+        its connection alone was ended (an idle timeout, `pg_terminate_backend`)
+        they judge it gone. Never waits on the lock and never
         raises: if it cannot be taken now, the next call tries again, and the
         fence keeps a holder taken over meanwhile from appending."""
         key = self._held_key
@@ -575,37 +588,33 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         """The server's clock: every engine on this store judges leases by it."""
         return self.read_all("SELECT clock_timestamp()", ())[0][0]
 
-    # Seconds after a server (re)starts during which a free advisory lock does
-    # not prove its owner gone: a crash of one of its processes makes the
-    # server end every connection without a new incarnation (`_INCARNATION`).
-    LIVENESS_GRACE = 10
-
     def holder_alive(self, owner: str | None) -> bool | None:
         """False when `owner`'s connection is gone (its advisory lock is free,
         and it took it under the server's present incarnation), True while it
-        holds it, None when this store cannot tell: no lock for that owner, a
-        lock last taken before a failover or a restart (its owner may not have
-        reached the server since), or a server that started less than
-        `LIVENESS_GRACE` seconds ago."""
+        holds it, None when this store cannot tell: no lock for that owner, or
+        one last taken before a failover, a restart or a reinitialisation (its
+        owner may not have reached the server since)."""
         key = self._liveness_key(owner or "")
         if key is None:
             return None
         # A transaction-level try: released as the statement ends (the reading
         # connection is in autocommit), so no connection of its own per look.
-        (free, restarted, here), = self.read_all(
+        (free, here), = self.read_all(
             "SELECT pg_try_advisory_xact_lock(?, ?), "
-            "clock_timestamp() - pg_postmaster_start_time() < ? * interval '1 second', "
             f"COALESCE((SELECT incarnation = {_INCARNATION} FROM fl_liveness "
             "WHERE owner = ?), false)",
-            (_CREATE_LOCK, key, self.LIVENESS_GRACE, owner))
+            (_CREATE_LOCK, key, owner))
         if not free:
             return True
-        return None if restarted or not here else False
+        return False if here else None
 
     def close_connections(self) -> None:
         with self._liveness_lock:
             self._held_key = None  # not announced again by a write still under way
             if self._liveness is not None and not self._liveness.closed:
+                with contextlib.suppress(psycopg.Error):  # closed: nobody asks after it
+                    self._liveness.execute(f'DELETE FROM "{self.schema}".fl_liveness '
+                                           "WHERE owner = %s", (self._owner,))
                 self._liveness.close()
             self._liveness = None
         with self._reading_lock:  # lent ones too: a pool's threads outlive the engine

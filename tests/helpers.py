@@ -491,3 +491,22 @@ def count_loads(monkeypatch: Any) -> list[Any]:
 
     monkeypatch.setattr(EventLog, "load", counting)
     return loaded
+
+
+def run_createdb_as_said(url: str) -> None:
+    """Open a store whose database does not exist, and run the createdb
+    command its error says, as written."""
+    import shlex
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("createdb") is None:
+        pytest.skip("PostgreSQL's createdb is not installed")
+    with pytest.raises(fl.ConfigurationError) as caught:
+        fl.Engine(url)
+    said = str(caught.value)
+    command = said.split("create it first (", 1)[1].split("), or name one that exists")[0]
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{command}: {done.stderr}"

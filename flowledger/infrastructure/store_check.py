@@ -114,9 +114,7 @@ def check_postgres_server(config: StoreConfig) -> None:
         where = ", ".join(f"{host}:{port}" for host, port in zip(
             env["POSTGRES_HOST"].split(","), env["POSTGRES_PORT"].split(","), strict=True))
         if "does not exist" in said and "database" in said:
-            todo = (f"create it first (createdb -h {env['POSTGRES_HOST']} -p "
-                    f"{env['POSTGRES_PORT']} -U {env['POSTGRES_USER']} "
-                    f"{env['POSTGRES_DBNAME']}), or name one that exists")
+            todo = f"create it first ({_createdb(env)}), or name one that exists"
         elif "authentication" in said or "password" in said or "role" in said:
             todo = ("check the user and the password (in the URL, in PGPASSWORD or in "
                     "~/.pgpass)")
@@ -129,3 +127,14 @@ def check_postgres_server(config: StoreConfig) -> None:
             todo = f"check that a PostgreSQL server runs at {where} and accepts connections"
         raise ConfigurationError(f"cannot open store {config.shown!r}: {said}. Nothing was "
                                  f"written; {todo}") from None
+
+
+def _createdb(env: dict[str, str]) -> str:
+    """The command that creates the store's database. With several hosts it
+    must reach the one that takes writes (a standby refuses CREATE DATABASE),
+    which only a connection string can ask of createdb."""
+    hosts, ports = env["POSTGRES_HOST"], env["POSTGRES_PORT"]
+    if "," not in hosts:
+        return f"createdb -h {hosts} -p {ports} -U {env['POSTGRES_USER']} {env['POSTGRES_DBNAME']}"
+    return (f"createdb --maintenance-db 'host={hosts} port={ports} user={env['POSTGRES_USER']} "
+            f"dbname=postgres target_session_attrs=read-write' {env['POSTGRES_DBNAME']}")

@@ -253,3 +253,24 @@ def test_a_database_or_user_that_does_not_exist_is_said_at_once_with_what_to_do(
         fl.Engine(nobody)
     assert 'role "flowledger_nobody" does not exist' in str(caught.value)
     assert "check the user and the password" in str(caught.value)
+
+
+@pytest.mark.postgres
+def test_the_createdb_the_message_says_creates_the_database() -> None:
+    """The command the message gives, run as written, makes the store
+    openable (several hosts, one a standby: tests/integration/test_postgres_failover.py)."""
+    import uuid
+
+    import psycopg
+
+    from tests import postgres
+    from tests.helpers import run_createdb_as_said
+
+    server = postgres.URL.rsplit("/", 1)[0]
+    url = f"{server}/fl_hint_{uuid.uuid4().hex[:8]}"
+    try:
+        run_createdb_as_said(url)
+        fl.Engine(url).close()
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')

@@ -1,5 +1,6 @@
-"""Liveness across a failover, on a real primary and a real standby promoted in
-its place (two clusters of this test's own, made with the server's binaries).
+"""A primary and a standby: liveness across a failover, on a real primary and
+a real standby promoted in its place, and what the engine says to do with a URL
+naming both (clusters of these tests' own, made with the server's binaries).
 
 A failover frees every advisory lock: the new primary never saw them. A holder
 still alive (in a long tool call, say) takes its lock again only once it
@@ -29,7 +30,7 @@ import pytest
 
 import flowledger as fl
 from tests import postgres
-from tests.helpers import ExternalLedger, costly_workflow, mid_call_tool
+from tests.helpers import ExternalLedger, costly_workflow, mid_call_tool, run_createdb_as_said
 
 pytestmark = pytest.mark.postgres
 
@@ -281,3 +282,16 @@ def _quietly(call: Any, *args: Any) -> None:
     """The holder's session ends in an error once its server is gone."""
     with contextlib.suppress(Exception):  # any end will do: what matters is the other engine
         call(*args)
+
+
+def test_the_createdb_said_for_several_hosts_reaches_the_one_that_takes_writes(
+        clusters: Clusters) -> None:
+    """A URL naming a standby first: the command the error gives creates the
+    database on the primary (a standby refuses CREATE DATABASE), and the
+    store opens there."""
+    clusters.primary("a")
+    clusters.standby_of("b", "a")
+    hosts = ",".join(f"127.0.0.1:{clusters.ports[n]}" for n in ("b", "a"))
+    url = f"postgresql://postgres@{hosts}/flows?target_session_attrs=read-write"
+    run_createdb_as_said(url)
+    fl.Engine(url).close()

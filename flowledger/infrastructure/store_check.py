@@ -111,8 +111,7 @@ def check_postgres_server(config: StoreConfig) -> None:
         psycopg.connect(**config.libpq()).close()
     except psycopg.Error as e:  # OperationalError; a bad parameter value: ProgrammingError
         said = " ".join(str(e).split())
-        where = ", ".join(f"{host}:{port}" for host, port in zip(
-            env["POSTGRES_HOST"].split(","), env["POSTGRES_PORT"].split(","), strict=True))
+        where = _where(config)
         if "does not exist" in said and "database" in said:
             todo = f"create it first ({_createdb(env)}), or name one that exists"
         elif "authentication" in said or "password" in said or "role" in said:
@@ -138,3 +137,16 @@ def _createdb(env: dict[str, str]) -> str:
         return f"createdb -h {hosts} -p {ports} -U {env['POSTGRES_USER']} {env['POSTGRES_DBNAME']}"
     return (f"createdb --maintenance-db 'host={hosts} port={ports} user={env['POSTGRES_USER']} "
             f"dbname=postgres target_session_attrs=read-write' {env['POSTGRES_DBNAME']}")
+
+
+def _where(config: StoreConfig) -> str:
+    """The servers libpq tried: `hostaddr` (the URL's query), where given, is
+    the address it connects to; the host then only names it (for TLS)."""
+    env = config.env
+    hosts, ports = env["POSTGRES_HOST"].split(","), env["POSTGRES_PORT"].split(",")
+    addresses = config.connect.get("hostaddr", "").split(",")
+    if len(addresses) != len(hosts):  # libpq refuses that itself, and says so
+        addresses = [""] * len(hosts)
+    return ", ".join(
+        f"{address}:{port} ({host})" if address and address != host else f"{host}:{port}"
+        for host, port, address in zip(hosts, ports, addresses, strict=True))

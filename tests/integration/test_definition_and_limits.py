@@ -235,6 +235,17 @@ def test_a_postgresql_server_that_does_not_answer_is_a_clear_error():
     assert f"cannot open store {url!r}" in message
     assert "\n" not in message
     assert "Connection refused" in message and "server runs at 127.0.0.1:1" in message
+
+
+def test_a_server_reached_by_hostaddr_is_named_by_the_address_tried():
+    """With `hostaddr`, libpq connects to that address and the host only
+    names the server: the message says where it really looked."""
+    url = "postgresql://postgres@db.internal:1/nowhere?hostaddr=127.0.0.1"
+    with pytest.raises(fl.ConfigurationError) as caught:
+        fl.Engine(url)
+    message = str(caught.value)
+    assert "Connection refused" in message
+    assert "server runs at 127.0.0.1:1 (db.internal)" in message
     assert "postgres extra" not in message  # it is installed: that is not what is wrong
 
 

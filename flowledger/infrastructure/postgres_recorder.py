@@ -213,11 +213,15 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self.conninfo = conninfo
         self.lock_timeout_s = lock_timeout_s
         self.schema = datastore.schema
-        # Reading connections (`_lent`): those lent to this thread now, those
-        # idle per kind, and every one open, for `close_connections`.
+        # Reading connections (`_lent`): the one this thread was lent, per kind;
+        # per connection lent, the thread it was lent to and how many of that
+        # thread's reads use it; the idle ones per kind; every one open, with
+        # the generation it was opened in (`close_connections` starts a new one).
         self._local = threading.local()
+        self._lends: dict[psycopg.Connection[Any], list[int]] = {}
         self._idle: dict[str, list[psycopg.Connection[Any]]] = {"reader": [], "single": []}
-        self._reading: set[psycopg.Connection[Any]] = set()
+        self._reading: dict[psycopg.Connection[Any], int] = {}
+        self._generation = 0
         self._reading_lock = threading.Lock()
         # The writer connections, synced and unsynced (see `writing`).
         self._writers: dict[bool, psycopg.Connection[Any]] = {}
@@ -253,29 +257,45 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         """A reading connection of `kind` ("reader": the snapshot reader, whose
         transactions psycopg begins as REPEATABLE READ READ ONLY; "single":
         autocommit), lent for one read and given back. A read nested in
-        another of the same kind in this thread gets the same connection.
+        another of the same kind in this thread gets the same connection,
+        given back when the last of them ends, in whatever order and thread
+        (a generator reading across a `yield` may be closed elsewhere).
         Lent, not kept per thread: a service's pool of request threads holds
         as many as read at once, not two per thread for the engine's life."""
-        held: psycopg.Connection[Any] | None = getattr(self._local, kind, None)
-        if held is not None:
-            yield held
-            return
-        conn = self._take(kind)
-        setattr(self._local, kind, conn)
+        me = threading.get_ident()
+        conn: psycopg.Connection[Any] | None = getattr(self._local, kind, None)
+        with self._reading_lock:
+            lend = self._lends.get(conn) if conn is not None else None
+            if conn is not None and lend is not None and lend[0] == me:
+                lend[1] += 1
+            else:
+                conn = None
+        if conn is None:
+            conn = self._take(kind)
+            setattr(self._local, kind, conn)
         try:
             yield conn
         finally:
-            setattr(self._local, kind, None)
-            self._give_back(kind, conn)
+            with self._reading_lock:
+                lend = self._lends[conn]
+                lend[1] -= 1
+                last = lend[1] == 0
+                if last:
+                    del self._lends[conn]
+            if last:
+                self._give_back(kind, conn)
 
     def _take(self, kind: str) -> psycopg.Connection[Any]:
+        """An idle connection of `kind`, or a new one; recorded as lent to this thread."""
+        me = threading.get_ident()
         with self._reading_lock:
-            idle = self._idle[kind]
+            idle, generation = self._idle[kind], self._generation
             while idle:
                 conn = idle.pop()
                 if _usable(conn):
+                    self._lends[conn] = [me, 1]
                     return conn
-                self._reading.discard(conn)
+                self._reading.pop(conn, None)
                 _replace(conn)  # the server ended it while it was idle
         conn = self._connect()
         if kind == "reader":
@@ -284,16 +304,20 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         else:
             conn.autocommit = True
         with self._reading_lock:
-            self._reading.add(conn)
+            # Opened before a close that ran meanwhile: closed once given back.
+            self._reading[conn] = generation
+            self._lends[conn] = [me, 1]
         return conn
 
     def _give_back(self, kind: str, conn: psycopg.Connection[Any]) -> None:
+        """Kept idle if there is room, it is of this generation and idle (not
+        left in a transaction, say by an interrupt); else closed."""
         with self._reading_lock:
-            if (conn in self._reading and not (conn.closed or conn.broken)
+            if (self._reading.get(conn) == self._generation and _usable(conn)
                     and len(self._idle[kind]) < self.IDLE_READERS):
                 self._idle[kind].append(conn)
                 return
-            self._reading.discard(conn)
+            self._reading.pop(conn, None)
         _replace(conn)
 
     def create_table(self) -> None:
@@ -515,10 +539,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         waiting, and it is held elsewhere), and the lock noted as taken under
         the server's present incarnation (`_note_held`). The connection is
         exempt from the server's idle timeout, and its TCP keepalives find a
-        vanished server in about a minute."""
-        conn = psycopg.connect(**{**self.conninfo, "keepalives": 1, "keepalives_idle": 30,
-                                  "keepalives_interval": 10, "keepalives_count": 3},
-                               autocommit=True)
+        vanished server in about a minute, or as the URL's keepalive
+        parameters say."""
+        conn = psycopg.connect(**{"keepalives": 1, "keepalives_idle": 30,
+                                  "keepalives_interval": 10, "keepalives_count": 3,
+                                  **self.conninfo}, autocommit=True)
         try:
             with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14 on
                 conn.execute("SET idle_session_timeout = 0")
@@ -556,9 +581,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             logger.warning("could not note this engine's liveness lock: %s", e)
             return
         try:
-            conn.execute(f"DELETE FROM {table} WHERE incarnation IS DISTINCT FROM "
-                         f"{_INCARNATION} AND pg_try_advisory_xact_lock(%s, key)",
-                         (_CREATE_LOCK,))
+            # CASE: the server may not evaluate the conditions in their written
+            # order, and the proofs of this incarnation's dead must not be locked.
+            conn.execute(f"DELETE FROM {table} WHERE CASE WHEN incarnation IS DISTINCT FROM "
+                         f"{_INCARNATION} THEN pg_try_advisory_xact_lock(%s, key) "
+                         "ELSE false END", (_CREATE_LOCK,))
         except psycopg.Error as e:
             logger.warning("could not clear the liveness notes of an earlier server: %s", e)
 
@@ -571,11 +598,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         they judge it gone. Never waits on the lock and never
         raises: if it cannot be taken now, the next call tries again, and the
         fence keeps a holder taken over meanwhile from appending."""
-        key = self._held_key
-        if key is None:
-            return
-        with self._liveness_lock:
-            if _usable(self._liveness):
+        with self._liveness_lock:  # the key read under it: a close may be ending it
+            key = self._held_key
+            if key is None or _usable(self._liveness):
                 return
             _replace(self._liveness)
             self._liveness = None
@@ -618,8 +643,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 self._liveness.close()
             self._liveness = None
         with self._reading_lock:  # lent ones too: a pool's threads outlive the engine
-            reading, self._reading = self._reading, set()
+            reading, self._reading = self._reading, {}
             self._idle = {kind: [] for kind in self._idle}
+            self._generation += 1
         for conn in (*self._writers.values(), *reading):
             if not conn.closed:
                 conn.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -233,6 +234,71 @@ def test_closing_the_engine_closes_the_connections_other_threads_read_on() -> No
         closed.set()
         under_way.result(10)  # its read ends quietly; its connection stays closed
         assert _none_named(name)
+
+
+def test_a_read_ended_in_another_thread_is_never_lent_twice() -> None:
+    """A generator reading across a `yield`, closed by another thread (a
+    streaming response, say): its connection goes back once, and the thread
+    that opened it does not go on using it while another thread is lent it."""
+    with postgres.fresh_schema() as url:
+        engine = _engine_and_session(url)
+        rec = engine.log.flow_recorder
+        try:
+            def streamed() -> Iterator[Any]:
+                with engine.log.reading() as c:
+                    yield c
+
+            opened = streamed()
+            next(opened)
+            first = rec._local.reader
+            closer = threading.Thread(target=opened.close)
+            closer.start()
+            closer.join()
+            lent_elsewhere, release, used = threading.Event(), threading.Event(), []
+
+            def read_and_hold() -> None:
+                with engine.log.reading() as c:
+                    used.append(rec._local.reader)
+                    c.execute("SELECT 1")
+                    lent_elsewhere.set()
+                    release.wait(10)
+
+            other = threading.Thread(target=read_and_hold)
+            other.start()
+            assert lent_elsewhere.wait(10)
+            with engine.log.reading() as c:  # this thread, meanwhile
+                c.execute("SELECT 1")
+                mine = rec._local.reader
+            release.set()
+            other.join()
+            assert used == [first]  # the connection did go back, once
+            assert mine is not first  # and this thread no longer takes it for its own
+        finally:
+            engine.close()
+
+
+def test_a_connection_opened_while_the_engine_closes_is_not_kept() -> None:
+    """A read that opens a connection while close() runs gets it, and it is
+    closed when given back, not kept idle past the close."""
+    with postgres.fresh_schema() as url:
+        engine = _engine_and_session(url)
+        rec = engine.log.flow_recorder
+        connect, opened = rec._connect, []
+
+        def connect_across_a_close() -> Any:
+            conn = connect()
+            engine.close()  # runs while this read's connection is being opened
+            opened.append(conn)
+            return conn
+
+        rec._connect = connect_across_a_close  # type: ignore[method-assign]
+        with rec._reading_lock:  # none idle: the read opens one (close() closes these)
+            rec._idle = {"reader": [], "single": []}
+        with engine.log.reading() as c:
+            c.execute("SELECT 1")
+        rec._connect = connect  # type: ignore[method-assign]
+        assert opened and opened[0].closed
+        assert rec._idle == {"reader": [], "single": []}
 
 
 def _connections_after(name: str, most: int) -> int:

@@ -32,7 +32,9 @@ def backends(engine: fl.Engine) -> list[int]:
     """The server processes of the engine's own connections (its reading
     connections, its writers, its liveness lock's)."""
     rec = engine.log.flow_recorder
-    conns = [*rec._writers.values(), *rec._reading, rec._liveness]
+    with rec._reading_lock:
+        reading = list(rec._reading)
+    conns = [*rec._writers.values(), *reading, rec._liveness]
     return [c.info.backend_pid for c in conns if c is not None and not c.closed]
 
 

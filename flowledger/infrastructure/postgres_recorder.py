@@ -213,16 +213,14 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self.conninfo = conninfo
         self.lock_timeout_s = lock_timeout_s
         self.schema = datastore.schema
-        # Reading connections (`_lent`): the one this thread was lent, per kind;
-        # per connection lent, the thread it was lent to and how many of that
-        # thread's reads use it; the idle ones per kind; every one open, with
-        # the generation it was opened in (`close_connections` starts a new one).
-        self._local = threading.local()
-        self._lends: dict[psycopg.Connection[Any], list[int]] = {}
+        # Reading connections (`_lent`): the idle ones per kind; every one open,
+        # with the generation it was opened in (`close_connections` starts a new
+        # one). Reentrant: the collector may end an abandoned read, and give its
+        # connection back, in a thread that holds it.
         self._idle: dict[str, list[psycopg.Connection[Any]]] = {"reader": [], "single": []}
         self._reading: dict[psycopg.Connection[Any], int] = {}
         self._generation = 0
-        self._reading_lock = threading.Lock()
+        self._reading_lock = threading.RLock()
         # The writer connections, synced and unsynced (see `writing`).
         self._writers: dict[bool, psycopg.Connection[Any]] = {}
         self._writer_lock = threading.RLock()
@@ -256,44 +254,25 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def _lent(self, kind: str) -> Iterator[psycopg.Connection[Any]]:
         """A reading connection of `kind` ("reader": the snapshot reader, whose
         transactions psycopg begins as REPEATABLE READ READ ONLY; "single":
-        autocommit), lent for one read and given back. A read nested in
-        another of the same kind in this thread gets the same connection,
-        given back when the last of them ends, in whatever order and thread
-        (a generator reading across a `yield` may be closed elsewhere).
+        autocommit), lent for one read and given back, from whichever thread
+        ends it (a generator reading across a `yield` may be closed elsewhere).
+        Each read has its own, nested ones too: a read made while another is
+        open (a generator's, suspended) must not end that one's snapshot.
         Lent, not kept per thread: a service's pool of request threads holds
         as many as read at once, not two per thread for the engine's life."""
-        me = threading.get_ident()
-        conn: psycopg.Connection[Any] | None = getattr(self._local, kind, None)
-        with self._reading_lock:
-            lend = self._lends.get(conn) if conn is not None else None
-            if conn is not None and lend is not None and lend[0] == me:
-                lend[1] += 1
-            else:
-                conn = None
-        if conn is None:
-            conn = self._take(kind)
-            setattr(self._local, kind, conn)
+        conn = self._take(kind)
         try:
             yield conn
         finally:
-            with self._reading_lock:
-                lend = self._lends[conn]
-                lend[1] -= 1
-                last = lend[1] == 0
-                if last:
-                    del self._lends[conn]
-            if last:
-                self._give_back(kind, conn)
+            self._give_back(kind, conn)
 
     def _take(self, kind: str) -> psycopg.Connection[Any]:
-        """An idle connection of `kind`, or a new one; recorded as lent to this thread."""
-        me = threading.get_ident()
+        """An idle connection of `kind`, or a new one."""
         with self._reading_lock:
             idle, generation = self._idle[kind], self._generation
             while idle:
                 conn = idle.pop()
                 if _usable(conn):
-                    self._lends[conn] = [me, 1]
                     return conn
                 self._reading.pop(conn, None)
                 _replace(conn)  # the server ended it while it was idle
@@ -306,7 +285,6 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         with self._reading_lock:
             # Opened before a close that ran meanwhile: closed once given back.
             self._reading[conn] = generation
-            self._lends[conn] = [me, 1]
         return conn
 
     def _give_back(self, kind: str, conn: psycopg.Connection[Any]) -> None:

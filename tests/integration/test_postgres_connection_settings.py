@@ -236,43 +236,37 @@ def test_closing_the_engine_closes_the_connections_other_threads_read_on() -> No
         assert _none_named(name)
 
 
-def test_a_read_ended_in_another_thread_is_never_lent_twice() -> None:
-    """A generator reading across a `yield`, closed by another thread (a
-    streaming response, say): its connection goes back once, and the thread
-    that opened it does not go on using it while another thread is lent it."""
+def test_a_read_left_open_keeps_its_connection_and_its_snapshot() -> None:
+    """A generator reading across a `yield` (a streaming response, say),
+    resumed and closed by other threads: meanwhile its thread's other reads
+    get connections of their own, so nothing ends its snapshot, and its
+    connection goes back once, when it is closed."""
     with postgres.fresh_schema() as url:
         engine = _engine_and_session(url)
         rec = engine.log.flow_recorder
         try:
-            def streamed() -> Iterator[Any]:
+            def streamed() -> Iterator[tuple[Any, int]]:
                 with engine.log.reading() as c:
-                    yield c
+                    for _ in range(2):
+                        yield c._c.connection, c.execute(
+                            "SELECT COUNT(*) FROM stored_events").fetchone()[0]
 
             opened = streamed()
-            next(opened)
-            first = rec._local.reader
+            held, before = next(opened)
+            assert engine.run_session("wf").status == "completed"  # appends meanwhile
+            with engine.log.reading() as c:  # this thread, while the generator waits
+                mine = c._c.connection
+                now = c.execute("SELECT COUNT(*) FROM stored_events").fetchone()[0]
+            assert mine is not held and now > before
+            resumed: list[tuple[Any, int]] = []
+            elsewhere = threading.Thread(target=lambda: resumed.append(next(opened)))
+            elsewhere.start()
+            elsewhere.join()
+            assert resumed == [(held, before)]  # the same snapshot, untouched
             closer = threading.Thread(target=opened.close)
             closer.start()
             closer.join()
-            lent_elsewhere, release, used = threading.Event(), threading.Event(), []
-
-            def read_and_hold() -> None:
-                with engine.log.reading() as c:
-                    used.append(rec._local.reader)
-                    c.execute("SELECT 1")
-                    lent_elsewhere.set()
-                    release.wait(10)
-
-            other = threading.Thread(target=read_and_hold)
-            other.start()
-            assert lent_elsewhere.wait(10)
-            with engine.log.reading() as c:  # this thread, meanwhile
-                c.execute("SELECT 1")
-                mine = rec._local.reader
-            release.set()
-            other.join()
-            assert used == [first]  # the connection did go back, once
-            assert mine is not first  # and this thread no longer takes it for its own
+            assert rec._idle["reader"].count(held) == 1  # given back, once
         finally:
             engine.close()
 
@@ -292,11 +286,13 @@ def test_a_connection_opened_while_the_engine_closes_is_not_kept() -> None:
             return conn
 
         rec._connect = connect_across_a_close  # type: ignore[method-assign]
-        with rec._reading_lock:  # none idle: the read opens one (close() closes these)
-            rec._idle = {"reader": [], "single": []}
-        with engine.log.reading() as c:
-            c.execute("SELECT 1")
-        rec._connect = connect  # type: ignore[method-assign]
+        try:
+            with rec._reading_lock:  # none idle: the read opens one (close() closes these)
+                rec._idle = {"reader": [], "single": []}
+            with engine.log.reading() as c:
+                c.execute("SELECT 1")
+        finally:
+            rec._connect = connect  # type: ignore[method-assign]
         assert opened and opened[0].closed
         assert rec._idle == {"reader": [], "single": []}
 

@@ -69,11 +69,9 @@ def _usable(conn: psycopg.Connection[Any] | None) -> TypeGuard[psycopg.Connectio
     failed for each connection the engine holds. What is waiting is read
     without blocking and parsed by libpq (a NOTICE or a NOTIFY leaves the
     connection usable; the second read meets the end of the stream)."""
-    if conn is None or conn.closed or conn.broken:
+    if not _idle(conn):
         return False
     pgconn = conn.pgconn
-    if pgconn.transaction_status != pq.TransactionStatus.IDLE:
-        return False  # a query whose answer never came: not idle, not usable
     try:
         for _ in range(2):
             pgconn.consume_input()  # libpq's socket never blocks
@@ -82,6 +80,13 @@ def _usable(conn: psycopg.Connection[Any] | None) -> TypeGuard[psycopg.Connectio
         return False
     return (pgconn.status == pq.ConnStatus.OK
             and pgconn.transaction_status == pq.TransactionStatus.IDLE)
+
+
+def _idle(conn: psycopg.Connection[Any] | None) -> TypeGuard[psycopg.Connection[Any]]:
+    """Open and in no transaction, as far as this side knows: not left inside
+    one (an interrupt), no query whose answer never came. No I/O."""
+    return (conn is not None and not conn.closed and not conn.broken
+            and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE)
 
 
 def _replace(conn: psycopg.Connection[Any] | None) -> None:
@@ -289,9 +294,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _give_back(self, kind: str, conn: psycopg.Connection[Any]) -> None:
         """Kept idle if there is room, it is of this generation and idle (not
-        left in a transaction, say by an interrupt); else closed."""
+        left in a transaction, say by an interrupt); else closed. Whether the
+        server ended it meanwhile is looked at when it is next taken."""
         with self._reading_lock:
-            if (self._reading.get(conn) == self._generation and _usable(conn)
+            if (self._reading.get(conn) == self._generation and _idle(conn)
                     and len(self._idle[kind]) < self.IDLE_READERS):
                 self._idle[kind].append(conn)
                 return
@@ -321,11 +327,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                           "PRIMARY KEY (originator_id, originator_version))")
                 c.execute("CREATE TABLE IF NOT EXISTS tracking (application_name text "
                           "PRIMARY KEY, notification_id bigint)")
-                c.execute("SELECT to_regclass(%s)", (f'"{self.schema}".fl_liveness',))
-                row = c.fetchone()
-                if row is None or row[0] is None:  # a role that only reads need not create
-                    c.execute("CREATE TABLE fl_liveness (owner text PRIMARY KEY, "
-                              "key integer NOT NULL, incarnation text)")
+                c.execute("CREATE TABLE IF NOT EXISTS fl_liveness (owner text PRIMARY KEY, "
+                          "key integer NOT NULL, incarnation text)")
                 self._create_append_notification(c)
                 c.execute("SELECT 1 FROM pg_proc WHERE proname = 'fl_guard' AND pronamespace = "
                           "%s::regnamespace", (f'"{self.schema}"',))

@@ -38,8 +38,7 @@ def _workflow(name: str, items: list[str], peeks: list[tuple[str, str, tuple[str
     @wf.consumer(subscribe=["in"], publishes=["in", "side", "done"])
     class Take:
         def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
-            found = ctx.peek("in", limit=2)
-            peeks.append(("Take", "in", tuple(m.message_id for m in found)))
+            found = _peek_noted(ctx, peeks, "Take", "in")
             if not found:
                 return None
             return fl.Prepared({"in": [found[0].message_id]}, data=found[0].payload)
@@ -58,13 +57,19 @@ def _workflow(name: str, items: list[str], peeks: list[tuple[str, str, tuple[str
     @wf.consumer(subscribe=["side"])
     class Audit:
         def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
-            found = ctx.peek("side", limit=2)
-            peeks.append(("Audit", "side", tuple(m.message_id for m in found)))
+            found = _peek_noted(ctx, peeks, "Audit", "side")
             if not found:
                 return None
             return fl.Prepared({"side": [found[0].message_id]})
 
     return wf
+
+
+def _peek_noted(ctx: Any, peeks: list[Any], who: str, topic: str) -> list[Any]:
+    """Peek 2 of `topic`, noting who peeked what and found what."""
+    found: list[Any] = ctx.peek(topic, limit=2)
+    peeks.append((who, topic, tuple(m.message_id for m in found)))
+    return found
 
 
 NAMES = itertools.count()

@@ -40,15 +40,19 @@ def _named(name: str) -> set[int]:
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,))}
 
 
+def _connections_after(name: str, most: int) -> int:
+    """How many connections the server has named `name`, once those closed
+    have ended (their server processes end a moment after)."""
+    deadline = time.monotonic() + 10
+    while len(_named(name)) > most and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(_named(name))
+
+
 def _none_named(name: str) -> bool:
     """Whether the server has no connection named `name` (its processes end
     a moment after their clients close them)."""
-    deadline = time.monotonic() + 10
-    while _named(name):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    return _connections_after(name, 0) == 0
 
 
 def _a_reader(engine: fl.Engine) -> Any:
@@ -295,15 +299,6 @@ def test_a_connection_opened_while_the_engine_closes_is_not_kept() -> None:
             rec._connect = connect  # type: ignore[method-assign]
         assert opened and opened[0].closed
         assert rec._idle == {"reader": [], "single": []}
-
-
-def _connections_after(name: str, most: int) -> int:
-    """How many connections the server has named `name`, once those closed
-    have ended (their server processes end a moment after)."""
-    deadline = time.monotonic() + 10
-    while len(_named(name)) > most and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return len(_named(name))
 
 
 def test_a_thread_per_request_does_not_leave_its_connections_open() -> None:

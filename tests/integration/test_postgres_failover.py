@@ -32,6 +32,7 @@ import pytest
 import flowledger as fl
 from tests import postgres
 from tests.helpers import ExternalLedger, costly_workflow, mid_call_tool, run_createdb_as_said
+from tests.integration.test_postgres_connections import end_connections
 
 pytestmark = pytest.mark.postgres
 
@@ -167,22 +168,6 @@ def clusters() -> Iterator[Clusters]:
         made.close()
 
 
-def _end_liveness_connection(clusters: Clusters, name: str, key: int) -> None:
-    """End, as the server would, the connection holding advisory lock `key`."""
-    with clusters.connect(name) as c:
-        pids = [r[0] for r in c.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = %s::oid "
-            "AND granted", (key & 0xFFFFFFFF,)).fetchall()]
-        assert pids
-        for pid in pids:
-            c.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        deadline = time.monotonic() + 10
-        while c.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
-                        (pids,)).fetchone()[0]:  # type: ignore[index]
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-
-
 def _both(clusters: Clusters) -> str:
     """A URL naming both servers and wanting the one that takes writes, as a
     production one would."""
@@ -215,8 +200,7 @@ def test_a_holder_is_not_proven_gone_by_a_failover(clusters: Clusters) -> None:
 
         # Now its connection is ended: it took its lock on this server, so a
         # free lock proves it gone, and another engine may take over at once.
-        key = rec._liveness_key(holder.owner)  # type: ignore[attr-defined]
-        _end_liveness_connection(clusters, "b", key)
+        end_connections(holder, [holder.log.flow_recorder._liveness.info.backend_pid])
         assert rec.holder_alive(holder.owner) is False
     finally:
         looker.close()

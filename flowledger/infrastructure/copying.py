@@ -10,14 +10,19 @@ is opened with the source's cipher and compression and sealed again with the
 target's: that is how a key is rotated, a store encrypted or decrypted
 (ADR 0022). The source's chain is verified first: a copy never launders a
 log that was edited. The target writes a chain of its own as it is filled.
+A log holding a NUL character in a name or id (written before flowledger
+refused them, ADR 0014) is refused by a store whose text cannot keep one,
+before anything is copied: its projections could not be built there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from flowledger.domain.errors import ConfigurationError
+from flowledger.infrastructure.codec import PydanticMapper, decode
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import verify_chain
 
@@ -44,6 +49,8 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
                 f"cannot copy {source.config.shown!r}: its log was edited outside flowledger "
                 f"({len(found.problems)} problem(s): {shown}). Nothing was copied; run "
                 "`flowledger verify` on it, and restore it from a backup")
+    if not dst.HOLDS_NUL_IN_TEXT:
+        _refuse_text_with_nul(source, target)
     recode = _recoder(source, target)
     with src.reading() as c:
         total = src.max_position(c)
@@ -73,6 +80,66 @@ def _hex(stream: UUID | str) -> str:
     return stream.hex if isinstance(stream, UUID) else UUID(str(stream)).hex
 
 
+def _refuse_text_with_nul(source: EventLog, target: EventLog) -> None:
+    """Refuse, naming the first, if any event holds text with a NUL character."""
+    src, mapper = source.flow_recorder, source.flow_mapper
+    found, first, after = 0, "", 0
+    while True:
+        with src.reading() as c:
+            batch = src.select_stored(c, after, BATCH)
+        if not batch:
+            break
+        for position, stored in batch:
+            try:
+                fields = decode(_opened(mapper, bytes(stored.state)))
+            except Exception:
+                continue  # unreadable: copied as it is, as any other body
+            where = _nul_in(fields)
+            if where is not None:
+                found += 1
+                if not first:
+                    first = (f"{stored.topic.rpartition(':')[2]} at position {position} "
+                             f"(stream {_hex(stored.originator_id)}, {where})")
+        after = batch[-1][0]
+    if found:
+        raise ConfigurationError(
+            f"cannot copy {source.config.shown!r} to {target.config.shown!r}: {found:,} "
+            f"event(s) hold a name or id with a NUL character ('\\x00'), which "
+            f"{target.config.shown!r} cannot keep in text; the first is {first}. They were "
+            "written before flowledger refused NUL in names and ids. Nothing was copied: "
+            "keep this log on SQLite (a copy to another SQLite file keeps them)")
+
+
+def _nul_in(value: Any, path: str = "") -> str | None:
+    """Where in a decoded event a text holds NUL (payloads are bytes: not text)."""
+    if isinstance(value, str):
+        return (path or "its text") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else f"field {key!r}"
+            if isinstance(key, str) and "\x00" in key:
+                return f"a key in {path or 'the event'}"
+            found = _nul_in(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _nul_in(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _opened(mapper: PydanticMapper, body: bytes) -> bytes:
+    """A stored body decrypted (authenticated: a changed body fails here) and
+    decompressed."""
+    if mapper.cipher is not None:
+        body = mapper.cipher.decrypt(body)
+    if mapper.compressor is not None:
+        body = mapper.compressor.decompress(body)
+    return body
+
+
 def _recoder(source: EventLog, target: EventLog) -> Callable[[bytes], bytes]:
     """Turns a body stored in `source` into one stored in `target`."""
     src, dst = source.flow_mapper, target.flow_mapper
@@ -81,10 +148,7 @@ def _recoder(source: EventLog, target: EventLog) -> Callable[[bytes], bytes]:
         return lambda body: body
 
     def recode(body: bytes) -> bytes:
-        if src.cipher is not None:
-            body = src.cipher.decrypt(body)  # authenticated: a changed body fails here
-        if src.compressor is not None:
-            body = src.compressor.decompress(body)
+        body = _opened(src, body)
         if dst.compressor is not None:
             body = dst.compressor.compress(body)
         if dst.cipher is not None:

@@ -291,7 +291,11 @@ _NOTHING = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 
 def _text(value: str) -> str:
     if "\x00" in value:  # it would end the query text there (ADR 0014)
-        raise psycopg.DataError("PostgreSQL text cannot contain NUL (0x00) characters")
+        raise psycopg.DataError(
+            "PostgreSQL text cannot hold a NUL character ('\\x00'), and a name or id in "
+            "this log holds one (written before flowledger refused them): its "
+            "projections cannot be kept here. Keep the log on SQLite; `flowledger copy` "
+            "from there names the events")
     return "'" + value.replace("'", "''") + "'"
 
 

@@ -208,6 +208,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     position_column = "notification_id"
     stream_key_sql = "CAST({column} AS uuid)"
     MAX_PARAMETERS = 5000
+    HOLDS_NUL_IN_TEXT = False
 
     def stream_key(self, stream_id: UUID | str) -> UUID:
         return _uuid(stream_id)

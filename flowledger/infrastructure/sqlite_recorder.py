@@ -311,6 +311,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     # ------------------------------------------------- the store seam (store.py)
 
     position_column = "rowid"  # a stored event's log position
+    HOLDS_NUL_IN_TEXT = True
 
     def stream_key(self, stream_id: UUID | str) -> str:
         return stream_id.hex if isinstance(stream_id, UUID) else str(stream_id)

@@ -87,6 +87,8 @@ class LogStore(Protocol):
     # cost no round trip).
     before_fold: BeforeFold | None
     MAX_PARAMETERS: int
+    # Whether the projections' text columns can keep a NUL character (ADR 0014).
+    HOLDS_NUL_IN_TEXT: bool
 
     def reading(self, snapshot: bool = True) -> AbstractContextManager[Cursor]:
         """One consistent read snapshot (`snapshot=False`: statements that need

@@ -68,3 +68,47 @@ def test_copying_into_a_store_that_holds_events_is_refused(tmp_path: Path,
         fl.copy_store(source, store)
     with fl.Engine(store) as target:
         assert len(list(target.events())) == count
+
+
+def test_a_log_with_nul_in_its_names_is_refused_where_text_cannot_keep_it(
+        tmp_path: Path, ledger: ExternalLedger, store: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log written before NUL was refused in names and ids (ADR 0014): an
+    SQLite target keeps it whole; PostgreSQL, whose text cannot hold NUL,
+    refuses it naming the first such event, before anything is copied (it
+    used to copy every event and leave a store that could not be opened)."""
+    import flowledger.engine.context as context
+
+    with monkeypatch.context() as older:
+        older.setattr(context, "unstorable", lambda text: None)  # as it was
+        source = f"sqlite:///{tmp_path / 'old.db'}"
+        with fl.Engine(source, clock=fl.ManualClock(), ids=fl.SeededIds(7)) as old:
+            old.register(ledger_workflow(items=["a", "b\x00c", "d"]),
+                         tools=[ScriptedLedgerTool(ledger)])
+            assert old.run_session("wf").status == "completed"
+    with fl.Engine(source) as before:
+        logged = answers(before)
+    if store.startswith("sqlite"):
+        assert fl.copy_store(source, store) == len(logged["log"])
+        with fl.Engine(store) as after:
+            assert answers(after) == logged
+        return
+    with pytest.raises(fl.ConfigurationError) as refused:
+        fl.copy_store(source, store)
+    said = str(refused.value)
+    assert "4 event(s) hold a name or id with a NUL character" in said
+    assert "the first is Input.Registered at position 9 (stream " in said
+    assert "field 'external_id'" in said and "Nothing was copied" in said
+    with fl.Engine(store) as target:
+        assert list(target.events()) == []
+    with fl.Engine(source) as still:
+        assert answers(still) == logged
+    # A store filled by a copy that did not look (before this refusal) says why
+    # it cannot be opened, and what to do.
+    from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
+
+    monkeypatch.setattr(FlowPostgresRecorder, "HOLDS_NUL_IN_TEXT", True)
+    with pytest.raises(fl.ConfigurationError, match=(
+            r"cannot open store .*: DataError: PostgreSQL text cannot hold a NUL character "
+            r".* Keep the log on SQLite; `flowledger copy` from there names the events")):
+        fl.copy_store(source, store)

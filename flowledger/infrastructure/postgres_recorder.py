@@ -345,8 +345,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     @property
     def channel(self) -> str:
-        """The notification channel of this store's log (one per schema)."""
-        return f"flowledger_{self.schema}"[:63]
+        """The notification channel of this store's log (one per schema): cut,
+        as a name, at 63 bytes."""
+        return f"flowledger_{self.schema}".encode()[:63].decode(errors="ignore")
 
     def _create_append_notification(self, c: psycopg.Cursor[Any]) -> None:
         """Every transaction that appends to the log notifies `channel` as it

@@ -11,6 +11,7 @@ written to it (ADR 0013). The check reads the schema on a read-only connection.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
@@ -117,9 +118,10 @@ def check_postgres_server(config: StoreConfig) -> None:
         elif "authentication" in said or "password" in said or "role" in said:
             todo = ("check the user and the password (in the URL, in PGPASSWORD or in "
                     "~/.pgpass)")
-        elif not isinstance(e, psycopg.OperationalError):
+        elif not isinstance(e, psycopg.OperationalError) or re.search(
+                r"invalid \S+ value", said):  # libpq's "connection is bad: invalid ..."
             todo = "check the values of the URL's parameters"
-        elif "SSL" in said or "certificate" in said:
+        elif "ssl" in said.lower() or "certificate" in said.lower():
             todo = ("check the URL's ssl parameters (sslmode, sslrootcert, ...) against the "
                     "server's TLS setup")
         else:

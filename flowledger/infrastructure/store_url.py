@@ -32,8 +32,9 @@ def shown(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if scheme.lower() in ("sqlite", "memory"):
         return url  # a file's name, which holds no credentials
-    if not sep:  # not a URL: user:password@ may still be in it (a missing /, say)
-        scheme, rest = "", url
+    if not sep or not _SCHEME.fullmatch(scheme):
+        # Not a URL: user:password@ may still be in it (a missing /, say).
+        scheme, sep, rest = "", "", url
     # user:password@ ends at the URL's last @, wherever an unescaped @, /, ? or #
     # in the password put it.
     at, colon = rest.rfind("@"), rest.find(":")
@@ -49,6 +50,10 @@ def shown(url: str) -> str:
         rest = ",".join(entries) + rest[len(authority):]
     where, q, query = rest.partition("?")
     return scheme + sep + where + q + "&".join(_hide_secret(p) for p in query.split("&"))
+
+
+# What a URL's scheme can be (RFC 3986); anything else before :// is not one.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 def _hide_secret(parameter: str) -> str:
@@ -161,7 +166,8 @@ def parse_store_url(url: str) -> StoreConfig:
     if scheme in ("postgresql", "postgres"):
         env, connect = _postgres_env(url)
         return StoreConfig(url, "postgresql", env, connect=connect)
-    raise ConfigurationError(f"store URL {shown(url)!r} has an unknown scheme {scheme!r}; "
+    named = f" {scheme!r}" if _SCHEME.fullmatch(scheme) else ""
+    raise ConfigurationError(f"store URL {shown(url)!r} has an unknown scheme{named}; "
                              f"use {ACCEPTED}")
 
 
@@ -247,15 +253,54 @@ def _hosts(url: str, hostlist: str) -> tuple[str, str]:
 
 def _split(url: str) -> tuple[str | None, str | None, str, str, str]:
     """user, password, host list, path and query of a postgresql:// URL, split
-    by hand: the standard library refuses lists of bracketed IPv6 hosts."""
-    rest = url.partition("://")[2].partition("#")[0]
+    by hand: the standard library refuses lists of bracketed IPv6 hosts. The
+    user part ends at the last @ before the first / (a ? or # typed in a
+    password is taken as part of it, as libpq takes a ?)."""
+    rest = url.partition("://")[2]
+    slash = rest.find("/")
+    at = rest.rfind("@", 0, slash if slash >= 0 else len(rest))
+    userinfo, rest = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
+    # An @ left in the host, path, a parameter's name or the fragment, or
+    # anywhere when no user part came before the first /, is most likely a
+    # password's: refused, and none of it said.
+    rest, _, fragment = rest.partition("#")
     rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hostlist = netloc.rpartition("@")
-    if not at:
+    names = [part.partition("=")[0] for part in query.split("&")]
+    if any("@" in text for text in [rest, fragment, *names]) or (
+            userinfo is None and "@" in query):
+        raise ConfigurationError(
+            f"store URL {shown(url)!r}: an @ after its host. A password holding /, ?, # or @ "
+            "must be percent-encoded (/ as %2F, ? as %3F, # as %23, @ as %40), or given "
+            "in PGPASSWORD or ~/.pgpass instead; an @ in a parameter's value, as %40")
+    hostlist, _, path = rest.partition("/")
+    if userinfo is None:
         return None, None, hostlist, path, query
     user, colon, password = userinfo.partition(":")
     return unquote(user), (unquote(password) if colon else None), hostlist, path, query
+
+
+# PostgreSQL keeps at most this many bytes of a name (NAMEDATALEN - 1).
+MAX_NAME_BYTES = 63
+
+
+def _schema(url: str, given: list[str]) -> str:
+    """The URL's ?schema=: one name PostgreSQL keeps as it is, not its own."""
+    if len(set(given)) > 1:
+        raise ConfigurationError(f"store URL {shown(url)!r}: schema= is given "
+                                 f"{len(given)} times; give it once")
+    schema = given[-1]
+    why = None
+    if schema and not schema.replace("_", "a").isalnum():
+        why = "must be letters, digits and underscores"
+    elif len(schema.encode()) > MAX_NAME_BYTES:
+        why = (f"is {len(schema.encode())} bytes long; PostgreSQL keeps only the first "
+               f"{MAX_NAME_BYTES} bytes of a name, so two longer names would be one schema")
+    elif schema.startswith("pg_") or schema == "information_schema":
+        why = "is reserved for PostgreSQL's own schemas (pg_..., information_schema)"
+    if why is not None:
+        raise ConfigurationError(f"store URL {shown(url)!r}: schema {schema!r} {why}; "
+                                 "choose another name")
+    return schema
 
 
 def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -264,11 +309,7 @@ def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
     user, password, hostlist, path, raw_query = _split(url)
     query = parse_qs(raw_query, keep_blank_values=True)
     connect = _connect_parameters(url, query)
-    schema = query.get("schema", [""])[-1]
-    if schema and not schema.replace("_", "a").isalnum():
-        raise ConfigurationError(
-            f"store URL {shown(url)!r}: schema {schema!r} must be letters, digits and "
-            "underscores")
+    schema = _schema(url, query.get("schema", [""]))
     hosts, ports = _hosts(url, hostlist)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",

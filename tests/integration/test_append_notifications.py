@@ -46,3 +46,32 @@ def test_a_waiter_on_postgresql_returns_the_new_head_when_woken(make_engine, led
         head = waiter.head()
         assert engine.run_session("wf").status == "completed"
         assert waiter.wait_for_append(head, 10) > head
+
+
+@pytest.mark.postgres
+def test_a_schema_named_in_many_bytes_takes_appends_and_wakes_its_listener(ledger):
+    """A schema of non-ASCII letters, within PostgreSQL's 63 bytes: the
+    notification channel is named after it cut at 63 bytes, not characters
+    (cut by characters, every append failed: "channel name too long")."""
+    import uuid
+
+    import psycopg
+
+    import flowledger as fl
+    from tests import postgres
+
+    schema = "\u00e9" * 25 + "_" + uuid.uuid4().hex[:11]  # 62 bytes
+    url = f"{postgres.URL}?schema={schema}"
+    try:
+        with fl.Engine(url) as engine:
+            wakeups = engine.log.flow_recorder.listen()
+            assert wakeups is not None
+            try:
+                engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+                assert engine.run_session("wf").status == "completed"
+                assert wakeups.wait(10) is True
+            finally:
+                wakeups.close()
+    finally:
+        with psycopg.connect(postgres.URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -163,6 +163,12 @@ def test_a_refused_tls_setting_is_said_with_what_to_do_and_no_password() -> None
     ("service=elsewhere", "service= cannot be given in the query; name the server"),
     ("connect_timeout=abc", "bad value for connect_timeout: 'abc'. Nothing was written; "
                             "check the values of the URL's parameters"),
+    # libpq says these are bad connections: not a server that is down.
+    ("sslmode=bogus", "invalid sslmode value: \"bogus\". Nothing was written; check the "
+                      "values of the URL's parameters"),
+    ("sslmode=", "invalid sslmode value: \"\". Nothing was written; check the values"),
+    ("target_session_attrs=bogus", "invalid target_session_attrs value: \"bogus\". "
+                                   "Nothing was written; check the values"),
 ])
 def test_a_parameter_the_store_cannot_take_is_refused_by_name(query: str, expected: str) -> None:
     with pytest.raises(fl.ConfigurationError) as caught:

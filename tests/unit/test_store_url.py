@@ -50,6 +50,53 @@ def test_a_url_mistyped_past_parsing_is_said_without_its_password(pw: tuple[str,
         assert "PW" not in str(caught.value)
 
 
+# A password typed as it is, with characters a URL gives meaning to.
+raw_passwords = st.lists(st.tuples(st.sampled_from([*"/?#@:&=% ,[]", ""]),
+                                   st.sampled_from(["PW", "PWx"])), min_size=1, max_size=6
+                         ).map(lambda parts: "".join(sep + pw for sep, pw in parts))
+
+
+@given(raw_passwords, st.sampled_from(["/db?schema=s", "/db", "", "/db?sslmod=x", ":99999/db"]))
+def test_a_password_typed_unencoded_is_taken_whole_or_refused_unsaid(password: str,
+                                                                     tail: str) -> None:
+    """The user part ends at the last @ before the first /: a ? or # in a
+    password is part of it (a ? once cut the URL there, and the rest of the
+    password was said back as an unknown parameter); a / cannot be, and is
+    refused with what to do, without a word of the password."""
+    url = f"postgresql://alice:{password}@db.example.com{tail}"
+    try:
+        config = parse_store_url(url)
+    except ConfigurationError as e:
+        said = str(e)
+        assert "PW" not in said
+        if "/" in password:
+            assert "must be percent-encoded (/ as %2F" in said
+        return
+    assert "/" not in password
+    assert config.libpq()["password"] == password and config.env["POSTGRES_USER"] == "alice"
+    assert config.env["POSTGRES_HOST"] == "db.example.com"
+
+
+@pytest.mark.parametrize(("schema", "said"), [
+    ("pg_foo", "is reserved for PostgreSQL's own schemas"),
+    ("pg_catalog", "is reserved for PostgreSQL's own schemas"),
+    ("information_schema", "is reserved for PostgreSQL's own schemas"),
+    ("a" * 64, "is 64 bytes long; PostgreSQL keeps only the first 63 bytes of a name"),
+    ("\u00e9" * 32, "is 64 bytes long"),
+    ("s&schema=t", "schema= is given 2 times; give it once"),
+])
+def test_a_schema_postgresql_would_take_otherwise_is_refused(schema: str, said: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_store_url(f"postgresql://alice:PWx@db/app?schema={schema}")
+    assert said in str(caught.value) and "PWx" not in str(caught.value)
+
+
+def test_schemas_postgresql_keeps_as_they_are_are_taken() -> None:
+    for schema in ["a" * 63, "\u00e9" * 31, "PG_upper", "Tenant_1", "s&schema=s"]:
+        config = parse_store_url(f"postgresql://alice@db/app?schema={schema}")
+        assert config.env["POSTGRES_SCHEMA"] == schema.partition("&")[0]
+
+
 @pytest.mark.parametrize("secret", ["sslpassword", "SSLPassword", "oauth_client_secret"])
 def test_secret_parameters_in_the_query_are_not_shown(secret: str) -> None:
     said = shown(f"postgresql://alice@db/app?sslmode=require&{secret}=PWkey&x=1")

@@ -21,8 +21,8 @@ class CommandEngine(fl.Engine):
     registration).
     """
 
-    def __init__(self, store: str, *, record: bool = True) -> None:
-        super().__init__(store)
+    def __init__(self, store: str, *, record: bool = True, create: bool = True) -> None:
+        super().__init__(store, create=create)
         self.registered_names: list[str] = []
         self.recording = record
         self.unrecorded: dict[str, WorkflowDefinition] = {}
@@ -63,7 +63,7 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
     if must_exist and config.path is not None and not config.path.exists():
         raise CommandError(f"no store at {str(config.path)!r} (from {store}); run a workflow "
                            "first, or point --store at an existing store")
-    engine = CommandEngine(store, record=record)
+    engine = CommandEngine(store, record=record, create=not must_exist)
     try:
         yield engine
     finally:

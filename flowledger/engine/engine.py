@@ -119,8 +119,10 @@ class Engine:
                  checkpoint: Callable[[str], None] | None = None,
                  cipher_key: str | None = None, compress: bool | None = None,
                  chain_key: str | None = None,
-                 secrets: SecretProvider | None = None) -> None:
-        """`cipher_key`: the store's AES key, base64 (else FLOWLEDGER_CIPHER_KEY; ""
+                 secrets: SecretProvider | None = None, create: bool = True) -> None:
+        """`create=False`: open only a store that exists (a misspelt URL is refused
+        instead of starting an empty store).
+        `cipher_key`: the store's AES key, base64 (else FLOWLEDGER_CIPHER_KEY; ""
         for none whatever the environment says); `compress`: zlib bodies for a new
         store (None: as the store was created); `chain_key`: the HMAC key of the
         tamper-evident chain (else FLOWLEDGER_CHAIN_KEY, else derived from the
@@ -135,7 +137,7 @@ class Engine:
         self.policy = policy or RetryPolicy()
         self.checkpoint = checkpoint or from_environment()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.log = EventLog.open(store, protection(cipher_key, compress, chain_key))
+        self.log = EventLog.open(store, protection(cipher_key, compress, chain_key), create)
         try:
             self.log.flow_recorder.announce(self.owner)
             self.lease = LeaseClock(self.clock, self.log.flow_recorder.store_time)
@@ -690,7 +692,7 @@ def copy_store(source: str, target: str,
         raise InvalidArgument(f"copy needs two different stores, got {shown(source)!r} "
                               "twice")
     asked = protection(source_key, None, chain_key)
-    src = EventLog.open(source, asked)
+    src = EventLog.open(source, asked, create=False)  # only read: never made here
     to = protection((asked.cipher_key or "") if target_key is None else target_key, None,
                     chain_key)
     try:

@@ -21,7 +21,7 @@ def verify_store(store: str, *, cipher_key: str | None = None, chain_key: str | 
     removed, inserted or moved event is reported by position. `expect`: a head
     digest recorded earlier (`verify` prints it), which must still be in the chain.
     Keys as for `Engine` (arguments, else FLOWLEDGER_CIPHER_KEY / FLOWLEDGER_CHAIN_KEY)."""
-    log = EventLog.open(store, protection(cipher_key, None, chain_key))
+    log = EventLog.open(store, protection(cipher_key, None, chain_key), create=False)
     try:
         return verify_log(log, expect)
     finally:

@@ -144,14 +144,16 @@ class EventLog(Application[UUID]):
     snapshotting_projectors: ClassVar[dict[type[Any], Any]] = dict.fromkeys(
         snapshotting_intervals, _fold)
 
-    def __init__(self, config: StoreConfig, protection: Protection | None = None) -> None:
+    def __init__(self, config: StoreConfig, protection: Protection | None = None,
+                 create: bool = True) -> None:
+        """`create=False`: a store that does not exist yet is refused, not made."""
         self.config = config
         # Settled before the library reads its environment (construct_env).
         self.protection = protection if protection is not None else asked_protection()
         if config.kind == "sqlite":
-            check_sqlite_store(config)  # before anything connects to it for writing
+            check_sqlite_store(config, create)  # before anything connects to it for writing
         elif config.kind == "postgresql":
-            check_postgres_server(config)
+            check_postgres_server(config, create)
         try:
             super().__init__(env=config.env)
         except (PersistenceError, InfrastructureFactoryError, sqlite3.Error, OSError) as e:
@@ -162,7 +164,9 @@ class EventLog(Application[UUID]):
                     "Nothing was changed; try again when that process is done") from e
             hint = ""
             if config.kind == "postgresql":  # reachable (check_postgres_server), yet failing
-                hint = " Check that the user may create tables in the database (or schema)."
+                hint = (" flowledger creates what is missing of its tables each time it "
+                        "opens a store: open it as the role that created it, or as one that "
+                        "may create in the schema and owns the store's tables.")
             elif config.read_only:
                 hint = (" It is opened read-only (?mode=ro) and is not a flowledger store yet: "
                         "its tables cannot be created. Open it once without ?mode=ro, or "
@@ -212,8 +216,9 @@ class EventLog(Application[UUID]):
         return self.flow_recorder.locate(stored)
 
     @classmethod
-    def open(cls, url: str, protection: Protection | None = None) -> EventLog:
-        return cls(parse_store_url(url), protection)
+    def open(cls, url: str, protection: Protection | None = None,
+             create: bool = True) -> EventLog:
+        return cls(parse_store_url(url), protection, create)
 
     @property
     def column_cipher(self) -> ColumnCipher | None:

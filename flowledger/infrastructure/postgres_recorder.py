@@ -35,6 +35,7 @@ from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
     OperationalError,
+    ProgrammingError,
     StoredEvent,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
@@ -340,6 +341,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 row = c.fetchone()
                 self._sequence = row[0] if row else ""
             conn.commit()
+        except psycopg.errors.InsufficientPrivilege as e:  # said with what to do
+            raise ProgrammingError(" ".join(str(e).split())) from e
         finally:
             conn.close()
 

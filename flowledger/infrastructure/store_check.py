@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from flowledger.domain.errors import ConfigurationError
@@ -33,17 +34,28 @@ WHAT_TO_DO = ("Point the store URL at a flowledger store, or at a file that does
               "yet for a new one; nothing was written to the file")
 
 
-def check_sqlite_store(config: StoreConfig) -> None:
-    """Refuse a file that is not a flowledger store (see the module docstring)."""
+def check_sqlite_store(config: StoreConfig, create: bool = True) -> None:
+    """Refuse a file that is not a flowledger store (see the module docstring),
+    and, unless `create`, one that is not a store yet."""
     path = config.path
-    if path is None or not path.exists():
-        return  # a new store
+    if path is None:
+        return
     where = f"cannot open store {config.shown!r}: {str(path.resolve())!r}"
+    missing = ConfigurationError(
+        f"{where} holds no flowledger store, and this does not create one: check the "
+        "file's name (a new store is made by running a workflow, or by "
+        "`flowledger copy --to`). Nothing was created")
+    if not path.exists():
+        if not create:
+            raise missing
+        return  # a new store
     if path.is_dir():
         raise ConfigurationError(
             f"{where} is a folder, not a store file; name a file in it (e.g. "
             f"sqlite:///{(path / 'flow.db').as_posix()}). Use {ACCEPTED}")
     if path.stat().st_size == 0:
+        if not create:
+            raise missing
         return  # an empty file is an empty SQLite database: a new store
     try:
         tables, first_topics = _schema(path)
@@ -74,6 +86,8 @@ def check_sqlite_store(config: StoreConfig) -> None:
             f"{where} is not a flowledger store: it is the SQLite database of another "
             f"application (its tables: {shown}) and holds no flowledger log; the log keeps "
             f"a file of its own. {WHAT_TO_DO}")
+    if not create and LOG_TABLE not in tables:
+        raise missing
 
 
 def _schema(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -97,10 +111,11 @@ def _schema(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
         conn.close()
 
 
-def check_postgres_server(config: StoreConfig) -> None:
+def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
     """Connect once, briefly, before the library's connection pool would retry for
     half a minute: a server that is down, a database that does not exist or a
-    refused login is said at once, in the server's own words, with what to do."""
+    refused login is said at once, in the server's own words, with what to do.
+    Then look at the schema, without writing to it (`_check_postgres_schema`)."""
     try:
         import psycopg
     except ImportError:
@@ -109,7 +124,7 @@ def check_postgres_server(config: StoreConfig) -> None:
             "(pip install 'flowledger[postgres]'); see the README") from None
     env = config.env
     try:
-        psycopg.connect(**config.libpq()).close()
+        conn = psycopg.connect(**config.libpq())
     except psycopg.Error as e:  # OperationalError; a bad parameter value: ProgrammingError
         said = " ".join(str(e).split())
         where = _where(config)
@@ -128,6 +143,52 @@ def check_postgres_server(config: StoreConfig) -> None:
             todo = f"check that a PostgreSQL server runs at {where} and accepts connections"
         raise ConfigurationError(f"cannot open store {config.shown!r}: {said}. Nothing was "
                                  f"written; {todo}") from None
+    try:
+        with conn.cursor() as c:
+            _check_postgres_schema(config, c, create)
+    finally:
+        conn.close()
+
+
+# The library's PostgreSQL tables, as its recorders create them.
+OUR_POSTGRES_TABLES: dict[str, tuple[str, ...]] = {
+    **OUR_TABLES, "stored_events": (*EVENT_COLUMNS, "notification_id")}
+POSTGRES_WHAT_TO_DO = ("Point the store URL at a flowledger store, or at a schema of its own "
+                       "(?schema=NAME) for a new one; nothing was written")
+
+
+def _check_postgres_schema(config: StoreConfig, c: Any, create: bool) -> None:
+    """Refuse a schema whose tables under our names are another application's
+    (they would get our triggers and rows), and, unless `create`, one that
+    holds no flowledger log yet: nothing is created in either case."""
+    schema = config.env["POSTGRES_SCHEMA"]
+    where = (f"cannot open store {config.shown!r}: schema {schema!r} of database "
+             f"{config.env['POSTGRES_DBNAME']!r}")
+    c.execute("SELECT table_name, column_name FROM information_schema.columns "
+              "WHERE table_schema = %s AND table_name = ANY(%s) "
+              "ORDER BY table_name, ordinal_position", (schema, list(OUR_POSTGRES_TABLES)))
+    tables: dict[str, list[str]] = {}
+    for table, column in c.fetchall():
+        tables.setdefault(table, []).append(column)
+    for name, expected in OUR_POSTGRES_TABLES.items():
+        found = tables.get(name)
+        if found is not None and tuple(found) != expected:
+            raise ConfigurationError(
+                f"{where} is not a flowledger store: its table {name!r} has the columns "
+                f"({', '.join(found)}), where a flowledger store has ({', '.join(expected)}); "
+                f"it belongs to another application. {POSTGRES_WHAT_TO_DO}")
+    if LOG_TABLE in tables:
+        c.execute(f'SELECT topic FROM "{schema}".{LOG_TABLE} ORDER BY notification_id LIMIT 1')
+        row = c.fetchone()
+        if row is not None and not str(row[0]).startswith(OUR_TOPICS):
+            raise ConfigurationError(
+                f"{where} is not a flowledger store: its log holds the events of another "
+                f"application (the first is {row[0]!r}). {POSTGRES_WHAT_TO_DO}")
+    elif not create:
+        raise ConfigurationError(
+            f"{where} holds no flowledger store, and this does not create one: check the "
+            "database and ?schema= in the URL (a new store is made by running a workflow, "
+            "or by `flowledger copy --to`). Nothing was created")
 
 
 def _createdb(env: dict[str, str]) -> str:

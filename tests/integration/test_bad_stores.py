@@ -361,3 +361,24 @@ def test_a_store_locked_while_it_is_set_up_says_so_not_that_the_url_is_wrong(tmp
         other.rollback()
         other.close()
     EventLog(parse_store_url(url(path))).close()  # once free, it opens
+
+
+def test_create_false_refuses_what_is_not_a_store_yet_and_makes_nothing(tmp_path: Path
+                                                                       ) -> None:
+    """`fl.Engine(url, create=False)`, `verify` and a copy's source: a file that is
+    missing, empty or an SQLite database without a log is not made a store."""
+    empty, bare = tmp_path / "empty.db", tmp_path / "bare.db"
+    empty.touch()
+    sqlite3.connect(bare).close()
+    for path in (tmp_path / "missing.db", empty, bare):
+        before = digest(path) if path.exists() else None
+        with pytest.raises(fl.ConfigurationError, match="holds no flowledger store, and this "
+                                                        "does not create one"):
+            fl.Engine(url(path), create=False)
+        with pytest.raises(fl.ConfigurationError, match="holds no flowledger store"):
+            fl.verify_store(url(path))
+        with pytest.raises(fl.ConfigurationError, match="holds no flowledger store"):
+            fl.copy_store(url(path), url(tmp_path / "target.db"))
+        assert (digest(path) if path.exists() else None) == before
+    fl.Engine(url(empty)).close()  # made a store by an engine that may create
+    fl.Engine(url(empty), create=False).close()

@@ -41,6 +41,8 @@ class Streams:
         # renewal (engine/heartbeat.py): the two never interleave.
         self.lock = threading.RLock()
         self.lost_lock: ConcurrencyError | None = None  # found by the heartbeat
+        # Appends the store lost before this session began are not in its memory.
+        self._lost_before = log.flow_recorder.lost_appends
 
     def get(self, aggregate_id: UUID, *, short: bool = False) -> Any | None:
         """`short`: see EventLog.load."""
@@ -116,6 +118,7 @@ class Streams:
         with self.lock:
             wf = self.fenced_on
             if (self.broken is not None or self.lost_lock is not None or wf is None
+                    or self.log.flow_recorder.lost_appends != self._lost_before
                     or wf.open_session != session_id or wf.has_pending_events):
                 return False
             stored_version = wf.version
@@ -141,6 +144,13 @@ class Streams:
     def _append(self, sync: bool, hold: bool, read_after: ReadAfter | None = None) -> int:
         if self.lost_lock is not None:
             raise ConcurrencyError(str(self.lost_lock)) from self.lost_lock
+        if self.log.flow_recorder.lost_appends != self._lost_before and self.broken is None:
+            self.broken = ConcurrencyError(
+                "the store lost appends this engine had made (its server crashed or failed "
+                "over before they reached its disk): this session's memory may hold what "
+                "the log no longer does. It stops here, and recovery continues it from "
+                "the log")
+            raise self.broken
         if self.broken is not None:
             raise ConcurrencyError(
                 f"an earlier append of this session failed ({self.broken}); the session "

@@ -236,6 +236,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self._prepared: dict[bool, Prepared] = {}
         self._forecast = Forecast(self.events_table_name)
         self._sequence = ""  # the log's position sequence (create_table)
+        # The last event this recorder appended (position, stream, version):
+        # looked for when a writer connection is opened again (`_lost_appends`).
+        self._last_appended: tuple[int, str, int] | None = None
+        self.lost_appends = 0
 
     # ------------------------------------------------------------ connections
 
@@ -404,7 +408,37 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             # none of psycopg's own on this connection.
             conn.prepare_threshold = None
             self._prepared[sync] = Prepared()
+            self._check_last_appended(conn)
         return conn
+
+    def _check_last_appended(self, conn: psycopg.Connection[Any]) -> None:
+        """A writer connection opened again (the server restarted, crashed,
+        failed over, or ended it): the last event this recorder appended must
+        still be in the log. An append committed without waiting for the disk
+        (ADR 0011), or one a standby had not received, is lost when the server
+        dies before writing it, while this process lives on with it in memory;
+        nothing may then be appended on top of it (ADR 0017, "Appends a server
+        lost"). WAL is replayed in order: if the last is there, all are."""
+        last, self._last_appended = self._last_appended, None
+        if last is None:
+            return
+        position, stream, version = last
+        found = conn.execute(
+            f"SELECT 1 FROM {self.events_table_name} WHERE notification_id = %s AND "
+            "originator_id = %s AND originator_version = %s",
+            (position, _uuid(stream), version)).fetchone()
+        if found:
+            return
+        self.lost_appends += 1
+        self._forecast.forget()
+        if self.after_abort is not None:
+            self.after_abort()  # what the projections kept may hold what was lost
+        raise OperationalError(
+            f"the server no longer holds this engine's last append (position {position}): "
+            "it crashed, restarted or failed over before that append reached its disk (an "
+            "append is committed without waiting for the disk where a crash of the engine's "
+            "own process could not lose it, ADR 0011). Nothing is appended on what was "
+            "lost: the session stops here, and recovery continues it from the log")
 
     @contextmanager
     def writing(self, sync: bool = True, tracking: bool = False) -> Iterator[PgBatch]:
@@ -710,6 +744,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         if rows:
             self._forecast.learn(positions[-1], (links[-1][0], links[-1][2]) if links else None,
                                  tracking)
+            self._last_appended = (int(positions[-1]), rows[-1][0], rows[-1][1])
         return int(positions[-1]) if rows else 0
 
     def _send_reading_head(self, c: PgBatch, rows: Sequence[Row], fence: Fence | None

@@ -115,6 +115,9 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     _reader: sqlite3.Connection | None = None
     _writer: sqlite3.Connection | None = None
     _writer_syncs = True
+    # Appends the store lost while this process lived on: never on a file
+    # (what a crash of the machine loses, it loses with the process).
+    lost_appends = 0
 
     def create_table(self) -> None:
         """The library's, made safe for processes that open a new store at once.

@@ -89,6 +89,9 @@ class LogStore(Protocol):
     MAX_PARAMETERS: int
     # Whether the projections' text columns can keep a NUL character (ADR 0014).
     HOLDS_NUL_IN_TEXT: bool
+    # How many times the store was found to have lost appends this process
+    # made and believed stored (a server that crashed or failed over).
+    lost_appends: int
 
     def reading(self, snapshot: bool = True) -> AbstractContextManager[Cursor]:
         """One consistent read snapshot (`snapshot=False`: statements that need

@@ -1,6 +1,7 @@
 """A primary and a standby: liveness across a failover, on a real primary and
-a real standby promoted in its place, and what the engine says to do with a URL
-naming both (clusters of these tests' own, made with the server's binaries).
+a real standby promoted in its place, what the engine says to do with a URL
+naming both, and appends a crashed server lost (clusters of these tests' own,
+made with the server's binaries).
 
 A failover frees every advisory lock: the new primary never saw them. A holder
 still alive (in a long tool call, say) takes its lock again only once it
@@ -31,7 +32,13 @@ import pytest
 
 import flowledger as fl
 from tests import postgres
-from tests.helpers import ExternalLedger, costly_workflow, mid_call_tool, run_createdb_as_said
+from tests.helpers import (
+    ExternalLedger,
+    ScriptedLedgerTool,
+    costly_workflow,
+    mid_call_tool,
+    run_createdb_as_said,
+)
 from tests.integration.test_postgres_connections import end_connections
 
 pytestmark = pytest.mark.postgres
@@ -84,17 +91,17 @@ class Clusters:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{tool} failed: {done.stdout}{done.stderr}"
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, settings: str = "") -> None:
         port = self.ports.setdefault(name, _free_port())
         data = self.root / name
         self.run("pg_ctl", "-D", str(data), "-l", str(self.root / f"{name}.log"), "-w",
                  "-o", f"-c port={port} -c listen_addresses=127.0.0.1 "
-                 f"-c unix_socket_directories={self.root} -c fsync=off", "start")
+                 f"-c unix_socket_directories={self.root} -c fsync=off {settings}", "start")
 
-    def primary(self, name: str) -> None:
+    def primary(self, name: str, settings: str = "") -> None:
         self.run("initdb", "-D", str(self.root / name), "-U", "postgres", "--auth=trust",
                  "--no-sync")
-        self.start(name)
+        self.start(name, settings)
 
     def standby_of(self, name: str, source: str) -> None:
         self.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.ports[source]),
@@ -292,3 +299,88 @@ def test_the_createdb_said_for_several_hosts_reaches_the_one_that_takes_writes(
     url = f"postgresql://postgres@{hosts}/flows?target_session_attrs=read-write"
     run_createdb_as_said(url)
     fl.Engine(url).close()
+
+
+def _crashing_workflow(crash: Any) -> fl.Workflow:
+    """Three items to append to the ledger; `crash()` is called in the prepare
+    of item b: right after item a's last append, which did not wait for the
+    disk."""
+    wf = fl.Workflow("wf", topics=["in", "done"])
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> None:
+        for item in ["a", "b", "c"]:
+            ctx.publish("in", message_id=item, payload={"item": item})
+
+    @wf.consumer(subscribe=["in"], publishes=["done"])
+    class Append:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            pending = ctx.peek("in", limit=1)
+            if not pending:
+                return None
+            if pending[0].message_id == "b":
+                crash()
+            item = pending[0].payload["item"]
+            return fl.Prepared(reservations={"in": [item]}, data=item, title=f"append {item}")
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.ledger.append(prepared.data, "v-" + prepared.data)
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> Any:
+            ctx.publish("done", message_id=prepared.data, payload={"ok": outcome.status})
+            return {"last": prepared.data}
+
+    return wf
+
+
+def test_appends_a_crashed_server_lost_are_not_built_upon(clusters: Clusters,
+                                                          tmp_path: Path) -> None:
+    """A consumer run's outcome and commit are committed without waiting for
+    the disk (ADR 0011): a crash of the engine's process cannot lose them, but
+    a crash of the server can, while the engine lives on. The server here is
+    stopped at once right after item a's commit, with its WAL writer slowed
+    so that the commit is still in its memory. The engine must not go on as
+    if item a were done: its next append (on a new connection) finds its last
+    one gone and the session stops; recovery continues from the log, finds a's
+    call made (its in_flight record was synced), and every item is appended
+    once, with no gap in any stream. Built upon, a's reservation of "in"
+    was found consumed in memory and not in the log (the run failed as the
+    handler's fault), or a's run was left unfinished under a session stream
+    with a hole in its versions."""
+    settings = "-c wal_writer_delay=10000 -c bgwriter_lru_maxpages=0"
+    clusters.primary("a", settings)
+    crashes: list[int] = []
+
+    def crash() -> None:
+        if not crashes:
+            crashes.append(1)
+            clusters.lose("a")
+            clusters.start("a", settings)
+
+    tool = ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))
+    engine = fl.Engine(clusters.url("a"))
+    try:
+        engine.register(_crashing_workflow(crash), tools=[tool])
+        try:
+            stopped = str(engine.run_session("wf"))
+        except fl.FlowledgerError as e:
+            stopped = str(e)
+        assert crashes == [1]
+        engine.recover()
+        assert engine.run_session("wf").status == "completed"
+        assert sorted(key for key, _ in tool.calls) == ["a", "b", "c"]
+        events = list(engine.events())
+        streams: dict[Any, list[int]] = {}
+        for event in events:
+            streams.setdefault(event.stream_id, []).append(event.version)
+        gaps = {s: v for s, v in streams.items() if v != list(range(1, len(v) + 1))}
+        assert gaps == {}
+        assert engine.verify().ok
+        done = [e.fields["message_id"] for e in events
+                if e.name == "Published" and e.fields["topic"] == "done"]
+        assert sorted(done) == ["a", "b", "c"]
+        assert [w.status for w in engine.status().workflows] == ["active"]
+        assert "the server no longer holds this engine's last append" in stopped
+        assert engine.log.flow_recorder.lost_appends == 1
+    finally:
+        engine.close()

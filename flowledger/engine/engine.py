@@ -696,7 +696,7 @@ def copy_store(source: str, target: str,
     to = protection((asked.cipher_key or "") if target_key is None else target_key, None,
                     chain_key)
     try:
-        dst = EventLog.open(target, to)
+        dst = EventLog.open(target, to, copying=True)
         try:
             copied = copy_log(src, dst, progress)
         finally:

@@ -25,6 +25,12 @@ from flowledger.domain.errors import ConfigurationError
 from flowledger.infrastructure.codec import PydanticMapper, decode
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import verify_chain
+from flowledger.infrastructure.store_format import (
+    COPYING,
+    mark_copying,
+    read_format,
+    unmark_copying,
+)
 
 Progress = Callable[[int, int], None]  # (events copied, events in all)
 
@@ -32,14 +38,13 @@ BATCH = 2000
 
 
 def copy_log(source: EventLog, target: EventLog, progress: Progress | None = None) -> int:
-    """Copy every event of `source` to the empty `target`; returns how many."""
+    """Copy every event of `source` to the empty `target`; returns how many.
+
+    The target is marked as being filled from `source` (`store_format.COPYING`)
+    until the last event is in: an engine refuses to open it meanwhile (a
+    partial log would have it make again what the rest records as done), and
+    copying from the same source again goes on where the copy stopped."""
     src, dst = source.flow_recorder, target.flow_recorder
-    with dst.reading() as c:
-        if dst.max_position(c):
-            raise ConfigurationError(
-                f"cannot copy into {target.config.shown!r}: it already holds "
-                f"{dst.max_position(c):,} events. Copy into a new, empty store (a new "
-                "SQLite file, or an empty PostgreSQL database or ?schema=...)")
     chain = src.chain
     if chain is not None:
         found = verify_chain(src, chain)
@@ -54,8 +59,8 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
     recode = _recoder(source, target)
     with src.reading() as c:
         total = src.max_position(c)
+    copied, after = _start(source, target)
     hook, dst.after_insert = dst.after_insert, None  # the target's projections: rebuilt after
-    copied, after = 0, 0
     try:
         while True:
             with src.reading() as c:
@@ -64,16 +69,73 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
                 break
             rows = [(_hex(stored.originator_id), stored.originator_version, stored.topic,
                      recode(bytes(stored.state))) for _, stored in batch]
-            dst.append_rows(rows, [], sync=False)
+            try:
+                dst.append_rows(rows, [], sync=False)
+            except Exception as e:
+                raise _stopped(source, target, copied, total, e) from e
             copied += len(rows)
             after = batch[-1][0]
             if progress is not None:
                 progress(copied, max(total, copied))
-        with dst.writing(sync=True):
-            pass  # one synced commit covers the unsynced ones before it
+        with dst.writing(sync=True) as c:  # synced: covers the unsynced commits before it
+            unmark_copying(c)
     finally:
         dst.after_insert = hook
     return copied
+
+
+def _start(source: EventLog, target: EventLog) -> tuple[int, int]:
+    """Mark an empty target as being filled from `source`, or find where an
+    earlier copy from it stopped: (events in the target, the source's position
+    of the last of them). Under the target's write lock: of two copies at
+    once, one marks it and the other finds it marked."""
+    src, dst, shown = source.flow_recorder, target.flow_recorder, source.config.shown
+    with dst.writing(sync=True) as c:
+        held = dst.max_position(c)
+        marked = read_format(c).get(COPYING)
+        if marked is None:
+            if held:
+                raise ConfigurationError(
+                    f"cannot copy into {target.config.shown!r}: it already holds {held:,} "
+                    "events. Copy into a new, empty store (a new SQLite file, or an empty "
+                    "PostgreSQL database or ?schema=...)")
+            mark_copying(c, shown)
+            return 0, 0
+    if marked != shown:
+        raise ConfigurationError(
+            f"cannot copy into {target.config.shown!r}: a copy of {marked!r} into it has not "
+            "finished (it is under way, or it stopped). Let it finish, or run it again to "
+            f"go on where it stopped; copy {shown!r} into a new, empty store")
+    count = int(dst.read_all(f"SELECT COUNT(*) FROM {dst.events_table_name}", ())[0][0])
+    if not count:
+        return 0, 0
+    last = dst.read_all(f"SELECT originator_id, originator_version FROM "
+                        f"{dst.events_table_name} ORDER BY {_position(dst)} DESC LIMIT 1", ())
+    there = src.read_all(f"SELECT {_position(src)}, originator_id, originator_version FROM "
+                         f"{src.events_table_name} ORDER BY {_position(src)} "
+                         "LIMIT 1 OFFSET ?", (count - 1,))
+    if not there or (_hex(there[0][1]), int(there[0][2])) != (_hex(last[0][0]),
+                                                              int(last[0][1])):
+        raise ConfigurationError(
+            f"cannot copy into {target.config.shown!r}: it holds {count:,} events that are "
+            f"not the first {count:,} of {shown!r}. Delete it and copy into a new, empty store")
+    return count, int(there[0][0])
+
+
+def _position(store: Any) -> str:
+    return str(store.position_column)
+
+
+def _stopped(source: EventLog, target: EventLog, copied: int, total: int,
+             error: Exception) -> ConfigurationError:
+    if isinstance(error, ConfigurationError):
+        return error
+    said = " ".join(str(error).split())
+    return ConfigurationError(
+        f"the copy of {source.config.shown!r} into {target.config.shown!r} stopped after "
+        f"{copied:,} of about {total:,} events ({type(error).__name__}: {said}). The target is "
+        "marked unfinished and no engine opens it; run the same command again to go on "
+        "where it stopped (two copies at once: let one finish)")
 
 
 def _hex(stream: UUID | str) -> str:

@@ -145,8 +145,9 @@ class EventLog(Application[UUID]):
         snapshotting_intervals, _fold)
 
     def __init__(self, config: StoreConfig, protection: Protection | None = None,
-                 create: bool = True) -> None:
-        """`create=False`: a store that does not exist yet is refused, not made."""
+                 create: bool = True, copying: bool = False) -> None:
+        """`create=False`: a store that does not exist yet is refused, not made.
+        A store a copy has not finished filling is refused, unless `copying`."""
         self.config = config
         # Settled before the library reads its environment (construct_env).
         self.protection = protection if protection is not None else asked_protection()
@@ -189,6 +190,13 @@ class EventLog(Application[UUID]):
                     "for longer than the lock timeout while this one recorded the store's "
                     "format. Nothing was changed; try again when that process is done") from e
             raise
+        if self.format.copying_from is not None and not copying:
+            self.close()
+            raise ConfigurationError(
+                f"cannot open store {config.shown!r}: a copy of {self.format.copying_from!r} "
+                "into it has not finished (it is under way, or it stopped), and it holds "
+                "only part of that log. Let it finish, or run the same `flowledger copy` "
+                "again to go on where it stopped; or delete this store")
         # Compression is the store's, recorded when it was created.
         self.flow_mapper.compressor = make_compressor() if self.format.compressed else None
         self.flow_recorder.chain = self.format.chain(self.protection.hmac_key())
@@ -217,8 +225,8 @@ class EventLog(Application[UUID]):
 
     @classmethod
     def open(cls, url: str, protection: Protection | None = None,
-             create: bool = True) -> EventLog:
-        return cls(parse_store_url(url), protection, create)
+             create: bool = True, copying: bool = False) -> EventLog:
+        return cls(parse_store_url(url), protection, create, copying)
 
     @property
     def column_cipher(self) -> ColumnCipher | None:

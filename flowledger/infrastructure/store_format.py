@@ -54,6 +54,8 @@ class StoreFormat:
     key_check: str | None = None
     chain_check: str | None = None
     recorded: bool = True  # False: a read-only store that predates the record
+    # The store a copy into this one is carrying, until it ends (copying.py).
+    copying_from: str | None = None
 
     def as_rows(self) -> list[tuple[str, str]]:
         rows = [("cipher", "aes-gcm" if self.encrypted else "none"),
@@ -73,7 +75,7 @@ class StoreFormat:
                    chain_keyed=rows.get("chain") == "hmac-sha256",
                    chain_from=int(rows.get("chain_from", "1")),
                    store_id=rows.get("store_id", ""), key_check=rows.get("key_check"),
-                   chain_check=rows.get("chain_check"))
+                   chain_check=rows.get("chain_check"), copying_from=rows.get(COPYING))
 
     def chain(self, key: bytes | None) -> Chain:
         return Chain(key, self.store_id, self.chain_from)
@@ -88,6 +90,18 @@ def make_cipher(key: str) -> Cipher:
 def make_compressor() -> Compressor:
     compressor_class: type[Compressor] = resolve_topic(COMPRESSOR_TOPIC)
     return compressor_class()
+
+
+# The row that marks a store a copy is still filling.
+COPYING = "copying_from"
+
+
+def mark_copying(c: Any, source: str) -> None:
+    c.execute(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)", (COPYING, source))
+
+
+def unmark_copying(c: Any) -> None:
+    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name = ?", (COPYING,))
 
 
 def read_format(c: Any) -> dict[str, str]:

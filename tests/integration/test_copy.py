@@ -8,6 +8,7 @@ already holds events is refused and left as it was.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,78 @@ def test_a_log_with_nul_in_its_names_is_refused_where_text_cannot_keep_it(
             r"cannot open store .*: DataError: PostgreSQL text cannot hold a NUL character "
             r".* Keep the log on SQLite; `flowledger copy` from there names the events")):
         fl.copy_store(source, store)
+
+
+def _copy_killed_after(source: str, target: str, events: int, cwd: Path) -> None:
+    """`fl.copy_store` in a process of its own, in batches of 20 events, killed
+    (SIGKILL) once `events` are in the target."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "import flowledger as fl\n"
+        "import flowledger.infrastructure.copying as copying\n"
+        "copying.BATCH = 20\n"
+        "def progress(done, total):\n"
+        f"    if done >= {events}:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "fl.copy_store(sys.argv[1], sys.argv[2], progress)\n")
+    env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_STORE"}
+    done = subprocess.run([sys.executable, "-c", script, source, target], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+
+
+def test_a_copy_killed_midway_is_refused_until_run_again_which_finishes_it(
+        tmp_path: Path, ledger: ExternalLedger, store: str) -> None:
+    """A copy commits its events in batches: killed between two, the target
+    holds part of the log, which an engine would take for the whole (and make
+    again what the missing part records as done). It is marked unfinished:
+    refused by engines, by `verify` and by a copy of another log; the same copy
+    run again goes on where it stopped and answers as the source does."""
+    from tests.e2e.test_cli import assert_user_error, flowledger
+
+    source = filled(tmp_path / "source.db", ledger)
+    with fl.Engine(source) as before:
+        logged = answers(before)
+    _copy_killed_after(source, store, 40, tmp_path)
+    unfinished = "into it has not finished (it is under way, or it stopped)"
+    with pytest.raises(fl.ConfigurationError, match=re.escape(unfinished)):
+        fl.Engine(store)
+    with pytest.raises(fl.ConfigurationError, match=re.escape(unfinished)):
+        fl.verify_store(store)
+    assert_user_error(flowledger("--store", store, "status", cwd=tmp_path), unfinished,
+                      "run the same `flowledger copy` again")
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    fl.Engine(other).close()
+    with pytest.raises(fl.ConfigurationError, match=r"a copy of .* into it has not finished"):
+        fl.copy_store(other, store)
+    seen: list[tuple[int, int]] = []
+    copied = fl.copy_store(source, store, lambda done, total: seen.append((done, total)))
+    assert copied == len(logged["log"]) and seen == [(copied, copied)]
+    with fl.Engine(store) as after:
+        assert answers(after) == logged
+        assert after.verify().ok
+
+
+def test_of_two_copies_at_once_into_one_store_one_is_refused(
+        tmp_path: Path, ledger: ExternalLedger, store: str) -> None:
+    """The first marks the target under its write lock; the second, of another
+    log, finds it marked (both used to succeed, interleaving two logs)."""
+    source = filled(tmp_path / "source.db", ledger)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    fl.Engine(other).close()
+    refused: list[str] = []
+
+    def meanwhile(done: int, total: int) -> None:
+        if not refused:
+            with pytest.raises(fl.ConfigurationError) as caught:
+                fl.copy_store(other, store)
+            refused.append(str(caught.value))
+
+    fl.copy_store(source, store, meanwhile)
+    assert "a copy of" in refused[0] and "into it has not finished" in refused[0]
+    with fl.Engine(source) as before, fl.Engine(store) as after:
+        assert answers(after) == answers(before)

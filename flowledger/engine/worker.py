@@ -97,14 +97,12 @@ class Worker:
                     "woken by the store's notifications" if waiter.wakeups is not None
                     else f"checking the log every {self.interval}s")
         try:
-            for result in self.engine.recover():
-                if result.status != "busy":
-                    logger.info("recovered session %s of %s: %s", result.session_id,
-                                result.workflow, result.status)
-            self._seed_last_runs(waiter.head())
-            failures = 0
+            failures, started = 0, False
             while not self.stop.is_set():
                 try:
+                    if not started:  # retried like a pass: the store may be down now
+                        self._start(waiter)
+                        started = True
                     self._pass(waiter)
                     failures = 0
                 except Exception as e:
@@ -122,6 +120,15 @@ class Worker:
             waiter.close()
             signals.restore()
             logger.info("worker %s stopped", self.engine.owner)
+
+    def _start(self, waiter: LogWaiter) -> None:
+        """Finish what crashed processes left, and learn each scheduled
+        producer's last run, before the first pass."""
+        for result in self.engine.recover():
+            if result.status != "busy":
+                logger.info("recovered session %s of %s: %s", result.session_id,
+                            result.workflow, result.status)
+        self._seed_last_runs(waiter.head())
 
     def _pass(self, waiter: LogWaiter) -> None:
         """Serve every workflow due now, or else wait for an append or the

@@ -393,3 +393,33 @@ def test_pending_events_of_a_session_that_closed_during_the_look_are_served(
     results = worker.run_once()
     assert [(r.status, len(r.runs)) for r in results] == [("completed", 1)]
     assert sorted(ledger.writes) == ["a", "b"]
+
+
+def test_a_store_that_fails_as_the_worker_starts_is_waited_for(
+        store: str, make_engine: Callable[..., fl.Engine],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The start's recovery is retried like any pass (a server restarting as
+    the worker starts, say): the worker waits, says so, and serves once the
+    store answers. It used to end there, its work left undone."""
+    engine = make_engine(clock=fl.SystemClock())
+    ledger = MemoryLedger()
+    engine.register(ledger_workflow(items=["x"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf", max_iterations=0)  # the producer's message, not consumed
+    run_sql(store, "ALTER TABLE tracking RENAME TO tracking_gone")
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="flowledger.worker"):
+        serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
+        serving.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not any(m.startswith("could not read the store") for m in caplog.messages):
+                assert serving.is_alive() and time.monotonic() < deadline, caplog.messages
+                time.sleep(0.05)
+            run_sql(store, "ALTER TABLE tracking_gone RENAME TO tracking")
+            while ledger.writes != ["x"]:
+                assert serving.is_alive() and time.monotonic() < deadline, caplog.messages
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            serving.join(10)
+    assert not serving.is_alive()

@@ -170,6 +170,7 @@ class Engine:
                     "Nothing was changed; try again when that process is done") from e
             raise ConfigurationError(f"cannot open store {shown(store)!r}: {describe(e)}") from e
         self._registered: dict[str, Registration] = {}
+        self._left: set[UUID] = set()  # sessions stopped whose lease could not be ended
         self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))
 
     def verify(self, expect: str | None = None) -> Verification:
@@ -337,8 +338,12 @@ class Engine:
                     f"the session stopped: {describe(cause)}", lease_until=self.lease.now()):
                 self._append_and_catch_up(wf)
         except Exception as e:  # the store itself may be what failed
-            logger.warning("could not end the lease of session %s (%s); it is taken over "
-                           "when the lease runs out", session_id, describe(e))
+            # This engine knows it holds the session no more: its own recover()
+            # and workers take it over at once; others when the lease runs out.
+            self._left.add(session_id)
+            logger.warning("could not end the lease of session %s (%s); this engine takes "
+                           "it over at its next look, any other once the lease runs out",
+                           session_id, describe(e))
 
     def _append_and_catch_up(self, *aggregates: Any) -> None:
         """An append outside a session: when the call returns, every projection
@@ -407,7 +412,7 @@ class Engine:
         if wf is None or wf.open_session is None:
             return None
         now = self.clock.now()
-        alive = self._holder_alive(wf.session_owner)
+        alive = not self._holder_gone(wf.open_session, wf.session_owner)
         lease_now = self.lease.now()  # leases are judged in the store's time
         if alive and not wf.lease_expired(lease_now):
             return SessionResult("busy", name, wf.open_session, error=(
@@ -545,13 +550,22 @@ class Engine:
         whose session holder is provably gone (`holders_gone`: recover() continues them)."""
         st = self._caught_up().status()
         gone = tuple(w.name for w in st.workflows
-                     if w.open_session is not None and not self._holder_alive(w.owner))
+                     if w.open_session is not None
+                     and self._holder_gone(w.open_session, w.owner))
         return dataclasses.replace(st, holders_gone=gone) if gone else st
 
     def _holder_alive(self, owner: str | None) -> bool:
         """Whether a session's holder may still be running (False only when provably dead)."""
         alive = self.log.flow_recorder.holder_alive(owner)  # the store may know (ADR 0017)
         return _owner_alive(owner) if alive is None else alive
+
+    def _holder_gone(self, session_id: UUID | None, owner: str | None) -> bool:
+        """Whether open session `session_id`'s holder provably runs it no more:
+        this engine, which stopped it and could not end its lease (the store
+        was failing), or a holder the store or the host proves gone."""
+        if owner == self.owner and session_id in self._left:
+            return True
+        return not self._holder_alive(owner)
 
     # ---------------------------------------------------- read side (§2.4, §2.5)
 

@@ -257,7 +257,8 @@ class Worker:
             name, status=wf.status.value, paused_until=wf.paused_until,
             session_open=wf.open_session is not None,
             lease_until=self.engine.lease.to_engine(wf.lease_until),  # in the store's time
-            holder_dead=wf.open_session is not None and not self._holder_alive(wf.session_owner),
+            holder_dead=(wf.open_session is not None
+                         and self.engine._holder_gone(wf.open_session, wf.session_owner)),
             schedules=schedules,
             last_runs={p: self._runs.last.get((reg.workflow_id, p)) for p in schedules},
             consumers=[ConsumerView(c.name, c.subscribe) for c in reg.definition.consumers],
@@ -283,15 +284,6 @@ class Worker:
         facts = (wf, backlog, wakeups, retries)
         self._cache[reg.workflow_id] = (head, facts)
         return facts
-
-    def _holder_alive(self, owner: str | None) -> bool:
-        """As recovery asks it: the store's own answer where it has one (e.g. an
-        advisory lock on PostgreSQL), else whether the holder's process exists."""
-        from flowledger.engine.engine import _owner_alive
-
-        ask = getattr(self.engine.log.flow_recorder, "holder_alive", None)
-        alive = ask(owner) if ask is not None else None
-        return _owner_alive(owner) if alive is None else bool(alive)
 
     def _seed_last_runs(self, head: int) -> None:
         """The last committed run of each scheduled producer, read once at start;

@@ -384,3 +384,28 @@ def test_appends_a_crashed_server_lost_are_not_built_upon(clusters: Clusters,
         assert engine.log.flow_recorder.lost_appends == 1
     finally:
         engine.close()
+
+
+def test_an_engine_takes_over_at_once_a_session_it_could_not_end_itself(
+        clusters: Clusters, tmp_path: Path) -> None:
+    """The server stops while a run is in its tool call: the session stops at
+    its next append, and the engine cannot write that it left it (the server
+    is down), so the lease stands. The engine knows it runs the session no
+    more: once the server is back, its own recover() takes it over at once,
+    where it used to wait out the lease, though it was the holder and alive
+    (a worker stood idle for the lease's minute after a restart of a few
+    seconds). The call is reconciled, not made again."""
+    clusters.primary("a")
+    ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
+    engine = fl.Engine(clusters.url("a"))
+    try:
+        engine.register(costly_workflow(["a"], ["0.5"]),
+                        tools=[mid_call_tool(lambda key: clusters.lose("a"))(ledger)])
+        with pytest.raises(Exception):  # noqa: B017 - the store's error, whatever it is
+            engine.run_session("prop")
+        clusters.start("a")
+        results = engine.recover()
+        assert [r.status for r in results] == ["completed"], results
+        assert ledger.calls_made() == 1
+    finally:
+        engine.close()

@@ -379,17 +379,18 @@ def test_pending_events_of_a_session_that_closed_during_the_look_are_served(
         target=lambda: publisher.run_session("wf", trigger="manual", max_iterations=0))
     thread.start()
     assert at_close.wait(30)  # "b" is published, the publisher's session still open
-    alive = Worker._holder_alive
+    gone = worker_engine._holder_gone
 
-    def after_the_publisher_is_gone(self: Worker, owner: str | None) -> bool:
-        go_on.set()
-        thread.join(30)
-        publisher.close()  # its process exits: its liveness lock is free
-        return alive(self, owner)
+    def after_the_publisher_is_gone(session_id: Any, owner: str | None) -> bool:
+        if not go_on.is_set():  # the worker's look: the publisher ends meanwhile
+            go_on.set()
+            thread.join(30)
+            publisher.close()  # its process exits: its liveness lock is free
+        return gone(session_id, owner)
 
-    monkeypatch.setattr(Worker, "_holder_alive", after_the_publisher_is_gone)
+    monkeypatch.setattr(worker_engine, "_holder_gone", after_the_publisher_is_gone)
     assert worker.run_once() == []  # judged gone; nothing left to take over
-    monkeypatch.setattr(Worker, "_holder_alive", alive)
+    monkeypatch.setattr(worker_engine, "_holder_gone", gone)
     results = worker.run_once()
     assert [(r.status, len(r.runs)) for r in results] == [("completed", 1)]
     assert sorted(ledger.writes) == ["a", "b"]

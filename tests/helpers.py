@@ -240,8 +240,10 @@ class NoReconcileTool(ScriptedLedgerTool):
 
 
 def ledger_workflow(name: str = "wf", items: list[str] | None = None,
-                    tool_name: str = "ledger") -> fl.Workflow:
-    """A producer that publishes `items`, a consumer that appends each to the ledger."""
+                    tool_name: str = "ledger",
+                    on_peek: Callable[[str], None] | None = None) -> fl.Workflow:
+    """A producer that publishes `items`, a consumer that appends each to the
+    ledger (`on_peek(item)`: called in the prepare, with the item it found)."""
     wf = fl.Workflow(name, topics=["in", "done"])
     feed = list(items if items is not None else ["a", "b", "c"])
 
@@ -258,6 +260,8 @@ def ledger_workflow(name: str = "wf", items: list[str] | None = None,
             if not pending:
                 return None
             m = pending[0]
+            if on_peek is not None:
+                on_peek(m.message_id)
             return fl.Prepared(reservations={"in": [m.message_id]}, data=m.payload,
                                title=f"append {m.message_id}")
 

@@ -66,18 +66,8 @@ def check_sqlite_store(config: StoreConfig, create: bool = True) -> None:
     except sqlite3.Error as e:  # cannot be read at all: permissions, locks
         raise ConfigurationError(f"{where} cannot be read ({e}); check that the file is "
                                  "readable and not locked by another program") from None
-    for name, expected in OUR_TABLES.items():
-        found = tables.get(name)
-        if found is not None and tuple(found) != expected:
-            raise ConfigurationError(
-                f"{where} is not a flowledger store: its table {name!r} has the columns "
-                f"({', '.join(found)}), where a flowledger store has ({', '.join(expected)}); "
-                f"it belongs to another application. {WHAT_TO_DO}")
-    topic = first_topics.get(LOG_TABLE)
-    if topic is not None and not topic.startswith(OUR_TOPICS):
-        raise ConfigurationError(
-            f"{where} is not a flowledger store: its log holds the events of another "
-            f"application (the first is {topic!r}). {WHAT_TO_DO}")
+    _refuse_not_ours(where, tables, OUR_TABLES, WHAT_TO_DO)
+    _refuse_foreign_log(where, first_topics.get(LOG_TABLE), WHAT_TO_DO)
     if tables and LOG_TABLE not in tables:
         others = sorted(tables)
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5
@@ -88,6 +78,26 @@ def check_sqlite_store(config: StoreConfig, create: bool = True) -> None:
             f"a file of its own. {WHAT_TO_DO}")
     if not create and LOG_TABLE not in tables:
         raise missing
+
+
+def _refuse_not_ours(where: str, tables: dict[str, list[str]],
+                     ours: dict[str, tuple[str, ...]], todo: str) -> None:
+    """A table under one of our names, with other columns, is another application's."""
+    for name, expected in ours.items():
+        found = tables.get(name)
+        if found is not None and tuple(found) != expected:
+            raise ConfigurationError(
+                f"{where} is not a flowledger store: its table {name!r} has the columns "
+                f"({', '.join(found)}), where a flowledger store has ({', '.join(expected)}); "
+                f"it belongs to another application. {todo}")
+
+
+def _refuse_foreign_log(where: str, first_topic: str | None, todo: str) -> None:
+    """A log of our shape whose first event is not ours is another application's."""
+    if first_topic is not None and not first_topic.startswith(OUR_TOPICS):
+        raise ConfigurationError(
+            f"{where} is not a flowledger store: its log holds the events of another "
+            f"application (the first is {first_topic!r}). {todo}")
 
 
 def _schema(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -170,20 +180,11 @@ def _check_postgres_schema(config: StoreConfig, c: Any, create: bool) -> None:
     tables: dict[str, list[str]] = {}
     for table, column in c.fetchall():
         tables.setdefault(table, []).append(column)
-    for name, expected in OUR_POSTGRES_TABLES.items():
-        found = tables.get(name)
-        if found is not None and tuple(found) != expected:
-            raise ConfigurationError(
-                f"{where} is not a flowledger store: its table {name!r} has the columns "
-                f"({', '.join(found)}), where a flowledger store has ({', '.join(expected)}); "
-                f"it belongs to another application. {POSTGRES_WHAT_TO_DO}")
+    _refuse_not_ours(where, tables, OUR_POSTGRES_TABLES, POSTGRES_WHAT_TO_DO)
     if LOG_TABLE in tables:
         c.execute(f'SELECT topic FROM "{schema}".{LOG_TABLE} ORDER BY notification_id LIMIT 1')
         row = c.fetchone()
-        if row is not None and not str(row[0]).startswith(OUR_TOPICS):
-            raise ConfigurationError(
-                f"{where} is not a flowledger store: its log holds the events of another "
-                f"application (the first is {row[0]!r}). {POSTGRES_WHAT_TO_DO}")
+        _refuse_foreign_log(where, None if row is None else str(row[0]), POSTGRES_WHAT_TO_DO)
     elif not create:
         raise ConfigurationError(
             f"{where} holds no flowledger store, and this does not create one: check the "

@@ -36,6 +36,7 @@ from tests.helpers import (
     ExternalLedger,
     ScriptedLedgerTool,
     costly_workflow,
+    ledger_workflow,
     mid_call_tool,
     run_createdb_as_said,
 )
@@ -301,38 +302,6 @@ def test_the_createdb_said_for_several_hosts_reaches_the_one_that_takes_writes(
     fl.Engine(url).close()
 
 
-def _crashing_workflow(crash: Any) -> fl.Workflow:
-    """Three items to append to the ledger; `crash()` is called in the prepare
-    of item b: right after item a's last append, which did not wait for the
-    disk."""
-    wf = fl.Workflow("wf", topics=["in", "done"])
-
-    @wf.producer(publishes=["in"])
-    def produce(ctx: Any, state: Any) -> None:
-        for item in ["a", "b", "c"]:
-            ctx.publish("in", message_id=item, payload={"item": item})
-
-    @wf.consumer(subscribe=["in"], publishes=["done"])
-    class Append:
-        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
-            pending = ctx.peek("in", limit=1)
-            if not pending:
-                return None
-            if pending[0].message_id == "b":
-                crash()
-            item = pending[0].payload["item"]
-            return fl.Prepared(reservations={"in": [item]}, data=item, title=f"append {item}")
-
-        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
-            ctx.tools.ledger.append(prepared.data, "v-" + prepared.data)
-
-        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> Any:
-            ctx.publish("done", message_id=prepared.data, payload={"ok": outcome.status})
-            return {"last": prepared.data}
-
-    return wf
-
-
 def test_appends_a_crashed_server_lost_are_not_built_upon(clusters: Clusters,
                                                           tmp_path: Path) -> None:
     """A consumer run's outcome and commit are committed without waiting for
@@ -351,8 +320,10 @@ def test_appends_a_crashed_server_lost_are_not_built_upon(clusters: Clusters,
     clusters.primary("a", settings)
     crashes: list[int] = []
 
-    def crash() -> None:
-        if not crashes:
+    def crash(item: str) -> None:
+        """In the prepare of item b: right after item a's last append, which
+        did not wait for the disk."""
+        if item == "b" and not crashes:
             crashes.append(1)
             clusters.lose("a")
             clusters.start("a", settings)
@@ -360,7 +331,7 @@ def test_appends_a_crashed_server_lost_are_not_built_upon(clusters: Clusters,
     tool = ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))
     engine = fl.Engine(clusters.url("a"))
     try:
-        engine.register(_crashing_workflow(crash), tools=[tool])
+        engine.register(ledger_workflow(items=["a", "b", "c"], on_peek=crash), tools=[tool])
         try:
             stopped = str(engine.run_session("wf"))
         except fl.FlowledgerError as e:

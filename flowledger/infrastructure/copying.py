@@ -45,6 +45,10 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
     partial log would have it make again what the rest records as done), and
     copying from the same source again goes on where the copy stopped."""
     src, dst = source.flow_recorder, target.flow_recorder
+    if source.format.store_id and source.format.store_id == target.format.store_id:
+        raise ConfigurationError(
+            f"cannot copy {source.config.shown!r} into {target.config.shown!r}: they are the "
+            "same store, named two ways. Copy into a new, empty store")
     chain = src.chain
     if chain is not None:
         found = verify_chain(src, chain)

@@ -58,6 +58,14 @@ def test_a_copied_log_answers_the_same(tmp_path: Path, ledger: ExternalLedger,
         assert after.projections.lag() == 0
 
 
+def test_a_store_named_two_ways_is_not_copied_into_itself(tmp_path: Path,
+                                                          ledger: ExternalLedger) -> None:
+    source = filled(tmp_path / "source.db", ledger)
+    same = f"sqlite:///{tmp_path}/./source.db"
+    with pytest.raises(fl.ConfigurationError, match="they are the same store, named two ways"):
+        fl.copy_store(source, same)
+
+
 def test_copying_into_a_store_that_holds_events_is_refused(tmp_path: Path,
                                                            ledger: ExternalLedger,
                                                            store: str) -> None:

@@ -425,11 +425,18 @@ class Engine:
         streams = Streams(self.log)
         streams.pin(session)
         streams.fence_on(wf)
+        # Running it again: not to be taken over as left by this engine any more.
+        left = session_id in self._left
+        self._left.discard(session_id)
         try:
             streams.append()
         except ConcurrencyError:
             return SessionResult("busy", name, session_id,
                                  error="another process took the session over first")
+        except BaseException:
+            if left:
+                self._left.add(session_id)  # still left: the takeover was not stored
+            raise
         logger.info("took over session %s of %s (%s)", session_id, name,
                     "its holder is gone" if not alive else "its lease ran out")
         request = SessionRequest(Trigger(session.trigger), session.max_iterations,

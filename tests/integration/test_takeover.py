@@ -104,3 +104,51 @@ def test_dropped_projections_are_rebuilt_from_the_log_on_start(make_engine, ledg
     assert result.status == "completed"
     assert ledger.keys() == ["a", "b"]
 
+
+
+def test_a_session_this_engine_left_and_took_back_is_not_taken_again(make_engine, ledger,
+                                                                      monkeypatch):
+    """A session stops mid-call and its lease cannot be ended (the store fails
+    as the engine tries): this engine takes it back at once. Once it runs it
+    again, it is no longer "left": another thread's recover() finds it busy,
+    and the call is made once more, not twice (a review found the left
+    session judged gone for ever, and taken over again mid-call)."""
+    import contextlib
+    import threading
+
+    from tests.helpers import mid_call_tool
+
+    calls: list[str] = []
+    inside, go_on = threading.Event(), threading.Event()
+
+    def action(key: str) -> None:
+        calls.append(key)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the session stops mid-call
+        inside.set()  # the takeover's call, long
+        go_on.wait(30)
+
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[mid_call_tool(action)(ledger)])
+    real = engine._append_and_catch_up
+
+    def store_fails_once(*aggregates):
+        monkeypatch.setattr(engine, "_append_and_catch_up", real)
+        raise OSError("the store is down")
+
+    monkeypatch.setattr(engine, "_append_and_catch_up", store_fails_once)
+    with contextlib.suppress(KeyboardInterrupt):
+        engine.run_session("wf")
+    assert engine.status().holders_gone == ("wf",)  # left by this very engine
+    first: list[fl.SessionResult] = []
+    taking_back = threading.Thread(target=lambda: first.extend(engine.recover()))
+    taking_back.start()
+    try:
+        assert inside.wait(30)
+        assert engine.status().holders_gone == ()
+        assert [r.status for r in engine.recover()] == ["busy"]
+    finally:
+        go_on.set()
+        taking_back.join(30)
+    assert [r.status for r in first] == ["completed"]
+    assert calls == ["a", "a"]  # the stopped call (reconciled: not made) and its retry

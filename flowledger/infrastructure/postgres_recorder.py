@@ -419,14 +419,21 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         dies before writing it, while this process lives on with it in memory;
         nothing may then be appended on top of it (ADR 0017, "Appends a server
         lost"). WAL is replayed in order: if the last is there, all are."""
-        last, self._last_appended = self._last_appended, None
+        last = self._last_appended
         if last is None:
             return
         position, stream, version = last
-        found = conn.execute(
-            f"SELECT 1 FROM {self.events_table_name} WHERE notification_id = %s AND "
-            "originator_id = %s AND originator_version = %s",
-            (position, _uuid(stream), version)).fetchone()
+        try:
+            found = conn.execute(
+                f"SELECT 1 FROM {self.events_table_name} WHERE notification_id = %s AND "
+                "originator_id = %s AND originator_version = %s",
+                (position, _uuid(stream), version)).fetchone()
+        except BaseException:
+            # Not looked at: the next append opens a connection again, and looks.
+            self._writers = {k: c for k, c in self._writers.items() if c is not conn}
+            _replace(conn)
+            raise
+        self._last_appended = None
         if found:
             return
         self.lost_appends += 1

@@ -292,3 +292,43 @@ def test_looking_at_a_holder_opens_no_connection_and_holds_nothing(make_engine, 
         free = c.execute("SELECT pg_try_advisory_lock(%s, %s)",
                          (_CREATE_LOCK, rec._liveness_key(gone))).fetchone()[0]  # type: ignore[index]
     assert free, "a look left the key held"
+
+
+@on_postgresql
+def test_a_lost_append_is_looked_for_again_when_the_look_itself_fails(make_engine, monkeypatch):
+    """The engine's writer connections are ended, and the last append is not in
+    the log (standing in for one a crashed server lost). The reconnected
+    writer's look for it fails once (the server going down again): the look
+    is not forgotten, and the next append looks again and refuses to build on
+    what was lost (a review found the look dropped with its first failure, and
+    the next session built on top of the loss)."""
+    from flowledger.engine.streams import Streams
+
+    engine = make_engine()
+    engine.register(costly_workflow(["a"], ["0.5"]),
+                    tools=[ScriptedLedgerTool(MemoryLedger())])
+    assert engine.run_session("prop").status == "completed"
+    rec = engine.log.flow_recorder
+    position, stream, version = rec._last_appended
+    rec._last_appended = (position + 1000, stream, version + 1000)  # never stored
+    end_connections(engine, [c.info.backend_pid for c in rec._writers.values()])
+    execute, failed = psycopg.Connection.execute, []
+
+    def the_look_fails_once(self, query, *args, **kwargs):
+        if not failed and str(query).startswith("SELECT 1 FROM stored_events"):
+            failed.append(query)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", the_look_fails_once)
+    session = Streams(engine.log)
+    with pytest.raises(Exception, match="server closed the connection unexpectedly"):
+        engine.run_session("prop", trigger="manual")
+    assert failed
+    with pytest.raises(Exception, match="the server no longer holds this engine's "
+                                        "last append"):
+        engine.run_session("prop", trigger="manual")
+    assert rec.lost_appends == 1
+    assert session._lost_before == 0  # a session begun before the loss stops:
+    with pytest.raises(fl.ConcurrencyError, match="the store lost appends"):
+        session.append()

@@ -123,11 +123,21 @@ class Worker:
 
     def _start(self, waiter: LogWaiter) -> None:
         """Finish what crashed processes left, and learn each scheduled
-        producer's last run, before the first pass."""
-        for result in self.engine.recover():
-            if result.status != "busy":
+        producer's last run, before the first pass. A workflow whose stream
+        cannot be read is said and left waiting, as a pass leaves it; a store
+        that fails is retried by the caller."""
+        engine = self.engine
+        for reg in list(engine._registered.values()):
+            try:
+                result = engine._recover(reg)
+            except CorruptEventError as e:
+                logger.error("cannot recover %s, which waits until its stream is mended "
+                             "(the others are served): %s", reg.definition.name, e)
+                continue
+            if result is not None and result.status != "busy":
                 logger.info("recovered session %s of %s: %s", result.session_id,
                             result.workflow, result.status)
+        engine._catch_up_read_side()
         self._seed_last_runs(waiter.head())
 
     def _pass(self, waiter: LogWaiter) -> None:

@@ -424,3 +424,36 @@ def test_a_store_that_fails_as_the_worker_starts_is_waited_for(
             stop.set()
             serving.join(10)
     assert not serving.is_alive()
+
+
+def test_a_workflow_whose_stream_cannot_be_read_at_start_does_not_stop_the_others(
+        store: str, make_engine: Callable[..., fl.Engine],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Damaged before the worker starts: its start's recovery says so and
+    leaves that workflow waiting, and the others are served (retrying the
+    whole start, the worker served none)."""
+    broken, fine = MemoryLedger(), MemoryLedger()
+    engine = make_engine(clock=fl.SystemClock())
+    engine.register(ledger_workflow("broken", items=["x"]), tools=[ScriptedLedgerTool(broken)])
+    engine.register(ledger_workflow("fine", items=["a"]), tools=[ScriptedLedgerTool(fine)])
+    for name in ("broken", "fine"):
+        engine.run_session(name, max_iterations=0)  # published, nothing consumed
+    pos = position_column(store)
+    stream = workflow_id("broken")
+    (target,) = run_sql(store, f"SELECT MAX({pos}) FROM stored_events "
+                               "WHERE originator_id IN (?, ?)", (stream.hex, str(stream)))[0]
+    run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (b"\xc1", target))
+    stop = threading.Event()
+    with caplog.at_level(logging.ERROR, logger="flowledger.worker"):
+        serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
+        serving.start()
+        try:
+            deadline = time.monotonic() + 10
+            while fine.writes != ["a"]:
+                assert serving.is_alive() and time.monotonic() < deadline, caplog.messages
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            serving.join(10)
+    assert broken.writes == []
+    assert caplog.text.count("cannot recover broken, which waits until its stream is mended") == 1

@@ -27,6 +27,7 @@ from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import verify_chain
 from flowledger.infrastructure.store_format import (
     COPYING,
+    COPYING_ID,
     mark_copying,
     read_format,
     unmark_copying,
@@ -67,13 +68,13 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
     hook, dst.after_insert = dst.after_insert, None  # the target's projections: rebuilt after
     try:
         while True:
-            with src.reading() as c:
-                batch = src.select_stored(c, after, BATCH)
-            if not batch:
-                break
-            rows = [(_hex(stored.originator_id), stored.originator_version, stored.topic,
-                     recode(bytes(stored.state))) for _, stored in batch]
             try:
+                with src.reading() as c:
+                    batch = src.select_stored(c, after, BATCH)
+                if not batch:
+                    break
+                rows = [(_hex(stored.originator_id), stored.originator_version, stored.topic,
+                         recode(bytes(stored.state))) for _, stored in batch]
                 dst.append_rows(rows, [], sync=False)
             except Exception as e:
                 raise _stopped(source, target, copied, total, e) from e
@@ -94,27 +95,32 @@ def _start(source: EventLog, target: EventLog) -> tuple[int, int]:
     of the last of them). Under the target's write lock: of two copies at
     once, one marks it and the other finds it marked."""
     src, dst, shown = source.flow_recorder, target.flow_recorder, source.config.shown
+    source_id = source.format.store_id
     with dst.writing(sync=True) as c:
         held = dst.max_position(c)
-        marked = read_format(c).get(COPYING)
+        recorded = read_format(c)
+        marked, marked_id = recorded.get(COPYING), recorded.get(COPYING_ID)
         if marked is None:
             if held:
                 raise ConfigurationError(
                     f"cannot copy into {target.config.shown!r}: it already holds {held:,} "
                     "events. Copy into a new, empty store (a new SQLite file, or an empty "
                     "PostgreSQL database or ?schema=...)")
-            mark_copying(c, shown)
+            mark_copying(c, shown, source_id)
             return 0, 0
-    if marked != shown:
+    if (marked_id != source_id) if (marked_id and source_id) else (marked != shown):
         raise ConfigurationError(
-            f"cannot copy into {target.config.shown!r}: a copy of {marked!r} into it has not "
-            "finished (it is under way, or it stopped). Let it finish, or run it again to "
-            f"go on where it stopped; copy {shown!r} into a new, empty store")
-    count = int(dst.read_all(f"SELECT COUNT(*) FROM {dst.events_table_name}", ())[0][0])
+            f"cannot copy into {target.config.shown!r}: a copy of another log, {marked!r}, "
+            "into it has not finished (it is under way, or it stopped). Let it finish, or "
+            f"run it again to go on where it stopped; copy {shown!r} into a new, empty store")
+    with dst.reading() as c:  # one snapshot: the count and the last event agree
+        c.execute(f"SELECT COUNT(*) FROM {dst.events_table_name}")
+        count = int(c.fetchone()[0])
+        c.execute(f"SELECT originator_id, originator_version FROM {dst.events_table_name} "
+                  f"ORDER BY {_position(dst)} DESC LIMIT 1")
+        last = c.fetchall()
     if not count:
         return 0, 0
-    last = dst.read_all(f"SELECT originator_id, originator_version FROM "
-                        f"{dst.events_table_name} ORDER BY {_position(dst)} DESC LIMIT 1", ())
     there = src.read_all(f"SELECT {_position(src)}, originator_id, originator_version FROM "
                          f"{src.events_table_name} ORDER BY {_position(src)} "
                          "LIMIT 1 OFFSET ?", (count - 1,))

@@ -92,16 +92,19 @@ def make_compressor() -> Compressor:
     return compressor_class()
 
 
-# The row that marks a store a copy is still filling.
+# The rows that mark a store a copy is still filling: the source's URL as
+# shown, and its store id (what tells one log from another, however named).
 COPYING = "copying_from"
+COPYING_ID = "copying_store_id"
 
 
-def mark_copying(c: Any, source: str) -> None:
-    c.execute(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)", (COPYING, source))
+def mark_copying(c: Any, source: str, source_id: str) -> None:
+    c.executemany(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)",
+                  [(COPYING, source), (COPYING_ID, source_id)])
 
 
 def unmark_copying(c: Any) -> None:
-    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name = ?", (COPYING,))
+    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?)", (COPYING, COPYING_ID))
 
 
 def read_format(c: Any) -> dict[str, str]:

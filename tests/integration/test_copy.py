@@ -151,13 +151,14 @@ def test_a_copy_killed_midway_is_refused_until_run_again_which_finishes_it(
     holds part of the log, which an engine would take for the whole (and make
     again what the missing part records as done). It is marked unfinished:
     refused by engines, by `verify` and by a copy of another log; the same copy
-    run again goes on where it stopped and answers as the source does."""
+    run again (the source named another way) goes on where it stopped and
+    answers as the source does."""
     from tests.e2e.test_cli import assert_user_error, flowledger
 
     source = filled(tmp_path / "source.db", ledger)
     with fl.Engine(source) as before:
         logged = answers(before)
-    _copy_killed_after(source, store, 40, tmp_path)
+    _copy_killed_after("sqlite:///source.db", store, 40, tmp_path)  # named as in its folder
     unfinished = "into it has not finished (it is under way, or it stopped)"
     with pytest.raises(fl.ConfigurationError, match=re.escape(unfinished)):
         fl.Engine(store)
@@ -167,7 +168,8 @@ def test_a_copy_killed_midway_is_refused_until_run_again_which_finishes_it(
                       "run the same `flowledger copy` again")
     other = f"sqlite:///{tmp_path / 'other.db'}"
     fl.Engine(other).close()
-    with pytest.raises(fl.ConfigurationError, match=r"a copy of .* into it has not finished"):
+    with pytest.raises(fl.ConfigurationError, match=r"a copy of another log, .* into it has "
+                                                    r"not finished"):
         fl.copy_store(other, store)
     seen: list[tuple[int, int]] = []
     copied = fl.copy_store(source, store, lambda done, total: seen.append((done, total)))
@@ -195,4 +197,26 @@ def test_of_two_copies_at_once_into_one_store_one_is_refused(
     fl.copy_store(source, store, meanwhile)
     assert "a copy of" in refused[0] and "into it has not finished" in refused[0]
     with fl.Engine(source) as before, fl.Engine(store) as after:
+        assert answers(after) == answers(before)
+
+
+def test_a_copy_stopped_midway_is_not_gone_on_with_another_log_of_the_same_name(
+        tmp_path: Path, ledger: ExternalLedger, store: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two logs, each `sqlite:///flow.db` in a folder of its own: a copy of the
+    first stopped midway is not finished with the second (a review had the
+    target end with one log's first events and the other's rest). The mark
+    names the source's store id, not its URL."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    filled(first / "flow.db", ledger)
+    filled(second / "flow.db", ExternalLedger(tmp_path / "other-ledger.db"))
+    _copy_killed_after("sqlite:///flow.db", store, 40, first)
+    monkeypatch.chdir(second)
+    with pytest.raises(fl.ConfigurationError, match=re.escape("a copy of another log, 'sqlite:///flow.db'")):
+        fl.copy_store("sqlite:///flow.db", store)
+    monkeypatch.chdir(first)
+    fl.copy_store("sqlite:///flow.db", store)
+    with fl.Engine(f"sqlite:///{first / 'flow.db'}") as before, fl.Engine(store) as after:
         assert answers(after) == answers(before)

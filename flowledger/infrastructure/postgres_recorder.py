@@ -360,13 +360,19 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         """Every transaction that appends to the log notifies `channel` as it
         commits (a statement trigger: any writer, one notification per
         transaction), so a waiting worker is woken instead of polling."""
+        body = f"BEGIN PERFORM pg_notify('{self.channel}', ''); RETURN NULL; END"
+        c.execute("SELECT prosrc FROM pg_proc WHERE proname = 'fl_notify_appended' "
+                  "AND pronamespace = %s::regnamespace", (f'"{self.schema}"',))
+        found = c.fetchone()
+        if found is None or found[0].strip() != body:
+            # Replaced, not dropped: the trigger keeps calling it. Older releases
+            # cut a non-ASCII schema's channel by characters, past 63 bytes.
+            c.execute(f"CREATE OR REPLACE FUNCTION \"{self.schema}\".fl_notify_appended() "
+                      f"RETURNS trigger LANGUAGE plpgsql AS $$ {body} $$")
         c.execute("SELECT 1 FROM pg_trigger WHERE tgname = 'fl_appended' "
                   "AND tgrelid = %s::regclass", (f'"{self.schema}".{self.events_table_name}',))
         if c.fetchone():
             return  # created already: re-creating would lock the log table
-        c.execute(f"CREATE OR REPLACE FUNCTION \"{self.schema}\".fl_notify_appended() "
-                  "RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                  f"PERFORM pg_notify('{self.channel}', ''); RETURN NULL; END $$")
         c.execute(f"CREATE TRIGGER fl_appended AFTER INSERT ON {self.events_table_name} "
                   f"FOR EACH STATEMENT EXECUTE FUNCTION \"{self.schema}\".fl_notify_appended()")
 

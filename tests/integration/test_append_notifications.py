@@ -75,3 +75,28 @@ def test_a_schema_named_in_many_bytes_takes_appends_and_wakes_its_listener(ledge
     finally:
         with psycopg.connect(postgres.URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@on_postgresql
+def test_an_engine_mends_a_notification_that_names_another_channel(make_engine, store, ledger):
+    """A store whose trigger function notifies another channel (an older
+    release cut a non-ASCII schema's channel past 63 bytes, and every append
+    failed) is mended when an engine opens it: appends wake its listeners."""
+    import psycopg
+
+    from tests import postgres
+
+    make_engine().close()
+    schema = store.rpartition("schema=")[2]
+    with psycopg.connect(postgres.URL, autocommit=True) as conn:
+        conn.execute(f'CREATE OR REPLACE FUNCTION "{schema}".fl_notify_appended() RETURNS '
+                     "trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('elsewhere', ''); "
+                     "RETURN NULL; END $$")
+    engine = make_engine()
+    wakeups = engine.log.flow_recorder.listen()
+    try:
+        engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+        assert engine.run_session("wf").status == "completed"
+        assert wakeups.wait(10) is True
+    finally:
+        wakeups.close()

@@ -204,9 +204,12 @@ def _libpq_parameters() -> set[str] | None:
     return {d.keyword.decode() for d in pq.Conninfo.get_defaults()}
 
 
-def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]:
+def _connect_parameters(url: str, query: dict[str, list[str]],
+                        unsaid: bool = False) -> dict[str, str]:
     """The URL's libpq parameters (?sslmode=verify-full&application_name=...):
-    every one libpq knows but those the URL's parts say; the last value of each."""
+    every one libpq knows but those the URL's parts say; the last value of each.
+    `unsaid`: the query may hold a password's pieces, so an unknown name is
+    not said back."""
     given = {name: values[-1] for name, values in query.items() if name != "schema"}
     known = _libpq_parameters()
     for name in given:
@@ -214,6 +217,11 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
             raise ConfigurationError(f"store URL {shown(url)!r}: {name}= cannot be given in "
                                      f"the query; {_NOT_IN_QUERY[name]}")
         if known is not None and name not in known:
+            if unsaid:
+                raise ConfigurationError(
+                    f"store URL {shown(url)!r}: an unknown parameter, and an @ after the host "
+                    "with no user part before it. A password holding /, ?, # or @ must be "
+                    "percent-encoded (/ as %2F, ? as %3F, # as %23, @ as %40)")
             close = difflib.get_close_matches(name, [*known, "schema"], n=1)
             raise ConfigurationError(
                 f"store URL {shown(url)!r}: unknown parameter {name!r}"
@@ -258,16 +266,20 @@ def _split(url: str) -> tuple[str | None, str | None, str, str, str]:
     password is taken as part of it, as libpq takes a ?)."""
     rest = url.partition("://")[2]
     slash = rest.find("/")
-    at = rest.rfind("@", 0, slash if slash >= 0 else len(rest))
+    end = slash if slash >= 0 else len(rest)
+    # Without a path, an @ before the query ends the user part (a ? after it
+    # begins the query); only if there is none may a ? be the password's.
+    query_at = rest.find("?", 0, end)
+    at = rest.rfind("@", 0, query_at) if query_at >= 0 and slash < 0 else -1
+    if at < 0:
+        at = rest.rfind("@", 0, end)
     userinfo, rest = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
-    # An @ left in the host, path, a parameter's name or the fragment, or
-    # anywhere when no user part came before the first /, is most likely a
-    # password's: refused, and none of it said.
+    # An @ left in the host, path, a parameter's name or the fragment is most
+    # likely a password's: refused, and none of it said.
     rest, _, fragment = rest.partition("#")
     rest, _, query = rest.partition("?")
     names = [part.partition("=")[0] for part in query.split("&")]
-    if any("@" in text for text in [rest, fragment, *names]) or (
-            userinfo is None and "@" in query):
+    if any("@" in text for text in [rest, fragment, *names]):
         raise ConfigurationError(
             f"store URL {shown(url)!r}: an @ after its host. A password holding /, ?, # or @ "
             "must be percent-encoded (/ as %2F, ? as %3F, # as %23, @ as %40), or given "
@@ -308,7 +320,7 @@ def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
     the library's environment, and the libpq parameters for every connection."""
     user, password, hostlist, path, raw_query = _split(url)
     query = parse_qs(raw_query, keep_blank_values=True)
-    connect = _connect_parameters(url, query)
+    connect = _connect_parameters(url, query, unsaid=user is None and "@" in raw_query)
     schema = _schema(url, query.get("schema", [""]))
     hosts, ports = _hosts(url, hostlist)
     return {

@@ -77,6 +77,23 @@ def test_a_password_typed_unencoded_is_taken_whole_or_refused_unsaid(password: s
     assert config.env["POSTGRES_HOST"] == "db.example.com"
 
 
+@pytest.mark.parametrize(("url", "password", "host", "connect"), [
+    # No path: an @ before the query ends the user part; one in a value is the value's.
+    ("postgresql://u:x@127.0.0.1?application_name=a@b", "x", "127.0.0.1",
+     {"application_name": "a@b"}),
+    ("postgresql://db/app?application_name=svc@web1", None, "db",
+     {"application_name": "svc@web1"}),
+    ("postgresql://u:pw?tail@db", "pw?tail", "db", {}),
+])
+def test_an_at_in_a_parameter_value_is_the_values(url: str, password: str | None, host: str,
+                                                  connect: dict[str, str]) -> None:
+    """A review found these misread (the password ran to the value's @) or
+    refused, where libpq takes them."""
+    config = parse_store_url(url)
+    assert config.libpq().get("password") == password
+    assert config.libpq()["host"] == host and config.connect == connect
+
+
 @pytest.mark.parametrize(("schema", "said"), [
     ("pg_foo", "is reserved for PostgreSQL's own schemas"),
     ("pg_catalog", "is reserved for PostgreSQL's own schemas"),

@@ -42,7 +42,7 @@ def check_sqlite_store(config: StoreConfig, create: bool = True) -> None:
         return
     where = f"cannot open store {config.shown!r}: {str(path.resolve())!r}"
     missing = ConfigurationError(
-        f"{where} holds no flowledger store, and this does not create one: check the "
+        f"{where} is not a flowledger store yet, and this does not create one: check the "
         "file's name (a new store is made by running a workflow, or by "
         "`flowledger copy --to`). Nothing was created")
     if not path.exists():
@@ -187,7 +187,7 @@ def _check_postgres_schema(config: StoreConfig, c: Any, create: bool) -> None:
         _refuse_foreign_log(where, None if row is None else str(row[0]), POSTGRES_WHAT_TO_DO)
     elif not create:
         raise ConfigurationError(
-            f"{where} holds no flowledger store, and this does not create one: check the "
+            f"{where} holds no flowledger store yet, and this does not create one: check the "
             "database and ?schema= in the URL (a new store is made by running a workflow, "
             "or by `flowledger copy --to`). Nothing was created")
 

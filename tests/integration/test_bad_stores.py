@@ -372,12 +372,12 @@ def test_create_false_refuses_what_is_not_a_store_yet_and_makes_nothing(tmp_path
     sqlite3.connect(bare).close()
     for path in (tmp_path / "missing.db", empty, bare):
         before = digest(path) if path.exists() else None
-        with pytest.raises(fl.ConfigurationError, match="holds no flowledger store, and this "
+        with pytest.raises(fl.ConfigurationError, match="is not a flowledger store yet, and this "
                                                         "does not create one"):
             fl.Engine(url(path), create=False)
-        with pytest.raises(fl.ConfigurationError, match="holds no flowledger store"):
+        with pytest.raises(fl.ConfigurationError, match="not a flowledger store yet"):
             fl.verify_store(url(path))
-        with pytest.raises(fl.ConfigurationError, match="holds no flowledger store"):
+        with pytest.raises(fl.ConfigurationError, match="not a flowledger store yet"):
             fl.copy_store(url(path), url(tmp_path / "target.db"))
         assert (digest(path) if path.exists() else None) == before
     fl.Engine(url(empty)).close()  # made a store by an engine that may create

@@ -108,7 +108,7 @@ def test_commands_that_read_and_a_copys_source_create_no_store(schema: str,
     `status` answered "No workflows" with exit 0."""
     for command in (["status"], ["audit", "input", "x"], ["verify"]):
         assert_user_error(flowledger("--store", at(schema), *command, cwd=tmp_path),
-                          f"schema {schema!r} of database", "holds no flowledger store",
+                          f"schema {schema!r} of database", "holds no flowledger store yet",
                           "check the database and ?schema= in the URL", "Nothing was created")
     with pytest.raises(fl.ConfigurationError, match="holds no flowledger store"):
         fl.Engine(at(schema), create=False)
@@ -118,7 +118,7 @@ def test_commands_that_read_and_a_copys_source_create_no_store(schema: str,
     assert catalog(schema) == []
     missing = tmp_path / "never-made.db"
     assert_user_error(flowledger("copy", "--from", f"sqlite:///{missing}", "--to", at(schema),
-                                 cwd=tmp_path), "holds no flowledger store")
+                                 cwd=tmp_path), "not a flowledger store yet")
     assert not missing.exists() and catalog(schema) == []
     # Once it exists, it opens.
     fl.Engine(at(schema)).close()

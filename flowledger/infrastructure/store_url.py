@@ -204,12 +204,9 @@ def _libpq_parameters() -> set[str] | None:
     return {d.keyword.decode() for d in pq.Conninfo.get_defaults()}
 
 
-def _connect_parameters(url: str, query: dict[str, list[str]],
-                        unsaid: bool = False) -> dict[str, str]:
+def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]:
     """The URL's libpq parameters (?sslmode=verify-full&application_name=...):
-    every one libpq knows but those the URL's parts say; the last value of each.
-    `unsaid`: the query may hold a password's pieces, so an unknown name is
-    not said back."""
+    every one libpq knows but those the URL's parts say; the last value of each."""
     given = {name: values[-1] for name, values in query.items() if name != "schema"}
     known = _libpq_parameters()
     for name in given:
@@ -217,11 +214,6 @@ def _connect_parameters(url: str, query: dict[str, list[str]],
             raise ConfigurationError(f"store URL {shown(url)!r}: {name}= cannot be given in "
                                      f"the query; {_NOT_IN_QUERY[name]}")
         if known is not None and name not in known:
-            if unsaid:
-                raise ConfigurationError(
-                    f"store URL {shown(url)!r}: an unknown parameter, and an @ after the host "
-                    "with no user part before it. A password holding /, ?, # or @ must be "
-                    "percent-encoded (/ as %2F, ? as %3F, # as %23, @ as %40)")
             close = difflib.get_close_matches(name, [*known, "schema"], n=1)
             raise ConfigurationError(
                 f"store URL {shown(url)!r}: unknown parameter {name!r}"
@@ -261,34 +253,49 @@ def _hosts(url: str, hostlist: str) -> tuple[str, str]:
 
 def _split(url: str) -> tuple[str | None, str | None, str, str, str]:
     """user, password, host list, path and query of a postgresql:// URL, split
-    by hand: the standard library refuses lists of bracketed IPv6 hosts. The
-    user part ends at the last @ before the first / (a ? or # typed in a
-    password is taken as part of it, as libpq takes a ?)."""
+    by hand: the standard library refuses lists of bracketed IPv6 hosts.
+
+    The query begins at the first ? (or # for a fragment); before it, the user
+    part ends at the last @ before the first /. An @ elsewhere is read only
+    where it cannot be a password's (a parameter's value, after a user part
+    and a path, or after plain hosts); a URL that could be read two ways is
+    refused with how to write it, and none of it is said back."""
     rest = url.partition("://")[2]
-    slash = rest.find("/")
-    end = slash if slash >= 0 else len(rest)
-    # Without a path, an @ before the query ends the user part (a ? after it
-    # begins the query); only if there is none may a ? be the password's.
-    query_at = rest.find("?", 0, end)
-    at = rest.rfind("@", 0, query_at) if query_at >= 0 and slash < 0 else -1
-    if at < 0:
-        at = rest.rfind("@", 0, end)
-    userinfo, rest = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
-    # An @ left in the host, path, a parameter's name or the fragment is most
-    # likely a password's: refused, and none of it said.
-    rest, _, fragment = rest.partition("#")
-    rest, _, query = rest.partition("?")
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    head, tail = rest[:cut], rest[cut:]
+    slash = head.find("/")
+    authority, path = (head[:slash], head[slash + 1:]) if slash >= 0 else (head, "")
+    userinfo, at, hostlist = authority.rpartition("@")
+    query, _, fragment = tail[1:].partition("#") if tail.startswith("?") else ("", "", tail[1:])
     names = [part.partition("=")[0] for part in query.split("&")]
-    if any("@" in text for text in [rest, fragment, *names]):
+    values_at = "@" in query and not any("@" in name for name in names)
+    # An @ in a value is the value's after a user part and a path, or after
+    # plain hosts; "u:p@h?k=a@b" is also a password "p@h?k=a" for host b, and
+    # "u:p/x?k=a@b" one with a / in it.
+    if (any("@" in text for text in [path, fragment, *names])
+            or (values_at and ((at and slash < 0) or (not at and not _plain_hosts(hostlist))))):
         raise ConfigurationError(
-            f"store URL {shown(url)!r}: an @ after its host. A password holding /, ?, # or @ "
-            "must be percent-encoded (/ as %2F, ? as %3F, # as %23, @ as %40), or given "
-            "in PGPASSWORD or ~/.pgpass instead; an @ in a parameter's value, as %40")
-    hostlist, _, path = rest.partition("/")
-    if userinfo is None:
+            f"store URL {shown(url)!r}: an @ where it could be a password's or a value's. "
+            "Percent-encode /, ?, # and @ in a password (as %2F, %3F, %23, %40), or give it "
+            "in PGPASSWORD or ~/.pgpass; and an @ in a parameter's value, as %40 (or name "
+            "the database before the query: host/dbname?...)")
+    if not at:
         return None, None, hostlist, path, query
     user, colon, password = userinfo.partition(":")
     return unquote(user), (unquote(password) if colon else None), hostlist, path, query
+
+
+def _plain_hosts(hostlist: str) -> bool:
+    """host[:port] entries only ([IPv6] in brackets): nothing that looks like
+    user:password."""
+    for entry in hostlist.split(","):
+        if entry.startswith("["):
+            entry = entry.partition("]")[2]
+            if entry and not (entry.startswith(":") and entry[1:].isdigit()):
+                return False
+        elif ":" in entry and not entry.partition(":")[2].isdigit():
+            return False
+    return True
 
 
 # PostgreSQL keeps at most this many bytes of a name (NAMEDATALEN - 1).
@@ -320,7 +327,7 @@ def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
     the library's environment, and the libpq parameters for every connection."""
     user, password, hostlist, path, raw_query = _split(url)
     query = parse_qs(raw_query, keep_blank_values=True)
-    connect = _connect_parameters(url, query, unsaid=user is None and "@" in raw_query)
+    connect = _connect_parameters(url, query)
     schema = _schema(url, query.get("schema", [""]))
     hosts, ports = _hosts(url, hostlist)
     return {

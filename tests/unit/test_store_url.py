@@ -59,39 +59,56 @@ raw_passwords = st.lists(st.tuples(st.sampled_from([*"/?#@:&=% ,[]", ""]),
 @given(raw_passwords, st.sampled_from(["/db?schema=s", "/db", "", "/db?sslmod=x", ":99999/db"]))
 def test_a_password_typed_unencoded_is_taken_whole_or_refused_unsaid(password: str,
                                                                      tail: str) -> None:
-    """The user part ends at the last @ before the first /: a ? or # in a
-    password is part of it (a ? once cut the URL there, and the rest of the
-    password was said back as an unknown parameter); a / cannot be, and is
-    refused with what to do, without a word of the password."""
+    """Typed raw, a password with /, ? or # in it is refused with how to write
+    it, and none of it is said (a ? once cut the URL there, and the rest of
+    the password was said back as an unknown parameter); one with only @ or
+    : in it is taken whole."""
     url = f"postgresql://alice:{password}@db.example.com{tail}"
     try:
         config = parse_store_url(url)
     except ConfigurationError as e:
         said = str(e)
         assert "PW" not in said
-        if "/" in password:
-            assert "must be percent-encoded (/ as %2F" in said
+        if any(c in password for c in "/?#"):
+            assert "Percent-encode /, ?, # and @ in a password" in said
         return
-    assert "/" not in password
+    assert not any(c in password for c in "/?#")
     assert config.libpq()["password"] == password and config.env["POSTGRES_USER"] == "alice"
     assert config.env["POSTGRES_HOST"] == "db.example.com"
 
 
 @pytest.mark.parametrize(("url", "password", "host", "connect"), [
-    # No path: an @ before the query ends the user part; one in a value is the value's.
-    ("postgresql://u:x@127.0.0.1?application_name=a@b", "x", "127.0.0.1",
+    ("postgresql://u:x@127.0.0.1/db?application_name=a@b", "x", "127.0.0.1",
      {"application_name": "a@b"}),
     ("postgresql://db/app?application_name=svc@web1", None, "db",
      {"application_name": "svc@web1"}),
-    ("postgresql://u:pw?tail@db", "pw?tail", "db", {}),
+    ("postgresql://db.internal:5432?application_name=billing@web1", None, "db.internal",
+     {"application_name": "billing@web1"}),
+    ("postgresql://[::1]:5432,[fe80::1]?application_name=a@b", None, "::1,fe80::1",
+     {"application_name": "a@b"}),
+    ("postgresql://u:p@ss@host/db?sslrootcert=/etc/ca.pem", "p@ss", "host",
+     {"sslrootcert": "/etc/ca.pem"}),
 ])
 def test_an_at_in_a_parameter_value_is_the_values(url: str, password: str | None, host: str,
                                                   connect: dict[str, str]) -> None:
-    """A review found these misread (the password ran to the value's @) or
-    refused, where libpq takes them."""
+    """After a path, or after plain hosts with no user part, an @ in a value is
+    the value's (reviews found such URLs refused, or read with the password
+    running to the value's @ and the value's tail taken for the host)."""
     config = parse_store_url(url)
     assert config.libpq().get("password") == password
     assert config.libpq()["host"] == host and config.connect == connect
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:PWx@127.0.0.1?application_name=a@b",  # or password "PWx@127.0.0.1?..."
+    "postgresql://app:PWx@PWy?k=PWz@db.example.com",
+    "postgresql://app:PWx?tail@db", "postgresql://u:PW#x@host/db", "postgresql://u:PW/x@host/db",
+])
+def test_a_url_that_reads_two_ways_is_refused_with_how_to_write_it(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_store_url(url)
+    said = str(caught.value)
+    assert "Percent-encode /, ?, # and @ in a password" in said and "PW" not in said
 
 
 @pytest.mark.parametrize(("schema", "said"), [

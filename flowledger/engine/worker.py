@@ -80,6 +80,7 @@ class Worker:
         self._cache: dict[UUID, tuple[int, _Facts]] = {}
         self.sessions = 0  # sessions this worker ran (for tests and figures)
         self._undecided: set[str] = set()  # workflows whose last decision failed
+        self._unreadable: set[str] = set()  # workflows last stopped by a damaged stream
 
     # -------------------------------------------------------------- serving
 
@@ -131,14 +132,20 @@ class Worker:
             try:
                 result = engine._recover(reg)
             except CorruptEventError as e:
-                logger.error("cannot recover %s, which waits until its stream is mended "
-                             "(the others are served): %s", reg.definition.name, e)
+                self._cannot_read(reg.definition.name, e)
                 continue
             if result is not None and result.status != "busy":
                 logger.info("recovered session %s of %s: %s", result.session_id,
                             result.workflow, result.status)
         engine._catch_up_read_side()
         self._seed_last_runs(waiter.head())
+
+    def _cannot_read(self, workflow: str, error: CorruptEventError) -> None:
+        """Said once until the workflow is served again: each pass tries it."""
+        if workflow not in self._unreadable:
+            self._unreadable.add(workflow)
+            logger.error("cannot serve %s, which waits until its stream is mended (the "
+                         "others are served): %s", workflow, error)
 
     def _pass(self, waiter: LogWaiter) -> None:
         """Serve every workflow due now, or else wait for an append or the
@@ -156,12 +163,16 @@ class Worker:
                 break
             try:
                 self._serve(item, head)
+            except CorruptEventError as e:
+                self._cannot_read(item.workflow, e)  # its own: the others go on at once
             except Exception:
                 # The session lost its lock, or the store failed: what was
                 # appended stands, and the log says what is left. Never the
                 # end of the worker.
                 logger.exception("session of %s stopped", item.workflow)
                 self.stop.wait(self.interval)
+            else:
+                self._unreadable.discard(item.workflow)
         self._turn += 1
 
     def run_once(self) -> list[SessionResult]:

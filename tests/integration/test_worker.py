@@ -456,4 +456,51 @@ def test_a_workflow_whose_stream_cannot_be_read_at_start_does_not_stop_the_other
             stop.set()
             serving.join(10)
     assert broken.writes == []
-    assert caplog.text.count("cannot recover broken, which waits until its stream is mended") == 1
+    assert caplog.text.count("cannot serve broken, which waits until its stream is mended") == 1
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_session_whose_stream_cannot_be_read_is_said_once_and_the_others_served(
+        store: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A dead holder's open session whose own stream was damaged: every pass
+    finds it due for recovery and cannot read it. The worker says so once (it
+    logged a traceback at each pass, twenty a second) and serves the others."""
+    import socket
+
+    from flowledger.domain.session import Trigger
+    from flowledger.engine.session_runner import SessionRequest, SessionRunner
+    from flowledger.engine.streams import Streams
+
+    broken, fine = MemoryLedger(), MemoryLedger()
+    holder = fl.Engine(store)
+    holder.owner = f"{socket.gethostname()}:999999:deadbeef"  # a process that is gone
+    holder.register(ledger_workflow("broken", items=["x"]), tools=[ScriptedLedgerTool(broken)])
+    reg = holder._registration("broken")
+    now = holder.clock.now()
+    opened = SessionRunner(reg, holder._scope_factory(reg)).open_new(
+        Streams(holder.log), SessionRequest(Trigger.MANUAL, 10, None), holder.owner, now,
+        holder.policy.lease_until(now), holder.ids())
+    assert not isinstance(opened, fl.SessionResult)
+    session_id = holder.workflow("broken").open_session
+    holder.close()
+    engine = fl.Engine(store, clock=fl.SystemClock())
+    try:
+        engine.register(ledger_workflow("broken", items=["x"]),
+                        tools=[ScriptedLedgerTool(broken)])
+        engine.register(ledger_workflow("fine", items=["a"]), tools=[ScriptedLedgerTool(fine)])
+        engine.run_session("fine", max_iterations=0)
+        run_sql(store, "UPDATE stored_events SET state=? WHERE originator_id IN (?, ?)",
+                (b"\xc1", session_id.hex, str(session_id)))
+        stop = threading.Event()
+        with caplog.at_level(logging.INFO, logger="flowledger.worker"):
+            serving = threading.Thread(target=engine.serve,
+                                       kwargs={"stop": stop, "interval": 0.05})
+            serving.start()
+            time.sleep(1.5)
+            stop.set()
+            serving.join(10)
+    finally:
+        engine.close()
+    assert fine.writes == ["a"] and broken.writes == []
+    assert caplog.text.count("cannot serve broken, which waits until its stream is mended") == 1
+    assert "session of broken stopped" not in caplog.text

@@ -64,14 +64,7 @@ def test_a_schema_named_in_many_bytes_takes_appends_and_wakes_its_listener(ledge
     url = f"{postgres.URL}?schema={schema}"
     try:
         with fl.Engine(url) as engine:
-            wakeups = engine.log.flow_recorder.listen()
-            assert wakeups is not None
-            try:
-                engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
-                assert engine.run_session("wf").status == "completed"
-                assert wakeups.wait(10) is True
-            finally:
-                wakeups.close()
+            _a_session_wakes_a_listener(engine, ledger)
     finally:
         with psycopg.connect(postgres.URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -92,8 +85,12 @@ def test_an_engine_mends_a_notification_that_names_another_channel(make_engine, 
         conn.execute(f'CREATE OR REPLACE FUNCTION "{schema}".fl_notify_appended() RETURNS '
                      "trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('elsewhere', ''); "
                      "RETURN NULL; END $$")
-    engine = make_engine()
+    _a_session_wakes_a_listener(make_engine(), ledger)
+
+
+def _a_session_wakes_a_listener(engine, ledger):
     wakeups = engine.log.flow_recorder.listen()
+    assert wakeups is not None
     try:
         engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
         assert engine.run_session("wf").status == "completed"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -407,23 +408,10 @@ def test_a_store_that_fails_as_the_worker_starts_is_waited_for(
     engine.register(ledger_workflow(items=["x"]), tools=[ScriptedLedgerTool(ledger)])
     engine.run_session("wf", max_iterations=0)  # the producer's message, not consumed
     run_sql(store, "ALTER TABLE tracking RENAME TO tracking_gone")
-    stop = threading.Event()
-    with caplog.at_level(logging.INFO, logger="flowledger.worker"):
-        serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
-        serving.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not any(m.startswith("could not read the store") for m in caplog.messages):
-                assert serving.is_alive() and time.monotonic() < deadline, caplog.messages
-                time.sleep(0.05)
-            run_sql(store, "ALTER TABLE tracking_gone RENAME TO tracking")
-            while ledger.writes != ["x"]:
-                assert serving.is_alive() and time.monotonic() < deadline, caplog.messages
-                time.sleep(0.05)
-        finally:
-            stop.set()
-            serving.join(10)
-    assert not serving.is_alive()
+    with caplog.at_level(logging.INFO, logger="flowledger.worker"), _serving(engine) as until:
+        until(lambda: any(m.startswith("could not read the store") for m in caplog.messages))
+        run_sql(store, "ALTER TABLE tracking_gone RENAME TO tracking")
+        until(lambda: ledger.writes == ["x"])
 
 
 def test_a_workflow_whose_stream_cannot_be_read_at_start_does_not_stop_the_others(
@@ -443,18 +431,8 @@ def test_a_workflow_whose_stream_cannot_be_read_at_start_does_not_stop_the_other
     (target,) = run_sql(store, f"SELECT MAX({pos}) FROM stored_events "
                                "WHERE originator_id IN (?, ?)", (stream.hex, str(stream)))[0]
     run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (b"\xc1", target))
-    stop = threading.Event()
-    with caplog.at_level(logging.ERROR, logger="flowledger.worker"):
-        serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
-        serving.start()
-        try:
-            deadline = time.monotonic() + 10
-            while fine.writes != ["a"]:
-                assert serving.is_alive() and time.monotonic() < deadline, caplog.messages
-                time.sleep(0.05)
-        finally:
-            stop.set()
-            serving.join(10)
+    with caplog.at_level(logging.ERROR, logger="flowledger.worker"), _serving(engine) as until:
+        until(lambda: fine.writes == ["a"])
     assert broken.writes == []
     assert caplog.text.count("cannot serve broken, which waits until its stream is mended") == 1
 
@@ -491,16 +469,32 @@ def test_a_session_whose_stream_cannot_be_read_is_said_once_and_the_others_serve
         engine.run_session("fine", max_iterations=0)
         run_sql(store, "UPDATE stored_events SET state=? WHERE originator_id IN (?, ?)",
                 (b"\xc1", session_id.hex, str(session_id)))
-        stop = threading.Event()
-        with caplog.at_level(logging.INFO, logger="flowledger.worker"):
-            serving = threading.Thread(target=engine.serve,
-                                       kwargs={"stop": stop, "interval": 0.05})
-            serving.start()
+        with caplog.at_level(logging.INFO, logger="flowledger.worker"), _serving(engine):
             time.sleep(1.5)
-            stop.set()
-            serving.join(10)
     finally:
         engine.close()
     assert fine.writes == ["a"] and broken.writes == []
     assert caplog.text.count("cannot serve broken, which waits until its stream is mended") == 1
     assert "session of broken stopped" not in caplog.text
+
+
+@contextlib.contextmanager
+def _serving(engine: fl.Engine) -> Iterator[Callable[[Callable[[], bool]], None]]:
+    """`engine.serve` in a thread, stopped and joined at the end; what it yields
+    waits (10 s at most) until a condition holds, the worker alive meanwhile."""
+    stop = threading.Event()
+    serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
+    serving.start()
+    deadline = time.monotonic() + 10
+
+    def until(condition: Callable[[], bool]) -> None:
+        while not condition():
+            assert serving.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+
+    try:
+        yield until
+    finally:
+        stop.set()
+        serving.join(10)
+    assert not serving.is_alive()

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 
 import flowledger as fl
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
-from flowledger.cli.exits import CommandError
 from flowledger.infrastructure.store_url import parse_store_url
 
 
@@ -60,9 +59,6 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
     config = parse_store_url(store)
     if writes is not None:
         config.refuse_writes(f"this command {writes}")
-    if must_exist and config.path is not None and not config.path.exists():
-        raise CommandError(f"no store at {str(config.path)!r} (from {store}); run a workflow "
-                           "first, or point --store at an existing store")
     engine = CommandEngine(store, record=record, create=not must_exist)
     try:
         yield engine

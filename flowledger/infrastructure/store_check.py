@@ -41,13 +41,11 @@ def check_sqlite_store(config: StoreConfig, create: bool = True) -> None:
     if path is None:
         return
     where = f"cannot open store {config.shown!r}: {str(path.resolve())!r}"
-    missing = ConfigurationError(
-        f"{where} is not a flowledger store yet, and this does not create one: check the "
-        "file's name (a new store is made by running a workflow, or by "
-        "`flowledger copy --to`). Nothing was created")
+    missing = (f"cannot open store {config.shown!r}: no store at {str(path.resolve())!r}: it "
+               "is not a flowledger store yet")
     if not path.exists():
         if not create:
-            raise missing
+            raise _no_store_yet(missing, "the file's name")
         return  # a new store
     if path.is_dir():
         raise ConfigurationError(
@@ -55,7 +53,7 @@ def check_sqlite_store(config: StoreConfig, create: bool = True) -> None:
             f"sqlite:///{(path / 'flow.db').as_posix()}). Use {ACCEPTED}")
     if path.stat().st_size == 0:
         if not create:
-            raise missing
+            raise _no_store_yet(missing, "the file's name")
         return  # an empty file is an empty SQLite database: a new store
     try:
         tables, first_topics = _schema(path)
@@ -77,7 +75,14 @@ def check_sqlite_store(config: StoreConfig, create: bool = True) -> None:
             f"application (its tables: {shown}) and holds no flowledger log; the log keeps "
             f"a file of its own. {WHAT_TO_DO}")
     if not create and LOG_TABLE not in tables:
-        raise missing
+        raise _no_store_yet(missing, "the file's name")
+
+
+def _no_store_yet(said: str, check: str) -> ConfigurationError:
+    """A store that does not exist, opened by what does not create one."""
+    return ConfigurationError(
+        f"{said}, and this does not create one: check {check} (a new store is made by "
+        "running a workflow, or by `flowledger copy --to`). Nothing was created")
 
 
 def _refuse_not_ours(where: str, tables: dict[str, list[str]],
@@ -186,10 +191,8 @@ def _check_postgres_schema(config: StoreConfig, c: Any, create: bool) -> None:
         row = c.fetchone()
         _refuse_foreign_log(where, None if row is None else str(row[0]), POSTGRES_WHAT_TO_DO)
     elif not create:
-        raise ConfigurationError(
-            f"{where} holds no flowledger store yet, and this does not create one: check the "
-            "database and ?schema= in the URL (a new store is made by running a workflow, "
-            "or by `flowledger copy --to`). Nothing was created")
+        raise _no_store_yet(f"{where} holds no flowledger store yet",
+                            "the database and ?schema= in the URL")
 
 
 def _createdb(env: dict[str, str]) -> str:

@@ -17,14 +17,17 @@ before anything is copied: its projections could not be built there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
 
 from flowledger.domain.errors import ConfigurationError
 from flowledger.infrastructure.codec import PydanticMapper, decode
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import verify_chain
+from flowledger.infrastructure.store import LogStore
 from flowledger.infrastructure.store_format import (
     COPYING,
     COPYING_ID,
@@ -67,11 +70,11 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
     copied, after = _start(source, target)
     hook, dst.after_insert = dst.after_insert, None  # the target's projections: rebuilt after
     try:
+        batches = _batches(src, after)
         while True:
             try:
-                with src.reading() as c:
-                    batch = src.select_stored(c, after, BATCH)
-                if not batch:
+                batch = next(batches, None)
+                if batch is None:
                     break
                 rows = [(_hex(stored.originator_id), stored.originator_version, stored.topic,
                          recode(bytes(stored.state))) for _, stored in batch]
@@ -79,7 +82,6 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
             except Exception as e:
                 raise _stopped(source, target, copied, total, e) from e
             copied += len(rows)
-            after = batch[-1][0]
             if progress is not None:
                 progress(copied, max(total, copied))
         with dst.writing(sync=True) as c:  # synced: covers the unsynced commits before it
@@ -117,12 +119,12 @@ def _start(source: EventLog, target: EventLog) -> tuple[int, int]:
         c.execute(f"SELECT COUNT(*) FROM {dst.events_table_name}")
         count = int(c.fetchone()[0])
         c.execute(f"SELECT originator_id, originator_version FROM {dst.events_table_name} "
-                  f"ORDER BY {_position(dst)} DESC LIMIT 1")
+                  f"ORDER BY {dst.position_column} DESC LIMIT 1")
         last = c.fetchall()
     if not count:
         return 0, 0
-    there = src.read_all(f"SELECT {_position(src)}, originator_id, originator_version FROM "
-                         f"{src.events_table_name} ORDER BY {_position(src)} "
+    there = src.read_all(f"SELECT {src.position_column}, originator_id, originator_version FROM "
+                         f"{src.events_table_name} ORDER BY {src.position_column} "
                          "LIMIT 1 OFFSET ?", (count - 1,))
     if not there or (_hex(there[0][1]), int(there[0][2])) != (_hex(last[0][0]),
                                                               int(last[0][1])):
@@ -132,8 +134,16 @@ def _start(source: EventLog, target: EventLog) -> tuple[int, int]:
     return count, int(there[0][0])
 
 
-def _position(store: Any) -> str:
-    return str(store.position_column)
+def _batches(store: LogStore, after: int) -> Iterator[list[tuple[int, StoredEvent]]]:
+    """The log's stored events after position `after`, BATCH at a time, each
+    batch read in a snapshot of its own."""
+    while True:
+        with store.reading() as c:
+            batch = store.select_stored(c, after, BATCH)
+        if not batch:
+            return
+        yield batch
+        after = batch[-1][0]
 
 
 def _stopped(source: EventLog, target: EventLog, copied: int, total: int,
@@ -154,13 +164,9 @@ def _hex(stream: UUID | str) -> str:
 
 def _refuse_text_with_nul(source: EventLog, target: EventLog) -> None:
     """Refuse, naming the first, if any event holds text with a NUL character."""
-    src, mapper = source.flow_recorder, source.flow_mapper
-    found, first, after = 0, "", 0
-    while True:
-        with src.reading() as c:
-            batch = src.select_stored(c, after, BATCH)
-        if not batch:
-            break
+    mapper = source.flow_mapper
+    found, first = 0, ""
+    for batch in _batches(source.flow_recorder, 0):
         for position, stored in batch:
             try:
                 fields = decode(_opened(mapper, bytes(stored.state)))
@@ -172,7 +178,6 @@ def _refuse_text_with_nul(source: EventLog, target: EventLog) -> None:
                 if not first:
                     first = (f"{stored.topic.rpartition(':')[2]} at position {position} "
                              f"(stream {_hex(stored.originator_id)}, {where})")
-        after = batch[-1][0]
     if found:
         raise ConfigurationError(
             f"cannot copy {source.config.shown!r} to {target.config.shown!r}: {found:,} "

@@ -79,6 +79,7 @@ class LogStore(Protocol):
     position and by stream, tracking, and what its errors mean."""
 
     events_table_name: str
+    position_column: str  # the log's position in SQL
     after_insert: AfterInsert | None
     chain: Chain | None  # the tamper-evident links each append writes (ADR 0023)
     after_abort: Callable[[], None] | None

@@ -54,7 +54,7 @@ from flowledger.infrastructure.store import (
     StreamEvents,
 )
 from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
-from flowledger.infrastructure.store_format import make_compressor, settle_format
+from flowledger.infrastructure.store_format import TABLES_VERSION, make_compressor, settle_format
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
 
 
@@ -165,9 +165,11 @@ class EventLog(Application[UUID]):
                     "Nothing was changed; try again when that process is done") from e
             hint = ""
             if config.kind == "postgresql":  # reachable (check_postgres_server), yet failing
-                hint = (" flowledger creates what is missing of its tables each time it "
-                        "opens a store: open it as the role that created it, or as one that "
-                        "may create in the schema and owns the store's tables.")
+                hint = (" The store's tables are missing, or older than this release's "
+                        f"(tables version {TABLES_VERSION}): open it once as a role that may "
+                        "create in its schema (the role that created it, for example), which "
+                        "brings them up to date; after that a role granted only reads and "
+                        "writes on them opens it too.")
             elif config.read_only:
                 hint = (" It is opened read-only (?mode=ro) and is not a flowledger store yet: "
                         "its tables cannot be created. Open it once without ?mode=ro, or "

@@ -54,6 +54,12 @@ from flowledger.infrastructure.store import (
     Row,
     SharedSQL,
 )
+from flowledger.infrastructure.store_format import (
+    FORMAT_TABLE,
+    TABLES,
+    TABLES_VERSION,
+    record_tables_version,
+)
 
 logger = logging.getLogger("flowledger.store")
 
@@ -240,6 +246,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         # looked for when a writer connection is opened again (`_lost_appends`).
         self._last_appended: tuple[int, str, int] | None = None
         self.lost_appends = 0
+        # Whether the store's tables are this release's already (create_table).
+        self.tables_current = False
 
     # ------------------------------------------------------------ connections
 
@@ -312,10 +320,18 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def create_table(self) -> None:
         """The library's tables, plus ours, created once even when several
-        processes open a new store at the same instant (an advisory lock)."""
+        processes open a new store at the same instant (an advisory lock).
+        A store whose tables this release or a newer one made in full is left
+        as it is (`tables_current`), so a role that may only read and write
+        opens it (ADR 0013)."""
         conn = self._connect()
         try:
             with conn.cursor() as c:
+                if self._recorded_tables_version(c) >= TABLES_VERSION:
+                    self._sequence = self._sequence_of(c)
+                    conn.commit()
+                    self.tables_current = True
+                    return
                 c.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
                 c.execute(f"CREATE SCHEMA IF NOT EXISTS \"{self.schema}\"")
                 for statement in self.sql_create_statements:
@@ -340,15 +356,31 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                           "%s::regnamespace", (f'"{self.schema}"',))
                 if not c.fetchone():  # created once: a role that only reads need not create
                     c.execute(create_guard_sql(self.schema))
-                c.execute("SELECT pg_get_serial_sequence(%s, 'notification_id')",
-                          (f'"{self.schema}".{self.events_table_name}',))
-                row = c.fetchone()
-                self._sequence = row[0] if row else ""
+                self._sequence = self._sequence_of(c)
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as e:  # said with what to do
             raise ProgrammingError(" ".join(str(e).split())) from e
         finally:
             conn.close()
+
+    def _recorded_tables_version(self, c: psycopg.Cursor[Any]) -> int:
+        """The tables version the store records (`store_format`); 0 for none."""
+        c.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self.schema}".{FORMAT_TABLE}',))
+        row = c.fetchone()
+        if not (row and row[0]):
+            return 0
+        c.execute(f'SELECT value FROM "{self.schema}".{FORMAT_TABLE} WHERE name = %s', (TABLES,))
+        row = c.fetchone()
+        return int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+
+    def _sequence_of(self, c: psycopg.Cursor[Any]) -> str:
+        c.execute("SELECT pg_get_serial_sequence(%s, 'notification_id')",
+                  (f'"{self.schema}".{self.events_table_name}',))
+        row = c.fetchone()
+        return str(row[0]) if row and row[0] else ""
+
+    def tables_created(self, c: PgCursor | PgBatch) -> None:
+        record_tables_version(c)
 
     @property
     def channel(self) -> str:

@@ -118,6 +118,12 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     # Appends the store lost while this process lived on: never on a file
     # (what a crash of the machine loses, it loses with the process).
     lost_appends = 0
+    # A file has no roles: whoever may write it may create in it, and does at
+    # each opening (the library's recorders do).
+    tables_current = False
+
+    def tables_created(self, c: Any) -> None:
+        pass
 
     def create_table(self) -> None:
         """The library's, made safe for processes that open a new store at once.

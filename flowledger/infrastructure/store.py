@@ -93,6 +93,9 @@ class LogStore(Protocol):
     # How many times the store was found to have lost appends this process
     # made and believed stored (a server that crashed or failed over).
     lost_appends: int
+    # Whether the store's tables, indexes and functions are this release's
+    # already, found at opening: the projections then create nothing either.
+    tables_current: bool
 
     def reading(self, snapshot: bool = True) -> AbstractContextManager[Cursor]:
         """One consistent read snapshot (`snapshot=False`: statements that need
@@ -144,6 +147,10 @@ class LogStore(Protocol):
     def track(self, c: Cursor, name: str, position: int) -> None: ...
 
     def untrack(self, c: Cursor, name: str) -> None: ...
+
+    def tables_created(self, c: Cursor) -> None:
+        """Every table of this release exists now (the projections' too): a
+        store whose roles may differ records it, and creates nothing next time."""
 
     def locate(self, stored: StoredEvent) -> tuple[int | None, str | None]: ...
 

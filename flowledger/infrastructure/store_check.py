@@ -179,20 +179,72 @@ def _check_postgres_schema(config: StoreConfig, c: Any, create: bool) -> None:
     schema = config.env["POSTGRES_SCHEMA"]
     where = (f"cannot open store {config.shown!r}: schema {schema!r} of database "
              f"{config.env['POSTGRES_DBNAME']!r}")
-    c.execute("SELECT table_name, column_name FROM information_schema.columns "
-              "WHERE table_schema = %s AND table_name = ANY(%s) "
-              "ORDER BY table_name, ordinal_position", (schema, list(OUR_POSTGRES_TABLES)))
+    # From the catalog, which every role may read (information_schema leaves
+    # out the tables a role has no privilege on).
+    c.execute("SELECT c.relname, a.attname FROM pg_attribute a "
+              "JOIN pg_class c ON c.oid = a.attrelid "
+              "JOIN pg_namespace n ON n.oid = c.relnamespace "
+              "WHERE n.nspname = %s AND c.relname = ANY(%s) "
+              "AND c.relkind IN ('r', 'p', 'v', 'f') AND a.attnum > 0 AND NOT a.attisdropped "
+              "ORDER BY c.relname, a.attnum", (schema, list(OUR_POSTGRES_TABLES)))
     tables: dict[str, list[str]] = {}
     for table, column in c.fetchall():
         tables.setdefault(table, []).append(column)
     _refuse_not_ours(where, tables, OUR_POSTGRES_TABLES, POSTGRES_WHAT_TO_DO)
     if LOG_TABLE in tables:
+        _refuse_role_that_cannot(config, c, schema)
         c.execute(f'SELECT topic FROM "{schema}".{LOG_TABLE} ORDER BY notification_id LIMIT 1')
         row = c.fetchone()
         _refuse_foreign_log(where, None if row is None else str(row[0]), POSTGRES_WHAT_TO_DO)
     elif not create:
         raise _no_store_yet(f"{where} holds no flowledger store yet",
                             "the database and ?schema= in the URL")
+
+
+# What a role needs on a store's tables and the log's sequence (`setval` and
+# `nextval` give positions; the log's lock asks for UPDATE on its table).
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+SEQUENCE_PRIVILEGES = ("USAGE", "UPDATE")
+
+
+def grants(schema: str, role: str) -> list[str]:
+    """The statements that let `role` use the store in `schema` (its owner runs them)."""
+    s, r = f'"{schema}"', '"' + role.replace('"', '""') + '"'
+    return [f"GRANT USAGE ON SCHEMA {s} TO {r};",
+            f"GRANT {', '.join(TABLE_PRIVILEGES)} ON ALL TABLES IN SCHEMA {s} TO {r};",
+            f"GRANT {', '.join(SEQUENCE_PRIVILEGES)} ON ALL SEQUENCES IN SCHEMA {s} TO {r};"]
+
+
+def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
+    """A store's tables made by one role can be used by another granted reads
+    and writes on them (ADR 0013); one granted less is told what it lacks and
+    the statements that grant it, before anything is read or written."""
+    c.execute("SELECT current_user, has_schema_privilege(n.oid, 'USAGE') "
+              "FROM pg_namespace n WHERE n.nspname = %s", (schema,))
+    role, usage = c.fetchone()
+    lacks: list[str] = [] if usage else [f"USAGE on schema {schema!r}"]
+    c.execute("SELECT p.priv, c.relname FROM pg_class c "
+              "JOIN pg_namespace n ON n.oid = c.relnamespace "
+              "CROSS JOIN unnest(%s::text[]) AS p(priv) "
+              "WHERE n.nspname = %s AND c.relkind = 'r' "
+              "AND (c.relname = ANY(%s) OR c.relname LIKE 'fl\\_%%') "
+              "AND NOT has_table_privilege(c.oid, p.priv) ORDER BY c.relname, p.priv",
+              (list(TABLE_PRIVILEGES), schema, list(OUR_POSTGRES_TABLES)))
+    lacks += [f"{priv} on {table}" for priv, table in c.fetchall()]
+    c.execute("SELECT p.priv, c.relname FROM pg_class c "
+              "JOIN pg_namespace n ON n.oid = c.relnamespace "
+              "CROSS JOIN unnest(%s::text[]) AS p(priv) "
+              "WHERE n.nspname = %s AND c.relkind = 'S' AND c.relname LIKE %s "
+              "AND NOT has_sequence_privilege(c.oid, p.priv) ORDER BY p.priv",
+              (list(SEQUENCE_PRIVILEGES), schema, f"{LOG_TABLE}\\_%"))
+    lacks += [f"{priv} on sequence {table}" for priv, table in c.fetchall()]
+    if not lacks:
+        return
+    said = ", ".join(lacks[:6]) + (f" and {len(lacks) - 6} more" if len(lacks) > 6 else "")
+    raise ConfigurationError(
+        f"cannot open store {config.shown!r}: role {role!r} may not use it: it lacks {said}. "
+        "Nothing was read or written. As the store's owner (the role that created it) or a "
+        "superuser, grant them (in psql, for example): " + " ".join(grants(schema, role)))
 
 
 def _createdb(env: dict[str, str]) -> str:

@@ -9,7 +9,11 @@ created (or first opened by a release that has them):
 * `chain`: `hmac-sha256` or `sha256`; `chain_check`: a value only the chain's
   key reproduces; `chain_from`: the first position the chain covers (1 for a
   new store; for a store created before the chain, the next position then);
-  `store_id`: random, bound into the chain's first link.
+  `store_id`: random, bound into the chain's first link;
+* `tables`: the version of the tables, indexes and functions (`TABLES_VERSION`)
+  that a release opening the store last created in full (ADR 0013): a release
+  whose version it is, or an older one, creates nothing, so a role that may
+  only read and write can open the store.
 
 A store written encrypted refuses to open without its key, one written in
 clear refuses a key, and a keyed chain refuses a wrong or missing chain key:
@@ -42,6 +46,13 @@ FORMAT_TABLE = "fl_store_format"
 _CREATE = (f"CREATE TABLE IF NOT EXISTS {FORMAT_TABLE} (name TEXT PRIMARY KEY, "
            "value TEXT NOT NULL)")
 _KEY_CHECK_TEXT = b"flowledger cipher key check v1"
+
+# What this release's tables, indexes, functions and triggers are. Raise it
+# whenever any of them changes (a test compares the catalog a new store gets
+# with the one recorded for this version): stores whose recorded version is
+# lower are brought up to date at their next opening by a role that may create.
+TABLES_VERSION = 1
+TABLES = "tables"
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,21 @@ def mark_copying(c: Any, source: str, source_id: str) -> None:
 
 def unmark_copying(c: Any) -> None:
     c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?)", (COPYING, COPYING_ID))
+
+
+def tables_version(c: Any) -> int:
+    """The tables version the store records (0: none recorded)."""
+    c.execute(f"SELECT value FROM {FORMAT_TABLE} WHERE name = ?", (TABLES,))
+    row = c.fetchone()
+    return int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+
+
+def record_tables_version(c: Any) -> None:
+    """Say that this release's tables all exist now; a newer release's record stays."""
+    found = tables_version(c)
+    if found < TABLES_VERSION:
+        c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name = ?", (TABLES,))
+        c.execute(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)", (TABLES, str(TABLES_VERSION)))
 
 
 def read_format(c: Any) -> dict[str, str]:

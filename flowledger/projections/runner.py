@@ -69,9 +69,11 @@ class ProjectionRunner:
         # forecast's guard, it holds although someone moved the projections
         # since this process's last fold (`_fold_inline`).
         self._asked_now = False
-        with recorder.writing() as c:
-            for p in self.projections:
-                p.create_tables(c)
+        if not recorder.tables_current:  # the store's are this release's: nothing to create
+            with recorder.writing() as c:
+                for p in self.projections:
+                    p.create_tables(c)
+                recorder.tables_created(c)
 
     def position(self, c: Cursor, projection: Projection) -> int:
         return self.recorder.tracked(c, projection.name)

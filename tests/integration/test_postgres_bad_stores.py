@@ -136,7 +136,7 @@ def test_a_role_that_may_not_create_is_told_what_the_store_needs(schema: str) ->
             fl.Engine(url)
         said = str(refused.value)
         assert "permission denied for database" in said
-        assert "open it as the role that created it, or as one that may create" in said
+        assert "open it once as a role that may create in its schema" in said
         assert catalog(schema) == []
     finally:
         with _server() as conn:

@@ -1,0 +1,222 @@
+"""A store made by one role, used by another granted only reads and writes.
+
+Production services often connect as a role that may read and write the
+tables another role (the one that runs migrations) owns, and may create
+nothing. A real server throughout: the role runs sessions, rebuilds and
+verifies; a role granted less is told exactly what to grant, and the grants
+it is told are enough; a store whose tables an older release made is brought
+up to date only by a role that may create, and nothing is changed before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowledger as fl
+from flowledger.infrastructure.store_check import grants
+from flowledger.infrastructure.store_format import TABLES_VERSION
+from tests import postgres
+from tests.e2e.test_cli import assert_user_error, flowledger
+from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow
+
+pytestmark = pytest.mark.postgres
+
+psycopg = pytest.importorskip("psycopg")
+
+# The catalog a new store's schema gets, for each tables version (see
+# `catalog_digest`). A change of the tables, indexes, functions or triggers
+# must come with a new TABLES_VERSION: a role that may not create can open a
+# store only while its recorded version is this release's or newer.
+CATALOGS = {1: "54076089e8032dbcb7e86461c5acce1d0ecaf639ee2fdf14d70509fcf14bf38b"}
+
+
+def _server() -> Any:
+    return psycopg.connect(postgres.URL, autocommit=True)
+
+
+def catalog(schema: str) -> list[tuple[Any, ...]]:
+    """What the schema holds that a store's code relies on: relations and
+    their columns, indexes, functions and triggers (names of the schema
+    replaced, so two schemas compare)."""
+    with _server() as conn:
+        rows = conn.execute(
+            "SELECT 'column', c.relname::text, c.relkind::text, a.attname::text, "
+            "format_type(a.atttypid, a.atttypmod), a.attnotnull::text "
+            "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+            "WHERE c.relnamespace = %(s)s::regnamespace AND a.attnum > 0 "
+            "AND NOT a.attisdropped AND c.relkind IN ('r', 'S') "
+            "UNION ALL SELECT 'index', indexname, '', indexdef, '', '' FROM pg_indexes "
+            "WHERE schemaname = %(n)s "
+            "UNION ALL SELECT 'function', proname, '', prosrc, '', '' FROM pg_proc "
+            "WHERE pronamespace = %(s)s::regnamespace "
+            "UNION ALL SELECT 'trigger', tgname, '', pg_get_triggerdef(t.oid), '', '' "
+            "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE c.relnamespace = %(s)s::regnamespace AND NOT t.tgisinternal",
+            {"s": f'"{schema}"', "n": schema}).fetchall()
+    return sorted(tuple(str(v).replace(schema, "SCHEMA") for v in row) for row in rows)
+
+
+def catalog_digest(schema: str) -> str:
+    return hashlib.sha256(repr(catalog(schema)).encode()).hexdigest()
+
+
+def events_in(schema: str) -> int:
+    with _server() as conn:
+        row = conn.execute(f'SELECT count(*) FROM "{schema}".stored_events').fetchone()
+    return int(row[0])
+
+
+def as_owner(*statements: str) -> None:
+    with _server() as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    name = f"t_roles_{uuid.uuid4().hex[:10]}"
+    yield name
+    as_owner(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def role() -> Iterator[str]:
+    """A role that may log in and, until granted more, nothing else."""
+    name = f"fl_app_{uuid.uuid4().hex[:8]}"
+    as_owner(f'CREATE ROLE "{name}" LOGIN')
+    yield name
+    as_owner(f'DROP OWNED BY "{name}"', f'DROP ROLE "{name}"')
+
+
+def owner_url(schema: str) -> str:
+    return f"{postgres.URL}?schema={schema}"
+
+
+def role_url(schema: str, role: str) -> str:
+    base, _, rest = postgres.URL.partition("://")
+    return f"{base}://{role}@{rest.partition('@')[2]}?schema={schema}"
+
+
+def made_by_owner(schema: str, items: list[str]) -> None:
+    """A store the owner created and ran once."""
+    engine = fl.Engine(owner_url(schema))
+    try:
+        engine.register(ledger_workflow(items=items), tools=[ScriptedLedgerTool(MemoryLedger())])
+        engine.run_session("wf")
+    finally:
+        engine.close()
+
+
+def test_a_role_granted_reads_and_writes_runs_sessions_rebuilds_and_verifies(
+        schema: str, role: str, tmp_path: Path) -> None:
+    made_by_owner(schema, ["a", "b"])
+    as_owner(*grants(schema, role))
+    before = catalog(schema)
+    ledger = MemoryLedger()
+    tool = ScriptedLedgerTool(ledger)
+    engine = fl.Engine(role_url(schema, role))
+    try:
+        engine.register(ledger_workflow(items=["a", "b", "c", "d"]), tools=[tool])
+        result = engine.run_session("wf")
+        assert result.status == "completed"
+        # Every call of the tool, counted: the two new items, once each.
+        assert [key for key, _ in tool.calls] == ["c", "d"]
+        assert ledger.calls == 2
+        folded = engine.rebuild_projections()
+        assert folded == events_in(schema)
+        assert engine.verify().ok
+        assert engine.status().workflows[0].name == "wf"
+    finally:
+        engine.close()
+    assert catalog(schema) == before  # the role created nothing, changed nothing
+    shown = flowledger("--store", role_url(schema, role), "status", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "wf" in shown.stdout
+
+
+def test_a_role_granted_less_is_told_what_to_grant_and_nothing_changes(
+        schema: str, role: str, tmp_path: Path) -> None:
+    made_by_owner(schema, ["a"])
+    as_owner(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',
+             f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    before, held = catalog(schema), events_in(schema)
+    with pytest.raises(fl.ConfigurationError) as refused:
+        fl.Engine(role_url(schema, role))
+    said = str(refused.value)
+    assert f"role {role!r} may not use it: it lacks DELETE on fl_audit_causes" in said
+    assert "USAGE on sequence stored_events_notification_id_seq" not in said.split("more")[0]
+    assert "Nothing was read or written" in said
+    assert catalog(schema) == before and events_in(schema) == held
+    assert_user_error(flowledger("--store", role_url(schema, role), "status", cwd=tmp_path),
+                      f"role {role!r} may not use it", "GRANT USAGE ON SCHEMA")
+    # What it says to grant is enough.
+    as_owner(*re.findall(r"GRANT [^;]+;", said))
+    ledger = MemoryLedger()
+    engine = fl.Engine(role_url(schema, role))
+    try:
+        engine.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+        assert engine.run_session("wf").status == "completed"
+        assert ledger.calls == 1
+    finally:
+        engine.close()
+
+
+def test_a_sequence_not_granted_is_said(schema: str, role: str) -> None:
+    made_by_owner(schema, ["a"])
+    as_owner(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',
+             f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" '
+             f'TO "{role}"')
+    with pytest.raises(fl.ConfigurationError) as refused:
+        fl.Engine(role_url(schema, role))
+    said = str(refused.value)
+    assert ("it lacks UPDATE on sequence stored_events_notification_id_seq, USAGE on "
+            "sequence stored_events_notification_id_seq.") in said
+
+
+def test_tables_an_older_release_made_are_brought_up_to_date_by_a_role_that_may_create(
+        schema: str, role: str) -> None:
+    made_by_owner(schema, ["a"])
+    as_owner(*grants(schema, role),
+             f"UPDATE \"{schema}\".fl_store_format SET value = '0' WHERE name = 'tables'")
+    before, held = catalog(schema), events_in(schema)
+    with pytest.raises(fl.ConfigurationError) as refused:
+        fl.Engine(role_url(schema, role))
+    said = str(refused.value)
+    assert "permission denied" in said
+    assert f"older than this release's (tables version {TABLES_VERSION})" in said
+    assert "open it once as a role that may create in its schema" in said
+    assert catalog(schema) == before and events_in(schema) == held
+    fl.Engine(owner_url(schema)).close()  # the owner brings them up to date
+    with _server() as conn:
+        row = conn.execute(f"SELECT value FROM \"{schema}\".fl_store_format "
+                           "WHERE name = 'tables'").fetchone()
+    assert row == (str(TABLES_VERSION),)
+    fl.Engine(role_url(schema, role)).close()
+
+
+def test_a_newer_releases_tables_version_is_kept(schema: str) -> None:
+    made_by_owner(schema, ["a"])
+    as_owner(f"UPDATE \"{schema}\".fl_store_format SET value = '{TABLES_VERSION + 1}' "
+             "WHERE name = 'tables'")
+    fl.Engine(owner_url(schema)).close()
+    with _server() as conn:
+        row = conn.execute(f"SELECT value FROM \"{schema}\".fl_store_format "
+                           "WHERE name = 'tables'").fetchone()
+    assert row == (str(TABLES_VERSION + 1),)
+
+
+def test_the_tables_version_names_this_releases_catalog(schema: str) -> None:
+    fl.Engine(owner_url(schema)).close()
+    digest = catalog_digest(schema)
+    assert CATALOGS.get(TABLES_VERSION) == digest, (
+        "the tables, indexes, functions or triggers a new store gets have changed: raise "
+        "TABLES_VERSION in flowledger/infrastructure/store_format.py (a store with the "
+        f"older ones must be brought up to date by a role that may create) and record "
+        f"the new catalog's digest in CATALOGS here: {digest!r}")

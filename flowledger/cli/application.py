@@ -14,6 +14,7 @@ from flowledger.cli import (
     integrity_commands,
     read_commands,
     run_commands,
+    setup_command,
     worker_commands,
 )
 from flowledger.cli.exits import EXIT_USAGE
@@ -47,6 +48,7 @@ for command in (
     worker_commands.worker,
     worker_commands.follow,
     copy_command.copy,
+    setup_command.setup,
     integrity_commands.verify,
     integrity_commands.keygen,
     run_commands.demo,

@@ -177,6 +177,13 @@ class Engine:
         """Walk the log and its tamper-evident chain (see `fl.verify_store`)."""
         return verify_log(self.log, expect)
 
+    def grant(self, role: str) -> list[str]:
+        """Let `role`, a PostgreSQL role that may not create, use this store: reads
+        and writes on its tables, now and on those this engine's role creates in
+        later upgrades (ADR 0013). Run as the role that owns the store's tables;
+        returns the statements run."""
+        return self.log.flow_recorder.grant(role)
+
     def close(self) -> None:
         self.heartbeat.stop()
         self.log.close()

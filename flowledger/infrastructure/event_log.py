@@ -167,9 +167,11 @@ class EventLog(Application[UUID]):
             if config.kind == "postgresql":  # reachable (check_postgres_server), yet failing
                 hint = (" The store's tables are missing, or older than this release's "
                         f"(tables version {TABLES_VERSION}): open it once as a role that may "
-                        "create in its schema (the role that created it, for example), which "
-                        "brings them up to date; after that a role granted only reads and "
-                        "writes on them opens it too.")
+                        "create in its schema, and in the database if the schema does not "
+                        "exist yet (the role that created it, for example): `flowledger "
+                        "--store URL setup --grant ROLE` brings them up to date and lets ROLE "
+                        "use them. If that role is creating the store right now, try again "
+                        "when it is done.")
             elif config.read_only:
                 hint = (" It is opened read-only (?mode=ro) and is not a flowledger store yet: "
                         "its tables cannot be created. Open it once without ?mode=ro, or "

@@ -41,6 +41,7 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import pq
 
+from flowledger.domain.errors import ConfigurationError
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, Link, head_of
 from flowledger.infrastructure.postgres_batch import PgBatch, Prepared, Rows
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast, create_guard_sql
@@ -54,9 +55,15 @@ from flowledger.infrastructure.store import (
     Row,
     SharedSQL,
 )
+from flowledger.infrastructure.store_check import (
+    SEQUENCE_PRIVILEGES,
+    TABLE_PRIVILEGES,
+    grants,
+)
 from flowledger.infrastructure.store_format import (
     FORMAT_TABLE,
     TABLES,
+    TABLES_OBJECTS,
     TABLES_VERSION,
     record_tables_version,
 )
@@ -65,6 +72,21 @@ logger = logging.getLogger("flowledger.store")
 
 # Rows in one INSERT statement, at most (4 parameters each, of PostgreSQL's 65,535).
 _ROWS_PER_INSERT = 1000
+
+
+# The store's own objects in its schema, by kind and name (`_tables_are_current`).
+_OBJECTS_SQL = (
+    "SELECT 'relation ' || relname FROM pg_class WHERE relnamespace = to_regnamespace(%s) "
+    "AND relkind IN ('r', 'i', 'S') AND (relname LIKE %s OR relname LIKE %s OR relname LIKE %s) "
+    "UNION ALL SELECT 'function ' || proname FROM pg_proc "
+    "WHERE pronamespace = to_regnamespace(%s) AND proname LIKE %s "
+    "UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+    "WHERE c.relnamespace = to_regnamespace(%s) AND NOT t.tgisinternal AND tgname LIKE %s")
+
+
+def _first(c: psycopg.Cursor[Any]) -> Any:
+    row = c.fetchone()
+    return row[0] if row else None
 
 
 def _usable(conn: psycopg.Connection[Any] | None) -> TypeGuard[psycopg.Connection[Any]]:
@@ -327,13 +349,15 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         conn = self._connect()
         try:
             with conn.cursor() as c:
-                if self._recorded_tables_version(c) >= TABLES_VERSION:
+                if self._tables_are_current(c):
                     self._sequence = self._sequence_of(c)
                     conn.commit()
                     self.tables_current = True
                     return
                 c.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
-                c.execute(f"CREATE SCHEMA IF NOT EXISTS \"{self.schema}\"")
+                c.execute("SELECT to_regnamespace(%s) IS NULL", (f'"{self.schema}"',))
+                if _first(c):  # else not asked: it needs CREATE on the database
+                    c.execute(f"CREATE SCHEMA IF NOT EXISTS \"{self.schema}\"")
                 for statement in self.sql_create_statements:
                     if "CREATE TYPE" in statement.as_string():  # no IF NOT EXISTS for types
                         c.execute("SAVEPOINT create_type")
@@ -363,15 +387,28 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         finally:
             conn.close()
 
-    def _recorded_tables_version(self, c: psycopg.Cursor[Any]) -> int:
-        """The tables version the store records (`store_format`); 0 for none."""
+    def _tables_are_current(self, c: psycopg.Cursor[Any]) -> bool:
+        """Whether the store records this release's tables version or a newer
+        one (`store_format`), and every table, index, sequence, function and
+        trigger of ours it had when that was recorded is still there (one
+        dropped by hand is made again by a role that may create)."""
         c.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self.schema}".{FORMAT_TABLE}',))
-        row = c.fetchone()
-        if not (row and row[0]):
-            return 0
-        c.execute(f'SELECT value FROM "{self.schema}".{FORMAT_TABLE} WHERE name = %s', (TABLES,))
-        row = c.fetchone()
-        return int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+        if not _first(c):
+            return False
+        c.execute(f'SELECT name, value FROM "{self.schema}".{FORMAT_TABLE} '
+                  "WHERE name = ANY(%s)", ([TABLES, TABLES_OBJECTS],))
+        recorded = dict(c.fetchall())
+        version = str(recorded.get(TABLES, ""))
+        if not version.isdigit() or int(version) < TABLES_VERSION:
+            return False
+        c.execute(_OBJECTS_SQL, self._objects_params())
+        present = {str(row[0]) for row in c.fetchall()}
+        return set(str(recorded.get(TABLES_OBJECTS, "")).split(",")) <= present
+
+    def _objects_params(self) -> tuple[str, ...]:
+        schema = f'"{self.schema}"'
+        return (schema, r"fl\_%", r"stored\_%", "tracking%", schema, r"fl\_%", schema,
+                r"fl\_%")
 
     def _sequence_of(self, c: psycopg.Cursor[Any]) -> str:
         c.execute("SELECT pg_get_serial_sequence(%s, 'notification_id')",
@@ -380,7 +417,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         return str(row[0]) if row and row[0] else ""
 
     def tables_created(self, c: PgCursor | PgBatch) -> None:
-        record_tables_version(c)
+        assert isinstance(c, PgBatch)
+        objects = sorted(str(row[0]) for row in c.ask(_OBJECTS_SQL, self._objects_params())
+                         .fetchall())
+        record_tables_version(c, ",".join(objects))
 
     @property
     def channel(self) -> str:
@@ -673,6 +713,28 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 self._liveness = self._hold_liveness(key, wait=False)
             except psycopg.Error as e:
                 logger.warning("could not take this engine's liveness lock again: %s", e)
+
+    def grant(self, role: str) -> list[str]:
+        schema, name = f'"{self.schema}"', '"' + role.replace('"', '""') + '"'
+        statements = [*grants(self.schema, role), *(
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT {what} TO {name};" for what in (
+                f"{', '.join(TABLE_PRIVILEGES)} ON TABLES",
+                f"{', '.join(SEQUENCE_PRIVILEGES)} ON SEQUENCES", "EXECUTE ON FUNCTIONS"))]
+        conn = self._connect()
+        try:
+            with conn.cursor() as c:
+                for statement in statements:
+                    c.execute(statement.encode())
+            conn.commit()
+        except psycopg.Error as e:
+            raise ConfigurationError(
+                f"cannot grant {role!r} the use of the store in schema {self.schema!r}: "
+                f"{' '.join(str(e).split())}. Nothing was granted; create the role first "
+                "(CREATE ROLE ... LOGIN), and grant as the role that owns the store's tables"
+            ) from None
+        finally:
+            conn.close()
+        return statements
 
     def store_time(self) -> datetime:
         """The server's clock: every engine on this store judges leases by it."""

@@ -27,6 +27,7 @@ from eventsourcing.sqlite import (
     SQLiteProcessRecorder,
 )
 
+from flowledger.domain.errors import ConfigurationError
 from flowledger.infrastructure.hash_chain import HEAD_SQL, INSERT_SQL, Chain, head_of
 from flowledger.infrastructure.store import (
     AfterInsert,
@@ -124,6 +125,11 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
 
     def tables_created(self, c: Any) -> None:
         pass
+
+    def grant(self, role: str) -> list[str]:
+        raise ConfigurationError(
+            f"cannot grant {role!r} the use of an SQLite store: a file has no roles. Whoever "
+            "may read and write the file (and its folder) may use it; nothing was changed")
 
     def create_table(self) -> None:
         """The library's, made safe for processes that open a new store at once.

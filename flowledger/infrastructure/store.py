@@ -175,6 +175,11 @@ class LogStore(Protocol):
         """Whether a session holder is alive (False: provably gone), or None when
         the store cannot tell (the engine then judges by host and process id)."""
 
+    def grant(self, role: str) -> list[str]:
+        """Let `role` use the store with reads and writes only, now and on tables
+        this engine's role creates later; the statements run. Refused where the
+        store has no roles (a file: whoever may write it may use it)."""
+
     def close_connections(self) -> None: ...
 
 

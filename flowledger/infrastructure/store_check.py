@@ -212,7 +212,8 @@ def grants(schema: str, role: str) -> list[str]:
     s, r = f'"{schema}"', '"' + role.replace('"', '""') + '"'
     return [f"GRANT USAGE ON SCHEMA {s} TO {r};",
             f"GRANT {', '.join(TABLE_PRIVILEGES)} ON ALL TABLES IN SCHEMA {s} TO {r};",
-            f"GRANT {', '.join(SEQUENCE_PRIVILEGES)} ON ALL SEQUENCES IN SCHEMA {s} TO {r};"]
+            f"GRANT {', '.join(SEQUENCE_PRIVILEGES)} ON ALL SEQUENCES IN SCHEMA {s} TO {r};",
+            f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} TO {r};"]
 
 
 def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
@@ -238,6 +239,12 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
               "AND NOT has_sequence_privilege(c.oid, p.priv) ORDER BY p.priv",
               (list(SEQUENCE_PRIVILEGES), schema, f"{LOG_TABLE}\\_%"))
     lacks += [f"{priv} on sequence {table}" for priv, table in c.fetchall()]
+    # The append's guard is a function: without EXECUTE on it, appends fail,
+    # after a run's external call too.
+    c.execute("SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+              "WHERE n.nspname = %s AND p.proname LIKE 'fl\\_%%' "
+              "AND NOT has_function_privilege(p.oid, 'EXECUTE') ORDER BY p.proname", (schema,))
+    lacks += [f"EXECUTE on function {name}" for (name,) in c.fetchall()]
     if not lacks:
         return
     said = ", ".join(lacks[:6]) + (f" and {len(lacks) - 6} more" if len(lacks) > 6 else "")

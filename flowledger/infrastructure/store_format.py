@@ -53,6 +53,7 @@ _KEY_CHECK_TEXT = b"flowledger cipher key check v1"
 # lower are brought up to date at their next opening by a role that may create.
 TABLES_VERSION = 1
 TABLES = "tables"
+TABLES_OBJECTS = "tables_objects"  # what of ours the schema held when it was recorded
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,15 @@ def tables_version(c: Any) -> int:
     return int(row[0]) if row is not None and str(row[0]).isdigit() else 0
 
 
-def record_tables_version(c: Any) -> None:
-    """Say that this release's tables all exist now; a newer release's record stays."""
-    found = tables_version(c)
-    if found < TABLES_VERSION:
-        c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name = ?", (TABLES,))
-        c.execute(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)", (TABLES, str(TABLES_VERSION)))
+def record_tables_version(c: Any, objects: str) -> None:
+    """Say that this release's tables all exist now, and which objects of ours
+    the store holds (`objects`, as the store names them); a newer release's
+    record stays."""
+    if tables_version(c) > TABLES_VERSION:
+        return
+    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?)", (TABLES, TABLES_OBJECTS))
+    c.executemany(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)",
+                  [(TABLES, str(TABLES_VERSION)), (TABLES_OBJECTS, objects)])
 
 
 def read_format(c: Any) -> dict[str, str]:

@@ -1,0 +1,35 @@
+"""`flowledger setup`: make a store, or bring its tables up to date, without
+running anything; and let roles that may only read and write use it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+import flowledger as fl
+from flowledger.cli.options import StoreOption, store_url
+from flowledger.cli.render import out
+from flowledger.infrastructure.store_url import shown
+
+
+def setup(
+    ctx: typer.Context,
+    store: StoreOption = None,
+    grant: Annotated[list[str] | None, typer.Option(
+        metavar="ROLE", help="A PostgreSQL role that may only read and write, to let use the "
+                             "store (repeat for several).")] = None,
+) -> None:
+    """Create the store's tables, or bring them up to date after an upgrade, as the
+    role the store URL names (on PostgreSQL: one that may create in the schema,
+    its owner). With --grant, also let ROLE use the store: reads and writes on its
+    tables, now and on those later upgrades create. Runs no workflow."""
+    url = store_url(ctx, store)
+    with fl.Engine(url) as engine:
+        done = {role: engine.grant(role) for role in grant or []}
+    out.print(f"store {shown(url)} is ready: its tables are this release's",
+              markup=False, highlight=False)
+    for role, statements in done.items():
+        out.print(f"granted {role!r} the use of it:", markup=False, highlight=False)
+        for statement in statements:
+            out.print(f"  {statement}", markup=False, highlight=False, soft_wrap=True)

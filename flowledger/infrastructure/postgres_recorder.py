@@ -403,7 +403,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             return False
         c.execute(_OBJECTS_SQL, self._objects_params())
         present = {str(row[0]) for row in c.fetchall()}
-        return set(str(recorded.get(TABLES_OBJECTS, "")).split(",")) <= present
+        return (set(str(recorded.get(TABLES_OBJECTS, "")).split(",")) <= present
+                and self._notifies_its_channel(c))
 
     def _objects_params(self) -> tuple[str, ...]:
         schema = f'"{self.schema}"'
@@ -428,15 +429,25 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         as a name, at 63 bytes."""
         return f"flowledger_{self.schema}".encode()[:63].decode(errors="ignore")
 
+    @property
+    def _notify_body(self) -> str:
+        return f"BEGIN PERFORM pg_notify('{self.channel}', ''); RETURN NULL; END"
+
+    def _notifies_its_channel(self, c: psycopg.Cursor[Any]) -> bool:
+        """Whether the log's trigger function notifies this schema's channel (not
+        a channel of another name: an older release's, or the schema's before
+        it was renamed)."""
+        c.execute("SELECT prosrc FROM pg_proc WHERE proname = 'fl_notify_appended' "
+                  "AND pronamespace = to_regnamespace(%s)", (f'"{self.schema}"',))
+        found = c.fetchone()
+        return found is not None and str(found[0]).strip() == self._notify_body
+
     def _create_append_notification(self, c: psycopg.Cursor[Any]) -> None:
         """Every transaction that appends to the log notifies `channel` as it
         commits (a statement trigger: any writer, one notification per
         transaction), so a waiting worker is woken instead of polling."""
-        body = f"BEGIN PERFORM pg_notify('{self.channel}', ''); RETURN NULL; END"
-        c.execute("SELECT prosrc FROM pg_proc WHERE proname = 'fl_notify_appended' "
-                  "AND pronamespace = %s::regnamespace", (f'"{self.schema}"',))
-        found = c.fetchone()
-        if found is None or found[0].strip() != body:
+        body = self._notify_body
+        if not self._notifies_its_channel(c):
             # Replaced, not dropped: the trigger keeps calling it. Older releases
             # cut a non-ASCII schema's channel by characters, past 63 bytes.
             c.execute(f"CREATE OR REPLACE FUNCTION \"{self.schema}\".fl_notify_appended() "

@@ -418,10 +418,12 @@ class Engine:
         wf: Workflow | None = self.log.load(reg.workflow_id)
         if wf is None or wf.open_session is None:
             return None
-        now = self.clock.now()
-        alive = not self._holder_gone(wf.open_session, wf.session_owner)
-        lease_now = self.lease.now()  # leases are judged in the store's time
-        if alive and not wf.lease_expired(lease_now):
+        expired = wf.lease_expired(self.lease.now())  # leases are judged in the store's time
+        # While its lease runs, a holder is taken over only once proven gone,
+        # which may need a second look (ADR 0017).
+        alive = not self._holder_gone(wf.open_session, wf.session_owner, patient=not expired)
+        now, lease_now = self.clock.now(), self.lease.now()
+        if alive and not expired:
             return SessionResult("busy", name, wf.open_session, error=(
                 f"session {wf.open_session} is held by {wf.session_owner}, which may still be "
                 f"running (lease until {wf.lease_until}); nothing was done"))
@@ -568,18 +570,21 @@ class Engine:
                      and self._holder_gone(w.open_session, w.owner))
         return dataclasses.replace(st, holders_gone=gone) if gone else st
 
-    def _holder_alive(self, owner: str | None) -> bool:
+    def _holder_alive(self, owner: str | None, patient: bool = False) -> bool:
         """Whether a session's holder may still be running (False only when provably dead)."""
-        alive = self.log.flow_recorder.holder_alive(owner)  # the store may know (ADR 0017)
+        alive = self.log.flow_recorder.holder_alive(owner, patient)  # the store may know
         return _owner_alive(owner) if alive is None else alive
 
-    def _holder_gone(self, session_id: UUID | None, owner: str | None) -> bool:
+    def _holder_gone(self, session_id: UUID | None, owner: str | None,
+                     patient: bool = False) -> bool:
         """Whether open session `session_id`'s holder provably runs it no more:
         this engine, which stopped it and could not end its lease (the store
-        was failing), or a holder the store or the host proves gone."""
+        was failing), or a holder the store or the host proves gone. `patient`:
+        wait for a second look where the store needs one (ADR 0017); a worker's
+        pass does not, and finds it proven at a later pass."""
         if owner == self.owner and session_id in self._left:
             return True
-        return not self._holder_alive(owner)
+        return not self._holder_alive(owner, patient)
 
     # ---------------------------------------------------- read side (§2.4, §2.5)
 

@@ -278,8 +278,9 @@ class Worker:
             name, status=wf.status.value, paused_until=wf.paused_until,
             session_open=wf.open_session is not None,
             lease_until=self.engine.lease.to_engine(wf.lease_until),  # in the store's time
-            holder_dead=(wf.open_session is not None
-                         and self.engine._holder_gone(wf.open_session, wf.session_owner)),
+            holder_dead=(wf.open_session is not None  # patient: a second look if need be
+                         and self.engine._holder_gone(wf.open_session, wf.session_owner,
+                                                      patient=True)),
             schedules=schedules,
             last_runs={p: self._runs.last.get((reg.workflow_id, p)) for p in schedules},
             consumers=[ConsumerView(c.name, c.subscribe) for c in reg.definition.consumers],

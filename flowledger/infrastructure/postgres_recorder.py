@@ -23,6 +23,7 @@ import itertools
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -82,6 +83,10 @@ _OBJECTS_SQL = (
     "WHERE pronamespace = to_regnamespace(%s) AND proname LIKE %s "
     "UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
     "WHERE c.relnamespace = to_regnamespace(%s) AND NOT t.tgisinternal AND tgname LIKE %s")
+
+
+class _PositionsBehind(Exception):
+    """The position sequence gave positions at or below the log's head."""
 
 
 def _first(c: psycopg.Cursor[Any]) -> Any:
@@ -268,6 +273,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         # looked for when a writer connection is opened again (`_lost_appends`).
         self._last_appended: tuple[int, str, int] | None = None
         self.lost_appends = 0
+        # Owners whose liveness lock this engine found free: when it took it
+        # last (by the store's note), and when this engine first found it free.
+        self._found_free: dict[str, tuple[Any, float]] = {}
         # Whether the store's tables are this release's already (create_table).
         self.tables_current = False
 
@@ -286,6 +294,12 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 c.execute(setting)
         conn.commit()
         return conn
+
+    # How long a living engine may take to take its liveness lock again after
+    # the server ended that lock's connection alone: at its next write, and
+    # within a second (the heartbeat) while a session waits on a handler or a
+    # tool. A lock free for longer, never taken again, proves its owner gone.
+    RETAKE_WITHIN_S = 3.0
 
     # Idle reading connections kept per kind; more are opened while more
     # threads read at once, and closed as they come back.
@@ -351,8 +365,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             with conn.cursor() as c:
                 if self._tables_are_current(c):
                     self._sequence = self._sequence_of(c)
+                    behind = self._sequence_behind(c)
                     conn.commit()
                     self.tables_current = True
+                    if behind:
+                        self._set_sequence_past_head()
                     return
                 c.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
                 c.execute("SELECT to_regnamespace(%s) IS NULL", (f'"{self.schema}"',))
@@ -375,13 +392,19 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                           "PRIMARY KEY, notification_id bigint)")
                 c.execute("CREATE TABLE IF NOT EXISTS fl_liveness (owner text PRIMARY KEY, "
                           "key integer NOT NULL, incarnation text)")
+                # When the owner last took its lock (holder_alive): a column
+                # tables version 2 added.
+                c.execute("ALTER TABLE fl_liveness ADD COLUMN IF NOT EXISTS taken_at timestamptz")
                 self._create_append_notification(c)
                 c.execute("SELECT 1 FROM pg_proc WHERE proname = 'fl_guard' AND pronamespace = "
                           "%s::regnamespace", (f'"{self.schema}"',))
                 if not c.fetchone():  # created once: a role that only reads need not create
                     c.execute(create_guard_sql(self.schema))
                 self._sequence = self._sequence_of(c)
+                behind = self._sequence_behind(c)
             conn.commit()
+            if behind:
+                self._set_sequence_past_head()
         except psycopg.errors.InsufficientPrivilege as e:  # said with what to do
             raise ProgrammingError(" ".join(str(e).split())) from e
         finally:
@@ -410,6 +433,15 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         schema = f'"{self.schema}"'
         return (schema, r"fl\_%", r"stored\_%", "tracking%", schema, r"fl\_%", schema,
                 r"fl\_%")
+
+    def _sequence_behind(self, c: psycopg.Cursor[Any]) -> bool:
+        """Whether the position sequence is behind the log's head (looked at
+        without the log's lock: mended under it, `_set_sequence_past_head`)."""
+        if not self._sequence:
+            return False
+        c.execute(f'SELECT MAX(notification_id) > COALESCE(pg_sequence_last_value(%s::regclass), '
+                  f'0) FROM "{self.schema}".{self.events_table_name}', (self._sequence,))
+        return bool(_first(c))
 
     def _sequence_of(self, c: psycopg.Cursor[Any]) -> str:
         c.execute("SELECT pg_get_serial_sequence(%s, 'notification_id')",
@@ -689,9 +721,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         judged by its lease, never wrongly gone."""
         table = f'"{self.schema}".fl_liveness'
         try:
-            conn.execute(f"INSERT INTO {table} (owner, key, incarnation) "
-                         f"VALUES (%s, %s, {_INCARNATION}) ON CONFLICT (owner) DO UPDATE "
-                         "SET key = excluded.key, incarnation = excluded.incarnation",
+            conn.execute(f"INSERT INTO {table} (owner, key, incarnation, taken_at) "
+                         f"VALUES (%s, %s, {_INCARNATION}, clock_timestamp()) "
+                         "ON CONFLICT (owner) DO UPDATE SET key = excluded.key, "
+                         "incarnation = excluded.incarnation, taken_at = excluded.taken_at",
                          (self._owner, key))
         except psycopg.Error as e:
             logger.warning("could not note this engine's liveness lock: %s", e)
@@ -751,25 +784,41 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         """The server's clock: every engine on this store judges leases by it."""
         return self.read_all("SELECT clock_timestamp()", ())[0][0]
 
-    def holder_alive(self, owner: str | None) -> bool | None:
-        """False when `owner`'s connection is gone (its advisory lock is free,
-        and it took it under the server's present incarnation), True while it
-        holds it, None when this store cannot tell: no lock for that owner, or
-        one last taken before a failover, a restart or a reinitialisation (its
-        owner may not have reached the server since)."""
+    def holder_alive(self, owner: str | None, patient: bool = False) -> bool | None:
+        """False when `owner` is gone: its advisory lock is free, it took it under
+        the server's present incarnation, and it has not taken it again for
+        RETAKE_WITHIN_S since this engine first found it free. True while it
+        holds it. None when this store cannot tell (yet): no lock for that
+        owner, one last taken before a failover, a restart or a
+        reinitialisation (its owner may not have reached the server since), or
+        a lock found free less than RETAKE_WITHIN_S ago: the server ends a
+        connection (an idle timeout, `pg_terminate_backend`) without ending its
+        process, which takes its lock again at its next write or heartbeat,
+        while its tool call goes on (ADR 0017). `patient`: wait out what is
+        left of that time, then look again, rather than answer None."""
         key = self._liveness_key(owner or "")
-        if key is None:
+        if owner is None or key is None:
             return None
-        # A transaction-level try: released as the statement ends (the reading
-        # connection is in autocommit), so no connection of its own per look.
-        (free, here), = self.read_all(
-            "SELECT pg_try_advisory_xact_lock(?, ?), "
+        (free, here, taken), = self.read_all(
+            "SELECT pg_try_advisory_xact_lock(?, ?), "  # released as the statement ends
             f"COALESCE((SELECT incarnation = {_INCARNATION} FROM fl_liveness "
-            "WHERE owner = ?), false)",
-            (_CREATE_LOCK, key, owner))
+            "WHERE owner = ?), false), (SELECT taken_at FROM fl_liveness WHERE owner = ?)",
+            (_CREATE_LOCK, key, owner, owner))
         if not free:
+            self._found_free.pop(owner, None)
             return True
-        return False if here else None
+        if not here:
+            return None
+        now = time.monotonic()
+        first = self._found_free.setdefault(owner, (taken, now))
+        if first[0] != taken:  # taken again, and freed again, since: a living owner
+            first = self._found_free[owner] = (taken, now)
+        if now - first[1] >= self.RETAKE_WITHIN_S:
+            return False
+        if not patient:
+            return None
+        time.sleep(self.RETAKE_WITHIN_S - (now - first[1]))
+        return self.holder_alive(owner)
 
     def close_connections(self) -> None:
         with self._liveness_lock:
@@ -809,7 +858,48 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     if e.sqlstate != GUARD_FAILED:
                         raise
                     self._forecast.missed()
-            return self._append(rows, appended, fence, sync, snapshots, hold, False, read_after)
+            try:
+                return self._append(rows, appended, fence, sync, snapshots, hold, False,
+                                    read_after)
+            except _PositionsBehind:
+                self._set_sequence_past_head()  # nothing was stored: once more, past the head
+                return self._append(rows, appended, fence, sync, snapshots, hold, False,
+                                    read_after)
+
+    def _went_back(self, head: int) -> None:
+        """The log's head is behind this engine's last append: the store was
+        restored from an older backup (or replaced) under it. Nothing is
+        appended on top; what the engine remembers of the log is dropped, and
+        the sessions it had begun stop (`lost_appends`, as for appends a
+        crashed server lost)."""
+        assert self._last_appended is not None
+        position = self._last_appended[0]
+        self._last_appended = None
+        self.lost_appends += 1
+        self._forecast.forget()
+        raise OperationalError(
+            f"the store's log ends at position {head}, before this engine's last append "
+            f"(position {position}): it was restored from an older backup, or replaced, while "
+            "this engine ran. Nothing is appended on it: the session stops here. What ran "
+            "after the backup is no longer recorded and may be done again by any engine; "
+            "see the README (Backups)")
+
+    def _set_sequence_past_head(self) -> None:
+        """The position sequence, set back by hand (`ALTER SEQUENCE ... RESTART`)
+        or by a restore or a replication that does not carry it, would give
+        positions the log already holds, or positions below its head that no
+        reader would ever look at again: set it past the head, under the log's
+        lock. Said in the log, as nothing of flowledger's sets it back."""
+        with self.writing(sync=True) as c:
+            found = c.ask(
+                f"SELECT head, setval(%s, head) FROM (SELECT MAX(notification_id) AS head "
+                f"FROM {self.events_table_name}) AS log "
+                "WHERE head > COALESCE(pg_sequence_last_value(%s::regclass), 0)",
+                (self._sequence, self._sequence)).fetchall()
+        if found:
+            logger.warning("the log's position sequence %s was behind the log's head (%s), "
+                           "set back outside flowledger; it is set past the head again",
+                           self._sequence, found[0][0])
 
     def _append(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
                 sync: bool, snapshots: Sequence[Row], hold: bool, forecast: bool,
@@ -832,6 +922,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 if not forecast:
                     positions = self._positions_given(rows, fence, inserts)
                     head = head_of(head_rows.fetchall()) if head_rows is not None else None
+                    if head is not None and positions and positions[0] <= head[0]:
+                        raise _PositionsBehind  # the sequence was set back: rolled back
+                    if (head is not None and self._last_appended is not None
+                            and head[0] < self._last_appended[0]):
+                        self._went_back(head[0])  # rolled back too
                 if self.chain is not None:
                     links = self.chain.links(head, positions, rows)
                     for part in _in_statements(links):
@@ -849,6 +944,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         except psycopg.errors.UniqueViolation as e:
             if self.after_abort is not None:
                 self.after_abort()
+            if "notification_id" in (e.diag.constraint_name or ""):
+                raise _PositionsBehind from e  # a position taken: the sequence was set back
             if e.diag.table_name == self.events_table_name:  # a stream's version taken
                 raise IntegrityError(e) from e
             # A projection's or the chain's: not another writer's doing.

@@ -360,7 +360,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         """None: an SQLite file's writers share one host, and its clock."""
         return None
 
-    def holder_alive(self, owner: str | None) -> bool | None:
+    def holder_alive(self, owner: str | None, patient: bool = False) -> bool | None:
         """None: the engine judges by the owner's host and process id."""
         return None
 

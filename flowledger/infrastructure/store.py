@@ -171,9 +171,10 @@ class LogStore(Protocol):
         """Wake-ups on appends from any process, where the store sends them
         (PostgreSQL's notifications); None where waiting means polling (SQLite)."""
 
-    def holder_alive(self, owner: str | None) -> bool | None:
+    def holder_alive(self, owner: str | None, patient: bool = False) -> bool | None:
         """Whether a session holder is alive (False: provably gone), or None when
-        the store cannot tell (the engine then judges by host and process id)."""
+        the store cannot tell (the engine then judges by host and process id).
+        `patient`: a store that needs a second look to tell waits for it."""
 
     def grant(self, role: str) -> list[str]:
         """Let `role` use the store with reads and writes only, now and on tables

@@ -7,6 +7,8 @@ other processes (its advisory lock, ADR 0017)."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -18,7 +20,13 @@ import pytest
 import flowledger as fl
 from flowledger.engine.waiting import LogWaiter
 from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK
-from tests.helpers import MemoryLedger, ScriptedLedgerTool, costly_workflow, mid_call_tool
+from tests.helpers import (
+    MemoryLedger,
+    ScriptedLedgerTool,
+    costly_workflow,
+    ledger_workflow,
+    mid_call_tool,
+)
 
 on_postgresql = pytest.mark.parametrize(
     "store", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
@@ -54,7 +62,9 @@ def end_connections(engine: fl.Engine, pids: list[int] | None = None) -> int:
 
 
 def _alive_to_others(engine: fl.Engine, other: fl.Engine) -> bool | None:
-    return other.log.flow_recorder.holder_alive(engine.owner)
+    """As another engine about to take a session over judges: a free lock gets
+    a second look, in case its owner takes it again."""
+    return other.log.flow_recorder.holder_alive(engine.owner, patient=True)
 
 
 @on_postgresql
@@ -262,10 +272,10 @@ def test_a_holder_gone_stays_provably_gone_when_other_engines_open(make_engine):
     however many engines opened in between (a CLI command opens one)."""
     holder, looker = make_engine(), make_engine()
     end_connections(holder)  # as if its process had died
-    assert looker.log.flow_recorder.holder_alive(holder.owner) is False
+    assert looker.log.flow_recorder.holder_alive(holder.owner, patient=True) is False
     make_engine()
     make_engine()
-    assert looker.log.flow_recorder.holder_alive(holder.owner) is False
+    assert looker.log.flow_recorder.holder_alive(holder.owner) is False  # proven already
 
 
 @on_postgresql
@@ -277,7 +287,8 @@ def test_looking_at_a_holder_opens_no_connection_and_holds_nothing(make_engine, 
     rec = other.log.flow_recorder
     end_connections(dead)  # as if its process had died
     gone = dead.owner
-    assert rec.holder_alive(engine.owner) is True and rec.holder_alive(gone) is False
+    assert rec.holder_alive(engine.owner) is True
+    assert rec.holder_alive(gone, patient=True) is False
     # An owner that never took its lock on this server is not proven gone.
     assert rec.holder_alive("elsewhere:1:deadbeef") is None
     opened: list[int] = []
@@ -332,3 +343,130 @@ def test_a_lost_append_is_looked_for_again_when_the_look_itself_fails(make_engin
     assert session._lost_before == 0  # a session begun before the loss stops:
     with pytest.raises(fl.ConcurrencyError, match="the store lost appends"):
         session.append()
+
+
+@on_postgresql
+def test_a_holder_whose_lock_connection_alone_was_ended_is_not_taken_over_mid_call(
+        make_engine, ledger):
+    """The server ends the liveness lock's connection of an engine whose run
+    waits on its tool (an idle-connection reaper, `pg_terminate_backend`): the
+    holder lives on and takes its lock again within its heartbeat, so another
+    engine looking then does not take the session over; the call is made
+    once. A first look at a free lock used to prove the holder gone at once."""
+    in_call, release = threading.Event(), threading.Event()
+
+    def wait_in_call(key: str) -> None:
+        in_call.set()
+        assert release.wait(30)
+
+    holder, other = make_engine(), make_engine()
+    tool = mid_call_tool(wait_in_call)(ledger)
+    holder.register(costly_workflow(["a"], ["0.5"]), tools=[tool])
+    other_tool = ScriptedLedgerTool(ledger)
+    other.register(costly_workflow(["a"], ["0.5"]), tools=[other_tool])
+    results: list[fl.SessionResult] = []
+    running = threading.Thread(target=lambda: results.append(holder.run_session("prop")))
+    running.start()
+    try:
+        assert in_call.wait(30)
+        end_connections(holder, [holder.log.flow_recorder._liveness.info.backend_pid])
+        assert other.log.flow_recorder.holder_alive(holder.owner) is None  # not proof yet
+        taken = other.recover()
+        assert [r.status for r in taken] == ["busy"], taken
+        assert other.status().holders_gone == ()
+    finally:
+        release.set()
+        running.join(30)
+    assert results and results[0].status == "completed", results
+    assert [key for key, _ in tool.calls] == ["a"] and other_tool.calls == []
+    assert ledger.keys() == ["a"]
+
+
+def _sequence(engine: fl.Engine) -> str:
+    return engine.log.flow_recorder._sequence
+
+
+def _positions(engine: fl.Engine) -> list[int]:
+    return [row[0] for row in engine.log.flow_recorder.read_all(
+        "SELECT notification_id FROM stored_events ORDER BY notification_id", ())]
+
+
+@on_postgresql
+@pytest.mark.parametrize("restart_at", ["1", "the_gap"])
+def test_a_position_sequence_set_back_by_hand_never_puts_events_below_the_head(
+        make_engine, ledger, restart_at, caplog):
+    """`ALTER SEQUENCE ... RESTART` (or a restore that does not carry the
+    sequence): the next append made the ordinary way would take positions
+    the log holds (the insert failed, said as a session opened elsewhere), or
+    fill a gap below the head, where no reader looks again and the chain
+    breaks. It is set past the head, and the append goes on there."""
+    one, two = make_engine(), make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    one.register(costly_workflow(["a", "b"], ["0.5"]), tools=[tool])
+    two.register(ledger_workflow("other", ["x"]), tools=[ScriptedLedgerTool(ledger)])
+    assert one.run_session("prop").status == "completed"
+    with _server(one) as c:
+        gap = c.execute("SELECT nextval(%s)", (_sequence(one),)).fetchone()[0]  # type: ignore[index]
+        c.execute("SELECT nextval(%s)", (_sequence(one),))
+    assert two.run_session("other").status == "completed"  # one's forecast is stale now
+    before = set(_positions(one))
+    head = max(before)
+    assert gap not in before
+    with _server(one) as c:
+        start = 1 if restart_at == "1" else gap
+        c.execute(f"ALTER SEQUENCE {_sequence(one)} RESTART WITH {start}")
+    with caplog.at_level(logging.WARNING, logger="flowledger.store"):
+        assert one.run_session("prop").status == "completed"
+    added = set(_positions(one)) - before
+    assert added and min(added) > head
+    assert "was behind the log's head" in caplog.text
+    assert [key for key, _ in tool.calls] == ["a", "b"]
+    assert one.verify().ok and one.status().workflows[0].open_session is None
+
+
+@on_postgresql
+def test_an_engine_opening_a_store_sets_a_sequence_set_back_past_the_head(make_engine, ledger):
+    engine = make_engine()
+    engine.register(costly_workflow(["a"], ["0.5"]), tools=[ScriptedLedgerTool(ledger)])
+    assert engine.run_session("prop").status == "completed"
+    head = max(_positions(engine))
+    with _server(engine) as c:
+        c.execute(f"ALTER SEQUENCE {_sequence(engine)} RESTART")
+    make_engine().close()
+    with _server(engine) as c:
+        value = c.execute("SELECT pg_sequence_last_value(%s::regclass)",
+                          (_sequence(engine),)).fetchone()[0]  # type: ignore[index]
+    assert value == head
+
+
+@on_postgresql
+def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_call(
+        make_engine, store, ledger, tmp_path):
+    """`pg_dump`, more runs, then the dump restored over the store while the
+    engine lives on: its next append finds the log's head before its own last
+    append, and the session stops there, before calling anything, saying why
+    (it used to go on and call again what the lost part of the log had done)."""
+    bindir = "/usr/lib/postgresql/15/bin"
+    if not os.path.exists(f"{bindir}/pg_dump"):
+        pytest.skip("pg_dump is not installed here")
+    engine = make_engine()
+    items = ["a", "b"]
+    tool = ScriptedLedgerTool(ledger)
+    engine.register(ledger_workflow(items=items, name="wf"), tools=[tool])
+    assert engine.run_session("wf").status == "completed"
+    info = engine.log.flow_recorder.conninfo
+    schema = store.rpartition("schema=")[2]
+    where = ["-h", str(info["host"]), "-p", str(info["port"]), "-U", str(info["user"])]
+    dump = tmp_path / "store.dump"
+    subprocess.run([f"{bindir}/pg_dump", *where, "-n", schema, "-Fc", "-f", str(dump),
+                    str(info["dbname"])], check=True, capture_output=True, timeout=120)
+    items += ["c"]  # published and called after the backup
+    engine.register(ledger_workflow(items=items, name="wf"), tools=[tool])
+    assert engine.run_session("wf").status == "completed"
+    subprocess.run([f"{bindir}/pg_restore", *where, "--clean", "--single-transaction",
+                    "-d", str(info["dbname"]), str(dump)], check=True, capture_output=True,
+                   timeout=120)
+    # The restored log knows nothing of "c": a session would call it again.
+    with pytest.raises(Exception, match="restored from an older backup"):
+        engine.run_session("wf")
+    assert [key for key, _ in tool.calls] == ["a", "b", "c"]

@@ -382,12 +382,13 @@ def test_pending_events_of_a_session_that_closed_during_the_look_are_served(
     assert at_close.wait(30)  # "b" is published, the publisher's session still open
     gone = worker_engine._holder_gone
 
-    def after_the_publisher_is_gone(session_id: Any, owner: str | None) -> bool:
+    def after_the_publisher_is_gone(session_id: Any, owner: str | None,
+                                    patient: bool = False) -> bool:
         if not go_on.is_set():  # the worker's look: the publisher ends meanwhile
             go_on.set()
             thread.join(30)
             publisher.close()  # its process exits: its liveness lock is free
-        return gone(session_id, owner)
+        return gone(session_id, owner, patient)
 
     monkeypatch.setattr(worker_engine, "_holder_gone", after_the_publisher_is_gone)
     assert worker.run_once() == []  # judged gone; nothing left to take over

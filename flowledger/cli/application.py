@@ -20,6 +20,8 @@ from flowledger.cli import (
 from flowledger.cli.exits import EXIT_USAGE
 from flowledger.cli.options import at_options, global_options
 from flowledger.cli.render import print_error
+from flowledger.domain.failures import describe
+from flowledger.engine.engine import from_the_store
 
 app = typer.Typer(
     name="flowledger",
@@ -82,4 +84,11 @@ def main() -> None:
         app(prog_name="flowledger")
     except fl.FlowledgerError as e:
         print_error(str(e))
+        sys.exit(EXIT_USAGE)
+    except Exception as e:
+        if not from_the_store(e):
+            raise  # a bug of ours: shown whole
+        print_error(f"the store failed ({describe(e)}). Nothing more was done, and what the "
+                    "log holds stands: run the command again once the store works (`recover` "
+                    "continues a session this one left)")
         sys.exit(EXIT_USAGE)

@@ -161,7 +161,7 @@ class Engine:
                 self.projections.catch_up()
         except Exception as e:
             self.log.close()
-            if isinstance(e, FlowledgerError) or not _from_the_store(e):
+            if isinstance(e, FlowledgerError) or not from_the_store(e):
                 raise  # ours already, or a bug: shown as it is
             if is_lock_timeout(e):  # every failure to open a store is one of ours
                 raise StoreBusyError(
@@ -701,7 +701,7 @@ class Engine:
             return audit_mentions_of(c, run_id)
 
 
-def _from_the_store(error: BaseException) -> bool:
+def from_the_store(error: BaseException) -> bool:
     """Whether the store's driver or the persistence library raised `error` (a bug
     of ours, a NameError, stays one), told without importing any driver."""
     return isinstance(error, OSError) or type(error).__module__.split(".")[0] in (

@@ -23,6 +23,7 @@ from uuid import UUID
 from flowledger.authoring.registration import Registration
 from flowledger.domain.due import Decision, Due, Situation, decide_due, serving_order
 from flowledger.domain.errors import CorruptEventError
+from flowledger.domain.failures import describe
 from flowledger.domain.phases import RunKind
 from flowledger.domain.schedule import Schedule
 from flowledger.domain.scheduling import ConsumerView, TopicBacklog
@@ -81,6 +82,7 @@ class Worker:
         self.sessions = 0  # sessions this worker ran (for tests and figures)
         self._undecided: set[str] = set()  # workflows whose last decision failed
         self._unreadable: set[str] = set()  # workflows last stopped by a damaged stream
+        self._failed_sessions = 0  # sessions in a row that stopped on an error
 
     # -------------------------------------------------------------- serving
 
@@ -165,13 +167,21 @@ class Worker:
                 self._serve(item, head)
             except CorruptEventError as e:
                 self._cannot_read(item.workflow, e)  # its own: the others go on at once
-            except Exception:
+            except Exception as e:
                 # The session lost its lock, or the store failed: what was
                 # appended stands, and the log says what is left. Never the
-                # end of the worker.
-                logger.exception("session of %s stopped", item.workflow)
-                self.stop.wait(self.interval)
+                # end of the worker; a store that keeps failing (say, read-only
+                # after a failover) is waited for longer each time, and its
+                # story told once.
+                self._failed_sessions += 1
+                delay = min(self.interval * 2 ** min(self._failed_sessions - 1, 16),
+                            self.MAX_RETRY_WAIT)
+                logger.error("session of %s stopped (%s); trying again in %.1fs", item.workflow,
+                             " ".join(describe(e).split()), delay,
+                             exc_info=self._failed_sessions == 1)
+                self.stop.wait(delay)
             else:
+                self._failed_sessions = 0
                 self._unreadable.discard(item.workflow)
         self._turn += 1
 

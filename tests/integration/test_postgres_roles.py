@@ -11,7 +11,10 @@ up to date only by a role that may create, and nothing is changed before.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +26,7 @@ import flowledger as fl
 from flowledger.infrastructure.store_check import grants
 from flowledger.infrastructure.store_format import TABLES_VERSION
 from tests import postgres
-from tests.e2e.test_cli import assert_user_error, flowledger
+from tests.e2e.test_cli import TWO_WORKFLOWS, assert_user_error, flowledger
 from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow
 
 pytestmark = pytest.mark.postgres
@@ -310,3 +313,53 @@ def test_the_tables_version_names_this_releases_catalog(schema: str) -> None:
         "TABLES_VERSION in flowledger/infrastructure/store_format.py (a store with the "
         f"older ones must be brought up to date by a role that may create) and record "
         f"the new catalog's digest in CATALOGS here: {digest!r}")
+
+
+def ticking() -> fl.Workflow:
+    """A producer due every second: a worker runs it as long as it lives."""
+    wf = fl.Workflow("ticks", topics=["t"])
+
+    @wf.producer(publishes=["t"], every="1s")
+    def tick(ctx: Any, state: Any) -> int:
+        n = (state or 0) + 1
+        ctx.publish("t", message_id=str(n), payload=n)
+        return n
+
+    return wf
+
+
+def test_a_store_that_turned_read_only_is_said_in_one_line_and_waited_for(
+        schema: str, role: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Writes refused by the server (a database or role set read-only, a
+    standby after a failover): `run` says so in one line (exit 2), and a
+    worker tells the story once and waits longer at each failure, instead of
+    a traceback every half second."""
+    with fl.Engine(owner_url(schema)) as owner:
+        owner.register(ticking())
+    as_owner(*grants(schema, role),
+             f'ALTER ROLE "{role}" SET default_transaction_read_only = on')
+    (tmp_path / "flows.py").write_text(TWO_WORKFLOWS)
+    ran = flowledger("--store", role_url(schema, role), "run", "flows.py", cwd=tmp_path)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr
+    said = ran.stderr.strip().splitlines()[-1]  # after the liveness note's warning
+    assert said.startswith("error: the store failed (ReadOnlySqlTransaction: cannot execute")
+    assert "what the log holds stands" in said
+    engine = fl.Engine(role_url(schema, role))
+    stop = threading.Event()
+    try:
+        engine.register(ticking())  # as the owner registered it: nothing to write
+        with caplog.at_level(logging.ERROR, logger="flowledger"):
+            serving = threading.Thread(target=engine.serve,
+                                       kwargs={"stop": stop, "interval": 0.1})
+            serving.start()
+            time.sleep(4)
+            stop.set()
+            serving.join(30)
+    finally:
+        stop.set()
+        engine.close()
+    stopped = [r for r in caplog.records if "session of ticks stopped" in r.getMessage()]
+    # 0.1 s, then 0.2, 0.4, 0.8, 1.6 (doubling): 5 or 6 in 4 s, not 40.
+    assert 2 <= len(stopped) <= 7, [r.getMessage()[:150] for r in stopped]
+    assert [bool(r.exc_info) for r in stopped][:2] == [True, False]  # the story once
+    assert "read-only transaction" in stopped[-1].getMessage()

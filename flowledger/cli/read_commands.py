@@ -104,7 +104,9 @@ def log(
 
         def read() -> Iterator[LoggedEvent]:
             nonlocal last
-            for event in engine.events(workflow=workflow, run=run, after=after):
+            # Only the last N wanted of the whole log: only they are read.
+            tail = limit if moment is None else None
+            for event in engine.events(workflow=workflow, run=run, after=after, last=tail):
                 last = event.position
                 yield event
 

@@ -556,10 +556,13 @@ class Engine:
         return self._caught_up().blocked()
 
     def events(self, workflow: str | None = None, run: UUID | str | None = None,
-               after: int = 0, upto: int | None = None) -> Iterator[LoggedEvent]:
-        """The log, decoded, in append order; optionally one workflow's or one run's."""
+               after: int = 0, upto: int | None = None, last: int | None = None
+               ) -> Iterator[LoggedEvent]:
+        """The log, decoded, in append order; optionally one workflow's or one run's.
+        `last`: read no further back than the log's last N events (the caller
+        keeps the last N of what it wants)."""
         run_id = self._load_run(run).id if run is not None else None
-        return read_log(self.log, workflow, run_id, after, upto)
+        return read_log(self.log, workflow, run_id, after, upto, last=last)
 
     def status(self) -> EngineStatus:
         """Workflows, open sessions, unfinished and blocked runs; and the workflows

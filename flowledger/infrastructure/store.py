@@ -134,6 +134,13 @@ class LogStore(Protocol):
 
     def max_position(self, c: Cursor) -> int: ...
 
+    def position_before_last(self, c: Cursor, n: int) -> int:
+        """The position after which the log's last `n` events lie (0: it holds
+        no more than `n`)."""
+
+    def select_first_events(self, c: Cursor, stream_ids: Sequence[UUID]) -> list[StoredEvent]:
+        """The first event of each of these streams (that has one)."""
+
     def max_notification_id(self) -> int | None: ...
 
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]: ...
@@ -204,6 +211,25 @@ class SharedSQL:
         """How far projection `name` has read into the log (0: not at all)."""
         c.execute("SELECT MAX(notification_id) FROM tracking WHERE application_name=?", (name,))
         return int(c.fetchone()[0] or 0)
+
+    def select_first_events(self, c: Cursor, stream_ids: Sequence[UUID]) -> list[StoredEvent]:
+        """The first event of each of these streams (that has one)."""
+        found: list[StoredEvent] = []
+        for part in range(0, len(stream_ids), 500):
+            ids = list(stream_ids[part:part + 500])
+            c.execute(f"SELECT originator_id, topic, CAST(state AS BLOB) "
+                      f"FROM {self.events_table_name} WHERE originator_version=1 AND "
+                      f"originator_id IN ({', '.join('?' * len(ids))})",
+                      [self.stream_key(i) for i in ids])
+            found += [StoredEvent(originator_id=UUID(str(sid)), originator_version=1, topic=t,
+                                  state=bytes(b)) for sid, t, b in c.fetchall()]
+        return found
+
+    def position_before_last(self, c: Cursor, n: int) -> int:
+        c.execute(f"SELECT {self.position_column} FROM {self.events_table_name} "
+                  f"ORDER BY {self.position_column} DESC LIMIT 1 OFFSET ?", (n,))
+        row = c.fetchone()
+        return int(row[0]) if row is not None else 0
 
     def heads(self, c: Cursor) -> tuple[int, dict[str, int]]:
         """The log's last position (0: empty) and how far each tracked projection

@@ -53,26 +53,40 @@ def logged(position: int, stored: StoredEvent, event: Any,
 
 
 def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None,
-             after: int = 0, upto: int | None = None, batch: int = 1000
-             ) -> Iterator[LoggedEvent]:
-    """Events after `after` (and up to `upto`), optionally of one workflow or one run."""
+             after: int = 0, upto: int | None = None, batch: int = 1000,
+             last: int | None = None) -> Iterator[LoggedEvent]:
+    """Events after `after` (and up to `upto`), optionally of one workflow or one
+    run. `last`: of the whole log, only the last N are read (a workflow's or a
+    run's are found by reading from the start: a stream's workflow is learnt
+    from its first event)."""
     wanted = workflow_id_of(workflow) if workflow else None
     owner: dict[UUID, UUID] = {}  # stream → workflow, learnt from each stream's first event
     position = after
     recorder = log.flow_recorder
+    tail = last is not None and workflow is None and run is None and upto is None
+    if tail:
+        with log.reading() as c:
+            position = max(after, recorder.position_before_last(c, last or 0))
     while True:
         with log.reading() as c:
             rows = recorder.select_stored(c, position, batch, upto)
         if not rows:
             return
+        if tail:  # the streams begun before the tail: their workflow, from their first event
+            with log.reading() as c:
+                first = recorder.select_first_events(c, sorted(
+                    {UUID(str(s.originator_id)) for _, s in rows} - owner.keys(), key=str))
+            for stored in first:
+                begun = UUID(str(stored.originator_id))
+                wf = _workflow_of(log.mapper.to_domain_event(stored), begun)
+                if wf is not None:
+                    owner[begun] = wf
         for pos, stored in rows:
             position = pos
             event = log.mapper.to_domain_event(stored)
             stream = stored.originator_id
             assert isinstance(stream, UUID)
-            wf = getattr(event, "workflow_id", None)
-            if wf is None and type(event).__qualname__.startswith("Workflow."):
-                wf = stream
+            wf = _workflow_of(event, stream)
             if wf is not None:
                 owner.setdefault(stream, wf)
             wf = owner.get(stream)
@@ -81,6 +95,14 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
             if run is not None and stream != run:
                 continue
             yield logged(pos, stored, event, wf)
+
+
+def _workflow_of(event: Any, stream: UUID) -> UUID | None:
+    """The workflow an event names, or is of (a workflow's own stream)."""
+    wf = getattr(event, "workflow_id", None)
+    if wf is None and type(event).__qualname__.startswith("Workflow."):
+        wf = stream
+    return wf
 
 
 def read_stream(log: EventLog, stream_id: UUID, upto: int | None = None,

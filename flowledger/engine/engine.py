@@ -404,6 +404,7 @@ class Engine:
         self.log.config.refuse_writes("recovery continues sessions, which appends to the log")
         regs = list(self._registered.values())
         count = RecoveryCount(self.log, self.checkpoint, regs, progress) if progress else None
+        self._look_at_holders(regs)
         results = []
         for reg in regs:
             results.append(self._recover(reg, count.checkpoint(reg) if count else None))
@@ -568,10 +569,26 @@ class Engine:
         """Workflows, open sessions, unfinished and blocked runs; and the workflows
         whose session holder is provably gone (`holders_gone`: recover() continues them)."""
         st = self._caught_up().status()
-        gone = tuple(w.name for w in st.workflows
-                     if w.open_session is not None
-                     and self._holder_gone(w.open_session, w.owner))
+        held = [w for w in st.workflows if w.open_session is not None]
+        self._first_looks([w.owner for w in held])
+        gone = tuple(w.name for w in held
+                     if self._holder_gone(w.open_session, w.owner, patient=True))
         return dataclasses.replace(st, holders_gone=gone) if gone else st
+
+    def _look_at_holders(self, regs: Iterable[Registration]) -> None:
+        """A first look at the holders of these workflows' open sessions, all
+        together: the patient looks that follow wait once for all (ADR 0017)."""
+        owners = []
+        for reg in regs:
+            with contextlib.suppress(CorruptEventError):  # said where it is served
+                wf: Workflow | None = self.log.load(reg.workflow_id)
+                if wf is not None and wf.open_session is not None:
+                    owners.append(wf.session_owner)
+        self._first_looks(owners)
+
+    def _first_looks(self, owners: Iterable[str | None]) -> None:
+        for owner in set(owners):
+            self.log.flow_recorder.holder_alive(owner)
 
     def _holder_alive(self, owner: str | None, patient: bool = False) -> bool:
         """Whether a session's holder may still be running (False only when provably dead)."""

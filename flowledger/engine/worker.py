@@ -130,7 +130,9 @@ class Worker:
         cannot be read is said and left waiting, as a pass leaves it; a store
         that fails is retried by the caller."""
         engine = self.engine
-        for reg in list(engine._registered.values()):
+        regs = list(engine._registered.values())
+        engine._look_at_holders(regs)
+        for reg in regs:
             try:
                 result = engine._recover(reg)
             except CorruptEventError as e:
@@ -288,9 +290,10 @@ class Worker:
             name, status=wf.status.value, paused_until=wf.paused_until,
             session_open=wf.open_session is not None,
             lease_until=self.engine.lease.to_engine(wf.lease_until),  # in the store's time
-            holder_dead=(wf.open_session is not None  # patient: a second look if need be
-                         and self.engine._holder_gone(wf.open_session, wf.session_owner,
-                                                      patient=True)),
+            # Not patient: a lock found free is proven at a later pass (passes
+            # are at most an interval apart), and the others are served meanwhile.
+            holder_dead=(wf.open_session is not None
+                         and self.engine._holder_gone(wf.open_session, wf.session_owner)),
             schedules=schedules,
             last_runs={p: self._runs.last.get((reg.workflow_id, p)) for p in schedules},
             consumers=[ConsumerView(c.name, c.subscribe) for c in reg.definition.consumers],

@@ -276,6 +276,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         # Owners whose liveness lock this engine found free: when it took it
         # last (by the store's note), and when this engine first found it free.
         self._found_free: dict[str, tuple[Any, float]] = {}
+        # Why this engine appends no more: the log went back behind its own
+        # last append (`_went_back`).
+        self._gone_back: str | None = None
         # Whether the store's tables are this release's already (create_table).
         self.tables_current = False
 
@@ -807,7 +810,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         if not free:
             self._found_free.pop(owner, None)
             return True
-        if not here:
+        if not here or taken is None:  # taken is None: noted by a release without taken_at
             return None
         now = time.monotonic()
         first = self._found_free.setdefault(owner, (taken, now))
@@ -849,6 +852,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         (postgres_forecast.py). A forecast that missed stored nothing.
         `read_after` goes last, in the COMMIT's message."""
         with self._writer_lock:
+            if self._gone_back is not None:  # for this engine's life: it knows what was lost
+                raise OperationalError(self._gone_back)
             if 0 < len(rows) <= _ROWS_PER_INSERT and self._forecast.usable(
                     self.chain is not None):
                 try:
@@ -863,8 +868,14 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                                     read_after)
             except _PositionsBehind:
                 self._set_sequence_past_head()  # nothing was stored: once more, past the head
+            try:
                 return self._append(rows, appended, fence, sync, snapshots, hold, False,
                                     read_after)
+            except _PositionsBehind:
+                raise OperationalError(
+                    "the log's position sequence gave positions at or below the log's head "
+                    "again, just after it was set past it: something sets it back while "
+                    "engines append. Nothing of this append was stored") from None
 
     def _went_back(self, head: int) -> None:
         """The log's head is behind this engine's last append: the store was
@@ -874,15 +885,15 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         crashed server lost)."""
         assert self._last_appended is not None
         position = self._last_appended[0]
-        self._last_appended = None
         self.lost_appends += 1
         self._forecast.forget()
-        raise OperationalError(
+        self._gone_back = (
             f"the store's log ends at position {head}, before this engine's last append "
             f"(position {position}): it was restored from an older backup, or replaced, while "
-            "this engine ran. Nothing is appended on it: the session stops here. What ran "
-            "after the backup is no longer recorded and may be done again by any engine; "
-            "see the README (Backups)")
+            "this engine ran. This engine appends nothing more: restart it once the store is "
+            "as it should be. What ran after the backup is no longer recorded and may be done "
+            "again by any engine; see the README (Backups)")
+        raise OperationalError(self._gone_back)
 
     def _set_sequence_past_head(self) -> None:
         """The position sequence, set back by hand (`ALTER SEQUENCE ... RESTART`)

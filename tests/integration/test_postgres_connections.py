@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing.persistence import OperationalError
 
 import flowledger as fl
 from flowledger.engine.waiting import LogWaiter
@@ -467,6 +468,22 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
                     "-d", str(info["dbname"]), str(dump)], check=True, capture_output=True,
                    timeout=120)
     # The restored log knows nothing of "c": a session would call it again.
-    with pytest.raises(Exception, match="restored from an older backup"):
-        engine.run_session("wf")
+    # This engine knows, and appends nothing more for the rest of its life.
+    for _ in range(2):
+        with pytest.raises(OperationalError, match="restored from an older backup"):
+            engine.run_session("wf")
     assert [key for key, _ in tool.calls] == ["a", "b", "c"]
+
+
+@on_postgresql
+def test_a_free_lock_noted_by_an_older_release_proves_nothing(make_engine):
+    """An engine of the release before `taken_at` notes its lock without it: a
+    free lock of its cannot be told from one taken again since, so its
+    sessions go by their lease."""
+    holder, looker = make_engine(), make_engine()
+    schema = holder.log.flow_recorder.schema
+    with _server(holder) as c:
+        c.execute(f'UPDATE "{schema}".fl_liveness SET taken_at = NULL WHERE owner = %s',
+                  (holder.owner,))
+    end_connections(holder, [holder.log.flow_recorder._liveness.info.backend_pid])
+    assert looker.log.flow_recorder.holder_alive(holder.owner, patient=True) is None

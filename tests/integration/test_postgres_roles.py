@@ -131,6 +131,16 @@ def made_by_owner(schema: str, items: list[str]) -> None:
         engine.close()
 
 
+def calls_when_run(url: str, items: list[str]) -> int:
+    """The ledger workflow run once at `url` (its session completes): how many
+    times its tool was called."""
+    ledger = MemoryLedger()
+    with fl.Engine(url) as engine:
+        engine.register(ledger_workflow(items=items), tools=[ScriptedLedgerTool(ledger)])
+        assert engine.run_session("wf").status == "completed"
+    return ledger.calls
+
+
 def test_a_role_granted_reads_and_writes_runs_sessions_rebuilds_and_verifies(
         schema: str, role: str, tmp_path: Path) -> None:
     made_by_owner(schema, ["a", "b"])
@@ -178,14 +188,7 @@ def test_a_role_granted_less_is_told_what_to_grant_and_nothing_changes(
                       f"role {role!r} may not use it", "GRANT USAGE ON SCHEMA")
     # What it says to grant is enough.
     as_owner(*re.findall(r"GRANT [^;]+;", said))
-    ledger = MemoryLedger()
-    engine = fl.Engine(role_url(schema, role))
-    try:
-        engine.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
-        assert engine.run_session("wf").status == "completed"
-        assert ledger.calls == 1
-    finally:
-        engine.close()
+    assert calls_when_run(role_url(schema, role), ["a", "b"]) == 1
 
 
 def test_a_sequence_not_granted_is_said(schema: str, role: str) -> None:
@@ -232,14 +235,7 @@ def test_a_function_it_may_not_execute_is_said_before_any_call(schema: str, role
     said = str(refused.value)
     assert "it lacks EXECUTE on function fl_guard." in said
     as_owner(*re.findall(r"GRANT [^;]+;", said))
-    ledger = MemoryLedger()
-    engine = fl.Engine(role_url(schema, role))
-    try:
-        engine.register(ledger_workflow(items=["a", "b", "c"]), tools=[ScriptedLedgerTool(ledger)])
-        assert engine.run_session("wf").status == "completed"
-        assert ledger.calls == 2
-    finally:
-        engine.close()
+    assert calls_when_run(role_url(schema, role), ["a", "b", "c"]) == 2
 
 
 def test_a_table_dropped_by_hand_is_made_again_and_refused_until_then(
@@ -258,27 +254,14 @@ def test_a_table_dropped_by_hand_is_made_again_and_refused_until_then(
     fl.Engine(owner_url(schema)).close()
     as_owner(*grants(schema, role))  # the table made again is the owner's, granted anew
     assert catalog(schema) == before
-    engine = fl.Engine(role_url(schema, role))
-    try:
-        engine.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
-        assert engine.run_session("wf").status == "completed"
-        assert ledger.calls == 1
-    finally:
-        engine.close()
+    assert calls_when_run(role_url(schema, role), ["a", "b"]) == 1
 
 
 def test_a_role_that_owns_the_schema_but_may_not_create_schemas_makes_the_store(
         schema: str, role: str) -> None:
     """A schema made for the store's owner: the owner needs no CREATE on the database."""
     as_owner(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"')
-    ledger = MemoryLedger()
-    engine = fl.Engine(role_url(schema, role))
-    try:
-        engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
-        assert engine.run_session("wf").status == "completed"
-        assert ledger.calls == 1
-    finally:
-        engine.close()
+    assert calls_when_run(role_url(schema, role), ["a"]) == 1
 
 
 def test_setup_says_what_it_cannot_grant(schema: str, tmp_path: Path) -> None:

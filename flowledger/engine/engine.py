@@ -592,6 +592,8 @@ class Engine:
 
     def _holder_alive(self, owner: str | None, patient: bool = False) -> bool:
         """Whether a session's holder may still be running (False only when provably dead)."""
+        if patient and not _owner_alive(owner):
+            patient = False  # this host knows its process gone: no second look to wait for
         alive = self.log.flow_recorder.holder_alive(owner, patient)  # the store may know
         return _owner_alive(owner) if alive is None else alive
 

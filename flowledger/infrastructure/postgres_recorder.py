@@ -276,6 +276,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         # Owners whose liveness lock this engine found free: when it took it
         # last (by the store's note), and when this engine first found it free.
         self._found_free: dict[str, tuple[Any, float]] = {}
+        # The last append this recorder made that waited for the disk: no crash
+        # of the server loses it, so a log without it went back (`_went_back`).
+        self._last_synced: tuple[int, str, int] | None = None
         # Why this engine appends no more: the log went back behind its own
         # last append (`_went_back`).
         self._gone_back: str | None = None
@@ -564,6 +567,16 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self._forecast.forget()
         if self.after_abort is not None:
             self.after_abort()  # what the projections kept may hold what was lost
+        synced = self._last_synced
+        if synced is not None and (synced == last or not conn.execute(
+                f"SELECT 1 FROM {self.events_table_name} WHERE notification_id = %s AND "
+                "originator_id = %s AND originator_version = %s",
+                (synced[0], _uuid(synced[1]), synced[2])).fetchone()):
+            # No crash loses an append that waited for the disk: the log went back.
+            head = conn.execute(f"SELECT MAX(notification_id) FROM {self.events_table_name}"
+                                ).fetchone()
+            self._last_appended = synced
+            self._went_back(int(head[0] or 0) if head else 0)
         raise OperationalError(
             f"the server no longer holds this engine's last append (position {position}): "
             "it crashed, restarted or failed over before that append reached its disk (an "
@@ -888,9 +901,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self.lost_appends += 1
         self._forecast.forget()
         self._gone_back = (
-            f"the store's log ends at position {head}, before this engine's last append "
-            f"(position {position}): it was restored from an older backup, or replaced, while "
-            "this engine ran. This engine appends nothing more: restart it once the store is "
+            f"the store's log no longer holds this engine's append at position {position} (it "
+            f"ends at position {head}): it was restored from an older backup, or replaced, "
+            "while this engine ran. This engine appends nothing more: restart it once the store is "
             "as it should be. What ran after the backup is no longer recorded and may be done "
             "again by any engine; see the README (Backups)")
         raise OperationalError(self._gone_back)
@@ -971,6 +984,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             self._forecast.learn(positions[-1], (links[-1][0], links[-1][2]) if links else None,
                                  tracking)
             self._last_appended = (int(positions[-1]), rows[-1][0], rows[-1][1])
+            if sync:
+                self._last_synced = self._last_appended
         return int(positions[-1]) if rows else 0
 
     def _send_reading_head(self, c: PgBatch, rows: Sequence[Row], fence: Fence | None

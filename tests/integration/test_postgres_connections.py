@@ -441,8 +441,9 @@ def test_an_engine_opening_a_store_sets_a_sequence_set_back_past_the_head(make_e
 
 
 @on_postgresql
+@pytest.mark.parametrize("connections", ["kept", "ended"])
 def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_call(
-        make_engine, store, ledger, tmp_path):
+        make_engine, store, ledger, tmp_path, connections):
     """`pg_dump`, more runs, then the dump restored over the store while the
     engine lives on: its next append finds the log's head before its own last
     append, and the session stops there, before calling anything, saying why
@@ -464,6 +465,8 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     items += ["c"]  # published and called after the backup
     engine.register(ledger_workflow(items=items, name="wf"), tools=[tool])
     assert engine.run_session("wf").status == "completed"
+    if connections == "ended":  # as a restore that restarts the server does: then it is
+        end_connections(engine)  # the writer's look on reconnecting that finds it
     subprocess.run([f"{bindir}/pg_restore", *where, "--clean", "--single-transaction",
                     "-d", str(info["dbname"]), str(dump)], check=True, capture_output=True,
                    timeout=120)

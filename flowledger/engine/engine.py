@@ -592,10 +592,10 @@ class Engine:
 
     def _holder_alive(self, owner: str | None, patient: bool = False) -> bool:
         """Whether a session's holder may still be running (False only when provably dead)."""
-        if patient and not _owner_alive(owner):
-            patient = False  # this host knows its process gone: no second look to wait for
-        alive = self.log.flow_recorder.holder_alive(owner, patient)  # the store may know
-        return _owner_alive(owner) if alive is None else alive
+        host_says = _owner_alive(owner)  # False: a process of this host that is no more
+        # The store may know (ADR 0017); no second look to wait for where the host knows.
+        alive = self.log.flow_recorder.holder_alive(owner, patient and host_says)
+        return host_says if alive is None else alive
 
     def _holder_gone(self, session_id: UUID | None, owner: str | None,
                      patient: bool = False) -> bool:

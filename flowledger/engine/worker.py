@@ -114,7 +114,7 @@ class Worker:
                     # unchanged, so the worker waits and looks again. Never the
                     # end of the worker.
                     failures += 1
-                    delay = min(self.interval * 2 ** min(failures - 1, 16), self.MAX_RETRY_WAIT)
+                    delay = self._retry_wait(failures)
                     logger.error("could not read the store (%s: %s); trying again in %.1fs",
                                  type(e).__name__, " ".join(str(e).split()), delay,
                                  exc_info=failures == 1)  # the whole story once
@@ -123,6 +123,11 @@ class Worker:
             waiter.close()
             signals.restore()
             logger.info("worker %s stopped", self.engine.owner)
+
+    def _retry_wait(self, failures: int) -> float:
+        """How long to wait after `failures` failures in a row: from the
+        interval, doubling, at most MAX_RETRY_WAIT."""
+        return min(self.interval * 2 ** min(failures - 1, 16), self.MAX_RETRY_WAIT)
 
     def _start(self, waiter: LogWaiter) -> None:
         """Finish what crashed processes left, and learn each scheduled
@@ -176,8 +181,7 @@ class Worker:
                 # after a failover) is waited for longer each time, and its
                 # story told once.
                 self._failed_sessions += 1
-                delay = min(self.interval * 2 ** min(self._failed_sessions - 1, 16),
-                            self.MAX_RETRY_WAIT)
+                delay = self._retry_wait(self._failed_sessions)
                 logger.error("session of %s stopped (%s); trying again in %.1fs", item.workflow,
                              " ".join(describe(e).split()), delay,
                              exc_info=self._failed_sessions == 1)

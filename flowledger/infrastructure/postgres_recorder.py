@@ -56,17 +56,12 @@ from flowledger.infrastructure.store import (
     Row,
     SharedSQL,
 )
-from flowledger.infrastructure.store_check import (
-    SEQUENCE_PRIVILEGES,
-    TABLE_PRIVILEGES,
-    grants,
-)
+from flowledger.infrastructure.store_check import grants
 from flowledger.infrastructure.store_format import (
     FORMAT_TABLE,
-    TABLES,
-    TABLES_OBJECTS,
     TABLES_VERSION,
     record_tables_version,
+    recorded_tables,
 )
 
 logger = logging.getLogger("flowledger.store")
@@ -369,43 +364,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         conn = self._connect()
         try:
             with conn.cursor() as c:
-                if self._tables_are_current(c):
-                    self._sequence = self._sequence_of(c)
-                    behind = self._sequence_behind(c)
-                    conn.commit()
-                    self.tables_current = True
-                    if behind:
-                        self._set_sequence_past_head()
-                    return
-                c.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
-                c.execute("SELECT to_regnamespace(%s) IS NULL", (f'"{self.schema}"',))
-                if _first(c):  # else not asked: it needs CREATE on the database
-                    c.execute(f"CREATE SCHEMA IF NOT EXISTS \"{self.schema}\"")
-                for statement in self.sql_create_statements:
-                    if "CREATE TYPE" in statement.as_string():  # no IF NOT EXISTS for types
-                        c.execute("SAVEPOINT create_type")
-                        try:
-                            c.execute(statement)
-                        except psycopg.errors.DuplicateObject:
-                            c.execute("ROLLBACK TO SAVEPOINT create_type")
-                        continue
-                    c.execute(statement)
-                c.execute(f"CREATE TABLE IF NOT EXISTS {self.snapshot_table_name} ("
-                          "originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
-                          "topic text, state bytea, "
-                          "PRIMARY KEY (originator_id, originator_version))")
-                c.execute("CREATE TABLE IF NOT EXISTS tracking (application_name text "
-                          "PRIMARY KEY, notification_id bigint)")
-                c.execute("CREATE TABLE IF NOT EXISTS fl_liveness (owner text PRIMARY KEY, "
-                          "key integer NOT NULL, incarnation text)")
-                # When the owner last took its lock (holder_alive): a column
-                # tables version 2 added.
-                c.execute("ALTER TABLE fl_liveness ADD COLUMN IF NOT EXISTS taken_at timestamptz")
-                self._create_append_notification(c)
-                c.execute("SELECT 1 FROM pg_proc WHERE proname = 'fl_guard' AND pronamespace = "
-                          "%s::regnamespace", (f'"{self.schema}"',))
-                if not c.fetchone():  # created once: a role that only reads need not create
-                    c.execute(create_guard_sql(self.schema))
+                self.tables_current = self._tables_are_current(c)
+                if not self.tables_current:
+                    self._create_tables(c)
                 self._sequence = self._sequence_of(c)
                 behind = self._sequence_behind(c)
             conn.commit()
@@ -416,6 +377,38 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         finally:
             conn.close()
 
+    def _create_tables(self, c: psycopg.Cursor[Any]) -> None:
+        """What this release's store holds, made where missing (CREATE in the schema)."""
+        c.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
+        c.execute("SELECT to_regnamespace(%s) IS NULL", (f'"{self.schema}"',))
+        if _first(c):  # else not asked: it needs CREATE on the database
+            c.execute(f"CREATE SCHEMA IF NOT EXISTS \"{self.schema}\"")
+        for statement in self.sql_create_statements:
+            if "CREATE TYPE" in statement.as_string():  # no IF NOT EXISTS for types
+                c.execute("SAVEPOINT create_type")
+                try:
+                    c.execute(statement)
+                except psycopg.errors.DuplicateObject:
+                    c.execute("ROLLBACK TO SAVEPOINT create_type")
+                continue
+            c.execute(statement)
+        c.execute(f"CREATE TABLE IF NOT EXISTS {self.snapshot_table_name} ("
+                  "originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
+                  "topic text, state bytea, "
+                  "PRIMARY KEY (originator_id, originator_version))")
+        c.execute("CREATE TABLE IF NOT EXISTS tracking (application_name text "
+                  "PRIMARY KEY, notification_id bigint)")
+        c.execute("CREATE TABLE IF NOT EXISTS fl_liveness (owner text PRIMARY KEY, "
+                  "key integer NOT NULL, incarnation text)")
+        # When the owner last took its lock (holder_alive): a column
+        # tables version 2 added.
+        c.execute("ALTER TABLE fl_liveness ADD COLUMN IF NOT EXISTS taken_at timestamptz")
+        self._create_append_notification(c)
+        c.execute("SELECT 1 FROM pg_proc WHERE proname = 'fl_guard' AND pronamespace = "
+                  "%s::regnamespace", (f'"{self.schema}"',))
+        if not c.fetchone():  # created once: a role that only reads need not create
+            c.execute(create_guard_sql(self.schema))
+
     def _tables_are_current(self, c: psycopg.Cursor[Any]) -> bool:
         """Whether the store records this release's tables version or a newer
         one (`store_format`), and every table, index, sequence, function and
@@ -424,16 +417,12 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         c.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self.schema}".{FORMAT_TABLE}',))
         if not _first(c):
             return False
-        c.execute(f'SELECT name, value FROM "{self.schema}".{FORMAT_TABLE} '
-                  "WHERE name = ANY(%s)", ([TABLES, TABLES_OBJECTS],))
-        recorded = dict(c.fetchall())
-        version = str(recorded.get(TABLES, ""))
-        if not version.isdigit() or int(version) < TABLES_VERSION:
+        version, objects = recorded_tables(PgCursor(c))  # the connection's search_path: ours
+        if version < TABLES_VERSION:
             return False
         c.execute(_OBJECTS_SQL, self._objects_params())
         present = {str(row[0]) for row in c.fetchall()}
-        return (set(str(recorded.get(TABLES_OBJECTS, "")).split(",")) <= present
-                and self._notifies_its_channel(c))
+        return objects <= present and self._notifies_its_channel(c)
 
     def _objects_params(self) -> tuple[str, ...]:
         schema = f'"{self.schema}"'
@@ -549,12 +538,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         last = self._last_appended
         if last is None:
             return
-        position, stream, version = last
         try:
-            found = conn.execute(
-                f"SELECT 1 FROM {self.events_table_name} WHERE notification_id = %s AND "
-                "originator_id = %s AND originator_version = %s",
-                (position, _uuid(stream), version)).fetchone()
+            found = self._holds(conn, last)
         except BaseException:
             # Not looked at: the next append opens a connection again, and looks.
             self._writers = {k: c for k, c in self._writers.items() if c is not conn}
@@ -563,26 +548,30 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self._last_appended = None
         if found:
             return
-        self.lost_appends += 1
-        self._forecast.forget()
         if self.after_abort is not None:
             self.after_abort()  # what the projections kept may hold what was lost
         synced = self._last_synced
-        if synced is not None and (synced == last or not conn.execute(
-                f"SELECT 1 FROM {self.events_table_name} WHERE notification_id = %s AND "
-                "originator_id = %s AND originator_version = %s",
-                (synced[0], _uuid(synced[1]), synced[2])).fetchone()):
+        if synced is not None and (synced == last or not self._holds(conn, synced)):
             # No crash loses an append that waited for the disk: the log went back.
             head = conn.execute(f"SELECT MAX(notification_id) FROM {self.events_table_name}"
                                 ).fetchone()
-            self._last_appended = synced
-            self._went_back(int(head[0] or 0) if head else 0)
+            self._went_back(synced[0], int(head[0] or 0) if head else 0)
+        self.lost_appends += 1
+        self._forecast.forget()
         raise OperationalError(
-            f"the server no longer holds this engine's last append (position {position}): "
+            f"the server no longer holds this engine's last append (position {last[0]}): "
             "it crashed, restarted or failed over before that append reached its disk (an "
             "append is committed without waiting for the disk where a crash of the engine's "
             "own process could not lose it, ADR 0011). Nothing is appended on what was "
             "lost: the session stops here, and recovery continues it from the log")
+
+    def _holds(self, conn: psycopg.Connection[Any], appended: tuple[int, str, int]) -> bool:
+        """Whether the log holds this append (position, stream, version)."""
+        position, stream, version = appended
+        return conn.execute(
+            f"SELECT 1 FROM {self.events_table_name} WHERE notification_id = %s AND "
+            "originator_id = %s AND originator_version = %s",
+            (position, _uuid(stream), version)).fetchone() is not None
 
     @contextmanager
     def writing(self, sync: bool = True, tracking: bool = False) -> Iterator[PgBatch]:
@@ -775,11 +764,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 logger.warning("could not take this engine's liveness lock again: %s", e)
 
     def grant(self, role: str) -> list[str]:
-        schema, name = f'"{self.schema}"', '"' + role.replace('"', '""') + '"'
-        statements = [*grants(self.schema, role), *(
-            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT {what} TO {name};" for what in (
-                f"{', '.join(TABLE_PRIVILEGES)} ON TABLES",
-                f"{', '.join(SEQUENCE_PRIVILEGES)} ON SEQUENCES", "EXECUTE ON FUNCTIONS"))]
+        statements = grants(self.schema, role, later_too=True)
         conn = self._connect()
         try:
             with conn.cursor() as c:
@@ -826,8 +811,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         if not here or taken is None:  # taken is None: noted by a release without taken_at
             return None
         now = time.monotonic()
-        first = self._found_free.setdefault(owner, (taken, now))
-        if first[0] != taken:  # taken again, and freed again, since: a living owner
+        first = self._found_free.get(owner)
+        if first is None or first[0] != taken:  # else taken again and freed since: living
             first = self._found_free[owner] = (taken, now)
         if now - first[1] >= self.RETAKE_WITHIN_S:
             return False
@@ -890,14 +875,12 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     "again, just after it was set past it: something sets it back while "
                     "engines append. Nothing of this append was stored") from None
 
-    def _went_back(self, head: int) -> None:
-        """The log's head is behind this engine's last append: the store was
-        restored from an older backup (or replaced) under it. Nothing is
-        appended on top; what the engine remembers of the log is dropped, and
-        the sessions it had begun stop (`lost_appends`, as for appends a
-        crashed server lost)."""
-        assert self._last_appended is not None
-        position = self._last_appended[0]
+    def _went_back(self, position: int, head: int) -> None:
+        """The log no longer holds this engine's append at `position` and ends
+        at `head`: the store was restored from an older backup (or replaced)
+        under it. Nothing is appended on top, for this engine's life; what it
+        remembers of the log is dropped, and the sessions it had begun stop
+        (`lost_appends`, as for appends a crashed server lost)."""
         self.lost_appends += 1
         self._forecast.forget()
         self._gone_back = (
@@ -950,7 +933,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                         raise _PositionsBehind  # the sequence was set back: rolled back
                     if (head is not None and self._last_appended is not None
                             and head[0] < self._last_appended[0]):
-                        self._went_back(head[0])  # rolled back too
+                        self._went_back(self._last_appended[0], head[0])  # rolled back too
                 if self.chain is not None:
                     links = self.chain.links(head, positions, rows)
                     for part in _in_statements(links):

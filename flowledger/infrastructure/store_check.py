@@ -207,46 +207,49 @@ TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 SEQUENCE_PRIVILEGES = ("USAGE", "UPDATE")
 
 
-def grants(schema: str, role: str) -> list[str]:
-    """The statements that let `role` use the store in `schema` (its owner runs them)."""
+def grants(schema: str, role: str, later_too: bool = False) -> list[str]:
+    """The statements that let `role` use the store in `schema` (its owner runs
+    them); `later_too`: also on what the owner creates later (an upgrade)."""
     s, r = f'"{schema}"', '"' + role.replace('"', '""') + '"'
+    what = {"TABLES": ", ".join(TABLE_PRIVILEGES), "SEQUENCES": ", ".join(SEQUENCE_PRIVILEGES),
+            "FUNCTIONS": "EXECUTE"}
     return [f"GRANT USAGE ON SCHEMA {s} TO {r};",
-            f"GRANT {', '.join(TABLE_PRIVILEGES)} ON ALL TABLES IN SCHEMA {s} TO {r};",
-            f"GRANT {', '.join(SEQUENCE_PRIVILEGES)} ON ALL SEQUENCES IN SCHEMA {s} TO {r};",
-            f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} TO {r};"]
+            *(f"GRANT {privileges} ON ALL {kind} IN SCHEMA {s} TO {r};"
+              for kind, privileges in what.items()),
+            *(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {privileges} ON {kind} TO {r};"
+              for kind, privileges in what.items() if later_too)]
 
 
 def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
     """A store's tables made by one role can be used by another granted reads
     and writes on them (ADR 0013); one granted less is told what it lacks and
-    the statements that grant it, before anything is read or written."""
-    c.execute("SELECT current_user, has_schema_privilege(n.oid, 'USAGE') "
-              "FROM pg_namespace n WHERE n.nspname = %s", (schema,))
-    role, usage = c.fetchone()
-    lacks: list[str] = [] if usage else [f"USAGE on schema {schema!r}"]
-    c.execute("SELECT p.priv, c.relname FROM pg_class c "
-              "JOIN pg_namespace n ON n.oid = c.relnamespace "
-              "CROSS JOIN unnest(%s::text[]) AS p(priv) "
-              "WHERE n.nspname = %s AND c.relkind = 'r' "
-              "AND (c.relname = ANY(%s) OR c.relname LIKE 'fl\\_%%') "
-              "AND NOT has_table_privilege(c.oid, p.priv) ORDER BY c.relname, p.priv",
-              (list(TABLE_PRIVILEGES), schema, list(OUR_POSTGRES_TABLES)))
-    lacks += [f"{priv} on {table}" for priv, table in c.fetchall()]
-    c.execute("SELECT p.priv, c.relname FROM pg_class c "
-              "JOIN pg_namespace n ON n.oid = c.relnamespace "
-              "CROSS JOIN unnest(%s::text[]) AS p(priv) "
-              "WHERE n.nspname = %s AND c.relkind = 'S' AND c.relname LIKE %s "
-              "AND NOT has_sequence_privilege(c.oid, p.priv) ORDER BY p.priv",
-              (list(SEQUENCE_PRIVILEGES), schema, f"{LOG_TABLE}\\_%"))
-    lacks += [f"{priv} on sequence {table}" for priv, table in c.fetchall()]
-    # The append's guard is a function: without EXECUTE on it, appends fail,
-    # after a run's external call too.
-    c.execute("SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-              "WHERE n.nspname = %s AND p.proname LIKE 'fl\\_%%' "
-              "AND NOT has_function_privilege(p.oid, 'EXECUTE') ORDER BY p.proname", (schema,))
-    lacks += [f"EXECUTE on function {name}" for (name,) in c.fetchall()]
+    the statements that grant it, before anything is read or written. The
+    append's guard is a function: without EXECUTE on it, an append fails after
+    a run's external call."""
+    # One statement: the schema, the tables, the log's sequence, the functions.
+    c.execute(
+        "SELECT 0, '', 'USAGE on schema ' || quote_literal(nspname) FROM pg_namespace "
+        "WHERE nspname = %(s)s AND NOT has_schema_privilege(oid, 'USAGE') "
+        "UNION ALL SELECT 1, c.relname, p.priv || ' on ' || c.relname "
+        "FROM pg_class c CROSS JOIN unnest(%(table)s::text[]) AS p(priv) "
+        "WHERE c.relnamespace = to_regnamespace(%(q)s) AND c.relkind = 'r' "
+        "AND (c.relname = ANY(%(ours)s) OR c.relname LIKE 'fl\\_%%') "
+        "AND NOT has_table_privilege(c.oid, p.priv) "
+        "UNION ALL SELECT 2, p.priv, p.priv || ' on sequence ' || c.relname "
+        "FROM pg_class c CROSS JOIN unnest(%(sequence)s::text[]) AS p(priv) "
+        "WHERE c.relnamespace = to_regnamespace(%(q)s) AND c.relkind = 'S' "
+        "AND c.relname LIKE %(log)s AND NOT has_sequence_privilege(c.oid, p.priv) "
+        "UNION ALL SELECT 3, proname, 'EXECUTE on function ' || proname FROM pg_proc "
+        "WHERE pronamespace = to_regnamespace(%(q)s) AND proname LIKE 'fl\\_%%' "
+        "AND NOT has_function_privilege(oid, 'EXECUTE')",
+        {"s": schema, "q": f'"{schema}"', "table": list(TABLE_PRIVILEGES),
+         "sequence": list(SEQUENCE_PRIVILEGES), "ours": list(OUR_POSTGRES_TABLES),
+         "log": f"{LOG_TABLE}\\_%"})
+    lacks = [str(said) for _, _, said in sorted(c.fetchall())]  # by name, as Python orders
     if not lacks:
         return
+    c.execute("SELECT current_user")
+    role = c.fetchone()[0]
     said = ", ".join(lacks[:6]) + (f" and {len(lacks) - 6} more" if len(lacks) > 6 else "")
     raise ConfigurationError(
         f"cannot open store {config.shown!r}: role {role!r} may not use it: it lacks {said}. "

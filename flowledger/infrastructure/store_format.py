@@ -13,7 +13,8 @@ created (or first opened by a release that has them):
 * `tables`: the version of the tables, indexes and functions (`TABLES_VERSION`)
   that a release opening the store last created in full (ADR 0013): a release
   whose version it is, or an older one, creates nothing, so a role that may
-  only read and write can open the store.
+  only read and write can open the store; `tables_objects`: the names of the
+  store's objects then (one dropped by hand since is made again).
 
 A store written encrypted refuses to open without its key, one written in
 clear refuses a key, and a keyed chain refuses a wrong or missing chain key:
@@ -119,18 +120,22 @@ def unmark_copying(c: Any) -> None:
     c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?)", (COPYING, COPYING_ID))
 
 
-def tables_version(c: Any) -> int:
-    """The tables version the store records (0: none recorded)."""
-    c.execute(f"SELECT value FROM {FORMAT_TABLE} WHERE name = ?", (TABLES,))
-    row = c.fetchone()
-    return int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+def recorded_tables(c: Any) -> tuple[int, set[str]]:
+    """The tables version the store records (0: none recorded), and the objects
+    of ours it held then."""
+    c.execute(f"SELECT name, value FROM {FORMAT_TABLE} WHERE name IN (?, ?)",
+              (TABLES, TABLES_OBJECTS))
+    rows = {str(name): str(value) for name, value in c.fetchall()}
+    version = rows.get(TABLES, "")
+    objects = rows.get(TABLES_OBJECTS, "")
+    return (int(version) if version.isdigit() else 0), set(objects.split(",") if objects else ())
 
 
 def record_tables_version(c: Any, objects: str) -> None:
     """Say that this release's tables all exist now, and which objects of ours
     the store holds (`objects`, as the store names them); a newer release's
     record stays."""
-    if tables_version(c) > TABLES_VERSION:
+    if recorded_tables(c)[0] > TABLES_VERSION:
         return
     c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?)", (TABLES, TABLES_OBJECTS))
     c.executemany(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)",

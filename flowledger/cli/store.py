@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import flowledger as fl
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
+from flowledger.cli.render import err
 from flowledger.infrastructure.store_url import parse_store_url
 
 
@@ -61,6 +62,20 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
         config.refuse_writes(f"this command {writes}")
     engine = CommandEngine(store, record=record, create=not must_exist)
     try:
+        if config.read_only:
+            _say_how_far_behind(engine)
         yield engine
     finally:
         engine.close()
+
+
+def _say_how_far_behind(engine: fl.Engine) -> None:
+    """On a store opened read-only, which cannot fold in what its read side
+    has not: how much of the log the answers leave out (on stderr)."""
+    behind = engine.read_side_behind()
+    if behind:
+        err.print(f"note: the store is opened read-only (?mode=ro), and its read side (status, "
+                  f"runs, costs, audit) has not folded in the log's last {behind} "
+                  f"event{'s' if behind != 1 else ''}: a session under way, or a process that "
+                  "stopped before folding them in. What follows leaves them out; `log` shows "
+                  "them.", soft_wrap=True, markup=False, highlight=False)

@@ -53,7 +53,7 @@ def worker(
     next worker's recovery finishes the rest.
     """
     _logging(quiet, verbose)
-    with open_engine(store_url(ctx, store)) as engine:
+    with open_engine(store_url(ctx, store), writes="runs sessions") as engine:
         load(engine, path_or_module)
         engine.serve(interval=interval, max_iterations=max_iterations)
     raise typer.Exit(EXIT_OK)

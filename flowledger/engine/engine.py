@@ -57,7 +57,7 @@ from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
-from flowledger.infrastructure.store_url import DEFAULT_STORE, shown
+from flowledger.infrastructure.store_url import DEFAULT_STORE, parse_store_url, shown
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
 from flowledger.projections.audit import mentions_of as audit_mentions_of
@@ -147,18 +147,12 @@ class Engine:
                                                 Seal(self.log.column_cipher))
             self.log.set_after_insert(self.projections.apply_inline, self.projections.forget,
                                      self.projections.may_hold, self.projections.prefetch)
-            lag = self.projections.lag() if self.log.config.read_only else 0
-            if lag:
-                raise ConfigurationError(
-                    f"cannot open store {shown(store)!r}: it is opened read-only (?mode=ro), "
-                    f"and its projections are {lag} events behind its log (a process stopped "
-                    "between an append and their catch-up), which takes a write to fold in. "
-                    "Nothing was written: open it once without ?mode=ro to catch them up")
             # An event that cannot be read stops whatever needs it (a query catches up
             # first, an append folds it in), not the opening: the log stays readable
-            # up to it.
-            with contextlib.suppress(CorruptEventError):
-                self.projections.catch_up()
+            # up to it. A store opened read-only is read as its projections stand.
+            if not self.log.config.read_only:
+                with contextlib.suppress(CorruptEventError):
+                    self.projections.catch_up()
         except Exception as e:
             self.log.close()
             if isinstance(e, FlowledgerError) or not from_the_store(e):
@@ -623,8 +617,17 @@ class Engine:
         return self._reads()
 
     def _catch_up_if_behind(self) -> None:
-        if self.projections.lag():
+        if not self.log.config.read_only and self.projections.lag():
             self.projections.catch_up()
+
+    def read_side_behind(self) -> int:
+        """How many of the log's last events the read side (pending work, costs,
+        audit) has not folded in. Queries fold them in first, so it is 0 after
+        one, but on a store opened read-only (?mode=ro), which cannot write:
+        there a session under way elsewhere, or a process that stopped before
+        folding them in, leaves them out of what queries answer until an engine
+        that writes folds them in. The log itself (`events`) holds them."""
+        return self.projections.lag()
 
     def pending_work(self, workflow: str) -> PendingWorkReport:
         """Backlog per topic, consumers with work, wake-ups, unfinished and blocked runs."""
@@ -746,6 +749,7 @@ def copy_store(source: str, target: str,
     if source == target:
         raise InvalidArgument(f"copy needs two different stores, got {shown(source)!r} "
                               "twice")
+    parse_store_url(target).refuse_writes("a copy writes into it")
     asked = protection(source_key, None, chain_key)
     src = EventLog.open(source, asked, create=False)  # only read: never made here
     to = protection((asked.cipher_key or "") if target_key is None else target_key, None,

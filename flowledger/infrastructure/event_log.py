@@ -51,6 +51,7 @@ from flowledger.infrastructure.store import (
     LogStore,
     ProjectionRowTaken,
     ReadAfter,
+    ServerTakesNoWrites,
     StreamEvents,
 )
 from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
@@ -164,7 +165,10 @@ class EventLog(Application[UUID]):
                     "for longer than the lock timeout while this one set the store up. "
                     "Nothing was changed; try again when that process is done") from e
             hint = ""
-            if config.kind == "postgresql":  # reachable (check_postgres_server), yet failing
+            if isinstance(e, ServerTakesNoWrites):
+                hint = (" Add ?mode=ro to the URL to read it there, or point the URL at the "
+                        "primary (with several hosts, add ?target_session_attrs=read-write).")
+            elif config.kind == "postgresql":  # reachable (check_postgres_server), yet failing
                 hint = (" The store's tables are missing, or older than this release's "
                         f"(tables version {TABLES_VERSION}): open it once as a role that may "
                         "create in its schema, and in the database if the schema does not "
@@ -282,7 +286,7 @@ class EventLog(Application[UUID]):
             datastore.register_type_adapters = lambda: None
             datastore.pool.kwargs.pop("password", None)
             datastore.pool.kwargs.update(settings)
-            pg = FlowPostgresRecorder(datastore, settings)
+            pg = FlowPostgresRecorder(datastore, settings, read_only=self.config.read_only)
             pg.create_table()
             return pg
         raise ConfigurationError(f"store {self.config.shown!r} is not one this release opens; "

@@ -54,6 +54,7 @@ from flowledger.infrastructure.store import (
     ProjectionRowTaken,
     ReadAfter,
     Row,
+    ServerTakesNoWrites,
     SharedSQL,
 )
 from flowledger.infrastructure.store_check import grants
@@ -243,9 +244,14 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         return _uuid(stream_id)
 
     def __init__(self, datastore: PostgresDatastore, conninfo: dict[str, Any],
-                 lock_timeout_s: float = 30.0) -> None:
+                 lock_timeout_s: float = 30.0, read_only: bool = False) -> None:
         super().__init__(datastore, events_table_name="stored_events")
         self.conninfo = conninfo
+        # Opened with ?mode=ro: every connection refuses writes, nothing is
+        # created or mended; on a standby (`_on_standby`) its advisory locks
+        # and notifications are not the primary's.
+        self.read_only = read_only
+        self._on_standby = False
         self.lock_timeout_s = lock_timeout_s
         self.schema = datastore.schema
         # Reading connections (`_lent`): the idle ones per kind; every one open,
@@ -291,6 +297,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             c.execute(f"SET lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'")
             c.execute("SET standard_conforming_strings = on")  # PgBatch's literals
             c.execute(f"SET search_path TO \"{self.schema}\"")
+            if self.read_only:  # the server refuses any write, whatever asks for it
+                c.execute("SET default_transaction_read_only = on")
             if setting:
                 c.execute(setting)
         conn.commit()
@@ -360,10 +368,17 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         processes open a new store at the same instant (an advisory lock).
         A store whose tables this release or a newer one made in full is left
         as it is (`tables_current`), so a role that may only read and write
-        opens it (ADR 0013)."""
+        opens it (ADR 0013). A store opened read-only is only looked at."""
+        if self.read_only:
+            self._look_read_only()
+            return
         conn = self._connect()
         try:
             with conn.cursor() as c:
+                c.execute("SELECT pg_is_in_recovery()")
+                if _first(c):
+                    raise ServerTakesNoWrites(
+                        "its server is a standby (in recovery), which takes no writes")
                 self.tables_current = self._tables_are_current(c)
                 if not self.tables_current:
                     self._create_tables(c)
@@ -376,6 +391,22 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             raise ProgrammingError(" ".join(str(e).split())) from e
         finally:
             conn.close()
+
+    def _look_read_only(self) -> None:
+        """A store opened read-only must hold this release's tables (nothing can
+        make them); whether its server is a standby is noted."""
+        conn = self._connect()
+        try:
+            with conn.cursor() as c:
+                self.tables_current = self._tables_are_current(c)
+                c.execute("SELECT pg_is_in_recovery()")
+                self._on_standby = bool(_first(c))
+            conn.commit()
+        finally:
+            conn.close()
+        if not self.tables_current:
+            raise ProgrammingError("it is opened read-only (?mode=ro), and its tables cannot "
+                                   "be made or brought up to date")
 
     def _create_tables(self, c: psycopg.Cursor[Any]) -> None:
         """What this release's store holds, made where missing (CREATE in the schema)."""
@@ -486,8 +517,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         c.execute(f"CREATE TRIGGER fl_appended AFTER INSERT ON {self.events_table_name} "
                   f"FOR EACH STATEMENT EXECUTE FUNCTION \"{self.schema}\".fl_notify_appended()")
 
-    def listen(self) -> PgAppendWakeups:
-        return PgAppendWakeups(self.conninfo, self.channel)
+    def listen(self) -> PgAppendWakeups | None:
+        """None on a standby, which sends no notifications (waiting polls)."""
+        return None if self._on_standby else PgAppendWakeups(self.conninfo, self.channel)
 
     @contextmanager
     def reading(self, snapshot: bool = True) -> Iterator[PgCursor]:
@@ -680,9 +712,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def announce(self, owner: str) -> None:
         """Hold `owner`'s advisory lock on a connection of its own for as long as
         this process lives: when the process dies, the server drops the
-        connection and the lock with it, and the holder is provably gone."""
+        connection and the lock with it, and the holder is provably gone. An
+        engine on a store opened read-only holds no session: it holds none."""
         key = self._liveness_key(owner)
-        if key is None:
+        if key is None or self.read_only:
             return
         self._owner = owner
         self._liveness, self._held_key = self._hold_liveness(key, wait=True), key
@@ -798,7 +831,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         while its tool call goes on (ADR 0017). `patient`: wait out what is
         left of that time, then look again, rather than answer None."""
         key = self._liveness_key(owner or "")
-        if owner is None or key is None:
+        if owner is None or key is None or self._on_standby:  # a standby's locks are its own
             return None
         (free, here, taken), = self.read_all(
             "SELECT pg_try_advisory_xact_lock(?, ?), "  # released as the statement ends

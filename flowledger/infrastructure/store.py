@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import ProgrammingError, StoredEvent
 
 if TYPE_CHECKING:
     from flowledger.infrastructure.hash_chain import Chain
@@ -43,6 +43,11 @@ class ProjectionRowTaken(Exception):
         super().__init__(f"{table}: {detail}")
         self.table = table
         self.detail = detail
+
+
+class ServerTakesNoWrites(ProgrammingError):
+    """The store's server is a standby, which takes no writes: a store opened
+    to write there is refused at once (it could not append, nor fold in)."""
 
 
 class ReadAfter:

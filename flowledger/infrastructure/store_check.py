@@ -196,6 +196,11 @@ def _check_postgres_schema(config: StoreConfig, c: Any, create: bool) -> None:
         c.execute(f'SELECT topic FROM "{schema}".{LOG_TABLE} ORDER BY notification_id LIMIT 1')
         row = c.fetchone()
         _refuse_foreign_log(where, None if row is None else str(row[0]), POSTGRES_WHAT_TO_DO)
+    elif config.read_only:
+        raise ConfigurationError(
+            f"{where} holds no flowledger store yet, and it is opened read-only (?mode=ro): "
+            "its tables cannot be created. Check the database and ?schema= in the URL, or "
+            "open it once without ?mode=ro. Nothing was created")
     elif not create:
         raise _no_store_yet(f"{where} holds no flowledger store yet",
                             "the database and ?schema= in the URL")
@@ -207,12 +212,15 @@ TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 SEQUENCE_PRIVILEGES = ("USAGE", "UPDATE")
 
 
-def grants(schema: str, role: str, later_too: bool = False) -> list[str]:
+def grants(schema: str, role: str, later_too: bool = False, read_only: bool = False
+           ) -> list[str]:
     """The statements that let `role` use the store in `schema` (its owner runs
-    them); `later_too`: also on what the owner creates later (an upgrade)."""
+    them); `later_too`: also on what the owner creates later (an upgrade);
+    `read_only`: only read it (a store opened with ?mode=ro)."""
     s, r = f'"{schema}"', '"' + role.replace('"', '""') + '"'
-    what = {"TABLES": ", ".join(TABLE_PRIVILEGES), "SEQUENCES": ", ".join(SEQUENCE_PRIVILEGES),
-            "FUNCTIONS": "EXECUTE"}
+    what = ({"TABLES": "SELECT"} if read_only else
+            {"TABLES": ", ".join(TABLE_PRIVILEGES), "SEQUENCES": ", ".join(SEQUENCE_PRIVILEGES),
+             "FUNCTIONS": "EXECUTE"})
     return [f"GRANT USAGE ON SCHEMA {s} TO {r};",
             *(f"GRANT {privileges} ON ALL {kind} IN SCHEMA {s} TO {r};"
               for kind, privileges in what.items()),
@@ -225,7 +233,10 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
     and writes on them (ADR 0013); one granted less is told what it lacks and
     the statements that grant it, before anything is read or written. The
     append's guard is a function: without EXECUTE on it, an append fails after
-    a run's external call."""
+    a run's external call. A store opened read-only (?mode=ro) asks only to
+    read the tables."""
+    table, sequence, functions = ((["SELECT"], [], False) if config.read_only else
+                                  (list(TABLE_PRIVILEGES), list(SEQUENCE_PRIVILEGES), True))
     # One statement: the schema, the tables, the log's sequence, the functions.
     c.execute(
         "SELECT 0, '', 'USAGE on schema ' || quote_literal(nspname) FROM pg_namespace "
@@ -241,9 +252,9 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
         "AND c.relname LIKE %(log)s AND NOT has_sequence_privilege(c.oid, p.priv) "
         "UNION ALL SELECT 3, proname, 'EXECUTE on function ' || proname FROM pg_proc "
         "WHERE pronamespace = to_regnamespace(%(q)s) AND proname LIKE 'fl\\_%%' "
-        "AND NOT has_function_privilege(oid, 'EXECUTE')",
-        {"s": schema, "q": f'"{schema}"', "table": list(TABLE_PRIVILEGES),
-         "sequence": list(SEQUENCE_PRIVILEGES), "ours": list(OUR_POSTGRES_TABLES),
+        "AND %(functions)s AND NOT has_function_privilege(oid, 'EXECUTE')",
+        {"s": schema, "q": f'"{schema}"', "table": table, "sequence": sequence,
+         "functions": functions, "ours": list(OUR_POSTGRES_TABLES),
          "log": f"{LOG_TABLE}\\_%"})
     lacks = [str(said) for _, _, said in sorted(c.fetchall())]  # by name, as Python orders
     if not lacks:
@@ -252,9 +263,12 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
     role = c.fetchone()[0]
     said = ", ".join(lacks[:6]) + (f" and {len(lacks) - 6} more" if len(lacks) > 6 else "")
     raise ConfigurationError(
-        f"cannot open store {config.shown!r}: role {role!r} may not use it: it lacks {said}. "
-        "Nothing was read or written. As the store's owner (the role that created it) or a "
-        "superuser, grant them (in psql, for example): " + " ".join(grants(schema, role)))
+        f"cannot open store {config.shown!r}: role {role!r} may not "
+        f"{'read' if config.read_only else 'use'} it: it lacks {said}. Nothing was read or "
+        "written. As the store's owner (the role that created it) or a superuser, grant "
+        "them (in psql, for example): " + " ".join(grants(schema, role,
+                                                          read_only=config.read_only))
+        + ("" if config.read_only else "; or, to only read it, add ?mode=ro to the URL"))
 
 
 def _createdb(env: dict[str, str]) -> str:

@@ -69,7 +69,7 @@ class StoreConfig:
     kind: str  # "sqlite" | "memory" | "postgresql"
     env: dict[str, str]
     path: Path | None = None
-    read_only: bool = False  # sqlite:///file.db?mode=ro
+    read_only: bool = False  # ?mode=ro: sqlite:///file.db?mode=ro, postgresql://...?mode=ro
     # PostgreSQL: libpq connection parameters from the URL's query (sslmode=...),
     # for every connection the engine opens.
     connect: dict[str, str] = field(default_factory=dict)
@@ -103,7 +103,7 @@ class StoreConfig:
         CLI's writing commands (before loading any code) call it."""
         if self.read_only:
             raise ConfigurationError(
-                f"store {self.url!r} is opened read-only (?mode=ro), and {what}; nothing was "
+                f"store {self.shown!r} is opened read-only (?mode=ro), and {what}; nothing was "
                 "written. To let it write, drop ?mode=ro from the store URL")
 
 
@@ -164,8 +164,8 @@ def parse_store_url(url: str) -> StoreConfig:
         name = f"file:flowledger-{uuid.uuid4().hex}?mode=memory&cache=shared"
         return StoreConfig(url, "memory", _sqlite_env(name))
     if scheme in ("postgresql", "postgres"):
-        env, connect = _postgres_env(url)
-        return StoreConfig(url, "postgresql", env, connect=connect)
+        env, connect, read_only = _postgres_env(url)
+        return StoreConfig(url, "postgresql", env, read_only=read_only, connect=connect)
     named = f" {scheme!r}" if _SCHEME.fullmatch(scheme) else ""
     raise ConfigurationError(f"store URL {shown(url)!r} has an unknown scheme{named}; "
                              f"use {ACCEPTED}")
@@ -207,7 +207,8 @@ def _libpq_parameters() -> set[str] | None:
 def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]:
     """The URL's libpq parameters (?sslmode=verify-full&application_name=...):
     every one libpq knows but those the URL's parts say; the last value of each."""
-    given = {name: values[-1] for name, values in query.items() if name != "schema"}
+    given = {name: values[-1] for name, values in query.items()
+             if name not in ("schema", "mode")}
     known = _libpq_parameters()
     for name in given:
         if name in _NOT_IN_QUERY:
@@ -218,7 +219,7 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
             raise ConfigurationError(
                 f"store URL {shown(url)!r}: unknown parameter {name!r}"
                 + (f" (did you mean {close[0]!r}?)" if close else "")
-                + "; a PostgreSQL store takes ?schema=NAME and libpq's connection "
+                + "; a PostgreSQL store takes ?schema=NAME, ?mode=ro and libpq's connection "
                 "parameters (sslmode, sslrootcert, application_name, connect_timeout, ...)")
     return given
 
@@ -322,12 +323,26 @@ def _schema(url: str, given: list[str]) -> str:
     return schema
 
 
-def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
-    """postgresql://user[:password]@host[:port]/dbname[?schema=NAME&libpq parameters]:
-    the library's environment, and the libpq parameters for every connection."""
+def _read_only(url: str, given: list[str]) -> bool:
+    """The URL's ?mode=: `ro` opens the store read-only (a role granted only
+    SELECT, a standby); left out, read-write."""
+    if not given:
+        return False
+    if set(given) != {"ro"}:
+        raise ConfigurationError(f"store URL {shown(url)!r}: mode={'&'.join(given)!r} is not "
+                                 "ro; give ?mode=ro to open the store read-only, or leave "
+                                 "mode out")
+    return True
+
+
+def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str], bool]:
+    """postgresql://user[:password]@host[:port]/dbname[?schema=NAME&mode=ro&libpq
+    parameters]: the library's environment, the libpq parameters for every
+    connection, and whether the store is opened read-only."""
     user, password, hostlist, path, raw_query = _split(url)
     query = parse_qs(raw_query, keep_blank_values=True)
     connect = _connect_parameters(url, query)
+    read_only = _read_only(url, query.get("mode", []))
     schema = _schema(url, query.get("schema", [""]))
     hosts, ports = _hosts(url, hostlist)
     return {
@@ -344,4 +359,4 @@ def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str]]:
         # opens its own: infrastructure/postgres_recorder.py).
         "POSTGRES_POOL_SIZE": "0",
         "POSTGRES_MAX_OVERFLOW": "1",
-    }, connect
+    }, connect, read_only

@@ -6,7 +6,6 @@ Real SQLite files throughout; rows are counted with sqlite3 before and after."""
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,6 @@ import pytest
 
 import flowledger as fl
 from flowledger.engine.faults import SimulatedCrash
-from tests.e2e.test_cli import assert_user_error, flowledger
 from tests.helpers import ExternalLedger, NoReconcileTool, ScriptedLedgerTool, ledger_workflow
 
 
@@ -112,23 +110,6 @@ def lagging(tmp_path: Path) -> Path:
         crashing.run_session("wf")
     crashing.close()
     return path
-
-
-def test_a_read_only_store_whose_projections_lag_is_refused_with_what_to_do(
-        lagging: Path, tmp_path: Path) -> None:
-    path = lagging
-    before = event_count(path)
-    with pytest.raises(fl.ConfigurationError) as caught:
-        fl.Engine(read_only(path))
-    assert re.search(r"projections are \d+ events behind its log", str(caught.value))
-    assert "open it once without ?mode=ro" in str(caught.value)
-    assert_user_error(flowledger("--store", read_only(path), "status", cwd=tmp_path),
-                      "cannot open store", "events behind its log", "without ?mode=ro")
-    assert event_count(path) == before
-    with fl.Engine(f"sqlite:///{path}"):
-        pass  # read-write once: caught up
-    with fl.Engine(read_only(path)) as engine:
-        assert engine.status().workflows
 
 
 # ------------------------------------------------------------------ opening

@@ -1,0 +1,236 @@
+"""A store opened read-only (`?mode=ro`) on both stores: a role granted only
+SELECT and a standby on PostgreSQL, SQLite's own read-only mode on a file.
+
+Whoever may only read a store (an operator's read-only credentials, a
+dashboard, a standby taking load off the primary) inspects it with the same
+engine and commands: answers come from the read side as it stands, which a
+session under way elsewhere, or a process that stopped before folding in,
+leaves behind the log; how far is said. Nothing is ever written: every store's
+rows are compared before and after.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowledger as fl
+from tests import postgres
+from tests.e2e.test_cli import TWO_WORKFLOWS, assert_user_error, flowledger
+from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+from tests.integration.test_postgres_failover import Clusters, clusters  # noqa: F401
+from tests.integration.test_postgres_roles import (
+    as_owner,
+    catalog_digest,
+    made_by_owner,
+    owner_url,
+    role,  # noqa: F401
+    role_url,
+    schema,  # noqa: F401
+)
+from tests.integration.test_read_only_and_opening import Died, crash_after
+
+psycopg = pytest.importorskip("psycopg")
+
+
+def read_only(url: str) -> str:
+    return url + ("&" if "?" in url else "?") + "mode=ro"
+
+
+def rows(url: str) -> dict[str, Any]:
+    """Everything a write could change: the log, the projections' tracking."""
+    with fl.Engine(read_only(url)) as engine:
+        return {"events": [(e.position, e.name) for e in engine.events()],
+                "tracked": engine.projections.positions()}
+
+
+@pytest.fixture
+def lagging(store: str, tmp_path: Path) -> str:
+    """A store whose writer died mid-session: its read side (costs, audit) has
+    not folded in the log's last events."""
+    crashing = fl.Engine(store, checkpoint=crash_after("after_append:commit", 2))
+    crashing.register(ledger_workflow("wf"),
+                      tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))])
+    with pytest.raises(Died):
+        crashing.run_session("wf")
+    crashing.close()
+    return store
+
+
+def test_a_read_side_left_behind_is_read_as_it_stands_and_said(lagging: str,
+                                                               tmp_path: Path) -> None:
+    before = rows(lagging)
+    tracked = before["tracked"]
+    head = before["events"][-1][0]
+    assert min(tracked.values()) < head  # what the writer left to fold in
+    with fl.Engine(read_only(lagging)) as engine:
+        engine.register(ledger_workflow("wf"))
+        behind = engine.read_side_behind()
+        assert behind == head - min(tracked.values())
+        runs = engine.runs(workflow="wf")  # answered, not refused, and not folded in
+        assert engine.read_side_behind() == behind
+        assert engine.status().workflows[0].open_session is not None
+        assert len(list(engine.events())) == len(before["events"])  # the log: all of it
+    done = flowledger("--store", read_only(lagging), "runs", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    note = " ".join(done.stderr.split())
+    assert "note: the store is opened read-only (?mode=ro)" in note
+    assert f"has not folded in the log's last {behind} events" in note
+    assert rows(lagging) == before
+
+    with fl.Engine(lagging):  # an engine that writes folds them in at its opening
+        pass
+    with fl.Engine(read_only(lagging)) as engine:
+        assert engine.read_side_behind() == 0
+        assert len(engine.runs(workflow="wf")) >= len(runs)
+    done = flowledger("--store", read_only(lagging), "status", cwd=tmp_path)
+    assert done.returncode == 0 and "note:" not in done.stderr
+
+
+def test_a_read_only_engine_reads_while_another_one_writes(store: str, tmp_path: Path
+                                                          ) -> None:
+    """Queries mid-session, from inside the writer's prepares: they answer as
+    the read side stands and write nothing (they used to catch up first,
+    which a read-only store refuses)."""
+    reader = fl.Engine(read_only_after_first_use(store, tmp_path))
+    seen: list[int] = []
+
+    def peek(item: str) -> None:
+        seen.append(reader.read_side_behind())
+        reader.runs(workflow="wf")
+        reader.costs("wf")
+
+    writer = fl.Engine(store)
+    try:
+        writer.register(ledger_workflow("wf", on_peek=peek),
+                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+        assert writer.run_session("wf").status == "completed"
+    finally:
+        writer.close()
+    assert len(seen) == 3 and max(seen) > 0
+    assert reader.read_side_behind() == 0  # the writer folded everything in at its close
+    assert len(reader.runs(workflow="wf")) == 1 + 1 + 1 + 3  # both sessions' runs
+    reader.close()
+
+
+def read_only_after_first_use(store: str, tmp_path: Path) -> str:
+    """The store made by a first session, opened read-only."""
+    with fl.Engine(store) as engine:
+        engine.register(ledger_workflow("wf", items=["z"]),
+                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "first.db"))])
+        engine.run_session("wf")
+    return read_only(store)
+
+
+# -------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.postgres
+def test_a_role_granted_only_select_reads_everything_and_writes_nothing(
+        schema: str, role: str, tmp_path: Path) -> None:  # noqa: F811
+    made_by_owner(schema, ["a", "b"])
+    url = read_only(role_url(schema, role))
+    with pytest.raises(fl.ConfigurationError) as refused:
+        fl.Engine(url)
+    said = str(refused.value)
+    assert f"role {role!r} may not read it: it lacks USAGE on schema" in said
+    assert "INSERT" not in said and "EXECUTE" not in said
+    as_owner(*re.findall(r"GRANT [^;]+;", said))  # what it said to grant is enough
+    digest = catalog_digest(schema)
+    before = rows(owner_url(schema))
+    with fl.Engine(owner_url(schema)) as owner, fl.Engine(url) as reader:
+        owner.register(ledger_workflow(items=["a", "b"]))
+        reader.register(ledger_workflow(items=["a", "b"]))
+        assert reader.status() == owner.status()
+        assert reader.runs() == owner.runs()
+        assert reader.costs("wf") == owner.costs("wf")
+        run = reader.runs()[0].run_id
+        assert reader.run_timeline(run) == owner.run_timeline(run)
+        for call, what in [(lambda: reader.run_session("wf"), "a session appends"),
+                           (reader.recover, "recovery continues sessions"),
+                           (reader.rebuild_projections, "a rebuild"),
+                           (lambda: reader.register(ledger_workflow("new")), "registering")]:
+            with pytest.raises(fl.ConfigurationError, match=re.escape(what)):
+                call()
+    for command in (["status"], ["runs"], ["log", "--limit", "3"], ["verify"]):
+        done = flowledger("--store", url, *command, cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr)
+    for command in (["run", TWO_WORKFLOWS], ["worker", TWO_WORKFLOWS], ["setup"]):
+        assert_user_error(flowledger("--store", url, *command, cwd=tmp_path),
+                          "opened read-only (?mode=ro)", "drop ?mode=ro")
+    assert catalog_digest(schema) == digest
+    assert rows(owner_url(schema)) == before
+    # Without ?mode=ro the same role is told it may only read with it.
+    with pytest.raises(fl.ConfigurationError, match=re.escape("add ?mode=ro to the URL")):
+        fl.Engine(role_url(schema, role))
+
+
+@pytest.mark.postgres
+def test_mode_takes_only_ro() -> None:
+    with pytest.raises(fl.ConfigurationError, match="mode='rw' is not ro"):
+        fl.Engine(f"{postgres.URL}?mode=rw")
+
+
+@pytest.mark.postgres
+def test_a_schema_without_a_store_opened_read_only_is_refused_and_nothing_made(
+        schema: str) -> None:  # noqa: F811
+    with pytest.raises(fl.ConfigurationError, match=re.escape(
+            "holds no flowledger store yet, and it is opened read-only (?mode=ro)")):
+        fl.Engine(read_only(owner_url(schema)))
+    with psycopg.connect(postgres.URL) as conn:
+        assert conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()[0] is None
+
+
+@pytest.fixture
+def standby(clusters: Clusters, tmp_path: Path) -> Iterator[tuple[str, str]]:  # noqa: F811
+    """A store on a primary ("a") with a finished session and a blocked run,
+    and its standby ("b"), caught up: (primary URL, standby URL)."""
+    clusters.primary("a")
+    primary = clusters.url("a")
+    tool = ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))
+    tool.script = ["ok", "uncertain"]
+    with fl.Engine(primary) as engine:
+        engine.register(ledger_workflow("wf", tool_name="blind"), tools=[tool])
+        engine.run_session("wf")
+    clusters.standby_of("b", "a")
+    clusters.caught_up("b", "a")
+    yield primary, clusters.url("b")
+
+
+@pytest.mark.postgres
+def test_a_standby_is_read_with_mode_ro_and_refused_without(
+        standby: tuple[str, str], tmp_path: Path) -> None:
+    primary, replica = standby
+    with pytest.raises(fl.ConfigurationError) as refused:
+        fl.Engine(replica)
+    said = str(refused.value)
+    assert "its server is a standby (in recovery), which takes no writes" in said
+    assert "Add ?mode=ro to the URL to read it there" in said
+    with fl.Engine(primary) as there, fl.Engine(read_only(replica)) as here:
+        for engine in (there, here):
+            engine.register(ledger_workflow("wf", tool_name="blind"))
+        assert here.status() == there.status()
+        assert here.blocked() == there.blocked()
+        assert [e.position for e in here.events()] == [e.position for e in there.events()]
+        # Its advisory locks are not the primary's; it sends no notifications.
+        assert here.log.flow_recorder.holder_alive(there.owner) is None
+        assert here.log.flow_recorder.listen() is None
+    for command in (["status"], ["blocked"], ["log", "--limit", "5"]):
+        done = flowledger("--store", read_only(replica), *command, cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr)
+
+
+def test_a_store_opened_read_only_is_copied_from_and_never_into(store: str, tmp_path: Path
+                                                                ) -> None:
+    source = read_only_after_first_use(store, tmp_path)
+    before = rows(store)
+    target = f"sqlite:///{tmp_path / 'copy.db'}"
+    assert fl.copy_store(source, target) == len(before["events"])
+    with pytest.raises(fl.ConfigurationError, match=re.escape(
+            "is opened read-only (?mode=ro), and a copy writes into it; nothing was written")):
+        fl.copy_store(target, source)
+    assert rows(store) == before

@@ -32,6 +32,7 @@ from flowledger.domain.workflow import Workflow
 from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.engine.session_runner import SessionRequest, SessionResult
 from flowledger.engine.waiting import LogWaiter, max_position
+from flowledger.infrastructure.store import LogWentBack
 from flowledger.projections import pending_work
 from flowledger.read_side.log_view import read_log
 
@@ -108,6 +109,10 @@ class Worker:
                         started = True
                     self._pass(waiter)
                     failures = 0
+                except LogWentBack as e:
+                    logger.error("worker %s stops: %s", self.engine.owner,
+                                 " ".join(str(e).split()))
+                    raise
                 except Exception as e:
                     # The store could not be read or waited on (a server
                     # restarting, a network down): what stands in the log is
@@ -174,12 +179,14 @@ class Worker:
                 self._serve(item, head)
             except CorruptEventError as e:
                 self._cannot_read(item.workflow, e)  # its own: the others go on at once
+            except LogWentBack:
+                raise  # this engine may append no more: the end of the worker
             except Exception as e:
                 # The session lost its lock, or the store failed: what was
                 # appended stands, and the log says what is left. Never the
-                # end of the worker; a store that keeps failing (say, read-only
-                # after a failover) is waited for longer each time, and its
-                # story told once.
+                # end of the worker but for a log gone back; a store that keeps
+                # failing (say, read-only after a failover) is waited for
+                # longer each time, and its story told once.
                 self._failed_sessions += 1
                 delay = self._retry_wait(self._failed_sessions)
                 logger.error("session of %s stopped (%s); trying again in %.1fs", item.workflow,

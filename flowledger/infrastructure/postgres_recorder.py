@@ -51,6 +51,7 @@ from flowledger.infrastructure.store import (
     AfterInsert,
     BeforeFold,
     Fence,
+    LogWentBack,
     ProjectionRowTaken,
     ReadAfter,
     Row,
@@ -884,7 +885,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         `read_after` goes last, in the COMMIT's message."""
         with self._writer_lock:
             if self._gone_back is not None:  # for this engine's life: it knows what was lost
-                raise OperationalError(self._gone_back)
+                raise LogWentBack(self._gone_back)
             if 0 < len(rows) <= _ROWS_PER_INSERT and self._forecast.usable(
                     self.chain is not None):
                 try:
@@ -922,7 +923,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             "while this engine ran. This engine appends nothing more: restart it once the store is "
             "as it should be. What ran after the backup is no longer recorded and may be done "
             "again by any engine; see the README (Backups)")
-        raise OperationalError(self._gone_back)
+        raise LogWentBack(self._gone_back)
 
     def _set_sequence_past_head(self) -> None:
         """The position sequence, set back by hand (`ALTER SEQUENCE ... RESTART`)

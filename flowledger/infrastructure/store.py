@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
-from eventsourcing.persistence import ProgrammingError, StoredEvent
+from eventsourcing.persistence import OperationalError, ProgrammingError, StoredEvent
 
 if TYPE_CHECKING:
     from flowledger.infrastructure.hash_chain import Chain
@@ -48,6 +48,13 @@ class ProjectionRowTaken(Exception):
 class ServerTakesNoWrites(ProgrammingError):
     """The store's server is a standby, which takes no writes: a store opened
     to write there is refused at once (it could not append, nor fold in)."""
+
+
+class LogWentBack(OperationalError):
+    """The store's log no longer holds an append this engine made: it was
+    restored from an older backup, or replaced, under the engine, which
+    appends nothing more for its life (a worker stops: only a new engine may
+    go on from the log as it now is)."""
 
 
 class ReadAfter:

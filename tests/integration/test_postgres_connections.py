@@ -456,6 +456,9 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     tool = ScriptedLedgerTool(ledger)
     engine.register(ledger_workflow(items=items, name="wf"), tools=[tool])
     assert engine.run_session("wf").status == "completed"
+    # Another workflow with work waiting in the backup, for the worker below.
+    engine.register(ledger_workflow(items=["x"], name="other"), tools=[tool])
+    engine.run_session("other", max_iterations=0)
     info = engine.log.flow_recorder.conninfo
     schema = store.rpartition("schema=")[2]
     where = ["-h", str(info["host"]), "-p", str(info["port"]), "-U", str(info["user"])]
@@ -475,6 +478,23 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     for _ in range(2):
         with pytest.raises(OperationalError, match="restored from an older backup"):
             engine.run_session("wf")
+    assert [key for key, _ in tool.calls] == ["a", "b", "c"]
+    # Its worker stops, saying why, rather than try again for ever holding its
+    # liveness lock: only a new engine may go on from the log as it now is.
+    stop, ended = threading.Event(), []
+
+    def serve() -> None:
+        try:
+            engine.serve(stop, interval=0.05)
+        except OperationalError as e:
+            ended.append(e)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    worker.join(20)
+    stop.set()
+    worker.join(20)
+    assert ended and "restored from an older backup" in str(ended[0])
     assert [key for key, _ in tool.calls] == ["a", "b", "c"]
 
 

@@ -15,6 +15,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import PersistenceError
+
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
 from flowledger.authoring.registration import Registration
 from flowledger.authoring.tools import Tool
@@ -728,8 +730,10 @@ class Engine:
 
 def from_the_store(error: BaseException) -> bool:
     """Whether the store's driver or the persistence library raised `error` (a bug
-    of ours, a NameError, stays one), told without importing any driver."""
-    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in (
+    of ours, a NameError, stays one), told without importing any driver; the
+    library's errors our store raises too (`LogWentBack`)."""
+    return isinstance(error, (OSError, PersistenceError)) or type(error).__module__.split(
+        ".")[0] in (
         "sqlite3", "psycopg", "psycopg_pool", "eventsourcing")
 
 

@@ -19,6 +19,7 @@ import pytest
 from eventsourcing.persistence import OperationalError
 
 import flowledger as fl
+from flowledger.engine.engine import from_the_store
 from flowledger.engine.waiting import LogWaiter
 from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK
 from tests.helpers import (
@@ -495,6 +496,7 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     stop.set()
     worker.join(20)
     assert ended and "restored from an older backup" in str(ended[0])
+    assert from_the_store(ended[0])  # `flowledger worker` says it in one line, exit 2
     assert [key for key, _ in tool.calls] == ["a", "b", "c"]
 
 

@@ -238,6 +238,10 @@ class Worker:
             # events in it, and recovery may find nothing to take over).
             result = engine._recover(reg)
             engine._catch_up_read_side()
+            if result is not None and result.status == "busy":  # another engine was first
+                logger.info("session %s of %s is held by another engine: left to it",
+                            result.session_id, due.workflow)
+                return None
             if result is not None:
                 logger.info("took over session %s of %s (%s): %s", result.session_id,
                             due.workflow, due.reason, result.status)

@@ -499,3 +499,28 @@ def _serving(engine: fl.Engine) -> Iterator[Callable[[Callable[[], bool]], None]
         stop.set()
         serving.join(10)
     assert not serving.is_alive()
+
+
+def test_a_recovery_another_engine_holds_is_not_said_taken_over(
+        make_engine: Callable[..., fl.Engine], caplog: pytest.LogCaptureFixture) -> None:
+    """Two workers both find a holder gone; the one that loses the race finds
+    the session held, and says so, not that it took it over ("busy")."""
+    from flowledger.domain.due import Due
+
+    looker = make_engine()
+    looker.register(ledger_workflow("wf"), tools=[ScriptedLedgerTool(MemoryLedger())])
+    worker = Worker(looker)
+    served: list[Any] = []
+
+    def peek(item: str) -> None:  # while the holder's session is open
+        if not served:
+            served.append(worker._serve(Due("wf", "recover", reason="holder gone"), 0))
+
+    holder = make_engine()
+    holder.register(ledger_workflow("wf", on_peek=peek), tools=[ScriptedLedgerTool(MemoryLedger())])
+    with caplog.at_level(logging.INFO, logger="flowledger"):
+        assert holder.run_session("wf").status == "completed"
+    assert served == [None] and worker.sessions == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("took over" in m for m in said), said
+    assert any("is held by another engine" in m for m in said), said

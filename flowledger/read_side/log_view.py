@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,23 +57,25 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
              after: int = 0, upto: int | None = None, batch: int = 1000,
              last: int | None = None) -> Iterator[LoggedEvent]:
     """Events after `after` (and up to `upto`), optionally of one workflow or one
-    run. `last`: of the whole log, only the last N are read (a workflow's or a
-    run's are found by reading from the start: a stream's workflow is learnt
-    from its first event)."""
+    run. `last`: of the whole log, only the last N are read (a workflow's are
+    found by reading from the start). A run's are its stream's: read alone."""
     wanted = workflow_id_of(workflow) if workflow else None
+    if run is not None:
+        yield from _read_run(log, run, wanted, after, upto)
+        return
     owner: dict[UUID, UUID] = {}  # stream → workflow, learnt from each stream's first event
     position = after
     recorder = log.flow_recorder
-    tail = last is not None and workflow is None and run is None and upto is None
-    if tail:
+    if last is not None and workflow is None and upto is None:
         with log.reading() as c:
             position = max(after, recorder.position_before_last(c, last or 0))
+    begun_before = position > 0  # streams may have begun before: their first event says
     while True:
         with log.reading() as c:
             rows = recorder.select_stored(c, position, batch, upto)
         if not rows:
             return
-        if tail:  # the streams begun before the tail: their workflow, from their first event
+        if begun_before:
             with log.reading() as c:
                 first = recorder.select_first_events(c, sorted(
                     {UUID(str(s.originator_id)) for _, s in rows} - owner.keys(), key=str))
@@ -92,9 +95,19 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
             wf = owner.get(stream)
             if wanted is not None and wf != wanted:
                 continue
-            if run is not None and stream != run:
-                continue
             yield logged(pos, stored, event, wf)
+
+
+def _read_run(log: EventLog, run: UUID, wanted: UUID | None, after: int,
+              upto: int | None) -> Iterator[LoggedEvent]:
+    """A run's events after `after`: its stream, whose first event names its workflow."""
+    events = read_stream(log, run, upto)
+    wf = next((e.workflow_id for e in events if e.workflow_id is not None), None)
+    if wanted is not None and wf != wanted:
+        return
+    for e in events:
+        if e.position > after:
+            yield e if e.workflow_id == wf else dataclasses.replace(e, workflow_id=wf)
 
 
 def _workflow_of(event: Any, stream: UUID) -> UUID | None:

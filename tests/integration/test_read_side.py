@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import flowledger as fl
+from flowledger.domain.ids import workflow_id
 from flowledger.engine.faults import SimulatedCrash
 from tests.helpers import ExternalLedger, NoReconcileTool, ScriptedLedgerTool, ledger_workflow
 
@@ -334,3 +335,33 @@ def test_the_last_events_of_the_log_are_read_alone(make_engine, ledger: External
     # A workflow's last events are found by reading from the start.
     assert list(engine.events(workflow="wf", last=5))[-5:] == [
         e for e in whole if e.workflow_id is not None][-5:]
+
+
+def test_a_workflows_or_a_runs_events_after_any_position_are_all_there(
+        make_engine, ledger: ExternalLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`log --workflow W --after P` left out the events of streams begun at or
+    before P (a message reserved later, a session's close, a run in flight
+    at P); and `log --run R` decodes the run's stream alone, not the log."""
+    engine = make_engine()
+    engine.register(ledger_workflow("wf", items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.register(ledger_workflow("other", items=["x"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf", max_iterations=0)  # published, not consumed yet
+    engine.run_session("other")
+    engine.run_session("wf")
+    whole = list(engine.events())
+    for name in ("wf", "other"):
+        of = [e for e in whole if e.workflow_id == workflow_id(name)]
+        assert len(of) > 10
+        for position in range(0, whole[-1].position + 1):
+            assert list(engine.events(workflow=name, after=position)) == [
+                e for e in of if e.position > position], (name, position)
+    run = engine.runs(workflow="wf")[0].run_id
+    decoded: list[Any] = []
+    decode = engine.log.mapper.to_domain_event
+    monkeypatch.setattr(engine.log.mapper, "to_domain_event",
+                        lambda stored: decoded.append(stored) or decode(stored))
+    mine = list(engine.events(run=run))
+    assert mine == [e for e in whole if e.stream_id == run]
+    assert len(decoded) <= 2 * len(mine) < len(whole)  # loaded, then read: the run alone
+    assert list(engine.events(run=run, after=mine[2].position)) == mine[3:]
+    assert list(engine.events(run=run, workflow="other")) == []

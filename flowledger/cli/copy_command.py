@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import flowledger as fl
 from flowledger.cli.exits import CommandError
 from flowledger.cli.render import out, print_json
+from flowledger.cli.views import progress_bar
 from flowledger.infrastructure.encryption import KEY_ENV
 from flowledger.infrastructure.store_url import shown
 
@@ -27,18 +25,6 @@ def _key_from(name: str) -> str:
         raise CommandError(f"environment variable {name} is not set: set it to the cipher "
                            "key (base64; `flowledger keygen` makes one)")
     return value
-
-
-@contextmanager
-def _copy_progress() -> Iterator[Callable[[int, int], None]]:
-    with Progress(TextColumn("copying"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("events"), TimeElapsedColumn(), console=out) as bar:
-        task = bar.add_task("copy", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield progress
 
 
 def copy(
@@ -66,7 +52,7 @@ def copy(
     if as_json:
         copied = fl.copy_store(source, target, source_key=source_key, target_key=target_key)
     else:
-        with _copy_progress() as progress:
+        with progress_bar("copying") as progress:
             copied = fl.copy_store(source, target, progress, source_key=source_key,
                                    target_key=target_key)
     seconds = time.perf_counter() - started

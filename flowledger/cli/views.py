@@ -432,15 +432,16 @@ def print_costs(report: fl.CostReport) -> None:
         out.print("No costs recorded.")
         return
     ids = report.by in ("run", "session")
+    named = report.by != "workflow"  # else the key is the workflow: one column, not two
     print_table(f"Costs by {report.by}", [
-        Col("workflow", drop=1), Col(report.by, key=True), Col("amount", key=True,
-                                                               justify="right"),
+        *([Col("workflow", drop=1)] if named else []), Col(report.by, key=True),
+        Col("amount", key=True, justify="right"),
         Col("not yet counted", key=True, justify="right", drop=2),
         Col("entries", justify="right", drop=3), Col("runs", justify="right", drop=4)],
-        [[line.workflow, _short_key(line.key) if ids else line.key, str(line.amount),
-          str(line.not_counted) if line.not_counted else "-", str(line.entries),
-          str(line.runs)] for line in report.lines],
-        footer=[["total", "", str(report.total), "", "", ""]])
+        [[*([line.workflow] if named else []), _short_key(line.key) if ids else line.key,
+          str(line.amount), str(line.not_counted) if line.not_counted else "-",
+          str(line.entries), str(line.runs)] for line in report.lines],
+        footer=[[*([""] if named else []), "total", str(report.total), "", "", ""]])
     if any(line.not_counted for line in report.lines):
         note("not yet counted", "spent by runs still going (or cut short by a crash); the "
              "session that finishes them counts it")
@@ -491,10 +492,20 @@ def print_replay(report: fl.ReplayReport, code: str) -> None:
 def rebuild_progress(description: str) -> Iterator[Callable[[int, int], None]]:
     """A progress bar while projections are rebuilt: hands back the `progress(done,
     total)` callback the engine calls after each batch."""
-    with Progress(TextColumn("rebuilding {task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("events"), TimeElapsedColumn(),
-                  console=out, transient=False) as bar:
-        task = bar.add_task(description, total=None)
+    with progress_bar(f"rebuilding {description}") as progress:
+        yield progress
+
+
+@contextmanager
+def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """`what ━━━ 1,200/5,000 events 0:00:03` on stderr, and only on a terminal
+    (piped output stays plain text): the `progress(done, total)` callback."""
+    if not err.is_terminal:
+        yield lambda done, total: None
+        return
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("events"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(what, total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)

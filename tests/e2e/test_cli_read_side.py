@@ -196,6 +196,7 @@ def test_projections_rebuild_and_status(shop: Path) -> None:
 
     assert shown.returncode == 0, shown.stderr
     assert "Rebuilt from position 0" in shown.stdout and "events" in shown.stdout
+    assert "━" not in shown.stdout + shown.stderr  # piped: no progress bar, plain text
     status = as_json(shop, "projections", "status")
     assert set(status["positions"]) == {"pending_work", "costs", "audit"}
     assert all(p == status["head"] for p in status["positions"].values())
@@ -219,3 +220,10 @@ def test_projections_rebuild_and_status(shop: Path) -> None:
 def test_read_side_mistakes_exit_2_on_one_line(shop: Path, args: list[str],
                                                fragment: str) -> None:
     assert_user_error(flowledger(*args, cwd=shop), fragment)
+
+
+def test_costs_by_workflow_name_the_workflow_once(shop: Path) -> None:
+    shown = flowledger("cost", "--by", "workflow", cwd=shop)
+    assert shown.returncode == 0, shown.stderr
+    header = next(line for line in shown.stdout.splitlines() if "amount" in line)
+    assert header.split().count("workflow") == 1, header

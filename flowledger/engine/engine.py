@@ -696,8 +696,8 @@ class Engine:
                                                                short=short)
 
         def peek_then(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
-            if not past:  # folded once, and only if the handler peeks
-                past.append(self.at(as_of))
+            if not past:  # folded once, and only if the handler peeks: pending work alone
+                past.append(EngineAt(self.log, as_of, [PendingWork], self._registered))
             with past[0].tables() as c:
                 return [(m.message_id, m.payload) for m in pending_work.pending_messages(
                     c, run.workflow_id, topic, limit)]

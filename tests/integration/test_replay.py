@@ -205,6 +205,24 @@ def test_reservations_are_checked_against_the_messages_of_the_time(recorded,
     assert second.same
 
 
+def test_a_replays_peek_folds_pending_work_alone(recorded, make_engine,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The messages of the time come from pending work folded up to the run;
+    costs and audit, which a peek never reads, are not folded (they were, from
+    position 0: seconds for a recent run of a large log)."""
+    from flowledger.projections.audit import Audit
+    from flowledger.projections.costs import Costs
+
+    _, _, runs = recorded
+    new, _ = with_code(make_engine, "greedy")
+    folded: list[str] = []
+    for kind in (Costs, Audit):
+        monkeypatch.setattr(kind, "apply_batch",
+                            lambda self, c, events: folded.append(type(self).__name__))
+    assert new.replay(runs["second"].run_id).same
+    assert folded == []
+
+
 def test_a_producer_replay_compares_publishes_and_state(recorded, make_engine) -> None:
     _, _, runs = recorded
     new, shop = with_code(make_engine, "producer-v2")

@@ -97,18 +97,21 @@ def test_every_write_on_a_read_only_store_is_refused_before_anything(
     assert event_count(store_file) == before
 
 
-@pytest.fixture
-def lagging(tmp_path: Path) -> Path:
-    """A store whose process died mid-session: the read side (costs, audit) did not
-    catch up with the log."""
-    path = tmp_path / "lagging.db"
-    crashing = fl.Engine(f"sqlite:///{path}",
-                         checkpoint=crash_after("after_append:commit", 2))
+def die_mid_session(store: str, tmp_path: Path) -> None:
+    """A process that died mid-session on `store`: its read side (costs, audit)
+    did not catch up with the log."""
+    crashing = fl.Engine(store, checkpoint=crash_after("after_append:commit", 2))
     crashing.register(ledger_workflow("wf"),
                       tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))])
     with pytest.raises(Died):
         crashing.run_session("wf")
     crashing.close()
+
+
+@pytest.fixture
+def lagging(tmp_path: Path) -> Path:
+    path = tmp_path / "lagging.db"
+    die_mid_session(f"sqlite:///{path}", tmp_path)
     return path
 
 

@@ -32,7 +32,7 @@ from tests.integration.test_postgres_roles import (
     role_url,
     schema,  # noqa: F401
 )
-from tests.integration.test_read_only_and_opening import Died, crash_after
+from tests.integration.test_read_only_and_opening import die_mid_session
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -50,14 +50,7 @@ def rows(url: str) -> dict[str, Any]:
 
 @pytest.fixture
 def lagging(store: str, tmp_path: Path) -> str:
-    """A store whose writer died mid-session: its read side (costs, audit) has
-    not folded in the log's last events."""
-    crashing = fl.Engine(store, checkpoint=crash_after("after_append:commit", 2))
-    crashing.register(ledger_workflow("wf"),
-                      tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))])
-    with pytest.raises(Died):
-        crashing.run_session("wf")
-    crashing.close()
+    die_mid_session(store, tmp_path)
     return store
 
 

@@ -343,11 +343,10 @@ class Worker:
                 for p in reg.definition.producers:
                     if p.schedule is None:
                         continue
-                    times = [r.created_at for r in pending_work.run_rows(
-                        c, reg.workflow_id, handler=p.name)
-                        if r.status == "committed" and r.created_at is not None]
-                    if times:
-                        self._runs.last[(reg.workflow_id, p.name)] = max(times)
+                    last = pending_work.run_rows(c, reg.workflow_id, handler=p.name,
+                                                 status="committed", limit=1)
+                    if last and last[0].created_at is not None:
+                        self._runs.last[(reg.workflow_id, p.name)] = last[0].created_at
         self._runs.read_upto = head
 
     def _read_new_runs(self, head: int) -> None:

@@ -141,3 +141,18 @@ def cost_entries(c: Cursor, workflow: str | None = None,
                       bool(r[6]), datetime.fromisoformat(r[7]), Decimal(r[8]),
                       seal.open_text(r[9]) or "")
             for r in c.fetchall()]
+
+
+def counted_by_sessions(c: Cursor, session_ids: Sequence[UUID], chunk: int = 500
+                        ) -> dict[UUID, Decimal]:
+    """What each of these sessions counted (exact sums, made here: amounts are
+    kept as text); read for them alone, not for every session."""
+    sums: dict[UUID, Decimal] = {}
+    for start in range(0, len(session_ids), chunk):
+        ids = [s.hex for s in session_ids[start:start + chunk]]
+        c.execute("SELECT counted_by, amount FROM fl_costs WHERE counted_by IN ("
+                  + ", ".join("?" * len(ids)) + ")", ids)
+        for counted_by, amount in c.fetchall():
+            session = UUID(counted_by)
+            sums[session] = sums.get(session, Decimal(0)) + Decimal(amount)
+    return sums

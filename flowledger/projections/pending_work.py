@@ -633,24 +633,44 @@ def topic_counts(c: Cursor, workflow_id: UUID) -> dict[str, tuple[int, int]]:
     return {t: (p, r) for t, p, r in c.fetchall()}
 
 
-def session_rows(c: Cursor, workflow_id: UUID | None = None,
-                 seal: Seal = NO_SEAL) -> list[SessionRow]:
-    """Sessions, oldest first."""
+def session_rows(c: Cursor, workflow_id: UUID | None = None, seal: Seal = NO_SEAL, *,
+                 status: str | None = None, limit: int | None = None) -> list[SessionRow]:
+    """Sessions, newest first (by opening), filtered and cut by the store:
+    `status` "open" or an outcome (or its family, as `run_rows`)."""
     sql = ("SELECT session_id, workflow_id, trigger, outcome, reason, consumer_runs, opened_at, "
-           "closed_at FROM fl_sessions")
-    params: tuple[Any, ...] = ()
+           "closed_at FROM fl_sessions WHERE 1=1")
+    params: list[Any] = []
     if workflow_id is not None:
-        sql += " WHERE workflow_id=?"
-        params = (workflow_id.hex,)
-    c.execute(sql + " ORDER BY opened_at, session_id", params)
+        sql += " AND workflow_id=?"
+        params.append(workflow_id.hex)
+    if status == "open":
+        sql += " AND outcome IS NULL"
+    elif status is not None:
+        sql += _IN_FAMILY.format(column="outcome")
+        params += [status, len(status) + 1, status + ":"]
+    c.execute(sql + " ORDER BY opened_at DESC, session_id DESC" + _limit(limit, params), params)
     return [SessionRow(UUID(r[0]), UUID(r[1]), r[2], r[3], seal.open_text(r[4]), r[5],
                        _dt(r[6]), _dt(r[7]))
             for r in c.fetchall()]
 
 
+# A status exactly, or its family: "failed" is also failed:logic and failed:internal.
+_IN_FAMILY = " AND ({column}=? OR substr({column}, 1, ?)=?)"
+
+
+def _limit(limit: int | None, params: list[Any]) -> str:
+    if limit is None:
+        return ""
+    params.append(limit)
+    return " LIMIT ?"
+
+
 def run_rows(c: Cursor, workflow_id: UUID | None = None, session_id: UUID | None = None,
-             handler: str | None = None, seal: Seal = NO_SEAL) -> list[RunRow]:
-    """Runs in the order they were created (a scan: listings are not on the hot path)."""
+             handler: str | None = None, seal: Seal = NO_SEAL, *, status: str | None = None,
+             limit: int | None = None) -> list[RunRow]:
+    """Runs, newest first (by creation), filtered and cut by the store (a scan
+    without an index: listings are not on the hot path, appends are).
+    `status`: exact, or a family ("failed": failed:logic, failed:internal)."""
     sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE 1=1"
     params: list[Any] = []
     for column, value in (("workflow_id", workflow_id), ("session_id", session_id)):
@@ -660,5 +680,8 @@ def run_rows(c: Cursor, workflow_id: UUID | None = None, session_id: UUID | None
     if handler is not None:
         sql += " AND handler=?"
         params.append(handler)
-    c.execute(sql + " ORDER BY created_at, run_id", params)
+    if status is not None:
+        sql += _IN_FAMILY.format(column="status")
+        params += [status, len(status) + 1, status + ":"]
+    c.execute(sql + " ORDER BY created_at DESC, run_id DESC" + _limit(limit, params), params)
     return [_run_row(r, seal) for r in c.fetchall()]

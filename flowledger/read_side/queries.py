@@ -303,11 +303,6 @@ def check_choice(value: str | None, valid: tuple[str, ...], what: str) -> None:
         raise InvalidArgument(f"{what} {value!r} is not one of: {', '.join(valid)}")
 
 
-def _matches_status(status: str, wanted: str | None) -> bool:
-    """Exact, or a family: "failed" matches failed:logic and failed:internal."""
-    return wanted is None or status == wanted or status.split(":", 1)[0] == wanted
-
-
 def _within(moment: datetime | None, since: datetime | None, until: datetime | None) -> bool:
     if since is None and until is None:
         return True
@@ -495,13 +490,14 @@ class ReadSide:
         check_choice(status, RUN_STATUSES, "run status")
         since, until = _aware(since, "since"), _aware(until, "until")
         sid = self.resolve_id("session", session) if session is not None else None
+        timed = since is not None or until is not None  # compared as times, here
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
             names = self._workflow_names(c)
-            rows = pending_work.run_rows(c, wf_id, sid, handler, self._seal)
-        found = [self._info_of_row(r, names) for r in reversed(rows)
-                 if _matches_status(r.status, status) and _within(r.created_at, since, until)]
-        found = found[:limit] if limit is not None else found
+            rows = pending_work.run_rows(c, wf_id, sid, handler, self._seal, status=status,
+                                         limit=None if timed else limit)
+        found = [self._info_of_row(r, names) for r in rows
+                 if _within(r.created_at, since, until)][:limit]
         # A failed run's traceback is on its stream, not in the listing's rows.
         return [dataclasses.replace(r, traceback=self._run(r.run_id).traceback)
                 if r.status.startswith("failed") else r for r in found]
@@ -513,23 +509,17 @@ class ReadSide:
         bound the time each was opened (until excluded)."""
         check_choice(status, SESSION_STATUSES, "session status")
         since, until = _aware(since, "since"), _aware(until, "until")
+        timed = since is not None or until is not None  # compared as times, here
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
             names = self._workflow_names(c)
-            rows = pending_work.session_rows(c, wf_id, self._seal)
-            counted: dict[UUID, Decimal] = {}
-            for entry in costs.cost_entries(c, workflow, seal=self._seal):
-                if entry.counted and entry.session_id is not None:
-                    counted[entry.session_id] = counted.get(entry.session_id,
-                                                            Decimal(0)) + entry.amount
-        found = []
-        for r in reversed(rows):
-            state = r.outcome or "open"
-            if _matches_status(state, status) and _within(r.opened_at, since, until):
-                found.append(SessionInfo(r.session_id, names.get(r.workflow_id, "?"), r.trigger,
-                                         state, r.reason, r.consumer_runs, r.opened_at,
-                                         r.closed_at, counted.get(r.session_id, Decimal(0))))
-        return found[:limit] if limit is not None else found
+            rows = [r for r in pending_work.session_rows(c, wf_id, self._seal, status=status,
+                                                         limit=None if timed else limit)
+                    if _within(r.opened_at, since, until)][:limit]
+            counted = costs.counted_by_sessions(c, [r.session_id for r in rows])
+        return [SessionInfo(r.session_id, names.get(r.workflow_id, "?"), r.trigger,
+                            r.outcome or "open", r.reason, r.consumer_runs, r.opened_at,
+                            r.closed_at, counted.get(r.session_id, Decimal(0))) for r in rows]
 
     # --------------------------------------------------------------- costs
 

@@ -11,7 +11,13 @@ import pytest
 import flowledger as fl
 from flowledger.domain.ids import workflow_id
 from flowledger.engine.faults import SimulatedCrash
-from tests.helpers import ExternalLedger, NoReconcileTool, ScriptedLedgerTool, ledger_workflow
+from tests.helpers import (
+    ExternalLedger,
+    NoReconcileTool,
+    ScriptedLedgerTool,
+    costly_workflow,
+    ledger_workflow,
+)
 
 
 class Boom(SimulatedCrash):
@@ -365,3 +371,43 @@ def test_a_workflows_or_a_runs_events_after_any_position_are_all_there(
     assert len(decoded) <= 2 * len(mine) < len(whole)  # loaded, then read: the run alone
     assert list(engine.events(run=run, after=mine[2].position)) == mine[3:]
     assert list(engine.events(run=run, workflow="other")) == []
+
+
+def test_listings_are_filtered_and_cut_by_the_store(make_engine, ledger: ExternalLedger,
+                                                    clock: fl.ManualClock,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`runs` and `sessions` ask the store for the newest rows that match, not
+    for every row to filter and cut here (a second and 100 MB at 25,000 runs),
+    and sum costs for the sessions listed alone; answers are unchanged."""
+    from flowledger.projections import costs, pending_work
+    from flowledger.read_side.queries import RUN_STATUSES, SESSION_STATUSES
+
+    engine = make_engine()
+    tool = ScriptedLedgerTool(ledger, script=["ok", "transient", "ok", "ok"])
+    engine.register(costly_workflow(["a", "b", "c", "d", "e"], ["0.5", "1.25"]), tools=[tool])
+    for _ in range(4):
+        engine.run_session("prop", max_iterations=2)
+        clock.advance(3600)  # past the transient failure's pause
+    everything = engine.runs(limit=None)
+    sessions = engine.sessions(limit=None)
+    assert len(everything) > 6 and len(sessions) == 4
+    for limit in (0, 1, 2, 5, None):
+        assert engine.runs(limit=limit) == everything[:limit]
+        assert engine.sessions(limit=limit) == sessions[:limit]
+    for status in RUN_STATUSES:
+        assert engine.runs(status=status, limit=2) == [
+            r for r in everything if r.status == status
+            or r.status.split(":")[0] == status][:2], status
+    for status in SESSION_STATUSES:
+        assert engine.sessions(status=status) == [s for s in sessions if s.status == status]
+    assert sum(s.cost for s in sessions) > 0
+    made: list[Any] = []
+    monkeypatch.setattr(pending_work, "_run_row",
+                        lambda r, seal, made_row=pending_work._run_row: made.append(r)
+                        or made_row(r, seal))
+    asked: list[Any] = []
+    monkeypatch.setattr(costs, "counted_by_sessions",
+                        lambda c, ids, sums=costs.counted_by_sessions: asked.append(ids)
+                        or sums(c, ids))
+    assert engine.runs(limit=2) == everything[:2] and len(made) == 2
+    assert engine.sessions(limit=1) == sessions[:1] and asked == [[sessions[0].session_id]]

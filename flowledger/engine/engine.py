@@ -62,7 +62,6 @@ from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 from flowledger.infrastructure.store_url import DEFAULT_STORE, parse_store_url, shown
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
-from flowledger.projections.audit import mentions_of as audit_mentions_of
 from flowledger.projections.costs import Costs
 from flowledger.projections.pending_work import PendingWork
 from flowledger.projections.runner import Progress, ProjectionRunner
@@ -609,7 +608,22 @@ class Engine:
     def _reads(self) -> ReadSide:
         """The present: the live projections and the whole log."""
         return ReadSide(self.log, self.log.reading, self.log.load, self._registered,
-                        self.clock.now)
+                        self.clock.now,
+                        unfolded=self._unfolded if self.log.config.read_only else None)
+
+    def _unfolded(self) -> list[tuple[Any, int]]:
+        """The log's events after the slowest projection's position, decoded
+        (on a store opened read-only: what its queries look in beside the
+        projections, which it cannot fold them into)."""
+        after = min(self.projections.positions().values(), default=0)
+        found: list[tuple[Any, int]] = []
+        while True:
+            with self.log.reading() as c:
+                rows = self.log.flow_recorder.select_stored(c, after, 2000)
+            if not rows:
+                return found
+            found += [(self.log.mapper.to_domain_event(s), p) for p, s in rows]
+            after = rows[-1][0]
 
     def _caught_up(self) -> ReadSide:
         """The present, after folding in what the projections have not yet:
@@ -723,9 +737,9 @@ class Engine:
         return self.projections.rebuild(names, progress=progress)
 
     def _mentions(self, run_id: UUID) -> list[int]:
-        self._caught_up()
+        reads = self._caught_up()
         with self.log.reading() as c:
-            return audit_mentions_of(c, run_id)
+            return reads.mentions_of(c, run_id)
 
 
 def from_the_store(error: BaseException) -> bool:

@@ -69,21 +69,25 @@ class Audit(Projection):
         mentions: list[tuple[str, int]] = []
         causes: list[tuple[str, str, int]] = []
         for event, position in batch:
-            fields = _RUN_FIELDS.get(type(event))
-            if fields is None:
-                continue
-            for name in fields:
-                run: UUID | None = getattr(event, name)
-                if run is not None:
-                    mentions.append((run.hex, position))
-            if type(event) in _CAUSES:
-                causes.extend((i.hex, event.originator_id.hex, position)
-                              for i in event.caused_by)
+            mentions.extend((run.hex, position) for run in runs_named(event))
+            causes.extend((i.hex, event.originator_id.hex, position)
+                          for i in inputs_causing(event))
         if mentions:
             c.executemany("INSERT INTO fl_audit_mentions VALUES (?,?)", mentions)
         if causes:
             # A replaced payload repeats the causes it keeps: the first position stays.
             c.executemany("INSERT OR IGNORE INTO fl_audit_causes VALUES (?,?,?)", causes)
+
+
+def runs_named(event: Any) -> list[UUID]:
+    """The runs an event names, other than its own stream's."""
+    fields = _RUN_FIELDS.get(type(event), ())
+    return [run for run in (getattr(event, name) for name in fields) if run is not None]
+
+
+def inputs_causing(event: Any) -> list[UUID]:
+    """The inputs that caused the message an event publishes (or replaces)."""
+    return list(event.caused_by) if type(event) in _CAUSES else []
 
 
 # ------------------------------------------------------------------- queries

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -322,8 +322,13 @@ class ReadSide:
 
     def __init__(self, log: EventLog, tables: Callable[[], AbstractContextManager[Cursor]],
                  load: Loader, registered: Mapping[str, Registration],
-                 now: Callable[[], datetime], upto: int | None = None) -> None:
+                 now: Callable[[], datetime], upto: int | None = None,
+                 unfolded: Callable[[], Sequence[tuple[Any, int]]] | None = None) -> None:
+        """`unfolded`: the log's events the projections have not folded in, with
+        their positions (a store opened read-only, which cannot fold them in):
+        the ids and mentions they hold are looked up in them too."""
         self.log = log
+        self._unfolded = unfolded or (lambda: ())
         self._tables = tables  # a read cursor on the projections' tables
         self._load = load
         self._registered = registered
@@ -369,7 +374,9 @@ class ReadSide:
             raise InvalidArgument(f"{kind} id {text!r} is too short: give at least "
                                   f"{MIN_SHORT_ID} hex digits of it")
         with self._tables() as c:
-            found = matching_ids(c, kind, digits)
+            found = sorted(set(matching_ids(c, kind, digits)) | {
+                i for i in self._unfolded_ids(kind)
+                if i.hex.startswith(digits) or i.hex.endswith(digits)})
         if len(found) == 1:
             return found[0]
         if not found:
@@ -379,6 +386,14 @@ class ReadSide:
         more = f" and {len(found) - 10} more" if len(found) > 10 else ""
         raise AmbiguousId(f"{kind} id {text!r} is ambiguous: it matches {len(found)} "
                           f"{kind}s ({shown}{more}); give more digits", tuple(found))
+
+    def _unfolded_ids(self, kind: str) -> set[UUID]:
+        """Ids of `kind` in the events the projections have not folded in."""
+        if kind == "input":
+            return {i for event, _ in self._unfolded() for i in audit.inputs_causing(event)}
+        stream = {"run": "HandlerRun", "session": "Session"}[kind]
+        return {event.originator_id for event, _ in self._unfolded()
+                if type(event).__qualname__.partition(".")[0] == stream}
 
     def _run(self, run_id: UUID | str) -> HandlerRun:
         rid = self.resolve_id("run", run_id)
@@ -552,11 +567,17 @@ class ReadSide:
 
     # --------------------------------------------------------------- audit
 
+    def mentions_of(self, c: Cursor, run_id: UUID) -> list[int]:
+        """Positions of events in other streams that name the run."""
+        return sorted(set(audit.mentions_of(c, run_id)) | {
+            position for event, position in self._unfolded()
+            if run_id in audit.runs_named(event)})
+
     def run_timeline(self, run_id: UUID | str) -> RunTimeline:
         run = self._run(run_id)
         own = self._stream(run.id, run.workflow_id)
         with self._tables() as c:
-            others = audit.mentions_of(c, run.id)
+            others = self.mentions_of(c, run.id)
         if self.upto is not None:
             others = [p for p in others if p <= self.upto]
         entries = sorted([*own, *read_positions(self.log, others)], key=lambda e: e.position)
@@ -612,6 +633,9 @@ class ReadSide:
         with self._tables() as c:
             caused = [e for e, p in audit.caused_by(c, iid)
                       if self.upto is None or p <= self.upto]
+        caused += [event.originator_id for event, _ in self._unfolded()
+                   if iid in audit.inputs_causing(event)
+                   and event.originator_id not in caused]
         events = [h for h in map(self._event_history, caused) if h is not None]
         run_ids = list(dict.fromkeys(r.run_id for h in events for r in h.reservations))
         runs = [self._run(r) for r in run_ids]

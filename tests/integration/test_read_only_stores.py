@@ -227,3 +227,42 @@ def test_a_store_opened_read_only_is_copied_from_and_never_into(store: str, tmp_
             "is opened read-only (?mode=ro), and a copy writes into it; nothing was written")):
         fl.copy_store(target, source)
     assert rows(store) == before
+
+
+def test_runs_and_mentions_not_yet_folded_in_are_found_in_the_log(store: str,
+                                                                  tmp_path: Path) -> None:
+    """In the middle of another engine's session, a read-only engine finds a
+    run just committed by its short id, its timeline with what names it, and
+    replays it the same: the events the read side has not folded in are
+    looked in too (it said "no run" and found false differences)."""
+    reader = fl.Engine(read_only_after_first_use(store, tmp_path))
+    # Replay calls no tool, yet runs with the tools the code names.
+    reader.register(ledger_workflow("wf"), tools=[ScriptedLedgerTool(ExternalLedger(
+        tmp_path / "never.db"))])
+    seen: dict[str, Any] = {}
+
+    def peek(item: str) -> None:
+        if item != "c":
+            return
+        assert reader.read_side_behind() > 0
+        committed = [e.stream_id for e in reader.events(last=100)
+                     if e.aggregate == "HandlerRun" and e.name == "Committed"]
+        run = committed[-1]  # item b's
+        seen.update(run=run, head=max(e.position for e in reader.events(last=1)),
+                    found=reader.run(run.hex[-8:]).id,
+                    timeline=[e.position for e in reader.run_timeline(run).entries],
+                    replay=reader.replay(run).differences)
+
+    writer = fl.Engine(store)
+    try:
+        writer.register(ledger_workflow("wf", on_peek=peek),
+                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+        assert writer.run_session("wf").status == "completed"
+        later = [e.position for e in writer.run_timeline(seen["run"]).entries
+                 if e.position <= seen["head"]]
+    finally:
+        writer.close()
+    reader.close()
+    assert seen["found"] == seen["run"]
+    assert seen["timeline"] == later
+    assert seen["replay"] == ()

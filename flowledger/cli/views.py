@@ -208,6 +208,7 @@ def status_json(st: fl.EngineStatus) -> dict[str, Any]:
                             for r in st.unfinished_runs],
         "blocked": [dataclasses.asdict(b) for b in st.blocked],
         "holders_gone": list(st.holders_gone),
+        "leases_ended": list(st.leases_ended),
     }
 
 
@@ -233,6 +234,11 @@ def print_status(st: fl.EngineStatus) -> None:
                  "as the crash left it (a mutation in_flight is settled by its reconcile, "
                  "never called again). Continue it with: flowledger recover PATH_OR_MODULE "
                  "(or the next flowledger run does it first)", "red")
+        if w.name in st.leases_ended:
+            note(f"{w.name}: lease ran out", f"session {short(w.open_session)} ({w.owner}) "
+                 f"was leased until {w.lease_until}, and its holder has not renewed it: "
+                 "flowledger recover PATH_OR_MODULE takes it over (a mutation in_flight is "
+                 "settled by its reconcile, never called again)", "yellow")
 
     if st.open_sessions:
         print_table("Open sessions", [Col("session", key=True), Col("workflow"),

@@ -568,7 +568,10 @@ class Engine:
         self._first_looks([w.owner for w in held])
         gone = tuple(w.name for w in held
                      if self._holder_gone(w.open_session, w.owner, patient=True))
-        return dataclasses.replace(st, holders_gone=gone) if gone else st
+        now = self.lease.now()  # leases are judged in the store's time
+        ended = tuple(w.name for w in held if w.name not in gone
+                      and w.lease_until is not None and w.lease_until <= now)
+        return dataclasses.replace(st, holders_gone=gone, leases_ended=ended)
 
     def _look_at_holders(self, regs: Iterable[Registration]) -> None:
         """A first look at the holders of these workflows' open sessions, all

@@ -92,6 +92,9 @@ class EngineStatus:
     # Workflows whose open session's holder is provably gone (the engine knows:
     # Engine.status); `flowledger recover` continues them.
     holders_gone: tuple[str, ...] = ()
+    # Workflows whose open session's lease ran out, its holder not known gone
+    # (another host, a standby's view): `flowledger recover` continues them too.
+    leases_ended: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ rows are compared before and after.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from tests.integration.test_postgres_roles import (
     role_url,
     schema,  # noqa: F401
 )
-from tests.integration.test_read_only_and_opening import die_mid_session
+from tests.integration.test_read_only_and_opening import Died, crash_after, die_mid_session
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -266,3 +267,28 @@ def test_runs_and_mentions_not_yet_folded_in_are_found_in_the_log(store: str,
     assert seen["found"] == seen["run"]
     assert seen["timeline"] == later
     assert seen["replay"] == ()
+
+
+def test_a_session_whose_lease_ran_out_is_said_by_status(store: str, tmp_path: Path,
+                                                         clock: fl.ManualClock) -> None:
+    """A holder not known gone (alive here; on a standby, whose advisory
+    locks are not the primary's, never known) whose lease ran out: `status`
+    says so, as recover would take it over (it said nothing)."""
+    crashing = fl.Engine(store, clock=clock, checkpoint=crash_after("after_append:commit", 2))
+    try:
+        crashing.register(ledger_workflow("wf"),
+                          tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))])
+        with pytest.raises(Died):
+            crashing.run_session("wf")
+        with fl.Engine(read_only(store), clock=clock) as reader:
+            before = reader.status()
+            assert before.holders_gone == () and before.leases_ended == ()
+            clock.advance(3600)
+            after = reader.status()
+            assert after.holders_gone == () and after.leases_ended == ("wf",)
+        done = flowledger("--store", read_only(store), "status", cwd=tmp_path)
+        assert done.returncode == 0 and "wf: lease ran out" in " ".join(done.stdout.split())
+        shown = flowledger("--store", read_only(store), "status", "--json", cwd=tmp_path)
+        assert json.loads(shown.stdout)["leases_ended"] == ["wf"]
+    finally:
+        crashing.close()

@@ -154,11 +154,17 @@ _CREATE_LOCK = 0x666C6F77  # "flow"
 # NULL on a standby. A lock taken under another incarnation was lost with it,
 # not with its holder; a part that moves for another reason only makes a free
 # lock "cannot tell".
-_INCARNATION = ("(CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
-                "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || ' ' || "
-                "extract(epoch FROM pg_postmaster_start_time())::text || ' ' || "
-                "COALESCE(extract(epoch FROM (SELECT stats_reset FROM pg_stat_bgwriter))::text, "
-                "'') END)")
+_SERVER_INCARNATION = ("(CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
+                       "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || ' ' || "
+                       "extract(epoch FROM pg_postmaster_start_time())::text || ' ' || "
+                       "COALESCE(extract(epoch FROM (SELECT stats_reset FROM pg_stat_bgwriter))"
+                       "::text, '') END)")
+# As this release's notes say it: marked, so that an engine of the release
+# before `taken_at`, which takes a free lock under the present incarnation as
+# proof that its holder is gone, never judges this release's engines so (the
+# lock's connection ended by a reaper while its call goes on; ADR 0017). Their
+# notes are its own, unmarked: this release judges them by their lease.
+_INCARNATION = f"({_SERVER_INCARNATION} || ' noted with taken_at')"
 
 _TRANSLATIONS = [
     (re.compile(r"\)\s*WITHOUT ROWID"), ")"),
@@ -771,8 +777,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         try:
             # CASE: the server may not evaluate the conditions in their written
             # order, and the proofs of this incarnation's dead must not be locked.
+            # An older release's notes of this incarnation stay: its proofs.
             conn.execute(f"DELETE FROM {table} WHERE CASE WHEN incarnation IS DISTINCT FROM "
-                         f"{_INCARNATION} THEN pg_try_advisory_xact_lock(%s, key) "
+                         f"{_INCARNATION} AND incarnation IS DISTINCT FROM "
+                         f"{_SERVER_INCARNATION} THEN pg_try_advisory_xact_lock(%s, key) "
                          "ELSE false END", (_CREATE_LOCK,))
         except psycopg.Error as e:
             logger.warning("could not clear the liveness notes of an earlier server: %s", e)

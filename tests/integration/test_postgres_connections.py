@@ -500,6 +500,37 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     assert [key for key, _ in tool.calls] == ["a", "b", "c"]
 
 
+# What the release before `taken_at` (f04dc69) asks of a holder's note: a free
+# lock whose note matches this is, to it, a holder gone.
+OLDER_RELEASES_LOOK = (
+    "SELECT pg_try_advisory_xact_lock(%s, %s), COALESCE((SELECT incarnation = "
+    "(CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
+    "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || ' ' || "
+    "extract(epoch FROM pg_postmaster_start_time())::text || ' ' || "
+    "COALESCE(extract(epoch FROM (SELECT stats_reset FROM pg_stat_bgwriter))::text, "
+    "'') END) FROM {schema}.fl_liveness WHERE owner = %s), false)")
+
+
+@on_postgresql
+def test_an_older_release_never_takes_a_free_lock_of_this_ones_for_a_death(make_engine):
+    """During a rolling upgrade, an engine of the release before `taken_at`
+    took a free lock noted under the present incarnation as proof: when a
+    reaper ended a living engine's lock connection mid-call, it took the
+    session over and called again (a review saw it twice in two tries).
+    This release's notes are marked, so an older engine goes by the lease."""
+    holder, looker = make_engine(), make_engine()
+    recorder = holder.log.flow_recorder
+    key = recorder._liveness_key(holder.owner)
+    end_connections(holder, [recorder._liveness.info.backend_pid])
+    with _server(holder) as c:
+        free, here = c.execute(OLDER_RELEASES_LOOK.format(schema=f'"{recorder.schema}"'),
+                               (0x666C6F77, key, holder.owner)).fetchone()
+    assert free is True  # what the older release sees: a free lock ...
+    assert here is False  # ... not noted under the incarnation it knows: not proof
+    # This release still knows its own: a free lock, not taken again, proves.
+    assert looker.log.flow_recorder.holder_alive(holder.owner, patient=True) is False
+
+
 @on_postgresql
 def test_a_free_lock_noted_by_an_older_release_proves_nothing(make_engine):
     """An engine of the release before `taken_at` notes its lock without it: a

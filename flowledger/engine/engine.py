@@ -408,8 +408,11 @@ class Engine:
         self._catch_up_read_side()
         return [r for r in results if r is not None]
 
-    def _recover(self, reg: Registration, checkpoint: Callable[[str], None] | None = None
-                 ) -> SessionResult | None:
+    def _recover(self, reg: Registration, checkpoint: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> SessionResult | None:
+        """Take over `reg`'s open session if its holder is gone or its lease ran
+        out, and run it to its end (or, `should_stop`, to before its next
+        consumer run: a worker asked to stop)."""
         name = reg.definition.name
         wf: Workflow | None = self.log.load(reg.workflow_id)
         if wf is None or wf.open_session is None:
@@ -445,7 +448,7 @@ class Engine:
         logger.info("took over session %s of %s (%s)", session_id, name,
                     "its holder is gone" if not alive else "its lease ran out")
         request = SessionRequest(Trigger(session.trigger), session.max_iterations,
-                                 session.max_cost)
+                                 session.max_cost, should_stop=should_stop)
         with self._abandoned_if_interrupted(reg, session_id):
             return SessionRunner(reg, self._scope_factory(reg, checkpoint)).run(
                 streams, wf, session, request)

@@ -144,7 +144,7 @@ class Worker:
         engine._look_at_holders(regs)
         for reg in regs:
             try:
-                result = engine._recover(reg)
+                result = engine._recover(reg, should_stop=self.stop.is_set)
             except CorruptEventError as e:
                 self._cannot_read(reg.definition.name, e)
                 continue
@@ -236,7 +236,7 @@ class Worker:
             # Not a session of this worker's: what is pending stays to be served
             # (the holder may have closed its session since the look, with new
             # events in it, and recovery may find nothing to take over).
-            result = engine._recover(reg)
+            result = engine._recover(reg, should_stop=self.stop.is_set)
             engine._catch_up_read_side()
             if result is not None and result.status == "busy":  # another engine was first
                 logger.info("session %s of %s is held by another engine: left to it",

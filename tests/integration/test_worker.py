@@ -524,3 +524,30 @@ def test_a_recovery_another_engine_holds_is_not_said_taken_over(
     said = [r.getMessage() for r in caplog.records]
     assert not any("took over" in m for m in said), said
     assert any("is held by another engine" in m for m in said), said
+
+
+def test_a_worker_asked_to_stop_stops_a_session_it_took_over_before_its_next_run(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    """SIGTERM while a worker continues a session it took over: it ends before
+    the next consumer run, as its own sessions do (it ran the whole backlog,
+    a minute and more, and a supervisor's stop timeout would kill it mid-call)."""
+    from flowledger.domain.due import Due
+    from tests.integration.test_read_only_and_opening import Died, crash_after
+
+    ledger = MemoryLedger()
+    items = list("abcdefghij")
+    crashing = make_engine(checkpoint=crash_after("after_append:commit", 2))
+    crashing.register(ledger_workflow("wf", items=items), tools=[ScriptedLedgerTool(ledger)])
+    with pytest.raises(Died):
+        crashing.run_session("wf")
+    clock.advance(3600)  # its lease ran out
+    engine = make_engine()
+    engine.register(ledger_workflow("wf", items=items), tools=[ScriptedLedgerTool(ledger)])
+    worker = Worker(engine)
+    worker.stop.set()  # SIGTERM came
+    before = ledger.calls
+    result = worker._serve(Due("wf", "recover", reason="lease ran out"), 0)
+    assert result is not None and result.status == "budget_exhausted"
+    assert ledger.calls - before <= 1 and len(result.runs) <= 1
+    left = {t.topic: t.pending for t in engine.pending_work("wf").topics}
+    assert left["in"] > 5  # for the next worker

@@ -460,7 +460,20 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             return False
         c.execute(_OBJECTS_SQL, self._objects_params())
         present = {str(row[0]) for row in c.fetchall()}
-        return objects <= present and self._notifies_its_channel(c)
+        return (objects <= present and self._notifies_its_channel(c)
+                and self._has_added_columns(c))
+
+    # Columns later tables versions added to a table an older release makes too:
+    # one that makes it again (dropped by hand) makes it without them.
+    ADDED_COLUMNS = (("fl_liveness", "taken_at"),)
+
+    def _has_added_columns(self, c: psycopg.Cursor[Any]) -> bool:
+        c.execute("SELECT count(*) FROM pg_attribute a JOIN pg_class t ON t.oid = a.attrelid "
+                  "WHERE t.relnamespace = to_regnamespace(%s) AND NOT a.attisdropped "
+                  "AND (t.relname, a.attname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                  (f'"{self.schema}"', [t for t, _ in self.ADDED_COLUMNS],
+                   [col for _, col in self.ADDED_COLUMNS]))
+        return bool(_first(c) == len(self.ADDED_COLUMNS))
 
     def _objects_params(self) -> tuple[str, ...]:
         schema = f'"{self.schema}"'

@@ -257,6 +257,25 @@ def test_a_table_dropped_by_hand_is_made_again_and_refused_until_then(
     assert calls_when_run(role_url(schema, role), ["a", "b"]) == 1
 
 
+def test_a_table_an_older_release_made_again_gets_this_releases_columns(schema: str,
+                                                                       caplog: Any) -> None:
+    """A release before `taken_at` makes fl_liveness again, in its shape, once
+    it was dropped by hand: the store's record still says this release's
+    tables, yet every engine of it failed to note its lock and to look at
+    holders. The column is added back at the next open by a role that may."""
+    made_by_owner(schema, ["a"])
+    before = catalog(schema)
+    as_owner(f'DROP TABLE "{schema}".fl_liveness',
+             f'CREATE TABLE "{schema}".fl_liveness (owner text PRIMARY KEY, '
+             "key integer NOT NULL, incarnation text)")  # as the older release makes it
+    with caplog.at_level(logging.WARNING, logger="flowledger"), \
+            fl.Engine(owner_url(schema)) as holder, fl.Engine(owner_url(schema)) as looker:
+        assert looker.log.flow_recorder.holder_alive(holder.owner) is True
+    assert not [r for r in caplog.records if "liveness" in r.getMessage()]
+    assert catalog(schema) == before
+    assert calls_when_run(owner_url(schema), ["a", "b"]) == 1
+
+
 def test_a_role_that_owns_the_schema_but_may_not_create_schemas_makes_the_store(
         schema: str, role: str) -> None:
     """A schema made for the store's owner: the owner needs no CREATE on the database."""

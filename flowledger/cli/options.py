@@ -42,8 +42,9 @@ def global_options(
     ctx: typer.Context,
     store: Annotated[str, typer.Option(
         "--store", metavar="URL", envvar=STORE_ENV,
-        help="Store URL: sqlite:///file.db, sqlite:////abs/file.db (add ?mode=ro to open "
-             "it read-only), postgresql://user@host:5432/dbname[?schema=NAME] or memory://.",
+        help="Store URL: sqlite:///file.db, sqlite:////abs/file.db, "
+             "postgresql://user@host:5432/dbname[?schema=NAME] or memory://; add ?mode=ro "
+             "(or &mode=ro) to open it read-only.",
     )] = DEFAULT_STORE,
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version,

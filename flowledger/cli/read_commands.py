@@ -93,7 +93,7 @@ def log(
 ) -> None:
     """The event log, oldest first: the source of truth everything else is derived from."""
     moment = parse_time(since, "--since")
-    with open_engine(store_url(ctx, store), must_exist=True) as engine:
+    with open_engine(store_url(ctx, store), must_exist=True, reads_side=False) as engine:
         if workflow is not None:
             held = sorted(w.name for w in engine.status().workflows)
             if workflow not in held:
@@ -288,7 +288,7 @@ def at_status(ctx: typer.Context, store: StoreOption = None,
               as_json: JsonOption = False) -> None:
     """Workflows, open sessions, unfinished and blocked runs, as they were then."""
     at = at_position(ctx)
-    with open_engine(store_url(ctx, store), must_exist=True) as engine, \
+    with open_engine(store_url(ctx, store), must_exist=True, reads_side=False) as engine, \
             engine.at(at) as past:
         st = past.status()
         moment = past.time
@@ -358,7 +358,7 @@ def projections_rebuild(
 def projections_status(ctx: typer.Context, store: StoreOption = None,
                        as_json: JsonOption = False) -> None:
     """How far into the log each projection has read."""
-    with open_engine(store_url(ctx, store), must_exist=True) as engine:
+    with open_engine(store_url(ctx, store), must_exist=True, reads_side=False) as engine:
         positions = engine.projections.positions()
         head = engine.log.flow_recorder.max_notification_id() or 0
     if as_json:

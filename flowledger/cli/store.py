@@ -48,11 +48,14 @@ class CommandEngine(fl.Engine):
 
 @contextmanager
 def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
-                writes: str | None = None) -> Iterator[CommandEngine]:
+                writes: str | None = None, reads_side: bool = True
+                ) -> Iterator[CommandEngine]:
     """An engine on `store`, closed when the command ends, whatever happens.
 
     `record=False`: see CommandEngine. `writes`: what the command writes (it is
     refused on a store opened read-only, `?mode=ro`, before any code is loaded).
+    `reads_side=False`: the command answers from the log alone (`log`, `at`), so
+    a read side left behind is not said.
 
     Whatever keeps the store from opening is a FlowledgerError the engine raises
     (ConfigurationError, StoreBusyError): `main` prints it on one line, exit 2.
@@ -62,7 +65,7 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
         config.refuse_writes(f"this command {writes}")
     engine = CommandEngine(store, record=record, create=not must_exist)
     try:
-        if config.read_only:
+        if config.read_only and reads_side:
             _say_how_far_behind(engine)
         yield engine
     finally:
@@ -77,5 +80,5 @@ def _say_how_far_behind(engine: fl.Engine) -> None:
         err.print(f"note: the store is opened read-only (?mode=ro), and its read side (status, "
                   f"runs, costs, audit) has not folded in the log's last {behind} "
                   f"event{'s' if behind != 1 else ''}: a session under way, or a process that "
-                  "stopped before folding them in. What follows leaves them out; `log` shows "
-                  "them.", soft_wrap=True, markup=False, highlight=False)
+                  "stopped before folding them in. What follows may leave them out; `log` "
+                  "shows them.", soft_wrap=True, markup=False, highlight=False)

@@ -136,6 +136,6 @@ def follow(
             mark = Text("!! ", style="bold red") if notable else Text("   ")
             out.print(mark + log_line(event, margin=len(mark)), soft_wrap=True)
 
-    with open_engine(store_url(ctx, store), must_exist=True) as engine:
+    with open_engine(store_url(ctx, store), must_exist=True, reads_side=False) as engine:
         print_live(engine, after, workflow, interval, show)
     raise typer.Exit(EXIT_OK)

@@ -177,6 +177,7 @@ class Engine:
         and writes on its tables, now and on those this engine's role creates in
         later upgrades (ADR 0013). Run as the role that owns the store's tables;
         returns the statements run."""
+        self.log.config.refuse_writes("granting a role changes the store's privileges")
         return self.log.flow_recorder.grant(role)
 
     def close(self) -> None:

@@ -144,7 +144,8 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
         said = " ".join(str(e).split())
         where = _where(config)
         if "does not exist" in said and "database" in said:
-            todo = f"create it first ({_createdb(env)}), or name one that exists"
+            todo = (f"create it first ({_createdb(env)}), or name one that exists"
+                    if not config.read_only else "name the database that holds the store")
         elif "authentication" in said or "password" in said or "role" in said:
             todo = ("check the user and the password (in the URL, in PGPASSWORD or in "
                     "~/.pgpass)")
@@ -266,9 +267,9 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
         f"cannot open store {config.shown!r}: role {role!r} may not "
         f"{'read' if config.read_only else 'use'} it: it lacks {said}. Nothing was read or "
         "written. As the store's owner (the role that created it) or a superuser, grant "
-        "them (in psql, for example): " + " ".join(grants(schema, role,
-                                                          read_only=config.read_only))
-        + ("" if config.read_only else "; or, to only read it, add ?mode=ro to the URL"))
+        "them (in psql, for example): " + " ".join(grants(
+            schema, role, later_too=config.read_only, read_only=config.read_only))
+        + ("" if config.read_only else " Or, to only read it, add ?mode=ro to the URL."))
 
 
 def _createdb(env: dict[str, str]) -> str:

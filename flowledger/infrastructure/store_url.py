@@ -215,7 +215,7 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
             raise ConfigurationError(f"store URL {shown(url)!r}: {name}= cannot be given in "
                                      f"the query; {_NOT_IN_QUERY[name]}")
         if known is not None and name not in known:
-            close = difflib.get_close_matches(name, [*known, "schema"], n=1)
+            close = difflib.get_close_matches(name, ["schema", "mode", *known], n=1)
             raise ConfigurationError(
                 f"store URL {shown(url)!r}: unknown parameter {name!r}"
                 + (f" (did you mean {close[0]!r}?)" if close else "")
@@ -328,6 +328,9 @@ def _read_only(url: str, given: list[str]) -> bool:
     SELECT, a standby); left out, read-write."""
     if not given:
         return False
+    if len(given) > 1:
+        raise ConfigurationError(f"store URL {shown(url)!r}: mode= is given {len(given)} "
+                                 "times; give it once")
     if set(given) != {"ro"}:
         raise ConfigurationError(f"store URL {shown(url)!r}: mode={'&'.join(given)!r} is not "
                                  "ro; give ?mode=ro to open the store read-only, or leave "

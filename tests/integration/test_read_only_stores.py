@@ -292,3 +292,38 @@ def test_a_session_whose_lease_ran_out_is_said_by_status(store: str, tmp_path: P
         assert json.loads(shown.stdout)["leases_ended"] == ["wf"]
     finally:
         crashing.close()
+
+
+@pytest.mark.postgres
+def test_mode_is_given_once_and_a_misspelt_one_is_named() -> None:
+    with pytest.raises(fl.ConfigurationError, match="mode= is given 2 times; give it once"):
+        fl.Engine(f"{postgres.URL}?mode=ro&mode=ro")
+    with pytest.raises(fl.ConfigurationError, match="did you mean 'mode'"):
+        fl.Engine(f"{postgres.URL}?modee=ro")
+
+
+@pytest.mark.postgres
+def test_a_read_only_role_is_told_the_grants_that_last_and_may_not_grant(
+        schema: str, role: str, tmp_path: Path) -> None:  # noqa: F811
+    made_by_owner(schema, ["a"])
+    with pytest.raises(fl.ConfigurationError) as refused:
+        fl.Engine(read_only(role_url(schema, role)))
+    said = str(refused.value)
+    assert f'ALTER DEFAULT PRIVILEGES IN SCHEMA "{schema}" GRANT SELECT ON TABLES' in said
+    with pytest.raises(fl.ConfigurationError) as writing:
+        fl.Engine(role_url(schema, role))
+    assert ";;" not in str(writing.value)
+    assert str(writing.value).endswith("Or, to only read it, add ?mode=ro to the URL.")
+    with fl.Engine(read_only(owner_url(schema))) as engine, pytest.raises(
+            fl.ConfigurationError, match=re.escape("granting a role changes")):
+        engine.grant(role)
+    missing = flowledger("--store", read_only(f"{postgres.URL}_nowhere"), "status", cwd=tmp_path)
+    assert_user_error(missing, "name the database that holds the store")
+    assert "createdb" not in missing.stderr
+
+
+def test_commands_that_answer_from_the_log_say_nothing_of_the_read_side(
+        lagging: str, tmp_path: Path) -> None:
+    for command in (["log", "--limit", "3"], ["at", "5", "status"], ["projections", "status"]):
+        done = flowledger("--store", read_only(lagging), *command, cwd=tmp_path)
+        assert done.returncode == 0 and "note:" not in done.stderr, (command, done.stderr)

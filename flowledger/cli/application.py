@@ -21,7 +21,7 @@ from flowledger.cli.exits import EXIT_USAGE
 from flowledger.cli.options import at_options, global_options
 from flowledger.cli.render import print_error
 from flowledger.domain.failures import describe
-from flowledger.engine.engine import from_the_store
+from flowledger.engine.store_errors import from_the_store
 
 app = typer.Typer(
     name="flowledger",

@@ -15,8 +15,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import PersistenceError
-
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
 from flowledger.authoring.registration import Registration
 from flowledger.authoring.tools import Tool
@@ -54,6 +52,7 @@ from flowledger.engine.recovery_progress import RecoveryCount
 from flowledger.engine.replay import ReplayReport, replay_run
 from flowledger.engine.secret_resolution import SecretProvider, SecretResolver
 from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
+from flowledger.engine.store_errors import from_the_store
 from flowledger.engine.streams import Streams
 from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
@@ -747,15 +746,6 @@ class Engine:
         reads = self._caught_up()
         with self.log.reading() as c:
             return reads.mentions_of(c, run_id)
-
-
-def from_the_store(error: BaseException) -> bool:
-    """Whether the store's driver or the persistence library raised `error` (a bug
-    of ours, a NameError, stays one), told without importing any driver; the
-    library's errors our store raises too (`LogWentBack`)."""
-    return isinstance(error, (OSError, PersistenceError)) or type(error).__module__.split(
-        ".")[0] in (
-        "sqlite3", "psycopg", "psycopg_pool", "eventsourcing")
 
 
 def copy_store(source: str, target: str,

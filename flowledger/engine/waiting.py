@@ -11,6 +11,7 @@ knows which.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +19,14 @@ from uuid import UUID
 
 from flowledger.domain.ids import workflow_id as workflow_id_of
 from flowledger.domain.workflow import Workflow
+from flowledger.engine.store_errors import from_the_store
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.read_side.log_view import LoggedEvent, read_log
+
+logger = logging.getLogger("flowledger.follow")
+
+# How long a follower waits, at most, before it looks again at a store that failed.
+MAX_RETRY_WAIT = 10.0
 
 
 def max_position(log: EventLog) -> int:
@@ -86,15 +93,29 @@ def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = N
     owners: dict[UUID, UUID | None] = {}  # stream → its workflow, learnt across batches
     with LogWaiter(log, interval, stop) as waiter:
         position = waiter.head() if after is None else after
+        failures = 0
         while not waiter.stop.is_set():
-            head = waiter.wait_for_append(position, None if stop is None else interval)
-            if head <= position:
-                continue
-            for event in read_log(log, None, None, position, head):
-                if wanted is not None and _owner(log, owners, event) != wanted:
+            try:
+                head = waiter.wait_for_append(position, None if stop is None else interval)
+                if head <= position:
                     continue
-                yield event
-            position = head
+                for event in read_log(log, None, None, position, head):
+                    position = event.position  # what is yielded is never yielded again
+                    if wanted is not None and _owner(log, owners, event) != wanted:
+                        continue
+                    yield event
+                position, failures = head, 0
+            except Exception as e:
+                # A server restarting, a failover, a network down: the log stands,
+                # and the follower goes on from where it was once it is back.
+                if not from_the_store(e):
+                    raise
+                failures += 1
+                delay = min(interval * 2 ** min(failures - 1, 16), MAX_RETRY_WAIT)
+                if failures == 1:
+                    logger.warning("could not read the store (%s: %s); following again "
+                                   "once it answers", type(e).__name__, " ".join(str(e).split()))
+                waiter.stop.wait(delay)
 
 
 def _owner(log: EventLog, owners: dict[UUID, UUID | None], event: LoggedEvent) -> UUID | None:

@@ -1107,9 +1107,19 @@ class PgAppendWakeups:
         self.closed = False
         self.conn = self._listening()
 
-    def _listening(self) -> psycopg.Connection[Any]:
+    def _listening(self) -> psycopg.Connection[Any] | None:
+        """A connection listening to the log's channel; None on a standby (a
+        URL of several hosts may reach one after a failover), which sends no
+        notifications: waits then only sleep, and the waiter polls the head."""
         conn = psycopg.connect(**self.conninfo, autocommit=True)
-        conn.execute(f'LISTEN "{self.channel}"')
+        try:
+            conn.execute(f'LISTEN "{self.channel}"')
+        except psycopg.errors.ReadOnlySqlTransaction:
+            conn.close()
+            return None
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def wait(self, timeout: float) -> bool:
@@ -1118,6 +1128,9 @@ class PgAppendWakeups:
         server had ended the connection: it listens again on a new one, and
         what was appended meanwhile is not known."""
         woken = False
+        if self.conn is None:  # a standby: polled
+            time.sleep(max(0.0, timeout))
+            return False
         try:
             for _ in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1):
                 woken = True
@@ -1131,7 +1144,8 @@ class PgAppendWakeups:
 
     def close(self) -> None:
         self.closed = True
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
 
 class FlowPostgresSnapshotRecorder(_PgReads, AggregateRecorder):

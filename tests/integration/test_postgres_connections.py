@@ -19,7 +19,7 @@ import pytest
 from eventsourcing.persistence import OperationalError
 
 import flowledger as fl
-from flowledger.engine.engine import from_the_store
+from flowledger.engine.store_errors import from_the_store
 from flowledger.engine.waiting import LogWaiter
 from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK
 from tests.helpers import (

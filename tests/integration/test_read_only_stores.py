@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,64 @@ def test_commands_that_answer_from_the_log_say_nothing_of_the_read_side(
     for command in (["log", "--limit", "3"], ["at", "5", "status"], ["projections", "status"]):
         done = flowledger("--store", read_only(lagging), *command, cwd=tmp_path)
         assert done.returncode == 0 and "note:" not in done.stderr, (command, done.stderr)
+
+
+@pytest.mark.postgres
+def test_a_listener_that_reaches_a_standby_polls(standby: tuple[str, str]) -> None:
+    """A URL of several hosts can reach a standby once a failover moved the
+    primary: LISTEN is refused there ("cannot execute LISTEN during
+    recovery"), which ended `log -f`. It polls instead."""
+    from flowledger.infrastructure.postgres_recorder import PgAppendWakeups
+
+    _, replica = standby
+    with fl.Engine(read_only(replica)) as engine:
+        recorder = engine.log.flow_recorder
+        wakeups = PgAppendWakeups(recorder.conninfo, recorder.channel)
+        try:
+            assert wakeups.conn is None and wakeups.wait(0.05) is False
+        finally:
+            wakeups.close()
+
+
+@pytest.mark.postgres
+def test_following_the_log_goes_on_across_a_server_restart(
+        clusters: Clusters, tmp_path: Path) -> None:  # noqa: F811
+    """`log -f` ended with "the store failed" when the server restarted; it
+    waits and goes on from where it was, each event once."""
+    import threading
+
+    clusters.primary("a")
+    url = clusters.url("a")
+    tool = ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))
+    seen: list[int] = []
+    failed: list[BaseException] = []
+    stop = threading.Event()
+    with fl.Engine(url) as writer, fl.Engine(url) as reader:
+        writer.register(ledger_workflow("wf", items=["a"]), tools=[tool])
+        writer.run_session("wf")
+
+        def follow() -> None:
+            try:
+                seen.extend(e.position for e in reader.follow(0, interval=0.1, stop=stop))
+            except BaseException as e:
+                failed.append(e)
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+            clusters.lose("a")
+            time.sleep(1.0)  # the follower finds it down, and waits
+            clusters.start("a")
+            writer.register(ledger_workflow("wf", items=["a", "b"]), tools=[tool])
+            writer.run_session("wf")
+            head = max(e.position for e in writer.events(last=1))
+            while (not seen or seen[-1] < head) and time.monotonic() < deadline + 30:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            follower.join(20)
+    assert not failed, failed
+    assert seen == sorted(set(seen)) and seen[-1] == head

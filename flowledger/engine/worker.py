@@ -356,7 +356,8 @@ class Worker:
         if not any(p.schedule is not None for r in self._regs() for p in r.definition.producers):
             runs.read_upto = head  # nothing scheduled: no need to read the new events
             return
-        for event in read_log(self.engine.log, None, None, runs.read_upto, head):
+        for event in read_log(self.engine.log, None, None, runs.read_upto, head,
+                              workflows=False):  # a run's own events name its workflow
             if event.aggregate != "HandlerRun":
                 continue
             fields: dict[str, Any] = event.fields

@@ -55,10 +55,12 @@ def logged(position: int, stored: StoredEvent, event: Any,
 
 def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None,
              after: int = 0, upto: int | None = None, batch: int = 1000,
-             last: int | None = None) -> Iterator[LoggedEvent]:
+             last: int | None = None, workflows: bool = True) -> Iterator[LoggedEvent]:
     """Events after `after` (and up to `upto`), optionally of one workflow or one
     run. `last`: of the whole log, only the last N are read (a workflow's are
-    found by reading from the start). A run's are its stream's: read alone."""
+    found by reading from the start). A run's are its stream's: read alone.
+    `workflows=False`: the workflow of a stream begun before `after` is not
+    looked up (one read a batch) unless the filter needs it."""
     wanted = workflow_id_of(workflow) if workflow else None
     if run is not None:
         yield from _read_run(log, run, wanted, after, upto)
@@ -69,7 +71,8 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
     if last is not None and workflow is None and upto is None:
         with log.reading() as c:
             position = max(after, recorder.position_before_last(c, last or 0))
-    begun_before = position > 0  # streams may have begun before: their first event says
+    # Streams may have begun before: their first event says whose they are.
+    begun_before = position > 0 and (workflows or wanted is not None)
     while True:
         with log.reading() as c:
             rows = recorder.select_stored(c, position, batch, upto)

@@ -21,7 +21,8 @@ from flowledger.domain.ids import workflow_id as workflow_id_of
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.store_errors import from_the_store
 from flowledger.infrastructure.event_log import EventLog
-from flowledger.read_side.log_view import LoggedEvent, read_log
+from flowledger.infrastructure.store import LogWentBack
+from flowledger.read_side.log_view import LoggedEvent, read_log, read_positions
 
 logger = logging.getLogger("flowledger.follow")
 
@@ -94,21 +95,25 @@ def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = N
     with LogWaiter(log, interval, stop) as waiter:
         position = waiter.head() if after is None else after
         failures = 0
+        last: LoggedEvent | None = None  # the last event read: still in the log?
         while not waiter.stop.is_set():
             try:
                 head = waiter.wait_for_append(position, None if stop is None else interval)
+                if last is not None and (failures or head != position):
+                    _still_there(log, last)  # one read a batch: the log did not go back
+                failures = 0
                 if head <= position:
                     continue
                 for event in read_log(log, None, None, position, head):
-                    position = event.position  # what is yielded is never yielded again
+                    position, last = event.position, event  # never yielded again
                     if wanted is not None and _owner(log, owners, event) != wanted:
                         continue
                     yield event
-                position, failures = head, 0
+                position = head
             except Exception as e:
                 # A server restarting, a failover, a network down: the log stands,
                 # and the follower goes on from where it was once it is back.
-                if not from_the_store(e):
+                if isinstance(e, LogWentBack) or not from_the_store(e):
                     raise
                 failures += 1
                 delay = min(interval * 2 ** min(failures - 1, 16), MAX_RETRY_WAIT)
@@ -116,6 +121,19 @@ def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = N
                     logger.warning("could not read the store (%s: %s); following again "
                                    "once it answers", type(e).__name__, " ".join(str(e).split()))
                 waiter.stop.wait(delay)
+
+
+def _still_there(log: EventLog, last: LoggedEvent) -> None:
+    """After the store failed, or when its head is behind what was read: the log
+    must still hold the last event read, or it went back (a failover that lost
+    appends, a backup restored) and holds other events from there."""
+    found = read_positions(log, [last.position])
+    if not found or (found[0].stream_id, found[0].version) != (last.stream_id, last.version):
+        raise LogWentBack(
+            f"the log no longer holds the event at position {last.position} that was read "
+            f"({last.aggregate}.{last.name} of stream {last.stream_id}): it went back (a "
+            "failover that lost appends, or a backup restored) and holds other events from "
+            "there. Follow it again to read it as it now is")
 
 
 def _owner(log: EventLog, owners: dict[UUID, UUID | None], event: LoggedEvent) -> UUID | None:

@@ -143,6 +143,8 @@ class Worker:
         regs = list(engine._registered.values())
         engine._look_at_holders(regs)
         for reg in regs:
+            if self.stop.is_set():  # asked to stop: the others are left to the next worker
+                break
             try:
                 result = engine._recover(reg, should_stop=self.stop.is_set)
             except CorruptEventError as e:

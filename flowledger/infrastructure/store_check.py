@@ -213,20 +213,26 @@ TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 SEQUENCE_PRIVILEGES = ("USAGE", "UPDATE")
 
 
-def grants(schema: str, role: str, later_too: bool = False, read_only: bool = False
-           ) -> list[str]:
+def grants(schema: str, role: str, later_too: bool = False, read_only: bool = False,
+           owner: str | None = None) -> list[str]:
     """The statements that let `role` use the store in `schema` (its owner runs
-    them); `later_too`: also on what the owner creates later (an upgrade);
-    `read_only`: only read it (a store opened with ?mode=ro)."""
-    s, r = f'"{schema}"', '"' + role.replace('"', '""') + '"'
+    them); `later_too`: also on what the owner creates later (an upgrade), the
+    owner named when another role (a superuser) may run them; `read_only`:
+    only read it (a store opened with ?mode=ro)."""
+    s, r = f'"{schema}"', _quoted(role)
+    later = f"ALTER DEFAULT PRIVILEGES{f' FOR ROLE {_quoted(owner)}' if owner else ''}"
     what = ({"TABLES": "SELECT"} if read_only else
             {"TABLES": ", ".join(TABLE_PRIVILEGES), "SEQUENCES": ", ".join(SEQUENCE_PRIVILEGES),
              "FUNCTIONS": "EXECUTE"})
     return [f"GRANT USAGE ON SCHEMA {s} TO {r};",
             *(f"GRANT {privileges} ON ALL {kind} IN SCHEMA {s} TO {r};"
               for kind, privileges in what.items()),
-            *(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {privileges} ON {kind} TO {r};"
+            *(f"{later} IN SCHEMA {s} GRANT {privileges} ON {kind} TO {r};"
               for kind, privileges in what.items() if later_too)]
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
@@ -260,15 +266,17 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
     lacks = [str(said) for _, _, said in sorted(c.fetchall())]  # by name, as Python orders
     if not lacks:
         return
-    c.execute("SELECT current_user")
-    role = c.fetchone()[0]
+    c.execute("SELECT current_user, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c "
+              "JOIN pg_namespace n ON n.oid = c.relnamespace "
+              "WHERE n.nspname = %s AND c.relname = %s)", (schema, LOG_TABLE))
+    role, owner = c.fetchone()
     said = ", ".join(lacks[:6]) + (f" and {len(lacks) - 6} more" if len(lacks) > 6 else "")
     raise ConfigurationError(
         f"cannot open store {config.shown!r}: role {role!r} may not "
         f"{'read' if config.read_only else 'use'} it: it lacks {said}. Nothing was read or "
         "written. As the store's owner (the role that created it) or a superuser, grant "
         "them (in psql, for example): " + " ".join(grants(
-            schema, role, later_too=config.read_only, read_only=config.read_only))
+            schema, role, later_too=config.read_only, read_only=config.read_only, owner=owner))
         + ("" if config.read_only else " Or, to only read it, add ?mode=ro to the URL."))
 
 

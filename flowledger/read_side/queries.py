@@ -636,9 +636,9 @@ class ReadSide:
         with self._tables() as c:
             caused = [e for e, p in audit.caused_by(c, iid)
                       if self.upto is None or p <= self.upto]
-        caused += [event.originator_id for event, _ in self._unfolded()
-                   if iid in audit.inputs_causing(event)
-                   and event.originator_id not in caused]
+        for event, _ in self._unfolded():
+            if iid in audit.inputs_causing(event) and event.originator_id not in caused:
+                caused.append(event.originator_id)
         events = [h for h in map(self._event_history, caused) if h is not None]
         run_ids = list(dict.fromkeys(r.run_id for h in events for r in h.reservations))
         runs = [self._run(r) for r in run_ids]

@@ -500,6 +500,64 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     assert [key for key, _ in tool.calls] == ["a", "b", "c"]
 
 
+@on_postgresql
+def test_a_follower_of_a_log_that_went_back_says_so_instead_of_skipping(
+        make_engine, store, ledger, tmp_path):
+    """An older backup restored under `log -f` (a failover that lost appends
+    looks the same), then other events appended at the positions it had
+    read: the follower skipped them without a word. It stops, saying why."""
+    bindir = "/usr/lib/postgresql/15/bin"
+    if not os.path.exists(f"{bindir}/pg_dump"):
+        pytest.skip("pg_dump is not installed here")
+    writer, reader = make_engine(), make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    writer.register(ledger_workflow(items=["a"], name="wf"), tools=[tool])
+    writer.run_session("wf")
+    seen: list[int] = []
+    ended: list[BaseException] = []
+    stop = threading.Event()
+
+    def follow() -> None:
+        try:
+            seen.extend(e.position for e in reader.follow(0, interval=0.05, stop=stop))
+        except BaseException as e:
+            ended.append(e)
+
+    def seen_up_to(position: int) -> None:
+        deadline = time.monotonic() + 20
+        while (not seen or seen[-1] < position) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert seen and seen[-1] >= position
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    try:
+        seen_up_to(max(e.position for e in writer.events(last=1)))
+        info = writer.log.flow_recorder.conninfo
+        schema = store.rpartition("schema=")[2]
+        where = ["-h", str(info["host"]), "-p", str(info["port"]), "-U", str(info["user"])]
+        dump = tmp_path / "store.dump"
+        subprocess.run([f"{bindir}/pg_dump", *where, "-n", schema, "-Fc", "-f", str(dump),
+                        str(info["dbname"])], check=True, capture_output=True, timeout=120)
+        writer.register(ledger_workflow(items=["a", "b"], name="wf"), tools=[tool])
+        writer.run_session("wf")
+        read = max(e.position for e in writer.events(last=1))
+        seen_up_to(read)
+        subprocess.run([f"{bindir}/pg_restore", *where, "--clean", "--single-transaction",
+                        "-d", str(info["dbname"]), str(dump)], check=True,
+                       capture_output=True, timeout=120)
+        other = make_engine()  # the restored log's new events, at the positions read
+        other.register(ledger_workflow(items=["a", "c", "d", "e"], name="wf"), tools=[tool])
+        other.run_session("wf")
+        assert max(e.position for e in other.events(last=1)) > read
+        follower.join(20)
+    finally:
+        stop.set()
+        follower.join(20)
+    assert ended and "no longer holds the event at position" in str(ended[0]), ended
+    assert seen == sorted(set(seen))
+
+
 # What the release before `taken_at` (f04dc69) asks of a holder's note: a free
 # lock whose note matches this is, to it, a holder gone.
 OLDER_RELEASES_LOOK = (

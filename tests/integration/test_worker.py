@@ -551,3 +551,33 @@ def test_a_worker_asked_to_stop_stops_a_session_it_took_over_before_its_next_run
     assert ledger.calls - before <= 1 and len(result.runs) <= 1
     left = {t.topic: t.pending for t in engine.pending_work("wf").topics}
     assert left["in"] > 5  # for the next worker
+
+
+def test_a_worker_asked_to_stop_as_it_starts_takes_over_nothing_more(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    """SIGTERM while the worker's start recovers crashed sessions: the ones it
+    has not begun are left to the next worker (it took each over, reconciled
+    and called again: seconds more per workflow)."""
+    from flowledger.engine.waiting import LogWaiter
+    from tests.integration.test_read_only_and_opening import Died, crash_after
+
+    ledger = MemoryLedger()
+    for name in ("one", "two"):
+        crashing = make_engine(checkpoint=crash_after("after_append:commit", 2))
+        crashing.register(ledger_workflow(name, items=list("abcd")),
+                          tools=[ScriptedLedgerTool(ledger)])
+        with pytest.raises(Died):
+            crashing.run_session(name)
+    clock.advance(3600)  # their leases ran out
+    engine = make_engine()
+    for name in ("one", "two"):
+        engine.register(ledger_workflow(name, items=list("abcd")),
+                        tools=[ScriptedLedgerTool(ledger)])
+    held = {name: engine.workflow(name).open_session for name in ("one", "two")}
+    calls = ledger.calls
+    worker = Worker(engine)
+    worker.stop.set()
+    with LogWaiter(engine.log) as waiter:
+        worker._start(waiter)
+    assert ledger.calls == calls
+    assert {name: engine.workflow(name).open_session for name in held} == held

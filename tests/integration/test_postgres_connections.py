@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -441,6 +442,28 @@ def test_an_engine_opening_a_store_sets_a_sequence_set_back_past_the_head(make_e
     assert value == head
 
 
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def backup(engine: fl.Engine, store: str, tmp_path: Any) -> Callable[[], None]:
+    """`pg_dump` of the store's schema now; returns what restores it over the
+    store (`pg_restore --clean --single-transaction`)."""
+    if not os.path.exists(f"{PG_BIN}/pg_dump"):
+        pytest.skip("pg_dump is not installed here")
+    info = engine.log.flow_recorder.conninfo
+    schema = store.rpartition("schema=")[2]
+    where = ["-h", str(info["host"]), "-p", str(info["port"]), "-U", str(info["user"])]
+    dump = tmp_path / "store.dump"
+    subprocess.run([f"{PG_BIN}/pg_dump", *where, "-n", schema, "-Fc", "-f", str(dump),
+                    str(info["dbname"])], check=True, capture_output=True, timeout=120)
+
+    def restore() -> None:
+        subprocess.run([f"{PG_BIN}/pg_restore", *where, "--clean", "--single-transaction",
+                        "-d", str(info["dbname"]), str(dump)], check=True,
+                       capture_output=True, timeout=120)
+    return restore
+
+
 @on_postgresql
 @pytest.mark.parametrize("connections", ["kept", "ended"])
 def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_call(
@@ -449,9 +472,6 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     engine lives on: its next append finds the log's head before its own last
     append, and the session stops there, before calling anything, saying why
     (it used to go on and call again what the lost part of the log had done)."""
-    bindir = "/usr/lib/postgresql/15/bin"
-    if not os.path.exists(f"{bindir}/pg_dump"):
-        pytest.skip("pg_dump is not installed here")
     engine = make_engine()
     items = ["a", "b"]
     tool = ScriptedLedgerTool(ledger)
@@ -460,20 +480,13 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     # Another workflow with work waiting in the backup, for the worker below.
     engine.register(ledger_workflow(items=["x"], name="other"), tools=[tool])
     engine.run_session("other", max_iterations=0)
-    info = engine.log.flow_recorder.conninfo
-    schema = store.rpartition("schema=")[2]
-    where = ["-h", str(info["host"]), "-p", str(info["port"]), "-U", str(info["user"])]
-    dump = tmp_path / "store.dump"
-    subprocess.run([f"{bindir}/pg_dump", *where, "-n", schema, "-Fc", "-f", str(dump),
-                    str(info["dbname"])], check=True, capture_output=True, timeout=120)
+    restore = backup(engine, store, tmp_path)
     items += ["c"]  # published and called after the backup
     engine.register(ledger_workflow(items=items, name="wf"), tools=[tool])
     assert engine.run_session("wf").status == "completed"
     if connections == "ended":  # as a restore that restarts the server does: then it is
         end_connections(engine)  # the writer's look on reconnecting that finds it
-    subprocess.run([f"{bindir}/pg_restore", *where, "--clean", "--single-transaction",
-                    "-d", str(info["dbname"]), str(dump)], check=True, capture_output=True,
-                   timeout=120)
+    restore()
     # The restored log knows nothing of "c": a session would call it again.
     # This engine knows, and appends nothing more for the rest of its life.
     for _ in range(2):
@@ -506,9 +519,6 @@ def test_a_follower_of_a_log_that_went_back_says_so_instead_of_skipping(
     """An older backup restored under `log -f` (a failover that lost appends
     looks the same), then other events appended at the positions it had
     read: the follower skipped them without a word. It stops, saying why."""
-    bindir = "/usr/lib/postgresql/15/bin"
-    if not os.path.exists(f"{bindir}/pg_dump"):
-        pytest.skip("pg_dump is not installed here")
     writer, reader = make_engine(), make_engine()
     tool = ScriptedLedgerTool(ledger)
     writer.register(ledger_workflow(items=["a"], name="wf"), tools=[tool])
@@ -533,19 +543,12 @@ def test_a_follower_of_a_log_that_went_back_says_so_instead_of_skipping(
     follower.start()
     try:
         seen_up_to(max(e.position for e in writer.events(last=1)))
-        info = writer.log.flow_recorder.conninfo
-        schema = store.rpartition("schema=")[2]
-        where = ["-h", str(info["host"]), "-p", str(info["port"]), "-U", str(info["user"])]
-        dump = tmp_path / "store.dump"
-        subprocess.run([f"{bindir}/pg_dump", *where, "-n", schema, "-Fc", "-f", str(dump),
-                        str(info["dbname"])], check=True, capture_output=True, timeout=120)
+        restore = backup(writer, store, tmp_path)
         writer.register(ledger_workflow(items=["a", "b"], name="wf"), tools=[tool])
         writer.run_session("wf")
         read = max(e.position for e in writer.events(last=1))
         seen_up_to(read)
-        subprocess.run([f"{bindir}/pg_restore", *where, "--clean", "--single-transaction",
-                        "-d", str(info["dbname"]), str(dump)], check=True,
-                       capture_output=True, timeout=120)
+        restore()
         other = make_engine()  # the restored log's new events, at the positions read
         other.register(ledger_workflow(items=["a", "c", "d", "e"], name="wf"), tools=[tool])
         other.run_session("wf")

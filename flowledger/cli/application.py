@@ -22,6 +22,7 @@ from flowledger.cli.options import at_options, global_options
 from flowledger.cli.render import print_error
 from flowledger.domain.failures import describe
 from flowledger.engine.store_errors import from_the_store
+from flowledger.infrastructure.store import LogWentBack
 
 app = typer.Typer(
     name="flowledger",
@@ -83,6 +84,9 @@ def main() -> None:
     try:
         app(prog_name="flowledger")
     except fl.FlowledgerError as e:
+        print_error(str(e))
+        sys.exit(EXIT_USAGE)
+    except LogWentBack as e:  # says itself what happened and what to do
         print_error(str(e))
         sys.exit(EXIT_USAGE)
     except Exception as e:

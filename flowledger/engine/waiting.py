@@ -99,7 +99,8 @@ def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = N
         while not waiter.stop.is_set():
             try:
                 head = waiter.wait_for_append(position, None if stop is None else interval)
-                if last is not None and (failures or head != position):
+                if last is not None and (failures or head != position) and (
+                        head >= last.position):  # else not there yet: a standby behind
                     _still_there(log, last)  # one read a batch: the log did not go back
                 failures = 0
                 if head <= position:

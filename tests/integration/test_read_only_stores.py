@@ -443,3 +443,53 @@ def test_an_input_history_not_yet_folded_in_names_each_message_once(store: str,
         order = next(e.stream_id for e in engine.events() if e.aggregate == "Input")
         history = engine.input_history(order)
     assert [m.message_id for m in history.events] == ["m1"]
+
+
+@pytest.mark.postgres
+def test_a_follower_that_reaches_a_standby_behind_waits_for_it(
+        clusters: Clusters, tmp_path: Path) -> None:  # noqa: F811
+    """`log -f` on a URL of a primary and its standby, the primary gone: the
+    standby, replaying a few seconds behind, does not hold yet the last event
+    read. That is not a log gone back: the follower waits and goes on (it
+    stopped with "no longer holds the event")."""
+    import threading
+
+    clusters.primary("a")
+    tool = ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))
+    with fl.Engine(clusters.url("a")) as writer:
+        writer.register(ledger_workflow("wf", items=["a"]), tools=[tool])
+        writer.run_session("wf")
+        clusters.standby_of("b", "a")
+        clusters.caught_up("b", "a")
+        with clusters.connect("b") as conn:
+            conn.execute("ALTER SYSTEM SET recovery_min_apply_delay = '3s'")
+            conn.execute("SELECT pg_reload_conf()")
+        seen: list[int] = []
+        failed: list[BaseException] = []
+        stop = threading.Event()
+        with fl.Engine(read_only(clusters.url("a", "b"))) as reader:
+            def follow() -> None:
+                try:
+                    seen.extend(e.position for e in reader.follow(0, interval=0.1, stop=stop))
+                except BaseException as e:
+                    failed.append(e)
+
+            follower = threading.Thread(target=follow)
+            follower.start()
+            try:
+                writer.register(ledger_workflow("wf", items=["a", "b"]), tools=[tool])
+                writer.run_session("wf")
+                head = max(e.position for e in writer.events(last=1))
+                deadline = time.monotonic() + 20
+                while (not seen or seen[-1] < head) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert seen and seen[-1] == head
+                clusters.lose("a")  # the follower goes on from b, 3 s behind
+                time.sleep(8)
+                assert not failed, failed
+                assert follower.is_alive()
+            finally:
+                stop.set()
+                follower.join(20)
+    assert not failed, failed
+    assert seen == sorted(set(seen))

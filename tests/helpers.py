@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -514,3 +516,35 @@ def run_createdb_as_said(url: str) -> None:
     command = said.split("create it first (", 1)[1].split("), or name one that exists")[0]
     done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"{command}: {done.stderr}"
+
+
+class Follower:
+    """`engine.follow(0)` in a thread, for `with`: the positions it yields, in
+    order, and what ended it, if anything did (stopped and joined at exit)."""
+
+    def __init__(self, engine: fl.Engine) -> None:
+        self.seen: list[int] = []
+        self.failed: list[BaseException] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._follow, args=(engine,))
+
+    def _follow(self, engine: fl.Engine) -> None:
+        try:
+            self.seen.extend(e.position for e in engine.follow(0, interval=0.05, stop=self.stop))
+        except BaseException as e:
+            self.failed.append(e)
+
+    def reaches(self, position: int, within: float = 20.0) -> bool:
+        """Whether it yields `position` (or past it) within `within` seconds."""
+        deadline = time.monotonic() + within
+        while (not self.seen or self.seen[-1] < position) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return bool(self.seen) and self.seen[-1] >= position
+
+    def __enter__(self) -> Follower:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(20)

@@ -24,6 +24,7 @@ from flowledger.engine.store_errors import from_the_store
 from flowledger.engine.waiting import LogWaiter
 from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK
 from tests.helpers import (
+    Follower,
     MemoryLedger,
     ScriptedLedgerTool,
     costly_workflow,
@@ -523,42 +524,22 @@ def test_a_follower_of_a_log_that_went_back_says_so_instead_of_skipping(
     tool = ScriptedLedgerTool(ledger)
     writer.register(ledger_workflow(items=["a"], name="wf"), tools=[tool])
     writer.run_session("wf")
-    seen: list[int] = []
-    ended: list[BaseException] = []
-    stop = threading.Event()
-
-    def follow() -> None:
-        try:
-            seen.extend(e.position for e in reader.follow(0, interval=0.05, stop=stop))
-        except BaseException as e:
-            ended.append(e)
-
-    def seen_up_to(position: int) -> None:
-        deadline = time.monotonic() + 20
-        while (not seen or seen[-1] < position) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert seen and seen[-1] >= position
-
-    follower = threading.Thread(target=follow)
-    follower.start()
-    try:
-        seen_up_to(max(e.position for e in writer.events(last=1)))
+    with Follower(reader) as follower:
+        assert follower.reaches(max(e.position for e in writer.events(last=1)))
         restore = backup(writer, store, tmp_path)
         writer.register(ledger_workflow(items=["a", "b"], name="wf"), tools=[tool])
         writer.run_session("wf")
         read = max(e.position for e in writer.events(last=1))
-        seen_up_to(read)
+        assert follower.reaches(read)
         restore()
         other = make_engine()  # the restored log's new events, at the positions read
         other.register(ledger_workflow(items=["a", "c", "d", "e"], name="wf"), tools=[tool])
         other.run_session("wf")
         assert max(e.position for e in other.events(last=1)) > read
-        follower.join(20)
-    finally:
-        stop.set()
-        follower.join(20)
-    assert ended and "no longer holds the event at position" in str(ended[0]), ended
-    assert seen == sorted(set(seen))
+        follower.thread.join(20)
+    assert follower.failed and "no longer holds the event at position" in str(
+        follower.failed[0]), follower.failed
+    assert follower.seen == sorted(set(follower.seen))
 
 
 # What the release before `taken_at` (f04dc69) asks of a holder's note: a free

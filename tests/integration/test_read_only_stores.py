@@ -23,7 +23,13 @@ import pytest
 import flowledger as fl
 from tests import postgres
 from tests.e2e.test_cli import TWO_WORKFLOWS, assert_user_error, flowledger
-from tests.helpers import ExternalLedger, MemoryLedger, ScriptedLedgerTool, ledger_workflow
+from tests.helpers import (
+    ExternalLedger,
+    Follower,
+    MemoryLedger,
+    ScriptedLedgerTool,
+    ledger_workflow,
+)
 from tests.integration.test_postgres_failover import Clusters, clusters  # noqa: F401
 from tests.integration.test_postgres_roles import (
     as_owner,
@@ -353,44 +359,23 @@ def test_following_the_log_goes_on_across_a_server_restart(
         clusters: Clusters, tmp_path: Path) -> None:  # noqa: F811
     """`log -f` ended with "the store failed" when the server restarted; it
     waits and goes on from where it was, each event once."""
-    import threading
-
     clusters.primary("a")
     url = clusters.url("a")
     tool = ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))
-    seen: list[int] = []
-    failed: list[BaseException] = []
-    stop = threading.Event()
     with fl.Engine(url) as writer, fl.Engine(url) as reader:
         writer.register(ledger_workflow("wf", items=["a"]), tools=[tool])
         writer.run_session("wf")
-
-        def follow() -> None:
-            try:
-                seen.extend(e.position for e in reader.follow(0, interval=0.1, stop=stop))
-            except BaseException as e:
-                failed.append(e)
-
-        follower = threading.Thread(target=follow)
-        follower.start()
-        try:
-            deadline = time.monotonic() + 20
-            while not seen and time.monotonic() < deadline:
-                time.sleep(0.05)
+        with Follower(reader) as follower:
+            assert follower.reaches(max(e.position for e in writer.events(last=1)))
             clusters.lose("a")
             time.sleep(1.0)  # the follower finds it down, and waits
             clusters.start("a")
             writer.register(ledger_workflow("wf", items=["a", "b"]), tools=[tool])
             writer.run_session("wf")
             head = max(e.position for e in writer.events(last=1))
-            while (not seen or seen[-1] < head) and time.monotonic() < deadline + 30:
-                time.sleep(0.05)
-        finally:
-            stop.set()
-            follower.join(20)
-    assert not failed, failed
-    assert seen == sorted(set(seen)) and seen[-1] == head
-
+            follower.reaches(head, within=40)
+    assert not follower.failed, follower.failed
+    assert follower.seen == sorted(set(follower.seen)) and follower.seen[-1] == head
 
 
 @pytest.mark.postgres
@@ -452,8 +437,6 @@ def test_a_follower_that_reaches_a_standby_behind_waits_for_it(
     standby, replaying a few seconds behind, does not hold yet the last event
     read. That is not a log gone back: the follower waits and goes on (it
     stopped with "no longer holds the event")."""
-    import threading
-
     clusters.primary("a")
     tool = ScriptedLedgerTool(ExternalLedger(tmp_path / "ledger.db"))
     with fl.Engine(clusters.url("a")) as writer:
@@ -464,32 +447,14 @@ def test_a_follower_that_reaches_a_standby_behind_waits_for_it(
         with clusters.connect("b") as conn:
             conn.execute("ALTER SYSTEM SET recovery_min_apply_delay = '3s'")
             conn.execute("SELECT pg_reload_conf()")
-        seen: list[int] = []
-        failed: list[BaseException] = []
-        stop = threading.Event()
-        with fl.Engine(read_only(clusters.url("a", "b"))) as reader:
-            def follow() -> None:
-                try:
-                    seen.extend(e.position for e in reader.follow(0, interval=0.1, stop=stop))
-                except BaseException as e:
-                    failed.append(e)
-
-            follower = threading.Thread(target=follow)
-            follower.start()
-            try:
-                writer.register(ledger_workflow("wf", items=["a", "b"]), tools=[tool])
-                writer.run_session("wf")
-                head = max(e.position for e in writer.events(last=1))
-                deadline = time.monotonic() + 20
-                while (not seen or seen[-1] < head) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert seen and seen[-1] == head
-                clusters.lose("a")  # the follower goes on from b, 3 s behind
-                time.sleep(8)
-                assert not failed, failed
-                assert follower.is_alive()
-            finally:
-                stop.set()
-                follower.join(20)
-    assert not failed, failed
-    assert seen == sorted(set(seen))
+        with fl.Engine(read_only(clusters.url("a", "b"))) as reader, \
+                Follower(reader) as follower:
+            writer.register(ledger_workflow("wf", items=["a", "b"]), tools=[tool])
+            writer.run_session("wf")
+            assert follower.reaches(max(e.position for e in writer.events(last=1)))
+            clusters.lose("a")  # the follower goes on from b, 3 s behind
+            time.sleep(8)
+            assert not follower.failed, follower.failed
+            assert follower.thread.is_alive()
+    assert not follower.failed, follower.failed
+    assert follower.seen == sorted(set(follower.seen))

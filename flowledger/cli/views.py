@@ -209,6 +209,7 @@ def status_json(st: fl.EngineStatus) -> dict[str, Any]:
         "blocked": [dataclasses.asdict(b) for b in st.blocked],
         "holders_gone": list(st.holders_gone),
         "leases_ended": list(st.leases_ended),
+        "read_side_behind": st.read_side_behind,
     }
 
 

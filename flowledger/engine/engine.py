@@ -574,7 +574,9 @@ class Engine:
         now = self.lease.now()  # leases are judged in the store's time
         ended = tuple(w.name for w in held if w.name not in gone
                       and w.lease_until is not None and w.lease_until <= now)
-        return dataclasses.replace(st, holders_gone=gone, leases_ended=ended)
+        behind = self.read_side_behind() if self.log.config.read_only else 0
+        return dataclasses.replace(st, holders_gone=gone, leases_ended=ended,
+                                   read_side_behind=behind)
 
     def _look_at_holders(self, regs: Iterable[Registration]) -> None:
         """A first look at the holders of these workflows' open sessions, all

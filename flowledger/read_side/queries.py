@@ -95,6 +95,9 @@ class EngineStatus:
     # Workflows whose open session's lease ran out, its holder not known gone
     # (another host, a standby's view): `flowledger recover` continues them too.
     leases_ended: tuple[str, ...] = ()
+    # How many of the log's last events the read side had not folded in (0 but
+    # on a store opened read-only: Engine.read_side_behind).
+    read_side_behind: int = 0
 
 
 @dataclass(frozen=True)

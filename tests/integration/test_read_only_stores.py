@@ -76,6 +76,8 @@ def test_a_read_side_left_behind_is_read_as_it_stands_and_said(lagging: str,
         assert engine.read_side_behind() == behind
         assert engine.status().workflows[0].open_session is not None
         assert len(list(engine.events())) == len(before["events"])  # the log: all of it
+    shown = flowledger("--store", read_only(lagging), "status", "--json", cwd=tmp_path)
+    assert json.loads(shown.stdout)["read_side_behind"] == behind  # for scripts
     done = flowledger("--store", read_only(lagging), "runs", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     note = " ".join(done.stderr.split())

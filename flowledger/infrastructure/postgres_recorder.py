@@ -72,14 +72,22 @@ logger = logging.getLogger("flowledger.store")
 _ROWS_PER_INSERT = 1000
 
 
-# The store's own objects in its schema, by kind and name (`_tables_are_current`).
+# Columns later tables versions added to a table an older release makes too:
+# one that makes it again (dropped by hand) makes it without them.
+ADDED_COLUMNS = ("column fl_liveness.taken_at",)
+
+# The store's own objects in its schema, by kind and name (`_tables_are_current`),
+# and the added columns it has.
 _OBJECTS_SQL = (
     "SELECT 'relation ' || relname FROM pg_class WHERE relnamespace = to_regnamespace(%s) "
     "AND relkind IN ('r', 'i', 'S') AND (relname LIKE %s OR relname LIKE %s OR relname LIKE %s) "
     "UNION ALL SELECT 'function ' || proname FROM pg_proc "
     "WHERE pronamespace = to_regnamespace(%s) AND proname LIKE %s "
     "UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-    "WHERE c.relnamespace = to_regnamespace(%s) AND NOT t.tgisinternal AND tgname LIKE %s")
+    "WHERE c.relnamespace = to_regnamespace(%s) AND NOT t.tgisinternal AND tgname LIKE %s "
+    "UNION ALL SELECT 'column ' || c.relname || '.' || a.attname FROM pg_attribute a "
+    "JOIN pg_class c ON c.oid = a.attrelid WHERE c.relnamespace = to_regnamespace(%s) "
+    "AND NOT a.attisdropped AND 'column ' || c.relname || '.' || a.attname = ANY(%s)")
 
 
 class _PositionsBehind(Exception):
@@ -375,45 +383,34 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         processes open a new store at the same instant (an advisory lock).
         A store whose tables this release or a newer one made in full is left
         as it is (`tables_current`), so a role that may only read and write
-        opens it (ADR 0013). A store opened read-only is only looked at."""
-        if self.read_only:
-            self._look_read_only()
-            return
+        opens it (ADR 0013). A store opened read-only is only looked at: it
+        must hold this release's tables, and its server may be a standby (one
+        opened to write there is refused)."""
         conn = self._connect()
+        behind = False
         try:
             with conn.cursor() as c:
                 c.execute("SELECT pg_is_in_recovery()")
-                if _first(c):
+                self._on_standby = bool(_first(c))
+                if self._on_standby and not self.read_only:
                     raise ServerTakesNoWrites(
                         "its server is a standby (in recovery), which takes no writes")
                 self.tables_current = self._tables_are_current(c)
-                if not self.tables_current:
-                    self._create_tables(c)
-                self._sequence = self._sequence_of(c)
-                behind = self._sequence_behind(c)
+                if not self.read_only:
+                    if not self.tables_current:
+                        self._create_tables(c)
+                    self._sequence = self._sequence_of(c)
+                    behind = self._sequence_behind(c)
             conn.commit()
-            if behind:
-                self._set_sequence_past_head()
         except psycopg.errors.InsufficientPrivilege as e:  # said with what to do
             raise ProgrammingError(" ".join(str(e).split())) from e
         finally:
             conn.close()
-
-    def _look_read_only(self) -> None:
-        """A store opened read-only must hold this release's tables (nothing can
-        make them); whether its server is a standby is noted."""
-        conn = self._connect()
-        try:
-            with conn.cursor() as c:
-                self.tables_current = self._tables_are_current(c)
-                c.execute("SELECT pg_is_in_recovery()")
-                self._on_standby = bool(_first(c))
-            conn.commit()
-        finally:
-            conn.close()
-        if not self.tables_current:
+        if self.read_only and not self.tables_current:
             raise ProgrammingError("it is opened read-only (?mode=ro), and its tables cannot "
                                    "be made or brought up to date")
+        if behind:
+            self._set_sequence_past_head()
 
     def _create_tables(self, c: psycopg.Cursor[Any]) -> None:
         """What this release's store holds, made where missing (CREATE in the schema)."""
@@ -450,8 +447,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def _tables_are_current(self, c: psycopg.Cursor[Any]) -> bool:
         """Whether the store records this release's tables version or a newer
         one (`store_format`), and every table, index, sequence, function and
-        trigger of ours it had when that was recorded is still there (one
-        dropped by hand is made again by a role that may create)."""
+        trigger of ours it had when that was recorded is still there, with the
+        columns later versions added (one dropped by hand is made again by a
+        role that may create)."""
         c.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self.schema}".{FORMAT_TABLE}',))
         if not _first(c):
             return False
@@ -460,25 +458,12 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             return False
         c.execute(_OBJECTS_SQL, self._objects_params())
         present = {str(row[0]) for row in c.fetchall()}
-        return (objects <= present and self._notifies_its_channel(c)
-                and self._has_added_columns(c))
+        return objects | set(ADDED_COLUMNS) <= present and self._notifies_its_channel(c)
 
-    # Columns later tables versions added to a table an older release makes too:
-    # one that makes it again (dropped by hand) makes it without them.
-    ADDED_COLUMNS = (("fl_liveness", "taken_at"),)
-
-    def _has_added_columns(self, c: psycopg.Cursor[Any]) -> bool:
-        c.execute("SELECT count(*) FROM pg_attribute a JOIN pg_class t ON t.oid = a.attrelid "
-                  "WHERE t.relnamespace = to_regnamespace(%s) AND NOT a.attisdropped "
-                  "AND (t.relname, a.attname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                  (f'"{self.schema}"', [t for t, _ in self.ADDED_COLUMNS],
-                   [col for _, col in self.ADDED_COLUMNS]))
-        return bool(_first(c) == len(self.ADDED_COLUMNS))
-
-    def _objects_params(self) -> tuple[str, ...]:
+    def _objects_params(self) -> tuple[Any, ...]:
         schema = f'"{self.schema}"'
         return (schema, r"fl\_%", r"stored\_%", "tracking%", schema, r"fl\_%", schema,
-                r"fl\_%")
+                r"fl\_%", schema, list(ADDED_COLUMNS))
 
     def _sequence_behind(self, c: psycopg.Cursor[Any]) -> bool:
         """Whether the position sequence is behind the log's head (looked at

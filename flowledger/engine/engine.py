@@ -533,11 +533,7 @@ class Engine:
         return self._caught_up().resolve_id(kind, value)
 
     def _load_run(self, run_id: UUID | str) -> HandlerRun:
-        rid = self.resolve_id("run", run_id)
-        run = self.log.load(rid, short=True)
-        if not isinstance(run, HandlerRun):
-            raise NotFoundError(f"no run {rid} in store {shown(self.store)}")
-        return run
+        return self._caught_up().run(run_id)
 
     # ------------------------------------------------------------- queries
 
@@ -701,14 +697,15 @@ class Engine:
         """Re-execute a recorded run with the code registered now, against its recorded
         reads and the state and messages it began with; writes nothing, calls no tool.
         Reports what differs (DESIGN §2.5)."""
-        run = self._load_run(run_id)
+        reads = self._caught_up()  # one view: the run's id and what names it
+        run = reads.run(run_id)
         reg = self._registered.get(run.workflow)
         if reg is None:
             raise NotFoundError(
                 f"run {run.id} belongs to workflow {run.workflow!r}, which is not registered "
                 "with this engine: register its current code first (replay runs that code)")
         stream = read_stream(self.log, run.id)
-        mentions = read_positions(self.log, self._mentions(run.id))
+        mentions = read_positions(self.log, reads.mentions_of(run.id))
         as_of = stream[0].position - 1
         past: list[EngineAt] = []
 
@@ -743,11 +740,6 @@ class Engine:
             raise InvalidArgument(f"no projection named {', '.join(map(repr, unknown))}; "
                                   f"the projections are {', '.join(known)}")
         return self.projections.rebuild(names, progress=progress)
-
-    def _mentions(self, run_id: UUID) -> list[int]:
-        reads = self._caught_up()
-        with self.log.reading() as c:
-            return reads.mentions_of(c, run_id)
 
 
 def copy_store(source: str, target: str,

@@ -332,9 +332,11 @@ class ReadSide:
                  unfolded: Callable[[], Sequence[tuple[Any, int]]] | None = None) -> None:
         """`unfolded`: the log's events the projections have not folded in, with
         their positions (a store opened read-only, which cannot fold them in):
-        the ids and mentions they hold are looked up in them too."""
+        the ids and mentions they hold are looked up in them too, read once
+        for this view (an engine makes one per query)."""
         self.log = log
-        self._unfolded = unfolded or (lambda: ())
+        self._read_unfolded = unfolded
+        self._unfolded_events: Sequence[tuple[Any, int]] | None = None
         self._tables = tables  # a read cursor on the projections' tables
         self._load = load
         self._registered = registered
@@ -392,6 +394,12 @@ class ReadSide:
         more = f" and {len(found) - 10} more" if len(found) > 10 else ""
         raise AmbiguousId(f"{kind} id {text!r} is ambiguous: it matches {len(found)} "
                           f"{kind}s ({shown}{more}); give more digits", tuple(found))
+
+    def _unfolded(self) -> Sequence[tuple[Any, int]]:
+        if self._unfolded_events is None:
+            read = self._read_unfolded
+            self._unfolded_events = read() if read is not None else ()
+        return self._unfolded_events
 
     def _unfolded_ids(self, kind: str) -> set[UUID]:
         """Ids of `kind` in the events the projections have not folded in."""
@@ -573,17 +581,18 @@ class ReadSide:
 
     # --------------------------------------------------------------- audit
 
-    def mentions_of(self, c: Cursor, run_id: UUID) -> list[int]:
+    def mentions_of(self, run_id: UUID) -> list[int]:
         """Positions of events in other streams that name the run."""
-        return sorted(set(audit.mentions_of(c, run_id)) | {
+        with self._tables() as c:
+            told = audit.mentions_of(c, run_id)
+        return sorted(set(told) | {
             position for event, position in self._unfolded()
             if run_id in audit.runs_named(event)})
 
     def run_timeline(self, run_id: UUID | str) -> RunTimeline:
         run = self._run(run_id)
         own = self._stream(run.id, run.workflow_id)
-        with self._tables() as c:
-            others = self.mentions_of(c, run.id)
+        others = self.mentions_of(run.id)
         if self.upto is not None:
             others = [p for p in others if p <= self.upto]
         entries = sorted([*own, *read_positions(self.log, others)], key=lambda e: e.position)

@@ -213,6 +213,15 @@ TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 SEQUENCE_PRIVILEGES = ("USAGE", "UPDATE")
 
 
+def needed(read_only: bool) -> dict[str, tuple[str, ...]]:
+    """What a role needs on each kind of the store's objects, to use it or
+    (a store opened with ?mode=ro) only to read it."""
+    if read_only:
+        return {"TABLES": ("SELECT",)}
+    return {"TABLES": TABLE_PRIVILEGES, "SEQUENCES": SEQUENCE_PRIVILEGES,
+            "FUNCTIONS": ("EXECUTE",)}
+
+
 def grants(schema: str, role: str, later_too: bool = False, read_only: bool = False,
            owner: str | None = None) -> list[str]:
     """The statements that let `role` use the store in `schema` (its owner runs
@@ -221,9 +230,7 @@ def grants(schema: str, role: str, later_too: bool = False, read_only: bool = Fa
     only read it (a store opened with ?mode=ro)."""
     s, r = f'"{schema}"', _quoted(role)
     later = f"ALTER DEFAULT PRIVILEGES{f' FOR ROLE {_quoted(owner)}' if owner else ''}"
-    what = ({"TABLES": "SELECT"} if read_only else
-            {"TABLES": ", ".join(TABLE_PRIVILEGES), "SEQUENCES": ", ".join(SEQUENCE_PRIVILEGES),
-             "FUNCTIONS": "EXECUTE"})
+    what = {kind: ", ".join(privileges) for kind, privileges in needed(read_only).items()}
     return [f"GRANT USAGE ON SCHEMA {s} TO {r};",
             *(f"GRANT {privileges} ON ALL {kind} IN SCHEMA {s} TO {r};"
               for kind, privileges in what.items()),
@@ -242,8 +249,7 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
     append's guard is a function: without EXECUTE on it, an append fails after
     a run's external call. A store opened read-only (?mode=ro) asks only to
     read the tables."""
-    table, sequence, functions = ((["SELECT"], [], False) if config.read_only else
-                                  (list(TABLE_PRIVILEGES), list(SEQUENCE_PRIVILEGES), True))
+    need = needed(config.read_only)
     # One statement: the schema, the tables, the log's sequence, the functions.
     c.execute(
         "SELECT 0, '', 'USAGE on schema ' || quote_literal(nspname) FROM pg_namespace "
@@ -259,9 +265,10 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
         "AND c.relname LIKE %(log)s AND NOT has_sequence_privilege(c.oid, p.priv) "
         "UNION ALL SELECT 3, proname, 'EXECUTE on function ' || proname FROM pg_proc "
         "WHERE pronamespace = to_regnamespace(%(q)s) AND proname LIKE 'fl\\_%%' "
-        "AND %(functions)s AND NOT has_function_privilege(oid, 'EXECUTE')",
-        {"s": schema, "q": f'"{schema}"', "table": table, "sequence": sequence,
-         "functions": functions, "ours": list(OUR_POSTGRES_TABLES),
+        "AND 'EXECUTE' = ANY(%(function)s) AND NOT has_function_privilege(oid, 'EXECUTE')",
+        {"s": schema, "q": f'"{schema}"', "table": list(need.get("TABLES", ())),
+         "sequence": list(need.get("SEQUENCES", ())),
+         "function": list(need.get("FUNCTIONS", ())), "ours": list(OUR_POSTGRES_TABLES),
          "log": f"{LOG_TABLE}\\_%"})
     lacks = [str(said) for _, _, said in sorted(c.fetchall())]  # by name, as Python orders
     if not lacks:

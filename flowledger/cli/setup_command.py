@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-import flowledger as fl
 from flowledger.cli.options import StoreOption, store_url
 from flowledger.cli.render import out
-from flowledger.infrastructure.store_url import parse_store_url, shown
+from flowledger.cli.store import open_engine
+from flowledger.infrastructure.store_url import shown
 
 
 def setup(
@@ -25,8 +25,7 @@ def setup(
     its owner). With --grant, also let ROLE use the store: reads and writes on its
     tables, now and on those later upgrades create. Runs no workflow."""
     url = store_url(ctx, store)
-    parse_store_url(url).refuse_writes("setup creates or brings up to date its tables")
-    with fl.Engine(url) as engine:
+    with open_engine(url, writes="creates or brings up to date the store's tables") as engine:
         done = {role: engine.grant(role) for role in grant or []}
     out.print(f"store {shown(url)} is ready: its tables are this release's",
               markup=False, highlight=False)

@@ -646,16 +646,18 @@ def session_rows(c: Cursor, workflow_id: UUID | None = None, seal: Seal = NO_SEA
     if status == "open":
         sql += " AND outcome IS NULL"
     elif status is not None:
-        sql += _IN_FAMILY.format(column="outcome")
-        params += [status, len(status) + 1, status + ":"]
+        sql += _in_family("outcome", status, params)
     c.execute(sql + " ORDER BY opened_at DESC, session_id DESC" + _limit(limit, params), params)
     return [SessionRow(UUID(r[0]), UUID(r[1]), r[2], r[3], seal.open_text(r[4]), r[5],
                        _dt(r[6]), _dt(r[7]))
             for r in c.fetchall()]
 
 
-# A status exactly, or its family: "failed" is also failed:logic and failed:internal.
-_IN_FAMILY = " AND ({column}=? OR substr({column}, 1, ?)=?)"
+def _in_family(column: str, status: str, params: list[Any]) -> str:
+    """`column` is `status` exactly, or of its family: "failed" is also
+    failed:logic and failed:internal."""
+    params += [status, len(status) + 1, status + ":"]
+    return f" AND ({column}=? OR substr({column}, 1, ?)=?)"
 
 
 def _limit(limit: int | None, params: list[Any]) -> str:
@@ -681,7 +683,6 @@ def run_rows(c: Cursor, workflow_id: UUID | None = None, session_id: UUID | None
         sql += " AND handler=?"
         params.append(handler)
     if status is not None:
-        sql += _IN_FAMILY.format(column="status")
-        params += [status, len(status) + 1, status + ":"]
+        sql += _in_family("status", status, params)
     c.execute(sql + " ORDER BY created_at DESC, run_id DESC" + _limit(limit, params), params)
     return [_run_row(r, seal) for r in c.fetchall()]

@@ -26,8 +26,14 @@ from flowledger.read_side.log_view import LoggedEvent, read_log, read_positions
 
 logger = logging.getLogger("flowledger.follow")
 
-# How long a follower waits, at most, before it looks again at a store that failed.
+# Seconds between two looks at a store that could not be read, at most.
 MAX_RETRY_WAIT = 10.0
+
+
+def retry_wait(interval: float, failures: int) -> float:
+    """How long to wait after `failures` failures of the store in a row: from
+    `interval`, doubling, at most MAX_RETRY_WAIT (the worker and a follower)."""
+    return min(interval * 2 ** min(failures - 1, 16), MAX_RETRY_WAIT)
 
 
 def max_position(log: EventLog) -> int:
@@ -117,7 +123,7 @@ def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = N
                 if isinstance(e, LogWentBack) or not from_the_store(e):
                     raise
                 failures += 1
-                delay = min(interval * 2 ** min(failures - 1, 16), MAX_RETRY_WAIT)
+                delay = retry_wait(interval, failures)
                 if failures == 1:
                     logger.warning("could not read the store (%s: %s); following again "
                                    "once it answers", type(e).__name__, " ".join(str(e).split()))

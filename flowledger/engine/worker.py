@@ -31,7 +31,7 @@ from flowledger.domain.session import Trigger
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.engine.session_runner import SessionRequest, SessionResult
-from flowledger.engine.waiting import LogWaiter, max_position
+from flowledger.engine.waiting import LogWaiter, max_position, retry_wait
 from flowledger.infrastructure.store import LogWentBack
 from flowledger.projections import pending_work
 from flowledger.read_side.log_view import read_log
@@ -64,10 +64,6 @@ _Facts = tuple[Workflow, dict[str, TopicBacklog], dict[str, datetime], list[date
 
 
 class Worker:
-    # Seconds between two looks at a store that could not be read, at most (the
-    # wait doubles from `interval` at each failure in a row).
-    MAX_RETRY_WAIT = 10.0
-
     def __init__(self, engine: Engine, *, interval: float = 0.5,
                  max_iterations: int = 100) -> None:
         if interval <= 0:
@@ -130,9 +126,7 @@ class Worker:
             logger.info("worker %s stopped", self.engine.owner)
 
     def _retry_wait(self, failures: int) -> float:
-        """How long to wait after `failures` failures in a row: from the
-        interval, doubling, at most MAX_RETRY_WAIT."""
-        return min(self.interval * 2 ** min(failures - 1, 16), self.MAX_RETRY_WAIT)
+        return retry_wait(self.interval, failures)
 
     def _start(self, waiter: LogWaiter) -> None:
         """Finish what crashed processes left, and learn each scheduled

@@ -22,7 +22,7 @@ from eventsourcing.persistence import OperationalError
 import flowledger as fl
 from flowledger.engine.store_errors import from_the_store
 from flowledger.engine.waiting import LogWaiter
-from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK
+from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK, _usable
 from tests.helpers import (
     Follower,
     MemoryLedger,
@@ -326,7 +326,13 @@ def test_a_lost_append_is_looked_for_again_when_the_look_itself_fails(make_engin
     rec = engine.log.flow_recorder
     position, stream, version = rec._last_appended
     rec._last_appended = (position + 1000, stream, version + 1000)  # never stored
-    end_connections(engine, [c.info.backend_pid for c in rec._writers.values()])
+    writers = list(rec._writers.values())
+    end_connections(engine, [c.info.backend_pid for c in writers])
+    # Gone from the server's list before this end of the socket sees it closed:
+    # else the session's first write, not the look, meets the ended connection.
+    deadline = time.monotonic() + 10
+    while any(_usable(c) for c in writers) and time.monotonic() < deadline:
+        time.sleep(0.02)
     execute, failed = psycopg.Connection.execute, []
 
     def the_look_fails_once(self, query, *args, **kwargs):

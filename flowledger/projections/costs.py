@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -27,13 +27,7 @@ from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.session import Session
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.sealing import NO_SEAL, Seal
-
-
-def utc_text(moment: datetime) -> str:
-    """An event time as sortable text (UTC), so that its first ten characters are the day."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.isoformat()
+from flowledger.projections.times import text_time, time_text
 
 
 class Costs(Projection):
@@ -88,7 +82,7 @@ class Costs(Projection):
 
     def _cost_added(self, c: Cursor, e: HandlerRun.CostAdded, position: int) -> None:
         run = e.originator_id.hex
-        entry: list[Any] = [run, e.originator_version, None, utc_text(e.timestamp),
+        entry: list[Any] = [run, e.originator_version, None, time_text(e.timestamp),
                             str(e.amount), self.seal.seal_text(e.label)]
         self._entries.append(entry)
         self._uncounted.setdefault(run, []).append(entry)
@@ -138,7 +132,7 @@ def cost_entries(c: Cursor, workflow: str | None = None,
         params.append(session_id.hex)
     c.execute(sql + " ORDER BY e.at, e.run_id, e.seq", params)
     return [CostEntry(UUID(r[0]), r[1], r[2], r[3], r[4], UUID(r[5]) if r[5] else None,
-                      bool(r[6]), datetime.fromisoformat(r[7]), Decimal(r[8]),
+                      bool(r[6]), text_time(r[7]), Decimal(r[8]),
                       seal.open_text(r[9]) or "")
             for r in c.fetchall()]
 

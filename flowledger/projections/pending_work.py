@@ -21,6 +21,7 @@ from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.store import StreamEvents
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.sealing import NO_SEAL, Seal
+from flowledger.projections.times import text_time, time_text
 
 _RUN_FIELDS = ("run_id", "workflow_id", "session_id", "handler", "kind", "phase", "status",
                "mutation_state", "retry_of", "holds", "reason", "retry_at", "created_at",
@@ -54,11 +55,11 @@ def _is_open(row: dict[str, Any]) -> int:
 
 
 def _ts(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    return time_text(value) if value is not None else None
 
 
 def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+    return text_time(value) if value else None
 
 
 # A workflow's backlog per topic and wake-ups per handler: the session loop's hints.
@@ -390,7 +391,7 @@ class PendingWork(Projection):
                 if e.wake_at is None:
                     kept[1].pop(row["handler"], None)
                 else:  # as a read of the row gives it back
-                    kept[1][row["handler"]] = datetime.fromisoformat(e.wake_at.isoformat())
+                    kept[1][row["handler"]] = text_time(time_text(e.wake_at))
         elif name == "CarriedForward":
             row["holds"] = int(any(e.reservations.values()))
         elif name in ("Committed", "ReservationsReleased", "ReservationsHandedOn"):
@@ -517,7 +518,7 @@ def backlog_and_wakeups(c: Cursor, workflow_id: UUID) -> PendingHints:
         if kind == 0:
             topics[name] = TopicBacklog(pending, newest)
         else:
-            wakes[name] = datetime.fromisoformat(wake_at)
+            wakes[name] = text_time(wake_at)
     return topics, wakes
 
 

@@ -1,5 +1,5 @@
 """`flowledger setup`: make a store, or bring its tables up to date, without
-running anything; and let roles that may only read and write use it."""
+running anything; and let roles that may not create use it, or only read it."""
 
 from __future__ import annotations
 
@@ -19,17 +19,23 @@ def setup(
     grant: Annotated[list[str] | None, typer.Option(
         metavar="ROLE", help="A PostgreSQL role that may only read and write, to let use the "
                              "store (repeat for several).")] = None,
+    grant_read: Annotated[list[str] | None, typer.Option(
+        metavar="ROLE", help="A PostgreSQL role to let only read the store, opening it with "
+                             "?mode=ro (repeat for several).")] = None,
 ) -> None:
     """Create the store's tables, or bring them up to date after an upgrade, as the
     role the store URL names (on PostgreSQL: one that may create in the schema,
     its owner). With --grant, also let ROLE use the store: reads and writes on its
-    tables, now and on those later upgrades create. Runs no workflow."""
+    tables, now and on those later upgrades create; with --grant-read, reads alone.
+    Runs no workflow."""
     url = store_url(ctx, store)
+    asked = [(role, False) for role in grant or []] + [(role, True) for role in grant_read or []]
     with open_engine(url, writes="creates or brings up to date the store's tables") as engine:
-        done = {role: engine.grant(role) for role in grant or []}
+        done = [(role, read_only, engine.grant(role, read_only)) for role, read_only in asked]
     out.print(f"store {shown(url)} is ready: its tables are this release's",
               markup=False, highlight=False)
-    for role, statements in done.items():
-        out.print(f"granted {role!r} the use of it:", markup=False, highlight=False)
+    for role, read_only, statements in done:
+        what = "reading it (open it with ?mode=ro)" if read_only else "the use of it"
+        out.print(f"granted {role!r} {what}:", markup=False, highlight=False)
         for statement in statements:
             out.print(f"  {statement}", markup=False, highlight=False, soft_wrap=True)

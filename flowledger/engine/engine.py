@@ -171,13 +171,14 @@ class Engine:
         """Walk the log and its tamper-evident chain (see `fl.verify_store`)."""
         return verify_log(self.log, expect)
 
-    def grant(self, role: str) -> list[str]:
+    def grant(self, role: str, read_only: bool = False) -> list[str]:
         """Let `role`, a PostgreSQL role that may not create, use this store: reads
-        and writes on its tables, now and on those this engine's role creates in
+        and writes on its tables (`read_only`: reads alone, for a role that opens
+        it with ?mode=ro, ADR 0025), now and on those this engine's role creates in
         later upgrades (ADR 0013). Run as the role that owns the store's tables;
         returns the statements run."""
         self.log.config.refuse_writes("granting a role changes the store's privileges")
-        return self.log.flow_recorder.grant(role)
+        return self.log.flow_recorder.grant(role, read_only)
 
     def close(self) -> None:
         self.heartbeat.stop()

@@ -803,8 +803,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             except psycopg.Error as e:
                 logger.warning("could not take this engine's liveness lock again: %s", e)
 
-    def grant(self, role: str) -> list[str]:
-        statements = grants(self.schema, role, later_too=True)
+    def grant(self, role: str, read_only: bool = False) -> list[str]:
+        statements = grants(self.schema, role, later_too=True, read_only=read_only)
         conn = self._connect()
         try:
             with conn.cursor() as c:

@@ -126,7 +126,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     def tables_created(self, c: Any) -> None:
         pass
 
-    def grant(self, role: str) -> list[str]:
+    def grant(self, role: str, read_only: bool = False) -> list[str]:
         raise ConfigurationError(
             f"cannot grant {role!r} the use of an SQLite store: a file has no roles. Whoever "
             "may read and write the file (and its folder) may use it; nothing was changed")

@@ -195,10 +195,11 @@ class LogStore(Protocol):
         the store cannot tell (the engine then judges by host and process id).
         `patient`: a store that needs a second look to tell waits for it."""
 
-    def grant(self, role: str) -> list[str]:
-        """Let `role` use the store with reads and writes only, now and on tables
-        this engine's role creates later; the statements run. Refused where the
-        store has no roles (a file: whoever may write it may use it)."""
+    def grant(self, role: str, read_only: bool = False) -> list[str]:
+        """Let `role` use the store with reads and writes only (`read_only`: with
+        reads only, opened with ?mode=ro), now and on tables this engine's role
+        creates later; the statements run. Refused where the store has no roles
+        (a file: whoever may write it may use it)."""
 
     def close_connections(self) -> None: ...
 

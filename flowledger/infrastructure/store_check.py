@@ -12,6 +12,7 @@ written to it (ADR 0013). The check reads the schema on a read-only connection.
 from __future__ import annotations
 
 import re
+import shlex
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,7 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
               "JOIN pg_namespace n ON n.oid = c.relnamespace "
               "WHERE n.nspname = %s AND c.relname = %s)", (schema, LOG_TABLE))
     role, owner = c.fetchone()
+    option = "--grant-read" if config.read_only else "--grant"
     said = ", ".join(lacks[:6]) + (f" and {len(lacks) - 6} more" if len(lacks) > 6 else "")
     raise ConfigurationError(
         f"cannot open store {config.shown!r}: role {role!r} may not "
@@ -284,6 +286,8 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
         "written. As the store's owner (the role that created it) or a superuser, grant "
         "them (in psql, for example): " + " ".join(grants(
             schema, role, later_too=config.read_only, read_only=config.read_only, owner=owner))
+        + f" Or run `flowledger --store OWNER-URL setup {option} {shlex.quote(role)}`"
+        " with a URL naming the owner."
         + ("" if config.read_only else " Or, to only read it, add ?mode=ro to the URL."))
 
 

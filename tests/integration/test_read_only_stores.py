@@ -33,6 +33,7 @@ from tests.helpers import (
 from tests.integration.test_postgres_failover import Clusters, clusters  # noqa: F401
 from tests.integration.test_postgres_roles import (
     as_owner,
+    calls_when_run,
     catalog_digest,
     made_by_owner,
     owner_url,
@@ -460,3 +461,33 @@ def test_a_follower_that_reaches_a_standby_behind_waits_for_it(
             assert follower.thread.is_alive()
     assert not follower.failed, follower.failed
     assert follower.seen == sorted(set(follower.seen))
+
+
+def test_setup_grant_read_lets_a_role_read_through_an_upgrade_and_nothing_more(
+        schema: str, role: str, tmp_path: Path) -> None:  # noqa: F811
+    """The reader is told the command; the owner runs it; the reader reads
+    with ?mode=ro, also a table a later release creates, and may not write."""
+    made_by_owner(schema, ["a"])
+    with pytest.raises(fl.ConfigurationError) as refused:
+        fl.Engine(read_only(role_url(schema, role)))
+    assert f"setup --grant-read {role}`" in str(refused.value)
+    done = flowledger("--store", owner_url(schema), "setup", "--grant-read", role, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"granted {role!r} reading it (open it with ?mode=ro):" in done.stdout
+    assert "INSERT" not in done.stdout and "ALTER DEFAULT PRIVILEGES" in done.stdout
+    before = rows(owner_url(schema))
+    as_owner(f'CREATE TABLE "{schema}".fl_later_release (x integer)')
+    with fl.Engine(read_only(role_url(schema, role))) as reader:
+        assert [r.status for r in reader.runs()] == ["committed"] * 2
+    status = flowledger("--store", read_only(role_url(schema, role)), "status", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    with pytest.raises(fl.ConfigurationError, match=re.escape("may not use it: it lacks")):
+        fl.Engine(role_url(schema, role))  # reads only: writing is refused before anything
+    with psycopg.connect(role_url(schema, role).partition("?")[0]) as conn, pytest.raises(
+            psycopg.errors.InsufficientPrivilege):
+        conn.execute(f'DELETE FROM "{schema}".stored_events')
+    assert rows(owner_url(schema)) == before
+    done = flowledger("--store", owner_url(schema), "setup", "--grant", role, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"granted {role!r} the use of it:" in done.stdout
+    assert calls_when_run(role_url(schema, role), ["a", "b"]) == 1

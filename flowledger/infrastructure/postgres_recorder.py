@@ -1087,10 +1087,15 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 class PgAppendWakeups:
     """Woken by the log's notifications (LISTEN on a connection of its own)."""
 
+    # On a standby, how often to try LISTEN again: a promoted standby (or a URL
+    # of several hosts that now reaches the primary) sends notifications again.
+    LISTEN_AGAIN_S = 10.0
+
     def __init__(self, conninfo: dict[str, Any], channel: str) -> None:
         self.conninfo, self.channel = conninfo, channel
         self.closed = False
         self.conn = self._listening()
+        self._listen_again_at = time.monotonic() + self.LISTEN_AGAIN_S
 
     def _listening(self) -> psycopg.Connection[Any] | None:
         """A connection listening to the log's channel; None on a standby (a
@@ -1113,9 +1118,8 @@ class PgAppendWakeups:
         server had ended the connection: it listens again on a new one, and
         what was appended meanwhile is not known."""
         woken = False
-        if self.conn is None:  # a standby: polled
-            time.sleep(max(0.0, timeout))
-            return False
+        if self.conn is None:  # a standby: polled, and LISTEN tried again now and then
+            return self._polled(timeout)
         try:
             for _ in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1):
                 woken = True
@@ -1126,6 +1130,24 @@ class PgAppendWakeups:
             self.conn = self._listening()
             return True
         return woken
+
+    def _polled(self, timeout: float) -> bool:
+        """A wait on a standby: False after `timeout`; True once LISTEN was
+        taken again (the server was promoted, or another host answered), as
+        what was appended meanwhile is not known."""
+        now = time.monotonic()
+        if now < self._listen_again_at:
+            time.sleep(max(0.0, min(timeout, self._listen_again_at - now)))
+            return False
+        self._listen_again_at = now + self.LISTEN_AGAIN_S
+        try:
+            self.conn = self._listening()
+        except psycopg.OperationalError:  # the server is away: polled meanwhile
+            self.conn = None
+        if self.conn is not None:
+            return True
+        time.sleep(max(0.0, timeout))
+        return False
 
     def close(self) -> None:
         self.closed = True

@@ -358,6 +358,35 @@ def test_a_listener_that_reaches_a_standby_polls(standby: tuple[str, str]) -> No
 
 
 @pytest.mark.postgres
+def test_a_listener_on_a_standby_listens_again_once_it_is_promoted(
+        standby: tuple[str, str], clusters: Clusters, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+        ) -> None:
+    """It polled for the rest of its life: after a failover promoted its
+    server, a follower woke only every half second, never on an append."""
+    from flowledger.infrastructure.postgres_recorder import PgAppendWakeups
+
+    monkeypatch.setattr(PgAppendWakeups, "LISTEN_AGAIN_S", 0.2, raising=False)
+    _, replica = standby
+    with fl.Engine(read_only(replica)) as engine:
+        recorder = engine.log.flow_recorder
+        wakeups = PgAppendWakeups(recorder.conninfo, recorder.channel)
+    try:
+        assert wakeups.conn is None and wakeups.wait(0.5) is False
+        clusters.lose("a")
+        clusters.promote("b")
+        deadline = time.monotonic() + 20
+        while wakeups.conn is None:
+            assert time.monotonic() < deadline, "LISTEN was not taken again"
+            wakeups.wait(0.1)
+        assert wakeups.wait(0.05) is False  # listening, nothing appended
+        with fl.Engine(replica) as writer:
+            writer.register(ledger_workflow("wf2", items=["z"]))
+            assert wakeups.wait(10) is True  # woken by the append's notification
+    finally:
+        wakeups.close()
+
+
+@pytest.mark.postgres
 def test_following_the_log_goes_on_across_a_server_restart(
         clusters: Clusters, tmp_path: Path) -> None:  # noqa: F811
     """`log -f` ended with "the store failed" when the server restarted; it

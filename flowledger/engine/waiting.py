@@ -104,9 +104,14 @@ def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = N
         last: LoggedEvent | None = None  # the last event read: still in the log?
         while not waiter.stop.is_set():
             try:
-                head = waiter.wait_for_append(position, None if stop is None else interval)
-                if last is not None and (failures or head != position) and (
-                        head >= last.position):  # else not there yet: a standby behind
+                head = waiter.wait_for_append(position, interval)
+                if last is not None and head < last.position:
+                    # Behind what was read: a standby replaying behind, waited
+                    # for; anywhere else the log went back (a restore, with no
+                    # new appends yet).
+                    if not log.flow_recorder.replaying():
+                        _still_there(log, last)
+                elif last is not None and (failures or head != position):
                     _still_there(log, last)  # one read a batch: the log did not go back
                 failures = 0
                 if head <= position:

@@ -821,6 +821,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             conn.close()
         return statements
 
+    def replaying(self) -> bool:
+        return bool(self.read_all("SELECT pg_is_in_recovery()", ())[0][0])
+
     def store_time(self) -> datetime:
         """The server's clock: every engine on this store judges leases by it."""
         return self.read_all("SELECT clock_timestamp()", ())[0][0]

@@ -356,6 +356,10 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         """None: SQLite sends no notifications; waiting for appends polls."""
         return None
 
+    def replaying(self) -> bool:
+        """False: a file is no standby."""
+        return False
+
     def store_time(self) -> None:
         """None: an SQLite file's writers share one host, and its clock."""
         return None

@@ -190,6 +190,11 @@ class LogStore(Protocol):
         """Wake-ups on appends from any process, where the store sends them
         (PostgreSQL's notifications); None where waiting means polling (SQLite)."""
 
+    def replaying(self) -> bool:
+        """Whether the store answers now from a standby replaying another
+        server's log, whose head may trail what was read elsewhere (asked
+        again each time: a URL of several hosts may reach one after a failover)."""
+
     def holder_alive(self, owner: str | None, patient: bool = False) -> bool | None:
         """Whether a session holder is alive (False: provably gone), or None when
         the store cannot tell (the engine then judges by host and process id).

@@ -109,7 +109,7 @@ class StoreConfig:
 
 # What a sqlite:// URL's query may say (anything else is refused, never taken
 # as part of the file's name).
-SQLITE_QUERY = {"mode": ("ro",)}
+SQLITE_QUERY = ("mode",)
 
 
 def _sqlite_query(url: str, query: str) -> bool:
@@ -125,12 +125,7 @@ def _sqlite_query(url: str, query: str) -> bool:
         raise ConfigurationError(
             f"store URL {url!r}: unknown query parameter {', '.join(map(repr, unknown))}; "
             "a sqlite:// URL takes only ?mode=ro (open the store read-only)")
-    for name, values in given.items():
-        if len(values) != 1 or values[0] not in SQLITE_QUERY[name]:
-            raise ConfigurationError(
-                f"store URL {url!r}: {name}={'&'.join(values)!r} is not one of "
-                f"{', '.join(SQLITE_QUERY[name])}")
-    return True
+    return _read_only(url, given["mode"])
 
 
 def parse_store_url(url: str) -> StoreConfig:

@@ -301,7 +301,8 @@ def test_a_store_opened_read_only_is_read_and_never_written(shop: Path, tmp_path
 
 
 @pytest.mark.parametrize(("query", "fragment"), [
-    ("?mode=rw", "mode='rw' is not one of ro"),
+    ("?mode=rw", "mode='rw' is not ro; give ?mode=ro"),
+    ("?mode=ro&mode=rw", "mode= is given 2 times; give it once"),
     ("?cache=shared", "unknown query parameter 'cache'"),
     ("?nonsense", "unknown query parameter"),
 ])

@@ -94,10 +94,46 @@ def scrub(error: BaseException, revealed: Mapping[str, Secret]) -> None:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        # An exception type whose args cannot be set is left as it is.
-        with contextlib.suppress(Exception):
-            current.args = tuple(_scrubbed(a, revealed) for a in current.args)
+        _scrub_one(current, revealed)
         current = current.__cause__ or current.__context__
+
+
+def _scrub_one(error: BaseException, revealed: Mapping[str, Secret]) -> None:
+    """Its args, the text an OSError keeps beside them (`filename`), and its own
+    text fields (an SDK's error that makes its message from them in `__str__`);
+    if its message still shows a value (made from a nested field, say), it is
+    given its scrubbed message to show instead. Whatever cannot be set is left."""
+    with contextlib.suppress(Exception):
+        error.args = tuple(_scrubbed(a, revealed) for a in error.args)
+    for name in ("filename", "filename2"):
+        if isinstance(getattr(error, name, None), str):
+            with contextlib.suppress(Exception):
+                setattr(error, name, _scrubbed(getattr(error, name), revealed))
+    with contextlib.suppress(Exception):
+        for name, value in list(vars(error).items()):
+            if isinstance(value, str):
+                setattr(error, name, _scrubbed(value, revealed))
+    try:
+        text = str(error)
+    except Exception:  # a broken __str__ shows nothing (failures.describe)
+        return
+    if any(plain and plain in text for plain in revealed):
+        _shows_only(error, _scrubbed(text, revealed))
+
+
+def _shows_only(error: BaseException, text: str) -> None:
+    """`error`'s message is `text` from now on: its class becomes a subclass of
+    its own (same name, still caught by the same `except`) whose `__str__`
+    says `text`; a built-in type, whose class cannot change, gets it as args."""
+    cls = type(error)
+    shown = type(cls.__name__, (cls,), {"__str__": lambda self: text,
+                                        "__module__": cls.__module__,
+                                        "__qualname__": cls.__qualname__})
+    try:
+        error.__class__ = shown
+    except TypeError:
+        with contextlib.suppress(Exception):
+            error.args = (text,)
 
 
 def _scrubbed(value: Any, revealed: Mapping[str, Secret]) -> Any:

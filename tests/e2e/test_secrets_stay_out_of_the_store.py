@@ -73,12 +73,81 @@ def test_a_secret_never_reaches_the_store_across_a_crash_and_recovery(
         assert engine.verify().ok
 
 
+class SdkError(Exception):
+    """An SDK's error that makes its message from its fields in `__str__`."""
+
+    def __init__(self, status: int, key: str) -> None:
+        super().__init__(status)
+        self.status, self.key = status, key
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status} for key {self.key}"
+
+
+class NestedError(Exception):
+    def __init__(self, request: dict[str, str]) -> None:
+        super().__init__("request refused")
+        self.request = request
+
+    def __str__(self) -> str:
+        return f"request refused: {self.request}"
+
+
+def _raises(kind: str, api_key: str) -> BaseException:
+    if kind == "in its args":
+        return fl.AuthError(f"key {api_key} was revoked")
+    if kind == "in __str__ from its fields":
+        return SdkError(401, api_key)
+    if kind == "in an OSError's filename":
+        return FileNotFoundError(2, "No such file or directory", f"/keys/{api_key}.pem")
+    return NestedError({"authorization": f"Bearer {api_key}"})
+
+
 class Leaky(fl.Tool):
+    """A tool that repeats its key in what it raises."""
+
     name = "payments"
+
+    def __init__(self, kind: str = "in its args") -> None:
+        self.kind = kind
 
     @fl.mutator
     def charge(self, item: str, api_key: str) -> None:
-        raise fl.AuthError(f"key {api_key} was revoked")  # a tool that repeats its key
+        raise _raises(self.kind, api_key)
+
+
+@pytest.mark.parametrize("kind", ["in __str__ from its fields", "in an OSError's filename",
+                                  "in __str__ from a nested field"])
+def test_a_tools_error_that_holds_the_secret_elsewhere_than_its_args_is_scrubbed(
+        store: str, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Only args were scrubbed: the value reached the log, the projections and
+    every command that prints a run's failure."""
+    monkeypatch.setenv("PAY_KEY", PAY_KEY)
+    with fl.Engine(store) as engine:
+        engine.register(leaking(), tools=[Leaky(kind)])
+        engine.run_session("leak")
+        run = next(r for r in engine.runs() if r.handler == "Charge")
+        assert "Secret.from_env('PAY_KEY')" in f"{run.reason} {run.traceback}"
+        assert PAY_KEY not in f"{engine.runs()} {engine.status()} {engine.blocked()}"
+    assert PAY_KEY.encode() not in store_bytes(store)
+
+
+def leaking() -> fl.Workflow:
+    wf = fl.Workflow("leak", topics=["orders"])
+
+    @wf.producer(publishes=["orders"])
+    def orders(ctx: object, state: object) -> None:
+        ctx.publish("orders", message_id="o1", payload=1)  # type: ignore[attr-defined]
+
+    @wf.consumer(subscribe=["orders"])
+    class Charge:
+        def prepare(self, ctx: object, state: object) -> fl.Prepared:
+            return fl.Prepared({"orders": ["o1"]})
+
+        def mutate(self, ctx: object, prepared: fl.Prepared) -> None:
+            ctx.tools.payments.charge("o1", api_key=fl.Secret.from_env("PAY_KEY"))  # type: ignore[attr-defined]
+
+    return wf
 
 
 def test_a_tools_error_that_repeats_the_secret_is_recorded_with_the_reference(

@@ -48,6 +48,7 @@ from flowledger.infrastructure.sqlite_recorder import (
 )
 from flowledger.infrastructure.store import (
     BeforeFold,
+    FormatRecordGone,
     LogStore,
     ProjectionRowTaken,
     ReadAfter,
@@ -55,7 +56,12 @@ from flowledger.infrastructure.store import (
     StreamEvents,
 )
 from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
-from flowledger.infrastructure.store_format import TABLES_VERSION, make_compressor, settle_format
+from flowledger.infrastructure.store_format import (
+    TABLES_VERSION,
+    format_record_gone,
+    make_compressor,
+    settle_format,
+)
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
 
 
@@ -159,6 +165,8 @@ class EventLog(Application[UUID]):
         try:
             super().__init__(env=config.env)
         except (PersistenceError, InfrastructureFactoryError, sqlite3.Error, OSError) as e:
+            if isinstance(e, FormatRecordGone):
+                raise format_record_gone(config.shown) from None
             if is_lock_timeout(e):
                 raise StoreBusyError(
                     f"store {config.shown!r} is locked: another process held its write lock "

@@ -51,6 +51,7 @@ from flowledger.infrastructure.store import (
     AfterInsert,
     BeforeFold,
     Fence,
+    FormatRecordGone,
     LogWentBack,
     ProjectionRowTaken,
     ReadAfter,
@@ -407,10 +408,26 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         finally:
             conn.close()
         if self.read_only and not self.tables_current:
+            if self._chained_without_format_record():
+                raise FormatRecordGone("its chain holds links and its format record is gone")
             raise ProgrammingError("it is opened read-only (?mode=ro), and its tables cannot "
                                    "be made or brought up to date")
         if behind:
             self._set_sequence_past_head()
+
+    def _chained_without_format_record(self) -> bool:
+        """A store whose tables look missing because its format record is gone,
+        its chain still holding links (store_format's refusal, read-only)."""
+        with self._connect() as conn:
+            chain, record = conn.execute(
+                "SELECT to_regclass(%s), to_regclass(%s)",
+                (f'"{self.schema}".{CHAIN_TABLE}', f'"{self.schema}".{FORMAT_TABLE}')
+            ).fetchone() or (None, None)
+            if chain is None or conn.execute(
+                    f"SELECT 1 FROM {CHAIN_TABLE} LIMIT 1").fetchone() is None:
+                return False
+            return record is None or conn.execute(
+                f"SELECT 1 FROM {FORMAT_TABLE} WHERE name = 'cipher'").fetchone() is None
 
     def _create_tables(self, c: psycopg.Cursor[Any]) -> None:
         """What this release's store holds, made where missing (CREATE in the schema)."""

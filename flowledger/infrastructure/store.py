@@ -50,6 +50,11 @@ class ServerTakesNoWrites(ProgrammingError):
     to write there is refused at once (it could not append, nor fold in)."""
 
 
+class FormatRecordGone(ProgrammingError):
+    """The store's log is chained but its format record was removed outside
+    flowledger (store_format.format_record_gone says it, naming the store)."""
+
+
 class LogWentBack(OperationalError):
     """The store's log no longer holds an append this engine made: it was
     restored from an older backup, or replaced, under the engine, which

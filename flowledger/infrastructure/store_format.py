@@ -40,7 +40,7 @@ from flowledger.infrastructure.encryption import (
     NEW_KEY_HINT,
     Protection,
 )
-from flowledger.infrastructure.hash_chain import CREATE_CHAIN, Chain
+from flowledger.infrastructure.hash_chain import CHAIN_TABLE, CREATE_CHAIN, Chain
 from flowledger.infrastructure.store import LogStore
 
 FORMAT_TABLE = "fl_store_format"
@@ -169,17 +169,43 @@ def settle_format(recorder: LogStore, asked: Protection, url: str,
             c.execute(CREATE_CHAIN)
         with recorder.writing() as c:
             if not read_format(c):
+                _refuse_a_chain_without_its_record(c, url)
                 new = _new_format(asked, recorder.max_position(c))
                 c.executemany(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)", new.as_rows())
         rows = _recorded(recorder)
     if rows:
         found = StoreFormat.from_rows(rows)
     else:  # a read-only store that predates the record: in clear, no chain
+        with recorder.reading() as c:  # a read of its own: a missing table aborts it
+            _refuse_a_chain_without_its_record(c, url)
         with recorder.reading() as c:
             head = recorder.max_position(c)
         found = StoreFormat(False, False, False, head + 1, "", recorded=False)
     check_format(found, asked, url)
     return found
+
+
+def _refuse_a_chain_without_its_record(c: Any, url: str) -> None:
+    """A store with no format record is one written before the record existed,
+    and before the chain: its chain holds no link. One whose chain holds links
+    lost its record outside flowledger, and taking it for such an old store
+    would record a new format over it (in clear, its chain starting at the
+    head): what was edited before would verify (ADR 0023)."""
+    try:
+        c.execute(f"SELECT 1 FROM {CHAIN_TABLE} LIMIT 1")
+        linked = bool(c.fetchall())
+    except Exception:  # no chain table: a store from before the chain
+        return
+    if linked:
+        raise format_record_gone(url)
+
+
+def format_record_gone(url: str) -> EncryptionKeyError:
+    return EncryptionKeyError(
+        f"store {url!r} holds a tamper-evident chain but its format record "
+        f"({FORMAT_TABLE}) is gone: it was removed outside flowledger, and with it what "
+        "the store's events and chain are checked against. Nothing was read or written; "
+        "restore the store from a backup (verify the backup first)")
 
 
 def _new_format(asked: Protection, head: int) -> StoreFormat:

@@ -217,3 +217,34 @@ def test_verify_on_the_command_line_names_the_position_and_prints_the_head(
     no_key = flowledger("--store", url, "verify", cwd=tmp_path)
     assert no_key.returncode == 2 and "FLOWLEDGER_CIPHER_KEY" in no_key.stderr
     assert "Traceback" not in no_key.stderr
+
+
+@pytest.mark.parametrize("how", ["DELETE FROM fl_store_format", "DROP TABLE fl_store_format"])
+def test_a_format_record_removed_is_refused_and_nothing_recorded_over_it(
+        store: str, key: str, tmp_path: Path, how: str) -> None:
+    """An event edited, then the format record removed: it was taken for a store
+    from before the chain and recorded anew (in clear, its chain from the head),
+    so `verify`, run without a key as the message then advised, said the log
+    was as written (`verify` itself had written the new record), and a copy
+    carried the edit into a store whose fresh chain verified."""
+    positions = filled(store, key, tmp_path)
+    target = positions[3]
+    pos = position_column(store)
+    (state,) = run_sql(store, f"SELECT state FROM stored_events WHERE {pos}=?", (target,))[0]
+    run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?",
+            (bytes(state)[:-1] + bytes([bytes(state)[-1] ^ 1]), target))
+    run_sql(store, how)
+    for cipher_key in {key, ""}:
+        with pytest.raises(fl.EncryptionKeyError, match=r"its format record \(fl_store_format\) "
+                           "is gone: it was removed outside flowledger"):
+            fl.verify_store(store, cipher_key=cipher_key)
+        for url in (store, store + ("&" if "?" in store else "?") + "mode=ro"):
+            with pytest.raises(fl.EncryptionKeyError, match="is gone"):
+                fl.Engine(url, cipher_key=cipher_key)
+        with pytest.raises(fl.EncryptionKeyError, match="is gone"):
+            fl.copy_store(store, f"sqlite:///{tmp_path / 'copy.db'}", source_key=cipher_key,
+                          target_key=cipher_key)
+    assert not (tmp_path / "copy.db").exists() or not run_sql(
+        f"sqlite:///{tmp_path / 'copy.db'}", "SELECT 1 FROM stored_events LIMIT 1")
+    if how.startswith("DELETE"):  # nothing recorded anew
+        assert run_sql(store, "SELECT COUNT(*) FROM fl_store_format")[0][0] == 0

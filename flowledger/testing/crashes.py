@@ -85,6 +85,7 @@ def crash_at(engine: Engine, point: str) -> Iterator[CrashReport]:
 def expect_crash(engine: Engine) -> Iterator[CrashReport]:
     """Contain a crash that something else causes (a tool double told to crash
     during a call): the engine is killed, and the block must crash."""
+    _refuse_private_store(engine)
     with _killed_on_crash(engine) as report:
         yield report
     if not report.happened:

@@ -4,9 +4,9 @@ own on a PostgreSQL server (dropped afterwards)."""
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +20,13 @@ DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/flowledger_tests"
 
 @contextlib.contextmanager
 def fresh_store(kind: str, folder: Path, postgres: str = DEFAULT_POSTGRES) -> Iterator[str]:
-    """The URL of an empty store of `kind`: an SQLite file in `folder` (which the
-    caller cleans up), memory:// (private to one engine: no crash tests), or a new
-    schema of the PostgreSQL database `postgres` names (created if missing)."""
+    """The URL of an empty store of `kind`: a new SQLite file in `folder` (which
+    the caller cleans up; each call names another, so one folder serves every
+    example of a property test), memory:// (private to one engine: no crash
+    tests), or a new schema of the PostgreSQL database `postgres` names (created
+    if missing)."""
     if kind == "sqlite":
-        yield f"sqlite:///{folder / 'flow.db'}"
+        yield f"sqlite:///{folder / f'flow-{uuid.uuid4().hex[:12]}.db'}"
     elif kind == "memory":
         yield "memory://"
     elif kind == "postgresql":
@@ -41,25 +43,55 @@ def _connect(url: str, dbname: str | None = None) -> Any:
     return psycopg.connect(**parse_store_url(url).libpq(3, dbname), autocommit=True)
 
 
-@cache
+_REACHABLE: set[str] = set()  # servers whose test database exists: asked once
+_FAILED: dict[str, tuple[float, str]] = {}  # why not, and when: asked again after a while
+ASK_AGAIN_AFTER_S = 10.0  # a server that was starting up may answer now
+
+
 def postgres_unreachable(url: str) -> str | None:
     """Why the server at `url` cannot hold test schemas, or None (creating its
-    database once, if missing)."""
+    database once, if missing). A failure is told again for a few seconds (each
+    test of a run without a server does not wait for it), then asked again."""
+    if url in _REACHABLE:
+        return None
+    failed = _FAILED.get(url)
+    if failed is not None and time.monotonic() - failed[0] < ASK_AGAIN_AFTER_S:
+        return failed[1]
+    why = _prepare_test_database(url)
+    if why is None:
+        _REACHABLE.add(url)
+        _FAILED.pop(url, None)
+    else:
+        _FAILED[url] = (time.monotonic(), why)
+    return why
+
+
+def _prepare_test_database(url: str) -> str | None:
     try:
         import psycopg
     except ImportError:
         return "psycopg is not installed (pip install 'flowledger[postgres]')"
     try:
         name = parse_store_url(url).env["POSTGRES_DBNAME"]
-        with _connect(url, "postgres") as conn:
-            found = conn.execute("SELECT 1 FROM pg_database WHERE datname=%s",
-                                 (name,)).fetchone()
-            if not found:
-                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
-                    conn.execute(f'CREATE DATABASE "{name}"')
+        conn = _connect(url, "postgres")
     except Exception as e:
         detail = " ".join(str(e).split())[:120]
         return f"no PostgreSQL server at {shown(url)} ({type(e).__name__}: {detail})"
+    try:
+        with conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname=%s",
+                                 (name,)).fetchone()
+            if not found:
+                # Two test processes creating it at once: the loser's CREATE meets
+                # the winner's row (a unique violation, or "already exists").
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase,
+                                         psycopg.errors.UniqueViolation):
+                    conn.execute(f'CREATE DATABASE "{name}"')
+    except Exception as e:
+        detail = " ".join(str(e).split())[:160]
+        return (f"the PostgreSQL server at {shown(url)} answers, but its test database "
+                f"{name!r} cannot be made ({type(e).__name__}: {detail}); create it, or "
+                "name one this role may use")
     return None
 
 

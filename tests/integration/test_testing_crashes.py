@@ -131,7 +131,13 @@ def test_crash_at_refuses_a_point_that_does_not_exist(flowledger_engine: fl.Engi
         pass
 
 
-def test_crash_at_refuses_a_memory_store_no_new_engine_could_open() -> None:
+@pytest.mark.parametrize("contained", [lambda e: flt.crash_at(e, "after_call"),
+                                       lambda e: flt.crash_if_reached(e, None),
+                                       flt.expect_crash],
+                         ids=["crash_at", "crash_if_reached", "expect_crash"])
+def test_crashes_refuse_a_memory_store_no_new_engine_could_open(contained: Any) -> None:
+    """expect_crash took one: a crash test on memory:// passed without ever
+    running recovery (the "new process" opened an empty store of its own)."""
     with fl.Engine("memory://") as engine, pytest.raises(fl.InvalidArgument, match="memory"), \
-            flt.crash_at(engine, "after_call"):
+            contained(engine):
         pass

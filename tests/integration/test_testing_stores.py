@@ -1,0 +1,78 @@
+"""flowledger.testing's stores, as users' own test runs meet them: a fresh
+SQLite store at each call, and a PostgreSQL test database that two test
+processes (pytest-xdist) may find missing at the same instant, or that
+answers only once its server has started."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import flowledger as fl
+import flowledger.testing as flt
+from flowledger.testing import stores
+from tests import postgres
+from tests.integration.test_postgres_failover import Clusters, _free_port, clusters  # noqa: F401
+
+
+def test_each_fresh_sqlite_store_is_empty_in_one_folder(tmp_path: Path) -> None:
+    """It named the same file each time: a property test's second example,
+    given the same folder, met the first one's log."""
+    with flt.fresh_store("sqlite", tmp_path) as first, fl.Engine(first) as engine:
+        engine.register(fl.Workflow("w", topics=["t"]))
+    with flt.fresh_store("sqlite", tmp_path) as second:
+        assert second != first
+        with fl.Engine(second) as engine:
+            assert list(engine.events()) == []
+
+
+@pytest.mark.postgres
+def test_test_processes_creating_the_test_database_at_once_all_use_it() -> None:
+    """The loser of two CREATE DATABASE at once met a unique violation, taken
+    for 'no PostgreSQL server', and every PostgreSQL test of its process failed."""
+    if postgres.unreachable() is not None:
+        pytest.skip(postgres.unreachable() or "")
+    server = postgres.URL.rsplit("/", 1)[0]
+    for _ in range(3):
+        name = f"fl_kit_{uuid.uuid4().hex[:8]}"
+        url = f"{server}/{name}"
+        answers: list[str | None] = []
+        start = threading.Barrier(6)
+
+        def prepare(answers: list[str | None] = answers, url: str = url,
+                    start: threading.Barrier = start) -> None:
+            start.wait()
+            answers.append(stores._prepare_test_database(url))
+
+        threads = [threading.Thread(target=prepare) for _ in range(6)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert answers == [None] * 6
+        finally:
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.postgres
+def test_a_server_that_starts_after_the_first_look_is_used(
+        clusters: Clusters, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A failed look was kept for the whole test run: a server still starting
+    when the first test asked failed every PostgreSQL test after it."""
+    port = clusters.ports["a"] = _free_port()
+    url = f"postgresql://postgres@127.0.0.1:{port}/fl_kit_late"
+    monkeypatch.setattr(stores, "ASK_AGAIN_AFTER_S", 60.0)
+    why = stores.postgres_unreachable(url)
+    assert why is not None and why.startswith("no PostgreSQL server at")
+    clusters.primary("a")
+    assert stores.postgres_unreachable(url) == why  # told again for a while, not asked
+    monkeypatch.setattr(stores, "ASK_AGAIN_AFTER_S", 0.0)
+    assert stores.postgres_unreachable(url) is None  # then asked again
+    with flt.fresh_postgres_schema(url) as store, fl.Engine(store) as engine:
+        assert list(engine.events()) == []

@@ -9,7 +9,11 @@ by itself, and the verdict (ADR 0021):
   happened once, and each effect that happened is one the log knows of;
 * nothing is left open, unfinished, blocked or failed, and as many messages are
   left pending per topic as in the same history without faults;
-* the projections rebuilt from the log equal the live ones.
+* the projections rebuilt from the log equal the live ones;
+* the user's own rule of the outside world (`world_check`), if given, holds;
+* and across all histories, some mutation happened at all: a check whose
+  workflow never mutates (its producers never find what `deliver` puts in the
+  world) proves nothing, and says so.
 
 A failing history is shrunk by hypothesis and reported step by step.
 """
@@ -47,6 +51,8 @@ __all__ = ["ExactlyOnceViolation", "check_exactly_once"]
 
 X = TypeVar("X")
 MutationKey = Callable[[RecordedCall], Hashable]
+# The user's rule of the outside world after a history: its folder and the values delivered.
+WorldCheck = Callable[[Path, list[Any]], None]
 
 # A policy that gives up soon, without jitter: histories stay short and replayable.
 DEFAULT_POLICY = RetryPolicy(transient_max_attempts=3, reconcile_max_attempts=3, jitter=0)
@@ -135,6 +141,7 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
                        inputs: st.SearchStrategy[X], deliver: Callable[[Path, X], None],
                        max_examples: int = 50, max_steps: int = 12,
                        mutation_key: MutationKey | None = None,
+                       world_check: WorldCheck | None = None,
                        policy: RetryPolicy = DEFAULT_POLICY) -> None:
     """Check `workflow` performs each mutation exactly once, whatever happens.
 
@@ -142,10 +149,15 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
     `folder` (their outside world, fresh each time); they are wrapped in tool
     doubles. `deliver(folder, value)` puts one input drawn from `inputs` into
     that world, for the workflow's producers to find. `mutation_key(call)` says
-    which calls are the same mutation (default: same tool, method and arguments).
-    Runs on a temporary SQLite file; raises ExactlyOnceViolation with the
-    shrunk history when a rule is broken.
+    which calls are the same mutation (default: same tool, method and
+    arguments; give one when arguments vary between two tries of one mutation,
+    a time or a request id). `world_check(folder, delivered)` is your own rule
+    of the world once a history settled (every delivered order booked once,
+    say): an AssertionError there fails the history. Runs on a temporary
+    SQLite file; raises ExactlyOnceViolation with the shrunk history when a
+    rule is broken, or when no history made any mutation.
     """
+    mutated: list[bool] = []  # per history: did any mutation have an effect
     with tempfile.TemporaryDirectory() as folder:
         targets = [(d.tool_name(), method, fault)
                    for d in _doubles(tools, Path(folder))
@@ -168,10 +180,20 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
                 calm.drain()
                 expected_pending = calm.pending()
             faulty.verdict(expected_pending)
+            if world_check is not None:
+                faulty.check_world(world_check, [s.value for s in history
+                                                 if isinstance(s, Deliver)])
+            mutated.append(any(d.effects() for d in faulty.doubles))
         finally:
             faulty.close()
 
     histories()
+    if mutated and not any(mutated):
+        raise ExactlyOnceViolation(
+            f"exactly-once check of workflow {workflow.name!r}: no mutation happened in any "
+            f"of the {len(mutated)} histories, so the check proved nothing. Do the workflow's "
+            "producers find what `deliver(folder, value)` puts in `folder`? The tools "
+            "`tools(folder)` makes are the only way they can see that folder")
 
 
 def _doubles(tools: Callable[[Path], Sequence[Tool]], folder: Path) -> list[ToolDouble]:
@@ -403,6 +425,13 @@ class _History:
             assert_projections_rebuild_equal(self.engine)
         except AssertionError as e:
             self.fail(str(e))
+
+    def check_world(self, check: WorldCheck, delivered: list[Any]) -> None:
+        self.say(f"your world_check, of the values delivered: {delivered!r}")
+        try:
+            check(self.world, delivered)
+        except AssertionError as e:
+            self.fail(f"world_check failed: {str(e) or type(e).__name__}", e)
 
     def _applied_in_log(self) -> list[Hashable]:
         """The mutations the log records as applied: one per run chain (a retry

@@ -16,9 +16,87 @@ from tests.helpers import OrderBook, OrderFolder, orders_workflow, place_order
 ORDERS = st.sampled_from(["A-1", "A-2", "A-3"])
 
 
+def booked_once(folder: Path, delivered: list[str]) -> None:
+    """The user's own rule: every order delivered is in the book, once."""
+    book = folder / "book.txt"
+    lines = book.read_text().splitlines() if book.exists() else []
+    assert sorted(lines) == sorted(set(delivered)), (
+        f"the book holds {lines} for the orders {sorted(set(delivered))}")
+
+
 def test_a_sound_workflow_passes() -> None:
     flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f), OrderBook(f)],
-                           inputs=ORDERS, deliver=place_order, max_examples=40)
+                           inputs=ORDERS, deliver=place_order, max_examples=40,
+                           world_check=booked_once)
+
+
+def misplace(folder: Path, order: str) -> None:
+    (folder / "elsewhere").mkdir(exist_ok=True)
+    place_order(folder / "elsewhere", order)
+
+
+def test_a_check_whose_workflow_never_mutates_says_it_proved_nothing() -> None:
+    """Its inputs delivered where the producer does not look: it passed."""
+    with pytest.raises(flt.ExactlyOnceViolation, match="no mutation happened in any of the"):
+        flt.check_exactly_once(
+            orders_workflow(), tools=lambda f: [OrderFolder(f), OrderBook(f)], inputs=ORDERS,
+            deliver=misplace, max_examples=5)
+
+
+class RequestBook(OrderBook):
+    """A book whose add also takes a request id, different at each try."""
+
+    @fl.mutator(reconcile="find")
+    def add(self, order: str, request: str) -> int:  # type: ignore[override]
+        with self.path.open("a") as f:
+            f.write(order + "\n")
+        return len(self.lines())
+
+    def find(self, order: str, request: str) -> fl.Reconciliation:  # type: ignore[override]
+        return super().find(order)
+
+
+def renumbering_with_request_ids() -> fl.Workflow:
+    """Broken as renumbering_workflow, and its mutation's arguments differ at
+    each try (the message id as a request id)."""
+    wf = fl.Workflow("orders", topics=["placed", "booked"])
+
+    @wf.producer(publishes=["placed"], tools=["orders"])
+    def poll(ctx: Any, state: Any) -> int:
+        polls = (state or 0) + 1
+        for order in ctx.tools.orders.waiting():
+            ctx.publish("placed", message_id=f"{order}@{polls}", payload=order)
+        return polls
+
+    @wf.consumer(subscribe=["placed"], publishes=["booked"], tools=["book"])
+    class BookOrder:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared:
+            placed = ctx.peek("placed", limit=1)
+            if not placed:
+                return fl.Prepared()
+            return fl.Prepared({"placed": [placed[0].message_id]},
+                               data=[placed[0].payload, placed[0].message_id])
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.book.add(prepared.data[0], request=prepared.data[1])
+
+    return wf
+
+
+@pytest.mark.parametrize("told", ["world_check", "mutation_key"])
+def test_a_double_booking_under_arguments_that_differ_is_found_when_told_how(
+        told: str) -> None:
+    """Calls are the same mutation when their arguments are equal: a request id
+    hid a double booking from the default rule. The user's world_check, or a
+    mutation_key naming what makes two calls one booking, finds it."""
+    how: dict[str, Any] = ({"world_check": booked_once} if told == "world_check" else
+                           {"mutation_key": lambda call: (call.tool, call.args[0])})
+    with pytest.raises(flt.ExactlyOnceViolation) as found:
+        flt.check_exactly_once(renumbering_with_request_ids(),
+                               tools=lambda f: [OrderFolder(f), RequestBook(f)],
+                               inputs=ORDERS, deliver=place_order, max_examples=150, **how)
+    assert ("world_check failed: the book holds" if told == "world_check"
+            else "a mutation happened 2 times") in str(found.value)
 
 
 class LookNoFurther(OrderBook):

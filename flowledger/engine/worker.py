@@ -161,6 +161,7 @@ class Worker:
         """Serve every workflow due now, or else wait for an append or the
         next due time."""
         head = waiter.head()
+        self.engine.log.flow_recorder.check_head(head)  # a log cut back under this engine
         self._read_new_runs(head)
         now = self.engine.clock.now()
         decisions = self._decisions(now)
@@ -168,11 +169,12 @@ class Worker:
         if not due:
             waiter.wait_for_append(head, self._sleep_for(decisions, now))
             return
+        did_nothing = True  # every workflow due was held elsewhere, or had nothing to take over
         for item in serving_order(due, self._turn):
             if self.stop.is_set():
                 break
             try:
-                self._serve(item, head)
+                result = self._serve(item, head)
             except CorruptEventError as e:
                 self._cannot_read(item.workflow, e)  # its own: the others go on at once
             except LogWentBack:
@@ -184,6 +186,7 @@ class Worker:
                 # failing (say, read-only after a failover) is waited for
                 # longer each time, and its story told once.
                 self._failed_sessions += 1
+                did_nothing = False  # waited below
                 delay = self._retry_wait(self._failed_sessions)
                 logger.error("session of %s stopped (%s); trying again in %.1fs", item.workflow,
                              " ".join(describe(e).split()), delay,
@@ -192,7 +195,12 @@ class Worker:
             else:
                 self._failed_sessions = 0
                 self._unreadable.discard(item.workflow)
+                did_nothing = did_nothing and (result is None or result.status == "busy")
         self._turn += 1
+        if did_nothing and not self.stop.is_set():
+            # Looked again at once, a session held by another engine would be
+            # asked for again and again until its holder ends it.
+            waiter.wait_for_append(head, self.interval)
 
     def run_once(self) -> list[SessionResult]:
         """One pass: serve every workflow due now (for tests and embedding loops)."""
@@ -252,6 +260,10 @@ class Worker:
             result = engine._run_session(reg, request)
         if result is None:
             return None
+        if result.status == "busy":
+            logger.info("%s is held by another engine's session (%s): left to it",
+                        due.workflow, result.error)
+            return result
         self.sessions += 1
         served.more_work = result.status == "budget_exhausted"
         for run in result.runs:

@@ -356,6 +356,9 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         """None: SQLite sends no notifications; waiting for appends polls."""
         return None
 
+    def check_head(self, head: int) -> None:
+        """Nothing: a file replaced under a running engine is not looked for."""
+
     def replaying(self) -> bool:
         """False: a file is no standby."""
         return False

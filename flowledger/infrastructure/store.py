@@ -195,6 +195,12 @@ class LogStore(Protocol):
         """Wake-ups on appends from any process, where the store sends them
         (PostgreSQL's notifications); None where waiting means polling (SQLite)."""
 
+    def check_head(self, head: int) -> None:
+        """Raise LogWentBack when the log's head (just read) is below an append
+        of this engine's that waited for the disk: the log was cut back or
+        restored under it, its connections kept (ADR 0017). Where the store
+        cannot tell, nothing."""
+
     def replaying(self) -> bool:
         """Whether the store answers now from a standby replaying another
         server's log, whose head may trail what was read elsewhere (asked

@@ -31,6 +31,7 @@ from tests.helpers import (
     ledger_workflow,
     mid_call_tool,
 )
+from tests.store_contents import run_sql
 
 on_postgresql = pytest.mark.parametrize(
     "store", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
@@ -518,6 +519,72 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     assert ended and "restored from an older backup" in str(ended[0])
     assert from_the_store(ended[0])  # `flowledger worker` says it in one line, exit 2
     assert [key for key, _ in tool.calls] == ["a", "b", "c"]
+
+
+@on_postgresql
+def test_a_worker_whose_log_is_cut_back_under_it_stops_at_its_next_pass(
+        make_engine, store, ledger):
+    """The log's last events deleted by hand (or a data-only restore) while the
+    worker's connections stay open: its own session looked held by itself, and
+    it asked for it again and again, 2,000 log lines a second, until the
+    lease ran out. Its next pass finds the head below its last append."""
+    engine = make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    engine.register(ledger_workflow(items=["a", "b"], name="wf"), tools=[tool])
+    assert engine.run_session("wf").status == "completed"
+    stop, ended = threading.Event(), []
+
+    def serve() -> None:
+        try:
+            engine.serve(stop, interval=0.05)
+        except OperationalError as e:
+            ended.append(e)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    try:
+        time.sleep(0.5)  # serving: nothing due
+        head = max(e.position for e in engine.events(last=1))
+        run_sql(store, "DELETE FROM fl_chain WHERE position > ?", (head - 10,))
+        run_sql(store, "DELETE FROM stored_events WHERE notification_id > ?", (head - 10,))
+        worker.join(10)
+    finally:
+        stop.set()
+        worker.join(20)
+    assert ended and "no longer holds this engine's append" in str(ended[0]), ended
+    assert [key for key, _ in tool.calls] == ["a", "b"]
+
+
+@on_postgresql
+def test_a_worker_whose_sessions_are_refused_as_busy_does_not_spin(
+        store, monkeypatch, caplog, request):
+    """The same cut, by a store that could not tell (the look monkeypatched
+    away): each pass found the workflow due by its read side and its session
+    held by its log, and asked again at once. A pass that did nothing waits."""
+    from tests.integration.test_postgres_roles import ticking
+
+    engine = fl.Engine(store)  # the system clock: the producer ticks every second
+    request.addfinalizer(engine.close)
+    engine.register(ticking())
+    assert engine.run_session("ticks").status == "completed"
+    monkeypatch.setattr(type(engine.log.flow_recorder), "check_head", lambda self, head: None)
+    stop = threading.Event()
+    worker = threading.Thread(target=lambda: engine.serve(stop, interval=0.05))
+    caplog.set_level(logging.INFO, logger="flowledger.worker")
+    worker.start()
+    try:
+        time.sleep(1.5)  # ticks are served
+        closed = max(e.position for e in engine.events() if e.name == "SessionClosed")
+        run_sql(store, "DELETE FROM fl_chain WHERE position >= ?", (closed,))
+        run_sql(store, "DELETE FROM stored_events WHERE notification_id >= ?", (closed,))
+        caplog.clear()
+        time.sleep(2)
+        busy = [r for r in caplog.records
+                if "held by" in r.getMessage() or "busy" in r.getMessage()]
+    finally:
+        stop.set()
+        worker.join(20)
+    assert len(busy) <= 2 / 0.05 + 5, len(busy)
 
 
 @on_postgresql

@@ -58,6 +58,7 @@ from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
+from flowledger.infrastructure.store import LogWentBack
 from flowledger.infrastructure.store_url import DEFAULT_STORE, parse_store_url, shown
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
@@ -153,6 +154,7 @@ class Engine:
             if not self.log.config.read_only:
                 with contextlib.suppress(CorruptEventError):
                     self.projections.catch_up()
+            self._cut_back = self.projections.ahead_of_log()
         except Exception as e:
             self.log.close()
             if isinstance(e, FlowledgerError) or not from_the_store(e):
@@ -166,6 +168,23 @@ class Engine:
         self._registered: dict[str, Registration] = {}
         self._left: set[UUID] = set()  # sessions stopped whose lease could not be ended
         self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))
+
+    def _refuse_acting(self, what: str) -> None:
+        """Writes that act on what the log says are refused on a store opened
+        read-only, and on one whose log lost events its projections had folded
+        in (a cut made outside flowledger): what those events recorded as done
+        would be done again."""
+        self.log.config.refuse_writes(what)
+        if self._cut_back is not None:
+            furthest, head = self._cut_back
+            raise LogWentBack(
+                f"store {self.log.config.shown!r}: its projections have folded the log up to "
+                f"position {furthest}, but the log ends at position {head}: the events after "
+                "it were removed outside flowledger (rows deleted, or the log's table restored "
+                "without the rest of the store). What they recorded as done is no longer in "
+                "the log and would be done again. Nothing was written: restore the whole "
+                "store from a backup (verify it first), or, to go on from the log as it now "
+                "is knowing that, rebuild the projections (`flowledger projections rebuild`)")
 
     def verify(self, expect: str | None = None) -> Verification:
         """Walk the log and its tamper-evident chain (see `fl.verify_store`)."""
@@ -282,7 +301,7 @@ class Engine:
         return self._run_session(reg, request)
 
     def _run_session(self, reg: Registration, request: SessionRequest) -> SessionResult:
-        self.log.config.refuse_writes("a session appends to the log")
+        self._refuse_acting("a session appends to the log")
         runner = SessionRunner(reg, self._scope_factory(reg))
         streams = Streams(self.log)
         self.lease.align()
@@ -397,7 +416,7 @@ class Engine:
         left (unfinished runs, producers still to run, pending messages within
         the session's budget) revised after each run, and exact at the end.
         """
-        self.log.config.refuse_writes("recovery continues sessions, which appends to the log")
+        self._refuse_acting("recovery continues sessions, which appends to the log")
         regs = list(self._registered.values())
         count = RecoveryCount(self.log, self.checkpoint, regs, progress) if progress else None
         self._look_at_holders(regs)
@@ -460,7 +479,7 @@ class Engine:
               max_iterations: int = 100) -> None:
         """Recover, then run a session for each workflow whenever it is due, until
         `stop` is set or the process gets SIGTERM/SIGINT (flowledger/engine/worker.py)."""
-        self.log.config.refuse_writes("the worker runs sessions, which append to the log")
+        self._refuse_acting("the worker runs sessions, which append to the log")
         from flowledger.engine.worker import Worker
 
         Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)
@@ -485,7 +504,7 @@ class Engine:
         """A person's decision on a mutation whose outcome is unknown (DESIGN §1.4)."""
         if action not in ACTIONS:
             raise InvalidArgument(f"action {action!r} is not one of {list(ACTIONS)}")
-        self.log.config.refuse_writes("a decision is recorded in the log")
+        self._refuse_acting("a decision is recorded in the log")
         run = self._load_run(run_id)
         check_decision(run, action)
         wf: Workflow | None = self.log.load(run.workflow_id)
@@ -511,7 +530,7 @@ class Engine:
     def resume(self, workflow: str) -> bool:
         """Lift a workflow's `paused`/`error` status once a person has dealt with the cause."""
         reg_name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
-        self.log.config.refuse_writes("resuming a workflow is recorded in the log")
+        self._refuse_acting("resuming a workflow is recorded in the log")
         wf: Workflow | None = self.log.load(workflow_id(reg_name))
         if wf is None:
             raise NotFoundError(f"no workflow named {reg_name!r} in store {shown(self.store)}")
@@ -740,7 +759,9 @@ class Engine:
         if unknown:
             raise InvalidArgument(f"no projection named {', '.join(map(repr, unknown))}; "
                                   f"the projections are {', '.join(known)}")
-        return self.projections.rebuild(names, progress=progress)
+        read = self.projections.rebuild(names, progress=progress)
+        self._cut_back = self.projections.ahead_of_log()
+        return read
 
 
 def copy_store(source: str, target: str,

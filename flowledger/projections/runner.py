@@ -276,6 +276,16 @@ class ProjectionRunner:
             head, tracked = self.recorder.heads(c)
         return max((head - tracked.get(p.name, 0) for p in self.projections), default=0)
 
+    def ahead_of_log(self) -> tuple[int, int] | None:
+        """(the furthest position a projection folded, the log's head) when a
+        projection has folded events the log no longer holds: they were removed
+        outside flowledger (both are written in one transaction, so nothing
+        else leaves the projections ahead). None when none is."""
+        with self.recorder.reading(snapshot=False) as c:
+            head, tracked = self.recorder.heads(c)
+        furthest = max((tracked.get(p.name, 0) for p in self.projections), default=0)
+        return (furthest, head) if furthest > head else None
+
     def positions(self) -> dict[str, int]:
         """How far into the log each projection has read."""
         with self.recorder.reading(snapshot=False) as c:

@@ -382,3 +382,41 @@ def test_create_false_refuses_what_is_not_a_store_yet_and_makes_nothing(tmp_path
         assert (digest(path) if path.exists() else None) == before
     fl.Engine(url(empty)).close()  # made a store by an engine that may create
     fl.Engine(url(empty), create=False).close()
+
+
+def test_a_log_cut_back_under_its_projections_is_refused_before_anything_is_done_again(
+        store: str, tmp_path: Path) -> None:
+    """The log's last events deleted by hand (or its table restored alone from an
+    older backup): its projections had folded them in. A new engine went on
+    from the log as it stood and called again what the removed events recorded
+    as done, then failed on a projection row, advised to rebuild."""
+    from eventsourcing.persistence import OperationalError
+
+    from flowledger.engine.store_errors import from_the_store
+    from tests.store_contents import position_column, run_sql
+
+    ledger = ExternalLedger(tmp_path / "ledger.db")
+    tool = ScriptedLedgerTool(ledger)
+    with fl.Engine(store) as engine:
+        engine.register(ledger_workflow(items=["a"]), tools=[tool])
+        assert engine.run_session("wf").status == "completed"
+        kept = max(e.position for e in engine.events(last=1))
+        engine.register(ledger_workflow(items=["a", "b"]), tools=[tool])
+        assert engine.run_session("wf").status == "completed"
+    assert [key for key, _ in tool.calls] == ["a", "b"]
+    pos = position_column(store)
+    run_sql(store, f"DELETE FROM stored_events WHERE {pos} > ?", (kept,))
+    run_sql(store, "DELETE FROM fl_chain WHERE position > ?", (kept,))
+    with fl.Engine(store) as engine:
+        engine.register(ledger_workflow(items=["a", "b"]), tools=[tool])
+        for act in (lambda: engine.run_session("wf"), engine.recover):
+            with pytest.raises(OperationalError, match=(
+                    f"its projections have folded the log up to position [0-9]+, but the "
+                    f"log ends at position {kept}")) as refused:
+                act()
+            assert from_the_store(refused.value)  # the CLI says it on one line, exit 2
+    assert [key for key, _ in tool.calls] == ["a", "b"]  # nothing called again
+    with fl.Engine(store) as engine:  # told, the operator goes on from the log as it is
+        engine.rebuild_projections()
+        engine.register(ledger_workflow(items=["a", "b"]), tools=[tool])
+        assert engine.run_session("wf").status == "completed"

@@ -51,12 +51,15 @@ def verify(
         out.print(f"head: position {found.head_position} digest {found.head_digest or '-'}",
                   markup=False, highlight=False)
         first = min((p.position for p in found.problems), default=None)
+        what = (f"{len(found.problems)} problem(s). The store was changed outside flowledger"
+                + (f" from position {first} on" if first is not None else "")
+                if found.problems else "the digest kept elsewhere is not in the chain. The "
+                "log was cut or rewritten since that digest was printed (or it is another "
+                "store's)")
         out.print("OK: the log is as it was written" if found.ok else
-                  f"NOT OK: {len(found.problems)} problem(s). The store was changed outside "
-                  "flowledger" + (f" from position {first} on" if first is not None else "")
-                  + ": restore it from a backup taken before that (verify the backup with "
-                  "--expect and a digest kept elsewhere), and find who could write to it",
-                  markup=False)
+                  f"NOT OK: {what}: restore it from a backup taken before that (verify the "
+                  "backup with --expect and a digest kept elsewhere), and find who could "
+                  "write to it", markup=False, soft_wrap=True)
     if not found.ok:
         raise typer.Exit(EXIT_NOT_DONE)
 

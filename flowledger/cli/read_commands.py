@@ -29,7 +29,7 @@ from flowledger.cli.options import (
     store_url,
 )
 from flowledger.cli.render import err, out, print_json, print_json_line
-from flowledger.cli.store import open_engine
+from flowledger.cli.store import open_engine, require_workflow
 from flowledger.cli.views import (
     log_line,
     print_costs,
@@ -49,7 +49,6 @@ from flowledger.cli.views import (
     status_json,
 )
 from flowledger.cli.worker_commands import print_live
-from flowledger.infrastructure.store_url import shown
 from flowledger.read_side.log_view import LoggedEvent
 from flowledger.read_side.queries import (
     COSTS_BY,
@@ -94,11 +93,7 @@ def log(
     """The event log, oldest first: the source of truth everything else is derived from."""
     moment = parse_time(since, "--since")
     with open_engine(store_url(ctx, store), must_exist=True, reads_side=False) as engine:
-        if workflow is not None:
-            held = sorted(w.name for w in engine.status().workflows)
-            if workflow not in held:
-                raise CommandError(f"no workflow named {workflow!r} in store {shown(engine.store)} "
-                                   f"(it holds: {', '.join(held) or 'none'})")
+        require_workflow(engine, workflow)
         run = engine.run(run_id).id if run_id is not None else None
         last = after  # the position of the last event read: --follow goes on from there
 

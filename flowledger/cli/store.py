@@ -7,8 +7,9 @@ from contextlib import contextmanager
 
 import flowledger as fl
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
+from flowledger.cli.exits import CommandError
 from flowledger.cli.render import err
-from flowledger.infrastructure.store_url import parse_store_url
+from flowledger.infrastructure.store_url import parse_store_url, shown
 
 
 class CommandEngine(fl.Engine):
@@ -82,3 +83,14 @@ def _say_how_far_behind(engine: fl.Engine) -> None:
                   f"event{'s' if behind != 1 else ''}: a session under way, or a process that "
                   "stopped before folding them in. What follows may leave them out; `log` "
                   "shows them.", soft_wrap=True, markup=False, highlight=False)
+
+
+def require_workflow(engine: fl.Engine, workflow: str | None) -> None:
+    """A workflow named on the command line must be one the store holds: a
+    misspelt name would show nothing, and say nothing of why."""
+    if workflow is None:
+        return
+    held = sorted(w.name for w in engine.status().workflows)
+    if workflow not in held:
+        raise CommandError(f"no workflow named {workflow!r} in store {shown(engine.store)} "
+                           f"(it holds: {', '.join(held) or 'none'})")

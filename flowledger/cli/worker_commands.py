@@ -17,7 +17,7 @@ from flowledger.cli.exits import EXIT_OK
 from flowledger.cli.loading import load
 from flowledger.cli.options import StoreOption, TargetArgument, store_url
 from flowledger.cli.render import out
-from flowledger.cli.store import open_engine
+from flowledger.cli.store import open_engine, require_workflow
 from flowledger.cli.views import log_line
 from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.read_side.log_view import LoggedEvent
@@ -137,5 +137,6 @@ def follow(
             out.print(mark + log_line(event, margin=len(mark)), soft_wrap=True)
 
     with open_engine(store_url(ctx, store), must_exist=True, reads_side=False) as engine:
+        require_workflow(engine, workflow)
         print_live(engine, after, workflow, interval, show)
     raise typer.Exit(EXIT_OK)

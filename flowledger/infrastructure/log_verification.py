@@ -9,9 +9,11 @@ linear in the log, read in batches.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from flowledger.domain.errors import InvalidArgument
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE, Chain
 from flowledger.infrastructure.store import Cursor, LogStore, Row
 
@@ -48,6 +50,9 @@ class Verification:
         return not self.problems and self.expected_found is not False
 
 
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
 def _hex(stream: UUID | str) -> str:
     return stream.hex if isinstance(stream, UUID) else UUID(str(stream)).hex
 
@@ -67,6 +72,10 @@ def verify_chain(recorder: LogStore, chain: Chain, expect: str | None = None,
     report = Verification(covered_from=chain.starts_at, keyed=chain.keyed,
                           expected=expect.lower() if expect else None)
     anchor = expect.lower().partition(":")[2] or expect.lower() if expect else None
+    if anchor is not None and not _DIGEST.fullmatch(anchor):
+        raise InvalidArgument(
+            f"expected digest {expect!r} is not a head digest: give the whole one an earlier "
+            "verify printed after 'digest' (64 hex digits), as it printed it")
     previous_position, previous_digest = 0, chain.genesis  # as stored
     after = 0
     while True:

@@ -390,6 +390,7 @@ def mistakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["resolve", "not-a-run-id", "skip"], "is not a run id"),
     (["resume", "nope"], "no workflow named 'nope'"),
     (["log", "--workflow", "nope"], "no workflow named 'nope'"),
+    (["follow", "--workflow", "nope"], "no workflow named 'nope'"),  # it waited for ever
     (["log", "--run", "00000000-0000-0000-0000-000000000000"], "no run"),
 ])
 def test_user_mistakes_exit_2_on_one_line(mistakes: Path, args: list[str],

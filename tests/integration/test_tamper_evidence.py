@@ -210,6 +210,14 @@ def test_verify_on_the_command_line_names_the_position_and_prints_the_head(
     digest = good.stdout.split("digest ")[1].split()[0]
     assert flowledger("--store", url, "verify", "--expect", digest, cwd=tmp_path,
                       env=env).returncode == 0
+    # A digest cut short, or mistyped, is said as such: it accused the store.
+    for wrong in (digest[:8], "zzz", f"{digest[:8]}…{digest[-2:]}"):
+        told = flowledger("--store", url, "verify", "--expect", wrong, cwd=tmp_path, env=env)
+        assert told.returncode == 2 and "is not a head digest" in told.stderr, told.stderr
+        assert "changed outside" not in told.stdout + told.stderr
+    other = flowledger("--store", url, "verify", "--expect", "0" * 64, cwd=tmp_path, env=env)
+    assert other.returncode == 1 and "0 problem" not in other.stdout
+    assert "NOT OK: the digest kept elsewhere is not in the chain" in other.stdout
     run_sql(url, "DELETE FROM stored_events WHERE rowid=?", (positions[3],))
     bad = flowledger("--store", url, "verify", cwd=tmp_path, env=env)
     assert bad.returncode == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -19,8 +20,12 @@ from flowledger.cli.options import StoreOption, TargetArgument, store_url
 from flowledger.cli.render import out
 from flowledger.cli.store import open_engine, require_workflow
 from flowledger.cli.views import log_line
+from flowledger.domain.errors import StoreUnreachable
 from flowledger.engine.graceful_stop import GracefulStop
+from flowledger.engine.waiting import retry_wait
 from flowledger.read_side.log_view import LoggedEvent
+
+logger = logging.getLogger("flowledger.worker")
 
 
 def _logging(quiet: bool, verbose: bool) -> None:
@@ -53,10 +58,21 @@ def worker(
     next worker's recovery finishes the rest.
     """
     _logging(quiet, verbose)
-    with open_engine(store_url(ctx, store), writes="runs sessions") as engine:
-        load(engine, path_or_module)
-        engine.serve(interval=interval, max_iterations=max_iterations)
-    raise typer.Exit(EXIT_OK)
+    url = store_url(ctx, store)
+    failures = 0
+    while True:
+        try:
+            with open_engine(url, writes="runs sessions") as engine:
+                load(engine, path_or_module)
+                engine.serve(interval=interval, max_iterations=max_iterations)
+            raise typer.Exit(EXIT_OK)
+        except StoreUnreachable as e:
+            # Started before its server (at boot, or while it restarts): it
+            # waits, as a running worker does for a store that fails.
+            failures += 1
+            delay = retry_wait(interval, failures)
+            logger.warning("%s; trying again in %.1fs", " ".join(str(e).split()), delay)
+            time.sleep(delay)
 
 
 _BLOCKING = {("Workflow", "Paused"), ("Workflow", "Errored"), ("HandlerRun", "Paused"),

@@ -27,6 +27,11 @@ class EncryptionKeyError(ConfigurationError):
     written in clear (ADR 0022). Nothing was read or written."""
 
 
+class StoreUnreachable(ConfigurationError):
+    """The store's server did not answer (down, starting, a network cut): a
+    worker started before it waits for it; other commands say it and stop."""
+
+
 class CorruptEventError(FlowledgerError):
     """A stored event cannot be read back: its body (or its type) was changed or
     damaged outside flowledger. Nothing is skipped: what needed the event stops.

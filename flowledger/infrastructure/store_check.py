@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flowledger.domain.errors import ConfigurationError
+from flowledger.domain.errors import ConfigurationError, StoreUnreachable
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig
 
 # The columns the log's tables have in a store the library created (its
@@ -158,8 +158,10 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
                     "server's TLS setup")
         else:
             todo = f"check that a PostgreSQL server runs at {where} and accepts connections"
-        raise ConfigurationError(f"cannot open store {config.shown!r}: {said}. Nothing was "
-                                 f"written; {todo}") from None
+            raise StoreUnreachable(f"cannot open store {config.shown!r}: {_sentence(said)} "
+                                   f"Nothing was written; {todo}") from None
+        raise ConfigurationError(f"cannot open store {config.shown!r}: {_sentence(said)} "
+                                 f"Nothing was written; {todo}") from None
     try:
         with conn.cursor() as c:
             _check_postgres_schema(config, c, create)
@@ -289,6 +291,11 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
         + f" Or run `flowledger --store OWNER-URL setup {option} {shlex.quote(role)}`"
         " with a URL naming the owner."
         + ("" if config.read_only else " Or, to only read it, add ?mode=ro to the URL."))
+
+
+def _sentence(said: str) -> str:
+    """The server's words as a sentence of the message (they may end in '?')."""
+    return said if said.endswith((".", "?", "!")) else f"{said}."
 
 
 def _createdb(env: dict[str, str]) -> str:

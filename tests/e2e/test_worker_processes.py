@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import flowledger as fl
 from tests.helpers import ExternalLedger
+from tests.integration.test_postgres_failover import Clusters, _free_port, clusters  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -262,3 +265,38 @@ def test_a_worker_killed_in_a_call_is_replaced_and_nothing_is_done_twice(
     assert ledger.calls_made() == 4
     with ledger._db() as db:
         assert db.execute("SELECT COUNT(*) FROM duplicates").fetchone()[0] == 0
+
+
+@pytest.mark.postgres
+def test_a_worker_started_before_its_server_waits_for_it_then_serves(
+        tmp_path: Path, clusters: Clusters) -> None:  # noqa: F811
+    """At boot, a worker may start before the database: it ended at once
+    (exit 2), and a supervisor's restarts could hit their limit. It waits,
+    saying so, and serves once the server is up."""
+    port = clusters.ports["a"] = _free_port()
+    store = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.txt").write_text("A")
+    (tmp_path / "wf.py").write_text(WORKFLOW)
+    ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
+    env = {**os.environ, "TEST_INBOX": str(inbox), "TEST_LEDGER": str(tmp_path / "ledger.db"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLEDGER_CRASH_AT", None)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flowledger.cli", "--store", store, "worker",
+         str(tmp_path / "wf.py"), "--interval", "0.1"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        assert worker.poll() is None, worker.communicate()[1]  # still there, waiting
+        clusters.primary("a")
+        _wait(lambda: ledger.keys() == ["a.txt"], 60, "the worker to serve once the server is up")
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=20)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert "trying again in" in err and "Connection refused" in err
+    assert ledger.calls_made() == 1

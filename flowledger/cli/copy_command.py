@@ -10,7 +10,7 @@ import typer
 
 import flowledger as fl
 from flowledger.cli.exits import CommandError
-from flowledger.cli.render import out, print_json
+from flowledger.cli.render import print_json, say
 from flowledger.cli.views import progress_bar
 from flowledger.infrastructure.encryption import KEY_ENV
 from flowledger.infrastructure.store_url import shown
@@ -59,5 +59,5 @@ def copy(
     if as_json:
         print_json({"events": copied, "seconds": round(seconds, 3), "to": shown(target)})
         return
-    out.print(f"Copied {copied:,} events to {shown(target)} in {seconds:.2f} s and rebuilt its "
-              "projections.")
+    say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
+        f"{seconds:.2f} s and rebuilt its projections.")

@@ -10,7 +10,7 @@ import typer
 import flowledger as fl
 from flowledger.cli.exits import EXIT_NOT_DONE
 from flowledger.cli.options import JsonOption, StoreOption, store_url
-from flowledger.cli.render import out, print_json
+from flowledger.cli.render import print_json, say
 
 
 def verify(
@@ -36,30 +36,28 @@ def verify(
                                  for p in found.problems]})
     else:
         for problem in found.problems:
-            out.print(f"position {problem.position}: {problem.kind}: {problem.detail}",
-                      markup=False, highlight=False)
+            say(f"position {problem.position}: {problem.kind}: {problem.detail}")
         if found.expected_found is False:
-            out.print(f"the expected digest {expect} is not in the chain: the events up to "
-                      "where it was taken were changed or removed", markup=False)
+            say(f"the expected digest {expect} is not in the chain: the events up to "
+                      "where it was taken were changed or removed")
         kind = "HMAC-SHA256 (keyed)" if found.keyed else (
             "SHA-256 (unkeyed: whoever can write the store can recompute it; anchor the "
             "head digest elsewhere, or give the store a key)")
-        out.print(f"{found.events:,} events checked; chain {kind}", markup=False)
+        say(f"{found.events:,} events checked; chain {kind}")
         if found.uncovered:
-            out.print(f"positions before {found.covered_from} ({found.uncovered:,} events) were "
-                      "written before the chain existed and are not covered", markup=False)
-        out.print(f"head: position {found.head_position} digest {found.head_digest or '-'}",
-                  markup=False, highlight=False)
+            say(f"positions before {found.covered_from} ({found.uncovered:,} events) were "
+                      "written before the chain existed and are not covered")
+        say(f"head: position {found.head_position} digest {found.head_digest or '-'}")
         first = min((p.position for p in found.problems), default=None)
         what = (f"{len(found.problems)} problem(s). The store was changed outside flowledger"
                 + (f" from position {first} on" if first is not None else "")
                 if found.problems else "the digest kept elsewhere is not in the chain. The "
                 "log was cut or rewritten since that digest was printed (or it is another "
                 "store's)")
-        out.print("OK: the log is as it was written" if found.ok else
+        say("OK: the log is as it was written" if found.ok else
                   f"NOT OK: {what}: restore it from a backup taken before that (verify the "
                   "backup with --expect and a digest kept elsewhere), and find who could "
-                  "write to it", markup=False, soft_wrap=True)
+                  "write to it")
     if not found.ok:
         raise typer.Exit(EXIT_NOT_DONE)
 
@@ -67,4 +65,4 @@ def verify(
 def keygen() -> None:
     """Print a new random AES-256 key (base64) for FLOWLEDGER_CIPHER_KEY. Keep it
     outside the store: without it, an encrypted store cannot be read."""
-    out.print(fl.new_cipher_key(), markup=False, highlight=False)
+    say(fl.new_cipher_key())

@@ -115,6 +115,12 @@ def status_style(status: str) -> str:
     return "yellow" if status in _WAITING else "red"
 
 
+def say(text: str) -> None:
+    """A line of a command's message: as it is, on one line (a terminal wraps
+    it; a pipe or a script gets it whole, a digest never cut from its label)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def heading(text: str) -> None:
     """A line that heads what follows: a rule on a terminal, plain text otherwise."""
     if plain_layout():

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from flowledger.cli.options import StoreOption, store_url
-from flowledger.cli.render import out
+from flowledger.cli.render import say
 from flowledger.cli.store import open_engine
 from flowledger.infrastructure.store_url import shown
 
@@ -32,10 +32,9 @@ def setup(
     asked = [(role, False) for role in grant or []] + [(role, True) for role in grant_read or []]
     with open_engine(url, writes="creates or brings up to date the store's tables") as engine:
         done = [(role, read_only, engine.grant(role, read_only)) for role, read_only in asked]
-    out.print(f"store {shown(url)} is ready: its tables are this release's",
-              markup=False, highlight=False)
+    say(f"store {shown(url)} is ready: its tables are this release's")
     for role, read_only, statements in done:
         what = "reading it (open it with ?mode=ro)" if read_only else "the use of it"
-        out.print(f"granted {role!r} {what}:", markup=False, highlight=False)
+        say(f"granted {role!r} {what}:")
         for statement in statements:
-            out.print(f"  {statement}", markup=False, highlight=False, soft_wrap=True)
+            say(f"  {statement}")

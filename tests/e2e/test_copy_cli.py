@@ -19,7 +19,7 @@ def test_copy_moves_a_log_and_refuses_a_store_that_is_not_empty(tmp_path: Path) 
     target = f"sqlite:///{tmp_path / 'new.db'}"
     done = flowledger("copy", "--from", source, "--to", target, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"Copied {count} events to {target}" in done.stdout
+    assert f"copied {count} events to {target}" in done.stdout
     assert "━" not in done.stdout + done.stderr  # piped: no progress bar, plain text
     status = flowledger("--store", target, "status", cwd=tmp_path)
     assert status.returncode == 0 and "wf" in status.stdout

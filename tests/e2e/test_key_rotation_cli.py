@@ -22,7 +22,7 @@ def test_copy_rotates_the_key_and_each_store_opens_only_with_its_own(tmp_path: P
     done = flowledger("copy", "--from", source, "--to", target, "--to-key-env", "NEW_KEY",
                       cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
-    assert f"Copied {count} events" in done.stdout
+    assert f"copied {count} events" in done.stdout
     rotated = {"FLOWLEDGER_CIPHER_KEY": new_key}
     assert flowledger("--store", target, "verify", cwd=tmp_path, env=rotated).returncode == 0
     status = flowledger("--store", target, "status", cwd=tmp_path, env=rotated)

@@ -208,6 +208,9 @@ def test_verify_on_the_command_line_names_the_position_and_prints_the_head(
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout and "HMAC-SHA256" in good.stdout
     digest = good.stdout.split("digest ")[1].split()[0]
+    # Piped at 80 columns, the digest stays on its label's line (it was wrapped there).
+    narrow = flowledger("--store", url, "verify", cwd=tmp_path, env={**env, "COLUMNS": "80"})
+    assert f"digest {digest}\n" in narrow.stdout and len(digest) == 64
     assert flowledger("--store", url, "verify", "--expect", digest, cwd=tmp_path,
                       env=env).returncode == 0
     # A digest cut short, or mistyped, is said as such: it accused the store.

@@ -311,8 +311,8 @@ def print_runs(found: list[fl.RunInfo]) -> None:
         return
     print_table("Runs (newest first)", [
         Col("run", key=True), Col("created (UTC)", key=True, drop=2), Col("workflow", drop=4),
-        Col("handler"), Col("phase", drop=3), Col("status", key=True),
-        Col("mutation", drop=1)],
+        Col("handler"), Col("phase", key=True, drop=3), Col("status", key=True),
+        Col("mutation", key=True, drop=1)],
         [[short(r.run_id), when(r.created_at), r.workflow, r.handler, r.phase,
           Text(r.status, style=status_style(r.status)), r.mutation_state or "-"]
          for r in found])
@@ -387,12 +387,13 @@ def print_reservations(reservations: Iterable[fl.Reservation], title: str = "Res
     rows = list(reservations)
     if rows:
         print_table(title, [
-            Col("run", key=True), Col("handler"), Col("reserved (pos, UTC)", drop=2),
-            Col("ended", key=True), Col("at pos", drop=3, justify="right"),
-            Col("run status", key=True), Col("mutation", drop=1)],
-            [[short(r.run_id), r.handler, f"{r.reserved_at}  {when(r.reserved_time)}",
-              r.ended + (f" to {short(r.moved_to)}" if r.moved_to else ""),
-              str(r.ended_at or "-"), Text(r.run_status, style=status_style(r.run_status)),
+            Col("run", key=True), Col("handler"),
+            Col("reserved at", key=True, drop=2, justify="right"), Col("ended", key=True),
+            Col("run status", key=True), Col("mutation", key=True, drop=1)],
+            [[short(r.run_id), r.handler, str(r.reserved_at),
+              r.ended + (f" to {short(r.moved_to)}" if r.moved_to else "")
+              + (f" at {r.ended_at}" if r.ended_at else ""),
+              Text(r.run_status, style=status_style(r.run_status)),
               r.mutation_state or "-"] for r in rows])
     else:
         out.print("No run reserved it.")

@@ -91,14 +91,20 @@ def test_every_table_fits_80_columns_without_wrapping(shop: Path, command: list[
         assert len(line.rstrip()) <= 80, shown.stdout
 
 
-def test_runs_at_80_columns_show_short_ids_and_whole_statuses(shop: Path) -> None:
+@pytest.mark.parametrize("tty", [False, True], ids=["piped", "terminal"])
+def test_runs_at_80_columns_show_short_ids_and_whole_statuses(shop: Path, tty: bool) -> None:
     runs = as_json(shop, "runs")
-    shown = narrow("runs", cwd=shop)
+    shown = narrow("runs", cwd=shop, env={"TTY_COMPATIBLE": "1"} if tty else {})
+    text = ANSI.sub("", shown.stdout)
     for r in runs:
-        row = next(line for line in shown.stdout.splitlines() if short(r["run_id"]) in line)
+        row = next(line for line in text.splitlines() if short(r["run_id"]) in line)
         assert re.search(rf"\b{r['status']}\b", row)
-        assert r["handler"] in row
-    assert "left out at this width" in shown.stdout  # says what it left out
+        assert re.search(rf"\b{r['phase']}\b", row)  # a status too: whole (it was cut)
+        mutation = r["mutation_state"] or "-"
+        assert re.search(rf"(^|[\s│]){mutation}([\s│]|$)", row) or "mutation" in text.split(
+            "left out")[0].splitlines()[-1]  # whole, or left out and said
+        assert r["handler"] in row or re.search(rf"\b{r['handler'][:5]}\w*…", row)  # may be cut
+    assert "left out at this width" in text  # says what it left out
 
 
 def test_piped_output_without_columns_is_not_cut(shop: Path) -> None:
@@ -343,3 +349,16 @@ def test_the_log_on_an_80_column_terminal_puts_fields_below_instead_of_breaking_
     one = next(line for line in piped.stdout.splitlines()
                if line.lstrip().startswith(f"{committed['position']} "))
     assert "HandlerRun.Committed" in one and "state_replaced=" in one
+
+
+def test_a_long_handler_name_is_cut_before_a_phase_or_a_mutation_state(tmp_path: Path) -> None:
+    """At 80 columns on a terminal, a phase ("committ…") was cut for a long
+    handler name: a status-like value is shown whole or not at all."""
+    (tmp_path / "shop.py").write_text(SHOP.replace("def orders(ctx, state)",
+                                                   "def fetch_orders_from_the_shop(ctx, state)"))
+    assert flowledger("run", "shop.py", cwd=tmp_path).returncode == 0
+    shown = narrow("runs", cwd=tmp_path, env={"TTY_COMPATIBLE": "1"})
+    text = ANSI.sub("", shown.stdout)
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    assert rows and all("committed │ committed │" in row for row in rows), text
+    assert all(len(line.rstrip()) <= 80 for line in rows)

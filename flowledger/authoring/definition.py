@@ -118,12 +118,10 @@ class Workflow:
     def producer(self, publishes: Iterable[str] | str = (), *, name: str | None = None,
                  tools: Iterable[str] | None = None, every: timedelta | str | None = None,
                  cron: str | None = None) -> Callable[[ProducerFunc], ProducerFunc]:
-        schedule = parse_schedule(every, cron, f"workflow {self.name!r}, producer "
-                                               f"{name or '(decorated)'}")
-
         def register(func: ProducerFunc) -> ProducerFunc:
             handler = name or getattr(func, "__name__", "")
             where = f"workflow {self.name!r}, producer {handler!r}"
+            schedule = parse_schedule(every, cron, where)
             handler = _name(handler, "a handler's name", where)
             if not callable(func) or inspect.isclass(func):
                 raise DefinitionError(f"{where}: @producer decorates a function (ctx, state)")

@@ -65,14 +65,21 @@ def parse_every(value: object, where: str) -> Every:
         match = _INTERVAL.match(value)
         if match and int(match.group(1)) >= 1:
             return Every(int(match.group(1)) * _UNITS[match.group(2)])
+        if match:
+            raise DefinitionError(f"{where}: every={value!r} must be at least 1 second")
     raise DefinitionError(f"{where}: every={value!r} is not an interval; give a timedelta or "
                           "a text like '30s', '5m', '1h' or '1d'")
 
 
 def parse_cron(value: object, where: str) -> Cron:
-    if not isinstance(value, str) or len(value.split()) != 5 or not croniter.is_valid(value):
+    if not isinstance(value, str) or len(value.split()) != 5:
         raise DefinitionError(f"{where}: cron={value!r} is not a cron expression of five "
                               "fields (minute hour day month weekday), e.g. '*/5 * * * *'")
+    if not croniter.is_valid(value):
+        raise DefinitionError(
+            f"{where}: cron={value!r} has a field croniter cannot read: each is a number in "
+            "its range (minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-6), a list, "
+            "a range or a step of them, or *; e.g. '*/5 * * * *'")
     return Cron(value)
 
 

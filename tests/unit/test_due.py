@@ -100,19 +100,32 @@ def test_serving_order_serves_every_due_workflow_once_and_rotates(
     assert firsts == set(names)  # each gets its turn first
 
 
-@pytest.mark.parametrize("bad", ["", "5", "5 minutes", "0s", "-1m", 5, timedelta(0),
-                                 timedelta(seconds=1.5)])
-def test_bad_intervals_are_definition_errors(bad: object) -> None:
-    wf = fl.Workflow("wf", topics=["t"])
-    with pytest.raises(fl.DefinitionError, match="every="):
-        wf.producer(publishes=["t"], every=bad)  # type: ignore[arg-type]
+def tick(ctx: object, state: object) -> None:
+    return None
 
 
-@pytest.mark.parametrize("bad", ["*/5 * * *", "61 * * * *", "nonsense", 5])
-def test_bad_cron_expressions_are_definition_errors(bad: object) -> None:
+@pytest.mark.parametrize(("bad", "said"), [
+    ("", "is not an interval"), ("5", "is not an interval"), ("5 minutes", "is not an interval"),
+    ("0s", "must be at least 1 second"), ("-1m", "is not an interval"),
+    (5, "is not an interval"), (timedelta(0), "whole number of seconds, at least 1"),
+    (timedelta(seconds=1.5), "whole number of seconds, at least 1")])
+def test_bad_intervals_are_definition_errors_naming_the_producer(bad: object, said: str) -> None:
     wf = fl.Workflow("wf", topics=["t"])
-    with pytest.raises(fl.DefinitionError, match="cron="):
-        wf.producer(publishes=["t"], cron=bad)  # type: ignore[arg-type]
+    with pytest.raises(fl.DefinitionError, match=f"producer 'tick': every=.*{said}"):
+        wf.producer(publishes=["t"], every=bad)(tick)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("bad", "said"), [
+    ("*/5 * * *", "is not a cron expression of five fields"),
+    ("nonsense", "is not a cron expression of five fields"),
+    (5, "is not a cron expression of five fields"),
+    ("61 * * * *", "has a field croniter cannot read"),  # five fields: one out of range
+    ("* * 32 * *", "has a field croniter cannot read")])
+def test_bad_cron_expressions_are_definition_errors_naming_the_producer(bad: object,
+                                                                         said: str) -> None:
+    wf = fl.Workflow("wf", topics=["t"])
+    with pytest.raises(fl.DefinitionError, match=f"producer 'tick': cron=.*{said}"):
+        wf.producer(publishes=["t"], cron=bad)(tick)  # type: ignore[arg-type]
 
 
 def test_good_intervals() -> None:
@@ -121,4 +134,5 @@ def test_good_intervals() -> None:
     assert parse_every("1h", "x") == Every(3600)
     assert parse_every(timedelta(minutes=2), "x") == Every(120)
     with pytest.raises(fl.DefinitionError, match="not both"):
-        fl.Workflow("wf", topics=["t"]).producer(publishes=["t"], every="1m", cron="* * * * *")
+        fl.Workflow("wf", topics=["t"]).producer(publishes=["t"], every="1m",
+                                                 cron="* * * * *")(tick)

@@ -83,6 +83,10 @@ def _conflict(e: ProjectionRowTaken) -> ProjectionConflictError:
         table=e.table)
 
 
+def _first_line(error: BaseException) -> str:
+    return " ".join(str(error).strip().split("\n")[0].split())
+
+
 def _fold(aggregate: Any, events: Iterable[Any]) -> Any:
     """Replay: each event applies itself (the library's default projector also
     checks every event against a runtime Protocol, which costs more than the fold)."""
@@ -190,8 +194,11 @@ class EventLog(Application[UUID]):
                         "point the URL at a flowledger store.")
             elif config.kind == "sqlite":
                 hint = " The URL must name an SQLite database file (or a new one) in a folder."
-            cause = e.__cause__  # the library's wrapper: what was missing or refused
-            detail = f"{e} ({cause})" if cause is not None and str(cause) not in str(e) else e
+            # The server's first line says it (the rest quotes the statement);
+            # the library's wrapper may say the same again.
+            said = _first_line(e)
+            cause = _first_line(e.__cause__) if e.__cause__ is not None else ""
+            detail = f"{said} ({cause})" if cause and cause not in said else said
             raise ConfigurationError(f"cannot open store {config.shown!r}: {detail}.{hint}"
                                      ) from e
         self.flow_mapper.locate = self._locate

@@ -404,7 +404,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     behind = self._sequence_behind(c)
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as e:  # said with what to do
-            raise ProgrammingError(" ".join(str(e).split())) from e
+            # Its first line: the rest quotes the statement refused.
+            raise ProgrammingError(" ".join(str(e).strip().split("\n")[0].split())) from e
         finally:
             conn.close()
         if self.read_only and not self.tables_current:

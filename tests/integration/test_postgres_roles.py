@@ -213,6 +213,7 @@ def test_tables_an_older_release_made_are_brought_up_to_date_by_a_role_that_may_
         fl.Engine(role_url(schema, role))
     said = str(refused.value)
     assert "permission denied" in said
+    assert "LINE 1" not in said and said.count("permission denied") == 1  # the server's line, once
     assert f"older than this release's (tables version {TABLES_VERSION})" in said
     assert "open it once as a role that may create in its schema" in said
     assert catalog(schema) == before and events_in(schema) == held

@@ -238,6 +238,11 @@ def check_format(found: StoreFormat, asked: Protection, url: str) -> None:
             "its events cannot be encrypted where they are. To encrypt it, copy it into a "
             "new store: flowledger --store URL copy --to NEW_URL --to-key-env "
             f"{KEY_ENV} (or open it without a key). Nothing was written")
+    if found.encrypted and asked.cipher_key is not None and not found.key_check:
+        raise EncryptionKeyError(
+            f"{where} is encrypted, and its format record ({FORMAT_TABLE}) lacks the check "
+            "of its key (key_check): it was edited outside flowledger, so no key can be told "
+            "right or wrong. Nothing was read or written; restore the store from a backup")
     if found.encrypted and asked.cipher_key is not None:
         try:
             plain = make_cipher(asked.cipher_key).decrypt(bytes.fromhex(found.key_check or ""))

@@ -259,3 +259,14 @@ def test_a_format_record_removed_is_refused_and_nothing_recorded_over_it(
         f"sqlite:///{tmp_path / 'copy.db'}", "SELECT 1 FROM stored_events LIMIT 1")
     if how.startswith("DELETE"):  # nothing recorded anew
         assert run_sql(store, "SELECT COUNT(*) FROM fl_store_format")[0][0] == 0
+
+
+@pytest.mark.parametrize("key", ["keyed"], indirect=True)
+def test_an_encrypted_store_whose_key_check_was_removed_says_so(
+        store: str, key: str, tmp_path: Path) -> None:
+    """It said the store was encrypted with another key than the right one given."""
+    filled(store, key, tmp_path)
+    run_sql(store, "DELETE FROM fl_store_format WHERE name = 'key_check'")
+    with pytest.raises(fl.EncryptionKeyError, match="lacks the check of its key") as refused:
+        fl.Engine(store, cipher_key=key)
+    assert "another key" not in str(refused.value)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import Problem, Verification, verify_chain
@@ -12,7 +18,57 @@ __all__ = ["Problem", "Verification", "verify_log", "verify_store"]
 def verify_log(log: EventLog, expect: str | None = None) -> Verification:
     chain = log.flow_recorder.chain
     assert chain is not None  # set when the log was opened
-    return verify_chain(log.flow_recorder, chain, expect)
+    report = verify_chain(log.flow_recorder, chain, expect)
+    report.problems.extend(snapshot_problems(log))
+    return report
+
+
+def snapshot_problems(log: EventLog) -> list[Problem]:
+    """A long stream is loaded from its latest snapshot: each stored snapshot
+    must be the fold of its stream's events up to its version. The chain covers
+    events, not snapshots, so a snapshot edited (or moved to another version)
+    outside flowledger would have the engine act on a state the log never had."""
+    mapper = log.flow_mapper
+    problems: list[Problem] = []
+    for stream_id, group in itertools.groupby(log.flow_recorder.select_snapshots(),
+                                              key=lambda s: s.originator_id):
+        assert isinstance(stream_id, UUID)
+        with log.reading() as c:
+            rows = log.flow_recorder.select_stream(c, stream_id, None)
+        folded: Any = None
+        at = 0  # rows folded so far
+        for stored in group:
+            version = stored.originator_version
+            try:
+                while at < len(rows) and rows[at][1] <= version:
+                    _, v, topic, state = rows[at]
+                    folded = mapper.to_domain_event(StoredEvent(
+                        originator_id=stream_id, originator_version=v, topic=topic,
+                        state=state)).mutate(folded)
+                    at += 1
+                found = mapper.to_domain_event(stored)
+                fresh = (mapper.to_domain_event(mapper.to_stored_event(
+                    type(folded).Snapshot.take(folded))) if folded is not None else None)
+            except Exception as e:  # an event or the snapshot cannot be read
+                problems.append(Problem(_position(rows, version), "snapshot", (
+                    f"the snapshot of stream {stream_id} at version {version} cannot be "
+                    f"checked: {' '.join(str(e).split())}")))
+                break
+            if fresh is None or folded.version != version:
+                problems.append(Problem(_position(rows, version), "snapshot", (
+                    f"a snapshot of stream {stream_id} says version {version}, which the "
+                    "log does not hold: it was written or moved outside flowledger")))
+            elif found.topic != fresh.topic or found.state != fresh.state:
+                problems.append(Problem(_position(rows, version), "snapshot", (
+                    f"the snapshot of stream {stream_id} at version {version} is not what "
+                    "the stream's events make: it was changed, or moved from another "
+                    "version, outside flowledger")))
+    return problems
+
+
+def _position(rows: list[tuple[int, int, str, bytes]], version: int) -> int:
+    """The log position of the stream's event at `version` (0: none)."""
+    return next((position for position, v, _, _ in rows if v == version), 0)
 
 
 def verify_store(store: str, *, cipher_key: str | None = None, chain_key: str | None = None,

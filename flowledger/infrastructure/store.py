@@ -168,6 +168,8 @@ class LogStore(Protocol):
 
     def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]: ...
 
+    def select_snapshots(self) -> list[StoredEvent]: ...
+
     def track(self, c: Cursor, name: str, position: int) -> None: ...
 
     def untrack(self, c: Cursor, name: str) -> None: ...
@@ -291,6 +293,15 @@ class SharedSQL:
         if rows and rows[0][0] == 1:
             return stored[0], stored[1:]
         return None, stored
+
+    def select_snapshots(self) -> list[StoredEvent]:
+        """Every stored snapshot, by stream and version (what `verify` checks)."""
+        rows = self.read_all(
+            f"SELECT originator_id, originator_version, topic, CAST(state AS BLOB) "
+            f"FROM {self.snapshot_table_name} ORDER BY originator_id, originator_version", ())
+        return [StoredEvent(originator_id=UUID(str(stream)), originator_version=version,
+                            topic=topic, state=bytes(state))
+                for stream, version, topic, state in rows]
 
     def track(self, c: Cursor, name: str, position: int) -> None:
         c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "

@@ -270,3 +270,21 @@ def test_an_encrypted_store_whose_key_check_was_removed_says_so(
     with pytest.raises(fl.EncryptionKeyError, match="lacks the check of its key") as refused:
         fl.Engine(store, cipher_key=key)
     assert "another key" not in str(refused.value)
+
+
+def test_a_snapshot_moved_to_another_version_is_found(store: str, key: str) -> None:
+    """The chain covers events, not snapshots, and the engine loads a long
+    stream from its latest snapshot: one relabelled to a later version had the
+    engine act on a state the log never had, while verify said OK."""
+    with fl.Engine(store, cipher_key=key) as engine:
+        engine.register(ledger_workflow(items=[]))
+        for _ in range(60):  # the workflow's stream passes 100 events: it is snapshotted
+            engine.run_session("wf")
+        report = engine.verify()
+    assert report.ok, report.problems  # every snapshot is the fold of its events
+    (stream, version), *_ = run_sql(
+        store, "SELECT originator_id, originator_version FROM stored_snapshots")
+    run_sql(store, "UPDATE stored_snapshots SET originator_version = originator_version + 8")
+    problems = fl.verify_store(store, cipher_key=key).problems
+    assert [(p.kind, f"at version {version + 8} is not what" in p.detail)
+            for p in problems] == [("snapshot", True)], problems

@@ -329,8 +329,10 @@ class _History:
     def _person_decides(self) -> None:
         for blocked in self.engine.blocked():
             if blocked.status.startswith("failed"):
+                traceback = self.engine.run(blocked.run_id).traceback
                 self.fail(f"run {blocked.run_id} of {blocked.handler} {blocked.status}: "
-                          f"{blocked.reason}")
+                          f"{blocked.reason}"
+                          + (f"\nWhere it was raised:\n{traceback}" if traceback else ""))
             if blocked.mutation_state == "indeterminate" and blocked.tool is not None:
                 last = self._last_call(blocked.tool, blocked.method or "", blocked.params)
                 if last is not None and last.fault is None and last.effect == "unknown":
@@ -445,6 +447,7 @@ class _History:
         return list(by_chain.values())
 
     def fail(self, problem: str, cause: BaseException | None = None) -> NoReturn:
+        __tracebackhide__ = True  # pytest shows the report, not this function
         calls = [c for d in self.doubles for c in d.calls if c.kind != "read"]
         report = "\n".join([
             f"exactly-once check of workflow {self.workflow.name!r}: {problem}",

@@ -159,3 +159,29 @@ def test_the_check_needs_its_workflow_s_tools_and_says_what_is_missing(tmp_path:
     with pytest.raises(fl.DefinitionError, match="book"):
         flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f)],
                                inputs=ORDERS, deliver=place_order, max_examples=1)
+
+
+def test_a_handler_that_raises_is_told_with_where_it_raised() -> None:
+    """The report said `failed:logic: KeyError: 'customer'` and not which line."""
+    wf = orders_workflow()
+    wf2 = fl.Workflow("orders", topics=["placed", "booked"])
+    wf2.producer(publishes=["placed"], tools=["orders"])(wf.producers[0].func)
+
+    @wf2.consumer(subscribe=["placed"], publishes=["booked"], tools=["book"])
+    class BookOrder:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared:
+            placed = ctx.peek("placed", limit=1)
+            if not placed:
+                return fl.Prepared()
+            return fl.Prepared({"placed": [placed[0].message_id]},
+                               data={"order": placed[0].payload}["customer"])
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.book.add(prepared.data)
+
+    with pytest.raises(flt.ExactlyOnceViolation) as found:
+        flt.check_exactly_once(wf2, tools=lambda f: [OrderFolder(f), OrderBook(f)],
+                               inputs=ORDERS, deliver=place_order, max_examples=5)
+    report = str(found.value)
+    assert "KeyError: 'customer'" in report
+    assert "Where it was raised:" in report and 'data={"order": placed[0].payload}' in report

@@ -110,5 +110,5 @@ def print_table(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[
     out.print(table)
     left_out = [cols[i].header for i in range(len(cols)) if i not in shown]
     if left_out:
-        out.print(Text(f"  ({', '.join(left_out)} left out at this width: widen the terminal, "
-                       "or use --json)", style="dim"), soft_wrap=True)
+        out.print(Text(f"  (left out at this width: {', '.join(left_out)}; --json has all)",
+                       style="dim"), soft_wrap=True)

@@ -340,7 +340,8 @@ def print_session_list(found: list[fl.SessionInfo]) -> None:
     print_table("Sessions (newest first)", [
         Col("session", key=True), Col("opened (UTC)", key=True, drop=3),
         Col("closed (UTC)", key=True, drop=4), Col("workflow", drop=2),
-        Col("trigger", drop=5), Col("status", key=True), Col("runs", key=True, justify="right"),
+        Col("trigger", drop=5), Col("status", key=True),
+        Col("consumer runs", key=True, justify="right"),
         Col("cost", key=True, justify="right")],
         [[short(s.session_id), when(s.opened_at), when(s.closed_at), s.workflow, s.trigger,
           Text(s.status, style=status_style(s.status)), str(s.consumer_runs), str(s.cost)]

@@ -228,7 +228,8 @@ def print_status(st: fl.EngineStatus) -> None:
                   w.owner or "-", when(w.lease_until)] for w in st.workflows])
     for w in st.workflows:
         if w.reason:
-            note(f"{w.name} is {w.status}", w.reason, status_style(w.status))
+            state = "in error" if w.status == "error" else w.status
+            note(f"{w.name} is {state}", w.reason, status_style(w.status))
         if w.name in st.holders_gone:
             note(f"{w.name}: holder gone", f"the process holding session "
                  f"{short(w.open_session)} ({w.owner}) is no longer running; its work is left "
@@ -291,8 +292,9 @@ def print_blocked(blocked: list[fl.BlockedRun]) -> None:
         out.print(Text(f"  run {short(b.run_id)}  {b.workflow} / {b.handler}  {b.status}",
                        style="red"), soft_wrap=True)
         if b.tool and b.method:
-            out.print(f"    mutation: {call_text(b.tool, b.method, b.params)} is "
-                      f"{b.mutation_state}", soft_wrap=True, markup=False)
+            state = "failed" if b.mutation_state == "failed" else f"is {b.mutation_state}"
+            out.print(f"    mutation: {call_text(b.tool, b.method, b.params)} {state}",
+                      soft_wrap=True, markup=False)
         if b.reason:
             out.print(f"    reason:   {b.reason}", soft_wrap=True, markup=False)
         if "resume" in b.actions:

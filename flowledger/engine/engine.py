@@ -154,7 +154,6 @@ class Engine:
             if not self.log.config.read_only:
                 with contextlib.suppress(CorruptEventError):
                     self.projections.catch_up()
-            self._cut_back = self.projections.ahead_of_log()
         except Exception as e:
             self.log.close()
             if isinstance(e, FlowledgerError) or not from_the_store(e):
@@ -175,8 +174,11 @@ class Engine:
         in (a cut made outside flowledger): what those events recorded as done
         would be done again."""
         self.log.config.refuse_writes(what)
-        if self._cut_back is not None:
-            furthest, head = self._cut_back
+        # Looked at each time (one read): a log cut under an engine already open
+        # is found before it acts, and noted in the store before an append hides it.
+        cut_back = self.projections.ahead_of_log()
+        if cut_back is not None:
+            furthest, head = cut_back
             raise LogWentBack(
                 f"store {self.log.config.shown!r}: its projections have folded the log up to "
                 f"position {furthest}, but the log ends at position {head}: the events after "
@@ -253,8 +255,8 @@ class Engine:
     def _record_new_workflow(self, workflow: WorkflowDefinition) -> None:
         """Append Workflow.Registered for a workflow the log does not hold yet (the
         seam a caller that must not write overrides: the CLI's replay and recover)."""
-        self.log.config.refuse_writes(f"registering workflow {workflow.name!r}, which it "
-                                      "does not hold yet, appends it to the log")
+        self._refuse_acting(f"registering workflow {workflow.name!r}, which it "
+                            "does not hold yet, appends it to the log")
         wf = Workflow.register(now=self.clock.now(), name=workflow.name,
                                fingerprint=workflow.fingerprint(),
                                topics=list(workflow.topics),
@@ -759,9 +761,7 @@ class Engine:
         if unknown:
             raise InvalidArgument(f"no projection named {', '.join(map(repr, unknown))}; "
                                   f"the projections are {', '.join(known)}")
-        read = self.projections.rebuild(names, progress=progress)
-        self._cut_back = self.projections.ahead_of_log()
-        return read
+        return self.projections.rebuild(names, progress=progress)
 
 
 def copy_store(source: str, target: str,

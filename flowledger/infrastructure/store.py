@@ -166,6 +166,8 @@ class LogStore(Protocol):
 
     def heads(self, c: Cursor) -> tuple[int, dict[str, int]]: ...
 
+    def heads_and_note(self, c: Cursor, note: str) -> tuple[int, dict[str, int], str | None]: ...
+
     def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]: ...
 
     def select_snapshots(self) -> list[StoredEvent]: ...
@@ -274,6 +276,23 @@ class SharedSQL:
             else:
                 tracked[name] = int(at or 0)
         return head, tracked
+
+    def heads_and_note(self, c: Cursor, note: str) -> tuple[int, dict[str, int], str | None]:
+        """`heads`, and the value of the store's format note `note` (None: not
+        noted), in the same statement."""
+        c.execute(f"SELECT NULL, MAX({self.position_column}), NULL FROM {self.events_table_name} "
+                  "UNION ALL SELECT application_name, notification_id, NULL FROM tracking "
+                  "UNION ALL SELECT name, NULL, value FROM fl_store_format WHERE name = ?",
+                  (note,))
+        head, tracked, noted = 0, {}, None
+        for name, at, value in c.fetchall():
+            if name is None:
+                head = int(at or 0)
+            elif name == note and value is not None:
+                noted = str(value)
+            else:
+                tracked[name] = int(at or 0)
+        return head, tracked, noted
 
     def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]:
         """A snapshotted stream's latest snapshot (None: it has none) and its

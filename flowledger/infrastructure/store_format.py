@@ -142,6 +142,29 @@ def record_tables_version(c: Any, objects: str) -> None:
                   [(TABLES, str(TABLES_VERSION)), (TABLES_OBJECTS, objects)])
 
 
+# Noted when an engine finds the projections past the log's head (the log lost
+# events outside flowledger): "FURTHEST HEAD". Appends made after would hide it
+# (they move the head and the projections on); the note stays until a rebuild.
+CUT_BACK = "log_cut_back"
+
+
+def note_cut_back(c: Any, furthest: int, head: int) -> None:
+    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name = ?", (CUT_BACK,))
+    c.execute(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)", (CUT_BACK, f"{furthest} {head}"))
+
+
+def cut_back_of(noted: str | None) -> tuple[int, int] | None:
+    """The note's (furthest, head), or None."""
+    if noted is None:
+        return None
+    furthest, _, head = noted.partition(" ")
+    return int(furthest), int(head)
+
+
+def clear_cut_back(c: Any) -> None:
+    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name = ?", (CUT_BACK,))
+
+
 def read_format(c: Any) -> dict[str, str]:
     c.execute(f"SELECT name, value FROM {FORMAT_TABLE}")
     return {str(n): str(v) for n, v in c.fetchall()}

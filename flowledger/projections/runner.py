@@ -22,6 +22,12 @@ from eventsourcing.persistence import Mapper
 
 from flowledger.domain.session import Session
 from flowledger.infrastructure.store import Fence, LogStore
+from flowledger.infrastructure.store_format import (
+    CUT_BACK,
+    clear_cut_back,
+    cut_back_of,
+    note_cut_back,
+)
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.pending_work import PendingHints, PendingWork, backlog_and_wakeups
 from flowledger.projections.sealing import NO_SEAL, Seal
@@ -276,15 +282,23 @@ class ProjectionRunner:
             head, tracked = self.recorder.heads(c)
         return max((head - tracked.get(p.name, 0) for p in self.projections), default=0)
 
-    def ahead_of_log(self) -> tuple[int, int] | None:
+    def ahead_of_log(self, note: bool = True) -> tuple[int, int] | None:
         """(the furthest position a projection folded, the log's head) when a
         projection has folded events the log no longer holds: they were removed
         outside flowledger (both are written in one transaction, so nothing
-        else leaves the projections ahead). None when none is."""
+        else leaves the projections ahead). Noted in the store when found, as
+        the next append would hide it; None when neither the log nor a note
+        says so (a rebuild clears the note)."""
         with self.recorder.reading(snapshot=False) as c:
-            head, tracked = self.recorder.heads(c)
+            head, tracked, said = self.recorder.heads_and_note(c, CUT_BACK)
+        noted = cut_back_of(said)
         furthest = max((tracked.get(p.name, 0) for p in self.projections), default=0)
-        return (furthest, head) if furthest > head else None
+        if furthest > head:
+            if noted is None and note:
+                with self.recorder.writing() as c:
+                    note_cut_back(c, furthest, head)
+            return furthest, head
+        return noted
 
     def positions(self) -> dict[str, int]:
         """How far into the log each projection has read."""
@@ -357,6 +371,7 @@ class ProjectionRunner:
         self.forget()
         done = 0
         with self._forgetting_on_error(), self.recorder.writing() as c:
+            clear_cut_back(c)  # what a rebuild leaves ahead of the log, if any, is found again
             for p in chosen:
                 p.clear(c)
                 self.recorder.untrack(c, p.name)

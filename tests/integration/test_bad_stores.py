@@ -392,6 +392,7 @@ def test_a_log_cut_back_under_its_projections_is_refused_before_anything_is_done
     as done, then failed on a projection row, advised to rebuild."""
     from eventsourcing.persistence import OperationalError
 
+    from flowledger.domain.workflow import Workflow
     from flowledger.engine.store_errors import from_the_store
     from tests.store_contents import position_column, run_sql
 
@@ -404,15 +405,28 @@ def test_a_log_cut_back_under_its_projections_is_refused_before_anything_is_done
         engine.register(ledger_workflow(items=["a", "b"]), tools=[tool])
         assert engine.run_session("wf").status == "completed"
     assert [key for key, _ in tool.calls] == ["a", "b"]
-    pos = position_column(store)
-    run_sql(store, f"DELETE FROM stored_events WHERE {pos} > ?", (kept,))
-    run_sql(store, "DELETE FROM fl_chain WHERE position > ?", (kept,))
-    with fl.Engine(store) as engine:
+    early = fl.Engine(store)  # opened before the cut, as a worker running then
+    try:
+        pos = position_column(store)
+        run_sql(store, f"DELETE FROM stored_events WHERE {pos} > ?", (kept,))
+        run_sql(store, "DELETE FROM fl_chain WHERE position > ?", (kept,))
+        refused_by = f"its projections have folded the log up to position [0-9]+, but the log " \
+                     f"ends at position {kept}"
+        with pytest.raises(OperationalError, match=refused_by):  # looked at before it acts
+            early.register(ledger_workflow(name="other"))
+        # An append that does not look (an older release's) hides what the log
+        # and projections say: on PostgreSQL it moves the head past them.
+        early.log.append(Workflow.register(now=early.clock.now(), name="older", fingerprint="x",
+                                           topics=["t"], handlers=[]))
+    finally:
+        early.close()
+    with fl.Engine(store) as engine:  # noted in the store when found: still refused
         engine.register(ledger_workflow(items=["a", "b"]), tools=[tool])
-        for act in (lambda: engine.run_session("wf"), engine.recover):
+        for act in (lambda: engine.run_session("wf"), engine.recover,
+                    lambda: engine.register(ledger_workflow(name="another"))):
             with pytest.raises(OperationalError, match=(
-                    f"its projections have folded the log up to position [0-9]+, but the "
-                    f"log ends at position {kept}")) as refused:
+                    "its projections have folded the log up to position [0-9]+, but the log "
+                    "ends at position [0-9]+")) as refused:
                 act()
             assert from_the_store(refused.value)  # the CLI says it on one line, exit 2
     assert [key for key, _ in tool.calls] == ["a", "b"]  # nothing called again

@@ -102,17 +102,24 @@ def _scrub_one(error: BaseException, revealed: Mapping[str, Secret]) -> None:
     """Its args, the text an OSError keeps beside them (`filename`), and its own
     text fields (an SDK's error that makes its message from them in `__str__`);
     if its message still shows a value (made from a nested field, say), it is
-    given its scrubbed message to show instead. Whatever cannot be set is left."""
+    given its scrubbed message to show instead. Set as `object` sets them, so a
+    frozen dataclass's error is scrubbed too; what cannot be set is left, and
+    scrubbing never raises: the error must reach the run as it was raised."""
     with contextlib.suppress(Exception):
         error.args = tuple(_scrubbed(a, revealed) for a in error.args)
     for name in ("filename", "filename2"):
         if isinstance(getattr(error, name, None), str):
             with contextlib.suppress(Exception):
                 setattr(error, name, _scrubbed(getattr(error, name), revealed))
-    with contextlib.suppress(Exception):
-        for name, value in list(vars(error).items()):
-            if isinstance(value, str):
-                setattr(error, name, _scrubbed(value, revealed))
+    for name in _text_fields(error):
+        with contextlib.suppress(Exception):
+            object.__setattr__(error, name, _scrubbed(getattr(error, name), revealed))
+    for value in getattr(error, "__dict__", {}).values():  # an SDK's response body, say
+        if isinstance(value, dict | list):
+            _scrub_within(value, revealed)
+    for inner in getattr(error, "exceptions", ()):  # an exception group's own
+        if isinstance(inner, BaseException):
+            scrub(inner, revealed)
     try:
         text = str(error)
     except Exception:  # a broken __str__ shows nothing (failures.describe)
@@ -121,17 +128,44 @@ def _scrub_one(error: BaseException, revealed: Mapping[str, Secret]) -> None:
         _shows_only(error, _scrubbed(text, revealed))
 
 
+def _scrub_within(value: dict[Any, Any] | list[Any], revealed: Mapping[str, Secret],
+                  depth: int = 0) -> None:
+    """The text in a dict or list (and those within it), replaced in place."""
+    if depth > 8:
+        return
+    keys = list(value) if isinstance(value, dict) else range(len(value))
+    for key in keys:
+        item = value[key]
+        if isinstance(item, str):
+            value[key] = _scrubbed(item, revealed)
+        elif isinstance(item, dict | list):
+            _scrub_within(item, revealed, depth + 1)
+
+
+def _text_fields(error: BaseException) -> list[str]:
+    """The names of its own attributes holding text: in its __dict__ and its slots."""
+    names = [n for n, v in getattr(error, "__dict__", {}).items() if isinstance(v, str)]
+    for cls in type(error).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if isinstance(getattr(error, name, None), str):
+                names.append(name)
+    return names
+
+
 def _shows_only(error: BaseException, text: str) -> None:
     """`error`'s message is `text` from now on: its class becomes a subclass of
-    its own (same name, still caught by the same `except`) whose `__str__`
-    says `text`; a built-in type, whose class cannot change, gets it as args."""
+    its own (same name, still caught by the same `except`; no slots of its own,
+    so it fits any error's layout) whose `__str__` says `text`. Where that
+    cannot be (a built-in type, a class that refuses subclasses), it gets
+    `text` as its args."""
     cls = type(error)
-    shown = type(cls.__name__, (cls,), {"__str__": lambda self: text,
-                                        "__module__": cls.__module__,
-                                        "__qualname__": cls.__qualname__})
     try:
-        error.__class__ = shown
-    except TypeError:
+        shown = type(cls.__name__, (cls,), {"__str__": lambda self: text, "__slots__": (),
+                                            "__module__": cls.__module__,
+                                            "__qualname__": cls.__qualname__})
+        object.__setattr__(error, "__class__", shown)
+    except Exception:
         with contextlib.suppress(Exception):
             error.args = (text,)
 

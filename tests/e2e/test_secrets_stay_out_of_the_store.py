@@ -4,6 +4,7 @@ gets the value, a reconcile after the crash gets it again, replay shows the refe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -93,7 +94,34 @@ class NestedError(Exception):
         return f"request refused: {self.request}"
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenAuthError(fl.AuthError):
+    """An SDK's refusal as a frozen dataclass: scrubbing it raised, and the run
+    was left asking whether a refused charge had happened."""
+
+    code: int
+    token: str
+
+    def __str__(self) -> str:
+        return f"error {self.code} for token {self.token}"
+
+
+class SlotsError(Exception):
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        super().__init__("request refused")
+        self.token = token
+
+    def __str__(self) -> str:
+        return f"request refused for {self.token}"
+
+
 def _raises(kind: str, api_key: str) -> BaseException:
+    if kind == "a frozen dataclass":
+        return FrozenAuthError(401, api_key)
+    if kind == "in a slot":
+        return SlotsError(api_key)
     if kind == "in its args":
         return fl.AuthError(f"key {api_key} was revoked")
     if kind == "in __str__ from its fields":
@@ -117,7 +145,8 @@ class Leaky(fl.Tool):
 
 
 @pytest.mark.parametrize("kind", ["in __str__ from its fields", "in an OSError's filename",
-                                  "in __str__ from a nested field"])
+                                  "in __str__ from a nested field", "a frozen dataclass",
+                                  "in a slot"])
 def test_a_tools_error_that_holds_the_secret_elsewhere_than_its_args_is_scrubbed(
         store: str, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """Only args were scrubbed: the value reached the log, the projections and
@@ -128,6 +157,8 @@ def test_a_tools_error_that_holds_the_secret_elsewhere_than_its_args_is_scrubbed
         engine.run_session("leak")
         run = next(r for r in engine.runs() if r.handler == "Charge")
         assert "Secret.from_env('PAY_KEY')" in f"{run.reason} {run.traceback}"
+        if kind == "a frozen dataclass":  # still the refusal it was: a person approves
+            assert run.status == "paused:approval", run
         assert PAY_KEY not in f"{engine.runs()} {engine.status()} {engine.blocked()}"
     assert PAY_KEY.encode() not in store_bytes(store)
 

@@ -542,7 +542,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def listen(self) -> PgAppendWakeups | None:
         """None on a standby, which sends no notifications (waiting polls)."""
-        return None if self._on_standby else PgAppendWakeups(self.conninfo, self.channel)
+        # On a standby too: it polls there, and listens once its server is promoted.
+        return PgAppendWakeups(self.conninfo, self.channel)
 
     @contextmanager
     def reading(self, snapshot: bool = True) -> Iterator[PgCursor]:

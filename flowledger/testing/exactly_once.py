@@ -434,6 +434,8 @@ class _History:
             check(self.world, delivered)
         except AssertionError as e:
             self.fail(f"world_check failed: {str(e) or type(e).__name__}", e)
+        except Exception as e:  # a rule that could not look (a file never written, say)
+            self.fail(f"world_check raised {type(e).__name__}: {e}", e)
 
     def _applied_in_log(self) -> list[Hashable]:
         """The mutations the log records as applied: one per run chain (a retry

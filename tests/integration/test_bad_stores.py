@@ -425,8 +425,8 @@ def test_a_log_cut_back_under_its_projections_is_refused_before_anything_is_done
         for act in (lambda: engine.run_session("wf"), engine.recover,
                     lambda: engine.register(ledger_workflow(name="another"))):
             with pytest.raises(OperationalError, match=(
-                    "its projections have folded the log up to position [0-9]+, but the log "
-                    "ends at position [0-9]+")) as refused:
+                    r"its projections have folded the log up to position [0-9]+, but the log "
+                    r"ends at position [0-9]+")) as refused:
                 act()
             assert from_the_store(refused.value)  # the CLI says it on one line, exit 2
     assert [key for key, _ in tool.calls] == ["a", "b"]  # nothing called again

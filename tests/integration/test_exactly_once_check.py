@@ -185,3 +185,13 @@ def test_a_handler_that_raises_is_told_with_where_it_raised() -> None:
     report = str(found.value)
     assert "KeyError: 'customer'" in report
     assert "Where it was raised:" in report and 'data={"order": placed[0].payload}' in report
+
+
+def test_a_world_check_that_cannot_look_is_told_with_its_history() -> None:
+    def reads_a_file_never_written(folder: Path, delivered: list[str]) -> None:
+        (folder / "never.txt").read_text()
+
+    with pytest.raises(flt.ExactlyOnceViolation, match="world_check raised FileNotFoundError"):
+        flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f), OrderBook(f)],
+                               inputs=ORDERS, deliver=place_order, max_examples=3,
+                               world_check=reads_a_file_never_written)

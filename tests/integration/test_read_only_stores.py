@@ -367,9 +367,9 @@ def test_a_listener_on_a_standby_listens_again_once_it_is_promoted(
 
     monkeypatch.setattr(PgAppendWakeups, "LISTEN_AGAIN_S", 0.2, raising=False)
     _, replica = standby
-    with fl.Engine(read_only(replica)) as engine:
-        recorder = engine.log.flow_recorder
-        wakeups = PgAppendWakeups(recorder.conninfo, recorder.channel)
+    with fl.Engine(read_only(replica)) as engine:  # what a follower there waits with
+        wakeups = engine.log.flow_recorder.listen()  # (it had none: it polled for ever)
+    assert wakeups is not None
     try:
         assert wakeups.conn is None and wakeups.wait(0.5) is False
         clusters.lose("a")

@@ -282,7 +282,7 @@ def test_a_snapshot_moved_to_another_version_is_found(store: str, key: str) -> N
             engine.run_session("wf")
         report = engine.verify()
     assert report.ok, report.problems  # every snapshot is the fold of its events
-    (stream, version), *_ = run_sql(
+    (_stream, version), *_ = run_sql(
         store, "SELECT originator_id, originator_version FROM stored_snapshots")
     run_sql(store, "UPDATE stored_snapshots SET originator_version = originator_version + 8")
     problems = fl.verify_store(store, cipher_key=key).problems

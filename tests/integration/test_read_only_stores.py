@@ -220,9 +220,12 @@ def test_a_standby_is_read_with_mode_ro_and_refused_without(
         assert here.status() == there.status()
         assert here.blocked() == there.blocked()
         assert [e.position for e in here.events()] == [e.position for e in there.events()]
-        # Its advisory locks are not the primary's; it sends no notifications.
+        # Its advisory locks are not the primary's; it sends no notifications:
+        # its waiter polls (and listens again once the standby is promoted).
         assert here.log.flow_recorder.holder_alive(there.owner) is None
-        assert here.log.flow_recorder.listen() is None
+        waiter = here.log.flow_recorder.listen()
+        assert waiter is not None and waiter.conn is None
+        waiter.close()
     for command in (["status"], ["blocked"], ["log", "--limit", "5"]):
         done = flowledger("--store", read_only(replica), *command, cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)

@@ -184,22 +184,8 @@ def leaking() -> fl.Workflow:
 def test_a_tools_error_that_repeats_the_secret_is_recorded_with_the_reference(
         store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAY_KEY", PAY_KEY)
-    wf = fl.Workflow("leak", topics=["orders"])
-
-    @wf.producer(publishes=["orders"])
-    def orders(ctx: object, state: object) -> None:
-        ctx.publish("orders", message_id="o1", payload=1)  # type: ignore[attr-defined]
-
-    @wf.consumer(subscribe=["orders"])
-    class Charge:
-        def prepare(self, ctx: object, state: object) -> fl.Prepared:
-            return fl.Prepared({"orders": ["o1"]})
-
-        def mutate(self, ctx: object, prepared: fl.Prepared) -> None:
-            ctx.tools.payments.charge("o1", api_key=fl.Secret.from_env("PAY_KEY"))  # type: ignore[attr-defined]
-
     with fl.Engine(store) as engine:
-        engine.register(wf, tools=[Leaky()])
+        engine.register(leaking(), tools=[Leaky()])
         result = engine.run_session("leak")
         assert result.status == "suspended"
         blocked = engine.blocked()

@@ -60,13 +60,16 @@ def renumbering_with_request_ids() -> fl.Workflow:
     """Broken as renumbering_workflow, and its mutation's arguments differ at
     each try (the message id as a request id)."""
     wf = fl.Workflow("orders", topics=["placed", "booked"])
+    wf.producer(publishes=["placed"], tools=["orders"])(renumbering_workflow().producers[0].func)
 
-    @wf.producer(publishes=["placed"], tools=["orders"])
-    def poll(ctx: Any, state: Any) -> int:
-        polls = (state or 0) + 1
-        for order in ctx.tools.orders.waiting():
-            ctx.publish("placed", message_id=f"{order}@{polls}", payload=order)
-        return polls
+    booking(wf, lambda m: [m.payload, m.message_id],
+            lambda book, data: book.add(data[0], request=data[1]))
+    return wf
+
+
+def booking(wf: fl.Workflow, data: Any, add: Any) -> None:
+    """A consumer of one placed order a run: `data(message)` is its prepared
+    data, `add(book, data)` its call."""
 
     @wf.consumer(subscribe=["placed"], publishes=["booked"], tools=["book"])
     class BookOrder:
@@ -74,13 +77,10 @@ def renumbering_with_request_ids() -> fl.Workflow:
             placed = ctx.peek("placed", limit=1)
             if not placed:
                 return fl.Prepared()
-            return fl.Prepared({"placed": [placed[0].message_id]},
-                               data=[placed[0].payload, placed[0].message_id])
+            return fl.Prepared({"placed": [placed[0].message_id]}, data=data(placed[0]))
 
         def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
-            ctx.tools.book.add(prepared.data[0], request=prepared.data[1])
-
-    return wf
+            add(ctx.tools.book, prepared.data)
 
 
 @pytest.mark.parametrize("told", ["world_check", "mutation_key"])
@@ -167,24 +167,13 @@ def test_a_handler_that_raises_is_told_with_where_it_raised() -> None:
     wf2 = fl.Workflow("orders", topics=["placed", "booked"])
     wf2.producer(publishes=["placed"], tools=["orders"])(wf.producers[0].func)
 
-    @wf2.consumer(subscribe=["placed"], publishes=["booked"], tools=["book"])
-    class BookOrder:
-        def prepare(self, ctx: Any, state: Any) -> fl.Prepared:
-            placed = ctx.peek("placed", limit=1)
-            if not placed:
-                return fl.Prepared()
-            return fl.Prepared({"placed": [placed[0].message_id]},
-                               data={"order": placed[0].payload}["customer"])
-
-        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
-            ctx.tools.book.add(prepared.data)
-
+    booking(wf2, lambda m: {"order": m.payload}["customer"], lambda book, data: book.add(data))
     with pytest.raises(flt.ExactlyOnceViolation) as found:
         flt.check_exactly_once(wf2, tools=lambda f: [OrderFolder(f), OrderBook(f)],
                                inputs=ORDERS, deliver=place_order, max_examples=5)
     report = str(found.value)
     assert "KeyError: 'customer'" in report
-    assert "Where it was raised:" in report and 'data={"order": placed[0].payload}' in report
+    assert "Where it was raised:" in report and '{"order": m.payload}["customer"]' in report
 
 
 def test_a_world_check_that_cannot_look_is_told_with_its_history() -> None:

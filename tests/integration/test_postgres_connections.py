@@ -472,6 +472,30 @@ def backup(engine: fl.Engine, store: str, tmp_path: Any) -> Callable[[], None]:
     return restore
 
 
+class Serving:
+    """`engine.serve` in a thread, for `with`: `ended` holds the store error
+    that ended it, if one did (stopped and joined at exit)."""
+
+    def __init__(self, engine: fl.Engine) -> None:
+        self.stop, self.ended = threading.Event(), []  # type: ignore[var-annotated]
+        self.engine = engine
+        self.thread = threading.Thread(target=self._serve)
+
+    def _serve(self) -> None:
+        try:
+            self.engine.serve(self.stop, interval=0.05)
+        except OperationalError as e:
+            self.ended.append(e)
+
+    def __enter__(self) -> Serving:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(20)
+
+
 @on_postgresql
 @pytest.mark.parametrize("connections", ["kept", "ended"])
 def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_call(
@@ -503,21 +527,10 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     assert [key for key, _ in tool.calls] == ["a", "b", "c"]
     # Its worker stops, saying why, rather than try again for ever holding its
     # liveness lock: only a new engine may go on from the log as it now is.
-    stop, ended = threading.Event(), []
-
-    def serve() -> None:
-        try:
-            engine.serve(stop, interval=0.05)
-        except OperationalError as e:
-            ended.append(e)
-
-    worker = threading.Thread(target=serve)
-    worker.start()
-    worker.join(20)
-    stop.set()
-    worker.join(20)
-    assert ended and "restored from an older backup" in str(ended[0])
-    assert from_the_store(ended[0])  # `flowledger worker` says it in one line, exit 2
+    with Serving(engine) as worker:
+        worker.thread.join(20)
+    assert worker.ended and "restored from an older backup" in str(worker.ended[0])
+    assert from_the_store(worker.ended[0])  # `flowledger worker` says it in one line, exit 2
     assert [key for key, _ in tool.calls] == ["a", "b", "c"]
 
 
@@ -532,26 +545,13 @@ def test_a_worker_whose_log_is_cut_back_under_it_stops_at_its_next_pass(
     tool = ScriptedLedgerTool(ledger)
     engine.register(ledger_workflow(items=["a", "b"], name="wf"), tools=[tool])
     assert engine.run_session("wf").status == "completed"
-    stop, ended = threading.Event(), []
-
-    def serve() -> None:
-        try:
-            engine.serve(stop, interval=0.05)
-        except OperationalError as e:
-            ended.append(e)
-
-    worker = threading.Thread(target=serve)
-    worker.start()
-    try:
+    with Serving(engine) as worker:
         time.sleep(0.5)  # serving: nothing due
         head = max(e.position for e in engine.events(last=1))
         run_sql(store, "DELETE FROM fl_chain WHERE position > ?", (head - 10,))
         run_sql(store, "DELETE FROM stored_events WHERE notification_id > ?", (head - 10,))
-        worker.join(10)
-    finally:
-        stop.set()
-        worker.join(20)
-    assert ended and "no longer holds this engine's append" in str(ended[0]), ended
+        worker.thread.join(10)
+    assert worker.ended and "no longer holds this engine's append" in str(worker.ended[0])
     assert [key for key, _ in tool.calls] == ["a", "b"]
 
 

@@ -448,6 +448,7 @@ class Engine:
             return SessionResult("busy", name, wf.open_session, error=(
                 f"session {wf.open_session} is held by {wf.session_owner}, which may still be "
                 f"running (lease until {wf.lease_until}); nothing was done"))
+        self._refuse_acting("taking a session over appends to the log")  # the worker's way in
         session_id = wf.take_over_session(now, self.owner, self.policy.lease_until(lease_now),
                                           holder_dead=not alive, lease_now=lease_now)
         session: Session | None = self.log.load(session_id)
@@ -481,7 +482,9 @@ class Engine:
               max_iterations: int = 100) -> None:
         """Recover, then run a session for each workflow whenever it is due, until
         `stop` is set or the process gets SIGTERM/SIGINT (flowledger/engine/worker.py)."""
-        self._refuse_acting("the worker runs sessions, which append to the log")
+        # Read-only refused here; a log cut back is looked for by each session
+        # the worker starts, where a store failing as it starts is waited for.
+        self.log.config.refuse_writes("the worker runs sessions, which append to the log")
         from flowledger.engine.worker import Worker
 
         Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)

@@ -261,7 +261,7 @@ class Worker:
         if result is None:
             return None
         if result.status == "busy":
-            logger.info("%s is held by another engine's session (%s): left to it",
+            logger.info("%s has a session open elsewhere (%s): left to it",
                         due.workflow, result.error)
             return result
         self.sessions += 1

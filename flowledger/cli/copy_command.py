@@ -12,7 +12,7 @@ import flowledger as fl
 from flowledger.cli.exits import CommandError
 from flowledger.cli.render import print_json, say
 from flowledger.cli.views import progress_bar
-from flowledger.infrastructure.encryption import KEY_ENV
+from flowledger.infrastructure.encryption import KEY_ENV, check_key
 from flowledger.infrastructure.store_url import shown
 
 
@@ -24,6 +24,8 @@ def _key_from(name: str) -> str:
     if not value and name != KEY_ENV:
         raise CommandError(f"environment variable {name} is not set: set it to the cipher "
                            "key (base64; `flowledger keygen` makes one)")
+    if value:
+        check_key(value, f"the key in environment variable {name}")  # named as given
     return value
 
 

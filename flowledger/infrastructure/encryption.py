@@ -43,6 +43,11 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
+def check_key(value: str, what: str) -> None:
+    """Raise EncryptionKeyError, naming `what`, unless `value` is a cipher key."""
+    _decode_key(value, what)
+
+
 def _decode_key(value: str, what: str) -> bytes:
     try:
         key = base64.b64decode(value.strip().encode(), validate=True)

@@ -34,3 +34,8 @@ def test_copy_rotates_the_key_and_each_store_opens_only_with_its_own(tmp_path: P
                                  f"sqlite:///{tmp_path / 'x.db'}", "--to-key-env", "UNSET_KEY",
                                  cwd=tmp_path, env=env),
                       "UNSET_KEY is not set")
+    # A key that is not one is named as the user gave it (it said `cipher_key=`).
+    bad = flowledger("copy", "--from", source, "--to", f"sqlite:///{tmp_path / 'y.db'}",
+                     "--to-key-env", "BADK", cwd=tmp_path, env={**env, "BADK": "not a key"})
+    assert_user_error(bad, "the key in environment variable BADK is not a key")
+    assert "cipher_key=" not in bad.stderr and not (tmp_path / "y.db").exists()

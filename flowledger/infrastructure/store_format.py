@@ -198,6 +198,7 @@ def settle_format(recorder: LogStore, asked: Protection, url: str,
         rows = _recorded(recorder)
     if rows:
         found = StoreFormat.from_rows(rows)
+        _refuse_a_record_without_its_chain(recorder, found, url)
     else:  # a read-only store that predates the record: in clear, no chain
         with recorder.reading() as c:  # a read of its own: a missing table aborts it
             _refuse_a_chain_without_its_record(c, url)
@@ -221,6 +222,30 @@ def _refuse_a_chain_without_its_record(c: Any, url: str) -> None:
         return
     if linked:
         raise format_record_gone(url)
+
+
+def _refuse_a_record_without_its_chain(recorder: LogStore, found: StoreFormat,
+                                       url: str) -> None:
+    """A store that records a chain, and holds events the chain covers, must
+    hold links: a chain table dropped or emptied outside flowledger is said so
+    (appends failed on it with what read like an outage)."""
+    with recorder.reading() as c:
+        if recorder.max_position(c) < found.chain_from:
+            return
+    try:
+        with recorder.reading() as c:
+            c.execute(f"SELECT 1 FROM {CHAIN_TABLE} LIMIT 1")
+            linked = bool(c.fetchall())
+    except Exception as e:
+        if CHAIN_TABLE not in str(e):  # the store failed: said as such by the caller
+            raise
+        linked = False
+    if not linked:
+        raise EncryptionKeyError(
+            f"store {url!r} records a tamper-evident chain from position {found.chain_from}, "
+            f"and its log holds events there, but its chain table ({CHAIN_TABLE}) is gone or "
+            "empty: it was removed outside flowledger. Nothing was read or written; restore "
+            "the store from a backup (verify the backup first)")
 
 
 def format_record_gone(url: str) -> EncryptionKeyError:

@@ -288,3 +288,23 @@ def test_a_snapshot_moved_to_another_version_is_found(store: str, key: str) -> N
     problems = fl.verify_store(store, cipher_key=key).problems
     assert [(p.kind, f"at version {version + 8} is not what" in p.detail)
             for p in problems] == [("snapshot", True)], problems
+
+
+@pytest.mark.parametrize("how", ["DELETE FROM fl_chain", "DROP TABLE fl_chain"])
+def test_a_chain_table_dropped_or_emptied_is_said_as_such(store: str, key: str,
+                                                          tmp_path: Path, how: str) -> None:
+    """It read as an outage: "the store failed ... run the command again once
+    the store works"."""
+    filled(store, key, tmp_path)
+    run_sql(store, how)
+    urls = [store]
+    if store.startswith("sqlite") or how.startswith("DELETE"):
+        # (A PostgreSQL store missing a table is refused read-only as one whose
+        # tables an owner must make: made again, its chain is found empty.)
+        urls.append(store + ("&" if "?" in store else "?") + "mode=ro")
+    for url in urls:
+        with pytest.raises(fl.EncryptionKeyError, match=r"its chain table \(fl_chain\) is "
+                           "gone or empty: it was removed outside flowledger"):
+            fl.Engine(url, cipher_key=key)
+    with pytest.raises(fl.EncryptionKeyError, match="is gone or empty"):
+        fl.Engine(store, cipher_key=key)  # and again: a table made again is empty

@@ -54,6 +54,7 @@ from flowledger.infrastructure.store import (
     ReadAfter,
     ServerTakesNoWrites,
     StreamEvents,
+    first_line,
 )
 from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
 from flowledger.infrastructure.store_format import (
@@ -81,10 +82,6 @@ def _conflict(e: ProjectionRowTaken) -> ProjectionConflictError:
         f"projections are out of step with the log. {done}. Rebuild them (`flowledger "
         "projections rebuild`, or engine.rebuild_projections()), then run again",
         table=e.table)
-
-
-def _first_line(error: BaseException) -> str:
-    return " ".join(str(error).strip().split("\n")[0].split())
 
 
 def _fold(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -196,8 +193,8 @@ class EventLog(Application[UUID]):
                 hint = " The URL must name an SQLite database file (or a new one) in a folder."
             # The server's first line says it (the rest quotes the statement);
             # the library's wrapper may say the same again.
-            said = _first_line(e)
-            cause = _first_line(e.__cause__) if e.__cause__ is not None else ""
+            said = first_line(e)
+            cause = first_line(e.__cause__) if e.__cause__ is not None else ""
             detail = f"{said} ({cause})" if cause and cause not in said else said
             raise ConfigurationError(f"cannot open store {config.shown!r}: {detail}.{hint}"
                                      ) from e

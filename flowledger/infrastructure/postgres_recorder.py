@@ -58,6 +58,7 @@ from flowledger.infrastructure.store import (
     Row,
     ServerTakesNoWrites,
     SharedSQL,
+    first_line,
 )
 from flowledger.infrastructure.store_check import grants
 from flowledger.infrastructure.store_format import (
@@ -404,8 +405,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     behind = self._sequence_behind(c)
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as e:  # said with what to do
-            # Its first line: the rest quotes the statement refused.
-            raise ProgrammingError(" ".join(str(e).strip().split("\n")[0].split())) from e
+            raise ProgrammingError(first_line(e)) from e
         finally:
             conn.close()
         if self.read_only and not self.tables_current:
@@ -540,9 +540,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         c.execute(f"CREATE TRIGGER fl_appended AFTER INSERT ON {self.events_table_name} "
                   f"FOR EACH STATEMENT EXECUTE FUNCTION \"{self.schema}\".fl_notify_appended()")
 
-    def listen(self) -> PgAppendWakeups | None:
-        """None on a standby, which sends no notifications (waiting polls)."""
-        # On a standby too: it polls there, and listens once its server is promoted.
+    def listen(self) -> PgAppendWakeups:
+        """Wake-ups by the log's notifications; on a standby, which sends none,
+        its waits poll until LISTEN is taken again (the server promoted)."""
         return PgAppendWakeups(self.conninfo, self.channel)
 
     @contextmanager

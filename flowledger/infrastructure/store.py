@@ -50,6 +50,12 @@ class ServerTakesNoWrites(ProgrammingError):
     to write there is refused at once (it could not append, nor fold in)."""
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line, on one line: a server's message quotes the
+    statement it refused on the lines after."""
+    return " ".join(str(error).strip().split("\n")[0].split())
+
+
 class FormatRecordGone(ProgrammingError):
     """The store's log is chained but its format record was removed outside
     flowledger (store_format.format_record_gone says it, naming the store)."""
@@ -166,7 +172,8 @@ class LogStore(Protocol):
 
     def heads(self, c: Cursor) -> tuple[int, dict[str, int]]: ...
 
-    def heads_and_note(self, c: Cursor, note: str) -> tuple[int, dict[str, int], str | None]: ...
+    def heads_and_note(self, c: Cursor, note: str | None
+                       ) -> tuple[int, dict[str, int], str | None]: ...
 
     def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]: ...
 
@@ -267,28 +274,23 @@ class SharedSQL:
     def heads(self, c: Cursor) -> tuple[int, dict[str, int]]:
         """The log's last position (0: empty) and how far each tracked projection
         has read into it, in one statement (a round trip, where each is one)."""
-        c.execute(f"SELECT NULL, MAX({self.position_column}) FROM {self.events_table_name} "
-                  "UNION ALL SELECT application_name, notification_id FROM tracking")
-        head, tracked = 0, {}
-        for name, at in c.fetchall():
-            if name is None:
-                head = int(at or 0)
-            else:
-                tracked[name] = int(at or 0)
+        head, tracked, _ = self.heads_and_note(c, None)
         return head, tracked
 
-    def heads_and_note(self, c: Cursor, note: str) -> tuple[int, dict[str, int], str | None]:
+    def heads_and_note(self, c: Cursor, note: str | None
+                       ) -> tuple[int, dict[str, int], str | None]:
         """`heads`, and the value of the store's format note `note` (None: not
-        noted), in the same statement."""
-        c.execute(f"SELECT NULL, MAX({self.position_column}), NULL FROM {self.events_table_name} "
-                  "UNION ALL SELECT application_name, notification_id, NULL FROM tracking "
-                  "UNION ALL SELECT name, NULL, value FROM fl_store_format WHERE name = ?",
-                  (note,))
+        noted, or not asked), in the same statement."""
+        sql = (f"SELECT NULL, MAX({self.position_column}), NULL FROM {self.events_table_name} "
+               "UNION ALL SELECT application_name, notification_id, NULL FROM tracking")
+        if note is not None:
+            sql += " UNION ALL SELECT name, NULL, value FROM fl_store_format WHERE name = ?"
+        c.execute(sql, (note,) if note is not None else ())
         head, tracked, noted = 0, {}, None
         for name, at, value in c.fetchall():
             if name is None:
                 head = int(at or 0)
-            elif name == note and value is not None:
+            elif note is not None and name == note and value is not None:
                 noted = str(value)
             else:
                 tracked[name] = int(at or 0)

@@ -144,6 +144,7 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
     except psycopg.Error as e:  # OperationalError; a bad parameter value: ProgrammingError
         said = " ".join(str(e).split())
         where = _where(config)
+        refused: type[ConfigurationError] = ConfigurationError
         if "does not exist" in said and "database" in said:
             todo = (f"create it first ({_createdb(env)}), or name one that exists"
                     if not config.read_only else "name the database that holds the store")
@@ -158,10 +159,9 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
                     "server's TLS setup")
         else:
             todo = f"check that a PostgreSQL server runs at {where} and accepts connections"
-            raise StoreUnreachable(f"cannot open store {config.shown!r}: {_sentence(said)} "
-                                   f"Nothing was written; {todo}") from None
-        raise ConfigurationError(f"cannot open store {config.shown!r}: {_sentence(said)} "
-                                 f"Nothing was written; {todo}") from None
+            refused = StoreUnreachable  # a worker waits for it
+        raise refused(f"cannot open store {config.shown!r}: {_sentence(said)} Nothing was "
+                      f"written; {todo}") from None
     try:
         with conn.cursor() as c:
             _check_postgres_schema(config, c, create)

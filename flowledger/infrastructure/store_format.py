@@ -215,12 +215,7 @@ def _refuse_a_chain_without_its_record(c: Any, url: str) -> None:
     lost its record outside flowledger, and taking it for such an old store
     would record a new format over it (in clear, its chain starting at the
     head): what was edited before would verify (ADR 0023)."""
-    try:
-        c.execute(f"SELECT 1 FROM {CHAIN_TABLE} LIMIT 1")
-        linked = bool(c.fetchall())
-    except Exception:  # no chain table: a store from before the chain
-        return
-    if linked:
+    if _has_links(c):  # (None: no chain table, a store from before the chain)
         raise format_record_gone(url)
 
 
@@ -229,23 +224,26 @@ def _refuse_a_record_without_its_chain(recorder: LogStore, found: StoreFormat,
     """A store that records a chain, and holds events the chain covers, must
     hold links: a chain table dropped or emptied outside flowledger is said so
     (appends failed on it with what read like an outage)."""
-    with recorder.reading() as c:
-        if recorder.max_position(c) < found.chain_from:
-            return
-    try:
-        with recorder.reading() as c:
-            c.execute(f"SELECT 1 FROM {CHAIN_TABLE} LIMIT 1")
-            linked = bool(c.fetchall())
-    except Exception as e:
-        if CHAIN_TABLE not in str(e):  # the store failed: said as such by the caller
-            raise
-        linked = False
-    if not linked:
+    with recorder.reading() as c:  # the head first: a missing table ends the read
+        intact = recorder.max_position(c) < found.chain_from or _has_links(c)
+    if not intact:
         raise EncryptionKeyError(
             f"store {url!r} records a tamper-evident chain from position {found.chain_from}, "
             f"and its log holds events there, but its chain table ({CHAIN_TABLE}) is gone or "
             "empty: it was removed outside flowledger. Nothing was read or written; restore "
             "the store from a backup (verify the backup first)")
+
+
+def _has_links(c: Any) -> bool | None:
+    """Whether the chain table holds a link; None when there is no chain table
+    (any other failure is the store's, raised as it is)."""
+    try:
+        c.execute(f"SELECT 1 FROM {CHAIN_TABLE} LIMIT 1")
+        return bool(c.fetchall())
+    except Exception as e:
+        if CHAIN_TABLE not in str(e):
+            raise
+        return None
 
 
 def format_record_gone(url: str) -> EncryptionKeyError:

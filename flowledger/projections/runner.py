@@ -282,7 +282,7 @@ class ProjectionRunner:
             head, tracked = self.recorder.heads(c)
         return max((head - tracked.get(p.name, 0) for p in self.projections), default=0)
 
-    def ahead_of_log(self, note: bool = True) -> tuple[int, int] | None:
+    def ahead_of_log(self) -> tuple[int, int] | None:
         """(the furthest position a projection folded, the log's head) when a
         projection has folded events the log no longer holds: they were removed
         outside flowledger (both are written in one transaction, so nothing
@@ -294,7 +294,7 @@ class ProjectionRunner:
         noted = cut_back_of(said)
         furthest = max((tracked.get(p.name, 0) for p in self.projections), default=0)
         if furthest > head:
-            if noted is None and note:
+            if noted is None:
                 with self.recorder.writing() as c:
                     note_cut_back(c, furthest, head)
             return furthest, head

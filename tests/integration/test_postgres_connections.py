@@ -568,7 +568,7 @@ def test_a_worker_whose_sessions_are_refused_as_busy_does_not_spin(
     engine.register(ticking())
     assert engine.run_session("ticks").status == "completed"
     monkeypatch.setattr(type(engine.log.flow_recorder), "check_head", lambda self, head: None)
-    monkeypatch.setattr(type(engine.projections), "ahead_of_log", lambda self, note=True: None)
+    monkeypatch.setattr(type(engine.projections), "ahead_of_log", lambda self: None)
     caplog.set_level(logging.INFO, logger="flowledger.worker")
     with Serving(engine) as worker:
         time.sleep(1.5)  # ticks are served

@@ -37,16 +37,16 @@ def verify(
     else:
         for problem in found.problems:
             say(f"position {problem.position}: {problem.kind}: {problem.detail}")
-        if found.expected_found is False:
+        if found.expected_found is False and found.problems:  # else the last line says it
             say(f"the expected digest {expect} is not in the chain: the events up to "
-                      "where it was taken were changed or removed")
+                "where it was taken were changed or removed")
         kind = "HMAC-SHA256 (keyed)" if found.keyed else (
             "SHA-256 (unkeyed: whoever can write the store can recompute it; anchor the "
             "head digest elsewhere, or give the store a key)")
         say(f"{found.events:,} events checked; chain {kind}")
         if found.uncovered:
             say(f"positions before {found.covered_from} ({found.uncovered:,} events) were "
-                      "written before the chain existed and are not covered")
+                "written before the chain existed and are not covered")
         say(f"head: position {found.head_position} digest {found.head_digest or '-'}")
         first = min((p.position for p in found.problems), default=None)
         what = (f"{len(found.problems)} problem(s). The store was changed outside flowledger"
@@ -55,9 +55,9 @@ def verify(
                 "log was cut or rewritten since that digest was printed (or it is another "
                 "store's)")
         say("OK: the log is as it was written" if found.ok else
-                  f"NOT OK: {what}: restore it from a backup taken before that (verify the "
-                  "backup with --expect and a digest kept elsewhere), and find who could "
-                  "write to it")
+            f"NOT OK: {what}: restore it from a backup taken before that (verify the "
+            "backup with --expect and a digest kept elsewhere), and find who could write "
+            "to it")
     if not found.ok:
         raise typer.Exit(EXIT_NOT_DONE)
 

@@ -90,7 +90,9 @@ def require_workflow(engine: fl.Engine, workflow: str | None) -> None:
     misspelt name would show nothing, and say nothing of why."""
     if workflow is None:
         return
-    held = sorted(w.name for w in engine.status().workflows)
-    if workflow not in held:
+    try:
+        engine.workflow(workflow)  # its stream: one read
+    except fl.NotFoundError:
+        held = sorted(w.name for w in engine.status().workflows)
         raise CommandError(f"no workflow named {workflow!r} in store {shown(engine.store)} "
-                           f"(it holds: {', '.join(held) or 'none'})")
+                           f"(it holds: {', '.join(held) or 'none'})") from None

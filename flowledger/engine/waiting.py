@@ -108,9 +108,9 @@ def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = N
                 if last is not None and head < last.position:
                     # Behind what was read: a standby replaying behind, waited
                     # for; anywhere else the log went back (a restore, with no
-                    # new appends yet).
+                    # new appends yet), and no longer holds what was read.
                     if not log.flow_recorder.replaying():
-                        _still_there(log, last)
+                        raise _gone_back(last)
                 elif last is not None and (failures or head != position):
                     _still_there(log, last)  # one read a batch: the log did not go back
                 failures = 0
@@ -141,11 +141,15 @@ def _still_there(log: EventLog, last: LoggedEvent) -> None:
     appends, a backup restored) and holds other events from there."""
     found = read_positions(log, [last.position])
     if not found or (found[0].stream_id, found[0].version) != (last.stream_id, last.version):
-        raise LogWentBack(
-            f"the log no longer holds the event at position {last.position} that was read "
-            f"({last.aggregate}.{last.name} of stream {last.stream_id}): it went back (a "
-            "failover that lost appends, or a backup restored) and holds other events from "
-            "there. Follow it again to read it as it now is")
+        raise _gone_back(last)
+
+
+def _gone_back(last: LoggedEvent) -> LogWentBack:
+    return LogWentBack(
+        f"the log no longer holds the event at position {last.position} that was read "
+        f"({last.aggregate}.{last.name} of stream {last.stream_id}): it went back (a "
+        "failover that lost appends, or a backup restored) and holds other events from "
+        "there. Follow it again to read it as it now is")
 
 
 def _owner(log: EventLog, owners: dict[UUID, UUID | None], event: LoggedEvent) -> UUID | None:

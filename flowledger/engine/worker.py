@@ -115,7 +115,7 @@ class Worker:
                     # unchanged, so the worker waits and looks again. Never the
                     # end of the worker.
                     failures += 1
-                    delay = self._retry_wait(failures)
+                    delay = retry_wait(self.interval, failures)
                     logger.error("could not read the store (%s: %s); trying again in %.1fs",
                                  type(e).__name__, " ".join(str(e).split()), delay,
                                  exc_info=failures == 1)  # the whole story once
@@ -124,9 +124,6 @@ class Worker:
             waiter.close()
             signals.restore()
             logger.info("worker %s stopped", self.engine.owner)
-
-    def _retry_wait(self, failures: int) -> float:
-        return retry_wait(self.interval, failures)
 
     def _start(self, waiter: LogWaiter) -> None:
         """Finish what crashed processes left, and learn each scheduled
@@ -187,7 +184,7 @@ class Worker:
                 # longer each time, and its story told once.
                 self._failed_sessions += 1
                 did_nothing = False  # waited below
-                delay = self._retry_wait(self._failed_sessions)
+                delay = retry_wait(self.interval, self._failed_sessions)
                 logger.error("session of %s stopped (%s); trying again in %.1fs", item.workflow,
                              " ".join(describe(e).split()), delay,
                              exc_info=self._failed_sessions == 1)

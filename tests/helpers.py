@@ -463,17 +463,22 @@ def orders_workflow() -> fl.Workflow:
 def checked_pending_hints() -> Iterator[list[int]]:
     """While active, each time a session loop takes its workflow's backlog and
     wake-ups from what the projection runner keeps (`pending_hints`), they are
-    compared with the store's, read afresh: any difference fails the test.
-    Yields the number of comparisons made so far (in a one-item list)."""
+    compared with the store's, read afresh: any difference fails the test, as
+    when a session's opening append gives them. Yields the number of takes so
+    far, and of comparisons (the reads this makes), in a list."""
     original = ProjectionRunner.pending_hints
-    made = [0]
+    made = [0, 0]
 
-    def checking(runner: ProjectionRunner, workflow_id: Any, fresh: bool = False) -> Any:
-        kept = original(runner, workflow_id, fresh)
+    def checking(runner: ProjectionRunner, workflow_id: Any, fresh: bool = False,
+                 *given: Any) -> Any:
+        kept = original(runner, workflow_id, fresh, *given)
+        found = given[0] if given else None
         with runner.recorder.reading(snapshot=False) as c:
             stored = pending_work.backlog_and_wakeups(c, workflow_id)
         assert kept == stored, f"kept {kept}, but the store holds {stored}"
-        made[0] += 1
+        if found is None:  # a take by the session loop (else: read by its opening append)
+            made[0] += 1
+        made[1] += 1
         return kept
 
     ProjectionRunner.pending_hints = checking  # type: ignore[method-assign]

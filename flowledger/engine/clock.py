@@ -82,8 +82,13 @@ class LeaseClock:
             return
         before = self.clock.now()
         store = self._store_time()
-        after = self.clock.now()
-        self.offset = timedelta(0) if store is None else store - (before + (after - before) / 2)
+        self.align_to(store, before, self.clock.now())
+
+    def align_to(self, store: datetime | None, before: datetime, after: datetime) -> None:
+        """Align on the store's time read between the engine's `before` and `after`."""
+        if isinstance(self.clock, SystemClock):
+            self.offset = (timedelta(0) if store is None
+                           else store - (before + (after - before) / 2))
 
     def now(self) -> datetime:
         """The store's time now (the engine's, where the store keeps none)."""

@@ -168,15 +168,19 @@ class Engine:
         self._left: set[UUID] = set()  # sessions stopped whose lease could not be ended
         self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))
 
-    def _refuse_acting(self, what: str) -> None:
+    def _refuse_acting(self, what: str, align_lease: bool = False) -> None:
         """Writes that act on what the log says are refused on a store opened
         read-only, and on one whose log lost events its projections had folded
         in (a cut made outside flowledger): what those events recorded as done
-        would be done again."""
+        would be done again. `align_lease`: the lease clock is aligned on the
+        store's time, read in the same statement (a session's opening)."""
         self.log.config.refuse_writes(what)
         # Looked at each time (one read): a log cut under an engine already open
         # is found before it acts, and noted in the store before an append hides it.
-        cut_back = self.projections.ahead_of_log()
+        before = self.clock.now()
+        cut_back, store_time = self.projections.ahead_of_log(clock=align_lease)
+        if align_lease:
+            self.lease.align_to(store_time, before, self.clock.now())
         if cut_back is not None:
             furthest, head = cut_back
             raise LogWentBack(
@@ -303,10 +307,9 @@ class Engine:
         return self._run_session(reg, request)
 
     def _run_session(self, reg: Registration, request: SessionRequest) -> SessionResult:
-        self._refuse_acting("a session appends to the log")
+        self._refuse_acting("a session appends to the log", align_lease=True)
         runner = SessionRunner(reg, self._scope_factory(reg))
         streams = Streams(self.log)
-        self.lease.align()
         now = self.clock.now()
         self.checkpoint("before_append:session_open")
         opened = runner.open_new(streams, request, self.owner, now,
@@ -332,7 +335,8 @@ class Engine:
             result = runner.run(streams, streams.fenced_on, opened, request)
         if recovered is not None:
             result = dataclasses.replace(result, recovered=recovered)
-        self._catch_up_read_side()
+        if not self.projections.settled():  # else a look would find nothing to fold
+            self._catch_up_read_side()
         logger.info("session %s of %s (%s) closed: %s%s", result.session_id, result.workflow,
                     request.trigger.value, result.status,
                     f" ({result.error})" if result.error else "")

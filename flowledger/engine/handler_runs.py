@@ -17,7 +17,7 @@ What follows what (the rules of DESIGN §1.3 to §1.4) is decided there, not her
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -134,8 +134,10 @@ class SessionScope:
     policy: RetryPolicy
     checkpoint: Checkpoint
     # The workflow's backlog and wake-ups, as pending work stores them (the
-    # session loop's hints; `True`: read them from the store): ProjectionRunner.
-    pending_hints: Callable[[UUID, bool], pending_work.PendingHints]
+    # session loop's hints; `True`: read them from the store; or those given,
+    # read in the last append's transaction): ProjectionRunner.
+    pending_hints: Callable[[UUID, bool, pending_work.PendingHints | None],
+                            pending_work.PendingHints]
     heartbeat: Heartbeat | None = None
     lease: LeaseClock | None = None  # leases are in the store's time (DESIGN §7)
     secrets: SecretResolver = field(default_factory=SecretResolver)  # DESIGN §9
@@ -168,7 +170,7 @@ class SessionScope:
         if until is not None:
             self.streams.renew_lease(self.now(), until, self.session.id)
 
-    def append(self, label: str, read_after: ReadAfter | None = None) -> int:
+    def append(self, label: str, read_after: Sequence[ReadAfter] = ()) -> int:
         """A durable point. `checkpoint` lets tests crash a real process around it.
         `read_after`: read in the append's transaction, after its writes."""
         self.checkpoint(f"before_append:{label}")
@@ -274,7 +276,7 @@ class RunDriver:
             return
         asked = ReadAfter(*pending_work.read_ahead_query(
             self.s.workflow.id, *peeked, self.s.streams.log.flow_recorder.with_stream_events))
-        position = self.s.append(label, read_after=asked)
+        position = self.s.append(label, read_after=[asked])
         self._peek_ahead = (*peeked, asked, position)
 
     def _flush(self, ctx: HandlerContext, run: HandlerRun) -> None:

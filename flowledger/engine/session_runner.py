@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from flowledger.authoring.registration import Registration
@@ -23,6 +24,7 @@ from flowledger.domain.session import Session, SessionOutcome, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.handler_runs import RunDriver, RunResult, SessionScope
 from flowledger.engine.streams import Streams
+from flowledger.infrastructure.store import ReadAfter
 from flowledger.projections import pending_work
 
 
@@ -61,11 +63,26 @@ class SessionRequest:
     stop_budget: str = "worker_stop"
 
 
+class OpeningReads:
+    """What a session reads first (its workflow's unfinished runs, backlog and
+    wake-ups), asked in its opening append's own transaction: on a server, the
+    same message, where reading them after it took a round trip each."""
+
+    def __init__(self, workflow_id: UUID) -> None:
+        self.unfinished = ReadAfter(*pending_work.unfinished_runs_query(workflow_id))
+        self.hints = ReadAfter(*pending_work.backlog_and_wakeups_query(workflow_id))
+
+    @property
+    def asked(self) -> tuple[ReadAfter, ReadAfter]:
+        return self.unfinished, self.hints
+
+
 class SessionRunner:
     def __init__(self, reg: Registration, scope_factory: Callable[[Streams, Workflow, Session],
                                                                   SessionScope]) -> None:
         self.reg = reg
         self.make_scope = scope_factory
+        self._opening: OpeningReads | None = None  # set by the append that opened the session
 
     # -------------------------------------------------------------- opening
 
@@ -94,8 +111,10 @@ class SessionRunner:
         wf.open_session_for(now, session.id, owner, lease_until)
         streams.pin(session)
         streams.fence_on(wf)
+        opening = OpeningReads(wf.id)
         try:
-            streams.append()
+            streams.append(read_after=opening.asked)
+            self._opening = opening
         except ConcurrencyError:
             return SessionResult(
                 "busy", name, error=(f"another process opened a session of {name!r} at the "
@@ -125,6 +144,11 @@ class SessionRunner:
         """Work the session to its end and close it (one append)."""
         scope = self.make_scope(streams, wf, session)
         driver = RunDriver(scope)
+        opening, self._opening = self._opening, None
+        if opening is not None and opening.hints.rows is not None:
+            # Kept from now on, and kept up to date by this session's own folds.
+            scope.pending_hints(self.reg.workflow_id, False,
+                                pending_work.backlog_and_wakeups_found(opening.hints.rows))
         runs: list[RunResult] = []
         cleared = wf.status == WorkflowStatus.ACTIVE
         blocked = self._blocked_reason(wf, scope.now())
@@ -139,7 +163,7 @@ class SessionRunner:
             if wf.status == WorkflowStatus.PAUSED:
                 wf.resume(scope.now(), "a retry or reconciliation fell due")
             outcome, reason, budget, remaining = self._work(scope, driver, request, runs,
-                                                            cleared)
+                                                            cleared, opening)
         now = scope.now()
         session.close(now, outcome, reason, budget, remaining)
         wf.close_session(now, session.id, outcome.value)
@@ -148,9 +172,10 @@ class SessionRunner:
                              reason, budget, tuple(runs))
 
     def _work(self, scope: SessionScope, driver: RunDriver, request: SessionRequest,
-              runs: list[RunResult], cleared: bool
+              runs: list[RunResult], cleared: bool, opening: OpeningReads | None
               ) -> tuple[SessionOutcome, str | None, str | None, dict[str, dict[str, int]]]:
-        stopped = self._continue_unfinished(scope, driver, runs, cleared)
+        stopped = self._continue_unfinished(
+            scope, driver, runs, cleared, opening.unfinished.rows if opening else None)
         if stopped is not None:
             return stopped, runs[-1].reason if runs else None, None, {}
         if request.trigger != Trigger.EVENT:
@@ -168,11 +193,12 @@ class SessionRunner:
         by_name = {c.name: c for c in self.reg.definition.consumers}
         declines: dict[str, Decline] = {}
         session = scope.session
-        fresh = True  # the session's first look reads the store
+        # The session's first look reads the store, unless its opening append did.
+        fresh = opening is None or opening.hints.rows is None
         while True:
             now = scope.now()
             # The two hints for choosing a consumer (read once a session, then kept).
-            backlog, wakeups = scope.pending_hints(self.reg.workflow_id, fresh)
+            backlog, wakeups = scope.pending_hints(self.reg.workflow_id, fresh, None)
             fresh = False
             chosen = pick_consumer(consumers, backlog, declines, wakeups, now)
             if chosen is None:
@@ -206,10 +232,15 @@ class SessionRunner:
         return SessionOutcome.SUSPENDED if result.status.is_paused else SessionOutcome.FAILED
 
     def _continue_unfinished(self, scope: SessionScope, driver: RunDriver,
-                             runs: list[RunResult], cleared: bool) -> SessionOutcome | None:
-        """Runs that earlier sessions left unfinished go first, by the reset rules."""
-        with scope.streams.log.reading() as c:
-            rows = pending_work.unfinished_runs(c, self.reg.workflow_id)
+                             runs: list[RunResult], cleared: bool,
+                             found: list[Any] | None) -> SessionOutcome | None:
+        """Runs that earlier sessions left unfinished go first, by the reset rules
+        (`found`: their rows, read in the session's opening append)."""
+        if found is not None:
+            rows = pending_work.unfinished_runs_found(found)
+        else:
+            with scope.streams.log.reading(snapshot=False) as c:  # one statement
+                rows = pending_work.unfinished_runs(c, self.reg.workflow_id)
         now = scope.now()
         for row in rows:
             run: HandlerRun | None = scope.streams.get(row.run_id, short=True)

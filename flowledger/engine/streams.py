@@ -9,7 +9,7 @@ append fails and nothing of it is stored.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -106,7 +106,7 @@ class Streams:
         self.fenced_on = workflow
 
     def append(self, sync: bool = True, hold: bool = False,
-               read_after: ReadAfter | None = None) -> int:
+               read_after: Sequence[ReadAfter] = ()) -> int:
         """Append every pending event of the touched aggregates: one transaction
         (`read_after` read last in it)."""
         with self.lock:
@@ -141,7 +141,7 @@ class Streams:
                 raise
             return True
 
-    def _append(self, sync: bool, hold: bool, read_after: ReadAfter | None = None) -> int:
+    def _append(self, sync: bool, hold: bool, read_after: Sequence[ReadAfter] = ()) -> int:
         if self.lost_lock is not None:
             raise ConcurrencyError(str(self.lost_lock)) from self.lost_lock
         if self.log.flow_recorder.lost_appends != self._lost_before and self.broken is None:

@@ -39,7 +39,7 @@ def retry_wait(interval: float, failures: int) -> float:
 def max_position(log: EventLog) -> int:
     """The log position of the last event appended (0: empty log)."""
     recorder = log.flow_recorder
-    with log.reading() as c:
+    with log.reading(snapshot=False) as c:  # one statement
         return int(recorder.max_position(c) or 0)
 
 

@@ -327,13 +327,13 @@ class EventLog(Application[UUID]):
         self._may_hold = may_hold
 
     def append(self, *aggregates: Any, fence: Fence | None = None, sync: bool = True,
-               hold: bool = False, read_after: ReadAfter | None = None) -> int:
+               hold: bool = False, read_after: Sequence[ReadAfter] = ()) -> int:
         """One durable point: all pending events of these aggregates, or none.
 
         `sync=False` skips the fsync: for appends that a later synced one
         covers before anything outside the log depends on them (ADR 0011).
         `hold=True` lets pending work fold these events in with the next
-        append instead of in this one (ADR 0012). `read_after` is read in the
+        append instead of in this one (ADR 0012). each of `read_after` is read in the
         same transaction, after its writes (its rows set once it committed).
 
         Returns the log position of the last event appended (0 if none). The

@@ -254,6 +254,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     snapshot_table_name = "stored_snapshots"
     position_column = "notification_id"
     stream_key_sql = "CAST({column} AS uuid)"
+    clock_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)"
     MAX_PARAMETERS = 5000
     HOLDS_NUL_IN_TEXT = False
 
@@ -913,7 +914,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
-                    read_after: ReadAfter | None = None) -> int:
+                    read_after: Sequence[ReadAfter] = ()) -> int:
         """Insert events in one transaction: on the forecast (one message) while
         this writer is the only one appending, else reading the head first
         (postgres_forecast.py). A forecast that missed stored nothing.
@@ -979,13 +980,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _append(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
                 sync: bool, snapshots: Sequence[Row], hold: bool, forecast: bool,
-                read_after: ReadAfter | None = None) -> int:
+                read_after: Sequence[ReadAfter] = ()) -> int:
         links: list[Link] = []
         positions: list[int] = []
         head: tuple[int, bytes] | None = None
         inserts: list[Rows] = []
         head_rows: Rows | None = None
-        asked: Rows | None = None
+        asked: list[Rows] = []
         try:
             with self.writing(sync, tracking=not forecast) as c:
                 if forecast:
@@ -1014,8 +1015,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                           "(%s::uuid, %s, %s, %s::bytea) ON CONFLICT DO NOTHING", snapshot)
                 if self.after_insert is not None:
                     self.after_insert(c, appended, positions, hold, fence)
-                if read_after is not None:
-                    asked = c.prefetch(read_after.sql, read_after.params)
+                asked = [c.prefetch(r.sql, r.params) for r in read_after]
                 tracking = c.tracking_rows()
         except psycopg.errors.UniqueViolation as e:
             if self.after_abort is not None:
@@ -1030,8 +1030,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             if self.after_abort is not None:
                 self.after_abort()
             raise
-        if read_after is not None and asked is not None:
-            read_after.rows = asked.fetchall()  # committed
+        for wanted, answer in zip(read_after, asked, strict=True):
+            wanted.rows = answer.fetchall()  # committed
         if rows:
             self._forecast.learn(positions[-1], (links[-1][0], links[-1][2]) if links else None,
                                  tracking)

@@ -233,16 +233,16 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
-                    read_after: ReadAfter | None = None) -> int:
+                    read_after: Sequence[ReadAfter] = ()) -> int:
         """Insert events (stream id hex, version, topic, state) in one transaction;
         returns the last one's position.
 
         The after-insert hook folds `appended` (the same events, as domain
         objects) into the projections inside that transaction. `snapshots`
         (rows of the same shape) go to the snapshot table in it too. `hold` is
-        passed on to the hook. `read_after` is read last in the transaction.
+        passed on to the hook. `read_after` is read last in the transaction, in order.
         """
-        read: list[Any] | None = None
+        read: list[list[Any]] = []
         try:
             with self.writing(sync) as c:
                 try:
@@ -268,8 +268,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                         c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
                     if self.after_insert is not None:
                         self.after_insert(c, appended, positions, hold, fence)
-                    if read_after is not None:
-                        read = c.execute(read_after.sql, read_after.params).fetchall()
+                    read = [c.execute(r.sql, r.params).fetchall() for r in read_after]
                 except sqlite3.IntegrityError as e:
                     taken = re.match(r"UNIQUE constraint failed: (\w+)\.", str(e))
                     if taken is None:
@@ -279,8 +278,8 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
             if self.after_abort is not None:
                 self.after_abort()
             raise
-        if read_after is not None:
-            read_after.rows = read  # committed
+        for asked, rows_read in zip(read_after, read, strict=True):
+            asked.rows = rows_read  # committed
         return int(last)
 
     @property

@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from uuid import UUID
 
 from eventsourcing.persistence import OperationalError, ProgrammingError, StoredEvent
@@ -33,6 +33,19 @@ AfterInsert = Callable[[Any, Sequence[Any], Sequence[int], bool, "Fence | None"]
 
 # (cursor, events, hold): see ProjectionRunner.prefetch.
 BeforeFold = Callable[[Any, Sequence[Any], bool], None]
+
+
+class Heads(NamedTuple):
+    """One look at the log (`heads_and_note`)."""
+
+    head: int  # the log's last position (0: empty)
+    tracked: dict[str, int]  # how far each tracked projection has read
+    noted: str | None  # the format note asked for, if any
+    store_time: datetime | None  # the store's clock, if asked and it keeps one
+
+
+_CLOCK_ROW = "(clock)"  # not a projection's name
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ProjectionRowTaken(Exception):
@@ -133,9 +146,9 @@ class LogStore(Protocol):
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
-                    read_after: ReadAfter | None = None) -> int:
+                    read_after: Sequence[ReadAfter] = ()) -> int:
         """Insert events in one transaction, fenced, with the after-insert hook
-        in it; the last one's position. `read_after` is read last in it."""
+        in it; the last one's position. `read_after` is read last in it, in order."""
 
     def select_stored(self, c: Cursor, after: int, limit: int,
                       upto: int | None = None) -> list[tuple[int, StoredEvent]]: ...
@@ -172,8 +185,7 @@ class LogStore(Protocol):
 
     def heads(self, c: Cursor) -> tuple[int, dict[str, int]]: ...
 
-    def heads_and_note(self, c: Cursor, note: str | None
-                       ) -> tuple[int, dict[str, int], str | None]: ...
+    def heads_and_note(self, c: Cursor, note: str | None, clock: bool = False) -> Heads: ...
 
     def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]: ...
 
@@ -271,30 +283,38 @@ class SharedSQL:
         row = c.fetchone()
         return int(row[0]) if row is not None else 0
 
+    # The store's own clock in microseconds since the epoch, as SQL, where it
+    # keeps one that all its writers share (PostgreSQL's; see `store_time`).
+    clock_sql: str | None = None
+
     def heads(self, c: Cursor) -> tuple[int, dict[str, int]]:
         """The log's last position (0: empty) and how far each tracked projection
         has read into it, in one statement (a round trip, where each is one)."""
-        head, tracked, _ = self.heads_and_note(c, None)
-        return head, tracked
+        found = self.heads_and_note(c, None)
+        return found.head, found.tracked
 
-    def heads_and_note(self, c: Cursor, note: str | None
-                       ) -> tuple[int, dict[str, int], str | None]:
-        """`heads`, and the value of the store's format note `note` (None: not
-        noted, or not asked), in the same statement."""
+    def heads_and_note(self, c: Cursor, note: str | None, clock: bool = False) -> Heads:
+        """`heads`, the value of the store's format note `note` (None: not noted,
+        or not asked) and, if `clock`, the store's time (None where it keeps no
+        clock of its own), in the same statement."""
         sql = (f"SELECT NULL, MAX({self.position_column}), NULL FROM {self.events_table_name} "
                "UNION ALL SELECT application_name, notification_id, NULL FROM tracking")
         if note is not None:
             sql += " UNION ALL SELECT name, NULL, value FROM fl_store_format WHERE name = ?"
+        if clock and self.clock_sql is not None:
+            sql += f" UNION ALL SELECT '{_CLOCK_ROW}', {self.clock_sql}, NULL"
         c.execute(sql, (note,) if note is not None else ())
-        head, tracked, noted = 0, {}, None
+        found = Heads(0, {}, None, None)
         for name, at, value in c.fetchall():
             if name is None:
-                head = int(at or 0)
+                found = found._replace(head=int(at or 0))
+            elif name == _CLOCK_ROW:
+                found = found._replace(store_time=_EPOCH + timedelta(microseconds=int(at)))
             elif note is not None and name == note and value is not None:
-                noted = str(value)
+                found = found._replace(noted=str(value))
             else:
-                tracked[name] = int(at or 0)
-        return head, tracked, noted
+                found.tracked[name] = int(at or 0)
+        return found
 
     def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]:
         """A snapshotted stream's latest snapshot (None: it has none) and its

@@ -509,12 +509,20 @@ def backlog(c: Cursor, workflow_id: UUID) -> dict[str, TopicBacklog]:
 def backlog_and_wakeups(c: Cursor, workflow_id: UUID) -> PendingHints:
     """`backlog` and each handler's wake-up in one statement: the session loop
     reads both, and on a server each statement is a round trip."""
-    c.execute("SELECT 0, topic, pending, newest, NULL FROM fl_backlog WHERE workflow_id=? "
-              "UNION ALL SELECT 1, handler, NULL, NULL, wake_at FROM fl_wakeups "
-              "WHERE workflow_id=? AND wake_at IS NOT NULL", (workflow_id.hex,) * 2)
+    c.execute(*backlog_and_wakeups_query(workflow_id))
+    return backlog_and_wakeups_found(c.fetchall())
+
+
+def backlog_and_wakeups_query(workflow_id: UUID) -> tuple[str, tuple[Any, ...]]:
+    return ("SELECT 0, topic, pending, newest, NULL FROM fl_backlog WHERE workflow_id=? "
+            "UNION ALL SELECT 1, handler, NULL, NULL, wake_at FROM fl_wakeups "
+            "WHERE workflow_id=? AND wake_at IS NOT NULL", (workflow_id.hex,) * 2)
+
+
+def backlog_and_wakeups_found(rows: list[Any]) -> PendingHints:
     topics: dict[str, TopicBacklog] = {}
     wakes: dict[str, datetime] = {}
-    for kind, name, pending, newest, wake_at in c.fetchall():
+    for kind, name, pending, newest, wake_at in rows:
         if kind == 0:
             topics[name] = TopicBacklog(pending, newest)
         else:
@@ -590,13 +598,19 @@ def _run_row(r: Any, seal: Seal) -> RunRow:
 def unfinished_runs(c: Cursor, workflow_id: UUID | None = None,
                     seal: Seal = NO_SEAL) -> list[RunRow]:
     """Runs that are not committed, superseded, or failed with nothing held."""
-    sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE open=1"
-    params: tuple[Any, ...] = ()
-    if workflow_id is not None:
-        sql += " AND workflow_id=?"
-        params = (workflow_id.hex,)
-    c.execute(sql + " ORDER BY position", params)
-    return [_run_row(r, seal) for r in c.fetchall()]
+    c.execute(*unfinished_runs_query(workflow_id))
+    return unfinished_runs_found(c.fetchall(), seal)
+
+
+def unfinished_runs_query(workflow_id: UUID | None = None) -> tuple[str, tuple[Any, ...]]:
+    if workflow_id is None:
+        return f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE open=1 ORDER BY position", ()
+    return (f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE open=1 AND workflow_id=? "
+            "ORDER BY position", (workflow_id.hex,))
+
+
+def unfinished_runs_found(rows: list[Any], seal: Seal = NO_SEAL) -> list[RunRow]:
+    return [_run_row(r, seal) for r in rows]
 
 
 def workflows(c: Cursor, seal: Seal = NO_SEAL) -> list[WorkflowRow]:

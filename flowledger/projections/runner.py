@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import Mapper
@@ -33,6 +34,11 @@ from flowledger.projections.pending_work import PendingHints, PendingWork, backl
 from flowledger.projections.sealing import NO_SEAL, Seal
 
 Progress = Callable[[int, int], None]  # (done, total)
+
+
+class LogLook(NamedTuple):
+    cut_back: tuple[int, int] | None  # (furthest folded, head) when the log went back
+    store_time: datetime | None  # when asked, where the store keeps a clock
 
 
 class ProjectionRunner:
@@ -128,22 +134,25 @@ class ProjectionRunner:
             # it would take a write transaction of its own (ADR 0017).
             self._fold_unfolded(c)
 
-    def pending_hints(self, workflow_id: UUID, fresh: bool = False) -> PendingHints:
+    def pending_hints(self, workflow_id: UUID, fresh: bool = False,
+                      found: PendingHints | None = None) -> PendingHints:
         """The backlog and wake-ups of the workflow whose session runs here: read
         from the store when `fresh` (a session's first look: whatever changed
         them between sessions, a rebuild included, is seen), then kept up to
         date by this process's folds (the session loop asks before each
         consumer run, and only that session changes them). A fold that rolled
         back, or another writer's that moved pending work past this session's
-        fence, drops them (`forget`, `_forget_moved`)."""
+        fence, drops them (`forget`, `_forget_moved`). `found`: read in the
+        transaction of this process's last append, kept as if read now."""
         pending = self._pending
         key = workflow_id.hex
         kept = (pending.hints(key) if pending is not None and not self._held and not fresh
-                else None)
+                and found is None else None)
         if kept is not None:
             return kept
-        with self.recorder.reading(snapshot=False) as c:
-            found = backlog_and_wakeups(c, workflow_id)
+        if found is None:
+            with self.recorder.reading(snapshot=False) as c:
+                found = backlog_and_wakeups(c, workflow_id)
         if pending is not None and not self._held:
             pending.keep_hints(key, *found)
         return found
@@ -275,6 +284,15 @@ class ProjectionRunner:
             p.forget()
             p.drop_asked()
 
+    def settled(self) -> bool:
+        """Whether this process's last append left every projection at its last
+        event, so that a catch-up right after it would find nothing to fold (a
+        session's close folds its own events in; what others append after it
+        is theirs to fold, or the next reader's)."""
+        last = self._last_appended
+        return (last is not None and not self._held and not self._unfolded
+                and all(self._known.get(p.name) == last for p in self.projections))
+
     def lag(self) -> int:
         """How many events the slowest projection still has to fold in (one
         statement: a read before every query and after every session asks)."""
@@ -282,23 +300,24 @@ class ProjectionRunner:
             head, tracked = self.recorder.heads(c)
         return max((head - tracked.get(p.name, 0) for p in self.projections), default=0)
 
-    def ahead_of_log(self) -> tuple[int, int] | None:
-        """(the furthest position a projection folded, the log's head) when a
-        projection has folded events the log no longer holds: they were removed
-        outside flowledger (both are written in one transaction, so nothing
-        else leaves the projections ahead). Noted in the store when found, as
-        the next append would hide it; None when neither the log nor a note
-        says so (a rebuild clears the note)."""
+    def ahead_of_log(self, clock: bool = False) -> LogLook:
+        """`cut_back`: (the furthest position a projection folded, the log's
+        head) when a projection has folded events the log no longer holds: they
+        were removed outside flowledger (both are written in one transaction, so
+        nothing else leaves the projections ahead). Noted in the store when
+        found, as the next append would hide it; None when neither the log nor
+        a note says so (a rebuild clears the note). `clock`: the store's time
+        is read in the same statement (`store_time`)."""
         with self.recorder.reading(snapshot=False) as c:
-            head, tracked, said = self.recorder.heads_and_note(c, CUT_BACK)
+            head, tracked, said, store_time = self.recorder.heads_and_note(c, CUT_BACK, clock)
         noted = cut_back_of(said)
         furthest = max((tracked.get(p.name, 0) for p in self.projections), default=0)
         if furthest > head:
             if noted is None:
                 with self.recorder.writing() as c:
                     note_cut_back(c, furthest, head)
-            return furthest, head
-        return noted
+            return LogLook((furthest, head), store_time)
+        return LogLook(noted, store_time)
 
     def positions(self) -> dict[str, int]:
         """How far into the log each projection has read."""

@@ -129,3 +129,31 @@ def test_the_lease_clock_follows_the_store_and_leaves_injected_clocks_alone():
     no_store_clock = LeaseClock(ShiftedClock(timedelta(hours=-3)), lambda: None)
     no_store_clock.align()
     assert no_store_clock.offset == timedelta(0)
+
+
+@pytest.mark.postgres
+def test_a_session_measures_the_store_clock_in_its_first_look(pg_store, ledger, monkeypatch):
+    """The engine's clock jumps ten minutes after it opened: the next session's
+    lease still ends a lease's length after the store's now, measured in the
+    same statement as the session's first look at the log (no query of its own)."""
+    from flowledger.domain.ids import workflow_id
+
+    clock = ShiftedClock(timedelta(0))
+    engine = fl.Engine(pg_store, clock=clock)
+    try:
+        written = []
+
+        def lease_mid_call(key: str) -> None:
+            written.append(engine.log.load(workflow_id("wf")).lease_until)
+
+        engine.register(ledger_workflow(items=["a"]), tools=[mid_call_tool(lease_mid_call)(ledger)])
+        store_time = engine.log.flow_recorder.store_time
+        asked: list[int] = []
+        monkeypatch.setattr(engine.lease, "_store_time", lambda: asked.append(1) or store_time())
+        clock.shift = timedelta(minutes=10)
+        assert engine.run_session("wf").status == "completed"
+        expected = store_time() + timedelta(seconds=engine.policy.lease_seconds)
+        assert asked == []
+        assert abs(written[0] - expected) < timedelta(seconds=30)
+    finally:
+        engine.close()

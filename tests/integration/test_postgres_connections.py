@@ -23,6 +23,7 @@ import flowledger as fl
 from flowledger.engine.store_errors import from_the_store
 from flowledger.engine.waiting import LogWaiter
 from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK, _usable
+from flowledger.projections.runner import LogLook
 from tests.helpers import (
     Follower,
     MemoryLedger,
@@ -568,7 +569,8 @@ def test_a_worker_whose_sessions_are_refused_as_busy_does_not_spin(
     engine.register(ticking())
     assert engine.run_session("ticks").status == "completed"
     monkeypatch.setattr(type(engine.log.flow_recorder), "check_head", lambda self, head: None)
-    monkeypatch.setattr(type(engine.projections), "ahead_of_log", lambda self: None)
+    monkeypatch.setattr(type(engine.projections), "ahead_of_log",
+                        lambda self, clock=False: LogLook(None, None))
     caplog.set_level(logging.INFO, logger="flowledger.worker")
     with Serving(engine) as worker:
         time.sleep(1.5)  # ticks are served

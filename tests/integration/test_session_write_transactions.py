@@ -189,3 +189,42 @@ def test_a_snapshotted_stream_loads_in_one_statement(make_engine: Any,
         statements.clear()
     assert log.load(handler_state_id("counter", "nobody")) is None
     assert unpack(log.load(state_id).state) == {"n": 23}
+
+
+
+def test_a_session_reads_what_it_starts_from_in_its_opening_append(
+        make_engine: Any, clock: fl.ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workflow's unfinished runs, backlog and wake-ups are asked in the
+    opening append's own transaction, and the close leaves nothing to catch
+    up: none of them is read apart (each read is a round trip on a server).
+    A run paused for a retry is found that way, and continued."""
+    from flowledger.projections import pending_work, runner
+
+    engine = make_engine()
+    tool = ScriptedLedgerTool(MemoryLedger(), script=["transient"])
+    engine.register(ledger_workflow(items=["a", "b"]), tools=[tool])
+    first = engine.run_session("wf")
+    assert first.status == "suspended"  # "a" failed, its retry is due in a while
+    clock.advance(3600)
+    apart: list[str] = []
+    for name in ("unfinished_runs", "backlog_and_wakeups"):
+        monkeypatch.setattr(pending_work, name, _noting(apart, getattr(pending_work, name)))
+    monkeypatch.setattr(runner, "backlog_and_wakeups", pending_work.backlog_and_wakeups)
+    monkeypatch.setattr(engine.projections, "lag", _noting(apart, engine.projections.lag))
+    second = engine.run_session("wf", trigger="event")
+    assert second.status == "completed", second.error
+    assert [r.committed for r in second.runs] == [True, True]
+    assert apart == []
+    monkeypatch.undo()
+    assert engine.run(second.runs[0].run_id).retry_of == first.runs[-1].run_id
+    assert sorted(tool.ledger.keys()) == ["a", "b"]
+    assert engine.projections.lag() == 0
+    assert_projections_rebuild_equal(engine)
+
+
+def _noting(calls: list[str], real: Any) -> Any:
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(real.__name__)
+        return real(*args, **kwargs)
+
+    return noted

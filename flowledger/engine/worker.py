@@ -75,7 +75,11 @@ class Worker:
         self._served: dict[str, _Served] = {}
         self._runs = _LastRuns()
         self._turn = 0
-        self._cache: dict[UUID, tuple[int, _Facts]] = {}
+        # What the log said of every workflow served, at `_facts_at` (the head
+        # then), and the workflows as last read (refreshed, not loaded again).
+        self._facts_at: int | None = None
+        self._facts_now: dict[UUID, _Facts | CorruptEventError | None] = {}
+        self._workflows: dict[UUID, Workflow] = {}
         self.sessions = 0  # sessions this worker ran (for tests and figures)
         self._undecided: set[str] = set()  # workflows whose last decision failed
         self._unreadable: set[str] = set()  # workflows last stopped by a damaged stream
@@ -321,24 +325,48 @@ class Worker:
             retry_times=retries, served_at=served.served_at, more_work=served.more_work)
 
     def _facts(self, reg: Registration) -> _Facts | None:
-        """What the log says of a workflow, read again only when the log has moved
-        (an idle worker's loop then costs one look at the log's head)."""
+        """What the log says of a workflow (None: it is not in the log), read
+        again only when the log has moved (an idle worker's loop then costs one
+        look at the log's head), and then for every workflow served at once."""
+        if self._facts_at != self._runs.read_upto or reg.workflow_id not in self._facts_now:
+            self._read_facts()
+        found = self._facts_now[reg.workflow_id]
+        if isinstance(found, CorruptEventError):
+            raise found  # this workflow's alone (`_decisions`)
+        return found
+
+    def _read_facts(self) -> None:
+        """Every served workflow's facts in a few statements, however many there
+        are: the workflows this worker read before are brought up to date by
+        one read of what was appended to their streams since, and the pending
+        work of all is read together (a statement or more for each, a round
+        trip each on a server, made a pass cost a millisecond per workflow)."""
         engine = self.engine
+        regs = self._regs()
         head = self._runs.read_upto
-        cached = self._cache.get(reg.workflow_id)
-        if cached is not None and cached[0] == head:
-            return cached[1]
-        wf: Workflow | None = engine.log.load(reg.workflow_id)
-        if wf is None:
-            return None
+        current = engine.log.refreshed(
+            [self._workflows[r.workflow_id] for r in regs if r.workflow_id in self._workflows])
+        facts: dict[UUID, _Facts | CorruptEventError | None] = {}
+        self._workflows = {}
+        for reg in regs:
+            wf = current.get(reg.workflow_id)
+            if wf is None:
+                try:
+                    wf = engine.log.load(reg.workflow_id)
+                except CorruptEventError as e:  # said, and left out, by `_decisions`
+                    facts[reg.workflow_id] = e
+                    continue
+            if wf is None:
+                facts[reg.workflow_id] = None
+            else:
+                self._workflows[reg.workflow_id] = wf
         engine._catch_up_if_behind()
         with engine.log.reading() as c:
-            backlog, wakeups = pending_work.backlog_and_wakeups(c, reg.workflow_id)
-            retries = [r.retry_at for r in pending_work.unfinished_runs(c, reg.workflow_id)
-                       if r.retry_at is not None]
-        facts = (wf, backlog, wakeups, retries)
-        self._cache[reg.workflow_id] = (head, facts)
-        return facts
+            found = pending_work.hints_and_retries_of(c, list(self._workflows))
+        for workflow_id, wf in self._workflows.items():
+            (backlog, wakeups), retries = found[workflow_id]
+            facts[workflow_id] = (wf, backlog, wakeups, retries)
+        self._facts_now, self._facts_at = facts, head
 
     def _seed_last_runs(self, head: int) -> None:
         """The last committed run of each scheduled producer, read once at start;

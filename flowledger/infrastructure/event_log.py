@@ -412,6 +412,28 @@ class EventLog(Application[UUID]):
         return {stream_id: self.stream_from_events(stream_id, events)
                 for stream_id, events in found.items()}
 
+    def refreshed(self, known: Sequence[Any]) -> dict[UUID, Any]:
+        """Aggregates a reader keeps (and never appends through), brought up to
+        date in one read: each one's events after its version are folded onto
+        it, in place. Left out, to be loaded afresh: one whose stream no
+        longer holds its version (the log was restored or cut), and one with
+        an event that cannot be read (the load says which)."""
+        found = self.flow_recorder.select_from_versions({a.id: a.version for a in known})
+        to_domain = self.events.mapper.to_domain_event
+        out: dict[UUID, Any] = {}
+        for agg in known:
+            events = found.get(agg.id, [])
+            if not events or events[0][0] != agg.version:
+                continue
+            try:
+                new = [to_domain(StoredEvent(originator_id=agg.id, originator_version=version,
+                                             topic=topic, state=state))
+                       for version, topic, state in events[1:]]
+            except CorruptEventError:
+                continue
+            out[agg.id] = _fold(agg, new)
+        return out
+
     def stream_from_events(self, stream_id: UUID, events: StreamEvents) -> Any | None:
         """A short stream (see `load`) from its events (version, topic, stored
         state) as another query read them."""

@@ -12,7 +12,7 @@ import random
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
@@ -101,6 +101,26 @@ class FastReads:
                 f"FROM {self.events_table_name} WHERE originator_id IN "
                 f"({', '.join('?' * len(chunk))}) ORDER BY originator_id, originator_version",
                 [i.hex for i in chunk])
+            for stream, version, topic, state in rows:
+                key = stream if isinstance(stream, UUID) else UUID(stream)
+                found.setdefault(key, []).append((version, topic, bytes(state)))
+        return found
+
+    def select_from_versions(self, versions: Mapping[UUID, int]) -> dict[UUID, StreamEvents]:
+        """Each stream's events from the given version on, in one statement per
+        MAX_PARAMETERS / 2 streams (what changed in streams a reader keeps)."""
+        found: dict[UUID, StreamEvents] = {}
+        pairs = list(versions.items())
+        step = self.MAX_PARAMETERS // 2
+        for start in range(0, len(pairs), step):
+            chunk = pairs[start:start + step]
+            chunk += chunk[-1:] * (min(step, 1 << (len(chunk) - 1).bit_length()) - len(chunk))
+            rows = self.read_all(
+                f"SELECT originator_id, originator_version, topic, CAST(state AS BLOB) "
+                f"FROM {self.events_table_name} WHERE "
+                + " OR ".join(["(originator_id = ? AND originator_version >= ?)"] * len(chunk))
+                + " ORDER BY originator_id, originator_version",
+                [v for stream_id, version in chunk for v in (stream_id.hex, version)])
             for stream, version, topic, state in rows:
                 key = stream if isinstance(stream, UUID) else UUID(stream)
                 found.setdefault(key, []).append((version, topic, bytes(state)))

@@ -12,7 +12,7 @@ time travel a private in-memory database to fold projections into.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -159,6 +159,10 @@ class LogStore(Protocol):
     def select_streams(self, stream_ids: Sequence[UUID]) -> dict[UUID, StreamEvents]:
         """Whole streams by id, each as fresh as the store can give; those with
         no events are left out."""
+
+    def select_from_versions(self, versions: Mapping[UUID, int]) -> dict[UUID, StreamEvents]:
+        """Each stream's events from its given version on (that version's
+        included), in one statement; streams with none are left out."""
 
     def with_stream_events(self, sql: str, key: str, order: str) -> str:
         """`sql` with each of its rows followed by the events of one stream."""

@@ -519,6 +519,33 @@ def backlog_and_wakeups_query(workflow_id: UUID) -> tuple[str, tuple[Any, ...]]:
             "WHERE workflow_id=? AND wake_at IS NOT NULL", (workflow_id.hex,) * 2)
 
 
+def hints_and_retries_of(c: Cursor, workflow_ids: Sequence[UUID]
+                         ) -> dict[UUID, tuple[PendingHints, list[datetime]]]:
+    """For each of these workflows: its backlog and wake-ups, and when its
+    unfinished runs are to be retried; two statements per IDS_AT_ONCE
+    workflows, where reading each workflow's cost two (a worker's look)."""
+    hints: dict[str, list[Any]] = {w.hex: [] for w in workflow_ids}
+    retries: dict[str, list[datetime]] = {w.hex: [] for w in workflow_ids}
+    ids = list(hints)
+    for start in range(0, len(ids), IDS_AT_ONCE):
+        chunk = ids[start:start + IDS_AT_ONCE]
+        marks = ", ".join("?" * len(chunk))
+        c.execute(f"SELECT workflow_id, 0, topic, pending, newest, NULL FROM fl_backlog "
+                  f"WHERE workflow_id IN ({marks}) UNION ALL SELECT workflow_id, 1, handler, "
+                  f"NULL, NULL, wake_at FROM fl_wakeups WHERE workflow_id IN ({marks}) "
+                  "AND wake_at IS NOT NULL", chunk * 2)
+        for workflow, *row in c.fetchall():
+            hints[workflow].append(row)
+        c.execute(f"SELECT workflow_id, retry_at FROM fl_runs WHERE open=1 AND workflow_id IN "
+                  f"({marks}) AND retry_at IS NOT NULL ORDER BY position", chunk)
+        for workflow, retry_at in c.fetchall():
+            retries[workflow].append(text_time(retry_at))
+    return {UUID(w): (backlog_and_wakeups_found(rows), retries[w]) for w, rows in hints.items()}
+
+
+IDS_AT_ONCE = 400  # workflow ids bound in one statement (SQLite's limit is 999)
+
+
 def backlog_and_wakeups_found(rows: list[Any]) -> PendingHints:
     topics: dict[str, TopicBacklog] = {}
     wakes: dict[str, datetime] = {}

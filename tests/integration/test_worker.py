@@ -581,3 +581,75 @@ def test_a_worker_asked_to_stop_as_it_starts_takes_over_nothing_more(
         worker._start(waiter)
     assert ledger.calls == calls
     assert {name: engine.workflow(name).open_session for name in held} == held
+
+
+def test_a_pass_reads_every_workflow_served_together(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five workflows served. Once the worker has read them, a pass after an
+    append loads none of their streams one by one (the session it runs loads
+    its own): what was appended to them since is read in one statement. What
+    it knows of each is what a fresh worker reads, through publishes, a
+    transient failure's pause and its retry."""
+    from tests.helpers import count_loads
+
+    clock.set(START)
+    engine = make_engine()
+    tool = ScriptedLedgerTool(MemoryLedger())
+    names = [f"w{i}" for i in range(5)]
+    plans: dict[str, list[str]] = {name: [] for name in names}
+    for name in names:
+        engine.register(_publishing(name, plans[name]), tools=[tool])
+    worker = Worker(engine)
+    assert worker.run_once() == []  # read once: nothing pending
+    ids = {workflow_id(name) for name in names}
+    for step, name in enumerate(["w2", "w0", "w2", "w4", "w1"]):
+        plans[name].append(f"m{step}")
+        engine.run_session(name, trigger="manual", max_iterations=0)  # publishes it
+        tool.script = ["transient"] if step == 2 else []
+        loads = count_loads(monkeypatch)
+        served = worker.run_once()
+        assert [r.workflow for r in served] == [name]
+        assert [i for i in loads if i in ids] == [workflow_id(name)]  # its session's
+        monkeypatch.undo()
+        _assert_knows_what_a_fresh_worker_reads(worker, engine)
+    clock.advance(3600)  # the paused workflow's retry is due
+    assert [r.workflow for r in worker.run_once()] == ["w2"]
+    _assert_knows_what_a_fresh_worker_reads(worker, engine)
+    assert sorted(tool.writes) == ["m0", "m1", "m2", "m3", "m4"]
+
+
+def _assert_knows_what_a_fresh_worker_reads(worker: Worker, engine: fl.Engine) -> None:
+    from flowledger.engine.waiting import max_position
+
+    fresh = Worker(engine)
+    for w in (worker, fresh):
+        w._read_new_runs(max_position(engine.log))  # as a pass does first
+    for reg in engine._registered.values():
+        kept, read = worker._facts(reg), fresh._facts(reg)
+        assert kept is not None and read is not None
+        assert kept[0].__dict__ == read[0].__dict__ and kept[1:] == read[1:]
+
+
+def _publishing(name: str, plan: list[str]) -> fl.Workflow:
+    """A producer that publishes what `plan` holds; a consumer that books each."""
+    wf = fl.Workflow(name, topics=["in"])
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> Any:
+        for item in plan:
+            ctx.publish("in", message_id=item, payload=item)
+        return None
+
+    @wf.consumer(subscribe=["in"], tools=["ledger"])
+    class Book:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            pending = ctx.peek("in", limit=1)
+            if not pending:
+                return None
+            return fl.Prepared({"in": [pending[0].message_id]}, data=pending[0].message_id)
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.ledger.append(prepared.data, "v")
+
+    return wf

@@ -67,8 +67,9 @@ class LeaseClock:
     on when a lease runs out (DESIGN §7). Lease ends are written and judged in
     the store's time; everything else keeps the engine's.
 
-    The offset between the two is measured at opening and again at each
-    session's opening (one query). An injected clock other than the system's
+    The offset between the two is measured at opening (one query) and again at
+    each session's opening, in the statement of its look at the log (`align_to`).
+    An injected clock other than the system's
     (tests, simulations) is used as it is: its time is not the store's.
     """
 

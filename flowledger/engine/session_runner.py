@@ -145,10 +145,11 @@ class SessionRunner:
         scope = self.make_scope(streams, wf, session)
         driver = RunDriver(scope)
         opening, self._opening = self._opening, None
-        if opening is not None and opening.hints.rows is not None:
+        hints = opening.hints.rows if opening is not None else None
+        if hints is not None:
             # Kept from now on, and kept up to date by this session's own folds.
             scope.pending_hints(self.reg.workflow_id, False,
-                                pending_work.backlog_and_wakeups_found(opening.hints.rows))
+                                pending_work.backlog_and_wakeups_found(hints))
         runs: list[RunResult] = []
         cleared = wf.status == WorkflowStatus.ACTIVE
         blocked = self._blocked_reason(wf, scope.now())
@@ -162,8 +163,9 @@ class SessionRunner:
         else:
             if wf.status == WorkflowStatus.PAUSED:
                 wf.resume(scope.now(), "a retry or reconciliation fell due")
-            outcome, reason, budget, remaining = self._work(scope, driver, request, runs,
-                                                            cleared, opening)
+            outcome, reason, budget, remaining = self._work(
+                scope, driver, request, runs, cleared,
+                opening.unfinished.rows if opening is not None else None, hints is None)
         now = scope.now()
         session.close(now, outcome, reason, budget, remaining)
         wf.close_session(now, session.id, outcome.value)
@@ -172,10 +174,12 @@ class SessionRunner:
                              reason, budget, tuple(runs))
 
     def _work(self, scope: SessionScope, driver: RunDriver, request: SessionRequest,
-              runs: list[RunResult], cleared: bool, opening: OpeningReads | None
-              ) -> tuple[SessionOutcome, str | None, str | None, dict[str, dict[str, int]]]:
-        stopped = self._continue_unfinished(
-            scope, driver, runs, cleared, opening.unfinished.rows if opening else None)
+              runs: list[RunResult], cleared: bool, unfinished: list[Any] | None,
+              fresh: bool) -> tuple[SessionOutcome, str | None, str | None,
+                                    dict[str, dict[str, int]]]:
+        """`unfinished`: the rows of the runs left unfinished, and `fresh` False:
+        the hints were, read by the session's opening append."""
+        stopped = self._continue_unfinished(scope, driver, runs, cleared, unfinished)
         if stopped is not None:
             return stopped, runs[-1].reason if runs else None, None, {}
         if request.trigger != Trigger.EVENT:
@@ -193,8 +197,6 @@ class SessionRunner:
         by_name = {c.name: c for c in self.reg.definition.consumers}
         declines: dict[str, Decline] = {}
         session = scope.session
-        # The session's first look reads the store, unless its opening append did.
-        fresh = opening is None or opening.hints.rows is None
         while True:
             now = scope.now()
             # The two hints for choosing a consumer (read once a session, then kept).

@@ -32,6 +32,7 @@ from flowledger.domain.workflow import Workflow
 from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.engine.session_runner import SessionRequest, SessionResult
 from flowledger.engine.waiting import LogWaiter, max_position, retry_wait
+from flowledger.infrastructure.event_log import Kept
 from flowledger.infrastructure.store import LogWentBack
 from flowledger.projections import pending_work
 from flowledger.read_side.log_view import read_log
@@ -76,10 +77,12 @@ class Worker:
         self._runs = _LastRuns()
         self._turn = 0
         # What the log said of every workflow served, at `_facts_at` (the head
-        # then), and the workflows as last read (refreshed, not loaded again).
+        # then); the workflows as last read (refreshed, not loaded again); and
+        # those whose stream could not be read, read afresh at each look.
         self._facts_at: int | None = None
-        self._facts_now: dict[UUID, _Facts | CorruptEventError | None] = {}
-        self._workflows: dict[UUID, Workflow] = {}
+        self._facts_now: dict[UUID, _Facts | None] = {}
+        self._workflows: dict[UUID, Kept] = {}
+        self._damaged: set[UUID] = set()
         self.sessions = 0  # sessions this worker ran (for tests and figures)
         self._undecided: set[str] = set()  # workflows whose last decision failed
         self._unreadable: set[str] = set()  # workflows last stopped by a damaged stream
@@ -328,45 +331,62 @@ class Worker:
         """What the log says of a workflow (None: it is not in the log), read
         again only when the log has moved (an idle worker's loop then costs one
         look at the log's head), and then for every workflow served at once."""
-        if self._facts_at != self._runs.read_upto or reg.workflow_id not in self._facts_now:
+        workflow_id = reg.workflow_id
+        if workflow_id not in self._damaged and (
+                self._facts_at != self._runs.read_upto or workflow_id not in self._facts_now):
             self._read_facts()
-        found = self._facts_now[reg.workflow_id]
-        if isinstance(found, CorruptEventError):
-            raise found  # this workflow's alone (`_decisions`)
-        return found
+        if workflow_id in self._damaged:  # it may have been mended: read at each look
+            return self._read_facts_of(reg)
+        return self._facts_now[workflow_id]
 
     def _read_facts(self) -> None:
         """Every served workflow's facts in a few statements, however many there
         are: the workflows this worker read before are brought up to date by
         one read of what was appended to their streams since, and the pending
         work of all is read together (a statement or more for each, a round
-        trip each on a server, made a pass cost a millisecond per workflow)."""
+        trip each on a server, made a pass cost a millisecond per workflow).
+        A workflow whose stream cannot be read is left to `_read_facts_of`."""
         engine = self.engine
-        regs = self._regs()
+        regs = [r for r in self._regs() if r.workflow_id not in self._damaged]
         head = self._runs.read_upto
         current = engine.log.refreshed(
             [self._workflows[r.workflow_id] for r in regs if r.workflow_id in self._workflows])
-        facts: dict[UUID, _Facts | CorruptEventError | None] = {}
+        facts: dict[UUID, _Facts | None] = {}
         self._workflows = {}
         for reg in regs:
-            wf = current.get(reg.workflow_id)
-            if wf is None:
+            kept = current.get(reg.workflow_id)
+            if kept is None:
                 try:
-                    wf = engine.log.load(reg.workflow_id)
-                except CorruptEventError as e:  # said, and left out, by `_decisions`
-                    facts[reg.workflow_id] = e
+                    kept = engine.log.kept(reg.workflow_id)
+                except CorruptEventError:
+                    self._damaged.add(reg.workflow_id)
                     continue
-            if wf is None:
+            if kept is None:
                 facts[reg.workflow_id] = None
             else:
-                self._workflows[reg.workflow_id] = wf
+                self._workflows[reg.workflow_id] = kept
         engine._catch_up_if_behind()
-        with engine.log.reading() as c:
-            found = pending_work.hints_and_retries_of(c, list(self._workflows))
-        for workflow_id, wf in self._workflows.items():
-            (backlog, wakeups), retries = found[workflow_id]
-            facts[workflow_id] = (wf, backlog, wakeups, retries)
+        facts.update(self._pending_facts(list(self._workflows)))
         self._facts_now, self._facts_at = facts, head
+
+    def _read_facts_of(self, reg: Registration) -> _Facts | None:
+        """One workflow's facts, its stream loaded afresh: raises CorruptEventError
+        while it cannot be read (each time a new one, said by `_decisions`)."""
+        kept = self.engine.log.kept(reg.workflow_id)
+        self._damaged.discard(reg.workflow_id)
+        if kept is None:
+            return None
+        self._workflows[reg.workflow_id] = kept
+        self.engine._catch_up_if_behind()
+        found = self._pending_facts([reg.workflow_id])[reg.workflow_id]
+        self._facts_now[reg.workflow_id] = found
+        return found
+
+    def _pending_facts(self, workflow_ids: list[UUID]) -> dict[UUID, _Facts]:
+        with self.engine.log.reading() as c:
+            found = pending_work.hints_and_retries_of(c, workflow_ids)
+        return {w: (self._workflows[w].aggregate, *found[w][0], found[w][1])
+                for w in workflow_ids}
 
     def _seed_last_runs(self, head: int) -> None:
         """The last committed run of each scheduled producer, read once at start;

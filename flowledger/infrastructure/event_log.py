@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, NamedTuple, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -136,6 +137,22 @@ class CheckedMapper(PydanticMapper):
             "skipped or written. Restore the store from a backup taken before the damage",
             position=position, stream_id=stream_id, version=stored.originator_version,
             topic=stored.topic)
+
+
+class Kept(NamedTuple):
+    """An aggregate a reader keeps, and the mark of the stored event it was last
+    folded to (`EventLog.refreshed`)."""
+
+    aggregate: Any
+    mark: bytes | None
+
+
+def _mark(event: tuple[int, str, bytes]) -> bytes:
+    """What tells a stored event (version, topic, body) from another written at
+    its version: its body holds its time and id."""
+    version, topic, state = event
+    return hashlib.blake2b(b"%d\0%s\0%s" % (version, topic.encode(), state),
+                           digest_size=16).digest()
 
 
 class EventLog(Application[UUID]):
@@ -412,26 +429,39 @@ class EventLog(Application[UUID]):
         return {stream_id: self.stream_from_events(stream_id, events)
                 for stream_id, events in found.items()}
 
-    def refreshed(self, known: Sequence[Any]) -> dict[UUID, Any]:
+    def kept(self, stream_id: UUID) -> Kept | None:
+        """A stream's aggregate, to be kept by a reader and brought up to date by
+        `refreshed`: loaded, then marked with its last event (one read more)."""
+        aggregate = self.load(stream_id)
+        if aggregate is None:
+            return None
+        return self.refreshed([Kept(aggregate, None)]).get(stream_id, Kept(aggregate, None))
+
+    def refreshed(self, known: Sequence[Kept]) -> dict[UUID, Kept]:
         """Aggregates a reader keeps (and never appends through), brought up to
         date in one read: each one's events after its version are folded onto
         it, in place. Left out, to be loaded afresh: one whose stream no
-        longer holds its version (the log was restored or cut), and one with
-        an event that cannot be read (the load says which)."""
-        found = self.flow_recorder.select_from_versions({a.id: a.version for a in known})
+        longer holds the very event it was last folded to (the store was
+        restored, or a failover lost appends, and others wrote that version
+        anew), and one with an event that cannot be read (the load says which).
+        A mark of None takes the event at the aggregate's version as it is
+        (`kept`, just after loading it)."""
+        found = self.flow_recorder.select_from_versions(
+            {k.aggregate.id: k.aggregate.version for k in known})
         to_domain = self.events.mapper.to_domain_event
-        out: dict[UUID, Any] = {}
-        for agg in known:
-            events = found.get(agg.id, [])
-            if not events or events[0][0] != agg.version:
+        out: dict[UUID, Kept] = {}
+        for aggregate, mark in known:
+            events = found.get(aggregate.id, [])
+            if not events or events[0][0] != aggregate.version or (
+                    mark is not None and _mark(events[0]) != mark):
                 continue
             try:
-                new = [to_domain(StoredEvent(originator_id=agg.id, originator_version=version,
+                new = [to_domain(StoredEvent(originator_id=aggregate.id, originator_version=v,
                                              topic=topic, state=state))
-                       for version, topic, state in events[1:]]
+                       for v, topic, state in events[1:]]
             except CorruptEventError:
                 continue
-            out[agg.id] = _fold(agg, new)
+            out[aggregate.id] = Kept(_fold(aggregate, new), _mark(events[-1]))
         return out
 
     def stream_from_events(self, stream_id: UUID, events: StreamEvents) -> Any | None:

@@ -89,38 +89,32 @@ class FastReads:
         run that publishes many messages asks for all of their streams at once,
         where one read each cost a round trip each on a server). Streams with
         no events are left out."""
+        return self._streams(stream_ids, 1,
+                             lambda n: f"originator_id IN ({', '.join('?' * n)})",
+                             lambda chunk: [i.hex for i in chunk])
+
+    def select_from_versions(self, versions: Mapping[UUID, int]) -> dict[UUID, StreamEvents]:
+        """Each stream's events from the given version on (what changed in the
+        streams a reader keeps), in one statement per MAX_PARAMETERS / 2 streams."""
+        return self._streams(
+            list(versions.items()), 2,
+            lambda n: " OR ".join(["(originator_id = ? AND originator_version >= ?)"] * n),
+            lambda chunk: [v for stream_id, version in chunk for v in (stream_id.hex, version)])
+
+    def _streams(self, items: Sequence[Any], parameters_each: int,
+                 where: Callable[[int], str], parameters: Callable[[list[Any]], list[Any]]
+                 ) -> dict[UUID, StreamEvents]:
         found: dict[UUID, StreamEvents] = {}
-        step = self.MAX_PARAMETERS
-        for start in range(0, len(stream_ids), step):
-            chunk = list(stream_ids[start:start + step])
-            # Padded (repeating its last id) to a power of two: a few statements
+        step = self.MAX_PARAMETERS // parameters_each
+        for start in range(0, len(items), step):
+            chunk = list(items[start:start + step])
+            # Padded (repeating its last item) to a power of two: a few statements
             # for the drivers' statement caches, not one per length.
             chunk += chunk[-1:] * (min(step, 1 << (len(chunk) - 1).bit_length()) - len(chunk))
             rows = self.read_all(
                 f"SELECT originator_id, originator_version, topic, CAST(state AS BLOB) "
-                f"FROM {self.events_table_name} WHERE originator_id IN "
-                f"({', '.join('?' * len(chunk))}) ORDER BY originator_id, originator_version",
-                [i.hex for i in chunk])
-            for stream, version, topic, state in rows:
-                key = stream if isinstance(stream, UUID) else UUID(stream)
-                found.setdefault(key, []).append((version, topic, bytes(state)))
-        return found
-
-    def select_from_versions(self, versions: Mapping[UUID, int]) -> dict[UUID, StreamEvents]:
-        """Each stream's events from the given version on, in one statement per
-        MAX_PARAMETERS / 2 streams (what changed in streams a reader keeps)."""
-        found: dict[UUID, StreamEvents] = {}
-        pairs = list(versions.items())
-        step = self.MAX_PARAMETERS // 2
-        for start in range(0, len(pairs), step):
-            chunk = pairs[start:start + step]
-            chunk += chunk[-1:] * (min(step, 1 << (len(chunk) - 1).bit_length()) - len(chunk))
-            rows = self.read_all(
-                f"SELECT originator_id, originator_version, topic, CAST(state AS BLOB) "
-                f"FROM {self.events_table_name} WHERE "
-                + " OR ".join(["(originator_id = ? AND originator_version >= ?)"] * len(chunk))
-                + " ORDER BY originator_id, originator_version",
-                [v for stream_id, version in chunk for v in (stream_id.hex, version)])
+                f"FROM {self.events_table_name} WHERE {where(len(chunk))} "
+                "ORDER BY originator_id, originator_version", parameters(chunk))
             for stream, version, topic, state in rows:
                 key = stream if isinstance(stream, UUID) else UUID(stream)
                 found.setdefault(key, []).append((version, topic, bytes(state)))

@@ -514,9 +514,15 @@ def backlog_and_wakeups(c: Cursor, workflow_id: UUID) -> PendingHints:
 
 
 def backlog_and_wakeups_query(workflow_id: UUID) -> tuple[str, tuple[Any, ...]]:
-    return ("SELECT 0, topic, pending, newest, NULL FROM fl_backlog WHERE workflow_id=? "
-            "UNION ALL SELECT 1, handler, NULL, NULL, wake_at FROM fl_wakeups "
-            "WHERE workflow_id=? AND wake_at IS NOT NULL", (workflow_id.hex,) * 2)
+    return _hints_sql("workflow_id=?"), (workflow_id.hex,) * 2
+
+
+def _hints_sql(which: str) -> str:
+    """Backlog and wake-up rows (workflow, kind, name, pending, newest, wake_at)
+    of the workflows `which` names (its parameters are asked twice)."""
+    return (f"SELECT workflow_id, 0, topic, pending, newest, NULL FROM fl_backlog WHERE {which} "
+            f"UNION ALL SELECT workflow_id, 1, handler, NULL, NULL, wake_at FROM fl_wakeups "
+            f"WHERE {which} AND wake_at IS NOT NULL")
 
 
 def hints_and_retries_of(c: Cursor, workflow_ids: Sequence[UUID]
@@ -529,15 +535,12 @@ def hints_and_retries_of(c: Cursor, workflow_ids: Sequence[UUID]
     ids = list(hints)
     for start in range(0, len(ids), IDS_AT_ONCE):
         chunk = ids[start:start + IDS_AT_ONCE]
-        marks = ", ".join("?" * len(chunk))
-        c.execute(f"SELECT workflow_id, 0, topic, pending, newest, NULL FROM fl_backlog "
-                  f"WHERE workflow_id IN ({marks}) UNION ALL SELECT workflow_id, 1, handler, "
-                  f"NULL, NULL, wake_at FROM fl_wakeups WHERE workflow_id IN ({marks}) "
-                  "AND wake_at IS NOT NULL", chunk * 2)
-        for workflow, *row in c.fetchall():
-            hints[workflow].append(row)
-        c.execute(f"SELECT workflow_id, retry_at FROM fl_runs WHERE open=1 AND workflow_id IN "
-                  f"({marks}) AND retry_at IS NOT NULL ORDER BY position", chunk)
+        which = f"workflow_id IN ({', '.join('?' * len(chunk))})"
+        c.execute(_hints_sql(which), chunk * 2)
+        for row in c.fetchall():
+            hints[row[0]].append(row)
+        c.execute(f"SELECT workflow_id, retry_at {_OPEN_RUNS} AND {which} "
+                  "AND retry_at IS NOT NULL ORDER BY position", chunk)
         for workflow, retry_at in c.fetchall():
             retries[workflow].append(text_time(retry_at))
     return {UUID(w): (backlog_and_wakeups_found(rows), retries[w]) for w, rows in hints.items()}
@@ -549,7 +552,7 @@ IDS_AT_ONCE = 400  # workflow ids bound in one statement (SQLite's limit is 999)
 def backlog_and_wakeups_found(rows: list[Any]) -> PendingHints:
     topics: dict[str, TopicBacklog] = {}
     wakes: dict[str, datetime] = {}
-    for kind, name, pending, newest, wake_at in rows:
+    for _, kind, name, pending, newest, wake_at in rows:
         if kind == 0:
             topics[name] = TopicBacklog(pending, newest)
         else:
@@ -631,9 +634,12 @@ def unfinished_runs(c: Cursor, workflow_id: UUID | None = None,
 
 def unfinished_runs_query(workflow_id: UUID | None = None) -> tuple[str, tuple[Any, ...]]:
     if workflow_id is None:
-        return f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE open=1 ORDER BY position", ()
-    return (f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE open=1 AND workflow_id=? "
-            "ORDER BY position", (workflow_id.hex,))
+        return f"SELECT {_RUN_COLUMNS} {_OPEN_RUNS} ORDER BY position", ()
+    return (f"SELECT {_RUN_COLUMNS} {_OPEN_RUNS} AND workflow_id=? ORDER BY position",
+            (workflow_id.hex,))
+
+
+_OPEN_RUNS = "FROM fl_runs WHERE open=1"  # runs not committed, superseded or failed
 
 
 def unfinished_runs_found(rows: list[Any], seal: Seal = NO_SEAL) -> list[RunRow]:

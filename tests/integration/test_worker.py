@@ -653,3 +653,104 @@ def _publishing(name: str, plan: list[str]) -> fl.Workflow:
             ctx.tools.ledger.append(prepared.data, "v")
 
     return wf
+
+
+def _damage_last_event(store: str, name: str) -> tuple[str, int, bytes]:
+    """The workflow stream's last event made unreadable: (position column,
+    its position, its body as it was)."""
+    pos = position_column(store)
+    stream = workflow_id(name)
+    (target,) = run_sql(store, f"SELECT MAX({pos}) FROM stored_events "
+                               "WHERE originator_id IN (?, ?)", (stream.hex, str(stream)))[0]
+    (state,) = run_sql(store, f"SELECT state FROM stored_events WHERE {pos}=?", (target,))[0]
+    run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (b"\xc1", target))
+    return pos, target, bytes(state)
+
+
+def test_a_mended_stream_is_served_at_the_next_pass(
+        store: str, make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    """A workflow whose stream cannot be read is looked at again at each pass,
+    though nothing is appended: mended outside flowledger, it is served."""
+    clock.set(START)
+    broken, fine = MemoryLedger(), MemoryLedger()
+    engine = make_engine()
+    engine.register(ledger_workflow("broken", items=["x"]), tools=[ScriptedLedgerTool(broken)])
+    engine.register(ledger_workflow("fine", items=["a"]), tools=[ScriptedLedgerTool(fine)])
+    for name in ("broken", "fine"):
+        engine.run_session(name, max_iterations=0)  # published, nothing consumed
+    worker = Worker(engine)
+    pos, target, state = _damage_last_event(store, "broken")
+    assert [r.workflow for r in worker.run_once()] == ["fine"]
+    assert worker.run_once() == []
+    run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (state, target))
+    assert [r.workflow for r in worker.run_once()] == ["broken"]
+    assert broken.writes == ["x"]
+
+
+def test_a_damaged_stream_looked_at_pass_after_pass_keeps_nothing_of_the_last(
+        store: str, make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    """Each look raises a new error: one raised again and again grows its
+    traceback, with the frames it holds, at every pass of an idle worker."""
+    clock.set(START)
+    engine = make_engine()
+    engine.register(ledger_workflow("broken", items=["x"]),
+                    tools=[ScriptedLedgerTool(MemoryLedger())])
+    engine.run_session("broken", max_iterations=0)
+    worker = Worker(engine)
+    _damage_last_event(store, "broken")
+    reg = engine._registration("broken")
+    errors = []
+    for _ in range(5):
+        with pytest.raises(fl.CorruptEventError) as raised:
+            worker._facts(reg)
+        errors.append(raised.value)
+    assert len({id(e) for e in errors}) == 5
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_worker_after_a_restore_knows_what_a_fresh_worker_reads(
+        store: str, clock: fl.ManualClock, tmp_path: Any) -> None:
+    """The store is restored from a backup taken before the worker last read a
+    workflow (paused, needing a person), and other engines write that stream
+    anew past the version the worker kept: the event there is another one, so
+    the worker reads the workflow afresh (active) and serves it."""
+    import sqlite3
+
+    from flowledger.engine.waiting import max_position
+
+    clock.set(START)
+    path = store[len("sqlite:///"):]
+    plan: list[str] = ["m0"]
+    tool = ScriptedLedgerTool(MemoryLedger())
+
+    def engine() -> fl.Engine:
+        e = fl.Engine(store, clock=clock)
+        e.register(_publishing("wf", plan), tools=[tool])
+        return e
+
+    writer = engine()
+    writer.run_session("wf", max_iterations=0)  # m0 published
+    backup = sqlite3.connect(tmp_path / "backup.db")
+    with contextlib.closing(sqlite3.connect(path)) as live:
+        live.backup(backup)  # wf active, m0 pending
+    tool.script = ["auth"]
+    assert writer.run_session("wf", trigger="event").status == "suspended"  # needs a person
+    writer.close()
+    watcher = engine()
+    worker = Worker(watcher)
+    try:
+        assert worker.run_once() == []
+        with contextlib.closing(sqlite3.connect(path)) as live:
+            backup.backup(live)  # restored: the pause is gone from the store
+        backup.close()
+        other = engine()
+        tool.script = []
+        while max_position(other.log) <= worker._runs.read_upto:
+            plan.append(f"m{len(plan)}")
+            other.run_session("wf", max_iterations=0)  # another engine writes the stream
+        assert other.workflow("wf").status.value == "active"
+        other.close()
+        assert [r.workflow for r in worker.run_once()] == ["wf"]
+        assert "m0" in tool.writes
+    finally:
+        watcher.close()

@@ -6,6 +6,8 @@ store's notifications instead of polling):
   that consumed it (p50 / p99), read from the log's own timestamps;
 * throughput (consumer runs per second, each with one mutation) of one and of
   two worker processes over four workflows' backlog;
+* the time a pass takes to serve one message, with 1 and with 50 workflows
+  registered (in this process);
 * takeover time: SIGKILL a worker in the middle of a call, until the other
   worker's `SessionTakenOver` is in the log;
 * an idle worker's CPU time per minute.
@@ -241,6 +243,33 @@ def takeover(base: Path, interval: float) -> float:
                 p.wait(10)
 
 
+def pass_time(base: Path, workflows: int, rounds: int = 30) -> float:
+    """Seconds (median) a worker's pass takes to serve one message published to
+    one of `workflows` registered (`Worker.run_once`, in this process): what a
+    pass costs beside its session grows with the workflows a worker serves."""
+    import flowledger as fl
+    from flowledger.engine.worker import Worker
+
+    folder = Path(tempfile.mkdtemp(dir=base))
+    (folder / "workload.py").write_text(WORKLOAD)
+    store = STORES.new(folder)
+    names = [f"w{i}" for i in range(workflows)]
+    publish(store, folder, names, 0)  # registered, nothing pending
+    took: list[float] = []
+    with fl.Engine(store) as engine:
+        load(folder).register(engine)  # type: ignore[attr-defined]
+        worker = Worker(engine)
+        worker.run_once()
+        os.environ["BENCH_FEED"] = "1"
+        for k in range(rounds):
+            engine.run_session(names[k % workflows], max_iterations=0)  # one message
+            started = time.perf_counter()
+            served = worker.run_once()
+            took.append(time.perf_counter() - started)
+            assert sum(r.consumer_runs for r in served) == 1
+    return statistics.median(took)
+
+
 def idle_cpu(base: Path, seconds: float, interval: float) -> float:
     folder = Path(tempfile.mkdtemp(dir=base))
     (folder / "workload.py").write_text(WORKLOAD)
@@ -293,6 +322,9 @@ def measure(args: argparse.Namespace) -> None:
             rate = throughput(base, args.backlog, n, args.interval)
             print(f"throughput, {n} worker{'s' if n > 1 else ''}: {rate:.0f} consumer runs/s "
                   f"({args.backlog} runs over 4 workflows, one mutation each)")
+        one, many = pass_time(base, 1), pass_time(base, 50)
+        print(f"a pass serving one message: {one * 1000:.1f} ms with 1 workflow registered, "
+              f"{many * 1000:.1f} ms with 50 ({many / one:.1f}x)")
         print(f"takeover after SIGKILL (interval {args.interval} s): "
               f"{takeover(base, args.interval):.2f} s")
         print(f"idle worker CPU (interval {args.interval} s): "

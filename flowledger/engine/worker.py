@@ -383,7 +383,7 @@ class Worker:
         return found
 
     def _pending_facts(self, workflow_ids: list[UUID]) -> dict[UUID, _Facts]:
-        with self.engine.log.reading() as c:
+        with self.engine.log.reading(snapshot=False) as c:  # one statement
             found = pending_work.hints_and_retries_of(c, workflow_ids)
         return {w: (self._workflows[w].aggregate, *found[w][0], found[w][1])
                 for w in workflow_ids}

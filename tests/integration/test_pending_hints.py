@@ -143,3 +143,32 @@ def test_a_session_sees_what_was_rebuilt_since_the_last(
     assert idle.status == "completed" and idle.consumer_runs == 0
     assert done.status == "completed", done.error
     assert ledger.keys() == ["a", "b", "c"] and compared[0] >= 2
+
+
+def test_hints_and_retries_of_many_workflows_are_each_ones_own(
+        make_engine: Any, ledger: ExternalLedger, clock: fl.ManualClock) -> None:
+    """What a worker reads for all its workflows at once (in statements of
+    IDS_AT_ONCE workflows) is what each workflow's own reads give."""
+    import uuid
+
+    from flowledger.domain.ids import workflow_id
+
+    engine = make_engine()
+    tool = ScriptedLedgerTool(ledger)
+    engine.register(ledger_workflow("busy", items=["a", "b", "c"]), tools=[tool])
+    engine.register(ledger_workflow("retrying", items=["x"]), tools=[tool])
+    engine.run_session("busy", max_iterations=1)
+    tool.script = ["transient"]
+    assert engine.run_session("retrying").status == "suspended"
+    real = [workflow_id("busy"), workflow_id("retrying")]
+    asked = [uuid.uuid4() for _ in range(2 * pending_work.IDS_AT_ONCE + 50)]
+    asked[5], asked[pending_work.IDS_AT_ONCE + 7] = real
+    with engine.log.reading() as c:
+        found = pending_work.hints_and_retries_of(c, asked)
+        for wf in asked:
+            own = (pending_work.backlog_and_wakeups(c, wf),
+                   [r.retry_at for r in pending_work.unfinished_runs(c, wf)
+                    if r.retry_at is not None])
+            assert found[wf] == own
+    assert found[real[0]][0][0]["in"].pending == 2
+    assert len(found[real[1]][1]) == 1 and found[real[1]][1][0] > clock.now()

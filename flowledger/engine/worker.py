@@ -59,6 +59,7 @@ class _LastRuns:
     read_upto: int = 0
     last: dict[tuple[UUID, str], datetime] = field(default_factory=dict)
     started: dict[UUID, tuple[UUID, str, datetime]] = field(default_factory=dict)
+    seeded: set[UUID] = field(default_factory=set)  # workflows whose last runs were read
 
 
 _Facts = tuple[Workflow, dict[str, TopicBacklog], dict[str, datetime], list[datetime]]
@@ -166,6 +167,7 @@ class Worker:
         next due time."""
         head = waiter.head()
         self.engine.log.flow_recorder.check_head(head)  # a log cut back under this engine
+        self._seed_last_runs()  # of a workflow registered since
         self._read_new_runs(head)
         now = self.engine.clock.now()
         decisions = self._decisions(now)
@@ -209,8 +211,7 @@ class Worker:
     def run_once(self) -> list[SessionResult]:
         """One pass: serve every workflow due now (for tests and embedding loops)."""
         head = max_position(self.engine.log)
-        if not self._runs.read_upto:
-            self._seed_last_runs(head)
+        self._seed_last_runs(head if not self._runs.read_upto else None)
         self._read_new_runs(head)
         now = self.engine.clock.now()
         due = [d.due for d in self._decisions(now) if d.due]
@@ -259,9 +260,17 @@ class Worker:
             request = SessionRequest(Trigger(due.trigger), self.max_iterations, None,
                                      producers=frozenset(due.producers),
                                      should_stop=self.stop.is_set)
+            before = served.seen_position, served.served_at
             served.seen_position = head
             served.served_at = engine.clock.now()
-            result = engine._run_session(reg, request)
+            try:
+                result = engine._run_session(reg, request)
+            except BaseException as e:
+                # Not served: what it was to see is still to be served, at a later pass.
+                served.seen_position, served.served_at = before
+                if isinstance(e, CorruptEventError):  # its stream is looked at afresh
+                    self._forget(reg.workflow_id)
+                raise
         if result is None:
             return None
         if result.status == "busy":
@@ -352,22 +361,28 @@ class Worker:
         current = engine.log.refreshed(
             [self._workflows[r.workflow_id] for r in regs if r.workflow_id in self._workflows])
         facts: dict[UUID, _Facts | None] = {}
-        self._workflows = {}
         for reg in regs:
             kept = current.get(reg.workflow_id)
             if kept is None:
                 try:
                     kept = engine.log.kept(reg.workflow_id)
                 except CorruptEventError:
-                    self._damaged.add(reg.workflow_id)
+                    self._forget(reg.workflow_id)
                     continue
             if kept is None:
                 facts[reg.workflow_id] = None
             else:
-                self._workflows[reg.workflow_id] = kept
+                current[reg.workflow_id] = kept
+        self._workflows = {w: current[w] for w in (r.workflow_id for r in regs) if w in current}
         engine._catch_up_if_behind()
         facts.update(self._pending_facts(list(self._workflows)))
         self._facts_now, self._facts_at = facts, head
+
+    def _forget(self, workflow_id: UUID) -> None:
+        """A workflow whose stream could not be read: looked at afresh each time."""
+        self._workflows.pop(workflow_id, None)
+        self._facts_now.pop(workflow_id, None)
+        self._damaged.add(workflow_id)
 
     def _read_facts_of(self, reg: Registration) -> _Facts | None:
         """One workflow's facts, its stream loaded afresh: raises CorruptEventError
@@ -375,6 +390,7 @@ class Worker:
         kept = self.engine.log.kept(reg.workflow_id)
         self._damaged.discard(reg.workflow_id)
         if kept is None:
+            self._facts_now[reg.workflow_id] = None
             return None
         self._workflows[reg.workflow_id] = kept
         self.engine._catch_up_if_behind()
@@ -388,19 +404,29 @@ class Worker:
         return {w: (self._workflows[w].aggregate, *found[w][0], found[w][1])
                 for w in workflow_ids}
 
-    def _seed_last_runs(self, head: int) -> None:
-        """The last committed run of each scheduled producer, read once at start;
-        later ones are read from the log's new events (`_read_new_runs`)."""
-        with self.engine.log.reading() as c:
-            for reg in self._regs():
-                for p in reg.definition.producers:
-                    if p.schedule is None:
-                        continue
-                    last = pending_work.run_rows(c, reg.workflow_id, handler=p.name,
-                                                 status="committed", limit=1)
-                    if last and last[0].created_at is not None:
-                        self._runs.last[(reg.workflow_id, p.name)] = last[0].created_at
-        self._runs.read_upto = head
+    def _seed_last_runs(self, head: int | None = None) -> None:
+        """The last committed run of each scheduled producer, read from the read
+        side for each workflow not read yet (at start, and one registered
+        since); later ones are read from the log's new events (`_read_new_runs`,
+        from `head` on when given)."""
+        runs = self._runs
+        new = [r for r in self._regs() if r.workflow_id not in runs.seeded]
+        if any(p.schedule is not None for r in new for p in r.definition.producers):
+            self.engine._catch_up_if_behind()
+            with self.engine.log.reading() as c:
+                for reg in new:
+                    for p in reg.definition.producers:
+                        if p.schedule is None:
+                            continue
+                        last = pending_work.run_rows(c, reg.workflow_id, handler=p.name,
+                                                     status="committed", limit=1)
+                        if last and last[0].created_at is not None:
+                            key = (reg.workflow_id, p.name)
+                            if key not in runs.last or runs.last[key] < last[0].created_at:
+                                runs.last[key] = last[0].created_at
+        runs.seeded.update(r.workflow_id for r in new)
+        if head is not None:
+            runs.read_upto = head
 
     def _read_new_runs(self, head: int) -> None:
         runs = self._runs

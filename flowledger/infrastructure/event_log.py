@@ -433,9 +433,14 @@ class EventLog(Application[UUID]):
         """A stream's aggregate, to be kept by a reader and brought up to date by
         `refreshed`: loaded, then marked with its last event (one read more)."""
         aggregate = self.load(stream_id)
-        if aggregate is None:
-            return None
-        return self.refreshed([Kept(aggregate, None)]).get(stream_id, Kept(aggregate, None))
+        for _ in range(2):  # loaded again if the stream changed between the two reads
+            if aggregate is None:
+                return None
+            kept = self.refreshed([Kept(aggregate, None)]).get(stream_id)
+            if kept is not None:
+                return kept
+            aggregate = self.load(stream_id)
+        return None if aggregate is None else Kept(aggregate, None)  # its next refresh marks it
 
     def refreshed(self, known: Sequence[Kept]) -> dict[UUID, Kept]:
         """Aggregates a reader keeps (and never appends through), brought up to

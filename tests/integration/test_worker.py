@@ -14,6 +14,7 @@ import pytest
 
 import flowledger as fl
 from flowledger.domain.ids import workflow_id
+from flowledger.engine.waiting import max_position
 from flowledger.engine.worker import Worker
 from tests.helpers import MemoryLedger, MutationScenario, ScriptedLedgerTool, ledger_workflow
 from tests.store_contents import position_column, run_sql
@@ -754,3 +755,94 @@ def test_a_worker_after_a_restore_knows_what_a_fresh_worker_reads(
         assert "m0" in tool.writes
     finally:
         watcher.close()
+
+
+def test_a_stream_damaged_before_what_the_worker_kept_is_served_once_mended(
+        store: str, make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    """Damage to an event before the version the worker kept of a workflow is
+    found by its session, which fails: the others are served in the same
+    pass, the workflow is looked at afresh from then on, and once mended its
+    message is served (it was not: the failed session had marked it seen)."""
+    clock.set(START)
+    engine = make_engine()
+    ledgers = {name: MemoryLedger() for name in ("w", "o")}
+    for name, item in (("w", "x"), ("o", "y")):
+        engine.register(ledger_workflow(name, items=[item]),
+                        tools=[ScriptedLedgerTool(ledgers[name])])
+    engine.run_session("w", max_iterations=0)  # x pending
+    engine.run_session("w", max_iterations=0)
+    worker = Worker(engine)
+    worker._read_new_runs(max_position(engine.log))
+    worker._decisions(engine.clock.now())  # w kept
+    stream, pos = workflow_id("w"), position_column(store)
+    (target, state) = run_sql(store, f"SELECT {pos}, state FROM stored_events WHERE "
+                                     "originator_id IN (?, ?) AND originator_version = 2",
+                              (stream.hex, str(stream)))[0]
+    run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (b"\xc1", target))
+    engine.run_session("o", max_iterations=0)  # y pending: the log moves
+    with pytest.raises(fl.CorruptEventError):
+        worker.run_once()
+    assert [r.workflow for r in worker.run_once()] == ["o"]
+    assert worker.run_once() == []
+    run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (bytes(state), target))
+    assert [r.workflow for r in worker.run_once()] == ["w"]
+    assert ledgers["w"].writes == ["x"] and ledgers["o"].writes == ["y"]
+
+
+def test_a_session_the_store_failed_is_served_again_when_it_is_back(
+        store: str, make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    """Another engine publishes; the worker's session fails on the store (its
+    appends refused by a trigger); once the store is back, the worker serves
+    the message (the failed session had marked it seen, and it never was)."""
+    clock.set(START)
+    engine, other = make_engine(), make_engine()
+    ledger = MemoryLedger()
+    engine.register(ledger_workflow("w", items=["x"]), tools=[ScriptedLedgerTool(ledger)])
+    other.register(ledger_workflow("w", items=["x"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    worker = Worker(engine)
+    assert worker.run_once() == []
+    other.run_session("w", trigger="manual", max_iterations=0)  # x published
+    _appends_refused(store, True)
+    try:
+        with pytest.raises(Exception, match="store.down"):
+            worker.run_once()
+    finally:
+        _appends_refused(store, False)
+    assert [r.workflow for r in worker.run_once()] == ["w"]
+    assert ledger.writes == ["x"]
+
+
+def _appends_refused(store: str, refused: bool) -> None:
+    if store.startswith("sqlite"):
+        # A function the writer's connection does not have: an error of the store.
+        run_sql(store, "CREATE TRIGGER t_down BEFORE INSERT ON stored_events BEGIN "
+                       "SELECT store_down(); END" if refused else "DROP TRIGGER t_down")
+    elif refused:
+        run_sql(store, "CREATE FUNCTION t_down() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN RAISE EXCEPTION 'store down'; END $$")
+        run_sql(store, "CREATE TRIGGER t_down BEFORE INSERT ON stored_events "
+                       "FOR EACH ROW EXECUTE FUNCTION t_down()")
+    else:
+        run_sql(store, "DROP TRIGGER t_down ON stored_events")
+        run_sql(store, "DROP FUNCTION t_down()")
+
+
+def test_a_scheduled_workflow_registered_after_the_worker_started_keeps_its_tick(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    """Its producer ran at 00:00:30 by another engine; registered with a
+    running worker after its first pass, it is not due ten minutes on (its
+    hourly tick is at 01:00:30), as for a worker started after it."""
+    clock.set(START)
+    calls: list[str] = []
+    other = make_engine()
+    other.register(ticking_workflow(calls, every="1h"), tools=[ScriptedLedgerTool(MemoryLedger())])
+    assert [r.status for r in Worker(other).run_once()] == ["completed"]
+    engine = make_engine()
+    engine.register(ledger_workflow("plain", items=[]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    worker = Worker(engine)
+    assert worker.run_once() == []
+    engine.register(ticking_workflow(calls, every="1h"), tools=[ScriptedLedgerTool(MemoryLedger())])
+    clock.advance(600)
+    assert worker.run_once() == [] and calls == ["produce 1"]
+    clock.advance(3000)
+    assert [r.workflow for r in worker.run_once()] == ["ticks"] and calls[-1] == "produce 2"

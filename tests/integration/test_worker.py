@@ -201,19 +201,9 @@ def test_a_workflow_whose_stream_cannot_be_read_does_not_stop_the_others(
     """One workflow's stream was damaged in the store: the worker says so once
     and goes on serving the other workflows."""
     clock.set(START)
-    broken, fine = MemoryLedger(), MemoryLedger()
-    engine = make_engine()
-    engine.register(ledger_workflow("broken", items=["x"]), tools=[ScriptedLedgerTool(broken)])
-    engine.register(ledger_workflow("fine", items=["a"]), tools=[ScriptedLedgerTool(fine)])
-    for name in ("broken", "fine"):
-        engine.run_session(name, max_iterations=0)  # published, nothing consumed
+    engine, broken, fine = _broken_and_fine(make_engine)
     worker = Worker(engine)
-    # Damaged while the worker runs: the workflow stream's last event.
-    pos = position_column(store)
-    stream = workflow_id("broken")
-    (target,) = run_sql(store, f"SELECT MAX({pos}) FROM stored_events "
-                               "WHERE originator_id IN (?, ?)", (stream.hex, str(stream)))[0]
-    run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (b"\xc1", target))
+    _damage_last_event(store, "broken")  # while the worker runs
     with caplog.at_level(logging.ERROR, logger="flowledger.worker"):
         assert [r.workflow for r in worker.run_once()] == ["fine"]
         assert worker.run_once() == []
@@ -656,6 +646,19 @@ def _publishing(name: str, plan: list[str]) -> fl.Workflow:
     return wf
 
 
+def _broken_and_fine(make_engine: Callable[..., fl.Engine]
+                     ) -> tuple[fl.Engine, MemoryLedger, MemoryLedger]:
+    """Two workflows with a message each published, nothing consumed: "broken"
+    (to be damaged) and "fine", and their ledgers."""
+    broken, fine = MemoryLedger(), MemoryLedger()
+    engine = make_engine()
+    engine.register(ledger_workflow("broken", items=["x"]), tools=[ScriptedLedgerTool(broken)])
+    engine.register(ledger_workflow("fine", items=["a"]), tools=[ScriptedLedgerTool(fine)])
+    for name in ("broken", "fine"):
+        engine.run_session(name, max_iterations=0)
+    return engine, broken, fine
+
+
 def _damage_last_event(store: str, name: str) -> tuple[str, int, bytes]:
     """The workflow stream's last event made unreadable: (position column,
     its position, its body as it was)."""
@@ -673,19 +676,14 @@ def test_a_mended_stream_is_served_at_the_next_pass(
     """A workflow whose stream cannot be read is looked at again at each pass,
     though nothing is appended: mended outside flowledger, it is served."""
     clock.set(START)
-    broken, fine = MemoryLedger(), MemoryLedger()
-    engine = make_engine()
-    engine.register(ledger_workflow("broken", items=["x"]), tools=[ScriptedLedgerTool(broken)])
-    engine.register(ledger_workflow("fine", items=["a"]), tools=[ScriptedLedgerTool(fine)])
-    for name in ("broken", "fine"):
-        engine.run_session(name, max_iterations=0)  # published, nothing consumed
+    engine, broken, fine = _broken_and_fine(make_engine)
     worker = Worker(engine)
     pos, target, state = _damage_last_event(store, "broken")
     assert [r.workflow for r in worker.run_once()] == ["fine"]
     assert worker.run_once() == []
     run_sql(store, f"UPDATE stored_events SET state=? WHERE {pos}=?", (state, target))
     assert [r.workflow for r in worker.run_once()] == ["broken"]
-    assert broken.writes == ["x"]
+    assert broken.writes == ["x"] and fine.writes == ["a"]
 
 
 def test_a_damaged_stream_looked_at_pass_after_pass_keeps_nothing_of_the_last(
@@ -804,7 +802,7 @@ def test_a_session_the_store_failed_is_served_again_when_it_is_back(
     other.run_session("w", trigger="manual", max_iterations=0)  # x published
     _appends_refused(store, True)
     try:
-        with pytest.raises(Exception, match="store.down"):
+        with pytest.raises(Exception, match=r"store.down"):
             worker.run_once()
     finally:
         _appends_refused(store, False)

@@ -58,7 +58,7 @@ from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
-from flowledger.infrastructure.store import LogWentBack
+from flowledger.infrastructure.store import LogWentBack, stored_after
 from flowledger.infrastructure.store_url import DEFAULT_STORE, parse_store_url, shown
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
@@ -649,14 +649,9 @@ class Engine:
         (on a store opened read-only: what its queries look in beside the
         projections, which it cannot fold them into)."""
         after = min(self.projections.positions().values(), default=0)
-        found: list[tuple[Any, int]] = []
-        while True:
-            with self.log.reading() as c:
-                rows = self.log.flow_recorder.select_stored(c, after, 2000)
-            if not rows:
-                return found
-            found += [(self.log.mapper.to_domain_event(s), p) for p, s in rows]
-            after = rows[-1][0]
+        with self.log.reading() as c:
+            return [(self.log.mapper.to_domain_event(s), p)
+                    for rows in stored_after(self.log.flow_recorder, c, after) for p, s in rows]
 
     def _caught_up(self) -> ReadSide:
         """The present, after folding in what the projections have not yet:

@@ -12,7 +12,7 @@ time travel a private in-memory database to fold projections into.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -402,6 +402,18 @@ class SharedSQL:
         if self.read_all(f"SELECT 1 FROM {self.snapshot_table_name} {where}", key):
             return None, "snapshot"
         return None, None
+
+
+def stored_after(store: LogStore, c: Cursor, after: int, upto: int | None = None,
+                 batch: int = 2000) -> Iterator[list[tuple[int, StoredEvent]]]:
+    """The stored events after position `after` (up to `upto`), `batch` at a
+    time, in position order, read with the caller's cursor."""
+    while upto is None or after < upto:
+        rows = store.select_stored(c, after, batch, upto)
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
 
 
 def scratch_database() -> tuple[Any, Cursor]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowledger.infrastructure.event_log import EventLog
-from flowledger.infrastructure.store import scratch_database
+from flowledger.infrastructure.store import scratch_database, stored_after
 from flowledger.projections.base import Projection
 
 
@@ -23,16 +23,10 @@ def fold_upto(log: EventLog, projection_types: Sequence[type[Projection]], posit
     projections = [cls() for cls in projection_types]
     for p in projections:
         p.create_tables(c)
-    after = 0
-    recorder = log.flow_recorder
     with log.reading() as read:  # one consistent snapshot of the log
-        while after < position:
-            rows = recorder.select_stored(read, after, batch, position)
-            if not rows:
-                break
+        for rows in stored_after(log.flow_recorder, read, 0, position, batch):
             events = [(log.mapper.to_domain_event(stored), pos) for pos, stored in rows]
             for p in projections:
                 p.apply_batch(c, events)
-            after = rows[-1][0]
     c.execute("COMMIT")
     return db

@@ -22,7 +22,7 @@ from uuid import UUID
 from eventsourcing.persistence import Mapper
 
 from flowledger.domain.session import Session
-from flowledger.infrastructure.store import Fence, LogStore
+from flowledger.infrastructure.store import Fence, LogStore, stored_after
 from flowledger.infrastructure.store_format import (
     CUT_BACK,
     clear_cut_back,
@@ -243,12 +243,8 @@ class ProjectionRunner:
     def _read(self, c: Cursor, after: int, upto: int) -> list[tuple[Any, int]]:
         """Decoded events in (after, upto], read with the caller's cursor."""
         out: list[tuple[Any, int]] = []
-        while after < upto:
-            rows = self.recorder.select_stored(c, after, 2000, upto)
-            if not rows:
-                break
+        for rows in stored_after(self.recorder, c, after, upto):
             out.extend((self.mapper.to_domain_event(s), pos) for pos, s in rows)
-            after = rows[-1][0]
         return out
 
     FOLD_EVERY = 2000

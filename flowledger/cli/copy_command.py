@@ -12,7 +12,7 @@ import flowledger as fl
 from flowledger.cli.exits import CommandError
 from flowledger.cli.render import print_json, say
 from flowledger.cli.views import progress_bar
-from flowledger.infrastructure.encryption import KEY_ENV, check_key
+from flowledger.infrastructure.encryption import KEY_ENV, decode_key
 from flowledger.infrastructure.store_url import shown
 
 
@@ -25,7 +25,7 @@ def _key_from(name: str) -> str:
         raise CommandError(f"environment variable {name} is not set: set it to the cipher "
                            "key (base64; `flowledger keygen` makes one)")
     if value:
-        check_key(value, f"the key in environment variable {name}")  # named as given
+        decode_key(value, f"the key in environment variable {name}")  # named as given
     return value
 
 

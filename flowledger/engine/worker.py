@@ -373,7 +373,7 @@ class Worker:
                 facts[reg.workflow_id] = None
             else:
                 current[reg.workflow_id] = kept
-        self._workflows = {w: current[w] for w in (r.workflow_id for r in regs) if w in current}
+        self._workflows = current  # every served workflow the log holds and that reads
         engine._catch_up_if_behind()
         facts.update(self._pending_facts(list(self._workflows)))
         self._facts_now, self._facts_at = facts, head

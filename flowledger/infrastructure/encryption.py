@@ -43,12 +43,8 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
-def check_key(value: str, what: str) -> None:
-    """Raise EncryptionKeyError, naming `what`, unless `value` is a cipher key."""
-    _decode_key(value, what)
-
-
-def _decode_key(value: str, what: str) -> bytes:
+def decode_key(value: str, what: str) -> bytes:
+    """The key that `value` (base64) holds; EncryptionKeyError, naming `what`, if none."""
     try:
         key = base64.b64decode(value.strip().encode(), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
@@ -126,7 +122,7 @@ def protection(cipher_key: str | None = None, compress: bool | None = None,
         if not isinstance(cipher_key, str):
             raise EncryptionKeyError(f"cipher_key must be a base64 str, got "
                                      f"{type(cipher_key).__name__}; {NEW_KEY_HINT}")
-        raw = _decode_key(cipher_key, source)
+        raw = decode_key(cipher_key, source)
         cipher_key = base64.b64encode(raw).decode()  # one spelling of the key
         if importlib.util.find_spec("cryptography") is None:
             raise EncryptionKeyError(
@@ -144,7 +140,7 @@ def protection(cipher_key: str | None = None, compress: bool | None = None,
     chain: bytes | None = None
     chain_text = chain_key if chain_key is not None else env.get(CHAIN_KEY_ENV) or None
     if chain_text:
-        chain = _decode_key(chain_text, "chain_key=" if chain_key else CHAIN_KEY_ENV)
+        chain = decode_key(chain_text, "chain_key=" if chain_key else CHAIN_KEY_ENV)
     return Protection(cipher_key, compress, chain, source if cipher_key else "")
 
 

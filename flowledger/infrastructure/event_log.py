@@ -350,8 +350,8 @@ class EventLog(Application[UUID]):
         `sync=False` skips the fsync: for appends that a later synced one
         covers before anything outside the log depends on them (ADR 0011).
         `hold=True` lets pending work fold these events in with the next
-        append instead of in this one (ADR 0012). each of `read_after` is read in the
-        same transaction, after its writes (its rows set once it committed).
+        append instead of in this one (ADR 0012). Each of `read_after` is read in
+        the same transaction, after its writes (its rows set once it committed).
 
         Returns the log position of the last event appended (0 if none). The
         same steps as `Application.save` — record, then snapshot — on the
@@ -453,7 +453,6 @@ class EventLog(Application[UUID]):
         (`kept`, just after loading it)."""
         found = self.flow_recorder.select_from_versions(
             {k.aggregate.id: k.aggregate.version for k in known})
-        to_domain = self.events.mapper.to_domain_event
         out: dict[UUID, Kept] = {}
         for aggregate, mark in known:
             events = found.get(aggregate.id, [])
@@ -461,9 +460,7 @@ class EventLog(Application[UUID]):
                     mark is not None and _mark(events[0]) != mark):
                 continue
             try:
-                new = [to_domain(StoredEvent(originator_id=aggregate.id, originator_version=v,
-                                             topic=topic, state=state))
-                       for v, topic, state in events[1:]]
+                new = self._domain_events(aggregate.id, events[1:])
             except CorruptEventError:
                 continue
             out[aggregate.id] = Kept(_fold(aggregate, new), _mark(events[-1]))
@@ -472,9 +469,12 @@ class EventLog(Application[UUID]):
     def stream_from_events(self, stream_id: UUID, events: StreamEvents) -> Any | None:
         """A short stream (see `load`) from its events (version, topic, stored
         state) as another query read them."""
-        return _fold(None, [self.events.mapper.to_domain_event(
+        return _fold(None, self._domain_events(stream_id, events))
+
+    def _domain_events(self, stream_id: UUID, events: StreamEvents) -> list[Any]:
+        return [self.events.mapper.to_domain_event(
             StoredEvent(originator_id=stream_id, originator_version=version, topic=topic,
-                        state=state)) for version, topic, state in events])
+                        state=state)) for version, topic, state in events]
 
     @contextmanager
     def reading(self, snapshot: bool = True) -> Iterator[Any]:

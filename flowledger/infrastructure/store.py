@@ -308,17 +308,17 @@ class SharedSQL:
         if clock and self.clock_sql is not None:
             sql += f" UNION ALL SELECT '{_CLOCK_ROW}', {self.clock_sql}, NULL"
         c.execute(sql, (note,) if note is not None else ())
-        found = Heads(0, {}, None, None)
+        head, tracked, noted, store_time = 0, {}, None, None
         for name, at, value in c.fetchall():
             if name is None:
-                found = found._replace(head=int(at or 0))
+                head = int(at or 0)
             elif name == _CLOCK_ROW:
-                found = found._replace(store_time=_EPOCH + timedelta(microseconds=int(at)))
+                store_time = _EPOCH + timedelta(microseconds=int(at))
             elif note is not None and name == note and value is not None:
-                found = found._replace(noted=str(value))
+                noted = str(value)
             else:
-                found.tracked[name] = int(at or 0)
-        return found
+                tracked[name] = int(at or 0)
+        return Heads(head, tracked, noted, store_time)
 
     def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]:
         """A snapshotted stream's latest snapshot (None: it has none) and its

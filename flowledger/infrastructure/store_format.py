@@ -149,7 +149,7 @@ CUT_BACK = "log_cut_back"
 
 
 def note_cut_back(c: Any, furthest: int, head: int) -> None:
-    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name = ?", (CUT_BACK,))
+    clear_cut_back(c)
     c.execute(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)", (CUT_BACK, f"{furthest} {head}"))
 
 

@@ -57,13 +57,16 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
              after: int = 0, upto: int | None = None, batch: int = 1000,
              last: int | None = None, workflows: bool = True) -> Iterator[LoggedEvent]:
     """Events after `after` (and up to `upto`), optionally of one workflow or one
-    run. `last`: of the whole log, only the last N are read (a workflow's are
-    found by reading from the start). A run's are its stream's: read alone.
-    `workflows=False`: the workflow of a stream begun before `after` is not
-    looked up (one read a batch) unless the filter needs it."""
+    run. `last`: only the last N are read, of the whole log or of one
+    workflow's events (found reading back from the head). A run's are its
+    stream's: read alone. `workflows=False`: the workflow of a stream begun
+    before `after` is not looked up (one read a batch) unless the filter needs it."""
     wanted = workflow_id_of(workflow) if workflow else None
     if run is not None:
         yield from _read_run(log, run, wanted, after, upto)
+        return
+    if last is not None and wanted is not None and upto is None:
+        yield from _last_of_workflow(log, wanted, after, last, batch)
         return
     owner: dict[UUID, UUID] = {}  # stream → workflow, learnt from each stream's first event
     position = after
@@ -79,14 +82,7 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
         if not rows:
             return
         if begun_before:
-            with log.reading() as c:
-                first = recorder.select_first_events(c, sorted(
-                    {UUID(str(s.originator_id)) for _, s in rows} - owner.keys(), key=str))
-            for stored in first:
-                begun = UUID(str(stored.originator_id))
-                wf = _workflow_of(log.mapper.to_domain_event(stored), begun)
-                if wf is not None:
-                    owner[begun] = wf
+            _look_up_owners(log, {UUID(str(s.originator_id)) for _, s in rows}, owner)
         for pos, stored in rows:
             position = pos
             event = log.mapper.to_domain_event(stored)
@@ -99,6 +95,61 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
             if wanted is not None and wf != wanted:
                 continue
             yield logged(pos, stored, event, wf)
+
+
+def _last_of_workflow(log: EventLog, wanted: UUID, after: int, n: int,
+                      batch: int) -> Iterator[LoggedEvent]:
+    """The last `n` events of workflow `wanted` after `after`, read back from the
+    head a window of positions at a time, until `n` are found: a workflow that
+    ran lately is found near the head, not by reading the log from its start."""
+    recorder = log.flow_recorder
+    with log.reading() as c:
+        upto = recorder.max_position(c)
+    owner: dict[UUID, UUID] = {}
+    windows: list[list[LoggedEvent]] = []  # the newest first, each in log order
+    found = 0
+    while found < n and upto > after:
+        start = max(after, upto - batch)
+        with log.reading() as c:
+            rows = recorder.select_stored(c, start, batch, upto)
+        # Only first events (whose are their streams?) and the workflow's own
+        # are decoded: most of a window may be other workflows'.
+        decoded: dict[int, Any] = {}
+        for position, stored in rows:
+            stream = _stream(stored)
+            if stored.originator_version == 1 and stream not in owner:
+                decoded[position] = event = log.mapper.to_domain_event(stored)
+                wf = _workflow_of(event, stream)
+                if wf is not None:
+                    owner[stream] = wf
+        _look_up_owners(log, {_stream(stored) for _, stored in rows}, owner)
+        mine = [logged(position, stored, decoded.get(position)
+                       or log.mapper.to_domain_event(stored), wanted)
+                for position, stored in rows if owner.get(_stream(stored)) == wanted]
+        windows.append(mine)
+        found += len(mine)
+        upto = start
+    yield from [e for window in reversed(windows) for e in window][-n:] if n else []
+
+
+def _stream(stored: StoredEvent) -> UUID:
+    stream = stored.originator_id
+    assert isinstance(stream, UUID)
+    return stream
+
+
+def _look_up_owners(log: EventLog, streams: set[UUID], owner: dict[UUID, UUID]) -> None:
+    """Learn the workflow of each of `streams` not in `owner` from its first event."""
+    unknown = sorted((s for s in streams if s not in owner), key=str)
+    if not unknown:
+        return
+    with log.reading() as c:
+        first = log.flow_recorder.select_first_events(c, unknown)
+    for stored in first:
+        begun = UUID(str(stored.originator_id))
+        wf = _workflow_of(log.mapper.to_domain_event(stored), begun)
+        if wf is not None:
+            owner[begun] = wf
 
 
 def _read_run(log: EventLog, run: UUID, wanted: UUID | None, after: int,

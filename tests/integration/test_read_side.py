@@ -11,6 +11,7 @@ import pytest
 import flowledger as fl
 from flowledger.domain.ids import workflow_id
 from flowledger.engine.faults import SimulatedCrash
+from flowledger.read_side.log_view import read_log
 from tests.helpers import (
     ExternalLedger,
     NoReconcileTool,
@@ -338,9 +339,43 @@ def test_the_last_events_of_the_log_are_read_alone(make_engine, ledger: External
     assert len(decoded) <= 10  # the 5, and the first event of each of their streams
     assert list(engine.events(after=whole[-3].position, last=5)) == whole[-2:]
     assert list(engine.events(last=len(whole) + 10)) == whole
-    # A workflow's last events are found by reading from the start.
-    assert list(engine.events(workflow="wf", last=5))[-5:] == [
+    assert list(engine.events(workflow="wf", last=5)) == [
         e for e in whole if e.workflow_id is not None][-5:]
+
+
+def test_a_workflows_last_events_are_found_reading_back_from_the_head(
+        make_engine, ledger: ExternalLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`log --workflow W --limit N`: W's last N events after any position, the
+    same as the end of W's whole history, found reading back from the head a
+    window at a time (it read the log from its start: 8 s at 600,000 events,
+    wherever W's last events were). Streams begun in an earlier window (a
+    message published before and consumed now) are still W's."""
+    engine = make_engine()
+    engine.register(ledger_workflow("wf", items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.register(ledger_workflow("other", items=["x", "y"]),
+                    tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf", max_iterations=0)  # published, consumed after other's
+    engine.run_session("other")
+    engine.run_session("wf")
+    whole = list(engine.events())
+    head = whole[-1].position
+    for name in ("wf", "other"):
+        of = [e for e in whole if e.workflow_id == workflow_id(name)]
+        assert 10 < len(of) < len(whole)
+        for batch in (1, 4, 1000):
+            for after in (0, of[0].position, of[len(of) // 2].position, head - 3, head):
+                later = [e for e in of if e.position > after]
+                for n in (1, 2, 7, len(of), len(of) + 3):
+                    assert list(read_log(engine.log, name, after=after, last=n, batch=batch)
+                                ) == later[-n:], (name, batch, after, n)
+    assert whole[-1].workflow_id == workflow_id("wf")  # wf's session closed last
+    decoded: list[Any] = []
+    decode = engine.log.mapper.to_domain_event
+    monkeypatch.setattr(engine.log.mapper, "to_domain_event",
+                        lambda stored: decoded.append(stored) or decode(stored))
+    assert list(read_log(engine.log, "wf", last=2, batch=4)) == [
+        e for e in whole if e.workflow_id == workflow_id("wf")][-2:]
+    assert len(decoded) <= 8  # a window: its streams' first events and wf's last two
 
 
 def test_a_workflows_or_a_runs_events_after_any_position_are_all_there(

@@ -81,20 +81,19 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
             rows = recorder.select_stored(c, position, batch, upto)
         if not rows:
             return
+        position = rows[-1][0]
+        if wanted is not None:
+            yield from _of_workflow(log, rows, owner, wanted, begun_before)
+            continue
         if begun_before:
-            _look_up_owners(log, {UUID(str(s.originator_id)) for _, s in rows}, owner)
+            _look_up_owners(log, {_stream(s) for _, s in rows}, owner)
         for pos, stored in rows:
-            position = pos
             event = log.mapper.to_domain_event(stored)
-            stream = stored.originator_id
-            assert isinstance(stream, UUID)
+            stream = _stream(stored)
             wf = _workflow_of(event, stream)
             if wf is not None:
                 owner.setdefault(stream, wf)
-            wf = owner.get(stream)
-            if wanted is not None and wf != wanted:
-                continue
-            yield logged(pos, stored, event, wf)
+            yield logged(pos, stored, event, owner.get(stream))
 
 
 def _last_of_workflow(log: EventLog, wanted: UUID, after: int, n: int,
@@ -112,24 +111,32 @@ def _last_of_workflow(log: EventLog, wanted: UUID, after: int, n: int,
         start = max(after, upto - batch)
         with log.reading() as c:
             rows = recorder.select_stored(c, start, batch, upto)
-        # Only first events (whose are their streams?) and the workflow's own
-        # are decoded: most of a window may be other workflows'.
-        decoded: dict[int, Any] = {}
-        for position, stored in rows:
-            stream = _stream(stored)
-            if stored.originator_version == 1 and stream not in owner:
-                decoded[position] = event = log.mapper.to_domain_event(stored)
-                wf = _workflow_of(event, stream)
-                if wf is not None:
-                    owner[stream] = wf
-        _look_up_owners(log, {_stream(stored) for _, stored in rows}, owner)
-        mine = [logged(position, stored, decoded.get(position)
-                       or log.mapper.to_domain_event(stored), wanted)
-                for position, stored in rows if owner.get(_stream(stored)) == wanted]
-        windows.append(mine)
-        found += len(mine)
+        windows.append(_of_workflow(log, rows, owner, wanted, look_up=True))
+        found += len(windows[-1])
         upto = start
     yield from [e for window in reversed(windows) for e in window][-n:] if n else []
+
+
+def _of_workflow(log: EventLog, rows: list[tuple[int, StoredEvent]], owner: dict[UUID, UUID],
+                 wanted: UUID, look_up: bool) -> list[LoggedEvent]:
+    """The events of workflow `wanted` among `rows`. An event is its stream's
+    workflow's, which the stream's first event names: only first events and
+    the workflow's own are decoded (most of the log may be other workflows').
+    `look_up`: streams begun before `rows` are looked up (else they are not
+    the workflow's, as when reading from the log's start)."""
+    decoded: dict[int, Any] = {}
+    for position, stored in rows:
+        stream = _stream(stored)
+        if stored.originator_version == 1 and stream not in owner:
+            decoded[position] = event = log.mapper.to_domain_event(stored)
+            wf = _workflow_of(event, stream)
+            if wf is not None:
+                owner[stream] = wf
+    if look_up:
+        _look_up_owners(log, {_stream(stored) for _, stored in rows}, owner)
+    return [logged(position, stored, decoded.get(position) or log.mapper.to_domain_event(stored),
+                   wanted)
+            for position, stored in rows if owner.get(_stream(stored)) == wanted]
 
 
 def _stream(stored: StoredEvent) -> UUID:

@@ -99,9 +99,9 @@ def log(
 
         def read() -> Iterator[LoggedEvent]:
             nonlocal last
-            # Only the last N wanted of the whole log: only they are read.
-            tail = limit if moment is None else None
-            for event in engine.events(workflow=workflow, run=run, after=after, last=tail):
+            # Only the last N wanted: read back from the head until they are found.
+            for event in engine.events(workflow=workflow, run=run, after=after, last=limit,
+                                       since=moment):
                 last = event.position
                 yield event
 

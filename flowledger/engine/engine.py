@@ -85,6 +85,7 @@ from flowledger.read_side.queries import (
     RunInfo,
     RunTimeline,
     SessionInfo,
+    aware,
 )
 from flowledger.read_side.time_travel import EngineAt
 
@@ -580,13 +581,14 @@ class Engine:
         return self._caught_up().blocked()
 
     def events(self, workflow: str | None = None, run: UUID | str | None = None,
-               after: int = 0, upto: int | None = None, last: int | None = None
-               ) -> Iterator[LoggedEvent]:
-        """The log, decoded, in append order; optionally one workflow's or one run's.
-        `last`: read no further back than the log's last N events (the caller
-        keeps the last N of what it wants)."""
+               after: int = 0, upto: int | None = None, last: int | None = None,
+               since: datetime | None = None) -> Iterator[LoggedEvent]:
+        """The log, decoded, in append order; optionally one workflow's or one run's,
+        or those at or after time `since` (timezone-aware). `last`: only the last
+        N of them (a run's: no further back than the log's last N events)."""
+        since = aware(since, "since")
         run_id = self._load_run(run).id if run is not None else None
-        return read_log(self.log, workflow, run_id, after, upto, last=last)
+        return read_log(self.log, workflow, run_id, after, upto, last=last, since=since)
 
     def status(self) -> EngineStatus:
         """Workflows, open sessions, unfinished and blocked runs; and the workflows

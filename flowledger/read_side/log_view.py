@@ -55,25 +55,33 @@ def logged(position: int, stored: StoredEvent, event: Any,
 
 def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None,
              after: int = 0, upto: int | None = None, batch: int = 1000,
-             last: int | None = None, workflows: bool = True) -> Iterator[LoggedEvent]:
+             last: int | None = None, workflows: bool = True,
+             since: datetime | None = None) -> Iterator[LoggedEvent]:
     """Events after `after` (and up to `upto`), optionally of one workflow or one
-    run. `last`: only the last N are read, of the whole log or of one
-    workflow's events (found reading back from the head). A run's are its
+    run, or only those at or after time `since`. `last`: only the last N of
+    those are read (found reading back from the head). A run's are its
     stream's: read alone. `workflows=False`: the workflow of a stream begun
     before `after` is not looked up (one read a batch) unless the filter needs it."""
     wanted = workflow_id_of(workflow) if workflow else None
     if run is not None:
-        yield from _read_run(log, run, wanted, after, upto)
+        events = _read_run(log, run, wanted, after, upto)
+    elif last is not None and upto is None and (wanted is not None or since is not None):
+        yield from _read_back(log, wanted, since, after, last, batch)
         return
-    if last is not None and wanted is not None and upto is None:
-        yield from _last_of_workflow(log, wanted, after, last, batch)
-        return
+    else:
+        events = _read_on(log, wanted, after, upto, batch, last, workflows)
+    yield from (e for e in events if since is None or e.timestamp >= since)
+
+
+def _read_on(log: EventLog, wanted: UUID | None, after: int, upto: int | None, batch: int,
+             last: int | None, workflows: bool) -> Iterator[LoggedEvent]:
+    """The log (or one workflow's events) read on from `after`, a batch at a time."""
     owner: dict[UUID, UUID] = {}  # stream → workflow, learnt from each stream's first event
     position = after
     recorder = log.flow_recorder
-    if last is not None and workflow is None and upto is None:
+    if last is not None and wanted is None and upto is None:
         with log.reading() as c:
-            position = max(after, recorder.position_before_last(c, last or 0))
+            position = max(after, recorder.position_before_last(c, last))
     # Streams may have begun before: their first event says whose they are.
     begun_before = position > 0 and (workflows or wanted is not None)
     while True:
@@ -82,25 +90,15 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
         if not rows:
             return
         position = rows[-1][0]
-        if wanted is not None:
-            yield from _of_workflow(log, rows, owner, wanted, begun_before)
-            continue
-        if begun_before:
-            _look_up_owners(log, {_stream(s) for _, s in rows}, owner)
-        for pos, stored in rows:
-            event = log.mapper.to_domain_event(stored)
-            stream = _stream(stored)
-            wf = _workflow_of(event, stream)
-            if wf is not None:
-                owner.setdefault(stream, wf)
-            yield logged(pos, stored, event, owner.get(stream))
+        yield from _events_of(log, rows, owner, wanted, begun_before)
 
 
-def _last_of_workflow(log: EventLog, wanted: UUID, after: int, n: int,
-                      batch: int) -> Iterator[LoggedEvent]:
-    """The last `n` events of workflow `wanted` after `after`, read back from the
-    head a window of positions at a time, until `n` are found: a workflow that
-    ran lately is found near the head, not by reading the log from its start."""
+def _read_back(log: EventLog, wanted: UUID | None, since: datetime | None, after: int,
+               n: int, batch: int) -> Iterator[LoggedEvent]:
+    """The last `n` events after `after` of workflow `wanted` (None: of any) at or
+    after time `since` (None: any time), read back from the head a window of
+    positions at a time until `n` are found: what happened lately is found
+    near the head, not by reading the log from its start."""
     recorder = log.flow_recorder
     with log.reading() as c:
         upto = recorder.max_position(c)
@@ -111,32 +109,38 @@ def _last_of_workflow(log: EventLog, wanted: UUID, after: int, n: int,
         start = max(after, upto - batch)
         with log.reading() as c:
             rows = recorder.select_stored(c, start, batch, upto)
-        windows.append(_of_workflow(log, rows, owner, wanted, look_up=True))
+        windows.append([e for e in _events_of(log, rows, owner, wanted, look_up=True)
+                        if since is None or e.timestamp >= since])
         found += len(windows[-1])
         upto = start
     yield from [e for window in reversed(windows) for e in window][-n:] if n else []
 
 
-def _of_workflow(log: EventLog, rows: list[tuple[int, StoredEvent]], owner: dict[UUID, UUID],
-                 wanted: UUID, look_up: bool) -> list[LoggedEvent]:
-    """The events of workflow `wanted` among `rows`. An event is its stream's
-    workflow's, which the stream's first event names: only first events and
-    the workflow's own are decoded (most of the log may be other workflows').
-    `look_up`: streams begun before `rows` are looked up (else they are not
-    the workflow's, as when reading from the log's start)."""
-    decoded: dict[int, Any] = {}
+def _events_of(log: EventLog, rows: list[tuple[int, StoredEvent]], owner: dict[UUID, UUID],
+               wanted: UUID | None, look_up: bool) -> Iterator[LoggedEvent]:
+    """`rows` as people read them, each with its workflow; only workflow
+    `wanted`'s, if given. An event is its stream's workflow's, which the
+    stream's first event names: for one workflow, only first events and the
+    workflow's own are decoded (most of the log may be other workflows').
+    `look_up`: the first events of streams begun before `rows` are read (else
+    those streams are taken for no workflow's, as reading from the log's
+    start finds none). Decoded in order: an event that cannot be read stops
+    the reading there."""
+    if look_up:
+        begun_here = {_stream(s) for _, s in rows if s.originator_version == 1}
+        _look_up_owners(log, {_stream(s) for _, s in rows} - begun_here, owner)
+    decode = log.mapper.to_domain_event
     for position, stored in rows:
         stream = _stream(stored)
-        if stored.originator_version == 1 and stream not in owner:
-            decoded[position] = event = log.mapper.to_domain_event(stored)
+        event = None
+        if wanted is None or (stored.originator_version == 1 and stream not in owner):
+            event = decode(stored)
             wf = _workflow_of(event, stream)
             if wf is not None:
-                owner[stream] = wf
-    if look_up:
-        _look_up_owners(log, {_stream(stored) for _, stored in rows}, owner)
-    return [logged(position, stored, decoded.get(position) or log.mapper.to_domain_event(stored),
-                   wanted)
-            for position, stored in rows if owner.get(_stream(stored)) == wanted]
+                owner.setdefault(stream, wf)
+        if wanted is None or owner.get(stream) == wanted:
+            yield logged(position, stored, event if event is not None else decode(stored),
+                         owner.get(stream))
 
 
 def _stream(stored: StoredEvent) -> UUID:

@@ -317,7 +317,7 @@ def _within(moment: datetime | None, since: datetime | None, until: datetime | N
     return (since is None or moment >= since) and (until is None or moment < until)
 
 
-def _aware(moment: datetime | None, what: str) -> datetime | None:
+def aware(moment: datetime | None, what: str) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         raise InvalidArgument(f"{what} must be a timezone-aware datetime, got {moment!r}")
     return moment
@@ -517,7 +517,7 @@ class ReadSide:
         """Runs, newest first; `status` exact or a family ("failed", "paused"),
         `since`/`until` bound the time each was created (until excluded)."""
         check_choice(status, RUN_STATUSES, "run status")
-        since, until = _aware(since, "since"), _aware(until, "until")
+        since, until = aware(since, "since"), aware(until, "until")
         sid = self.resolve_id("session", session) if session is not None else None
         timed = since is not None or until is not None  # compared as times, here
         with self._tables() as c:
@@ -537,7 +537,7 @@ class ReadSide:
         """Sessions, newest first; `status` is "open" or an outcome; `since`/`until`
         bound the time each was opened (until excluded)."""
         check_choice(status, SESSION_STATUSES, "session status")
-        since, until = _aware(since, "since"), _aware(until, "until")
+        since, until = aware(since, "since"), aware(until, "until")
         timed = since is not None or until is not None  # compared as times, here
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None

@@ -343,39 +343,55 @@ def test_the_last_events_of_the_log_are_read_alone(make_engine, ledger: External
         e for e in whole if e.workflow_id is not None][-5:]
 
 
-def test_a_workflows_last_events_are_found_reading_back_from_the_head(
-        make_engine, ledger: ExternalLedger, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`log --workflow W --limit N`: W's last N events after any position, the
-    same as the end of W's whole history, found reading back from the head a
-    window at a time (it read the log from its start: 8 s at 600,000 events,
-    wherever W's last events were). Streams begun in an earlier window (a
-    message published before and consumed now) are still W's."""
+def test_the_last_events_of_a_workflow_or_since_a_time_are_found_reading_back(
+        make_engine, ledger: ExternalLedger, clock: fl.ManualClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`log --workflow W --limit N` and `log --since T --limit N`: the last N of
+    those events after any position, the same as the end of all of them,
+    found reading back from the head a window at a time (they were read from
+    the log's start: 8-10 s at 600,000 events, wherever the last ones were).
+    Streams begun in an earlier window (a message published before and
+    consumed now) are still W's; times need not follow positions (a clock
+    set back, or two engines' clocks)."""
     engine = make_engine()
     engine.register(ledger_workflow("wf", items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
     engine.register(ledger_workflow("other", items=["x", "y"]),
                     tools=[ScriptedLedgerTool(ledger)])
     engine.run_session("wf", max_iterations=0)  # published, consumed after other's
+    clock.advance("1h")
     engine.run_session("other")
+    clock.set(clock.now() - timedelta(minutes=30))  # set back: times out of log order
     engine.run_session("wf")
     whole = list(engine.events())
     head = whole[-1].position
-    for name in ("wf", "other"):
-        of = [e for e in whole if e.workflow_id == workflow_id(name)]
-        assert 10 < len(of) < len(whole)
-        for batch in (1, 4, 1000):
-            for after in (0, of[0].position, of[len(of) // 2].position, head - 3, head):
-                later = [e for e in of if e.position > after]
-                for n in (1, 2, 7, len(of), len(of) + 3):
-                    assert list(read_log(engine.log, name, after=after, last=n, batch=batch)
-                                ) == later[-n:], (name, batch, after, n)
+    times = sorted({e.timestamp for e in whole})
+    assert len(times) == 3
+    for name in ("wf", "other", None):
+        of = [e for e in whole if name is None or e.workflow_id == workflow_id(name)]
+        assert 10 < len(of) <= len(whole)
+        for since in (None, *times):
+            timely = [e for e in of if since is None or e.timestamp >= since]
+            for batch in (1, 4, 1000):
+                for after in (0, of[0].position, of[len(of) // 2].position, head - 3, head):
+                    later = [e for e in timely if e.position > after]
+                    for n in (1, 2, 7, len(of), len(of) + 3):
+                        assert list(read_log(engine.log, name, after=after, last=n,
+                                             batch=batch, since=since)
+                                    ) == later[-n:], (name, since, batch, after, n)
+                    assert list(read_log(engine.log, name, after=after, batch=batch,
+                                         since=since)) == later
     assert whole[-1].workflow_id == workflow_id("wf")  # wf's session closed last
     decoded: list[Any] = []
     decode = engine.log.mapper.to_domain_event
     monkeypatch.setattr(engine.log.mapper, "to_domain_event",
                         lambda stored: decoded.append(stored) or decode(stored))
-    assert list(read_log(engine.log, "wf", last=2, batch=4)) == [
+    assert list(read_log(engine.log, "wf", last=2, batch=4, since=times[0])) == [
         e for e in whole if e.workflow_id == workflow_id("wf")][-2:]
     assert len(decoded) <= 8  # a window: its streams' first events and wf's last two
+    assert list(engine.events(since=times[-1], last=3)) == [
+        e for e in whole if e.timestamp >= times[-1]][-3:]
+    with pytest.raises(fl.InvalidArgument, match="since must be a timezone-aware"):
+        engine.events(since=datetime(2026, 1, 1))
 
 
 def test_a_workflows_or_a_runs_events_after_any_position_are_all_there(

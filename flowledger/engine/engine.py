@@ -328,12 +328,13 @@ class Engine:
                                          self.ids())
         if isinstance(opened, SessionResult):
             return opened
-        logger.info("session %s of %s (%s) opened", opened.id, reg.definition.name,
+        session = opened.session
+        logger.info("session %s of %s (%s) opened", session.id, reg.definition.name,
                     request.trigger.value)
-        with self._abandoned_if_interrupted(reg, opened.id):
+        with self._abandoned_if_interrupted(reg, session.id):
             self.checkpoint("after_append:session_open")
             assert streams.fenced_on is not None
-            result = runner.run(streams, streams.fenced_on, opened, request)
+            result = runner.run(streams, streams.fenced_on, session, request, opened.reads)
         if recovered is not None:
             result = dataclasses.replace(result, recovered=recovered)
         if not self.projections.settled():  # else a look would find nothing to fold

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from flowledger.authoring.registration import Registration
@@ -77,17 +77,23 @@ class OpeningReads:
         return self.unfinished, self.hints
 
 
+class Opened(NamedTuple):
+    """A session just opened, and what its opening append read for it."""
+
+    session: Session
+    reads: OpeningReads
+
+
 class SessionRunner:
     def __init__(self, reg: Registration, scope_factory: Callable[[Streams, Workflow, Session],
                                                                   SessionScope]) -> None:
         self.reg = reg
         self.make_scope = scope_factory
-        self._opening: OpeningReads | None = None  # set by the append that opened the session
 
     # -------------------------------------------------------------- opening
 
     def open_new(self, streams: Streams, request: SessionRequest, owner: str,
-                 now: datetime, lease_until: datetime, new_id: UUID) -> SessionResult | Session:
+                 now: datetime, lease_until: datetime, new_id: UUID) -> SessionResult | Opened:
         """Open a session, or say why not (`busy` / `blocked`) without writing anything."""
         wf: Workflow | None = streams.log.load(self.reg.workflow_id)
         name = self.reg.definition.name
@@ -114,12 +120,11 @@ class SessionRunner:
         opening = OpeningReads(wf.id)
         try:
             streams.append(read_after=opening.asked)
-            self._opening = opening
         except ConcurrencyError:
             return SessionResult(
                 "busy", name, error=(f"another process opened a session of {name!r} at the "
                                      "same moment; nothing was done"))
-        return session
+        return Opened(session, opening)
 
     def _blocked_reason(self, wf: Workflow, now: datetime) -> str | None:
         name = wf.name
@@ -140,11 +145,11 @@ class SessionRunner:
     # ------------------------------------------------------------------ run
 
     def run(self, streams: Streams, wf: Workflow, session: Session,
-            request: SessionRequest) -> SessionResult:
-        """Work the session to its end and close it (one append)."""
+            request: SessionRequest, opening: OpeningReads | None = None) -> SessionResult:
+        """Work the session to its end and close it (one append). `opening`: what
+        the append that opened it read (None: a session taken over reads afresh)."""
         scope = self.make_scope(streams, wf, session)
         driver = RunDriver(scope)
-        opening, self._opening = self._opening, None
         hints = opening.hints.rows if opening is not None else None
         if hints is not None:
             # Kept from now on, and kept up to date by this session's own folds.

@@ -95,14 +95,16 @@ def log(
     with open_engine(store_url(ctx, store), must_exist=True, reads_side=False) as engine:
         require_workflow(engine, workflow)
         run = engine.run(run_id).id if run_id is not None else None
-        last = after  # the position of the last event read: --follow goes on from there
+        # --follow goes on from the log's end when reading began, or from the
+        # last event shown if the reading went past it.
+        last = max(after, engine.last_position()) if follow else after
 
         def read() -> Iterator[LoggedEvent]:
             nonlocal last
             # Only the last N wanted: read back from the head until they are found.
             for event in engine.events(workflow=workflow, run=run, after=after, last=limit,
                                        since=moment):
-                last = event.position
+                last = max(last, event.position)
                 yield event
 
         def wanted(event: LoggedEvent) -> bool:

@@ -495,6 +495,13 @@ class Engine:
 
         Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)
 
+    def last_position(self) -> int:
+        """The log position of the last event appended (0: an empty log): what
+        `follow(after=...)` takes to show only what comes next."""
+        from flowledger.engine.waiting import max_position
+
+        return max_position(self.log)
+
     def follow(self, after: int | None = 0, *, workflow: str | None = None,
                interval: float = 0.5,
                stop: threading.Event | None = None) -> Iterator[LoggedEvent]:

@@ -174,9 +174,9 @@ class LogStore(Protocol):
 
     def max_position(self, c: Cursor) -> int: ...
 
-    def position_before_last(self, c: Cursor, n: int) -> int:
-        """The position after which the log's last `n` events lie (0: it holds
-        no more than `n`)."""
+    def position_before_last(self, c: Cursor, n: int, upto: int | None = None) -> int:
+        """The position after which the log's last `n` events lie, or the last
+        `n` up to position `upto` (0: no more than `n` are there)."""
 
     def select_first_events(self, c: Cursor, stream_ids: Sequence[UUID]) -> list[StoredEvent]:
         """The first event of each of these streams (that has one)."""
@@ -281,9 +281,11 @@ class SharedSQL:
                                   state=bytes(b)) for sid, t, b in c.fetchall()]
         return found
 
-    def position_before_last(self, c: Cursor, n: int) -> int:
-        c.execute(f"SELECT {self.position_column} FROM {self.events_table_name} "
-                  f"ORDER BY {self.position_column} DESC LIMIT 1 OFFSET ?", (n,))
+    def position_before_last(self, c: Cursor, n: int, upto: int | None = None) -> int:
+        where, params = (f"WHERE {self.position_column} <= ? ", (upto, n)) if upto is not None \
+            else ("", (n,))
+        c.execute(f"SELECT {self.position_column} FROM {self.events_table_name} {where}"
+                  f"ORDER BY {self.position_column} DESC LIMIT 1 OFFSET ?", params)
         row = c.fetchone()
         return int(row[0]) if row is not None else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,29 +60,30 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
              since: datetime | None = None) -> Iterator[LoggedEvent]:
     """Events after `after` (and up to `upto`), optionally of one workflow or one
     run, or only those at or after time `since`. `last`: only the last N of
-    those are read (found reading back from the head). A run's are its
-    stream's: read alone. `workflows=False`: the workflow of a stream begun
-    before `after` is not looked up (one read a batch) unless the filter needs it."""
+    those (read back from the head, where no `upto` or run is given). A run's
+    are its stream's: read alone. `workflows=False`: the workflow of a stream
+    begun before `after` is not looked up (one read a batch) unless the filter
+    needs it."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     wanted = workflow_id_of(workflow) if workflow else None
-    if run is not None:
-        events = _read_run(log, run, wanted, after, upto)
-    elif last is not None and upto is None and (wanted is not None or since is not None):
+    if last is not None and upto is None and run is None:
         yield from _read_back(log, wanted, since, after, last, batch)
         return
+    if run is not None:
+        events = _read_run(log, run, wanted, after, upto)
     else:
-        events = _read_on(log, wanted, after, upto, batch, last, workflows)
-    yield from (e for e in events if since is None or e.timestamp >= since)
+        events = _read_on(log, wanted, after, upto, batch, workflows)
+    timely = (e for e in events if since is None or e.timestamp >= since)
+    yield from timely if last is None else deque(timely, maxlen=last)
 
 
 def _read_on(log: EventLog, wanted: UUID | None, after: int, upto: int | None, batch: int,
-             last: int | None, workflows: bool) -> Iterator[LoggedEvent]:
+             workflows: bool) -> Iterator[LoggedEvent]:
     """The log (or one workflow's events) read on from `after`, a batch at a time."""
     owner: dict[UUID, UUID] = {}  # stream → workflow, learnt from each stream's first event
     position = after
     recorder = log.flow_recorder
-    if last is not None and wanted is None and upto is None:
-        with log.reading() as c:
-            position = max(after, recorder.position_before_last(c, last))
     # Streams may have begun before: their first event says whose they are.
     begun_before = position > 0 and (workflows or wanted is not None)
     while True:
@@ -96,18 +98,21 @@ def _read_on(log: EventLog, wanted: UUID | None, after: int, upto: int | None, b
 def _read_back(log: EventLog, wanted: UUID | None, since: datetime | None, after: int,
                n: int, batch: int) -> Iterator[LoggedEvent]:
     """The last `n` events after `after` of workflow `wanted` (None: of any) at or
-    after time `since` (None: any time), read back from the head a window of
-    positions at a time until `n` are found: what happened lately is found
-    near the head, not by reading the log from its start."""
+    after time `since` (None: any time), read back from the head `batch`
+    events at a time until `n` are found: what happened lately is found near
+    the head, not by reading the log from its start."""
     recorder = log.flow_recorder
+    if wanted is None and since is None:
+        batch = min(batch, n)  # every event is wanted: no more than n to read
     with log.reading() as c:
         upto = recorder.max_position(c)
     owner: dict[UUID, UUID] = {}
     windows: list[list[LoggedEvent]] = []  # the newest first, each in log order
     found = 0
     while found < n and upto > after:
-        start = max(after, upto - batch)
         with log.reading() as c:
+            # By events, not positions: a store's positions can have gaps.
+            start = max(after, recorder.position_before_last(c, batch, upto))
             rows = recorder.select_stored(c, start, batch, upto)
         windows.append([e for e in _events_of(log, rows, owner, wanted, look_up=True)
                         if since is None or e.timestamp >= since])

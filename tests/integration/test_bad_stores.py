@@ -242,6 +242,41 @@ def test_every_kind_of_unreadable_event_is_a_corrupt_event_error(store_file: Pat
         assert raised.value.stream_id == stream
 
 
+def test_one_workflows_log_meets_its_own_damage_not_another_workflows(tmp_path: Path) -> None:
+    """Reading one workflow's events decodes its own events and every stream's
+    first (which says whose the stream is): damage there stops the reading
+    and is named; a later event of another workflow's stream is not read, so
+    its damage is left to the whole log's reading and to `verify` (ADR 0009)."""
+    path = tmp_path / "flow.db"
+    ledger = ExternalLedger(tmp_path / "ledger.db")
+    with fl.Engine(url(path)) as engine:
+        for name in ("other", "wf"):
+            engine.register(ledger_workflow(name), tools=[ScriptedLedgerTool(ledger)])
+            engine.run_session(name)
+        mine = list(engine.events(workflow="wf"))
+        others = list(engine.events(workflow="other"))
+    own = next(e.position for e in mine if e.name == "Prepared")
+    theirs = next(e.position for e in others if e.name == "Prepared")
+    first = others[0].position  # the other workflow's stream begins there
+    assert first < theirs < own and others[0].version == 1
+
+    overwrite(path, theirs, "state", GARBAGE)
+    with fl.Engine(url(path)) as engine:
+        assert list(engine.events(workflow="wf")) == mine
+        assert list(engine.events(workflow="wf", last=3)) == mine[-3:]
+        for args in ({}, {"workflow": "other"}, {"last": 10_000}):
+            with pytest.raises(fl.CorruptEventError, match=f"log position {theirs} "):
+                list(engine.events(**args))
+    overwrite(path, own, "state", GARBAGE)
+    with fl.Engine(url(path)) as engine, pytest.raises(
+            fl.CorruptEventError, match=f"log position {own} "):
+        list(engine.events(workflow="wf"))
+    overwrite(path, first, "state", GARBAGE)  # whose is that stream? Unknown: it stops there
+    with fl.Engine(url(path)) as engine, pytest.raises(
+            fl.CorruptEventError, match=f"log position {first} "):
+        list(engine.events(workflow="wf"))
+
+
 def test_a_failed_rebuild_leaves_the_projections_exactly_as_they_were(store_file: Path
                                                                        ) -> None:
     before = projection_rows(store_file)

@@ -394,6 +394,61 @@ def test_the_last_events_of_a_workflow_or_since_a_time_are_found_reading_back(
         engine.events(since=datetime(2026, 1, 1))
 
 
+def test_last_n_is_the_last_n_whatever_else_is_asked(make_engine, ledger: ExternalLedger
+                                                     ) -> None:
+    """`last=N` keeps the last N of what is asked, read back or not: with a
+    run, with an end position, and N=0 (nothing)."""
+    engine = make_engine()
+    engine.register(ledger_workflow("wf", items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf")
+    whole = list(engine.events())
+    run = engine.runs(workflow="wf")[0].run_id
+    of_run = [e for e in whole if e.stream_id == run]
+    assert len(of_run) > 2
+    assert list(engine.events(run=run, last=2)) == of_run[-2:]
+    upto = whole[-5].position
+    assert list(engine.events(workflow="wf", upto=upto, last=2)) == [
+        e for e in whole if e.position <= upto][-2:]
+    assert list(engine.events(since=whole[0].timestamp, upto=upto, last=3)) == [
+        e for e in whole if e.position <= upto][-3:]
+    assert list(engine.events(workflow="wf", last=0)) == []
+    assert list(engine.events(last=0)) == []
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        list(read_log(engine.log, "wf", last=2, batch=0))
+
+
+@pytest.mark.parametrize("args", [["--since", "2999-01-01"],
+                                  ["--since", "2999-01-01", "--limit", "3"],
+                                  ["--since", "2026-01-01T00:00:00", "--limit", "3"],
+                                  ["--workflow", "other", "--limit", "2"],
+                                  ["--limit", "2"]])
+def test_log_follow_goes_on_from_the_end_of_the_log_it_read(
+        make_engine, ledger: ExternalLedger, clock: fl.ManualClock,
+        monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    """`log ... --follow` goes on from where reading ended (the log's end then),
+    not from the last event it showed: whatever came after that was read
+    already, and reading it again before anything new is shown took seconds."""
+    from typer.testing import CliRunner
+
+    from flowledger.cli import read_commands
+    from flowledger.cli.application import app
+
+    engine = make_engine()
+    for name in ("other", "wf"):
+        engine.register(ledger_workflow(name, items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("other")
+    clock.set(datetime(2025, 1, 1, tzinfo=UTC))  # wf's events are older than other's
+    engine.run_session("wf")
+    head = engine.last_position()
+    assert head == list(engine.events())[-1].position
+    followed: list[int | None] = []
+    monkeypatch.setattr(read_commands, "print_live",
+                        lambda engine, after, *rest: followed.append(after))
+    result = CliRunner().invoke(app, ["log", "--store", engine.store, *args, "--follow"])
+    assert result.exit_code == 0, result.output
+    assert followed == [head]
+
+
 def test_a_workflows_or_a_runs_events_after_any_position_are_all_there(
         make_engine, ledger: ExternalLedger, monkeypatch: pytest.MonkeyPatch) -> None:
     """`log --workflow W --after P` left out the events of streams begun at or

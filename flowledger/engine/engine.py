@@ -593,7 +593,7 @@ class Engine:
                since: datetime | None = None) -> Iterator[LoggedEvent]:
         """The log, decoded, in append order; optionally one workflow's or one run's,
         or those at or after time `since` (timezone-aware). `last`: only the last
-        N of them (a run's: no further back than the log's last N events)."""
+        N of them (read back from the log's end, unless `upto` or `run` is given)."""
         since = aware(since, "since")
         run_id = self._load_run(run).id if run is not None else None
         return read_log(self.log, workflow, run_id, after, upto, last=last, since=since)

@@ -49,7 +49,7 @@ from flowledger.cli.views import (
     status_json,
 )
 from flowledger.cli.worker_commands import print_live
-from flowledger.read_side.log_view import LoggedEvent
+from flowledger.read_side.log_view import LoggedEvent, at_or_after
 from flowledger.read_side.queries import (
     COSTS_BY,
     RUN_STATUSES,
@@ -109,7 +109,7 @@ def log(
 
         def wanted(event: LoggedEvent) -> bool:
             return (run is None or event.stream_id == run) and (
-                moment is None or event.timestamp >= moment)
+                moment is None or at_or_after(event.timestamp, moment))
 
         def show(event: LoggedEvent) -> None:
             if wanted(event):

@@ -6,7 +6,7 @@ import dataclasses
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -66,16 +66,29 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
     needs it."""
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
+    if last is not None and last < 0:
+        raise ValueError(f"last must be 0 or more, got {last}")
     wanted = workflow_id_of(workflow) if workflow else None
     if last is not None and upto is None and run is None:
-        yield from _read_back(log, wanted, since, after, last, batch)
+        if wanted is None and since is None:  # the log's last N: read on from before them
+            with log.reading() as c:
+                start = max(after, log.flow_recorder.position_before_last(c, last))
+            yield from _read_on(log, None, start, None, batch, workflows)
+        else:
+            yield from _read_back(log, wanted, since, after, last, batch)
         return
     if run is not None:
         events = _read_run(log, run, wanted, after, upto)
     else:
         events = _read_on(log, wanted, after, upto, batch, workflows)
-    timely = (e for e in events if since is None or e.timestamp >= since)
+    timely = (e for e in events if since is None or at_or_after(e.timestamp, since))
     yield from timely if last is None else deque(timely, maxlen=last)
+
+
+def at_or_after(moment: datetime, since: datetime) -> bool:
+    """Whether `moment` is at or after `since` (timezone-aware); a time a clock
+    without a zone wrote is taken as UTC, as `--since` is when it has none."""
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)) >= since
 
 
 def _read_on(log: EventLog, wanted: UUID | None, after: int, upto: int | None, batch: int,
@@ -102,8 +115,6 @@ def _read_back(log: EventLog, wanted: UUID | None, since: datetime | None, after
     events at a time until `n` are found: what happened lately is found near
     the head, not by reading the log from its start."""
     recorder = log.flow_recorder
-    if wanted is None and since is None:
-        batch = min(batch, n)  # every event is wanted: no more than n to read
     with log.reading() as c:
         upto = recorder.max_position(c)
     owner: dict[UUID, UUID] = {}
@@ -115,7 +126,7 @@ def _read_back(log: EventLog, wanted: UUID | None, since: datetime | None, after
             start = max(after, recorder.position_before_last(c, batch, upto))
             rows = recorder.select_stored(c, start, batch, upto)
         windows.append([e for e in _events_of(log, rows, owner, wanted, look_up=True)
-                        if since is None or e.timestamp >= since])
+                        if since is None or at_or_after(e.timestamp, since)])
         found += len(windows[-1])
         upto = start
     yield from [e for window in reversed(windows) for e in window][-n:] if n else []

@@ -314,6 +314,8 @@ def _within(moment: datetime | None, since: datetime | None, until: datetime | N
         return True
     if moment is None:
         return False
+    if moment.tzinfo is None:  # a clock without a zone wrote it: taken as UTC
+        moment = moment.replace(tzinfo=UTC)
     return (since is None or moment >= since) and (until is None or moment < until)
 
 

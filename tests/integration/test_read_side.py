@@ -415,6 +415,58 @@ def test_last_n_is_the_last_n_whatever_else_is_asked(make_engine, ledger: Extern
     assert list(engine.events(last=0)) == []
     with pytest.raises(ValueError, match="batch must be at least 1"):
         list(read_log(engine.log, "wf", last=2, batch=0))
+    for args in ({}, {"run": run}, {"upto": upto}, {"workflow": "wf"}):
+        with pytest.raises(fl.InvalidArgument, match="last must be 0 or more, got -1"):
+            engine.events(last=-1, **args)
+
+
+def test_the_logs_last_events_are_handed_out_as_read(make_engine, ledger: ExternalLedger,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole log's last N are read on from the position before them, a
+    batch at a time, each event handed out as it is read: not all of them
+    gathered first (a review measured 1.6 s and 62 MB before the first of
+    60,000), and no event before them decoded but their streams' first."""
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a", "b", "c"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf")
+    whole = list(engine.events())
+    decoded: list[Any] = []
+    decode = engine.log.mapper.to_domain_event
+    monkeypatch.setattr(engine.log.mapper, "to_domain_event",
+                        lambda stored: decoded.append(stored) or decode(stored))
+    reading = read_log(engine.log, last=len(whole) - 1, batch=2)
+    assert next(reading) == whole[1]
+    assert len(decoded) <= 2 + 2  # a batch, and its streams' first events
+    assert [whole[1], *reading] == whole[1:]
+    decoded.clear()
+    assert list(read_log(engine.log, last=7, batch=3)) == whole[-7:]
+    assert len({(s.originator_id, s.originator_version) for s in decoded}) <= 7 + 7
+
+
+def test_times_a_clock_without_a_zone_wrote_are_taken_as_utc(
+        store: str, ledger: ExternalLedger) -> None:
+    """A store written by a clock without a zone: `since` (and `log --since`,
+    whose time is UTC when it names no zone) compares its times as UTC; they
+    failed with "can't compare offset-naive and offset-aware datetimes"."""
+    from typer.testing import CliRunner
+
+    from flowledger.cli.application import app
+
+    with fl.Engine(store, clock=fl.ManualClock(datetime(2026, 3, 1, 12, 0))) as engine:
+        engine.register(ledger_workflow("wf", items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+        engine.run_session("wf")
+        whole = list(engine.events())
+        assert whole[0].timestamp.tzinfo is None
+        for since, expected in ((datetime(2026, 3, 1, 12, 0, tzinfo=UTC), whole),
+                                (datetime(2026, 3, 1, 12, 1, tzinfo=UTC), [])):
+            assert list(engine.events(since=since)) == expected
+            assert list(engine.events(since=since, last=2)) == expected[-2:]
+            assert list(engine.events(workflow="wf", since=since, last=2)) == expected[-2:]
+            assert bool(engine.runs(since=since)) == bool(expected)
+    result = CliRunner().invoke(app, ["log", "--store", store, "--since", "2026-03-01 12:00",
+                                      "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Workflow.SessionClosed" in result.output
 
 
 @pytest.mark.parametrize("args", [["--since", "2999-01-01"],

@@ -24,6 +24,7 @@ from flowledger.authoring.registration import Registration
 from flowledger.domain.due import Decision, Due, Situation, decide_due, serving_order
 from flowledger.domain.errors import CorruptEventError
 from flowledger.domain.failures import describe
+from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.phases import RunKind
 from flowledger.domain.schedule import Schedule
 from flowledger.domain.scheduling import ConsumerView, TopicBacklog
@@ -435,10 +436,9 @@ class Worker:
         if not any(p.schedule is not None for r in self._regs() for p in r.definition.producers):
             runs.read_upto = head  # nothing scheduled: no need to read the new events
             return
+        # A run's own events name its workflow; only its start and commit are read.
         for event in read_log(self.engine.log, None, None, runs.read_upto, head,
-                              workflows=False):  # a run's own events name its workflow
-            if event.aggregate != "HandlerRun":
-                continue
+                              workflows=False, only=(HandlerRun.Created, HandlerRun.Committed)):
             fields: dict[str, Any] = event.fields
             if event.name == "Created" and fields.get("kind") in (RunKind.PRODUCER, "producer"):
                 runs.started[event.stream_id] = (fields["workflow_id"], fields["handler"],

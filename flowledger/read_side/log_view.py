@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import resolve_topic
 
 from flowledger.domain.ids import workflow_id as workflow_id_of
 from flowledger.infrastructure.codec import unpack
@@ -57,13 +58,15 @@ def logged(position: int, stored: StoredEvent, event: Any,
 def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None,
              after: int = 0, upto: int | None = None, batch: int = 1000,
              last: int | None = None, workflows: bool = True,
-             since: datetime | None = None) -> Iterator[LoggedEvent]:
+             since: datetime | None = None,
+             only: tuple[type, ...] | None = None) -> Iterator[LoggedEvent]:
     """Events after `after` (and up to `upto`), optionally of one workflow or one
     run, or only those at or after time `since`. `last`: only the last N of
     those (read back from the head, where no `upto` or run is given). A run's
     are its stream's: read alone. `workflows=False`: the workflow of a stream
     begun before `after` is not looked up (one read a batch) unless the filter
-    needs it."""
+    needs it. `only`: of the whole log read on, only events of these classes
+    are decoded and handed out (their stored type says which they are)."""
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     if last is not None and last < 0:
@@ -80,7 +83,7 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
     if run is not None:
         events = _read_run(log, run, wanted, after, upto)
     else:
-        events = _read_on(log, wanted, after, upto, batch, workflows)
+        events = _read_on(log, wanted, after, upto, batch, workflows, only)
     timely = (e for e in events if since is None or at_or_after(e.timestamp, since))
     yield from timely if last is None else deque(timely, maxlen=last)
 
@@ -92,8 +95,9 @@ def at_or_after(moment: datetime, since: datetime) -> bool:
 
 
 def _read_on(log: EventLog, wanted: UUID | None, after: int, upto: int | None, batch: int,
-             workflows: bool) -> Iterator[LoggedEvent]:
+             workflows: bool, only: tuple[type, ...] | None = None) -> Iterator[LoggedEvent]:
     """The log (or one workflow's events) read on from `after`, a batch at a time."""
+    kinds = _Kinds(only) if only is not None else None
     owner: dict[UUID, UUID] = {}  # stream → workflow, learnt from each stream's first event
     position = after
     recorder = log.flow_recorder
@@ -105,7 +109,7 @@ def _read_on(log: EventLog, wanted: UUID | None, after: int, upto: int | None, b
         if not rows:
             return
         position = rows[-1][0]
-        yield from _events_of(log, rows, owner, wanted, begun_before)
+        yield from _events_of(log, rows, owner, wanted, begun_before, kinds)
 
 
 def _read_back(log: EventLog, wanted: UUID | None, since: datetime | None, after: int,
@@ -132,21 +136,45 @@ def _read_back(log: EventLog, wanted: UUID | None, since: datetime | None, after
     yield from [e for window in reversed(windows) for e in window][-n:] if n else []
 
 
+class _Kinds:
+    """Whether a stored type names one of some event classes, by type (cached):
+    the events of other classes need not be decoded. A type that names no
+    class counts as one of them: decoding it says what is wrong, and where."""
+
+    def __init__(self, classes: tuple[type, ...]) -> None:
+        self.classes = classes
+        self._known: dict[str, bool] = {}
+
+    def __call__(self, topic: str) -> bool:
+        found = self._known.get(topic)
+        if found is None:
+            try:
+                found = resolve_topic(topic) in self.classes
+            except Exception:
+                found = True
+            self._known[topic] = found
+        return found
+
+
 def _events_of(log: EventLog, rows: list[tuple[int, StoredEvent]], owner: dict[UUID, UUID],
-               wanted: UUID | None, look_up: bool) -> Iterator[LoggedEvent]:
+               wanted: UUID | None, look_up: bool, kinds: _Kinds | None = None
+               ) -> Iterator[LoggedEvent]:
     """`rows` as people read them, each with its workflow; only workflow
     `wanted`'s, if given. An event is its stream's workflow's, which the
     stream's first event names: for one workflow, only first events and the
     workflow's own are decoded (most of the log may be other workflows').
     `look_up`: the first events of streams begun before `rows` are read (else
     those streams are taken for no workflow's, as reading from the log's
-    start finds none). Decoded in order: an event that cannot be read stops
-    the reading there."""
+    start finds none). `kinds`: only events of these classes are decoded and
+    handed out. Decoded in order: an event that cannot be read stops the
+    reading there."""
     if look_up:
         begun_here = {_stream(s) for _, s in rows if s.originator_version == 1}
         _look_up_owners(log, {_stream(s) for _, s in rows} - begun_here, owner)
     decode = log.mapper.to_domain_event
     for position, stored in rows:
+        if kinds is not None and not kinds(stored.topic):
+            continue
         stream = _stream(stored)
         event = None
         if wanted is None or (stored.originator_version == 1 and stream not in owner):

@@ -443,6 +443,34 @@ def test_the_logs_last_events_are_handed_out_as_read(make_engine, ledger: Extern
     assert len({(s.originator_id, s.originator_version) for s in decoded}) <= 7 + 7
 
 
+def test_only_the_events_of_some_classes_are_read_and_decoded(
+        make_engine, ledger: ExternalLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`only=`: what the worker reads of the new events to learn scheduled
+    producers' last runs: their starts and commits, the others not decoded
+    (it decoded every event appended since its last look)."""
+    from flowledger.domain.handler_run import HandlerRun
+
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf")
+    whole = list(engine.events())
+    wanted = [e for e in whole if e.aggregate == "HandlerRun" and e.name in ("Created",
+                                                                               "Committed")]
+    assert 4 <= len(wanted) < len(whole) // 3
+    decoded: list[Any] = []
+    decode = engine.log.mapper.to_domain_event
+    monkeypatch.setattr(engine.log.mapper, "to_domain_event",
+                        lambda stored: decoded.append(stored) or decode(stored))
+    only = (HandlerRun.Created, HandlerRun.Committed)
+    for after in (0, whole[len(whole) // 2].position):
+        decoded.clear()
+        got = list(read_log(engine.log, after=after, upto=whole[-1].position, batch=3,
+                            workflows=False, only=only))
+        assert [(e.position, e.name, e.fields) for e in got] == [
+            (e.position, e.name, e.fields) for e in wanted if e.position > after]
+        assert len(decoded) == len(got)
+
+
 def test_times_a_clock_without_a_zone_wrote_are_taken_as_utc(
         store: str, ledger: ExternalLedger) -> None:
     """A store written by a clock without a zone: `since` (and `log --since`,

@@ -193,7 +193,7 @@ class LogStore(Protocol):
 
     def select_latest(self, stream_id: UUID) -> tuple[StoredEvent | None, list[StoredEvent]]: ...
 
-    def select_snapshots(self) -> list[StoredEvent]: ...
+    def select_snapshots(self, page: int = 100) -> Iterator[StoredEvent]: ...
 
     def track(self, c: Cursor, name: str, position: int) -> None: ...
 
@@ -341,14 +341,23 @@ class SharedSQL:
             return stored[0], stored[1:]
         return None, stored
 
-    def select_snapshots(self) -> list[StoredEvent]:
-        """Every stored snapshot, by stream and version (what `verify` checks)."""
-        rows = self.read_all(
-            f"SELECT originator_id, originator_version, topic, CAST(state AS BLOB) "
-            f"FROM {self.snapshot_table_name} ORDER BY originator_id, originator_version", ())
-        return [StoredEvent(originator_id=UUID(str(stream)), originator_version=version,
-                            topic=topic, state=bytes(state))
-                for stream, version, topic, state in rows]
+    def select_snapshots(self, page: int = 100) -> Iterator[StoredEvent]:
+        """Every stored snapshot, by stream and version (what `verify` checks),
+        read `page` at a time: a large store's do not fit in memory at once."""
+        sql = (f"SELECT originator_id, originator_version, topic, CAST(state AS BLOB) "
+               f"FROM {self.snapshot_table_name} {{}}"
+               f"ORDER BY originator_id, originator_version LIMIT {int(page)}")
+        after: tuple[Any, ...] | None = None
+        while True:
+            rows = self.read_all(sql.format(
+                "" if after is None else "WHERE (originator_id, originator_version) > (?, ?) "),
+                after or ())
+            for stream, version, topic, state in rows:
+                yield StoredEvent(originator_id=UUID(str(stream)), originator_version=version,
+                                  topic=topic, state=bytes(state))
+            if len(rows) < page:
+                return
+            after = (rows[-1][0], rows[-1][1])
 
     def track(self, c: Cursor, name: str, position: int) -> None:
         c.execute("INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "

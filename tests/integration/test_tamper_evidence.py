@@ -290,6 +290,29 @@ def test_a_snapshot_moved_to_another_version_is_found(store: str, key: str) -> N
             for p in problems] == [("snapshot", True)], problems
 
 
+def test_snapshots_are_read_a_page_at_a_time_all_of_them_in_order(store: str,
+                                                                   tmp_path: Path) -> None:
+    """`verify` read every snapshot into memory at once (a large store's are
+    hundreds of megabytes); now a page at a time, by stream and version,
+    every one of them whatever the page's size."""
+    ledger = ExternalLedger(tmp_path / "ledger.db")
+    with fl.Engine(store) as engine:
+        engine.register(ledger_workflow(items=[str(i) for i in range(45)]),
+                        tools=[ScriptedLedgerTool(ledger)])
+        engine.run_session("wf")  # the consumer's state, snapshotted every 20 commits
+        for _ in range(60):  # the workflow's stream passes 100 events
+            engine.run_session("wf")
+        recorder = engine.log.flow_recorder
+        whole = [(s.originator_id, s.originator_version, s.state)
+                 for s in recorder.select_snapshots(page=1000)]
+        assert len(whole) >= 3 and len({stream for stream, _, _ in whole}) >= 2
+        assert whole == sorted(whole, key=lambda s: (recorder.stream_key(s[0]), s[1]))
+        for page in (1, 2, 3):
+            assert [(s.originator_id, s.originator_version, s.state)
+                    for s in recorder.select_snapshots(page=page)] == whole
+        assert engine.verify().ok
+
+
 @pytest.mark.parametrize("how", ["DELETE FROM fl_chain", "DROP TABLE fl_chain"])
 def test_a_chain_table_dropped_or_emptied_is_said_as_such(store: str, key: str,
                                                           tmp_path: Path, how: str) -> None:

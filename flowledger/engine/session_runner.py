@@ -150,11 +150,11 @@ class SessionRunner:
         the append that opened it read (None: a session taken over reads afresh)."""
         scope = self.make_scope(streams, wf, session)
         driver = RunDriver(scope)
-        hints = opening.hints.rows if opening is not None else None
-        if hints is not None:
+        if opening is not None:
+            assert opening.hints.rows is not None  # read: the opening append committed
             # Kept from now on, and kept up to date by this session's own folds.
             scope.pending_hints(self.reg.workflow_id, False,
-                                pending_work.backlog_and_wakeups_found(hints))
+                                pending_work.backlog_and_wakeups_found(opening.hints.rows))
         runs: list[RunResult] = []
         cleared = wf.status == WorkflowStatus.ACTIVE
         blocked = self._blocked_reason(wf, scope.now())
@@ -168,9 +168,8 @@ class SessionRunner:
         else:
             if wf.status == WorkflowStatus.PAUSED:
                 wf.resume(scope.now(), "a retry or reconciliation fell due")
-            outcome, reason, budget, remaining = self._work(
-                scope, driver, request, runs, cleared,
-                opening.unfinished.rows if opening is not None else None, hints is None)
+            outcome, reason, budget, remaining = self._work(scope, driver, request, runs,
+                                                            cleared, opening)
         now = scope.now()
         session.close(now, outcome, reason, budget, remaining)
         wf.close_session(now, session.id, outcome.value)
@@ -179,12 +178,12 @@ class SessionRunner:
                              reason, budget, tuple(runs))
 
     def _work(self, scope: SessionScope, driver: RunDriver, request: SessionRequest,
-              runs: list[RunResult], cleared: bool, unfinished: list[Any] | None,
-              fresh: bool) -> tuple[SessionOutcome, str | None, str | None,
-                                    dict[str, dict[str, int]]]:
-        """`unfinished`: the rows of the runs left unfinished, and `fresh` False:
-        the hints were, read by the session's opening append."""
-        stopped = self._continue_unfinished(scope, driver, runs, cleared, unfinished)
+              runs: list[RunResult], cleared: bool, opening: OpeningReads | None
+              ) -> tuple[SessionOutcome, str | None, str | None, dict[str, dict[str, int]]]:
+        """`opening`: the unfinished runs and the hints, as the session's opening
+        append read them (None: read here)."""
+        stopped = self._continue_unfinished(
+            scope, driver, runs, cleared, opening.unfinished.rows if opening else None)
         if stopped is not None:
             return stopped, runs[-1].reason if runs else None, None, {}
         if request.trigger != Trigger.EVENT:
@@ -202,6 +201,7 @@ class SessionRunner:
         by_name = {c.name: c for c in self.reg.definition.consumers}
         declines: dict[str, Decline] = {}
         session = scope.session
+        fresh = opening is None  # the first look reads the store, unless the opening did
         while True:
             now = scope.now()
             # The two hints for choosing a consumer (read once a session, then kept).

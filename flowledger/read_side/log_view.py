@@ -71,6 +71,9 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
         raise ValueError(f"batch must be at least 1, got {batch}")
     if last is not None and last < 0:
         raise ValueError(f"last must be 0 or more, got {last}")
+    if only is not None and (run is not None or (last is not None and upto is None)):
+        raise ValueError("only= reads the log on from a position: not with run= or last= "
+                         "without upto=")
     wanted = workflow_id_of(workflow) if workflow else None
     if last is not None and upto is None and run is None:
         if wanted is None and since is None:  # the log's last N: read on from before them

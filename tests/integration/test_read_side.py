@@ -469,6 +469,9 @@ def test_only_the_events_of_some_classes_are_read_and_decoded(
         assert [(e.position, e.name, e.fields) for e in got] == [
             (e.position, e.name, e.fields) for e in wanted if e.position > after]
         assert len(decoded) == len(got)
+    for args in ({"last": 3}, {"run": wanted[0].stream_id}):  # it would be left unsaid
+        with pytest.raises(ValueError, match="only= reads the log on from a position"):
+            list(read_log(engine.log, only=only, **args))
 
 
 def test_times_a_clock_without_a_zone_wrote_are_taken_as_utc(

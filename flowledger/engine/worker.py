@@ -59,6 +59,7 @@ class _LastRuns:
 
     read_upto: int = 0
     last: dict[tuple[UUID, str], datetime] = field(default_factory=dict)
+    # Producer runs begun (read from their start), dropped when they end.
     started: dict[UUID, tuple[UUID, str, datetime]] = field(default_factory=dict)
     seeded: set[UUID] = field(default_factory=set)  # workflows whose last runs were read
 
@@ -436,13 +437,16 @@ class Worker:
         if not any(p.schedule is not None for r in self._regs() for p in r.definition.producers):
             runs.read_upto = head  # nothing scheduled: no need to read the new events
             return
-        # A run's own events name its workflow; only its start and commit are read.
+        # A run's own events name its workflow; only its start and end are read.
         for event in read_log(self.engine.log, None, None, runs.read_upto, head,
-                              workflows=False, only=(HandlerRun.Created, HandlerRun.Committed)):
+                              workflows=False, only=(HandlerRun.Created, HandlerRun.Committed,
+                                                     HandlerRun.Failed, HandlerRun.Superseded)):
             fields: dict[str, Any] = event.fields
             if event.name == "Created" and fields.get("kind") in (RunKind.PRODUCER, "producer"):
                 runs.started[event.stream_id] = (fields["workflow_id"], fields["handler"],
                                                  event.timestamp)
+            elif event.name in ("Failed", "Superseded"):
+                runs.started.pop(event.stream_id, None)  # ended without a commit
             elif event.name == "Committed" and event.stream_id in runs.started:
                 wf_id, handler, created = runs.started.pop(event.stream_id)
                 key = (wf_id, handler)

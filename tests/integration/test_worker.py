@@ -844,3 +844,69 @@ def test_a_scheduled_workflow_registered_after_the_worker_started_keeps_its_tick
     assert worker.run_once() == [] and calls == ["produce 1"]
     clock.advance(3000)
     assert [r.workflow for r in worker.run_once()] == ["ticks"] and calls[-1] == "produce 2"
+
+
+def test_a_producer_run_under_way_as_the_worker_starts_counts_as_its_last_once_committed(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    """Another engine's hourly producer begins at 00:00:30; a worker starts
+    while it runs, then sees it commit. The run is that producer's last: the
+    next tick is at 01:00, not "never ran, at once" (which ran it again). It
+    holds as a producer run is one append (ADR 0003): its start comes with
+    its end, never before the head a starting worker reads from."""
+    clock.set(START)
+    calls: list[str] = []
+    engine = make_engine()
+    engine.register(ticking_workflow(calls, every="1h"), tools=[ScriptedLedgerTool(MemoryLedger())])
+    worker = Worker(engine)
+    other = make_engine()  # another process, as far as the store can tell
+    wf = ticking_workflow(calls, every="1h")
+    wf.producers.clear()
+    seen: list[list[fl.SessionResult]] = []
+
+    @wf.producer(publishes=["tick"], name="produce", every="1h")
+    def produce(ctx: Any, state: Any) -> Any:
+        calls.append("other's produce")
+        seen.append(worker.run_once())  # the worker starts while this run is under way
+        ctx.publish("tick", message_id="t1", payload={"n": 1})
+        return {"n": 1}
+
+    other.register(wf, tools=[ScriptedLedgerTool(MemoryLedger())])
+    assert other.run_session("ticks", trigger="manual", max_iterations=0).status == \
+        "budget_exhausted"
+    assert seen == [[]]  # the workflow was held by the other engine's session
+    clock.advance(600)
+    results = worker.run_once()
+    assert [r.runs[0].kind.value for r in results] == ["consumer"]  # t1, not the producer
+    assert calls == ["other's produce"]
+    assert worker.next_due() == datetime(2026, 1, 1, 1, 0, tzinfo=UTC)  # the first tick after
+
+
+def test_the_worker_forgets_producer_runs_that_ended_without_a_commit(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    """A long-lived worker keeps a scheduled producer's runs begun until they
+    end; one that paused and was run again by a fresh run, or failed, never
+    commits, and is not kept for the worker's life."""
+    clock.set(START)
+    attempts: list[int] = []
+    wf = fl.Workflow("flaky", topics=["tick"])
+
+    @wf.producer(publishes=["tick"], every="1h")
+    def produce(ctx: Any, state: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise fl.TransientError("the source is busy")
+        if len(attempts) == 3:
+            raise ValueError("the source said no")
+        return state
+
+    engine = make_engine()
+    engine.register(wf)
+    worker = Worker(engine)
+    assert [r.status for r in worker.run_once()] == ["suspended"]
+    clock.advance(600)  # the transient retry is due
+    assert [r.status for r in worker.run_once()] == ["completed"]
+    clock.advance(3600)
+    assert [r.status for r in worker.run_once()] == ["failed"]
+    worker.next_due()  # reads what the last pass appended
+    assert len(attempts) == 3
+    assert worker._runs.started == {}

@@ -12,9 +12,11 @@ restarted worker reads the same log and makes the same decisions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -90,10 +92,31 @@ class Worker:
         self._undecided: set[str] = set()  # workflows whose last decision failed
         self._unreadable: set[str] = set()  # workflows last stopped by a damaged stream
         self._failed_sessions = 0  # sessions in a row that stopped on an error
+        self._in_use = threading.Lock()  # what it keeps is one thread's (`_alone`)
+
+    @contextlib.contextmanager
+    def _alone(self, what: str) -> Iterator[None]:
+        """A Worker keeps what it read between passes: two threads' passes would
+        mix it up. Refused, not waited for (a wait inside its own session's
+        handler would never end)."""
+        if not self._in_use.acquire(blocking=False):
+            raise RuntimeError(
+                f"Worker.{what}: this Worker is already at work (in another thread, or a "
+                "handler of its own session called it); a Worker does one thing at a time. "
+                "Give each thread its own Worker: engine.serve() in each thread does, and "
+                "they share the workflows safely")
+        try:
+            yield
+        finally:
+            self._in_use.release()
 
     # -------------------------------------------------------------- serving
 
     def serve(self, stop: threading.Event | None = None) -> None:
+        with self._alone("serve"):
+            self._serve_until_stopped(stop)
+
+    def _serve_until_stopped(self, stop: threading.Event | None) -> None:
         if stop is not None:
             self.stop = stop
         # SIGTERM/SIGINT: stop after the step in progress (the session closes with
@@ -212,6 +235,10 @@ class Worker:
 
     def run_once(self) -> list[SessionResult]:
         """One pass: serve every workflow due now (for tests and embedding loops)."""
+        with self._alone("run_once"):
+            return self._run_once()
+
+    def _run_once(self) -> list[SessionResult]:
         head = max_position(self.engine.log)
         self._seed_last_runs(head if not self._runs.read_upto else None)
         self._read_new_runs(head)
@@ -222,6 +249,11 @@ class Worker:
         return [r for r in results if r is not None]
 
     def next_due(self) -> datetime | None:
+        """When the next workflow falls due, as the log says now."""
+        with self._alone("next_due"):
+            return self._next_due()
+
+    def _next_due(self) -> datetime | None:
         self._read_new_runs(max_position(self.engine.log))
         now = self.engine.clock.now()
         return min((d.next_due for d in self._decisions(now) if d.next_due is not None),

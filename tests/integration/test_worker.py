@@ -910,3 +910,48 @@ def test_the_worker_forgets_producer_runs_that_ended_without_a_commit(
     worker.next_due()  # reads what the last pass appended
     assert len(attempts) == 3
     assert worker._runs.started == {}
+
+
+def test_a_worker_serving_in_one_thread_refuses_a_pass_from_another(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    """A Worker keeps what it read between passes; two threads' passes would
+    mix it up, so the second is refused with what to do instead."""
+    engine = make_engine()
+    engine.register(ledger_workflow("plain", items=[]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    worker = Worker(engine, interval=0.01)
+    stop = threading.Event()
+    serving = threading.Thread(target=worker.serve, kwargs={"stop": stop})
+    serving.start()
+    try:
+        for _ in range(500):
+            if worker._in_use.locked():
+                break
+            time.sleep(0.01)
+        with pytest.raises(RuntimeError, match=r"Worker\.run_once: this Worker is already at "
+                                               r"work .* Give each thread its own Worker"):
+            worker.run_once()
+        with pytest.raises(RuntimeError, match=r"Worker\.next_due"):
+            worker.next_due()
+    finally:
+        stop.set()
+        serving.join(10)
+    assert worker.run_once() == []  # free again once it stopped
+
+
+def test_a_handler_calling_its_own_worker_fails_its_run_and_says_why(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
+    clock.set(START)
+    wf = fl.Workflow("inner", topics=["tick"])
+    workers: list[Worker] = []
+
+    @wf.producer(publishes=["tick"], every="1h")
+    def produce(ctx: Any, state: Any) -> Any:
+        workers[0].run_once()
+        return state
+
+    engine = make_engine()
+    engine.register(wf)
+    workers.append(Worker(engine))
+    [result] = workers[0].run_once()
+    assert result.status == "failed"
+    assert result.error is not None and "a handler of its own session called it" in result.error

@@ -63,6 +63,7 @@ from flowledger.infrastructure.store_url import DEFAULT_STORE, parse_store_url, 
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
 from flowledger.projections.costs import Costs
+from flowledger.projections.log_times import LogTimes
 from flowledger.projections.pending_work import PendingWork
 from flowledger.projections.runner import Progress, ProjectionRunner
 from flowledger.projections.sealing import Seal
@@ -144,9 +145,7 @@ class Engine:
             self.log.flow_recorder.announce(self.owner)
             self.lease = LeaseClock(self.clock, self.log.flow_recorder.store_time)
             self.lease.align()
-            self.projections = ProjectionRunner(self.log.flow_recorder, self.log.mapper,
-                                                [PendingWork(), Costs(), Audit()],
-                                                Seal(self.log.column_cipher))
+            self.projections = self._projections(store)
             self.log.set_after_insert(self.projections.apply_inline, self.projections.forget,
                                      self.projections.may_hold, self.projections.prefetch)
             # An event that cannot be read stops whatever needs it (a query catches up
@@ -205,6 +204,22 @@ class Engine:
         returns the statements run."""
         self.log.config.refuse_writes("granting a role changes the store's privileges")
         return self.log.flow_recorder.grant(role, read_only)
+
+    def _projections(self, store: str) -> ProjectionRunner:
+        """The projections, their tables made where missing: where they cannot be
+        (a store opened read-only that an older release wrote), said so."""
+        try:
+            return ProjectionRunner(self.log.flow_recorder, self.log.mapper,
+                                    [PendingWork(), Costs(), Audit(), LogTimes()],
+                                    Seal(self.log.column_cipher))
+        except Exception as e:
+            if not (self.log.config.read_only and from_the_store(e)):
+                raise
+            raise ConfigurationError(
+                f"cannot open store {shown(store)!r} read-only: it lacks tables this release "
+                f"reads ({describe(e)}); an older release wrote it. Open it once without "
+                "?mode=ro, as a process that may write it, to bring its tables up to date. "
+                "Nothing was changed") from e
 
     def close(self) -> None:
         self.heartbeat.stop()

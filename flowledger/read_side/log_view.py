@@ -16,6 +16,7 @@ from eventsourcing.utils import resolve_topic
 from flowledger.domain.ids import workflow_id as workflow_id_of
 from flowledger.infrastructure.codec import unpack
 from flowledger.infrastructure.event_log import EventLog
+from flowledger.projections import log_times
 
 _HIDDEN = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
@@ -75,6 +76,10 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
         raise ValueError("only= reads the log on from a position: not with run= or last= "
                          "without upto=")
     wanted = workflow_id_of(workflow) if workflow else None
+    if since is not None and run is None:
+        # Nothing at or before this position is at or after `since` (log_times.py).
+        with log.reading() as c:
+            after = max(after, log_times.position_before(c, since))
     if last is not None and upto is None and run is None:
         if wanted is None and since is None:  # the log's last N: read on from before them
             with log.reading() as c:

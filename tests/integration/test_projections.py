@@ -66,7 +66,7 @@ def run_history(engine: fl.Engine, clock: fl.ManualClock, sessions: list[tuple[i
     return results
 
 
-NAMES = ["pending_work", "costs", "audit"]
+NAMES = ["pending_work", "costs", "audit", "log_times"]
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.function_scoped_fixture])
@@ -104,7 +104,8 @@ def test_a_projection_stopped_anywhere_catches_up_to_the_same_rows(
             split = data.draw(st.integers(0, len(h["sessions"])), label="sessions before stop")
             run_history(engine, clock, h["sessions"][:split])
             name = data.draw(st.sampled_from(NAMES if split == len(h["sessions"])
-                                              else ["costs", "audit"]), label="projection")
+                                              else ["costs", "audit", "log_times"]),
+                             label="projection")
             head = engine.log.flow_recorder.max_notification_id() or 0
             stop_at(engine, name, data.draw(st.integers(0, head), label="stopped at"),
                     batch=data.draw(st.integers(1, 50), label="batch"))
@@ -196,7 +197,7 @@ def test_a_store_without_the_new_projections_catches_up_on_open(tmp_path: Path,
     engine.run_session("prop")
     live = projection_rows(engine)
     with engine.log.writing() as c:
-        for name in ("costs", "audit"):
+        for name in ("costs", "audit", "log_times"):
             projection(engine, name).clear(c)
             c.execute("DELETE FROM tracking WHERE application_name=?", (name,))
     engine.close()

@@ -523,3 +523,38 @@ def test_setup_grant_read_lets_a_role_read_through_an_upgrade_and_nothing_more(
     assert done.returncode == 0, done.stderr
     assert f"granted {role!r} the use of it:" in done.stdout
     assert calls_when_run(role_url(schema, role), ["a", "b"]) == 1
+
+
+def test_a_store_an_older_release_wrote_is_read_only_once_a_writer_opened_it(
+        store: str, tmp_path: Path) -> None:
+    """The release before had no `fl_log_times`: opened read-only, which may
+    create nothing, it is refused with what to do, and nothing changes; once
+    opened to write, the new table is made and folded in from the log, and
+    read-only readings since a time start where it says."""
+    from tests.store_contents import run_sql
+
+    engine = fl.Engine(store)
+    engine.register(ledger_workflow("wf", items=["a", "b"]),
+                    tools=[ScriptedLedgerTool(MemoryLedger())])
+    engine.run_session("wf")
+    whole = list(engine.events())
+    engine.close()
+    run_sql(store, "DROP TABLE fl_log_times")
+    run_sql(store, "DELETE FROM tracking WHERE application_name = 'log_times'")
+    if store.startswith("postgresql"):
+        run_sql(store, "UPDATE fl_store_format SET value = '2' WHERE name = 'tables'")
+    with pytest.raises(fl.ConfigurationError) as refused:
+        fl.Engine(read_only(store))
+    said = " ".join(str(refused.value).split())
+    assert ("an older release wrote it. Open it once without ?mode=ro" in said
+            if store.startswith("sqlite") else
+            "older than this release's (tables version 3): open it once as a role that may "
+            "create" in said), said
+    assert run_sql(store, "SELECT COUNT(*) FROM tracking WHERE application_name = "
+                          "'log_times'") == [(0,)]
+    fl.Engine(store).close()  # the upgrade: the table made, the log folded in
+    with fl.Engine(read_only(store)) as reader:
+        assert reader.read_side_behind() == 0
+        assert list(reader.events(since=whole[-1].timestamp)) == [
+            e for e in whole if e.timestamp >= whole[-1].timestamp]
+        assert [e.position for e in reader.events()] == [e.position for e in whole]

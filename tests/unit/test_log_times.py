@@ -1,0 +1,86 @@
+"""Where a reading "since T" may start (projections/log_times.py): pure rules."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta, timezone
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flowledger.projections.log_times import SPAN, Marks, marks, start_before, utc_text
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+ZONES = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7, minutes=-30)), None]
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> list[tuple[datetime, int]]:
+    """Events in log order: positions rising with gaps (a store's positions may
+    have them), times from several clocks that drift, jump back and use
+    several zones (or none, taken as UTC)."""
+    n = draw(st.integers(min_value=0, max_value=60))
+    position, events = 0, []
+    for _ in range(n):
+        position += draw(st.integers(min_value=1, max_value=SPAN // 2 if draw(st.booleans())
+                                     else 3))
+        moment = T0 + timedelta(seconds=draw(st.integers(min_value=0, max_value=3600)),
+                                microseconds=draw(st.integers(min_value=0, max_value=999_999)))
+        zone = draw(st.sampled_from(ZONES))
+        events.append((moment.astimezone(zone) if zone is not None
+                       else moment.replace(tzinfo=None), position))
+    return events
+
+
+def fold(events: list[tuple[datetime, int]], cuts: list[int]) -> Marks:
+    """The rows after folding `events` in batches cut at `cuts`, each batch
+    continuing from the latest time the one before left."""
+    rows: Marks = {}
+    latest: str | None = None
+    bounds = [0, *sorted({c % (len(events) + 1) for c in cuts}), len(events)]
+    for start, stop in itertools.pairwise(bounds):
+        batch_rows, latest = marks(events[start:stop], latest)
+        rows.update(batch_rows)  # an upsert by span
+    return rows
+
+
+def as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@given(logs(), st.lists(st.integers(min_value=0, max_value=100), max_size=8))
+def test_the_rows_do_not_depend_on_how_the_log_was_batched(
+        events: list[tuple[datetime, int]], cuts: list[int]) -> None:
+    """A rebuild (batches of 2,000) writes what the live fold (a session's
+    close, a catch-up) wrote."""
+    assert fold(events, cuts) == fold(events, [])
+
+
+@given(logs(), st.lists(st.integers(min_value=0, max_value=100), max_size=8),
+       st.integers(min_value=-60, max_value=3700))
+def test_no_event_at_or_after_a_time_is_at_or_before_where_its_reading_starts(
+        events: list[tuple[datetime, int]], cuts: list[int], offset: int) -> None:
+    """Exact whatever the clocks did: every event recorded at or after T is
+    after the position the reading since T starts from, for T any event's
+    time or any other."""
+    rows = fold(events, cuts)
+    for since in [T0 + timedelta(seconds=offset), *(as_utc(m) for m, _ in events)]:
+        start = start_before(rows, since)
+        assert all(position > start for moment, position in events if as_utc(moment) >= since)
+
+
+def test_a_reading_since_a_late_time_starts_late() -> None:
+    """What makes it worth it: with times rising, a reading since the last
+    event's time starts in its span or the one before, not at 0."""
+    events = [(T0 + timedelta(seconds=p), p) for p in range(1, 5 * SPAN)]
+    rows = fold(events, [SPAN, 3 * SPAN])
+    last_time, last_position = events[-1]
+    assert start_before(rows, last_time) >= last_position - 2 * SPAN
+    assert start_before(rows, T0) == 0
+
+
+def test_times_compare_as_instants_across_zones() -> None:
+    paris = timezone(timedelta(hours=1))
+    assert utc_text(datetime(2026, 1, 1, 10, tzinfo=paris)) < utc_text(
+        datetime(2026, 1, 1, 9, 30, tzinfo=UTC))
+    assert utc_text(datetime(2026, 1, 1, 9)) == utc_text(datetime(2026, 1, 1, 9, tzinfo=UTC))

@@ -216,8 +216,8 @@ class Engine:
             if not (self.log.config.read_only and from_the_store(e)):
                 raise
             raise ConfigurationError(
-                f"cannot open store {shown(store)!r} read-only: it lacks tables this release "
-                f"reads ({describe(e)}); an older release wrote it. Open it once without "
+                f"cannot open store {shown(store)!r} read-only: {describe(e)}. If an older "
+                "release wrote it, it lacks tables this release reads: open it once without "
                 "?mode=ro, as a process that may write it, to bring its tables up to date. "
                 "Nothing was changed") from e
 

@@ -29,8 +29,16 @@ Marks = dict[int, tuple[int, str]]  # span → (upto, latest)
 
 def utc_text(moment: datetime) -> str:
     """A time as the rows compare it: UTC text of one width (ADR 0026); a clock
-    without a zone is taken as UTC, as `since` reads it (log_view.at_or_after)."""
-    return time_text(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
+    without a zone is taken as UTC, as `since` reads it (log_view.at_or_after).
+    A time in a zone within a day of the calendar's ends, which UTC cannot
+    hold, is its end: it still sorts before or after every other time."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return time_text(moment)
+    except OverflowError:
+        end = datetime.max if moment.year > 1 else datetime.min
+        return time_text(end.replace(tzinfo=UTC))
 
 
 def marks(batch: Sequence[tuple[datetime, int]], latest: str | None) -> tuple[Marks, str | None]:

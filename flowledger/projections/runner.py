@@ -258,6 +258,8 @@ class ProjectionRunner:
         for p in self.deferred:
             at = self.position(c, p)  # another process may have caught it up meanwhile
             if first - 1 <= at < last:
+                if self._known.get(p.name) != at:
+                    p.forget()  # another process folded since: what it kept is behind
                 p.apply_batch(c, unfolded[at - first + 1:])
                 self._track(c, p, last)
 

@@ -546,7 +546,8 @@ def test_a_store_an_older_release_wrote_is_read_only_once_a_writer_opened_it(
     with pytest.raises(fl.ConfigurationError) as refused:
         fl.Engine(read_only(store))
     said = " ".join(str(refused.value).split())
-    assert ("an older release wrote it. Open it once without ?mode=ro" in said
+    assert ("If an older release wrote it, it lacks tables this release reads: open it "
+            "once without ?mode=ro" in said
             if store.startswith("sqlite") else
             "older than this release's (tables version 3): open it once as a role that may "
             "create" in said), said

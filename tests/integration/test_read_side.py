@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +15,7 @@ from flowledger.projections import log_times
 from flowledger.read_side.log_view import read_log
 from tests.helpers import (
     ExternalLedger,
+    MemoryLedger,
     NoReconcileTool,
     ScriptedLedgerTool,
     costly_workflow,
@@ -448,6 +449,59 @@ def test_a_reading_since_a_time_starts_where_no_earlier_event_can_be_at_or_after
     assert len(kept) > len(whole) // 8 - 2
     engine.rebuild_projections()
     assert rows() == kept  # the same rows however the events were batched
+
+
+
+def test_a_reading_since_a_time_misses_nothing_when_two_engines_fold_in_turn(
+        make_engine, clock: fl.ManualClock) -> None:
+    """Engine A folds, B appends and folds events of a later time (its clock
+    a second ahead), then A folds its own again: A must not go on from the
+    latest time it knew, or its rows say B's events are earlier than they
+    are, and a reading since their time skips them (a review found it). The
+    rows equal a rebuild's."""
+    ahead = fl.ManualClock(clock.now() + timedelta(seconds=1))
+    a, b = make_engine(), make_engine(clock=ahead)
+    for engine, name in ((a, "a"), (b, "b")):
+        wf = fl.Workflow(name, topics=["t"])
+
+        @wf.producer(publishes=["t"])
+        def produce(ctx: Any, state: Any) -> Any:
+            return state
+
+        engine.register(wf)
+    for _ in range(3):
+        a.run_session("a", trigger="manual")
+        b.run_session("b", trigger="manual")
+        clock.advance(0.5)
+        ahead.advance(0.5)
+    a.run_session("a", trigger="manual")
+    whole = list(a.events())
+    for since in sorted({e.timestamp for e in whole}):
+        assert [e.position for e in a.events(since=since)] == [
+            e.position for e in whole if e.timestamp >= since], since
+
+    def rows() -> list[Any]:
+        with a.log.reading() as c:
+            c.execute("SELECT span, upto, latest FROM fl_log_times ORDER BY span")
+            return [tuple(r) for r in c.fetchall()]
+
+    live = rows()
+    a.rebuild_projections(["log_times"])
+    assert rows() == live
+
+
+def test_a_reading_since_the_calendars_ends_in_a_zone_is_answered(make_engine) -> None:
+    """Times within a day of year 1 or 9999 in a zone, which UTC cannot hold,
+    still compare: since the first, everything; since the last, nothing."""
+    engine = make_engine()
+    engine.register(ledger_workflow("wf", items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    engine.run_session("wf")
+    whole = list(engine.events())
+    first = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    last = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+    assert list(engine.events(since=first)) == whole
+    assert list(engine.events(since=last)) == []
+    assert list(engine.events(since=first, last=2)) == whole[-2:]
 
 
 def test_last_n_is_the_last_n_whatever_else_is_asked(make_engine, ledger: ExternalLedger

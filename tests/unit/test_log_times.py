@@ -84,3 +84,14 @@ def test_times_compare_as_instants_across_zones() -> None:
     assert utc_text(datetime(2026, 1, 1, 10, tzinfo=paris)) < utc_text(
         datetime(2026, 1, 1, 9, 30, tzinfo=UTC))
     assert utc_text(datetime(2026, 1, 1, 9)) == utc_text(datetime(2026, 1, 1, 9, tzinfo=UTC))
+
+
+def test_times_at_the_calendars_ends_in_a_zone_are_its_ends() -> None:
+    """UTC cannot hold them: they sort before or after every other time."""
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    late = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+    assert utc_text(early) <= utc_text(datetime(1, 1, 1, tzinfo=UTC)) < utc_text(T0)
+    assert utc_text(T0) < utc_text(late)
+    rows, latest = marks([(T0, 1), (late, 2), (early, 3)], None)
+    assert latest == utc_text(late) and rows == {0: (3, utc_text(late))}
+    assert start_before(rows, early) == 0 and start_before(rows, late) == 0

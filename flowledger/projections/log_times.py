@@ -2,15 +2,16 @@
 
 An event's time is its engine's clock's, so times do not rise with positions:
 another engine's clock may lag, and an event appended later may say an
-earlier time. What does rise is the latest time recorded so far. This
-projection keeps it every `SPAN` positions: a row (span, upto, latest) says
-every event at or before position `upto` was recorded at or before `latest`.
-So no event at or before the last row whose `latest` is earlier than T is at
-or after T, and a reading of the log since T starts after that row's `upto`,
-exactly, whatever the clocks did (ADR 0009).
+earlier time. This projection keeps, for every `SPAN` positions, the latest
+time recorded there and the last position folded there: a row (span, upto,
+latest). Every event of the spans before the first span holding a time at or
+after T was recorded before T, so a reading of the log since T starts after
+the last position folded in those spans, exactly, whatever the clocks did
+(ADR 0009).
 
-The rows depend only on the log, not on how its events were batched when
-folded in: a rebuild writes what the live fold wrote.
+A row depends only on its span's events, not on what was folded before or on
+how the events were batched: a rebuild writes what the live fold wrote, and
+a fold reads nothing first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flowledger.projections.base import Cursor, Projection
-from flowledger.projections.times import text_time, time_text
+from flowledger.projections.times import time_text
 
 SPAN = 1024  # positions a row speaks for: a log of a million events keeps ~1,000 rows
 
@@ -41,38 +42,41 @@ def utc_text(moment: datetime) -> str:
         return time_text(end.replace(tzinfo=UTC))
 
 
-def marks(batch: Sequence[tuple[datetime, int]], latest: str | None) -> tuple[Marks, str | None]:
-    """The rows folding `batch` ((time, position) in log order) writes, after
-    events whose latest time was `latest`: for each span it touches, its last
-    position in the batch and the latest time up to it. Pure."""
-    ends: dict[int, tuple[int, datetime]] = {}
-    top = text_time(latest) if latest is not None else None
+def marks(batch: Sequence[tuple[datetime, int]]) -> Marks:
+    """The rows folding `batch` ((time, position) in log order) writes: for each
+    span it touches, its last position there and the latest time there. Pure."""
+    rows: dict[int, tuple[int, datetime]] = {}
     for moment, position in batch:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        if top is None or moment > top:
-            top = moment
-        ends[position // SPAN] = (position, top)
-    rows = {span: (upto, utc_text(at)) for span, (upto, at) in ends.items()}
-    return rows, utc_text(top) if top is not None else None
+        span = position // SPAN
+        kept = rows.get(span)
+        rows[span] = (position, moment if kept is None or moment > kept[1] else kept[1])
+    return {span: (upto, utc_text(latest)) for span, (upto, latest) in rows.items()}
+
+
+def merged(kept: Marks, new: Marks) -> Marks:
+    """The rows after `new` is written over `kept`, as the upsert does. Pure."""
+    rows = dict(kept)
+    for span, (upto, latest) in new.items():
+        old = rows.get(span)
+        rows[span] = (upto, latest) if old is None else (max(old[0], upto), max(old[1], latest))
+    return rows
 
 
 def start_before(rows: Marks, since: datetime) -> int:
     """The last position no event at or after `since` can be at or before (0:
     none known): `position_before` on rows in memory. Pure."""
     wanted = utc_text(since)
-    return max((upto for upto, latest in rows.values() if latest < wanted), default=0)
+    first = min((span for span, (_, latest) in rows.items() if latest >= wanted), default=None)
+    return max((upto for span, (upto, _) in rows.items() if first is None or span < first),
+               default=0)
 
 
 class LogTimes(Projection):
     name = "log_times"
     tables = ("fl_log_times",)
     inline = False  # folded with the read side's projections: a session's close, a catch-up
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._latest: str | None = None  # after the last batch this process folded in
-        self._known = False
 
     def handlers(self) -> dict[type, str]:
         return {}  # apply_batch reads every event's time
@@ -81,34 +85,22 @@ class LogTimes(Projection):
         c.execute("""CREATE TABLE IF NOT EXISTS fl_log_times (
             span INTEGER PRIMARY KEY, upto INTEGER NOT NULL, latest TEXT NOT NULL)""")
 
-    def forget(self) -> None:
-        self._latest, self._known = None, False
-
-    def clear(self, c: Cursor) -> None:
-        super().clear(c)
-        self.forget()
-
     def apply(self, c: Cursor, event: Any, position: int) -> None:
         self.apply_batch(c, [(event, position)])
 
     def apply_batch(self, c: Cursor, batch: Sequence[tuple[Any, int]]) -> None:
-        if not batch:
-            return
-        if not self._known:  # the rows end where this projection's tracking does
-            c.execute("SELECT latest FROM fl_log_times ORDER BY span DESC LIMIT 1")
-            row = c.fetchone()
-            self._latest = row[0] if row else None
-        rows, latest = marks([(event.timestamp, position) for event, position in batch],
-                             self._latest)
-        c.executemany("INSERT INTO fl_log_times VALUES (?,?,?) ON CONFLICT (span) DO UPDATE "
-                      "SET upto=excluded.upto, latest=excluded.latest",
-                      [(span, upto, text) for span, (upto, text) in rows.items()])
-        self._latest, self._known = latest, True
+        rows = marks([(event.timestamp, position) for event, position in batch])
+        if rows:
+            c.executemany("INSERT INTO fl_log_times VALUES (?,?,?) ON CONFLICT (span) DO "
+                          "UPDATE SET upto=MAX(fl_log_times.upto, excluded.upto), "
+                          "latest=MAX(fl_log_times.latest, excluded.latest)",
+                          [(span, upto, latest) for span, (upto, latest) in rows.items()])
 
 
 def position_before(c: Cursor, since: datetime) -> int:
     """The last position no event at or after `since` can be at or before, as
     the rows folded in so far say (0: none): a reading since then starts after it."""
-    c.execute("SELECT MAX(upto) FROM fl_log_times WHERE latest < ?", (utc_text(since),))
+    c.execute("SELECT MAX(upto) FROM fl_log_times WHERE span < COALESCE((SELECT MIN(span) "
+              "FROM fl_log_times WHERE latest >= ?), ?)", (utc_text(since), 2**62))
     row = c.fetchone()
     return int(row[0]) if row and row[0] is not None else 0

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowledger.projections.log_times import SPAN, Marks, marks, start_before, utc_text
+from flowledger.projections.log_times import SPAN, Marks, marks, merged, start_before, utc_text
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ZONES = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7, minutes=-30)), None]
@@ -33,14 +33,12 @@ def logs(draw: st.DrawFn) -> list[tuple[datetime, int]]:
 
 
 def fold(events: list[tuple[datetime, int]], cuts: list[int]) -> Marks:
-    """The rows after folding `events` in batches cut at `cuts`, each batch
-    continuing from the latest time the one before left."""
+    """The rows after folding `events` in batches cut at `cuts`, each batch's
+    rows written over the rows before, as the store's upsert does."""
     rows: Marks = {}
-    latest: str | None = None
     bounds = [0, *sorted({c % (len(events) + 1) for c in cuts}), len(events)]
     for start, stop in itertools.pairwise(bounds):
-        batch_rows, latest = marks(events[start:stop], latest)
-        rows.update(batch_rows)  # an upsert by span
+        rows = merged(rows, marks(events[start:stop]))
     return rows
 
 
@@ -92,6 +90,6 @@ def test_times_at_the_calendars_ends_in_a_zone_are_its_ends() -> None:
     late = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
     assert utc_text(early) <= utc_text(datetime(1, 1, 1, tzinfo=UTC)) < utc_text(T0)
     assert utc_text(T0) < utc_text(late)
-    rows, latest = marks([(T0, 1), (late, 2), (early, 3)], None)
-    assert latest == utc_text(late) and rows == {0: (3, utc_text(late))}
+    rows = marks([(T0, 1), (late, 2), (early, 3)])
+    assert rows == {0: (3, utc_text(late))}
     assert start_before(rows, early) == 0 and start_before(rows, late) == 0

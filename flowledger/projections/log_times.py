@@ -28,18 +28,25 @@ SPAN = 1024  # positions a row speaks for: a log of a million events keeps ~1,00
 Marks = dict[int, tuple[int, str]]  # span → (upto, latest)
 
 
-def utc_text(moment: datetime) -> str:
-    """A time as the rows compare it: UTC text of one width (ADR 0026); a clock
-    without a zone is taken as UTC, as `since` reads it (log_view.at_or_after).
-    A time in a zone within a day of the calendar's ends, which UTC cannot
-    hold, is its end: it still sorts before or after every other time."""
+def utc(moment: datetime) -> datetime:
+    """A time in UTC, compared as an instant: a clock without a zone is taken as
+    UTC, as `since` reads it (log_view.at_or_after); two times of one zone
+    with a repeated hour would compare by their wall clocks. A time within a
+    day of the calendar's ends in a zone, which UTC cannot hold, is its end:
+    it still sorts before or after every other time."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        return moment.replace(tzinfo=UTC)
+    if moment.tzinfo is UTC:
+        return moment  # as the log's events are read back: nothing to convert
     try:
-        return time_text(moment)
+        return moment.astimezone(UTC)
     except OverflowError:
-        end = datetime.max if moment.year > 1 else datetime.min
-        return time_text(end.replace(tzinfo=UTC))
+        return (datetime.max if moment.year > 1 else datetime.min).replace(tzinfo=UTC)
+
+
+def utc_text(moment: datetime) -> str:
+    """A time as the rows compare it: UTC text of one width (ADR 0026)."""
+    return time_text(utc(moment))
 
 
 def marks(batch: Sequence[tuple[datetime, int]]) -> Marks:
@@ -47,12 +54,11 @@ def marks(batch: Sequence[tuple[datetime, int]]) -> Marks:
     span it touches, its last position there and the latest time there. Pure."""
     rows: dict[int, tuple[int, datetime]] = {}
     for moment, position in batch:
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
+        at = utc(moment)
         span = position // SPAN
         kept = rows.get(span)
-        rows[span] = (position, moment if kept is None or moment > kept[1] else kept[1])
-    return {span: (upto, utc_text(latest)) for span, (upto, latest) in rows.items()}
+        rows[span] = (position, at if kept is None or at > kept[1] else kept[1])
+    return {span: (upto, time_text(latest)) for span, (upto, latest) in rows.items()}
 
 
 def merged(kept: Marks, new: Marks) -> Marks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -488,6 +489,48 @@ def test_a_reading_since_a_time_misses_nothing_when_two_engines_fold_in_turn(
     live = rows()
     a.rebuild_projections(["log_times"])
     assert rows() == live
+
+
+
+class ParisTime(fl.ManualClock):
+    """Moves in UTC, tells Paris's local time: its autumn hour comes twice."""
+
+    def now(self) -> datetime:
+        return super().now().astimezone(ZoneInfo("Europe/Paris"))
+
+
+def test_a_reading_since_a_time_in_a_repeated_hour_misses_nothing(make_engine) -> None:
+    """An engine whose clock gives Paris's local time across the autumn
+    change: the events of the second 02:00-03:00 compare as the instants
+    they are (by wall clock they came before the first's), in the fold from
+    memory, and the rows equal a rebuild's (a review found the span kept the
+    first hour's latest time, and a reading since 01:00 UTC skipped them)."""
+    clock = ParisTime(datetime(2026, 10, 25, 0, 58, tzinfo=UTC))
+    engine = make_engine(clock=clock)
+    wf = fl.Workflow("wf", topics=["t"])
+
+    @wf.producer(publishes=["t"])
+    def produce(ctx: Any, state: Any) -> Any:
+        for n in range(6):
+            clock.advance(30)
+            ctx.publish("t", message_id=str(n), payload=n)
+        return state
+
+    engine.register(wf)
+    engine.run_session("wf", trigger="manual")
+    whole = list(engine.events())
+    change = datetime(2026, 10, 25, 1, tzinfo=UTC)  # Paris from 03:00 back to 02:00
+    assert whole[0].timestamp < change < whole[-1].timestamp
+    for since in sorted({e.timestamp for e in whole}):
+        assert [e.position for e in engine.events(since=since)] == [
+            e.position for e in whole if e.timestamp >= since], since
+    with engine.log.reading() as c:
+        c.execute("SELECT span, upto, latest FROM fl_log_times ORDER BY span")
+        live = [tuple(r) for r in c.fetchall()]
+    engine.rebuild_projections(["log_times"])
+    with engine.log.reading() as c:
+        c.execute("SELECT span, upto, latest FROM fl_log_times ORDER BY span")
+        assert [tuple(r) for r in c.fetchall()] == live
 
 
 def test_a_reading_since_the_calendars_ends_in_a_zone_is_answered(make_engine) -> None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from flowledger.projections.log_times import SPAN, Marks, marks, merged, start_before, utc_text
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-ZONES = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7, minutes=-30)), None]
+T0 = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)  # Paris repeats 02:00-03:00 from 01:00 UTC
+ZONES = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7, minutes=-30)),
+         ZoneInfo("Europe/Paris"), None]
 
 
 @st.composite
@@ -43,7 +45,7 @@ def fold(events: list[tuple[datetime, int]], cuts: list[int]) -> Marks:
 
 
 def as_utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @given(logs(), st.lists(st.integers(min_value=0, max_value=100), max_size=8))
@@ -93,3 +95,16 @@ def test_times_at_the_calendars_ends_in_a_zone_are_its_ends() -> None:
     rows = marks([(T0, 1), (late, 2), (early, 3)])
     assert rows == {0: (3, utc_text(late))}
     assert start_before(rows, early) == 0 and start_before(rows, late) == 0
+
+
+def test_times_of_a_repeated_hour_compare_as_instants() -> None:
+    """Paris's autumn hour comes twice: its second 02:10 (01:10 UTC) is after
+    its first 02:50 (00:50 UTC), though its wall clock is earlier (a review
+    found a span recording the 02:50, and a reading since 01:00 UTC skipping
+    the 02:10)."""
+    paris = ZoneInfo("Europe/Paris")
+    first = datetime(2026, 10, 25, 2, 50, tzinfo=paris)
+    again = datetime(2026, 10, 25, 2, 10, tzinfo=paris, fold=1)
+    rows = marks([(first, 1), (again, 2)])
+    assert rows == {0: (2, utc_text(again))}
+    assert start_before(rows, datetime(2026, 10, 25, 1, tzinfo=UTC)) == 0

@@ -19,7 +19,7 @@ import msgpack
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic, resolve_topic
 
-from flowledger.domain.errors import LogicError
+from flowledger.domain.errors import ConfigurationError, LogicError
 from flowledger.domain.secret import Secret
 from flowledger.domain.text import unencodable
 
@@ -214,6 +214,23 @@ class MsgpackTranscoder(Transcoder):
         return decode(data)
 
 
+def _refuse_unreadable_time(moment: Any, event: Any) -> None:
+    """An event's time is kept as an instant in UTC: one within a day of the
+    calendar's ends in a zone (an engine clock gone wrong) would be written
+    and never read back, and every later reading would stop at it."""
+    if not isinstance(moment, dt.datetime) or moment.year not in (1, 9999):
+        return  # the only years where a zone can push an instant out of range
+    if moment.tzinfo is not None:
+        try:
+            moment.astimezone(dt.UTC)
+        except OverflowError:
+            raise ConfigurationError(
+                f"the engine's clock gave {moment.isoformat()} for a "
+                f"{type(event).__qualname__} event, which the log cannot keep: in UTC it "
+                "falls outside years 1 to 9999. Nothing of this append was stored; give the "
+                "engine a clock that tells the time") from None
+
+
 class PydanticMapper(Mapper[UUID]):
     """Stores an event's fields (not its id and version, which have their own columns)."""
 
@@ -241,6 +258,7 @@ class PydanticMapper(Mapper[UUID]):
         The append path inserts these directly (no StoredEvent in between).
         """
         state = dict(domain_event.__dict__)
+        _refuse_unreadable_time(state.get("timestamp"), domain_event)
         originator_id = state.pop("originator_id")
         originator_version = state.pop("originator_version")
         topic, class_version = self._class_info(type(domain_event))

@@ -610,8 +610,6 @@ class Engine:
         or those at or after time `since` (timezone-aware). `last`: only the last
         N of them (read back from the log's end, unless `upto` or `run` is given)."""
         since = aware(since, "since")
-        if last is not None and last < 0:
-            raise InvalidArgument(f"last must be 0 or more, got {last}")
         run_id = self._load_run(run).id if run is not None else None
         return read_log(self.log, workflow, run_id, after, upto, last=last, since=since)
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from flowledger.authoring.definition import ConsumerSpec, Prepared
 from flowledger.domain import handler_rules as rules
 from flowledger.domain.errors import LogicError
+from flowledger.domain.instants import in_utc
 from flowledger.domain.text import unencodable
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.engine.context import HandlerContext
@@ -83,11 +84,8 @@ def check_prepared(returned: Any, spec: ConsumerSpec, chain_id: UUID, ctx: Handl
     if wake_at is not None and (not isinstance(wake_at, datetime) or wake_at.tzinfo is None):
         raise LogicError(f"{where}: Prepared.wake_at must be a timezone-aware datetime "
                          f"(e.g. datetime.now(UTC) + timedelta(...)), got {wake_at!r}")
-    if wake_at is not None:
-        try:
-            wake_at.astimezone(UTC)  # kept as an instant in UTC: it must have one
-        except OverflowError:
-            raise LogicError(f"{where}: Prepared.wake_at {wake_at.isoformat()} falls outside "
-                             "years 1 to 9999 in UTC, which the log cannot keep; give a time "
-                             "within them") from None
+    if wake_at is not None and in_utc(wake_at) is None:
+        raise LogicError(f"{where}: Prepared.wake_at {wake_at.isoformat()} falls outside "
+                         "years 1 to 9999 in UTC, which the log cannot keep; give a time "
+                         "within them")
     return CheckedPrepared(reservations, events, data, title, wake_at)

@@ -20,6 +20,7 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import get_topic, resolve_topic
 
 from flowledger.domain.errors import ConfigurationError, LogicError
+from flowledger.domain.instants import in_utc
 from flowledger.domain.secret import Secret
 from flowledger.domain.text import unencodable
 
@@ -220,15 +221,11 @@ def _refuse_unreadable_time(moment: Any, event: Any) -> None:
     and never read back, and every later reading would stop at it."""
     if not isinstance(moment, dt.datetime) or moment.year not in (1, 9999):
         return  # the only years where a zone can push an instant out of range
-    if moment.tzinfo is not None:
-        try:
-            moment.astimezone(dt.UTC)
-        except OverflowError:
-            raise ConfigurationError(
-                f"the engine's clock gave {moment.isoformat()} for a "
-                f"{type(event).__qualname__} event, which the log cannot keep: in UTC it "
-                "falls outside years 1 to 9999. Nothing of this append was stored; give the "
-                "engine a clock that tells the time") from None
+    if in_utc(moment) is None:
+        raise ConfigurationError(
+            f"the engine's clock gave {moment.isoformat()} for a {type(event).__qualname__} "
+            "event, which the log cannot keep: in UTC it falls outside years 1 to 9999. "
+            "Nothing of this append was stored; give the engine a clock that tells the time")
 
 
 class PydanticMapper(Mapper[UUID]):

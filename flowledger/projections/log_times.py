@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from flowledger.domain.instants import in_utc
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.times import time_text
 
@@ -28,55 +29,32 @@ SPAN = 1024  # positions a row speaks for: a log of a million events keeps ~1,00
 Marks = dict[int, tuple[int, str]]  # span → (upto, latest)
 
 
-def utc(moment: datetime) -> datetime:
-    """A time in UTC, compared as an instant: a clock without a zone is taken as
-    UTC, as `since` reads it (log_view.at_or_after); two times of one zone
-    with a repeated hour would compare by their wall clocks. A time within a
-    day of the calendar's ends in a zone, which UTC cannot hold, is its end:
-    it still sorts before or after every other time."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    if moment.tzinfo is UTC:
-        return moment  # as the log's events are read back: nothing to convert
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        return (datetime.max if moment.year > 1 else datetime.min).replace(tzinfo=UTC)
+def _utc(moment: datetime) -> datetime:
+    """`moment` as an instant in UTC; one that UTC cannot hold (within a day of
+    the calendar's ends, in a zone) is that end: it still sorts before or after
+    every other time."""
+    at = in_utc(moment)
+    return at if at is not None else (
+        datetime.max if moment.year > 1 else datetime.min).replace(tzinfo=UTC)
 
 
 def utc_text(moment: datetime) -> str:
     """A time as the rows compare it: UTC text of one width (ADR 0026)."""
-    return time_text(utc(moment))
+    return time_text(_utc(moment))
 
 
 def marks(batch: Sequence[tuple[datetime, int]]) -> Marks:
     """The rows folding `batch` ((time, position) in log order) writes: for each
-    span it touches, its last position there and the latest time there. Pure."""
+    span it touches, its last position there and the latest time there (as
+    instants: two times of one zone in its repeated autumn hour would compare
+    by wall clock). The store's upsert keeps the greater of each. Pure."""
     rows: dict[int, tuple[int, datetime]] = {}
     for moment, position in batch:
-        at = utc(moment)
+        at = _utc(moment)
         span = position // SPAN
         kept = rows.get(span)
         rows[span] = (position, at if kept is None or at > kept[1] else kept[1])
     return {span: (upto, time_text(latest)) for span, (upto, latest) in rows.items()}
-
-
-def merged(kept: Marks, new: Marks) -> Marks:
-    """The rows after `new` is written over `kept`, as the upsert does. Pure."""
-    rows = dict(kept)
-    for span, (upto, latest) in new.items():
-        old = rows.get(span)
-        rows[span] = (upto, latest) if old is None else (max(old[0], upto), max(old[1], latest))
-    return rows
-
-
-def start_before(rows: Marks, since: datetime) -> int:
-    """The last position no event at or after `since` can be at or before (0:
-    none known): `position_before` on rows in memory. Pure."""
-    wanted = utc_text(since)
-    first = min((span for span, (_, latest) in rows.items() if latest >= wanted), default=None)
-    return max((upto for span, (upto, _) in rows.items() if first is None or span < first),
-               default=0)
 
 
 class LogTimes(Projection):
@@ -107,6 +85,6 @@ def position_before(c: Cursor, since: datetime) -> int:
     """The last position no event at or after `since` can be at or before, as
     the rows folded in so far say (0: none): a reading since then starts after it."""
     c.execute("SELECT MAX(upto) FROM fl_log_times WHERE span < COALESCE((SELECT MIN(span) "
-              "FROM fl_log_times WHERE latest >= ?), ?)", (utc_text(since), 2**62))
+              "FROM fl_log_times WHERE latest >= ?), span + 1)", (utc_text(since),))
     row = c.fetchone()
     return int(row[0]) if row and row[0] is not None else 0

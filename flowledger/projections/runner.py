@@ -258,8 +258,7 @@ class ProjectionRunner:
         for p in self.deferred:
             at = self.position(c, p)  # another process may have caught it up meanwhile
             if first - 1 <= at < last:
-                if self._known.get(p.name) != at:
-                    p.forget()  # another process folded since: what it kept is behind
+                self._forget_if_moved(p, at)
                 p.apply_batch(c, unfolded[at - first + 1:])
                 self._track(c, p, last)
 
@@ -346,15 +345,21 @@ class ProjectionRunner:
             if read < batch:  # it reached the head: every projection is there
                 return done
 
+    def _forget_if_moved(self, p: Projection, at: int) -> None:
+        """Projection `p` stands at `at`: if that is not where this process left
+        it, another process folded (or rebuilt) it since, and what `p` kept, or
+        asked ahead in a held append before the move, is behind."""
+        if self._known.get(p.name) != at:
+            p.forget()
+            p.drop_asked()
+
     def _fold_next(self, c: Cursor, batch: int, upto: int | None) -> int:
         """Fold the next `batch` events (up to `upto`) into every projection that
         has not folded them in yet, with the caller's cursor; returns how many
         events were read (0: every projection is up to date)."""
         starts = {p.name: self.position(c, p) for p in self.projections}
         for p in self.projections:
-            if self._known.get(p.name) != starts[p.name]:
-                p.forget()
-                p.drop_asked()  # asked by a held append, before the move
+            self._forget_if_moved(p, starts[p.name])
         low = min(starts.values(), default=0)
         rows = self.recorder.select_stored(c, low, batch, upto)
         if not rows:

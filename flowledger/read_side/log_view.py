@@ -6,14 +6,16 @@ import dataclasses
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import resolve_topic
 
+from flowledger.domain.errors import InvalidArgument
 from flowledger.domain.ids import workflow_id as workflow_id_of
+from flowledger.domain.instants import instant
 from flowledger.infrastructure.codec import unpack
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.projections import log_times
@@ -67,15 +69,24 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
     are its stream's: read alone. `workflows=False`: the workflow of a stream
     begun before `after` is not looked up (one read a batch) unless the filter
     needs it. `only`: of the whole log read on, only events of these classes
-    are decoded and handed out (their stored type says which they are)."""
+    are decoded and handed out (their stored type says which they are).
+    Arguments are checked at the call (InvalidArgument); the log is read as
+    the events are taken."""
     if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+        raise InvalidArgument(f"batch must be at least 1, got {batch}")
     if last is not None and last < 0:
-        raise ValueError(f"last must be 0 or more, got {last}")
+        raise InvalidArgument(f"last must be 0 or more, got {last}")
     if only is not None and (run is not None or (last is not None and upto is None)):
-        raise ValueError("only= reads the log on from a position: not with run= or last= "
-                         "without upto=")
+        raise InvalidArgument("only= reads the log on from a position: not with run= or "
+                              "last= without upto=")
     wanted = workflow_id_of(workflow) if workflow else None
+    return _reading(log, wanted, run, after, upto, batch, last, workflows, since, only)
+
+
+def _reading(log: EventLog, wanted: UUID | None, run: UUID | None, after: int,
+             upto: int | None, batch: int, last: int | None, workflows: bool,
+             since: datetime | None, only: tuple[type, ...] | None) -> Iterator[LoggedEvent]:
+    """`read_log`'s reading, once its arguments were checked."""
     if since is not None and run is None:
         # Nothing at or before this position is at or after `since` (log_times.py).
         with log.reading() as c:
@@ -97,9 +108,8 @@ def read_log(log: EventLog, workflow: str | None = None, run: UUID | None = None
 
 
 def at_or_after(moment: datetime, since: datetime) -> bool:
-    """Whether `moment` is at or after `since` (timezone-aware); a time a clock
-    without a zone wrote is taken as UTC, as `--since` is when it has none."""
-    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)) >= since
+    """Whether `moment` is at or after `since` (timezone-aware), as instants."""
+    return instant(moment) >= since
 
 
 def _read_on(log: EventLog, wanted: UUID | None, after: int, upto: int | None, batch: int,

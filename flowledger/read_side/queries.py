@@ -26,6 +26,7 @@ from flowledger.domain.errors import InvalidArgument, NotFoundError
 from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.ids import topic_event_id, workflow_id
 from flowledger.domain.input_record import Input
+from flowledger.domain.instants import instant
 from flowledger.domain.mutation_ledger import MutationState
 from flowledger.domain.phases import RunStatus
 from flowledger.domain.run_decider import ACTIONS as ACTIONS  # the CLI offers these
@@ -314,8 +315,7 @@ def _within(moment: datetime | None, since: datetime | None, until: datetime | N
         return True
     if moment is None:
         return False
-    if moment.tzinfo is None:  # a clock without a zone wrote it: taken as UTC
-        moment = moment.replace(tzinfo=UTC)
+    moment = instant(moment)
     return (since is None or moment >= since) and (until is None or moment < until)
 
 

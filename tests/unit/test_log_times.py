@@ -1,15 +1,26 @@
-"""Where a reading "since T" may start (projections/log_times.py): pure rules."""
+"""Where a reading "since T" may start (projections/log_times.py): the
+projection's own statements, in a private in-memory database (as time travel
+folds it), over drawn logs."""
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowledger.projections.log_times import SPAN, Marks, marks, merged, start_before, utc_text
+from flowledger.infrastructure.store import scratch_database
+from flowledger.projections.log_times import (
+    SPAN,
+    LogTimes,
+    Marks,
+    marks,
+    position_before,
+    utc_text,
+)
 
 T0 = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)  # Paris repeats 02:00-03:00 from 01:00 UTC
 ZONES = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7, minutes=-30)),
@@ -34,14 +45,43 @@ def logs(draw: st.DrawFn) -> list[tuple[datetime, int]]:
     return events
 
 
-def fold(events: list[tuple[datetime, int]], cuts: list[int]) -> Marks:
-    """The rows after folding `events` in batches cut at `cuts`, each batch's
-    rows written over the rows before, as the store's upsert does."""
-    rows: Marks = {}
+@dataclass(frozen=True)
+class Stamped:
+    """What log times reads of an event: its time."""
+
+    timestamp: datetime
+
+
+class Folded:
+    """Log times' table, filled by the projection's own upsert."""
+
+    def __init__(self) -> None:
+        self.db, self.c = scratch_database()
+        self.projection = LogTimes()
+        self.projection.create_tables(self.c)
+
+    def fold(self, batch: list[tuple[datetime, int]]) -> None:
+        self.projection.apply_batch(self.c, [(Stamped(m), p) for m, p in batch])
+
+    def rows(self) -> Marks:
+        self.c.execute("SELECT span, upto, latest FROM fl_log_times")
+        return {span: (upto, latest) for span, upto, latest in self.c.fetchall()}
+
+    def start_before(self, since: datetime) -> int:
+        return position_before(self.c, since)
+
+
+def fold(events: list[tuple[datetime, int]], cuts: list[int]) -> Folded:
+    """Log times after folding `events` in batches cut at `cuts`."""
+    folded = Folded()
     bounds = [0, *sorted({c % (len(events) + 1) for c in cuts}), len(events)]
     for start, stop in itertools.pairwise(bounds):
-        rows = merged(rows, marks(events[start:stop]))
-    return rows
+        folded.fold(events[start:stop])
+    return folded
+
+
+def folded(batch: list[tuple[datetime, int]]) -> Folded:
+    return fold(batch, [])
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -53,7 +93,7 @@ def test_the_rows_do_not_depend_on_how_the_log_was_batched(
         events: list[tuple[datetime, int]], cuts: list[int]) -> None:
     """A rebuild (batches of 2,000) writes what the live fold (a session's
     close, a catch-up) wrote."""
-    assert fold(events, cuts) == fold(events, [])
+    assert fold(events, cuts).rows() == fold(events, []).rows()
 
 
 @given(logs(), st.lists(st.integers(min_value=0, max_value=100), max_size=8),
@@ -65,7 +105,7 @@ def test_no_event_at_or_after_a_time_is_at_or_before_where_its_reading_starts(
     time or any other."""
     rows = fold(events, cuts)
     for since in [T0 + timedelta(seconds=offset), *(as_utc(m) for m, _ in events)]:
-        start = start_before(rows, since)
+        start = rows.start_before(since)
         assert all(position > start for moment, position in events if as_utc(moment) >= since)
 
 
@@ -75,8 +115,8 @@ def test_a_reading_since_a_late_time_starts_late() -> None:
     events = [(T0 + timedelta(seconds=p), p) for p in range(1, 5 * SPAN)]
     rows = fold(events, [SPAN, 3 * SPAN])
     last_time, last_position = events[-1]
-    assert start_before(rows, last_time) >= last_position - 2 * SPAN
-    assert start_before(rows, T0) == 0
+    assert rows.start_before(last_time) >= last_position - 2 * SPAN
+    assert rows.start_before(T0) == 0
 
 
 def test_times_compare_as_instants_across_zones() -> None:
@@ -94,7 +134,9 @@ def test_times_at_the_calendars_ends_in_a_zone_are_its_ends() -> None:
     assert utc_text(T0) < utc_text(late)
     rows = marks([(T0, 1), (late, 2), (early, 3)])
     assert rows == {0: (3, utc_text(late))}
-    assert start_before(rows, early) == 0 and start_before(rows, late) == 0
+    kept = folded([(T0, 1), (late, 2), (early, 3)])
+    assert kept.rows() == rows
+    assert kept.start_before(early) == 0 and kept.start_before(late) == 0
 
 
 def test_times_of_a_repeated_hour_compare_as_instants() -> None:
@@ -107,4 +149,5 @@ def test_times_of_a_repeated_hour_compare_as_instants() -> None:
     again = datetime(2026, 10, 25, 2, 10, tzinfo=paris, fold=1)
     rows = marks([(first, 1), (again, 2)])
     assert rows == {0: (2, utc_text(again))}
-    assert start_before(rows, datetime(2026, 10, 25, 1, tzinfo=UTC)) == 0
+    assert folded([(first, 1), (again, 2)]).start_before(
+        datetime(2026, 10, 25, 1, tzinfo=UTC)) == 0

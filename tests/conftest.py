@@ -20,7 +20,7 @@ import pytest
 
 import flowledger as fl
 from flowledger.testing.engines import EngineFactory
-from tests import postgres
+from tests import pgbouncer, postgres
 from tests.helpers import ExternalLedger
 
 
@@ -53,13 +53,14 @@ def make_engine(store: str, clock: fl.ManualClock) -> Iterator[Callable[..., fl.
     factory.close_all()
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return postgres.report()
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [postgres.report(), pgbouncer.report()]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Said at the end too: `-q` hides the header."""
     terminalreporter.write_line(postgres.report())
+    terminalreporter.write_line(pgbouncer.report())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flowledger.domain.errors import ConfigurationError, StoreUnreachable
+from flowledger.infrastructure.server_sessions import refuse_sessions_not_kept
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig
 
 # The columns the log's tables have in a store the library created (its
@@ -131,7 +132,8 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
     """Connect once, briefly, before the library's connection pool would retry for
     half a minute: a server that is down, a database that does not exist or a
     refused login is said at once, in the server's own words, with what to do.
-    Then look at the schema, without writing to it (`_check_postgres_schema`)."""
+    Then refuse a pooler that does not keep sessions (`server_sessions.py`) and
+    look at the schema, without writing to it (`_check_postgres_schema`)."""
     try:
         import psycopg
     except ImportError:
@@ -163,6 +165,7 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
         raise refused(f"cannot open store {config.shown!r}: {_sentence(said)} Nothing was "
                       f"written; {todo}") from None
     try:
+        refuse_sessions_not_kept(config, conn)
         with conn.cursor() as c:
             _check_postgres_schema(config, c, create)
     finally:

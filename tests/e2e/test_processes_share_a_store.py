@@ -131,6 +131,12 @@ def wait_for_open_session(store: str, name: str, timeout: float = 30) -> None:
 
 
 def test_racing_processes_mutate_each_item_exactly_once(tmp_path: Path, store: str) -> None:
+    race_and_count_calls(tmp_path, store)
+
+
+def race_and_count_calls(tmp_path: Path, store: str) -> None:
+    """Four processes race sessions of three workflows on `store`: each item
+    mutated once, never two sessions of a workflow open at once."""
     script, log = tmp_path / "racer.py", tmp_path / "calls.txt"
     script.write_text(RACER)
     procs = [subprocess.Popen([sys.executable, str(script), store, str(log), ROOT],
@@ -184,6 +190,12 @@ def test_a_holder_stopped_past_its_lease_is_fenced_when_it_resumes(tmp_path: Pat
 
 
 def test_a_killed_holder_is_taken_over_at_once(tmp_path: Path, store: str) -> None:
+    kill_holder_and_take_over(tmp_path, store)
+
+
+def kill_holder_and_take_over(tmp_path: Path, store: str) -> None:
+    """A holder with an hour's lease, killed mid-session, is taken over within
+    20 s and its item mutated once."""
     script, log = tmp_path / "holder.py", tmp_path / "calls.txt"
     script.write_text(HOLDER)
     holder = subprocess.Popen([sys.executable, str(script), store, str(log), ROOT, "3600",

@@ -51,9 +51,10 @@ def through(url: str, port: int) -> str:
 
 
 @contextlib.contextmanager
-def pgbouncer(mode: str) -> Iterator[int]:
+def pgbouncer(mode: str, clients: int = 400) -> Iterator[int]:
     """A PgBouncer in `mode` (session, transaction, statement) forwarding every
-    database to the test server; yields its port."""
+    database to the test server, taking at most `clients` connections; yields
+    its port."""
     if BINARY is None:
         if postgres.REQUIRED:
             pytest.fail("pgbouncer is required with FLOWLEDGER_REQUIRE_POSTGRES=1 but is not "
@@ -71,7 +72,7 @@ def pgbouncer(mode: str) -> Iterator[int]:
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
-        f"pool_mode = {mode}\ndefault_pool_size = 80\nmax_client_conn = 400\n"
+        f"pool_mode = {mode}\ndefault_pool_size = 80\nmax_client_conn = {clients}\n"
         "server_login_retry = 1\nignore_startup_parameters = extra_float_digits,options\n")
     for f in folder.iterdir():
         f.chmod(0o644)

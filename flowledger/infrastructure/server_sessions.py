@@ -80,7 +80,15 @@ def _moved(config: StoreConfig, conn: Any, ours: int, psycopg: Any) -> str | Non
                         f"{again}")
     except psycopg.Error as e:
         said = " ".join(str(e).split())
-        return f"a transaction on a second connection was refused ({said})"
+        if "pooling mode" in said:  # PgBouncer's statement mode refuses transactions
+            return f"a transaction on a second connection was refused ({said})"
+        raise ConfigurationError(
+            f"cannot open store {config.shown!r}: a connection pooler sits between flowledger "
+            "and PostgreSQL (the server's process ids are not the ones it gives), and a "
+            f"second connection, opened to tell whether it keeps server sessions, failed: "
+            f"{said}. Nothing was read or written. Connect to PostgreSQL directly, or through "
+            "the pooler in session mode (pool_mode = session) with room for more "
+            "connections") from None
     finally:
         for other in others:
             with contextlib.suppress(psycopg.Error):

@@ -5,6 +5,8 @@ a real PgBouncer in front of the test server:
   server session is free) it is refused when the store is opened, by the
   library and by the CLI, saying what to do; nothing is read or written, and
   a log already there stays as it was;
+* a pooler that cannot take the connections telling its mode apart is said
+  to be the reason, nothing read or written;
 * in session mode every feature works: four processes racing sessions
   mutate each item once, and a holder killed with SIGKILL is taken over
   without waiting out its lease (its connection's end frees its lock).
@@ -102,3 +104,14 @@ def test_through_a_session_pooler_racing_processes_mutate_each_item_once(
 def test_through_a_session_pooler_a_killed_holder_is_taken_over_at_once(
         session_pooler: int, direct: str, tmp_path: Path) -> None:
     kill_holder_and_take_over(tmp_path, pgbouncer.through(direct, session_pooler))
+
+
+def test_a_pooler_too_full_to_be_told_apart_is_named_as_the_reason(direct: str) -> None:
+    with (pgbouncer.pgbouncer("session", clients=1) as port,
+          pytest.raises(fl.ConfigurationError) as refused):
+        fl.Engine(pgbouncer.through(direct, port))
+    said = str(refused.value)
+    assert "a second connection" in said and "max_client_conn" in said, said
+    assert "do not keep one server session" not in said  # not what was seen
+    assert "Nothing was read or written" in said
+    assert not _schema_exists(direct)

@@ -182,9 +182,31 @@ _TRANSLATIONS = [
     (re.compile(r"\bBLOB\b"), "BYTEA"),
     (re.compile(r"\bIS NOT (?=excluded\.|\?)"), "IS DISTINCT FROM "),
     (re.compile(r"\bINSERT OR IGNORE INTO\b"), "INSERT INTO"),
-    # SQLite's two-argument MAX is PostgreSQL's GREATEST (one argument: the aggregate).
-    (re.compile(r"\bMAX\(([^(),]+),\s*([^(),]+)\)"), r"GREATEST(\1, \2)"),
 ]
+_MIN_MAX = re.compile(r"\b(MIN|MAX)\(", re.IGNORECASE)
+_SCALAR = {"MAX": "GREATEST", "MIN": "LEAST"}
+
+
+def _scalar_min_max(sql: str) -> str:
+    """SQLite's MIN and MAX of several values are PostgreSQL's LEAST and
+    GREATEST (of one value: the aggregates, left alone), whatever their
+    arguments hold. Where an argument is NULL, SQLite's give NULL and
+    PostgreSQL's skip it: the projections give them columns that hold none."""
+    out, at = [], 0
+    for m in _MIN_MAX.finditer(sql):
+        depth, commas, i = 1, 0, m.end()
+        while depth and i < len(sql):
+            if sql[i] == "'":  # a literal's commas and parentheses are not the call's
+                i = sql.find("'", i + 1)
+                if i < 0:
+                    break
+            depth += {"(": 1, ")": -1}.get(sql[i], 0)
+            commas += sql[i] == "," and depth == 1
+            i += 1
+        if commas:
+            out += [sql[at:m.start()], _SCALAR[m.group(1).upper()], "("]
+            at = m.end()
+    return "".join(out) + sql[at:]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -194,6 +216,7 @@ def translate(sql: str) -> str:
     ignore = "INSERT OR IGNORE INTO" in sql
     for pattern, replacement in _TRANSLATIONS:
         sql = pattern.sub(replacement, sql)
+    sql = _scalar_min_max(sql)
     sql = sql.replace("%", "%%").replace("?", "%s")
     if ignore:
         sql += " ON CONFLICT DO NOTHING"

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from flowledger.authoring.definition import ConsumerSpec, ProducerSpec, Workflow
 from flowledger.authoring.tools import Tool
-from flowledger.domain.errors import InternalError
+from flowledger.domain.errors import DefinitionError, InternalError
+
+
+def checked_tools(workflow: Any, tools: Iterable[Tool]) -> dict[str, Tool]:
+    """The pre-flight checks of a registration that need no store (DESIGN
+    §1.6): the workflow and its tools, by name. The CLI runs them before it
+    opens a store; an engine runs them again as it registers."""
+    if not isinstance(workflow, Workflow):
+        raise DefinitionError(f"engine.register takes an fl.Workflow, got {workflow!r}")
+    if isinstance(tools, Tool | str | bytes) or not isinstance(tools, Iterable):
+        raise DefinitionError(
+            f"workflow {workflow.name!r}: engine.register's tools must be a list of "
+            f"fl.Tool instances (tools=[MyTool(...)], or [] for none), got {tools!r}")
+    by_name: dict[str, Tool] = {}
+    for tool in tools:
+        if not isinstance(tool, Tool):
+            raise DefinitionError(
+                f"workflow {workflow.name!r}: tools must be fl.Tool instances, got {tool!r}")
+        type(tool).check_definition()
+        if tool.tool_name() in by_name:
+            raise DefinitionError(f"workflow {workflow.name!r}: two tools are named "
+                                  f"{tool.tool_name()!r}; give one a different `name`")
+        by_name[tool.tool_name()] = tool
+    workflow.check(by_name)
+    return by_name
 
 
 @dataclass(frozen=True)

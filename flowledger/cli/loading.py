@@ -1,5 +1,6 @@
-"""Loading the user's workflow code: a PATH_OR_MODULE imported, and its
-workflows registered on the command's engine."""
+"""Loading the user's workflow code: a PATH_OR_MODULE imported and its
+workflows checked before a store is opened, then registered on the command's
+engine."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import importlib
 import importlib.util
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import flowledger as fl
+from flowledger.authoring.registration import checked_tools
 from flowledger.cli.exits import CommandError
 from flowledger.cli.store import CommandEngine
 
@@ -69,22 +73,61 @@ def _import_error(e: ImportError, path: Path | None = None) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
-def register_module(engine: CommandEngine, module: ModuleType, target: str) -> list[str]:
-    """Call the module's register(engine), or register its workflows with its TOOLS."""
+class Definitions:
+    """A module's workflows and their tools, checked (every pre-flight check
+    that needs no store) before any store is opened: a mistake in the code
+    leaves no store behind, nor anything in one."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.registrations: dict[str, tuple[fl.Workflow, list[fl.Tool]]] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.registrations)
+
+    def register(self, workflow: fl.Workflow, tools: Iterable[fl.Tool] = ()) -> None:
+        """What a module's register(engine) calls."""
+        tools = tools if isinstance(tools, fl.Tool | str | bytes) else list(tools)
+        checked_tools(workflow, tools)
+        self.registrations[workflow.name] = (workflow, list(tools))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise CommandError(
+            f"{self.target!r}: its register(engine) uses engine.{name}. The command calls "
+            "register(engine) to learn the module's workflows before it opens the store, and "
+            "it may only call engine.register(workflow, tools=[...]) there; do anything "
+            "else where the module is run as a program of its own")
+
+
+def load_definitions(target: str) -> Definitions:
+    """Import PATH_OR_MODULE and check its workflows: the module's
+    register(engine), given a Definitions, or its workflows with its TOOLS."""
+    module = import_workflow_module(target)
+    definitions = Definitions(target)
     register = getattr(module, "register", None)
     if callable(register):
-        register(engine)
+        register(definitions)
     else:
         workflows = list({id(v): v for v in vars(module).values()
                           if isinstance(v, fl.Workflow)}.values())
         for workflow in workflows:
-            engine.register(workflow, tools=getattr(module, "TOOLS", []))
-    if not engine.registered_names:
+            definitions.register(workflow, tools=getattr(module, "TOOLS", []))
+    if not definitions.registrations:
         raise CommandError(f"{target!r} registers no workflow: define module-level "
                            "fl.Workflow objects (with TOOLS = [...]) or register(engine)")
+    return definitions
+
+
+def register_definitions(engine: CommandEngine, definitions: Definitions) -> list[str]:
+    """Register checked workflows on the command's engine: their names, in order."""
+    for workflow, tools in definitions.registrations.values():
+        engine.register(workflow, tools)
     return list(engine.registered_names)
 
 
 def load(engine: CommandEngine, target: str) -> list[str]:
     """Import PATH_OR_MODULE and register its workflows: their names, in order."""
-    return register_module(engine, import_workflow_module(target), target)
+    return register_definitions(engine, load_definitions(target))

@@ -13,7 +13,7 @@ import typer
 import flowledger as fl
 from flowledger import demo as demo_module
 from flowledger.cli.exits import EXIT_NOT_DONE, EXIT_OK, CommandError, exit_code_for
-from flowledger.cli.loading import load
+from flowledger.cli.loading import load, load_definitions, register_definitions
 from flowledger.cli.options import (
     TRIGGERS,
     JsonOption,
@@ -23,7 +23,7 @@ from flowledger.cli.options import (
     store_url,
 )
 from flowledger.cli.render import call_text, err, note, out, print_json, short, working
-from flowledger.cli.store import open_engine
+from flowledger.cli.store import open_engine, refuse_writes
 from flowledger.cli.views import (
     Settled,
     print_demo,
@@ -64,17 +64,22 @@ def run(
     second one stops at once (130), and the next run or recover continues.
     """
     check_choice(trigger, TRIGGERS, "--trigger")
-    # Registered without writing first: a workflow is recorded in the store only
-    # once it is known to run (not for `--workflow nope`, nor for the others).
-    with open_engine(store_url(ctx, store), record=False,
-                     writes="runs sessions, which append to the log") as engine:
-        names = load(engine, path_or_module)
-        if workflow is not None:
-            if workflow not in names:
-                raise CommandError(f"{path_or_module!r} defines no workflow {workflow!r} "
-                                   f"(it defines: {', '.join(names)}); nothing was run or "
-                                   "written")
-            names = [workflow]
+    url, writes = store_url(ctx, store), "runs sessions, which append to the log"
+    refuse_writes(url, writes)
+    # The code is loaded and checked before the store is opened (a mistake in
+    # it leaves no store behind), then registered without writing: a workflow
+    # is recorded in the store only once it is known to run (not for
+    # `--workflow nope`, nor for the others).
+    definitions = load_definitions(path_or_module)
+    names = definitions.names
+    if workflow is not None:
+        if workflow not in names:
+            raise CommandError(f"{path_or_module!r} defines no workflow {workflow!r} "
+                               f"(it defines: {', '.join(names)}); nothing was run or "
+                               "written")
+        names = [workflow]
+    with open_engine(url, record=False, writes=writes) as engine:
+        register_definitions(engine, definitions)
         engine.record(names)
         results: list[fl.SessionResult] = []
         # Ctrl-C or SIGTERM: the step in progress finishes, the session closes with

@@ -63,7 +63,7 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
     The CLI imports no database driver and catches none of their errors."""
     config = parse_store_url(store)
     if writes is not None:
-        config.refuse_writes(f"this command {writes}")
+        refuse_writes(store, writes)
     engine = CommandEngine(store, record=record, create=not must_exist)
     try:
         if config.read_only and reads_side:
@@ -71,6 +71,12 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
         yield engine
     finally:
         engine.close()
+
+
+def refuse_writes(store: str, writes: str) -> None:
+    """A command that `writes` is refused on a store opened read-only
+    (`?mode=ro`): said before the user's code is loaded."""
+    parse_store_url(store).refuse_writes(f"this command {writes}")
 
 
 def _say_how_far_behind(engine: fl.Engine) -> None:

@@ -15,10 +15,10 @@ from rich.text import Text
 
 import flowledger as fl
 from flowledger.cli.exits import EXIT_OK
-from flowledger.cli.loading import load
+from flowledger.cli.loading import load_definitions, register_definitions
 from flowledger.cli.options import StoreOption, TargetArgument, store_url
 from flowledger.cli.render import out
-from flowledger.cli.store import open_engine, require_workflow
+from flowledger.cli.store import open_engine, refuse_writes, require_workflow
 from flowledger.cli.views import log_line
 from flowledger.domain.errors import StoreUnreachable
 from flowledger.engine.graceful_stop import GracefulStop
@@ -59,11 +59,13 @@ def worker(
     """
     _logging(quiet, verbose)
     url = store_url(ctx, store)
+    refuse_writes(url, "runs sessions")
+    definitions = load_definitions(path_or_module)  # checked before a store is opened
     failures = 0
     while True:
         try:
             with open_engine(url, writes="runs sessions") as engine:
-                load(engine, path_or_module)
+                register_definitions(engine, definitions)
                 engine.serve(interval=interval, max_iterations=max_iterations)
             raise typer.Exit(EXIT_OK)
         except StoreUnreachable as e:

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
-from flowledger.authoring.registration import Registration
+from flowledger.authoring.registration import Registration, checked_tools
 from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import (
     ActionNotApplicable,
@@ -235,23 +235,7 @@ class Engine:
 
     def register(self, workflow: WorkflowDefinition, tools: Iterable[Tool] = ()) -> None:
         """Pre-flight validation (DESIGN §1.6), then record the workflow if it is new."""
-        if not isinstance(workflow, WorkflowDefinition):
-            raise DefinitionError(f"engine.register takes an fl.Workflow, got {workflow!r}")
-        if isinstance(tools, Tool | str | bytes) or not isinstance(tools, Iterable):
-            raise DefinitionError(
-                f"workflow {workflow.name!r}: engine.register's tools must be a list of "
-                f"fl.Tool instances (tools=[MyTool(...)], or [] for none), got {tools!r}")
-        by_name: dict[str, Tool] = {}
-        for tool in tools:
-            if not isinstance(tool, Tool):
-                raise DefinitionError(
-                    f"workflow {workflow.name!r}: tools must be fl.Tool instances, got {tool!r}")
-            type(tool).check_definition()
-            if tool.tool_name() in by_name:
-                raise DefinitionError(f"workflow {workflow.name!r}: two tools are named "
-                                      f"{tool.tool_name()!r}; give one a different `name`")
-            by_name[tool.tool_name()] = tool
-        workflow.check(by_name)
+        by_name = checked_tools(workflow, tools)
         wf_id = workflow_id(workflow.name)
         self._catch_up_if_behind()  # a run in another process may be between appends
         with self.log.reading() as c:

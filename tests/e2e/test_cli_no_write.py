@@ -13,8 +13,10 @@ import json
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from tests import postgres
 from tests.e2e.test_cli import FLAKY, TWO_WORKFLOWS, assert_user_error, flowledger
 from tests.e2e.test_cli_read_side import SHOP
 
@@ -131,13 +133,56 @@ def test_run_of_a_workflow_the_module_does_not_define_writes_nothing(shop: Path)
     assert workflows_in(store) == ["shop"]
 
 
+# Mistakes in the code a command loads, each with what it says.
+CODE_MISTAKES = {
+    "no_such_file.py": (None, "no such file"),
+    "syntax.py": ("import flowledger as fl\ndef broken(:\n", "does not compile"),
+    "imports.py": ("import flowledger as fl\nimport no_such_module_here\n",
+                   "cannot be imported"),
+    "no_tools.py": (FLAKY.replace("TOOLS = [Remote()]", ""), "tool 'remote'"),
+    "refusing.py": ("import flowledger as fl\n"
+                    "def register(engine):\n"
+                    "    raise fl.ConfigurationError('no inbox folder here')\n",
+                    "no inbox folder here"),
+    "asks_more.py": (FLAKY + "\ndef register(engine):\n    engine.status()\n",
+                     "its register(engine) uses engine.status"),
+}
+
+
+@pytest.mark.parametrize("command", ["run", "worker"])
+@pytest.mark.parametrize("module", sorted(CODE_MISTAKES))
+def test_a_mistake_in_the_code_leaves_no_store_behind(tmp_path: Path, command: str,
+                                                      module: str) -> None:
+    source, said = CODE_MISTAKES[module]
+    if source is not None:
+        (tmp_path / module).write_text(source)
+
+    assert_user_error(flowledger("--store", "sqlite:///new.db", command, module,
+                                 cwd=tmp_path), said)
+
+    assert not (tmp_path / "new.db").exists(), "a store was made for code that cannot run"
+
+
 def test_run_of_a_workflow_the_module_does_not_define_on_a_new_store(tmp_path: Path) -> None:
     (tmp_path / "two.py").write_text(TWO_WORKFLOWS)
 
     assert_user_error(flowledger("--store", "sqlite:///new.db", "run", "two.py", "--workflow",
                                  "nope", cwd=tmp_path), "defines no workflow 'nope'")
 
-    assert log_size(tmp_path / "new.db") == (0, 0)
+    assert not (tmp_path / "new.db").exists()
+
+
+@pytest.mark.postgres
+def test_a_mistake_in_the_code_makes_no_tables_on_postgresql(tmp_path: Path) -> None:
+    (tmp_path / "syntax.py").write_text(str(CODE_MISTAKES["syntax.py"][0]))
+    with postgres.fresh_schema() as url:
+        assert_user_error(flowledger("--store", url, "run", "syntax.py", cwd=tmp_path),
+                          "does not compile")
+        schema = url.rpartition("schema=")[2]
+        with psycopg.connect(postgres.URL) as c:
+            made = c.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                             (schema,)).fetchall()
+        assert made == [], "the store's schema was made for code that cannot run"
 
 
 def test_run_of_one_workflow_records_only_that_one(shop: Path) -> None:

@@ -21,7 +21,10 @@ rounds; each round measures every system once. Printed:
  5. sessions of ONE consumer run each, one after another (what a worker serving
     one message at a time runs: each session opens, runs, closes), beside DBOS;
  6. DBOS (optional `bench` extra): the 3-step workflow of bench/runs.py with a
-    PostgreSQL system database (target: engine >= 5x); two processes >= 1.5x one.
+    PostgreSQL system database (target: engine >= 5x); two processes >= 1.5x one;
+ 7. a consumer run's appends made without the engine, each ONE message under
+    the log table's lock, with one process and two on one store: what the
+    lock itself allows two processes, beside what the engine's appends get.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 
@@ -130,6 +133,15 @@ print(n / postgres.raw_rate(sys.argv[2], n, warmup, ready=True), flush=True)
 """
 
 
+ONE_MESSAGE_WORKER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import postgres
+n, warmup = int(sys.argv[4]), int(sys.argv[5])
+print(n / postgres.one_message_rate(sys.argv[2], n, warmup, ready=True), flush=True)
+"""
+
+
 def two_process_rate(stores: list[str], n: int, warmup: int, worker: str = WORKER) -> float:
     """Two processes, each consuming n runs of its own workflow (or, with
     RAW_WORKER, making n raw saves), on one store (`stores` names it twice) or
@@ -214,6 +226,48 @@ def raw_rate(url: str, n: int, warmup: int, ready: bool = False) -> float:
         app.close()
 
 
+def one_message_rate(url: str, n: int, warmup: int, ready: bool = False) -> float:
+    """A consumer run's shape without the engine: three appends (4 events
+    waiting for the disk, then 2 and 5 not), each ONE message under the log
+    table's lock (BEGIN; LOCK TABLE ... IN EXCLUSIVE MODE; INSERT; COMMIT),
+    and one read of a stream; runs/s. With two processes: what one store
+    allows when no append holds the lock across a round trip (ADR 0017).
+    `ready`: as raw_rate."""
+    conn = psycopg.connect(url, autocommit=True)
+    body = "'\\x" + os.urandom(120).hex() + "'::bytea"
+    conn.execute("CREATE TABLE IF NOT EXISTS one_message (position bigserial PRIMARY KEY, "
+                 "stream uuid NOT NULL, version int NOT NULL, topic text NOT NULL, "
+                 "state bytea NOT NULL, UNIQUE (stream, version))")
+
+    def append(events: int, sync: bool) -> None:
+        stream = uuid4()
+        values = ",".join(f"('{stream}', {v}, 'bench:Event', {body})" for v in range(events))
+        conn.execute(("BEGIN;" + ("" if sync else "SET LOCAL synchronous_commit = off;")
+                      + "LOCK TABLE one_message IN EXCLUSIVE MODE;"
+                      + f"INSERT INTO one_message (stream, version, topic, state) "
+                      f"VALUES {values};COMMIT").encode())
+
+    def run() -> None:
+        append(4, True)
+        append(2, False)
+        append(5, False)
+        conn.execute("SELECT * FROM one_message WHERE stream = %s", (uuid4(),)).fetchall()
+
+    try:
+        for _ in range(warmup):
+            run()
+        if ready:
+            sys.stdout.write("ready\n")
+            sys.stdout.flush()
+            sys.stdin.readline()
+        t = time.perf_counter()
+        for _ in range(n):
+            run()
+        return n / (time.perf_counter() - t)
+    finally:
+        conn.close()
+
+
 def producer_rate(store: str, runs: int, per_run: int = 100) -> float:
     """Messages/s of one producer publishing `per_run` new messages a run (each
     with its implicit input), a session a run, as a poller that finds many new
@@ -279,12 +333,13 @@ def main() -> int:
           f"PostgreSQL {server}, psycopg {psycopg.__version__}")
     print(f"N={n} runs, medians of {args.repeat} rounds, warm-up {warmup}; server {url}")
     got: dict[str, list[float]] = {"one": [], "two": [], "apart": [], "raw": [], "raw_two": [],
-                                   "producer": [], "raw_batch": [], "sessions": [], "dbos": []}
+                                   "producer": [], "raw_batch": [], "sessions": [], "dbos": [],
+                                   "message": [], "message_two": []}
     names = []
     try:
         for k in range(args.repeat):
             names += [f"flowledger_bench_{k}_{s}"
-                      for s in ("sessions", "producer", "raw_batch",
+                      for s in ("message", "message_two", "sessions", "producer", "raw_batch",
                                 "one", "two", "apart_a", "apart_b", "raw", "raw_two", "dbos")]
             got["one"].append(consumer_rate(fresh_db(url, names[-7]), n, warmup))
             shared = fresh_db(url, names[-6])
@@ -299,6 +354,10 @@ def main() -> int:
             got["raw_batch"].append(raw_batch_rate(fresh_db(url, names[-8]), runs_of_100))
             got["sessions"].append(session_rate(fresh_db(url, names[-10]), max(n // 2, 10),
                                                 warmup))
+            got["message"].append(one_message_rate(fresh_db(url, names[-12]), n, warmup))
+            shared = fresh_db(url, names[-11])
+            got["message_two"].append(two_process_rate([shared, shared], n, warmup,
+                                                       ONE_MESSAGE_WORKER))
             if dbos_v is not None:
                 got["dbos"].append(dbos_rate(fresh_db(url, names[-1]), n, warmup))
             print(f"  round {k + 1}: " + ", ".join(
@@ -327,6 +386,10 @@ def main() -> int:
         ("engine / raw bound", f"{med['one'] / bound:.2f}", "target >= 0.8"),
         ("raw saves/s, 2 processes", f"{med['raw_two']:,.0f}",
          f"one store; {med['raw_two'] / med['raw']:.2f}x one (anchor for 2 processes)"),
+        ("one-message appends, runs/s", f"{med['message']:,.0f}",
+         "a run's 3 appends, each 1 message under the lock; no engine"),
+        ("... 2 processes, one store", f"{med['message_two']:,.0f}",
+         f"{med['message_two'] / med['message']:.2f}x one: what the log's lock allows"),
     ]
     rows += [
         ("producer messages/s", f"{med['producer']:,.0f}",

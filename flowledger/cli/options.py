@@ -17,9 +17,7 @@ import typer
 
 from flowledger.cli.exits import CommandError
 from flowledger.domain.session import Trigger
-from flowledger.infrastructure.store_url import DEFAULT_STORE
-
-STORE_ENV = "FLOWLEDGER_STORE"
+from flowledger.infrastructure.store_url import DEFAULT_STORE, STORE_ENV
 
 TRIGGERS: tuple[str, ...] = tuple(t.value for t in Trigger)
 

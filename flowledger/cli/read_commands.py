@@ -68,7 +68,7 @@ def status(ctx: typer.Context, store: StoreOption = None, as_json: JsonOption = 
     if as_json:
         print_json(status_json(st))
         return
-    print_status(st)
+    print_status(st, engine.store)
 
 
 def log(
@@ -147,7 +147,7 @@ def blocked(ctx: typer.Context, store: StoreOption = None, as_json: JsonOption =
     if as_json:
         print_json(status_json(st)["blocked"])
         return
-    print_waiting(st)
+    print_waiting(st, engine.store)
 
 
 # ------------------------------------------------------------------ histories
@@ -292,7 +292,7 @@ def at_status(ctx: typer.Context, store: StoreOption = None,
     if as_json:
         print_json({"position": at, "time": moment, "status": status_json(st)})
         return
-    print_status_at(at, moment, st)
+    print_status_at(at, moment, st, engine.store)
 
 
 def replay(

@@ -35,7 +35,7 @@ from flowledger.cli.views import (
 )
 from flowledger.domain.session import Trigger
 from flowledger.engine.graceful_stop import GracefulStop
-from flowledger.infrastructure.store_url import shown
+from flowledger.infrastructure.store_url import cli_command, shown
 from flowledger.read_side.queries import ACTIONS, check_choice
 
 
@@ -96,7 +96,8 @@ def run(
                         max_cost=max_cost, stop=stopping.event))
         except KeyboardInterrupt:
             err.print(f"Stopped at once: a session in progress is left as a crash leaves it, "
-                      f"its lease ended. `flowledger run {path_or_module}` (or `recover`) "
+                      f"its lease ended. `{cli_command(url, 'run', path_or_module)}` (or "
+                      "`recover`) "
                       "continues it: a call that was under way is reconciled, never repeated "
                       "blindly.", soft_wrap=True, markup=False, highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -105,7 +106,7 @@ def run(
         print_json([session_json(r) for r in results])
     else:
         print_sessions(results)
-        print_settled(settled)
+        print_settled(settled, engine.store)
     if stopping.signal is None:
         raise typer.Exit(exit_code_for(results))
     left = names[len(results):]
@@ -113,7 +114,7 @@ def run(
         note(f"stopped by {signal.Signals(stopping.signal).name}",
              "the step in progress finished and the session closed with the work left "
              "listed" + (f"; not run: {', '.join(left)}" if left else "")
-             + f". `flowledger run {path_or_module}` continues.", "yellow")
+             + f". `{cli_command(url, 'run', path_or_module)}` continues.", "yellow")
     raise typer.Exit(128 + stopping.signal)
 
 
@@ -154,7 +155,7 @@ def recover(ctx: typer.Context, path_or_module: TargetArgument,
         out.print("Nothing to recover: no workflow of this code has a session open.")
         return
     print_recovered(results)
-    print_settled(settled)
+    print_settled(settled, engine.store)
     raise typer.Exit(exit_code_for(results))
 
 
@@ -197,7 +198,8 @@ def resolve(
         found = engine.run(run)
     workflow = found.workflow
     out.print(f"Recorded {action} for run {short(found.id)} of {workflow!r}. The next session "
-              "carries it on: flowledger run PATH_OR_MODULE", soft_wrap=True, markup=False)
+              f"carries it on: {cli_command(engine.store, 'run', 'PATH_OR_MODULE')}",
+              soft_wrap=True, markup=False)
 
 
 def resume(

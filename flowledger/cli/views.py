@@ -42,6 +42,7 @@ from flowledger.cli.render import (
     when,
 )
 from flowledger.cli.tables import Cell, Col, print_table
+from flowledger.infrastructure.store_url import cli_command
 from flowledger.read_side.log_view import LoggedEvent
 
 # ------------------------------------------------------------------ the log
@@ -151,13 +152,14 @@ class Settled:
     fields: dict[str, Any]
 
 
-def print_settled(settled: list[Settled]) -> None:
+def print_settled(settled: list[Settled], store: str) -> None:
     """What recovery did with each mutation a crash left in flight."""
     for m in settled:
         found = {"MutationApplied": f"it had happened, result {plain(m.fields.get('result'))}",
                  "MutationFailed": "it had not happened"
                  + (f" ({m.fields['reason']})" if m.fields.get("reason") else ""),
-                 }.get(m.outcome, "its outcome is still unknown; see flowledger blocked")
+                 }.get(m.outcome,
+                       "its outcome is still unknown; see " + cli_command(store, "blocked"))
         note(f"run {short(m.run_id)} {m.handler}",
              f"mutation {m.call} was reconciled with {m.reconcile or '(no reconcile)'}: "
              f"{found}", status_style("completed" if m.outcome == "MutationApplied"
@@ -216,7 +218,7 @@ def status_json(st: fl.EngineStatus) -> dict[str, Any]:
 # ------------------------------------------------------------------ status
 
 
-def print_status(st: fl.EngineStatus) -> None:
+def print_status(st: fl.EngineStatus, store: str) -> None:
     if not st.workflows:
         out.print("No workflows in this store yet.")
         return
@@ -234,12 +236,14 @@ def print_status(st: fl.EngineStatus) -> None:
             note(f"{w.name}: holder gone", f"the process holding session "
                  f"{short(w.open_session)} ({w.owner}) is no longer running; its work is left "
                  "as the crash left it (a mutation in_flight is settled by its reconcile, "
-                 "never called again). Continue it with: flowledger recover PATH_OR_MODULE "
-                 "(or the next flowledger run does it first)", "red")
+                 "never called again). Continue it with: "
+                 f"{cli_command(store, 'recover', 'PATH_OR_MODULE')} (or the next run does it "
+                 "first)", "red")
         if w.name in st.leases_ended:
             note(f"{w.name}: lease ran out", f"session {short(w.open_session)} ({w.owner}) "
                  f"was leased until {w.lease_until}, and its holder has not renewed it: "
-                 "flowledger recover PATH_OR_MODULE takes it over (a mutation in_flight is "
+                 f"{cli_command(store, 'recover', 'PATH_OR_MODULE')} takes it over (a "
+                 "mutation in_flight is "
                  "settled by its reconcile, never called again)", "yellow")
 
     if st.open_sessions:
@@ -266,26 +270,27 @@ def print_status(st: fl.EngineStatus) -> None:
     else:
         out.print("No unfinished runs.")
 
-    print_waiting(st)
+    print_waiting(st, store)
 
 
-def print_status_at(position: int, moment: datetime | None, st: fl.EngineStatus) -> None:
+def print_status_at(position: int, moment: datetime | None, st: fl.EngineStatus,
+                    store: str) -> None:
     """`flowledger at POSITION status`: the status, under the moment it is of."""
     out.print(Text(f"As of log position {position}"
                    + (f" ({when(moment)} UTC)" if moment else " (the empty log)"),
                    style="bold"))
-    print_status(st)
+    print_status(st, store)
 
 
-def print_waiting(st: fl.EngineStatus) -> None:
+def print_waiting(st: fl.EngineStatus, store: str) -> None:
     """Everything waiting for a person (engine.blocked())."""
     if not st.blocked:
         out.print("Nothing is blocked.")
         return
-    print_blocked(st.blocked)
+    print_blocked(st.blocked, store)
 
 
-def print_blocked(blocked: list[fl.BlockedRun]) -> None:
+def print_blocked(blocked: list[fl.BlockedRun], store: str) -> None:
     """One block per run: what it attempted, why it waits, the commands that decide."""
     out.print(Text("Blocked runs (waiting for a person)", style="bold"))
     for b in blocked:
@@ -298,9 +303,9 @@ def print_blocked(blocked: list[fl.BlockedRun]) -> None:
         if b.reason:
             out.print(f"    reason:   {b.reason}", soft_wrap=True, markup=False)
         if "resume" in b.actions:
-            decide = f"flowledger resume {b.workflow}"
+            decide = cli_command(store, "resume", b.workflow)
         else:
-            decide = f"flowledger resolve {short(b.run_id)} {'|'.join(b.actions)}"
+            decide = cli_command(store, "resolve", short(b.run_id), "|".join(b.actions))
         out.print(f"    decide:   {decide}", soft_wrap=True, markup=False)
 
 

@@ -59,7 +59,7 @@ from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 from flowledger.infrastructure.store import LogWentBack, stored_after
-from flowledger.infrastructure.store_url import DEFAULT_STORE, parse_store_url, shown
+from flowledger.infrastructure.store_url import DEFAULT_STORE, cli_command, parse_store_url, shown
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
 from flowledger.projections.costs import Costs
@@ -308,7 +308,7 @@ class Engine:
 
     def _run_session(self, reg: Registration, request: SessionRequest) -> SessionResult:
         self._refuse_acting("a session appends to the log", align_lease=True)
-        runner = SessionRunner(reg, self._scope_factory(reg))
+        runner = SessionRunner(reg, self._scope_factory(reg), self.store)
         streams = Streams(self.log)
         now = self.clock.now()
         self.checkpoint("before_append:session_open")
@@ -478,7 +478,7 @@ class Engine:
         request = SessionRequest(Trigger(session.trigger), session.max_iterations,
                                  session.max_cost, should_stop=should_stop)
         with self._abandoned_if_interrupted(reg, session_id):
-            return SessionRunner(reg, self._scope_factory(reg, checkpoint)).run(
+            return SessionRunner(reg, self._scope_factory(reg, checkpoint), self.store).run(
                 streams, wf, session, request)
 
     # --------------------------------------------------------- the worker (§6)
@@ -557,8 +557,10 @@ class Engine:
             if blocked.workflow == wf.name and "did_not_happen" in blocked.actions:
                 raise ActionNotApplicable(
                     f"run {blocked.run_id} of {wf.name!r} has a mutation whose outcome is "
-                    f"unknown; decide first with `flowledger resolve {blocked.run_id} "
-                    f"{'|'.join(blocked.actions)}`. Nothing was changed.")
+                    "unknown; decide first with `"
+                    + cli_command(self.store, "resolve", str(blocked.run_id),
+                                  "|".join(blocked.actions))
+                    + "`. Nothing was changed.")
         wf.resume(self.clock.now(), "resumed by a person")
         self._append_and_catch_up(wf)
         return True

@@ -25,6 +25,7 @@ from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.handler_runs import RunDriver, RunResult, SessionScope
 from flowledger.engine.streams import Streams
 from flowledger.infrastructure.store import ReadAfter
+from flowledger.infrastructure.store_url import cli_command
 from flowledger.projections import pending_work
 
 
@@ -86,9 +87,11 @@ class Opened(NamedTuple):
 
 class SessionRunner:
     def __init__(self, reg: Registration, scope_factory: Callable[[Streams, Workflow, Session],
-                                                                  SessionScope]) -> None:
+                                                                  SessionScope],
+                 store: str) -> None:
         self.reg = reg
         self.make_scope = scope_factory
+        self.store = store  # the commands its messages suggest act on it
 
     # -------------------------------------------------------------- opening
 
@@ -104,8 +107,9 @@ class SessionRunner:
                     f"workflow {name!r} has session {wf.open_session} open, held by "
                     f"{wf.session_owner} (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z). "
                     "Nothing was done. If that process is gone, its session is taken over "
-                    "once the lease runs out: run again then, or `flowledger recover "
-                    "PATH_OR_MODULE` (engine.recover())."))
+                    "once the lease runs out: run again then, or `"
+                    f"{cli_command(self.store, 'recover', 'PATH_OR_MODULE')}` "
+                    "(engine.recover())."))
         blocked = self._blocked_reason(wf, now)
         if blocked is not None:
             return SessionResult("blocked", name, error=blocked)
@@ -130,7 +134,8 @@ class SessionRunner:
         name = wf.name
         if wf.status == WorkflowStatus.ERROR:
             return (f"workflow {name!r} is in error: {wf.reason}. Nothing was done. Fix the "
-                    f"cause, then `flowledger resume {name}` (engine.resume({name!r})).")
+                    f"cause, then `{cli_command(self.store, 'resume', name)}` "
+                    f"(engine.resume({name!r})).")
         if wf.status == WorkflowStatus.PAUSED:
             if wf.paused_until is not None and wf.paused_until <= now:
                 return None  # a retry or reconciliation is due
@@ -138,8 +143,9 @@ class SessionRunner:
                 return (f"workflow {name!r} is paused until {wf.paused_until:%Y-%m-%d %H:%M:%S}Z"
                         f": {wf.reason}. Nothing was done; run a session after that time.")
             return (f"workflow {name!r} is paused and waits for a person: {wf.reason}. "
-                    f"Nothing was done. See `flowledger blocked`; then `flowledger resolve RUN "
-                    f"ACTION` or `flowledger resume {name}`.")
+                    f"Nothing was done. See `{cli_command(self.store, 'blocked')}`; then "
+                    f"`{cli_command(self.store, 'resolve', 'RUN', 'ACTION')}` or "
+                    f"`{cli_command(self.store, 'resume', name)}`.")
         return None
 
     # ------------------------------------------------------------------ run

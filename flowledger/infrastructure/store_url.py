@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import shlex
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,7 @@ from urllib.parse import parse_qs, quote, unquote
 from flowledger.domain.errors import ConfigurationError
 
 DEFAULT_STORE = "sqlite:///flowledger.db"
+STORE_ENV = "FLOWLEDGER_STORE"  # the CLI's store when --store is not given
 # The stores this release opens.
 ACCEPTED = ("sqlite:///relative/path.db, sqlite:////absolute/path.db, "
             "postgresql://user@host:5432/dbname[?schema=NAME&sslmode=...], or memory://")
@@ -20,6 +23,16 @@ ACCEPTED = ("sqlite:///relative/path.db, sqlite:////absolute/path.db, "
 # libpq connection parameters that name a secret: never shown (nor is a URL's password).
 SECRET_PARAMETERS = {"password", "sslpassword", "oauth_client_secret", "scram_client_key",
                      "scram_server_key"}
+
+
+def cli_command(store: str, *words: str) -> str:
+    """The `flowledger` command a message suggests about `store`: with
+    `--store` (as `shown` shows it, quoted for a shell) unless it is the store
+    the command takes without one. Copied as printed, it acts on that store,
+    not on ./flowledger.db, where a `run` would start everything afresh."""
+    default = os.environ.get(STORE_ENV) or DEFAULT_STORE
+    where = [] if store == default else ["--store", shlex.quote(shown(store))]
+    return " ".join(["flowledger", *where, *words])
 
 
 def shown(url: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -301,6 +302,27 @@ def test_a_blocked_run_is_shown_and_decided(tmp_path: Path) -> None:
     resumed = flowledger("resume", "flaky", cwd=tmp_path)
     assert resumed.returncode == 0
     assert "already active" in resumed.stdout
+
+
+def test_the_commands_suggested_act_on_the_store_given(tmp_path: Path) -> None:
+    """Copied as printed, each suggested command acts on the store of the
+    message, not on ./flowledger.db, where `run` would start afresh."""
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    store = ("--store", "sqlite:///my flows.db")  # a space: the suggestion quotes it
+    assert flowledger(*store, "run", "flaky.py", cwd=tmp_path).returncode == 1
+
+    blocked = flowledger(*store, "blocked", cwd=tmp_path).stdout
+    decide = re.search(r"decide: +(flowledger .*?)\|skip$", blocked, re.MULTILINE)
+    assert decide is not None, blocked
+    said = shlex.split(decide.group(1))
+    assert said[1:3] == list(store), said
+    again = flowledger(*store, "run", "flaky.py", cwd=tmp_path)
+    assert "flowledger --store 'sqlite:///my flows.db' blocked" in again.stdout + again.stderr
+
+    decided = flowledger(*said[1:-1], "did_not_happen", cwd=tmp_path)  # as printed
+    assert decided.returncode == 0, decided.stderr
+    assert "flowledger --store 'sqlite:///my flows.db' run PATH_OR_MODULE" in decided.stdout
+    assert not (tmp_path / "flowledger.db").exists()
 
 
 def test_a_workflow_in_error_waits_for_resume(tmp_path: Path) -> None:

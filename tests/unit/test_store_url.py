@@ -11,7 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flowledger.domain.errors import ConfigurationError
-from flowledger.infrastructure.store_url import parse_store_url, shown
+from flowledger.infrastructure.store_url import (
+    DEFAULT_STORE,
+    STORE_ENV,
+    cli_command,
+    parse_store_url,
+    shown,
+)
 
 passwords = st.text(min_size=1, max_size=30).map(lambda rest: "PW" + rest)
 # Typed as a user would: percent-encoded, or as it is (an @, / or ? in it then
@@ -184,3 +190,22 @@ def _refused_unsaid(url: str) -> str:
     said = str(caught.value)
     assert "PW" not in said
     return said
+
+
+def test_a_suggested_command_names_the_store_unless_it_is_the_commands_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    assert cli_command(DEFAULT_STORE, "blocked") == "flowledger blocked"
+    assert (cli_command("sqlite:///my flows.db", "resume", "wf")
+            == "flowledger --store 'sqlite:///my flows.db' resume wf")
+    monkeypatch.setenv(STORE_ENV, "sqlite:///mine.db")
+    assert cli_command("sqlite:///mine.db", "blocked") == "flowledger blocked"
+    assert cli_command(DEFAULT_STORE, "blocked") == f"flowledger --store {DEFAULT_STORE} blocked"
+
+
+@given(written)
+def test_a_suggested_command_never_shows_a_password(password: tuple[str, str]) -> None:
+    plain, typed = password
+    said = cli_command(f"postgresql://app:{typed}@db.internal:5432/flows", "blocked")
+    assert plain not in said and typed not in said
+    assert "app:***@db.internal" in said

@@ -39,7 +39,8 @@ def copy(
     ] = KEY_ENV,
     to_key_env: Annotated[str | None, typer.Option(
         metavar="NAME", help="The environment variable holding the copy's cipher key (a new "
-                             "key rotates it; default: the source's key).")] = None,
+                             "key rotates it; default: the source's key, or for a source "
+                             "in clear FLOWLEDGER_CIPHER_KEY's, if set).")] = None,
     to_clear: Annotated[bool, typer.Option(
         "--to-clear", help="Write the copy in clear (decrypt it).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -48,7 +49,9 @@ def copy(
     projections there (e.g. from an SQLite file to PostgreSQL). The source's chain
     is verified first. With --to-key-env, the copy is encrypted with another key:
     that is how a key is rotated (or a store in clear encrypted)."""
-    source_key = _key_from(from_key_env)
+    # The default variable is the engine's own: copy_store reads it, and takes a
+    # source in clear with it set for a store to encrypt.
+    source_key = None if from_key_env == KEY_ENV else _key_from(from_key_env)
     target_key = "" if to_clear else None if to_key_env is None else _key_from(to_key_env)
     started = time.perf_counter()
     if as_json:

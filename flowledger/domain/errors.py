@@ -27,6 +27,10 @@ class EncryptionKeyError(ConfigurationError):
     written in clear (ADR 0022). Nothing was read or written."""
 
 
+class StoreInClear(EncryptionKeyError):
+    """A cipher key was given for a store written in clear."""
+
+
 class StoreUnreachable(ConfigurationError):
     """The store's server did not answer (down, starting, a network cut): a
     worker started before it waits for it; other commands say it and stop."""

@@ -28,6 +28,7 @@ from flowledger.domain.errors import (
     InvalidArgument,
     NotFoundError,
     StoreBusyError,
+    StoreInClear,
 )
 from flowledger.domain.failures import describe
 from flowledger.domain.handler_run import HandlerRun
@@ -787,7 +788,9 @@ def copy_store(source: str, target: str,
 
     `source_key`/`target_key`: each store's cipher key (None: FLOWLEDGER_CIPHER_KEY
     for the source, the source's key for the target; "" for none). Giving the
-    target another key rotates it; "" writes the copy in clear (ADR 0022)."""
+    target another key rotates it; "" writes the copy in clear (ADR 0022). A
+    source in clear copied with FLOWLEDGER_CIPHER_KEY set (`source_key` None)
+    is read in clear and copied encrypted with that key."""
     from flowledger.infrastructure.copying import copy_log
 
     if source == target:
@@ -795,7 +798,13 @@ def copy_store(source: str, target: str,
                               "twice")
     parse_store_url(target).refuse_writes("a copy writes into it")
     asked = protection(source_key, None, chain_key)
-    src = EventLog.open(source, asked, create=False)  # only read: never made here
+    try:
+        src = EventLog.open(source, asked, create=False)  # only read: never made here
+    except StoreInClear:
+        if source_key is not None:
+            raise  # a key named for this source: a mistake to say
+        # The environment's key, and the source in clear: read so, copied encrypted.
+        src = EventLog.open(source, protection("", None, chain_key), create=False)
     to = protection((asked.cipher_key or "") if target_key is None else target_key, None,
                     chain_key)
     try:

@@ -24,6 +24,7 @@ cannot read, or links that break its chain.
 
 from __future__ import annotations
 
+import shlex
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 from eventsourcing.persistence import Cipher, Compressor
 from eventsourcing.utils import Environment, resolve_topic
 
-from flowledger.domain.errors import EncryptionKeyError
+from flowledger.domain.errors import EncryptionKeyError, StoreInClear
 from flowledger.infrastructure.encryption import (
     CHAIN_KEY_ENV,
     CIPHER_TOPIC,
@@ -42,6 +43,7 @@ from flowledger.infrastructure.encryption import (
 )
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE, CREATE_CHAIN, Chain
 from flowledger.infrastructure.store import LogStore
+from flowledger.infrastructure.store_url import shown
 
 FORMAT_TABLE = "fl_store_format"
 _CREATE = (f"CREATE TABLE IF NOT EXISTS {FORMAT_TABLE} (name TEXT PRIMARY KEY, "
@@ -279,11 +281,12 @@ def check_format(found: StoreFormat, asked: Protection, url: str) -> None:
             f"{where} is encrypted and no key was given: set {KEY_ENV} (or pass "
             "Engine(..., cipher_key=...)) to the key it was written with. Nothing was read")
     if asked.encrypted and not found.encrypted:
-        raise EncryptionKeyError(
+        raise StoreInClear(
             f"{where} was written in clear, and a cipher key was given ({asked.key_source}): "
             "its events cannot be encrypted where they are. To encrypt it, copy it into a "
-            "new store: flowledger --store URL copy --to NEW_URL --to-key-env "
-            f"{KEY_ENV} (or open it without a key). Nothing was written")
+            f"new store with {KEY_ENV} set to the key: flowledger copy --from "
+            f"{shlex.quote(shown(url))} --to NEW_URL (or open it without a key). Nothing was "
+            "written")
     if found.encrypted and asked.cipher_key is not None and not found.key_check:
         raise EncryptionKeyError(
             f"{where} is encrypted, and its format record ({FORMAT_TABLE}) lacks the check "

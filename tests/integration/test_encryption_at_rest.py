@@ -126,8 +126,9 @@ def test_an_encrypted_store_refuses_no_key_and_a_wrong_key(store: str) -> None:
 def test_a_store_in_clear_refuses_a_key_and_says_how_to_encrypt_it(store: str) -> None:
     with fl.Engine(store, cipher_key="") as engine:
         engine.register(ledger_workflow(items=["a"]), tools=[])
-    with pytest.raises(fl.EncryptionKeyError, match=r"written in clear.*flowledger .*copy .*"
-                                                    r"--to-key-env"):
+    with pytest.raises(fl.EncryptionKeyError, match=r"written in clear.*FLOWLEDGER_CIPHER_KEY "
+                                                    r"set to the key: flowledger copy --from "
+                                                    r".* --to NEW_URL"):
         fl.Engine(store, cipher_key=fl.new_cipher_key())
 
 

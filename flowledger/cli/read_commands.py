@@ -180,6 +180,7 @@ def events(
 ) -> None:
     """The history of one message: every run that reserved it, and how each ended."""
     with open_engine(store_url(ctx, store), must_exist=True) as engine:
+        require_workflow(engine, workflow)
         found = engine.event_history(workflow, topic, message_id)
     if as_json:
         print_json(found)

@@ -23,7 +23,7 @@ from flowledger.cli.options import (
     store_url,
 )
 from flowledger.cli.render import call_text, err, note, out, print_json, short, working
-from flowledger.cli.store import open_engine, refuse_writes
+from flowledger.cli.store import open_engine, refuse_writes, require_workflow
 from flowledger.cli.views import (
     Settled,
     print_demo,
@@ -210,6 +210,7 @@ def resume(
     """Lift a workflow's paused or error status once the cause is dealt with."""
     with open_engine(store_url(ctx, store), must_exist=True,
                      writes="records the resumption in the log") as engine:
+        require_workflow(engine, workflow)
         changed = engine.resume(workflow)
     if changed:
         out.print(f"Workflow {workflow!r} is active again; the next session will run it.")

@@ -85,6 +85,12 @@ class Opened(NamedTuple):
     reads: OpeningReads
 
 
+def _sentence(text: str | None) -> str:
+    """`text` ended as a sentence, once: a reason may end with its own stop."""
+    text = (text or "").rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 class SessionRunner:
     def __init__(self, reg: Registration, scope_factory: Callable[[Streams, Workflow, Session],
                                                                   SessionScope],
@@ -133,17 +139,19 @@ class SessionRunner:
     def _blocked_reason(self, wf: Workflow, now: datetime) -> str | None:
         name = wf.name
         if wf.status == WorkflowStatus.ERROR:
-            return (f"workflow {name!r} is in error: {wf.reason}. Nothing was done. Fix the "
-                    f"cause, then `{cli_command(self.store, 'resume', name)}` "
+            return (f"workflow {name!r} is in error: {_sentence(wf.reason)} Nothing was done. "
+                    f"Fix the cause, then `{cli_command(self.store, 'resume', name)}` "
                     f"(engine.resume({name!r})).")
         if wf.status == WorkflowStatus.PAUSED:
             if wf.paused_until is not None and wf.paused_until <= now:
                 return None  # a retry or reconciliation is due
             if wf.paused_until is not None:
                 return (f"workflow {name!r} is paused until {wf.paused_until:%Y-%m-%d %H:%M:%S}Z"
-                        f": {wf.reason}. Nothing was done; run a session after that time.")
-            return (f"workflow {name!r} is paused and waits for a person: {wf.reason}. "
-                    f"Nothing was done. See `{cli_command(self.store, 'blocked')}`; then "
+                        f": {_sentence(wf.reason)} Nothing was done; run a session after "
+                        "that time.")
+            return (f"workflow {name!r} is paused and waits for a person: "
+                    f"{_sentence(wf.reason)} Nothing was done. See "
+                    f"`{cli_command(self.store, 'blocked')}`; then "
                     f"`{cli_command(self.store, 'resolve', 'RUN', 'ACTION')}` or "
                     f"`{cli_command(self.store, 'resume', name)}`.")
         return None

@@ -604,6 +604,10 @@ class ReadSide:
         event_id = topic_event_id(workflow, topic, str(message_id))
         found = self._event_history(event_id)
         if found is None:
+            wf: Workflow | None = self._load(workflow_id(workflow))
+            if wf is not None and wf.topics and topic not in wf.topics:
+                raise NotFoundError(f"workflow {workflow!r} has no topic {topic!r} (its "
+                                    f"topics: {', '.join(wf.topics)}){self._when()}")
             raise NotFoundError(f"no message {message_id!r} in topic {topic!r} of workflow "
                                 f"{workflow!r}{self._when()}")
         return found

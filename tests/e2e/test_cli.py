@@ -88,6 +88,27 @@ for wf in (first, second):
         ctx.publish("t", message_id="m", payload=1)
 '''
 
+RULE_BREAKER = '''
+import flowledger as fl
+
+wf = fl.Workflow("rules", topics=["in", "out"])
+
+
+@wf.producer(publishes=["in"])
+def feed(ctx, state):
+    ctx.publish("in", message_id="a", payload=1)
+
+
+@wf.consumer(subscribe=["in"])
+class Publishes:
+    def prepare(self, ctx, state):
+        found = ctx.peek("in", limit=1)
+        return fl.Prepared(reservations={"in": [found[0].message_id]}) if found else None
+
+    def next(self, ctx, prepared, outcome):
+        ctx.publish("out", message_id="x", payload=1)  # "out" is not declared
+'''
+
 BROKEN_DEFINITION = '''
 import flowledger as fl
 
@@ -304,6 +325,15 @@ def test_a_blocked_run_is_shown_and_decided(tmp_path: Path) -> None:
     assert "already active" in resumed.stdout
 
 
+def test_a_reason_that_ends_its_sentence_gets_no_second_stop(tmp_path: Path) -> None:
+    (tmp_path / "rules.py").write_text(RULE_BREAKER)
+    assert flowledger("run", "rules.py", cwd=tmp_path).returncode == 1
+    again = flowledger("run", "rules.py", cwd=tmp_path)
+    said = " ".join((again.stdout + again.stderr).split())
+    assert "publishes=[...]. Nothing was done" in said, said
+    assert ".. Nothing" not in said
+
+
 def test_the_commands_suggested_act_on_the_store_given(tmp_path: Path) -> None:
     """Copied as printed, each suggested command acts on the store of the
     message, not on ./flowledger.db, where `run` would start afresh."""
@@ -411,6 +441,11 @@ def mistakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["resolve", "00000000-0000-0000-0000-000000000000", "skip"], "no run"),
     (["resolve", "not-a-run-id", "skip"], "is not a run id"),
     (["resume", "nope"], "no workflow named 'nope'"),
+    (["resume", "nope"], "(it holds: flaky)"),
+    (["events", "nope", "jobs", "job-1"], "no workflow named 'nope'"),
+    (["events", "flaky", "nope", "job-1"], "workflow 'flaky' has no topic 'nope' (its topics: "
+                                           "jobs)"),
+    (["events", "flaky", "jobs", "job-9"], "no message 'job-9' in topic 'jobs'"),
     (["log", "--workflow", "nope"], "no workflow named 'nope'"),
     (["follow", "--workflow", "nope"], "no workflow named 'nope'"),  # it waited for ever
     (["log", "--run", "00000000-0000-0000-0000-000000000000"], "no run"),

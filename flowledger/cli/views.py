@@ -5,6 +5,7 @@ tables and lines on the terminal (render.py says how one value looks)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import textwrap
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -329,13 +330,37 @@ def print_runs(found: list[fl.RunInfo]) -> None:
             print_traceback(r.traceback, frames=1)
 
 
+# Where flowledger's own code lies: a frame there is not the user's line.
+_OWN_CODE = str(Path(fl.__file__).resolve().parent) + os.sep
+
+
+def _frame_blocks(lines: list[str]) -> list[tuple[int, int]]:
+    """Where each frame of a formatted traceback starts and ends (its `File`
+    line and the source lines under it)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    blocks = []
+    for k, start in enumerate(starts):
+        stop = starts[k + 1] if k + 1 < len(starts) else len(lines)
+        end = start + 1
+        while end < stop and lines[end].startswith("    "):
+            end += 1
+        blocks.append((start, end))
+    return blocks
+
+
 def print_traceback(text: str, frames: int | None = None) -> None:
-    """A failure's recorded traceback, indented; only its last `frames` frames."""
+    """A failure's recorded traceback, indented; with `frames`, only the last
+    that many of the user's frames (flowledger's own, where a rule broken in a
+    call of ctx or a tool was found, come after the line that broke it) and
+    the error's lines."""
     lines = text.splitlines()
     if frames is not None:
-        starts = [i for i, line in enumerate(lines) if line.startswith("  File ")]
-        if len(starts) > frames:
-            lines = lines[starts[-frames]:]
+        blocks = _frame_blocks(lines)
+        if blocks:
+            users = [b for b in blocks
+                     if not lines[b[0]][len('  File "'):].startswith(_OWN_CODE)]
+            lines = [line for start, end in (users or blocks)[-frames:]
+                     for line in lines[start:end]] + lines[blocks[-1][1]:]
     for line in lines:
         out.print(Text("    " + line, style="dim"), soft_wrap=True)
 

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_cli import BUGGY, EXAMPLE, FLAKY, assert_user_error, flowledger
+from tests.e2e.test_cli import (
+    BUGGY,
+    EXAMPLE,
+    FLAKY,
+    RULE_BREAKER,
+    assert_user_error,
+    flowledger,
+)
 from tests.e2e.test_cli_read_side import SHOP
 
 NARROW = {"COLUMNS": "80"}
@@ -182,6 +189,18 @@ def test_a_failing_handler_traceback_is_kept_and_shown(tmp_path: Path) -> None:
     runs = narrow("runs", cwd=tmp_path)
     assert "KeyError: 'a bug in the handler'" in runs.stdout
     assert 'raise KeyError("a bug in the handler")' in runs.stdout
+
+
+def test_runs_shows_the_users_line_where_a_rule_was_broken_in_a_call(tmp_path: Path
+                                                                      ) -> None:
+    """A rule broken in a call of ctx is raised in flowledger's code; `runs`
+    shows the handler's line that made the call, not flowledger's frame."""
+    (tmp_path / "rules.py").write_text(RULE_BREAKER)
+    assert flowledger("run", "rules.py", cwd=tmp_path).returncode == 1
+    shown = narrow("runs", cwd=tmp_path).stdout
+    assert 'rules.py", line' in shown and "in next" in shown, shown
+    assert 'ctx.publish("out", message_id="x", payload=1)' in shown
+    assert "flowledger/engine" not in shown and "RuleBroken" in shown
 
 
 def test_status_says_the_holder_is_gone_and_what_to_run(crashed: Path) -> None:

@@ -129,6 +129,7 @@ class Worker:
                     ", ".join(self.engine.workflows) or "no workflow",
                     "woken by the store's notifications" if waiter.wakeups is not None
                     else f"checking the log every {self.interval}s")
+        self._say_unscheduled()
         try:
             failures, started = 0, False
             while not self.stop.is_set():
@@ -266,6 +267,19 @@ class Worker:
         if soonest is None:
             return self.interval
         return max(0.0, min(self.interval, (soonest - now).total_seconds()))
+
+    def _say_unscheduled(self) -> None:
+        """A producer without every= or cron= is never due (DESIGN §6): said at
+        the start, since a worker that never runs it looks idle for no reason."""
+        for reg in self._regs():
+            idle = [p.name for p in reg.definition.producers if p.schedule is None]
+            if idle:
+                logger.warning(
+                    "workflow %s: producer%s %s %s no every= or cron=, so this worker never "
+                    "runs %s (a session of `flowledger run` or engine.run_session does); its "
+                    "consumers serve what is published", reg.definition.name,
+                    "s" if len(idle) > 1 else "", ", ".join(idle),
+                    "have" if len(idle) > 1 else "has", "them" if len(idle) > 1 else "it")
 
     def _regs(self) -> list[Registration]:
         return list(self.engine._registered.values())

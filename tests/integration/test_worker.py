@@ -955,3 +955,31 @@ def test_a_handler_calling_its_own_worker_fails_its_run_and_says_why(
     [result] = workers[0].run_once()
     assert result.status == "failed"
     assert result.error is not None and "a handler of its own session called it" in result.error
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_worker_says_at_its_start_which_producers_it_never_runs(
+        store: str, make_engine: Callable[..., fl.Engine],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A producer without every= or cron= is never due: a worker serving its
+    workflow says so once, at its start, and names it; a scheduled one is not named."""
+    engine = make_engine(clock=fl.SystemClock())
+    engine.register(ledger_workflow("manual", items=["x"]),
+                    tools=[ScriptedLedgerTool(MemoryLedger())])
+    timed = fl.Workflow("timed", topics=["t"])
+
+    @timed.producer(publishes=["t"], every="1h")
+    def tick(ctx: Any, state: Any) -> None:
+        return None
+
+    engine.register(timed)
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="flowledger.worker"):
+        serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
+        serving.start()
+        time.sleep(0.5)
+        stop.set()
+        serving.join(10)
+    said = [m for m in caplog.messages if "never runs" in m]
+    assert len(said) == 1, caplog.messages
+    assert said[0].startswith("workflow manual: producer produce has no every= or cron=")

@@ -173,8 +173,10 @@ class Workflow:
                   for c in self.consumers]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
-    def check(self, tools: dict[str, Tool]) -> None:
-        """Raise one DefinitionError listing every problem found (DESIGN §1.6)."""
+    def check(self, tools: dict[str, Tool],
+              provide: str = "pass it in engine.register(wf, tools=[...])") -> None:
+        """Raise one DefinitionError listing every problem found (DESIGN §1.6);
+        `provide` says how to give a missing tool."""
         problems: list[str] = []
         declared = set(self.topics)
         seen: dict[str, str] = {}
@@ -194,8 +196,7 @@ class Workflow:
             for tool in spec.tools or ():
                 if tool not in tools:
                     problems.append(f"{where} uses tool {tool!r}, which was not provided "
-                                    f"(provided: {sorted(tools)}); pass it in "
-                                    "engine.register(wf, tools=[...])")
+                                    f"(provided: {sorted(tools)}); {provide}")
         for c in self.consumers:
             where = f"consumer {c.name!r}"
             if not c.subscribe:

@@ -12,10 +12,12 @@ from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import DefinitionError, InternalError
 
 
-def checked_tools(workflow: Any, tools: Iterable[Tool]) -> dict[str, Tool]:
+def checked_tools(workflow: Any, tools: Iterable[Tool],
+                  provide: str | None = None) -> dict[str, Tool]:
     """The pre-flight checks of a registration that need no store (DESIGN
     §1.6): the workflow and its tools, by name. The CLI runs them before it
-    opens a store; an engine runs them again as it registers."""
+    opens a store; an engine runs them again as it registers. `provide`: how
+    to give a missing tool, where not engine.register's tools=."""
     if not isinstance(workflow, Workflow):
         raise DefinitionError(f"engine.register takes an fl.Workflow, got {workflow!r}")
     if isinstance(tools, Tool | str | bytes) or not isinstance(tools, Iterable):
@@ -32,7 +34,10 @@ def checked_tools(workflow: Any, tools: Iterable[Tool]) -> dict[str, Tool]:
             raise DefinitionError(f"workflow {workflow.name!r}: two tools are named "
                                   f"{tool.tool_name()!r}; give one a different `name`")
         by_name[tool.tool_name()] = tool
-    workflow.check(by_name)
+    if provide is None:
+        workflow.check(by_name)
+    else:
+        workflow.check(by_name, provide)
     return by_name
 
 

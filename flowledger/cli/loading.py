@@ -78,8 +78,9 @@ class Definitions:
     that needs no store) before any store is opened: a mistake in the code
     leaves no store behind, nor anything in one."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, provide: str | None = None) -> None:
         self.target = target
+        self.provide = provide  # how the module gives a missing tool
         self.registrations: dict[str, tuple[fl.Workflow, list[fl.Tool]]] = {}
 
     @property
@@ -89,7 +90,7 @@ class Definitions:
     def register(self, workflow: fl.Workflow, tools: Iterable[fl.Tool] = ()) -> None:
         """What a module's register(engine) calls."""
         tools = tools if isinstance(tools, fl.Tool | str | bytes) else list(tools)
-        checked_tools(workflow, tools)
+        checked_tools(workflow, tools, self.provide)
         self.registrations[workflow.name] = (workflow, list(tools))
 
     def __getattr__(self, name: str) -> Any:
@@ -106,11 +107,12 @@ def load_definitions(target: str) -> Definitions:
     """Import PATH_OR_MODULE and check its workflows: the module's
     register(engine), given a Definitions, or its workflows with its TOOLS."""
     module = import_workflow_module(target)
-    definitions = Definitions(target)
     register = getattr(module, "register", None)
     if callable(register):
+        definitions = Definitions(target)
         register(definitions)
     else:
+        definitions = Definitions(target, "list it in the module's TOOLS = [...]")
         workflows = list({id(v): v for v in vars(module).values()
                           if isinstance(v, fl.Workflow)}.values())
         for workflow in workflows:

@@ -28,7 +28,7 @@ from flowledger.cli.options import (
     parse_time,
     store_url,
 )
-from flowledger.cli.render import err, out, print_json, print_json_line
+from flowledger.cli.render import err, out, print_json, print_json_line, short
 from flowledger.cli.store import open_engine, require_workflow
 from flowledger.cli.views import (
     log_line,
@@ -311,7 +311,13 @@ def replay(
     """
     # Registered with every pre-flight check, and without appending anything.
     with open_engine(store_url(ctx, store), must_exist=True, record=False) as engine:
-        load(engine, path_or_module)
+        names = load(engine, path_or_module)
+        recorded = engine.run(run)
+        if recorded.workflow not in names:
+            raise CommandError(
+                f"{path_or_module!r} defines no workflow {recorded.workflow!r}, the workflow "
+                f"of run {short(recorded.id)} (it defines: {', '.join(names)}); give the "
+                "code of that workflow. Nothing was replayed")
         report = engine.replay(run)
     if as_json:
         print_json({**dataclasses.asdict(report), "same": report.same})

@@ -87,6 +87,15 @@ def test_replay_still_runs_the_pre_flight_checks(shop: Path) -> None:
     assert log_size(store) == before
 
 
+def test_replay_with_code_that_lacks_the_runs_workflow_says_so(shop: Path) -> None:
+    store = shop / "flowledger.db"
+    before = log_size(store)
+    assert_user_error(flowledger("replay", a_run_of(shop), "flaky.py", cwd=shop),
+                      "'flaky.py' defines no workflow 'shop', the workflow of run",
+                      "(it defines: flaky)", "Nothing was replayed")
+    assert log_size(store) == before
+
+
 def test_recover_on_another_workflows_store_refuses_and_writes_nothing(shop: Path) -> None:
     store = shop / "flowledger.db"
     before = log_size(store)
@@ -139,7 +148,9 @@ CODE_MISTAKES = {
     "syntax.py": ("import flowledger as fl\ndef broken(:\n", "does not compile"),
     "imports.py": ("import flowledger as fl\nimport no_such_module_here\n",
                    "cannot be imported"),
-    "no_tools.py": (FLAKY.replace("TOOLS = [Remote()]", ""), "tool 'remote'"),
+    "no_tools.py": (FLAKY.replace("TOOLS = [Remote()]", ""),
+                    "tool 'remote', which was not provided (provided: []); list it in the "
+                    "module's TOOLS = [...]"),
     "refusing.py": ("import flowledger as fl\n"
                     "def register(engine):\n"
                     "    raise fl.ConfigurationError('no inbox folder here')\n",

@@ -295,12 +295,23 @@ def short_id_digits(text: str) -> str | None:
     return digits if digits and set(digits) <= _HEX and len(digits) <= 32 else None
 
 
+SHORT_ID = 8  # the CLI prints an id as its last 8 hex digits
+
+
+def names_id(hex_id: str, digits: str) -> bool:
+    """Whether `digits` name the id whose hex is `hex_id`: its start, its end,
+    or the start of its short id (its last 8 digits, as the CLI prints them)."""
+    return (hex_id.startswith(digits) or hex_id.endswith(digits)
+            or hex_id[-SHORT_ID:].startswith(digits))
+
+
 def matching_ids(c: Cursor, kind: str, digits: str) -> list[UUID]:
-    """Ids of `kind` whose hex starts with `digits` (a prefix) or ends with them
-    (the short id the CLI prints: the last 8 digits)."""
+    """Ids of `kind` that `digits` name (`names_id`)."""
     table, column = _ID_TABLES[kind]
-    c.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} LIKE ? OR {column} LIKE ?",
-              (digits + "%", "%" + digits))
+    short_start = "_" * (32 - SHORT_ID) + digits + "%"  # the hex is 32 digits long
+    c.execute(f"SELECT DISTINCT {column} FROM {table} "
+              f"WHERE {column} LIKE ? OR {column} LIKE ? OR {column} LIKE ?",
+              (digits + "%", "%" + digits, short_start))
     return sorted({UUID(value) for (value,) in c.fetchall()})
 
 
@@ -365,8 +376,9 @@ class ReadSide:
     def resolve_id(self, kind: str, value: UUID | str) -> UUID:
         """The id of `kind` ("run", "session" or "input") that `value` names: a
         UUID, or any unique prefix of its hex (with or without dashes), or its
-        short id as printed (the last digits). An ambiguous one is refused with
-        the candidates (AmbiguousId); one that matches nothing is a NotFoundError."""
+        short id as printed (the last 8 digits), or the start of that. An
+        ambiguous one is refused with the candidates (AmbiguousId); one that
+        matches nothing is a NotFoundError."""
         if kind not in _ID_TABLES:
             raise InvalidArgument(f"id kind {kind!r} is not one of {', '.join(ID_KINDS)}")
         if isinstance(value, UUID):
@@ -385,13 +397,13 @@ class ReadSide:
                                   f"{MIN_SHORT_ID} hex digits of it")
         with self._tables() as c:
             found = sorted(set(matching_ids(c, kind, digits)) | {
-                i for i in self._unfolded_ids(kind)
-                if i.hex.startswith(digits) or i.hex.endswith(digits)})
+                i for i in self._unfolded_ids(kind) if names_id(i.hex, digits)})
         if len(found) == 1:
             return found[0]
         if not found:
             raise NotFoundError(f"no {kind} {text!r} in store {self.log.config.shown}"
-                                f"{self._when()} (no {kind} id starts or ends with {digits})")
+                                f"{self._when()} (no {kind} id starts or ends with {digits}, "
+                                "nor has a short id that starts with them)")
         shown = ", ".join(str(i) for i in found[:10])
         more = f" and {len(found) - 10} more" if len(found) > 10 else ""
         raise AmbiguousId(f"{kind} id {text!r} is ambiguous: it matches {len(found)} "

@@ -9,16 +9,18 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import flowledger as fl
 from flowledger.domain.failures import MAX_TRACEBACK_TEXT, TRACEBACK_FRAMES, traceback_of
-from flowledger.read_side.queries import AmbiguousId
+from flowledger.read_side.queries import AmbiguousId, names_id
 from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    engine = fl.Engine(f"sqlite:///{tmp_path / 'flow.db'}")
+def engine(store: str) -> Any:
+    engine = fl.Engine(store)
     engine.register(ledger_workflow(items=["a", "b", "c", "d"]),
                     tools=[ScriptedLedgerTool(MemoryLedger())])
     assert engine.run_session("wf").status == "completed"
@@ -29,9 +31,9 @@ def engine(tmp_path: Path) -> Any:
 def test_a_unique_prefix_or_short_id_names_its_run(engine: Any) -> None:
     runs = engine.runs()
     target: UUID = runs[0].run_id
-    for given in (target.hex[-8:], str(target)[:23], target.hex[:28], target.hex.upper()[-8:],
-                  target, str(target)):
-        assert engine.resolve_id("run", given) == target
+    for named in (target.hex[-8:], str(target)[:23], target.hex[:28], target.hex.upper()[-8:],
+                  target, str(target), target.hex[-8:-2]):  # the last: a short id's start
+        assert engine.resolve_id("run", named) == target
     # Every call that takes a run id goes through it.
     assert engine.run(target.hex[-8:]).id == target
     assert engine.run_timeline(target.hex[-8:]).run.run_id == target
@@ -57,6 +59,33 @@ def test_an_ambiguous_prefix_lists_every_candidate(engine: Any) -> None:
     assert isinstance(refused.value, fl.InvalidArgument)
     for run_id in matching:
         assert str(run_id) in str(refused.value)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_an_id_is_named_by_its_start_its_end_or_its_short_ids_start(engine: Any,
+                                                                   data: st.DataObject) -> None:
+    """resolve_id (SQL over the read side) names exactly the ids the rule names."""
+    ids = [r.run_id for r in engine.runs()]
+    one = data.draw(st.sampled_from(ids)).hex
+    start = data.draw(st.integers(0, 28))
+    digits = data.draw(st.one_of(
+        st.integers(4, 32).map(lambda n: one[:n]),                 # a prefix
+        st.integers(4, 32).map(lambda n: one[-n:]),                # an end
+        st.integers(4, 8).map(lambda n: one[-8:][:n]),             # a short id's start
+        st.integers(4, 8).map(lambda n: one[start:start + n]),     # anywhere: mostly nothing
+        st.text("0123456789abcdef", min_size=4, max_size=8)))
+    named = sorted(i for i in ids if names_id(i.hex, digits))
+    if len(named) == 1:
+        assert engine.resolve_id("run", digits) == named[0]
+    elif not named:
+        with pytest.raises(fl.NotFoundError):
+            engine.resolve_id("run", digits)
+    else:
+        with pytest.raises(AmbiguousId) as refused:
+            engine.resolve_id("run", digits)
+        assert list(refused.value.candidates) == named
 
 
 @pytest.mark.parametrize(("given", "error", "fragment"), [

@@ -78,7 +78,7 @@ def run(
                                f"(it defines: {', '.join(names)}); nothing was run or "
                                "written")
         names = [workflow]
-    with open_engine(url, record=False, writes=writes) as engine:
+    with open_engine(url, record=False, writes=writes, say_new=True) as engine:
         register_definitions(engine, definitions)
         engine.record(names)
         results: list[fl.SessionResult] = []

@@ -9,6 +9,7 @@ import flowledger as fl
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
 from flowledger.cli.exits import CommandError
 from flowledger.cli.render import err
+from flowledger.domain.errors import NoStoreYet
 from flowledger.infrastructure.store_url import parse_store_url, shown
 
 
@@ -49,14 +50,16 @@ class CommandEngine(fl.Engine):
 
 @contextmanager
 def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
-                writes: str | None = None, reads_side: bool = True
+                writes: str | None = None, reads_side: bool = True, say_new: bool = False
                 ) -> Iterator[CommandEngine]:
     """An engine on `store`, closed when the command ends, whatever happens.
 
     `record=False`: see CommandEngine. `writes`: what the command writes (it is
     refused on a store opened read-only, `?mode=ro`, before any code is loaded).
     `reads_side=False`: the command answers from the log alone (`log`, `at`), so
-    a read side left behind is not said.
+    a read side left behind is not said. `say_new`: a store made now is said
+    (on stderr): a typo in --store would otherwise start everything afresh
+    without a word.
 
     Whatever keeps the store from opening is a FlowledgerError the engine raises
     (ConfigurationError, StoreBusyError): `main` prints it on one line, exit 2.
@@ -64,7 +67,16 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
     config = parse_store_url(store)
     if writes is not None:
         refuse_writes(store, writes)
-    engine = CommandEngine(store, record=record, create=not must_exist)
+    if say_new and not must_exist and not store.startswith("memory:"):
+        try:
+            engine = CommandEngine(store, record=record, create=False)
+        except NoStoreYet:
+            err.print(f"note: no store at {shown(store)} yet: a new one is made there (if you "
+                      "meant a store that exists, check --store)", soft_wrap=True,
+                      markup=False, highlight=False)
+            engine = CommandEngine(store, record=record, create=True)
+    else:
+        engine = CommandEngine(store, record=record, create=not must_exist)
     try:
         if config.read_only and reads_side:
             _say_how_far_behind(engine)

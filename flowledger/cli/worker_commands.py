@@ -64,7 +64,7 @@ def worker(
     failures = 0
     while True:
         try:
-            with open_engine(url, writes="runs sessions") as engine:
+            with open_engine(url, writes="runs sessions", say_new=True) as engine:
                 register_definitions(engine, definitions)
                 engine.serve(interval=interval, max_iterations=max_iterations)
             raise typer.Exit(EXIT_OK)

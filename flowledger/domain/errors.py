@@ -27,6 +27,10 @@ class EncryptionKeyError(ConfigurationError):
     written in clear (ADR 0022). Nothing was read or written."""
 
 
+class NoStoreYet(ConfigurationError):
+    """A store opened by what does not create one does not exist yet."""
+
+
 class StoreInClear(EncryptionKeyError):
     """A cipher key was given for a store written in clear."""
 

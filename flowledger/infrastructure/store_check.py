@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flowledger.domain.errors import ConfigurationError, StoreUnreachable
+from flowledger.domain.errors import ConfigurationError, NoStoreYet, StoreUnreachable
 from flowledger.infrastructure.server_sessions import refuse_sessions_not_kept
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig
 
@@ -80,9 +80,9 @@ def check_sqlite_store(config: StoreConfig, create: bool = True) -> None:
         raise _no_store_yet(missing, "the file's name")
 
 
-def _no_store_yet(said: str, check: str) -> ConfigurationError:
+def _no_store_yet(said: str, check: str) -> NoStoreYet:
     """A store that does not exist, opened by what does not create one."""
-    return ConfigurationError(
+    return NoStoreYet(
         f"{said}, and this does not create one: check {check} (a new store is made by "
         "running a workflow, or by `flowledger copy --to`). Nothing was created")
 

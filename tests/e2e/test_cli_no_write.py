@@ -174,6 +174,27 @@ def test_a_mistake_in_the_code_leaves_no_store_behind(tmp_path: Path, command: s
     assert not (tmp_path / "new.db").exists(), "a store was made for code that cannot run"
 
 
+def test_run_says_when_it_makes_a_new_store(tmp_path: Path) -> None:
+    """A typo in --store would start every workflow afresh: the store made is said."""
+    (tmp_path / "two.py").write_text(TWO_WORKFLOWS)
+    first = flowledger("--store", "sqlite:///flows.db", "run", "two.py", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "note: no store at sqlite:///flows.db yet: a new one is made there" in first.stderr
+    again = flowledger("--store", "sqlite:///flows.db", "run", "two.py", cwd=tmp_path)
+    assert again.returncode == 0 and "new one" not in again.stderr, again.stderr
+
+
+@pytest.mark.postgres
+def test_run_says_when_it_makes_a_new_store_on_postgresql(tmp_path: Path) -> None:
+    (tmp_path / "two.py").write_text(TWO_WORKFLOWS)
+    with postgres.fresh_schema() as url:
+        first = flowledger("--store", url, "run", "two.py", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert "yet: a new one is made there" in first.stderr
+        again = flowledger("--store", url, "run", "two.py", cwd=tmp_path)
+        assert again.returncode == 0 and "new one" not in again.stderr, again.stderr
+
+
 def test_run_of_a_workflow_the_module_does_not_define_on_a_new_store(tmp_path: Path) -> None:
     (tmp_path / "two.py").write_text(TWO_WORKFLOWS)
 

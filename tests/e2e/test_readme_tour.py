@@ -1,6 +1,7 @@
 """The README's tour, as a newcomer saves it: `tour.py` runs and prints what
-the README shows, and its two test files (`test_tour.py`, the exactly-once
-`test_shop.py`) pass as written, in a process of their own."""
+the README shows, its two test files (`test_tour.py`, the exactly-once
+`test_shop.py`) pass as written, in a process of their own, and the second
+workflow (`digest.py`) runs as the README says."""
 
 from __future__ import annotations
 
@@ -41,3 +42,12 @@ def test_the_readmes_test_files_pass_as_written(tmp_path: Path) -> None:
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout
+
+
+def test_the_second_workflow_runs_as_the_readme_says(tmp_path: Path) -> None:
+    (tmp_path / "digest.py").write_text(block_after("Save it as `digest.py`"))
+    done = subprocess.run([sys.executable, "-m", "flowledger.cli", "--store",
+                           "sqlite:///digest.db", "run", "digest.py"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed" in done.stdout

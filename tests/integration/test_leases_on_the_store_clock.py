@@ -37,7 +37,7 @@ class ShiftedClock(fl.SystemClock):
 def _hold_a_session(engine: fl.Engine) -> None:
     """Open a session and keep it, as a live process in a long call would."""
     reg = engine._registration("wf")
-    runner = SessionRunner(reg, engine._scope_factory(reg))
+    runner = SessionRunner(reg, engine._scope_factory(reg), engine.store)
     opened = runner.open_new(Streams(engine.log), SessionRequest(Trigger.MANUAL, 10, None),
                              engine.owner, engine.clock.now(),
                              engine.policy.lease_until(engine.lease.now()), engine.ids())

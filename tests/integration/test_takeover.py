@@ -22,7 +22,7 @@ def test_recover_leaves_a_live_session_alone(make_engine, ledger):
     from flowledger.engine.streams import Streams
 
     reg = holder._registration("wf")
-    runner = SessionRunner(reg, holder._scope_factory(reg))
+    runner = SessionRunner(reg, holder._scope_factory(reg), holder.store)
     now = holder.clock.now()
     opened = runner.open_new(Streams(holder.log), SessionRequest(Trigger.MANUAL, 10, None),
                              holder.owner, now, holder.policy.lease_until(now), holder.ids())

@@ -447,7 +447,7 @@ def test_a_session_whose_stream_cannot_be_read_is_said_once_and_the_others_serve
     holder.register(ledger_workflow("broken", items=["x"]), tools=[ScriptedLedgerTool(broken)])
     reg = holder._registration("broken")
     now = holder.clock.now()
-    opened = SessionRunner(reg, holder._scope_factory(reg)).open_new(
+    opened = SessionRunner(reg, holder._scope_factory(reg), holder.store).open_new(
         Streams(holder.log), SessionRequest(Trigger.MANUAL, 10, None), holder.owner, now,
         holder.policy.lease_until(now), holder.ids())
     assert not isinstance(opened, fl.SessionResult)

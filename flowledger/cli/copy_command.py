@@ -34,9 +34,10 @@ def copy(
                                         help="The store to copy from (it is only read).")],
     target: Annotated[str, typer.Option("--to", metavar="URL",
                                         help="An empty store to copy into.")],
-    from_key_env: Annotated[str, typer.Option(
-        metavar="NAME", help="The environment variable holding the source's cipher key.")
-    ] = KEY_ENV,
+    from_key_env: Annotated[str | None, typer.Option(
+        metavar="NAME", help="The environment variable holding the source's cipher key "
+                             f"(default: {KEY_ENV}, which a source in clear leaves for the "
+                             "copy).")] = None,
     to_key_env: Annotated[str | None, typer.Option(
         metavar="NAME", help="The environment variable holding the copy's cipher key (a new "
                              "key rotates it; default: the source's key, or for a source "
@@ -49,10 +50,13 @@ def copy(
     projections there (e.g. from an SQLite file to PostgreSQL). The source's chain
     is verified first. With --to-key-env, the copy is encrypted with another key:
     that is how a key is rotated (or a store in clear encrypted)."""
-    # The default variable is the engine's own: copy_store reads it, and takes a
-    # source in clear with it set for a store to encrypt.
-    source_key = None if from_key_env == KEY_ENV else _key_from(from_key_env)
+    # Not named, the key is the engine's own variable's: copy_store reads it, and
+    # a source in clear with it set is a store to encrypt. Named, it is the source's.
+    source_key = None if from_key_env is None else _key_from(from_key_env)
     target_key = "" if to_clear else None if to_key_env is None else _key_from(to_key_env)
+    key_from = to_key_env or from_key_env or KEY_ENV  # where the copy's key comes from
+    sealed = ("in clear" if to_clear else
+              f"encrypted with {key_from}'s key" if os.environ.get(key_from) else None)
     started = time.perf_counter()
     if as_json:
         copied = fl.copy_store(source, target, source_key=source_key, target_key=target_key)
@@ -65,4 +69,4 @@ def copy(
         print_json({"events": copied, "seconds": round(seconds, 3), "to": shown(target)})
         return
     say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
-        f"{seconds:.2f} s and rebuilt its projections.")
+        f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections.")

@@ -89,7 +89,8 @@ class Definitions:
 
     def register(self, workflow: fl.Workflow, tools: Iterable[fl.Tool] = ()) -> None:
         """What a module's register(engine) calls."""
-        tools = tools if isinstance(tools, fl.Tool | str | bytes) else list(tools)
+        if isinstance(tools, Iterable) and not isinstance(tools, fl.Tool | str | bytes):
+            tools = list(tools)  # a generator is read once, here
         checked_tools(workflow, tools, self.provide)
         self.registrations[workflow.name] = (workflow, list(tools))
 

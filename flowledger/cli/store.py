@@ -71,10 +71,10 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
         try:
             engine = CommandEngine(store, record=record, create=False)
         except NoStoreYet:
+            engine = CommandEngine(store, record=record, create=True)  # said once made
             err.print(f"note: no store at {shown(store)} yet: a new one is made there (if you "
                       "meant a store that exists, check --store)", soft_wrap=True,
                       markup=False, highlight=False)
-            engine = CommandEngine(store, record=record, create=True)
     else:
         engine = CommandEngine(store, record=record, create=not must_exist)
     try:

@@ -160,7 +160,8 @@ def print_settled(settled: list[Settled], store: str) -> None:
                  "MutationFailed": "it had not happened"
                  + (f" ({m.fields['reason']})" if m.fields.get("reason") else ""),
                  }.get(m.outcome,
-                       "its outcome is still unknown; see " + cli_command(store, "blocked"))
+                       "its outcome is still unknown; see "
+                       + cli_command(store, "blocked", writes=False))
         note(f"run {short(m.run_id)} {m.handler}",
              f"mutation {m.call} was reconciled with {m.reconcile or '(no reconcile)'}: "
              f"{found}", status_style("completed" if m.outcome == "MutationApplied"
@@ -303,11 +304,16 @@ def print_blocked(blocked: list[fl.BlockedRun], store: str) -> None:
                       soft_wrap=True, markup=False)
         if b.reason:
             out.print(f"    reason:   {b.reason}", soft_wrap=True, markup=False)
+        # One whole command a line: each can be copied as printed (a line
+        # offering `a|b` would pipe the first into a command named b).
         if "resume" in b.actions:
-            decide = cli_command(store, "resume", b.workflow)
+            decide = [cli_command(store, "resume", b.workflow)]
         else:
-            decide = cli_command(store, "resolve", short(b.run_id), "|".join(b.actions))
-        out.print(f"    decide:   {decide}", soft_wrap=True, markup=False)
+            decide = [cli_command(store, "resolve", short(b.run_id), action)
+                      for action in b.actions]
+        for n, command in enumerate(decide):
+            out.print(f"    {'decide:' if n == 0 else '':10}{command}", soft_wrap=True,
+                      markup=False)
 
 
 # ------------------------------------------------------------------ listings

@@ -558,10 +558,9 @@ class Engine:
             if blocked.workflow == wf.name and "did_not_happen" in blocked.actions:
                 raise ActionNotApplicable(
                     f"run {blocked.run_id} of {wf.name!r} has a mutation whose outcome is "
-                    "unknown; decide first with `"
-                    + cli_command(self.store, "resolve", str(blocked.run_id),
-                                  "|".join(blocked.actions))
-                    + "`. Nothing was changed.")
+                    "unknown; decide first, with " + " or ".join(
+                        f"`{cli_command(self.store, 'resolve', str(blocked.run_id), action)}`"
+                        for action in blocked.actions) + ". Nothing was changed.")
         wf.resume(self.clock.now(), "resumed by a person")
         self._append_and_catch_up(wf)
         return True

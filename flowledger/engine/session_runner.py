@@ -151,7 +151,7 @@ class SessionRunner:
                         "that time.")
             return (f"workflow {name!r} is paused and waits for a person: "
                     f"{_sentence(wf.reason)} Nothing was done. See "
-                    f"`{cli_command(self.store, 'blocked')}`; then "
+                    f"`{cli_command(self.store, 'blocked', writes=False)}`; then "
                     f"`{cli_command(self.store, 'resolve', 'RUN', 'ACTION')}` or "
                     f"`{cli_command(self.store, 'resume', name)}`.")
         return None

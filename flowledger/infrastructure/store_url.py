@@ -25,14 +25,32 @@ SECRET_PARAMETERS = {"password", "sslpassword", "oauth_client_secret", "scram_cl
                      "scram_server_key"}
 
 
-def cli_command(store: str, *words: str) -> str:
-    """The `flowledger` command a message suggests about `store`: with
-    `--store` (as `shown` shows it, quoted for a shell) unless it is the store
-    the command takes without one. Copied as printed, it acts on that store,
-    not on ./flowledger.db, where a `run` would start everything afresh."""
+def cli_command(store: str, *words: str, writes: bool = True) -> str:
+    """The `flowledger` command a message suggests about `store`, each word
+    quoted for a shell: with `--store` unless it is the store the command takes
+    without one. Copied as printed, it acts on that store, not on
+    ./flowledger.db, where a `run` would start everything afresh. `writes`: the
+    command writes, so the URL is given without ?mode=ro."""
     default = os.environ.get(STORE_ENV) or DEFAULT_STORE
-    where = [] if store == default else ["--store", shlex.quote(shown(store))]
-    return " ".join(["flowledger", *where, *words])
+    url = _suggested_url(store, writes)
+    where = [] if url == store == default else ["--store", shlex.quote(url)]
+    return " ".join(["flowledger", *where, *map(shlex.quote, words)])
+
+
+def _suggested_url(url: str, writes: bool) -> str:
+    """`url` as a suggested command gives it: without its password and secret
+    parameters (libpq then takes them from PGPASSWORD or ~/.pgpass, where a
+    shown *** would be sent as the password), and for a command that writes
+    without ?mode=ro. What may still be a secret is hidden, as `shown` hides it."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() not in ("sqlite", "memory"):
+        at, colon = rest.rfind("@"), rest.find(":")
+        if 0 <= colon < at and not any(c in rest[:colon] for c in "/?#@"):
+            rest = rest[:colon] + rest[at:]
+    where, _, query = rest.partition("?")
+    kept = [p for p in query.split("&") if p and _hide_secret(p) == p
+            and not (writes and p.replace(" ", "").lower() == "mode=ro")]
+    return shown(scheme + sep + where + ("?" + "&".join(kept) if kept else ""))
 
 
 def shown(url: str) -> str:

@@ -303,8 +303,10 @@ def test_a_blocked_run_is_shown_and_decided(tmp_path: Path) -> None:
     blocked = flowledger("blocked", cwd=tmp_path)
     assert blocked.returncode == 0
     # The short id it prints is what `resolve` takes.
-    run_id = re.search(r"flowledger resolve ([0-9a-f]{8}) did_not_happen\|skip", blocked.stdout)
+    run_id = re.search(r"decide: +flowledger resolve ([0-9a-f]{8}) did_not_happen$",
+                       blocked.stdout, re.MULTILINE)
     assert run_id is not None, blocked.stdout
+    assert f"flowledger resolve {run_id.group(1)} skip" in blocked.stdout
     assert "mutation: remote.send({n: 1}) is indeterminate" in blocked.stdout
 
     assert flowledger("run", "flaky.py", cwd=tmp_path).returncode == 1  # blocked
@@ -335,23 +337,29 @@ def test_a_reason_that_ends_its_sentence_gets_no_second_stop(tmp_path: Path) -> 
 
 
 def test_the_commands_suggested_act_on_the_store_given(tmp_path: Path) -> None:
-    """Copied as printed, each suggested command acts on the store of the
-    message, not on ./flowledger.db, where `run` would start afresh."""
+    """Pasted into a shell as printed, each suggested command acts on the store
+    of the message, not on ./flowledger.db, where `run` would start afresh;
+    `decide:` offers one whole command a line (`a|b` would be a pipe)."""
     (tmp_path / "flaky.py").write_text(FLAKY)
     store = ("--store", "sqlite:///my flows.db")  # a space: the suggestion quotes it
     assert flowledger(*store, "run", "flaky.py", cwd=tmp_path).returncode == 1
 
     blocked = flowledger(*store, "blocked", cwd=tmp_path).stdout
-    decide = re.search(r"decide: +(flowledger .*?)\|skip$", blocked, re.MULTILINE)
-    assert decide is not None, blocked
-    said = shlex.split(decide.group(1))
-    assert said[1:3] == list(store), said
+    lines = re.findall(r"^    (?:decide: +| {10})(flowledger .*)$", blocked, re.MULTILINE)
+    assert [shlex.split(line)[-1] for line in lines] == ["did_not_happen", "skip"], blocked
+    assert all(shlex.split(line)[1:3] == list(store) for line in lines), lines
     again = flowledger(*store, "run", "flaky.py", cwd=tmp_path)
     assert "flowledger --store 'sqlite:///my flows.db' blocked" in again.stdout + again.stderr
 
-    decided = flowledger(*said[1:-1], "did_not_happen", cwd=tmp_path)  # as printed
+    shell = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+             f"{os.environ.get('PATH', '')}", "COLUMNS": "200"}
+    shell.pop("FLOWLEDGER_STORE", None)
+    decided = subprocess.run(["bash", "-c", lines[1]], cwd=tmp_path, env=shell,
+                             capture_output=True, text=True, timeout=120)  # as pasted
     assert decided.returncode == 0, decided.stderr
+    assert "Recorded skip" in decided.stdout
     assert "flowledger --store 'sqlite:///my flows.db' run PATH_OR_MODULE" in decided.stdout
+    assert "Nothing is blocked." in flowledger(*store, "blocked", cwd=tmp_path).stdout
     assert not (tmp_path / "flowledger.db").exists()
 
 

@@ -151,6 +151,10 @@ CODE_MISTAKES = {
     "no_tools.py": (FLAKY.replace("TOOLS = [Remote()]", ""),
                     "tool 'remote', which was not provided (provided: []); list it in the "
                     "module's TOOLS = [...]"),
+    "tools_none.py": (FLAKY.replace("TOOLS = [Remote()]", "TOOLS = None"),
+                      "tools must be a list of fl.Tool instances"),
+    "tools_class.py": (FLAKY.replace("TOOLS = [Remote()]", "TOOLS = Remote"),
+                       "tools must be a list of fl.Tool instances"),
     "refusing.py": ("import flowledger as fl\n"
                     "def register(engine):\n"
                     "    raise fl.ConfigurationError('no inbox folder here')\n",

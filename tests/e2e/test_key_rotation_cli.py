@@ -64,13 +64,19 @@ def test_a_store_in_clear_is_encrypted_as_its_refusal_says(tmp_path: Path) -> No
     done = flowledger(*command[1:], cwd=tmp_path, env=keyed)
 
     assert done.returncode == 0, done.stderr
+    assert "(encrypted with FLOWLEDGER_CIPHER_KEY's key)" in done.stdout
     assert_user_error(flowledger("--store", target, "status", cwd=tmp_path),
                       "is encrypted and no key was given")
     with fl.Engine(target, cipher_key=keyed["FLOWLEDGER_CIPHER_KEY"]) as engine:
         assert [(e.position, e.name) for e in engine.events()] == before
         assert engine.log.format.encrypted and engine.verify().ok
-    # A key named for the source is still the user's word: a clear source refuses it.
+    # A key named for the source is still the user's word: a clear source refuses it,
+    # the engine's own variable named too.
     assert_user_error(flowledger("copy", "--from", source, "--to",
                                  f"sqlite:///{tmp_path / 'z.db'}", "--from-key-env", "K",
                                  cwd=tmp_path, env={"K": keyed["FLOWLEDGER_CIPHER_KEY"]}),
+                      "written in clear")
+    assert_user_error(flowledger("copy", "--from", source, "--to",
+                                 f"sqlite:///{tmp_path / 'w.db'}", "--from-key-env",
+                                 "FLOWLEDGER_CIPHER_KEY", cwd=tmp_path, env=keyed),
                       "written in clear")

@@ -367,3 +367,13 @@ def test_a_store_that_turned_read_only_is_said_in_one_line_and_waited_for(
     assert 2 <= len(stopped) <= 7, [r.getMessage()[:150] for r in stopped]
     assert [bool(r.exc_info) for r in stopped][:2] == [True, False]  # the story once
     assert "read-only transaction" in stopped[-1].getMessage()
+
+
+def test_a_new_store_a_role_may_not_make_is_one_error_without_the_note(
+        schema: str, role: str, tmp_path: Path) -> None:
+    """`run` says a new store is made only once it is: a role that may not
+    create the schema gets the error alone, on one line."""
+    (tmp_path / "two.py").write_text(TWO_WORKFLOWS)
+    result = flowledger("--store", role_url(schema, role), "run", "two.py", cwd=tmp_path)
+    assert_user_error(result, "cannot open store")
+    assert "a new one is made" not in result.stderr

@@ -4,6 +4,7 @@ and as libpq is given them (several hosts)."""
 
 from __future__ import annotations
 
+import shlex
 from urllib.parse import quote
 
 import pytest
@@ -208,4 +209,24 @@ def test_a_suggested_command_never_shows_a_password(password: tuple[str, str]) -
     plain, typed = password
     said = cli_command(f"postgresql://app:{typed}@db.internal:5432/flows", "blocked")
     assert plain not in said and typed not in said
-    assert "app:***@db.internal" in said
+    assert "app@db.internal" in said or "***" in said  # left out, else hidden
+
+
+def test_a_suggested_command_quotes_each_word_and_drops_what_would_refuse_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    said = cli_command("sqlite:///flows.db", "resume", "nightly report")
+    assert shlex.split(said)[-2:] == ["resume", "nightly report"]
+    # A command that writes is not sent to a store opened read-only; one that reads is.
+    assert cli_command("sqlite:///flows.db?mode=ro", "resume", "wf") == (
+        "flowledger --store sqlite:///flows.db resume wf")
+    assert "mode=ro" in cli_command("sqlite:///flows.db?mode=ro", "blocked", writes=False)
+    monkeypatch.setenv(STORE_ENV, "sqlite:///flows.db?mode=ro")
+    assert cli_command("sqlite:///flows.db?mode=ro", "blocked", writes=False) == (
+        "flowledger blocked")
+    assert "--store sqlite:///flows.db resume" in cli_command("sqlite:///flows.db?mode=ro",
+                                                              "resume", "wf")
+    # No password, not even ***: libpq then takes it from PGPASSWORD or ~/.pgpass.
+    said = cli_command("postgresql://app:s3cret@db:5432/flows?sslmode=require&sslpassword=x",
+                       "blocked")
+    assert said == "flowledger --store 'postgresql://app@db:5432/flows?sslmode=require' blocked"

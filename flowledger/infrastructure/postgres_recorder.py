@@ -92,6 +92,11 @@ _OBJECTS_SQL = (
     "AND NOT a.attisdropped AND 'column ' || c.relname || '.' || a.attname = ANY(%s)")
 
 
+class NotConnected(InterfaceError):
+    """No connection to the server could be opened (it is restarting, say):
+    nothing was sent."""
+
+
 class _PositionsBehind(Exception):
     """The position sequence gave positions at or below the log's head."""
 
@@ -333,7 +338,12 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         try:
             conn = psycopg.connect(**self.conninfo, autocommit=False)
         except psycopg.OperationalError as e:  # no server, refused, bad credentials
-            raise InterfaceError(" ".join(str(e).split())) from e
+            said = " ".join(str(e).split())
+            # No server to speak to, or one starting or stopping (SQLSTATE class
+            # 57, 08): worth trying again. A refused login or database is not.
+            if e.sqlstate is None or e.sqlstate[:2] in ("57", "08"):
+                raise NotConnected(said) from e
+            raise InterfaceError(said) from e
         with conn.cursor() as c:
             c.execute(f"SET lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'")
             c.execute("SET standard_conforming_strings = on")  # PgBatch's literals
@@ -934,14 +944,41 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     # ----------------------------------------------------------------- writes
 
+    # How long an append waits for a server it cannot connect to (restarting,
+    # failing over) before it fails: nothing was sent, so trying again is safe.
+    RECONNECT_WITHIN_S = 30.0
+
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
                     read_after: Sequence[ReadAfter] = ()) -> int:
-        """Insert events in one transaction: on the forecast (one message) while
-        this writer is the only one appending, else reading the head first
-        (postgres_forecast.py). A forecast that missed stored nothing.
-        `read_after` goes last, in the COMMIT's message."""
+        """Insert events in one transaction (`_append_rows`). A writer connection
+        that cannot be opened (the server restarting: nothing was sent) is tried
+        again for up to RECONNECT_WITHIN_S, so that a run whose tool call
+        returned while the server restarted still records the outcome it holds,
+        as it would have a moment later; the fence refuses it if the session
+        was taken over meanwhile. A connection lost while sending is not: its
+        outcome is unknown."""
+        deadline, delay = time.monotonic() + self.RECONNECT_WITHIN_S, 0.05
+        while True:
+            try:
+                return self._append_rows(rows, appended, fence, sync, snapshots, hold,
+                                         read_after)
+            except NotConnected as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("could not connect to append (%s); trying again in %.2fs",
+                               e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
+                     fence: Fence | None, sync: bool, snapshots: Sequence[Row], hold: bool,
+                     read_after: Sequence[ReadAfter]) -> int:
+        """On the forecast (one message) while this writer is the only one
+        appending, else reading the head first (postgres_forecast.py). A
+        forecast that missed stored nothing. `read_after` goes last, in the
+        COMMIT's message."""
         with self._writer_lock:
             if self._gone_back is not None:  # for this engine's life: it knows what was lost
                 raise LogWentBack(self._gone_back)

@@ -31,6 +31,7 @@ import psycopg
 import pytest
 
 import flowledger as fl
+from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
 from tests import postgres
 from tests.helpers import (
     ExternalLedger,
@@ -236,13 +237,15 @@ def test_a_holder_is_not_proven_gone_by_a_server_that_reinitialised(
 
 
 def test_a_live_holders_session_is_not_taken_over_after_a_failover(
-        clusters: Clusters, tmp_path: Path) -> None:
+        clusters: Clusters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole way: a session whose run is in its tool call on the old
     primary, a failover, and another engine's recover() on the new one. The
     holder lives (a thread of this process, named as if on another machine)
     but has not reached the new server: its session is busy, not taken over,
     and the tool is called once (taken over, the call still under way would
     be reconciled as not made, and made again)."""
+    # The holder's server is gone for good: its append need not wait for it long.
+    monkeypatch.setattr(FlowPostgresRecorder, "RECONNECT_WITHIN_S", 1.0)
     clusters.primary("a")
     clusters.ports["b"] = _free_port()
     ledger = ExternalLedger(tmp_path / "ledger.db")
@@ -357,8 +360,36 @@ def test_appends_a_crashed_server_lost_are_not_built_upon(clusters: Clusters,
         engine.close()
 
 
-def test_an_engine_takes_over_at_once_a_session_it_could_not_end_itself(
+def test_a_server_restarted_during_a_tool_call_is_waited_for_and_the_outcome_kept(
         clusters: Clusters, tmp_path: Path) -> None:
+    """The server restarts while a run is in its tool call and is back a moment
+    after the call returned: the outcome the engine holds is written once the
+    server answers (nothing of it had been sent), the run commits, and the
+    call is neither made again nor reconciled (a tool without a reconcile
+    used to be left waiting for a person)."""
+    clusters.primary("a")
+    ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
+
+    def restart(key: str) -> None:
+        clusters.lose("a")
+        threading.Timer(1.0, clusters.start, args=("a",)).start()
+
+    tool = mid_call_tool(restart)(ledger)
+    engine = fl.Engine(clusters.url("a"))
+    try:
+        engine.register(costly_workflow(["a"], ["0.5"]), tools=[tool])
+        result = engine.run_session("prop")
+        assert result.status == "completed", result.error
+        assert ledger.calls_made() == 1
+        assert tool.reconcile_calls == []
+        applied = [e for e in engine.events() if e.name == "MutationApplied"]
+        assert [e.fields.get("via") for e in applied] == ["call"], applied
+    finally:
+        engine.close()
+
+
+def test_an_engine_takes_over_at_once_a_session_it_could_not_end_itself(
+        clusters: Clusters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server stops while a run is in its tool call: the session stops at
     its next append, and the engine cannot write that it left it (the server
     is down), so the lease stands. The engine knows it runs the session no
@@ -366,6 +397,8 @@ def test_an_engine_takes_over_at_once_a_session_it_could_not_end_itself(
     where it used to wait out the lease, though it was the holder and alive
     (a worker stood idle for the lease's minute after a restart of a few
     seconds). The call is reconciled, not made again."""
+    # An append waits this long for a server it cannot reach; this one stays down.
+    monkeypatch.setattr(FlowPostgresRecorder, "RECONNECT_WITHIN_S", 1.0)
     clusters.primary("a")
     ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
     engine = fl.Engine(clusters.url("a"))

@@ -857,10 +857,18 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 logger.warning("could not take this engine's liveness lock again: %s", e)
 
     def grant(self, role: str, read_only: bool = False) -> list[str]:
-        statements = grants(self.schema, role, later_too=True, read_only=read_only)
         conn = self._connect()
         try:
             with conn.cursor() as c:
+                # What the owner creates later (an upgrade's tables) is granted
+                # too: as the owner's default, whoever runs this (a superuser's
+                # own default would cover only what the superuser creates).
+                c.execute("SELECT pg_get_userbyid(c.relowner) FROM pg_class c JOIN "
+                          "pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                          "AND c.relname = %s", (self.schema, self.events_table_name))
+                found = c.fetchone()
+                statements = grants(self.schema, role, later_too=True, read_only=read_only,
+                                    owner=found[0] if found else None)
                 for statement in statements:
                     c.execute(statement.encode())
             conn.commit()

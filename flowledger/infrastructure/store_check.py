@@ -290,7 +290,7 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
         f"{'read' if config.read_only else 'use'} it: it lacks {said}. Nothing was read or "
         "written. As the store's owner (the role that created it) or a superuser, grant "
         "them (in psql, for example): " + " ".join(grants(
-            schema, role, later_too=config.read_only, read_only=config.read_only, owner=owner))
+            schema, role, later_too=True, read_only=config.read_only, owner=owner))
         + f" Or run `flowledger --store OWNER-URL setup {option} {shlex.quote(role)}`"
         " with a URL naming the owner."
         + ("" if config.read_only else " Or, to only read it, add ?mode=ro to the URL."))

@@ -187,9 +187,42 @@ def test_a_role_granted_less_is_told_what_to_grant_and_nothing_changes(
     assert catalog(schema) == before and events_in(schema) == held
     assert_user_error(flowledger("--store", role_url(schema, role), "status", cwd=tmp_path),
                       f"role {role!r} may not use it", "GRANT USAGE ON SCHEMA")
-    # What it says to grant is enough.
-    as_owner(*re.findall(r"GRANT [^;]+;", said))
+    # What it says to grant is enough, on what the owner creates later too.
+    assert f'ALTER DEFAULT PRIVILEGES FOR ROLE "postgres" IN SCHEMA "{schema}"' in said
+    as_owner(*re.findall(r"(?:ALTER DEFAULT PRIVILEGES [^;]+|GRANT [^;]+);", said))
     assert calls_when_run(role_url(schema, role), ["a", "b"]) == 1
+    as_owner(f'CREATE TABLE "{schema}".fl_an_upgrades_table (x int)')
+    assert may(role, f'"{schema}".fl_an_upgrades_table', "INSERT")
+
+
+def may(role: str, table: str, privilege: str) -> bool:
+    with _server() as conn:
+        return bool(conn.execute("SELECT has_table_privilege(%s, %s, %s)",
+                                 (role, table, privilege)).fetchone()[0])
+
+
+@pytest.fixture
+def owner() -> Iterator[str]:
+    """A role that may create schemas in the test database, and nothing else."""
+    name = f"fl_own_{uuid.uuid4().hex[:8]}"
+    database = postgres.URL.rpartition("/")[2].partition("?")[0]
+    as_owner(f'CREATE ROLE "{name}" LOGIN', f'GRANT CREATE ON DATABASE "{database}" TO "{name}"')
+    yield name
+    as_owner(f'DROP OWNED BY "{name}"', f'DROP ROLE "{name}"')
+
+
+def test_a_superusers_grant_covers_what_the_owner_creates_later(
+        schema: str, role: str, owner: str, tmp_path: Path) -> None:
+    """`setup --grant` run by a superuser grants, as the owner's default, what
+    the store's owner creates in a later upgrade (a superuser's own default
+    covers only what the superuser creates)."""
+    assert calls_when_run(role_url(schema, owner), ["a"]) == 1  # the owner makes the store
+    granted = flowledger("--store", owner_url(schema), "setup", "--grant", role, cwd=tmp_path)
+    assert granted.returncode == 0, granted.stderr
+    base, _, rest = postgres.URL.partition("://")
+    with psycopg.connect(f"{base}://{owner}@{rest.partition('@')[2]}", autocommit=True) as c:
+        c.execute(f'CREATE TABLE "{schema}".fl_an_upgrades_table (x int)')
+    assert may(role, f'"{schema}".fl_an_upgrades_table', "INSERT")
 
 
 def test_a_sequence_not_granted_is_said(schema: str, role: str) -> None:
@@ -236,7 +269,7 @@ def test_a_function_it_may_not_execute_is_said_before_any_call(schema: str, role
         fl.Engine(role_url(schema, role))
     said = str(refused.value)
     assert "it lacks EXECUTE on function fl_guard." in said
-    as_owner(*re.findall(r"GRANT [^;]+;", said))
+    as_owner(*re.findall(r"(?:ALTER DEFAULT PRIVILEGES [^;]+|GRANT [^;]+);", said))
     assert calls_when_run(role_url(schema, role), ["a", "b", "c"]) == 2
 
 

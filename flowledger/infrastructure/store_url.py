@@ -237,6 +237,13 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
              if name not in ("schema", "mode")}
     known = _libpq_parameters()
     for name in given:
+        if len(set(query[name])) > 1:  # libpq would take the last: sslmode=require&sslmode=disable
+            shown_value = "***" if name.lower() in SECRET_PARAMETERS else None
+            raise ConfigurationError(
+                f"store URL {shown(url)!r}: {name}= is given {len(query[name])} times, with "
+                + ("different values" if shown_value else
+                   ", ".join(repr(v) for v in dict.fromkeys(query[name])))
+                + "; give it once")
         if name in _NOT_IN_QUERY:
             raise ConfigurationError(f"store URL {shown(url)!r}: {name}= cannot be given in "
                                      f"the query; {_NOT_IN_QUERY[name]}")
@@ -334,8 +341,13 @@ def _schema(url: str, given: list[str]) -> str:
     if len(set(given)) > 1:
         raise ConfigurationError(f"store URL {shown(url)!r}: schema= is given "
                                  f"{len(given)} times; give it once")
+    if not given:
+        return ""
     schema = given[-1]
     why = None
+    if not schema:
+        why = "is empty: name a schema, or leave schema= out for the database's public schema"
+        raise ConfigurationError(f"store URL {shown(url)!r}: schema= {why}")
     if schema and not schema.replace("_", "a").isalnum():
         why = "must be letters, digits and underscores"
     elif len(schema.encode()) > MAX_NAME_BYTES:
@@ -372,7 +384,7 @@ def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str], bool]:
     query = parse_qs(raw_query, keep_blank_values=True)
     connect = _connect_parameters(url, query)
     read_only = _read_only(url, query.get("mode", []))
-    schema = _schema(url, query.get("schema", [""]))
+    schema = _schema(url, query.get("schema", []))
     hosts, ports = _hosts(url, hostlist)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",

@@ -4,6 +4,7 @@ and as libpq is given them (several hosts)."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from urllib.parse import quote
 
@@ -230,3 +231,21 @@ def test_a_suggested_command_quotes_each_word_and_drops_what_would_refuse_it(
     said = cli_command("postgresql://app:s3cret@db:5432/flows?sslmode=require&sslpassword=x",
                        "blocked")
     assert said == "flowledger --store 'postgresql://app@db:5432/flows?sslmode=require' blocked"
+
+
+@pytest.mark.parametrize(("query", "said"), [
+    ("sslmode=require&sslmode=disable", "sslmode= is given 2 times, with 'require', "
+                                        "'disable'; give it once"),
+    ("sslpassword=one&sslpassword=two", "sslpassword= is given 2 times, with different "
+                                        "values; give it once"),
+    ("schema=", "schema= is empty"),
+])
+def test_a_parameter_libpq_would_take_otherwise_than_it_reads_is_refused(query: str,
+                                                                          said: str) -> None:
+    """libpq takes the last of a parameter given twice: a URL asking TLS and
+    then none would connect in clear without a word. An empty schema= would
+    be the public schema."""
+    with pytest.raises(ConfigurationError, match=re.escape(said)) as refused:
+        parse_store_url(f"postgresql://alice@db.example.com/flows?{query}")
+    assert "one" not in str(refused.value) and "two" not in str(refused.value)
+    assert parse_store_url("postgresql://alice@db/flows?sslmode=require&sslmode=require")

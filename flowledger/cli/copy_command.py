@@ -10,7 +10,7 @@ import typer
 
 import flowledger as fl
 from flowledger.cli.exits import CommandError
-from flowledger.cli.render import print_json, say
+from flowledger.cli.render import err, print_json, say
 from flowledger.cli.views import progress_bar
 from flowledger.infrastructure.encryption import KEY_ENV, decode_key
 from flowledger.infrastructure.store_url import shown
@@ -65,8 +65,19 @@ def copy(
             copied = fl.copy_store(source, target, progress, source_key=source_key,
                                    target_key=target_key)
     seconds = time.perf_counter() - started
+    with fl.Engine(target, cipher_key="" if to_clear else os.environ.get(key_from, "")) as made:
+        held = sorted({s.workflow for s in made.sessions(status="open", limit=None)})
     if as_json:
-        print_json({"events": copied, "seconds": round(seconds, 3), "to": shown(target)})
+        print_json({"events": copied, "seconds": round(seconds, 3), "to": shown(target),
+                    "open_sessions": held})
         return
     say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
-        f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections.")
+        f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections. "
+        "Its chain is its own: anchor its head anew (`verify` on it prints it); the "
+        "source's no longer applies.")
+    if held:
+        err.print(f"note: sessions were open in the source ({', '.join(held)}), and are open "
+                  "in the copy as the source had them. If processes were still running on "
+                  "the source, the two logs now go apart: stop them, then copy again into a "
+                  "new store. If they had crashed, a run or recover on the copy continues "
+                  "their sessions.", soft_wrap=True, markup=False, highlight=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shlex
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -195,13 +196,19 @@ class EventLog(Application[UUID]):
                 hint = (" Add ?mode=ro to the URL to read it there, or point the URL at the "
                         "primary (with several hosts, add ?target_session_attrs=read-write).")
             elif config.kind == "postgresql":  # reachable (check_postgres_server), yet failing
+                role = shlex.quote(config.env["POSTGRES_USER"])
+                schema = config.env["POSTGRES_SCHEMA"]
                 hint = (" The store's tables are missing, or older than this release's "
                         f"(tables version {TABLES_VERSION}): open it once as a role that may "
                         "create in its schema, and in the database if the schema does not "
                         "exist yet (the role that created it, for example): `flowledger "
-                        "--store URL setup --grant ROLE` brings them up to date and lets ROLE "
-                        "use them. If that role is creating the store right now, try again "
-                        "when it is done.")
+                        f"--store OWNER-URL setup --grant {role}`, with a URL naming that "
+                        f"role, brings them up to date and lets {role} use them. If that role "
+                        "is creating the store right now, try again when it is done.")
+                if f"permission denied for schema {schema}" in str(e):
+                    hint += (f" To let {role} create there, as the schema's owner or a "
+                             f'superuser: GRANT CREATE ON SCHEMA "{schema}" TO {role}; or '
+                             "keep the store in a schema of its own (?schema=NAME).")
             elif config.read_only:
                 hint = (" It is opened read-only (?mode=ro) and is not a flowledger store yet: "
                         "its tables cannot be created. Open it once without ?mode=ro, or "

@@ -410,3 +410,16 @@ def test_a_new_store_a_role_may_not_make_is_one_error_without_the_note(
     result = flowledger("--store", role_url(schema, role), "run", "two.py", cwd=tmp_path)
     assert_user_error(result, "cannot open store")
     assert "a new one is made" not in result.stderr
+
+
+def test_a_role_that_may_not_create_in_the_schema_is_told_what_to_grant(
+        schema: str, owner: str, tmp_path: Path) -> None:
+    """`setup` by a role that may not create in the store's schema is told the
+    GRANT that lets it, with its own name filled in, not to run itself again."""
+    as_owner(f'CREATE SCHEMA "{schema}"', f'GRANT USAGE ON SCHEMA "{schema}" TO "{owner}"')
+    result = flowledger("--store", role_url(schema, owner), "setup", cwd=tmp_path)
+    assert_user_error(result, f"permission denied for schema {schema}",
+                      f'GRANT CREATE ON SCHEMA "{schema}" TO {owner}',
+                      f"setup --grant {owner}`, with a URL naming that role")
+    as_owner(f'GRANT CREATE ON SCHEMA "{schema}" TO "{owner}"')
+    assert flowledger("--store", role_url(schema, owner), "setup", cwd=tmp_path).returncode == 0

@@ -108,14 +108,7 @@ class SessionRunner:
         name = self.reg.definition.name
         assert wf is not None, "registered workflows exist in the log"
         if wf.open_session is not None:
-            return SessionResult(
-                "busy", name, error=(
-                    f"workflow {name!r} has session {wf.open_session} open, held by "
-                    f"{wf.session_owner} (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z). "
-                    "Nothing was done. If that process is gone, its session is taken over "
-                    "once the lease runs out: run again then, or `"
-                    f"{cli_command(self.store, 'recover', 'PATH_OR_MODULE')}` "
-                    "(engine.recover())."))
+            return self._held(wf)
         blocked = self._blocked_reason(wf, now)
         if blocked is not None:
             return SessionResult("blocked", name, error=blocked)
@@ -131,10 +124,25 @@ class SessionRunner:
         try:
             streams.append(read_after=opening.asked)
         except ConcurrencyError:
+            # Another process wrote the workflow since it was read: say whose
+            # session it holds now, as the log has it.
+            now_held = streams.log.load(self.reg.workflow_id)
+            if now_held is not None and now_held.open_session is not None:
+                return self._held(now_held)
             return SessionResult(
                 "busy", name, error=(f"another process opened a session of {name!r} at the "
                                      "same moment; nothing was done"))
         return Opened(session, opening)
+
+    def _held(self, wf: Workflow) -> SessionResult:
+        return SessionResult(
+            "busy", wf.name, error=(
+                f"workflow {wf.name!r} has session {wf.open_session} open, held by "
+                f"{wf.session_owner} (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z). "
+                "Nothing was done. If that process is gone, its session is taken over "
+                "once the lease runs out: run again then, or `"
+                f"{cli_command(self.store, 'recover', 'PATH_OR_MODULE')}` "
+                "(engine.recover())."))
 
     def _blocked_reason(self, wf: Workflow, now: datetime) -> str | None:
         name = wf.name

@@ -322,8 +322,10 @@ class Worker:
         if result is None:
             return None
         if result.status == "busy":
-            logger.info("%s has a session open elsewhere (%s): left to it",
-                        due.workflow, result.error)
+            # Workers sharing a workflow meet so at each tick: a decision (-v),
+            # without the advice meant for a person at a command line.
+            logger.debug("%s has a session open elsewhere (%s): left to it", due.workflow,
+                         (result.error or "").partition(". Nothing was done")[0])
             return result
         self.sessions += 1
         served.more_work = result.status == "budget_exhausted"

@@ -16,7 +16,13 @@ import flowledger as fl
 from flowledger.domain.ids import workflow_id
 from flowledger.engine.waiting import max_position
 from flowledger.engine.worker import Worker
-from tests.helpers import MemoryLedger, MutationScenario, ScriptedLedgerTool, ledger_workflow
+from tests.helpers import (
+    MemoryLedger,
+    MutationScenario,
+    ScriptedLedgerTool,
+    ledger_workflow,
+    mid_call_tool,
+)
 from tests.store_contents import position_column, run_sql
 
 START = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
@@ -983,3 +989,38 @@ def test_a_worker_says_at_its_start_which_producers_it_never_runs(
     said = [m for m in caplog.messages if "never runs" in m]
     assert len(said) == 1, caplog.messages
     assert said[0].startswith("workflow manual: producer produce has no every= or cron=")
+
+
+def test_a_session_opened_elsewhere_meanwhile_is_said_with_its_holder(
+        make_engine: Callable[..., fl.Engine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two engines open a session of one workflow at once (workers at the same
+    tick): the one whose append the fence refuses says whose session it is,
+    as the log has it now, not only "at the same moment"."""
+    from flowledger.engine.session_runner import SessionRunner
+
+    entered, release = threading.Event(), threading.Event()
+
+    def long_call(key: str) -> None:
+        entered.set()
+        release.wait(30)
+
+    first, second = make_engine(), make_engine()
+    first.register(ledger_workflow(items=["a"]), tools=[mid_call_tool(long_call)(MemoryLedger())])
+    second.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    held = threading.Thread(target=first.run_session, args=("wf",))
+    looked = SessionRunner._blocked_reason
+
+    def first_opens_meanwhile(runner: Any, wf: Any, now: Any) -> Any:
+        monkeypatch.setattr(SessionRunner, "_blocked_reason", looked)  # once
+        held.start()  # after the second engine read the workflow, before it appends
+        assert entered.wait(30)
+        return looked(runner, wf, now)
+
+    monkeypatch.setattr(SessionRunner, "_blocked_reason", first_opens_meanwhile)
+    try:
+        result = second.run_session("wf")
+    finally:
+        release.set()
+        held.join(30)
+    assert result.status == "busy"
+    assert f"held by {first.owner}" in (result.error or ""), result.error

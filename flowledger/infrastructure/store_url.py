@@ -262,6 +262,8 @@ def _hosts(url: str, hostlist: str) -> tuple[str, str]:
     Several hosts (a primary and its standbys, with
     ?target_session_attrs=read-write) are tried in order at each connection."""
     hosts, ports = [], []
+    if not hostlist:  # left out: libpq's own variables say, else this machine
+        return _libpq_default("PGHOST", "127.0.0.1"), _libpq_default("PGPORT", "5432")
     entries = hostlist.split(",")
     for entry in entries:
         if not entry and len(entries) > 1:
@@ -280,9 +282,15 @@ def _hosts(url: str, hostlist: str) -> tuple[str, str]:
         if "," in host:
             raise ConfigurationError(f"store URL {shown(url)!r}: a host name holds a comma "
                                      "(%2C); separate hosts with plain commas")
-        hosts.append(host or "127.0.0.1")
-        ports.append(port or "5432")
+        hosts.append(host or _libpq_default("PGHOST", "127.0.0.1"))
+        ports.append(port or _libpq_default("PGPORT", "5432"))
     return ",".join(hosts), ",".join(ports)
+
+
+def _libpq_default(variable: str, ours: str) -> str:
+    """A part the URL leaves out, as libpq's environment variable gives it
+    (PGUSER, PGHOST, PGPORT, PGDATABASE), else flowledger's default."""
+    return os.environ.get(variable) or ours
 
 
 def _split(url: str) -> tuple[str | None, str | None, str, str, str]:
@@ -388,10 +396,11 @@ def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str], bool]:
     hosts, ports = _hosts(url, hostlist)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": unquote(path.lstrip("/")) or "postgres",
+        "POSTGRES_DBNAME": unquote(path.lstrip("/")) or _libpq_default("PGDATABASE",
+                                                                       "postgres"),
         "POSTGRES_HOST": hosts,
         "POSTGRES_PORT": ports,
-        "POSTGRES_USER": user or "postgres",
+        "POSTGRES_USER": user or _libpq_default("PGUSER", "postgres"),
         "POSTGRES_PASSWORD": password or "",  # "": libpq's own (StoreConfig.libpq)
         "POSTGRES_SCHEMA": schema or "public",
         # Several processes share the store: wait for the log's write lock.

@@ -249,3 +249,24 @@ def test_a_parameter_libpq_would_take_otherwise_than_it_reads_is_refused(query: 
         parse_store_url(f"postgresql://alice@db.example.com/flows?{query}")
     assert "one" not in str(refused.value) and "two" not in str(refused.value)
     assert parse_store_url("postgresql://alice@db/flows?sslmode=require&sslmode=require")
+
+
+def test_what_a_url_leaves_out_is_what_libpqs_variables_say(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """postgresql:///flows with PGUSER and PGHOST set connects as libpq would:
+    it used to connect as postgres to 127.0.0.1 whatever they said."""
+    for name in ("PGUSER", "PGHOST", "PGPORT", "PGDATABASE"):
+        monkeypatch.delenv(name, raising=False)
+    plain = parse_store_url("postgresql:///").libpq()
+    assert (plain["user"], plain["host"], plain["port"], plain["dbname"]) == (
+        "postgres", "127.0.0.1", "5432", "postgres")
+    monkeypatch.setenv("PGUSER", "viewer")
+    monkeypatch.setenv("PGHOST", "/var/run/postgresql")
+    monkeypatch.setenv("PGPORT", "5433")
+    monkeypatch.setenv("PGDATABASE", "flows")
+    given = parse_store_url("postgresql:///").libpq()
+    assert (given["user"], given["host"], given["port"], given["dbname"]) == (
+        "viewer", "/var/run/postgresql", "5433", "flows")
+    named = parse_store_url("postgresql://app@db.internal/other").libpq()  # the URL wins
+    assert (named["user"], named["host"], named["port"], named["dbname"]) == (
+        "app", "db.internal", "5433", "other")

@@ -333,10 +333,13 @@ class Worker:
             logger.debug("run %s of %s/%s ended %s%s", run.run_id, due.workflow, run.handler,
                          run.status.value, f": {run.reason}" if run.reason else "")
         log = logger.warning if result.status in ("failed", "suspended") else logger.info
-        log("session %s of %s (%s: %s) %s: %d runs, cost %s%s in %.3fs", result.session_id,
+        left = "; ".join(f"{handler}: " + ", ".join(f"{n} in {topic}" for topic, n in
+                                                    topics.items())
+                         for handler, topics in result.remaining.items())
+        log("session %s of %s (%s: %s) %s: %d runs, cost %s%s%s in %.3fs", result.session_id,
             due.workflow, due.trigger, due.reason, result.status, len(result.runs),
             result.cost, f", {result.error}" if result.error else "",
-            time.monotonic() - started)
+            f"; work left: {left}" if left else "", time.monotonic() - started)
         return result
 
     # ------------------------------------------------------- what the log says

@@ -135,7 +135,10 @@ class StoreConfig:
         if self.read_only:
             raise ConfigurationError(
                 f"store {self.shown!r} is opened read-only (?mode=ro), and {what}; nothing was "
-                "written. To let it write, drop ?mode=ro from the store URL")
+                "written. To let it write, drop ?mode=ro from the store URL"
+                + (" and name a role that may write (one granted only reads, as for "
+                   "?mode=ro, cannot) and the primary, not a standby"
+                   if self.kind == "postgresql" else ""))
 
 
 # What a sqlite:// URL's query may say (anything else is refused, never taken

@@ -190,6 +190,9 @@ def test_sigterm_during_a_call_finishes_the_step_closes_the_session_and_exits_0(
         assert last.status == "budget_exhausted" and "stopping" in (last.reason or "")
         [job] = engine.pending_work("slow").topics
         assert job.pending == 2  # left for the next worker
+    stopped = next(line for line in err.splitlines()
+                   if "flowledger.worker" in line and "budget_exhausted" in line)
+    assert "work left: " in stopped and "2 in job" in stopped, stopped  # listed, as said
 
 
 def test_follow_prints_events_appended_by_another_process_as_json(

@@ -212,18 +212,24 @@ def raw_rate(url: str, n: int, warmup: int, ready: bool = False) -> float:
     a line on stdin before the timed saves."""
     app = _raw_app(url)
     try:
-        for i in range(warmup):
-            app.save(wl.Row(i))
-        if ready:
-            sys.stdout.write("ready\n")
-            sys.stdout.flush()
-            sys.stdin.readline()
-        t = time.perf_counter()
-        for i in range(n):
-            app.save(wl.Row(i))
-        return n / (time.perf_counter() - t)
+        return _timed(lambda: app.save(wl.Row(0)), n, warmup, ready)
     finally:
         app.close()
+
+
+def _timed(step: Any, n: int, warmup: int, ready: bool) -> float:
+    """`step` run `warmup` times, then (`ready`: once the parent says go) n
+    times, timed: n per second."""
+    for _ in range(warmup):
+        step()
+    if ready:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        sys.stdin.readline()
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    return n / (time.perf_counter() - t)
 
 
 def one_message_rate(url: str, n: int, warmup: int, ready: bool = False) -> float:
@@ -254,16 +260,7 @@ def one_message_rate(url: str, n: int, warmup: int, ready: bool = False) -> floa
         conn.execute("SELECT * FROM one_message WHERE stream = %s", (uuid4(),)).fetchall()
 
     try:
-        for _ in range(warmup):
-            run()
-        if ready:
-            sys.stdout.write("ready\n")
-            sys.stdout.flush()
-            sys.stdin.readline()
-        t = time.perf_counter()
-        for _ in range(n):
-            run()
-        return n / (time.perf_counter() - t)
+        return _timed(run, n, warmup, ready)
     finally:
         conn.close()
 

@@ -53,6 +53,17 @@ def ticking_workflow(calls: list[str], name: str = "ticks", **schedule: Any) -> 
     return wf
 
 
+def serve_for(engine: fl.Engine, seconds: float) -> threading.Thread:
+    """`engine.serve` in a thread for `seconds`, then stopped: the thread, joined."""
+    stop = threading.Event()
+    serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
+    serving.start()
+    time.sleep(seconds)
+    stop.set()
+    serving.join(10)
+    return serving
+
+
 def test_every_runs_once_per_tick_coalesces_missed_ticks_and_survives_a_restart(
         make_engine: Callable[..., fl.Engine], clock: fl.ManualClock) -> None:
     clock.set(START)
@@ -229,13 +240,8 @@ def test_a_failure_of_the_store_for_every_workflow_backs_off_and_says_so(
                         tools=[ScriptedLedgerTool(MemoryLedger())])
         engine.run_session(name, max_iterations=0)
     run_sql(store, "ALTER TABLE fl_wakeups RENAME TO fl_wakeups_gone")
-    stop = threading.Event()
     with caplog.at_level(logging.INFO, logger="flowledger.worker"):
-        serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
-        serving.start()
-        time.sleep(1.0)
-        stop.set()
-        serving.join(10)
+        serving = serve_for(engine, 1.0)
     assert not serving.is_alive()
     waits = [float(m.rsplit(" ", 1)[1].rstrip("s")) for m in caplog.messages
              if m.startswith("could not read the store")]
@@ -979,13 +985,8 @@ def test_a_worker_says_at_its_start_which_producers_it_never_runs(
         return None
 
     engine.register(timed)
-    stop = threading.Event()
     with caplog.at_level(logging.INFO, logger="flowledger.worker"):
-        serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.05})
-        serving.start()
-        time.sleep(0.5)
-        stop.set()
-        serving.join(10)
+        serve_for(engine, 0.5)
     said = [m for m in caplog.messages if "never runs" in m]
     assert len(said) == 1, caplog.messages
     assert said[0].startswith("workflow manual: producer produce has no every= or cron=")

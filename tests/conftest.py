@@ -24,6 +24,14 @@ from tests import pgbouncer, postgres
 from tests.helpers import ExternalLedger
 
 
+@pytest.fixture(autouse=True)
+def _no_libpq_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store URLs take the parts they leave out from PGUSER, PGHOST, PGPORT and
+    PGDATABASE: a machine that sets them must not change what the tests mean."""
+    for name in ("PGUSER", "PGHOST", "PGPORT", "PGDATABASE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def clock(flowledger_clock: fl.ManualClock) -> fl.ManualClock:
     return flowledger_clock

@@ -122,16 +122,25 @@ class Streams:
                     or wf.open_session != session_id or wf.has_pending_events):
                 return False
             stored_version = wf.version
+            before, pending = dict(wf.__dict__), list(wf._pending_events)
             wf.renew_lease(now, lease_until)
             try:
                 self.log.append(wf, fence=Fence(wf.id, wf.version))
             except ConcurrencyError as e:
                 self.lost_lock = e  # taken over: the session's next append stops it
                 raise
-            except BaseException:
+            except BaseException as failed:
                 # Not stored (the store was busy, say): the workflow as the log has
-                # it, without the renewal, if nobody else wrote it meanwhile.
-                fresh = self.log.load(wf.id)
+                # it, without the renewal, if nobody else wrote it meanwhile. A
+                # store that cannot be read either (a server restarting) leaves it
+                # as it was before the renewal: the session's next append, fenced
+                # on that version, tells whether anyone else wrote it.
+                try:
+                    fresh = self.log.load(wf.id)
+                except BaseException:
+                    wf.__dict__.update(before)
+                    wf._pending_events[:] = pending
+                    raise failed from None
                 if fresh is not None and fresh.version == stored_version:
                     wf.__dict__.update(fresh.__dict__)
                 else:

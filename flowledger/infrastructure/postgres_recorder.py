@@ -92,6 +92,21 @@ _OBJECTS_SQL = (
     "AND NOT a.attisdropped AND 'column ' || c.relname || '.' || a.attname = ANY(%s)")
 
 
+# What a server says when it cannot take a connection now but will: starting,
+# stopping, recovering, full. libpq gives no SQLSTATE for a failed connection,
+# only its words.
+_UNAVAILABLE = ("the database system is starting up", "the database system is shutting down",
+                "the database system is in recovery mode", "not yet accepting connections",
+                "not accepting connections", "too many clients already")
+
+
+def _server_unavailable(said: str) -> bool:
+    """Whether a failed connection found no server to answer (refused, timed
+    out, unreachable) or one that cannot take it yet: worth trying again. A
+    server that answered FATAL otherwise (a login or a database refused) is not."""
+    return "FATAL:" not in said or any(words in said for words in _UNAVAILABLE)
+
+
 class NotConnected(InterfaceError):
     """No connection to the server could be opened (it is restarting, say):
     nothing was sent."""
@@ -339,9 +354,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             conn = psycopg.connect(**self.conninfo, autocommit=False)
         except psycopg.OperationalError as e:  # no server, refused, bad credentials
             said = " ".join(str(e).split())
-            # No server to speak to, or one starting or stopping (SQLSTATE class
-            # 57, 08): worth trying again. A refused login or database is not.
-            if e.sqlstate is None or e.sqlstate[:2] in ("57", "08"):
+            if _server_unavailable(said):
                 raise NotConnected(said) from e
             raise InterfaceError(said) from e
         with conn.cursor() as c:
@@ -968,10 +981,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         was taken over meanwhile. A connection lost while sending is not: its
         outcome is unknown."""
         deadline, delay = time.monotonic() + self.RECONNECT_WITHIN_S, 0.05
+        lost = self.lost_appends  # as the caller last checked it
         while True:
             try:
                 return self._append_rows(rows, appended, fence, sync, snapshots, hold,
-                                         read_after)
+                                         read_after, lost)
             except NotConnected as e:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -982,14 +996,21 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                      fence: Fence | None, sync: bool, snapshots: Sequence[Row], hold: bool,
-                     read_after: Sequence[ReadAfter]) -> int:
+                     read_after: Sequence[ReadAfter], lost: int) -> int:
         """On the forecast (one message) while this writer is the only one
         appending, else reading the head first (postgres_forecast.py). A
         forecast that missed stored nothing. `read_after` goes last, in the
-        COMMIT's message."""
+        COMMIT's message. `lost`: the appends known lost when the caller began;
+        one found lost since (by another thread, while this append waited for
+        the server) stops it: the caller's memory may hold what the log lost."""
         with self._writer_lock:
             if self._gone_back is not None:  # for this engine's life: it knows what was lost
                 raise LogWentBack(self._gone_back)
+            if self.lost_appends != lost:
+                raise OperationalError(
+                    "the server lost appends this engine had made (it crashed or failed over "
+                    "before they reached its disk) while this append waited for it: nothing "
+                    "of this append was stored")
             if 0 < len(rows) <= _ROWS_PER_INSERT and self._forecast.usable(
                     self.chain is not None):
                 try:

@@ -266,7 +266,10 @@ def _hosts(url: str, hostlist: str) -> tuple[str, str]:
     ?target_session_attrs=read-write) are tried in order at each connection."""
     hosts, ports = [], []
     if not hostlist:  # left out: libpq's own variables say, else this machine
-        return _libpq_default("PGHOST", "127.0.0.1"), _libpq_default("PGPORT", "5432")
+        hosts_given = _libpq_default("PGHOST", "127.0.0.1")
+        port = _libpq_default("PGPORT", "5432")
+        count = len(hosts_given.split(","))
+        return hosts_given, (",".join([port] * count) if "," not in port else port)
     entries = hostlist.split(",")
     for entry in entries:
         if not entry and len(entries) > 1:

@@ -22,7 +22,7 @@ from eventsourcing.persistence import OperationalError
 import flowledger as fl
 from flowledger.engine.store_errors import from_the_store
 from flowledger.engine.waiting import LogWaiter
-from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK, _usable
+from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK, NotConnected, _usable
 from flowledger.projections.runner import LogLook
 from tests.helpers import (
     Follower,
@@ -660,3 +660,33 @@ def test_a_free_lock_noted_by_an_older_release_proves_nothing(make_engine):
                   (holder.owner,))
     end_connections(holder, [holder.log.flow_recorder._liveness.info.backend_pid])
     assert looker.log.flow_recorder.holder_alive(holder.owner, patient=True) is None
+
+
+@on_postgresql
+def test_an_append_waiting_for_the_server_stores_nothing_once_appends_were_found_lost(
+        make_engine, ledger, monkeypatch):
+    """While an append waits for a restarting server (ADR 0017), another thread
+    of the engine reconnects first and finds that the restart lost appends
+    this engine had made. The waiting append, whose session's memory may hold
+    what the log lost, then stores nothing (a review: it committed a run on top
+    of the run's lost outcome). The other thread is stood in for here: the
+    first connection this append asks for is refused, and the loss is found
+    meanwhile."""
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+    rec = engine.log.flow_recorder
+    real_writer, refused = rec._writer, []
+
+    def writer(sync: bool) -> Any:
+        if not refused:
+            refused.append(sync)
+            rec.lost_appends += 1  # found by another thread while this one waits
+            raise NotConnected("connection refused (in this test)")
+        return real_writer(sync)
+
+    before = len(list(engine.events()))
+    monkeypatch.setattr(rec, "_writer", writer)
+    with pytest.raises(OperationalError, match="lost appends"):
+        engine.run_session("wf")
+    monkeypatch.undo()
+    assert refused and len(list(engine.events())) == before  # nothing of it stored

@@ -388,6 +388,36 @@ def test_a_server_restarted_during_a_tool_call_is_waited_for_and_the_outcome_kep
         engine.close()
 
 
+def test_a_lease_renewal_that_failed_while_the_server_was_down_costs_the_session_nothing(
+        clusters: Clusters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server is down through most of a long tool call: the heartbeat's
+    renewals fail (the append, then the read meant to undo it). The workflow
+    in memory stays at its last stored version, so the outcome's append,
+    once the server is back, is not refused as if another engine had taken
+    the session over (a review: the renewal was kept in memory, one version
+    ahead of the log, and the outcome was lost)."""
+    monkeypatch.setattr(FlowPostgresRecorder, "RECONNECT_WITHIN_S", 2.0)
+    clusters.primary("a")
+    ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
+
+    def outage(key: str) -> None:
+        clusters.lose("a")
+        time.sleep(4.5)  # renewals come and fail (lease 4 s: one every 2 s)
+        clusters.start("a")
+        time.sleep(1.5)
+
+    engine = fl.Engine(clusters.url("a"), policy=fl.RetryPolicy(lease_seconds=4.0))
+    try:
+        engine.register(costly_workflow(["a"], ["0.5"]), tools=[mid_call_tool(outage)(ledger)])
+        result = engine.run_session("prop")
+        assert result.status == "completed", result.error
+        assert ledger.calls_made() == 1
+        assert [e.name for e in engine.events() if e.name == "MutationApplied"] == [
+            "MutationApplied"]
+    finally:
+        engine.close()
+
+
 def test_an_engine_takes_over_at_once_a_session_it_could_not_end_itself(
         clusters: Clusters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server stops while a run is in its tool call: the session stops at

@@ -27,7 +27,7 @@ from flowledger.infrastructure.store_check import grants
 from flowledger.infrastructure.store_format import TABLES_VERSION
 from tests import postgres
 from tests.e2e.test_cli import TWO_WORKFLOWS, assert_user_error, flowledger
-from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow
+from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow, mid_call_tool
 
 pytestmark = pytest.mark.postgres
 
@@ -419,7 +419,31 @@ def test_a_role_that_may_not_create_in_the_schema_is_told_what_to_grant(
     as_owner(f'CREATE SCHEMA "{schema}"', f'GRANT USAGE ON SCHEMA "{schema}" TO "{owner}"')
     result = flowledger("--store", role_url(schema, owner), "setup", cwd=tmp_path)
     assert_user_error(result, f"permission denied for schema {schema}",
-                      f'GRANT CREATE ON SCHEMA "{schema}" TO {owner}',
+                      f'GRANT CREATE ON SCHEMA "{schema}" TO "{owner}"',
                       f"setup --grant {owner}`, with a URL naming that role")
     as_owner(f'GRANT CREATE ON SCHEMA "{schema}" TO "{owner}"')
     assert flowledger("--store", role_url(schema, owner), "setup", cwd=tmp_path).returncode == 0
+
+
+def test_an_append_whose_login_is_refused_is_not_waited_for(
+        schema: str, role: str) -> None:
+    """An append waits for a server that is restarting (ADR 0017), not for one
+    that answers and refuses the login: that fails at once, as before."""
+    made_by_owner(schema, ["a"])
+    as_owner(*grants(schema, role))
+
+    def refuse_login(key: str) -> None:
+        as_owner(f'ALTER ROLE "{role}" NOLOGIN',
+                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                 f"WHERE usename = '{role}'")  # waits for each to end
+
+    engine = fl.Engine(role_url(schema, role))
+    try:
+        engine.register(ledger_workflow(items=["a", "b"]),
+                        tools=[mid_call_tool(refuse_login)(MemoryLedger())])
+        started = time.monotonic()
+        with pytest.raises(fl.FlowledgerError, match="not permitted to log in"):
+            engine.run_session("wf")
+        assert time.monotonic() - started < 10  # not the 30 s an unavailable server gets
+    finally:
+        engine.close()

@@ -270,3 +270,13 @@ def test_what_a_url_leaves_out_is_what_libpqs_variables_say(
     named = parse_store_url("postgresql://app@db.internal/other").libpq()  # the URL wins
     assert (named["user"], named["host"], named["port"], named["dbname"]) == (
         "app", "db.internal", "5433", "other")
+
+
+def test_hosts_from_pghost_get_a_port_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PGHOST naming several hosts with one PGPORT (as libpq takes it) gives
+    each host that port: a list of hosts with one port made the error said
+    for an unreachable server a traceback."""
+    monkeypatch.setenv("PGHOST", "db1,db2")
+    monkeypatch.setenv("PGPORT", "5999")
+    settings = parse_store_url("postgresql:///").libpq()
+    assert (settings["host"], settings["port"]) == ("db1,db2", "5999,5999")

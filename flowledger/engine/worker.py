@@ -333,8 +333,8 @@ class Worker:
             logger.debug("run %s of %s/%s ended %s%s", run.run_id, due.workflow, run.handler,
                          run.status.value, f": {run.reason}" if run.reason else "")
         log = logger.warning if result.status in ("failed", "suspended") else logger.info
-        left = "; ".join(f"{handler}: " + ", ".join(f"{n} in {topic}" for topic, n in
-                                                    topics.items())
+        left = "; ".join(f"{handler}: " + (", ".join(f"{n} in {topic}" for topic, n in
+                                                     topics.items()) or "a wake-up")
                          for handler, topics in result.remaining.items())
         log("session %s of %s (%s: %s) %s: %d runs, cost %s%s%s in %.3fs", result.session_id,
             due.workflow, due.trigger, due.reason, result.status, len(result.runs),

@@ -99,6 +99,10 @@ def _name(value: Any, what: str, where: str) -> str:
     return value
 
 
+# How a tool a handler names is given to a workflow (the CLI says its own way).
+PROVIDE_TOOLS = "pass it in engine.register(wf, tools=[...])"
+
+
 class Workflow:
     """A set of topics, producers and consumers, registered with `engine.register`."""
 
@@ -173,8 +177,7 @@ class Workflow:
                   for c in self.consumers]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
-    def check(self, tools: dict[str, Tool],
-              provide: str = "pass it in engine.register(wf, tools=[...])") -> None:
+    def check(self, tools: dict[str, Tool], provide: str = PROVIDE_TOOLS) -> None:
         """Raise one DefinitionError listing every problem found (DESIGN §1.6);
         `provide` says how to give a missing tool."""
         problems: list[str] = []

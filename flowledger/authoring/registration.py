@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from flowledger.authoring.definition import ConsumerSpec, ProducerSpec, Workflow
+from flowledger.authoring.definition import PROVIDE_TOOLS, ConsumerSpec, ProducerSpec, Workflow
 from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import DefinitionError, InternalError
 
 
 def checked_tools(workflow: Any, tools: Iterable[Tool],
-                  provide: str | None = None) -> dict[str, Tool]:
+                  provide: str = PROVIDE_TOOLS) -> dict[str, Tool]:
     """The pre-flight checks of a registration that need no store (DESIGN
     §1.6): the workflow and its tools, by name. The CLI runs them before it
     opens a store; an engine runs them again as it registers. `provide`: how
@@ -34,10 +34,7 @@ def checked_tools(workflow: Any, tools: Iterable[Tool],
             raise DefinitionError(f"workflow {workflow.name!r}: two tools are named "
                                   f"{tool.tool_name()!r}; give one a different `name`")
         by_name[tool.tool_name()] = tool
-    if provide is None:
-        workflow.check(by_name)
-    else:
-        workflow.check(by_name, provide)
+    workflow.check(by_name, provide)
     return by_name
 
 

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-import flowledger as fl
 from flowledger.cli.exits import CommandError
 from flowledger.cli.render import err, print_json, say
 from flowledger.cli.views import progress_bar
+from flowledger.engine.engine import copy_store_report
 from flowledger.infrastructure.encryption import KEY_ENV, decode_key
 from flowledger.infrastructure.store_url import shown
 
@@ -54,22 +54,22 @@ def copy(
     # a source in clear with it set is a store to encrypt. Named, it is the source's.
     source_key = None if from_key_env is None else _key_from(from_key_env)
     target_key = "" if to_clear else None if to_key_env is None else _key_from(to_key_env)
-    key_from = to_key_env or from_key_env or KEY_ENV  # where the copy's key comes from
-    sealed = ("in clear" if to_clear else
-              f"encrypted with {key_from}'s key" if os.environ.get(key_from) else None)
     started = time.perf_counter()
     if as_json:
-        copied = fl.copy_store(source, target, source_key=source_key, target_key=target_key)
+        report = copy_store_report(source, target, source_key=source_key,
+                                   target_key=target_key)
     else:
         with progress_bar("copying") as progress:
-            copied = fl.copy_store(source, target, progress, source_key=source_key,
-                                   target_key=target_key)
+            report = copy_store_report(source, target, progress, source_key=source_key,
+                                       target_key=target_key)
     seconds = time.perf_counter() - started
-    with fl.Engine(target, cipher_key="" if to_clear else os.environ.get(key_from, "")) as made:
-        held = sorted({s.workflow for s in made.sessions(status="open", limit=None)})
+    copied, held = report.events, report.open_sessions
+    # The key the copy was written with came from the first of these named.
+    sealed = (f"encrypted with {to_key_env or from_key_env or KEY_ENV}'s key"
+              if report.encrypted else "in clear" if to_clear else None)
     if as_json:
         print_json({"events": copied, "seconds": round(seconds, 3), "to": shown(target),
-                    "open_sessions": held})
+                    "open_sessions": list(held)})
         return
     say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
         f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections. "

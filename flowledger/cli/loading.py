@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import flowledger as fl
+from flowledger.authoring.definition import PROVIDE_TOOLS
 from flowledger.authoring.registration import checked_tools
 from flowledger.cli.exits import CommandError
 from flowledger.cli.store import CommandEngine
@@ -78,7 +79,7 @@ class Definitions:
     that needs no store) before any store is opened: a mistake in the code
     leaves no store behind, nor anything in one."""
 
-    def __init__(self, target: str, provide: str | None = None) -> None:
+    def __init__(self, target: str, provide: str = PROVIDE_TOOLS) -> None:
         self.target = target
         self.provide = provide  # how the module gives a missing tool
         self.registrations: dict[str, tuple[fl.Workflow, list[fl.Tool]]] = {}
@@ -89,10 +90,8 @@ class Definitions:
 
     def register(self, workflow: fl.Workflow, tools: Iterable[fl.Tool] = ()) -> None:
         """What a module's register(engine) calls."""
-        if isinstance(tools, Iterable) and not isinstance(tools, fl.Tool | str | bytes):
-            tools = list(tools)  # a generator is read once, here
-        checked_tools(workflow, tools, self.provide)
-        self.registrations[workflow.name] = (workflow, list(tools))
+        by_name = checked_tools(workflow, tools, self.provide)  # reads `tools` once
+        self.registrations[workflow.name] = (workflow, list(by_name.values()))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -25,6 +25,7 @@ import flowledger as fl
 from flowledger.domain.phases import RunStatus
 from flowledger.domain.session import SessionOutcome
 from flowledger.domain.workflow import WorkflowStatus
+from flowledger.read_side.queries import SHORT_ID
 
 
 def _piped_width() -> int | None:
@@ -51,7 +52,7 @@ def plain_layout() -> bool:
 def short(value: UUID | None) -> str:
     """The last 8 hex digits: run and session ids are time-ordered, so their
     first digits are the same for everything created in the same hour."""
-    return value.hex[-8:] if value is not None else "-"
+    return value.hex[-SHORT_ID:] if value is not None else "-"
 
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # every time the CLI prints, in UTC ("... (UTC)")

@@ -783,7 +783,27 @@ def copy_store(source: str, target: str,
                chain_key: str | None = None) -> int:
     """Carry a whole log from store URL `source` to the empty store `target`, in
     position order, and rebuild the projections there (DESIGN §7): moving from
-    SQLite to PostgreSQL without losing history. Returns the events copied.
+    SQLite to PostgreSQL without losing history. Returns the events copied;
+    `copy_store_report` says more (see it for the keys)."""
+    return copy_store_report(source, target, progress, source_key=source_key,
+                             target_key=target_key, chain_key=chain_key).events
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyReport:
+    """What a copy made: its events, whether they are encrypted, and the
+    workflows whose sessions were open in the source (open in the copy too)."""
+
+    events: int
+    encrypted: bool
+    open_sessions: tuple[str, ...]
+
+
+def copy_store_report(source: str, target: str,
+                      progress: Callable[[int, int], None] | None = None, *,
+                      source_key: str | None = None, target_key: str | None = None,
+                      chain_key: str | None = None) -> CopyReport:
+    """`copy_store`, saying what it made (`CopyReport`).
 
     `source_key`/`target_key`: each store's cipher key (None: FLOWLEDGER_CIPHER_KEY
     for the source, the source's key for the target; "" for none). Giving the
@@ -815,5 +835,6 @@ def copy_store(source: str, target: str,
     finally:
         src.close()
     # Opening it folds every projection in from position 0.
-    Engine(target, cipher_key=to.cipher_key or "", chain_key=chain_key).close()
-    return copied
+    with Engine(target, cipher_key=to.cipher_key or "", chain_key=chain_key) as made:
+        held = sorted({s.workflow for s in made.sessions(status="open", limit=None)})
+    return CopyReport(copied, to.cipher_key is not None, tuple(held))

@@ -58,7 +58,11 @@ from flowledger.infrastructure.store import (
     StreamEvents,
     first_line,
 )
-from flowledger.infrastructure.store_check import check_postgres_server, check_sqlite_store
+from flowledger.infrastructure.store_check import (
+    check_postgres_server,
+    check_sqlite_store,
+    sql_name,
+)
 from flowledger.infrastructure.store_format import (
     TABLES_VERSION,
     format_record_gone,
@@ -206,10 +210,10 @@ class EventLog(Application[UUID]):
                         f"role, brings them up to date and lets {role} use them. If that role "
                         "is creating the store right now, try again when it is done.")
                 if f"permission denied for schema {schema}" in str(e):
-                    sql_role = '"' + config.env["POSTGRES_USER"].replace('"', '""') + '"'
                     hint += (f" To let {role} create there, as the schema's owner or a "
-                             f'superuser: GRANT CREATE ON SCHEMA "{schema}" TO {sql_role}; '
-                             "or keep the store in a schema of its own (?schema=NAME).")
+                             f'superuser: GRANT CREATE ON SCHEMA "{schema}" TO '
+                             f"{sql_name(config.env['POSTGRES_USER'])}; or keep the store in "
+                             "a schema of its own (?schema=NAME).")
             elif config.read_only:
                 hint = (" It is opened read-only (?mode=ro) and is not a flowledger store yet: "
                         "its tables cannot be created. Open it once without ?mode=ro, or "

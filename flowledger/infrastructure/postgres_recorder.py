@@ -60,7 +60,7 @@ from flowledger.infrastructure.store import (
     SharedSQL,
     first_line,
 )
-from flowledger.infrastructure.store_check import grants
+from flowledger.infrastructure.store_check import LOG_OWNER_SQL, grants
 from flowledger.infrastructure.store_format import (
     FORMAT_TABLE,
     TABLES_VERSION,
@@ -876,9 +876,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 # What the owner creates later (an upgrade's tables) is granted
                 # too: as the owner's default, whoever runs this (a superuser's
                 # own default would cover only what the superuser creates).
-                c.execute("SELECT pg_get_userbyid(c.relowner) FROM pg_class c JOIN "
-                          "pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
-                          "AND c.relname = %s", (self.schema, self.events_table_name))
+                c.execute(LOG_OWNER_SQL, (self.schema, self.events_table_name))
                 found = c.fetchone()
                 statements = grants(self.schema, role, later_too=True, read_only=read_only,
                                     owner=found[0] if found else None)

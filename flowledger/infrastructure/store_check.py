@@ -219,6 +219,12 @@ TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 SEQUENCE_PRIVILEGES = ("USAGE", "UPDATE")
 
 
+# The role that owns a schema's log table (%s: the schema, the table): the
+# store's owner, whose defaults grant what it creates later.
+LOG_OWNER_SQL = ("SELECT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n "
+                 "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s")
+
+
 def needed(read_only: bool) -> dict[str, tuple[str, ...]]:
     """What a role needs on each kind of the store's objects, to use it or
     (a store opened with ?mode=ro) only to read it."""
@@ -234,8 +240,8 @@ def grants(schema: str, role: str, later_too: bool = False, read_only: bool = Fa
     them); `later_too`: also on what the owner creates later (an upgrade), the
     owner named when another role (a superuser) may run them; `read_only`:
     only read it (a store opened with ?mode=ro)."""
-    s, r = f'"{schema}"', _quoted(role)
-    later = f"ALTER DEFAULT PRIVILEGES{f' FOR ROLE {_quoted(owner)}' if owner else ''}"
+    s, r = f'"{schema}"', sql_name(role)
+    later = f"ALTER DEFAULT PRIVILEGES{f' FOR ROLE {sql_name(owner)}' if owner else ''}"
     what = {kind: ", ".join(privileges) for kind, privileges in needed(read_only).items()}
     return [f"GRANT USAGE ON SCHEMA {s} TO {r};",
             *(f"GRANT {privileges} ON ALL {kind} IN SCHEMA {s} TO {r};"
@@ -244,7 +250,8 @@ def grants(schema: str, role: str, later_too: bool = False, read_only: bool = Fa
               for kind, privileges in what.items() if later_too)]
 
 
-def _quoted(name: str) -> str:
+def sql_name(name: str) -> str:
+    """A role's (or any) name as SQL writes it: quoted, its quotes doubled."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -279,9 +286,7 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
     lacks = [str(said) for _, _, said in sorted(c.fetchall())]  # by name, as Python orders
     if not lacks:
         return
-    c.execute("SELECT current_user, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c "
-              "JOIN pg_namespace n ON n.oid = c.relnamespace "
-              "WHERE n.nspname = %s AND c.relname = %s)", (schema, LOG_TABLE))
+    c.execute(f"SELECT current_user, ({LOG_OWNER_SQL})", (schema, LOG_TABLE))
     role, owner = c.fetchone()
     option = "--grant-read" if config.read_only else "--grant"
     said = ", ".join(lacks[:6]) + (f" and {len(lacks) - 6} more" if len(lacks) > 6 else "")

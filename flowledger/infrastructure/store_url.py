@@ -44,9 +44,9 @@ def _suggested_url(url: str, writes: bool) -> str:
     without ?mode=ro. What may still be a secret is hidden, as `shown` hides it."""
     scheme, sep, rest = url.partition("://")
     if sep and scheme.lower() not in ("sqlite", "memory"):
-        at, colon = rest.rfind("@"), rest.find(":")
-        if 0 <= colon < at and not any(c in rest[:colon] for c in "/?#@"):
-            rest = rest[:colon] + rest[at:]
+        password = _password_at(rest)
+        if password is not None:
+            rest = rest[:password[0]] + rest[password[1]:]
     where, _, query = rest.partition("?")
     kept = [p for p in query.split("&") if p and _hide_secret(p) == p
             and not (writes and p.replace(" ", "").lower() == "mode=ro")]
@@ -66,12 +66,10 @@ def shown(url: str) -> str:
     if not sep or not _SCHEME.fullmatch(scheme):
         # Not a URL: user:password@ may still be in it (a missing /, say).
         scheme, sep, rest = "", "", url
-    # user:password@ ends at the URL's last @, wherever an unescaped @, /, ? or #
-    # in the password put it.
-    at, colon = rest.rfind("@"), rest.find(":")
-    if 0 <= colon < at and not any(c in rest[:colon] for c in "/?#@"):
-        rest = rest[:colon + 1] + "***" + rest[at:]
-    elif at < 0:
+    password = _password_at(rest)
+    if password is not None:
+        rest = rest[:password[0] + 1] + "***" + rest[password[1]:]
+    elif "@" not in rest:
         # No @: a "port" that is not a number may be a password whose host was
         # left out (user:password/db).
         authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
@@ -81,6 +79,16 @@ def shown(url: str) -> str:
         rest = ",".join(entries) + rest[len(authority):]
     where, q, query = rest.partition("?")
     return scheme + sep + where + q + "&".join(_hide_secret(p) for p in query.split("&"))
+
+
+def _password_at(rest: str) -> tuple[int, int] | None:
+    """Where `user:password@` puts its `:` and its `@` in a URL after `://`, if
+    it has a password: user:password@ ends at the URL's last @, wherever an
+    unescaped @, /, ? or # in the password put it."""
+    at, colon = rest.rfind("@"), rest.find(":")
+    if 0 <= colon < at and not any(c in rest[:colon] for c in "/?#@"):
+        return colon, at
+    return None
 
 
 # What a URL's scheme can be (RFC 3986); anything else before :// is not one.
@@ -241,12 +249,10 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
     known = _libpq_parameters()
     for name in given:
         if len(set(query[name])) > 1:  # libpq would take the last: sslmode=require&sslmode=disable
-            shown_value = "***" if name.lower() in SECRET_PARAMETERS else None
-            raise ConfigurationError(
-                f"store URL {shown(url)!r}: {name}= is given {len(query[name])} times, with "
-                + ("different values" if shown_value else
-                   ", ".join(repr(v) for v in dict.fromkeys(query[name])))
-                + "; give it once")
+            values = ("different values" if name.lower() in SECRET_PARAMETERS
+                      else ", ".join(repr(v) for v in dict.fromkeys(query[name])))
+            raise ConfigurationError(f"store URL {shown(url)!r}: {name}= is given "
+                                     f"{len(query[name])} times, with {values}; give it once")
         if name in _NOT_IN_QUERY:
             raise ConfigurationError(f"store URL {shown(url)!r}: {name}= cannot be given in "
                                      f"the query; {_NOT_IN_QUERY[name]}")
@@ -358,11 +364,11 @@ def _schema(url: str, given: list[str]) -> str:
     if not given:
         return ""
     schema = given[-1]
-    why = None
     if not schema:
-        why = "is empty: name a schema, or leave schema= out for the database's public schema"
-        raise ConfigurationError(f"store URL {shown(url)!r}: schema= {why}")
-    if schema and not schema.replace("_", "a").isalnum():
+        raise ConfigurationError(f"store URL {shown(url)!r}: schema= is empty: name a schema, "
+                                 "or leave schema= out for the database's public schema")
+    why = None
+    if not schema.replace("_", "a").isalnum():
         why = "must be letters, digits and underscores"
     elif len(schema.encode()) > MAX_NAME_BYTES:
         why = (f"is {len(schema.encode())} bytes long; PostgreSQL keeps only the first "

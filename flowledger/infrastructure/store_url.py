@@ -220,8 +220,14 @@ def _sqlite_env(db_name: str) -> dict[str, str]:
 
 # Not taken from the query: what the URL's own parts say, and settings the
 # engine's connections depend on.
+# Given in the query only where the URL leaves its host out, as libpq's own
+# examples do for a Unix socket: postgresql:///dbname?host=/var/run/postgresql.
+_HOST_IN_QUERY = ("host", "port")
 _NOT_IN_QUERY = {
-    "host": "say it in the host of the URL", "port": "say it in the port of the URL",
+    "host": ("say it in the host of the URL, or leave the URL's host out "
+             "(postgresql://user@/dbname?host=...)"),
+    "port": ("say it in the port of the URL, or leave the URL's host out "
+             "(postgresql://user@/dbname?host=...&port=...)"),
     "dbname": "say it in the path of the URL", "user": "say it in the user part of the URL",
     "password": "give it in the user part (user:password@), PGPASSWORD or ~/.pgpass",
     "service": "name the server in the URL itself (host, port, database and user)",
@@ -241,18 +247,22 @@ def _libpq_parameters() -> set[str] | None:
     return {d.keyword.decode() for d in pq.Conninfo.get_defaults()}
 
 
-def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]:
+def _connect_parameters(url: str, query: dict[str, list[str]], hostlist: str
+                        ) -> dict[str, str]:
     """The URL's libpq parameters (?sslmode=verify-full&application_name=...):
-    every one libpq knows but those the URL's parts say; the last value of each."""
+    every one libpq knows but those the URL's parts say; the last value of each.
+    host= and port= only where the URL's host is left out (`_hosts` takes them)."""
+    for name, values in query.items():
+        # libpq would take the last: sslmode=require&sslmode=disable connected in clear.
+        if name not in ("schema", "mode") and len(set(values)) > 1:
+            said = ("different values" if name.lower() in SECRET_PARAMETERS
+                    else ", ".join(repr(v) for v in dict.fromkeys(values)))
+            raise ConfigurationError(f"store URL {shown(url)!r}: {name}= is given "
+                                     f"{len(values)} times, with {said}; give it once")
     given = {name: values[-1] for name, values in query.items()
-             if name not in ("schema", "mode")}
+             if name not in ("schema", "mode") and (hostlist or name not in _HOST_IN_QUERY)}
     known = _libpq_parameters()
     for name in given:
-        if len(set(query[name])) > 1:  # libpq would take the last: sslmode=require&sslmode=disable
-            values = ("different values" if name.lower() in SECRET_PARAMETERS
-                      else ", ".join(repr(v) for v in dict.fromkeys(query[name])))
-            raise ConfigurationError(f"store URL {shown(url)!r}: {name}= is given "
-                                     f"{len(query[name])} times, with {values}; give it once")
         if name in _NOT_IN_QUERY:
             raise ConfigurationError(f"store URL {shown(url)!r}: {name}= cannot be given in "
                                      f"the query; {_NOT_IN_QUERY[name]}")
@@ -266,14 +276,18 @@ def _connect_parameters(url: str, query: dict[str, list[str]]) -> dict[str, str]
     return given
 
 
-def _hosts(url: str, hostlist: str) -> tuple[str, str]:
+def _hosts(url: str, hostlist: str, query: dict[str, list[str]]) -> tuple[str, str]:
     """The URL's host[:port] list, as libpq takes it: "h1,h2" and "5432,5433".
     Several hosts (a primary and its standbys, with
-    ?target_session_attrs=read-write) are tried in order at each connection."""
+    ?target_session_attrs=read-write) are tried in order at each connection.
+    A URL that leaves its host out may give it as ?host= (a name, an address,
+    or a Unix socket's directory) and ?port=."""
     hosts, ports = [], []
-    if not hostlist:  # left out: libpq's own variables say, else this machine
-        hosts_given = _libpq_default("PGHOST", "127.0.0.1")
-        port = _libpq_default("PGPORT", "5432")
+    if not hostlist:  # left out: the query, else libpq's own variables, else this machine
+        hosts_given = (query.get("host") or [""])[-1] or _libpq_default("PGHOST", "127.0.0.1")
+        port = (query.get("port") or [""])[-1] or _libpq_default("PGPORT", "5432")
+        for given in port.split(","):
+            _check_port(url, given)
         count = len(hosts_given.split(","))
         return hosts_given, (",".join([port] * count) if "," not in port else port)
     entries = hostlist.split(",")
@@ -286,10 +300,8 @@ def _hosts(url: str, hostlist: str) -> tuple[str, str]:
             port = rest.removeprefix(":")
         else:
             host, _, port = entry.partition(":")
-        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigurationError(f"store URL {shown(url)!r}: a port is not a number "
-                                     "from 1 to 65535; write host:port with the server's "
-                                     "port (5432 when left out)")
+        if port:
+            _check_port(url, port)
         host = unquote(host)
         if "," in host:
             raise ConfigurationError(f"store URL {shown(url)!r}: a host name holds a comma "
@@ -297,6 +309,13 @@ def _hosts(url: str, hostlist: str) -> tuple[str, str]:
         hosts.append(host or _libpq_default("PGHOST", "127.0.0.1"))
         ports.append(port or _libpq_default("PGPORT", "5432"))
     return ",".join(hosts), ",".join(ports)
+
+
+def _check_port(url: str, port: str) -> None:
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigurationError(f"store URL {shown(url)!r}: a port is not a number "
+                                 "from 1 to 65535; write host:port with the server's "
+                                 "port (5432 when left out)")
 
 
 def _libpq_default(variable: str, ours: str) -> str:
@@ -402,10 +421,10 @@ def _postgres_env(url: str) -> tuple[dict[str, str], dict[str, str], bool]:
     connection, and whether the store is opened read-only."""
     user, password, hostlist, path, raw_query = _split(url)
     query = parse_qs(raw_query, keep_blank_values=True)
-    connect = _connect_parameters(url, query)
+    connect = _connect_parameters(url, query, hostlist)
     read_only = _read_only(url, query.get("mode", []))
     schema = _schema(url, query.get("schema", []))
-    hosts, ports = _hosts(url, hostlist)
+    hosts, ports = _hosts(url, hostlist, query)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": unquote(path.lstrip("/")) or _libpq_default("PGDATABASE",

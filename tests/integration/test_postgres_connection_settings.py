@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -91,6 +92,38 @@ def test_the_urls_libpq_parameters_reach_every_connection_and_no_pool_idles() ->
         assert _none_named(name)
 
 
+def test_a_store_reached_through_a_unix_socket_named_in_the_query() -> None:
+    """postgresql://user@/dbname?host=/socket/directory, as PostgreSQL's own
+    documentation writes it: every connection of the engine goes through the
+    socket (the server sees no client address), and the store is the one
+    reached by TCP."""
+    with psycopg.connect(postgres.URL) as c:
+        found = c.execute("SELECT current_setting('unix_socket_directories'), "
+                          "current_setting('port')").fetchone()
+    directories, port = (str(found[0]), str(found[1])) if found else ("", "")
+    socket_dir = directories.split(",")[0].strip()
+    if not socket_dir.startswith("/") or not (Path(socket_dir) / f".s.PGSQL.{port}").exists():
+        pytest.skip(f"the test server's socket is not in {socket_dir!r} on this machine")
+    name = f"fl-{uuid.uuid4().hex[:10]}"
+    with postgres.fresh_schema() as url:
+        server, _, rest = url.partition("@")  # postgresql://user@host:port/db?schema=...
+        path_and_query = rest[rest.index("/"):]
+        engine = _engine_and_session(
+            f"{server}@{path_and_query}&host={socket_dir}&port={port}&application_name={name}")
+        try:
+            with psycopg.connect(postgres.URL, autocommit=True) as c:
+                addresses = c.execute("SELECT client_addr FROM pg_stat_activity "
+                                      "WHERE application_name = %s", (name,)).fetchall()
+            assert addresses and all(address is None for (address,) in addresses)
+        finally:
+            engine.close()
+        by_tcp = fl.Engine(url)
+        try:
+            assert len(by_tcp.runs("wf", status="committed")) == 4  # produce, then a, b, c
+        finally:
+            by_tcp.close()
+
+
 def test_a_password_not_in_the_url_comes_from_pgpassword(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGPASSWORD", "from-the-environment")
@@ -154,7 +187,8 @@ def test_a_refused_tls_setting_is_said_with_what_to_do_and_no_password() -> None
 
 @pytest.mark.parametrize(("query", "expected"), [
     ("sslmod=require", "unknown parameter 'sslmod' (did you mean 'sslmode'?)"),
-    ("host=elsewhere", "host= cannot be given in the query; say it in the host of the URL"),
+    ("host=elsewhere", "host= cannot be given in the query; say it in the host of the URL, "
+                       "or leave the URL's host out"),
     ("password=x", "password= cannot be given in the query"),
     ("replication=database", "replication= cannot be given in the query"),
     ("client_encoding=LATIN1", "client_encoding= cannot be given in the query; flowledger's "

@@ -280,3 +280,33 @@ def test_hosts_from_pghost_get_a_port_each(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("PGPORT", "5999")
     settings = parse_store_url("postgresql:///").libpq()
     assert (settings["host"], settings["port"]) == ("db1,db2", "5999,5999")
+
+
+@pytest.mark.parametrize(("url", "host", "port"), [
+    # As PostgreSQL's own documentation writes a Unix socket's directory.
+    ("postgresql:///flows?host=/var/run/postgresql", "/var/run/postgresql", "5432"),
+    ("postgresql://app@/flows?host=/tmp&port=5433", "/tmp", "5433"),
+    ("postgresql:///flows?host=db1,db2&port=5433", "db1,db2", "5433,5433"),
+    ("postgresql:///flows?host=db1,db2&port=5433,5434", "db1,db2", "5433,5434"),
+    ("postgresql:///flows?port=6000", "127.0.0.1", "6000"),
+])
+def test_a_url_that_leaves_its_host_out_may_give_it_in_the_query(
+        monkeypatch: pytest.MonkeyPatch, url: str, host: str, port: str) -> None:
+    """It was refused ("say it in the host of the URL"), which for a socket
+    directory meant percent-encoding every slash of it."""
+    for name in ("PGHOST", "PGPORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = parse_store_url(url).libpq()
+    assert (settings["host"], settings["port"]) == (host, port)
+
+
+@pytest.mark.parametrize(("tail", "said"), [
+    ("db/flows?host=/var/run/postgresql", "host= cannot be given in the query; say it in "
+                                          "the host of the URL, or leave the URL's host out"),
+    ("db:5432/flows?port=5433", "port= cannot be given in the query"),
+    ("/flows?host=/tmp&host=/var/run/postgresql", "host= is given 2 times, with '/tmp', "
+                                                  "'/var/run/postgresql'; give it once"),
+    ("/flows?host=/tmp&port=99999", "a port is not a number from 1 to 65535"),
+])
+def test_a_host_in_the_query_that_says_something_twice_is_refused(tail: str, said: str) -> None:
+    assert said in _refused_unsaid(f"postgresql://alice:PWx@{tail}")

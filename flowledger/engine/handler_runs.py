@@ -79,6 +79,7 @@ from flowledger.domain.workflow import Workflow
 from flowledger.engine.clock import Clock, IdFactory, LeaseClock
 from flowledger.engine.context import HandlerContext
 from flowledger.engine.heartbeat import Heartbeat
+from flowledger.engine.pending_window import MessageChange, PendingWindow
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
 from flowledger.engine.secret_resolution import SecretResolver, scrub
@@ -193,6 +194,10 @@ class _MutationCall:
         self.result_problem: InternalError | None = None
 
 
+def _window(topic: str, found: pending_work.ReadAhead) -> PendingWindow:
+    return PendingWindow(topic, found, complete=len(found) < RunDriver.READ_AHEAD)
+
+
 class RunDriver:
     # A peek of at most this many messages reads their streams in the same
     # statement (a reservation of what it found loads them); a longer one does not.
@@ -200,13 +205,14 @@ class RunDriver:
 
     def __init__(self, scope: SessionScope) -> None:
         self.s = scope
-        # The last read-ahead peek of a run (topic, limit), asked again in the
-        # transaction of that run's commit: the next run's prepare most often
-        # peeks the same, and finds the answer there (a round trip less).
+        # The last read-ahead peek of a run (topic, limit): if the window below
+        # will not answer it again, that run's commit reads the window afresh
+        # in its own transaction (a round trip less for the next run's peek).
         self._peeked: tuple[str, int] | None = None
-        # That answer: (topic, limit, the read, the session's log position after
-        # the commit). Good while nothing else of the session was appended since.
-        self._peek_ahead: tuple[str, int, ReadAfter, int] | None = None
+        # The oldest pending messages of the topic last read, kept to this
+        # session's appends: most peeks are answered from it, with no read.
+        self._window: PendingWindow | None = None
+        scope.streams.on_messages_changed = self._messages_changed
 
     # ------------------------------------------------------------ shared
 
@@ -236,12 +242,14 @@ class RunDriver:
                 with log.reading(snapshot=False) as c:  # one statement
                     return [(m.message_id, m.payload) for m in
                             pending_work.pending_messages(c, wf_id, topic, limit, seal)]
-            found = self._peeked_in_commit(topic, limit, seal)
+            found = self._window.answer(topic, limit) if self._window is not None else None
             if found is None:
                 with log.reading(snapshot=False) as c:  # one statement
-                    found = pending_work.pending_messages_read_ahead(
-                        c, wf_id, topic, limit, log.flow_recorder.with_stream_events, seal)
-            self._peeked = (topic, limit)  # read: the commit may ask it again
+                    self._window = _window(topic, pending_work.pending_messages_read_ahead(
+                        c, wf_id, topic, self.READ_AHEAD, log.flow_recorder.with_stream_events,
+                        seal))
+                found = self._window.found[:limit]
+            self._peeked = (topic, limit)  # the commit may read the window again
             self.s.streams.read_ahead({stream: events for _, stream, events in found if events})
             return [(m.message_id, m.payload) for m, _, _ in found]
 
@@ -254,30 +262,26 @@ class RunDriver:
             secrets=self.s.secrets,
         )
 
-    def _peeked_in_commit(self, topic: str, limit: int, seal: Seal
-                          ) -> pending_work.ReadAhead | None:
-        """The answer to this peek read in the last commit's transaction, if
-        it asked the same and nothing of this session was appended since: only
-        this session changes its workflow's pending messages while it runs."""
-        ahead, self._peek_ahead = self._peek_ahead, None
-        if ahead is None:
-            return None
-        asked_topic, asked_limit, read, position = ahead
-        if ((asked_topic, asked_limit) != (topic, limit) or read.rows is None
-                or self.s.streams.position != position):
-            return None
-        return pending_work.read_ahead_found(read.rows, seal)
+    def _messages_changed(self, changes: list[MessageChange]) -> None:
+        if self._window is not None:
+            self._window = self._window.after(changes)
 
     def _commit_asking_next_peek(self, label: str) -> None:
-        """The commit's append, asking again this run's read-ahead peek."""
+        """The commit's append; if the window will not answer the peek this
+        run made, the window read again in the commit's transaction."""
         peeked, self._peeked = self._peeked, None
-        if peeked is None:
+        window = self._window.after(self.s.streams.message_changes()) if self._window else None
+        if peeked is None or (window is not None and window.answer(*peeked) is not None):
             self.s.append(label)
             return
+        topic = peeked[0]
         asked = ReadAfter(*pending_work.read_ahead_query(
-            self.s.workflow.id, *peeked, self.s.streams.log.flow_recorder.with_stream_events))
-        position = self.s.append(label, read_after=[asked])
-        self._peek_ahead = (*peeked, asked, position)
+            self.s.workflow.id, topic, self.READ_AHEAD,
+            self.s.streams.log.flow_recorder.with_stream_events))
+        self.s.append(label, read_after=[asked])
+        if asked.rows is not None:
+            self._window = _window(topic, pending_work.read_ahead_found(
+                asked.rows, Seal(self.s.streams.log.column_cipher)))
 
     def _flush(self, ctx: HandlerContext, run: HandlerRun) -> None:
         """Reads and costs of a step become events of the run, in the order they happened."""

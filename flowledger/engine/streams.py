@@ -9,14 +9,16 @@ append fails and nothing of it is stored.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from flowledger.domain.aggregate import EventSourcedAggregate
 from flowledger.domain.errors import ConcurrencyError
+from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
+from flowledger.engine.pending_window import MessageChange
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import Fence
 from flowledger.infrastructure.store import ReadAfter, StreamEvents
@@ -43,6 +45,9 @@ class Streams:
         self.lost_lock: ConcurrencyError | None = None  # found by the heartbeat
         # Appends the store lost before this session began are not in its memory.
         self._lost_before = log.flow_recorder.lost_appends
+        # Told, after each append, what it did to topic messages (the session's
+        # window of pending messages keeps to it: engine/pending_window.py).
+        self.on_messages_changed: Callable[[list[MessageChange]], None] | None = None
 
     def get(self, aggregate_id: UUID, *, short: bool = False) -> Any | None:
         """`short`: see EventLog.load."""
@@ -173,6 +178,7 @@ class Streams:
             return self.position
         wf = self.fenced_on
         fence = Fence(wf.id, wf.version) if wf is not None else None
+        changes = _message_changes(pending) if self.on_messages_changed is not None else []
         try:
             position = self.log.append(*pending, fence=fence, sync=sync, hold=hold,
                                        read_after=read_after)
@@ -189,4 +195,15 @@ class Streams:
         self._touched.clear()
         if position:
             self.position = position
+        if self.on_messages_changed is not None:
+            self.on_messages_changed(changes)
         return self.position
+
+    def message_changes(self) -> list[MessageChange]:
+        """What the next append would do to topic messages, as things stand."""
+        return _message_changes({**self._touched, **self._pinned}.values())
+
+
+def _message_changes(aggregates: Iterable[EventSourcedAggregate]) -> list[MessageChange]:
+    return [MessageChange(a.topic, a.id, tuple(a._pending_events)) for a in aggregates
+            if isinstance(a, TopicEvent) and a.has_pending_events]

@@ -1,10 +1,10 @@
-"""A consumer run's commit asks again, in its own transaction, the read-ahead
-peek its prepare made; the next run's prepare, peeking the same with nothing
-of the session appended since, takes that answer instead of a read of its own
-(a round trip on a server). The answer must be the one a fresh read gives:
-checked against runs where every peek reads afresh, over histories where
-runs publish into the topic they consume, peek past what they take, fail and
-are retried, or where a second consumer peeks another topic in between."""
+"""A session answers a consumer's peek from the pending messages it last read
+of that topic (engine/pending_window.py), kept to its own appends; a run's
+commit reads them again in its own transaction when they will not answer
+its peek again. The answer must be the one a fresh read gives: checked
+against runs where every peek reads afresh, over histories where runs
+publish into the topic they consume, peek past what they take, fail and are
+retried, or where a second consumer peeks another topic in between."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flowledger as fl
-from flowledger.engine.handler_runs import RunDriver
+from flowledger.engine.pending_window import PendingWindow
 from flowledger.projections import pending_work
 from tests.helpers import MemoryLedger, ScriptedLedgerTool
 
 
-def _workflow(name: str, items: list[str], peeks: list[tuple[str, str, tuple[str, ...]]]
-              ) -> fl.Workflow:
-    """Two consumers: `Take` peeks up to 2 of "in" and takes the first (an item
-    "x+" publishes "x+1" back into "in" from its next); `Audit` peeks 2 of
-    "side" (published by Take for items ending in "s"): the same limit, so
-    only the topic tells their peeks apart. Every peek is noted."""
+def _workflow(name: str, items: list[str], peeks: list[tuple[str, str, tuple[str, ...]]],
+              limits: tuple[int, int] = (2, 2)) -> fl.Workflow:
+    """Two consumers: `Take` peeks up to limits[0] of "in" and takes the first
+    (an item "x+" publishes "x+1" back into "in" from its next); `Audit` peeks
+    limits[1] of "side" (published by Take for items ending in "s"): with the
+    same limit, only the topic tells their peeks apart. Every peek is noted."""
     wf = fl.Workflow(name, topics=["in", "side", "done"])
 
     @wf.producer(publishes=["in"])
@@ -38,7 +38,7 @@ def _workflow(name: str, items: list[str], peeks: list[tuple[str, str, tuple[str
     @wf.consumer(subscribe=["in"], publishes=["in", "side", "done"])
     class Take:
         def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
-            found = _peek_noted(ctx, peeks, "Take", "in")
+            found = _peek_noted(ctx, peeks, "Take", "in", limits[0])
             if not found:
                 return None
             return fl.Prepared({"in": [found[0].message_id]}, data=found[0].payload)
@@ -57,7 +57,7 @@ def _workflow(name: str, items: list[str], peeks: list[tuple[str, str, tuple[str
     @wf.consumer(subscribe=["side"])
     class Audit:
         def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
-            found = _peek_noted(ctx, peeks, "Audit", "side")
+            found = _peek_noted(ctx, peeks, "Audit", "side", limits[1])
             if not found:
                 return None
             return fl.Prepared({"side": [found[0].message_id]})
@@ -65,9 +65,9 @@ def _workflow(name: str, items: list[str], peeks: list[tuple[str, str, tuple[str
     return wf
 
 
-def _peek_noted(ctx: Any, peeks: list[Any], who: str, topic: str) -> list[Any]:
-    """Peek 2 of `topic`, noting who peeked what and found what."""
-    found: list[Any] = ctx.peek(topic, limit=2)
+def _peek_noted(ctx: Any, peeks: list[Any], who: str, topic: str, limit: int) -> list[Any]:
+    """Peek `limit` of `topic`, noting who peeked what and found what."""
+    found: list[Any] = ctx.peek(topic, limit=limit)
     peeks.append((who, topic, tuple(m.message_id for m in found)))
     return found
 
@@ -75,8 +75,13 @@ def _peek_noted(ctx: Any, peeks: list[Any], who: str, topic: str) -> list[Any]:
 NAMES = itertools.count()
 
 
-def _run(make_engine: Any, items: list[str], script: list[str], budgets: list[int]
-         ) -> tuple[list[Any], list[str], list[Any]]:
+def _always_afresh(m: pytest.MonkeyPatch) -> None:
+    """Every peek reads the store: no window is kept, none is read in a commit."""
+    m.setattr(PendingWindow, "answer", lambda self, topic, limit: None)
+
+
+def _run(make_engine: Any, items: list[str], script: list[str], budgets: list[int],
+         limits: tuple[int, int] = (2, 2)) -> tuple[list[Any], list[str], list[Any]]:
     """A workflow of its own name on the suite's store, run in sessions of
     `budgets` runs: the peeks seen, the ledger's writes, the runs' ends."""
     name = f"wf{next(NAMES)}"
@@ -84,7 +89,7 @@ def _run(make_engine: Any, items: list[str], script: list[str], budgets: list[in
     ledger = MemoryLedger()
     engine = make_engine()
     try:
-        engine.register(_workflow(name, items, peeks),
+        engine.register(_workflow(name, items, peeks, limits),
                         tools=[ScriptedLedgerTool(ledger, list(script))])
         engine.run_session(name, trigger="manual", max_iterations=0)
         results = [engine.run_session(name, trigger="event", max_iterations=b) for b in budgets]
@@ -101,14 +106,15 @@ budgets_st = st.lists(st.integers(1, 6), min_size=1, max_size=4)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-@given(items=items_st, script=script_st, budgets=budgets_st)
-def test_the_commits_answer_is_what_a_fresh_peek_reads(
+@given(items=items_st, script=script_st, budgets=budgets_st,
+       limits=st.tuples(st.integers(1, 3), st.integers(1, 3)))
+def test_a_peek_answered_without_reading_is_what_a_fresh_peek_reads(
         make_engine: Any, monkeypatch: pytest.MonkeyPatch, items: list[str],
-        script: list[str], budgets: list[int]) -> None:
-    got = _run(make_engine, items, script, budgets)
+        script: list[str], budgets: list[int], limits: tuple[int, int]) -> None:
+    got = _run(make_engine, items, script, budgets, limits)
     with monkeypatch.context() as m:
-        m.setattr(RunDriver, "_peeked_in_commit", lambda self, *args: None)  # always afresh
-        expected = _run(make_engine, items, script, budgets)
+        _always_afresh(m)
+        expected = _run(make_engine, items, script, budgets, limits)
     assert got == expected
 
 
@@ -218,6 +224,58 @@ def test_a_peek_of_another_limit_on_the_same_topic_reads(make_engine: Any,
 
     got = run()
     assert ("Skim", ("b",)) in got and ("Take", ("b", "c")) in got
-    monkeypatch.setattr(RunDriver, "_peeked_in_commit", lambda self, *args: None)
+    _always_afresh(monkeypatch)
     assert got == run()
 
+
+
+def test_peeks_of_a_long_backlog_read_once_per_window(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 messages taken one at a time: the first peek reads READ_AHEAD (16)
+    messages, and only the commits that leave the window unable to answer the
+    next peek read it again, in their own transaction: those of runs 16 and
+    32. The second finds the last 8, all there are, so the window is complete
+    and answers the last peek (nothing) too. No other run reads to peek."""
+    direct: list[int] = []
+    in_commit: list[int] = []
+    fresh, asked = pending_work.pending_messages_read_ahead, pending_work.read_ahead_query
+
+    def reading(c: Any, workflow_id: Any, topic: str, limit: int, *args: Any) -> Any:
+        direct.append(limit)
+        return fresh(c, workflow_id, topic, limit, *args)
+
+    def asking(workflow_id: Any, topic: str, limit: int, *args: Any) -> Any:
+        in_commit.append(limit)
+        return asked(workflow_id, topic, limit, *args)
+
+    monkeypatch.setattr(pending_work, "pending_messages_read_ahead", reading)
+    monkeypatch.setattr(pending_work, "read_ahead_query", asking)
+    items = [f"m{i:02}" for i in range(40)]
+    wf = fl.Workflow("backlog", topics=["in"])
+    taken: list[str] = []
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> Any:
+        for item in items:
+            ctx.publish("in", message_id=item, payload={})
+        return None
+
+    @wf.consumer(subscribe=["in"])
+    class Take:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            found = ctx.peek("in", limit=1)
+            return fl.Prepared({"in": [found[0].message_id]}) if found else None
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            taken.extend(prepared.reservations["in"])
+
+    engine = make_engine()
+    try:
+        engine.register(wf)
+        assert engine.run_session("backlog").status == "completed"
+    finally:
+        engine.close()
+    assert taken == items
+    assert direct == [16]
+    assert len(in_commit) - len(direct) == 2  # the direct read builds its query too
+    assert set(in_commit) == {16}

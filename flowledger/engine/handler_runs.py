@@ -78,6 +78,7 @@ from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.clock import Clock, IdFactory, LeaseClock
 from flowledger.engine.context import HandlerContext
+from flowledger.engine.faults import no_faults
 from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.pending_window import MessageChange, PendingWindow
 from flowledger.engine.policy import RetryPolicy
@@ -119,6 +120,13 @@ SYNCED_APPENDS = frozenset({"in_flight", "session_close"})
 # peek): pending work folds their events in with that next append, writing
 # the run's row once per run instead of once per append (ADR 0012).
 HELD_FOLDS = frozenset({"in_flight", "outcome"})
+
+# The appends a session need not hear back from before its next step: a run's
+# outcome (next() follows, which touches nothing outside) and its commit (the
+# next run's prepare follows). Sent, their answer is read when the session
+# next uses the store, so that work overlaps the server's (ADR 0017); a
+# failure then stops the session at that point, with nothing more appended.
+ANSWERED_LATER = frozenset({"outcome", "commit"})
 
 
 @dataclass
@@ -179,8 +187,12 @@ class SessionScope:
             until = self._renewed_lease_end()
             if until is not None and self.workflow.open_session == self.session.id:
                 self.workflow.renew_lease(self.now(), until)
+            # With a fault injected (tests), each point is exact: "after" an
+            # append means its answer was read.
+            later = label in ANSWERED_LATER and self.checkpoint is no_faults
             position = self.streams.append(sync=label in SYNCED_APPENDS,
-                                           hold=label in HELD_FOLDS, read_after=read_after)
+                                           hold=label in HELD_FOLDS, read_after=read_after,
+                                           later=later)
         self.checkpoint(f"after_append:{label}")
         return position
 

@@ -48,6 +48,8 @@ class Streams:
         # Told, after each append, what it did to topic messages (the session's
         # window of pending messages keeps to it: engine/pending_window.py).
         self.on_messages_changed: Callable[[list[MessageChange]], None] | None = None
+        # How an append whose answer was read later failed (`_answered`).
+        self._failed_later: BaseException | None = None
 
     def get(self, aggregate_id: UUID, *, short: bool = False) -> Any | None:
         """`short`: see EventLog.load."""
@@ -111,16 +113,44 @@ class Streams:
         self.fenced_on = workflow
 
     def append(self, sync: bool = True, hold: bool = False,
-               read_after: Sequence[ReadAfter] = ()) -> int:
+               read_after: Sequence[ReadAfter] = (), later: bool = False) -> int:
         """Append every pending event of the touched aggregates: one transaction
-        (`read_after` read last in it)."""
+        (`read_after` read last in it). `later`: the store may read its answer
+        when this session next uses it (EventLog.append's `answered`); a
+        failure found then stops the session at its next append."""
         with self.lock:
-            return self._append(sync, hold, read_after)
+            return self._append(sync, hold, read_after, later)
+
+    def _answered(self, result: int | BaseException) -> None:
+        """An append sent earlier, answered (possibly from another thread that
+        read the store first): only noted here, acted on by `_settled`."""
+        if isinstance(result, BaseException):
+            self._failed_later = result
+        elif result > self.position:
+            self.position = result
+
+    def _settled(self) -> None:
+        """The answer of an append sent earlier, read: if it failed, nothing
+        more is appended through this session."""
+        self.log.flow_recorder.settle()
+        failed, self._failed_later = self._failed_later, None
+        if failed is not None and self.broken is None:
+            self._break(failed)
+
+    def _break(self, e: BaseException) -> None:
+        """An append failed: the in-memory copies are ahead of the log, and this
+        session may have lost its lock. Nothing more may be appended through it."""
+        self.broken = e
+        self._cache.clear()
+        self._touched.clear()
+        self._pinned.clear()
+        self._ahead = {}
 
     def renew_lease(self, now: datetime, lease_until: datetime, session_id: UUID) -> bool:
         """The heartbeat's append: the workflow's LeaseRenewed alone, fenced. False
         when there is nothing it may do (another append is due anyway)."""
         with self.lock:
+            self._settled()
             wf = self.fenced_on
             if (self.broken is not None or self.lost_lock is not None or wf is None
                     or self.log.flow_recorder.lost_appends != self._lost_before
@@ -155,7 +185,9 @@ class Streams:
                 raise
             return True
 
-    def _append(self, sync: bool, hold: bool, read_after: Sequence[ReadAfter] = ()) -> int:
+    def _append(self, sync: bool, hold: bool, read_after: Sequence[ReadAfter] = (),
+                later: bool = False) -> int:
+        self._settled()
         if self.lost_lock is not None:
             raise ConcurrencyError(str(self.lost_lock)) from self.lost_lock
         if self.log.flow_recorder.lost_appends != self._lost_before and self.broken is None:
@@ -181,16 +213,11 @@ class Streams:
         changes = _message_changes(pending) if self.on_messages_changed is not None else []
         try:
             position = self.log.append(*pending, fence=fence, sync=sync, hold=hold,
-                                       read_after=read_after)
+                                       read_after=read_after,
+                                       answered=self._answered if later else None)
         except BaseException as e:
-            # The events were taken off the aggregates but not stored: the
-            # in-memory copies are ahead of the log, and this session may have
-            # lost its lock. Nothing more may be appended through it.
-            self.broken = e
-            self._cache.clear()
-            self._touched.clear()
-            self._pinned.clear()
-            self._ahead = {}
+            # The events were taken off the aggregates but not stored.
+            self._break(e)
             raise
         self._touched.clear()
         if position:

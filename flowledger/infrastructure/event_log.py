@@ -72,6 +72,26 @@ from flowledger.infrastructure.store_format import (
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig, parse_store_url
 
 
+def _refused(e: BaseException, fence: Fence | None) -> BaseException:
+    """What an append raises for what the store raised: another writer's
+    doing said as such."""
+    if isinstance(e, ProjectionRowTaken):
+        return _conflict(e)
+    if not isinstance(e, IntegrityError):
+        return e
+    detail = " ".join(str(e).split())  # on one line (PostgreSQL adds a DETAIL line)
+    if fence is not None:  # a fenced writer: its session was taken over
+        refused = ConcurrencyError(
+            f"this session lost its lock: another process took it over ({detail}). "
+            "Nothing of this step was stored; the session stops here")
+    else:
+        refused = ConcurrencyError(
+            f"another process wrote to the same streams first ({detail}); this append "
+            "was not stored")
+    refused.__cause__ = e
+    return refused
+
+
 def _conflict(e: ProjectionRowTaken) -> ProjectionConflictError:
     """What to tell of a row in an append's way, which only a write made
     outside flowledger (or a bug) can have put there."""
@@ -356,7 +376,8 @@ class EventLog(Application[UUID]):
         self._may_hold = may_hold
 
     def append(self, *aggregates: Any, fence: Fence | None = None, sync: bool = True,
-               hold: bool = False, read_after: Sequence[ReadAfter] = ()) -> int:
+               hold: bool = False, read_after: Sequence[ReadAfter] = (),
+               answered: Callable[[int | BaseException], None] | None = None) -> int:
         """One durable point: all pending events of these aggregates, or none.
 
         `sync=False` skips the fsync: for appends that a later synced one
@@ -364,6 +385,9 @@ class EventLog(Application[UUID]):
         `hold=True` lets pending work fold these events in with the next
         append instead of in this one (ADR 0012). Each of `read_after` is read in
         the same transaction, after its writes (its rows set once it committed).
+        `answered`: the store may send the append and read its answer later,
+        before anything else uses the store; it is then told the last
+        position, or what this call would have raised (LogStore.append_rows).
 
         Returns the log position of the last event appended (0 if none). The
         same steps as `Application.save` — record, then snapshot — on the
@@ -388,23 +412,16 @@ class EventLog(Application[UUID]):
             return 0
         if hold and self._may_hold is not None:
             hold = self._may_hold()
+        told = None
+        if answered is not None:
+            def told(result: int | BaseException) -> None:
+                answered(result if isinstance(result, int) else _refused(result, fence))
         try:
-            position = self.flow_recorder.append_rows(
-                [to_row(e) for e in events], events, fence, sync, snapshots, hold, read_after)
-        except ProjectionRowTaken as e:
-            raise _conflict(e) from e
-        except IntegrityError as e:
-            detail = " ".join(str(e).split())  # on one line (PostgreSQL adds a DETAIL line)
-            if fence is not None:  # a fenced writer: its session was taken over
-                raise ConcurrencyError(
-                    f"this session lost its lock: another process took it over ({detail}). "
-                    "Nothing of this step was stored; the session stops here"
-                ) from e
-            raise ConcurrencyError(
-                f"another process wrote to the same streams first ({detail}); this append "
-                "was not stored"
-            ) from e
-        return position
+            return self.flow_recorder.append_rows(
+                [to_row(e) for e in events], events, fence, sync, snapshots, hold, read_after,
+                answered=told)
+        except (ProjectionRowTaken, IntegrityError) as e:
+            raise _refused(e, fence) from e
 
     def _snapshot_due(self, agg: Any, first: int, last: int) -> bool:
         """The long streams are snapshotted each time they pass their interval."""

@@ -21,6 +21,7 @@ makes them PostgreSQL's.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -100,6 +101,7 @@ class PgBatch:
         self._wanted: list[tuple[int, Rows]] = []  # (statement index, its rows)
         self._prepares: dict[int, str] = {}  # statement index of a PREPARE → its SQL
         self._last: list[Any] = []
+        self._unanswered = False  # a query sent whose answer `answer()` reads
         # A write transaction's tracking rows, read with its first message and
         # kept up to date by its writes (FlowPostgresRecorder.tracked).
         self.tracking: dict[str, int] | None = None
@@ -155,23 +157,30 @@ class PgBatch:
         self._queue.append(bound)
         return rows
 
-    def flush(self) -> None:
+    def flush(self, later: bool = False) -> bool:
         """Send the queue, as one query but for the PREPAREs it holds (each
-        goes alone, in order); fill in the rows asked for."""
+        goes alone, in order); fill in the rows asked for. `later`: the last
+        query's answer is left to `answer()`, if nothing in it was asked for
+        (True when it was so left)."""
         if not self._queue:
-            return
+            return False
         queue, self._queue = self._queue, []
         wanted, self._wanted = dict(self._wanted), []
         prepares, self._prepares = self._prepares, {}
         preparing, self._preparing = self._preparing, {}
         start = 0
         for at in [*prepares, len(queue)]:
+            if (later and at == len(queue) and start < at
+                    and not any(start <= index < at for index in wanted)):
+                self._send_only(queue[start:at])
+                return True
             self._send(queue, start, at, wanted)
             if at < len(queue):
                 self._send(queue, at, at + 1, wanted)
                 # Known prepared once its own message is answered.
                 self._prepared.names[prepares[at]] = preparing[prepares[at]]
             start = at + 1
+        return False
 
     def _send(self, queue: list[str], start: int, stop: int, wanted: dict[int, Rows]) -> None:
         """Statements start..stop-1 of the queue as one query. Sent through
@@ -187,11 +196,7 @@ class PgBatch:
         with conn.lock:
             # Sent inside the wait: an interrupt at any point cancels the query.
             results = conn.wait(_execute(conn.pgconn, query))
-        for result in results:  # the server stops at the first error
-            if result.status not in _ANSWERED:
-                if result.status == ExecStatus.FATAL_ERROR:
-                    raise psycopg.errors.error_from_result(result, encoding=self._encoding)
-                raise psycopg.InternalError(f"unexpected answer: {ExecStatus(result.status).name}")
+        self._check(results)
         asked = [index for index in wanted if start <= index < stop]
         if asked and len(results) != stop - start:  # one `execute` held two statements
             raise psycopg.InternalError(f"{len(results)} answers to {stop - start} statements")
@@ -199,6 +204,40 @@ class PgBatch:
             result = results[index - start]
             self._loader.set_pgresult(result)
             wanted[index]._rows = self._loader.load_rows(0, result.ntuples, tuple)
+
+    def _check(self, results: list[PGresult]) -> None:
+        for result in results:  # the server stops at the first error
+            if result.status not in _ANSWERED:
+                if result.status == ExecStatus.FATAL_ERROR:
+                    raise psycopg.errors.error_from_result(result, encoding=self._encoding)
+                raise psycopg.InternalError(f"unexpected answer: {ExecStatus(result.status).name}")
+
+    def _send_only(self, statements: list[str]) -> None:
+        """Send statements as one query, leaving their answer on the connection
+        (`answer`): nothing else may be sent on it until then."""
+        query = "\n;\n".join(statements).encode(self._encoding)
+        conn = self._conn
+        if conn.closed:
+            raise psycopg.OperationalError("the connection is closed")
+        with conn.lock:
+            conn.wait(_send_query(conn.pgconn, query))
+        self._unanswered = True
+
+    @property
+    def unanswered(self) -> bool:
+        """A query was sent whose answer `answer()` is still to read."""
+        return self._unanswered
+
+    def answer(self) -> None:
+        """Read the answer `flush(later=True)` left: raises what its
+        statements raised (the transaction then is to be rolled back)."""
+        if not self._unanswered:
+            return
+        self._unanswered = False
+        conn = self._conn
+        with conn.lock:
+            results = conn.wait(generators.fetch_many(conn.pgconn))
+        self._check(results)
 
     # ------------------------------------------------ the projections' face
 
@@ -255,14 +294,18 @@ class PgBatch:
             else:
                 rows[name] = position
 
-    def commit(self) -> None:
+    def commit(self, later: bool = False) -> bool:
         """Send what is queued with the COMMIT. An unknown outcome (the
-        connection lost on the way) raises: never retried here."""
+        connection lost on the way) raises: never retried here. `later`: see
+        `flush` (True: its answer is left to `answer()`)."""
         self._queue.append("COMMIT")
-        self.flush()
+        return self.flush(later)
 
     def rollback(self) -> None:
         self._queue, self._wanted, self._prepares, self._preparing = [], [], {}, {}
+        if self._unanswered:  # its answer first: nothing else is read before it
+            with contextlib.suppress(psycopg.Error):
+                self.answer()
         if self._conn.closed or self._conn.broken:
             return
         try:
@@ -274,6 +317,12 @@ class PgBatch:
     def close(self) -> None:
         if self._binder is not None:
             self._binder.close()
+
+
+def _send_query(pgconn: PGconn, query: bytes) -> PQGen[None]:
+    """psycopg's generator that sends a query, not waiting for its answer."""
+    pgconn.send_query(query)
+    yield from generators.send(pgconn)
 
 
 def _execute(pgconn: PGconn, query: bytes) -> PQGen[list[PGresult]]:

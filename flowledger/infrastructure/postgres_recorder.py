@@ -24,8 +24,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeGuard
 from uuid import UUID
@@ -110,6 +111,16 @@ def _server_unavailable(said: str) -> bool:
 class NotConnected(InterfaceError):
     """No connection to the server could be opened (it is restarting, say):
     nothing was sent."""
+
+
+@dataclass
+class _Unanswered:
+    """An append sent on the forecast, its answer not read yet (`settle`)."""
+    batch: PgBatch
+    position: int  # the last event's, if it is stored as sent
+    before: tuple[Any, Any]  # the recorder's last appended and synced before it
+    answered: Callable[[int | BaseException], None] = lambda result: None
+    again: Callable[[], int] = lambda: 0  # the append made the ordinary way
 
 
 class _PositionsBehind(Exception):
@@ -330,6 +341,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         # Per writer connection: the statements prepared on it (PgBatch).
         self._prepared: dict[bool, Prepared] = {}
         self._forecast = Forecast(self.events_table_name)
+        # An append sent whose answer is still to be read (`settle`), and
+        # whether a thread is reading it.
+        self._unanswered: _Unanswered | None = None
+        self._settling = False
         self._sequence = ""  # the log's position sequence (create_table)
         # The last event this recorder appended (position, stream, version):
         # looked for when a writer connection is opened again (`_lost_appends`).
@@ -396,6 +411,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _take(self, kind: str) -> psycopg.Connection[Any]:
         """An idle connection of `kind`, or a new one."""
+        self.settle()  # what this engine appended is read
         with self._reading_lock:
             idle, generation = self._idle[kind], self._generation
             while idle:
@@ -677,7 +693,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             (position, _uuid(stream), version)).fetchone() is not None
 
     @contextmanager
-    def writing(self, sync: bool = True, tracking: bool = False) -> Iterator[PgBatch]:
+    def writing(self, sync: bool = True, tracking: bool = False,
+                later: bool = False) -> Iterator[PgBatch]:
         """One write transaction, holding the log table's EXCLUSIVE lock from its
         start (waiting up to the lock timeout): writers run one at a time.
         `sync=False`: the commit does not wait for the WAL flush (ADR 0011); it
@@ -689,9 +706,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         fold projections) and an append's inserts and fence go in the first
         message; the projections' writes go with the next read or the COMMIT.
         An error of any statement rolls the whole transaction back, wherever it
-        surfaces.
+        surfaces. `later`: the COMMIT's message is sent and its answer left on
+        the connection (`PgBatch.answer`), if nothing in it was asked for.
         """
         with self._writer_lock:
+            self.settle()
             self.keep_announced()
             batch = PgBatch(self._writer(sync), translate, self._prepared[sync])
             try:
@@ -700,7 +719,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 if tracking:
                     batch.prefetch_tracking()
                 yield batch
-                batch.commit()
+                batch.commit(later)
                 self._forecast.tracked(batch.tracking_changes)
             except psycopg.errors.LockNotAvailable as e:
                 with contextlib.suppress(psycopg.Error):
@@ -944,6 +963,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         return self.holder_alive(owner)
 
     def close_connections(self) -> None:
+        self.settle()
         with self._liveness_lock:
             self._held_key = None  # not announced again by a write still under way
             if self._liveness is not None and not self._liveness.closed:
@@ -970,7 +990,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
-                    read_after: Sequence[ReadAfter] = ()) -> int:
+                    read_after: Sequence[ReadAfter] = (),
+                    answered: Callable[[int | BaseException], None] | None = None) -> int:
         """Insert events in one transaction (`_append_rows`). A writer connection
         that cannot be opened (the server restarting: nothing was sent) is tried
         again for up to RECONNECT_WITHIN_S, so that a run whose tool call
@@ -983,7 +1004,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         while True:
             try:
                 return self._append_rows(rows, appended, fence, sync, snapshots, hold,
-                                         read_after, lost)
+                                         read_after, lost, answered)
             except NotConnected as e:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -994,14 +1015,18 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                      fence: Fence | None, sync: bool, snapshots: Sequence[Row], hold: bool,
-                     read_after: Sequence[ReadAfter], lost: int) -> int:
+                     read_after: Sequence[ReadAfter], lost: int,
+                     answered: Callable[[int | BaseException], None] | None = None) -> int:
         """On the forecast (one message) while this writer is the only one
         appending, else reading the head first (postgres_forecast.py). A
         forecast that missed stored nothing. `read_after` goes last, in the
         COMMIT's message. `lost`: the appends known lost when the caller began;
         one found lost since (by another thread, while this append waited for
-        the server) stops it: the caller's memory may hold what the log lost."""
+        the server) stops it: the caller's memory may hold what the log lost.
+        `answered`: an unsynced append on the forecast, with nothing to read
+        back, is sent and its answer read later (`settle`)."""
         with self._writer_lock:
+            self.settle()
             if self._gone_back is not None:  # for this engine's life: it knows what was lost
                 raise LogWentBack(self._gone_back)
             if self.lost_appends != lost:
@@ -1011,26 +1036,98 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     "of this append was stored")
             if 0 < len(rows) <= _ROWS_PER_INSERT and self._forecast.usable(
                     self.chain is not None):
+                later = answered is not None and not sync and not read_after
                 try:
-                    return self._append(rows, appended, fence, sync, snapshots, hold, True,
-                                        read_after)
+                    position = self._append(rows, appended, fence, sync, snapshots, hold,
+                                            True, read_after, later)
                 except psycopg.Error as e:
                     if e.sqlstate != GUARD_FAILED:
                         raise
                     self._forecast.missed()
+                else:
+                    if self._unanswered is not None:
+                        assert answered is not None
+                        self._unanswered.answered = answered
+                        self._unanswered.again = functools.partial(
+                            self._append_ordinary, rows, appended, fence, sync, snapshots,
+                            hold)
+                    return position
+            return self._append_ordinary(rows, appended, fence, sync, snapshots, hold,
+                                         read_after)
+
+    def _append_ordinary(self, rows: Sequence[Row], appended: Sequence[Any],
+                         fence: Fence | None, sync: bool, snapshots: Sequence[Row],
+                         hold: bool, read_after: Sequence[ReadAfter] = ()) -> int:
+        """The append made reading the head first (two messages)."""
+        try:
+            return self._append(rows, appended, fence, sync, snapshots, hold, False,
+                                read_after)
+        except _PositionsBehind:
+            self._set_sequence_past_head()  # nothing was stored: once more, past the head
+        try:
+            return self._append(rows, appended, fence, sync, snapshots, hold, False,
+                                read_after)
+        except _PositionsBehind:
+            raise OperationalError(
+                "the log's position sequence gave positions at or below the log's head "
+                "again, just after it was set past it: something sets it back while "
+                "engines append. Nothing of this append was stored") from None
+
+    def settle(self) -> None:
+        """Read the answer of an append sent without waiting for it, before
+        anything else uses the store (every write and read calls this first):
+        what follows sees it. Its caller is told how it went (`answered`); an
+        append whose forecast missed is made again the ordinary way. Never
+        raises but for an interrupt, after telling the caller."""
+        if self._unanswered is None and not self._settling:
+            return
+        with self._writer_lock:  # held by whoever reads it: the others wait for it
+            if self._unanswered is None:
+                return
+            self._settling = True  # first: another thread that finds neither goes on
+            sent, self._unanswered = self._unanswered, None
             try:
-                return self._append(rows, appended, fence, sync, snapshots, hold, False,
-                                    read_after)
-            except _PositionsBehind:
-                self._set_sequence_past_head()  # nothing was stored: once more, past the head
-            try:
-                return self._append(rows, appended, fence, sync, snapshots, hold, False,
-                                    read_after)
-            except _PositionsBehind:
-                raise OperationalError(
-                    "the log's position sequence gave positions at or below the log's head "
-                    "again, just after it was set past it: something sets it back while "
-                    "engines append. Nothing of this append was stored") from None
+                self._read_answer(sent)
+            finally:
+                self._settling = False
+
+    def _read_answer(self, sent: _Unanswered) -> None:
+        try:
+            sent.batch.answer()
+        except BaseException as e:
+            with contextlib.suppress(psycopg.Error):
+                sent.batch.rollback()
+            self._forecast.forget()
+            if self.after_abort is not None:
+                self.after_abort()
+            self._last_appended, self._last_synced = sent.before
+            result = self._after_refusal(e, sent)
+            sent.answered(result)
+            if not isinstance(e, Exception):
+                raise  # an interrupt, told to the caller first
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result from None  # an interrupt while it was made again
+            return
+        sent.answered(sent.position)
+
+    def _after_refusal(self, e: BaseException, sent: _Unanswered) -> int | BaseException:
+        """What an append sent on the forecast comes to when its answer is an
+        error: made again the ordinary way if another writer moved the log (or
+        the position sequence was set back), else what it would have raised."""
+        again = isinstance(e, psycopg.Error) and e.sqlstate == GUARD_FAILED
+        if again:
+            self._forecast.missed()
+        elif isinstance(e, psycopg.errors.UniqueViolation):
+            taken = self._taken(e)
+            if not isinstance(taken, _PositionsBehind):
+                return taken
+            again = True
+        if not again:
+            return e
+        try:
+            return sent.again()
+        except BaseException as failed:
+            return failed
 
     def _went_back(self, position: int, head: int) -> None:
         """The log no longer holds this engine's append at `position` and ends
@@ -1067,7 +1164,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _append(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
                 sync: bool, snapshots: Sequence[Row], hold: bool, forecast: bool,
-                read_after: Sequence[ReadAfter] = ()) -> int:
+                read_after: Sequence[ReadAfter] = (), later: bool = False) -> int:
         links: list[Link] = []
         positions: list[int] = []
         head: tuple[int, bytes] | None = None
@@ -1075,7 +1172,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         head_rows: Rows | None = None
         asked: list[Rows] = []
         try:
-            with self.writing(sync, tracking=not forecast) as c:
+            before = (self._last_appended, self._last_synced)
+            with self.writing(sync, tracking=not forecast, later=later) as c:
                 if forecast:
                     positions, head = self._send_forecast(c, rows, fence)
                 else:
@@ -1107,12 +1205,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         except psycopg.errors.UniqueViolation as e:
             if self.after_abort is not None:
                 self.after_abort()
-            if "notification_id" in (e.diag.constraint_name or ""):
-                raise _PositionsBehind from e  # a position taken: the sequence was set back
-            if e.diag.table_name == self.events_table_name:  # a stream's version taken
-                raise IntegrityError(e) from e
-            # A projection's or the chain's: not another writer's doing.
-            raise ProjectionRowTaken(e.diag.table_name or "?", " ".join(str(e).split())) from e
+            raise self._taken(e) from e
         except BaseException:
             if self.after_abort is not None:
                 self.after_abort()
@@ -1125,7 +1218,19 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             self._last_appended = (int(positions[-1]), rows[-1][0], rows[-1][1])
             if sync:
                 self._last_synced = self._last_appended
-        return int(positions[-1]) if rows else 0
+        position = int(positions[-1]) if rows else 0
+        if c.unanswered:  # its answer is read by `settle`; what it needs then:
+            self._unanswered = _Unanswered(c, position, before)
+        return position
+
+    def _taken(self, e: psycopg.errors.UniqueViolation) -> Exception:
+        """What a unique key an append ran into says."""
+        if "notification_id" in (e.diag.constraint_name or ""):
+            return _PositionsBehind()  # a position taken: the sequence was set back
+        if e.diag.table_name == self.events_table_name:  # a stream's version taken
+            return IntegrityError(e)
+        # A projection's or the chain's: not another writer's doing.
+        return ProjectionRowTaken(e.diag.table_name or "?", " ".join(str(e).split()))
 
     def _send_reading_head(self, c: PgBatch, rows: Sequence[Row], fence: Fence | None
                            ) -> tuple[list[Rows], Rows | None]:

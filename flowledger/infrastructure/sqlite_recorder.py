@@ -244,10 +244,14 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         finally:
             cursor.close()
 
+    def settle(self) -> None:
+        """Every append here is answered at once: nothing to read later."""
+
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
-                    read_after: Sequence[ReadAfter] = ()) -> int:
+                    read_after: Sequence[ReadAfter] = (),
+                    answered: Callable[[int | BaseException], None] | None = None) -> int:
         """Insert events (stream id hex, version, topic, state) in one transaction;
         returns the last one's position.
 

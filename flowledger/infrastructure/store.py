@@ -146,9 +146,20 @@ class LogStore(Protocol):
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
-                    read_after: Sequence[ReadAfter] = ()) -> int:
+                    read_after: Sequence[ReadAfter] = (),
+                    answered: Callable[[int | BaseException], None] | None = None) -> int:
         """Insert events in one transaction, fenced, with the after-insert hook
-        in it; the last one's position. `read_after` is read last in it, in order."""
+        in it; the last one's position. `read_after` is read last in it, in order.
+        `answered` given: the store may send the append and read its answer
+        later, before anything else uses the store, returning the position the
+        append takes if it is stored as sent; `answered` is then told the last
+        position it was stored at (it may be made again: on a forecast that
+        missed), or what this call would have raised. A store that answers at
+        once never calls it."""
+
+    def settle(self) -> None:
+        """Read the answer of an append sent without waiting for it (see
+        `append_rows`), if one is outstanding."""
 
     def select_stored(self, c: Cursor, after: int, limit: int,
                       upto: int | None = None) -> list[tuple[int, StoredEvent]]: ...

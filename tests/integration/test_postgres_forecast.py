@@ -7,6 +7,7 @@ had never forecast."""
 from __future__ import annotations
 
 import inspect
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from flowledger.infrastructure.postgres_batch import PgBatch
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast
 from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
 from flowledger.infrastructure.store import Fence
+from flowledger.projections.runner import ProjectionRunner
 from flowledger.testing import assert_projections_rebuild_equal
 from tests.helpers import ExternalLedger, ScriptedLedgerTool, costly_workflow, mid_call_tool
 
@@ -28,13 +30,23 @@ on_postgresql = pytest.mark.parametrize(
 
 
 class Seen:
-    """Counts appends made on a forecast, and those whose forecast missed (the
-    real method runs)."""
+    """Counts appends made on a forecast, and those whose forecast missed, found
+    at once or when the answer of an append sent without waiting was read
+    (`missed_later`); the real methods run."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sent = self.missed = 0
+        self.sent = self.missed = self.missed_later = 0
         append = FlowPostgresRecorder._append
         signature = inspect.signature(append)
+        refused = FlowPostgresRecorder._after_refusal
+
+        def counted_refusal(recorder: Any, e: BaseException, sent: Any) -> Any:
+            missed = isinstance(e, psycopg.Error) and e.sqlstate == GUARD_FAILED
+            self.missed += missed
+            self.missed_later += missed
+            return refused(recorder, e, sent)
+
+        monkeypatch.setattr(FlowPostgresRecorder, "_after_refusal", counted_refusal)
 
         def counted(recorder: Any, *a: Any) -> Any:
             forecast = signature.bind(recorder, *a).arguments["forecast"]
@@ -126,9 +138,9 @@ def test_an_ordinary_append_folds_from_what_it_asked_under_the_lock(make_engine,
     sent: list[int] = []
     flush, append = PgBatch.flush, FlowPostgresRecorder._append
 
-    def counted_flush(batch: PgBatch) -> None:
+    def counted_flush(batch: PgBatch, later: bool = False) -> bool:
         messages[0] += bool(batch._queue)
-        flush(batch)
+        return flush(batch, later)
 
     def counted_append(recorder: Any, *a: Any) -> Any:
         before = messages[0]
@@ -176,3 +188,75 @@ def test_an_ordinary_append_folds_from_what_it_asked_under_the_lock(make_engine,
     assert ledger.calls_made() == 3 and ledger.keys() == ["a", "b", "c"]
     assert sent and max(sent) == 2, sent
     assert_projections_rebuild_equal(engine)
+
+
+@on_postgresql
+def test_an_append_answered_later_that_was_refused_is_told_when_the_store_is_next_used(
+        make_engine):
+    """An append sent without waiting (ADR 0017, "Answers read later"),
+    fenced on a version its stream is no longer at: nothing of it is stored,
+    and its caller is told, in the words the append would have raised, before
+    the next read of the store goes on. (No projection folds here: a fold
+    that reads rows sends a first message, which answers at once.)"""
+    engine = make_engine()
+    engine.register(fl.Workflow("wf", topics=["t"]))
+    log = engine.log
+    rec = log.flow_recorder
+    wf = log.load(workflow_id("wf"))
+    head = rec.max_notification_id()
+    rec.after_insert = rec.before_fold = None
+    told: list[Any] = []
+
+    def registered(name: str) -> Workflow:
+        return Workflow.register(now=datetime(2026, 1, 1, tzinfo=UTC), name=name,
+                                 fingerprint="f", topics=["t"], handlers=[])
+
+    # One that is stored, which also prepares the statements on the connection
+    # (a statement's first PREPARE goes alone, and what comes before it waits).
+    assert log.append(registered("first"), fence=Fence(wf.id, wf.version), sync=False,
+                      answered=told.append) == head + 1
+    assert told == [] and rec.max_notification_id() == head + 1 and told == [head + 1]
+    extra = registered("other")
+    position = log.append(extra, fence=Fence(wf.id, wf.version + 1), sync=False,
+                          answered=told.append)
+    assert position == head + 2 and told == [head + 1]  # sent, not answered yet
+    assert rec.max_notification_id() == head + 1  # read once the answer was
+    assert len(told) == 2 and isinstance(told[1], fl.ConcurrencyError)
+    assert "this session lost its lock" in str(told[1])
+    assert log.load(extra.id) is None
+    assert engine.verify().ok
+
+
+@on_postgresql
+def test_an_outcome_refused_after_it_was_sent_stops_the_session_at_its_next_append(
+        make_engine, tmp_path, monkeypatch):
+    """A run's outcome is sent without waiting (ADR 0017, "Answers read
+    later"). Here another writer moved the session's workflow stream during
+    the third run's tool call, so the server refuses that outcome (its fence):
+    found when the session next uses the store, and the session stops at its
+    next append with nothing more stored. Each call was made once; the run is
+    left for recovery to reconcile, as after any refused append."""
+    seen = Seen(monkeypatch)
+    # The outcome's fold is held for the commit even though another writer
+    # appends: its message then asks for nothing, and is sent without waiting.
+    monkeypatch.setattr(ProjectionRunner, "QUIET_BEFORE_HOLDING", 0)
+    ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
+    engine, other = make_engine(), make_engine()
+
+    def move_the_workflow(key: str) -> None:
+        if key != "c":  # the runs before prepare the statements an outcome sends
+            return
+        wf = other.log.load(workflow_id("prop"))
+        assert wf is not None
+        wf.change_definition(datetime(2026, 1, 1, tzinfo=UTC), "moved", wf.topics, wf.handlers)
+        other.log.append(wf)
+
+    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]),
+                    tools=[mid_call_tool(move_the_workflow)(ledger)])
+    with pytest.raises(fl.ConcurrencyError, match=re.escape(
+            "an earlier append of this session failed (this session lost its lock")):
+        engine.run_session("prop")
+    assert seen.missed_later >= 1  # the outcome's guard, found when its answer was read
+    assert ledger.calls_made() == 3
+    assert len([e for e in engine.events() if e.name == "MutationApplied"]) == 2  # not c's
+    assert engine.verify().ok

@@ -118,6 +118,7 @@ class _Unanswered:
     """An append sent on the forecast, its answer not read yet (`settle`)."""
     batch: PgBatch
     position: int  # the last event's, if it is stored as sent
+    streams: frozenset[str]  # the ids (hex) of the streams it writes
     before: tuple[Any, Any]  # the recorder's last appended and synced before it
     answered: Callable[[int | BaseException], None] = lambda result: None
     again: Callable[[], int] = lambda: 0  # the append made the ordinary way
@@ -312,6 +313,21 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     MAX_PARAMETERS = 5000
     HOLDS_NUL_IN_TEXT = False
 
+    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
+                      lte: int | None = None, desc: bool = False,
+                      limit: int | None = None) -> Sequence[StoredEvent]:
+        """One stream's events. A stream the append still unanswered does not
+        write is read without waiting for its answer (nothing of it can be in
+        what is read): a run's commit looks up the messages it publishes while
+        the server stores the run's outcome."""
+        sent = self._unanswered
+        apart = sent is not None and _uuid(originator_id).hex not in sent.streams
+        self._apart.stream = apart
+        try:
+            return super().select_events(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        finally:
+            self._apart.stream = False
+
     def stream_key(self, stream_id: UUID | str) -> UUID:
         return _uuid(stream_id)
 
@@ -345,6 +361,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         # whether a thread is reading it.
         self._unanswered: _Unanswered | None = None
         self._settling = False
+        # Set while this thread reads one stream that append does not write.
+        self._apart = threading.local()
         self._sequence = ""  # the log's position sequence (create_table)
         # The last event this recorder appended (position, stream, version):
         # looked for when a writer connection is opened again (`_lost_appends`).
@@ -411,7 +429,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _take(self, kind: str) -> psycopg.Connection[Any]:
         """An idle connection of `kind`, or a new one."""
-        self.settle()  # what this engine appended is read
+        if not getattr(self._apart, "stream", False):
+            self.settle()  # what this engine appended is read
         with self._reading_lock:
             idle, generation = self._idle[kind], self._generation
             while idle:
@@ -1220,7 +1239,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 self._last_synced = self._last_appended
         position = int(positions[-1]) if rows else 0
         if c.unanswered:  # its answer is read by `settle`; what it needs then:
-            self._unanswered = _Unanswered(c, position, before)
+            self._unanswered = _Unanswered(c, position, frozenset(r[0] for r in rows), before)
         return position
 
     def _taken(self, e: psycopg.errors.UniqueViolation) -> Exception:

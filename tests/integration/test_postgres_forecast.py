@@ -260,3 +260,31 @@ def test_an_outcome_refused_after_it_was_sent_stops_the_session_at_its_next_appe
     assert ledger.calls_made() == 3
     assert len([e for e in engine.events() if e.name == "MutationApplied"]) == 2  # not c's
     assert engine.verify().ok
+
+
+@on_postgresql
+def test_a_stream_the_unanswered_append_does_not_write_is_read_without_its_answer(
+        make_engine):
+    """A run's commit looks up the messages it publishes while the server
+    stores the run's outcome: a read of one stream waits for an unanswered
+    append only if that append writes the stream, and then sees it."""
+    engine = make_engine()
+    engine.register(fl.Workflow("wf", topics=["t"]))
+    log = engine.log
+    rec = log.flow_recorder
+    rec.after_insert = rec.before_fold = None
+    told: list[Any] = []
+
+    def registered(name: str) -> Workflow:
+        return Workflow.register(now=datetime(2026, 1, 1, tzinfo=UTC), name=name,
+                                 fingerprint="f", topics=["t"], handlers=[])
+
+    log.append(registered("first"), sync=False, answered=told.append)  # prepares statements
+    rec.settle()
+    second = registered("second")
+    log.append(second, sync=False, answered=told.append)
+    assert rec._unanswered is not None and len(told) == 1
+    assert log.load(workflow_id("first"), short=True) is not None  # another stream
+    assert rec._unanswered is not None and len(told) == 1  # still unanswered
+    assert log.load(second.id, short=True) is not None  # its own: answered first
+    assert rec._unanswered is None and len(told) == 2

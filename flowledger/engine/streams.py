@@ -129,13 +129,19 @@ class Streams:
         elif result > self.position:
             self.position = result
 
-    def _settled(self) -> None:
+    def _settled(self, here: bool) -> None:
         """The answer of an append sent earlier, read: if it failed, nothing
-        more is appended through this session."""
+        more is appended through this session, and (`here`: at the session's
+        next append) the failure is raised as the append itself would have."""
         self.log.flow_recorder.settle()
-        failed, self._failed_later = self._failed_later, None
-        if failed is not None and self.broken is None:
+        failed = self._failed_later
+        if failed is None:
+            return
+        if self.broken is None:
             self._break(failed)
+        if here:
+            self._failed_later = None
+            raise failed
 
     def _break(self, e: BaseException) -> None:
         """An append failed: the in-memory copies are ahead of the log, and this
@@ -150,7 +156,7 @@ class Streams:
         """The heartbeat's append: the workflow's LeaseRenewed alone, fenced. False
         when there is nothing it may do (another append is due anyway)."""
         with self.lock:
-            self._settled()
+            self._settled(here=False)  # its session's next append raises it
             wf = self.fenced_on
             if (self.broken is not None or self.lost_lock is not None or wf is None
                     or self.log.flow_recorder.lost_appends != self._lost_before
@@ -187,7 +193,7 @@ class Streams:
 
     def _append(self, sync: bool, hold: bool, read_after: Sequence[ReadAfter] = (),
                 later: bool = False) -> int:
-        self._settled()
+        self._settled(here=True)
         if self.lost_lock is not None:
             raise ConcurrencyError(str(self.lost_lock)) from self.lost_lock
         if self.log.flow_recorder.lost_appends != self._lost_before and self.broken is None:

@@ -219,9 +219,9 @@ class PgBatch:
         conn = self._conn
         if conn.closed:
             raise psycopg.OperationalError("the connection is closed")
+        self._unanswered = True  # first: an interrupt during the send leaves it to read
         with conn.lock:
             conn.wait(_send_query(conn.pgconn, query))
-        self._unanswered = True
 
     @property
     def unanswered(self) -> bool:

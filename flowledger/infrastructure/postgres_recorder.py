@@ -114,14 +114,22 @@ class NotConnected(InterfaceError):
 
 
 @dataclass
+class _Later:
+    """What an append whose answer is read later needs then: whom to tell,
+    and how to make it again the ordinary way."""
+    answered: Callable[[int | BaseException], None]
+    again: Callable[[], int]
+
+
+@dataclass
 class _Unanswered:
     """An append sent on the forecast, its answer not read yet (`settle`)."""
     batch: PgBatch
     position: int  # the last event's, if it is stored as sent
     streams: frozenset[str]  # the ids (hex) of the streams it writes
     before: tuple[Any, Any]  # the recorder's last appended and synced before it
-    answered: Callable[[int | BaseException], None] = lambda result: None
-    again: Callable[[], int] = lambda: 0  # the append made the ordinary way
+    later: _Later
+    thread: int  # the sender's: its reads must see the append
 
 
 class _PositionsBehind(Exception):
@@ -429,8 +437,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _take(self, kind: str) -> psycopg.Connection[Any]:
         """An idle connection of `kind`, or a new one."""
-        if not getattr(self._apart, "stream", False):
-            self.settle()  # what this engine appended is read
+        self._settle_before_reading()
         with self._reading_lock:
             idle, generation = self._idle[kind], self._generation
             while idle:
@@ -1018,12 +1025,17 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         as it would have a moment later; the fence refuses it if the session
         was taken over meanwhile. A connection lost while sending is not: its
         outcome is unknown."""
-        deadline, delay = time.monotonic() + self.RECONNECT_WITHIN_S, 0.05
         lost = self.lost_appends  # as the caller last checked it
+        return self._reconnecting(functools.partial(
+            self._append_rows, rows, appended, fence, sync, snapshots, hold, read_after, lost,
+            answered))
+
+    def _reconnecting(self, append: Callable[[], int]) -> int:
+        """`append`, tried again while no connection can be opened to make it."""
+        deadline, delay = time.monotonic() + self.RECONNECT_WITHIN_S, 0.05
         while True:
             try:
-                return self._append_rows(rows, appended, fence, sync, snapshots, hold,
-                                         read_after, lost, answered)
+                return append()
             except NotConnected as e:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -1055,22 +1067,17 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     "of this append was stored")
             if 0 < len(rows) <= _ROWS_PER_INSERT and self._forecast.usable(
                     self.chain is not None):
-                later = answered is not None and not sync and not read_after
+                later = None
+                if answered is not None and not sync and not read_after:
+                    later = _Later(answered, functools.partial(
+                        self._append_ordinary, rows, appended, fence, sync, snapshots, hold))
                 try:
-                    position = self._append(rows, appended, fence, sync, snapshots, hold,
-                                            True, read_after, later)
+                    return self._append(rows, appended, fence, sync, snapshots, hold, True,
+                                        read_after, later)
                 except psycopg.Error as e:
                     if e.sqlstate != GUARD_FAILED:
                         raise
                     self._forecast.missed()
-                else:
-                    if self._unanswered is not None:
-                        assert answered is not None
-                        self._unanswered.answered = answered
-                        self._unanswered.again = functools.partial(
-                            self._append_ordinary, rows, appended, fence, sync, snapshots,
-                            hold)
-                    return position
             return self._append_ordinary(rows, appended, fence, sync, snapshots, hold,
                                          read_after)
 
@@ -1093,11 +1100,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 "engines append. Nothing of this append was stored") from None
 
     def settle(self) -> None:
-        """Read the answer of an append sent without waiting for it, before
-        anything else uses the store (every write and read calls this first):
-        what follows sees it. Its caller is told how it went (`answered`); an
-        append whose forecast missed is made again the ordinary way. Never
-        raises but for an interrupt, after telling the caller."""
+        """Read the answer of an append sent without waiting for it: before
+        every write (they share its connections), and before a read of the
+        thread that sent it (`_settle_before_reading`), which must see it. Its
+        caller is told how it went (`answered`); an append whose forecast
+        missed is made again the ordinary way (a connection lost with the
+        answer is never: its outcome is unknown). Never raises but for an
+        interrupt, after telling the caller."""
         if self._unanswered is None and not self._settling:
             return
         with self._writer_lock:  # held by whoever reads it: the others wait for it
@@ -1110,6 +1119,16 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             finally:
                 self._settling = False
 
+    def _settle_before_reading(self) -> None:
+        """A read waits for the answer of an append its own thread sent (it
+        must see it), unless it reads one stream that append does not write;
+        or while another thread reads an answer (its own append's, perhaps).
+        Another thread's read goes on: it asked nothing of that append."""
+        sent = self._unanswered
+        if self._settling or (sent is not None and sent.thread == threading.get_ident()
+                              and not getattr(self._apart, "stream", False)):
+            self.settle()
+
     def _read_answer(self, sent: _Unanswered) -> None:
         try:
             sent.batch.answer()
@@ -1121,13 +1140,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 self.after_abort()
             self._last_appended, self._last_synced = sent.before
             result = self._after_refusal(e, sent)
-            sent.answered(result)
+            sent.later.answered(result)
             if not isinstance(e, Exception):
                 raise  # an interrupt, told to the caller first
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result from None  # an interrupt while it was made again
             return
-        sent.answered(sent.position)
+        sent.later.answered(sent.position)
 
     def _after_refusal(self, e: BaseException, sent: _Unanswered) -> int | BaseException:
         """What an append sent on the forecast comes to when its answer is an
@@ -1142,9 +1161,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 return taken
             again = True
         if not again:
+            if isinstance(e, psycopg.errors.LockNotAvailable):
+                return OperationalError(e)  # as `writing` says it
             return e
         try:
-            return sent.again()
+            return self._reconnecting(sent.later.again)
         except BaseException as failed:
             return failed
 
@@ -1183,7 +1204,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _append(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
                 sync: bool, snapshots: Sequence[Row], hold: bool, forecast: bool,
-                read_after: Sequence[ReadAfter] = (), later: bool = False) -> int:
+                read_after: Sequence[ReadAfter] = (), later: _Later | None = None) -> int:
         links: list[Link] = []
         positions: list[int] = []
         head: tuple[int, bytes] | None = None
@@ -1192,7 +1213,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         asked: list[Rows] = []
         try:
             before = (self._last_appended, self._last_synced)
-            with self.writing(sync, tracking=not forecast, later=later) as c:
+            with self.writing(sync, tracking=not forecast, later=later is not None) as c:
                 if forecast:
                     positions, head = self._send_forecast(c, rows, fence)
                 else:
@@ -1229,6 +1250,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             if self.after_abort is not None:
                 self.after_abort()
             raise
+        if c.unanswered:  # registered at once: its answer is read by `settle`
+            assert later is not None
+            self._unanswered = _Unanswered(
+                c, int(positions[-1]), frozenset(r[0] for r in rows), before, later,
+                threading.get_ident())
         for wanted, answer in zip(read_after, asked, strict=True):
             wanted.rows = answer.fetchall()  # committed
         if rows:
@@ -1237,10 +1263,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             self._last_appended = (int(positions[-1]), rows[-1][0], rows[-1][1])
             if sync:
                 self._last_synced = self._last_appended
-        position = int(positions[-1]) if rows else 0
-        if c.unanswered:  # its answer is read by `settle`; what it needs then:
-            self._unanswered = _Unanswered(c, position, frozenset(r[0] for r in rows), before)
-        return position
+        return int(positions[-1]) if rows else 0
 
     def _taken(self, e: psycopg.errors.UniqueViolation) -> Exception:
         """What a unique key an append ran into says."""

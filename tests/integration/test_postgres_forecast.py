@@ -7,7 +7,7 @@ had never forecast."""
 from __future__ import annotations
 
 import inspect
-import re
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -232,42 +232,71 @@ def test_an_outcome_refused_after_it_was_sent_stops_the_session_at_its_next_appe
         make_engine, tmp_path, monkeypatch):
     """A run's outcome is sent without waiting (ADR 0017, "Answers read
     later"). Here another writer moved the session's workflow stream during
-    the third run's tool call, so the server refuses that outcome (its fence):
-    found when the session next uses the store, and the session stops at its
-    next append with nothing more stored. Each call was made once; the run is
-    left for recovery to reconcile, as after any refused append."""
+    the third run's tool call, so the server refuses that outcome (its
+    fence): found when the session next uses the store, and the session
+    stops at its next append with the refusal's own error, nothing more
+    stored. Each call was made once; the run is left for recovery to
+    reconcile, as after any refused append."""
     seen = Seen(monkeypatch)
-    # The outcome's fold is held for the commit even though another writer
-    # appends: its message then asks for nothing, and is sent without waiting.
-    monkeypatch.setattr(ProjectionRunner, "QUIET_BEFORE_HOLDING", 0)
-    ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
-    engine, other = make_engine(), make_engine()
+    other = make_engine()
 
-    def move_the_workflow(key: str) -> None:
-        if key != "c":  # the runs before prepare the statements an outcome sends
-            return
+    def move_the_workflow() -> None:
         wf = other.log.load(workflow_id("prop"))
         assert wf is not None
         wf.change_definition(datetime(2026, 1, 1, tzinfo=UTC), "moved", wf.topics, wf.handlers)
         other.log.append(wf)
 
-    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]),
-                    tools=[mid_call_tool(move_the_workflow)(ledger)])
-    with pytest.raises(fl.ConcurrencyError, match=re.escape(
-            "an earlier append of this session failed (this session lost its lock")):
-        engine.run_session("prop")
+    engine, ledger = _meddling_engine(make_engine, tmp_path, monkeypatch, move_the_workflow)
+    with pytest.raises(fl.ConcurrencyError, match=r"^this session lost its lock: another "
+                                                  r"process took it over"):
+        engine.run_session("prop")  # raised as the append itself would have
     assert seen.missed_later >= 1  # the outcome's guard, found when its answer was read
     assert ledger.calls_made() == 3
     assert len([e for e in engine.events() if e.name == "MutationApplied"]) == 2  # not c's
     assert engine.verify().ok
 
 
+def _meddling_engine(make_engine: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                     meddle: Any) -> tuple[fl.Engine, ExternalLedger]:
+    """An engine whose third tool call (of items a, b, c) runs `meddle`; the
+    outcome's fold is held for the commit even though another writer appends,
+    so the outcome's message asks for nothing and is sent without waiting."""
+    monkeypatch.setattr(ProjectionRunner, "QUIET_BEFORE_HOLDING", 0)
+    ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
+    engine = make_engine()
+
+    def write(key: str) -> None:
+        if key == "c":  # the runs before prepare the statements an outcome sends
+            meddle()
+
+    engine.register(costly_workflow(["a", "b", "c"], ["0.5"]), tools=[mid_call_tool(write)(ledger)])
+    return engine, ledger
+
+
 @on_postgresql
-def test_a_stream_the_unanswered_append_does_not_write_is_read_without_its_answer(
-        make_engine):
-    """A run's commit looks up the messages it publishes while the server
-    stores the run's outcome: a read of one stream waits for an unanswered
-    append only if that append writes the stream, and then sees it."""
+def test_an_outcome_whose_forecast_missed_after_it_was_sent_is_made_again(
+        make_engine, tmp_path, monkeypatch):
+    """Another engine appends during the third tool call: the outcome sent on
+    the forecast is refused by its guard, found when its answer is read, and
+    made again the ordinary way; the session completes as if it had waited."""
+    seen = Seen(monkeypatch)
+    other = make_engine()
+    engine, ledger = _meddling_engine(make_engine, tmp_path, monkeypatch,
+                                      lambda: other.register(fl.Workflow("other", topics=["t"])))
+    result = engine.run_session("prop")
+    assert result.status == "completed", result.error
+    assert seen.missed_later >= 1
+    assert ledger.calls_made() == 3 and sorted(ledger.keys()) == ["a", "b", "c"]
+    assert len([e for e in engine.events() if e.name == "MutationApplied"]) == 3
+    assert engine.verify().ok
+    assert_projections_rebuild_equal(engine)
+
+
+@on_postgresql
+def test_an_answer_lost_with_its_connection_is_told_and_never_made_again(make_engine):
+    """The writer's connection ends while an append sent without waiting
+    waits for the log's lock: its outcome is unknown to the engine (here it
+    was not stored), so it is told as the failure it is, not made again."""
     engine = make_engine()
     engine.register(fl.Workflow("wf", topics=["t"]))
     log = engine.log
@@ -281,10 +310,41 @@ def test_a_stream_the_unanswered_append_does_not_write_is_read_without_its_answe
 
     log.append(registered("first"), sync=False, answered=told.append)  # prepares statements
     rec.settle()
-    second = registered("second")
-    log.append(second, sync=False, answered=told.append)
+    head = rec.max_notification_id()
+    with psycopg.connect(**log.config.libpq(), autocommit=False) as holder:
+        holder.execute(f'LOCK TABLE "{rec.schema}".{rec.events_table_name} IN EXCLUSIVE MODE')
+        log.append(registered("second"), sync=False, answered=told.append)
+        writer = rec._writers[False].info.backend_pid
+        holder.execute("SELECT pg_terminate_backend(%s)", (writer,))
+        holder.rollback()
+    rec.settle()
+    assert len(told) == 2 and isinstance(told[1], psycopg.OperationalError), told
+    assert rec.max_notification_id() == head
+    assert log.load(workflow_id("second")) is None
+    assert engine.verify().ok
+
+
+@on_postgresql
+def test_another_threads_read_does_not_wait_for_an_unanswered_append(make_engine):
+    """Only the thread that sent an append must see it: a read in another
+    thread (a status call of a service, say) goes on without its answer."""
+    engine = make_engine()
+    engine.register(fl.Workflow("wf", topics=["t"]))
+    log = engine.log
+    rec = log.flow_recorder
+    rec.after_insert = rec.before_fold = None
+    told: list[Any] = []
+
+    def registered(name: str) -> Workflow:
+        return Workflow.register(now=datetime(2026, 1, 1, tzinfo=UTC), name=name,
+                                 fingerprint="f", topics=["t"], handlers=[])
+
+    log.append(registered("first"), sync=False, answered=told.append)  # prepares statements
+    rec.settle()
+    log.append(registered("second"), sync=False, answered=told.append)
+    elsewhere = threading.Thread(target=rec.max_notification_id)
+    elsewhere.start()
+    elsewhere.join()
     assert rec._unanswered is not None and len(told) == 1
-    assert log.load(workflow_id("first"), short=True) is not None  # another stream
-    assert rec._unanswered is not None and len(told) == 1  # still unanswered
-    assert log.load(second.id, short=True) is not None  # its own: answered first
+    rec.max_notification_id()  # this thread's read: the answer first
     assert rec._unanswered is None and len(told) == 2

@@ -31,14 +31,35 @@ POINTS = [f"{when}_append:{label}" for label in LABELS for when in ("before", "a
 POINTS[4:4] = ["before_call", "after_call"]
 
 
-def worker(store: str, ledger: Path, mode: str, outcome: str,
-           crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("FLOWLEDGER_CRASH_AT", None)
+def worker(store: str, ledger: Path, mode: str, outcome: str, crash_at: str | None = None,
+           wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    """crash_worker.py in a process of its own (`wrapper`: `-c SCRIPT` run
+    first, which then runs the worker)."""
+    env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_CRASH_AT"} | (env or {})
     if crash_at:
         env["FLOWLEDGER_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, str(WORKER), store, str(ledger), mode, outcome],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([sys.executable, *wrapper, str(WORKER), store, str(ledger), mode,
+                           outcome], capture_output=True, text=True, timeout=120, env=env)
+
+
+def recovered_once(store: str, ledger: Path, recovered: subprocess.CompletedProcess[str]
+                   ) -> tuple[fl.Engine, list[str]]:
+    """The recovering process completed the work; the outside world got each
+    mutation exactly once, never twice; every message ended consumed exactly
+    once (or skipped by a person). An engine on the store, and the statuses."""
+    assert recovered.returncode == 0, recovered.stderr
+    statuses: list[str] = json.loads(recovered.stdout)["statuses"]
+    assert statuses[-1] == "completed", statuses
+    assert sorted(k for (k,) in table(ledger, "SELECT key FROM rows")) == ITEMS
+    assert table(ledger, "SELECT key FROM duplicates") == []
+    engine = fl.Engine(store)
+    skipped = statuses.count("skip")
+    expected = {"consumed": len(ITEMS) - skipped}
+    if skipped:
+        expected["skipped"] = skipped
+    assert message_status(engine, "crashy", "in") == expected
+    return engine, statuses
 
 
 def table(db: Path, sql: str) -> list[tuple[object, ...]]:
@@ -54,23 +75,8 @@ def test_crash_at_a_durable_point_then_recover(tmp_path: Path, point: str, outco
 
     crashed = worker(store, ledger, "session", outcome, crash_at=point)
     assert crashed.returncode in (0, CRASH_EXIT_CODE), crashed.stderr
-    recovered = worker(store, ledger, "recover", outcome)
-    assert recovered.returncode == 0, recovered.stderr
-    statuses = json.loads(recovered.stdout)["statuses"]
-    assert statuses[-1] == "completed", (crashed.returncode, statuses)
-
-    # The outside world got each mutation exactly once, never twice.
-    assert sorted(k for (k,) in table(ledger, "SELECT key FROM rows")) == ITEMS
-    assert table(ledger, "SELECT key FROM duplicates") == []
-
-    engine = fl.Engine(store)
+    engine, _ = recovered_once(store, ledger, worker(store, ledger, "recover", outcome))
     try:
-        # Every message ended consumed exactly once (or skipped by a person).
-        skipped = statuses.count("skip")
-        expected = {"consumed": len(ITEMS) - skipped}
-        if skipped:
-            expected["skipped"] = skipped
-        assert message_status(engine, "crashy", "in") == expected
         assert message_status(engine, "crashy", "done") == {"pending": len(ITEMS)}
         # Handler state is the fold of the committed runs.
         state = engine.log.load(handler_state_id("crashy", "Append"))

@@ -191,43 +191,6 @@ def test_an_ordinary_append_folds_from_what_it_asked_under_the_lock(make_engine,
 
 
 @on_postgresql
-def test_an_append_answered_later_that_was_refused_is_told_when_the_store_is_next_used(
-        make_engine):
-    """An append sent without waiting (ADR 0017, "Answers read later"),
-    fenced on a version its stream is no longer at: nothing of it is stored,
-    and its caller is told, in the words the append would have raised, before
-    the next read of the store goes on. (No projection folds here: a fold
-    that reads rows sends a first message, which answers at once.)"""
-    engine = make_engine()
-    engine.register(fl.Workflow("wf", topics=["t"]))
-    log = engine.log
-    rec = log.flow_recorder
-    wf = log.load(workflow_id("wf"))
-    head = rec.max_notification_id()
-    rec.after_insert = rec.before_fold = None
-    told: list[Any] = []
-
-    def registered(name: str) -> Workflow:
-        return Workflow.register(now=datetime(2026, 1, 1, tzinfo=UTC), name=name,
-                                 fingerprint="f", topics=["t"], handlers=[])
-
-    # One that is stored, which also prepares the statements on the connection
-    # (a statement's first PREPARE goes alone, and what comes before it waits).
-    assert log.append(registered("first"), fence=Fence(wf.id, wf.version), sync=False,
-                      answered=told.append) == head + 1
-    assert told == [] and rec.max_notification_id() == head + 1 and told == [head + 1]
-    extra = registered("other")
-    position = log.append(extra, fence=Fence(wf.id, wf.version + 1), sync=False,
-                          answered=told.append)
-    assert position == head + 2 and told == [head + 1]  # sent, not answered yet
-    assert rec.max_notification_id() == head + 1  # read once the answer was
-    assert len(told) == 2 and isinstance(told[1], fl.ConcurrencyError)
-    assert "this session lost its lock" in str(told[1])
-    assert log.load(extra.id) is None
-    assert engine.verify().ok
-
-
-@on_postgresql
 def test_an_outcome_refused_after_it_was_sent_stops_the_session_at_its_next_append(
         make_engine, tmp_path, monkeypatch):
     """A run's outcome is sent without waiting (ADR 0017, "Answers read
@@ -292,59 +255,94 @@ def test_an_outcome_whose_forecast_missed_after_it_was_sent_is_made_again(
     assert_projections_rebuild_equal(engine)
 
 
+class BareLog:
+    """An engine's log with no projection folding in its appends (a fold that
+    reads rows sends a first message, which answers at once), and one append
+    sent without waiting and answered: it prepares the statements on the
+    connection (a statement's first PREPARE goes alone, and what comes
+    before it cannot wait)."""
+
+    def __init__(self, make_engine: Any) -> None:
+        self.engine = make_engine()
+        self.engine.register(fl.Workflow("wf", topics=["t"]))
+        self.log = self.engine.log
+        self.rec = self.log.flow_recorder
+        self.wf = self.log.load(workflow_id("wf"))
+        self.rec.after_insert = self.rec.before_fold = None
+        self.told: list[Any] = []
+        self.head = self.append("first")
+        assert self.told == [] and self.rec.max_notification_id() == self.head
+        assert self.told == [self.head]
+
+    def append(self, name: str, stale: bool = False) -> int:
+        """A new workflow's registration, appended without waiting for the
+        answer, fenced on "wf" (as it is, or `stale`: one version ahead)."""
+        registered = Workflow.register(now=datetime(2026, 1, 1, tzinfo=UTC), name=name,
+                                       fingerprint="f", topics=["t"], handlers=[])
+        fence = Fence(self.wf.id, self.wf.version + stale)
+        return self.log.append(registered, fence=fence, sync=False, answered=self.told.append)
+
+
+@on_postgresql
+def test_an_append_answered_later_that_was_refused_is_told_when_the_store_is_next_used(
+        make_engine):
+    """An append sent without waiting (ADR 0017, "Answers read later"),
+    fenced on a version its stream is no longer at: nothing of it is stored,
+    and its caller is told, in the words the append would have raised, before
+    the next read of the store goes on."""
+    bare = BareLog(make_engine)
+    assert bare.append("other", stale=True) == bare.head + 1
+    assert bare.told == [bare.head]  # sent, not answered yet
+    assert bare.rec.max_notification_id() == bare.head  # read once the answer was
+    assert len(bare.told) == 2 and isinstance(bare.told[1], fl.ConcurrencyError)
+    assert "this session lost its lock" in str(bare.told[1])
+    assert bare.log.load(workflow_id("other")) is None
+    assert bare.engine.verify().ok
+
+
+@on_postgresql
+def test_a_stream_the_unanswered_append_does_not_write_is_read_without_its_answer(
+        make_engine):
+    """A run's commit looks up the messages it publishes while the server
+    stores the run's outcome: a read of one stream waits for an unanswered
+    append only if that append writes the stream, and then sees it."""
+    bare = BareLog(make_engine)
+    bare.append("second")
+    assert bare.rec._unanswered is not None and len(bare.told) == 1
+    assert bare.log.load(workflow_id("first"), short=True) is not None  # another stream
+    assert bare.rec._unanswered is not None and len(bare.told) == 1  # still unanswered
+    assert bare.log.load(workflow_id("second"), short=True) is not None  # its own
+    assert bare.rec._unanswered is None and len(bare.told) == 2
+
+
 @on_postgresql
 def test_an_answer_lost_with_its_connection_is_told_and_never_made_again(make_engine):
     """The writer's connection ends while an append sent without waiting
     waits for the log's lock: its outcome is unknown to the engine (here it
     was not stored), so it is told as the failure it is, not made again."""
-    engine = make_engine()
-    engine.register(fl.Workflow("wf", topics=["t"]))
-    log = engine.log
-    rec = log.flow_recorder
-    rec.after_insert = rec.before_fold = None
-    told: list[Any] = []
-
-    def registered(name: str) -> Workflow:
-        return Workflow.register(now=datetime(2026, 1, 1, tzinfo=UTC), name=name,
-                                 fingerprint="f", topics=["t"], handlers=[])
-
-    log.append(registered("first"), sync=False, answered=told.append)  # prepares statements
-    rec.settle()
-    head = rec.max_notification_id()
-    with psycopg.connect(**log.config.libpq(), autocommit=False) as holder:
+    bare = BareLog(make_engine)
+    rec = bare.rec
+    with psycopg.connect(**bare.log.config.libpq(), autocommit=False) as holder:
         holder.execute(f'LOCK TABLE "{rec.schema}".{rec.events_table_name} IN EXCLUSIVE MODE')
-        log.append(registered("second"), sync=False, answered=told.append)
-        writer = rec._writers[False].info.backend_pid
-        holder.execute("SELECT pg_terminate_backend(%s)", (writer,))
+        bare.append("second")
+        holder.execute("SELECT pg_terminate_backend(%s)", (rec._writers[False].info.backend_pid,))
         holder.rollback()
     rec.settle()
-    assert len(told) == 2 and isinstance(told[1], psycopg.OperationalError), told
-    assert rec.max_notification_id() == head
-    assert log.load(workflow_id("second")) is None
-    assert engine.verify().ok
+    assert len(bare.told) == 2 and isinstance(bare.told[1], psycopg.OperationalError)
+    assert rec.max_notification_id() == bare.head
+    assert bare.log.load(workflow_id("second")) is None
+    assert bare.engine.verify().ok
 
 
 @on_postgresql
 def test_another_threads_read_does_not_wait_for_an_unanswered_append(make_engine):
     """Only the thread that sent an append must see it: a read in another
     thread (a status call of a service, say) goes on without its answer."""
-    engine = make_engine()
-    engine.register(fl.Workflow("wf", topics=["t"]))
-    log = engine.log
-    rec = log.flow_recorder
-    rec.after_insert = rec.before_fold = None
-    told: list[Any] = []
-
-    def registered(name: str) -> Workflow:
-        return Workflow.register(now=datetime(2026, 1, 1, tzinfo=UTC), name=name,
-                                 fingerprint="f", topics=["t"], handlers=[])
-
-    log.append(registered("first"), sync=False, answered=told.append)  # prepares statements
-    rec.settle()
-    log.append(registered("second"), sync=False, answered=told.append)
-    elsewhere = threading.Thread(target=rec.max_notification_id)
+    bare = BareLog(make_engine)
+    bare.append("second")
+    elsewhere = threading.Thread(target=bare.rec.max_notification_id)
     elsewhere.start()
     elsewhere.join()
-    assert rec._unanswered is not None and len(told) == 1
-    rec.max_notification_id()  # this thread's read: the answer first
-    assert rec._unanswered is None and len(told) == 2
+    assert bare.rec._unanswered is not None and len(bare.told) == 1
+    bare.rec.max_notification_id()  # this thread's read: the answer first
+    assert bare.rec._unanswered is None and len(bare.told) == 2

@@ -122,10 +122,11 @@ SYNCED_APPENDS = frozenset({"in_flight", "session_close"})
 HELD_FOLDS = frozenset({"in_flight", "outcome"})
 
 # The appends a session need not hear back from before its next step: a run's
-# outcome (next() follows, which touches nothing outside) and its commit (the
-# next run's prepare follows). Sent, their answer is read when the session
-# next uses the store, so that work overlaps the server's (ADR 0017); a
-# failure then stops the session at that point, with nothing more appended.
+# outcome (the rest of mutate and next follow, which may call no other
+# mutator) and its commit (the next run's prepare follows). Sent, their answer
+# is read when the session next writes or reads the store, so that work
+# overlaps the server's (ADR 0017); a failure then stops the session at its
+# next append, raised as itself, with nothing more appended.
 ANSWERED_LATER = frozenset({"outcome", "commit"})
 
 
@@ -282,7 +283,8 @@ class RunDriver:
         """The commit's append; if the window will not answer the peek this
         run made, the window read again in the commit's transaction."""
         peeked, self._peeked = self._peeked, None
-        window = self._window.after(self.s.streams.message_changes()) if self._window else None
+        window = (self._window.after(self.s.streams.message_changes())
+                  if self._window is not None else None)
         if peeked is None or (window is not None and window.answer(*peeked) is not None):
             self.s.append(label)
             return

@@ -385,9 +385,10 @@ class EventLog(Application[UUID]):
         `hold=True` lets pending work fold these events in with the next
         append instead of in this one (ADR 0012). Each of `read_after` is read in
         the same transaction, after its writes (its rows set once it committed).
-        `answered`: the store may send the append and read its answer later,
-        before anything else uses the store; it is then told the last
-        position, or what this call would have raised (LogStore.append_rows).
+        `answered`: the store may send the append and read its answer later
+        (before its next write, and before this thread's next read); it is
+        then told the last position, or what this call would have raised
+        (LogStore.append_rows).
 
         Returns the log position of the last event appended (0 if none). The
         same steps as `Application.save` — record, then snapshot — on the

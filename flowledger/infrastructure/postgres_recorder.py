@@ -1075,9 +1075,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     return self._append(rows, appended, fence, sync, snapshots, hold, True,
                                         read_after, later)
                 except psycopg.Error as e:
-                    if e.sqlstate != GUARD_FAILED:
+                    if not self._forecast_missed(e):
                         raise
-                    self._forecast.missed()
             return self._append_ordinary(rows, appended, fence, sync, snapshots, hold,
                                          read_after)
 
@@ -1148,14 +1147,20 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             return
         sent.later.answered(sent.position)
 
+    def _forecast_missed(self, e: BaseException) -> bool:
+        """Whether an append on the forecast was refused by its guard (another
+        writer moved the log; nothing was stored): forecasts then pause."""
+        if isinstance(e, psycopg.Error) and e.sqlstate == GUARD_FAILED:
+            self._forecast.missed()
+            return True
+        return False
+
     def _after_refusal(self, e: BaseException, sent: _Unanswered) -> int | BaseException:
         """What an append sent on the forecast comes to when its answer is an
         error: made again the ordinary way if another writer moved the log (or
         the position sequence was set back), else what it would have raised."""
-        again = isinstance(e, psycopg.Error) and e.sqlstate == GUARD_FAILED
-        if again:
-            self._forecast.missed()
-        elif isinstance(e, psycopg.errors.UniqueViolation):
+        again = self._forecast_missed(e)
+        if not again and isinstance(e, psycopg.errors.UniqueViolation):
             taken = self._taken(e)
             if not isinstance(taken, _PositionsBehind):
                 return taken

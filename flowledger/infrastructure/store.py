@@ -151,11 +151,11 @@ class LogStore(Protocol):
         """Insert events in one transaction, fenced, with the after-insert hook
         in it; the last one's position. `read_after` is read last in it, in order.
         `answered` given: the store may send the append and read its answer
-        later, before anything else uses the store, returning the position the
-        append takes if it is stored as sent; `answered` is then told the last
-        position it was stored at (it may be made again: on a forecast that
-        missed), or what this call would have raised. A store that answers at
-        once never calls it."""
+        later (before its next write, and before the sending thread's next
+        read), returning the position the append takes if it is stored as
+        sent; `answered` is then told the last position it was stored at (it
+        may be made again: on a forecast that missed), or what this call would
+        have raised. A store that answers at once never calls it."""
 
     def settle(self) -> None:
         """Read the answer of an append sent without waiting for it (see

@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 import typer
 
@@ -166,18 +167,34 @@ def settled_mutations(engine: fl.Engine, results: list[fl.SessionResult]
     found = []
     for result in results:
         for r in result.runs:
-            entries = [e for e in engine.run_timeline(r.run_id).entries
-                       if e.stream_id == r.run_id]
-            started = next((e for e in entries if e.name == "MutationInFlight"), None)
-            ends = [e for e in entries if e.fields.get("via") == "reconcile"
-                    or e.name in ("MutationNeedsReconcile", "MutationIndeterminate")]
-            if started is None or not ends:
-                continue
-            f = started.fields
-            found.append(Settled(r.run_id, r.handler, call_text(f["tool"], f["method"],
-                                                               f["params"]),
-                                 f.get("reconcile"), ends[-1].name, ends[-1].fields))
+            chain = _retried_here(engine, r.run_id, result.session_id)
+            for run_id, next_run in zip(chain, [*chain[1:], None], strict=True):
+                entries = [e for e in engine.run_timeline(run_id).entries
+                           if e.stream_id == run_id]
+                started = next((e for e in entries if e.name == "MutationInFlight"), None)
+                ends = [e for e in entries if e.fields.get("via") == "reconcile"
+                        or e.name in ("MutationNeedsReconcile", "MutationIndeterminate")]
+                if started is None or not ends:
+                    continue
+                f = started.fields
+                found.append(Settled(run_id, r.handler, call_text(f["tool"], f["method"],
+                                                                 f["params"]),
+                                     f.get("reconcile"), ends[-1].name, ends[-1].fields,
+                                     next_run))
     return found
+
+
+def _retried_here(engine: fl.Engine, run_id: UUID, session_id: UUID | None) -> list[UUID]:
+    """The run, after the runs it retried in the same session, oldest first. A
+    mutation that reconcile finds had not happened is made again by a fresh
+    run (`retry_of` the old one), and only the fresh run is in the session's
+    result: the old one holds what reconcile found."""
+    chain = [run_id]
+    run = engine.run(run_id)
+    while run.retry_of is not None and run.session_id == session_id:
+        chain.append(run.retry_of)
+        run = engine.run(run.retry_of)
+    return chain[::-1]
 
 
 def resolve(

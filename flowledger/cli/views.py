@@ -142,8 +142,9 @@ def print_recovered(results: list[fl.SessionResult], title: str = "Recovered ses
 
 @dataclass(frozen=True)
 class Settled:
-    """A mutation recovery reconciled: the call, its reconcile method, and the
-    event that settled it (MutationApplied, MutationFailed, or still unknown)."""
+    """A mutation recovery reconciled: the call, its reconcile method, the
+    event that settled it (MutationApplied, MutationFailed, or still unknown),
+    and the run that made it again, if one did."""
 
     run_id: UUID
     handler: str
@@ -151,6 +152,7 @@ class Settled:
     reconcile: str | None
     outcome: str
     fields: dict[str, Any]
+    made_again_by: UUID | None = None
 
 
 def print_settled(settled: list[Settled], store: str) -> None:
@@ -158,7 +160,9 @@ def print_settled(settled: list[Settled], store: str) -> None:
     for m in settled:
         found = {"MutationApplied": f"it had happened, result {plain(m.fields.get('result'))}",
                  "MutationFailed": "it had not happened"
-                 + (f" ({m.fields['reason']})" if m.fields.get("reason") else ""),
+                 + (f" ({m.fields['reason']})" if m.fields.get("reason") else "")
+                 + (f"; run {short(m.made_again_by)} made it again" if m.made_again_by
+                    else ""),
                  }.get(m.outcome,
                        "its outcome is still unknown; see "
                        + cli_command(store, "blocked", writes=False))

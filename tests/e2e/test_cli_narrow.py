@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from flowledger.engine.faults import CRASH_EXIT_CODE
 from tests.e2e.test_cli import (
     BUGGY,
     EXAMPLE,
@@ -221,6 +223,29 @@ def test_recover_says_which_mutation_it_reconciled_and_how(crashed: Path) -> Non
     assert re.search(r"mutation ledger\.append\(.*\) was reconciled with find_appended: it "
                      r"had happened, result 2", recovered.stdout), recovered.stdout
     assert "recovery ran 5 committed runs" in recovered.stdout
+
+
+def test_recover_says_a_call_found_not_made_was_made_again(tmp_path: Path) -> None:
+    """Killed after the second call's in_flight record, before the call: the
+    reconcile finds no ledger row, the run the crash left is superseded and a
+    fresh run makes the call. Only the fresh run is in the session's result;
+    `recover` still names the run it reconciled, what it found, and the run
+    that made the call again (README: Recovery)."""
+    shutil.copytree(EXAMPLE.parent / "inbox", tmp_path / "inbox")
+    crashed = flowledger("run", str(EXAMPLE), cwd=tmp_path,
+                         env={"FLOWLEDGER_CRASH_AT": "before_call#2"})
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+    recovered = narrow("recover", str(EXAMPLE), cwd=tmp_path)
+    assert recovered.returncode == 0, recovered.stderr
+    said = re.search(r"run (\w+) AddRow: mutation ledger\.append\(.*\) was reconciled with "
+                     r"find_appended: it had not happened \(no ledger row .*\); run (\w+) "
+                     r"made it again", recovered.stdout)
+    assert said, recovered.stdout
+    left, again = said.groups()
+    runs = {r["run_id"].replace("-", "")[-8:]: r for r in as_json(tmp_path, "runs")}
+    assert runs[left]["status"] == "superseded"
+    assert runs[again]["status"] == "committed"
+    assert runs[again]["retry_of"].replace("-", "").endswith(left)
 
 
 def test_run_says_it_first_recovered_a_crashed_session(crashed: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
+import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -62,19 +62,24 @@ def worker(
     refuse_writes(url, "runs sessions")
     definitions = load_definitions(path_or_module)  # checked before a store is opened
     failures = 0
-    while True:
-        try:
-            with open_engine(url, writes="runs sessions", say_new=True) as engine:
-                register_definitions(engine, definitions)
-                engine.serve(interval=interval, max_iterations=max_iterations)
-            raise typer.Exit(EXIT_OK)
-        except StoreUnreachable as e:
-            # Started before its server (at boot, or while it restarts): it
-            # waits, as a running worker does for a store that fails.
-            failures += 1
-            delay = retry_wait(interval, failures)
-            logger.warning("%s; trying again in %.1fs", " ".join(str(e).split()), delay)
-            time.sleep(delay)
+    stop = threading.Event()
+    # From the start: a worker still waiting for its server stops as a serving one does.
+    with GracefulStop(stop, log=logger):
+        while not stop.is_set():
+            try:
+                with open_engine(url, writes="runs sessions", say_new=True) as engine:
+                    register_definitions(engine, definitions)
+                    engine.serve(stop, interval=interval, max_iterations=max_iterations)
+                raise typer.Exit(EXIT_OK)
+            except StoreUnreachable as e:
+                # Started before its server (at boot, or while it restarts): it
+                # waits, as a running worker does for a store that fails.
+                failures += 1
+                delay = retry_wait(interval, failures)
+                logger.warning("%s; trying again in %.1fs", " ".join(str(e).split()), delay)
+                stop.wait(delay)
+        logger.info("worker stopped before its store could be opened")
+    raise typer.Exit(EXIT_OK)
 
 
 _BLOCKING = {("Workflow", "Paused"), ("Workflow", "Errored"), ("HandlerRun", "Paused"),

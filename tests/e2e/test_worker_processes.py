@@ -303,3 +303,32 @@ def test_a_worker_started_before_its_server_waits_for_it_then_serves(
     assert worker.returncode == 0, err
     assert "trying again in" in err and "Connection refused" in err
     assert ledger.calls_made() == 1
+
+
+@pytest.mark.postgres
+def test_a_worker_still_waiting_for_its_server_stops_on_sigterm_with_exit_0(
+        tmp_path: Path) -> None:
+    """`worker --help`: SIGTERM stops a worker, exit 0. One that was still
+    waiting for a server that is not up died of the signal (exit 143, no word
+    said): the signals were taken over only once it served."""
+    store = f"postgresql://postgres@127.0.0.1:{_free_port()}/postgres"  # nothing listens
+    (tmp_path / "wf.py").write_text(WORKFLOW)
+    env = {**os.environ, "TEST_INBOX": str(tmp_path), "TEST_LEDGER": str(tmp_path / "l.db"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLEDGER_CRASH_AT", None)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flowledger.cli", "--store", store, "worker",
+         str(tmp_path / "wf.py"), "--interval", "0.1"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        assert worker.poll() is None, worker.communicate()[1]  # still there, waiting
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=20)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert "trying again in" in err
+    assert "stopped before its store could be opened" in err
+    assert " serving " not in err  # it never got as far as serving

@@ -343,7 +343,14 @@ def test_a_store_opened_read_only_is_read_and_never_written(shop: Path, tmp_path
     try:
         url = f"sqlite:///{copy}?mode=ro"
         assert as_json(tmp_path, "--store", url, "runs") == as_json(shop, "runs")
-        assert flowledger("--store", url, "status", cwd=tmp_path).returncode == 0
+        run = as_json(shop, "runs")[0]["run_id"]
+        # Every reading command the README lists for ?mode=ro (but `follow`,
+        # which runs until stopped: test_cli_live_log_and_progress).
+        for reading in (["status"], ["runs"], ["sessions"], ["timeline", run], ["blocked"],
+                        ["cost"], ["log"], ["verify"], ["at", "5", "status"],
+                        ["replay", run, "shop.py"]):
+            shown = flowledger("--store", url, *reading, cwd=tmp_path)
+            assert shown.returncode == 0, (reading, shown.stderr)
         assert_user_error(flowledger("--store", url, "run", "shop.py", cwd=tmp_path),
                           "opened read-only (?mode=ro)", "drop ?mode=ro")
     finally:

@@ -303,8 +303,6 @@ class Worker:
                 logger.info("took over session %s of %s (%s): %s", result.session_id,
                             due.workflow, due.reason, result.status)
         else:
-            if due.producers:
-                logger.info("tick of %s: %s", due.workflow, ", ".join(due.producers))
             request = SessionRequest(Trigger(due.trigger), self.max_iterations, None,
                                      producers=frozenset(due.producers),
                                      should_stop=self.stop.is_set)
@@ -319,6 +317,10 @@ class Worker:
                 if isinstance(e, CorruptEventError):  # its stream is looked at afresh
                     self._forget(reg.workflow_id)
                 raise
+            if due.producers and result.status != "busy":
+                # Said by the worker whose session ran the tick: with several
+                # workers on a store, one line a tick, not one from each.
+                logger.info("tick of %s: %s", due.workflow, ", ".join(due.producers))
         if result is None:
             return None
         if result.status == "busy":

@@ -1025,3 +1025,50 @@ def test_a_session_opened_elsewhere_meanwhile_is_said_with_its_holder(
         held.join(30)
     assert result.status == "busy"
     assert f"held by {first.owner}" in (result.error or ""), result.error
+
+
+def test_a_tick_is_said_by_the_worker_whose_session_ran_it(
+        make_engine: Callable[..., fl.Engine], clock: fl.ManualClock,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers sharing a store each see every tick and try to open its session
+    at once. Only the one whose session ran it says `tick of ...` at INFO; the
+    one the fence refused says so at -v only: one line a tick in the logs, not
+    one from each worker, and a worker's log tells whether it ran the producer."""
+    from flowledger.engine.session_runner import SessionRunner
+
+    clock.set(START)
+    entered, release = threading.Event(), threading.Event()
+
+    def long_call(key: str) -> None:
+        entered.set()
+        release.wait(30)
+
+    calls: list[str] = []
+    first, second = make_engine(), make_engine()
+    first.register(ticking_workflow(calls, every="1m"),
+                   tools=[mid_call_tool(long_call)(MemoryLedger())])
+    second.register(ticking_workflow(calls, every="1m"), tools=[ScriptedLedgerTool(MemoryLedger())])
+    held = threading.Thread(target=Worker(first).run_once)
+    looked = SessionRunner._blocked_reason
+
+    def first_opens_meanwhile(runner: Any, wf: Any, now: Any) -> Any:
+        monkeypatch.setattr(SessionRunner, "_blocked_reason", looked)  # once
+        held.start()  # after the second worker read the workflow, before it appends
+        assert entered.wait(30)
+        return looked(runner, wf, now)
+
+    monkeypatch.setattr(SessionRunner, "_blocked_reason", first_opens_meanwhile)
+    worker = Worker(second)
+    try:
+        with caplog.at_level(logging.INFO, logger="flowledger.worker"):
+            assert [r.status for r in worker.run_once()] == ["busy"]
+        assert not [m for m in caplog.messages if m.startswith("tick of")], caplog.messages
+    finally:
+        release.set()
+        held.join(30)
+    assert calls == ["produce 1"]  # the first worker's session ran the tick
+    clock.advance(30)  # 00:01:00, the next tick
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="flowledger.worker"):
+        assert [r.status for r in worker.run_once()] == ["completed"]
+    assert "tick of ticks: produce" in caplog.messages, caplog.messages

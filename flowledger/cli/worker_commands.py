@@ -86,10 +86,17 @@ _BLOCKING = {("Workflow", "Paused"), ("Workflow", "Errored"), ("HandlerRun", "Pa
              ("HandlerRun", "Failed"), ("HandlerRun", "MutationIndeterminate")}
 
 
+# The budgets a stop someone asked for is recorded as (a worker stopped for a
+# deploy, `run` stopped by Ctrl-C): work left by intent, not for attention.
+_ASKED_STOPS = {"worker_stop", "stop"}
+
+
 def _notable(event: LoggedEvent) -> bool:
     if (event.aggregate, event.name) in _BLOCKING:
         return True
     outcome = str(event.fields.get("outcome", ""))
+    if event.fields.get("budget") in _ASKED_STOPS:
+        return False
     return event.aggregate == "Session" and event.name == "Closed" and outcome in (
         "budget_exhausted", "suspended", "failed", "SessionOutcome.BUDGET_EXHAUSTED",
         "SessionOutcome.SUSPENDED", "SessionOutcome.FAILED")
@@ -131,7 +138,9 @@ def follow(
     workflow: Annotated[str | None, typer.Option(metavar="NAME",
                                                  help="Only this workflow's events.")] = None,
     blocked: Annotated[bool, typer.Option(
-        "--blocked", help="Only pauses, failures, escalations and budget ends.")] = False,
+        "--blocked",
+        help="Only pauses, failures, escalations and budget ends (not asked stops).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     after: Annotated[int | None, typer.Option(
         metavar="POSITION", help="Start after this log position (default: the end now).")

@@ -246,3 +246,27 @@ def test_a_store_that_cannot_be_opened_is_one_line_through_the_engine_alone(
         lines = ANSI.sub("", shown.stderr).strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: cannot open store"), lines
         assert fragment in lines[0]
+
+
+def test_follow_marks_budget_ends_not_the_stops_someone_asked_for(tmp_path: Path) -> None:
+    """`follow` marks `!!` (and `--blocked` keeps) a session that ran out of its
+    budget with work left, not one closed because someone stopped it: every
+    worker restart or deploy (budget `worker_stop`) and every Ctrl-C of `run`
+    (budget `stop`) looked like an alert."""
+    import flowledger as fl
+    from flowledger.cli.worker_commands import _notable
+    from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow
+
+    engine = fl.Engine(f"sqlite:///{tmp_path / 'flow.db'}")
+    try:
+        engine.register(ledger_workflow(items=["a", "b", "c"]),
+                        tools=[ScriptedLedgerTool(MemoryLedger())])
+        asked = threading.Event()
+        asked.set()
+        assert engine.run_session("wf", stop=asked).status == "budget_exhausted"
+        assert engine.run_session("wf", max_iterations=1).status == "budget_exhausted"
+        closed = {e.fields["budget"]: _notable(e) for e in engine.events()
+                  if (e.aggregate, e.name) == ("Session", "Closed")}
+    finally:
+        engine.close()
+    assert closed == {"stop": False, "max_iterations": True}

@@ -138,11 +138,14 @@ class SessionRunner:
         return SessionResult(
             "busy", wf.name, error=(
                 f"workflow {wf.name!r} has session {wf.open_session} open, held by "
-                f"{wf.session_owner} (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z). "
-                "Nothing was done. If that process is gone, its session is taken over "
-                "once the lease runs out: run again then, or `"
-                f"{cli_command(self.store, 'recover', 'PATH_OR_MODULE')}` "
-                "(engine.recover())."))
+                f"{wf.session_owner} (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z), "
+                "which is still running as far as the store can tell. Nothing was done: "
+                "run again once it has closed that session. Should it end without closing "
+                "it, the next run (or `"
+                f"{cli_command(self.store, 'recover', 'PATH_OR_MODULE')}`, engine.recover()) "
+                "takes the session over: at once where the store can tell the process "
+                "ended (PostgreSQL; SQLite on the same machine), else once its lease "
+                "runs out."))
 
     def _blocked_reason(self, wf: Workflow, now: datetime) -> str | None:
         name = wf.name

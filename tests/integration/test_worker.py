@@ -1025,6 +1025,8 @@ def test_a_session_opened_elsewhere_meanwhile_is_said_with_its_holder(
         held.join(30)
     assert result.status == "busy"
     assert f"held by {first.owner}" in (result.error or ""), result.error
+    # Alive as far as the store can tell: no advice to wait out a lease.
+    assert "still running as far as the store can tell" in (result.error or "")
 
 
 def test_a_tick_is_said_by_the_worker_whose_session_ran_it(

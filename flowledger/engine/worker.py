@@ -191,8 +191,8 @@ class Worker:
     def _pass(self, waiter: LogWaiter) -> None:
         """Serve every workflow due now, or else wait for an append or the
         next due time."""
-        head = waiter.head()
-        self.engine.log.flow_recorder.check_head(head)  # a log cut back under this engine
+        # The head, and a log cut back under this engine looked for.
+        head = self.engine.log.flow_recorder.check_head(waiter.head)
         self._seed_last_runs()  # of a workflow registered since
         self._read_new_runs(head)
         now = self.engine.clock.now()

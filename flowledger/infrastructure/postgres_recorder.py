@@ -938,12 +938,14 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             conn.close()
         return statements
 
-    def check_head(self, head: int) -> None:
+    def check_head(self, read_head: Callable[[], int]) -> int:
         if self._gone_back is not None:
             raise LogWentBack(self._gone_back)
-        synced = self._last_synced
+        synced = self._last_synced  # first: one that commits after the read is no cut
+        head = read_head()
         if synced is not None and head < synced[0]:
             self._went_back(synced[0], head)
+        return head
 
     def replaying(self) -> bool:
         return bool(self.read_all("SELECT pg_is_in_recovery()", ())[0][0])

@@ -373,8 +373,9 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         """None: SQLite sends no notifications; waiting for appends polls."""
         return None
 
-    def check_head(self, head: int) -> None:
-        """Nothing: a file replaced under a running engine is not looked for."""
+    def check_head(self, read_head: Callable[[], int]) -> int:
+        """The head alone: a file replaced under a running engine is not looked for."""
+        return read_head()
 
     def replaying(self) -> bool:
         """False: a file is no standby."""

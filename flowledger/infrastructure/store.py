@@ -233,11 +233,12 @@ class LogStore(Protocol):
         """Wake-ups on appends from any process, where the store sends them
         (PostgreSQL's notifications); None where waiting means polling (SQLite)."""
 
-    def check_head(self, head: int) -> None:
-        """Raise LogWentBack when the log's head (just read) is below an append
-        of this engine's that waited for the disk: the log was cut back or
-        restored under it, its connections kept (ADR 0017). Where the store
-        cannot tell, nothing."""
+    def check_head(self, read_head: Callable[[], int]) -> int:
+        """The log's head, `read_head()`; LogWentBack raised when it is below
+        an append of this engine's that waited for the disk before it was
+        read: the log was cut back or restored under it, its connections kept
+        (ADR 0017). (An append another thread of this engine makes meanwhile
+        is no sign of that.) Where the store cannot tell, the head alone."""
 
     def replaying(self) -> bool:
         """Whether the store answers now from a standby replaying another

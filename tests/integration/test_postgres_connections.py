@@ -557,6 +557,40 @@ def test_a_worker_whose_log_is_cut_back_under_it_stops_at_its_next_pass(
 
 
 @on_postgresql
+def test_an_append_of_another_thread_after_the_workers_look_at_the_head_is_no_cut(
+        make_engine, monkeypatch):
+    """A service serving in a thread and running sessions in others: an append
+    that waited for the disk, made by another thread just after the worker
+    read the log's head, is past that head. It was taken for a log cut back
+    under the engine, which then refused every append for its life."""
+    from flowledger.domain.workflow import Workflow
+
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    read = LogWaiter.head
+    looks: list[int] = []
+    appended: list[int] = []
+
+    def head_then_another_threads_append(waiter: LogWaiter) -> int:
+        head = read(waiter)
+        looks.append(head)
+        if len(looks) in (2, 3):  # the worker's first passes (the first look is its start's)
+            appended.append(engine.log.append(Workflow.register(  # synced, as an in_flight is
+                now=engine.clock.now(), name=f"elsewhere-{len(looks)}", fingerprint="f",
+                topics=["t"], handlers=[])))
+        return head
+
+    monkeypatch.setattr(LogWaiter, "head", head_then_another_threads_append)
+    with Serving(engine) as worker:
+        deadline = time.monotonic() + 10
+        while not (len(appended) == 2 and engine.run_session("wf").status == "completed"):
+            assert not worker.ended, worker.ended[0]
+            assert time.monotonic() < deadline
+    assert worker.ended == [], worker.ended
+    assert engine.run_session("wf").status == "completed"  # it may still append
+
+
+@on_postgresql
 def test_a_worker_whose_sessions_are_refused_as_busy_does_not_spin(
         store, monkeypatch, caplog, request):
     """The same cut, by a store that could not tell (both looks monkeypatched
@@ -568,7 +602,8 @@ def test_a_worker_whose_sessions_are_refused_as_busy_does_not_spin(
     request.addfinalizer(engine.close)
     engine.register(ticking())
     assert engine.run_session("ticks").status == "completed"
-    monkeypatch.setattr(type(engine.log.flow_recorder), "check_head", lambda self, head: None)
+    monkeypatch.setattr(type(engine.log.flow_recorder), "check_head",
+                        lambda self, read_head: read_head())
     monkeypatch.setattr(type(engine.projections), "ahead_of_log",
                         lambda self, clock=False: LogLook(None, None))
     caplog.set_level(logging.DEBUG, logger="flowledger.worker")  # each pass's "busy" too

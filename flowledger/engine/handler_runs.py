@@ -17,7 +17,7 @@ What follows what (the rules of DESIGN §1.3 to §1.4) is decided there, not her
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -84,6 +84,7 @@ from flowledger.engine.pending_window import MessageChange, PendingWindow
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
 from flowledger.engine.secret_resolution import SecretResolver, scrub
+from flowledger.engine.store_errors import StoreFailedForHandler, read_for_handler
 from flowledger.engine.streams import Streams
 from flowledger.infrastructure.codec import NONE_PACKED, pack, unpack
 from flowledger.infrastructure.store import ReadAfter
@@ -251,6 +252,10 @@ class RunDriver:
         seal = Seal(log.column_cipher)
 
         def peek(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
+            with read_for_handler():
+                return peek_pending(topic, limit)
+
+        def peek_pending(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
             if limit is None or limit > self.READ_AHEAD:
                 with log.reading(snapshot=False) as c:  # one statement
                     return [(m.message_id, m.payload) for m in
@@ -271,7 +276,7 @@ class RunDriver:
             now=self.s.now(), publishes=publishes, subscribe=subscribe, tools=self.s.tools,
             declared_tools=declared_tools, limits=self.s.limits,
             new_message_id=lambda: self.s.ids().hex, peek=peek,
-            input_known=lambda i: self.s.streams.get(i, short=True) is not None,
+            input_known=lambda i: self._stream(i) is not None,
             secrets=self.s.secrets,
         )
 
@@ -308,6 +313,16 @@ class RunDriver:
             run.add_cost(now, amount, label)
         ctx.reads.clear()
         ctx.costs.clear()
+
+    def _stream(self, stream_id: UUID) -> Any:
+        """A stream a handler's step looks up (a store failure: not the handler's)."""
+        with read_for_handler():
+            return self.s.streams.get(stream_id, short=True)
+
+    def _preload_reserved(self, wanted: Iterable[tuple[str, str]]) -> None:
+        with read_for_handler():
+            self.s.streams.preload(topic_event_id(self._wf, topic, message_id)
+                                   for topic, message_id in wanted)
 
     def _state(self, handler: str) -> tuple[HandlerState | None, Any]:
         agg = self.s.streams.get(handler_state_id(self._wf, handler))
@@ -396,6 +411,8 @@ class RunDriver:
             with self.s.in_call():
                 value = work()
             ctx.raise_if_broken()
+        except StoreFailedForHandler as failed:
+            raise failed.error from None  # the session stops; the run is continued later
         except Exception as e:
             self._flush(ctx, run)
             return None, self._fail(run, ctx.tool_failure or ctx.violation or e)
@@ -431,13 +448,13 @@ class RunDriver:
 
         def prepare() -> tuple[Any, CheckedPrepared]:
             handler = spec.cls()
-            _, state = self._state(spec.name)
+            with read_for_handler():
+                _, state = self._state(spec.name)
             return handler, check_prepared(
                 handler.prepare(ctx, state), spec, run.chain_id, ctx,
-                lambda topic, message_id: self.s.streams.get(
-                    topic_event_id(self._wf, topic, message_id), short=True),
-                lambda wanted: self.s.streams.preload(
-                    topic_event_id(self._wf, topic, message_id) for topic, message_id in wanted))
+                lambda topic, message_id: self._stream(topic_event_id(self._wf, topic,
+                                                                      message_id)),
+                self._preload_reserved)
 
         done, ended = self._step(run, ctx, prepare)
         if ended is not None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from eventsourcing.persistence import PersistenceError
+
+from flowledger.domain.errors import CorruptEventError
 
 
 def from_the_store(error: BaseException) -> bool:
@@ -11,3 +16,28 @@ def from_the_store(error: BaseException) -> bool:
     (`LogWentBack`)."""
     return isinstance(error, (OSError, PersistenceError)) or type(error).__module__.split(
         ".")[0] in ("sqlite3", "psycopg", "psycopg_pool", "eventsourcing")
+
+
+class StoreFailedForHandler(BaseException):
+    """The store failed a read the engine made for a handler while it ran (a
+    peek, its state, a lookup): not the handler's failure, which would fail
+    the run and put its workflow in error. A BaseException, so that neither
+    the handler's own `except Exception` nor the run's failure handling takes
+    it for the handler's; `RunDriver._step` raises the store's error in its
+    place, as a failed append raises it, and the session stops there."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def read_for_handler() -> Iterator[None]:
+    """A read the engine makes for a handler: a store failure in it is told
+    as `StoreFailedForHandler` (a damaged event too: what needs it stops)."""
+    try:
+        yield
+    except Exception as e:
+        if from_the_store(e) or isinstance(e, CorruptEventError):
+            raise StoreFailedForHandler(e) from e
+        raise

@@ -443,3 +443,57 @@ def test_an_engine_takes_over_at_once_a_session_it_could_not_end_itself(
         assert ledger.calls_made() == 1
     finally:
         engine.close()
+
+
+def test_a_server_lost_while_prepare_reads_is_not_the_handlers_failure(
+        clusters: Clusters, tmp_path: Path) -> None:
+    """The server goes down while a consumer's prepare runs, and the engine's
+    own read for it (the peek) fails. That is no bug of the handler: the run
+    is not failed (`failed:logic`) nor its workflow put in error, waiting for
+    a person to resume it. The session stops with the store's error, as when
+    an append fails, and the next one, the server back, prepares the run
+    again and books the job once."""
+    from flowledger.engine.store_errors import from_the_store
+
+    clusters.primary("a")
+    ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
+    lost: list[threading.Timer] = []
+    wf = fl.Workflow("lossy", topics=["job"])
+
+    @wf.producer(publishes=["job"])
+    def jobs(ctx: Any, state: Any) -> Any:
+        if state is None:
+            ctx.publish("job", message_id="j1", payload=1)
+        return {"published": True}
+
+    @wf.consumer(subscribe=["job"], tools=["ledger"])
+    class Book:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            if not lost:  # stopped cleanly: no append is lost, the server is just away
+                clusters.run("pg_ctl", "-D", str(clusters.root / "a"), "-m", "fast", "-w",
+                             "stop")
+                lost.append(threading.Timer(2.0, clusters.start, args=("a",)))
+                lost[0].start()
+            pending = ctx.peek("job", limit=1)
+            if not pending:
+                return None
+            return fl.Prepared(reservations={"job": [pending[0].message_id]},
+                               data=pending[0].message_id)
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.ledger.append(prepared.data, "v")
+
+    engine = fl.Engine(clusters.url("a"))
+    try:
+        engine.register(wf, tools=[ScriptedLedgerTool(ledger)])
+        with pytest.raises(Exception) as failed:
+            engine.run_session("lossy")
+        assert from_the_store(failed.value), repr(failed.value)
+        lost[0].join()  # the server is back
+        assert engine.workflow("lossy").status.value == "active"
+        assert engine.runs(status="failed") == []
+        result = engine.run_session("lossy")
+        assert result.status == "completed", result.error
+        assert ledger.calls_made() == 1 and ledger.keys() == ["j1"]
+    finally:
+        engine.close()

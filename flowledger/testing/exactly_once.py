@@ -342,7 +342,9 @@ class _History:
                               "it returns, or raises fl.TransientError, fl.AuthError or "
                               "fl.UncertainOutcome (and has a reconcile method)")
                 effect = self._effect_of(blocked.tool, blocked.method or "", blocked.params)
-                action = "did_not_happen" if effect == "did_not_happen" else "skip"
+                # As a person who looked would: no call made, or none that took
+                # effect, is a mutation that did not happen (a fresh run makes it).
+                action = "did_not_happen" if effect in ("did_not_happen", None) else "skip"
                 if action == "skip" and effect is not None:
                     self.skipped_after_effect.append(self._log_key(
                         blocked.tool, blocked.method or "", blocked.params))

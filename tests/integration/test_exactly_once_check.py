@@ -184,3 +184,40 @@ def test_a_world_check_that_cannot_look_is_told_with_its_history() -> None:
         flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f), OrderBook(f)],
                                inputs=ORDERS, deliver=place_order, max_examples=3,
                                world_check=reads_a_file_never_written)
+
+
+def test_a_call_never_made_is_decided_did_not_happen_by_the_checks_person() -> None:
+    """The process dies after the mutation's in_flight record, before its call;
+    the reconcile answers retry until its attempts run out, and the run waits
+    for a person. The check's person looked at the recorded calls: none was
+    made, so the mutation did not happen (a fresh run makes it), not `skip`,
+    which left a sound workflow's order unbooked and blamed the workflow."""
+    from flowledger.testing.exactly_once import (
+        ArmCrash,
+        Deliver,
+        Recover,
+        RunSession,
+        TellFault,
+        TimePasses,
+        _History,
+        _same_call,
+    )
+    from flowledger.testing.tool_double import Fault
+
+    retry = TellFault("book", "find", Fault.RECONCILE_RETRY)
+    history = [Deliver("A-1"), ArmCrash("before_call"), RunSession("manual", 4),
+               retry, Recover(), TimePasses(3600), retry, Recover(), TimePasses(3600),
+               retry, Recover(), TimePasses(3600), retry, Recover()]
+    def play(steps: list[Any]) -> Any:
+        played = _History(orders_workflow(), lambda f: [OrderFolder(f), OrderBook(f)],
+                          place_order, fl.RetryPolicy(reconcile_max_attempts=3), _same_call)
+        played.play(steps)
+        played.drain()
+        return played
+
+    with play([s for s in history if isinstance(s, Deliver | RunSession)]) as calm:
+        expected = calm.pending()
+    with play(history) as faulty:
+        assert "was never attempted: did_not_happen" in "\n".join(faulty.lines)
+        faulty.verdict(expected)
+        faulty.check_world(booked_once, ["A-1"])

@@ -2,7 +2,7 @@
 
 * pytest fixtures (flowledger/testing/plugin.py, loaded by pytest wherever
   flowledger is installed): `flowledger_engine`, `flowledger_new_engine`,
-  `flowledger_clock`, `flowledger_store`, `flowledger_worker`;
+  `flowledger_clock`, `flowledger_store`, `flowledger_fresh_store`, `flowledger_worker`;
 * `crash_at(engine, point)`, `crash_if_reached(engine, point)` and
   `expect_crash(engine)`: an engine dies at a durable point (`DURABLE_POINTS`)
   or inside a tool call, in-process;

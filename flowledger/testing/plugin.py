@@ -12,7 +12,8 @@ its own, dropped afterwards.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -48,15 +49,30 @@ def flowledger_clock() -> ManualClock:
     return ManualClock()
 
 
+def _configured(config: pytest.Config) -> tuple[str, str]:
+    """The store kind and the PostgreSQL test database the run was given."""
+    return (_setting(config, "--flowledger-store", "flowledger_store",
+                     "FLOWLEDGER_TEST_STORE", "sqlite"),
+            _setting(config, "--flowledger-postgres", "flowledger_postgres",
+                     "FLOWLEDGER_TEST_POSTGRES", DEFAULT_POSTGRES))
+
+
 @pytest.fixture
 def flowledger_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty store, fresh for this test."""
-    kind = _setting(request.config, "--flowledger-store", "flowledger_store",
-                    "FLOWLEDGER_TEST_STORE", "sqlite")
-    postgres = _setting(request.config, "--flowledger-postgres", "flowledger_postgres",
-                        "FLOWLEDGER_TEST_POSTGRES", DEFAULT_POSTGRES)
+    kind, postgres = _configured(request.config)
     with fresh_store(kind, tmp_path, postgres) as url:
         yield url
+
+
+@pytest.fixture
+def flowledger_fresh_store(request: pytest.FixtureRequest, tmp_path: Path
+                           ) -> Callable[[], AbstractContextManager[str]]:
+    """A new empty store at each call, of the kind and on the server the run
+    was given (`--flowledger-store`, `--flowledger-postgres`, ...): for a
+    store per hypothesis example, `with flowledger_fresh_store() as url:`."""
+    kind, postgres = _configured(request.config)
+    return lambda: fresh_store(kind, tmp_path, postgres)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ own on a PostgreSQL server (dropped afterwards)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,19 +19,25 @@ STORE_KINDS: tuple[StoreKind, ...] = ("sqlite", "memory", "postgresql")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/flowledger_tests"
 
 
+def postgres_for_tests() -> str:
+    """The PostgreSQL database test schemas go in when no URL is given:
+    FLOWLEDGER_TEST_POSTGRES, else DEFAULT_POSTGRES."""
+    return os.environ.get("FLOWLEDGER_TEST_POSTGRES") or DEFAULT_POSTGRES
+
+
 @contextlib.contextmanager
-def fresh_store(kind: str, folder: Path, postgres: str = DEFAULT_POSTGRES) -> Iterator[str]:
+def fresh_store(kind: str, folder: Path, postgres: str | None = None) -> Iterator[str]:
     """The URL of an empty store of `kind`: a new SQLite file in `folder` (which
     the caller cleans up; each call names another, so one folder serves every
     example of a property test), memory:// (private to one engine: no crash
-    tests), or a new schema of the PostgreSQL database `postgres` names (created
-    if missing)."""
+    tests), or a new schema of the PostgreSQL database `postgres` names
+    (default: `postgres_for_tests()`; created if missing)."""
     if kind == "sqlite":
         yield f"sqlite:///{folder / f'flow-{uuid.uuid4().hex[:12]}.db'}"
     elif kind == "memory":
         yield "memory://"
     elif kind == "postgresql":
-        with fresh_postgres_schema(postgres) as url:
+        with fresh_postgres_schema(postgres or postgres_for_tests()) as url:
             yield url
     else:
         raise ConfigurationError(f"store kind {kind!r} is not one of {', '.join(STORE_KINDS)}")

@@ -76,3 +76,39 @@ def test_a_server_that_starts_after_the_first_look_is_used(
     assert stores.postgres_unreachable(url) is None  # then asked again
     with flt.fresh_postgres_schema(url) as store, fl.Engine(store) as engine:
         assert list(engine.events()) == []
+
+
+@pytest.mark.postgres
+def test_fresh_store_goes_to_the_test_database_the_run_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fresh_store(kind, folder)` without a URL, as the README shows it in a
+    property test, went to the default server whatever the run was told:
+    it takes FLOWLEDGER_TEST_POSTGRES, as the fixtures do."""
+    if postgres.unreachable() is not None:
+        pytest.skip(postgres.unreachable() or "")
+    server = postgres.URL.rsplit("/", 1)[0]
+    named = f"{server}/fl_kit_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("FLOWLEDGER_TEST_POSTGRES", named)
+    try:
+        with flt.fresh_store("postgresql", tmp_path) as url:
+            assert url.startswith(named + "?schema=t_"), url
+            with fl.Engine(url) as engine:
+                engine.register(fl.Workflow("w", topics=["t"]))
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{named.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_fresh_store_fixture_gives_a_new_store_of_the_runs_kind_at_each_call(
+        kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`flowledger_fresh_store()`, for a store per hypothesis example, follows
+    what the run was told (here FLOWLEDGER_TEST_STORE), as `flowledger_store`."""
+    monkeypatch.setenv("FLOWLEDGER_TEST_STORE", kind)
+    monkeypatch.setenv("FLOWLEDGER_TEST_POSTGRES", postgres.URL)
+    fresh = request.getfixturevalue("flowledger_fresh_store")
+    with fresh() as first, fl.Engine(first) as engine:
+        engine.register(fl.Workflow("w", topics=["t"]))
+    with fresh() as second, fl.Engine(second) as engine:
+        assert second != first and list(engine.events()) == []
+        assert second.startswith(kind)

@@ -40,6 +40,11 @@ class StoreUnreachable(ConfigurationError):
     worker started before it waits for it; other commands say it and stop."""
 
 
+class EngineClosed(FlowledgerError):
+    """The engine was closed (`Engine.close()`, the end of its `with`): it does
+    nothing more; open a new one on the store."""
+
+
 class CorruptEventError(FlowledgerError):
     """A stored event cannot be read back: its body (or its type) was changed or
     damaged outside flowledger. Nothing is skipped: what needed the event stops.

@@ -45,6 +45,7 @@ from flowledger.domain.run_decider import (
 from flowledger.domain.session import Session, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, LeaseClock, SystemClock, random_ids
+from flowledger.engine.closing import Activity, Closed
 from flowledger.engine.faults import SimulatedCrash, declared_dead, from_environment
 from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.heartbeat import Heartbeat
@@ -134,6 +135,7 @@ class Engine:
         to, a mapping or a function name -> value (`fl.Secret.from_env(NAME)` reads
         the environment): tools receive values, the log records references."""
         self.store = store
+        self._activity = Activity(shown(store))
         self.secrets = SecretResolver(secrets)
         self.clock = clock or SystemClock()
         self.ids = ids or random_ids
@@ -223,8 +225,19 @@ class Engine:
                 "Nothing was changed") from e
 
     def close(self) -> None:
+        """Close the store's connections once the sessions and serve() loops
+        other threads have under way end their step (they are asked to stop
+        after it, as on SIGTERM): closing under a tool call let another engine
+        take its session over and make the call again. Every later call raises
+        EngineClosed (engine/closing.py)."""
+        if isinstance(self.log, Closed):
+            return
+        self._activity.close()
         self.heartbeat.stop()
         self.log.close()
+        closed = Closed(self._activity.why)
+        for part in ("log", "projections", "lease"):  # what every call goes through
+            setattr(self, part, closed)
 
     def __enter__(self) -> Engine:
         return self
@@ -308,6 +321,18 @@ class Engine:
         return self._run_session(reg, request)
 
     def _run_session(self, reg: Registration, request: SessionRequest) -> SessionResult:
+        with self._activity.running():
+            asked = request.should_stop
+            if asked is None:  # a close() in another thread asks it too
+                request.should_stop, request.stop_budget = self._closing, "stop"
+            else:
+                request.should_stop = lambda: self._closing() or asked()
+            return self._session(reg, request)
+
+    def _closing(self) -> bool:
+        return self._activity.closing
+
+    def _session(self, reg: Registration, request: SessionRequest) -> SessionResult:
         self._refuse_acting("a session appends to the log", align_lease=True)
         runner = SessionRunner(reg, self._scope_factory(reg), self.store)
         streams = Streams(self.log)
@@ -424,17 +449,20 @@ class Engine:
         left (unfinished runs, producers still to run, pending messages within
         the session's budget) revised after each run, and exact at the end.
         """
-        self._refuse_acting("recovery continues sessions, which appends to the log")
-        regs = list(self._registered.values())
-        count = RecoveryCount(self.log, self.checkpoint, regs, progress) if progress else None
-        self._look_at_holders(regs)
-        results = []
-        for reg in regs:
-            results.append(self._recover(reg, count.checkpoint(reg) if count else None))
-            if count:
-                count.finished(reg)
-        self._catch_up_read_side()
-        return [r for r in results if r is not None]
+        with self._activity.running():
+            self._refuse_acting("recovery continues sessions, which appends to the log")
+            regs = list(self._registered.values())
+            count = (RecoveryCount(self.log, self.checkpoint, regs, progress) if progress
+                     else None)
+            self._look_at_holders(regs)
+            results = []
+            for reg in regs:
+                results.append(self._recover(reg, count.checkpoint(reg) if count else None,
+                                             should_stop=self._closing))
+                if count:
+                    count.finished(reg)
+            self._catch_up_read_side()
+            return [r for r in results if r is not None]
 
     def _recover(self, reg: Registration, checkpoint: Callable[[str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> SessionResult | None:
@@ -493,7 +521,9 @@ class Engine:
         self.log.config.refuse_writes("the worker runs sessions, which append to the log")
         from flowledger.engine.worker import Worker
 
-        Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)
+        worker = Worker(self, interval=interval, max_iterations=max_iterations)
+        with self._activity.running(stop if stop is not None else worker.stop):
+            worker.serve(stop)
 
     def last_position(self) -> int:
         """The log position of the last event appended (0: an empty log): what

@@ -1,0 +1,90 @@
+"""Closing an engine that other threads still use (DESIGN §5: a service embeds
+it, runs sessions from request threads and `serve()` in another).
+
+`Engine.close()` used to close the store's connections and drop the liveness
+lock under a session still in its tool call: another engine then took that
+session over and, reconciling a call that had not returned yet, made it
+again. Now the sessions and `serve()` loops under way in other threads are
+asked to stop after their step, as on SIGTERM, and waited for; only then are
+the connections closed. Whatever is called on the engine after that raises
+`EngineClosed`, instead of opening connections nobody closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from flowledger.domain.errors import EngineClosed
+
+logger = logging.getLogger("flowledger.engine")
+
+
+class Activity:
+    """The sessions, recoveries and `serve()` loops of one engine under way,
+    by thread, and the stop events of the loops."""
+
+    def __init__(self, shown_store: str) -> None:
+        self._changed = threading.Condition()
+        self._by_thread: Counter[int] = Counter()
+        self._stops: list[threading.Event] = []
+        self.closing = False
+        self.why = (f"this engine (store {shown_store!r}) was closed: it does nothing more. "
+                    "Open a new fl.Engine on the store to go on")
+
+    def refuse_if_closed(self) -> None:
+        if self.closing:
+            raise EngineClosed(self.why)
+
+    @contextlib.contextmanager
+    def running(self, stop: threading.Event | None = None) -> Iterator[None]:
+        """A session, recovery or serve() loop (`stop`: the event that ends it)."""
+        me = threading.get_ident()
+        with self._changed:
+            self.refuse_if_closed()
+            self._by_thread[me] += 1
+            if stop is not None:
+                self._stops.append(stop)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._by_thread[me] -= 1
+                if stop is not None:
+                    self._stops.remove(stop)
+                self._changed.notify_all()
+
+    def close(self) -> None:
+        """Refuse what starts from now on, stop the serve() loops, and wait for
+        what other threads are doing to end its step (this thread's own, if
+        close() is called from inside a handler, cannot be waited for)."""
+        me = threading.get_ident()
+        with self._changed:
+            self.closing = True
+            for stop in self._stops:
+                stop.set()
+            said = False
+            while any(n for thread, n in self._by_thread.items() if thread != me):
+                if not said:
+                    logger.info("closing: waiting for the sessions under way in other "
+                                "threads to end their step")
+                    said = True
+                self._changed.wait()
+
+
+class Closed:
+    """What stands for a closed engine's log, projections and lease clock:
+    every use says the engine was closed (closing it again is allowed)."""
+
+    def __init__(self, why: str) -> None:
+        self._why = why
+
+    def close(self) -> None:
+        """Closing again does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise EngineClosed(self._why)

@@ -1,0 +1,101 @@
+"""Closing an engine a service still uses in other threads (engine/closing.py):
+sessions under way end their step first, a serve() loop stops, and whatever
+comes after says the engine was closed. On both stores."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import flowledger as fl
+from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow, mid_call_tool
+
+
+def _in_a_long_call(make_engine: Callable[..., fl.Engine]) -> tuple[
+        fl.Engine, MemoryLedger, threading.Event, threading.Event]:
+    """An engine whose first tool call waits until released (items a, b)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def long_call(key: str) -> None:
+        if key == "a":
+            entered.set()
+            assert release.wait(30)
+
+    ledger = MemoryLedger()
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a", "b"]), tools=[mid_call_tool(long_call)(ledger)])
+    return engine, ledger, entered, release
+
+
+def test_close_waits_for_a_call_under_way_then_the_session_closes_with_the_work_left(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    """A service closing its engine while a request thread is in a tool call:
+    close() dropped the connections and the liveness lock under the call, and
+    another engine took the session over and, reconciling a call that had not
+    returned, made it again. Now close() returns once the call returned and
+    the session closed (asked to stop after its step, as on SIGTERM); the call
+    was made once, and the next engine goes on from there."""
+    engine, ledger, entered, release = _in_a_long_call(make_engine)
+    results: list[fl.SessionResult] = []
+    session = threading.Thread(target=lambda: results.append(engine.run_session("wf")),
+                               daemon=True)
+    session.start()
+    assert entered.wait(30)
+    closer = threading.Thread(target=engine.close, daemon=True)
+    closer.start()
+    time.sleep(0.5)
+    assert closer.is_alive()  # not while the call is under way
+    other = make_engine()
+    other.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    assert other.run_session("wf").status == "busy"  # its holder is alive and holds it
+    release.set()
+    session.join(30)
+    closer.join(30)
+    assert not closer.is_alive()
+    (result,) = results
+    assert result.status == "budget_exhausted" and result.budget == "stop", result
+    assert ledger.writes == ["a"]
+    assert other.run_session("wf").status == "completed"
+    assert ledger.writes == ["a", "b"] and ledger.calls == 2
+
+
+def test_close_stops_a_serve_loop_of_another_thread(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    ended: list[BaseException | None] = []
+
+    def serve() -> None:
+        try:
+            engine.serve(interval=0.05)
+            ended.append(None)
+        except BaseException as e:
+            ended.append(e)
+
+    serving = threading.Thread(target=serve, daemon=True)  # a loop left going fails, not hangs
+    serving.start()
+    time.sleep(0.5)
+    engine.close()
+    serving.join(30)
+    assert ended == [None]
+
+
+@pytest.mark.parametrize("call", [
+    lambda e: e.run_session("wf"), lambda e: e.status(), lambda e: e.recover(),
+    lambda e: e.serve(interval=0.05), lambda e: list(e.events()),
+    lambda e: e.register(ledger_workflow(items=["b"])),
+])
+def test_an_engine_used_after_close_says_it_was_closed(
+        make_engine: Callable[..., fl.Engine], call: Callable[[fl.Engine], Any]) -> None:
+    """It went on, opening connections nobody closed."""
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    engine.close()
+    with pytest.raises(fl.EngineClosed, match=r"was closed: it does nothing more\. Open a "
+                                              r"new fl\.Engine"):
+        call(engine)
+    engine.close()  # closing again is allowed

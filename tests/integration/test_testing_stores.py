@@ -112,3 +112,55 @@ def test_the_fresh_store_fixture_gives_a_new_store_of_the_runs_kind_at_each_call
     with fresh() as second, fl.Engine(second) as engine:
         assert second != first and list(engine.events()) == []
         assert second.startswith(kind)
+
+
+HOLDER = """
+import sys, time
+import flowledger as fl
+from flowledger.testing import fresh_postgres_schema
+with fresh_postgres_schema(sys.argv[1]) as url, fl.Engine(url):
+    print(url.rsplit("schema=", 1)[1], flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.postgres
+def test_a_schema_a_killed_test_process_left_is_dropped_by_the_next_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test process killed outright (SIGKILL, a CI timeout) never drops its
+    schema. The next process to make one in that database drops it, and
+    leaves alone the schema of a test process still running."""
+    import signal
+    import subprocess
+    import sys
+
+    if postgres.unreachable() is not None:
+        pytest.skip(postgres.unreachable() or "")
+
+    def holder() -> tuple[subprocess.Popen[str], str]:
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, postgres.URL],
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None
+        return p, p.stdout.readline().strip()
+
+    killed, left = holder()
+    living, running = holder()
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+
+        def schemas() -> set[str]:
+            with psycopg.connect(postgres.URL, autocommit=True) as c:
+                return {n for (n,) in c.execute("SELECT nspname FROM pg_namespace")}
+
+        assert {left, running} <= schemas()
+        monkeypatch.setattr(stores, "_swept", set())  # as in a new test process
+        with flt.fresh_postgres_schema(postgres.URL) as url, fl.Engine(url):
+            pass
+        now = schemas()
+        assert left not in now and running in now
+    finally:
+        living.kill()
+        living.wait(30)
+        with psycopg.connect(postgres.URL, autocommit=True) as c:
+            c.execute(f'DROP SCHEMA IF EXISTS "{running}" CASCADE')

@@ -270,6 +270,29 @@ def test_a_worker_killed_in_a_call_is_replaced_and_nothing_is_done_twice(
         assert db.execute("SELECT COUNT(*) FROM duplicates").fetchone()[0] == 0
 
 
+def _worker_on(store: str, folder: Path, inbox: Path) -> subprocess.Popen[str]:
+    """`flowledger worker` of WORKFLOW (its ledger: folder/ledger.db) on `store`,
+    its stderr piped."""
+    (folder / "wf.py").write_text(WORKFLOW)
+    env = {**os.environ, "TEST_INBOX": str(inbox), "TEST_LEDGER": str(folder / "ledger.db"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLEDGER_CRASH_AT", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flowledger.cli", "--store", store, "worker",
+         str(folder / "wf.py"), "--interval", "0.1"],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _sigterm(worker: subprocess.Popen[str]) -> str:
+    """SIGTERM, then what it said on stderr (killed if it is not gone in 20 s)."""
+    try:
+        worker.send_signal(signal.SIGTERM)
+        return worker.communicate(timeout=20)[1]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
 @pytest.mark.postgres
 def test_a_worker_started_before_its_server_waits_for_it_then_serves(
         tmp_path: Path, clusters: Clusters) -> None:  # noqa: F811
@@ -281,25 +304,15 @@ def test_a_worker_started_before_its_server_waits_for_it_then_serves(
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "a.txt").write_text("A")
-    (tmp_path / "wf.py").write_text(WORKFLOW)
     ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
-    env = {**os.environ, "TEST_INBOX": str(inbox), "TEST_LEDGER": str(tmp_path / "ledger.db"),
-           "PYTHONPATH": str(ROOT)}
-    env.pop("FLOWLEDGER_CRASH_AT", None)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "flowledger.cli", "--store", store, "worker",
-         str(tmp_path / "wf.py"), "--interval", "0.1"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = _worker_on(store, tmp_path, inbox)
     try:
         time.sleep(2)
         assert worker.poll() is None, worker.communicate()[1]  # still there, waiting
         clusters.primary("a")
         _wait(lambda: ledger.keys() == ["a.txt"], 60, "the worker to serve once the server is up")
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=20)
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        err = _sigterm(worker)
     assert worker.returncode == 0, err
     assert "trying again in" in err and "Connection refused" in err
     assert ledger.calls_made() == 1
@@ -312,22 +325,12 @@ def test_a_worker_still_waiting_for_its_server_stops_on_sigterm_with_exit_0(
     waiting for a server that is not up died of the signal (exit 143, no word
     said): the signals were taken over only once it served."""
     store = f"postgresql://postgres@127.0.0.1:{_free_port()}/postgres"  # nothing listens
-    (tmp_path / "wf.py").write_text(WORKFLOW)
-    env = {**os.environ, "TEST_INBOX": str(tmp_path), "TEST_LEDGER": str(tmp_path / "l.db"),
-           "PYTHONPATH": str(ROOT)}
-    env.pop("FLOWLEDGER_CRASH_AT", None)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "flowledger.cli", "--store", store, "worker",
-         str(tmp_path / "wf.py"), "--interval", "0.1"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = _worker_on(store, tmp_path, tmp_path)
     try:
         time.sleep(3)
         assert worker.poll() is None, worker.communicate()[1]  # still there, waiting
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=20)
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        err = _sigterm(worker)
     assert worker.returncode == 0, err
     assert "trying again in" in err
     assert "stopped before its store could be opened" in err

@@ -992,13 +992,29 @@ def test_a_worker_says_at_its_start_which_producers_it_never_runs(
     assert said[0].startswith("workflow manual: producer produce has no every= or cron=")
 
 
+def _opens_meanwhile(monkeypatch: pytest.MonkeyPatch, held: threading.Thread,
+                     entered: threading.Event) -> None:
+    """The next session opening starts `held` (another engine's session) after
+    it read the workflow and before it appends, once `entered` says that
+    session is under way: two engines opening one workflow at once."""
+    from flowledger.engine.session_runner import SessionRunner
+
+    looked = SessionRunner._blocked_reason
+
+    def first_opens_meanwhile(runner: Any, wf: Any, now: Any) -> Any:
+        monkeypatch.setattr(SessionRunner, "_blocked_reason", looked)  # once
+        held.start()
+        assert entered.wait(30)
+        return looked(runner, wf, now)
+
+    monkeypatch.setattr(SessionRunner, "_blocked_reason", first_opens_meanwhile)
+
+
 def test_a_session_opened_elsewhere_meanwhile_is_said_with_its_holder(
         make_engine: Callable[..., fl.Engine], monkeypatch: pytest.MonkeyPatch) -> None:
     """Two engines open a session of one workflow at once (workers at the same
     tick): the one whose append the fence refuses says whose session it is,
     as the log has it now, not only "at the same moment"."""
-    from flowledger.engine.session_runner import SessionRunner
-
     entered, release = threading.Event(), threading.Event()
 
     def long_call(key: str) -> None:
@@ -1009,15 +1025,7 @@ def test_a_session_opened_elsewhere_meanwhile_is_said_with_its_holder(
     first.register(ledger_workflow(items=["a"]), tools=[mid_call_tool(long_call)(MemoryLedger())])
     second.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
     held = threading.Thread(target=first.run_session, args=("wf",))
-    looked = SessionRunner._blocked_reason
-
-    def first_opens_meanwhile(runner: Any, wf: Any, now: Any) -> Any:
-        monkeypatch.setattr(SessionRunner, "_blocked_reason", looked)  # once
-        held.start()  # after the second engine read the workflow, before it appends
-        assert entered.wait(30)
-        return looked(runner, wf, now)
-
-    monkeypatch.setattr(SessionRunner, "_blocked_reason", first_opens_meanwhile)
+    _opens_meanwhile(monkeypatch, held, entered)
     try:
         result = second.run_session("wf")
     finally:
@@ -1036,7 +1044,6 @@ def test_a_tick_is_said_by_the_worker_whose_session_ran_it(
     at once. Only the one whose session ran it says `tick of ...` at INFO; the
     one the fence refused says so at -v only: one line a tick in the logs, not
     one from each worker, and a worker's log tells whether it ran the producer."""
-    from flowledger.engine.session_runner import SessionRunner
 
     clock.set(START)
     entered, release = threading.Event(), threading.Event()
@@ -1051,15 +1058,7 @@ def test_a_tick_is_said_by_the_worker_whose_session_ran_it(
                    tools=[mid_call_tool(long_call)(MemoryLedger())])
     second.register(ticking_workflow(calls, every="1m"), tools=[ScriptedLedgerTool(MemoryLedger())])
     held = threading.Thread(target=Worker(first).run_once)
-    looked = SessionRunner._blocked_reason
-
-    def first_opens_meanwhile(runner: Any, wf: Any, now: Any) -> Any:
-        monkeypatch.setattr(SessionRunner, "_blocked_reason", looked)  # once
-        held.start()  # after the second worker read the workflow, before it appends
-        assert entered.wait(30)
-        return looked(runner, wf, now)
-
-    monkeypatch.setattr(SessionRunner, "_blocked_reason", first_opens_meanwhile)
+    _opens_meanwhile(monkeypatch, held, entered)
     worker = Worker(second)
     try:
         with caplog.at_level(logging.INFO, logger="flowledger.worker"):

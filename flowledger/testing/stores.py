@@ -103,37 +103,34 @@ def _prepare_test_database(url: str) -> str | None:
     return None
 
 
-# A test schema's name, its mark (a comment: schemas an older release made
-# carry none, and may be in use by a test process of that release), and the
-# advisory lock (this class, the name's first 32 bits) that the process using
-# it holds on a connection of its own for as long as it does: a marked schema
-# whose lock is free was left by a process killed outright (SIGKILL, a CI
-# timeout), which never dropped it.
-TEST_SCHEMA = re.compile(r"t_[0-9a-f]{12}")
-TEST_SCHEMA_MARK = "a flowledger.testing schema, in use while its advisory lock is held"
+# A test schema's name, and the advisory lock (this class, the name's first
+# 32 bits) that the process using it holds on a connection of its own for as
+# long as it does: such a schema whose lock is free was left by a process
+# killed outright (SIGKILL, a CI timeout), which never dropped it. (Older
+# releases named theirs t_...: they took no lock, and may still be in use.)
+TEST_SCHEMA = re.compile(r"flt_[0-9a-f]{12}")
 _SCHEMA_LOCKS = 0x666C7473  # "flts"
 _swept: set[str] = set()  # test databases swept of such schemas by this process
 
 
 def _lock_key(schema: str) -> tuple[int, int]:
-    return _SCHEMA_LOCKS, int(schema[2:10], 16) - 2**31
+    digits = schema.rpartition("_")[2]
+    return _SCHEMA_LOCKS, int(digits[:8], 16) - 2**31
 
 
 @contextlib.contextmanager
 def fresh_postgres_schema(url: str = DEFAULT_POSTGRES) -> Iterator[str]:
-    """A store URL with a schema of its own (`?schema=t_...`), dropped
+    """A store URL with a schema of its own (`?schema=flt_...`), dropped
     afterwards; the first one a process makes in a database also drops the
     test schemas that killed processes left there."""
     why = postgres_unreachable(url)
     if why is not None:
         raise ConfigurationError(f"cannot make a test store on PostgreSQL: {why}")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    schema = f"flt_{uuid.uuid4().hex[:12]}"
     base, _, query = url.partition("?")  # not urlsplit: it refuses lists of IPv6 hosts
     kept = [p for p in query.split("&") if p and p.partition("=")[0] != "schema"]
     with _connect(url) as keeper:  # holds the schema's lock until it is dropped
         keeper.execute("SELECT pg_advisory_lock(%s, %s)", _lock_key(schema))
-        keeper.execute(f'CREATE SCHEMA "{schema}"')
-        keeper.execute(f"COMMENT ON SCHEMA \"{schema}\" IS '{TEST_SCHEMA_MARK}'")
         if url not in _swept:
             _swept.add(url)
             drop_left_test_schemas(keeper, but=schema)
@@ -144,15 +141,13 @@ def fresh_postgres_schema(url: str = DEFAULT_POSTGRES) -> Iterator[str]:
 
 
 def drop_left_test_schemas(conn: Any, but: str | None = None) -> list[str]:
-    """Drop the test schemas (`t_` and 12 hex digits, marked) of the database
-    `conn` is on that no living process holds: what test processes killed
-    outright left (`but`: one `conn` holds itself; its lock, taken again on
-    the same connection, would be granted). Returns their names."""
+    """Drop the test schemas (`flt_` and 12 hex digits) of the database `conn`
+    is on that no living process holds: what test processes killed outright
+    left (`but`: one `conn` holds itself; its lock, taken again on the same
+    connection, would be granted). Returns their names."""
     dropped = []
-    for (name,) in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname ~ %s "
-            "AND obj_description(oid, 'pg_namespace') = %s",
-            (f"^{TEST_SCHEMA.pattern}$", TEST_SCHEMA_MARK)).fetchall():
+    for (name,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname ~ %s",
+                                (f"^{TEST_SCHEMA.pattern}$",)).fetchall():
         if name == but:
             continue
         (free,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",

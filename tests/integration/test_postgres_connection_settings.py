@@ -166,7 +166,7 @@ def test_the_testing_kit_connects_as_the_engine_does(monkeypatch: pytest.MonkeyP
         assert conn.info.password == "from-the-environment"
     name = f"fl-{uuid.uuid4().hex[:10]}"
     with stores.fresh_postgres_schema(f"{postgres.URL}?application_name={name}") as url:
-        assert f"application_name={name}" in url and "schema=t_" in url
+        assert f"application_name={name}" in url and "schema=flt_" in url
     unreachable = stores.postgres_unreachable(
         f"{_with_password(postgres.URL).rsplit(':', 1)[0]}:1/nowhere")
     assert unreachable is not None and SECRET not in unreachable and ":***@" in unreachable

@@ -91,7 +91,7 @@ def test_fresh_store_goes_to_the_test_database_the_run_names(
     monkeypatch.setenv("FLOWLEDGER_TEST_POSTGRES", named)
     try:
         with flt.fresh_store("postgresql", tmp_path) as url:
-            assert url.startswith(named + "?schema=t_"), url
+            assert url.startswith(named + "?schema=flt_"), url
             with fl.Engine(url) as engine:
                 engine.register(fl.Workflow("w", topics=["t"]))
     finally:

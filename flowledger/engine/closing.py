@@ -60,10 +60,17 @@ class Activity:
 
     def close(self) -> None:
         """Refuse what starts from now on, stop the serve() loops, and wait for
-        what other threads are doing to end its step (this thread's own, if
-        close() is called from inside a handler, cannot be waited for)."""
+        what other threads are doing to end its step. Refused from inside a
+        session of this engine (a handler, a tool): that session cannot be
+        waited for, and would go on on the store closed under it."""
         me = threading.get_ident()
         with self._changed:
+            if self._by_thread[me]:
+                raise RuntimeError(
+                    "Engine.close() was called inside a session of this engine (from a "
+                    "handler or a tool): it would close the store under that session, "
+                    "which goes on. Nothing was closed; close the engine once run_session "
+                    "(or serve, or recover) has returned")
             self.closing = True
             for stop in self._stops:
                 stop.set()

@@ -521,9 +521,7 @@ class Engine:
         self.log.config.refuse_writes("the worker runs sessions, which append to the log")
         from flowledger.engine.worker import Worker
 
-        worker = Worker(self, interval=interval, max_iterations=max_iterations)
-        with self._activity.running(stop if stop is not None else worker.stop):
-            worker.serve(stop)
+        Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)
 
     def last_position(self) -> int:
         """The log position of the last event appended (0: an empty log): what

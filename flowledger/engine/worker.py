@@ -24,7 +24,7 @@ from uuid import UUID
 
 from flowledger.authoring.registration import Registration
 from flowledger.domain.due import Decision, Due, Situation, decide_due, serving_order
-from flowledger.domain.errors import CorruptEventError
+from flowledger.domain.errors import CorruptEventError, EngineClosed
 from flowledger.domain.failures import describe
 from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.phases import RunKind
@@ -113,12 +113,13 @@ class Worker:
     # -------------------------------------------------------------- serving
 
     def serve(self, stop: threading.Event | None = None) -> None:
-        with self._alone("serve"):
-            self._serve_until_stopped(stop)
-
-    def _serve_until_stopped(self, stop: threading.Event | None) -> None:
         if stop is not None:
             self.stop = stop
+        # Stopped by the engine's close() too (engine/closing.py).
+        with self._alone("serve"), self.engine._activity.running(self.stop):
+            self._serve_until_stopped()
+
+    def _serve_until_stopped(self) -> None:
         # SIGTERM/SIGINT: stop after the step in progress (the session closes with
         # what is left listed); a second signal stops at once (KeyboardInterrupt:
         # the session is left as a crash leaves it, and recovery finishes it).
@@ -143,6 +144,8 @@ class Worker:
                     logger.error("worker %s stops: %s", self.engine.owner,
                                  " ".join(str(e).split()))
                     raise
+                except EngineClosed:
+                    break  # closed meanwhile, which set its stop as well
                 except Exception as e:
                     # The store could not be read or waited on (a server
                     # restarting, a network down): what stands in the log is

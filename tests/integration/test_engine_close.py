@@ -99,3 +99,47 @@ def test_an_engine_used_after_close_says_it_was_closed(
                                               r"new fl\.Engine"):
         call(engine)
     engine.close()  # closing again is allowed
+
+
+def test_close_from_inside_a_session_of_the_engine_is_refused_and_closes_nothing(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    """A tool (or handler) that closes its own engine: that session cannot be
+    waited for, and went on on the store closed under it, reopening
+    connections and having dropped its liveness lock mid-call."""
+    refused: list[BaseException] = []
+    engine: fl.Engine | None = None
+
+    def close_inside(key: str) -> None:
+        assert engine is not None
+        try:
+            engine.close()
+        except RuntimeError as e:
+            refused.append(e)
+
+    ledger = MemoryLedger()
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[mid_call_tool(close_inside)(ledger)])
+    assert engine.run_session("wf").status == "completed"
+    (error,) = refused
+    assert "inside a session of this engine" in str(error) and "Nothing was closed" in str(error)
+    assert ledger.writes == ["a"]
+    assert engine.status().workflows  # still open
+    engine.close()
+    with pytest.raises(fl.EngineClosed):
+        engine.status()
+
+
+def test_close_stops_a_worker_serving_in_another_thread(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    """A Worker used directly, not through engine.serve(), stops too: it went
+    on, failing every pass on the closed engine."""
+    from flowledger.engine.worker import Worker
+
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    serving = threading.Thread(target=Worker(engine, interval=0.05).serve, daemon=True)
+    serving.start()
+    time.sleep(0.5)
+    engine.close()
+    serving.join(10)
+    assert not serving.is_alive()

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from flowledger.domain.errors import EngineClosed
+from flowledger.domain.errors import EngineClosed, FlowledgerError
 
 logger = logging.getLogger("flowledger.engine")
 
@@ -83,15 +83,24 @@ class Activity:
                 self._changed.wait()
 
 
-class Closed:
-    """What stands for a closed engine's log, projections and lease clock:
-    every use says the engine was closed (closing it again is allowed)."""
+class Refusing:
+    """What stands for an engine's log, projections and lease clock once the
+    engine can do nothing more (closed, or crashed in a test: testing/crashes.py):
+    every use raises `error(why)`; closing it again is allowed."""
 
-    def __init__(self, why: str) -> None:
-        self._why = why
+    def __init__(self, error: type[FlowledgerError], why: str) -> None:
+        self._error, self._why = error, why
 
     def close(self) -> None:
-        """Closing again does nothing."""
+        """Closing again (a `with`, a fixture's teardown) does nothing."""
 
     def __getattr__(self, name: str) -> Any:
-        raise EngineClosed(self._why)
+        raise self._error(self._why)
+
+
+def refuse_everything(engine: Any, error: type[FlowledgerError], why: str) -> None:
+    """Everything an engine does goes through its log, projections and lease
+    clock: each is replaced by one that refuses."""
+    stand_in = Refusing(error, why)
+    for part in ("log", "projections", "lease"):
+        setattr(engine, part, stand_in)

@@ -24,6 +24,7 @@ from flowledger.domain.errors import (
     ConfigurationError,
     CorruptEventError,
     DefinitionError,
+    EngineClosed,
     FlowledgerError,
     InvalidArgument,
     NotFoundError,
@@ -45,7 +46,7 @@ from flowledger.domain.run_decider import (
 from flowledger.domain.session import Session, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, LeaseClock, SystemClock, random_ids
-from flowledger.engine.closing import Activity, Closed
+from flowledger.engine.closing import Activity, Refusing, refuse_everything
 from flowledger.engine.faults import SimulatedCrash, declared_dead, from_environment
 from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.heartbeat import Heartbeat
@@ -230,14 +231,12 @@ class Engine:
         after it, as on SIGTERM): closing under a tool call let another engine
         take its session over and make the call again. Every later call raises
         EngineClosed (engine/closing.py)."""
-        if isinstance(self.log, Closed):
+        if isinstance(self.log, Refusing):  # closed already, or crashed (testing)
             return
         self._activity.close()
         self.heartbeat.stop()
         self.log.close()
-        closed = Closed(self._activity.why)
-        for part in ("log", "projections", "lease"):  # what every call goes through
-            setattr(self, part, closed)
+        refuse_everything(self, EngineClosed, self._activity.why)
 
     def __enter__(self) -> Engine:
         return self

@@ -113,11 +113,11 @@ class Worker:
     # -------------------------------------------------------------- serving
 
     def serve(self, stop: threading.Event | None = None) -> None:
-        if stop is not None:
-            self.stop = stop
-        # Stopped by the engine's close() too (engine/closing.py).
-        with self._alone("serve"), self.engine._activity.running(self.stop):
-            self._serve_until_stopped()
+        with self._alone("serve"):  # first: a Worker at work keeps its own stop
+            if stop is not None:
+                self.stop = stop
+            with self.engine._activity.running(self.stop):  # the engine's close() stops it
+                self._serve_until_stopped()
 
     def _serve_until_stopped(self) -> None:
         # SIGTERM/SIGINT: stop after the step in progress (the session closes with

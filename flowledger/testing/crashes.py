@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from flowledger.domain.errors import FlowledgerError, InvalidArgument
+from flowledger.engine.closing import refuse_everything
 from flowledger.engine.engine import Engine
 from flowledger.engine.faults import DURABLE_POINTS, SimulatedCrash, declare_dead
 from flowledger.infrastructure.store_url import shown
@@ -146,21 +146,7 @@ def kill(engine: Engine, point: str) -> None:
            "(flowledger.testing): like the process it stands for, it can do nothing "
            "more. Open a new fl.Engine on the same store and register the workflow; its "
            "recover() or next run_session continues the work")
-    dead = _Dead(why)
-    # Everything the engine does goes through these three.
-    for part in ("log", "projections", "lease"):
-        setattr(engine, part, dead)
-
-
-class _Dead:
-    def __init__(self, why: str) -> None:
-        self._why = why
-
-    def close(self) -> None:
-        """Closing a dead engine (its `with`, a fixture's teardown) is allowed."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise EngineCrashed(self._why)
+    refuse_everything(engine, EngineCrashed, why)
 
 
 def _refuse_private_store(engine: Engine) -> None:

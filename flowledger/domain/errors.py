@@ -94,6 +94,20 @@ class StoreBusyError(FlowledgerError):
     """Another process held the store's write lock past the lock timeout."""
 
 
+class StoreError(FlowledgerError):
+    """The store failed under a call of the engine: its server down or
+    restarting past the wait, a connection lost with an append whose outcome is
+    unknown, writes refused (a read-only role, a standby), a log restored from
+    an older backup. The same class on every store, so that a service's
+    handling does not change with its store; `error` is the driver's (or the
+    persistence library's) own, also the `__cause__`. What the log held
+    stands, and each append is in it whole or not at all."""
+
+    def __init__(self, message: str, error: BaseException) -> None:
+        super().__init__(message)
+        self.error = error
+
+
 class ConcurrencyError(FlowledgerError):
     """Another process wrote to the same streams: this engine lost its session or lock."""
 

@@ -55,7 +55,7 @@ from flowledger.engine.recovery_progress import RecoveryCount
 from flowledger.engine.replay import ReplayReport, replay_run
 from flowledger.engine.secret_resolution import SecretProvider, SecretResolver
 from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
-from flowledger.engine.store_errors import from_the_store
+from flowledger.engine.store_errors import from_the_store, store_errors_as_ours
 from flowledger.engine.streams import Streams
 from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
@@ -196,10 +196,12 @@ class Engine:
                 "store from a backup (verify it first), or, to go on from the log as it now "
                 "is knowing that, rebuild the projections (`flowledger projections rebuild`)")
 
+    @store_errors_as_ours
     def verify(self, expect: str | None = None) -> Verification:
         """Walk the log and its tamper-evident chain (see `fl.verify_store`)."""
         return verify_log(self.log, expect)
 
+    @store_errors_as_ours
     def grant(self, role: str, read_only: bool = False) -> list[str]:
         """Let `role`, a PostgreSQL role that may not create, use this store: reads
         and writes on its tables (`read_only`: reads alone, for a role that opens
@@ -246,6 +248,7 @@ class Engine:
 
     # --------------------------------------------------------- registration
 
+    @store_errors_as_ours
     def register(self, workflow: WorkflowDefinition, tools: Iterable[Tool] = ()) -> None:
         """Pre-flight validation (DESIGN §1.6), then record the workflow if it is new."""
         by_name = checked_tools(workflow, tools)
@@ -304,6 +307,7 @@ class Engine:
 
         return make
 
+    @store_errors_as_ours
     def run_session(self, workflow: str, trigger: str = "manual", max_iterations: int = 100,
                     max_cost: Decimal | int | str | None = None, *,
                     stop: threading.Event | None = None) -> SessionResult:
@@ -436,6 +440,7 @@ class Engine:
 
     # ------------------------------------------------------------- recovery
 
+    @store_errors_as_ours
     def recover(self, *, progress: Progress | None = None) -> list[SessionResult]:
         """Finish what a crash left, from the log: take over dead sessions and continue them.
 
@@ -511,6 +516,7 @@ class Engine:
 
     # --------------------------------------------------------- the worker (§6)
 
+    @store_errors_as_ours
     def serve(self, stop: threading.Event | None = None, *, interval: float = 0.5,
               max_iterations: int = 100) -> None:
         """Recover, then run a session for each workflow whenever it is due, until
@@ -522,6 +528,7 @@ class Engine:
 
         Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)
 
+    @store_errors_as_ours
     def last_position(self) -> int:
         """The log position of the last event appended (0: an empty log): what
         `follow(after=...)` takes to show only what comes next."""
@@ -529,6 +536,7 @@ class Engine:
 
         return max_position(self.log)
 
+    @store_errors_as_ours
     def follow(self, after: int | None = 0, *, workflow: str | None = None,
                interval: float = 0.5,
                stop: threading.Event | None = None) -> Iterator[LoggedEvent]:
@@ -545,6 +553,7 @@ class Engine:
 
     # ------------------------------------------------------------ decisions
 
+    @store_errors_as_ours
     def resolve(self, run_id: UUID | str, action: str) -> None:
         """A person's decision on a mutation whose outcome is unknown (DESIGN §1.4)."""
         if action not in ACTIONS:
@@ -572,6 +581,7 @@ class Engine:
         wf.resume(now, f"a person decided {action} for run {run.id}")
         self._append_and_catch_up(*changed)
 
+    @store_errors_as_ours
     def resume(self, workflow: str) -> bool:
         """Lift a workflow's `paused`/`error` status once a person has dealt with the cause."""
         reg_name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
@@ -592,6 +602,7 @@ class Engine:
         self._append_and_catch_up(wf)
         return True
 
+    @store_errors_as_ours
     def resolve_id(self, kind: str, value: UUID | str) -> UUID:
         """The id of a "run", "session" or "input" that `value` names: the UUID, any
         unique prefix of its hex (dashes optional) or its short id as the CLI prints
@@ -603,19 +614,23 @@ class Engine:
 
     # ------------------------------------------------------------- queries
 
+    @store_errors_as_ours
     def run(self, run_id: UUID | str) -> HandlerRun:
         """A run as its stream tells it now."""
         return self._load_run(run_id)
 
+    @store_errors_as_ours
     def workflow(self, name: str) -> Workflow:
         """A workflow as its stream tells it now: status, reason, session lock."""
         return self._reads().workflow(name)
 
+    @store_errors_as_ours
     def blocked(self) -> list[BlockedRun]:
         """Everything waiting for a person (DESIGN §1.4): mutations whose outcome is
         unknown, runs paused for approval, and workflows in error."""
         return self._caught_up().blocked()
 
+    @store_errors_as_ours
     def events(self, workflow: str | None = None, run: UUID | str | None = None,
                after: int = 0, upto: int | None = None, last: int | None = None,
                since: datetime | None = None) -> Iterator[LoggedEvent]:
@@ -626,6 +641,7 @@ class Engine:
         run_id = self._load_run(run).id if run is not None else None
         return read_log(self.log, workflow, run_id, after, upto, last=last, since=since)
 
+    @store_errors_as_ours
     def status(self) -> EngineStatus:
         """Workflows, open sessions, unfinished and blocked runs; and the workflows
         whose session holder is provably gone (`holders_gone`: recover() continues them)."""
@@ -702,6 +718,7 @@ class Engine:
         if not self.log.config.read_only and self.projections.lag():
             self.projections.catch_up()
 
+    @store_errors_as_ours
     def read_side_behind(self) -> int:
         """How many of the log's last events the read side (pending work, costs,
         audit) has not folded in. Queries fold them in first, so it is 0 after
@@ -711,29 +728,35 @@ class Engine:
         that writes folds them in. The log itself (`events`) holds them."""
         return self.projections.lag()
 
+    @store_errors_as_ours
     def pending_work(self, workflow: str) -> PendingWorkReport:
         """Backlog per topic, consumers with work, wake-ups, unfinished and blocked runs."""
         return self._caught_up().pending_work(workflow)
 
+    @store_errors_as_ours
     def costs(self, workflow: str | None = None, session: UUID | str | None = None,
               by: CostsBy = "session") -> CostReport:
         """Exact cost sums by "run", "session", "handler", "day" (UTC) or "workflow"."""
         return self._caught_up().costs(workflow=workflow, session=session, by=by)
 
+    @store_errors_as_ours
     def input_history(self, input_id: UUID | str) -> InputHistory:
         """Every message an input caused, every run that reserved them, each mutation
         (title, parameters, outcome), and the whole story in log order."""
         return self._caught_up().input_history(input_id)
 
+    @store_errors_as_ours
     def run_timeline(self, run_id: UUID | str) -> RunTimeline:
         """Every event of a run, and of other streams naming it, with log position and time."""
         return self._caught_up().run_timeline(run_id)
 
+    @store_errors_as_ours
     def event_history(self, workflow: str, topic: str, message_id: str) -> EventHistory:
         """Everything that happened to one message: every run that reserved it, and how
         each ended."""
         return self._caught_up().event_history(workflow, topic, message_id)
 
+    @store_errors_as_ours
     def runs(self, workflow: str | None = None, status: str | None = None,
              since: datetime | None = None, until: datetime | None = None,
              handler: str | None = None, session: UUID | str | None = None,
@@ -742,6 +765,7 @@ class Engine:
         "paused" for the family), creation time window, handler and session."""
         return self._caught_up().runs(workflow, status, since, until, handler, session, limit)
 
+    @store_errors_as_ours
     def sessions(self, workflow: str | None = None, status: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
                  limit: int | None = 100) -> list[SessionInfo]:
@@ -749,12 +773,14 @@ class Engine:
         and opening time window."""
         return self._caught_up().sessions(workflow, status, since, until, limit)
 
+    @store_errors_as_ours
     def at(self, position: int) -> EngineAt:
         """The store as it was when the log ended at `position` (0 = empty): runs,
         sessions, workflows, pending work, costs, audit — read-only. Close it when done."""
         return EngineAt(self.log, position, [type(p) for p in self.projections.projections],
                         self._registered)
 
+    @store_errors_as_ours
     def replay(self, run_id: UUID | str) -> ReplayReport:
         """Re-execute a recorded run with the code registered now, against its recorded
         reads and the state and messages it began with; writes nothing, calls no tool.
@@ -790,6 +816,7 @@ class Engine:
             for view in past:
                 view.close()
 
+    @store_errors_as_ours
     def rebuild_projections(self, names: list[str] | None = None,
                             progress: Callable[[int, int], None] | None = None) -> int:
         """Empty the projections (all, or the named ones) and fold the log in from
@@ -826,6 +853,7 @@ class CopyReport:
     open_sessions: tuple[str, ...]
 
 
+@store_errors_as_ours
 def copy_store_report(source: str, target: str,
                       progress: Callable[[int, int], None] | None = None, *,
                       source_key: str | None = None, target_key: str | None = None,

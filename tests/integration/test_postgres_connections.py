@@ -17,12 +17,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from eventsourcing.persistence import OperationalError
 
 import flowledger as fl
 from flowledger.engine.store_errors import from_the_store
 from flowledger.engine.waiting import LogWaiter
 from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK, NotConnected, _usable
+from flowledger.infrastructure.store import LogWentBack
 from flowledger.projections.runner import LogLook
 from tests.helpers import (
     Follower,
@@ -345,10 +345,10 @@ def test_a_lost_append_is_looked_for_again_when_the_look_itself_fails(make_engin
 
     monkeypatch.setattr(psycopg.Connection, "execute", the_look_fails_once)
     session = Streams(engine.log)
-    with pytest.raises(Exception, match="server closed the connection unexpectedly"):
+    with pytest.raises(fl.StoreError, match="server closed the connection unexpectedly"):
         engine.run_session("prop", trigger="manual")
     assert failed
-    with pytest.raises(Exception, match="the server no longer holds this engine's "
+    with pytest.raises(fl.StoreError, match="the server no longer holds this engine's "
                                         "last append"):
         engine.run_session("prop", trigger="manual")
     assert rec.lost_appends == 1
@@ -485,7 +485,7 @@ class Serving:
     def _serve(self) -> None:
         try:
             self.engine.serve(self.stop, interval=0.05)
-        except OperationalError as e:
+        except fl.StoreError as e:  # the same class on every store
             self.ended.append(e)
 
     def __enter__(self) -> Serving:
@@ -523,8 +523,9 @@ def test_an_older_backup_restored_under_an_engine_stops_its_session_before_any_c
     # The restored log knows nothing of "c": a session would call it again.
     # This engine knows, and appends nothing more for the rest of its life.
     for _ in range(2):
-        with pytest.raises(OperationalError, match="restored from an older backup"):
+        with pytest.raises(fl.StoreError, match="restored from an older backup") as gone:
             engine.run_session("wf")
+        assert isinstance(gone.value.error, LogWentBack)  # the store's own, kept
     assert [key for key, _ in tool.calls] == ["a", "b", "c"]
     # Its worker stops, saying why, rather than try again for ever holding its
     # liveness lock: only a new engine may go on from the log as it now is.
@@ -721,7 +722,7 @@ def test_an_append_waiting_for_the_server_stores_nothing_once_appends_were_found
 
     before = len(list(engine.events()))
     monkeypatch.setattr(rec, "_writer", writer)
-    with pytest.raises(OperationalError, match="lost appends"):
+    with pytest.raises(fl.StoreError, match="lost appends"):
         engine.run_session("wf")
     monkeypatch.undo()
     assert refused and len(list(engine.events())) == before  # nothing of it stored

@@ -1079,6 +1079,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 except psycopg.Error as e:
                     if not self._forecast_missed(e):
                         raise
+                except _PositionsBehind:
+                    # Another writer's positions, met by the inserts before the
+                    # guard ran (one statement: its parts run in no set order).
+                    self._forecast.missed()
             return self._append_ordinary(rows, appended, fence, sync, snapshots, hold,
                                          read_after)
 
@@ -1222,7 +1226,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             before = (self._last_appended, self._last_synced)
             with self.writing(sync, tracking=not forecast, later=later is not None) as c:
                 if forecast:
-                    positions, head = self._send_forecast(c, rows, fence)
+                    positions, head, links = self._send_forecast(c, rows, fence)
                 else:
                     inserts, head_rows = self._send_reading_head(c, rows, fence)
                 # What the fold will read travels in the same message.
@@ -1236,7 +1240,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     if (head is not None and self._last_appended is not None
                             and head[0] < self._last_appended[0]):
                         self._went_back(self._last_appended[0], head[0])  # rolled back too
-                if self.chain is not None:
+                if self.chain is not None and not forecast:  # a forecast's went with it
                     links = self.chain.links(head, positions, rows)
                     for part in _in_statements(links):
                         c.add(f"INSERT INTO {CHAIN_TABLE} VALUES "
@@ -1299,22 +1303,35 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         return positions
 
     def _send_forecast(self, c: PgBatch, rows: Sequence[Row], fence: Fence | None
-                       ) -> tuple[list[int], tuple[int, bytes] | None]:
-        """Queue the guard and the inserts at the forecast positions (sent with
-        the rest of the transaction): the positions, and the chain's head."""
+                       ) -> tuple[list[int], tuple[int, bytes] | None, list[Link]]:
+        """Queue the guard, the inserts at the forecast positions and their chain
+        links as one statement (sent with the rest of the transaction; each
+        statement costs the server its own start and answer): the positions,
+        the chain's head and the links. The guard's error aborts the statement
+        whatever ran of it; its reads see the log as it was before the inserts
+        (one snapshot for the whole statement)."""
         f = self._forecast
         assert f.head is not None and f.tracking is not None
         c.tracking = dict(f.tracking)
-        c.add(*f.guard(fence, _fence_before(fence, rows) if fence is not None else None))
+        guard, params = f.guard(fence, _fence_before(fence, rows) if fence is not None else None)
         positions = list(range(f.head + 1, f.head + 1 + len(rows)))
-        values, params = _values("(%s, %s::uuid, %s::bigint, %s, %s::bytea)",
-                                 [(p, *r) for p, r in zip(positions, rows, strict=True)])
-        c.add(f"INSERT INTO {self.events_table_name} (notification_id, originator_id, "
-              f"originator_version, topic, state) VALUES {values}", params)
+        values, inserted = _values("(%s, %s::uuid, %s::bigint, %s, %s::bytea)",
+                                   [(p, *r) for p, r in zip(positions, rows, strict=True)])
+        sql = (f"WITH guard AS ({guard}), inserted AS (INSERT INTO {self.events_table_name} "
+               f"(notification_id, originator_id, originator_version, topic, state) "
+               f"VALUES {values})")
+        params += inserted
+        links: list[Link] = []
+        if self.chain is not None:
+            links = self.chain.links(f.chain_head, positions, rows)
+            chained, linked = _values("(%s, %s, %s::bytea)", links)
+            sql += f", chained AS (INSERT INTO {CHAIN_TABLE} VALUES {chained})"
+            params += linked
         # Positions given here bypass the sequence: it is kept past them, for
         # any writer that takes the next one from it.
-        c.add("SELECT setval(%s, %s)", (self._sequence, positions[-1]))
-        return positions, f.chain_head
+        c.add(sql + " SELECT setval(%s, %s) FROM guard", [*params, self._sequence,
+                                                           positions[-1]])
+        return positions, f.chain_head, links
 
     # ------------------------------------------------------------------ reads
 

@@ -13,20 +13,22 @@ the connections closed. Whatever is called on the engine after that raises
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 from flowledger.domain.errors import EngineClosed, FlowledgerError
+from flowledger.engine.store_errors import store_errors_as_ours
 
 logger = logging.getLogger("flowledger.engine")
 
 
 class Activity:
-    """The sessions, recoveries and `serve()` loops of one engine under way,
-    by thread, and the stop events of the loops."""
+    """The calls of one engine under way (sessions, recoveries, `serve()`
+    loops, reads), by thread, and the stop events of the loops."""
 
     def __init__(self, shown_store: str) -> None:
         self._changed = threading.Condition()
@@ -42,7 +44,7 @@ class Activity:
 
     @contextlib.contextmanager
     def running(self, stop: threading.Event | None = None) -> Iterator[None]:
-        """A session, recovery or serve() loop (`stop`: the event that ends it)."""
+        """A call under way (`stop`: the event that ends a loop)."""
         me = threading.get_ident()
         with self._changed:
             self.refuse_if_closed()
@@ -104,3 +106,23 @@ def refuse_everything(engine: Any, error: type[FlowledgerError], why: str) -> No
     stand_in = Refusing(error, why)
     for part in ("log", "projections", "lease"):
         setattr(engine, part, stand_in)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def engine_call(method: Callable[P, R]) -> Callable[P, R]:
+    """A public method of the engine: `close()` waits for a call under way to
+    end (a read's connection closed under it failed it as if the store had),
+    one begun once `close()` began raises `EngineClosed`, and the store's
+    failures reach the caller as `StoreError`. A generator it returns is not
+    waited for: reading it after the close raises `EngineClosed`."""
+    ours = store_errors_as_ours(method)
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0]._activity.running():  # type: ignore[attr-defined] # the engine's
+            return ours(*args, **kwargs)
+
+    return call

@@ -46,7 +46,7 @@ from flowledger.domain.run_decider import (
 from flowledger.domain.session import Session, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, LeaseClock, SystemClock, random_ids
-from flowledger.engine.closing import Activity, Refusing, refuse_everything
+from flowledger.engine.closing import Activity, Refusing, engine_call, refuse_everything
 from flowledger.engine.faults import SimulatedCrash, declared_dead, from_environment
 from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.heartbeat import Heartbeat
@@ -196,12 +196,12 @@ class Engine:
                 "store from a backup (verify it first), or, to go on from the log as it now "
                 "is knowing that, rebuild the projections (`flowledger projections rebuild`)")
 
-    @store_errors_as_ours
+    @engine_call
     def verify(self, expect: str | None = None) -> Verification:
         """Walk the log and its tamper-evident chain (see `fl.verify_store`)."""
         return verify_log(self.log, expect)
 
-    @store_errors_as_ours
+    @engine_call
     def grant(self, role: str, read_only: bool = False) -> list[str]:
         """Let `role`, a PostgreSQL role that may not create, use this store: reads
         and writes on its tables (`read_only`: reads alone, for a role that opens
@@ -248,7 +248,7 @@ class Engine:
 
     # --------------------------------------------------------- registration
 
-    @store_errors_as_ours
+    @engine_call
     def register(self, workflow: WorkflowDefinition, tools: Iterable[Tool] = ()) -> None:
         """Pre-flight validation (DESIGN §1.6), then record the workflow if it is new."""
         by_name = checked_tools(workflow, tools)
@@ -307,7 +307,7 @@ class Engine:
 
         return make
 
-    @store_errors_as_ours
+    @engine_call
     def run_session(self, workflow: str, trigger: str = "manual", max_iterations: int = 100,
                     max_cost: Decimal | int | str | None = None, *,
                     stop: threading.Event | None = None) -> SessionResult:
@@ -440,7 +440,7 @@ class Engine:
 
     # ------------------------------------------------------------- recovery
 
-    @store_errors_as_ours
+    @engine_call
     def recover(self, *, progress: Progress | None = None) -> list[SessionResult]:
         """Finish what a crash left, from the log: take over dead sessions and continue them.
 
@@ -516,7 +516,7 @@ class Engine:
 
     # --------------------------------------------------------- the worker (§6)
 
-    @store_errors_as_ours
+    @engine_call
     def serve(self, stop: threading.Event | None = None, *, interval: float = 0.5,
               max_iterations: int = 100) -> None:
         """Recover, then run a session for each workflow whenever it is due, until
@@ -528,7 +528,7 @@ class Engine:
 
         Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)
 
-    @store_errors_as_ours
+    @engine_call
     def last_position(self) -> int:
         """The log position of the last event appended (0: an empty log): what
         `follow(after=...)` takes to show only what comes next."""
@@ -536,7 +536,7 @@ class Engine:
 
         return max_position(self.log)
 
-    @store_errors_as_ours
+    @engine_call
     def follow(self, after: int | None = 0, *, workflow: str | None = None,
                interval: float = 0.5,
                stop: threading.Event | None = None) -> Iterator[LoggedEvent]:
@@ -553,7 +553,7 @@ class Engine:
 
     # ------------------------------------------------------------ decisions
 
-    @store_errors_as_ours
+    @engine_call
     def resolve(self, run_id: UUID | str, action: str) -> None:
         """A person's decision on a mutation whose outcome is unknown (DESIGN §1.4)."""
         if action not in ACTIONS:
@@ -581,7 +581,7 @@ class Engine:
         wf.resume(now, f"a person decided {action} for run {run.id}")
         self._append_and_catch_up(*changed)
 
-    @store_errors_as_ours
+    @engine_call
     def resume(self, workflow: str) -> bool:
         """Lift a workflow's `paused`/`error` status once a person has dealt with the cause."""
         reg_name = workflow.name if isinstance(workflow, WorkflowDefinition) else workflow
@@ -602,7 +602,7 @@ class Engine:
         self._append_and_catch_up(wf)
         return True
 
-    @store_errors_as_ours
+    @engine_call
     def resolve_id(self, kind: str, value: UUID | str) -> UUID:
         """The id of a "run", "session" or "input" that `value` names: the UUID, any
         unique prefix of its hex (dashes optional) or its short id as the CLI prints
@@ -614,23 +614,23 @@ class Engine:
 
     # ------------------------------------------------------------- queries
 
-    @store_errors_as_ours
+    @engine_call
     def run(self, run_id: UUID | str) -> HandlerRun:
         """A run as its stream tells it now."""
         return self._load_run(run_id)
 
-    @store_errors_as_ours
+    @engine_call
     def workflow(self, name: str) -> Workflow:
         """A workflow as its stream tells it now: status, reason, session lock."""
         return self._reads().workflow(name)
 
-    @store_errors_as_ours
+    @engine_call
     def blocked(self) -> list[BlockedRun]:
         """Everything waiting for a person (DESIGN §1.4): mutations whose outcome is
         unknown, runs paused for approval, and workflows in error."""
         return self._caught_up().blocked()
 
-    @store_errors_as_ours
+    @engine_call
     def events(self, workflow: str | None = None, run: UUID | str | None = None,
                after: int = 0, upto: int | None = None, last: int | None = None,
                since: datetime | None = None) -> Iterator[LoggedEvent]:
@@ -641,7 +641,7 @@ class Engine:
         run_id = self._load_run(run).id if run is not None else None
         return read_log(self.log, workflow, run_id, after, upto, last=last, since=since)
 
-    @store_errors_as_ours
+    @engine_call
     def status(self) -> EngineStatus:
         """Workflows, open sessions, unfinished and blocked runs; and the workflows
         whose session holder is provably gone (`holders_gone`: recover() continues them)."""
@@ -718,7 +718,7 @@ class Engine:
         if not self.log.config.read_only and self.projections.lag():
             self.projections.catch_up()
 
-    @store_errors_as_ours
+    @engine_call
     def read_side_behind(self) -> int:
         """How many of the log's last events the read side (pending work, costs,
         audit) has not folded in. Queries fold them in first, so it is 0 after
@@ -728,35 +728,35 @@ class Engine:
         that writes folds them in. The log itself (`events`) holds them."""
         return self.projections.lag()
 
-    @store_errors_as_ours
+    @engine_call
     def pending_work(self, workflow: str) -> PendingWorkReport:
         """Backlog per topic, consumers with work, wake-ups, unfinished and blocked runs."""
         return self._caught_up().pending_work(workflow)
 
-    @store_errors_as_ours
+    @engine_call
     def costs(self, workflow: str | None = None, session: UUID | str | None = None,
               by: CostsBy = "session") -> CostReport:
         """Exact cost sums by "run", "session", "handler", "day" (UTC) or "workflow"."""
         return self._caught_up().costs(workflow=workflow, session=session, by=by)
 
-    @store_errors_as_ours
+    @engine_call
     def input_history(self, input_id: UUID | str) -> InputHistory:
         """Every message an input caused, every run that reserved them, each mutation
         (title, parameters, outcome), and the whole story in log order."""
         return self._caught_up().input_history(input_id)
 
-    @store_errors_as_ours
+    @engine_call
     def run_timeline(self, run_id: UUID | str) -> RunTimeline:
         """Every event of a run, and of other streams naming it, with log position and time."""
         return self._caught_up().run_timeline(run_id)
 
-    @store_errors_as_ours
+    @engine_call
     def event_history(self, workflow: str, topic: str, message_id: str) -> EventHistory:
         """Everything that happened to one message: every run that reserved it, and how
         each ended."""
         return self._caught_up().event_history(workflow, topic, message_id)
 
-    @store_errors_as_ours
+    @engine_call
     def runs(self, workflow: str | None = None, status: str | None = None,
              since: datetime | None = None, until: datetime | None = None,
              handler: str | None = None, session: UUID | str | None = None,
@@ -765,7 +765,7 @@ class Engine:
         "paused" for the family), creation time window, handler and session."""
         return self._caught_up().runs(workflow, status, since, until, handler, session, limit)
 
-    @store_errors_as_ours
+    @engine_call
     def sessions(self, workflow: str | None = None, status: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
                  limit: int | None = 100) -> list[SessionInfo]:
@@ -773,14 +773,14 @@ class Engine:
         and opening time window."""
         return self._caught_up().sessions(workflow, status, since, until, limit)
 
-    @store_errors_as_ours
+    @engine_call
     def at(self, position: int) -> EngineAt:
         """The store as it was when the log ended at `position` (0 = empty): runs,
         sessions, workflows, pending work, costs, audit — read-only. Close it when done."""
         return EngineAt(self.log, position, [type(p) for p in self.projections.projections],
                         self._registered)
 
-    @store_errors_as_ours
+    @engine_call
     def replay(self, run_id: UUID | str) -> ReplayReport:
         """Re-execute a recorded run with the code registered now, against its recorded
         reads and the state and messages it began with; writes nothing, calls no tool.
@@ -816,7 +816,7 @@ class Engine:
             for view in past:
                 view.close()
 
-    @store_errors_as_ours
+    @engine_call
     def rebuild_projections(self, names: list[str] | None = None,
                             progress: Callable[[int, int], None] | None = None) -> int:
         """Empty the projections (all, or the named ones) and fold the log in from

@@ -143,3 +143,61 @@ def test_close_stops_a_worker_serving_in_another_thread(
     engine.close()
     serving.join(10)
     assert not serving.is_alive()
+
+
+@pytest.mark.parametrize(
+    "store", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_close_waits_for_a_read_under_way_and_refuses_one_begun_after(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    """A request thread reading (`runs()`) while the service closes the engine:
+    close() closed the read's connection under it, and the read failed as if
+    the store had (`connection socket closed`, told as a `StoreError`: try
+    again). Now close() waits for the read, which answers; a call begun once
+    close() began says the engine was closed. The read is held by a lock on
+    its table, taken from outside, as a long read would be (PostgreSQL: an
+    SQLite reader is never blocked)."""
+    import psycopg
+
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    assert engine.run_session("wf").status == "completed"
+    rec = engine.log.flow_recorder
+    answers: list[Any] = []
+    with psycopg.connect(**rec.conninfo) as holder:
+        holder.execute(f'SET search_path TO "{rec.schema}"')
+        holder.execute("LOCK TABLE fl_runs IN ACCESS EXCLUSIVE MODE")
+        reader = threading.Thread(target=lambda: answers.append(_answer(engine.runs)),
+                                  daemon=True)
+        reader.start()
+        _wait_for_a_lock_wait(holder)
+        closer = threading.Thread(target=engine.close, daemon=True)
+        closer.start()
+        time.sleep(0.5)
+        assert closer.is_alive() and not answers  # waiting for the read
+        with pytest.raises(fl.EngineClosed):
+            engine.status()
+        holder.rollback()  # the lock freed: the read answers, then the engine closes
+    reader.join(30)
+    closer.join(30)
+    assert not closer.is_alive()
+    (answer,) = answers
+    assert sorted(run.handler for run in answer) == ["Append", "produce"], answer
+    with pytest.raises(fl.EngineClosed):
+        engine.runs()
+
+
+def _answer(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as e:  # what the read raised, shown by the assertion
+        return e
+
+
+def _wait_for_a_lock_wait(conn: Any) -> None:
+    """Until another backend waits for the lock `conn` holds (the read)."""
+    deadline = time.monotonic() + 30
+    while not conn.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            (conn.info.backend_pid,)).fetchone()[0]:
+        assert time.monotonic() < deadline, "the read never waited for the lock"
+        time.sleep(0.02)

@@ -62,5 +62,17 @@ class Heartbeat:
                 except Exception:  # never let the heartbeat die; the session's appends tell
                     logger.exception("renewing a lease failed")
 
+    # How long `stop` waits for a renewal under way (one append, or a store
+    # that does not answer: the engine closes then anyway).
+    STOP_WITHIN_S = 10.0
+
     def stop(self) -> None:
+        """No more renewals; a renewal under way ends first (the store's
+        connections are closed next, and it met them closing)."""
         self._stopped.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.STOP_WITHIN_S)
+            if thread.is_alive():
+                logger.warning("a lease renewal still under way after %ss; closing anyway",
+                               self.STOP_WITHIN_S)

@@ -21,6 +21,7 @@ A failing history is shrunk by hypothesis and reported step by step.
 from __future__ import annotations
 
 import contextlib
+import random
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Generic, NoReturn, TypeVar
 
 try:
+    import hypothesis
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 except ImportError as error:  # pragma: no cover - depends on the environment
@@ -142,7 +144,7 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
                        max_examples: int = 50, max_steps: int = 12,
                        mutation_key: MutationKey | None = None,
                        world_check: WorldCheck | None = None,
-                       policy: RetryPolicy = DEFAULT_POLICY) -> None:
+                       policy: RetryPolicy = DEFAULT_POLICY, seed: int | None = None) -> None:
     """Check `workflow` performs each mutation exactly once, whatever happens.
 
     `tools(folder)` makes the workflow's tools for one history, working in
@@ -155,8 +157,13 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
     of the world once a history settled (every delivered order booked once,
     say): an AssertionError there fails the history. Runs on a temporary
     SQLite file; raises ExactlyOnceViolation with the shrunk history when a
-    rule is broken, or when no history made any mutation.
+    rule is broken, or when no history made any mutation. The histories are
+    drawn from `seed` (None: a new one each call); a report names the seed
+    that drew it, so `seed=` that number replays the same histories, the same
+    shrinking and the same report, while you mend the workflow.
     """
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
     mutated: list[bool] = []  # per history: did any mutation have an effect
     with tempfile.TemporaryDirectory() as folder:
         targets = [(d.tool_name(), method, fault)
@@ -187,13 +194,19 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
         finally:
             faulty.close()
 
-    histories()
+    replay = (f"These histories were drawn from seed {seed}: check_exactly_once(..., "
+              f"seed={seed}) draws them again.")
+    try:
+        hypothesis.seed(seed)(histories)()
+    except ExactlyOnceViolation as e:
+        e.args = (f"{e.args[0]}\n{replay}", *e.args[1:])
+        raise
     if mutated and not any(mutated):
         raise ExactlyOnceViolation(
             f"exactly-once check of workflow {workflow.name!r}: no mutation happened in any "
             f"of the {len(mutated)} histories, so the check proved nothing. Do the workflow's "
             "producers find what `deliver(folder, value)` puts in `folder`? The tools "
-            "`tools(folder)` makes are the only way they can see that folder")
+            f"`tools(folder)` makes are the only way they can see that folder. {replay}")
 
 
 def _doubles(tools: Callable[[Path], Sequence[Tool]], folder: Path) -> list[ToolDouble]:

@@ -221,3 +221,25 @@ def test_a_call_never_made_is_decided_did_not_happen_by_the_checks_person() -> N
         assert "was never attempted: did_not_happen" in "\n".join(faulty.lines)
         faulty.verdict(expected)
         faulty.check_world(booked_once, ["A-1"])
+
+
+def test_a_report_names_its_seed_and_that_seed_replays_it() -> None:
+    """A violation found in CI could not be drawn again: each call drew new
+    histories, and nothing said how to get the same ones while mending the
+    workflow. A report now names its seed; `seed=` that number replays the
+    same histories and the same report."""
+
+    def broken(seed: int | None) -> str:
+        with pytest.raises(flt.ExactlyOnceViolation) as found:
+            flt.check_exactly_once(orders_workflow(),
+                                   tools=lambda f: [OrderFolder(f), LookNoFurther(f)],
+                                   inputs=ORDERS, deliver=place_order, max_examples=150,
+                                   seed=seed)
+        return str(found.value)
+
+    first = broken(None)
+    said = first.rsplit("drawn from seed ", 1)[1]
+    seed = int(said.split(":", 1)[0])
+    assert f"check_exactly_once(..., seed={seed}) draws them again" in first
+    assert broken(seed) == first  # the same history, calls and verdict
+    assert broken(seed + 1).endswith(f"seed={seed + 1}) draws them again.")

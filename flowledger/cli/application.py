@@ -21,8 +21,8 @@ from flowledger.cli.exits import EXIT_USAGE
 from flowledger.cli.options import at_options, global_options
 from flowledger.cli.render import print_error
 from flowledger.domain.failures import describe
-from flowledger.engine.store_errors import from_the_store
 from flowledger.infrastructure.store import LogWentBack
+from flowledger.infrastructure.store_failures import from_the_store
 
 app = typer.Typer(
     name="flowledger",

@@ -13,6 +13,19 @@ from uuid import UUID
 class FlowledgerError(Exception):
     """Base of every error flowledger raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled with what it holds, whatever its __init__ asks for: an error
+        # raised in a process pool's worker or a task queue reaches the caller.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[FlowledgerError], args: tuple[object, ...],
+             state: dict[str, object]) -> FlowledgerError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class DefinitionError(FlowledgerError):
     """A workflow definition cannot be registered as written (DESIGN §1.6)."""
@@ -35,7 +48,21 @@ class StoreInClear(EncryptionKeyError):
     """A cipher key was given for a store written in clear."""
 
 
-class StoreUnreachable(ConfigurationError):
+class StoreError(FlowledgerError):
+    """The store failed under a call of the engine: its server down or
+    restarting past the wait, a connection lost with an append whose outcome is
+    unknown, writes refused (a read-only role, a standby), a log restored from
+    an older backup. The same class on every store, so that a service's
+    handling does not change with its store (ADR 0030); `error` is the
+    driver's (or the persistence library's) own, also the `__cause__`. What
+    the log held stands, and each append is in it whole or not at all."""
+
+    def __init__(self, message: str, error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class StoreUnreachable(ConfigurationError, StoreError):
     """The store's server did not answer (down, starting, a network cut): a
     worker started before it waits for it; other commands say it and stop."""
 
@@ -90,22 +117,8 @@ class InternalError(FlowledgerError):
     """An engine or tool bug: the run fails as `failed:internal`."""
 
 
-class StoreBusyError(FlowledgerError):
+class StoreBusyError(StoreError):
     """Another process held the store's write lock past the lock timeout."""
-
-
-class StoreError(FlowledgerError):
-    """The store failed under a call of the engine: its server down or
-    restarting past the wait, a connection lost with an append whose outcome is
-    unknown, writes refused (a read-only role, a standby), a log restored from
-    an older backup. The same class on every store, so that a service's
-    handling does not change with its store; `error` is the driver's (or the
-    persistence library's) own, also the `__cause__`. What the log held
-    stands, and each append is in it whole or not at all."""
-
-    def __init__(self, message: str, error: BaseException) -> None:
-        super().__init__(message)
-        self.error = error
 
 
 class ConcurrencyError(FlowledgerError):

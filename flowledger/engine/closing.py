@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from flowledger.domain.errors import EngineClosed, FlowledgerError
-from flowledger.engine.store_errors import store_errors_as_ours
+from flowledger.infrastructure.store_failures import store_errors_as_ours
 
 logger = logging.getLogger("flowledger.engine")
 

@@ -55,13 +55,13 @@ from flowledger.engine.recovery_progress import RecoveryCount
 from flowledger.engine.replay import ReplayReport, replay_run
 from flowledger.engine.secret_resolution import SecretProvider, SecretResolver
 from flowledger.engine.session_runner import SessionRequest, SessionResult, SessionRunner
-from flowledger.engine.store_errors import from_the_store, store_errors_as_ours
 from flowledger.engine.streams import Streams
 from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 from flowledger.infrastructure.store import LogWentBack, stored_after
+from flowledger.infrastructure.store_failures import from_the_store, store_errors_as_ours
 from flowledger.infrastructure.store_url import DEFAULT_STORE, cli_command, parse_store_url, shown
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
@@ -90,6 +90,7 @@ from flowledger.read_side.queries import (
     RunTimeline,
     SessionInfo,
     aware,
+    whole_count,
 )
 from flowledger.read_side.time_travel import EngineAt
 
@@ -544,7 +545,8 @@ class Engine:
         any process appends it, until `stop` is set (or for ever)."""
         from flowledger.engine.waiting import follow_log
 
-        return follow_log(self.log, after, workflow=workflow, interval=interval, stop=stop)
+        return follow_log(self.log, whole_count(after, "after"), workflow=workflow,
+                          interval=interval, stop=stop)
 
     @property
     def workflows(self) -> list[str]:
@@ -638,6 +640,8 @@ class Engine:
         or those at or after time `since` (timezone-aware). `last`: only the last
         N of them (read back from the log's end, unless `upto` or `run` is given)."""
         since = aware(since, "since")
+        after = whole_count(after, "after") or 0
+        upto, last = whole_count(upto, "upto"), whole_count(last, "last")
         run_id = self._load_run(run).id if run is not None else None
         return read_log(self.log, workflow, run_id, after, upto, last=last, since=since)
 

@@ -20,10 +20,10 @@ from flowledger.domain.failures import describe
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.pending_window import MessageChange
-from flowledger.engine.store_errors import from_the_store
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import Fence
 from flowledger.infrastructure.store import ReadAfter, StreamEvents
+from flowledger.infrastructure.store_failures import from_the_store
 
 _UNLOADED: Any = object()
 

@@ -11,6 +11,7 @@ from eventsourcing.persistence import StoredEvent
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import Problem, Verification, verify_chain
+from flowledger.infrastructure.store_failures import store_errors_as_ours
 
 __all__ = ["Problem", "Verification", "verify_log", "verify_store"]
 
@@ -71,6 +72,7 @@ def _position(rows: list[tuple[int, int, str, bytes]], version: int) -> int:
     return next((position for position, v, _, _ in rows if v == version), 0)
 
 
+@store_errors_as_ours
 def verify_store(store: str, *, cipher_key: str | None = None, chain_key: str | None = None,
                  expect: str | None = None) -> Verification:
     """Walk store `store`'s log and chain once, in position order: every changed,

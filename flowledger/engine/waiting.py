@@ -19,9 +19,9 @@ from uuid import UUID
 
 from flowledger.domain.ids import workflow_id as workflow_id_of
 from flowledger.domain.workflow import Workflow
-from flowledger.engine.store_errors import from_the_store
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.store import LogWentBack
+from flowledger.infrastructure.store_failures import from_the_store
 from flowledger.read_side.log_view import LoggedEvent, read_log, read_positions
 
 logger = logging.getLogger("flowledger.follow")

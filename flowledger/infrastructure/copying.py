@@ -23,11 +23,12 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
-from flowledger.domain.errors import ConfigurationError
+from flowledger.domain.errors import ConfigurationError, FlowledgerError, StoreError
 from flowledger.infrastructure.codec import PydanticMapper, decode
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import verify_chain
 from flowledger.infrastructure.store import LogStore
+from flowledger.infrastructure.store_failures import from_the_store
 from flowledger.infrastructure.store_format import (
     COPYING,
     COPYING_ID,
@@ -147,15 +148,17 @@ def _batches(store: LogStore, after: int) -> Iterator[list[tuple[int, StoredEven
 
 
 def _stopped(source: EventLog, target: EventLog, copied: int, total: int,
-             error: Exception) -> ConfigurationError:
-    if isinstance(error, ConfigurationError):
+             error: Exception) -> FlowledgerError:
+    """A copy stopped midway: a store that failed is a `StoreError` (ADR 0030)."""
+    if isinstance(error, FlowledgerError):
         return error
     said = " ".join(str(error).split())
-    return ConfigurationError(
+    message = (
         f"the copy of {source.config.shown!r} into {target.config.shown!r} stopped after "
         f"{copied:,} of about {total:,} events ({type(error).__name__}: {said}). The target is "
         "marked unfinished and no engine opens it; run the same command again to go on "
         "where it stopped (two copies at once: let one finish)")
+    return StoreError(message, error) if from_the_store(error) else ConfigurationError(message)
 
 
 def _hex(stream: UUID | str) -> str:

@@ -1079,10 +1079,6 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 except psycopg.Error as e:
                     if not self._forecast_missed(e):
                         raise
-                except _PositionsBehind:
-                    # Another writer's positions, met by the inserts before the
-                    # guard ran (one statement: its parts run in no set order).
-                    self._forecast.missed()
             return self._append_ordinary(rows, appended, fence, sync, snapshots, hold,
                                          read_after)
 
@@ -1304,33 +1300,37 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _send_forecast(self, c: PgBatch, rows: Sequence[Row], fence: Fence | None
                        ) -> tuple[list[int], tuple[int, bytes] | None, list[Link]]:
-        """Queue the guard, the inserts at the forecast positions and their chain
-        links as one statement (sent with the rest of the transaction; each
-        statement costs the server its own start and answer): the positions,
-        the chain's head and the links. The guard's error aborts the statement
-        whatever ran of it; its reads see the log as it was before the inserts
-        (one snapshot for the whole statement)."""
+        """Queue the guard, the inserts at the forecast positions, their chain
+        links and the sequence kept past them as one statement (sent with the
+        rest of the transaction; each statement costs the server its own start
+        and answer): the positions, the chain's head and the links. The inserts
+        take their rows joined with the guard's, so the guard runs first and
+        its error leaves nothing inserted; the sequence is set from what was
+        inserted, after it. The guard reads the log as it was before the
+        inserts (one snapshot for the whole statement)."""
         f = self._forecast
         assert f.head is not None and f.tracking is not None
         c.tracking = dict(f.tracking)
         guard, params = f.guard(fence, _fence_before(fence, rows) if fence is not None else None)
         positions = list(range(f.head + 1, f.head + 1 + len(rows)))
-        values, inserted = _values("(%s, %s::uuid, %s::bigint, %s, %s::bytea)",
+        # Typed: values selected, not inserted, get no type from the columns.
+        values, inserted = _values("(%s::bigint, %s::uuid, %s::bigint, %s::text, %s::bytea)",
                                    [(p, *r) for p, r in zip(positions, rows, strict=True)])
         sql = (f"WITH guard AS ({guard}), inserted AS (INSERT INTO {self.events_table_name} "
                f"(notification_id, originator_id, originator_version, topic, state) "
-               f"VALUES {values})")
+               f"SELECT e.* FROM (VALUES {values}) AS e, guard RETURNING notification_id)")
         params += inserted
         links: list[Link] = []
         if self.chain is not None:
             links = self.chain.links(f.chain_head, positions, rows)
-            chained, linked = _values("(%s, %s, %s::bytea)", links)
-            sql += f", chained AS (INSERT INTO {CHAIN_TABLE} VALUES {chained})"
+            chained, linked = _values("(%s::bigint, %s::bigint, %s::bytea)", links)
+            sql += (f", chained AS (INSERT INTO {CHAIN_TABLE} SELECT l.* FROM (VALUES {chained})"
+                    " AS l, guard)")
             params += linked
         # Positions given here bypass the sequence: it is kept past them, for
         # any writer that takes the next one from it.
-        c.add(sql + " SELECT setval(%s, %s) FROM guard", [*params, self._sequence,
-                                                           positions[-1]])
+        c.add(sql + " SELECT setval(%s, (SELECT MAX(notification_id) FROM inserted))",
+              [*params, self._sequence])
         return positions, f.chain_head, links
 
     # ------------------------------------------------------------------ reads

@@ -37,6 +37,7 @@ from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.codec import unpack
 from flowledger.infrastructure.event_log import EventLog
+from flowledger.infrastructure.store_failures import store_errors_as_ours
 from flowledger.projections import audit, costs, pending_work
 from flowledger.projections.base import Cursor
 from flowledger.projections.pending_work import RunRow, WorkflowRow
@@ -330,6 +331,22 @@ def _within(moment: datetime | None, since: datetime | None, until: datetime | N
     return (since is None or moment >= since) and (until is None or moment < until)
 
 
+_COUNT_LIMIT = 2**63  # what both stores' integers hold
+
+
+def whole_count(value: int | None, what: str) -> int | None:
+    """A count or position a caller gives a query (`limit`, `after`, `last`):
+    a whole number both stores can hold, or None; else a clear InvalidArgument,
+    the same on every store (the stores failed each in its own way)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{what} must be a whole number (or None), got {value!r}")
+    if not 0 <= value < _COUNT_LIMIT:
+        raise InvalidArgument(f"{what} must be from 0 to {_COUNT_LIMIT - 1}, got {value}")
+    return value
+
+
 def aware(moment: datetime | None, what: str) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         raise InvalidArgument(f"{what} must be a timezone-aware datetime, got {moment!r}")
@@ -348,6 +365,7 @@ class ReadSide:
         the ids and mentions they hold are looked up in them too, read once
         for this view (an engine makes one per query)."""
         self.log = log
+        self.store = log.config.url  # named by a store failure's message
         self._read_unfolded = unfolded
         self._unfolded_events: Sequence[tuple[Any, int]] | None = None
         self._tables = tables  # a read cursor on the projections' tables
@@ -373,6 +391,7 @@ class ReadSide:
     def _when(self) -> str:
         return f" at log position {self.upto}" if self.upto is not None else ""
 
+    @store_errors_as_ours
     def resolve_id(self, kind: str, value: UUID | str) -> UUID:
         """The id of `kind` ("run", "session" or "input") that `value` names: a
         UUID, or any unique prefix of its hex (with or without dashes), or its
@@ -450,10 +469,12 @@ class ReadSide:
 
     # ----------------------------------------------------------- aggregates
 
+    @store_errors_as_ours
     def run(self, run_id: UUID | str) -> HandlerRun:
         """A run as its stream tells it (as of this view)."""
         return self._run(run_id)
 
+    @store_errors_as_ours
     def session(self, session_id: UUID | str) -> Session:
         sid = self.resolve_id("session", session_id)
         session = self._load(sid)
@@ -462,6 +483,7 @@ class ReadSide:
                                 + self._when())
         return session
 
+    @store_errors_as_ours
     def workflow(self, name: str) -> Workflow:
         """The workflow aggregate: its status, reason and session lock."""
         wf = self._load(workflow_id(name))
@@ -472,6 +494,7 @@ class ReadSide:
 
     # -------------------------------------------------------------- status
 
+    @store_errors_as_ours
     def status(self) -> EngineStatus:
         with self._tables() as c:
             wfs = pending_work.workflows(c, self._seal)
@@ -479,6 +502,7 @@ class ReadSide:
             unfinished = pending_work.unfinished_runs(c, seal=self._seal)
         return EngineStatus(wfs, sessions, unfinished, self.blocked())
 
+    @store_errors_as_ours
     def blocked(self) -> list[BlockedRun]:
         """Everything waiting for a person (DESIGN §1.4): mutations whose outcome is
         unknown, runs paused for approval, and workflows in error."""
@@ -498,6 +522,7 @@ class ReadSide:
                 waiting[wf.blocking_run] = self._run(wf.blocking_run)
         return [blocked_record(run) for run in waiting.values()]
 
+    @store_errors_as_ours
     def pending_work(self, workflow: str) -> PendingWorkReport:
         """Backlog per topic, consumers with work, wake-ups, unfinished and blocked runs."""
         with self._tables() as c:
@@ -524,6 +549,7 @@ class ReadSide:
 
     # ------------------------------------------------------------ listings
 
+    @store_errors_as_ours
     def runs(self, workflow: str | None = None, status: str | None = None,
              since: datetime | None = None, until: datetime | None = None,
              handler: str | None = None, session: UUID | str | None = None,
@@ -532,6 +558,7 @@ class ReadSide:
         `since`/`until` bound the time each was created (until excluded)."""
         check_choice(status, RUN_STATUSES, "run status")
         since, until = aware(since, "since"), aware(until, "until")
+        limit = whole_count(limit, "limit")
         sid = self.resolve_id("session", session) if session is not None else None
         timed = since is not None or until is not None  # compared as times, here
         with self._tables() as c:
@@ -545,6 +572,7 @@ class ReadSide:
         return [dataclasses.replace(r, traceback=self._run(r.run_id).traceback)
                 if r.status.startswith("failed") else r for r in found]
 
+    @store_errors_as_ours
     def sessions(self, workflow: str | None = None, status: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
                  limit: int | None = 100) -> list[SessionInfo]:
@@ -552,6 +580,7 @@ class ReadSide:
         bound the time each was opened (until excluded)."""
         check_choice(status, SESSION_STATUSES, "session status")
         since, until = aware(since, "since"), aware(until, "until")
+        limit = whole_count(limit, "limit")
         timed = since is not None or until is not None  # compared as times, here
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
@@ -566,6 +595,7 @@ class ReadSide:
 
     # --------------------------------------------------------------- costs
 
+    @store_errors_as_ours
     def costs(self, workflow: str | None = None, session: UUID | str | None = None,
               by: CostsBy = "session") -> CostReport:
         """Exact sums of what runs reported with add_cost, grouped by run, session,
@@ -595,6 +625,7 @@ class ReadSide:
 
     # --------------------------------------------------------------- audit
 
+    @store_errors_as_ours
     def mentions_of(self, run_id: UUID) -> list[int]:
         """Positions of events in other streams that name the run."""
         with self._tables() as c:
@@ -603,6 +634,7 @@ class ReadSide:
             position for event, position in self._unfolded()
             if run_id in audit.runs_named(event)})
 
+    @store_errors_as_ours
     def run_timeline(self, run_id: UUID | str) -> RunTimeline:
         run = self._run(run_id)
         own = self._stream(run.id, run.workflow_id)
@@ -612,6 +644,7 @@ class ReadSide:
         entries = sorted([*own, *read_positions(self.log, others)], key=lambda e: e.position)
         return RunTimeline(self._info_of(run), tuple(entries))
 
+    @store_errors_as_ours
     def event_history(self, workflow: str, topic: str, message_id: str) -> EventHistory:
         event_id = topic_event_id(workflow, topic, str(message_id))
         found = self._event_history(event_id)
@@ -658,6 +691,7 @@ class ReadSide:
                             tuple(message.caused_by), message.published_by,
                             tuple(reservations), tuple(entries))
 
+    @store_errors_as_ours
     def input_history(self, input_id: UUID | str) -> InputHistory:
         iid = self.resolve_id("input", input_id)
         record = self._load(iid, short=True)

@@ -436,7 +436,7 @@ def test_a_log_cut_back_under_its_projections_is_refused_before_anything_is_done
     from eventsourcing.persistence import OperationalError
 
     from flowledger.domain.workflow import Workflow
-    from flowledger.engine.store_errors import from_the_store
+    from flowledger.infrastructure.store_failures import from_the_store
     from tests.store_contents import position_column, run_sql
 
     ledger = ExternalLedger(tmp_path / "ledger.db")

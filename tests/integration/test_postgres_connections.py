@@ -19,10 +19,10 @@ import psycopg
 import pytest
 
 import flowledger as fl
-from flowledger.engine.store_errors import from_the_store
 from flowledger.engine.waiting import LogWaiter
 from flowledger.infrastructure.postgres_recorder import _CREATE_LOCK, NotConnected, _usable
 from flowledger.infrastructure.store import LogWentBack
+from flowledger.infrastructure.store_failures import from_the_store
 from flowledger.projections.runner import LogLook
 from tests.helpers import (
     Follower,

@@ -453,7 +453,7 @@ def test_a_server_lost_while_prepare_reads_is_not_the_handlers_failure(
     a person to resume it. The session stops with the store's error, as when
     an append fails, and the next one, the server back, prepares the run
     again and books the job once."""
-    from flowledger.engine.store_errors import from_the_store
+    from flowledger.infrastructure.store_failures import from_the_store
 
     clusters.primary("a")
     ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)

@@ -44,3 +44,39 @@ def test_a_failing_store_raises_store_error_and_loses_nothing(
     run_sql(store, "DROP TABLE fl_runs")
     with pytest.raises(fl.StoreError, match="fl_runs"):
         engine.runs()
+
+
+def test_a_view_of_the_past_says_a_failing_store_the_same_way(
+        make_engine: Any, store: str, ledger: Any) -> None:
+    """`engine.at(position)`'s answers raised the driver's errors when the
+    store failed under them."""
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(ledger)])
+    assert engine.run_session("wf").status == "completed"
+    run_id = engine.runs()[0].run_id
+    view = engine.at(engine.last_position())
+    run_sql(store, "ALTER TABLE stored_events RENAME TO stored_events_away")
+    try:
+        with pytest.raises(fl.StoreError, match=r"during run\(\) on store '") as failed:
+            view.run(run_id)
+        assert "a table it needs is gone" in str(failed.value)
+    finally:
+        run_sql(store, "ALTER TABLE stored_events_away RENAME TO stored_events")
+        view.close()
+    assert fl.verify_store(store).ok
+
+
+@pytest.mark.parametrize("call", [
+    lambda e: e.runs(limit=-1), lambda e: e.runs(limit=2**70), lambda e: e.sessions(limit="a"),
+    lambda e: e.events(after=2**70), lambda e: e.events(last=2**70),
+    lambda e: e.events(upto=-3), lambda e: e.follow(after=True)],
+    ids=["limit<0", "limit-huge", "limit-text", "after-huge", "last-huge", "upto<0",
+         "after-bool"])
+def test_counts_and_positions_out_of_range_are_refused_alike_on_every_store(
+        make_engine: Any, call: Any) -> None:
+    """Each store failed on its own way (an OverflowError on one, a StoreError
+    saying to try again on the other, an answer on a third): now a clear
+    InvalidArgument before anything is read."""
+    engine = make_engine()
+    with pytest.raises(fl.InvalidArgument, match=r"must be (a whole number|from 0 to)"):
+        list(call(engine))

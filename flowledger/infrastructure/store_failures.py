@@ -1,0 +1,131 @@
+"""How a store's failure under a call is told to the caller: one class on every
+store (`StoreError`, ADR 0030), saying what failed, where, and what to do.
+
+What the driver raised is recognised here, where the drivers are known, by the
+codes they attach (SQLite's result codes, PostgreSQL's SQLSTATE) without
+importing an optional driver.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import types
+from collections.abc import Callable, Generator
+from typing import Any, ParamSpec, TypeVar
+
+from eventsourcing.persistence import PersistenceError
+
+from flowledger.domain.errors import FlowledgerError, StoreBusyError, StoreError
+from flowledger.domain.failures import describe
+from flowledger.infrastructure.store import LogWentBack
+from flowledger.infrastructure.store_url import shown
+
+
+def from_the_store(error: BaseException) -> bool:
+    """Whether the store's driver or the persistence library raised `error` (a bug
+    of ours, a NameError, stays one); the library's errors our store raises too
+    (`LogWentBack`), and ours that say the store failed."""
+    return isinstance(error, (OSError, PersistenceError, StoreError)) or type(
+        error).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg_pool", "eventsourcing")
+
+
+def as_store_error(error: Exception, where: str = "") -> Exception:
+    """What a public call raises for `error`: ours and bugs as they are, the
+    store's failure as `StoreError` (`StoreBusyError` for a lock held past the
+    timeout). `where`: " during NAME() on store URL", for the message. A bare
+    OSError is the caller's own code's (a progress callback, a clock): the
+    drivers raise theirs as their own classes."""
+    if (isinstance(error, FlowledgerError) or not from_the_store(error)
+            or type(error).__module__ == "builtins"):
+        return error
+    if isinstance(error, LogWentBack):  # it says itself what happened and what to do
+        return StoreError(_one_line(str(error)), error)
+    said = _one_line(describe(error))
+    if _code(error, sqlite=(sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED), sqlstate=("55P03",)):
+        return StoreBusyError(
+            f"the store was busy ({said}){where}: another process held its write lock past "
+            "the lock timeout. Nothing of the append that waited was stored, and what the "
+            "log holds stands: try again when that process is done", error)
+    return StoreError(f"the store failed ({said}){where}: {_what_to_do(error)}. Nothing more "
+                      "was done, and what the log holds stands: each append is in it whole "
+                      "or not at all", error)
+
+
+def _what_to_do(error: BaseException) -> str:
+    if _code(error, sqlite=(sqlite3.SQLITE_READONLY,), sqlstate=("25006",)):
+        return ("it refuses writes (a read-only role or database, or a standby after a "
+                "failover): connect to a server that takes them (`target_session_attrs="
+                "read-write` in the URL), or open the store with `?mode=ro` to read it only")
+    if _code(error, sqlite=(sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH), sqlstate=("42501",)):
+        return ("its role may not do this: have the store's owner grant it what it lacks "
+                "(`flowledger setup --grant ROLE`)")
+    if _code(error, sqlite=(sqlite3.SQLITE_FULL,), sqlstate=("53100",)):
+        return "its disk is full: free space, then try again"
+    if _code(error, sqlstate=("42P01",)) or "no such table" in str(error):
+        return ("a table it needs is gone (dropped or renamed outside flowledger): restore "
+                "the store from a backup")
+    return ("try again once it works: `recover()` (or the next session) continues a session "
+            "this call left")
+
+
+def _code(error: BaseException, sqlite: tuple[int, ...] = (),
+          sqlstate: tuple[str, ...] = ()) -> bool:
+    """Whether `error`, or what it wraps, carries one of these codes."""
+    seen: BaseException | None = error
+    for _ in range(3):  # the library wraps the driver's error, which may wrap another
+        if seen is None:
+            return False
+        code = getattr(seen, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in sqlite:
+            return True
+        if getattr(seen, "sqlstate", None) in sqlstate:
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def store_errors_as_ours(method: Callable[P, R]) -> Callable[P, R]:
+    """A public method (or function) whose store failures reach its caller as
+    `StoreError`: a service catches one class, whatever its store. The message
+    names the call, and the store when the method's object has one (`store`, a
+    URL). A generator it returns is watched as it is read."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            result = method(*args, **kwargs)
+        except Exception as e:
+            theirs = as_store_error(e, _where(method, args))
+            if theirs is e:
+                raise
+            raise theirs from e
+        if isinstance(result, types.GeneratorType):
+            return _watched(result, _where(method, args))  # type: ignore[return-value]
+        return result
+
+    return call
+
+
+def _where(method: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    store = getattr(args[0], "store", None) if args else None
+    on = f" on store {shown(store)!r}" if isinstance(store, str) else ""
+    return f" during {method.__name__}(){on}"
+
+
+def _watched(generator: Generator[Any, Any, Any], where: str) -> Generator[Any, Any, Any]:
+    try:
+        return (yield from generator)
+    except Exception as e:
+        theirs = as_store_error(e, where)
+        if theirs is e:
+            raise
+        raise theirs from e

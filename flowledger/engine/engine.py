@@ -59,9 +59,8 @@ from flowledger.engine.streams import Streams
 from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
-from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 from flowledger.infrastructure.store import LogWentBack, stored_after
-from flowledger.infrastructure.store_failures import from_the_store, store_errors_as_ours
+from flowledger.infrastructure.store_failures import from_the_store, is_busy, store_errors_as_ours
 from flowledger.infrastructure.store_url import DEFAULT_STORE, cli_command, parse_store_url, shown
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
@@ -163,12 +162,13 @@ class Engine:
             self.log.close()
             if isinstance(e, FlowledgerError) or not from_the_store(e):
                 raise  # ours already, or a bug: shown as it is
-            if is_lock_timeout(e):  # every failure to open a store is one of ours
+            if is_busy(e):  # every failure to open a store is one of ours
                 raise StoreBusyError(
                     f"store {shown(store)!r} is locked: another process held its write lock for "
                     "longer than the lock timeout while this one caught up its projections. "
-                    "Nothing was changed; try again when that process is done") from e
-            raise ConfigurationError(f"cannot open store {shown(store)!r}: {describe(e)}") from e
+                    "Nothing was changed; try again when that process is done", e) from e
+            raise ConfigurationError(
+                f"cannot open store {shown(store)!r}: {' '.join(describe(e).split())}") from e
         self._registered: dict[str, Registration] = {}
         self._left: set[UUID] = set()  # sessions stopped whose lease could not be ended
         self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))
@@ -425,9 +425,9 @@ class Engine:
         except ValueError:
             raise InvalidArgument(f"trigger {trigger!r} is not one of "
                                   f"{[t.value for t in Trigger]}") from None
-        if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or (
-                max_iterations < 0):
-            raise InvalidArgument(f"max_iterations must be an int >= 0, got {max_iterations!r}")
+        iterations = whole_count(max_iterations, "max_iterations")
+        if iterations is None:
+            raise InvalidArgument("max_iterations must be a whole number, got None")
         cost: Decimal | None = None
         if max_cost is not None:
             try:
@@ -437,7 +437,7 @@ class Engine:
                                       ) from None
             if not cost.is_finite() or cost < 0:
                 raise InvalidArgument(f"max_cost must be a finite amount >= 0, got {max_cost!r}")
-        return SessionRequest(trig, max_iterations, cost)
+        return SessionRequest(trig, iterations, cost)
 
     # ------------------------------------------------------------- recovery
 
@@ -835,6 +835,7 @@ class Engine:
         return self.projections.rebuild(names, progress=progress)
 
 
+@store_errors_as_ours
 def copy_store(source: str, target: str,
                progress: Callable[[int, int], None] | None = None, *,
                source_key: str | None = None, target_key: str | None = None,

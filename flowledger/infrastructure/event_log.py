@@ -214,7 +214,7 @@ class EventLog(Application[UUID]):
                 raise StoreBusyError(
                     f"store {config.shown!r} is locked: another process held its write lock "
                     "for longer than the lock timeout while this one set the store up. "
-                    "Nothing was changed; try again when that process is done") from e
+                    "Nothing was changed; try again when that process is done", e) from e
             hint = ""
             if isinstance(e, ServerTakesNoWrites):
                 hint = (" Add ?mode=ro to the URL to read it there, or point the URL at the "
@@ -257,7 +257,8 @@ class EventLog(Application[UUID]):
                 raise StoreBusyError(
                     f"store {config.shown!r} is locked: another process held its write lock "
                     "for longer than the lock timeout while this one recorded the store's "
-                    "format. Nothing was changed; try again when that process is done") from e
+                    "format. Nothing was changed; try again when that process is done",
+                    e) from e
             raise
         if self.format.copying_from is not None and not copying:
             self.close()

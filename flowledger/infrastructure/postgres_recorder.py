@@ -593,6 +593,12 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                          .fetchall())
         record_tables_version(c, ",".join(objects))
 
+    def existing_tables(self, c: PgCursor | PgBatch, names: Sequence[str]) -> set[str]:
+        c.execute("SELECT t.relname FROM pg_class AS t JOIN pg_namespace AS n ON n.oid = "
+                  "t.relnamespace WHERE n.nspname = current_schema() AND t.relkind IN "
+                  f"('r', 'p') AND t.relname IN ({', '.join('?' * len(names))})", list(names))
+        return {str(row[0]) for row in c.fetchall()}
+
     @property
     def channel(self) -> str:
         """The notification channel of this store's log (one per schema): cut,
@@ -1305,8 +1311,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         rest of the transaction; each statement costs the server its own start
         and answer): the positions, the chain's head and the links. The inserts
         take their rows joined with the guard's, so the guard runs first and
-        its error leaves nothing inserted; the sequence is set from what was
-        inserted, after it. The guard reads the log as it was before the
+        its error leaves nothing inserted; the sequence is set from what both
+        inserts made, after them. The guard reads the log as it was before the
         inserts (one snapshot for the whole statement)."""
         f = self._forecast
         assert f.head is not None and f.tracking is not None
@@ -1325,11 +1331,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             links = self.chain.links(f.chain_head, positions, rows)
             chained, linked = _values("(%s::bigint, %s::bigint, %s::bytea)", links)
             sql += (f", chained AS (INSERT INTO {CHAIN_TABLE} SELECT l.* FROM (VALUES {chained})"
-                    " AS l, guard)")
+                    " AS l, guard RETURNING position)")
             params += linked
         # Positions given here bypass the sequence: it is kept past them, for
-        # any writer that takes the next one from it.
-        c.add(sql + " SELECT setval(%s, (SELECT MAX(notification_id) FROM inserted))",
+        # any writer that takes the next one from it. Read after every insert
+        # (its arguments are): one refused leaves the sequence as it was.
+        after = " + 0 * (SELECT COUNT(*) FROM chained)" if links else ""
+        c.add(sql + f" SELECT setval(%s, (SELECT MAX(notification_id) FROM inserted){after})",
               [*params, self._sequence])
         return positions, f.chain_head, links
 

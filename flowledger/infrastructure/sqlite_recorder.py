@@ -140,6 +140,11 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     def tables_created(self, c: Any) -> None:
         pass
 
+    def existing_tables(self, c: Any, names: Sequence[str]) -> set[str]:
+        c.execute("SELECT name FROM sqlite_master WHERE type='table' AND name IN "
+                  f"({', '.join('?' * len(names))})", list(names))
+        return {str(row[0]) for row in c.fetchall()}
+
     def grant(self, role: str, read_only: bool = False) -> list[str]:
         raise ConfigurationError(
             f"cannot grant {role!r} the use of an SQLite store: a file has no roles. Whoever "

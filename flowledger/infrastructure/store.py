@@ -214,6 +214,9 @@ class LogStore(Protocol):
         """Every table of this release exists now (the projections' too): a
         store whose roles may differ records it, and creates nothing next time."""
 
+    def existing_tables(self, c: Cursor, names: Sequence[str]) -> set[str]:
+        """Which of these tables the store holds."""
+
     def locate(self, stored: StoredEvent) -> tuple[int | None, str | None]: ...
 
     def is_busy(self, error: BaseException) -> bool:

@@ -162,8 +162,11 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
         else:
             todo = f"check that a PostgreSQL server runs at {where} and accepts connections"
             refused = StoreUnreachable  # a worker waits for it
-        raise refused(f"cannot open store {config.shown!r}: {_sentence(said)} Nothing was "
-                      f"written; {todo}") from None
+        message = (f"cannot open store {config.shown!r}: {_sentence(said)} Nothing was "
+                   f"written; {todo}")
+        if refused is StoreUnreachable:  # the driver's error kept, as a StoreError's
+            raise StoreUnreachable(message, e) from None
+        raise refused(message) from None
     try:
         refuse_sessions_not_kept(config, conn)
         with conn.cursor() as c:

@@ -9,7 +9,9 @@ importing an optional driver.
 from __future__ import annotations
 
 import functools
+import re
 import sqlite3
+import threading
 import types
 from collections.abc import Callable, Generator
 from typing import Any, ParamSpec, TypeVar
@@ -18,7 +20,9 @@ from eventsourcing.persistence import PersistenceError
 
 from flowledger.domain.errors import FlowledgerError, StoreBusyError, StoreError
 from flowledger.domain.failures import describe
+from flowledger.infrastructure.hash_chain import CHAIN_TABLE
 from flowledger.infrastructure.store import LogWentBack
+from flowledger.infrastructure.store_format import FORMAT_TABLE
 from flowledger.infrastructure.store_url import shown
 
 
@@ -42,7 +46,7 @@ def as_store_error(error: Exception, where: str = "") -> Exception:
     if isinstance(error, LogWentBack):  # it says itself what happened and what to do
         return StoreError(_one_line(str(error)), error)
     said = _one_line(describe(error))
-    if _code(error, sqlite=(sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED), sqlstate=("55P03",)):
+    if is_busy(error):
         return StoreBusyError(
             f"the store was busy ({said}){where}: another process held its write lock past "
             "the lock timeout. Nothing of the append that waited was stored, and what the "
@@ -52,21 +56,41 @@ def as_store_error(error: Exception, where: str = "") -> Exception:
                       "or not at all", error)
 
 
+def is_busy(error: BaseException) -> bool:
+    """A write lock another process held past the lock timeout, on either store."""
+    return _code(error, sqlite=(sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED), sqlstate=("55P03",))
+
+
+# The log's own tables: one gone is not made again from anything else.
+_LOG_TABLES = ("stored_events", "stored_snapshots", "tracking", CHAIN_TABLE, FORMAT_TABLE,
+               "fl_liveness")
+_MISSING = re.compile(r'no such table: (?:\w+\.)?(\w+)|relation "(?:\w+\.)?(\w+)" does not exist')
+
+
 def _what_to_do(error: BaseException) -> str:
-    if _code(error, sqlite=(sqlite3.SQLITE_READONLY,), sqlstate=("25006",)):
+    if _code(error, sqlite=(sqlite3.SQLITE_READONLY,)):
+        return ("the SQLite file, or its folder, is not writable by this process (its owner "
+                "or permissions): fix those, or open the store with `?mode=ro` to read it only")
+    if _code(error, sqlstate=("25006",)):
         return ("it refuses writes (a read-only role or database, or a standby after a "
                 "failover): connect to a server that takes them (`target_session_attrs="
                 "read-write` in the URL), or open the store with `?mode=ro` to read it only")
     if _code(error, sqlite=(sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH), sqlstate=("42501",)):
-        return ("its role may not do this: have the store's owner grant it what it lacks "
-                "(`flowledger setup --grant ROLE`)")
+        return ("the role it connects as may not do this: have the store's owner grant it "
+                "(`flowledger --store OWNER-URL setup --grant ROLE`)")
     if _code(error, sqlite=(sqlite3.SQLITE_FULL,), sqlstate=("53100",)):
         return "its disk is full: free space, then try again"
-    if _code(error, sqlstate=("42P01",)) or "no such table" in str(error):
-        return ("a table it needs is gone (dropped or renamed outside flowledger): restore "
-                "the store from a backup")
-    return ("try again once it works: `recover()` (or the next session) continues a session "
-            "this call left")
+    missing = _MISSING.search(str(error))
+    if missing is not None:
+        table = missing.group(1) or missing.group(2)
+        if table in _LOG_TABLES:
+            return (f"the log's table {table} is gone (dropped or renamed outside "
+                    "flowledger): restore the store from a backup")
+        return (f"the projection table {table} is gone (dropped or renamed outside "
+                "flowledger): open the store again (a new engine, or the next command), "
+                "which makes it again and folds the log into it")
+    return ("try again once it works (`recover()`, or the next session, continues a session "
+            "this call left)")
 
 
 def _code(error: BaseException, sqlite: tuple[int, ...] = (),
@@ -92,22 +116,29 @@ def _one_line(text: str) -> str:
 P = ParamSpec("P")
 R = TypeVar("R")
 
+_calls = threading.local()  # how deep in decorated calls this thread is
+
 
 def store_errors_as_ours(method: Callable[P, R]) -> Callable[P, R]:
     """A public method (or function) whose store failures reach its caller as
     `StoreError`: a service catches one class, whatever its store. The message
-    names the call, and the store when the method's object has one (`store`, a
-    URL). A generator it returns is watched as it is read."""
+    names the outermost such call, and its store: the object's `store` (a
+    URL), or the URLs it was given. A generator it returns is watched as it
+    is read."""
 
     @functools.wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        depth = getattr(_calls, "depth", 0)
+        _calls.depth = depth + 1
         try:
             result = method(*args, **kwargs)
         except Exception as e:
-            theirs = as_store_error(e, _where(method, args))
+            theirs = as_store_error(e, _where(method, args)) if depth == 0 else e
             if theirs is e:
                 raise
             raise theirs from e
+        finally:
+            _calls.depth = depth
         if isinstance(result, types.GeneratorType):
             return _watched(result, _where(method, args))  # type: ignore[return-value]
         return result
@@ -117,8 +148,10 @@ def store_errors_as_ours(method: Callable[P, R]) -> Callable[P, R]:
 
 def _where(method: Callable[..., Any], args: tuple[Any, ...]) -> str:
     store = getattr(args[0], "store", None) if args else None
-    on = f" on store {shown(store)!r}" if isinstance(store, str) else ""
-    return f" during {method.__name__}(){on}"
+    urls = [store] if isinstance(store, str) else [a for a in args[:2] if isinstance(a, str)]
+    on = " and ".join(repr(shown(url)) for url in urls)
+    return f" during {method.__name__}()" + (f" on store{'s' if len(urls) > 1 else ''} {on}"
+                                              if urls else "")
 
 
 def _watched(generator: Generator[Any, Any, Any], where: str) -> Generator[Any, Any, Any]:

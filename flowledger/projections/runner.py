@@ -14,6 +14,7 @@ rebuild — `catch_up` follows from the log by position.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -32,6 +33,8 @@ from flowledger.infrastructure.store_format import (
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.pending_work import PendingHints, PendingWork, backlog_and_wakeups
 from flowledger.projections.sealing import NO_SEAL, Seal
+
+logger = logging.getLogger("flowledger.projections")
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -83,9 +86,27 @@ class ProjectionRunner:
         self._asked_now = False
         if not recorder.tables_current:  # the store's are this release's: nothing to create
             with recorder.writing() as c:
+                gone = self._lacking_a_table(c)
                 for p in self.projections:
                     p.create_tables(c)
+                for p in gone:  # folded in again from the log, by the catch-up that follows
+                    p.clear(c)
+                    recorder.untrack(c, p.name)
                 recorder.tables_created(c)
+
+    def _lacking_a_table(self, c: Cursor) -> list[Projection]:
+        """Projections that had folded events in but lack a table now (dropped
+        outside flowledger): made again empty, it would answer as if nothing
+        had happened (no runs, say), with nothing to tell."""
+        held = self.recorder.existing_tables(c, [t for p in self.projections for t in p.tables])
+        gone = [p for p in self.projections
+                if not held.issuperset(p.tables) and self.position(c, p) > 0]
+        for p in gone:
+            logger.warning("the store lacks the table(s) %s of projection %s, which had "
+                           "folded the log in up to position %s (dropped outside "
+                           "flowledger?): made again, and folded in again from the log",
+                           ", ".join(sorted(set(p.tables) - held)), p.name, self.position(c, p))
+        return gone
 
     def position(self, c: Cursor, projection: Projection) -> int:
         return self.recorder.tracked(c, projection.name)

@@ -559,6 +559,9 @@ class ReadSide:
         check_choice(status, RUN_STATUSES, "run status")
         since, until = aware(since, "since"), aware(until, "until")
         limit = whole_count(limit, "limit")
+        if handler is not None and "\x00" in handler:  # no name holds one (ADR 0014)
+            raise InvalidArgument(f"handler {handler!r} holds a NUL character: no handler's "
+                                  "name does")
         sid = self.resolve_id("session", session) if session is not None else None
         timed = since is not None or until is not None  # compared as times, here
         with self._tables() as c:

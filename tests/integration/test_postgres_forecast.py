@@ -77,17 +77,21 @@ def test_a_writer_alone_appends_on_its_forecast(make_engine, ledger, monkeypatch
 @on_postgresql
 @pytest.mark.parametrize("meddle", ["append", "catch_up"])
 def test_a_forecast_another_writer_made_wrong_stores_nothing(make_engine, tmp_path, monkeypatch,
-                                                             meddle):
+                                                             caplog, meddle):
     """During each external call, another engine appends (the head moves) or
     only catches up (the head stays, the tracking rows move past this
-    engine's held events): the run's next append misses its forecast."""
+    engine's held events): the run's next append misses its forecast. The
+    position sequence is never set back by the attempt that missed (the other
+    appends more events than that append holds: a sequence set from the
+    forecast positions before the guard ran would be behind the head)."""
     seen = Seen(monkeypatch)
     ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
     engine, other = make_engine(), make_engine()
 
     def write(key: str) -> None:
         if meddle == "append":
-            other.register(fl.Workflow(f"other-{key}", topics=["t"]))
+            for n in range(4):
+                other.register(fl.Workflow(f"other-{key}-{n}", topics=["t"]))
         else:
             other.status()  # folds this engine's held events in
 
@@ -100,6 +104,12 @@ def test_a_forecast_another_writer_made_wrong_stores_nothing(make_engine, tmp_pa
     assert ledger.calls_made() == 3 and sorted(ledger.keys()) == ["a", "b", "c"]
     assert engine.verify().ok  # the chain links every event once, in order
     assert_projections_rebuild_equal(engine)
+    rec = engine.log.flow_recorder
+    with psycopg.connect(**rec.conninfo) as c:
+        c.execute(f'SET search_path TO "{rec.schema}"')
+        last = c.execute(f"SELECT last_value FROM {rec._sequence}").fetchone()[0]
+    assert last == rec.max_notification_id()
+    assert "position sequence" not in caplog.text  # never found behind the head
 
 
 @on_postgresql

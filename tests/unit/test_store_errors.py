@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,20 @@ from flowledger.infrastructure.store_failures import (
 )
 
 
+def sqlite_read_only() -> sqlite3.Error:
+    """A real SQLITE_READONLY: a write on a file opened read-only."""
+    with tempfile.TemporaryDirectory() as folder:
+        sqlite3.connect(Path(folder) / "f.db").close()
+        conn = sqlite3.connect(f"file:{Path(folder) / 'f.db'}?mode=ro", uri=True)
+        try:
+            conn.execute("CREATE TABLE t (x)")
+        except sqlite3.Error as e:
+            return e
+        finally:
+            conn.close()
+    raise AssertionError("no error")
+
+
 def sqlite_failure() -> sqlite3.Error:
     conn = sqlite3.connect(":memory:")
     try:
@@ -33,16 +48,21 @@ def sqlite_failure() -> sqlite3.Error:
 
 
 @pytest.mark.parametrize(("error", "to_do"), [
-    (sqlite_failure(), "a table it needs is gone"),
+    (sqlite_failure(), "the projection table no_such_table is gone"),
+    (sqlite_read_only(), "the SQLite file, or its folder, is not writable"),
     (psycopg.OperationalError("server closed the connection unexpectedly\n\tThis probably "
                               "means the server terminated abnormally"), "try again once it works"),
     (psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"),
      "it refuses writes"),
     (psycopg.errors.InsufficientPrivilege("permission denied for table fl_runs"),
-     "flowledger setup --grant ROLE"),
+     "flowledger --store OWNER-URL setup --grant ROLE"),
     (psycopg.errors.DiskFull("could not extend file"), "its disk is full"),
     (psycopg.errors.UndefinedTable('relation "fl_runs" does not exist'),
-     "a table it needs is gone"),
+     "the projection table fl_runs is gone (dropped or renamed outside flowledger): open the "
+     "store again"),
+    (psycopg.errors.UndefinedTable('relation "x.stored_events" does not exist'),
+     "the log's table stored_events is gone (dropped or renamed outside flowledger): restore "
+     "the store from a backup"),
     (OperationalError("the library's own"), "try again once it works")],
     ids=lambda e: type(e).__name__ if isinstance(e, BaseException) else "")
 def test_a_store_failure_becomes_a_store_error_saying_what_to_do(error: Exception,

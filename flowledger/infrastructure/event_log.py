@@ -45,7 +45,6 @@ from flowledger.infrastructure.sqlite_recorder import (
     Fence,
     FlowSQLiteRecorder,
     FlowSQLiteSnapshotRecorder,
-    is_lock_timeout,
     use_statement_cache,
 )
 from flowledger.infrastructure.store import (
@@ -63,6 +62,7 @@ from flowledger.infrastructure.store_check import (
     check_sqlite_store,
     sql_name,
 )
+from flowledger.infrastructure.store_failures import is_busy
 from flowledger.infrastructure.store_format import (
     TABLES_VERSION,
     format_record_gone,
@@ -210,7 +210,7 @@ class EventLog(Application[UUID]):
         except (PersistenceError, InfrastructureFactoryError, sqlite3.Error, OSError) as e:
             if isinstance(e, FormatRecordGone):
                 raise format_record_gone(config.shown) from None
-            if is_lock_timeout(e):
+            if is_busy(e):  # on either store
                 raise StoreBusyError(
                     f"store {config.shown!r} is locked: another process held its write lock "
                     "for longer than the lock timeout while this one set the store up. "

@@ -342,8 +342,10 @@ def whole_count(value: int | None, what: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{what} must be a whole number (or None), got {value!r}")
-    if not 0 <= value < _COUNT_LIMIT:
-        raise InvalidArgument(f"{what} must be from 0 to {_COUNT_LIMIT - 1}, got {value}")
+    if value < 0:
+        raise InvalidArgument(f"{what} must be 0 or more, got {value}")
+    if value >= _COUNT_LIMIT:
+        raise InvalidArgument(f"{what} must be at most {_COUNT_LIMIT - 1}, got {value}")
     return value
 
 

@@ -25,6 +25,10 @@ from flowledger.infrastructure.store_failures import store_errors_as_ours
 
 logger = logging.getLogger("flowledger.engine")
 
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
 
 class Activity:
     """The calls of one engine under way (sessions, recoveries, `serve()`
@@ -59,6 +63,25 @@ class Activity:
                 if stop is not None:
                     self._stops.remove(stop)
                 self._changed.notify_all()
+
+    def ending_on_close(self, items: Iterator[T], stop: threading.Event) -> Iterator[T]:
+        """A generator read for as long as its caller likes (`follow`): not
+        waited for by `close()`, which sets its `stop` so that it ends (as it
+        stops a serve() loop) instead of reading a closed store."""
+        with self._changed:
+            self.refuse_if_closed()
+            self._stops.append(stop)
+        try:
+            for item in items:
+                if stop.is_set():  # closed (or stopped) while it was read
+                    return
+                yield item
+        finally:
+            with self._changed:
+                self._stops.remove(stop)
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # its waiter's connection too
 
     def close(self) -> None:
         """Refuse what starts from now on, stop the serve() loops, and wait for
@@ -108,16 +131,12 @@ def refuse_everything(engine: Any, error: type[FlowledgerError], why: str) -> No
         setattr(engine, part, stand_in)
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
 def engine_call(method: Callable[P, R]) -> Callable[P, R]:
     """A public method of the engine: `close()` waits for a call under way to
     end (a read's connection closed under it failed it as if the store had),
     one begun once `close()` began raises `EngineClosed`, and the store's
     failures reach the caller as `StoreError`. A generator it returns is not
-    waited for: reading it after the close raises `EngineClosed`."""
+    waited for (`follow` ends on close: `Activity.ending_on_close`)."""
     ours = store_errors_as_ours(method)
 
     @functools.wraps(method)

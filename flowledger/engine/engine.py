@@ -542,11 +542,14 @@ class Engine:
                interval: float = 0.5,
                stop: threading.Event | None = None) -> Iterator[LoggedEvent]:
         """Each event after log position `after` (None: the end of the log now) as
-        any process appends it, until `stop` is set (or for ever)."""
+        any process appends it, until `stop` is set or the engine is closed
+        (which sets `stop`), or for ever."""
         from flowledger.engine.waiting import follow_log
 
-        return follow_log(self.log, whole_count(after, "after"), workflow=workflow,
-                          interval=interval, stop=stop)
+        stop = stop or threading.Event()
+        return self._activity.ending_on_close(
+            follow_log(self.log, whole_count(after, "after"), workflow=workflow,
+                       interval=interval, stop=stop), stop)
 
     @property
     def workflows(self) -> list[str]:

@@ -16,14 +16,13 @@ from uuid import UUID
 
 from flowledger.domain.aggregate import EventSourcedAggregate
 from flowledger.domain.errors import ConcurrencyError, StoreError
-from flowledger.domain.failures import describe
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.pending_window import MessageChange
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import Fence
 from flowledger.infrastructure.store import ReadAfter, StreamEvents
-from flowledger.infrastructure.store_failures import from_the_store
+from flowledger.infrastructure.store_failures import as_store_error
 
 _UNLOADED: Any = object()
 
@@ -206,12 +205,9 @@ class Streams:
                 "the log")
             raise self.broken
         if self.broken is not None:
-            if from_the_store(self.broken):  # said as such, not as a lost lock
-                raise StoreError(
-                    f"the store failed under an earlier append of this session "
-                    f"({describe(self.broken)}): the session stops here, and what the log "
-                    "holds stands; recovery (`recover`, or the next session) continues it "
-                    "from the log", self.broken) from self.broken
+            ours = as_store_error(self.broken, " under an earlier append of this session")
+            if isinstance(ours, StoreError):  # said as the store's, not as a lost lock
+                raise ours from self.broken
             raise ConcurrencyError(
                 f"an earlier append of this session failed ({self.broken}); the session "
                 "stops here and recovery continues it from the log"

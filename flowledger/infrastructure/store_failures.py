@@ -21,6 +21,7 @@ from eventsourcing.persistence import PersistenceError
 from flowledger.domain.errors import FlowledgerError, StoreBusyError, StoreError
 from flowledger.domain.failures import describe
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE
+from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 from flowledger.infrastructure.store import LogWentBack
 from flowledger.infrastructure.store_format import FORMAT_TABLE
 from flowledger.infrastructure.store_url import shown
@@ -34,7 +35,7 @@ def from_the_store(error: BaseException) -> bool:
         error).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg_pool", "eventsourcing")
 
 
-def as_store_error(error: Exception, where: str = "") -> Exception:
+def as_store_error(error: BaseException, where: str = "") -> BaseException:
     """What a public call raises for `error`: ours and bugs as they are, the
     store's failure as `StoreError` (`StoreBusyError` for a lock held past the
     timeout). `where`: " during NAME() on store URL", for the message. A bare
@@ -57,8 +58,9 @@ def as_store_error(error: Exception, where: str = "") -> Exception:
 
 
 def is_busy(error: BaseException) -> bool:
-    """A write lock another process held past the lock timeout, on either store."""
-    return _code(error, sqlite=(sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED), sqlstate=("55P03",))
+    """A write lock another process held past the lock timeout, on either store
+    (each recorder's `is_busy` says it for its own)."""
+    return is_lock_timeout(error) or _code(error, sqlstate=("55P03",))
 
 
 # The log's own tables: one gone is not made again from anything else.
@@ -133,10 +135,9 @@ def store_errors_as_ours(method: Callable[P, R]) -> Callable[P, R]:
         try:
             result = method(*args, **kwargs)
         except Exception as e:
-            theirs = as_store_error(e, _where(method, args)) if depth == 0 else e
-            if theirs is e:
-                raise
-            raise theirs from e
+            if depth == 0:  # the outermost call names itself
+                _raise_as_ours(e, _where(method, args))
+            raise
         finally:
             _calls.depth = depth
         if isinstance(result, types.GeneratorType):
@@ -158,7 +159,12 @@ def _watched(generator: Generator[Any, Any, Any], where: str) -> Generator[Any, 
     try:
         return (yield from generator)
     except Exception as e:
-        theirs = as_store_error(e, where)
-        if theirs is e:
-            raise
-        raise theirs from e
+        _raise_as_ours(e, where)
+        raise
+
+
+def _raise_as_ours(error: Exception, where: str) -> None:
+    """Raise what a caller is told for `error`, if that is not `error` itself."""
+    ours = as_store_error(error, where)
+    if ours is not error:
+        raise ours from error

@@ -201,3 +201,21 @@ def _wait_for_a_lock_wait(conn: Any) -> None:
             (conn.info.backend_pid,)).fetchone()[0]:
         assert time.monotonic() < deadline, "the read never waited for the lock"
         time.sleep(0.02)
+
+
+def test_a_follower_ends_when_its_engine_is_closed(make_engine: Callable[..., fl.Engine]) -> None:
+    """A `follow` another thread reads is not waited for by close(), which used
+    to leave it reading the closed store for ever (24 events read after the
+    close, in the review): it ends instead, as a serve() loop does, and its
+    `stop` is set."""
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    assert engine.run_session("wf").status == "completed"
+    stop = threading.Event()
+    events = engine.follow(after=0, stop=stop, interval=0.05)
+    assert next(events).position == 1
+    engine.close()
+    assert stop.is_set()
+    assert list(events) == []  # ended: nothing read from the closed store
+    with pytest.raises(fl.EngineClosed):
+        engine.follow(after=0)

@@ -44,6 +44,9 @@ def import_workflow_module(target: str) -> ModuleType:
         except ImportError as e:
             raise CommandError(f"{target!r} cannot be imported: {_import_error(e, path)}"
                                ) from e
+        except Exception as e:
+            raise _raised(repr(target), "while it was imported", e,
+                          f"`python {target}` shows the whole traceback") from e
         return module
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # as `python -m` would
@@ -58,6 +61,9 @@ def import_workflow_module(target: str) -> ModuleType:
         raise CommandError(f"module {target!r} does not compile: {_syntax_error(e)}") from e
     except ImportError as e:
         raise CommandError(f"module {target!r} cannot be imported: {_import_error(e)}") from e
+    except Exception as e:
+        raise _raised(f"module {target!r}", "while it was imported", e,
+                      f"`python -c 'import {target}'` shows the whole traceback") from e
 
 
 def _syntax_error(e: SyntaxError) -> str:
@@ -72,6 +78,34 @@ def _import_error(e: ImportError, path: Path | None = None) -> str:
     own = [f for f in frames if path is None or Path(f.filename).resolve() == path.resolve()]
     where = f" (at {own[-1].filename}, line {own[-1].lineno})" if own else ""
     return f"{type(e).__name__}: {e}{where}"
+
+
+def _raised(what: str, when: str, e: Exception, whole: str) -> fl.FlowledgerError:
+    """The user's code raised while the command loaded it: what, and the line
+    of their code it came from, on one line. Ours pass as they are (a
+    ConfigurationError a register(engine) raises says what it means)."""
+    if isinstance(e, fl.FlowledgerError):
+        return e
+    frame = _deepest_own_frame(e)
+    where = f" (at {frame.filename}, line {frame.lineno}: {frame.line})" if frame else ""
+    return CommandError(f"{what} raised {type(e).__name__} {when}: {e}{where}. Nothing was "
+                        f"written; mend the code and run the command again ({whole})")
+
+
+def _deepest_own_frame(e: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of the user's own code: not flowledger's, not
+    Python's import machinery, not an installed library's."""
+    ours = Path(fl.__file__).resolve().parent
+    installed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    own = []
+    for frame in traceback.extract_tb(e.__traceback__):
+        if frame.filename.startswith("<"):
+            continue
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(ours) or any(path.is_relative_to(p) for p in installed):
+            continue
+        own.append(frame)
+    return own[-1] if own else None
 
 
 class Definitions:
@@ -110,7 +144,12 @@ def load_definitions(target: str) -> Definitions:
     register = getattr(module, "register", None)
     if callable(register):
         definitions = Definitions(target)
-        register(definitions)
+        try:
+            register(definitions)
+        except Exception as e:
+            raise _raised(repr(target), "in its register(engine)", e,
+                          "register(engine) called on an fl.Engine in a program of your "
+                          "own shows the whole traceback") from e
     else:
         definitions = Definitions(target, "list it in the module's TOOLS = [...]")
         workflows = list({id(v): v for v in vars(module).values()

@@ -161,6 +161,14 @@ CODE_MISTAKES = {
                     "no inbox folder here"),
     "asks_more.py": (FLAKY + "\ndef register(engine):\n    engine.status()\n",
                      "its register(engine) uses engine.status"),
+    # Any error the code raises: one line naming it and the user's line, no traceback.
+    "raises.py": ("import flowledger as fl\nSETTINGS = {}\nINBOX = SETTINGS['inbox']\n",
+                  ("'raises.py' raised KeyError while it was imported: 'inbox' (at ",
+                   "raises.py, line 3: INBOX = SETTINGS['inbox'])")),
+    "register_raises.py": (FLAKY + "\ndef register(engine):\n    int('seven')\n",
+                           ("'register_raises.py' raised ValueError in its register(engine): "
+                            "invalid literal for int() with base 10: 'seven' (at ",
+                            "register_raises.py, line ")),
 }
 
 
@@ -173,7 +181,7 @@ def test_a_mistake_in_the_code_leaves_no_store_behind(tmp_path: Path, command: s
         (tmp_path / module).write_text(source)
 
     assert_user_error(flowledger("--store", "sqlite:///new.db", command, module,
-                                 cwd=tmp_path), said)
+                                 cwd=tmp_path), *([said] if isinstance(said, str) else said))
 
     assert not (tmp_path / "new.db").exists(), "a store was made for code that cannot run"
 

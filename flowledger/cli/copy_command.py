@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
-from flowledger.cli.exits import CommandError
-from flowledger.cli.render import err, print_json, say
+from flowledger.cli.exits import EXIT_INTERRUPTED, CommandError
+from flowledger.cli.render import err, print_error, print_json, say
 from flowledger.cli.views import progress_bar
 from flowledger.engine.engine import copy_store_report
 from flowledger.infrastructure.encryption import KEY_ENV, decode_key
@@ -55,13 +56,28 @@ def copy(
     source_key = None if from_key_env is None else _key_from(from_key_env)
     target_key = "" if to_clear else None if to_key_env is None else _key_from(to_key_env)
     started = time.perf_counter()
-    if as_json:
-        report = copy_store_report(source, target, source_key=source_key,
-                                   target_key=target_key)
-    else:
-        with progress_bar("copying") as progress:
-            report = copy_store_report(source, target, progress, source_key=source_key,
-                                       target_key=target_key)
+    seen = [0, 0]  # events copied, events in all: what an interrupt says
+
+    def noted(shown: Callable[[int, int], None]) -> Callable[[int, int], None]:
+        def progress(done: int, total: int) -> None:
+            seen[:] = [done, total]
+            shown(done, total)
+        return progress
+
+    try:
+        if as_json:
+            report = copy_store_report(source, target, noted(lambda done, total: None),
+                                       source_key=source_key, target_key=target_key)
+        else:
+            with progress_bar("copying") as progress:
+                report = copy_store_report(source, target, noted(progress),
+                                           source_key=source_key, target_key=target_key)
+    except KeyboardInterrupt:
+        where = (f"after {seen[0]:,} of about {seen[1]:,} events" if seen[0] < seen[1]
+                 else "once its events were in" if seen[1] else "before any event was copied")
+        print_error(f"the copy into {shown(target)} was interrupted {where}. Run the same "
+                    "command again: it goes on where this one stopped, or finds the copy whole")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     seconds = time.perf_counter() - started
     copied, held = report.events, report.open_sessions
     # The key the copy was written with came from the first of these named.

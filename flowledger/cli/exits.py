@@ -8,12 +8,14 @@ FlowledgerError the engine raises, shown as one line on stderr by `main`.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable
 
 import flowledger as fl
 from flowledger.domain.session import SessionOutcome
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
 
 # A session that ends so leaves nothing for a person to do.
 DONE_OUTCOMES: tuple[str, ...] = (SessionOutcome.COMPLETED, SessionOutcome.BUDGET_EXHAUSTED)

@@ -13,7 +13,13 @@ import typer
 
 import flowledger as fl
 from flowledger import demo as demo_module
-from flowledger.cli.exits import EXIT_NOT_DONE, EXIT_OK, CommandError, exit_code_for
+from flowledger.cli.exits import (
+    EXIT_INTERRUPTED,
+    EXIT_NOT_DONE,
+    EXIT_OK,
+    CommandError,
+    exit_code_for,
+)
 from flowledger.cli.loading import load, load_definitions, register_definitions
 from flowledger.cli.options import (
     TRIGGERS,
@@ -119,7 +125,6 @@ def run(
     raise typer.Exit(128 + stopping.signal)
 
 
-EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
 
 
 def _tell_stopping(signum: int, at_once: bool) -> None:

@@ -30,6 +30,8 @@ from flowledger.infrastructure.log_verification import verify_chain
 from flowledger.infrastructure.store import LogStore
 from flowledger.infrastructure.store_failures import from_the_store
 from flowledger.infrastructure.store_format import (
+    COPIED,
+    COPIED_ID,
     COPYING,
     COPYING_ID,
     mark_copying,
@@ -96,43 +98,66 @@ def _start(source: EventLog, target: EventLog) -> tuple[int, int]:
     """Mark an empty target as being filled from `source`, or find where an
     earlier copy from it stopped: (events in the target, the source's position
     of the last of them). Under the target's write lock: of two copies at
-    once, one marks it and the other finds it marked."""
-    src, dst, shown = source.flow_recorder, target.flow_recorder, source.config.shown
-    source_id = source.format.store_id
+    once, one marks it and the other finds it marked. A target this copy
+    already finished (interrupted while its projections were rebuilt, say)
+    is found whole, or goes on with what the source appended since; once
+    anything else was appended to it, it is a store of its own, refused."""
+    dst, shown = target.flow_recorder, source.config.shown
     with dst.writing(sync=True) as c:
         held = dst.max_position(c)
         recorded = read_format(c)
         marked, marked_id = recorded.get(COPYING), recorded.get(COPYING_ID)
         if marked is None:
-            if held:
+            copied, copied_id = recorded.get(COPIED), recorded.get(COPIED_ID)
+            done = (_prefix_of(source, target, c)
+                    if held and copied and _same_source(source, copied, copied_id) else None)
+            if held and done is None:
                 raise ConfigurationError(
                     f"cannot copy into {target.config.shown!r}: it already holds {held:,} "
                     "events. Copy into a new, empty store (a new SQLite file, or an empty "
                     "PostgreSQL database or ?schema=...)")
-            mark_copying(c, shown, source_id)
-            return 0, 0
-    if (marked_id != source_id) if (marked_id and source_id) else (marked != shown):
+            mark_copying(c, shown, source.format.store_id)
+            return done or (0, 0)
+    if not _same_source(source, marked, marked_id):
         raise ConfigurationError(
             f"cannot copy into {target.config.shown!r}: a copy of another log, {marked!r}, "
             "into it has not finished (it is under way, or it stopped). Let it finish, or "
             f"run it again to go on where it stopped; copy {shown!r} into a new, empty store")
     with dst.reading() as c:  # one snapshot: the count and the last event agree
-        c.execute(f"SELECT COUNT(*) FROM {dst.events_table_name}")
-        count = int(c.fetchone()[0])
-        c.execute(f"SELECT originator_id, originator_version FROM {dst.events_table_name} "
-                  f"ORDER BY {dst.position_column} DESC LIMIT 1")
-        last = c.fetchall()
+        done = _prefix_of(source, target, c)
+    if done is None:
+        raise ConfigurationError(
+            f"cannot copy into {target.config.shown!r}: the events it holds are not the "
+            f"first of {shown!r}. Delete it and copy into a new, empty store")
+    return done
+
+
+def _prefix_of(source: EventLog, target: EventLog, c: Any) -> tuple[int, int] | None:
+    """(events in the target, the source's position of the last of them) if
+    the target holds the source's first events and nothing else, else None.
+    `c` reads the target."""
+    src, dst = source.flow_recorder, target.flow_recorder
+    c.execute(f"SELECT COUNT(*) FROM {dst.events_table_name}")
+    count = int(c.fetchone()[0])
     if not count:
         return 0, 0
+    c.execute(f"SELECT originator_id, originator_version FROM {dst.events_table_name} "
+              f"ORDER BY {dst.position_column} DESC LIMIT 1")
+    last = c.fetchall()
     there = src.read_all(f"SELECT {src.position_column}, originator_id, originator_version FROM "
                          f"{src.events_table_name} ORDER BY {src.position_column} "
                          "LIMIT 1 OFFSET ?", (count - 1,))
     if not there or (_hex(there[0][1]), int(there[0][2])) != (_hex(last[0][0]),
                                                               int(last[0][1])):
-        raise ConfigurationError(
-            f"cannot copy into {target.config.shown!r}: it holds {count:,} events that are "
-            f"not the first {count:,} of {shown!r}. Delete it and copy into a new, empty store")
+        return None
     return count, int(there[0][0])
+
+
+def _same_source(source: EventLog, named: str | None, named_id: str | None) -> bool:
+    """Whether the store a target's mark names is `source`: by store id, by
+    URL for a source that records none."""
+    source_id = source.format.store_id
+    return named_id == source_id if (named_id and source_id) else named == source.config.shown
 
 
 def _batches(store: LogStore, after: int) -> Iterator[list[tuple[int, StoredEvent]]]:

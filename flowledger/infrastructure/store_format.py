@@ -111,15 +111,24 @@ def make_compressor() -> Compressor:
 # shown, and its store id (what tells one log from another, however named).
 COPYING = "copying_from"
 COPYING_ID = "copying_store_id"
+# Kept once a copy ended: the same copy run again knows its own work.
+COPIED = "copied_from"
+COPIED_ID = "copied_store_id"
 
 
 def mark_copying(c: Any, source: str, source_id: str) -> None:
+    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?, ?, ?)",
+              (COPYING, COPYING_ID, COPIED, COPIED_ID))
     c.executemany(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)",
                   [(COPYING, source), (COPYING_ID, source_id)])
 
 
 def unmark_copying(c: Any) -> None:
-    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?)", (COPYING, COPYING_ID))
+    """The copy ended: the mark that kept engines out becomes the record of
+    where the log came from."""
+    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?)", (COPIED, COPIED_ID))
+    c.execute(f"UPDATE {FORMAT_TABLE} SET name = ? WHERE name = ?", (COPIED, COPYING))
+    c.execute(f"UPDATE {FORMAT_TABLE} SET name = ? WHERE name = ?", (COPIED_ID, COPYING_ID))
 
 
 def recorded_tables(c: Any) -> tuple[int, set[str]]:

@@ -28,7 +28,55 @@ def test_copy_moves_a_log_and_refuses_a_store_that_is_not_empty(tmp_path: Path) 
     status = flowledger("--store", target, "status", cwd=tmp_path)
     assert status.returncode == 0 and "wf" in status.stdout
     again = flowledger("copy", "--from", source, "--to", target, cwd=tmp_path)
-    assert_user_error(again, f"already holds {count} events", "Copy into a new, empty store")
+    assert again.returncode == 0 and f"copied {count} events" in again.stdout, again.stderr
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    fl.Engine(other).close()
+    refused = flowledger("copy", "--from", other, "--to", target, cwd=tmp_path)
+    assert_user_error(refused, f"already holds {count} events", "Copy into a new, empty store")
+
+
+def test_an_interrupted_copy_says_so_and_the_same_command_finishes_it(tmp_path: Path) -> None:
+    """Ctrl-C (a real SIGINT) midway: one line saying where it stopped and
+    what to do, exit 130; the same command then finishes the copy."""
+    import os
+    import subprocess
+    import sys
+
+    source = f"sqlite:///{tmp_path / 'old.db'}"
+    with fl.Engine(source) as engine:
+        engine.register(ledger_workflow(items=["a", "b", "c"]),
+                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+        engine.run_session("wf")
+        logged = [(e.stream_id, e.version, e.name) for e in engine.events()]
+    target = f"sqlite:///{tmp_path / 'new.db'}"
+    script = (  # batches of 20 events; Ctrl-C once 40 are in
+        "import os, signal, sys\n"
+        "import flowledger.infrastructure.copying as copying\n"
+        "import flowledger.cli.copy_command as command\n"
+        "from flowledger.cli.application import main\n"
+        "copying.BATCH = 20\n"
+        "real = command.copy_store_report\n"
+        "def interrupted(source, target, progress, **keys):\n"
+        "    def at(done, total):\n"
+        "        progress(done, total)\n"
+        "        if done >= 40:\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(source, target, at, **keys)\n"
+        "command.copy_store_report = interrupted\n"
+        "sys.argv = ['flowledger', 'copy', '--from', sys.argv[1], '--to', sys.argv[2]]\n"
+        "main()\n")
+    env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_STORE"}
+    stopped = subprocess.run([sys.executable, "-c", script, source, target], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 130, stopped.stderr
+    assert stopped.stderr.strip().splitlines() == [
+        f"error: the copy into {target} was interrupted after 40 of about {len(logged)} "
+        "events. Run the same command again: it goes on where this one stopped, or finds "
+        "the copy whole"], stopped.stderr
+    done = flowledger("copy", "--from", source, "--to", target, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with fl.Engine(target) as copy:
+        assert [(e.stream_id, e.version, e.name) for e in copy.events()] == logged
 
 
 def test_copy_says_when_sessions_were_open_in_the_source(tmp_path: Path) -> None:

@@ -69,14 +69,41 @@ def test_a_store_named_two_ways_is_not_copied_into_itself(tmp_path: Path,
 def test_copying_into_a_store_that_holds_events_is_refused(tmp_path: Path,
                                                            ledger: ExternalLedger,
                                                            store: str) -> None:
+    """Another log's events, or events appended to the copy since it was made:
+    the store is one of its own, left as it was (and still opened by engines)."""
     source = filled(tmp_path / "source.db", ledger)
+    other = filled(tmp_path / "other.db", ExternalLedger(tmp_path / "other-ledger.db"))
     fl.copy_store(source, store)
+    with pytest.raises(fl.ConfigurationError, match=r"already holds .* events\. Copy into a new"):
+        fl.copy_store(other, store)
     with fl.Engine(store) as target:
+        target.register(ledger_workflow(items=["d"]), tools=[ScriptedLedgerTool(ledger)])
+        target.run_session("wf")  # the copy lives on: its log is its own now
         count = len(list(target.events()))
     with pytest.raises(fl.ConfigurationError, match=r"already holds .* events\. Copy into a new"):
         fl.copy_store(source, store)
     with fl.Engine(store) as target:
         assert len(list(target.events())) == count
+
+
+def test_the_same_copy_run_again_finds_it_whole_or_goes_on_with_what_the_source_appended(
+        tmp_path: Path, ledger: ExternalLedger, store: str) -> None:
+    """Interrupted once its events were all in (while the projections were
+    rebuilt), the copy told the user to start again elsewhere, although the
+    target was whole: run again, it finds it so; and after the source
+    appended more, it carries those over too."""
+    source = filled(tmp_path / "source.db", ledger)
+    first = fl.copy_store(source, store)
+    assert fl.copy_store(source, store) == first
+    with fl.Engine(source) as before, fl.Engine(store) as after:
+        assert answers(after) == answers(before)
+    with fl.Engine(source) as more:
+        more.register(ledger_workflow(items=["d"]), tools=[ScriptedLedgerTool(ledger)])
+        more.run_session("wf")
+    assert fl.copy_store(source, store) > first
+    with fl.Engine(source) as before, fl.Engine(store) as after:
+        assert answers(after) == answers(before)
+        assert after.verify().ok
 
 
 def test_a_log_with_nul_in_its_names_is_refused_where_text_cannot_keep_it(

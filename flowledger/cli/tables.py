@@ -87,8 +87,10 @@ def widths(cols: Sequence[Col], natural: Sequence[int], shown: Sequence[int], wi
 
 
 def print_table(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[Cell]],
-                footer: Sequence[Sequence[Cell]] = ()) -> None:
-    """The table, fitted to the console's width (see the module docstring)."""
+                footer: Sequence[Sequence[Cell]] = ()) -> set[str]:
+    """The table, fitted to the console's width (see the module docstring).
+    Returns the headers of the columns left out or cut at this width, for a
+    caller whose column must be read whole to say it under the table."""
     boxed = not plain_layout()
     shown = fitting(cols, [*rows, *footer], out.width, boxed)
     table = Table(title=title, title_justify="left", box=box.HEAVY_HEAD if boxed else None,
@@ -112,3 +114,4 @@ def print_table(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[
     if left_out:
         out.print(Text(f"  (left out at this width: {', '.join(left_out)}; --json has all)",
                        style="dim"), soft_wrap=True)
+    return {*left_out, *(cols[i].header for i in shown if sizes[i] < natural[i])}

@@ -109,13 +109,16 @@ def print_sessions(results: list[fl.SessionResult], title: str = "Sessions") -> 
     recovered = [r.recovered for r in results if r.recovered is not None]
     if recovered:
         print_recovered(recovered, "First, a crashed session was recovered")
-    print_table(title, [Col("workflow", max_width=24), Col("session", key=True),
-                        Col("status", key=True), Col("runs", key=True),
-                        Col("cost", key=True, justify="right"), Col("remaining work", drop=1)],
-                [[r.workflow, short(r.session_id), Text(r.status, style=status_style(r.status)),
-                  f"{len(r.runs)} ({r.consumer_runs} consumer)", str(r.cost), _remaining(r)]
-                 for r in results])
+    cut = print_table(
+        title, [Col("workflow", max_width=24), Col("session", key=True),
+                Col("status", key=True), Col("runs", key=True),
+                Col("cost", key=True, justify="right"), Col("remaining work", drop=1)],
+        [[r.workflow, short(r.session_id), Text(r.status, style=status_style(r.status)),
+          f"{len(r.runs)} ({r.consumer_runs} consumer)", str(r.cost), _remaining(r)]
+         for r in results])
     for r in results:
+        if "remaining work" in cut and r.remaining:  # the work left, whole, at any width
+            note(f"{r.workflow} {short(r.session_id)} work left", _remaining(r))
         if r.error:
             note(f"{r.workflow} {short(r.session_id)} {r.status}", r.error,
                  status_style(r.status))

@@ -90,6 +90,25 @@ def test_sessions_at_80_columns_keep_ids_costs_and_statuses_whole(shop: Path,
     assert ("\x1b[" in shown.stdout) is tty  # and colour
 
 
+def test_the_work_left_is_said_whole_when_its_column_is_cut(tmp_path: Path) -> None:
+    """On a terminal of 80 columns the boxed table cut "remaining work" to
+    `BookOrder:…`, and nothing else said what was left: said under it."""
+    (tmp_path / "shop.py").write_text(SHOP)
+    shown = narrow("run", "shop.py", "--max-iterations", "1", cwd=tmp_path,
+                   env={"TTY_COMPATIBLE": "1"})
+    assert shown.returncode == 0, shown.stderr
+    text = ANSI.sub("", shown.stdout)
+    assert "BookOrder:…" in text  # cut in the table...
+    session = short(as_json(tmp_path, "sessions")[0]["session_id"])
+    assert f"  shop {session} work left: BookOrder: order=1" in text.splitlines()  # ...said
+    (tmp_path / "wide").mkdir()
+    (tmp_path / "wide" / "shop.py").write_text(SHOP)
+    wide = flowledger("run", "shop.py", "--max-iterations", "1", cwd=tmp_path / "wide",
+                      env={"COLUMNS": "200", "TTY_COMPATIBLE": "1"})
+    text = ANSI.sub("", wide.stdout)
+    assert "BookOrder: order=1 │" in text and "work left:" not in text  # whole: not again
+
+
 @pytest.mark.parametrize("command", [["runs"], ["status"], ["cost", "--by", "run"],
                                      ["cost", "--by", "session"]])
 def test_every_table_fits_80_columns_without_wrapping(shop: Path, command: list[str]) -> None:

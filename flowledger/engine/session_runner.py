@@ -188,7 +188,7 @@ class SessionRunner:
             # paused or failed it was recorded, the close was not.
             outcome = (SessionOutcome.FAILED if wf.status == WorkflowStatus.ERROR
                        else SessionOutcome.SUSPENDED)
-            remaining: dict[str, dict[str, int]] = {}
+            remaining = self._left(scope, {})
             reason, budget = wf.reason, None
         else:
             if wf.status == WorkflowStatus.PAUSED:
@@ -207,10 +207,12 @@ class SessionRunner:
               ) -> tuple[SessionOutcome, str | None, str | None, dict[str, dict[str, int]]]:
         """`opening`: the unfinished runs and the hints, as the session's opening
         append read them (None: read here)."""
+        declines: dict[str, Decline] = {}
         stopped = self._continue_unfinished(
             scope, driver, runs, cleared, opening.unfinished.rows if opening else None)
         if stopped is not None:
-            return stopped, runs[-1].reason if runs else None, None, {}
+            return (stopped, runs[-1].reason if runs else None, None,
+                    self._left(scope, declines))
         if request.trigger != Trigger.EVENT:
             for spec in self.reg.definition.producers:
                 if spec.name in scope.session.committed_handlers:
@@ -221,10 +223,9 @@ class SessionRunner:
                 scope.streams.trim()
                 runs.append(result)
                 if not result.committed:
-                    return self._stop(result), result.reason, None, {}
-        consumers = [ConsumerView(c.name, c.subscribe) for c in self.reg.definition.consumers]
+                    return self._stop(result), result.reason, None, self._left(scope, declines)
+        consumers = self._consumers()
         by_name = {c.name: c for c in self.reg.definition.consumers}
-        declines: dict[str, Decline] = {}
         session = scope.session
         fresh = opening is None  # the first look reads the store, unless the opening did
         while True:
@@ -255,9 +256,19 @@ class SessionRunner:
             scope.streams.trim()
             runs.append(result)
             if not result.committed:
-                return self._stop(result), result.reason, None, {}
+                return self._stop(result), result.reason, None, self._left(scope, declines)
             if result.declined:
                 declines[chosen] = Decline(scope.streams.position, now)
+
+    def _consumers(self) -> list[ConsumerView]:
+        return [ConsumerView(c.name, c.subscribe) for c in self.reg.definition.consumers]
+
+    def _left(self, scope: SessionScope, declines: dict[str, Decline]
+              ) -> dict[str, dict[str, int]]:
+        """The work a session that stopped short (suspended, failed) leaves, as
+        its budget's end lists it: what waits for the workflow to go on."""
+        backlog, wakeups = scope.pending_hints(self.reg.workflow_id, False, None)
+        return remaining_work(self._consumers(), backlog, declines, wakeups, scope.now())
 
     @staticmethod
     def _stop(result: RunResult) -> SessionOutcome:

@@ -129,6 +129,10 @@ def test_session_stops_at_the_first_failure(make_engine, ledger):
     assert [r.status.value for r in result.runs if r.handler == "Append"] == [
         "committed", "paused:approval"]
     assert message_status(engine, "wf", "in") == {"consumed": 1, "pending": 2}
+    # The work it left is listed, as a budget's end lists it (it said none).
+    assert result.remaining == {"Append": {"in": 2}}
+    closed = [e for e in engine.events() if e.name == "Closed" and e.aggregate == "Session"]
+    assert closed[-1].fields["remaining"] == {"Append": {"in": 2}}
 
 
 def test_wake_at_set_by_prepare_falls_due_later(make_engine, clock):

@@ -43,6 +43,7 @@ from flowledger.cli.render import (
     when,
 )
 from flowledger.cli.tables import Cell, Col, print_table
+from flowledger.domain.run_decider import NO_EFFECT_FOUND
 from flowledger.infrastructure.store_url import cli_command
 from flowledger.read_side.log_view import LoggedEvent
 
@@ -163,7 +164,8 @@ def print_settled(settled: list[Settled], store: str) -> None:
     for m in settled:
         found = {"MutationApplied": f"it had happened, result {plain(m.fields.get('result'))}",
                  "MutationFailed": "it had not happened"
-                 + (f" ({m.fields['reason']})" if m.fields.get("reason") else "")
+                 + (f" ({m.fields['reason']})" if m.fields.get("reason") not in (
+                     None, "", NO_EFFECT_FOUND) else "")
                  + (f"; run {short(m.made_again_by)} made it again" if m.made_again_by
                     else ""),
                  }.get(m.outcome,

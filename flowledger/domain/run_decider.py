@@ -244,6 +244,9 @@ def _no_reconcile(run: HandlerRun, cause: str, now: datetime) -> Effect:
     return RaiseToHandler()
 
 
+NO_EFFECT_FOUND = "reconcile found no effect of the call"
+
+
 def _reconciled(run: HandlerRun, o: ReconcileAnswered, rules: Rules) -> Effect:
     """Live, every answer goes back into mutate (its end settles the run);
     found unfinished, the run goes on to next, is retried fresh, or waits."""
@@ -253,7 +256,9 @@ def _reconciled(run: HandlerRun, o: ReconcileAnswered, rules: Rules) -> Effect:
         applied = _applied(run, o.result, "reconcile", now)
         return applied if o.live else RunNext("applied", o.result)
     if o.status == "failed":
-        run.mutation_failed(now, o.reason or o.cause, via="reconcile")
+        # Not the cause that asked (an "outcome unknown" beside "it had not
+        # happened" reads as a contradiction): what reconcile found.
+        run.mutation_failed(now, o.reason or NO_EFFECT_FOUND, via="reconcile")
         return RaiseToHandler() if o.live else RetryFresh()
     attempts = _mutation(run).reconcile_attempts + 1
     next_at = rules.reconcile_at(now, attempts)

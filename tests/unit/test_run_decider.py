@@ -27,6 +27,7 @@ from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.mutation_ledger import MutationState
 from flowledger.domain.phases import PHASE_ORDER, RunKind, RunStatus
 from flowledger.domain.run_decider import (
+    NO_EFFECT_FOUND,
     CallRaised,
     CallReturned,
     CallTool,
@@ -290,6 +291,18 @@ def test_a_person_may_decide_only_what_applies(reconcile: str | None, state: str
         assert m.state is MutationState.SKIPPED and keeps_reservations(run)
     else:
         assert m.state is MutationState.NEEDS_RECONCILE and keeps_reservations(run)
+
+
+@given(told=st.sampled_from(["", "no ledger row for A-2"]), live=st.booleans())
+def test_a_call_reconcile_found_not_made_is_failed_for_what_reconcile_said(
+        told: str, live: bool) -> None:
+    """The cause that asked ("outcome unknown") is not the failure's reason:
+    recovery printed "it had not happened (outcome unknown)"."""
+    run = blocked_run("find", "in_flight")
+    decided = decide(run, ReconcileAnswered("failed", None, told, "outcome unknown", live),
+                     Chain().rules())
+    failed = [e for e in decided.events if type(e).__name__ == "MutationFailed"]
+    assert [e.reason for e in failed] == [told or NO_EFFECT_FOUND]  # type: ignore[attr-defined]
 
 
 def test_a_transient_failure_past_its_last_attempt_gives_up() -> None:

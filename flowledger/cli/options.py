@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
 import typer
@@ -90,6 +91,20 @@ def at_position(ctx: typer.Context) -> int:
 def choices(valid: Sequence[str]) -> str:
     """The metavar that shows an option's values in the help, as click.Choice would."""
     return "[" + "|".join(valid) + "]"
+
+
+def check_amount(value: str | None, option: str) -> None:
+    """An amount typed for `option`, refused before anything is loaded or
+    written, under the option's own name."""
+    if value is None:
+        return
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite() or amount < 0:
+        raise CommandError(f"{option} must be an amount of 0 or more (a decimal, such as "
+                           f"2.50), got {value!r}; nothing was run or written")
 
 
 def parse_time(value: str | None, option: str) -> datetime | None:

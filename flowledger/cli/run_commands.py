@@ -26,6 +26,7 @@ from flowledger.cli.options import (
     JsonOption,
     StoreOption,
     TargetArgument,
+    check_amount,
     choices,
     store_url,
 )
@@ -71,6 +72,7 @@ def run(
     second one stops at once (130), and the next run or recover continues.
     """
     check_choice(trigger, TRIGGERS, "--trigger")
+    check_amount(max_cost, "--max-cost")
     url, writes = store_url(ctx, store), "runs sessions, which append to the log"
     refuse_writes(url, writes)
     # The code is loaded and checked before the store is opened (a mistake in

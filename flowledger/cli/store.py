@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -10,7 +11,7 @@ from flowledger.authoring.definition import Workflow as WorkflowDefinition
 from flowledger.cli.exits import CommandError
 from flowledger.cli.render import err
 from flowledger.domain.errors import NoStoreYet
-from flowledger.infrastructure.store_url import parse_store_url, shown
+from flowledger.infrastructure.store_url import DEFAULT_STORE, STORE_ENV, parse_store_url, shown
 
 
 class CommandEngine(fl.Engine):
@@ -67,16 +68,23 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
     config = parse_store_url(store)
     if writes is not None:
         refuse_writes(store, writes)
-    if say_new and not must_exist and not store.startswith("memory:"):
-        try:
-            engine = CommandEngine(store, record=record, create=False)
-        except NoStoreYet:
-            engine = CommandEngine(store, record=record, create=True)  # said once made
-            err.print(f"note: no store at {shown(store)} yet: a new one is made there (if you "
-                      "meant a store that exists, check --store)", soft_wrap=True,
-                      markup=False, highlight=False)
-    else:
-        engine = CommandEngine(store, record=record, create=not must_exist)
+    try:
+        if say_new and not must_exist and not store.startswith("memory:"):
+            try:
+                engine = CommandEngine(store, record=record, create=False)
+            except NoStoreYet:
+                engine = CommandEngine(store, record=record, create=True)  # said once made
+                err.print(f"note: no store at {shown(store)} yet: a new one is made there (if "
+                          "you meant a store that exists, check --store)", soft_wrap=True,
+                          markup=False, highlight=False)
+        else:
+            engine = CommandEngine(store, record=record, create=not must_exist)
+    except NoStoreYet as e:
+        if store != DEFAULT_STORE or os.environ.get(STORE_ENV):
+            raise
+        raise CommandError(f"{e}. {DEFAULT_STORE} is the default store, in the current "
+                           f"folder, used when neither --store nor {STORE_ENV} names one: "
+                           f"name yours with --store URL or {STORE_ENV}") from e
     try:
         if config.read_only and reads_side:
             _say_how_far_behind(engine)

@@ -61,8 +61,8 @@ def shown(url: str) -> str:
     if not isinstance(url, str):
         return f"<a {type(url).__name__}, not a URL>"
     scheme, sep, rest = url.partition("://")
-    if scheme.lower() in ("sqlite", "memory"):
-        return url  # a file's name, which holds no credentials
+    if url.lower().startswith(("sqlite:", "memory:")):
+        return url  # a file's name (sqlite:/x.db too), which holds no credentials
     if not sep or not _SCHEME.fullmatch(scheme):
         # Not a URL: user:password@ may still be in it (a missing /, say).
         scheme, sep, rest = "", "", url

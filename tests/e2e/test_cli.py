@@ -445,7 +445,9 @@ def mistakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["run", "empty.py"], "registers no workflow"),
     (["run", "broken.py"], "consumer 'Orphan' subscribes to nothing"),
     (["run", "flaky.py", "--workflow", "nope"], "defines no workflow 'nope'"),
-    (["run", "flaky.py", "--max-cost", "a lot"], "max_cost must be a decimal"),
+    (["run", "flaky.py", "--max-cost", "a lot"], "--max-cost must be an amount of 0 or more"),
+    (["run", "flaky.py", "--max-cost", "-1"], "--max-cost must be an amount of 0 or more"),
+    (["--store", "sqlite:/flow.db", "status"], "store URL 'sqlite:/flow.db' is not a URL"),
     (["resolve", "00000000-0000-0000-0000-000000000000", "skip"], "no run"),
     (["resolve", "not-a-run-id", "skip"], "is not a run id"),
     (["resume", "nope"], "no workflow named 'nope'"),
@@ -461,6 +463,18 @@ def mistakes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_user_mistakes_exit_2_on_one_line(mistakes: Path, args: list[str],
                                           fragment: str) -> None:
     assert_user_error(flowledger(*args, cwd=mistakes), fragment)
+
+
+def test_no_store_where_none_was_named_says_it_was_the_default(tmp_path: Path) -> None:
+    """In a folder without one, it said only "check the file's name", of a
+    file the user never named."""
+    assert_user_error(flowledger("status", cwd=tmp_path),
+                      "no store at", "sqlite:///flowledger.db is the default store, in the "
+                      "current folder, used when neither --store nor FLOWLEDGER_STORE names "
+                      "one: name yours with --store URL or FLOWLEDGER_STORE")
+    named = flowledger("--store", "sqlite:///mine.db", "status", cwd=tmp_path)
+    assert_user_error(named, "no store at")
+    assert "default store" not in named.stderr
 
 
 def test_the_installed_script_is_the_same_command(tmp_path: Path) -> None:

@@ -186,6 +186,17 @@ def test_a_mistake_in_the_code_leaves_no_store_behind(tmp_path: Path, command: s
     assert not (tmp_path / "new.db").exists(), "a store was made for code that cannot run"
 
 
+def test_a_bad_max_cost_is_refused_before_a_store_is_made(tmp_path: Path) -> None:
+    """It was refused by the engine, once the store was made and the workflows
+    recorded in it, and under the Python name (max_cost)."""
+    (tmp_path / "two.py").write_text(TWO_WORKFLOWS)
+    assert_user_error(flowledger("--store", "sqlite:///new.db", "run", "two.py", "--max-cost",
+                                 "abc", cwd=tmp_path),
+                      "--max-cost must be an amount of 0 or more (a decimal, such as 2.50), "
+                      "got 'abc'; nothing was run or written")
+    assert not (tmp_path / "new.db").exists()
+
+
 def test_run_says_when_it_makes_a_new_store(tmp_path: Path) -> None:
     """A typo in --store would start every workflow afresh: the store made is said."""
     (tmp_path / "two.py").write_text(TWO_WORKFLOWS)

@@ -149,6 +149,7 @@ def test_what_is_not_quite_a_url_hides_its_password_too() -> None:
 
 def test_urls_without_credentials_are_shown_as_they_are() -> None:
     for url in ["sqlite:///data/a:b@c.db", "memory://", "postgresql://alice@db:5432/app",
+                "sqlite:/tour.db", "sqlite:tour.db",  # not URLs, but no password either
                 "postgresql://db/app?schema=s", "postgresql://[::1]:5432/app"]:
         assert shown(url) == url
 

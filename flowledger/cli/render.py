@@ -141,7 +141,7 @@ def note(label: str, text: str, style: str = "") -> None:
 # ------------------------------------------------------------------ JSON
 
 
-def _json_default(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     if isinstance(value, UUID | Decimal):
         return str(value)  # a decimal as text: exact
     if isinstance(value, datetime):
@@ -159,7 +159,7 @@ def print_json(value: Any) -> None:
     """Plain JSON on stdout (no colours, no wrapping): decimals and ids as strings."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
-    sys.stdout.write(json.dumps(value, default=_json_default, indent=2, ensure_ascii=False)
+    sys.stdout.write(json.dumps(value, default=json_value, indent=2, ensure_ascii=False)
                      + "\n")
 
 
@@ -167,7 +167,7 @@ def print_json_line(value: Any) -> None:
     """One JSON object on one line (JSON Lines), for output that streams."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
-    sys.stdout.write(json.dumps(value, default=_json_default, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(value, default=json_value, ensure_ascii=False) + "\n")
 
 
 # ------------------------------------------------------------------ progress

@@ -17,7 +17,7 @@ import flowledger as fl
 from flowledger.cli.exits import EXIT_OK
 from flowledger.cli.loading import load_definitions, register_definitions
 from flowledger.cli.options import StoreOption, TargetArgument, store_url
-from flowledger.cli.render import out
+from flowledger.cli.render import json_value, out
 from flowledger.cli.store import open_engine, refuse_writes, require_workflow
 from flowledger.cli.views import log_line
 from flowledger.domain.errors import StoreUnreachable
@@ -103,13 +103,18 @@ def _notable(event: LoggedEvent) -> bool:
 
 
 def _plain(value: Any) -> Any:
+    """A recorded value as JSON shows it everywhere (`log --json` too): times
+    in ISO 8601, ids and decimals as text."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, str | int | float | bool) or value is None:
         return value
-    return str(value)
+    try:
+        return json_value(value)
+    except TypeError:
+        return str(value)
 
 
 def print_live(engine: fl.Engine, after: int | None, workflow: str | None, interval: float,

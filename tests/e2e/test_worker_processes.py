@@ -6,6 +6,7 @@ store's notifications)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,6 +231,11 @@ def test_follow_prints_events_appended_by_another_process_as_json(
     assert names[0] == "Workflow.Registered" and "HandlerRun.MutationApplied" in names
     assert names[-1] == "Workflow.SessionClosed"
     assert [e["position"] for e in seen] == sorted(e["position"] for e in seen)
+    # Every time in ISO 8601, as `log --json` gives them (lease_until had a space).
+    leased = next(e for e in seen if e["event"] == "SessionOpened")
+    for moment in (leased["time"], leased["fields"]["lease_until"]):  # type: ignore[index]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00",
+                            str(moment)), moment
 
 
 def test_a_worker_killed_in_a_call_is_replaced_and_nothing_is_done_twice(

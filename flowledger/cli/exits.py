@@ -16,6 +16,7 @@ from flowledger.domain.session import SessionOutcome
 
 EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE  # 141: the reader of the output went away
 
 # A session that ends so leaves nothing for a person to do.
 DONE_OUTCOMES: tuple[str, ...] = (SessionOutcome.COMPLETED, SessionOutcome.BUDGET_EXHAUSTED)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID
 
 from rich.console import Console
@@ -22,6 +22,7 @@ from rich.rule import Rule
 from rich.text import Text
 
 import flowledger as fl
+from flowledger.cli.exits import EXIT_PIPE_CLOSED
 from flowledger.domain.phases import RunStatus
 from flowledger.domain.session import SessionOutcome
 from flowledger.domain.workflow import WorkflowStatus
@@ -36,8 +37,21 @@ def _piped_width() -> int | None:
     return 400
 
 
-out = Console(highlight=False, width=_piped_width())
-err = Console(stderr=True, highlight=False)
+def pipe_closed() -> NoReturn:
+    """The reader went away (`flowledger log | head`): stop quietly with the
+    code of a command a closed pipe stopped, not 1 (a session not done).
+    What is still buffered goes nowhere, instead of failing at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(EXIT_PIPE_CLOSED)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        pipe_closed()
+
+
+out = _Console(highlight=False, width=_piped_width())
+err = _Console(stderr=True, highlight=False)
 
 
 def plain_layout() -> bool:
@@ -159,15 +173,22 @@ def print_json(value: Any) -> None:
     """Plain JSON on stdout (no colours, no wrapping): decimals and ids as strings."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
-    sys.stdout.write(json.dumps(value, default=json_value, indent=2, ensure_ascii=False)
-                     + "\n")
+    _write(json.dumps(value, default=json_value, indent=2, ensure_ascii=False) + "\n")
 
 
 def print_json_line(value: Any) -> None:
     """One JSON object on one line (JSON Lines), for output that streams."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
-    sys.stdout.write(json.dumps(value, default=json_value, ensure_ascii=False) + "\n")
+    _write(json.dumps(value, default=json_value, ensure_ascii=False) + "\n")
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pipe_closed()
 
 
 # ------------------------------------------------------------------ progress

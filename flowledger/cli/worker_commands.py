@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -17,7 +16,7 @@ import flowledger as fl
 from flowledger.cli.exits import EXIT_OK
 from flowledger.cli.loading import load_definitions, register_definitions
 from flowledger.cli.options import StoreOption, TargetArgument, store_url
-from flowledger.cli.render import json_value, out
+from flowledger.cli.render import json_value, out, print_json_line
 from flowledger.cli.store import open_engine, refuse_writes, require_workflow
 from flowledger.cli.views import log_line
 from flowledger.domain.errors import StoreUnreachable
@@ -163,12 +162,12 @@ def follow(
         if blocked and not notable:
             return
         if as_json:
-            typer.echo(json.dumps({
+            print_json_line({
                 "position": event.position, "time": event.timestamp.isoformat(),
                 "aggregate": event.aggregate, "event": event.name,
                 "stream": str(event.stream_id),
                 "workflow_id": str(event.workflow_id) if event.workflow_id else None,
-                "notable": notable, "fields": _plain(event.fields)}))
+                "notable": notable, "fields": _plain(event.fields)})
         else:
             mark = Text("!! ", style="bold red") if notable else Text("   ")
             out.print(mark + log_line(event, margin=len(mark)), soft_wrap=True)

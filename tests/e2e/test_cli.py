@@ -499,3 +499,33 @@ def test_a_crash_point_that_does_not_exist_is_refused_instead_of_never_reached(
     result = flowledger("run", str(EXAMPLE), cwd=tmp_path, env={"FLOWLEDGER_CRASH_AT": spec})
     assert_user_error(result, "FLOWLEDGER_CRASH_AT", "names no durable point", "after_call#2")
     assert not (tmp_path / "flowledger.db").exists()  # refused before the store is opened
+
+
+@pytest.mark.parametrize("args", [["log"], ["log", "--json"]], ids=["text", "json"])
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path,
+                                                             args: list[str]) -> None:
+    """`flowledger log | head -1`: it exited 1 (a session not done) with a
+    closed pipe; now 141, as a command a closed pipe stopped, and says nothing."""
+    import flowledger as fl
+
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    wf = fl.Workflow("many", topics=["t"])
+
+    @wf.producer(publishes=["t"])
+    def fill(ctx: object, state: object) -> None:
+        for i in range(1500):  # a log of well over a pipe's 64 kB
+            ctx.publish("t", message_id=str(i), payload={"i": i})  # type: ignore[attr-defined]
+
+    with fl.Engine(store) as engine:
+        engine.register(wf)
+        engine.run_session("many")
+    env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_STORE"}
+    reader = subprocess.Popen([sys.executable, "-m", "flowledger.cli", "--store", store, *args],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.readline()
+    reader.stdout.close()  # as `head -1` does, the rest unread
+    said = reader.stderr.read()
+    assert reader.wait(timeout=60) == 141, said
+    assert said == ""

@@ -70,7 +70,9 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
     recode = _recoder(source, target)
     with src.reading() as c:
         total = src.max_position(c)
-    copied, after = _start(source, target)
+    copied, after = _start(source, target, total)
+    if copied and after == total:
+        return copied  # a copy this one finished earlier, found whole: nothing to write
     hook, dst.after_insert = dst.after_insert, None  # the target's projections: rebuilt after
     try:
         batches = _batches(src, after)
@@ -94,14 +96,15 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
     return copied
 
 
-def _start(source: EventLog, target: EventLog) -> tuple[int, int]:
+def _start(source: EventLog, target: EventLog, total: int) -> tuple[int, int]:
     """Mark an empty target as being filled from `source`, or find where an
     earlier copy from it stopped: (events in the target, the source's position
     of the last of them). Under the target's write lock: of two copies at
     once, one marks it and the other finds it marked. A target this copy
-    already finished (interrupted while its projections were rebuilt, say)
-    is found whole, or goes on with what the source appended since; once
-    anything else was appended to it, it is a store of its own, refused."""
+    already finished (interrupted while its projections were rebuilt, say) is
+    found whole; if the source appended more since, it is refused like any
+    store in use (engines may be writing it: only a marked target is kept
+    from them)."""
     dst, shown = target.flow_recorder, source.config.shown
     with dst.writing(sync=True) as c:
         held = dst.max_position(c)
@@ -111,25 +114,29 @@ def _start(source: EventLog, target: EventLog) -> tuple[int, int]:
             copied, copied_id = recorded.get(COPIED), recorded.get(COPIED_ID)
             done = (_prefix_of(source, target, c)
                     if held and copied and _same_source(source, copied, copied_id) else None)
-            if held and done is None:
+            if done is not None and done[1] == total:
+                return done
+            if held:
+                grown = (f" (the first of {shown!r}, copied before; it has appended more "
+                         "since, and this copy may be in use)" if done is not None else "")
                 raise ConfigurationError(
                     f"cannot copy into {target.config.shown!r}: it already holds {held:,} "
-                    "events. Copy into a new, empty store (a new SQLite file, or an empty "
-                    "PostgreSQL database or ?schema=...)")
+                    f"events{grown}. Copy into a new, empty store (a new SQLite file, or an "
+                    "empty PostgreSQL database or ?schema=...)")
             mark_copying(c, shown, source.format.store_id)
-            return done or (0, 0)
+            return 0, 0
     if not _same_source(source, marked, marked_id):
         raise ConfigurationError(
             f"cannot copy into {target.config.shown!r}: a copy of another log, {marked!r}, "
             "into it has not finished (it is under way, or it stopped). Let it finish, or "
             f"run it again to go on where it stopped; copy {shown!r} into a new, empty store")
     with dst.reading() as c:  # one snapshot: the count and the last event agree
-        done = _prefix_of(source, target, c)
-    if done is None:
+        found = _prefix_of(source, target, c)
+    if found is None:
         raise ConfigurationError(
             f"cannot copy into {target.config.shown!r}: the events it holds are not the "
             f"first of {shown!r}. Delete it and copy into a new, empty store")
-    return done
+    return found
 
 
 def _prefix_of(source: EventLog, target: EventLog, c: Any) -> tuple[int, int] | None:

@@ -117,8 +117,6 @@ COPIED_ID = "copied_store_id"
 
 
 def mark_copying(c: Any, source: str, source_id: str) -> None:
-    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?, ?, ?)",
-              (COPYING, COPYING_ID, COPIED, COPIED_ID))
     c.executemany(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)",
                   [(COPYING, source), (COPYING_ID, source_id)])
 

@@ -86,23 +86,29 @@ def test_copying_into_a_store_that_holds_events_is_refused(tmp_path: Path,
         assert len(list(target.events())) == count
 
 
-def test_the_same_copy_run_again_finds_it_whole_or_goes_on_with_what_the_source_appended(
+def test_the_same_copy_run_again_finds_it_whole_and_writes_nothing(
         tmp_path: Path, ledger: ExternalLedger, store: str) -> None:
     """Interrupted once its events were all in (while the projections were
     rebuilt), the copy told the user to start again elsewhere, although the
-    target was whole: run again, it finds it so; and after the source
-    appended more, it carries those over too."""
+    target was whole: run again, it finds it so. A source that appended more
+    since is refused, as any store in use is (engines may be writing it), and
+    the copy is left as it was."""
     source = filled(tmp_path / "source.db", ledger)
     first = fl.copy_store(source, store)
     assert fl.copy_store(source, store) == first
     with fl.Engine(source) as before, fl.Engine(store) as after:
         assert answers(after) == answers(before)
+        kept = answers(after)
     with fl.Engine(source) as more:
         more.register(ledger_workflow(items=["d"]), tools=[ScriptedLedgerTool(ledger)])
         more.run_session("wf")
-    assert fl.copy_store(source, store) > first
-    with fl.Engine(source) as before, fl.Engine(store) as after:
-        assert answers(after) == answers(before)
+    with pytest.raises(fl.ConfigurationError, match=(
+            rf"already holds {first:,} events \(the first of .*, copied before; it has "
+            r"appended more since, and this copy may be in use\)\. Copy into a new, empty "
+            r"store")):
+        fl.copy_store(source, store)
+    with fl.Engine(store) as after:
+        assert answers(after) == kept
         assert after.verify().ok
 
 

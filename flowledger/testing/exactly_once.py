@@ -38,7 +38,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
                       "pip install hypothesis (flowledger's `dev` extra has it)") from error
 
 from flowledger.authoring.definition import Workflow
-from flowledger.authoring.tools import Tool
+from flowledger.authoring.tools import Reconciliation, Tool
 from flowledger.domain.errors import ActionNotApplicable
 from flowledger.engine.clock import ManualClock, SeededIds
 from flowledger.engine.engine import Engine
@@ -165,6 +165,7 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
     mutated: list[bool] = []  # per history: did any mutation have an effect
+    seen = Counter[str]()  # across histories: messages published, consumer runs, calls
     with tempfile.TemporaryDirectory() as folder:
         targets = [(d.tool_name(), method, fault)
                    for d in _doubles(tools, Path(folder))
@@ -191,6 +192,8 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
                 faulty.check_world(world_check, [s.value for s in history
                                                  if isinstance(s, Deliver)])
             mutated.append(any(d.effects() for d in faulty.doubles))
+            if not mutated[-1]:
+                seen.update(faulty.what_ran())
         finally:
             faulty.close()
 
@@ -201,12 +204,26 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
     except ExactlyOnceViolation as e:
         e.args = (f"{e.args[0]}\n{replay}", *e.args[1:])
         raise
+    except BaseException as e:  # the check's own failure, or hypothesis's group of them
+        e.add_note(replay)
+        raise
     if mutated and not any(mutated):
         raise ExactlyOnceViolation(
             f"exactly-once check of workflow {workflow.name!r}: no mutation happened in any "
-            f"of the {len(mutated)} histories, so the check proved nothing. Do the workflow's "
-            "producers find what `deliver(folder, value)` puts in `folder`? The tools "
-            f"`tools(folder)` makes are the only way they can see that folder. {replay}")
+            f"of the {len(mutated)} histories, so the check proved nothing. In all, its "
+            f"producers published {seen['published']} message(s), its consumers ran "
+            f"{seen['consumer runs']} time(s) and called a mutator {seen['mutator calls']} "
+            f"time(s). {_where_to_look(seen)} {replay}")
+
+
+def _where_to_look(seen: Counter[str]) -> str:
+    if not seen["published"]:
+        return ("Do the workflow's producers find what `deliver(folder, value)` puts in "
+                "`folder`? The tools `tools(folder)` makes are the only way they can see it.")
+    if not seen["mutator calls"]:
+        return ("Does each consumer's prepare return fl.Prepared naming the messages it "
+                "takes, and its mutate call a mutator (ctx.tools.NAME.METHOD(...))?")
+    return "Every mutator call failed: see the tools' faults and what they raised."
 
 
 def _doubles(tools: Callable[[Path], Sequence[Tool]], folder: Path) -> list[ToolDouble]:
@@ -253,6 +270,7 @@ class _History:
         self.engines = 0
         self.armed: str | None = None
         self.skipped_after_effect: list[Hashable] = []
+        self.skipped_runs: list[str] = []  # runs a person skipped, for the report
         self.engine = self._new_engine()
 
     def __enter__(self) -> _History:
@@ -358,13 +376,17 @@ class _History:
                 # As a person who looked would: no call made, or none that took
                 # effect, is a mutation that did not happen (a fresh run makes it).
                 action = "did_not_happen" if effect in ("did_not_happen", None) else "skip"
+                try:
+                    self.engine.resolve(blocked.run_id, action)
+                except ActionNotApplicable:  # a session is open: the next recover closes it
+                    continue
                 if action == "skip" and effect is not None:
                     self.skipped_after_effect.append(self._log_key(
                         blocked.tool, blocked.method or "", blocked.params))
+                    self.skipped_runs.append(f"{str(blocked.run_id)[-8:]} of {blocked.handler}")
                 self.say(f"   a person: {blocked.tool}.{blocked.method} of run "
                          f"{str(blocked.run_id)[-8:]} is indeterminate; its effect "
                          f"{effect or 'was never attempted'}: {action}")
-                self.engine.resolve(blocked.run_id, action)
             elif not blocked.actions or blocked.actions == ("resume",):
                 with contextlib.suppress(ActionNotApplicable):
                     self.engine.resume(blocked.workflow)
@@ -405,8 +427,24 @@ class _History:
         return left
 
     def pending(self) -> dict[str, int]:
-        return {t.topic: t.pending for t in
-                self.engine.pending_work(self.workflow.name).topics if t.pending}
+        """Messages left pending in the topics a consumer takes from. A topic
+        nothing consumes (a digest's announcements) holds what runs published,
+        and how runs split their batches may change with faults."""
+        consumed = {t for c in self.workflow.consumers for t in c.subscribe}
+        return {t.topic: t.pending for t in self.engine.pending_work(self.workflow.name).topics
+                if t.pending and t.topic in consumed}
+
+    def what_ran(self) -> Counter[str]:
+        """For a check that proved nothing: what its history did."""
+        consumers = {c.name for c in self.workflow.consumers}
+        return Counter({
+            "published": sum(1 for e in self.engine.events(self.workflow.name)
+                             if e.aggregate == "TopicEvent" and e.name == "Published"),
+            "consumer runs": sum(1 for r in self.engine.runs(workflow=self.workflow.name,
+                                                             limit=None)
+                                 if r.handler in consumers),
+            "mutator calls": sum(1 for d in self.doubles for c in d.calls
+                                 if c.kind == "mutator")})
 
     # ------------------------------------------------------------- verdict
 
@@ -419,6 +457,7 @@ class _History:
             if len(calls) > 1:
                 self.fail(f"a mutation happened {len(calls)} times: "
                           + "; ".join(c.describe() for c in calls))
+        self._check_reconcile_answers()
         applied = Counter(self._applied_in_log())
         applied.update(self.skipped_after_effect)
         happened = Counter({k: len(v) for k, v in effects.items()})
@@ -436,12 +475,45 @@ class _History:
             self.fail("left over: " + "; ".join(left))
         pending = self.pending()
         if pending != expected_pending:
+            skipped = (f". A person skipped the mutation of run(s) "
+                       f"{', '.join(self.skipped_runs)}, whose effect had happened: next "
+                       "then sees outcome.status 'skipped' (no result). Does it publish "
+                       "what it publishes on 'applied'?" if self.skipped_runs else "")
             self.fail(f"messages left pending per topic: {pending}; the same history "
-                      f"without faults leaves {expected_pending}")
+                      f"without faults leaves {expected_pending}{skipped}")
         try:
             assert_projections_rebuild_equal(self.engine)
         except AssertionError as e:
             self.fail(str(e))
+
+    def _check_reconcile_answers(self) -> None:
+        """A reconcile that answered retry (not told to by the check) while the
+        recorded calls showed what became of the mutation: in this world an
+        effect is there to see at once, so one that cannot tell would leave
+        every uncertain outcome of its tool to a person."""
+        for d in self.doubles:
+            mutator_of = {spec.reconcile: name for name, spec in type(d).methods().items()
+                          if spec.reconcile}
+            known: dict[Hashable, set[str]] = {}
+            for c in d.calls:
+                if c.kind == "mutator":
+                    known.setdefault(self.key(c), set()).add(str(c.effect))
+                    continue
+                answer = c.result
+                if (c.kind != "reconcile" or c.fault is not None or not c.done
+                        or not isinstance(answer, Reconciliation) or answer.status != "retry"):
+                    continue
+                method = mutator_of.get(c.method, "")
+                effects = known.get(self.key(RecordedCall(
+                    c.tool, method, "mutator", 0, c.args, c.kwargs)), {"did_not_happen"})
+                if "unknown" in effects:
+                    continue
+                truth = "happened" if "happened" in effects else "did not happen"
+                self.fail(f"{c.describe()}, though the mutation it looks for {truth} (by the "
+                          f"recorded calls of {c.tool}.{method}). A reconcile that cannot tell "
+                          "leaves every uncertain outcome of this tool to a person: it answers "
+                          "fl.Reconciliation.applied(result) when the effect is there, "
+                          "failed() when it is not, and retry() only while it cannot see yet")
 
     def check_world(self, check: WorldCheck, delivered: list[Any]) -> None:
         self.say(f"your world_check, of the values delivered: {delivered!r}")

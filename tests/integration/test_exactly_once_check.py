@@ -37,7 +37,10 @@ def misplace(folder: Path, order: str) -> None:
 
 def test_a_check_whose_workflow_never_mutates_says_it_proved_nothing() -> None:
     """Its inputs delivered where the producer does not look: it passed."""
-    with pytest.raises(flt.ExactlyOnceViolation, match="no mutation happened in any of the"):
+    with pytest.raises(flt.ExactlyOnceViolation, match=(
+            r"no mutation happened in any of the 5 histories, so the check proved nothing\. In "
+            r"all, its producers published 0 message\(s\), its consumers ran 0 time\(s\) "
+            r"and called a mutator 0 time\(s\)\. Do the workflow's producers find")):
         flt.check_exactly_once(
             orders_workflow(), tools=lambda f: [OrderFolder(f), OrderBook(f)], inputs=ORDERS,
             deliver=misplace, max_examples=5)
@@ -243,3 +246,132 @@ def test_a_report_names_its_seed_and_that_seed_replays_it() -> None:
     assert f"check_exactly_once(..., seed={seed}) draws them again" in first
     assert broken(seed) == first  # the same history, calls and verdict
     assert broken(seed + 1).endswith(f"seed={seed + 1}) draws them again.")
+
+
+class NeverSure(OrderBook):
+    """Broken: its reconcile never looks and answers retry, so every uncertain
+    outcome waits for a person (the check's person decided, and it passed)."""
+
+    def find(self, order: str) -> fl.Reconciliation:
+        return fl.Reconciliation.retry("not sure yet")
+
+
+def test_a_reconcile_that_answers_retry_where_it_could_see_is_found() -> None:
+    with pytest.raises(flt.ExactlyOnceViolation) as found:
+        flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f), NeverSure(f)],
+                               inputs=ORDERS, deliver=place_order, max_examples=150, seed=1)
+    report = str(found.value)
+    assert "book.find('A-" in report and "returned Reconciliation(status='retry'" in report
+    assert ("though the mutation it looks for" in report
+            and "leaves every uncertain outcome of this tool to a person" in report)
+
+
+class Chat(fl.Tool):
+    """One line a post, each naming the orders of one digest; reconciled by looking."""
+
+    name = "chat"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "chat.txt"
+
+    def lines(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.exists() else []
+
+    @fl.mutator(reconcile="find")
+    def post(self, orders: list[str]) -> int:
+        with self.path.open("a") as f:
+            f.write(",".join(orders) + "\n")
+        return len(self.lines())
+
+    def find(self, orders: list[str]) -> fl.Reconciliation:
+        line = ",".join(orders)
+        return (fl.Reconciliation.applied(self.lines().index(line) + 1)
+                if line in self.lines() else fl.Reconciliation.failed())
+
+
+def digest_workflow() -> fl.Workflow:
+    """Up to 3 orders a post; each post announced on a topic nothing consumes."""
+    wf = fl.Workflow("digest", topics=["placed", "digest.sent"])
+    wf.producer(publishes=["placed"], tools=["orders"])(orders_workflow().producers[0].func)
+
+    @wf.consumer(subscribe=["placed"], publishes=["digest.sent"], tools=["chat"])
+    class Digest:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared:
+            placed = ctx.peek("placed", limit=3)
+            return fl.Prepared({"placed": [m.message_id for m in placed]},
+                               data=[m.payload for m in placed]) if placed else fl.Prepared()
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.chat.post(prepared.data)
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            if prepared.data:
+                ctx.publish("digest.sent", message_id="+".join(prepared.data),
+                            payload=outcome.result)
+
+    return wf
+
+
+def test_a_topic_nothing_consumes_may_hold_what_the_runs_split_it_into() -> None:
+    """After a crash, two orders went into one digest where the calm history
+    made two: one announcement against two, on a topic nothing consumes, read
+    as a message lost (a sound workflow failed at random, 1 seed in 5)."""
+    from flowledger.testing.exactly_once import (
+        DEFAULT_POLICY,
+        ArmCrash,
+        Deliver,
+        RunSession,
+        _History,
+        _same_call,
+    )
+
+    history = [Deliver("A-1"), ArmCrash("before_append:session_open"), RunSession("manual", 4),
+               Deliver("A-2"), RunSession("manual", 4)]
+    tools = lambda f: [OrderFolder(f), Chat(f)]  # noqa: E731
+    def announced(played: Any) -> int:
+        return sum(t.pending for t in played.engine.pending_work("digest").topics
+                   if t.topic == "digest.sent")
+
+    with _History(digest_workflow(), tools, place_order, DEFAULT_POLICY, _same_call) as calm:
+        calm.play([s for s in history if isinstance(s, Deliver | RunSession)])
+        calm.drain()
+        expected, calm_posts = calm.pending(), announced(calm)
+    with _History(digest_workflow(), tools, place_order, DEFAULT_POLICY, _same_call) as faulty:
+        faulty.play(history)
+        faulty.drain()
+        assert (calm_posts, announced(faulty)) == (2, 1)  # one digest of both, after the crash
+        faulty.verdict(expected)
+
+
+class PlainBook(OrderBook):
+    """A book without a reconcile: an uncertain outcome waits for a person."""
+
+    @fl.mutator
+    def add(self, order: str) -> int:
+        return super().add(order)
+
+
+def test_the_checks_person_waits_while_a_recovery_that_crashed_left_a_session_open() -> None:
+    """The drain's recover crashed, leaving a session open, and the check's
+    person then decided: the engine refused (`decide once it has closed`) and
+    the check itself failed with ActionNotApplicable on a sound workflow."""
+    from flowledger.testing.exactly_once import (
+        DEFAULT_POLICY,
+        ArmCrash,
+        Deliver,
+        RunSession,
+        TellFault,
+        _History,
+        _same_call,
+    )
+    from flowledger.testing.tool_double import Fault
+
+    history = [Deliver("A-1"), TellFault("book", "add", Fault.CRASH_AFTER_EFFECT),
+               RunSession("manual", 1), ArmCrash("after_append:failure")]
+    with _History(orders_workflow(), lambda f: [OrderFolder(f), PlainBook(f)], place_order,
+                  DEFAULT_POLICY, _same_call) as faulty:
+        faulty.play(history)
+        faulty.drain()
+        played = "\n".join(faulty.lines)
+        assert "CRASHED at after_append:failure" in played and "skip" in played
+        faulty.check_world(booked_once, ["A-1"])

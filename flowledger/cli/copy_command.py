@@ -84,13 +84,18 @@ def copy(
     sealed = (f"encrypted with {to_key_env or from_key_env or KEY_ENV}'s key"
               if report.encrypted else "in clear" if to_clear else None)
     if as_json:
-        print_json({"events": copied, "seconds": round(seconds, 3), "to": shown(target),
+        print_json({"events": copied, "written": report.written,
+                    "seconds": round(seconds, 3), "to": shown(target),
                     "open_sessions": list(held)})
         return
-    say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
-        f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections. "
-        "Its chain is its own: anchor its head anew (`verify` on it prints it); the "
-        "source's no longer applies.")
+    if copied and not report.written:
+        say(f"{shown(target)} holds this copy already, whole: its {copied:,} events (nothing "
+            "was written now), its projections caught up.")
+    else:
+        say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
+            f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections. "
+            "Its chain is its own: anchor its head anew (`verify` on it prints it); the "
+            "source's no longer applies.")
     if held:
         err.print(f"note: sessions were open in the source ({', '.join(held)}), and are open "
                   "in the copy as the source had them. If processes were still running on "

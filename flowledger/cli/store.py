@@ -82,9 +82,10 @@ def open_engine(store: str, *, must_exist: bool = False, record: bool = True,
     except NoStoreYet as e:
         if store != DEFAULT_STORE or os.environ.get(STORE_ENV):
             raise
-        raise CommandError(f"{e}. {DEFAULT_STORE} is the default store, in the current "
-                           f"folder, used when neither --store nor {STORE_ENV} names one: "
-                           f"name yours with --store URL or {STORE_ENV}") from e
+        raise CommandError(f"{e}. {DEFAULT_STORE} is also the default store, in the "
+                           f"current folder, used when neither --store nor {STORE_ENV} names "
+                           f"one: if you named none, name yours with --store URL or "
+                           f"{STORE_ENV}") from e
     try:
         if config.read_only and reads_side:
             _say_how_far_behind(engine)

@@ -859,6 +859,7 @@ class CopyReport:
     events: int
     encrypted: bool
     open_sessions: tuple[str, ...]
+    written: int = 0  # of `events`, by this call (0: the same copy, run again, found whole)
 
 
 @store_errors_as_ours
@@ -892,7 +893,7 @@ def copy_store_report(source: str, target: str,
     try:
         dst = EventLog.open(target, to, copying=True)
         try:
-            copied = copy_log(src, dst, progress)
+            copied, written = copy_log(src, dst, progress)
         finally:
             dst.close()
     finally:
@@ -900,4 +901,4 @@ def copy_store_report(source: str, target: str,
     # Opening it folds every projection in from position 0.
     with Engine(target, cipher_key=to.cipher_key or "", chain_key=chain_key) as made:
         held = sorted({s.workflow for s in made.sessions(status="open", limit=None)})
-    return CopyReport(copied, to.cipher_key is not None, tuple(held))
+    return CopyReport(copied, to.cipher_key is not None, tuple(held), written)

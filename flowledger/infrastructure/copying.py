@@ -31,6 +31,7 @@ from flowledger.infrastructure.store import LogStore
 from flowledger.infrastructure.store_failures import from_the_store
 from flowledger.infrastructure.store_format import (
     COPIED,
+    COPIED_EVENTS,
     COPIED_ID,
     COPYING,
     COPYING_ID,
@@ -44,13 +45,17 @@ Progress = Callable[[int, int], None]  # (events copied, events in all)
 BATCH = 2000
 
 
-def copy_log(source: EventLog, target: EventLog, progress: Progress | None = None) -> int:
-    """Copy every event of `source` to the empty `target`; returns how many.
+def copy_log(source: EventLog, target: EventLog, progress: Progress | None = None
+             ) -> tuple[int, int]:
+    """Copy every event of `source` to the empty `target`; returns how many the
+    target holds, and how many of them this call wrote.
 
     The target is marked as being filled from `source` (`store_format.COPYING`)
     until the last event is in: an engine refuses to open it meanwhile (a
     partial log would have it make again what the rest records as done), and
-    copying from the same source again goes on where the copy stopped."""
+    copying from the same source again goes on where the copy stopped. Once
+    it ended, the mark becomes the record of where the log came from and how
+    many events were copied: the same copy run again finds it whole."""
     src, dst = source.flow_recorder, target.flow_recorder
     if source.format.store_id and source.format.store_id == target.format.store_id:
         raise ConfigurationError(
@@ -70,9 +75,12 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
     recode = _recoder(source, target)
     with src.reading() as c:
         total = src.max_position(c)
-    copied, after = _start(source, target, total)
-    if copied and after == total:
-        return copied  # a copy this one finished earlier, found whole: nothing to write
+    copied, after, finished = _start(source, target, total)
+    if finished:  # by this copy, earlier: nothing to write
+        if progress is not None:
+            progress(copied, copied)
+        return copied, 0
+    started = copied
     hook, dst.after_insert = dst.after_insert, None  # the target's projections: rebuilt after
     try:
         batches = _batches(src, after)
@@ -90,53 +98,79 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
             if progress is not None:
                 progress(copied, max(total, copied))
         with dst.writing(sync=True) as c:  # synced: covers the unsynced commits before it
-            unmark_copying(c)
+            unmark_copying(c, copied)
     finally:
         dst.after_insert = hook
-    return copied
+    return copied, copied - started
 
 
-def _start(source: EventLog, target: EventLog, total: int) -> tuple[int, int]:
+def _start(source: EventLog, target: EventLog, total: int) -> tuple[int, int, bool]:
     """Mark an empty target as being filled from `source`, or find where an
     earlier copy from it stopped: (events in the target, the source's position
-    of the last of them). Under the target's write lock: of two copies at
-    once, one marks it and the other finds it marked. A target this copy
-    already finished (interrupted while its projections were rebuilt, say) is
-    found whole; if the source appended more since, it is refused like any
-    store in use (engines may be writing it: only a marked target is kept
-    from them)."""
+    of the last of them, whether that copy had ended). Under the target's
+    write lock: of two copies at once, one marks it and the other finds it
+    marked. A target this copy already finished (interrupted while its
+    projections were rebuilt, say) is found whole, if it holds as many events
+    as the copy wrote and the source has appended none since; else it is a
+    store in use, refused (engines may be writing it: only a marked target is
+    kept from them)."""
     dst, shown = target.flow_recorder, source.config.shown
     with dst.writing(sync=True) as c:
         held = dst.max_position(c)
         recorded = read_format(c)
         marked, marked_id = recorded.get(COPYING), recorded.get(COPYING_ID)
         if marked is None:
-            copied, copied_id = recorded.get(COPIED), recorded.get(COPIED_ID)
-            done = (_prefix_of(source, target, c)
-                    if held and copied and _same_source(source, copied, copied_id) else None)
-            if done is not None and done[1] == total:
-                return done
             if held:
-                grown = (f" (the first of {shown!r}, copied before; it has appended more "
-                         "since, and this copy may be in use)" if done is not None else "")
-                raise ConfigurationError(
-                    f"cannot copy into {target.config.shown!r}: it already holds {held:,} "
-                    f"events{grown}. Copy into a new, empty store (a new SQLite file, or an "
-                    "empty PostgreSQL database or ?schema=...)")
+                _refuse_or_whole(source, target, c, recorded, total, held)
+                return *_prefix_or_refuse(source, target, c), True
             mark_copying(c, shown, source.format.store_id)
-            return 0, 0
+            return 0, 0, False
     if not _same_source(source, marked, marked_id):
         raise ConfigurationError(
             f"cannot copy into {target.config.shown!r}: a copy of another log, {marked!r}, "
             "into it has not finished (it is under way, or it stopped). Let it finish, or "
             f"run it again to go on where it stopped; copy {shown!r} into a new, empty store")
     with dst.reading() as c:  # one snapshot: the count and the last event agree
-        found = _prefix_of(source, target, c)
+        return *_prefix_or_refuse(source, target, c), False
+
+
+def _refuse_or_whole(source: EventLog, target: EventLog, c: Any, recorded: dict[str, str],
+                     total: int, held: int) -> None:
+    """A target that holds events and is not marked: refused, unless it is
+    this copy, ended, holding what it wrote (events are only ever appended:
+    as many means nothing since) of a source that appended nothing since."""
+    shown = source.config.shown
+    copied, copied_id = recorded.get(COPIED), recorded.get(COPIED_ID)
+    ours = bool(copied) and _same_source(source, copied, copied_id)
+    count = _count(target, c) if ours else None
+    if ours and count == int(recorded.get(COPIED_EVENTS) or -1):
+        done = _prefix_of(source, target, c)
+        if done is not None and done[1] == total:
+            return
+        grown = (f" (the first of {shown!r}, copied before; it has appended more since, "
+                 "and this copy may be in use)")
+    else:
+        wrote = recorded.get(COPIED_EVENTS)
+        grown = (f" ({count - int(wrote):,} of them appended since it was copied from "
+                 f"{shown!r})" if count is not None and wrote else "")
+    raise ConfigurationError(
+        f"cannot copy into {target.config.shown!r}: it already holds {held:,} "
+        f"events{grown}. Copy into a new, empty store (a new SQLite file, or an "
+        "empty PostgreSQL database or ?schema=...)")
+
+
+def _prefix_or_refuse(source: EventLog, target: EventLog, c: Any) -> tuple[int, int]:
+    found = _prefix_of(source, target, c)
     if found is None:
         raise ConfigurationError(
             f"cannot copy into {target.config.shown!r}: the events it holds are not the "
-            f"first of {shown!r}. Delete it and copy into a new, empty store")
+            f"first of {source.config.shown!r}. Delete it and copy into a new, empty store")
     return found
+
+
+def _count(target: EventLog, c: Any) -> int:
+    c.execute(f"SELECT COUNT(*) FROM {target.flow_recorder.events_table_name}")
+    return int(c.fetchone()[0])
 
 
 def _prefix_of(source: EventLog, target: EventLog, c: Any) -> tuple[int, int] | None:
@@ -144,8 +178,7 @@ def _prefix_of(source: EventLog, target: EventLog, c: Any) -> tuple[int, int] | 
     the target holds the source's first events and nothing else, else None.
     `c` reads the target."""
     src, dst = source.flow_recorder, target.flow_recorder
-    c.execute(f"SELECT COUNT(*) FROM {dst.events_table_name}")
-    count = int(c.fetchone()[0])
+    count = _count(target, c)
     if not count:
         return 0, 0
     c.execute(f"SELECT originator_id, originator_version FROM {dst.events_table_name} "

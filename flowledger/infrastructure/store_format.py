@@ -114,6 +114,7 @@ COPYING_ID = "copying_store_id"
 # Kept once a copy ended: the same copy run again knows its own work.
 COPIED = "copied_from"
 COPIED_ID = "copied_store_id"
+COPIED_EVENTS = "copied_events"
 
 
 def mark_copying(c: Any, source: str, source_id: str) -> None:
@@ -121,12 +122,14 @@ def mark_copying(c: Any, source: str, source_id: str) -> None:
                   [(COPYING, source), (COPYING_ID, source_id)])
 
 
-def unmark_copying(c: Any) -> None:
+def unmark_copying(c: Any, events: int) -> None:
     """The copy ended: the mark that kept engines out becomes the record of
-    where the log came from."""
-    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?)", (COPIED, COPIED_ID))
+    where the log came from, and of how many events the copy wrote."""
+    c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?, ?)",
+              (COPIED, COPIED_ID, COPIED_EVENTS))
     c.execute(f"UPDATE {FORMAT_TABLE} SET name = ? WHERE name = ?", (COPIED, COPYING))
     c.execute(f"UPDATE {FORMAT_TABLE} SET name = ? WHERE name = ?", (COPIED_ID, COPYING_ID))
+    c.execute(f"INSERT INTO {FORMAT_TABLE} VALUES (?, ?)", (COPIED_EVENTS, str(events)))
 
 
 def recorded_tables(c: Any) -> tuple[int, set[str]]:

@@ -469,9 +469,10 @@ def test_no_store_where_none_was_named_says_it_was_the_default(tmp_path: Path) -
     """In a folder without one, it said only "check the file's name", of a
     file the user never named."""
     assert_user_error(flowledger("status", cwd=tmp_path),
-                      "no store at", "sqlite:///flowledger.db is the default store, in the "
-                      "current folder, used when neither --store nor FLOWLEDGER_STORE names "
-                      "one: name yours with --store URL or FLOWLEDGER_STORE")
+                      "no store at", "sqlite:///flowledger.db is also the default store, in "
+                      "the current folder, used when neither --store nor FLOWLEDGER_STORE "
+                      "names one: if you named none, name yours with --store URL or "
+                      "FLOWLEDGER_STORE")
     named = flowledger("--store", "sqlite:///mine.db", "status", cwd=tmp_path)
     assert_user_error(named, "no store at")
     assert "default store" not in named.stderr

@@ -80,7 +80,7 @@ def test_copying_into_a_store_that_holds_events_is_refused(tmp_path: Path,
         target.register(ledger_workflow(items=["d"]), tools=[ScriptedLedgerTool(ledger)])
         target.run_session("wf")  # the copy lives on: its log is its own now
         count = len(list(target.events()))
-    with pytest.raises(fl.ConfigurationError, match=r"already holds .* events\. Copy into a new"):
+    with pytest.raises(fl.ConfigurationError, match=r"already holds .* events.*\. Copy into a new"):
         fl.copy_store(source, store)
     with fl.Engine(store) as target:
         assert len(list(target.events())) == count
@@ -110,6 +110,46 @@ def test_the_same_copy_run_again_finds_it_whole_and_writes_nothing(
     with fl.Engine(store) as after:
         assert answers(after) == kept
         assert after.verify().ok
+
+
+def test_a_copy_killed_after_its_last_batch_is_finished_by_the_same_command(
+        tmp_path: Path, ledger: ExternalLedger, store: str) -> None:
+    """Killed with every event in but the mark not yet lifted: the same copy
+    run again lifts it (a review found it refused for ever: found whole, it
+    returned before lifting the mark, and engines refused the marked store)."""
+    source = filled(tmp_path / "source.db", ledger)
+    with fl.Engine(source) as before:
+        logged = answers(before)
+    _copy_killed_after("sqlite:///source.db", store, len(logged["log"]), tmp_path)
+    with pytest.raises(fl.ConfigurationError, match="has not finished"):
+        fl.Engine(store)
+    from flowledger.engine.engine import copy_store_report
+
+    assert copy_store_report(source, store).written == 0
+    with fl.Engine(store) as after:
+        assert answers(after) == logged
+
+
+def test_a_copy_both_logs_went_on_from_is_refused_though_they_hold_as_many_events(
+        tmp_path: Path, ledger: ExternalLedger, store: str) -> None:
+    """The source and the copy each ran a session since: as many events, the
+    same last stream and version (a workflow's SessionClosed), and the copy
+    was taken for whole (a review). The copy records how many events it
+    wrote: any more are its own."""
+    source = filled(tmp_path / "source.db", ledger)
+    first = fl.copy_store(source, store)
+    for url, item in ((source, "d"), (store, "e")):
+        with fl.Engine(url) as engine:
+            engine.register(ledger_workflow(items=[item]), tools=[ScriptedLedgerTool(ledger)])
+            engine.run_session("wf")
+    with fl.Engine(source) as a, fl.Engine(store) as b:
+        assert len(list(a.events())) == len(list(b.events())) > first
+        kept = answers(b)
+    with pytest.raises(fl.ConfigurationError, match=(
+            r"already holds .* events \(\d+ of them appended since it was copied from ")):
+        fl.copy_store(source, store)
+    with fl.Engine(store) as after:
+        assert answers(after) == kept
 
 
 def test_a_log_with_nul_in_its_names_is_refused_where_text_cannot_keep_it(

@@ -8,7 +8,10 @@ by itself, and the verdict (ADR 0021):
 * the log and the recorded calls agree: each mutation the log says was applied
   happened once, and each effect that happened is one the log knows of;
 * nothing is left open, unfinished, blocked or failed, and as many messages are
-  left pending per topic as in the same history without faults;
+  left pending in each topic a consumer takes from as in the same history
+  without faults;
+* no reconcile answered retry where the recorded calls show what became of
+  the call (it would leave every uncertain outcome to a person);
 * the projections rebuilt from the log equal the live ones;
 * the user's own rule of the outside world (`world_check`), if given, holds;
 * and across all histories, some mutation happened at all: a check whose
@@ -487,33 +490,39 @@ class _History:
             self.fail(str(e))
 
     def _check_reconcile_answers(self) -> None:
-        """A reconcile that answered retry (not told to by the check) while the
-        recorded calls showed what became of the mutation: in this world an
-        effect is there to see at once, so one that cannot tell would leave
-        every uncertain outcome of its tool to a person."""
+        """A reconcile that answered retry (not told to by the check, nor made
+        blind by a fault the check put into a read it made) while the recorded
+        calls showed what became of the mutation: in this world an effect is
+        there to see at once, so one that cannot tell would leave every
+        uncertain outcome of its tool to a person."""
         for d in self.doubles:
-            mutator_of = {spec.reconcile: name for name, spec in type(d).methods().items()
-                          if spec.reconcile}
+            mutators_of: dict[str, list[str]] = {}
+            for name, spec in type(d).methods().items():
+                if spec.reconcile:
+                    mutators_of.setdefault(spec.reconcile, []).append(name)
+            calls = d.calls
             known: dict[Hashable, set[str]] = {}
-            for c in d.calls:
+            for i, c in enumerate(calls):
                 if c.kind == "mutator":
                     known.setdefault(self.key(c), set()).add(str(c.effect))
                     continue
                 answer = c.result
                 if (c.kind != "reconcile" or c.fault is not None or not c.done
-                        or not isinstance(answer, Reconciliation) or answer.status != "retry"):
+                        or not isinstance(answer, Reconciliation) or answer.status != "retry"
+                        or _blinded(calls, i)):
                     continue
-                method = mutator_of.get(c.method, "")
-                effects = known.get(self.key(RecordedCall(
-                    c.tool, method, "mutator", 0, c.args, c.kwargs)), {"did_not_happen"})
+                methods = mutators_of.get(c.method, [])
+                effects = set().union(*(known.get(self.key(RecordedCall(
+                    c.tool, m, "mutator", 0, c.args, c.kwargs)), set()) for m in methods))
                 if "unknown" in effects:
                     continue
                 truth = "happened" if "happened" in effects else "did not happen"
                 self.fail(f"{c.describe()}, though the mutation it looks for {truth} (by the "
-                          f"recorded calls of {c.tool}.{method}). A reconcile that cannot tell "
-                          "leaves every uncertain outcome of this tool to a person: it answers "
-                          "fl.Reconciliation.applied(result) when the effect is there, "
-                          "failed() when it is not, and retry() only while it cannot see yet")
+                          f"recorded calls of {c.tool}.{'/'.join(methods)}). A reconcile that "
+                          "cannot tell leaves every uncertain outcome of this tool to a person: "
+                          "it answers fl.Reconciliation.applied(result) when the effect is "
+                          "there, failed() when it is not, and retry() only while it cannot "
+                          "see yet")
 
     def check_world(self, check: WorldCheck, delivered: list[Any]) -> None:
         self.say(f"your world_check, of the values delivered: {delivered!r}")
@@ -544,6 +553,17 @@ class _History:
             "Mutator and reconcile calls:",
             *(f"  {c.describe()}" for c in calls), *([] if calls else ["  (none)"])])
         raise ExactlyOnceViolation(report) from cause
+
+
+def _blinded(calls: list[RecordedCall], i: int) -> bool:
+    """Whether a read the reconcile call `calls[i]` made (recorded after it,
+    before the tool's next mutator or reconcile call) was failed by the check."""
+    for later in calls[i + 1:]:
+        if later.kind != "read":
+            return False
+        if later.fault is not None:
+            return True
+    return False
 
 
 def _session_line(result: Any) -> str:

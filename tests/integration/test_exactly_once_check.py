@@ -375,3 +375,63 @@ def test_the_checks_person_waits_while_a_recovery_that_crashed_left_a_session_op
         played = "\n".join(faulty.lines)
         assert "CRASHED at after_append:failure" in played and "skip" in played
         faulty.check_world(booked_once, ["A-1"])
+
+
+class LooksWithItsRead(flt.ToolDouble):
+    """A fake book (a ToolDouble, as the kit documents) whose reconcile looks
+    with its own read and answers retry while that read fails."""
+
+    name = "book"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "book.txt"
+
+    def lines(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.exists() else []
+
+    @fl.read
+    def has(self, order: str) -> bool:
+        return order in self.lines()
+
+    @fl.mutator(reconcile="find")
+    def add(self, order: str) -> int:
+        with self.path.open("a") as f:
+            f.write(order + "\n")
+        return len(self.lines())
+
+    def find(self, order: str) -> fl.Reconciliation:
+        try:
+            seen = self.has(order)
+        except fl.TransientError as e:
+            return fl.Reconciliation.retry(f"could not look: {e}")
+        return (fl.Reconciliation.applied(self.lines().index(order) + 1) if seen
+                else fl.Reconciliation.failed("not in the book"))
+
+
+def test_a_reconcile_the_check_blinded_may_answer_retry() -> None:
+    """The check failed the read the reconcile looks with: its retry is right
+    (a review found it reported)."""
+    from flowledger.testing.exactly_once import (
+        DEFAULT_POLICY,
+        Deliver,
+        RunSession,
+        TellFault,
+        _History,
+        _same_call,
+    )
+    from flowledger.testing.tool_double import Fault
+
+    history = [Deliver("A-1"), TellFault("book", "add", Fault.UNCERTAIN),
+               TellFault("book", "has", Fault.TRANSIENT), RunSession("manual", 1)]
+    tools = lambda f: [OrderFolder(f), LooksWithItsRead(f)]  # noqa: E731
+    with _History(orders_workflow(), tools, place_order, DEFAULT_POLICY, _same_call) as calm:
+        calm.play([s for s in history if isinstance(s, Deliver | RunSession)])
+        calm.drain()
+        expected = calm.pending()
+    with _History(orders_workflow(), tools, place_order, DEFAULT_POLICY, _same_call) as faulty:
+        faulty.play(history)
+        faulty.drain()
+        blinded = [c for d in faulty.doubles for c in d.calls if c.method == "find"]
+        assert blinded[0].result.status == "retry"  # the case: it could not see
+        faulty.verdict(expected)
+        faulty.check_world(booked_once, ["A-1"])

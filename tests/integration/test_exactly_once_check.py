@@ -435,3 +435,17 @@ def test_a_reconcile_the_check_blinded_may_answer_retry() -> None:
         assert blinded[0].result.status == "retry"  # the case: it could not see
         faulty.verdict(expected)
         faulty.check_world(booked_once, ["A-1"])
+
+
+def test_an_error_that_is_not_a_violation_still_names_its_seed() -> None:
+    """Only an ExactlyOnceViolation carried the seed: an error raised by the
+    user's deliver (or by the check itself) could not be drawn again."""
+
+    def deliver_nowhere(folder: Path, order: str) -> None:
+        raise ValueError(f"no shop folder for {order}")
+
+    with pytest.raises(ValueError, match="no shop folder") as raised:
+        flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f), OrderBook(f)],
+                               inputs=ORDERS, deliver=deliver_nowhere, max_examples=3, seed=7)
+    assert any("drawn from seed 7: check_exactly_once(..., seed=7) draws them again" in note
+               for note in getattr(raised.value, "__notes__", []))

@@ -384,28 +384,22 @@ class LooksWithItsRead(flt.ToolDouble):
     name = "book"
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / "book.txt"
-
-    def lines(self) -> list[str]:
-        return self.path.read_text().splitlines() if self.path.exists() else []
+        self.book = OrderBook(folder)
 
     @fl.read
     def has(self, order: str) -> bool:
-        return order in self.lines()
+        return self.book.has(order)
 
     @fl.mutator(reconcile="find")
     def add(self, order: str) -> int:
-        with self.path.open("a") as f:
-            f.write(order + "\n")
-        return len(self.lines())
+        return self.book.add(order)
 
     def find(self, order: str) -> fl.Reconciliation:
         try:
             seen = self.has(order)
         except fl.TransientError as e:
             return fl.Reconciliation.retry(f"could not look: {e}")
-        return (fl.Reconciliation.applied(self.lines().index(order) + 1) if seen
-                else fl.Reconciliation.failed("not in the book"))
+        return self.book.find(order) if seen else fl.Reconciliation.failed("not in the book")
 
 
 def test_a_reconcile_the_check_blinded_may_answer_retry() -> None:

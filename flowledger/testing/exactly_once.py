@@ -552,6 +552,9 @@ class _History:
             "History:", *(f"  {line}" for line in self.lines),
             "Mutator and reconcile calls:",
             *(f"  {c.describe()}" for c in calls), *([] if calls else ["  (none)"])])
+        # The history's temporary folder is gone once it is read, and named
+        # anew at each replay: one name, so that a seed gives the same report.
+        report = report.replace(self.folder.name, "<history>")
         raise ExactlyOnceViolation(report) from cause
 
 

@@ -443,3 +443,20 @@ def test_an_error_that_is_not_a_violation_still_names_its_seed() -> None:
                                inputs=ORDERS, deliver=deliver_nowhere, max_examples=3, seed=7)
     assert any("drawn from seed 7: check_exactly_once(..., seed=7) draws them again" in note
                for note in getattr(raised.value, "__notes__", []))
+
+
+def test_a_report_names_no_temporary_folder() -> None:
+    """A blocked session's line quoted the engine's hint with the history's
+    store, a temporary file gone by then and named anew at each replay: the
+    same seed gave two reports."""
+    from flowledger.testing.exactly_once import DEFAULT_POLICY, _History, _same_call
+
+    with _History(orders_workflow(), lambda f: [OrderFolder(f), OrderBook(f)], place_order,
+                  DEFAULT_POLICY, _same_call) as played:
+        played.say(f"session -> suspended (see `flowledger --store {played.store} blocked`)")
+        with pytest.raises(flt.ExactlyOnceViolation) as found:
+            played.fail(f"something about {played.world / 'book.txt'}")
+        report = str(found.value)
+        assert played.folder.name not in report
+        assert "--store sqlite:///<history>/flow.db blocked" in report
+        assert "something about <history>/world/book.txt" in report

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.text import Text
@@ -16,7 +17,7 @@ import flowledger as fl
 from flowledger.cli.exits import EXIT_OK
 from flowledger.cli.loading import load_definitions, register_definitions
 from flowledger.cli.options import StoreOption, TargetArgument, store_url
-from flowledger.cli.render import json_value, out, print_json_line
+from flowledger.cli.render import out, print_json_line
 from flowledger.cli.store import open_engine, refuse_writes, require_workflow
 from flowledger.cli.views import log_line
 from flowledger.domain.errors import StoreUnreachable
@@ -101,21 +102,6 @@ def _notable(event: LoggedEvent) -> bool:
         "SessionOutcome.SUSPENDED", "SessionOutcome.FAILED")
 
 
-def _plain(value: Any) -> Any:
-    """A recorded value as JSON shows it everywhere (`log --json` too): times
-    in ISO 8601, ids and decimals as text."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    try:
-        return json_value(value)
-    except TypeError:
-        return str(value)
-
-
 def print_live(engine: fl.Engine, after: int | None, workflow: str | None, interval: float,
                show: Callable[[LoggedEvent], None]) -> None:
     """`show` each event after log position `after` (None: the end of the log now) as
@@ -162,12 +148,8 @@ def follow(
         if blocked and not notable:
             return
         if as_json:
-            print_json_line({
-                "position": event.position, "time": event.timestamp.isoformat(),
-                "aggregate": event.aggregate, "event": event.name,
-                "stream": str(event.stream_id),
-                "workflow_id": str(event.workflow_id) if event.workflow_id else None,
-                "notable": notable, "fields": _plain(event.fields)})
+            # The object `log --json` prints, and whether it needs attention.
+            print_json_line({**dataclasses.asdict(event), "notable": notable})
         else:
             mark = Text("!! ", style="bold red") if notable else Text("   ")
             out.print(mark + log_line(event, margin=len(mark)), soft_wrap=True)

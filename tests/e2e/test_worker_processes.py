@@ -219,7 +219,7 @@ def test_follow_prints_events_appended_by_another_process_as_json(
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             seen.append(json.loads(follower.stdout.readline()))
-            if seen[-1]["aggregate"] == "Workflow" and seen[-1]["event"] == "SessionClosed":
+            if seen[-1]["aggregate"] == "Workflow" and seen[-1]["name"] == "SessionClosed":
                 break
         follower.send_signal(signal.SIGINT)
         follower.communicate(timeout=5)
@@ -227,15 +227,28 @@ def test_follow_prints_events_appended_by_another_process_as_json(
         if follower.poll() is None:
             follower.kill()
     assert follower.returncode == 0
-    names = [f"{e['aggregate']}.{e['event']}" for e in seen]
+    names = [f"{e['aggregate']}.{e['name']}" for e in seen]
     assert names[0] == "Workflow.Registered" and "HandlerRun.MutationApplied" in names
     assert names[-1] == "Workflow.SessionClosed"
     assert [e["position"] for e in seen] == sorted(e["position"] for e in seen)
-    # Every time in ISO 8601, as `log --json` gives them (lease_until had a space).
-    leased = next(e for e in seen if e["event"] == "SessionOpened")
-    for moment in (leased["time"], leased["fields"]["lease_until"]):  # type: ignore[index]
+    # The object `log --json` gives (its keys were others), every time in ISO
+    # 8601 (lease_until had a space), and whether it needs attention.
+    logged = flowledger_json_log(store, tmp_path, env)
+    assert [{k: v for k, v in e.items() if k != "notable"} for e in seen] == logged[:len(seen)]
+    assert all(isinstance(e["notable"], bool) for e in seen)
+    leased = next(e for e in seen if e["name"] == "SessionOpened")
+    for moment in (leased["timestamp"], leased["fields"]["lease_until"]):  # type: ignore[index]
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00",
                             str(moment)), moment
+
+
+def flowledger_json_log(store: str, cwd: Path, env: dict[str, str]) -> list[object]:
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "flowledger.cli", "--store", store, "log",
+                           "--json"], cwd=cwd, env=env, capture_output=True, text=True,
+                          check=True)
+    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def test_a_worker_killed_in_a_call_is_replaced_and_nothing_is_done_twice(

@@ -83,6 +83,14 @@ class Activity:
             if close is not None:
                 close()  # its waiter's connection too
 
+    def refusing_after_close(self, items: Iterator[T]) -> Iterator[T]:
+        """A generator of a call that has returned (`events()`): read after
+        `close()` began, it raises `EngineClosed` at its next item instead of
+        reading the closed store on (or ending as if the log had)."""
+        for item in items:
+            self.refuse_if_closed()
+            yield item
+
     def close(self) -> None:
         """Refuse what starts from now on, stop the serve() loops, and wait for
         what other threads are doing to end its step. Refused from inside a
@@ -136,7 +144,8 @@ def engine_call(method: Callable[P, R]) -> Callable[P, R]:
     end (a read's connection closed under it failed it as if the store had),
     one begun once `close()` began raises `EngineClosed`, and the store's
     failures reach the caller as `StoreError`. A generator it returns is not
-    waited for (`follow` ends on close: `Activity.ending_on_close`)."""
+    waited for: `follow` ends on close (`Activity.ending_on_close`), `events`
+    refuses its next item (`Activity.refusing_after_close`)."""
     ours = store_errors_as_ours(method)
 
     @functools.wraps(method)

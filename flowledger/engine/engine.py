@@ -646,7 +646,8 @@ class Engine:
         after = whole_count(after, "after") or 0
         upto, last = whole_count(upto, "upto"), whole_count(last, "last")
         run_id = self._load_run(run).id if run is not None else None
-        return read_log(self.log, workflow, run_id, after, upto, last=last, since=since)
+        return self._activity.refusing_after_close(
+            read_log(self.log, workflow, run_id, after, upto, last=last, since=since))
 
     @engine_call
     def status(self) -> EngineStatus:

@@ -203,6 +203,21 @@ def _wait_for_a_lock_wait(conn: Any) -> None:
         time.sleep(0.02)
 
 
+def test_events_read_after_close_raise_engine_closed(make_engine: Callable[..., fl.Engine]
+                                                     ) -> None:
+    """An `events()` generator taken before close() and read after it went on
+    reading the closed store (3,009 events in a check): it raises EngineClosed
+    at its next item, and does not end as if the log had."""
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    assert engine.run_session("wf").status == "completed"
+    events = engine.events()
+    assert next(events).position == 1
+    engine.close()
+    with pytest.raises(fl.EngineClosed, match="was closed: it does nothing more"):
+        next(events)
+
+
 def test_a_follower_ends_when_its_engine_is_closed(make_engine: Callable[..., fl.Engine]) -> None:
     """A `follow` another thread reads is not waited for by close(), which used
     to leave it reading the closed store for ever (24 events read after the

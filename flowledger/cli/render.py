@@ -24,6 +24,7 @@ from rich.text import Text
 import flowledger as fl
 from flowledger.cli.exits import EXIT_PIPE_CLOSED
 from flowledger.domain.phases import RunStatus
+from flowledger.domain.secret import Secret
 from flowledger.domain.session import SessionOutcome
 from flowledger.domain.workflow import WorkflowStatus
 from flowledger.read_side.queries import SHORT_ID
@@ -164,23 +165,40 @@ def json_value(value: Any) -> Any:
         return value.value
     if isinstance(value, bytes):
         return value.hex()
+    if isinstance(value, Secret):
+        return repr(value)  # its reference, never its value (flowledger holds none)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return _jsonable(value)
     raise TypeError(f"cannot show a {type(value).__name__} as JSON")
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` with what JSON cannot hold as it is made so: objects' fields read
+    as they are (not deep-copied: `dataclasses.asdict` fails on a Secret), keys
+    that are not text written as text (a payload may key by a tuple)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(json_value(k) if _special(k) else k):
+                _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _special(key: Any) -> bool:
+    return isinstance(key, UUID | Decimal | datetime | enum.Enum | bytes | Secret)
 
 
 def print_json(value: Any) -> None:
     """Plain JSON on stdout (no colours, no wrapping): decimals and ids as strings."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    _write(json.dumps(value, default=json_value, indent=2, ensure_ascii=False) + "\n")
+    _write(json.dumps(_jsonable(value), default=json_value, indent=2, ensure_ascii=False)
+           + "\n")
 
 
 def print_json_line(value: Any) -> None:
     """One JSON object on one line (JSON Lines), for output that streams."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    _write(json.dumps(value, default=json_value, ensure_ascii=False) + "\n")
+    _write(json.dumps(_jsonable(value), default=json_value, ensure_ascii=False) + "\n")
 
 
 def _write(text: str) -> None:

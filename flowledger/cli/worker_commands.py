@@ -149,7 +149,8 @@ def follow(
             return
         if as_json:
             # The object `log --json` prints, and whether it needs attention.
-            print_json_line({**dataclasses.asdict(event), "notable": notable})
+            print_json_line({**{f.name: getattr(event, f.name)
+                                for f in dataclasses.fields(event)}, "notable": notable})
         else:
             mark = Text("!! ", style="bold red") if notable else Text("   ")
             out.print(mark + log_line(event, margin=len(mark)), soft_wrap=True)

@@ -6,10 +6,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -530,3 +532,63 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path,
     said = reader.stderr.read()
     assert reader.wait(timeout=60) == 141, said
     assert said == ""
+
+
+def test_json_shows_any_value_the_log_holds(tmp_path: Path) -> None:
+    """`log --json` (and `follow --json`, which printed another shape) failed on
+    a secret's reference (deep-copied: a Secret is immutable) and on a payload
+    keyed by a tuple, which the codec keeps."""
+    import json
+    from decimal import Decimal
+
+    import flowledger as fl
+
+    class Pay(fl.Tool):
+        name = "pay"
+
+        @fl.mutator
+        def charge(self, key: fl.Secret, amount: Decimal) -> dict[str, object]:
+            return {"ok": True, "raw": b"\x01\x02"}
+
+    wf = fl.Workflow("wf", topics=["in"])
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> bool:
+        if state is None:
+            ctx.publish("in", message_id="m1", payload={"amount": Decimal("1.10"),
+                                                        ("a", 1): "tuple-keyed"})
+        return True
+
+    @wf.consumer(subscribe=["in"])
+    class Charge:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            m = ctx.peek("in", limit=1)
+            return fl.Prepared({"in": [m[0].message_id]}, data=m[0].payload["amount"]) if m \
+                else None
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.pay.charge(fl.Secret.from_env("PAY_KEY"), prepared.data)
+
+    store = f"sqlite:///{tmp_path / 'flow.db'}"
+    os.environ["PAY_KEY"] = "sk-never-shown"
+    try:
+        with fl.Engine(store) as engine:
+            engine.register(wf, tools=[Pay()])
+            assert engine.run_session("wf").status == "completed"
+    finally:
+        del os.environ["PAY_KEY"]
+    logged = flowledger("--store", store, "log", "--json", cwd=tmp_path)
+    assert logged.returncode == 0, logged.stderr
+    events = [json.loads(line) for line in logged.stdout.splitlines()]
+    assert "Secret.from_env('PAY_KEY')" in logged.stdout and "sk-never" not in logged.stdout
+    assert any(e["fields"].get("payload", {}).get("('a', 1)") == "tuple-keyed"
+               for e in events if isinstance(e["fields"].get("payload"), dict))
+    follower = subprocess.Popen([sys.executable, "-m", "flowledger.cli", "--store", store,
+                                 "follow", "--json", "--after", "0", "--interval", "0.05"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    assert follower.stdout is not None
+    followed = [json.loads(follower.stdout.readline()) for _ in events]
+    follower.send_signal(signal.SIGINT)
+    follower.communicate(timeout=10)
+    assert [{k: v for k, v in e.items() if k != "notable"} for e in followed] == events

@@ -87,9 +87,18 @@ class Activity:
         """A generator of a call that has returned (`events()`): read after
         `close()` began, it raises `EngineClosed` at its next item instead of
         reading the closed store on (or ending as if the log had)."""
-        for item in items:
-            self.refuse_if_closed()
-            yield item
+        try:
+            while True:
+                self.refuse_if_closed()  # before reading: nothing read from a closed store
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                yield item
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     def close(self) -> None:
         """Refuse what starts from now on, stop the serve() loops, and wait for
@@ -114,6 +123,19 @@ class Activity:
                                 "threads to end their step")
                     said = True
                 self._changed.wait()
+
+
+class WhileOpen:
+    """Stands for the engine's log in what outlives the call that made it (an
+    `at()` view, kept and read later): every use refuses once `close()` began,
+    instead of opening connections on the closed store that nobody closes."""
+
+    def __init__(self, target: Any, refuse: Callable[[], None]) -> None:
+        self._target, self._refuse = target, refuse
+
+    def __getattr__(self, name: str) -> Any:
+        self._refuse()
+        return getattr(self._target, name)
 
 
 class Refusing:

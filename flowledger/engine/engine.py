@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from flowledger.authoring.definition import Workflow as WorkflowDefinition
@@ -46,7 +46,13 @@ from flowledger.domain.run_decider import (
 from flowledger.domain.session import Session, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, LeaseClock, SystemClock, random_ids
-from flowledger.engine.closing import Activity, Refusing, engine_call, refuse_everything
+from flowledger.engine.closing import (
+    Activity,
+    Refusing,
+    WhileOpen,
+    engine_call,
+    refuse_everything,
+)
 from flowledger.engine.faults import SimulatedCrash, declared_dead, from_environment
 from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.heartbeat import Heartbeat
@@ -785,7 +791,8 @@ class Engine:
     def at(self, position: int) -> EngineAt:
         """The store as it was when the log ended at `position` (0 = empty): runs,
         sessions, workflows, pending work, costs, audit — read-only. Close it when done."""
-        return EngineAt(self.log, position, [type(p) for p in self.projections.projections],
+        log = cast(EventLog, WhileOpen(self.log, self._activity.refuse_if_closed))
+        return EngineAt(log, position, [type(p) for p in self.projections.projections],
                         self._registered)
 
     @engine_call

@@ -218,6 +218,22 @@ def test_events_read_after_close_raise_engine_closed(make_engine: Callable[..., 
         next(events)
 
 
+def test_a_view_of_the_past_refuses_to_read_the_log_after_close(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    """An `at()` view kept past close() read the closed store on (two
+    connections left open on PostgreSQL, in a review)."""
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    assert engine.run_session("wf").status == "completed"
+    run_id = engine.runs(workflow="wf")[0].run_id
+    view = engine.at(list(engine.events())[-1].position)
+    assert view.run_timeline(run_id).entries
+    engine.close()
+    with pytest.raises(fl.EngineClosed, match="was closed: it does nothing more"):
+        view.run_timeline(run_id)
+    view.close()
+
+
 def test_a_follower_ends_when_its_engine_is_closed(make_engine: Callable[..., fl.Engine]) -> None:
     """A `follow` another thread reads is not waited for by close(), which used
     to leave it reading the closed store for ever (24 events read after the

@@ -10,8 +10,9 @@ by itself, and the verdict (ADR 0021):
 * nothing is left open, unfinished, blocked or failed, and as many messages are
   left pending in each topic a consumer takes from as in the same history
   without faults;
-* no reconcile answered retry where the recorded calls show what became of
-  the call (it would leave every uncertain outcome to a person);
+* no reconcile answered retry (or raised, or answered something else) where
+  the recorded calls show what became of the call (it would leave every
+  uncertain outcome to a person);
 * the projections rebuilt from the log equal the live ones;
 * the user's own rule of the outside world (`world_check`), if given, holds;
 * and across all histories, some mutation happened at all: a check whose
@@ -490,27 +491,29 @@ class _History:
             self.fail(str(e))
 
     def _check_reconcile_answers(self) -> None:
-        """A reconcile that answered retry (not told to by the check, nor made
-        blind by a fault the check put into a read it made) while the recorded
-        calls showed what became of the mutation: in this world an effect is
-        there to see at once, so one that cannot tell would leave every
+        """A reconcile that could not tell (answered retry, raised, or answered
+        something else, all of which the engine takes for retry), not told to by
+        the check nor made blind by a fault the check put into a call it made,
+        while the recorded calls showed what became of the mutation: in this
+        world an effect is there to see at once, so it would leave every
         uncertain outcome of its tool to a person."""
         for d in self.doubles:
             mutators_of: dict[str, list[str]] = {}
             for name, spec in type(d).methods().items():
                 if spec.reconcile:
                     mutators_of.setdefault(spec.reconcile, []).append(name)
-            calls = d.calls
             known: dict[Hashable, set[str]] = {}
-            for i, c in enumerate(calls):
+            for c in d.calls:
                 if c.kind == "mutator":
                     known.setdefault(self.key(c), set()).add(str(c.effect))
                     continue
-                answer = c.result
-                if (c.kind != "reconcile" or c.fault is not None or not c.done
-                        or not isinstance(answer, Reconciliation) or answer.status != "retry"
-                        or _blinded(calls, i)):
+                if c.kind != "reconcile" or c.fault is not None or not c.done or c.saw_fault:
                     continue
+                answer = c.result
+                told = (isinstance(answer, Reconciliation) and answer.status != "retry"
+                        and c.error is None)
+                if told or (c.error is not None and not isinstance(c.error, Exception)):
+                    continue  # an answer, or the process dying in it (a crash)
                 methods = mutators_of.get(c.method, [])
                 effects = set().union(*(known.get(self.key(RecordedCall(
                     c.tool, m, "mutator", 0, c.args, c.kwargs)), set()) for m in methods))
@@ -556,17 +559,6 @@ class _History:
         # anew at each replay: one name, so that a seed gives the same report.
         report = report.replace(self.folder.name, "<history>")
         raise ExactlyOnceViolation(report) from cause
-
-
-def _blinded(calls: list[RecordedCall], i: int) -> bool:
-    """Whether a read the reconcile call `calls[i]` made (recorded after it,
-    before the tool's next mutator or reconcile call) was failed by the check."""
-    for later in calls[i + 1:]:
-        if later.kind != "read":
-            return False
-        if later.fault is not None:
-            return True
-    return False
 
 
 def _session_line(result: Any) -> str:

@@ -76,6 +76,9 @@ class RecordedCall:
     error: BaseException | None = None
     ran: bool = False  # whether the wrapped method ran to its end
     done: bool = field(default=False, repr=False)
+    # Whether a call it made in turn (to any double: a reconcile's own read)
+    # was failed by a fault it was told.
+    saw_fault: bool = field(default=False, repr=False)
 
     @property
     def effect(self) -> Effect | None:
@@ -223,12 +226,20 @@ class _Book:
 
 
 
+_under_way = threading.local()  # the recorded calls in progress in this thread, outermost first
+
+
 def _recording(original: Callable[..., Any], name: str, kind: CallKind) -> Callable[..., Any]:
     @functools.wraps(original)
     def recorded(self: ToolDouble, *args: Any, **kwargs: Any) -> Any:
         call = self._book().start(self.tool_name(), name, kind, args, kwargs)
         fault = call.fault
         where = f"{call.tool}.{name} call #{call.number}"
+        outer: list[RecordedCall] = _under_way.__dict__.setdefault("calls", [])
+        if fault is not None:
+            for enclosing in outer:
+                enclosing.saw_fault = True
+        outer.append(call)
         try:
             if fault is Fault.CRASH_BEFORE_EFFECT:
                 raise Crash(f"{where}, before its effect")
@@ -253,6 +264,7 @@ def _recording(original: Callable[..., Any], name: str, kind: CallKind) -> Calla
             raise
         finally:
             call.done = True
+            outer.pop()
 
     return recorded
 

@@ -89,7 +89,7 @@ def copy(
                     "open_sessions": list(held)})
         return
     if copied and not report.written:
-        say(f"{shown(target)} holds this copy already, whole: its {copied:,} events (nothing "
+        say(f"{shown(target)} holds this copy already, whole: its {copied:,} events (no event "
             "was written now), its projections caught up.")
     else:
         say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "

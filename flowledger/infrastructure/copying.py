@@ -73,8 +73,11 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
     if not dst.HOLDS_NUL_IN_TEXT:
         _refuse_text_with_nul(source, target)
     recode = _recoder(source, target)
-    with src.reading() as c:
+    with src.reading() as c:  # one snapshot: the head, and the events up to it
         total = src.max_position(c)
+        c.execute(f"SELECT COUNT(*) FROM {src.events_table_name} "
+                  f"WHERE {src.position_column} <= ?", (total,))
+        events = int(c.fetchone()[0])  # positions may skip numbers (a rolled-back append)
     copied, after, finished = _start(source, target, total)
     if finished:  # by this copy, earlier: nothing to write
         if progress is not None:
@@ -93,10 +96,10 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
                          recode(bytes(stored.state))) for _, stored in batch]
                 dst.append_rows(rows, [], sync=False)
             except Exception as e:
-                raise _stopped(source, target, copied, total, e) from e
+                raise _stopped(source, target, copied, events, e) from e
             copied += len(rows)
             if progress is not None:
-                progress(copied, max(total, copied))
+                progress(copied, max(events, copied))
         with dst.writing(sync=True) as c:  # synced: covers the unsynced commits before it
             unmark_copying(c, copied)
     finally:

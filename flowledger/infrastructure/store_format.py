@@ -124,7 +124,12 @@ def mark_copying(c: Any, source: str, source_id: str) -> None:
 
 def unmark_copying(c: Any, events: int) -> None:
     """The copy ended: the mark that kept engines out becomes the record of
-    where the log came from, and of how many events the copy wrote."""
+    where the log came from, and of how many events the copy wrote. A mark
+    already lifted (the same copy, run at once, ended first) is left as that
+    one recorded it."""
+    c.execute(f"SELECT 1 FROM {FORMAT_TABLE} WHERE name = ?", (COPYING,))
+    if not c.fetchall():
+        return
     c.execute(f"DELETE FROM {FORMAT_TABLE} WHERE name IN (?, ?, ?)",
               (COPIED, COPIED_ID, COPIED_EVENTS))
     c.execute(f"UPDATE {FORMAT_TABLE} SET name = ? WHERE name = ?", (COPIED, COPYING))

@@ -29,7 +29,7 @@ def test_copy_moves_a_log_and_refuses_a_store_that_is_not_empty(tmp_path: Path) 
     assert status.returncode == 0 and "wf" in status.stdout
     again = flowledger("copy", "--from", source, "--to", target, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert f"{target} holds this copy already, whole: its {count} events (nothing was " \
+    assert f"{target} holds this copy already, whole: its {count} events (no event was " \
            "written now)" in again.stdout
     other = f"sqlite:///{tmp_path / 'other.db'}"
     fl.Engine(other).close()

@@ -152,6 +152,28 @@ def test_a_copy_both_logs_went_on_from_is_refused_though_they_hold_as_many_event
         assert answers(after) == kept
 
 
+def test_the_same_copy_run_twice_at_once_keeps_the_record_of_the_one_that_ended_first(
+        tmp_path: Path, ledger: ExternalLedger, store: str) -> None:
+    """Run again between the first's last batch and its end, the second ended
+    it; the first then lifted a mark no longer there and deleted the second's
+    record, and every later run was refused (a review)."""
+    from flowledger.engine.engine import copy_store_report
+
+    source = filled(tmp_path / "source.db", ledger)
+    second: list[Any] = []
+
+    def progress(done: int, total: int) -> None:
+        if done == total and not second:
+            second.append(copy_store_report(source, store))
+
+    first = copy_store_report(source, store, progress)
+    assert (first.written, second[0].written) == (first.events, 0)
+    again = copy_store_report(source, store)
+    assert (again.events, again.written) == (first.events, 0)
+    with fl.Engine(source) as before, fl.Engine(store) as after:
+        assert answers(after) == answers(before)
+
+
 def test_a_log_with_nul_in_its_names_is_refused_where_text_cannot_keep_it(
         tmp_path: Path, ledger: ExternalLedger, store: str,
         monkeypatch: pytest.MonkeyPatch) -> None:

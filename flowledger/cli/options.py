@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
 import typer
 
 from flowledger.cli.exits import CommandError
+from flowledger.domain.errors import InvalidArgument
 from flowledger.domain.session import Trigger
 from flowledger.infrastructure.store_url import DEFAULT_STORE, STORE_ENV
+from flowledger.read_side.queries import amount
 
 TRIGGERS: tuple[str, ...] = tuple(t.value for t in Trigger)
 
@@ -94,17 +95,12 @@ def choices(valid: Sequence[str]) -> str:
 
 
 def check_amount(value: str | None, option: str) -> None:
-    """An amount typed for `option`, refused before anything is loaded or
-    written, under the option's own name."""
-    if value is None:
-        return
+    """An amount typed for `option`, refused (by the engine's own rule) before
+    anything is loaded or written, under the option's own name."""
     try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        amount = None
-    if amount is None or not amount.is_finite() or amount < 0:
-        raise CommandError(f"{option} must be an amount of 0 or more (a decimal, such as "
-                           f"2.50), got {value!r}; nothing was run or written")
+        amount(value, option)
+    except InvalidArgument as e:
+        raise CommandError(f"{e}; nothing was run or written") from None
 
 
 def parse_time(value: str | None, option: str) -> datetime | None:

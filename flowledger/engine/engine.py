@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, cast
 from uuid import UUID
 
@@ -94,6 +94,7 @@ from flowledger.read_side.queries import (
     RunInfo,
     RunTimeline,
     SessionInfo,
+    amount,
     aware,
     whole_count,
 )
@@ -434,16 +435,7 @@ class Engine:
         iterations = whole_count(max_iterations, "max_iterations")
         if iterations is None:
             raise InvalidArgument("max_iterations must be a whole number, got None")
-        cost: Decimal | None = None
-        if max_cost is not None:
-            try:
-                cost = Decimal(str(max_cost))
-            except InvalidOperation:
-                raise InvalidArgument(f"max_cost must be a decimal number, got {max_cost!r}"
-                                      ) from None
-            if not cost.is_finite() or cost < 0:
-                raise InvalidArgument(f"max_cost must be a finite amount >= 0, got {max_cost!r}")
-        return SessionRequest(trig, iterations, cost)
+        return SessionRequest(trig, iterations, amount(max_cost, "max_cost"))
 
     # ------------------------------------------------------------- recovery
 

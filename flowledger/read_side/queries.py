@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 from uuid import UUID
 
@@ -347,6 +347,21 @@ def whole_count(value: int | None, what: str) -> int | None:
     if value >= _COUNT_LIMIT:
         raise InvalidArgument(f"{what} must be at most {_COUNT_LIMIT - 1}, got {value}")
     return value
+
+
+def amount(value: Any, what: str) -> Decimal | None:
+    """An amount a caller gives (`max_cost`; the CLI's `--max-cost`): a finite
+    decimal of 0 or more, or None; else a clear InvalidArgument naming `what`."""
+    if value is None:
+        return None
+    try:
+        parsed = None if isinstance(value, bool) else Decimal(str(value))
+    except InvalidOperation:
+        parsed = None
+    if parsed is None or not parsed.is_finite() or parsed < 0:
+        raise InvalidArgument(f"{what} must be an amount of 0 or more (a decimal, such as "
+                              f"2.50), got {value!r}")
+    return parsed
 
 
 def aware(moment: datetime | None, what: str) -> datetime | None:

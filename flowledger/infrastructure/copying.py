@@ -124,8 +124,7 @@ def _start(source: EventLog, target: EventLog, total: int) -> tuple[int, int, bo
         marked, marked_id = recorded.get(COPYING), recorded.get(COPYING_ID)
         if marked is None:
             if held:
-                _refuse_or_whole(source, target, c, recorded, total, held)
-                return *_prefix_or_refuse(source, target, c), True
+                return *_whole_or_refuse(source, target, c, recorded, total, held), True
             mark_copying(c, shown, source.format.store_id)
             return 0, 0, False
     if not _same_source(source, marked, marked_id):
@@ -137,28 +136,27 @@ def _start(source: EventLog, target: EventLog, total: int) -> tuple[int, int, bo
         return *_prefix_or_refuse(source, target, c), False
 
 
-def _refuse_or_whole(source: EventLog, target: EventLog, c: Any, recorded: dict[str, str],
-                     total: int, held: int) -> None:
+def _whole_or_refuse(source: EventLog, target: EventLog, c: Any, recorded: dict[str, str],
+                     total: int, held: int) -> tuple[int, int]:
     """A target that holds events and is not marked: refused, unless it is
     this copy, ended, holding what it wrote (events are only ever appended:
-    as many means nothing since) of a source that appended nothing since."""
-    shown = source.config.shown
-    copied, copied_id = recorded.get(COPIED), recorded.get(COPIED_ID)
-    ours = bool(copied) and _same_source(source, copied, copied_id)
-    count = _count(target, c) if ours else None
-    if ours and count == int(recorded.get(COPIED_EVENTS) or -1):
-        done = _prefix_of(source, target, c)
-        if done is not None and done[1] == total:
-            return
-        grown = (f" (the first of {shown!r}, copied before; it has appended more since, "
-                 "and this copy may be in use)")
-    else:
-        wrote = recorded.get(COPIED_EVENTS)
-        grown = (f" ({count - int(wrote):,} of them appended since it was copied from "
-                 f"{shown!r})" if count is not None and wrote else "")
+    as many means nothing since) of a source that appended nothing since.
+    Whole, it is (events in it, the source's position of the last of them)."""
+    shown, wrote = source.config.shown, recorded.get(COPIED_EVENTS)
+    why = ""
+    if wrote and _same_source(source, recorded.get(COPIED), recorded.get(COPIED_ID)):
+        count = _count(target, c)
+        if count > int(wrote):
+            why = f" ({count - int(wrote):,} of them appended since it was copied from {shown!r})"
+        else:
+            done = _prefix_of(source, target, c, count)
+            if done is not None and done[1] == total:
+                return done
+            why = (f" (the first of {shown!r}, copied before; it has appended more since, "
+                   "and this copy may be in use)")
     raise ConfigurationError(
         f"cannot copy into {target.config.shown!r}: it already holds {held:,} "
-        f"events{grown}. Copy into a new, empty store (a new SQLite file, or an "
+        f"events{why}. Copy into a new, empty store (a new SQLite file, or an "
         "empty PostgreSQL database or ?schema=...)")
 
 
@@ -176,12 +174,13 @@ def _count(target: EventLog, c: Any) -> int:
     return int(c.fetchone()[0])
 
 
-def _prefix_of(source: EventLog, target: EventLog, c: Any) -> tuple[int, int] | None:
+def _prefix_of(source: EventLog, target: EventLog, c: Any, count: int | None = None
+               ) -> tuple[int, int] | None:
     """(events in the target, the source's position of the last of them) if
     the target holds the source's first events and nothing else, else None.
-    `c` reads the target."""
+    `c` reads the target; `count`: its events, if counted already."""
     src, dst = source.flow_recorder, target.flow_recorder
-    count = _count(target, c)
+    count = _count(target, c) if count is None else count
     if not count:
         return 0, 0
     c.execute(f"SELECT originator_id, originator_version FROM {dst.events_table_name} "

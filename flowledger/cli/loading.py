@@ -44,6 +44,8 @@ def import_workflow_module(target: str) -> ModuleType:
         except ImportError as e:
             raise CommandError(f"{target!r} cannot be imported: {_import_error(e, path)}"
                                ) from e
+        except fl.FlowledgerError:
+            raise  # says what it means (a DefinitionError at a decorator, say)
         except Exception as e:
             raise _raised(repr(target), "while it was imported", e,
                           f"`python {target}` shows the whole traceback") from e
@@ -61,6 +63,8 @@ def import_workflow_module(target: str) -> ModuleType:
         raise CommandError(f"module {target!r} does not compile: {_syntax_error(e)}") from e
     except ImportError as e:
         raise CommandError(f"module {target!r} cannot be imported: {_import_error(e)}") from e
+    except fl.FlowledgerError:
+        raise
     except Exception as e:
         raise _raised(f"module {target!r}", "while it was imported", e,
                       f"`python -c 'import {target}'` shows the whole traceback") from e
@@ -80,12 +84,9 @@ def _import_error(e: ImportError, path: Path | None = None) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
-def _raised(what: str, when: str, e: Exception, whole: str) -> fl.FlowledgerError:
+def _raised(what: str, when: str, e: Exception, whole: str) -> CommandError:
     """The user's code raised while the command loaded it: what, and the line
-    of their code it came from, on one line. Ours pass as they are (a
-    ConfigurationError a register(engine) raises says what it means)."""
-    if isinstance(e, fl.FlowledgerError):
-        return e
+    of their code it came from, on one line."""
     frame = _deepest_own_frame(e)
     where = f" (at {frame.filename}, line {frame.lineno}: {frame.line})" if frame else ""
     return CommandError(f"{what} raised {type(e).__name__} {when}: {e}{where}. Nothing was "
@@ -146,6 +147,8 @@ def load_definitions(target: str) -> Definitions:
         definitions = Definitions(target)
         try:
             register(definitions)
+        except fl.FlowledgerError:
+            raise  # a ConfigurationError it raises says what it means
         except Exception as e:
             raise _raised(repr(target), "in its register(engine)", e,
                           "register(engine) called on an fl.Engine in a program of your "

@@ -179,15 +179,19 @@ def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else str(json_value(k) if _special(k) else k):
-                _jsonable(v) for k, v in value.items()}
+        return {_key(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
 
 
-def _special(key: Any) -> bool:
-    return isinstance(key, UUID | Decimal | datetime | enum.Enum | bytes | Secret)
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    try:
+        return str(json_value(key))  # an id, a time, a decimal: as its value is shown
+    except TypeError:
+        return str(key)
 
 
 def print_json(value: Any) -> None:
@@ -196,9 +200,11 @@ def print_json(value: Any) -> None:
            + "\n")
 
 
-def print_json_line(value: Any) -> None:
-    """One JSON object on one line (JSON Lines), for output that streams."""
-    _write(json.dumps(_jsonable(value), default=json_value, ensure_ascii=False) + "\n")
+def print_json_line(value: Any, **more: Any) -> None:
+    """One JSON object on one line (JSON Lines), for output that streams;
+    `more`: fields added to `value`'s."""
+    _write(json.dumps({**_jsonable(value), **more} if more else _jsonable(value),
+                      default=json_value, ensure_ascii=False) + "\n")
 
 
 def _write(text: str) -> None:

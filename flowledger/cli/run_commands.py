@@ -127,8 +127,6 @@ def run(
     raise typer.Exit(128 + stopping.signal)
 
 
-
-
 def _tell_stopping(signum: int, at_once: bool) -> None:
     """Said from the signal handler, at once (os.write: safe in a handler)."""
     if not at_once:

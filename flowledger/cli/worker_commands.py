@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import threading
@@ -148,9 +147,7 @@ def follow(
         if blocked and not notable:
             return
         if as_json:
-            # The object `log --json` prints, and whether it needs attention.
-            print_json_line({**{f.name: getattr(event, f.name)
-                                for f in dataclasses.fields(event)}, "notable": notable})
+            print_json_line(event, notable=notable)  # what `log --json` prints, and more
         else:
             mark = Text("!! ", style="bold red") if notable else Text("   ")
             out.print(mark + log_line(event, margin=len(mark)), soft_wrap=True)

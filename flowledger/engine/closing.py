@@ -79,9 +79,7 @@ class Activity:
         finally:
             with self._changed:
                 self._stops.remove(stop)
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()  # its waiter's connection too
+            _close(items)  # its waiter's connection too
 
     def refusing_after_close(self, items: Iterator[T]) -> Iterator[T]:
         """A generator of a call that has returned (`events()`): read after
@@ -96,9 +94,7 @@ class Activity:
                     return
                 yield item
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
+            _close(items)
 
     def close(self) -> None:
         """Refuse what starts from now on, stop the serve() loops, and wait for
@@ -123,6 +119,13 @@ class Activity:
                                 "threads to end their step")
                     said = True
                 self._changed.wait()
+
+
+def _close(items: Iterator[Any]) -> None:
+    """A generator read no further: its own `finally` (a connection) runs now."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
 
 
 class WhileOpen:

@@ -273,8 +273,9 @@ class _History:
         self.doubles = _doubles(self.make_tools, self.world)
         self.engines = 0
         self.armed: str | None = None
-        self.skipped_after_effect: list[Hashable] = []
-        self.skipped_runs: list[str] = []  # runs a person skipped, for the report
+        # Mutations a person skipped whose effect had happened: their key, and
+        # their run for the report.
+        self.skipped_after_effect: list[tuple[Hashable, str]] = []
         self.engine = self._new_engine()
 
     def __enter__(self) -> _History:
@@ -385,9 +386,9 @@ class _History:
                 except ActionNotApplicable:  # a session is open: the next recover closes it
                     continue
                 if action == "skip" and effect is not None:
-                    self.skipped_after_effect.append(self._log_key(
-                        blocked.tool, blocked.method or "", blocked.params))
-                    self.skipped_runs.append(f"{str(blocked.run_id)[-8:]} of {blocked.handler}")
+                    self.skipped_after_effect.append((
+                        self._log_key(blocked.tool, blocked.method or "", blocked.params),
+                        f"{str(blocked.run_id)[-8:]} of {blocked.handler}"))
                 self.say(f"   a person: {blocked.tool}.{blocked.method} of run "
                          f"{str(blocked.run_id)[-8:]} is indeterminate; its effect "
                          f"{effect or 'was never attempted'}: {action}")
@@ -463,7 +464,7 @@ class _History:
                           + "; ".join(c.describe() for c in calls))
         self._check_reconcile_answers()
         applied = Counter(self._applied_in_log())
-        applied.update(self.skipped_after_effect)
+        applied.update(key for key, _ in self.skipped_after_effect)
         happened = Counter({k: len(v) for k, v in effects.items()})
         if applied != happened:
             only_log = applied - happened
@@ -479,10 +480,10 @@ class _History:
             self.fail("left over: " + "; ".join(left))
         pending = self.pending()
         if pending != expected_pending:
-            skipped = (f". A person skipped the mutation of run(s) "
-                       f"{', '.join(self.skipped_runs)}, whose effect had happened: next "
-                       "then sees outcome.status 'skipped' (no result). Does it publish "
-                       "what it publishes on 'applied'?" if self.skipped_runs else "")
+            runs = [run for _, run in self.skipped_after_effect]
+            skipped = (f". A person skipped the mutation of run(s) {', '.join(runs)}, whose "
+                       "effect had happened: next then sees outcome.status 'skipped' (no "
+                       "result). Does it publish what it publishes on 'applied'?" if runs else "")
             self.fail(f"messages left pending per topic: {pending}; the same history "
                       f"without faults leaves {expected_pending}{skipped}")
         try:
@@ -515,8 +516,9 @@ class _History:
                 if told or (c.error is not None and not isinstance(c.error, Exception)):
                     continue  # an answer, or the process dying in it (a crash)
                 methods = mutators_of.get(c.method, [])
-                effects = set().union(*(known.get(self.key(RecordedCall(
-                    c.tool, m, "mutator", 0, c.args, c.kwargs)), set()) for m in methods))
+                asked = {"args": c.args, "kwargs": c.kwargs}  # as the log names a call
+                effects = set().union(*(known.get(self._log_key(c.tool, m, asked), set())
+                                        for m in methods))
                 if "unknown" in effects:
                     continue
                 truth = "happened" if "happened" in effects else "did not happen"

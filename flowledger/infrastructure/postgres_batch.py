@@ -102,6 +102,8 @@ class PgBatch:
         self._prepares: dict[int, str] = {}  # statement index of a PREPARE → its SQL
         self._last: list[Any] = []
         self._unanswered = False  # a query sent whose answer `answer()` reads
+        self._after_commit: int | None = None  # the queue index of `commit(then=)`'s statement
+        self.failed_after_commit = False  # that statement failed: the COMMIT went through
         # A write transaction's tracking rows, read with its first message and
         # kept up to date by its writes (FlowPostgresRecorder.tracked).
         self.tracking: dict[str, int] | None = None
@@ -196,7 +198,12 @@ class PgBatch:
         with conn.lock:
             # Sent inside the wait: an interrupt at any point cancels the query.
             results = conn.wait(_execute(conn.pgconn, query))
-        self._check(results)
+        try:
+            self._check(results)
+        except psycopg.Error:
+            # The server stops at the first error: the last answer is the failed one.
+            self.failed_after_commit = start + len(results) - 1 == self._after_commit
+            raise
         asked = [index for index in wanted if start <= index < stop]
         if asked and len(results) != stop - start:  # one `execute` held two statements
             raise psycopg.InternalError(f"{len(results)} answers to {stop - start} statements")
@@ -294,11 +301,17 @@ class PgBatch:
             else:
                 rows[name] = position
 
-    def commit(self, later: bool = False) -> bool:
+    def commit(self, later: bool = False, then: str | None = None) -> bool:
         """Send what is queued with the COMMIT. An unknown outcome (the
         connection lost on the way) raises: never retried here. `later`: see
-        `flush` (True: its answer is left to `answer()`)."""
+        `flush` (True: its answer is left to `answer()`). `then`: a statement
+        sent after the COMMIT in the same message, its answer waited for; if it
+        fails, the transaction was committed (`failed_after_commit`)."""
         self._queue.append("COMMIT")
+        if then is not None:
+            assert not later, "a statement after the commit is waited for"
+            self._after_commit = len(self._queue)
+            self._queue.append(self.bind(then))
         return self.flush(later)
 
     def rollback(self) -> None:

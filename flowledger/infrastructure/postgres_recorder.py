@@ -163,6 +163,24 @@ def _usable(conn: psycopg.Connection[Any] | None) -> TypeGuard[psycopg.Connectio
             and pgconn.transaction_status == pq.TransactionStatus.IDLE)
 
 
+# A transaction that waits for the disk to hold everything committed before
+# it: a commit waits for the WAL's flush only if its transaction wrote WAL,
+# and this writes a logical-decoding message of its own (empty, prefixed
+# "flowledger"), on any wal_level. Needs no table, so no grant.
+FLUSH_AFTER_COMMIT = "SELECT pg_logical_emit_message(true, 'flowledger', '')"
+
+
+def _may_flush_after_commit(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this connection's role may run FLUSH_AFTER_COMMIT (else a synced
+    append waits for the disk under the lock, as its commit does)."""
+    try:
+        return bool(_first(conn.execute(
+            "SELECT has_function_privilege('pg_catalog.pg_logical_emit_message(boolean, "
+            "text, text)', 'EXECUTE')")))
+    except psycopg.errors.UndefinedFunction:
+        return False
+
+
 def _idle(conn: psycopg.Connection[Any] | None) -> TypeGuard[psycopg.Connection[Any]]:
     """Open and in no transaction, as far as this side knows: not left inside
     one (an interrupt), no query whose answer never came. No I/O."""
@@ -364,6 +382,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self._liveness_lock = threading.Lock()
         # Per writer connection: the statements prepared on it (PgBatch).
         self._prepared: dict[bool, Prepared] = {}
+        # Whether the synced writer may wait for the disk after the lock
+        # (`writing`): the role may run FLUSH_AFTER_COMMIT.
+        self._flush_after_lock = False
         self._forecast = Forecast(self.events_table_name)
         # An append sent whose answer is still to be read (`settle`), and
         # whether a thread is reading it.
@@ -676,6 +697,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             conn.prepare_threshold = None
             self._prepared[sync] = Prepared()
             self._check_last_appended(conn)
+            if sync:
+                self._flush_after_lock = _may_flush_after_commit(conn)
         return conn
 
     def _check_last_appended(self, conn: psycopg.Connection[Any]) -> None:
@@ -740,30 +763,53 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         An error of any statement rolls the whole transaction back, wherever it
         surfaces. `later`: the COMMIT's message is sent and its answer left on
         the connection (`PgBatch.answer`), if nothing in it was asked for.
+
+        A synced transaction commits without waiting for the disk, releasing
+        the lock, and a second one in the same message waits for it
+        (FLUSH_AFTER_COMMIT): other writers append while the disk flushes,
+        and the answer still means "on disk" (ADR 0017, "The disk waited for
+        after the lock").
         """
         with self._writer_lock:
             self.settle()
             self.keep_announced()
             batch = PgBatch(self._writer(sync), translate, self._prepared[sync])
+            flush_after = sync and self._flush_after_lock
             try:
                 batch.add("BEGIN")
+                if flush_after:
+                    batch.add("SET LOCAL synchronous_commit = off")
                 batch.add(f"LOCK TABLE {self.events_table_name} IN EXCLUSIVE MODE")
                 if tracking:
                     batch.prefetch_tracking()
                 yield batch
-                batch.commit(later)
+                batch.commit(later, FLUSH_AFTER_COMMIT if flush_after else None)
                 self._forecast.tracked(batch.tracking_changes)
             except psycopg.errors.LockNotAvailable as e:
                 with contextlib.suppress(psycopg.Error):
                     batch.rollback()
                 raise OperationalError(e) from e
-            except BaseException:
+            except BaseException as e:
                 with contextlib.suppress(psycopg.Error):
                     batch.rollback()
                 self._forecast.forget()
+                if batch.failed_after_commit:
+                    raise self._not_flushed(e) from None
                 raise
             finally:
                 batch.close()
+
+    def _not_flushed(self, e: BaseException) -> psycopg.Error:
+        """A synced append committed, and its wait for the disk (FLUSH_AFTER_COMMIT)
+        failed: this engine waits within its commits from now on."""
+        self._flush_after_lock = False
+        said = " ".join(str(e).split())
+        logger.warning("waiting for the disk after the log's lock failed (%s): this "
+                       "engine's appends wait for it within their commit from now on", said)
+        return psycopg.OperationalError(
+            f"the append was committed, but the wait for the disk that follows it failed "
+            f"({said}): it is not known whether it reached the disk. This engine's appends "
+            "now wait for the disk within their commit")
 
     def _insert_sql(self, chunk: Sequence[Row], fence: Fence | None,
                     rows: Sequence[Row]) -> tuple[str, list[Any]]:

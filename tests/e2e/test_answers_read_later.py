@@ -28,9 +28,9 @@ from flowledger.infrastructure import postgres_batch
 nth, sent = int(os.environ["FL_DIE_AFTER_SENT"]), 0
 commit = postgres_batch.PgBatch.commit
 
-def dying(self, later=False):
+def dying(self, later=False, then=None):
     global sent
-    left = commit(self, later)
+    left = commit(self, later, then)
     if left:
         sent += 1
         if sent == nth:

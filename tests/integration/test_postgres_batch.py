@@ -91,6 +91,31 @@ def test_a_failing_statement_anywhere_in_the_queue_stores_nothing(recorder: Any)
     assert recorder.read_all("SELECT t FROM odd", ()) == [("a",)]
 
 
+def test_a_statement_after_the_commit_that_fails_says_the_commit_went_through(
+        recorder: Any) -> None:
+    """`commit(then=)` (a synced append's wait for the disk, ADR 0017): its
+    failure leaves the transaction committed, and says so; a failure before
+    the COMMIT leaves nothing, and does not."""
+    _clear(recorder)
+    conn = recorder._writer(True)
+
+    def transaction(insert: str, then: str) -> postgres_batch.PgBatch:
+        batch = postgres_batch.PgBatch(conn, str, recorder._prepared[True])
+        batch.add("BEGIN")
+        batch.add(insert)
+        with pytest.raises(psycopg.Error):
+            batch.commit(then=then)
+        batch.rollback()
+        return batch
+
+    after = transaction("INSERT INTO odd VALUES (1, 'a', NULL, 1)", "SELECT 1/0")
+    assert after.failed_after_commit
+    assert recorder.read_all("SELECT t FROM odd", ()) == [("a",)]
+    before = transaction("INSERT INTO odd VALUES (1, 'again', NULL, 2)", "SELECT 1")
+    assert not before.failed_after_commit
+    assert recorder.read_all("SELECT t FROM odd", ()) == [("a",)]
+
+
 def test_statements_prepared_in_a_failed_transaction_do_not_break_the_next(
         recorder: Any) -> None:
     """Statements prepared in a transaction that then fails stay prepared

@@ -171,14 +171,19 @@ FLUSH_AFTER_COMMIT = "SELECT pg_logical_emit_message(true, 'flowledger', '')"
 
 
 def _may_flush_after_commit(conn: psycopg.Connection[Any]) -> bool:
-    """Whether this connection's role may run FLUSH_AFTER_COMMIT (else a synced
-    append waits for the disk under the lock, as its commit does)."""
+    """Whether FLUSH_AFTER_COMMIT runs on this connection (tried, and rolled
+    back: a role may not execute it, a server may lack it); else a synced
+    append waits for the disk under the lock, within its commit."""
     try:
-        return bool(_first(conn.execute(
-            "SELECT has_function_privilege('pg_catalog.pg_logical_emit_message(boolean, "
-            "text, text)', 'EXECUTE')")))
-    except psycopg.errors.UndefinedFunction:
+        with conn.transaction(force_rollback=True):
+            conn.execute(FLUSH_AFTER_COMMIT)
+    except psycopg.Error as e:
+        if conn.broken or isinstance(e, psycopg.errors.QueryCanceled):
+            raise
+        logger.info("synced appends wait for the disk within their commit: %s",
+                    " ".join(str(e).split()))
         return False
+    return True
 
 
 def _idle(conn: psycopg.Connection[Any] | None) -> TypeGuard[psycopg.Connection[Any]]:

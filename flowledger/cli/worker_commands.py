@@ -20,6 +20,7 @@ from flowledger.cli.render import out, print_json_line
 from flowledger.cli.store import open_engine, refuse_writes, require_workflow
 from flowledger.cli.views import log_line
 from flowledger.domain.errors import StoreUnreachable
+from flowledger.domain.text import one_line
 from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.engine.waiting import retry_wait
 from flowledger.read_side.log_view import LoggedEvent
@@ -75,7 +76,7 @@ def worker(
                 # waits, as a running worker does for a store that fails.
                 failures += 1
                 delay = retry_wait(interval, failures)
-                logger.warning("%s; trying again in %.1fs", " ".join(str(e).split()), delay)
+                logger.warning("%s; trying again in %.1fs", one_line(e), delay)
                 stop.wait(delay)
         logger.info("worker stopped before its store could be opened")
     raise typer.Exit(EXIT_OK)

@@ -49,3 +49,10 @@ def recordable(text: str, limit: int = MAX_RECORDED_TEXT) -> str:
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit:,} more characters)"
     return text
+
+
+def one_line(value: object) -> str:
+    """`str(value)` with its whitespace runs, newlines too, made single spaces:
+    a driver's error carries DETAIL and HINT lines, and a log line or a
+    message that quotes it holds one line."""
+    return " ".join(str(value).split())

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from uuid import UUID
 
 from flowledger.domain.ids import workflow_id as workflow_id_of
+from flowledger.domain.text import one_line
 from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.store import LogWentBack
@@ -131,7 +132,7 @@ def follow_log(log: EventLog, after: int | None = 0, *, workflow: str | None = N
                 delay = retry_wait(interval, failures)
                 if failures == 1:
                     logger.warning("could not read the store (%s: %s); following again "
-                                   "once it answers", type(e).__name__, " ".join(str(e).split()))
+                                   "once it answers", type(e).__name__, one_line(e))
                 waiter.stop.wait(delay)
 
 

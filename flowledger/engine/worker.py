@@ -31,6 +31,7 @@ from flowledger.domain.phases import RunKind
 from flowledger.domain.schedule import Schedule
 from flowledger.domain.scheduling import ConsumerView, TopicBacklog
 from flowledger.domain.session import Trigger
+from flowledger.domain.text import one_line
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.engine.session_runner import SessionRequest, SessionResult
@@ -142,7 +143,7 @@ class Worker:
                     failures = 0
                 except LogWentBack as e:
                     logger.error("worker %s stops: %s", self.engine.owner,
-                                 " ".join(str(e).split()))
+                                 one_line(e))
                     raise
                 except EngineClosed:
                     break  # closed meanwhile, which set its stop as well
@@ -154,7 +155,7 @@ class Worker:
                     failures += 1
                     delay = retry_wait(self.interval, failures)
                     logger.error("could not read the store (%s: %s); trying again in %.1fs",
-                                 type(e).__name__, " ".join(str(e).split()), delay,
+                                 type(e).__name__, one_line(e), delay,
                                  exc_info=failures == 1)  # the whole story once
                     self.stop.wait(delay)
         finally:
@@ -224,7 +225,7 @@ class Worker:
                 did_nothing = False  # waited below
                 delay = retry_wait(self.interval, self._failed_sessions)
                 logger.error("session of %s stopped (%s); trying again in %.1fs", item.workflow,
-                             " ".join(describe(e).split()), delay,
+                             one_line(describe(e)), delay,
                              exc_info=self._failed_sessions == 1)
                 self.stop.wait(delay)
             else:

@@ -24,6 +24,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 
 from flowledger.domain.errors import ConfigurationError, FlowledgerError, StoreError
+from flowledger.domain.text import one_line
 from flowledger.infrastructure.codec import PydanticMapper, decode
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import verify_chain
@@ -219,7 +220,7 @@ def _stopped(source: EventLog, target: EventLog, copied: int, total: int,
     """A copy stopped midway: a store that failed is a `StoreError` (ADR 0030)."""
     if isinstance(error, FlowledgerError):
         return error
-    said = " ".join(str(error).split())
+    said = one_line(error)
     message = (
         f"the copy of {source.config.shown!r} into {target.config.shown!r} stopped after "
         f"{copied:,} of about {total:,} events ({type(error).__name__}: {said}). The target is "

@@ -35,6 +35,7 @@ from flowledger.domain.errors import (
 )
 from flowledger.domain.handler_state import HandlerState
 from flowledger.domain.session import Session
+from flowledger.domain.text import one_line
 from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.codec import MsgpackTranscoder, PydanticMapper
 from flowledger.infrastructure.encryption import ColumnCipher, Protection, scrubbed
@@ -79,7 +80,7 @@ def _refused(e: BaseException, fence: Fence | None) -> BaseException:
         return _conflict(e)
     if not isinstance(e, IntegrityError):
         return e
-    detail = " ".join(str(e).split())  # on one line (PostgreSQL adds a DETAIL line)
+    detail = one_line(e)  # on one line (PostgreSQL adds a DETAIL line)
     if fence is not None:  # a fenced writer: its session was taken over
         refused = ConcurrencyError(
             f"this session lost its lock: another process took it over ({detail}). "
@@ -152,7 +153,7 @@ class CheckedMapper(PydanticMapper):
         name = stored.topic.rpartition(":")[2] if stored.topic.startswith("flowledger.") \
             else repr(stored.topic)
         cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
-        detail = " ".join(str(cause).split())
+        detail = one_line(cause)
         detail = f"{type(cause).__name__}: {detail[:200]}" if detail else type(cause).__name__
         what = (f"the event at log position {position}" if position is not None else
                 "a snapshot" if table == "snapshot" else "a stored event")

@@ -44,6 +44,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from psycopg import pq
 
 from flowledger.domain.errors import ConfigurationError
+from flowledger.domain.text import one_line
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, Link, head_of
 from flowledger.infrastructure.postgres_batch import PgBatch, Prepared, Rows
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast, create_guard_sql
@@ -181,7 +182,7 @@ def _may_flush_after_commit(conn: psycopg.Connection[Any]) -> bool:
         if conn.broken or isinstance(e, psycopg.errors.QueryCanceled):
             raise
         logger.info("synced appends wait for the disk within their commit: %s",
-                    " ".join(str(e).split()))
+                    one_line(e))
         return False
     return True
 
@@ -420,7 +421,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         try:
             conn = psycopg.connect(**self.conninfo, autocommit=False)
         except psycopg.OperationalError as e:  # no server, refused, bad credentials
-            said = " ".join(str(e).split())
+            said = one_line(e)
             if _server_unavailable(said):
                 raise NotConnected(said) from e
             raise InterfaceError(said) from e
@@ -808,7 +809,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         """A synced append committed, and its wait for the disk (FLUSH_AFTER_COMMIT)
         failed: this engine waits within its commits from now on."""
         self._flush_after_lock = False
-        said = " ".join(str(e).split())
+        said = one_line(e)
         logger.warning("waiting for the disk after the log's lock failed (%s): this "
                        "engine's appends wait for it within their commit from now on", said)
         return psycopg.OperationalError(
@@ -1336,7 +1337,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         if e.diag.table_name == self.events_table_name:  # a stream's version taken
             return IntegrityError(e)
         # A projection's or the chain's: not another writer's doing.
-        return ProjectionRowTaken(e.diag.table_name or "?", " ".join(str(e).split()))
+        return ProjectionRowTaken(e.diag.table_name or "?", one_line(e))
 
     def _send_reading_head(self, c: PgBatch, rows: Sequence[Row], fence: Fence | None
                            ) -> tuple[list[Rows], Rows | None]:

@@ -24,6 +24,7 @@ import contextlib
 from typing import Any
 
 from flowledger.domain.errors import ConfigurationError
+from flowledger.domain.text import one_line
 from flowledger.infrastructure.store_url import StoreConfig
 
 # Connections that hold a transaction open while ours asks again: a pooler
@@ -79,7 +80,7 @@ def _moved(config: StoreConfig, conn: Any, ours: int, psycopg: Any) -> str | Non
                 return (f"this connection's statements ran in server process {ours}, then in "
                         f"{again}")
     except psycopg.Error as e:
-        said = " ".join(str(e).split())
+        said = one_line(e)
         if "pooling mode" in said:  # PgBouncer's statement mode refuses transactions
             return f"a transaction on a second connection was refused ({said})"
         raise ConfigurationError(

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flowledger.domain.errors import ConfigurationError, NoStoreYet, StoreUnreachable
+from flowledger.domain.text import one_line
 from flowledger.infrastructure.server_sessions import refuse_sessions_not_kept
 from flowledger.infrastructure.store_url import ACCEPTED, StoreConfig
 
@@ -144,7 +145,7 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
     try:
         conn = psycopg.connect(**config.libpq())
     except psycopg.Error as e:  # OperationalError; a bad parameter value: ProgrammingError
-        said = " ".join(str(e).split())
+        said = one_line(e)
         where = _where(config)
         refused: type[ConfigurationError] = ConfigurationError
         if "does not exist" in said and "database" in said:

@@ -20,6 +20,7 @@ from eventsourcing.persistence import PersistenceError
 
 from flowledger.domain.errors import FlowledgerError, StoreBusyError, StoreError
 from flowledger.domain.failures import describe
+from flowledger.domain.text import one_line
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 from flowledger.infrastructure.store import LogWentBack
@@ -45,8 +46,8 @@ def as_store_error(error: BaseException, where: str = "") -> BaseException:
             or type(error).__module__ == "builtins"):
         return error
     if isinstance(error, LogWentBack):  # it says itself what happened and what to do
-        return StoreError(_one_line(str(error)), error)
-    said = _one_line(describe(error))
+        return StoreError(one_line(error), error)
+    said = one_line(describe(error))
     if is_busy(error):
         return StoreBusyError(
             f"the store was busy ({said}){where}: another process held its write lock past "
@@ -109,10 +110,6 @@ def _code(error: BaseException, sqlite: tuple[int, ...] = (),
             return True
         seen = seen.__cause__
     return False
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 P = ParamSpec("P")

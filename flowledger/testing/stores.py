@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flowledger.domain.errors import ConfigurationError
+from flowledger.domain.text import one_line
 from flowledger.infrastructure.store_url import parse_store_url, shown
 
 StoreKind = Literal["sqlite", "memory", "postgresql"]
@@ -83,7 +84,7 @@ def _prepare_test_database(url: str) -> str | None:
         name = parse_store_url(url).env["POSTGRES_DBNAME"]
         conn = _connect(url, "postgres")
     except Exception as e:
-        detail = " ".join(str(e).split())[:120]
+        detail = one_line(e)[:120]
         return f"no PostgreSQL server at {shown(url)} ({type(e).__name__}: {detail})"
     try:
         with conn:
@@ -96,7 +97,7 @@ def _prepare_test_database(url: str) -> str | None:
                                          psycopg.errors.UniqueViolation):
                     conn.execute(f'CREATE DATABASE "{name}"')
     except Exception as e:
-        detail = " ".join(str(e).split())[:160]
+        detail = one_line(e)[:160]
         return (f"the PostgreSQL server at {shown(url)} answers, but its test database "
                 f"{name!r} cannot be made ({type(e).__name__}: {detail}); create it, or "
                 "name one this role may use")

@@ -28,7 +28,6 @@ from flowledger.domain.errors import (
     FlowledgerError,
     InvalidArgument,
     NotFoundError,
-    StoreBusyError,
     StoreInClear,
 )
 from flowledger.domain.failures import describe
@@ -44,6 +43,7 @@ from flowledger.domain.run_decider import (
     decide,
 )
 from flowledger.domain.session import Session, Trigger
+from flowledger.domain.text import one_line
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, LeaseClock, SystemClock, random_ids
 from flowledger.engine.closing import (
@@ -66,7 +66,12 @@ from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.store import LogWentBack, stored_after
-from flowledger.infrastructure.store_failures import from_the_store, is_busy, store_errors_as_ours
+from flowledger.infrastructure.store_failures import (
+    from_the_store,
+    is_busy,
+    store_errors_as_ours,
+    store_locked,
+)
 from flowledger.infrastructure.store_url import DEFAULT_STORE, cli_command, parse_store_url, shown
 from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
@@ -170,12 +175,9 @@ class Engine:
             if isinstance(e, FlowledgerError) or not from_the_store(e):
                 raise  # ours already, or a bug: shown as it is
             if is_busy(e):  # every failure to open a store is one of ours
-                raise StoreBusyError(
-                    f"store {shown(store)!r} is locked: another process held its write lock for "
-                    "longer than the lock timeout while this one caught up its projections. "
-                    "Nothing was changed; try again when that process is done", e) from e
+                raise store_locked(shown(store), "caught up its projections", e) from e
             raise ConfigurationError(
-                f"cannot open store {shown(store)!r}: {' '.join(describe(e).split())}") from e
+                f"cannot open store {shown(store)!r}: {one_line(describe(e))}") from e
         self._registered: dict[str, Registration] = {}
         self._left: set[UUID] = set()  # sessions stopped whose lease could not be ended
         self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))

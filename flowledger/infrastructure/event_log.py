@@ -31,7 +31,6 @@ from flowledger.domain.errors import (
     CorruptEventError,
     FlowledgerError,
     ProjectionConflictError,
-    StoreBusyError,
 )
 from flowledger.domain.handler_state import HandlerState
 from flowledger.domain.session import Session
@@ -63,7 +62,7 @@ from flowledger.infrastructure.store_check import (
     check_sqlite_store,
     sql_name,
 )
-from flowledger.infrastructure.store_failures import is_busy
+from flowledger.infrastructure.store_failures import is_busy, store_locked
 from flowledger.infrastructure.store_format import (
     TABLES_VERSION,
     format_record_gone,
@@ -212,10 +211,7 @@ class EventLog(Application[UUID]):
             if isinstance(e, FormatRecordGone):
                 raise format_record_gone(config.shown) from None
             if is_busy(e):  # on either store
-                raise StoreBusyError(
-                    f"store {config.shown!r} is locked: another process held its write lock "
-                    "for longer than the lock timeout while this one set the store up. "
-                    "Nothing was changed; try again when that process is done", e) from e
+                raise store_locked(config.shown, "set the store up", e) from e
             hint = ""
             if isinstance(e, ServerTakesNoWrites):
                 hint = (" Add ?mode=ro to the URL to read it there, or point the URL at the "
@@ -255,11 +251,7 @@ class EventLog(Application[UUID]):
         except BaseException as e:
             self.close()
             if isinstance(e, Exception) and self.flow_recorder.is_busy(e):
-                raise StoreBusyError(
-                    f"store {config.shown!r} is locked: another process held its write lock "
-                    "for longer than the lock timeout while this one recorded the store's "
-                    "format. Nothing was changed; try again when that process is done",
-                    e) from e
+                raise store_locked(config.shown, "recorded the store's format", e) from e
             raise
         if self.format.copying_from is not None and not copying:
             self.close()

@@ -58,6 +58,15 @@ def as_store_error(error: BaseException, where: str = "") -> BaseException:
                       "or not at all", error)
 
 
+def store_locked(shown_url: str, doing: str, error: BaseException) -> StoreBusyError:
+    """Opening a store failed on another process's write lock, held past the
+    lock timeout while this one was `doing` something (it changed nothing)."""
+    return StoreBusyError(
+        f"store {shown_url!r} is locked: another process held its write lock for longer "
+        f"than the lock timeout while this one {doing}. Nothing was changed; try again "
+        "when that process is done", error)
+
+
 def is_busy(error: BaseException) -> bool:
     """A write lock another process held past the lock timeout, on either store
     (each recorder's `is_busy` says it for its own)."""

@@ -201,8 +201,12 @@ class PgBatch:
         try:
             self._check(results)
         except psycopg.Error:
-            # The server stops at the first error: the last answer is the failed one.
-            self.failed_after_commit = start + len(results) - 1 == self._after_commit
+            # The server stops at the first error, so the last answer is the failed
+            # one; the COMMIT went through if an answer before it says so (a
+            # COMMIT that fails, a deferred constraint's, answers with the error).
+            self.failed_after_commit = (
+                self._after_commit is not None and start < self._after_commit < stop
+                and any(r.command_status == b"COMMIT" for r in results[:-1]))
             raise
         asked = [index for index in wanted if start <= index < stop]
         if asked and len(results) != stop - start:  # one `execute` held two statements

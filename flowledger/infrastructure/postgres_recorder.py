@@ -807,7 +807,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _not_flushed(self, e: BaseException) -> psycopg.Error:
         """A synced append committed, and its wait for the disk (FLUSH_AFTER_COMMIT)
-        failed: this engine waits within its commits from now on."""
+        failed: this engine waits within its commits until its synced writer
+        connection is opened again (which tries the statement again)."""
         self._flush_after_lock = False
         said = one_line(e)
         logger.warning("waiting for the disk after the log's lock failed (%s): this "

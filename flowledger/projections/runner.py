@@ -407,8 +407,10 @@ class ProjectionRunner:
         """Empty the named projections (all by default) and fold the log in from 0.
 
         All in one transaction: a rebuild that fails (an event that cannot be
-        read, a crash, Ctrl-C) leaves every projection exactly as it was. Other
-        writers wait for the write lock meanwhile (ADR 0013).
+        read, a crash, Ctrl-C) leaves every projection exactly as it was, but
+        for a failure that says the transaction was committed (on PostgreSQL,
+        waiting for the disk after it: ADR 0017). Other writers wait for the
+        write lock meanwhile (ADR 0013).
         """
         chosen = [p for p in self.projections if names is None or p.name in names]
         self.forget()

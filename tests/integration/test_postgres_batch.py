@@ -114,6 +114,13 @@ def test_a_statement_after_the_commit_that_fails_says_the_commit_went_through(
     before = transaction("INSERT INTO odd VALUES (1, 'again', NULL, 2)", "SELECT 1")
     assert not before.failed_after_commit
     assert recorder.read_all("SELECT t FROM odd", ()) == [("a",)]
+    # A deferred constraint fails the COMMIT itself: nothing was committed.
+    with recorder.writing() as c:
+        c.execute("CREATE TABLE IF NOT EXISTS deferred (k INTEGER UNIQUE DEFERRABLE "
+                  "INITIALLY DEFERRED)")
+    at_commit = transaction("INSERT INTO deferred VALUES (1), (1)", "SELECT 1")
+    assert not at_commit.failed_after_commit
+    assert recorder.read_all("SELECT COUNT(*) FROM deferred", ()) == [(0,)]
 
 
 def test_statements_prepared_in_a_failed_transaction_do_not_break_the_next(

@@ -790,6 +790,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     batch.prefetch_tracking()
                 yield batch
                 batch.commit(later, FLUSH_AFTER_COMMIT if flush_after else None)
+                if self._note_read_only and not batch.unanswered:
+                    self._note_again()
                 self._forecast.tracked(batch.tracking_changes)
             except psycopg.errors.LockNotAvailable as e:
                 with contextlib.suppress(psycopg.Error):
@@ -799,11 +801,39 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 with contextlib.suppress(psycopg.Error):
                     batch.rollback()
                 self._forecast.forget()
+                if isinstance(e, psycopg.errors.ReadOnlySqlTransaction):
+                    self._drop_writer(sync)
                 if batch.failed_after_commit:
                     raise self._not_flushed(e) from None
                 raise
             finally:
                 batch.close()
+
+    def _note_again(self) -> None:
+        """The liveness lock's note could not be written (the server refused
+        writes: its connection, opened then, refuses them still), and a write
+        went through since: the lock is taken again on a new connection, which
+        notes it. The lock is free for that moment, as when the server ends
+        the lock's connection (`keep_announced`, RETAKE_WITHIN_S)."""
+        with self._liveness_lock:
+            key = self._held_key
+            if key is None:
+                return
+            _replace(self._liveness)
+            self._liveness = None
+            try:
+                self._liveness = self._hold_liveness(key, wait=False)
+            except psycopg.Error as e:
+                logger.warning("could not take this engine's liveness lock again: %s",
+                               one_line(e))
+
+    def _drop_writer(self, sync: bool) -> None:
+        """A writer connection the server refused a write on: a database or role
+        set read-only (`default_transaction_read_only`) is read when a connection
+        opens, so this one would refuse every write after the setting is lifted.
+        The next write opens another, which takes the server's present setting."""
+        conn = self._writers.pop(sync, None)
+        _replace(conn)
 
     def _not_flushed(self, e: BaseException) -> psycopg.Error:
         """A synced append committed, and its wait for the disk (FLUSH_AFTER_COMMIT)
@@ -873,6 +903,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     _liveness: psycopg.Connection[Any] | None = None
     _held_key: int | None = None  # the advisory lock this engine holds while alive
     _owner = ""  # whose lock it is (`announce`)
+    # The lock is held, and its note was refused by a server refusing writes.
+    _note_read_only = False
+    _retakes_failed = 0  # failed tries in a row to take the lock again (`keep_announced`)
 
     @staticmethod
     def _liveness_key(owner: str) -> int | None:
@@ -940,8 +973,15 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                          "incarnation = excluded.incarnation, taken_at = excluded.taken_at",
                          (self._owner, key))
         except psycopg.Error as e:
-            logger.warning("could not note this engine's liveness lock: %s", e)
+            # Refused as the server refused writes: noted again once a write goes
+            # through (`_note_again`), said once; the writes say it themselves.
+            read_only = isinstance(e, psycopg.errors.ReadOnlySqlTransaction)
+            if not self._note_read_only:
+                logger.log(logging.INFO if read_only else logging.WARNING,
+                           "could not note this engine's liveness lock: %s", one_line(e))
+            self._note_read_only = read_only
             return
+        self._note_read_only = False
         try:
             # CASE: the server may not evaluate the conditions in their written
             # order, and the proofs of this incarnation's dead must not be locked.
@@ -971,7 +1011,16 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             try:
                 self._liveness = self._hold_liveness(key, wait=False)
             except psycopg.Error as e:
-                logger.warning("could not take this engine's liveness lock again: %s", e)
+                # Said once a streak: it is tried before every write and every second.
+                self._retakes_failed += 1
+                logger.log(logging.WARNING if self._retakes_failed == 1 else logging.DEBUG,
+                           "could not take this engine's liveness lock again (tried before "
+                           "each write and each heartbeat): %s", one_line(e))
+                return
+            if self._retakes_failed:
+                logger.info("took this engine's liveness lock again after %d tries",
+                            self._retakes_failed + 1)
+                self._retakes_failed = 0
 
     def grant(self, role: str, read_only: bool = False) -> list[str]:
         conn = self._connect()
@@ -1100,8 +1149,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             except NotConnected as e:
                 if time.monotonic() + delay > deadline:
                     raise
-                logger.warning("could not connect to append (%s); trying again in %.2fs",
-                               e, delay)
+                first = delay == 0.05
+                logger.log(logging.WARNING if first else logging.DEBUG,
+                           "could not connect to append (%s); trying again%s", one_line(e),
+                           f" for up to {self.RECONNECT_WITHIN_S:.0f}s" if first
+                           else f" in {delay:.2f}s")
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 

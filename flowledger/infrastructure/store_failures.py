@@ -80,6 +80,13 @@ _MISSING = re.compile(r'no such table: (?:\w+\.)?(\w+)|relation "(?:\w+\.)?(\w+)
 
 
 def _what_to_do(error: BaseException) -> str:
+    return advice(error) or ("try again once it works (`recover()`, or the next session, "
+                             "continues a session this call left)")
+
+
+def advice(error: BaseException) -> str | None:
+    """What to do about a store's failure, where its cause is known (a store
+    that refuses writes, a permission, a full disk, a table gone); else None."""
     if _code(error, sqlite=(sqlite3.SQLITE_READONLY,)):
         return ("the SQLite file, or its folder, is not writable by this process (its owner "
                 "or permissions): fix those, or open the store with `?mode=ro` to read it only")
@@ -101,8 +108,7 @@ def _what_to_do(error: BaseException) -> str:
         return (f"the projection table {table} is gone (dropped or renamed outside "
                 "flowledger): open the store again (a new engine, or the next command), "
                 "which makes it again and folds the log into it")
-    return ("try again once it works (`recover()`, or the next session, continues a session "
-            "this call left)")
+    return None
 
 
 def _code(error: BaseException, sqlite: tuple[int, ...] = (),

@@ -14,6 +14,7 @@ failover").
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -361,12 +362,13 @@ def test_appends_a_crashed_server_lost_are_not_built_upon(clusters: Clusters,
 
 
 def test_a_server_restarted_during_a_tool_call_is_waited_for_and_the_outcome_kept(
-        clusters: Clusters, tmp_path: Path) -> None:
+        clusters: Clusters, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The server restarts while a run is in its tool call and is back a moment
     after the call returned: the outcome the engine holds is written once the
     server answers (nothing of it had been sent), the run commits, and the
     call is neither made again nor reconciled (a tool without a reconcile
-    used to be left waiting for a person)."""
+    used to be left waiting for a person). What is tried again and again
+    meanwhile is said once, not at every try."""
     clusters.primary("a")
     ledger = ExternalLedger(tmp_path / "ledger.db", count_calls=True)
 
@@ -378,10 +380,16 @@ def test_a_server_restarted_during_a_tool_call_is_waited_for_and_the_outcome_kep
     engine = fl.Engine(clusters.url("a"))
     try:
         engine.register(costly_workflow(["a"], ["0.5"]), tools=[tool])
-        result = engine.run_session("prop")
+        with caplog.at_level(logging.DEBUG, logger="flowledger"):
+            result = engine.run_session("prop")
         assert result.status == "completed", result.error
         assert ledger.calls_made() == 1
         assert tool.reconcile_calls == []
+        for said in ("could not connect to append", "could not take this engine's liveness"):
+            tries = [r.levelno for r in caplog.records if r.getMessage().startswith(said)]
+            assert tries.count(logging.WARNING) <= 1, (said, tries)
+        assert any(r.levelno == logging.DEBUG for r in caplog.records
+                   if r.getMessage().startswith("could not connect to append"))
         applied = [e for e in engine.events() if e.name == "MutationApplied"]
         assert [e.fields.get("via") for e in applied] == ["call"], applied
     finally:

@@ -369,8 +369,8 @@ def test_a_store_that_turned_read_only_is_said_in_one_line_and_waited_for(
         schema: str, role: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Writes refused by the server (a database or role set read-only, a
     standby after a failover): `run` says so in one line (exit 2), and a
-    worker tells the story once and waits longer at each failure, instead of
-    a traceback every half second."""
+    worker says it in one line, with what to do, and waits longer at each
+    failure, instead of a traceback every half second."""
     with fl.Engine(owner_url(schema)) as owner:
         owner.register(ticking())
     as_owner(*grants(schema, role),
@@ -398,8 +398,42 @@ def test_a_store_that_turned_read_only_is_said_in_one_line_and_waited_for(
     stopped = [r for r in caplog.records if "session of ticks stopped" in r.getMessage()]
     # 0.1 s, then 0.2, 0.4, 0.8, 1.6 (doubling): 5 or 6 in 4 s, not 40.
     assert 2 <= len(stopped) <= 7, [r.getMessage()[:150] for r in stopped]
-    assert [bool(r.exc_info) for r in stopped][:2] == [True, False]  # the story once
+    # One line each, saying what to do: a store's failure needs no traceback.
+    assert not any(r.exc_info for r in stopped)
     assert "read-only transaction" in stopped[-1].getMessage()
+    assert "it refuses writes" in stopped[-1].getMessage()
+
+
+def test_a_worker_goes_on_once_the_store_takes_writes_again(schema: str, role: str) -> None:
+    """A role set read-only, then set back: the connections opened meanwhile
+    refuse writes for their life (the setting is read when one opens), so the
+    worker opens others, and notes its liveness lock again."""
+    with fl.Engine(owner_url(schema)) as owner:
+        owner.register(ticking())
+    as_owner(*grants(schema, role),
+             f'ALTER ROLE "{role}" SET default_transaction_read_only = on')
+    engine = fl.Engine(role_url(schema, role))
+    stop = threading.Event()
+    serving = threading.Thread(target=engine.serve, kwargs={"stop": stop, "interval": 0.1})
+    try:
+        engine.register(ticking())
+        serving.start()
+        time.sleep(2)
+        assert events_in(schema) == 0 or not any(
+            e.name == "Published" for e in engine.events(workflow="ticks"))
+        as_owner(f'ALTER ROLE "{role}" RESET default_transaction_read_only')
+        deadline = time.monotonic() + 30
+        while not any(e.name == "Published" for e in engine.events(workflow="ticks")):
+            assert time.monotonic() < deadline, "the worker never wrote again"
+            time.sleep(0.2)
+        with _server() as conn:
+            noted = conn.execute(f'SELECT count(*) FROM "{schema}".fl_liveness WHERE owner = %s',
+                                 (engine.owner,)).fetchone()
+        assert noted == (1,)
+    finally:
+        stop.set()
+        serving.join(30)
+        engine.close()
 
 
 def test_a_new_store_a_role_may_not_make_is_one_error_without_the_note(

@@ -65,7 +65,8 @@ from flowledger.engine.streams import Streams
 from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
-from flowledger.infrastructure.store import LogWentBack, stored_after
+from flowledger.infrastructure.store import LogWentBack, ServerUnavailable, stored_after
+from flowledger.infrastructure.store_check import server_unavailable
 from flowledger.infrastructure.store_failures import (
     from_the_store,
     is_busy,
@@ -174,6 +175,8 @@ class Engine:
             self.log.close()
             if isinstance(e, FlowledgerError) or not from_the_store(e):
                 raise  # ours already, or a bug: shown as it is
+            if isinstance(e, ServerUnavailable):  # a worker waits for it
+                raise server_unavailable(self.log.config, e) from None
             if is_busy(e):  # every failure to open a store is one of ours
                 raise store_locked(shown(store), "caught up its projections", e) from e
             raise ConfigurationError(

@@ -54,12 +54,14 @@ from flowledger.infrastructure.store import (
     ProjectionRowTaken,
     ReadAfter,
     ServerTakesNoWrites,
+    ServerUnavailable,
     StreamEvents,
     first_line,
 )
 from flowledger.infrastructure.store_check import (
     check_postgres_server,
     check_sqlite_store,
+    server_unavailable,
     sql_name,
 )
 from flowledger.infrastructure.store_failures import is_busy, store_locked
@@ -210,6 +212,8 @@ class EventLog(Application[UUID]):
         except (PersistenceError, InfrastructureFactoryError, sqlite3.Error, OSError) as e:
             if isinstance(e, FormatRecordGone):
                 raise format_record_gone(config.shown) from None
+            if isinstance(e, ServerUnavailable):  # a worker waits for it
+                raise server_unavailable(config, e) from None
             if is_busy(e):  # on either store
                 raise store_locked(config.shown, "set the store up", e) from e
             hint = ""
@@ -250,6 +254,8 @@ class EventLog(Application[UUID]):
                                         config.read_only)
         except BaseException as e:
             self.close()
+            if isinstance(e, ServerUnavailable):
+                raise server_unavailable(config, e) from None
             if isinstance(e, Exception) and self.flow_recorder.is_busy(e):
                 raise store_locked(config.shown, "recorded the store's format", e) from e
             raise

@@ -59,6 +59,7 @@ from flowledger.infrastructure.store import (
     ReadAfter,
     Row,
     ServerTakesNoWrites,
+    ServerUnavailable,
     SharedSQL,
     first_line,
 )
@@ -99,7 +100,8 @@ _OBJECTS_SQL = (
 # only its words.
 _UNAVAILABLE = ("the database system is starting up", "the database system is shutting down",
                 "the database system is in recovery mode", "not yet accepting connections",
-                "not accepting connections", "too many clients already")
+                "not accepting connections", "too many clients already",
+                "too many connections for role", "too many connections for database")
 
 
 def _server_unavailable(said: str) -> bool:
@@ -109,9 +111,22 @@ def _server_unavailable(said: str) -> bool:
     return "FATAL:" not in said or any(words in said for words in _UNAVAILABLE)
 
 
-class NotConnected(InterfaceError):
-    """No connection to the server could be opened (it is restarting, say):
-    nothing was sent."""
+def _opened(conninfo: dict[str, Any], autocommit: bool) -> psycopg.Connection[Any]:
+    """A new connection; one the server cannot take now (down, restarting, none
+    to spare) raises NotConnected, one it refuses (a login, a database) the
+    library's InterfaceError."""
+    try:
+        return psycopg.connect(**conninfo, autocommit=autocommit)
+    except psycopg.OperationalError as e:
+        said = one_line(e)
+        if _server_unavailable(said):
+            raise NotConnected(said) from e
+        raise InterfaceError(said) from e
+
+
+class NotConnected(ServerUnavailable):
+    """No connection to the server could be opened (it is restarting, say, or
+    has none to spare): nothing was sent."""
 
 
 @dataclass
@@ -418,13 +433,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     # ------------------------------------------------------------ connections
 
     def _connect(self, setting: str = "") -> psycopg.Connection[Any]:
-        try:
-            conn = psycopg.connect(**self.conninfo, autocommit=False)
-        except psycopg.OperationalError as e:  # no server, refused, bad credentials
-            said = one_line(e)
-            if _server_unavailable(said):
-                raise NotConnected(said) from e
-            raise InterfaceError(said) from e
+        conn = _opened(self.conninfo, autocommit=False)
         with conn.cursor() as c:
             c.execute(f"SET lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'")
             c.execute("SET standard_conforming_strings = on")  # PgBatch's literals
@@ -823,7 +832,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             self._liveness = None
             try:
                 self._liveness = self._hold_liveness(key, wait=False)
-            except psycopg.Error as e:
+            except (psycopg.Error, InterfaceError) as e:  # InterfaceError: not connected
                 logger.warning("could not take this engine's liveness lock again: %s",
                                one_line(e))
 
@@ -935,9 +944,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         exempt from the server's idle timeout, and its TCP keepalives find a
         vanished server in about a minute, or as the URL's keepalive
         parameters say."""
-        conn = psycopg.connect(**{"keepalives": 1, "keepalives_idle": 30,
-                                  "keepalives_interval": 10, "keepalives_count": 3,
-                                  **self.conninfo}, autocommit=True)
+        conn = _opened({"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                        "keepalives_count": 3, **self.conninfo}, autocommit=True)
         try:
             with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14 on
                 conn.execute("SET idle_session_timeout = 0")
@@ -1010,7 +1018,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             self._liveness = None
             try:
                 self._liveness = self._hold_liveness(key, wait=False)
-            except psycopg.Error as e:
+            except (psycopg.Error, InterfaceError) as e:  # InterfaceError: not connected
                 # Said once a streak: it is tried before every write and every second.
                 self._retakes_failed += 1
                 logger.log(logging.WARNING if self._retakes_failed == 1 else logging.DEBUG,

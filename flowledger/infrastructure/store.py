@@ -18,7 +18,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from uuid import UUID
 
-from eventsourcing.persistence import OperationalError, ProgrammingError, StoredEvent
+from eventsourcing.persistence import (
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    StoredEvent,
+)
 
 if TYPE_CHECKING:
     from flowledger.infrastructure.hash_chain import Chain
@@ -56,6 +61,12 @@ class ProjectionRowTaken(Exception):
         super().__init__(f"{table}: {detail}")
         self.table = table
         self.detail = detail
+
+
+class ServerUnavailable(InterfaceError):
+    """No connection to the store's server could be opened now (it is down or
+    restarting, or has no connection to spare): nothing was sent, and trying
+    again later is safe."""
 
 
 class ServerTakesNoWrites(ProgrammingError):

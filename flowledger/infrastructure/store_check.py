@@ -151,6 +151,16 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
         if "does not exist" in said and "database" in said:
             todo = (f"create it first ({_createdb(env)}), or name one that exists"
                     if not config.read_only else "name the database that holds the store")
+        elif _NO_CONNECTION_TO_SPARE.search(said):
+            todo = _no_connection_to_spare(where)
+            refused = StoreUnreachable  # a worker waits for one
+        elif "permission denied for database" in said:
+            role, database = env["POSTGRES_USER"], env["POSTGRES_DBNAME"]
+            todo = (f"have the database's owner let the role connect: GRANT CONNECT ON "
+                    f"DATABASE {sql_name(database)} TO {sql_name(role)};")
+        elif "SSL negotiation" in said or "expected authentication request" in said:
+            todo = (f"the server at {where} did not answer as PostgreSQL does: check the "
+                    "URL's host and port")
         elif "authentication" in said or "password" in said or "role" in said:
             todo = ("check the user and the password (in the URL, in PGPASSWORD or in "
                     "~/.pgpass)")
@@ -303,6 +313,28 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
         + f" Or run `flowledger --store OWNER-URL setup {option} {shlex.quote(role)}`"
         " with a URL naming the owner."
         + ("" if config.read_only else " Or, to only read it, add ?mode=ro to the URL."))
+
+
+# A server that has no connection to spare: for anyone, for the role, for the database.
+_NO_CONNECTION_TO_SPARE = re.compile(
+    r"too many clients already|too many connections for (?:role|database)")
+
+
+def _no_connection_to_spare(where: str) -> str:
+    return (f"the server at {where} has no connection to spare (its max_connections, or a "
+            "CONNECTION LIMIT on the role or the database): an engine holds five "
+            "connections, a worker six; end others or raise the limit")
+
+
+def server_unavailable(config: StoreConfig, error: BaseException) -> StoreUnreachable:
+    """Opening a store met a server it could not connect to (down, restarting,
+    no connection to spare), after the first connection went through."""
+    said = one_line(error)
+    todo = (_no_connection_to_spare(_where(config)) if _NO_CONNECTION_TO_SPARE.search(said)
+            else f"check that a PostgreSQL server runs at {_where(config)} and accepts "
+                 "connections")
+    return StoreUnreachable(f"cannot open store {config.shown!r}: {_sentence(said)} Nothing "
+                            f"was written; {todo}", error)
 
 
 def _sentence(said: str) -> str:

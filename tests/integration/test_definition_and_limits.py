@@ -266,6 +266,80 @@ def test_a_database_or_user_that_does_not_exist_is_said_at_once_with_what_to_do(
     assert "check the user and the password" in str(caught.value)
 
 
+def test_a_server_that_does_not_speak_postgresql_is_said_to_be_the_wrong_host_or_port():
+    """A web server on the port (a wrong port, a proxy): libpq's words are
+    about TLS or authentication; the advice is about the host and port."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(100)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        for query in ("", "?sslmode=disable"):
+            with pytest.raises(fl.ConfigurationError) as caught:
+                fl.Engine(f"postgresql://postgres@127.0.0.1:{port}/db{query}")
+            said = str(caught.value)
+            assert f"the server at 127.0.0.1:{port} did not answer as PostgreSQL" in said
+            assert "ssl parameters" not in said and "password" not in said
+    finally:
+        listener.close()
+
+
+@pytest.mark.postgres
+def test_a_role_without_a_connection_to_spare_or_without_connect_is_told_what_to_do() -> None:
+    """A role's CONNECTION LIMIT reached: the store is unreachable for now (a
+    worker waits for it), and the message names the limit, wherever in the
+    opening the connection was refused. A role the database does not let
+    connect is told the GRANT."""
+    import uuid
+
+    import psycopg
+
+    from tests import postgres
+
+    name = f"fl_limit_{uuid.uuid4().hex[:8]}"
+    server = postgres.URL.rsplit("/", 1)[0].replace("postgres@", f"{name}@")
+    with psycopg.connect(postgres.URL, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{name}" LOGIN')
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+    url = f"{server}/{name}"
+    try:
+        with fl.Engine(url):
+            pass  # the store made
+        with psycopg.connect(postgres.URL, autocommit=True) as admin:
+            for limit in (0, 1, 2):  # refused at the first connection, or later on
+                admin.execute(f'ALTER ROLE "{name}" CONNECTION LIMIT {limit}')
+                with pytest.raises(fl.StoreUnreachable) as caught:
+                    fl.Engine(url)
+                said = str(caught.value)
+                assert f'too many connections for role "{name}"' in said, (limit, said)
+                assert "has no connection to spare" in said and "CONNECTION LIMIT" in said
+            admin.execute(f'ALTER ROLE "{name}" CONNECTION LIMIT -1')
+            admin.execute(f'ALTER DATABASE "{name}" OWNER TO postgres')
+            admin.execute(f'REVOKE CONNECT ON DATABASE "{name}" FROM PUBLIC')
+        with pytest.raises(fl.ConfigurationError) as caught:
+            fl.Engine(url)
+        assert not isinstance(caught.value, fl.StoreUnreachable)
+        assert f'GRANT CONNECT ON DATABASE "{name}" TO "{name}";' in str(caught.value)
+    finally:
+        with psycopg.connect(postgres.URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'DROP OWNED BY "{name}"')
+            admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
 @pytest.mark.postgres
 def test_the_createdb_the_message_says_creates_the_database() -> None:
     """The command the message gives, run as written, makes the store

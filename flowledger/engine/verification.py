@@ -8,6 +8,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
+from flowledger.domain.text import one_line
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import Problem, Verification, verify_chain
@@ -53,7 +54,7 @@ def snapshot_problems(log: EventLog) -> list[Problem]:
             except Exception as e:  # an event or the snapshot cannot be read
                 problems.append(Problem(_position(rows, version), "snapshot", (
                     f"the snapshot of stream {stream_id} at version {version} cannot be "
-                    f"checked: {' '.join(str(e).split())}")))
+                    f"checked: {one_line(e)}")))
                 break
             if fresh is None or folded.version != version:
                 problems.append(Problem(_position(rows, version), "snapshot", (

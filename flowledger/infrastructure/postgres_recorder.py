@@ -1032,6 +1032,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def grant(self, role: str, read_only: bool = False) -> list[str]:
         conn = self._connect()
+        found = None
         try:
             with conn.cursor() as c:
                 # What the owner creates later (an upgrade's tables) is granted
@@ -1045,11 +1046,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     c.execute(statement.encode())
             conn.commit()
         except psycopg.Error as e:
+            todo = ("create the role first (CREATE ROLE ... LOGIN)"
+                    if isinstance(e, psycopg.errors.UndefinedObject) else
+                    "grant as the role that owns the store's tables"
+                    f"{f' ({found[0]})' if found else ''}, or as a superuser")
             raise ConfigurationError(
                 f"cannot grant {role!r} the use of the store in schema {self.schema!r}: "
-                f"{' '.join(str(e).split())}. Nothing was granted; create the role first "
-                "(CREATE ROLE ... LOGIN), and grant as the role that owns the store's tables"
-            ) from None
+                f"{one_line(e)}. Nothing was granted; {todo}") from None
         finally:
             conn.close()
         return statements

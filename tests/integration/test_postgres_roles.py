@@ -404,6 +404,22 @@ def test_a_store_that_turned_read_only_is_said_in_one_line_and_waited_for(
     assert "it refuses writes" in stopped[-1].getMessage()
 
 
+def test_a_grant_that_fails_says_why_it_failed(schema: str, role: str) -> None:
+    """Granting a role that does not exist is told to create it; granting as a
+    role that does not own the tables is told whose they are."""
+    made_by_owner(schema, ["a"])
+    missing = f"fl_nobody_{uuid.uuid4().hex[:8]}"
+    with fl.Engine(owner_url(schema)) as owner, pytest.raises(fl.ConfigurationError) as e:
+        owner.grant(missing)
+    assert "create the role first" in str(e.value)
+    as_owner(*grants(schema, role))
+    with fl.Engine(role_url(schema, role)) as app, pytest.raises(fl.ConfigurationError) as e:
+        app.grant(role)
+    said = str(e.value)
+    assert "grant as the role that owns the store's tables (postgres), or as a superuser" in said
+    assert "create the role first" not in said
+
+
 def test_a_worker_goes_on_once_the_store_takes_writes_again(schema: str, role: str) -> None:
     """A role set read-only, then set back: the connections opened meanwhile
     refuse writes for their life (the setting is read when one opens), so the

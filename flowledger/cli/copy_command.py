@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Annotated
@@ -78,6 +79,9 @@ def copy(
         print_error(f"the copy into {shown(target)} was interrupted {where}. Run the same "
                     "command again: it goes on where this one stopped, or finds the copy whole")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    # The copy is whole: a Ctrl-C now would only cut its report short, or
+    # kill the process by the signal while it ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seconds = time.perf_counter() - started
     copied, held = report.events, report.open_sessions
     # The key the copy was written with came from the first of these named.

@@ -81,6 +81,37 @@ def test_an_interrupted_copy_says_so_and_the_same_command_finishes_it(tmp_path: 
         assert [(e.stream_id, e.version, e.name) for e in copy.events()] == logged
 
 
+def test_a_ctrl_c_once_the_copy_is_whole_ends_it_as_done(tmp_path: Path) -> None:
+    """The signal comes as the copy reports it is done: it says so and exits 0
+    (it was cut short, or the process killed by the signal as it ended)."""
+    import os
+    import subprocess
+    import sys
+
+    source = f"sqlite:///{tmp_path / 'old.db'}"
+    with fl.Engine(source) as engine:
+        engine.register(ledger_workflow(items=["a"]),
+                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+        engine.run_session("wf")
+    target = f"sqlite:///{tmp_path / 'new.db'}"
+    script = (
+        "import os, signal, sys\n"
+        "import flowledger.cli.copy_command as command\n"
+        "from flowledger.cli.application import main\n"
+        "real = command.say\n"
+        "def say(text):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    real(text)\n"
+        "command.say = say\n"
+        "sys.argv = ['flowledger', 'copy', '--from', sys.argv[1], '--to', sys.argv[2]]\n"
+        "main()\n")
+    env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_STORE"}
+    ended = subprocess.run([sys.executable, "-c", script, source, target], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert ended.returncode == 0, ended.stderr
+    assert f"events to {target}" in ended.stdout
+
+
 def test_copy_says_when_sessions_were_open_in_the_source(tmp_path: Path) -> None:
     """A store copied while a process held a session (or after it crashed in
     one): the copy holds the session open too, and the two logs go apart if

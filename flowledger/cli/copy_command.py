@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import typer
@@ -79,30 +81,44 @@ def copy(
         print_error(f"the copy into {shown(target)} was interrupted {where}. Run the same "
                     "command again: it goes on where this one stopped, or finds the copy whole")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    # The copy is whole: a Ctrl-C now would only cut its report short, or
-    # kill the process by the signal while it ends.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    seconds = time.perf_counter() - started
-    copied, held = report.events, report.open_sessions
-    # The key the copy was written with came from the first of these named.
-    sealed = (f"encrypted with {to_key_env or from_key_env or KEY_ENV}'s key"
-              if report.encrypted else "in clear" if to_clear else None)
-    if as_json:
-        print_json({"events": copied, "written": report.written,
-                    "seconds": round(seconds, 3), "to": shown(target),
-                    "open_sessions": list(held)})
+    # The copy is whole: a Ctrl-C now would only cut its report short.
+    with _not_interrupted():
+        seconds = time.perf_counter() - started
+        copied, held = report.events, report.open_sessions
+        # The key the copy was written with came from the first of these named.
+        sealed = (f"encrypted with {to_key_env or from_key_env or KEY_ENV}'s key"
+                  if report.encrypted else "in clear" if to_clear else None)
+        if as_json:
+            print_json({"events": copied, "written": report.written,
+                        "seconds": round(seconds, 3), "to": shown(target),
+                        "open_sessions": list(held)})
+            return
+        if copied and not report.written:
+            say(f"{shown(target)} holds this copy already, whole: its {copied:,} events (no event "
+                "was written now), its projections caught up.")
+        else:
+            say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
+                f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections. "
+                "Its chain is its own: anchor its head anew (`verify` on it prints it); the "
+                "source's no longer applies.")
+        if held:
+            err.print(f"note: sessions were open in the source ({', '.join(held)}), and are open "
+                      "in the copy as the source had them. If processes were still running on "
+                      "the source, the two logs now go apart: stop them, then copy again into a "
+                      "new store. If they had crashed, a run or recover on the copy continues "
+                      "their sessions.", soft_wrap=True, markup=False, highlight=False)
+
+
+@contextlib.contextmanager
+def _not_interrupted() -> Iterator[None]:
+    """SIGINT ignored meanwhile (from the main thread, where signals are set),
+    then as it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    if copied and not report.written:
-        say(f"{shown(target)} holds this copy already, whole: its {copied:,} events (no event "
-            "was written now), its projections caught up.")
-    else:
-        say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
-            f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections. "
-            "Its chain is its own: anchor its head anew (`verify` on it prints it); the "
-            "source's no longer applies.")
-    if held:
-        err.print(f"note: sessions were open in the source ({', '.join(held)}), and are open "
-                  "in the copy as the source had them. If processes were still running on "
-                  "the source, the two logs now go apart: stop them, then copy again into a "
-                  "new store. If they had crashed, a run or recover on the copy continues "
-                  "their sessions.", soft_wrap=True, markup=False, highlight=False)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if before is not None:  # None: set outside Python, and not to be set back from it
+            signal.signal(signal.SIGINT, before)

@@ -38,7 +38,7 @@ from flowledger.engine.session_runner import SessionRequest, SessionResult
 from flowledger.engine.waiting import LogWaiter, max_position, retry_wait
 from flowledger.infrastructure.event_log import Kept
 from flowledger.infrastructure.store import LogWentBack
-from flowledger.infrastructure.store_failures import advice, from_the_store
+from flowledger.infrastructure.store_failures import advice, from_the_store, is_outage
 from flowledger.projections import pending_work
 from flowledger.read_side.log_view import read_log
 
@@ -157,7 +157,7 @@ class Worker:
                     delay = retry_wait(self.interval, failures)
                     logger.error("could not read the store (%s: %s%s); trying again in %.1fs",
                                  type(e).__name__, one_line(e), _advice(e), delay,
-                                 exc_info=failures == 1 and not from_the_store(e))
+                                 exc_info=failures == 1 and not is_outage(e))
                     self.stop.wait(delay)
         finally:
             waiter.close()
@@ -227,7 +227,7 @@ class Worker:
                 delay = retry_wait(self.interval, self._failed_sessions)
                 logger.error("session of %s stopped (%s%s); trying again in %.1fs",
                              item.workflow, one_line(describe(e)), _advice(e), delay,
-                             exc_info=self._failed_sessions == 1 and not from_the_store(e))
+                             exc_info=self._failed_sessions == 1 and not is_outage(e))
                 self.stop.wait(delay)
             else:
                 self._failed_sessions = 0
@@ -514,8 +514,8 @@ class Worker:
 
 
 def _advice(e: BaseException) -> str:
-    """What to do about a store's failure, where it is known, for a log line. A
-    bug's (not the store's) traceback is logged once instead: the store's own
-    failures (a server restarting) need no traceback to be understood."""
+    """What to do about a store's failure, where it is known, for a log line.
+    An outage (a server restarting) needs no traceback to be understood; any
+    other error's is logged once a streak (`is_outage`)."""
     said = advice(e) if from_the_store(e) else None
     return f": {said}" if said else ""

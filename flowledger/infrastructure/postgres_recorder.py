@@ -63,7 +63,12 @@ from flowledger.infrastructure.store import (
     SharedSQL,
     first_line,
 )
-from flowledger.infrastructure.store_check import LOG_OWNER_SQL, grants
+from flowledger.infrastructure.store_check import (
+    LOG_OWNER_SQL,
+    cannot_connect_now,
+    grants,
+    no_connection_to_spare,
+)
 from flowledger.infrastructure.store_format import (
     FORMAT_TABLE,
     TABLES_VERSION,
@@ -95,22 +100,6 @@ _OBJECTS_SQL = (
     "AND NOT a.attisdropped AND 'column ' || c.relname || '.' || a.attname = ANY(%s)")
 
 
-# What a server says when it cannot take a connection now but will: starting,
-# stopping, recovering, full. libpq gives no SQLSTATE for a failed connection,
-# only its words.
-_UNAVAILABLE = ("the database system is starting up", "the database system is shutting down",
-                "the database system is in recovery mode", "not yet accepting connections",
-                "not accepting connections", "too many clients already",
-                "too many connections for role", "too many connections for database")
-
-
-def _server_unavailable(said: str) -> bool:
-    """Whether a failed connection found no server to answer (refused, timed
-    out, unreachable) or one that cannot take it yet: worth trying again. A
-    server that answered FATAL otherwise (a login or a database refused) is not."""
-    return "FATAL:" not in said or any(words in said for words in _UNAVAILABLE)
-
-
 def _opened(conninfo: dict[str, Any], autocommit: bool) -> psycopg.Connection[Any]:
     """A new connection; one the server cannot take now (down, restarting, none
     to spare) raises NotConnected, one it refuses (a login, a database) the
@@ -119,7 +108,7 @@ def _opened(conninfo: dict[str, Any], autocommit: bool) -> psycopg.Connection[An
         return psycopg.connect(**conninfo, autocommit=autocommit)
     except psycopg.OperationalError as e:
         said = one_line(e)
-        if _server_unavailable(said):
+        if cannot_connect_now(said):
             raise NotConnected(said) from e
         raise InterfaceError(said) from e
 
@@ -493,6 +482,16 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             self._reading[conn] = generation
         return conn
 
+    def _close_idle_readers(self) -> None:
+        """Close the reading connections kept idle (the next reads open others)."""
+        with self._reading_lock:
+            idle = [conn for kept in self._idle.values() for conn in kept]
+            self._idle = {kind: [] for kind in self._idle}
+            for conn in idle:
+                self._reading.pop(conn, None)
+        for conn in idle:
+            _replace(conn)
+
     def _give_back(self, kind: str, conn: psycopg.Connection[Any]) -> None:
         """Kept idle if there is room, it is of this generation and idle (not
         left in a transaction, say by an interrupt); else closed. Whether the
@@ -799,8 +798,6 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     batch.prefetch_tracking()
                 yield batch
                 batch.commit(later, FLUSH_AFTER_COMMIT if flush_after else None)
-                if self._note_read_only and not batch.unanswered:
-                    self._note_again()
                 self._forecast.tracked(batch.tracking_changes)
             except psycopg.errors.LockNotAvailable as e:
                 with contextlib.suppress(psycopg.Error):
@@ -817,24 +814,18 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 raise
             finally:
                 batch.close()
+            if self._note_read_only and not batch.unanswered:
+                self._note_again(self._writers[sync])
 
-    def _note_again(self) -> None:
-        """The liveness lock's note could not be written (the server refused
-        writes: its connection, opened then, refuses them still), and a write
-        went through since: the lock is taken again on a new connection, which
-        notes it. The lock is free for that moment, as when the server ends
-        the lock's connection (`keep_announced`, RETAKE_WITHIN_S)."""
+    def _note_again(self, writer: psycopg.Connection[Any]) -> None:
+        """The liveness lock's note was refused (the server refused writes: the
+        lock's connection, opened then, refuses them still), and a write went
+        through since on `writer`: the note is written there. The lock itself
+        stays where it is: freed a moment, it could prove a living engine gone
+        to one that found it free before (`holder_alive`)."""
         with self._liveness_lock:
-            key = self._held_key
-            if key is None:
-                return
-            _replace(self._liveness)
-            self._liveness = None
-            try:
-                self._liveness = self._hold_liveness(key, wait=False)
-            except (psycopg.Error, InterfaceError) as e:  # InterfaceError: not connected
-                logger.warning("could not take this engine's liveness lock again: %s",
-                               one_line(e))
+            if self._held_key is not None:
+                self._note_held(writer, self._held_key)
 
     def _drop_writer(self, sync: bool) -> None:
         """A writer connection the server refused a write on: a database or role
@@ -1046,10 +1037,13 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     c.execute(statement.encode())
             conn.commit()
         except psycopg.Error as e:
-            todo = ("create the role first (CREATE ROLE ... LOGIN)"
-                    if isinstance(e, psycopg.errors.UndefinedObject) else
-                    "grant as the role that owns the store's tables"
-                    f"{f' ({found[0]})' if found else ''}, or as a superuser")
+            if isinstance(e, psycopg.errors.UndefinedObject):
+                todo = "create the role first (CREATE ROLE ... LOGIN)"
+            elif isinstance(e, psycopg.errors.InsufficientPrivilege):
+                todo = ("grant as the role that owns the store's tables"
+                        f"{f' ({found[0]})' if found else ''}, or as a superuser")
+            else:
+                todo = "try again once the server takes it"
             raise ConfigurationError(
                 f"cannot grant {role!r} the use of the store in schema {self.schema!r}: "
                 f"{one_line(e)}. Nothing was granted; {todo}") from None
@@ -1160,6 +1154,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             except NotConnected as e:
                 if time.monotonic() + delay > deadline:
                     raise
+                if no_connection_to_spare(str(e)) is not None:
+                    self._close_idle_readers()  # this engine's own may be what fills it
                 first = delay == 0.05
                 logger.log(logging.WARNING if first else logging.DEBUG,
                            "could not connect to append (%s); trying again%s", one_line(e),
@@ -1505,8 +1501,12 @@ class PgAppendWakeups:
     def __init__(self, conninfo: dict[str, Any], channel: str) -> None:
         self.conninfo, self.channel = conninfo, channel
         self.closed = False
-        self.conn = self._listening()
-        self._listen_again_at = time.monotonic() + self.LISTEN_AGAIN_S
+        try:
+            self.conn = self._listening()
+        except psycopg.OperationalError:  # away, or no connection to spare: polled meanwhile
+            self.conn = None
+        self._listen_again_at = time.monotonic() + (
+            self.LISTEN_AGAIN_S if self.conn is not None else 0.0)
 
     def _listening(self) -> psycopg.Connection[Any] | None:
         """A connection listening to the log's channel; None on a standby (a

@@ -152,7 +152,7 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
             todo = (f"create it first ({_createdb(env)}), or name one that exists"
                     if not config.read_only else "name the database that holds the store")
         elif _NO_CONNECTION_TO_SPARE.search(said):
-            todo = _no_connection_to_spare(where)
+            todo = _no_connection_to_spare(f"the server at {where}")
             refused = StoreUnreachable  # a worker waits for one
         elif "permission denied for database" in said:
             role, database = env["POSTGRES_USER"], env["POSTGRES_DBNAME"]
@@ -170,6 +170,12 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
         elif "ssl" in said.lower() or "certificate" in said.lower():
             todo = ("check the URL's ssl parameters (sslmode, sslrootcert, ...) against the "
                     "server's TLS setup")
+        elif "pg_hba.conf" in said:
+            todo = ("the server's pg_hba.conf does not let this user connect to this database "
+                    "from here (or with this TLS setting): have its administrator add an "
+                    "entry, or connect as one it lets in")
+        elif not cannot_connect_now(said):  # the server answered, and refused
+            todo = "check the URL against what the server says"
         else:
             todo = f"check that a PostgreSQL server runs at {where} and accepts connections"
             refused = StoreUnreachable  # a worker waits for it
@@ -315,22 +321,48 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
         + ("" if config.read_only else " Or, to only read it, add ?mode=ro to the URL."))
 
 
+# What a server says when it cannot take a connection now but will: starting,
+# stopping, recovering, full. libpq gives no SQLSTATE for a failed connection,
+# only its words.
+_UNAVAILABLE = ("the database system is starting up", "the database system is shutting down",
+                "the database system is in recovery mode", "not yet accepting connections",
+                "not accepting connections", "too many clients already",
+                "too many connections for role", "too many connections for database",
+                "remaining connection slots are reserved")
+
+
+def cannot_connect_now(said: str) -> bool:
+    """Whether a failed connection found no server to answer (refused, timed
+    out, unreachable) or one that cannot take it yet: worth trying again. A
+    server that answered FATAL otherwise (a login or a database refused) is not."""
+    return "FATAL:" not in said or any(words in said for words in _UNAVAILABLE)
+
+
 # A server that has no connection to spare: for anyone, for the role, for the database.
 _NO_CONNECTION_TO_SPARE = re.compile(
-    r"too many clients already|too many connections for (?:role|database)")
+    r"too many clients already|too many connections for (?:role|database)"
+    r"|remaining connection slots are reserved")
 
 
 def _no_connection_to_spare(where: str) -> str:
-    return (f"the server at {where} has no connection to spare (its max_connections, or a "
-            "CONNECTION LIMIT on the role or the database): an engine holds five "
-            "connections, a worker six; end others or raise the limit")
+    return (f"{where} has no connection to spare (its max_connections, or a CONNECTION "
+            "LIMIT on the role or the database): an engine holds five connections, a "
+            "worker six; end others or raise the limit")
+
+
+def no_connection_to_spare(said: str) -> str | None:
+    """What to do when `said` (a failed connection's words) tells of a server
+    with no connection to spare; else None."""
+    return (_no_connection_to_spare("the store's server")
+            if _NO_CONNECTION_TO_SPARE.search(said) else None)
 
 
 def server_unavailable(config: StoreConfig, error: BaseException) -> StoreUnreachable:
     """Opening a store met a server it could not connect to (down, restarting,
     no connection to spare), after the first connection went through."""
     said = one_line(error)
-    todo = (_no_connection_to_spare(_where(config)) if _NO_CONNECTION_TO_SPARE.search(said)
+    todo = (_no_connection_to_spare(f"the server at {_where(config)}")
+            if _NO_CONNECTION_TO_SPARE.search(said)
             else f"check that a PostgreSQL server runs at {_where(config)} and accepts "
                  "connections")
     return StoreUnreachable(f"cannot open store {config.shown!r}: {_sentence(said)} Nothing "

@@ -23,7 +23,8 @@ from flowledger.domain.failures import describe
 from flowledger.domain.text import one_line
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
-from flowledger.infrastructure.store import LogWentBack
+from flowledger.infrastructure.store import LogWentBack, ServerUnavailable
+from flowledger.infrastructure.store_check import no_connection_to_spare
 from flowledger.infrastructure.store_format import FORMAT_TABLE
 from flowledger.infrastructure.store_url import shown
 
@@ -67,6 +68,36 @@ def store_locked(shown_url: str, doing: str, error: BaseException) -> StoreBusyE
         "when that process is done", error)
 
 
+# PostgreSQL's classes of errors that are the server's state, not a statement's:
+# a connection lost or refused, resources short, the server stopping.
+_OUTAGE_CLASSES = ("08", "53", "57", "58")
+_SQLITE_OUTAGES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
+                   sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY)
+
+
+def is_outage(error: BaseException) -> bool:
+    """A store failure its one line says whole (a server away, restarting or
+    short of connections, a lock held, writes refused, or one `advice` knows):
+    a traceback would add nothing. A statement the server found wrong is not."""
+    if advice(error) is not None or is_busy(error) or isinstance(error, ServerUnavailable):
+        return True
+    seen: BaseException | None = error
+    for _ in range(3):  # the library wraps the driver's error, which may wrap another
+        if seen is None:
+            return False
+        state = getattr(seen, "sqlstate", None)
+        if state is not None and state[:2] in _OUTAGE_CLASSES:
+            return True
+        if (state is None and type(seen).__module__.startswith("psycopg")
+                and type(seen).__name__ == "OperationalError"):
+            return True  # the connection lost on the client's side: no SQLSTATE
+        code = getattr(seen, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _SQLITE_OUTAGES:
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def is_busy(error: BaseException) -> bool:
     """A write lock another process held past the lock timeout, on either store
     (each recorder's `is_busy` says it for its own)."""
@@ -99,6 +130,9 @@ def advice(error: BaseException) -> str | None:
                 "(`flowledger --store OWNER-URL setup --grant ROLE`)")
     if _code(error, sqlite=(sqlite3.SQLITE_FULL,), sqlstate=("53100",)):
         return "its disk is full: free space, then try again"
+    spare = no_connection_to_spare(str(error))
+    if spare is not None:
+        return spare
     missing = _MISSING.search(str(error))
     if missing is not None:
         table = missing.group(1) or missing.group(2)

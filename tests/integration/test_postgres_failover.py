@@ -505,3 +505,34 @@ def test_a_server_lost_while_prepare_reads_is_not_the_handlers_failure(
         assert ledger.calls_made() == 1 and ledger.keys() == ["j1"]
     finally:
         engine.close()
+
+
+def test_a_full_server_is_waited_for_and_a_refusing_pg_hba_is_said(clusters: Clusters) -> None:
+    """A server whose connections left are reserved for superusers: an app
+    role's engine finds the store unreachable for now (a worker waits), told
+    why. One whose pg_hba.conf rejects the role is a refusal to fix, not an
+    outage to wait for (a worker would wait for ever)."""
+    clusters.primary("a", "-c max_connections=6 -c superuser_reserved_connections=3")
+    with clusters.connect("a") as admin:
+        admin.execute("CREATE ROLE app LOGIN")
+        admin.execute("GRANT CREATE ON DATABASE postgres TO app")
+    app = clusters.url("a").replace("postgres@", "app@") + "?schema=app_store"
+    held = [psycopg.connect(app.partition("?")[0]) for _ in range(3)]  # the slots left
+    try:
+        with pytest.raises(fl.StoreUnreachable) as caught:
+            fl.Engine(app)
+        said = str(caught.value)
+        assert "remaining connection slots are reserved" in said
+        assert "has no connection to spare" in said
+    finally:
+        for conn in held:
+            conn.close()
+    hba = clusters.root / "a" / "pg_hba.conf"
+    hba.write_text("host all app 127.0.0.1/32 reject\n" + hba.read_text())
+    clusters.run("pg_ctl", "-D", str(clusters.root / "a"), "reload")
+    time.sleep(0.5)  # the postmaster reads it again
+    with pytest.raises(fl.ConfigurationError) as caught:
+        fl.Engine(app)
+    assert not isinstance(caught.value, fl.StoreUnreachable), caught.value
+    assert "pg_hba.conf" in str(caught.value) and "have its administrator add an entry" in str(
+        caught.value)

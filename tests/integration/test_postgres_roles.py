@@ -437,6 +437,7 @@ def test_a_worker_goes_on_once_the_store_takes_writes_again(schema: str, role: s
         time.sleep(2)
         assert events_in(schema) == 0 or not any(
             e.name == "Published" for e in engine.events(workflow="ticks"))
+        liveness = engine.log.flow_recorder._liveness
         as_owner(f'ALTER ROLE "{role}" RESET default_transaction_read_only')
         deadline = time.monotonic() + 30
         while not any(e.name == "Published" for e in engine.events(workflow="ticks")):
@@ -446,6 +447,50 @@ def test_a_worker_goes_on_once_the_store_takes_writes_again(schema: str, role: s
             noted = conn.execute(f'SELECT count(*) FROM "{schema}".fl_liveness WHERE owner = %s',
                                  (engine.owner,)).fetchone()
         assert noted == (1,)
+        # Noted without letting the lock go: freed a moment, it could prove this
+        # living engine gone to another that had found it free before.
+        assert engine.log.flow_recorder._liveness is liveness
+    finally:
+        stop.set()
+        serving.join(30)
+        engine.close()
+
+
+def test_a_worker_whose_listening_connection_is_refused_serves_on(schema: str,
+                                                                  role: str) -> None:
+    """The role's CONNECTION LIMIT reached by the engine's own connections: the
+    worker's sixth, to listen for appends, is refused. It serves on, looking
+    at the log every interval, instead of ending."""
+    with fl.Engine(owner_url(schema)) as owner:
+        owner.register(ticking())
+    as_owner(*grants(schema, role))
+    engine = fl.Engine(role_url(schema, role))
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            engine.serve(stop=stop, interval=0.1)
+        except BaseException as e:
+            failed.append(e)
+
+    serving = threading.Thread(target=serve)
+    try:
+        engine.register(ticking())
+        engine.run_session("ticks")  # its connections opened
+        with _server() as conn:
+            held = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+                                (role,)).fetchone()
+        assert held is not None
+        as_owner(f'ALTER ROLE "{role}" CONNECTION LIMIT {held[0]}')
+        published = sum(e.name == "Published" for e in engine.events(workflow="ticks"))
+        serving.start()
+        deadline = time.monotonic() + 20
+        while sum(e.name == "Published" for e in engine.events(workflow="ticks")) <= published:
+            assert not failed, failed
+            assert time.monotonic() < deadline, "the worker served nothing"
+            time.sleep(0.2)
+        assert serving.is_alive() and not failed
     finally:
         stop.set()
         serving.join(30)

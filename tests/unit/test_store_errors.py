@@ -20,6 +20,7 @@ from flowledger.infrastructure.store import LogWentBack
 from flowledger.infrastructure.store_failures import (
     as_store_error,
     from_the_store,
+    is_outage,
     store_errors_as_ours,
 )
 
@@ -176,3 +177,33 @@ def test_a_generator_is_watched_as_it_is_read() -> None:
     assert raised.value.error is driver
     with pytest.raises(KeyError):
         list(Calls().follow(KeyError("ours")))
+
+
+def _wrapped(error: BaseException) -> OperationalError:
+    """As the persistence library raises a driver's error: wrapped, the cause kept."""
+    try:
+        raise OperationalError(str(error)) from error
+    except OperationalError as e:
+        return e
+
+
+@pytest.mark.parametrize(("error", "outage"), [
+    (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+    (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),
+    (psycopg.errors.TooManyConnections('too many connections for role "app"'), True),
+    (psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"),
+     True),
+    (psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"), True),
+    (_wrapped(psycopg.errors.CannotConnectNow("the database system is starting up")), True),
+    (sqlite_read_only(), True),
+    (psycopg.errors.UndefinedColumn('column "positon" does not exist'), False),
+    (psycopg.errors.SyntaxError('syntax error at or near "SELEC"'), False),
+    (_wrapped(psycopg.errors.InternalError_("unexpected chunk number")), False),
+    (sqlite3.OperationalError("no such column: positon"), False),
+    (KeyError("a bug of ours"), False)],
+    ids=lambda e: type(e).__name__ if isinstance(e, BaseException) else "")
+def test_an_outage_is_told_apart_from_a_statement_the_server_found_wrong(
+        error: BaseException, outage: bool) -> None:
+    """A worker logs an outage in one line; a wrong statement (a bug) keeps its
+    traceback, once (`is_outage`)."""
+    assert is_outage(error) is outage

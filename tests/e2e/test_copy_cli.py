@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,25 +40,38 @@ def test_copy_moves_a_log_and_refuses_a_store_that_is_not_empty(tmp_path: Path) 
     assert_user_error(refused, f"already holds {count} events", "Copy into a new, empty store")
 
 
+def _copied_in_a_process(patch: str, source: str, target: str,
+                         tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`flowledger copy` run in a process of its own, with `patch` (Python that
+    may wrap `command`, the copy command's module) applied first."""
+    script = ("import os, signal, sys\n"
+              "import flowledger.cli.copy_command as command\n"
+              "from flowledger.cli.application import main\n"
+              f"{patch}"
+              "sys.argv = ['flowledger', 'copy', '--from', sys.argv[1], '--to', sys.argv[2]]\n"
+              "main()\n")
+    env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_STORE"}
+    return subprocess.run([sys.executable, "-c", script, source, target], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def _ran_once(tmp_path: Path, items: list[str]) -> tuple[str, list[tuple[Any, ...]]]:
+    """An SQLite store the ledger workflow ran in once: its URL, and its log."""
+    source = f"sqlite:///{tmp_path / 'old.db'}"
+    with fl.Engine(source) as engine:
+        engine.register(ledger_workflow(items=items),
+                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+        engine.run_session("wf")
+        return source, [(e.stream_id, e.version, e.name) for e in engine.events()]
+
+
 def test_an_interrupted_copy_says_so_and_the_same_command_finishes_it(tmp_path: Path) -> None:
     """Ctrl-C (a real SIGINT) midway: one line saying where it stopped and
     what to do, exit 130; the same command then finishes the copy."""
-    import os
-    import subprocess
-    import sys
-
-    source = f"sqlite:///{tmp_path / 'old.db'}"
-    with fl.Engine(source) as engine:
-        engine.register(ledger_workflow(items=["a", "b", "c"]),
-                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
-        engine.run_session("wf")
-        logged = [(e.stream_id, e.version, e.name) for e in engine.events()]
+    source, logged = _ran_once(tmp_path, ["a", "b", "c"])
     target = f"sqlite:///{tmp_path / 'new.db'}"
-    script = (  # batches of 20 events; Ctrl-C once 40 are in
-        "import os, signal, sys\n"
+    stopped = _copied_in_a_process(  # batches of 20 events; Ctrl-C once 40 are in
         "import flowledger.infrastructure.copying as copying\n"
-        "import flowledger.cli.copy_command as command\n"
-        "from flowledger.cli.application import main\n"
         "copying.BATCH = 20\n"
         "real = command.copy_store_report\n"
         "def interrupted(source, target, progress, **keys):\n"
@@ -64,12 +80,7 @@ def test_an_interrupted_copy_says_so_and_the_same_command_finishes_it(tmp_path: 
         "        if done >= 40:\n"
         "            os.kill(os.getpid(), signal.SIGINT)\n"
         "    return real(source, target, at, **keys)\n"
-        "command.copy_store_report = interrupted\n"
-        "sys.argv = ['flowledger', 'copy', '--from', sys.argv[1], '--to', sys.argv[2]]\n"
-        "main()\n")
-    env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_STORE"}
-    stopped = subprocess.run([sys.executable, "-c", script, source, target], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=120)
+        "command.copy_store_report = interrupted\n", source, target, tmp_path)
     assert stopped.returncode == 130, stopped.stderr
     assert stopped.stderr.strip().splitlines() == [
         f"error: the copy into {target} was interrupted after 40 of about {len(logged)} "
@@ -84,30 +95,14 @@ def test_an_interrupted_copy_says_so_and_the_same_command_finishes_it(tmp_path: 
 def test_a_ctrl_c_once_the_copy_is_whole_ends_it_as_done(tmp_path: Path) -> None:
     """The signal comes as the copy reports it is done: it says so and exits 0
     (it was cut short, or the process killed by the signal as it ended)."""
-    import os
-    import subprocess
-    import sys
-
-    source = f"sqlite:///{tmp_path / 'old.db'}"
-    with fl.Engine(source) as engine:
-        engine.register(ledger_workflow(items=["a"]),
-                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
-        engine.run_session("wf")
+    source, _ = _ran_once(tmp_path, ["a"])
     target = f"sqlite:///{tmp_path / 'new.db'}"
-    script = (
-        "import os, signal, sys\n"
-        "import flowledger.cli.copy_command as command\n"
-        "from flowledger.cli.application import main\n"
+    ended = _copied_in_a_process(
         "real = command.say\n"
         "def say(text):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    real(text)\n"
-        "command.say = say\n"
-        "sys.argv = ['flowledger', 'copy', '--from', sys.argv[1], '--to', sys.argv[2]]\n"
-        "main()\n")
-    env = {k: v for k, v in os.environ.items() if k != "FLOWLEDGER_STORE"}
-    ended = subprocess.run([sys.executable, "-c", script, source, target], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=120)
+        "command.say = say\n", source, target, tmp_path)
     assert ended.returncode == 0, ended.stderr
     assert f"events to {target}" in ended.stdout
 

@@ -65,13 +65,11 @@ from flowledger.engine.streams import Streams
 from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
-from flowledger.infrastructure.store import LogWentBack, ServerUnavailable, stored_after
-from flowledger.infrastructure.store_check import server_unavailable
+from flowledger.infrastructure.store import LogWentBack, stored_after
 from flowledger.infrastructure.store_failures import (
     from_the_store,
-    is_busy,
+    opening_failed,
     store_errors_as_ours,
-    store_locked,
 )
 from flowledger.infrastructure.store_url import DEFAULT_STORE, cli_command, parse_store_url, shown
 from flowledger.projections import pending_work
@@ -175,10 +173,9 @@ class Engine:
             self.log.close()
             if isinstance(e, FlowledgerError) or not from_the_store(e):
                 raise  # ours already, or a bug: shown as it is
-            if isinstance(e, ServerUnavailable):  # a worker waits for it
-                raise server_unavailable(self.log.config, e) from None
-            if is_busy(e):  # every failure to open a store is one of ours
-                raise store_locked(shown(store), "caught up its projections", e) from e
+            refused = opening_failed(self.log.config, e, "caught up its projections")
+            if refused is not None:  # every failure to open a store is one of ours
+                raise refused from e
             raise ConfigurationError(
                 f"cannot open store {shown(store)!r}: {one_line(describe(e))}") from e
         self._registered: dict[str, Registration] = {}

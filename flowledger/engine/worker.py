@@ -514,8 +514,7 @@ class Worker:
 
 
 def _advice(e: BaseException) -> str:
-    """What to do about a store's failure, where it is known, for a log line.
-    An outage (a server restarting) needs no traceback to be understood; any
-    other error's is logged once a streak (`is_outage`)."""
+    """What to do about a store's failure, where it is known, as the end of a
+    log line's parenthesis ("": not known, or not the store's)."""
     said = advice(e) if from_the_store(e) else None
     return f": {said}" if said else ""

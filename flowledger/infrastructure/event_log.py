@@ -54,17 +54,15 @@ from flowledger.infrastructure.store import (
     ProjectionRowTaken,
     ReadAfter,
     ServerTakesNoWrites,
-    ServerUnavailable,
     StreamEvents,
     first_line,
 )
 from flowledger.infrastructure.store_check import (
     check_postgres_server,
     check_sqlite_store,
-    server_unavailable,
     sql_name,
 )
-from flowledger.infrastructure.store_failures import is_busy, store_locked
+from flowledger.infrastructure.store_failures import opening_failed
 from flowledger.infrastructure.store_format import (
     TABLES_VERSION,
     format_record_gone,
@@ -212,10 +210,9 @@ class EventLog(Application[UUID]):
         except (PersistenceError, InfrastructureFactoryError, sqlite3.Error, OSError) as e:
             if isinstance(e, FormatRecordGone):
                 raise format_record_gone(config.shown) from None
-            if isinstance(e, ServerUnavailable):  # a worker waits for it
-                raise server_unavailable(config, e) from None
-            if is_busy(e):  # on either store
-                raise store_locked(config.shown, "set the store up", e) from e
+            refused = opening_failed(config, e, "set the store up")
+            if refused is not None:
+                raise refused from e
             hint = ""
             if isinstance(e, ServerTakesNoWrites):
                 hint = (" Add ?mode=ro to the URL to read it there, or point the URL at the "
@@ -254,10 +251,9 @@ class EventLog(Application[UUID]):
                                         config.read_only)
         except BaseException as e:
             self.close()
-            if isinstance(e, ServerUnavailable):
-                raise server_unavailable(config, e) from None
-            if isinstance(e, Exception) and self.flow_recorder.is_busy(e):
-                raise store_locked(config.shown, "recorded the store's format", e) from e
+            refused = opening_failed(config, e, "recorded the store's format")
+            if refused is not None:
+                raise refused from e
             raise
         if self.format.copying_from is not None and not copying:
             self.close()

@@ -69,6 +69,7 @@ from flowledger.infrastructure.store_check import (
     grants,
     no_connection_to_spare,
 )
+from flowledger.infrastructure.store_failures import advice
 from flowledger.infrastructure.store_format import (
     FORMAT_TABLE,
     TABLES_VERSION,
@@ -842,7 +843,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         self._flush_after_lock = False
         said = one_line(e)
         logger.warning("waiting for the disk after the log's lock failed (%s): this "
-                       "engine's appends wait for it within their commit from now on", said)
+                       "engine's appends wait for it within their commit until its writer "
+                       "connection is opened again", said)
         return psycopg.OperationalError(
             f"the append was committed, but the wait for the disk that follows it failed "
             f"({said}): it is not known whether it reached the disk. This engine's appends "
@@ -1042,8 +1044,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             elif isinstance(e, psycopg.errors.InsufficientPrivilege):
                 todo = ("grant as the role that owns the store's tables"
                         f"{f' ({found[0]})' if found else ''}, or as a superuser")
-            else:
-                todo = "try again once the server takes it"
+            else:  # the server refused it for another cause (read-only, say)
+                todo = advice(e) or "try again once the server takes it"
             raise ConfigurationError(
                 f"cannot grant {role!r} the use of the store in schema {self.schema!r}: "
                 f"{one_line(e)}. Nothing was granted; {todo}") from None
@@ -1147,8 +1149,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _reconnecting(self, append: Callable[[], int]) -> int:
         """`append`, tried again while no connection can be opened to make it."""
-        deadline, delay = time.monotonic() + self.RECONNECT_WITHIN_S, 0.05
+        deadline, delay, tries = time.monotonic() + self.RECONNECT_WITHIN_S, 0.05, 0
         while True:
+            tries += 1
             try:
                 return append()
             except NotConnected as e:
@@ -1156,10 +1159,9 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     raise
                 if no_connection_to_spare(str(e)) is not None:
                     self._close_idle_readers()  # this engine's own may be what fills it
-                first = delay == 0.05
-                logger.log(logging.WARNING if first else logging.DEBUG,
+                logger.log(logging.WARNING if tries == 1 else logging.DEBUG,  # once a streak
                            "could not connect to append (%s); trying again%s", one_line(e),
-                           f" for up to {self.RECONNECT_WITHIN_S:.0f}s" if first
+                           f" for up to {self.RECONNECT_WITHIN_S:.0f}s" if tries == 1
                            else f" in {delay:.2f}s")
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)

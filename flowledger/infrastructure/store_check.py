@@ -151,8 +151,8 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
         if "does not exist" in said and "database" in said:
             todo = (f"create it first ({_createdb(env)}), or name one that exists"
                     if not config.read_only else "name the database that holds the store")
-        elif _NO_CONNECTION_TO_SPARE.search(said):
-            todo = _no_connection_to_spare(f"the server at {where}")
+        elif _no_spare(said):
+            todo = _unreachable(said, where)
             refused = StoreUnreachable  # a worker waits for one
         elif "permission denied for database" in said:
             role, database = env["POSTGRES_USER"], env["POSTGRES_DBNAME"]
@@ -177,7 +177,7 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
         elif not cannot_connect_now(said):  # the server answered, and refused
             todo = "check the URL against what the server says"
         else:
-            todo = f"check that a PostgreSQL server runs at {where} and accepts connections"
+            todo = _unreachable(said, where)
             refused = StoreUnreachable  # a worker waits for it
         message = (f"cannot open store {config.shown!r}: {_sentence(said)} Nothing was "
                    f"written; {todo}")
@@ -321,14 +321,17 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
         + ("" if config.read_only else " Or, to only read it, add ?mode=ro to the URL."))
 
 
+# What a server says when it has no connection to spare: for anyone, for the
+# role, for the database; for anyone but superusers (PostgreSQL 16 words that
+# last one differently, naming a role, after the same beginning).
+_NO_SPARE = ("too many clients already", "too many connections for role",
+             "too many connections for database", "remaining connection slots are reserved")
 # What a server says when it cannot take a connection now but will: starting,
 # stopping, recovering, full. libpq gives no SQLSTATE for a failed connection,
 # only its words.
 _UNAVAILABLE = ("the database system is starting up", "the database system is shutting down",
                 "the database system is in recovery mode", "not yet accepting connections",
-                "not accepting connections", "too many clients already",
-                "too many connections for role", "too many connections for database",
-                "remaining connection slots are reserved")
+                "not accepting connections", *_NO_SPARE)
 
 
 def cannot_connect_now(said: str) -> bool:
@@ -338,35 +341,33 @@ def cannot_connect_now(said: str) -> bool:
     return "FATAL:" not in said or any(words in said for words in _UNAVAILABLE)
 
 
-# A server that has no connection to spare: for anyone, for the role, for the database.
-_NO_CONNECTION_TO_SPARE = re.compile(
-    r"too many clients already|too many connections for (?:role|database)"
-    r"|remaining connection slots are reserved")
+def _no_spare(said: str) -> bool:
+    return any(words in said for words in _NO_SPARE)
 
 
-def _no_connection_to_spare(where: str) -> str:
-    return (f"{where} has no connection to spare (its max_connections, or a CONNECTION "
-            "LIMIT on the role or the database): an engine holds five connections, a "
-            "worker six; end others or raise the limit")
+def _unreachable(said: str, where: str | None) -> str:
+    """What to do when the server (at `where`, its address, if known) could not
+    take a connection, by its words."""
+    if _no_spare(said):
+        server = f"the server at {where}" if where else "the store's server"
+        return (f"{server} has no connection to spare (its max_connections, or a CONNECTION "
+                "LIMIT on the role or the database): an engine holds five connections, a "
+                "worker six; end others or raise the limit")
+    return f"check that a PostgreSQL server runs at {where} and accepts connections"
 
 
 def no_connection_to_spare(said: str) -> str | None:
     """What to do when `said` (a failed connection's words) tells of a server
     with no connection to spare; else None."""
-    return (_no_connection_to_spare("the store's server")
-            if _NO_CONNECTION_TO_SPARE.search(said) else None)
+    return _unreachable(said, None) if _no_spare(said) else None
 
 
 def server_unavailable(config: StoreConfig, error: BaseException) -> StoreUnreachable:
     """Opening a store met a server it could not connect to (down, restarting,
     no connection to spare), after the first connection went through."""
     said = one_line(error)
-    todo = (_no_connection_to_spare(f"the server at {_where(config)}")
-            if _NO_CONNECTION_TO_SPARE.search(said)
-            else f"check that a PostgreSQL server runs at {_where(config)} and accepts "
-                 "connections")
     return StoreUnreachable(f"cannot open store {config.shown!r}: {_sentence(said)} Nothing "
-                            f"was written; {todo}", error)
+                            f"was written; {_unreachable(said, _where(config))}", error)
 
 
 def _sentence(said: str) -> str:

@@ -13,7 +13,7 @@ import re
 import sqlite3
 import threading
 import types
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from eventsourcing.persistence import PersistenceError
@@ -24,9 +24,9 @@ from flowledger.domain.text import one_line
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE
 from flowledger.infrastructure.sqlite_recorder import is_lock_timeout
 from flowledger.infrastructure.store import LogWentBack, ServerUnavailable
-from flowledger.infrastructure.store_check import no_connection_to_spare
+from flowledger.infrastructure.store_check import no_connection_to_spare, server_unavailable
 from flowledger.infrastructure.store_format import FORMAT_TABLE
-from flowledger.infrastructure.store_url import shown
+from flowledger.infrastructure.store_url import StoreConfig, shown
 
 
 def from_the_store(error: BaseException) -> bool:
@@ -59,13 +59,20 @@ def as_store_error(error: BaseException, where: str = "") -> BaseException:
                       "or not at all", error)
 
 
-def store_locked(shown_url: str, doing: str, error: BaseException) -> StoreBusyError:
-    """Opening a store failed on another process's write lock, held past the
-    lock timeout while this one was `doing` something (it changed nothing)."""
-    return StoreBusyError(
-        f"store {shown_url!r} is locked: another process held its write lock for longer "
-        f"than the lock timeout while this one {doing}. Nothing was changed; try again "
-        "when that process is done", error)
+def opening_failed(config: StoreConfig, error: BaseException, doing: str
+                   ) -> StoreError | None:
+    """What opening a store raises for a failure that is the server's state, not
+    the store's: its server unreachable now (a worker waits for it), or
+    another process holding its write lock past the lock timeout while this
+    one was `doing` something. None for any other failure."""
+    if isinstance(error, ServerUnavailable):
+        return server_unavailable(config, error)
+    if is_busy(error):
+        return StoreBusyError(
+            f"store {config.shown!r} is locked: another process held its write lock for "
+            f"longer than the lock timeout while this one {doing}. Nothing was changed; "
+            "try again when that process is done", error)
+    return None
 
 
 # PostgreSQL's classes of errors that are the server's state, not a statement's:
@@ -81,20 +88,15 @@ def is_outage(error: BaseException) -> bool:
     a traceback would add nothing. A statement the server found wrong is not."""
     if advice(error) is not None or is_busy(error) or isinstance(error, ServerUnavailable):
         return True
-    seen: BaseException | None = error
-    for _ in range(3):  # the library wraps the driver's error, which may wrap another
-        if seen is None:
-            return False
+    if _code(error, sqlite=_SQLITE_OUTAGES):
+        return True
+    for seen in _wrapped(error):
         state = getattr(seen, "sqlstate", None)
         if state is not None and state[:2] in _OUTAGE_CLASSES:
             return True
         if (state is None and type(seen).__module__.startswith("psycopg")
                 and type(seen).__name__ == "OperationalError"):
             return True  # the connection lost on the client's side: no SQLSTATE
-        code = getattr(seen, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF in _SQLITE_OUTAGES:
-            return True
-        seen = seen.__cause__
     return False
 
 
@@ -148,17 +150,24 @@ def advice(error: BaseException) -> str | None:
 def _code(error: BaseException, sqlite: tuple[int, ...] = (),
           sqlstate: tuple[str, ...] = ()) -> bool:
     """Whether `error`, or what it wraps, carries one of these codes."""
-    seen: BaseException | None = error
-    for _ in range(3):  # the library wraps the driver's error, which may wrap another
-        if seen is None:
-            return False
+    for seen in _wrapped(error):
         code = getattr(seen, "sqlite_errorcode", None)
         if code is not None and code & 0xFF in sqlite:
             return True
         if getattr(seen, "sqlstate", None) in sqlstate:
             return True
-        seen = seen.__cause__
     return False
+
+
+def _wrapped(error: BaseException) -> Iterator[BaseException]:
+    """`error` and what it wraps: the library wraps the driver's error, which
+    may wrap another."""
+    seen: BaseException | None = error
+    for _ in range(3):
+        if seen is None:
+            return
+        yield seen
+        seen = seen.__cause__
 
 
 P = ParamSpec("P")

@@ -46,6 +46,21 @@ def test_a_check_whose_workflow_never_mutates_says_it_proved_nothing() -> None:
             deliver=misplace, max_examples=5)
 
 
+def two_rules(folder: Path, delivered: list[str]) -> None:
+    """A world_check broken two ways, so that hypothesis finds two distinct failures."""
+    assert "A-1" not in delivered, "rule one"
+    assert "A-2" not in delivered, "rule two"
+
+
+def test_histories_that_break_two_rules_are_reported_as_one_violation() -> None:
+    """The caller is promised an ExactlyOnceViolation, the smallest history
+    found, not hypothesis's group of every distinct failure."""
+    with pytest.raises(flt.ExactlyOnceViolation, match="world_check failed: rule"):
+        flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f), OrderBook(f)],
+                               inputs=ORDERS, deliver=place_order, max_examples=40,
+                               world_check=two_rules, seed=1)
+
+
 class RequestBook(OrderBook):
     """A book whose add also takes a request id, different at each try."""
 

@@ -176,7 +176,7 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
                    for method in _methods(d) for fault in sorted(
                        FAULTS_FOR[d.kind_of(method)], key=lambda f: f.value)]
 
-    # One report, the first failure shrunk: a group of them would not be the
+    # One report, the smallest failure found: a group of them would not be the
     # ExactlyOnceViolation the caller is promised, and one mend often ends all.
     @settings(max_examples=max_examples, deadline=None, database=None,
               report_multiple_bugs=False,
@@ -211,7 +211,7 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
     except ExactlyOnceViolation as e:
         e.args = (f"{e.args[0]}\n{replay}", *e.args[1:])
         raise
-    except BaseException as e:  # the check's own failure, or hypothesis's group of them
+    except BaseException as e:  # the check's own failure, or the user's code's
         e.add_note(replay)
         raise
     if mutated and not any(mutated):

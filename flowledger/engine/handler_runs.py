@@ -660,8 +660,15 @@ class RunDriver:
     def _preload(self, run: HandlerRun, ctx: HandlerContext,
                  caused_by: list[UUID] | None) -> None:
         """The streams the commit looks for (each publish's, each input's) read
-        in one go: a producer publishing many items asks once."""
+        in one go: a producer publishing many items asks once. A message whose
+        id this run made is new, and so is its implicit input: not asked for."""
         wf = self._wf
+        fresh = [topic_event_id(wf, topic, message_id) for topic, message_id in ctx.generated]
+        if caused_by is None:  # a producer's: each gets an implicit input of that id
+            fresh += [input_id(wf, run.handler, topic, message_id)
+                      for topic, message_id in ctx.generated
+                      if ctx.published[(topic, message_id)].input_id is None]
+        self.s.streams.absent(fresh)
         wanted = [input_id(wf, reg.source, reg.type, reg.external_id)
                   for reg in ctx.inputs.values()]
         for p in ctx.published.values():

@@ -80,6 +80,12 @@ class Streams:
         for stream_id in wanted:
             self._cache[stream_id] = found.get(stream_id)
 
+    def absent(self, stream_ids: Iterable[UUID]) -> None:
+        """Streams known not to exist (ids made fresh in this session): a `get`
+        finds their absence in memory, without asking the store."""
+        for stream_id in stream_ids:
+            self._cache.setdefault(stream_id, None)
+
     def read_ahead(self, events: dict[UUID, StreamEvents]) -> None:
         """Short streams' events (version, topic, stored state) read with another
         query, for a `get` that may follow before the run's next step; they

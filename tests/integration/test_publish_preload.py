@@ -176,3 +176,53 @@ def test_reading_ahead_changes_no_error_and_reads_an_iterator_once(make_engine: 
     result = engine.run_session("iter")
     assert result.status == "completed", result.error
     assert message_status(engine, "iter", "in") == {"consumed": 2}
+
+
+def test_messages_whose_ids_the_run_made_are_not_looked_for(
+        make_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message published without an id gets a fresh one: neither it nor its
+    implicit input can exist, so the commit asks the store for neither; a
+    message published by id in the same run is still looked for, and replaced."""
+    wf = fl.Workflow("wf", topics=["in", "out"])
+    made: list[str] = []
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> int:
+        made.extend(ctx.publish("in", payload=k) for k in range(3))
+        ctx.publish("in", message_id="by-id", payload=state or 0)
+        return (state or 0) + 1
+
+    @wf.consumer(subscribe=["in"], publishes=["out"])
+    class Forward:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            found = ctx.peek("in", limit=1)
+            if not found:
+                return None
+            return fl.Prepared({"in": [found[0].message_id]}, data=found[0].message_id)
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            pass
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            made.append(ctx.publish("out", payload=prepared.data))
+
+    engine = make_engine()
+    engine.register(wf)
+    assert engine.run_session("wf", trigger="manual", max_iterations=0).runs[0].committed
+    one, many = _spy(monkeypatch)
+
+    result = engine.run_session("wf", trigger="manual", max_iterations=10)
+
+    assert result.status == "completed", result.error
+    assert result.consumer_runs == 7  # 3 made by each producer run, and by-id
+    assert len(set(made)) == 13  # 6 by the producer's two runs, 7 forwarded
+    fresh = ({topic_event_id("wf", "in", m) for m in made[:6]}
+             | {input_id("wf", "produce", "in", m) for m in made[:6]}
+             | {topic_event_id("wf", "out", m) for m in made[6:]})
+    assert not fresh & set(one)
+    assert many == [2]  # by-id and its implicit input, looked for (and found)
+    assert message_status(engine, "wf", "out") == {"pending": 7}
+    log = engine.log
+    assert all(log.load(stream, short=True) is not None for stream in fresh)
+    by_id = log.load(topic_event_id("wf", "in", "by-id"), short=True)
+    assert unpack(by_id.payload) == 1  # the second run's payload replaced the first's

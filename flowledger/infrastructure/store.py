@@ -198,6 +198,9 @@ class LogStore(Protocol):
 
     def stream_version_at(self, c: Cursor, stream_id: UUID, position: int) -> int | None: ...
 
+    def stream_start(self, c: Cursor, stream_id: UUID) -> int | None:
+        """The log position of a stream's first event (None: it has none)."""
+
     def max_position(self, c: Cursor) -> int: ...
 
     def position_before_last(self, c: Cursor, n: int, upto: int | None = None) -> int:
@@ -423,6 +426,12 @@ class SharedSQL:
             params.append(upto)
         c.execute(sql + " ORDER BY originator_version", params)
         return [(p, v, t, bytes(s)) for p, v, t, s in c.fetchall()]
+
+    def stream_start(self, c: Cursor, stream_id: UUID) -> int | None:
+        c.execute(f"SELECT {self.position_column} FROM {self.events_table_name} "
+                  "WHERE originator_id=? AND originator_version=1", (self.stream_key(stream_id),))
+        row = c.fetchone()
+        return int(row[0]) if row is not None else None
 
     def stream_version_at(self, c: Cursor, stream_id: UUID, position: int) -> int | None:
         c.execute(f"SELECT MAX(originator_version) FROM {self.events_table_name} "

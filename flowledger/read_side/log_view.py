@@ -91,6 +91,14 @@ def _reading(log: EventLog, wanted: UUID | None, run: UUID | None, after: int,
         # Nothing at or before this position is at or after `since` (log_times.py).
         with log.reading() as c:
             after = max(after, log_times.position_before(c, since))
+    if wanted is not None and run is None:
+        # Nothing of a workflow comes before its registration: a quiet workflow
+        # near the head is not looked for back through the whole log.
+        with log.reading() as c:
+            begun = log.flow_recorder.stream_start(c, wanted)
+        if begun is None:
+            return  # never registered: nothing of it is in the log
+        after = max(after, begun - 1)
     if last is not None and upto is None and run is None:
         if wanted is None and since is None:  # the log's last N: read on from before them
             with log.reading() as c:

@@ -547,6 +547,40 @@ def test_a_reading_since_the_calendars_ends_in_a_zone_is_answered(make_engine) -
     assert list(engine.events(since=first, last=2)) == whole[-2:]
 
 
+def test_a_workflow_is_not_looked_for_before_its_registration(
+        make_engine, ledger: ExternalLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`log --workflow W --limit N` for a W with fewer than N events: read back
+    to W's registration, not to the log's start (16 s at a million events
+    for a quiet workflow near the head). A workflow never registered: nothing
+    read."""
+    engine = make_engine()
+    engine.register(ledger_workflow("busy", items=["a", "b", "c"]),
+                    tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("busy")
+    engine.register(fl.Workflow("quiet", topics=["t"]))
+    whole = list(engine.events())
+    quiet = [e for e in whole if e.workflow_id == workflow_id("quiet")]
+    begun = quiet[0].position
+    assert begun > 20 and 0 < len(quiet) < 10
+    recorder = type(engine.log.flow_recorder)
+    read_from: list[int] = []
+    select_stored = recorder.select_stored
+
+    def counted(self: Any, c: Any, after: int, limit: int, upto: int | None = None) -> Any:
+        read_from.append(after)
+        return select_stored(self, c, after, limit, upto)
+
+    monkeypatch.setattr(recorder, "select_stored", counted)
+    for batch in (2, 1000):
+        assert list(read_log(engine.log, "quiet", last=100, batch=batch)) == quiet
+        assert list(read_log(engine.log, "quiet", batch=batch)) == quiet
+    assert read_from and min(read_from) == begun - 1
+    read_from.clear()
+    assert list(read_log(engine.log, "never", last=5)) == []
+    assert list(read_log(engine.log, "never")) == []
+    assert read_from == []
+
+
 def test_last_n_is_the_last_n_whatever_else_is_asked(make_engine, ledger: ExternalLedger
                                                      ) -> None:
     """`last=N` keeps the last N of what is asked, read back or not: with a

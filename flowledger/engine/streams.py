@@ -150,9 +150,6 @@ class Streams:
             self._failed_later = None
             raise failed
 
-    def _settled_here(self) -> None:
-        self._settled(here=True)
-
     def _break(self, e: BaseException) -> None:
         """An append failed: the in-memory copies are ahead of the log, and this
         session may have lost its lock. Nothing more may be appended through it."""
@@ -203,11 +200,7 @@ class Streams:
 
     def _append(self, sync: bool, hold: bool, read_after: Sequence[ReadAfter] = (),
                 later: bool = False) -> int:
-        # An earlier append's answer is read by the store before this one is
-        # sent (`before_send`), not first: the store may build this one while
-        # the server stores that one. A failure already read is raised here.
-        if self._failed_later is not None:
-            self._settled(here=True)
+        self._settled(here=True)
         if self.lost_lock is not None:
             raise ConcurrencyError(str(self.lost_lock)) from self.lost_lock
         if self.log.flow_recorder.lost_appends != self._lost_before and self.broken is None:
@@ -237,8 +230,7 @@ class Streams:
         try:
             position = self.log.append(*pending, fence=fence, sync=sync, hold=hold,
                                        read_after=read_after,
-                                       answered=self._answered if later else None,
-                                       before_send=self._settled_here)
+                                       answered=self._answered if later else None)
         except BaseException as e:
             # The events were taken off the aggregates but not stored.
             self._break(e)

@@ -373,8 +373,7 @@ class EventLog(Application[UUID]):
 
     def append(self, *aggregates: Any, fence: Fence | None = None, sync: bool = True,
                hold: bool = False, read_after: Sequence[ReadAfter] = (),
-               answered: Callable[[int | BaseException], None] | None = None,
-               before_send: Callable[[], None] | None = None) -> int:
+               answered: Callable[[int | BaseException], None] | None = None) -> int:
         """One durable point: all pending events of these aggregates, or none.
 
         `sync=False` skips the fsync: for appends that a later synced one
@@ -385,8 +384,7 @@ class EventLog(Application[UUID]):
         `answered`: the store may send the append and read its answer later
         (before its next write, and before this thread's next read); it is
         then told the last position, or what this call would have raised
-        (LogStore.append_rows). `before_send`: called once an earlier append's
-        answer is read, before this one is sent (LogStore.append_rows).
+        (LogStore.append_rows).
 
         Returns the log position of the last event appended (0 if none). The
         same steps as `Application.save` — record, then snapshot — on the
@@ -408,8 +406,6 @@ class EventLog(Application[UUID]):
                     with contextlib.suppress(Exception):
                         snapshots.append(to_row(type(agg).Snapshot.take(agg)))
         if not events:
-            if before_send is not None:
-                before_send()
             return 0
         if hold and self._may_hold is not None:
             hold = self._may_hold()
@@ -420,7 +416,7 @@ class EventLog(Application[UUID]):
         try:
             return self.flow_recorder.append_rows(
                 [to_row(e) for e in events], events, fence, sync, snapshots, hold, read_after,
-                answered=told, before_send=before_send)
+                answered=told)
         except (ProjectionRowTaken, IntegrityError) as e:
             raise _refused(e, fence) from e
 

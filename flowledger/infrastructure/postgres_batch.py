@@ -102,10 +102,6 @@ class PgBatch:
         self._prepares: dict[int, str] = {}  # statement index of a PREPARE → its SQL
         self._last: list[Any] = []
         self._unanswered = False  # a query sent whose answer `answer()` reads
-        self._sent = False  # anything sent yet: a rollback before then has nothing to end
-        # Called once, before the first message is sent (what it raises, the
-        # batch raises, having sent nothing).
-        self.before_send: Callable[[], None] | None = None
         self._after_commit: int | None = None  # the queue index of `commit(then=)`'s statement
         self.failed_after_commit = False  # that statement failed: the COMMIT went through
         # A write transaction's tracking rows, read with its first message and
@@ -170,10 +166,6 @@ class PgBatch:
         (True when it was so left)."""
         if not self._queue:
             return False
-        if self.before_send is not None:
-            ready, self.before_send = self.before_send, None
-            ready()
-        self._sent = True
         queue, self._queue = self._queue, []
         wanted, self._wanted = dict(self._wanted), []
         prepares, self._prepares = self._prepares, {}
@@ -328,8 +320,6 @@ class PgBatch:
 
     def rollback(self) -> None:
         self._queue, self._wanted, self._prepares, self._preparing = [], [], {}, {}
-        if not self._sent:
-            return  # nothing reached the server
         if self._unanswered:  # its answer first: nothing else is read before it
             with contextlib.suppress(psycopg.Error):
                 self.answer()

@@ -41,9 +41,6 @@ class Forecast:
         self.chain_head: tuple[int, bytes] | None = None
         self.tracking: dict[str, int] | None = None
         self._pause = 0
-        # Counts the forecasts let go: an append built on one checks, before it
-        # is sent, that it still stands.
-        self.forgotten = 0
 
     def usable(self, chained: bool) -> bool:
         if self._pause > 0:
@@ -58,7 +55,6 @@ class Forecast:
 
     def forget(self) -> None:
         self.head = self.chain_head = self.tracking = None
-        self.forgotten += 1
 
     def learn(self, head: int, chain_head: tuple[int, bytes] | None,
               tracking: dict[str, int] | None) -> None:

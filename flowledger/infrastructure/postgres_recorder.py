@@ -142,11 +142,6 @@ class _PositionsBehind(Exception):
     """The position sequence gave positions at or below the log's head."""
 
 
-class _ForecastLetGo(Exception):
-    """An append built on the forecast while an earlier one's answer was
-    unread: that answer let the forecast go (nothing of this one was sent)."""
-
-
 def _first(c: psycopg.Cursor[Any]) -> Any:
     row = c.fetchone()
     return row[0] if row else None
@@ -769,8 +764,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     @contextmanager
     def writing(self, sync: bool = True, tracking: bool = False,
-                later: bool = False, ready: Callable[[], None] | None = None
-                ) -> Iterator[PgBatch]:
+                later: bool = False) -> Iterator[PgBatch]:
         """One write transaction, holding the log table's EXCLUSIVE lock from its
         start (waiting up to the lock timeout): writers run one at a time.
         `sync=False`: the commit does not wait for the WAL flush (ADR 0011); it
@@ -790,16 +784,11 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         (FLUSH_AFTER_COMMIT): other writers append while the disk flushes,
         and the answer still means "on disk" (ADR 0017, "The disk waited for
         after the lock").
-
-        `ready`: called instead of `settle` first, just before the first
-        message is sent (the transaction is built meanwhile).
         """
         with self._writer_lock:
-            if ready is None:
-                self.settle()
+            self.settle()
             self.keep_announced()
             batch = PgBatch(self._writer(sync), translate, self._prepared[sync])
-            batch.before_send = ready
             flush_after = sync and self._flush_after_lock
             try:
                 batch.add("BEGIN")
@@ -1145,8 +1134,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
                     read_after: Sequence[ReadAfter] = (),
-                    answered: Callable[[int | BaseException], None] | None = None,
-                    before_send: Callable[[], None] | None = None) -> int:
+                    answered: Callable[[int | BaseException], None] | None = None) -> int:
         """Insert events in one transaction (`_append_rows`). A writer connection
         that cannot be opened (the server restarting: nothing was sent) is tried
         again for up to RECONNECT_WITHIN_S, so that a run whose tool call
@@ -1157,7 +1145,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         lost = self.lost_appends  # as the caller last checked it
         return self._reconnecting(functools.partial(
             self._append_rows, rows, appended, fence, sync, snapshots, hold, read_after, lost,
-            answered, before_send))
+            answered))
 
     def _reconnecting(self, append: Callable[[], int]) -> int:
         """`append`, tried again while no connection can be opened to make it."""
@@ -1181,8 +1169,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     def _append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                      fence: Fence | None, sync: bool, snapshots: Sequence[Row], hold: bool,
                      read_after: Sequence[ReadAfter], lost: int,
-                     answered: Callable[[int | BaseException], None] | None = None,
-                     before_send: Callable[[], None] | None = None) -> int:
+                     answered: Callable[[int | BaseException], None] | None = None) -> int:
         """On the forecast (one message) while this writer is the only one
         appending, else reading the head first (postgres_forecast.py). A
         forecast that missed stored nothing. `read_after` goes last, in the
@@ -1190,31 +1177,18 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         one found lost since (by another thread, while this append waited for
         the server) stops it: the caller's memory may hold what the log lost.
         `answered`: an unsynced append on the forecast, with nothing to read
-        back, is sent and its answer read later (`settle`). A synced one on the
-        forecast is built while the server stores an unsynced one sent before
-        (on the other writer connection), and sent once that one's answer is
-        read and left the forecast standing; else it is built again."""
+        back, is sent and its answer read later (`settle`)."""
         with self._writer_lock:
-            fits = 0 < len(rows) <= _ROWS_PER_INSERT
-            forecast = None  # whether to append on it: known once asked (`usable` counts)
-            if fits and sync and self._unanswered is not None:
-                forecast = self._forecast.usable(self.chain is not None)
-                if forecast:
-                    ready = functools.partial(self._ready, lost, before_send,
-                                              self._forecast.forgotten)
-                    try:
-                        return self._append(rows, appended, fence, sync, snapshots, hold,
-                                            True, read_after, ready=ready)
-                    except _ForecastLetGo:
-                        forecast = False
-                    except psycopg.Error as e:
-                        if not self._forecast_missed(e):
-                            raise
-                        forecast = False
-            self._ready(lost, before_send)
-            if forecast is None:
-                forecast = fits and self._forecast.usable(self.chain is not None)
-            if forecast:
+            self.settle()
+            if self._gone_back is not None:  # for this engine's life: it knows what was lost
+                raise LogWentBack(self._gone_back)
+            if self.lost_appends != lost:
+                raise OperationalError(
+                    "the server lost appends this engine had made (it crashed or failed over "
+                    "before they reached its disk) while this append waited for it: nothing "
+                    "of this append was stored")
+            if 0 < len(rows) <= _ROWS_PER_INSERT and self._forecast.usable(
+                    self.chain is not None):
                 later = None
                 if answered is not None and not sync and not read_after:
                     later = _Later(answered, functools.partial(
@@ -1227,24 +1201,6 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                         raise
             return self._append_ordinary(rows, appended, fence, sync, snapshots, hold,
                                          read_after)
-
-    def _ready(self, lost: int, before_send: Callable[[], None] | None,
-               forgotten: int | None = None) -> None:
-        """Before an append is sent: the answer of the one before read, and
-        what it may have changed checked (`forgotten`: the forecast's count of
-        let-go forecasts when this one was built on it)."""
-        self.settle()
-        if self._gone_back is not None:  # for this engine's life: it knows what was lost
-            raise LogWentBack(self._gone_back)
-        if self.lost_appends != lost:
-            raise OperationalError(
-                "the server lost appends this engine had made (it crashed or failed over "
-                "before they reached its disk) while this append waited for it: nothing "
-                "of this append was stored")
-        if forgotten is not None and self._forecast.forgotten != forgotten:
-            raise _ForecastLetGo
-        if before_send is not None:
-            before_send()
 
     def _append_ordinary(self, rows: Sequence[Row], appended: Sequence[Any],
                          fence: Fence | None, sync: bool, snapshots: Sequence[Row],
@@ -1375,8 +1331,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
 
     def _append(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
                 sync: bool, snapshots: Sequence[Row], hold: bool, forecast: bool,
-                read_after: Sequence[ReadAfter] = (), later: _Later | None = None,
-                ready: Callable[[], None] | None = None) -> int:
+                read_after: Sequence[ReadAfter] = (), later: _Later | None = None) -> int:
         links: list[Link] = []
         positions: list[int] = []
         head: tuple[int, bytes] | None = None
@@ -1385,8 +1340,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         asked: list[Rows] = []
         try:
             before = (self._last_appended, self._last_synced)
-            with self.writing(sync, tracking=not forecast, later=later is not None,
-                              ready=ready) as c:
+            with self.writing(sync, tracking=not forecast, later=later is not None) as c:
                 if forecast:
                     positions, head, links = self._send_forecast(c, rows, fence)
                 else:

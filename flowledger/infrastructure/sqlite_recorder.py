@@ -256,19 +256,15 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
                     read_after: Sequence[ReadAfter] = (),
-                    answered: Callable[[int | BaseException], None] | None = None,
-                    before_send: Callable[[], None] | None = None) -> int:
+                    answered: Callable[[int | BaseException], None] | None = None) -> int:
         """Insert events (stream id hex, version, topic, state) in one transaction;
-        returns the last one's position (`before_send` called first: nothing
-        here is answered later).
+        returns the last one's position.
 
         The after-insert hook folds `appended` (the same events, as domain
         objects) into the projections inside that transaction. `snapshots`
         (rows of the same shape) go to the snapshot table in it too. `hold` is
         passed on to the hook. `read_after` is read last in the transaction, in order.
         """
-        if before_send is not None:
-            before_send()
         read: list[list[Any]] = []
         try:
             with self.writing(sync) as c:

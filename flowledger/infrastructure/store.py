@@ -158,8 +158,7 @@ class LogStore(Protocol):
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,
                     read_after: Sequence[ReadAfter] = (),
-                    answered: Callable[[int | BaseException], None] | None = None,
-                    before_send: Callable[[], None] | None = None) -> int:
+                    answered: Callable[[int | BaseException], None] | None = None) -> int:
         """Insert events in one transaction, fenced, with the after-insert hook
         in it; the last one's position. `read_after` is read last in it, in order.
         `answered` given: the store may send the append and read its answer
@@ -167,10 +166,7 @@ class LogStore(Protocol):
         read), returning the position the append takes if it is stored as
         sent; `answered` is then told the last position it was stored at (it
         may be made again: on a forecast that missed), or what this call would
-        have raised. A store that answers at once never calls it.
-        `before_send` is called once the answer of any earlier append is read
-        (`settle`), before anything of this one reaches the store: what it
-        raises, the append raises, having stored nothing."""
+        have raised. A store that answers at once never calls it."""
 
     def settle(self) -> None:
         """Read the answer of an append sent without waiting for it (see

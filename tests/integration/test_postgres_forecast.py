@@ -19,7 +19,7 @@ from flowledger.domain.ids import workflow_id
 from flowledger.domain.workflow import Workflow
 from flowledger.infrastructure.postgres_batch import PgBatch
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast
-from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder, _ForecastLetGo
+from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
 from flowledger.infrastructure.store import Fence
 from flowledger.projections.runner import ProjectionRunner
 from flowledger.testing import assert_projections_rebuild_equal
@@ -48,11 +48,11 @@ class Seen:
 
         monkeypatch.setattr(FlowPostgresRecorder, "_after_refusal", counted_refusal)
 
-        def counted(recorder: Any, *a: Any, **kw: Any) -> Any:
-            forecast = signature.bind(recorder, *a, **kw).arguments["forecast"]
+        def counted(recorder: Any, *a: Any) -> Any:
+            forecast = signature.bind(recorder, *a).arguments["forecast"]
             self.sent += forecast
             try:
-                return append(recorder, *a, **kw)
+                return append(recorder, *a)
             except psycopg.Error as e:
                 self.missed += forecast and e.sqlstate == GUARD_FAILED
                 raise
@@ -356,141 +356,3 @@ def test_another_threads_read_does_not_wait_for_an_unanswered_append(make_engine
     assert bare.rec._unanswered is not None and len(bare.told) == 1
     bare.rec.max_notification_id()  # this thread's read: the answer first
     assert bare.rec._unanswered is None and len(bare.told) == 2
-
-
-class BuiltEarly:
-    """Counts the synced appends built while an earlier append's answer was
-    unread, and those built again because that answer let the forecast go;
-    the real method runs."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.built = self.again = 0
-        ready = FlowPostgresRecorder._ready
-
-        def counted(recorder: Any, lost: int, before_send: Any, forgotten: Any = None) -> None:
-            if forgotten is not None:
-                self.built += recorder._unanswered is not None
-            try:
-                ready(recorder, lost, before_send, forgotten)
-            except _ForecastLetGo:
-                self.again += 1
-                raise
-
-        monkeypatch.setattr(FlowPostgresRecorder, "_ready", counted)
-
-
-def _next_meddling_workflow(meddle: Any) -> fl.Workflow:
-    """Items a, b, c: a consumer run each, its tool call then `meddle(item)` in
-    its next(), after the tool call's outcome was sent."""
-    wf = fl.Workflow("prop", topics=["in", "done"])
-
-    @wf.producer(publishes=["in"])
-    def produce(ctx: Any, state: Any) -> None:
-        for item in "abc":
-            ctx.publish("in", message_id=item, payload=item)
-
-    @wf.consumer(subscribe=["in"], publishes=["done"])
-    class Append:
-        def prepare(self, ctx: Any, state: Any) -> Any:
-            pending = ctx.peek("in", limit=1)
-            return fl.Prepared({"in": [pending[0].message_id]}, data=pending[0].payload) \
-                if pending else None
-
-        def mutate(self, ctx: Any, prepared: Any) -> None:
-            ctx.tools.ledger.append(prepared.data, "v")
-
-        def next(self, ctx: Any, prepared: Any, outcome: Any) -> None:
-            meddle(prepared.data)
-            ctx.publish("done", message_id=prepared.data, payload=outcome.status)
-
-    return wf
-
-
-def _once_stored(other: fl.Engine, engine: fl.Engine, act: Any) -> Any:
-    """`act()`, once what `engine` last sent is stored (seen by `other`): the
-    outcome sent before next() ran, so that `act` moves the log between it
-    and the commit that follows."""
-    rec = engine.log.flow_recorder
-    sent = rec._unanswered.position if rec._unanswered is not None else None
-    for _ in range(500):
-        if sent is None or other.log.flow_recorder.max_notification_id() >= sent:
-            return act()
-        threading.Event().wait(0.01)
-    raise AssertionError("the outcome sent was never stored")
-
-
-@on_postgresql
-def test_a_synced_append_is_built_while_the_append_before_is_stored(
-        make_engine, ledger, monkeypatch):
-    """A run's commit is sent without waiting; the next run's `in_flight` is
-    built meanwhile and sent once the commit's answer is read."""
-    early = BuiltEarly(monkeypatch)
-    engine = make_engine()
-    engine.register(costly_workflow(["a", "b", "c", "d"], ["0.5"]),
-                    tools=[ScriptedLedgerTool(ledger)])
-    result = engine.run_session("prop")
-    assert result.status == "completed", result.error
-    assert early.built >= 2 and early.again == 0
-    assert engine.verify().ok
-    assert_projections_rebuild_equal(engine)
-
-
-@on_postgresql
-def test_an_append_built_on_a_forecast_the_commit_before_let_go_is_built_again(
-        make_engine, tmp_path, monkeypatch):
-    """Another engine appends during b's next(): b's commit, sent on the
-    forecast without waiting, is refused by its guard. The next run's
-    `in_flight`, built meanwhile on that forecast, is not sent: the commit is
-    made again the ordinary way, the `in_flight` built again after it, and
-    the session completes with each call made once."""
-    early = BuiltEarly(monkeypatch)
-    monkeypatch.setattr(ProjectionRunner, "QUIET_BEFORE_HOLDING", 0)
-    ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
-    engine, other = make_engine(), make_engine()
-
-    def meddle(item: str) -> None:
-        if item == "b":
-            _once_stored(other, engine, lambda: other.register(fl.Workflow("x", topics=["t"])))
-
-    engine.register(_next_meddling_workflow(meddle), tools=[ScriptedLedgerTool(ledger)])
-    result = engine.run_session("prop")
-    assert result.status == "completed", result.error
-    assert early.again == 1
-    assert ledger.calls_made() == 3 and sorted(ledger.keys()) == ["a", "b", "c"]
-    assert len([e for e in engine.events() if e.name == "MutationApplied"]) == 3
-    assert engine.verify().ok
-    assert_projections_rebuild_equal(engine)
-
-
-@on_postgresql
-def test_a_commit_refused_after_it_was_sent_sends_nothing_more(
-        make_engine, tmp_path, monkeypatch):
-    """Another engine moves the session's workflow stream during b's next():
-    b's commit, sent without waiting, is refused by its fence. The next run's
-    `in_flight`, built meanwhile, is never sent and c's tool is never called:
-    the session stops with the refusal."""
-    early = BuiltEarly(monkeypatch)
-    monkeypatch.setattr(ProjectionRunner, "QUIET_BEFORE_HOLDING", 0)
-    ledger = ExternalLedger(tmp_path / "counted.db", count_calls=True)
-    engine, other = make_engine(), make_engine()
-
-    def move_the_workflow() -> None:
-        wf = other.log.load(workflow_id("prop"))
-        assert wf is not None
-        wf.change_definition(datetime(2026, 1, 1, tzinfo=UTC), "moved", wf.topics, wf.handlers)
-        other.log.append(wf)
-
-    def meddle(item: str) -> None:
-        if item == "b":
-            _once_stored(other, engine, move_the_workflow)
-
-    engine.register(_next_meddling_workflow(meddle), tools=[ScriptedLedgerTool(ledger)])
-    # Met by c's `in_flight`, inside its tool call: the session stops as at
-    # any refused `in_flight`, naming the refusal.
-    with pytest.raises(fl.ConcurrencyError, match=r"this session lost its lock: another "
-                                                  r"process took it over"):
-        engine.run_session("prop")
-    assert early.again == 1
-    assert ledger.calls_made() == 2 and sorted(ledger.keys()) == ["a", "b"]
-    assert len([e for e in engine.events() if e.name == "MutationApplied"]) == 2
-    assert engine.verify().ok

@@ -252,21 +252,26 @@ def test_every_kind_of_unreadable_event_is_a_corrupt_event_error(store_file: Pat
 
 def test_one_workflows_log_meets_its_own_damage_not_another_workflows(tmp_path: Path) -> None:
     """Reading one workflow's events decodes its own events and every stream's
-    first (which says whose the stream is): damage there stops the reading
-    and is named; a later event of another workflow's stream is not read, so
-    its damage is left to the whole log's reading and to `verify` (ADR 0009)."""
+    first (which says whose the stream is) from its registration on: damage
+    there stops the reading and is named; a later event of another
+    workflow's stream is not read, so its damage is left to the whole log's
+    reading and to `verify` (ADR 0009)."""
     path = tmp_path / "flow.db"
     ledger = ExternalLedger(tmp_path / "ledger.db")
     with fl.Engine(url(path)) as engine:
-        for name in ("other", "wf"):
+        for name in ("other", "wf"):  # both registered before either runs
             engine.register(ledger_workflow(name), tools=[ScriptedLedgerTool(ledger)])
+        for name in ("other", "wf"):
             engine.run_session(name)
         mine = list(engine.events(workflow="wf"))
         others = list(engine.events(workflow="other"))
     own = next(e.position for e in mine if e.name == "Prepared")
-    theirs = next(e.position for e in others if e.name == "Prepared")
-    first = others[0].position  # the other workflow's stream begins there
-    assert first < theirs < own and others[0].version == 1
+    prepared = next(e for e in others if e.name == "Prepared")
+    theirs = prepared.position
+    # The other workflow's run stream begins there, after wf's registration.
+    first = next(e.position for e in others
+                 if e.stream_id == prepared.stream_id and e.version == 1)
+    assert mine[0].position < first < theirs < own
 
     overwrite(path, theirs, "state", GARBAGE)
     with fl.Engine(url(path)) as engine:

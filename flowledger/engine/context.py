@@ -40,6 +40,8 @@ class Publish:
     message_id: str
     payload: bytes
     input_id: UUID | None
+    # Its id made here, fresh: no message, nor implicit input, exists under it yet.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,6 @@ class HandlerContext:
         self.tool_failure: InternalError | None = None
         self.mutation_call: str | None = None
         self.published: dict[tuple[str, str], Publish] = {}
-        # (topic, message id) of the publishes whose id was made here, fresh:
-        # no message, nor implicit input, can exist under it yet.
-        self.generated: set[tuple[str, str]] = set()
         self.inputs: dict[UUID, InputRegistration] = {}
         self.costs: list[tuple[Decimal, str]] = []
         self.reads: list[Read] = []
@@ -183,7 +182,7 @@ class HandlerContext:
                                                      list(self._publishes_allowed)))
         if self.step is Step.NEXT and input_id is not None:
             raise self._broke(rules.input_id_in_next(self.where))
-        made = message_id is None
+        fresh = message_id is None
         if message_id is None:
             message_id = self._new_message_id()
         self._text(message_id, f"message_id of a message published to {topic!r}", "message_id")
@@ -192,9 +191,7 @@ class HandlerContext:
         ):
             raise self._broke(rules.unknown_input(self.where, input_id))
         data = self._pack(payload, f"payload of {topic}/{message_id}", "payload")
-        self.published[(topic, message_id)] = Publish(topic, message_id, data, input_id)
-        if made:
-            self.generated.add((topic, message_id))
+        self.published[(topic, message_id)] = Publish(topic, message_id, data, input_id, fresh)
         return message_id
 
     def register_input(self, source: str, type: str, id: str | int,

@@ -663,19 +663,16 @@ class RunDriver:
         in one go: a producer publishing many items asks once. A message whose
         id this run made is new, and so is its implicit input: not asked for."""
         wf = self._wf
-        fresh = [topic_event_id(wf, topic, message_id) for topic, message_id in ctx.generated]
-        if caused_by is None:  # a producer's: each gets an implicit input of that id
-            fresh += [input_id(wf, run.handler, topic, message_id)
-                      for topic, message_id in ctx.generated
-                      if ctx.published[(topic, message_id)].input_id is None]
-        self.s.streams.absent(fresh)
         wanted = [input_id(wf, reg.source, reg.type, reg.external_id)
                   for reg in ctx.inputs.values()]
+        fresh: list[UUID] = []
         for p in ctx.published.values():
-            wanted.append(topic_event_id(wf, p.topic, p.message_id))
+            streams = fresh if p.fresh else wanted
+            streams.append(topic_event_id(wf, p.topic, p.message_id))
             implicit = self._implicit_input(run, p) if caused_by is None else None
             if implicit is not None:
-                wanted.append(input_id(wf, *implicit))
+                streams.append(input_id(wf, *implicit))
+        self.s.streams.absent(fresh)
         self.s.streams.preload(wanted)
 
     def _register_inputs(self, run: HandlerRun, ctx: HandlerContext) -> None:

@@ -353,7 +353,8 @@ def _unreachable(said: str, where: str | None) -> str:
         return (f"{server} has no connection to spare (its max_connections, or a CONNECTION "
                 "LIMIT on the role or the database): an engine holds five connections, a "
                 "worker six; end others or raise the limit")
-    return f"check that a PostgreSQL server runs at {where} and accepts connections"
+    return (f"check that a PostgreSQL server runs at {where} and accepts connections" if where
+            else "check that the store's PostgreSQL server runs and accepts connections")
 
 
 def no_connection_to_spare(said: str) -> str | None:

@@ -76,6 +76,7 @@ from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
 from flowledger.projections.costs import Costs
 from flowledger.projections.log_times import LogTimes
+from flowledger.projections.message_spans import MessageSpans
 from flowledger.projections.pending_work import PendingWork
 from flowledger.projections.runner import Progress, ProjectionRunner
 from flowledger.projections.sealing import Seal
@@ -102,7 +103,7 @@ from flowledger.read_side.queries import (
     aware,
     whole_count,
 )
-from flowledger.read_side.time_travel import EngineAt
+from flowledger.read_side.time_travel import EngineAt, pending_then
 
 logger = logging.getLogger("flowledger.engine")
 
@@ -225,9 +226,10 @@ class Engine:
         """The projections, their tables made where missing: where they cannot be
         (a store opened read-only that an older release wrote), said so."""
         try:
-            return ProjectionRunner(self.log.flow_recorder, self.log.mapper,
-                                    [PendingWork(), Costs(), Audit(), LogTimes()],
-                                    Seal(self.log.column_cipher))
+            return ProjectionRunner(
+                self.log.flow_recorder, self.log.mapper,
+                [PendingWork(), Costs(), Audit(), LogTimes(), MessageSpans()],
+                Seal(self.log.column_cipher))
         except Exception as e:
             if not (self.log.config.read_only and from_the_store(e)):
                 raise
@@ -812,7 +814,12 @@ class Engine:
                                                                short=short)
 
         def peek_then(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
-            if not past:  # folded once, and only if the handler peeks: pending work alone
+            if self.projections.positions()[MessageSpans.name] >= as_of:
+                return pending_then(self.log, self.log.reading, run.workflow_id, topic,
+                                    as_of, limit)
+            # Spans not folded that far (a store opened read-only): pending work
+            # folded up to then, once, and only if the handler peeks.
+            if not past:
                 past.append(EngineAt(self.log, as_of, [PendingWork], self._registered))
             with past[0].tables() as c:
                 return [(m.message_id, m.payload) for m in pending_work.pending_messages(

@@ -8,16 +8,18 @@ same `ReadSide` code answers as for the present (ADR 0009).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from flowledger.authoring.registration import Registration
 from flowledger.domain.errors import InvalidArgument
+from flowledger.domain.topic_event import MessageStatus
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.projections.base import Cursor, Projection
+from flowledger.projections.message_spans import unsettled_at
 from flowledger.projections.point_in_time import fold_upto
 from flowledger.read_side.log_view import read_positions, stream_version_at
 from flowledger.read_side.queries import ReadSide
@@ -37,6 +39,26 @@ def check_position(log: EventLog, position: int) -> int:
         raise InvalidArgument(f"log position {position} is beyond the end of the log: the "
                               f"last event is at {head}")
     return head
+
+
+def pending_then(log: EventLog, tables: Callable[[], AbstractContextManager[Cursor]],
+                 workflow_id: UUID, topic: str, position: int, limit: int | None
+                 ) -> list[tuple[str, bytes]]:
+    """What `peek(topic, limit)` gave when the log ended at `position`, as
+    (message id, payload), without folding the log up to there: the messages
+    unsettled then (`message_spans`, folded at least up to `position`), each
+    read from its own stream as it was then."""
+    with tables() as c:
+        candidates = unsettled_at(c, workflow_id, topic, position)
+    found: list[tuple[str, bytes]] = []
+    for stream_id in candidates:
+        if limit is not None and len(found) >= limit:
+            break
+        version = stream_version_at(log, stream_id, position)
+        message = None if version is None else log.load(stream_id, version=version)
+        if message is not None and message.status is MessageStatus.PENDING:
+            found.append((message.message_id, message.payload))
+    return found
 
 
 class EngineAt(ReadSide):

@@ -66,7 +66,7 @@ def run_history(engine: fl.Engine, clock: fl.ManualClock, sessions: list[tuple[i
     return results
 
 
-NAMES = ["pending_work", "costs", "audit", "log_times"]
+NAMES = ["pending_work", "costs", "audit", "log_times", "message_spans"]
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.function_scoped_fixture])
@@ -104,7 +104,7 @@ def test_a_projection_stopped_anywhere_catches_up_to_the_same_rows(
             split = data.draw(st.integers(0, len(h["sessions"])), label="sessions before stop")
             run_history(engine, clock, h["sessions"][:split])
             name = data.draw(st.sampled_from(NAMES if split == len(h["sessions"])
-                                              else ["costs", "audit", "log_times"]),
+                                              else NAMES[1:]),
                              label="projection")
             head = engine.log.flow_recorder.max_notification_id() or 0
             stop_at(engine, name, data.draw(st.integers(0, head), label="stopped at"),

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import flowledger as fl
+from flowledger.infrastructure.store_format import TABLES_VERSION
 from tests import postgres
 from tests.e2e.test_cli import TWO_WORKFLOWS, assert_user_error, flowledger
 from tests.helpers import (
@@ -549,8 +550,8 @@ def test_a_store_an_older_release_wrote_is_read_only_once_a_writer_opened_it(
     assert ("If an older release wrote it, it lacks tables this release reads: open it "
             "once without ?mode=ro" in said
             if store.startswith("sqlite") else
-            "older than this release's (tables version 3): open it once as a role that may "
-            "create" in said), said
+            f"older than this release's (tables version {TABLES_VERSION}): open it once as a "
+            "role that may create" in said), said
     assert run_sql(store, "SELECT COUNT(*) FROM tracking WHERE application_name = "
                           "'log_times'") == [(0,)]
     fl.Engine(store).close()  # the upgrade: the table made, the log folded in

@@ -205,21 +205,53 @@ def test_reservations_are_checked_against_the_messages_of_the_time(recorded,
     assert second.same
 
 
-def test_a_replays_peek_folds_pending_work_alone(recorded, make_engine,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """The messages of the time come from pending work folded up to the run;
-    costs and audit, which a peek never reads, are not folded (they were, from
-    position 0: seconds for a recent run of a large log)."""
-    from flowledger.projections.audit import Audit
-    from flowledger.projections.costs import Costs
+def test_a_replays_peek_folds_nothing(recorded, make_engine,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The messages of the time are the ones the message spans say were
+    unsettled then, each read from its stream as it was: nothing is folded
+    from position 0 (it was: 42 s for a run at position 1.18M)."""
+    from flowledger.read_side import time_travel
 
     _, _, runs = recorded
     new, _ = with_code(make_engine, "greedy")
+
+    def no_fold(*args: Any) -> Any:
+        raise AssertionError("the log was folded")
+
+    monkeypatch.setattr(time_travel, "fold_upto", no_fold)
+    assert new.replay(runs["second"].run_id).same
+    first = new.replay(runs["first"].run_id)
+    assert [(d.what, d.recorded, d.replayed) for d in first.differences] == [
+        ("reservations", {"order": ["A-1"]}, {"order": ["A-1", "A-2"]})]
+
+
+def test_a_replay_folds_pending_work_where_the_spans_are_behind(
+        recorded, make_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store opened read-only whose message spans were not folded up to the
+    run (an engine that stopped before folding them in): the messages of the
+    time come from pending work folded up to there, alone (costs and audit,
+    which a peek never reads, are not folded)."""
+    from flowledger.projections.audit import Audit
+    from flowledger.projections.costs import Costs
+    from tests.store_contents import run_sql
+
+    engine, _, runs = recorded
+    store = engine.log.config.url
+    engine.close()
+    run_sql(store, "DELETE FROM fl_message_spans")
+    run_sql(store, "UPDATE tracking SET notification_id = 0 "
+                   "WHERE application_name = 'message_spans'")
     folded: list[str] = []
     for kind in (Costs, Audit):
         monkeypatch.setattr(kind, "apply_batch",
                             lambda self, c, events: folded.append(type(self).__name__))
-    assert new.replay(runs["second"].run_id).same
+    with fl.Engine(store + ("&" if "?" in store else "?") + "mode=ro") as reader:
+        reader.register(shop_workflow("greedy"), tools=[Shop()])
+        assert reader.projections.positions()["message_spans"] == 0
+        assert reader.replay(runs["second"].run_id).same
+        first = reader.replay(runs["first"].run_id)
+    assert [(d.what, d.recorded, d.replayed) for d in first.differences] == [
+        ("reservations", {"order": ["A-1"]}, {"order": ["A-1", "A-2"]})]
     assert folded == []
 
 

@@ -126,3 +126,101 @@ def test_at_writes_nothing(make_engine, ledger: ExternalLedger) -> None:
         past.costs()
 
     assert (head(engine), engine.projections.positions()) == before
+
+
+def _pending_as_folded(engine: fl.Engine, workflow: str, topics: list[str],
+                       limits: list[int | None]) -> list[tuple[int, dict[Any, Any]]]:
+    """After every position of the log (0 included): what pending work, folded
+    one event at a time up to there, gives `peek(topic, limit)`."""
+    from flowledger.domain.ids import workflow_id
+    from flowledger.infrastructure.store import scratch_database, stored_after
+    from flowledger.projections.pending_work import PendingWork, pending_messages
+
+    wf = workflow_id(workflow)
+    db, c = scratch_database()
+    folded = PendingWork()
+    folded.create_tables(c)
+
+    def answers() -> dict[Any, Any]:
+        return {(t, n): [(m.message_id, m.payload) for m in pending_messages(c, wf, t, n)]
+                for t in topics for n in limits}
+
+    seen = [(0, answers())]
+    with engine.log.reading() as read:
+        for rows in stored_after(engine.log.flow_recorder, read, 0, head(engine), 2000):
+            for position, stored in rows:
+                folded.apply_batch(c, [(engine.log.mapper.to_domain_event(stored), position)])
+                seen.append((position, answers()))
+    db.close()
+    return seen
+
+
+def _pending_then(engine: fl.Engine, workflow: str, topic: str, position: int,
+                  limit: int | None) -> list[tuple[str, bytes]]:
+    from flowledger.domain.ids import workflow_id
+    from flowledger.read_side.time_travel import pending_then
+
+    return pending_then(engine.log, engine.log.reading, workflow_id(workflow), topic,
+                        position, limit)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(h=history)
+def test_what_was_pending_at_any_position_is_read_without_folding_the_log(
+        h: dict[str, Any]) -> None:
+    """At every position of a random history (failures, skips, releases,
+    retries), for each topic and peek limit: the messages read from the
+    message spans and each message's stream as it was then (what replay's
+    peek uses) are the ones pending work folded up to there holds."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine, clock = new_engine(folder, h)
+        try:
+            for max_iterations, decision in h["sessions"]:
+                engine.run_session("prop", max_iterations=max_iterations)
+                clock.advance(7200)
+                decide(engine, decision)
+            engine.projections.catch_up()
+            for position, expected in _pending_as_folded(engine, "prop", ["in", "done"],
+                                                         [None, 1, 2]):
+                for (topic, limit), messages in expected.items():
+                    assert _pending_then(engine, "prop", topic, position, limit) == messages, (
+                        position, topic, limit)
+        finally:
+            engine.close()
+
+
+def test_a_message_replaced_later_is_read_with_the_payload_it_had_then(make_engine) -> None:
+    wf = fl.Workflow("feed", topics=["news"])
+
+    @wf.producer(publishes=["news"])
+    def publish(ctx: Any, state: Any) -> int:
+        edition = (state or 0) + 1
+        ctx.publish("news", message_id="today", payload={"edition": edition})
+        if edition == 2:
+            ctx.publish("news", message_id="extra", payload={"edition": edition})
+        return edition
+
+    engine = make_engine()
+    engine.register(wf)
+    marks = []
+    for _ in range(3):
+        engine.run_session("feed")
+        marks.append(head(engine))
+    engine.projections.catch_up()
+
+    def editions(position: int, limit: int | None = None) -> list[tuple[str, int]]:
+        from flowledger.infrastructure.codec import unpack
+
+        return [(m, unpack(p)["edition"])
+                for m, p in _pending_then(engine, "feed", "news", position, limit)]
+
+    assert editions(0) == []
+    assert editions(marks[0]) == [("today", 1)]
+    assert editions(marks[1]) == [("today", 2), ("extra", 2)]
+    assert editions(marks[1], limit=1) == [("today", 2)]
+    assert editions(marks[2]) == [("today", 3), ("extra", 2)]
+    assert [(e, n) for e, n in _pending_as_folded(engine, "feed", ["news"], [None])
+            if e in marks] == [
+        (mark, {("news", None): _pending_then(engine, "feed", "news", mark, None)})
+        for mark in marks]

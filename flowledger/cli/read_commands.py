@@ -333,8 +333,7 @@ def projections_rebuild(
     ctx: typer.Context,
     only: Annotated[list[str] | None, typer.Option(
         "--only", metavar="NAME", help="Rebuild only this projection (repeatable): "
-                                       "pending_work, costs, audit, log_times, "
-                                       "message_spans.")] = None,
+                                       "pending_work, costs, audit, log_times.")] = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:

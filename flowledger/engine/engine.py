@@ -76,7 +76,6 @@ from flowledger.projections import pending_work
 from flowledger.projections.audit import Audit
 from flowledger.projections.costs import Costs
 from flowledger.projections.log_times import LogTimes
-from flowledger.projections.message_spans import MessageSpans
 from flowledger.projections.pending_work import PendingWork
 from flowledger.projections.runner import Progress, ProjectionRunner
 from flowledger.projections.sealing import Seal
@@ -226,10 +225,9 @@ class Engine:
         """The projections, their tables made where missing: where they cannot be
         (a store opened read-only that an older release wrote), said so."""
         try:
-            return ProjectionRunner(
-                self.log.flow_recorder, self.log.mapper,
-                [PendingWork(), Costs(), Audit(), LogTimes(), MessageSpans()],
-                Seal(self.log.column_cipher))
+            return ProjectionRunner(self.log.flow_recorder, self.log.mapper,
+                                    [PendingWork(), Costs(), Audit(), LogTimes()],
+                                    Seal(self.log.column_cipher))
         except Exception as e:
             if not (self.log.config.read_only and from_the_store(e)):
                 raise
@@ -814,11 +812,11 @@ class Engine:
                                                                short=short)
 
         def peek_then(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
-            if self.projections.positions()[MessageSpans.name] >= as_of:
+            if self.projections.positions()[PendingWork.name] >= as_of:
                 return pending_then(self.log, self.log.reading, run.workflow_id, topic,
                                     as_of, limit)
-            # Spans not folded that far (a store opened read-only): pending work
-            # folded up to then, once, and only if the handler peeks.
+            # Pending work not folded that far (a store opened read-only): folded
+            # up to then in memory, once, and only if the handler peeks.
             if not past:
                 past.append(EngineAt(self.log, as_of, [PendingWork], self._registered))
             with past[0].tables() as c:

@@ -560,3 +560,33 @@ def test_a_store_an_older_release_wrote_is_read_only_once_a_writer_opened_it(
         assert list(reader.events(since=whole[-1].timestamp)) == [
             e for e in whole if e.timestamp >= whole[-1].timestamp]
         assert [e.position for e in reader.events()] == [e.position for e in whole]
+
+
+def test_a_store_whose_messages_lack_a_column_gets_it_and_pending_work_folded_again(
+        store: str) -> None:
+    """The release before had no `fl_messages.settled_position` (where a
+    message was consumed or skipped: replay's peek at a position reads it).
+    Opened read-only, the store is refused with what to do; opened to write,
+    the column is added and pending work folded in again from the log, so
+    every row holds what a store made by this release holds."""
+    from tests.store_contents import run_sql
+
+    engine = fl.Engine(store)
+    engine.register(ledger_workflow("wf", items=["a", "b", "c"]),
+                    tools=[ScriptedLedgerTool(MemoryLedger())])
+    engine.run_session("wf", max_iterations=2)
+    engine.close()
+    table = "SELECT * FROM fl_messages ORDER BY event_id"
+    made = run_sql(store, table)
+    assert sorted(r[-1] is None for r in made) == [False, False, True, True, True]
+    run_sql(store, "ALTER TABLE fl_messages DROP COLUMN settled_position")
+    if store.startswith("postgresql"):
+        run_sql(store, "UPDATE fl_store_format SET value = '3' WHERE name = 'tables'")
+    with pytest.raises(fl.ConfigurationError, match="ro"):
+        fl.Engine(read_only(store))
+
+    fl.Engine(store).close()  # the upgrade: the column added, pending work folded again
+
+    assert run_sql(store, table) == made
+    with fl.Engine(read_only(store)) as reader:
+        assert reader.read_side_behind() == 0

@@ -4,14 +4,16 @@ inserted directly in the store are each found by `verify` and named by position.
 from __future__ import annotations
 
 import itertools
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import flowledger as fl
 from flowledger.infrastructure.hash_chain import Chain
 from tests.e2e.test_cli import flowledger
-from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+from tests.helpers import ExternalLedger, MemoryLedger, ScriptedLedgerTool, ledger_workflow
 from tests.store_contents import position_column, run_sql
 
 
@@ -331,3 +333,47 @@ def test_a_chain_table_dropped_or_emptied_is_said_as_such(store: str, key: str,
             fl.Engine(url, cipher_key=key)
     with pytest.raises(fl.EncryptionKeyError, match="is gone or empty"):
         fl.Engine(store, cipher_key=key)  # and again: a table made again is empty
+
+
+def _session_snapshots(engine: fl.Engine, session_id: Any) -> list[Any]:
+    return [s for s in engine.log.flow_recorder.select_snapshots()
+            if s.originator_id == session_id]
+
+
+def test_a_sessions_snapshots_do_not_grow_with_its_runs(store: str) -> None:
+    """A session kept every ended run's cost by run id, read by nothing: each
+    of its snapshots (one every 200 events) was larger than the one before,
+    and a session of 20,000 runs kept 100 of them, 25 MB."""
+    with fl.Engine(store) as engine:
+        engine.register(ledger_workflow(items=[str(i) for i in range(420)]),
+                        tools=[ScriptedLedgerTool(MemoryLedger())])
+        session = engine.run_session("wf", max_iterations=420)
+        sizes = [len(s.state) for s in _session_snapshots(engine, session.session_id)]
+        assert engine.verify().ok
+    assert len(sizes) == 2 and sizes[1] <= sizes[0] + 8, sizes
+
+
+@pytest.mark.parametrize("field", ["ended_runs", "sneaked_in"])
+def test_a_snapshot_holding_a_field_an_earlier_release_kept_verifies(store: str,
+                                                                     field: str) -> None:
+    """Snapshots an earlier release took hold `Session.ended_runs`, since
+    dropped: they verify, and the session restored from one leaves it out. A
+    field no release kept is still a snapshot changed outside flowledger."""
+    with fl.Engine(store) as engine:
+        engine.register(ledger_workflow(items=[str(i) for i in range(210)]),
+                        tools=[ScriptedLedgerTool(MemoryLedger())])
+        session = engine.run_session("wf", max_iterations=210)
+        (stored,) = _session_snapshots(engine, session.session_id)
+        snapshot = engine.log.flow_mapper.to_domain_event(stored)
+        snapshot.state[field] = {r.run_id: Decimal("0.25") for r in session.runs}
+        older = engine.log.flow_mapper.to_stored_event(snapshot).state
+        assert run_sql(store, "UPDATE stored_snapshots SET state = ? WHERE state = ? "
+                              "RETURNING originator_version", (older, stored.state)) == [
+            (stored.originator_version,)]
+        problems = engine.verify().problems
+        restored = engine.log.load(session.session_id)
+    if field == "ended_runs":
+        assert problems == []
+        assert field not in vars(restored) and restored.consumer_runs == 210
+    else:
+        assert [p.kind for p in problems] == ["snapshot"], problems

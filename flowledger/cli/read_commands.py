@@ -333,7 +333,8 @@ def projections_rebuild(
     ctx: typer.Context,
     only: Annotated[list[str] | None, typer.Option(
         "--only", metavar="NAME", help="Rebuild only this projection (repeatable): "
-                                       "pending_work, costs, audit, log_times.")] = None,
+                                       "pending_work, costs, audit, log_times, "
+                                       "settled.")] = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:

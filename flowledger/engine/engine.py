@@ -79,6 +79,7 @@ from flowledger.projections.log_times import LogTimes
 from flowledger.projections.pending_work import PendingWork
 from flowledger.projections.runner import Progress, ProjectionRunner
 from flowledger.projections.sealing import Seal
+from flowledger.projections.settled import Settled
 from flowledger.read_side.log_view import (
     LoggedEvent,
     read_log,
@@ -226,7 +227,7 @@ class Engine:
         (a store opened read-only that an older release wrote), said so."""
         try:
             return ProjectionRunner(self.log.flow_recorder, self.log.mapper,
-                                    [PendingWork(), Costs(), Audit(), LogTimes()],
+                                    [PendingWork(), Costs(), Audit(), LogTimes(), Settled()],
                                     Seal(self.log.column_cipher))
         except Exception as e:
             if not (self.log.config.read_only and from_the_store(e)):
@@ -812,11 +813,12 @@ class Engine:
                                                                short=short)
 
         def peek_then(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
-            if self.projections.positions()[PendingWork.name] >= as_of:
+            folded = self.projections.positions()
+            if min(folded[PendingWork.name], folded[Settled.name]) >= as_of:
                 return pending_then(self.log, self.log.reading, run.workflow_id, topic,
                                     as_of, limit)
-            # Pending work not folded that far (a store opened read-only): folded
-            # up to then in memory, once, and only if the handler peeks.
+            # Not folded that far (a store opened read-only, behind): pending
+            # work folded up to then in memory, once, and only if the handler peeks.
             if not past:
                 past.append(EngineAt(self.log, as_of, [PendingWork], self._registered))
             with past[0].tables() as c:

@@ -635,11 +635,6 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                   f"('r', 'p') AND t.relname IN ({', '.join('?' * len(names))})", list(names))
         return {str(row[0]) for row in c.fetchall()}
 
-    def existing_columns(self, c: PgCursor | PgBatch, table: str) -> set[str]:
-        c.execute("SELECT column_name FROM information_schema.columns "
-                  "WHERE table_schema = current_schema() AND table_name = ?", (table,))
-        return {str(row[0]) for row in c.fetchall()}
-
     @property
     def channel(self) -> str:
         """The notification channel of this store's log (one per schema): cut,

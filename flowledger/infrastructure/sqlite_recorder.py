@@ -145,10 +145,6 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                   f"({', '.join('?' * len(names))})", list(names))
         return {str(row[0]) for row in c.fetchall()}
 
-    def existing_columns(self, c: Any, table: str) -> set[str]:
-        c.execute("SELECT name FROM pragma_table_info(?)", (table,))
-        return {str(row[0]) for row in c.fetchall()}
-
     def grant(self, role: str, read_only: bool = False) -> list[str]:
         raise ConfigurationError(
             f"cannot grant {role!r} the use of an SQLite store: a file has no roles. Whoever "

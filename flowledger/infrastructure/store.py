@@ -231,9 +231,6 @@ class LogStore(Protocol):
     def existing_tables(self, c: Cursor, names: Sequence[str]) -> set[str]:
         """Which of these tables the store holds."""
 
-    def existing_columns(self, c: Cursor, table: str) -> set[str]:
-        """The names of the columns of this table of the store's."""
-
     def locate(self, stored: StoredEvent) -> tuple[int | None, str | None]: ...
 
     def is_busy(self, error: BaseException) -> bool:

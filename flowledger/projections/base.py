@@ -20,10 +20,6 @@ class Projection(ABC):
 
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]]
-    # (table, column, type) of columns added to a table of an earlier release:
-    # a store that lacks one gets it, and the projection is folded in again
-    # from the log (its rows lack the column's values).
-    added_columns: ClassVar[tuple[tuple[str, str, str], ...]] = ()
     # Folded in inside every append (the session loop reads it between
     # appends), or not (the read side): in batches from memory inside appends
     # (every FOLD_EVERY events and a session's close), else by `catch_up`

@@ -184,7 +184,7 @@ class PendingWork(Projection):
         c.execute("""CREATE TABLE IF NOT EXISTS fl_messages (
             event_id TEXT PRIMARY KEY, workflow_id TEXT, topic TEXT, message_id TEXT,
             status TEXT, reserved_by TEXT, payload BLOB, first_position INTEGER,
-            available_since INTEGER, settled_position INTEGER) WITHOUT ROWID""")
+            available_since INTEGER) WITHOUT ROWID""")
         # Partial indexes: an entry exists only while a message is pending (or a
         # run open), so consuming a message or finishing a run deletes one
         # entry instead of moving it, and the index stays as small as the work.
@@ -221,11 +221,6 @@ class PendingWork(Projection):
     # its topic's counts with it: both are folded in memory and written once
     # per batch (`_write_messages`).
 
-    # Columns added to a table after its first release (tables version 4):
-    # where to replay a peek at a position, the messages unsettled then
-    # (`unsettled_at`) are found from where each was published and settled.
-    added_columns = (("fl_messages", "settled_position", "INTEGER"),)
-
     def _message(self, c: Cursor, key: str) -> dict[str, Any]:
         """The batch's copy of a message row's changes, from memory or the table."""
         row = self._msgs.get(key)
@@ -238,8 +233,7 @@ class PendingWork(Projection):
                                                             _MESSAGE_ROW)
             row = self._msgs[key] = {"new": False, "moved": False, "workflow_id": workflow_id,
                                      "topic": topic, "status": status, "reserved_by": None,
-                                     "available_since": None, "payload": None,
-                                     "settled": None}
+                                     "available_since": None, "payload": None}
         return row
 
     def _count(self, row: dict[str, Any], d_pending: int, d_reserved: int,
@@ -257,8 +251,6 @@ class PendingWork(Projection):
         available = position if status == "pending" else None
         row.update(status=status, reserved_by=reserved_by.hex if reserved_by else None,
                    moved=True)
-        if status in ("consumed", "skipped"):  # final: nothing moves it again
-            row["settled"] = position
         if available is not None:
             row["available_since"] = available
         self._count(row, (status == "pending") - (old == "pending"),
@@ -269,7 +261,7 @@ class PendingWork(Projection):
             "new": True, "workflow_id": e.workflow_id.hex, "topic": e.topic,
             "message_id": e.message_id, "status": "pending", "reserved_by": None,
             "payload": self.seal.seal_bytes(e.payload), "first_position": position,
-            "available_since": position, "settled": None}
+            "available_since": position}
         self._count(row, 1, 0, position)
 
     def _replaced(self, c: Cursor, e: TopicEvent.PayloadReplaced, position: int) -> None:
@@ -281,19 +273,16 @@ class PendingWork(Projection):
 
     def _write_messages(self, c: Cursor) -> None:
         new = [(k, r["workflow_id"], r["topic"], r["message_id"], r["status"], r["reserved_by"],
-                r["payload"], r["first_position"], r["available_since"], r["settled"])
+                r["payload"], r["first_position"], r["available_since"])
                for k, r in self._msgs.items() if r["new"]]
         if new:
-            c.executemany("INSERT INTO fl_messages VALUES (?,?,?,?,?,?,?,?,?,?)", new)
-        moved = [(r["status"], r["reserved_by"], r["available_since"], r["payload"],
-                  r["settled"], k)
+            c.executemany("INSERT INTO fl_messages VALUES (?,?,?,?,?,?,?,?,?)", new)
+        moved = [(r["status"], r["reserved_by"], r["available_since"], r["payload"], k)
                  for k, r in self._msgs.items() if not r["new"] and r["moved"]]
         if moved:
             c.executemany("UPDATE fl_messages SET status=?, reserved_by=?, "
                           "available_since=COALESCE(?, available_since), "
-                          "payload=COALESCE(?, payload), "
-                          "settled_position=COALESCE(?, settled_position) WHERE event_id=?",
-                          moved)
+                          "payload=COALESCE(?, payload) WHERE event_id=?", moved)
         replaced = [(r["available_since"], r["payload"], k)  # a new payload, nothing else
                     for k, r in self._msgs.items() if not r["new"] and not r["moved"]]
         if replaced:
@@ -580,17 +569,6 @@ def pending_messages(c: Cursor, workflow_id: UUID, topic: str,
     else:
         c.execute(sql + " LIMIT ?", (workflow_id.hex, topic, limit))
     return [PendingMessage(m, seal.open_bytes(p)) for m, p in c.fetchall()]
-
-
-def unsettled_at(c: Cursor, workflow_id: UUID, topic: str, position: int) -> list[UUID]:
-    """The stream ids of the topic's messages published at or before `position`
-    and neither consumed nor skipped by then (pending or reserved then; both
-    are final), oldest first: the order `peek` gives. A scan of the topic's
-    rows (no index: one would be written at every settling), for replay."""
-    c.execute("SELECT event_id FROM fl_messages WHERE workflow_id=? AND topic=? "
-              "AND first_position<=? AND (settled_position IS NULL OR settled_position>?) "
-              "ORDER BY first_position", (workflow_id.hex, topic, position, position))
-    return [UUID(row[0]) for row in c.fetchall()]
 
 
 ReadAhead = list[tuple[PendingMessage, UUID, StreamEvents]]

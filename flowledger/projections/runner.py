@@ -86,7 +86,7 @@ class ProjectionRunner:
         self._asked_now = False
         if not recorder.tables_current:  # the store's are this release's: nothing to create
             with recorder.writing() as c:
-                gone = self._lacking_a_table(c) + self._lacking_a_column(c)
+                gone = self._lacking_a_table(c)
                 for p in self.projections:
                     p.create_tables(c)
                 for p in gone:  # folded in again from the log, by the catch-up that follows
@@ -107,24 +107,6 @@ class ProjectionRunner:
                            "flowledger?): made again, and folded in again from the log",
                            ", ".join(sorted(set(p.tables) - held)), p.name, self.position(c, p))
         return gone
-
-    def _lacking_a_column(self, c: Cursor) -> list[Projection]:
-        """Projections whose tables an earlier release made without a column
-        this one writes: the column is added, and a projection that had folded
-        events in is folded in again (its rows lack the column's values)."""
-        behind = []
-        for p in self.projections:
-            added = False
-            for table, column, kind in p.added_columns:
-                if (self.recorder.existing_tables(c, [table])
-                        and column not in self.recorder.existing_columns(c, table)):
-                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-                    added = True
-            if added and self.position(c, p) > 0:
-                logger.info("projection %s gained a column this release writes: folded in "
-                            "again from the log", p.name)
-                behind.append(p)
-        return behind
 
     def position(self, c: Cursor, projection: Projection) -> int:
         return self.recorder.tracked(c, projection.name)

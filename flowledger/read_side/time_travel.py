@@ -19,8 +19,8 @@ from flowledger.domain.errors import InvalidArgument
 from flowledger.domain.topic_event import MessageStatus
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.projections.base import Cursor, Projection
-from flowledger.projections.pending_work import unsettled_at
 from flowledger.projections.point_in_time import fold_upto
+from flowledger.projections.settled import unsettled_at
 from flowledger.read_side.log_view import read_positions, stream_version_at
 from flowledger.read_side.queries import ReadSide
 
@@ -46,8 +46,9 @@ def pending_then(log: EventLog, tables: Callable[[], AbstractContextManager[Curs
                  ) -> list[tuple[str, bytes]]:
     """What `peek(topic, limit)` gave when the log ended at `position`, as
     (message id, payload), without folding the log up to there: the messages
-    unsettled then (pending work's rows, folded at least up to `position`),
-    each read from its own stream as it was then."""
+    unsettled then (`settled.unsettled_at`: pending work and the settlings
+    folded at least up to `position`), each read from its own stream as it
+    was then."""
     with tables() as c:
         candidates = unsettled_at(c, workflow_id, topic, position)
     found: list[tuple[str, bytes]] = []

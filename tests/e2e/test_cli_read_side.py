@@ -198,7 +198,8 @@ def test_projections_rebuild_and_status(shop: Path) -> None:
     assert "Rebuilt from position 0" in shown.stdout and "events" in shown.stdout
     assert "━" not in shown.stdout + shown.stderr  # piped: no progress bar, plain text
     status = as_json(shop, "projections", "status")
-    assert set(status["positions"]) == {"pending_work", "costs", "audit", "log_times"}
+    assert set(status["positions"]) == {"pending_work", "costs", "audit", "log_times",
+                                        "settled"}
     assert all(p == status["head"] for p in status["positions"].values())
     rebuilt = as_json(shop, "projections", "rebuild", "--only", "costs")
     assert rebuilt["events"] == status["head"]

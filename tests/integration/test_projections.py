@@ -66,7 +66,7 @@ def run_history(engine: fl.Engine, clock: fl.ManualClock, sessions: list[tuple[i
     return results
 
 
-NAMES = ["pending_work", "costs", "audit", "log_times"]
+NAMES = ["pending_work", "costs", "audit", "log_times", "settled"]
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.function_scoped_fixture])

@@ -562,13 +562,12 @@ def test_a_store_an_older_release_wrote_is_read_only_once_a_writer_opened_it(
         assert [e.position for e in reader.events()] == [e.position for e in whole]
 
 
-def test_a_store_whose_messages_lack_a_column_gets_it_and_pending_work_folded_again(
-        store: str) -> None:
-    """The release before had no `fl_messages.settled_position` (where a
-    message was consumed or skipped: replay's peek at a position reads it).
-    Opened read-only, the store is refused with what to do; opened to write,
-    the column is added and pending work folded in again from the log, so
-    every row holds what a store made by this release holds."""
+def test_a_store_without_the_settlings_gets_them_folded_from_the_log(store: str) -> None:
+    """The release before kept no settlings (`fl_settled`: where each message
+    was consumed or skipped; replay's peek at a position reads them). Opened
+    read-only, the store is refused with what to do; opened to write, the
+    table is made and folded in from the log: the rows a store made by this
+    release holds, and pending work is not folded again."""
     from tests.store_contents import run_sql
 
     engine = fl.Engine(store)
@@ -576,17 +575,19 @@ def test_a_store_whose_messages_lack_a_column_gets_it_and_pending_work_folded_ag
                     tools=[ScriptedLedgerTool(MemoryLedger())])
     engine.run_session("wf", max_iterations=2)
     engine.close()
-    table = "SELECT * FROM fl_messages ORDER BY event_id"
-    made = run_sql(store, table)
-    assert sorted(r[-1] is None for r in made) == [False, False, True, True, True]
-    run_sql(store, "ALTER TABLE fl_messages DROP COLUMN settled_position")
+    made = run_sql(store, "SELECT * FROM fl_settled ORDER BY event_id")
+    assert len(made) == 2
+    run_sql(store, "DROP TABLE fl_settled")
+    run_sql(store, "DELETE FROM tracking WHERE application_name = 'settled'")
     if store.startswith("postgresql"):
         run_sql(store, "UPDATE fl_store_format SET value = '3' WHERE name = 'tables'")
     with pytest.raises(fl.ConfigurationError, match="ro"):
         fl.Engine(read_only(store))
+    pending = run_sql(store, "SELECT * FROM fl_messages ORDER BY event_id")
 
-    fl.Engine(store).close()  # the upgrade: the column added, pending work folded again
+    fl.Engine(store).close()  # the upgrade: the table made, the log folded in
 
-    assert run_sql(store, table) == made
+    assert run_sql(store, "SELECT * FROM fl_settled ORDER BY event_id") == made
+    assert run_sql(store, "SELECT * FROM fl_messages ORDER BY event_id") == pending
     with fl.Engine(read_only(store)) as reader:
         assert reader.read_side_behind() == 0

@@ -208,9 +208,9 @@ def test_reservations_are_checked_against_the_messages_of_the_time(recorded,
 def test_a_replays_peek_folds_nothing(recorded, make_engine,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The messages of the time are those pending work's rows say were
-    published and not settled then, each read from its stream as it was:
-    nothing is folded from position 0 (it was: 42 s for a run at position
-    1.18M)."""
+    published and the settlings say were not settled then, each read from its
+    stream as it was: nothing is folded from position 0 (it was: 42 s for a
+    run at position 1.18M)."""
     from flowledger.read_side import time_travel
 
     _, _, runs = recorded
@@ -226,31 +226,30 @@ def test_a_replays_peek_folds_nothing(recorded, make_engine,
         ("reservations", {"order": ["A-1"]}, {"order": ["A-1", "A-2"]})]
 
 
-def test_a_replay_folds_pending_work_where_it_is_behind(
+def test_a_replay_folds_pending_work_where_the_settlings_are_behind(
         recorded, make_engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A store opened read-only whose pending work was not folded up to the
-    run (here: not at all): the messages of the time come from pending work
-    folded up to there in memory, alone (costs and audit, which a peek never
-    reads, are not folded)."""
+    """A store opened read-only whose settlings were not folded up to the run
+    (an engine that stopped before folding the read side's projections in):
+    the messages of the time come from pending work folded up to there in
+    memory, alone (costs and audit, which a peek never reads, are not
+    folded)."""
     from flowledger.projections.audit import Audit
     from flowledger.projections.costs import Costs
-    from flowledger.projections.pending_work import PendingWork
     from tests.store_contents import run_sql
 
     engine, _, runs = recorded
     store = engine.log.config.url
     engine.close()
-    for table in PendingWork.tables:
-        run_sql(store, f"DELETE FROM {table}")
+    run_sql(store, "DELETE FROM fl_settled")
     run_sql(store, "UPDATE tracking SET notification_id = 0 "
-                   "WHERE application_name = 'pending_work'")
+                   "WHERE application_name = 'settled'")
     folded: list[str] = []
     for kind in (Costs, Audit):
         monkeypatch.setattr(kind, "apply_batch",
                             lambda self, c, events: folded.append(type(self).__name__))
     with fl.Engine(store + ("&" if "?" in store else "?") + "mode=ro") as reader:
         reader.register(shop_workflow("greedy"), tools=[Shop()])
-        assert reader.projections.positions()["pending_work"] == 0
+        assert reader.projections.positions()["settled"] == 0
         assert reader.replay(runs["second"].run_id).same
         first = reader.replay(runs["first"].run_id)
     assert [(d.what, d.recorded, d.replayed) for d in first.differences] == [

@@ -71,7 +71,8 @@ def test_a_session_writes_its_appends_and_nothing_after(make_engine: Any,
     assert _transactions(begun) == ["append+"] * 5
     positions = engine.projections.positions()
     head = engine.log.flow_recorder.max_notification_id()
-    assert positions == {"pending_work": head, "costs": head, "audit": head, "log_times": head}
+    assert positions == {"pending_work": head, "costs": head, "audit": head, "log_times": head,
+                         "settled": head}
     assert engine.projections.lag() == 0
     assert_projections_rebuild_equal(engine)
 

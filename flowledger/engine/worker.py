@@ -478,8 +478,9 @@ class Worker:
                     for p in reg.definition.producers:
                         if p.schedule is None:
                             continue
-                        last = pending_work.run_rows(c, reg.workflow_id, handler=p.name,
-                                                     status="committed", limit=1)
+                        last = list(pending_work.run_rows(c, reg.workflow_id,
+                                                          handler=p.name,
+                                                          status="committed", limit=1))
                         if last and last[0].created_at is not None:
                             key = (reg.workflow_id, p.name)
                             if key not in runs.last or runs.last[key] < last[0].created_at:

@@ -16,7 +16,7 @@ made in Python.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -118,8 +118,9 @@ class CostEntry:
 
 
 def cost_entries(c: Cursor, workflow: str | None = None,
-                 session_id: UUID | None = None, seal: Seal = NO_SEAL) -> list[CostEntry]:
-    """Entries in the order they were recorded, optionally of one workflow or session."""
+                 session_id: UUID | None = None, seal: Seal = NO_SEAL) -> Iterator[CostEntry]:
+    """Entries in the order they were recorded, optionally of one workflow or
+    session; read while iterated, within the cursor's reading."""
     sql = ("SELECT e.run_id, e.seq, r.workflow, r.handler, r.kind, "
            "COALESCE(e.counted_by, r.session_id), e.counted_by IS NOT NULL, e.at, e.amount, "
            "e.label FROM fl_costs e JOIN fl_cost_runs r ON r.run_id = e.run_id WHERE 1=1")
@@ -131,10 +132,9 @@ def cost_entries(c: Cursor, workflow: str | None = None,
         sql += " AND COALESCE(e.counted_by, r.session_id)=?"
         params.append(session_id.hex)
     c.execute(sql + " ORDER BY e.at, e.run_id, e.seq", params)
-    return [CostEntry(UUID(r[0]), r[1], r[2], r[3], r[4], UUID(r[5]) if r[5] else None,
-                      bool(r[6]), text_time(r[7]), Decimal(r[8]),
-                      seal.open_text(r[9]) or "")
-            for r in c.fetchall()]
+    for r in c:
+        yield CostEntry(UUID(r[0]), r[1], r[2], r[3], r[4], UUID(r[5]) if r[5] else None,
+                        bool(r[6]), text_time(r[7]), Decimal(r[8]), seal.open_text(r[9]) or "")
 
 
 def counted_by_sessions(c: Cursor, session_ids: Sequence[UUID], chunk: int = 500

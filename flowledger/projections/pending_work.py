@@ -7,7 +7,7 @@ and the workflow's status and lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -682,9 +682,10 @@ def topic_counts(c: Cursor, workflow_id: UUID) -> dict[str, tuple[int, int]]:
 
 
 def session_rows(c: Cursor, workflow_id: UUID | None = None, seal: Seal = NO_SEAL, *,
-                 status: str | None = None, limit: int | None = None) -> list[SessionRow]:
+                 status: str | None = None, limit: int | None = None) -> Iterator[SessionRow]:
     """Sessions, newest first (by opening), filtered and cut by the store:
-    `status` "open" or an outcome (or its family, as `run_rows`)."""
+    `status` "open" or an outcome (or its family, as `run_rows`). Read while
+    iterated, within the cursor's reading."""
     sql = ("SELECT session_id, workflow_id, trigger, outcome, reason, consumer_runs, opened_at, "
            "closed_at FROM fl_sessions WHERE 1=1")
     params: list[Any] = []
@@ -696,9 +697,9 @@ def session_rows(c: Cursor, workflow_id: UUID | None = None, seal: Seal = NO_SEA
     elif status is not None:
         sql += _in_family("outcome", status, params)
     c.execute(sql + " ORDER BY opened_at DESC, session_id DESC" + _limit(limit, params), params)
-    return [SessionRow(UUID(r[0]), UUID(r[1]), r[2], r[3], seal.open_text(r[4]), r[5],
+    return (SessionRow(UUID(r[0]), UUID(r[1]), r[2], r[3], seal.open_text(r[4]), r[5],
                        _dt(r[6]), _dt(r[7]))
-            for r in c.fetchall()]
+            for r in c)  # as read: a listing cut in Python stops there
 
 
 def _in_family(column: str, status: str, params: list[Any]) -> str:
@@ -717,10 +718,11 @@ def _limit(limit: int | None, params: list[Any]) -> str:
 
 def run_rows(c: Cursor, workflow_id: UUID | None = None, session_id: UUID | None = None,
              handler: str | None = None, seal: Seal = NO_SEAL, *, status: str | None = None,
-             limit: int | None = None) -> list[RunRow]:
+             limit: int | None = None) -> Iterator[RunRow]:
     """Runs, newest first (by creation), filtered and cut by the store (a scan
     without an index: listings are not on the hot path, appends are).
-    `status`: exact, or a family ("failed": failed:logic, failed:internal)."""
+    `status`: exact, or a family ("failed": failed:logic, failed:internal).
+    Read while iterated, within the cursor's reading."""
     sql = f"SELECT {_RUN_COLUMNS} FROM fl_runs WHERE 1=1"
     params: list[Any] = []
     for column, value in (("workflow_id", workflow_id), ("session_id", session_id)):
@@ -733,4 +735,4 @@ def run_rows(c: Cursor, workflow_id: UUID | None = None, session_id: UUID | None
     if status is not None:
         sql += _in_family("status", status, params)
     c.execute(sql + " ORDER BY created_at DESC, run_id DESC" + _limit(limit, params), params)
-    return [_run_row(r, seal) for r in c.fetchall()]
+    return (_run_row(r, seal) for r in c)  # as read: a listing cut in Python stops there

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -159,6 +160,23 @@ class PendingWorkReport:
     unfinished_runs: tuple[RunInfo, ...]
     blocked_mutations: tuple[RunInfo, ...]  # outcome unknown: needs_reconcile, indeterminate
     as_of: datetime
+
+
+class _CostSum:
+    """One cost line's sums, as its entries are read."""
+
+    def __init__(self) -> None:
+        self.amount = Decimal(0)
+        self.not_counted = Decimal(0)
+        self.entries = 0
+        self.runs: set[UUID] = set()
+
+    def add(self, e: costs.CostEntry) -> None:
+        self.amount += e.amount
+        if not e.counted:
+            self.not_counted += e.amount
+        self.entries += 1
+        self.runs.add(e.run_id)
 
 
 @dataclass(frozen=True)
@@ -586,8 +604,8 @@ class ReadSide:
             names = self._workflow_names(c)
             rows = pending_work.run_rows(c, wf_id, sid, handler, self._seal, status=status,
                                          limit=None if timed else limit)
-        found = [self._info_of_row(r, names) for r in rows
-                 if _within(r.created_at, since, until)][:limit]
+            found = [self._info_of_row(r, names) for r in itertools.islice(
+                (r for r in rows if _within(r.created_at, since, until)), limit)]
         # A failed run's traceback is on its stream, not in the listing's rows.
         return [dataclasses.replace(r, traceback=self._run(r.run_id).traceback)
                 if r.status.startswith("failed") else r for r in found]
@@ -605,9 +623,10 @@ class ReadSide:
         with self._tables() as c:
             wf_id = self._require_workflow(c, workflow).workflow_id if workflow else None
             names = self._workflow_names(c)
-            rows = [r for r in pending_work.session_rows(c, wf_id, self._seal, status=status,
-                                                         limit=None if timed else limit)
-                    if _within(r.opened_at, since, until)][:limit]
+            rows = list(itertools.islice(
+                (r for r in pending_work.session_rows(c, wf_id, self._seal, status=status,
+                                                      limit=None if timed else limit)
+                 if _within(r.opened_at, since, until)), limit))
             counted = costs.counted_by_sessions(c, [r.session_id for r in rows])
         return [SessionInfo(r.session_id, names.get(r.workflow_id, "?"), r.trigger,
                             r.outcome or "open", r.reason, r.consumer_runs, r.opened_at,
@@ -626,16 +645,15 @@ class ReadSide:
         with self._tables() as c:
             if workflow is not None:
                 self._require_workflow(c, workflow)
-            entries = costs.cost_entries(c, workflow, sid, self._seal)
-        groups: dict[tuple[str, str], list[costs.CostEntry]] = {}
-        for e in entries:
-            groups.setdefault((e.workflow, _cost_key(e, by)), []).append(e)
-        lines = []
-        for (wf, key), group in groups.items():
-            lines.append(CostLine(
-                key, wf, sum((e.amount for e in group), Decimal(0)),
-                sum((e.amount for e in group if not e.counted), Decimal(0)), len(group),
-                len({e.run_id for e in group})))
+            # Summed as read: what is held is a line per group, not every entry.
+            groups: dict[tuple[str, str], _CostSum] = {}
+            for e in costs.cost_entries(c, workflow, sid, self._seal):
+                group = groups.get((e.workflow, _cost_key(e, by)))
+                if group is None:
+                    group = groups[(e.workflow, _cost_key(e, by))] = _CostSum()
+                group.add(e)
+        lines = [CostLine(key, wf, g.amount, g.not_counted, g.entries, len(g.runs))
+                 for (wf, key), g in groups.items()]
         if by in ("handler", "workflow"):
             lines.sort(key=lambda line: (line.workflow, line.key))
         # Otherwise in the order each line's first cost was recorded: entries come

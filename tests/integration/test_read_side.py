@@ -291,6 +291,35 @@ def test_runs_and_sessions_filter_by_workflow_status_and_time(make_engine,
         engine.runs(workflow="nope")
 
 
+def test_a_listing_cut_by_time_reads_no_further_than_its_limit(
+        make_engine, clock: fl.ManualClock, ledger: ExternalLedger,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs and sessions listed since or until a time are compared as times in
+    Python (ADR 0026): the rows were all read first, and a store's whole
+    listing held in memory to show the five newest (2.8 s at 69,000 runs)."""
+    from flowledger.projections import pending_work
+
+    engine = make_engine()
+    engine.register(ledger_workflow(items=[str(i) for i in range(12)]),
+                    tools=[ScriptedLedgerTool(ledger)])
+    start = clock.now()
+    for _ in range(6):
+        engine.run_session("wf", max_iterations=2)
+        clock.advance(60)
+    read: list[str] = []
+    made = pending_work._run_row
+    monkeypatch.setattr(pending_work, "_run_row",
+                        lambda r, seal: read.append(r[0]) or made(r, seal))
+
+    newest = engine.runs(since=start, limit=3)
+    assert len(newest) == 3 and len(read) == 3
+    assert newest == engine.runs(limit=3)
+    after = len(engine.runs(since=start + timedelta(seconds=30), limit=None))
+    read.clear()
+    assert len(engine.runs(until=start + timedelta(seconds=30), limit=2)) == 2
+    assert len(read) == after + 2  # the newer ones passed over, then two
+
+
 def test_pending_work_of_a_workflow(make_engine, ledger: ExternalLedger) -> None:
     engine = make_engine()
     tool = NoReconcileTool(ledger)

@@ -194,6 +194,11 @@ class LogStore(Protocol):
 
     def stream_version_at(self, c: Cursor, stream_id: UUID, position: int) -> int | None: ...
 
+    def select_streams_upto(self, c: Cursor, stream_ids: Sequence[UUID], position: int
+                            ) -> dict[UUID, list[StoredEvent]]:
+        """These streams' events up to a position, a statement per 500 streams;
+        streams not begun by then are left out."""
+
     def stream_start(self, c: Cursor, stream_id: UUID) -> int | None:
         """The log position of a stream's first event (None: it has none)."""
 
@@ -422,6 +427,23 @@ class SharedSQL:
             params.append(upto)
         c.execute(sql + " ORDER BY originator_version", params)
         return [(p, v, t, bytes(s)) for p, v, t, s in c.fetchall()]
+
+    def select_streams_upto(self, c: Cursor, stream_ids: Sequence[UUID], position: int
+                            ) -> dict[UUID, list[StoredEvent]]:
+        found: dict[UUID, list[StoredEvent]] = {}
+        for part in range(0, len(stream_ids), 500):
+            ids = list(stream_ids[part:part + 500])
+            c.execute(f"SELECT originator_id, originator_version, topic, CAST(state AS BLOB) "
+                      f"FROM {self.events_table_name} WHERE originator_id IN "
+                      f"({', '.join('?' * len(ids))}) AND {self.position_column}<=? "
+                      "ORDER BY originator_id, originator_version",
+                      [*(self.stream_key(i) for i in ids), position])
+            for sid, version, topic, state in c.fetchall():
+                stream = UUID(str(sid))
+                found.setdefault(stream, []).append(StoredEvent(
+                    originator_id=stream, originator_version=version, topic=topic,
+                    state=bytes(state)))
+        return found
 
     def stream_start(self, c: Cursor, stream_id: UUID) -> int | None:
         c.execute(f"SELECT {self.position_column} FROM {self.events_table_name} "

@@ -52,13 +52,14 @@ def pending_then(log: EventLog, tables: Callable[[], AbstractContextManager[Curs
     with tables() as c:
         candidates = unsettled_at(c, workflow_id, topic, position)
     found: list[tuple[str, bytes]] = []
-    for stream_id in candidates:
-        if limit is not None and len(found) >= limit:
-            break
-        version = stream_version_at(log, stream_id, position)
-        message = None if version is None else log.load(stream_id, version=version)
-        if message is not None and message.status is MessageStatus.PENDING:
-            found.append((message.message_id, message.payload))
+    page = 100 if limit is None else max(limit, 10)  # streams read together
+    for start in range(0, len(candidates), page):
+        ids = candidates[start:start + page]
+        for message in log.load_at(ids, position):
+            if message.status is MessageStatus.PENDING:
+                found.append((message.message_id, message.payload))
+                if limit is not None and len(found) >= limit:
+                    return found
     return found
 
 

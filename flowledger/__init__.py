@@ -61,6 +61,7 @@ from flowledger.read_side.queries import (
     RunTimeline,
     SessionInfo,
     TopicWork,
+    WorkerInfo,
 )
 from flowledger.read_side.time_travel import EngineAt
 
@@ -127,6 +128,7 @@ __all__ = [
     "UncertainOutcome",
     "UnrecordedRead",
     "Verification",
+    "WorkerInfo",
     "Workflow",
     "__version__",
     "copy_store",

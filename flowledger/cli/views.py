@@ -223,15 +223,19 @@ def status_json(st: fl.EngineStatus) -> dict[str, Any]:
         "holders_gone": list(st.holders_gone),
         "leases_ended": list(st.leases_ended),
         "read_side_behind": st.read_side_behind,
+        "workers": [dataclasses.asdict(w) for w in st.workers],
     }
 
 
 # ------------------------------------------------------------------ status
 
 
-def print_status(st: fl.EngineStatus, store: str) -> None:
+def print_status(st: fl.EngineStatus, store: str, now: bool = True) -> None:
+    """`now`: the present, whose workers are shown (a view of the past has none)."""
     if not st.workflows:
         out.print("No workflows in this store yet.")
+        if now:
+            print_workers(st)
         return
     names = {w.workflow_id: w.name for w in st.workflows}
     print_table("Workflows", [Col("workflow"), Col("status", key=True),
@@ -265,6 +269,8 @@ def print_status(st: fl.EngineStatus, store: str) -> None:
                      st.open_sessions])
     else:
         out.print("No open sessions.")
+    if now:
+        print_workers(st)
 
     if st.unfinished_runs:
         out.print(Text("Unfinished runs", style="bold"))
@@ -290,7 +296,29 @@ def print_status_at(position: int, moment: datetime | None, st: fl.EngineStatus,
     out.print(Text(f"As of log position {position}"
                    + (f" ({when(moment)} UTC)" if moment else " (the empty log)"),
                    style="bold"))
-    print_status(st, store)
+    print_status(st, store, now=False)
+
+
+def print_workers(st: fl.EngineStatus) -> None:
+    """Workers running, and those gone without saying so (engine.workers())."""
+    if not st.workers:
+        out.print("No worker is running.")
+        return
+    holding: dict[str, list[str]] = {}
+    for wf in st.workflows:
+        if wf.open_session is not None and wf.owner:
+            holding.setdefault(wf.owner, []).append(wf.name)
+    print_table("Workers", [Col("worker", key=True), Col("state", key=True),
+                            Col("in a session of", drop=1), Col("serves", drop=2),
+                            Col("started (UTC)", key=True, drop=3)],
+                [[w.owner, Text(w.state, style="green" if w.state == "running" else "red"),
+                  ", ".join(holding.get(w.owner, [])) or "-", ", ".join(w.workflows) or "-",
+                  when(w.started_at)] for w in st.workers])
+    for w in st.workers:
+        if w.state == "gone":
+            note(f"{w.owner}: gone", "it ended without saying so (killed, crashed, or its "
+                 "machine lost); a session it held is taken over by the next worker or "
+                 "`recover`. Its note is dropped a week after it started", "red")
 
 
 def print_waiting(st: fl.EngineStatus, store: str) -> None:

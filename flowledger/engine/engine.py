@@ -99,6 +99,7 @@ from flowledger.read_side.queries import (
     RunInfo,
     RunTimeline,
     SessionInfo,
+    WorkerInfo,
     amount,
     aware,
     whole_count,
@@ -125,7 +126,19 @@ def _owner_alive(owner: str | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _exited(pid)
+
+
+def _exited(pid: int) -> bool:
+    """A process that has ended and waits for its parent to collect it (a
+    zombie: killed under a parent that has not waited for it yet), as Linux's
+    /proc tells; it can do nothing more. False where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read()
+    except OSError:
+        return False
+    return fields[fields.rfind(b")") + 2:][:1] == b"Z"  # the state, after the name
 
 
 class Engine:
@@ -531,6 +544,17 @@ class Engine:
         Worker(self, interval=interval, max_iterations=max_iterations).serve(stop)
 
     @engine_call
+    def workers(self) -> list[WorkerInfo]:
+        """Workers (`serve()`, `flowledger worker`) that served this store, the
+        latest started first: running, stopped (when, and how), or gone without
+        saying so (killed, crashed, its machine lost: as the store or the host
+        proves, as for a session's holder). Notes of workers that ended a week
+        before are dropped when a worker starts."""
+        from flowledger.engine import worker_notes
+
+        return worker_notes.workers(self)
+
+    @engine_call
     def last_position(self) -> int:
         """The log position of the last event appended (0: an empty log): what
         `follow(after=...)` takes to show only what comes next."""
@@ -663,7 +687,10 @@ class Engine:
         ended = tuple(w.name for w in held if w.name not in gone
                       and w.lease_until is not None and w.lease_until <= now)
         behind = self.read_side_behind() if self.log.config.read_only else 0
-        return dataclasses.replace(st, holders_gone=gone, leases_ended=ended,
+        from flowledger.engine import worker_notes
+
+        live = tuple(w for w in worker_notes.workers(self) if w.state != "stopped")
+        return dataclasses.replace(st, holders_gone=gone, leases_ended=ended, workers=live,
                                    read_side_behind=behind)
 
     def _look_at_holders(self, regs: Iterable[Registration]) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ from flowledger.domain.scheduling import ConsumerView, TopicBacklog
 from flowledger.domain.session import Trigger
 from flowledger.domain.text import one_line
 from flowledger.domain.workflow import Workflow
+from flowledger.engine import worker_notes
 from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.engine.session_runner import SessionRequest, SessionResult
 from flowledger.engine.waiting import LogWaiter, max_position, retry_wait
@@ -133,8 +134,10 @@ class Worker:
                     "woken by the store's notifications" if waiter.wakeups is not None
                     else f"checking the log every {self.interval}s")
         self._say_unscheduled()
+        how: str | None = "stopped"  # what the worker's note says (worker_notes.py)
+        started = False
         try:
-            failures, started = 0, False
+            failures = 0
             while not self.stop.is_set():
                 try:
                     if not started:  # retried like a pass: the store may be down now
@@ -145,6 +148,7 @@ class Worker:
                 except LogWentBack as e:
                     logger.error("worker %s stops: %s", self.engine.owner,
                                  one_line(e))
+                    how = f"the log went back: {one_line(e)}"
                     raise
                 except EngineClosed:
                     break  # closed meanwhile, which set its stop as well
@@ -159,9 +163,16 @@ class Worker:
                                  type(e).__name__, one_line(e), _advice(e), delay,
                                  exc_info=failures == 1 and not is_outage(e))
                     self.stop.wait(delay)
+        except BaseException as e:
+            if not isinstance(e, LogWentBack):
+                how = None  # stopped at once (a second signal): noted by nothing, as a crash
+            raise
         finally:
             waiter.close()
             signals.restore()
+            if started and how is not None:
+                said = how
+                self._note("stopped", lambda: worker_notes.note_stopped(self.engine, said))
             logger.info("worker %s stopped", self.engine.owner)
 
     def _start(self, waiter: LogWaiter) -> None:
@@ -185,6 +196,15 @@ class Worker:
                             result.workflow, result.status)
         engine._catch_up_read_side()
         self._seed_last_runs(waiter.head())
+        self._note("started", lambda: worker_notes.note_started(engine, list(engine.workflows)))
+
+    def _note(self, what: str, write: Callable[[], None]) -> None:
+        """A note of this worker (`status` lists it): never the end of the worker."""
+        try:
+            write()
+        except Exception as e:
+            logger.warning("could not note in the store that worker %s %s (%s: %s%s)",
+                           self.engine.owner, what, type(e).__name__, one_line(e), _advice(e))
 
     def _cannot_read(self, workflow: str, error: CorruptEventError) -> None:
         """Said once until the workflow is served again: each pass tries it."""

@@ -50,6 +50,7 @@ from flowledger.infrastructure.postgres_batch import PgBatch, Prepared, Rows
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast, create_guard_sql
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
 from flowledger.infrastructure.store import (
+    CREATE_WORKERS,
     AfterInsert,
     BeforeFold,
     Fence,
@@ -581,6 +582,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         # When the owner last took its lock (holder_alive): a column
         # tables version 2 added.
         c.execute("ALTER TABLE fl_liveness ADD COLUMN IF NOT EXISTS taken_at timestamptz")
+        c.execute(CREATE_WORKERS)
         self._create_append_notification(c)
         c.execute("SELECT 1 FROM pg_proc WHERE proname = 'fl_guard' AND pronamespace = "
                   "%s::regnamespace", (f'"{self.schema}"',))

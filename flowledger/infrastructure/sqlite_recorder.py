@@ -30,6 +30,7 @@ from eventsourcing.sqlite import (
 from flowledger.domain.errors import ConfigurationError
 from flowledger.infrastructure.hash_chain import HEAD_SQL, INSERT_SQL, Chain, head_of
 from flowledger.infrastructure.store import (
+    CREATE_WORKERS,
     AfterInsert,
     BeforeFold,
     Fence,
@@ -150,8 +151,12 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
             f"cannot grant {role!r} the use of an SQLite store: a file has no roles. Whoever "
             "may read and write the file (and its folder) may use it; nothing was changed")
 
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), CREATE_WORKERS]
+
     def create_table(self) -> None:
-        """The library's, made safe for processes that open a new store at once.
+        """The library's (and the workers' notes), made safe for processes that
+        open a new store at once.
 
         Two creators can both find no tracking table and both try to record its
         first row; the loser fails although the tables now exist. Try again.

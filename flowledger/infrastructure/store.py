@@ -202,6 +202,18 @@ class LogStore(Protocol):
     def stream_start(self, c: Cursor, stream_id: UUID) -> int | None:
         """The log position of a stream's first event (None: it has none)."""
 
+    def note_worker(self, c: Cursor, owner: str, started_at: str, workflows: str) -> None:
+        """A worker started (`fl_workers`)."""
+
+    def note_worker_stopped(self, c: Cursor, owner: str, stopped_at: str, how: str) -> None:
+        """A worker stopped, and how."""
+
+    def worker_notes(self, c: Cursor) -> list[WorkerNote]:
+        """Every worker noted, the latest started first."""
+
+    def forget_workers(self, c: Cursor, owners: Sequence[str]) -> None:
+        """Drop these workers' notes."""
+
     def max_position(self, c: Cursor) -> int: ...
 
     def position_before_last(self, c: Cursor, n: int, upto: int | None = None) -> int:
@@ -279,6 +291,16 @@ class LogStore(Protocol):
         (a file: whoever may write it may use it)."""
 
     def close_connections(self) -> None: ...
+
+
+# Workers that served the store (ADR 0019, "Workers a store knows"): written by
+# each worker as it starts and stops, outside the log (no event: an older
+# release reading the log would not know one). Whether one still runs is asked
+# of the store and the host each time, not kept.
+CREATE_WORKERS = ("CREATE TABLE IF NOT EXISTS fl_workers (owner TEXT PRIMARY KEY, "
+                  "started_at TEXT NOT NULL, workflows TEXT NOT NULL, stopped_at TEXT, "
+                  "stopped TEXT)")
+WorkerNote = tuple[str, str, str, "str | None", "str | None"]  # as fl_workers holds it
 
 
 class SharedSQL:
@@ -444,6 +466,26 @@ class SharedSQL:
                     originator_id=stream, originator_version=version, topic=topic,
                     state=bytes(state)))
         return found
+
+    def note_worker(self, c: Cursor, owner: str, started_at: str, workflows: str) -> None:
+        c.execute("INSERT INTO fl_workers VALUES (?, ?, ?, NULL, NULL) ON CONFLICT (owner) "
+                  "DO UPDATE SET started_at=excluded.started_at, workflows=excluded.workflows, "
+                  "stopped_at=NULL, stopped=NULL", (owner, started_at, workflows))
+
+    def note_worker_stopped(self, c: Cursor, owner: str, stopped_at: str, how: str) -> None:
+        c.execute("UPDATE fl_workers SET stopped_at=?, stopped=? WHERE owner=?",
+                  (stopped_at, how, owner))
+
+    def worker_notes(self, c: Cursor) -> list[WorkerNote]:
+        c.execute("SELECT owner, started_at, workflows, stopped_at, stopped FROM fl_workers "
+                  "ORDER BY started_at DESC, owner")
+        return [tuple(row) for row in c.fetchall()]
+
+    def forget_workers(self, c: Cursor, owners: Sequence[str]) -> None:
+        for part in range(0, len(owners), 500):
+            ids = list(owners[part:part + 500])
+            c.execute(f"DELETE FROM fl_workers WHERE owner IN ({', '.join('?' * len(ids))})",
+                      ids)
 
     def stream_start(self, c: Cursor, stream_id: UUID) -> int | None:
         c.execute(f"SELECT {self.position_column} FROM {self.events_table_name} "

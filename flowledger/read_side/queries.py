@@ -87,6 +87,20 @@ class BlockedRun:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """A worker (`engine.serve()`, `flowledger worker`) that served the store."""
+
+    owner: str  # host:process id:tag, as session leases name their holder
+    workflows: tuple[str, ...]  # what it serves
+    started_at: datetime
+    # "running"; "stopped" (said so, `stopped_at`, `how`); "gone": ended without
+    # saying so (killed, crashed, its machine lost), as the store or host proves.
+    state: str
+    stopped_at: datetime | None = None
+    how: str | None = None  # how it stopped: "stopped", "closed", or the error that ended it
+
+
+@dataclass(frozen=True)
 class EngineStatus:
     workflows: list[WorkflowRow]
     open_sessions: list[tuple[UUID, UUID, str, datetime | None]]
@@ -101,6 +115,9 @@ class EngineStatus:
     # How many of the log's last events the read side had not folded in (0 but
     # on a store opened read-only: Engine.read_side_behind).
     read_side_behind: int = 0
+    # Workers not known to have stopped: running, or gone without saying so
+    # (Engine.workers; a view of the past has none).
+    workers: tuple[WorkerInfo, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ store's notifications)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -96,8 +97,10 @@ def test_two_workers_book_every_file_once_survive_sigkill_and_stop_on_sigterm(
             (inbox / f"{i}.txt").write_text(f"file {i}")
             time.sleep(0.15)
         _wait(lambda: len(ledger.keys()) == 6, 20, "six files booked")
+        assert _workers(store, tmp_path) == {a.pid: "running", b.pid: "running"}
         a.send_signal(signal.SIGKILL)
         a.wait(5)
+        assert _workers(store, tmp_path) == {a.pid: "gone", b.pid: "running"}
         for i in range(6, 9):
             (inbox / f"{i}.txt").write_text(f"file {i}")
         _wait(lambda: len(ledger.keys()) == 9, 20, "the other worker to book the rest")
@@ -117,6 +120,21 @@ def test_two_workers_book_every_file_once_survive_sigkill_and_stop_on_sigterm(
     with fl.Engine(store) as engine:
         assert engine.workflow("inbox").open_session is None  # closed, or finished by takeover
         assert not engine.blocked()
+        assert {_pid(w.owner): (w.state, w.how) for w in engine.workers()} == {
+            a.pid: ("gone", None), b.pid: ("stopped", "stopped")}
+    assert _workers(store, tmp_path) == {a.pid: "gone"}  # status: the stopped one left out
+
+
+def _pid(owner: str) -> int:
+    return int(owner.split(":")[-2])  # host:process id:tag
+
+
+def _workers(store: str, cwd: Path) -> dict[int, str]:
+    """The workers `flowledger status` shows, by process id, with their state."""
+    shown = subprocess.run([sys.executable, "-m", "flowledger.cli", "--store", store, "status",
+                            "--json"], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    return {_pid(w["owner"]): w["state"] for w in json.loads(shown.stdout)["workers"]}
 
 
 SLOW = textwrap.dedent("""

@@ -152,3 +152,32 @@ def test_a_session_this_engine_left_and_took_back_is_not_taken_again(make_engine
         taking_back.join(30)
     assert [r.status for r in first] == ["completed"]
     assert calls == ["a", "a"]  # the stopped call (reconciled: not made) and its retry
+
+
+def test_a_holder_killed_and_not_yet_collected_by_its_parent_is_gone() -> None:
+    """A process killed under a parent that has not waited for it yet (a
+    zombie) still has its process id, and was taken for alive: its session
+    waited for the lease to run out, and `status` showed its worker running."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from flowledger.engine.engine import _owner_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owner = f"{socket.gethostname()}:{child.pid}:abcd1234"
+    try:
+        assert _owner_alive(owner)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _owner_alive(owner):  # killed: a zombie until waited for, below
+            assert time.monotonic() < deadline, "a killed child still taken for alive"
+            time.sleep(0.01)
+        os.kill(child.pid, 0)  # its process id is still there
+    finally:
+        child.kill()
+        child.wait()
+    assert not _owner_alive(owner)

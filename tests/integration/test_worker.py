@@ -1073,3 +1073,60 @@ def test_a_tick_is_said_by_the_worker_whose_session_ran_it(
     with caplog.at_level(logging.INFO, logger="flowledger.worker"):
         assert [r.status for r in worker.run_once()] == ["completed"]
     assert "tick of ticks: produce" in caplog.messages, caplog.messages
+
+
+def test_a_store_knows_its_workers_running_stopped_and_long_ended(
+        make_engine, clock: fl.ManualClock) -> None:
+    """`status` lists the workers serving the store, those waiting for work
+    too (they hold no session, so nothing else showed them); a worker that
+    stopped says so and how, and is left out of `status`. Notes of workers
+    that ended a week before are dropped when a worker starts."""
+    looker = make_engine()  # another process's engine (a CLI's)
+    assert looker.status().workers == () and looker.workers() == []
+
+    def worker() -> fl.Engine:
+        engine = make_engine()
+        engine.register(ledger_workflow(items=[]), tools=[ScriptedLedgerTool(MemoryLedger())])
+        return engine
+
+    first = worker()
+    with _serving(first) as until:
+        until(lambda: [w.state for w in looker.workers()] == ["running"])
+        (shown,) = looker.status().workers
+        assert (shown.owner, shown.workflows, shown.started_at, shown.stopped_at) == (
+            first.owner, ("wf",), clock.now(), None)
+    (stopped,) = looker.workers()
+    assert (stopped.state, stopped.how, stopped.stopped_at) == (
+        "stopped", "stopped", clock.now())
+    assert looker.status().workers == ()
+
+    clock.advance("6d")
+    second = worker()
+    with _serving(second) as until:
+        until(lambda: len(looker.workers()) == 2)
+    clock.advance("2d")  # the first ended 8 days ago
+    third = worker()
+    with _serving(third) as until:
+        until(lambda: [w.owner for w in looker.workers()] == [third.owner, second.owner])
+
+
+def test_a_worker_whose_note_cannot_be_written_serves_all_the_same(
+        make_engine, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that refuses the worker's notes (a role without rights on the
+    table, say) is said in a warning at start and at stop; the worker serves."""
+    engine = make_engine()
+    books = MemoryLedger()
+    engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(books)])
+    engine.run_session("wf", max_iterations=0)  # "a" published: the worker's to book
+    recorder = type(engine.log.flow_recorder)
+
+    def refused(self: Any, *args: Any) -> None:
+        raise PermissionError("permission denied for table fl_workers")
+
+    monkeypatch.setattr(recorder, "note_worker", refused)
+    monkeypatch.setattr(recorder, "note_worker_stopped", refused)
+    with caplog.at_level(logging.WARNING, logger="flowledger"), _serving(engine) as until:
+        until(lambda: books.keys() == ["a"])
+    assert caplog.text.count("could not note in the store that worker") == 2
+    assert "permission denied for table fl_workers" in caplog.text

@@ -60,6 +60,7 @@ from flowledger.infrastructure.store import (
 from flowledger.infrastructure.store_check import (
     check_postgres_server,
     check_sqlite_store,
+    holds_a_log,
     sql_name,
 )
 from flowledger.infrastructure.store_failures import opening_failed
@@ -232,6 +233,11 @@ class EventLog(Application[UUID]):
                              f'superuser: GRANT CREATE ON SCHEMA "{schema}" TO '
                              f"{sql_name(config.env['POSTGRES_USER'])}; or keep the store in "
                              "a schema of its own (?schema=NAME).")
+            elif config.read_only and holds_a_log(config):
+                hint = (" It is opened read-only (?mode=ro): if an older release wrote it, it "
+                        "lacks tables this release reads: open it once without ?mode=ro, as "
+                        "a process that may write it, to bring its tables up to date. "
+                        "Nothing was changed.")
             elif config.read_only:
                 hint = (" It is opened read-only (?mode=ro) and is not a flowledger store yet: "
                         "its tables cannot be created. Open it once without ?mode=ro, or "

@@ -108,6 +108,16 @@ def _refuse_foreign_log(where: str, first_topic: str | None, todo: str) -> None:
             f"application (the first is {first_topic!r}). {todo}")
 
 
+def holds_a_log(config: StoreConfig) -> bool:
+    """Whether an SQLite store's file holds a log already (a store an older
+    release may have written), read without changing it."""
+    path = config.path
+    try:
+        return path is not None and path.exists() and LOG_TABLE in _schema(path)[0]
+    except sqlite3.Error:
+        return False
+
+
 def _schema(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Table name → column names, and the log's first event's topic (if it has
     one and its table has our shape), read without changing the file."""

@@ -19,7 +19,7 @@ from flowledger.domain.errors import InvalidArgument
 from flowledger.domain.topic_event import MessageStatus
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.projections.base import Cursor, Projection
-from flowledger.projections.point_in_time import fold_upto
+from flowledger.projections.point_in_time import FoldedOnDemand
 from flowledger.projections.settled import unsettled_at
 from flowledger.read_side.log_view import read_positions, stream_version_at
 from flowledger.read_side.queries import ReadSide
@@ -72,7 +72,7 @@ class EngineAt(ReadSide):
                  registered: Mapping[str, Registration]) -> None:
         check_position(log, position)
         self.position = position
-        self._db = fold_upto(log, projection_types, position)
+        self._db = FoldedOnDemand(log, projection_types, position)
         at = read_positions(log, [position]) if position else []
         # The log's own clock: the time of the last event then.
         self.time: datetime | None = at[0].timestamp if at else None
@@ -81,7 +81,8 @@ class EngineAt(ReadSide):
 
     @contextmanager
     def tables(self) -> Iterator[Cursor]:
-        """A cursor on the projections' tables as they were (in memory)."""
+        """A cursor on the projections' tables as they were (in memory), each
+        projection folded when a statement first names one of its tables."""
         cursor = self._db.cursor()
         try:
             yield cursor

@@ -211,7 +211,7 @@ def test_a_replays_peek_folds_nothing(recorded, make_engine,
     published and the settlings say were not settled then, each read from its
     stream as it was: nothing is folded from position 0 (it was: 42 s for a
     run at position 1.18M)."""
-    from flowledger.read_side import time_travel
+    from flowledger.projections import point_in_time
 
     _, _, runs = recorded
     new, _ = with_code(make_engine, "greedy")
@@ -219,7 +219,7 @@ def test_a_replays_peek_folds_nothing(recorded, make_engine,
     def no_fold(*args: Any) -> Any:
         raise AssertionError("the log was folded")
 
-    monkeypatch.setattr(time_travel, "fold_upto", no_fold)
+    monkeypatch.setattr(point_in_time, "fold_into", no_fold)
     assert new.replay(runs["second"].run_id).same
     first = new.replay(runs["first"].run_id)
     assert [(d.what, d.recorded, d.replayed) for d in first.differences] == [

@@ -224,3 +224,26 @@ def test_a_message_replaced_later_is_read_with_the_payload_it_had_then(make_engi
             if e in marks] == [
         (mark, {("news", None): _pending_then(engine, "feed", "news", mark, None)})
         for mark in marks]
+
+
+def test_at_folds_a_projection_only_when_a_question_needs_it(
+        make_engine, ledger: ExternalLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`at P status` reads pending work alone: costs and audit were folded from
+    position 0 as well (7.2 s instead of 4.3 s at 300,000 events)."""
+    from flowledger.projections.audit import Audit
+    from flowledger.projections.costs import Costs
+
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a", "b"]), tools=[ScriptedLedgerTool(ledger)])
+    engine.run_session("wf")
+    folded: list[str] = []
+    for kind in (Costs, Audit):
+        original = kind.apply_batch
+        monkeypatch.setattr(kind, "apply_batch", lambda self, c, events, original=original: (
+            folded.append(type(self).__name__), original(self, c, events))[1])
+
+    with engine.at(head(engine)) as past:
+        assert past.status() == engine.status()
+        assert folded == []
+        assert past.costs() == engine.costs()
+        assert set(folded) == {"Costs"}

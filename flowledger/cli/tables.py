@@ -86,6 +86,12 @@ def widths(cols: Sequence[Col], natural: Sequence[int], shown: Sequence[int], wi
     return given
 
 
+def _as_text(cell: Cell) -> Text:
+    """A cell as it reads: rich takes a str for markup (`[bold]`) and emoji
+    codes (`:thumbs_up:`), which a message id or a title may hold."""
+    return cell if isinstance(cell, Text) else Text(cell)
+
+
 def _one_line(cell: Cell) -> bool:
     """A cell the plain layout writes itself: one line of printable text."""
     text = cell.plain if isinstance(cell, Text) else cell
@@ -140,11 +146,11 @@ def print_table(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[
                     highlight=False)
     else:
         for row in rows:
-            table.add_row(*(row[i] for i in shown))
+            table.add_row(*(_as_text(row[i]) for i in shown))
         if footer:
             table.add_section()
             for row in footer:
-                table.add_row(*(row[i] for i in shown))
+                table.add_row(*(_as_text(row[i]) for i in shown))
         out.print(table)
     left_out = [cols[i].header for i in range(len(cols)) if i not in shown]
     if left_out:

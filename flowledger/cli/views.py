@@ -311,14 +311,19 @@ def print_workers(st: fl.EngineStatus) -> None:
     print_table("Workers", [Col("worker", key=True), Col("state", key=True),
                             Col("in a session of", drop=1), Col("serves", drop=2),
                             Col("started (UTC)", key=True, drop=3)],
-                [[w.owner, Text(w.state, style="green" if w.state == "running" else "red"),
+                [[w.owner, Text(w.state, style={"running": "green", "gone": "red"}.get(
+                    w.state, "yellow")),
                   ", ".join(holding.get(w.owner, [])) or "-", ", ".join(w.workflows) or "-",
                   when(w.started_at)] for w in st.workers])
     for w in st.workers:
         if w.state == "gone":
             note(f"{w.owner}: gone", "it ended without saying so (killed, crashed, or its "
                  "machine lost); a session it held is taken over by the next worker or "
-                 "`recover`. Its note is dropped a week after it started", "red")
+                 "`recover`. Shown for a day after it was found gone", "red")
+        elif w.state == "unknown":
+            note(f"{w.owner}: unknown", "it runs on another host, and the store keeps no "
+                 "lock of its engine (it was closed without the worker saying it stopped, "
+                 "or the server restarted since): look on its host", "yellow")
 
 
 def print_waiting(st: fl.EngineStatus, store: str) -> None:

@@ -109,6 +109,11 @@ from flowledger.read_side.time_travel import EngineAt, pending_then
 logger = logging.getLogger("flowledger.engine")
 
 
+def on_this_host(owner: str | None) -> bool:
+    """Whether an owner token (host:process id:tag) names this host."""
+    return bool(owner) and str(owner).partition(":")[0] == socket.gethostname()
+
+
 def _owner_alive(owner: str | None) -> bool:
     """Whether a lock holder may still be running (False only when provably dead)."""
     if not owner or declared_dead(owner):
@@ -678,18 +683,20 @@ class Engine:
     def status(self) -> EngineStatus:
         """Workflows, open sessions, unfinished and blocked runs; and the workflows
         whose session holder is provably gone (`holders_gone`: recover() continues them)."""
+        from flowledger.engine import worker_notes
+
         st = self._caught_up().status()
         held = [w for w in st.workflows if w.open_session is not None]
-        self._first_looks([w.owner for w in held])
+        # The first looks at holders and workers together: a store that needs
+        # a second look waits once for all of them.
+        found = worker_notes.workers(self, looked_at=[w.owner for w in held])
         gone = tuple(w.name for w in held
                      if self._holder_gone(w.open_session, w.owner, patient=True))
         now = self.lease.now()  # leases are judged in the store's time
         ended = tuple(w.name for w in held if w.name not in gone
                       and w.lease_until is not None and w.lease_until <= now)
         behind = self.read_side_behind() if self.log.config.read_only else 0
-        from flowledger.engine import worker_notes
-
-        live = tuple(w for w in worker_notes.workers(self) if w.state != "stopped")
+        live = tuple(w for w in found if worker_notes.shown_in_status(w, self.clock.now()))
         return dataclasses.replace(st, holders_gone=gone, leases_ended=ended, workers=live,
                                    read_side_behind=behind)
 

@@ -134,7 +134,7 @@ class Worker:
                     "woken by the store's notifications" if waiter.wakeups is not None
                     else f"checking the log every {self.interval}s")
         self._say_unscheduled()
-        how: str | None = "stopped"  # what the worker's note says (worker_notes.py)
+        how = "stopped"  # what the worker's note says (worker_notes.py)
         started = False
         try:
             failures = 0
@@ -165,12 +165,13 @@ class Worker:
                     self.stop.wait(delay)
         except BaseException as e:
             if not isinstance(e, LogWentBack):
-                how = None  # stopped at once (a second signal): noted by nothing, as a crash
+                how = ("stopped at once" if isinstance(e, KeyboardInterrupt) else
+                       f"{type(e).__name__}: {one_line(e)}")
             raise
         finally:
             waiter.close()
             signals.restore()
-            if started and how is not None:
+            if started:
                 said = how
                 self._note("stopped", lambda: worker_notes.note_stopped(self.engine, said))
             logger.info("worker %s stopped", self.engine.owner)

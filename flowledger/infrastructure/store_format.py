@@ -54,7 +54,7 @@ _KEY_CHECK_TEXT = b"flowledger cipher key check v1"
 # whenever any of them changes (a test compares the catalog a new store gets
 # with the one recorded for this version): stores whose recorded version is
 # lower are brought up to date at their next opening by a role that may create.
-TABLES_VERSION = 4
+TABLES_VERSION = 5
 TABLES = "tables"
 TABLES_OBJECTS = "tables_objects"  # what of ours the schema held when it was recorded
 

@@ -94,10 +94,12 @@ class WorkerInfo:
     workflows: tuple[str, ...]  # what it serves
     started_at: datetime
     # "running"; "stopped" (said so, `stopped_at`, `how`); "gone": ended without
-    # saying so (killed, crashed, its machine lost), as the store or host proves.
+    # saying so (killed, crashed, its machine lost), as the store or host proves
+    # (`stopped_at`: when that was found, once noted); "unknown": neither can
+    # tell (another host, whose engine's lock the store no longer keeps).
     state: str
     stopped_at: datetime | None = None
-    how: str | None = None  # how it stopped: "stopped", "closed", or the error that ended it
+    how: str | None = None  # "stopped", "stopped at once", the error that ended it, or gone
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import flowledger as fl
+from flowledger.engine import worker_notes
 from tests.helpers import ExternalLedger
 from tests.integration.test_postgres_failover import Clusters, _free_port, clusters  # noqa: F401
 
@@ -121,7 +122,7 @@ def test_two_workers_book_every_file_once_survive_sigkill_and_stop_on_sigterm(
         assert engine.workflow("inbox").open_session is None  # closed, or finished by takeover
         assert not engine.blocked()
         assert {_pid(w.owner): (w.state, w.how) for w in engine.workers()} == {
-            a.pid: ("gone", None), b.pid: ("stopped", "stopped")}
+            a.pid: ("gone", worker_notes.GONE), b.pid: ("stopped", "stopped")}
     assert _workers(store, tmp_path) == {a.pid: "gone"}  # status: the stopped one left out
 
 

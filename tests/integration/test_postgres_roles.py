@@ -43,7 +43,8 @@ CATALOGS = {
     1: "89b680559d371de537ff3fac3407e32270411cab670a2df3d35ccaeb28698ff3",
     2: "ba60ae88b9622a9001793d5f906a280fda6c83588c3b1e8ff4c46a97cfb77f87",  # liveness.taken_at
     3: "5c1e7641179d93078fec09a90439eaeff591999d330401265d2d593416b07f33",  # fl_log_times
-    4: "1ebb53bae3ccb43e79b77a51322df216c143da7ad20fd8aafe397edd6fea2139",  # fl_settled, fl_workers
+    4: "e6a14d57a4471bec5438a88a5224890a394e32979948e298a0ef6181c6f826cb",  # fl_settled
+    5: "1ebb53bae3ccb43e79b77a51322df216c143da7ad20fd8aafe397edd6fea2139",  # fl_workers
 }
 
 

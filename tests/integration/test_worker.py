@@ -1130,3 +1130,74 @@ def test_a_worker_whose_note_cannot_be_written_serves_all_the_same(
         until(lambda: books.keys() == ["a"])
     assert caplog.text.count("could not note in the store that worker") == 2
     assert "permission denied for table fl_workers" in caplog.text
+
+
+def test_threads_serving_with_one_engine_are_one_worker(make_engine) -> None:
+    """Two serve() loops of one engine: the worker is running until the last
+    stops (the first to stop noted it stopped while the other served)."""
+    from flowledger.engine import worker_notes
+
+    engine = make_engine()
+    engine.register(ledger_workflow(items=[]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    looker = make_engine()
+    with _serving(engine) as until:
+        until(lambda: [w.state for w in looker.workers()] == ["running"])
+        with _serving(engine) as until_second:  # both loops under way, then this one stops
+            until_second(lambda: worker_notes._loops.get(engine.owner) == 2)
+        assert [w.state for w in looker.workers()] == ["running"]
+    assert [(w.state, w.how) for w in looker.workers()] == [("stopped", "stopped")]
+
+
+def test_a_worker_stopped_at_once_says_so(make_engine) -> None:
+    """A second signal (KeyboardInterrupt) stops a worker in the middle of a
+    step: it still says it stopped, so that no store or host has to prove it
+    (on another host, whose engine closed and let its lock go, none could)."""
+    engine = make_engine()
+
+    class Interrupted(ScriptedLedgerTool):
+        @fl.mutator(reconcile="find")
+        def append(self, key: str, value: str) -> int:
+            raise KeyboardInterrupt
+
+    engine.register(ledger_workflow(items=["a"]), tools=[Interrupted(MemoryLedger())])
+    engine.run_session("wf", max_iterations=0)
+    with pytest.raises(KeyboardInterrupt):
+        engine.serve(interval=0.05)
+    assert [(w.state, w.how) for w in make_engine().workers()] == [
+        ("stopped", "stopped at once")]
+
+
+def test_workers_found_gone_or_unknown_are_said_once_and_forgotten(
+        make_engine, clock: fl.ManualClock) -> None:
+    """A worker whose process is no more is found gone once and noted so (a
+    store that needs a second look waits once, not at every `status`); shown
+    for a day, forgotten after a week. One on another host that no store lock
+    proves running is `unknown`, and forgotten a week after it started."""
+    import socket
+    import subprocess
+    import sys
+
+    from flowledger.engine import worker_notes
+    from flowledger.projections.times import time_text
+
+    engine = make_engine()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a process id no process has now
+    dead = f"{socket.gethostname()}:{child.pid}:deadbeef"
+    far = "otherhost.example:42:abcdabcd"
+    recorder = engine.log.flow_recorder
+    with recorder.writing() as c:
+        for owner in (dead, far):
+            recorder.note_worker(c, owner, time_text(clock.now()), '["wf"]')
+
+    shown = {w.owner: (w.state, w.how) for w in engine.status().workers}
+    assert shown == {dead: ("gone", None), far: ("unknown", None)}
+    assert {w.owner: (w.state, w.how, w.stopped_at) for w in engine.workers()} == {
+        dead: ("gone", worker_notes.GONE, clock.now()), far: ("unknown", None, None)}
+    clock.advance("2d")
+    assert [w.owner for w in engine.status().workers] == [far]  # gone a day ago: left out
+    clock.advance("6d")
+    serving = make_engine()
+    serving.register(ledger_workflow(items=[]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    with _serving(serving) as until:
+        until(lambda: [w.owner for w in engine.workers()] == [serving.owner])

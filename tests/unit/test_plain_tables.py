@@ -67,3 +67,18 @@ def test_many_rows_are_written_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
     with out.capture():
         print_table("Costs", cols, [["a\nb", "1.00"]])
     assert laid_out == [2]
+
+
+@pytest.mark.parametrize("cell", ["[bold]inv-1[/bold]", ":thumbs_up: inv-2", "a\\[b]"])
+def test_a_value_is_shown_as_it_is_not_as_markup(cell: str) -> None:
+    """Rich reads a str cell as markup and emoji codes: a message id
+    `[bold]inv-1[/bold]` was shown `inv-1` on a terminal (and before the plain
+    layout, in a pipe too)."""
+    width = out.width
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(tables, "_one_line", lambda cell: False)  # rich lays out the row
+            shown, _ = _printed((None, [Col("id")], [[cell]], [], 40), 40)
+    finally:
+        out.width = width
+    assert shown.splitlines()[1].rstrip() == cell

@@ -291,7 +291,7 @@ def at_status(ctx: typer.Context, store: StoreOption = None,
         st = past.status()
         moment = past.time
     if as_json:
-        print_json({"position": at, "time": moment, "status": status_json(st)})
+        print_json({"position": at, "time": moment, "status": status_json(st, now=False)})
         return
     print_status_at(at, moment, st, engine.store)
 

@@ -92,10 +92,13 @@ def _as_text(cell: Cell) -> Text:
     return cell if isinstance(cell, Text) else Text(cell)
 
 
+def _plain(cell: Cell) -> str:
+    return cell.plain if isinstance(cell, Text) else cell
+
+
 def _one_line(cell: Cell) -> bool:
     """A cell the plain layout writes itself: one line of printable text."""
-    text = cell.plain if isinstance(cell, Text) else cell
-    return text.isprintable()
+    return _plain(cell).isprintable()
 
 
 def plain_row(cells: Sequence[Cell], cols: Sequence[Col], sizes: Sequence[int]) -> str:
@@ -103,7 +106,7 @@ def plain_row(cells: Sequence[Cell], cols: Sequence[Col], sizes: Sequence[int]) 
     with an ellipsis, or padded as its column is justified, two spaces apart."""
     shown = []
     for cell, col, size in zip(cells, cols, sizes, strict=True):
-        text = cell.plain if isinstance(cell, Text) else cell
+        text = _plain(cell)
         if col.justify != "left":
             text = text.rstrip()
         if cell_len(text) > size:

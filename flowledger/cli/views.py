@@ -208,10 +208,12 @@ def session_json(r: fl.SessionResult) -> dict[str, Any]:
     return data
 
 
-def status_json(st: fl.EngineStatus) -> dict[str, Any]:
-    """The status for --json: objects with named fields, never bare arrays."""
+def status_json(st: fl.EngineStatus, now: bool = True) -> dict[str, Any]:
+    """The status for --json: objects with named fields, never bare arrays.
+    `now`: the present, whose workers are listed (a view of the past knows none)."""
     names = {w.workflow_id: w.name for w in st.workflows}
-    return {
+    shown = {
+
         "workflows": [{**dataclasses.asdict(w), "holder_gone": w.name in st.holders_gone}
                       for w in st.workflows],
         "open_sessions": [{"session_id": sid, "workflow_id": wid, "workflow": names.get(wid),
@@ -223,8 +225,10 @@ def status_json(st: fl.EngineStatus) -> dict[str, Any]:
         "holders_gone": list(st.holders_gone),
         "leases_ended": list(st.leases_ended),
         "read_side_behind": st.read_side_behind,
-        "workers": [dataclasses.asdict(w) for w in st.workers],
     }
+    if now:
+        shown["workers"] = [dataclasses.asdict(w) for w in st.workers]
+    return shown
 
 
 # ------------------------------------------------------------------ status

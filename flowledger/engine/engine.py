@@ -109,19 +109,16 @@ from flowledger.read_side.time_travel import EngineAt, pending_then
 logger = logging.getLogger("flowledger.engine")
 
 
-def on_this_host(owner: str | None) -> bool:
-    """Whether an owner token (host:process id:tag) names this host."""
-    return bool(owner) and str(owner).partition(":")[0] == socket.gethostname()
-
-
-def _owner_alive(owner: str | None) -> bool:
-    """Whether a lock holder may still be running (False only when provably dead)."""
+def _host_says(owner: str | None) -> bool | None:
+    """What this host knows of a lock holder (host:process id:tag): False when
+    provably dead, True when its process runs here, None when it cannot tell
+    (another host)."""
     if not owner or declared_dead(owner):
         return False
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
-        return True
+        return None
     pid = int(pid_text)
     if pid == os.getpid():
         return True
@@ -132,6 +129,11 @@ def _owner_alive(owner: str | None) -> bool:
     except PermissionError:
         return True
     return not _exited(pid)
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether a lock holder may still be running (False only when provably dead)."""
+    return _host_says(owner) is not False
 
 
 def _exited(pid: int) -> bool:
@@ -715,12 +717,18 @@ class Engine:
         for owner in set(owners):
             self.log.flow_recorder.holder_alive(owner)
 
+    def _holder_state(self, owner: str | None, patient: bool = False) -> bool | None:
+        """What is known of a lock holder (a session's, a worker's): True while it
+        runs, False when provably gone, None when neither the store nor this host
+        can tell. The store may know (ADR 0017); no second look to wait for
+        where the host knows it gone."""
+        host = _host_says(owner)
+        store = self.log.flow_recorder.holder_alive(owner, patient and host is not False)
+        return host if store is None else store
+
     def _holder_alive(self, owner: str | None, patient: bool = False) -> bool:
         """Whether a session's holder may still be running (False only when provably dead)."""
-        host_says = _owner_alive(owner)  # False: a process of this host that is no more
-        # The store may know (ADR 0017); no second look to wait for where the host knows.
-        alive = self.log.flow_recorder.holder_alive(owner, patient and host_says)
-        return host_says if alive is None else alive
+        return self._holder_state(owner, patient) is not False
 
     def _holder_gone(self, session_id: UUID | None, owner: str | None,
                      patient: bool = False) -> bool:
@@ -840,6 +848,8 @@ class Engine:
         mentions = read_positions(self.log, reads.mentions_of(run.id))
         as_of = stream[0].position - 1
         past: list[EngineAt] = []
+        folded = self.projections.positions()
+        settled_then = min(folded[PendingWork.name], folded[Settled.name]) >= as_of
 
         def load_then(aggregate_id: UUID, short: bool = False) -> Any:
             version = stream_version_at(self.log, aggregate_id, as_of)
@@ -847,8 +857,7 @@ class Engine:
                                                                short=short)
 
         def peek_then(topic: str, limit: int | None) -> list[tuple[str, bytes]]:
-            folded = self.projections.positions()
-            if min(folded[PendingWork.name], folded[Settled.name]) >= as_of:
+            if settled_then:
                 return pending_then(self.log, self.log.reading, run.workflow_id, topic,
                                     as_of, limit)
             # Not folded that far (a store opened read-only, behind): pending

@@ -148,7 +148,6 @@ class Worker:
                 except LogWentBack as e:
                     logger.error("worker %s stops: %s", self.engine.owner,
                                  one_line(e))
-                    how = f"the log went back: {one_line(e)}"
                     raise
                 except EngineClosed:
                     break  # closed meanwhile, which set its stop as well
@@ -164,16 +163,15 @@ class Worker:
                                  exc_info=failures == 1 and not is_outage(e))
                     self.stop.wait(delay)
         except BaseException as e:
-            if not isinstance(e, LogWentBack):
-                how = ("stopped at once" if isinstance(e, KeyboardInterrupt) else
-                       f"{type(e).__name__}: {one_line(e)}")
+            how = ("stopped at once" if isinstance(e, KeyboardInterrupt) else
+                   f"the log went back: {one_line(e)}" if isinstance(e, LogWentBack) else
+                   f"{type(e).__name__}: {one_line(e)}")
             raise
         finally:
             waiter.close()
             signals.restore()
             if started:
-                said = how
-                self._note("stopped", lambda: worker_notes.note_stopped(self.engine, said))
+                self._note("stopped", lambda: worker_notes.note_stopped(self.engine, how))
             logger.info("worker %s stopped", self.engine.owner)
 
     def _start(self, waiter: LogWaiter) -> None:

@@ -97,23 +97,9 @@ def _info(engine: Engine, note: WorkerNote) -> WorkerInfo:
         state = "gone" if how == GONE else "stopped"
     else:
         state = {True: "running", False: "gone", None: "unknown"}[
-            _alive(engine, owner, patient=True)]
+            engine._holder_state(owner, patient=True)]
     return WorkerInfo(owner, tuple(json.loads(workflows)), text_time(started), state,
                       text_time(stopped) if stopped is not None else None, how)
-
-
-def _alive(engine: Engine, owner: str, patient: bool = False) -> bool | None:
-    """True while the store or the host knows it runs, False when either proves
-    it gone, None when neither can tell (another host, and a store that keeps
-    no lock for it: it closed its engine, or the server restarted since)."""
-    store = engine.log.flow_recorder.holder_alive(owner, patient)
-    if store is not None:
-        return store
-    from flowledger.engine.engine import _owner_alive, on_this_host
-
-    if on_this_host(owner) or not _owner_alive(owner):
-        return _owner_alive(owner)
-    return None
 
 
 def _note_found_gone(engine: Engine, gone: list[WorkerInfo]) -> None:
@@ -145,4 +131,4 @@ def _ended_before(engine: Engine, note: WorkerNote, when: datetime) -> bool:
     owner, started, _, stopped, _ = note
     if stopped is not None:
         return text_time(stopped) < when
-    return text_time(started) < when and _alive(engine, owner) is not True
+    return text_time(started) < when and engine._holder_state(owner) is not True

@@ -303,6 +303,13 @@ CREATE_WORKERS = ("CREATE TABLE IF NOT EXISTS fl_workers (owner TEXT PRIMARY KEY
 WorkerNote = tuple[str, str, str, "str | None", "str | None"]  # as fl_workers holds it
 
 
+def _in_parts(values: Sequence[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:
+    """The values `size` at a time, each part with the `?, ?, ...` of its IN list."""
+    for start in range(0, len(values), size):
+        part = list(values[start:start + size])
+        yield part, ", ".join("?" * len(part))
+
+
 class SharedSQL:
     """The seam's methods whose SQL both stores run as written (`?` placeholders:
     the PostgreSQL cursor translates them); a recorder says only which column
@@ -327,12 +334,10 @@ class SharedSQL:
     def select_first_events(self, c: Cursor, stream_ids: Sequence[UUID]) -> list[StoredEvent]:
         """The first event of each of these streams (that has one)."""
         found: list[StoredEvent] = []
-        for part in range(0, len(stream_ids), 500):
-            ids = list(stream_ids[part:part + 500])
+        for ids, marks in _in_parts(stream_ids):
             c.execute(f"SELECT originator_id, topic, CAST(state AS BLOB) "
                       f"FROM {self.events_table_name} WHERE originator_version=1 AND "
-                      f"originator_id IN ({', '.join('?' * len(ids))})",
-                      [self.stream_key(i) for i in ids])
+                      f"originator_id IN ({marks})", [self.stream_key(i) for i in ids])
             found += [StoredEvent(originator_id=UUID(str(sid)), originator_version=1, topic=t,
                                   state=bytes(b)) for sid, t, b in c.fetchall()]
         return found
@@ -453,11 +458,10 @@ class SharedSQL:
     def select_streams_upto(self, c: Cursor, stream_ids: Sequence[UUID], position: int
                             ) -> dict[UUID, list[StoredEvent]]:
         found: dict[UUID, list[StoredEvent]] = {}
-        for part in range(0, len(stream_ids), 500):
-            ids = list(stream_ids[part:part + 500])
+        for ids, marks in _in_parts(stream_ids):
             c.execute(f"SELECT originator_id, originator_version, topic, CAST(state AS BLOB) "
                       f"FROM {self.events_table_name} WHERE originator_id IN "
-                      f"({', '.join('?' * len(ids))}) AND {self.position_column}<=? "
+                      f"({marks}) AND {self.position_column}<=? "
                       "ORDER BY originator_id, originator_version",
                       [*(self.stream_key(i) for i in ids), position])
             for sid, version, topic, state in c.fetchall():
@@ -482,10 +486,8 @@ class SharedSQL:
         return [tuple(row) for row in c.fetchall()]
 
     def forget_workers(self, c: Cursor, owners: Sequence[str]) -> None:
-        for part in range(0, len(owners), 500):
-            ids = list(owners[part:part + 500])
-            c.execute(f"DELETE FROM fl_workers WHERE owner IN ({', '.join('?' * len(ids))})",
-                      ids)
+        for ids, marks in _in_parts(owners):
+            c.execute(f"DELETE FROM fl_workers WHERE owner IN ({marks})", ids)
 
     def stream_start(self, c: Cursor, stream_id: UUID) -> int | None:
         c.execute(f"SELECT {self.position_column} FROM {self.events_table_name} "

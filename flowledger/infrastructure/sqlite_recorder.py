@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -128,7 +129,6 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     after_abort: Callable[[], None] | None = None  # an append's transaction rolled back
     before_fold: BeforeFold | None = None  # unused: reads of a file cost no round trip
     snapshot_table_name = "stored_snapshots"
-    _reader: sqlite3.Connection | None = None
     _writer: sqlite3.Connection | None = None
     _writer_syncs = True
     # Appends the store lost while this process lived on: never on a file
@@ -137,6 +137,24 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     # A file has no roles: whoever may write it may create in it, and does at
     # each opening (the library's recorders do).
     tables_current = False
+
+    # Idle reading connections kept; more are opened while more threads read
+    # at once, and closed as they come back.
+    IDLE_READERS = 4
+
+    def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"
+                 ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        # The writer connection is one thread's at a time: for a write
+        # transaction, or for a read between them. Reentrant: a read inside
+        # this thread's own write goes to a reader instead.
+        self._writer_lock = threading.RLock()
+        # Reading connections lent to one read each (`_reading_connection`),
+        # with the generation they were opened in (`close_connections` starts
+        # a new one: one lent across a close is closed when given back).
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._generation = 0
 
     def tables_created(self, c: Any) -> None:
         pass
@@ -184,29 +202,50 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         snapshot, no write lock. (`snapshot=False` allows each statement a
         snapshot of its own; in-process, one transaction costs no more.)
         """
-        conn = self._reading_connection()
-        cursor = conn.cursor()
-        cursor.execute("BEGIN")
-        try:
-            yield cursor
-        finally:
-            conn.rollback()
-            cursor.close()
+        with self._reading_connection() as conn:
+            cursor = conn.cursor()
+            cursor.execute("BEGIN")
+            try:
+                yield cursor
+            finally:
+                conn.rollback()
+                cursor.close()
 
-    def _reading_connection(self) -> sqlite3.Connection:
-        """The writer's connection between its transactions: its page cache
-        holds what this process just wrote, where a connection of its own would
-        re-read every page another connection changed. Inside a write
-        transaction, a connection of its own (reads see only what is committed)."""
-        writer = self._writer
-        if writer is not None and not writer.in_transaction:
-            return writer
-        if self._reader is None:
-            self._reader = self._connect()
-        return self._reader
+    @contextmanager
+    def _reading_connection(self) -> Iterator[sqlite3.Connection]:
+        """The writer's connection, if no thread is writing or reading on it:
+        its page cache holds what this process just wrote, where a connection of
+        its own would re-read every page another connection changed. Else (a
+        read inside this thread's write transaction, or while another thread
+        uses the writer) a reading connection lent for this read alone: two
+        threads on one connection would begin a transaction inside the other's."""
+        if self._writer_lock.acquire(blocking=False):
+            try:
+                writer = self._writer
+                if writer is not None and not writer.in_transaction:
+                    yield writer
+                    return
+            finally:
+                self._writer_lock.release()
+        with self._readers_lock:
+            conn = self._idle_readers.pop() if self._idle_readers else None
+            generation = self._generation
+        if conn is None:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            with self._readers_lock:
+                kept = (generation == self._generation and not conn.in_transaction
+                        and len(self._idle_readers) < self.IDLE_READERS)
+                if kept:
+                    self._idle_readers.append(conn)
+            if not kept:
+                conn.close()
 
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        return self._reading_connection().execute(sql, params).fetchall()
+        with self._reading_connection() as conn:
+            return conn.execute(sql, params).fetchall()
 
     @contextmanager
     def writing(self, sync: bool = True, tracking: bool = False) -> Iterator[sqlite3.Cursor]:
@@ -220,39 +259,44 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         survives a power loss; without it, it survives the process dying but
         may be lost with the machine until the next synced commit, which
         syncs everything before it too (ADR 0011). `tracking` changes nothing
-        here: each statement is a call, not a round trip.
+        here: each statement is a call, not a round trip. One thread's at a
+        time: another thread's transaction waits for it to end.
         """
-        if self._writer is None:
-            self._writer = self._connect()
-            self._writer_syncs = True  # the library's and SQLite's default: FULL
-            # Checkpoint the WAL into the database every WAL_PAGES pages instead
-            # of SQLite's 1,000: an append writes a dozen pages, mostly the same
-            # hot ones, so rarer checkpoints copy each of them once for many
-            # appends (ADR 0010).
-            self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-        conn = self._writer
-        if sync != self._writer_syncs:
-            conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
-            self._writer_syncs = sync
-        cursor = conn.cursor()
+        self._writer_lock.acquire()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            cursor.close()
-            raise OperationalError(e) from e
-        try:
-            yield cursor
-        except BaseException:
-            conn.rollback()
-            raise
-        else:
+            if self._writer is None:
+                self._writer = self._connect()
+                self._writer_syncs = True  # the library's and SQLite's default: FULL
+                # Checkpoint the WAL into the database every WAL_PAGES pages instead
+                # of SQLite's 1,000: an append writes a dozen pages, mostly the same
+                # hot ones, so rarer checkpoints copy each of them once for many
+                # appends (ADR 0010).
+                self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            conn = self._writer
+            if sync != self._writer_syncs:
+                conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
+                self._writer_syncs = sync
+            cursor = conn.cursor()
             try:
-                conn.commit()
-            except sqlite3.Error:
+                cursor.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                cursor.close()
+                raise OperationalError(e) from e
+            try:
+                yield cursor
+            except BaseException:
                 conn.rollback()
                 raise
+            else:
+                try:
+                    conn.commit()
+                except sqlite3.Error:
+                    conn.rollback()
+                    raise
+            finally:
+                cursor.close()
         finally:
-            cursor.close()
+            self._writer_lock.release()
 
     def settle(self) -> None:
         """Every append here is answered at once: nothing to read later."""
@@ -321,10 +365,15 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                 f"{self.events_table_name} WHERE originator_id=?)")
 
     def close_connections(self) -> None:
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                conn.close()
-        self._reader = self._writer = None
+        with self._readers_lock:  # those lent now are closed as they come back
+            idle, self._idle_readers = self._idle_readers, []
+            self._generation += 1
+        for conn in idle:
+            conn.close()
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
 
     def select_stored(self, c: sqlite3.Cursor, after: int, limit: int,
                       upto: int | None = None) -> list[tuple[int, StoredEvent]]:

@@ -327,6 +327,43 @@ def test_worker_threads_share_workflows_and_book_each_event_once(
     assert all(setup.workflow(n).open_session is None for n in names)
 
 
+def test_threads_serving_one_engine_book_each_event_once_without_errors(
+        make_engine: Callable[..., fl.Engine], tmp_path: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """README: in threads, `engine.serve()` in each, one engine. On SQLite the
+    threads had shared its one writer (and reader) connection: a transaction
+    begun inside another thread's failed sessions and left leases held."""
+    from tests.helpers import ExternalLedger
+
+    ledger = ExternalLedger(tmp_path / "one-engine-ledger.db", count_calls=True)
+    names = [f"w{i}" for i in range(4)]
+    items = {name: [f"{name}-{j}" for j in range(12)] for name in names}
+    engine = make_engine(clock=fl.SystemClock())
+    for name in names:
+        engine.register(ledger_workflow(name, items=items[name]),
+                        tools=[ScriptedLedgerTool(ledger)])
+        engine.run_session(name, max_iterations=0)  # published, nothing consumed
+    stop = threading.Event()
+    threads = [threading.Thread(target=engine.serve,
+                                kwargs={"stop": stop, "interval": 0.01, "max_iterations": 1})
+               for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="flowledger"):
+        for t in threads:
+            t.start()
+        for _ in range(600):
+            if len(ledger.keys()) == 48:
+                break
+            stop.wait(0.05)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert ledger.keys() == sorted(i for name in names for i in items[name])
+    assert ledger.calls_made() == 48  # every tool call counted: each event exactly once
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "so this worker never runs it" not in m] == []  # no failure
+    assert all(engine.workflow(n).open_session is None for n in names)
+
+
 def test_follow_one_workflow_knows_streams_begun_before_it_started(
         make_engine: Callable[..., fl.Engine]) -> None:
     from flowledger.engine.waiting import max_position

@@ -936,11 +936,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         """A connection of its own holding advisory lock `key` (None: not
         waiting, and it is held elsewhere), and the lock noted as taken under
         the server's present incarnation (`_note_held`). The connection is
-        exempt from the server's idle timeout, and its TCP keepalives find a
-        vanished server in about a minute, or as the URL's keepalive
-        parameters say."""
-        conn = _opened({"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
-                        "keepalives_count": 3, **self.conninfo}, autocommit=True)
+        exempt from the server's idle timeout; like every connection, it finds
+        a vanished server by its TCP settings (`store_url.TCP_DEFAULTS`, or the
+        URL's)."""
+        conn = _opened(self.conninfo, autocommit=True)
         try:
             with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14 on
                 conn.execute("SET idle_session_timeout = 0")

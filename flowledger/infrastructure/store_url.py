@@ -102,6 +102,19 @@ def _hide_secret(parameter: str) -> str:
     return parameter
 
 
+# How every connection notices a server gone without a word (its machine lost,
+# the network cut) unless the URL says otherwise: a connection with nothing
+# in flight (one waiting for an answer too) probes after 10 s, every 5 s,
+# and gives up after 3 unanswered probes; data the server has not
+# acknowledged within 30 s ends the connection. Without them a statement
+# waits as long as the system's TCP does: over two hours for an answer,
+# about 15 minutes for a send. A server busy with a long statement still
+# answers the probes (its kernel does).
+TCP_DEFAULTS: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10,
+                                "keepalives_interval": 5, "keepalives_count": 3,
+                                "tcp_user_timeout": 30_000}
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     url: str
@@ -118,11 +131,12 @@ class StoreConfig:
 
     def libpq(self, connect_timeout: int = 10, dbname: str | None = None) -> dict[str, Any]:
         """What every PostgreSQL connection to this store is opened with: the
-        URL's parts and its libpq parameters. Without a password in the URL,
-        none is passed: libpq takes it, at each connection, from PGPASSWORD or
-        the password file (~/.pgpass, PGPASSFILE)."""
+        URL's parts and its libpq parameters, over `TCP_DEFAULTS`. Without a
+        password in the URL, none is passed: libpq takes it, at each
+        connection, from PGPASSWORD or the password file (~/.pgpass, PGPASSFILE)."""
         env = self.env
         settings: dict[str, Any] = {
+            **TCP_DEFAULTS,
             "dbname": dbname or env["POSTGRES_DBNAME"], "host": env["POSTGRES_HOST"],
             "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
             "connect_timeout": connect_timeout}

@@ -6,6 +6,8 @@ connections, and no message or output shows a password."""
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import uuid
@@ -90,6 +92,46 @@ def test_the_urls_libpq_parameters_reach_every_connection_and_no_pool_idles() ->
         finally:
             engine.close()
         assert _none_named(name)
+
+
+def _tcp_settings(conn: Any) -> tuple[int, ...]:
+    """A connection's keepalive and user-timeout settings, as its socket has them."""
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                *(sock.getsockopt(socket.IPPROTO_TCP, option) for option in (
+                    socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT,
+                    socket.TCP_USER_TIMEOUT)))
+
+
+def _every_connection(engine: fl.Engine) -> list[Any]:
+    """The engine's connections after a session and a read (its writers, its
+    reading connections, its liveness lock's)."""
+    rec = engine.log.flow_recorder
+    _a_reader(engine)
+    conns = [*rec._writers.values(), *rec._reading, rec._liveness]
+    assert len(conns) == 5 and all(c is not None and not c.closed for c in conns)
+    return conns
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    # A server gone without a word (its machine lost, the network cut) is given
+    # up on in about 25 s idle, 30 s with a statement unacknowledged, where the
+    # system's TCP defaults wait hours idle and about 15 minutes for a send.
+    ("", (1, 10, 5, 3, 30_000)),
+    # The URL's own settings win, on every connection.
+    ("&keepalives_idle=77&keepalives_count=9&tcp_user_timeout=0", (1, 77, 5, 9, 0)),
+])
+def test_every_connection_gives_up_on_a_silent_server_as_set(query: str,
+                                                              expected: tuple[int, ...]) -> None:
+    with postgres.fresh_schema() as url:
+        engine = _engine_and_session(url + query)
+        try:
+            waiter = engine.log.flow_recorder.listen()  # its LISTEN connection
+            conns = [*_every_connection(engine), waiter.conn]
+            assert [_tcp_settings(c) for c in conns] == [expected] * 6
+            waiter.close()
+        finally:
+            engine.close()
 
 
 def test_a_store_reached_through_a_unix_socket_named_in_the_query() -> None:

@@ -5,7 +5,7 @@ made with the server's binaries).
 
 A failover frees every advisory lock: the new primary never saw them. A holder
 still alive (in a long tool call, say) takes its lock again only once it
-reaches the new server, which can take its TCP keepalives' minute. Until then
+reaches the new server, which can take its TCP settings' half minute. Until then
 a free lock must not prove it gone, or another engine would take its session
 over and reconcile a call still under way (ADR 0017, "Liveness after a
 failover").

@@ -424,7 +424,32 @@ class EventLog(Application[UUID]):
                 [to_row(e) for e in events], events, fence, sync, snapshots, hold, read_after,
                 answered=told)
         except (ProjectionRowTaken, IntegrityError) as e:
+            if isinstance(e, IntegrityError) and fence is not None:
+                repeated = self._ids_repeated(events, fence)
+                if repeated is not None:
+                    raise repeated from e
             raise _refused(e, fence) from e
+
+    def _ids_repeated(self, events: Sequence[Any], fence: Fence) -> ConfigurationError | None:
+        """Why a fenced append clashed with the log's streams, when nobody took
+        its workflow: a stream it begins (a run's or a session's, named by the
+        engine's id factory) is in the log already. Read only after a clash."""
+        expected = fence.version - sum(1 for e in events if e.originator_id == fence.stream_id)
+        since = self.flow_recorder.select_from_versions({fence.stream_id: expected})
+        if [version for version, _, _ in since.get(fence.stream_id, [])] != [expected]:
+            return None  # the workflow moved on: its session was taken over
+        begun = {e.originator_id: e for e in events if e.originator_version == 1}
+        taken = self.flow_recorder.select_streams(list(begun))
+        if not taken:
+            return None
+        first = begun[next(iter(taken))]
+        kind = type(first).__qualname__.split(".")[0]
+        return ConfigurationError(
+            f"an append was refused: the {kind} stream {first.originator_id} it begins is in "
+            "the log already, though nobody took this session's workflow over. The ids the "
+            "engine was given repeat (Engine(ids=...)): give it ids that never repeat on "
+            "this store (fl.SeededIds: a seed of its own for each engine, and none reused "
+            "on a store that already holds its ids). Nothing of this append was stored")
 
     def load_at(self, stream_ids: Sequence[UUID], position: int) -> list[Any]:
         """Streams never snapshotted (messages, runs, inputs) as they were when the

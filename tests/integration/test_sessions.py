@@ -14,7 +14,7 @@ import pytest
 import flowledger as fl
 from flowledger.domain.ids import workflow_id
 from flowledger.projections import pending_work
-from tests.helpers import ScriptedLedgerTool, ledger_workflow, message_status
+from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow, message_status
 
 
 def pipeline(order: list[str], n: int = 3, cost: str = "0") -> fl.Workflow:
@@ -232,3 +232,37 @@ def test_a_long_session_keeps_only_a_bounded_number_of_streams_loaded(make_engin
     live = tables()
     engine.rebuild_projections(["pending_work"])
     assert tables() == live
+
+
+def test_ids_that_repeat_are_said_as_such_and_nothing_is_stored(make_engine):
+    """An id factory handing out ids the log already holds (two engines given
+    one seed) was said as another process having opened the session "at the
+    same moment", or as a lost lock: the error names the repeated id instead,
+    stores nothing, and the next engine with ids of its own goes on."""
+    ledger = MemoryLedger()
+    first = make_engine(ids=fl.SeededIds(7))
+    first.register(ledger_workflow(items=["x"]), tools=[ScriptedLedgerTool(ledger)])
+    assert first.run_session("wf").status == "completed"
+    given = fl.SeededIds(7)
+    used = [given() for _ in range(4)]  # the session's id, then its runs'
+    at = first.last_position()
+
+    again = make_engine(ids=fl.SeededIds(7))  # the same session id first
+    again.register(ledger_workflow(items=["x", "y"]), tools=[ScriptedLedgerTool(ledger)])
+    with pytest.raises(fl.ConfigurationError, match=rf"Session stream {used[0]} .* in the log "
+                       r"already, though nobody took .*\(fl\.SeededIds"):
+        again.run_session("wf")
+    assert again.last_position() == at
+
+    fresh = iter([fl.SeededIds(8)(), *used[1:]])  # a new session id, then the runs' again
+    repeating = make_engine(ids=lambda: next(fresh))
+    repeating.register(ledger_workflow(items=["x", "y"]), tools=[ScriptedLedgerTool(ledger)])
+    with pytest.raises(fl.ConfigurationError, match=r"HandlerRun stream .* in the log already"):
+        repeating.run_session("wf")
+    assert ledger.writes == ["x"]  # y's run was refused before its tool was called
+
+    last = make_engine()
+    last.register(ledger_workflow(items=["x", "y"]), tools=[ScriptedLedgerTool(ledger)])
+    assert last.run_session("wf").status == "completed"
+    assert ledger.writes == ["x", "y"]
+    assert last.verify().problems == []

@@ -292,6 +292,19 @@ def test_a_heartbeat_keeps_a_long_call_from_being_taken_over(
     assert len(renewals) >= 2
 
 
+def _serve_until(threads: list[threading.Thread], stop: threading.Event,
+                 done: Callable[[], bool], seconds: float) -> None:
+    """Start the serving threads, wait until `done` (at most `seconds`), stop them."""
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(10)
+
+
 def test_worker_threads_share_workflows_and_book_each_event_once(
         make_engine: Callable[..., fl.Engine], tmp_path: Any) -> None:
     from tests.helpers import ExternalLedger
@@ -312,16 +325,7 @@ def test_worker_threads_share_workflows_and_book_each_event_once(
         threads.append(threading.Thread(target=engine.serve,
                                         kwargs={"stop": stop, "interval": 0.02,
                                                 "max_iterations": 2}))
-    for t in threads:
-        t.start()
-    deadline = threading.Event()
-    for _ in range(200):
-        if len(ledger.keys()) == 15:
-            break
-        deadline.wait(0.05)
-    stop.set()
-    for t in threads:
-        t.join(10)
+    _serve_until(threads, stop, lambda: len(ledger.keys()) == 15, 10)
     assert ledger.keys() == sorted(f"{n}-{j}" for n in names for j in range(5))
     assert ledger.calls_made() == 15  # every tool call counted: each event exactly once
     assert all(setup.workflow(n).open_session is None for n in names)
@@ -348,15 +352,7 @@ def test_threads_serving_one_engine_book_each_event_once_without_errors(
                                 kwargs={"stop": stop, "interval": 0.01, "max_iterations": 1})
                for _ in range(3)]
     with caplog.at_level(logging.WARNING, logger="flowledger"):
-        for t in threads:
-            t.start()
-        for _ in range(600):
-            if len(ledger.keys()) == 48:
-                break
-            stop.wait(0.05)
-        stop.set()
-        for t in threads:
-            t.join(10)
+        _serve_until(threads, stop, lambda: len(ledger.keys()) == 48, 30)
     assert ledger.keys() == sorted(i for name in names for i in items[name])
     assert ledger.calls_made() == 48  # every tool call counted: each event exactly once
     said = [r.getMessage() for r in caplog.records]

@@ -1106,6 +1106,10 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         time.sleep(self.RETAKE_WITHIN_S - (now - first[1]))
         return self.holder_alive(owner)
 
+    @property
+    def writer_lock(self) -> threading.RLock:
+        return self._writer_lock
+
     def close_connections(self) -> None:
         self.settle()
         with self._liveness_lock:

@@ -155,6 +155,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         self._idle_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._generation = 0
+        self._shares_cache = bool(datastore.pool.is_sqlite_memory_mode)  # memory://
 
     def tables_created(self, c: Any) -> None:
         pass
@@ -218,10 +219,15 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         its own would re-read every page another connection changed. Else (a
         read inside this thread's write transaction, or while another thread
         uses the writer) a reading connection lent for this read alone: two
-        threads on one connection would begin a transaction inside the other's."""
-        if self._writer_lock.acquire(blocking=False):
+        threads on one connection would begin a transaction inside the other's.
+        A `memory://` store waits for the writer instead: its connections share
+        one cache, whose table locks another connection's read meets at once
+        ("database table is locked"), without waiting for them."""
+        if self._writer_lock.acquire(blocking=self._shares_cache):
             try:
                 writer = self._writer
+                if writer is None and self._shares_cache:
+                    writer = self._writer_connection()
                 if writer is not None and not writer.in_transaction:
                     yield writer
                     return
@@ -264,15 +270,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         """
         self._writer_lock.acquire()
         try:
-            if self._writer is None:
-                self._writer = self._connect()
-                self._writer_syncs = True  # the library's and SQLite's default: FULL
-                # Checkpoint the WAL into the database every WAL_PAGES pages instead
-                # of SQLite's 1,000: an append writes a dozen pages, mostly the same
-                # hot ones, so rarer checkpoints copy each of them once for many
-                # appends (ADR 0010).
-                self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-            conn = self._writer
+            conn = self._writer_connection()
             if sync != self._writer_syncs:
                 conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
                 self._writer_syncs = sync
@@ -298,6 +296,22 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         finally:
             self._writer_lock.release()
 
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The writer connection, opened the first time (with the lock held)."""
+        if self._writer is None:
+            self._writer = self._connect()
+            self._writer_syncs = True  # the library's and SQLite's default: FULL
+            # Checkpoint the WAL into the database every WAL_PAGES pages instead
+            # of SQLite's 1,000: an append writes a dozen pages, mostly the same
+            # hot ones, so rarer checkpoints copy each of them once for many
+            # appends (ADR 0010).
+            self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+        return self._writer
+
+    @property
+    def writer_lock(self) -> threading.RLock:
+        return self._writer_lock
+
     def settle(self) -> None:
         """Every append here is answered at once: nothing to read later."""
 
@@ -314,6 +328,14 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         (rows of the same shape) go to the snapshot table in it too. `hold` is
         passed on to the hook. `read_after` is read last in the transaction, in order.
         """
+        # Held until what the projections kept is dropped after a failure: another
+        # thread's append must not fold into it meanwhile.
+        with self._writer_lock:
+            return self._append_rows(rows, appended, fence, sync, snapshots, hold, read_after)
+
+    def _append_rows(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
+                     sync: bool, snapshots: Sequence[Row], hold: bool,
+                     read_after: Sequence[ReadAfter]) -> int:
         read: list[list[Any]] = []
         try:
             with self.writing(sync) as c:

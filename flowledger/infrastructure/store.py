@@ -12,6 +12,7 @@ time travel a private in-memory database to fold projections into.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -215,6 +216,11 @@ class LogStore(Protocol):
         """Drop these workers' notes."""
 
     def max_position(self, c: Cursor) -> int: ...
+
+    @property
+    def writer_lock(self) -> threading.RLock:
+        """Held by the thread whose write transaction runs (reentrant): what the
+        projections keep in memory changes only under it."""
 
     def position_before_last(self, c: Cursor, n: int, upto: int | None = None) -> int:
         """The position after which the log's last `n` events lie, or the last

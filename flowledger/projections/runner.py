@@ -284,12 +284,16 @@ class ProjectionRunner:
                 self._track(c, p, last)
 
     @contextlib.contextmanager
-    def _forgetting_on_error(self) -> Iterator[None]:
-        try:
-            yield
-        except BaseException:
-            self.forget()
-            raise
+    def _writing(self, sync: bool = True, tracking: bool = False) -> Iterator[Cursor]:
+        """A write transaction that drops what the projections kept if it fails,
+        before another thread may write (the writer lock held throughout)."""
+        with self.recorder.writer_lock:
+            try:
+                with self.recorder.writing(sync=sync, tracking=tracking) as c:
+                    yield c
+            except BaseException:
+                self.forget()
+                raise
 
     def forget(self) -> None:
         """An append's transaction rolled back: nothing folded in it happened."""
@@ -348,17 +352,16 @@ class ProjectionRunner:
         """Fold in everything not yet projected (up to position `upto`, if given);
         returns the number of events read."""
         done = 0
-        self._held = []  # committed: folded in from the log below
-        if self._unfolded and upto is None:
-            with (self._forgetting_on_error(),
-                  self.recorder.writing(sync=False, tracking=True) as c):
-                self._fold_unfolded(c)
+        with self.recorder.writer_lock:
+            self._held = []  # committed: folded in from the log below
+            if self._unfolded and upto is None:
+                with self._writing(sync=False, tracking=True) as c:
+                    self._fold_unfolded(c)
         total = self.lag()
         if not total:
             return 0  # nothing to fold: no write transaction, no wait for the write lock
         while True:
-            with (self._forgetting_on_error(),
-                  self.recorder.writing(sync=False, tracking=True) as c):
+            with self._writing(sync=False, tracking=True) as c:
                 read = self._fold_next(c, batch, upto)
             done += read
             if progress is not None and read:
@@ -413,9 +416,9 @@ class ProjectionRunner:
         write lock meanwhile (ADR 0013).
         """
         chosen = [p for p in self.projections if names is None or p.name in names]
-        self.forget()
         done = 0
-        with self._forgetting_on_error(), self.recorder.writing() as c:
+        with self._writing() as c:
+            self.forget()
             clear_cut_back(c)  # what a rebuild leaves ahead of the log, if any, is found again
             for p in chosen:
                 p.clear(c)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+import threading
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,10 +32,12 @@ from flowledger.projections import costs as costs_projection
 from flowledger.projections.base import Projection
 from tests.helpers import (
     ExternalLedger,
+    MemoryLedger,
     ScriptedLedgerTool,
     costly_workflow,
     decide,
     history,
+    ledger_workflow,
     mid_call_tool,
     new_engine,
     projection_rows,
@@ -408,3 +411,66 @@ def test_message_rows_are_the_fold_of_their_events_however_batched(
         mine = [m for m in messages if m.topic == topic]
         assert counts[topic] == (sum(m.status.value == "pending" for m in mine),
                                  sum(m.status.value == "reserved" for m in mine))
+
+
+def test_a_failed_append_forgets_before_another_thread_folds(make_engine) -> None:
+    """An append that fails drops what the projections kept (ADR 0012). On
+    SQLite that happened after its writer lock was released: another thread's
+    append, folding meanwhile, lost what it was about to write (its messages'
+    rows and backlog), and pending work no longer matched the log. Here thread
+    A's append fails, and its forgetting waits (up to 1 s) for thread B to be
+    about to write its messages' rows."""
+    engine = make_engine()
+    for name in ("a", "b"):
+        engine.register(ledger_workflow(name, items=["x", "y"]),
+                        tools=[ScriptedLedgerTool(MemoryLedger())])
+        engine.run_session(name, max_iterations=0)  # published, nothing consumed
+    rec, pending = engine.log.flow_recorder, projection(engine, "pending_work")
+    insert, abort, write = rec.after_insert, rec.after_abort, pending._write_messages
+    aborting, b_writes, forgot = threading.Event(), threading.Event(), threading.Event()
+
+    def failing_insert(*args: Any) -> None:
+        insert(*args)
+        if threading.current_thread().name == "A" and not aborting.is_set():
+            raise RuntimeError("A's append fails after its fold")
+
+    def slow_abort() -> None:
+        if threading.current_thread().name == "A" and not forgot.is_set():
+            aborting.set()
+            b_writes.wait(1)  # B cannot fold while A holds the writer
+            abort()
+            forgot.set()
+        else:
+            abort()
+
+    def paused_write(c: Any) -> None:
+        if threading.current_thread().name == "B" and pending._msgs and not b_writes.is_set():
+            b_writes.set()
+            forgot.wait(2)
+        write(c)
+
+    rec.after_insert, rec.after_abort = failing_insert, slow_abort
+    pending._write_messages = paused_write
+    failed: list[BaseException] = []
+
+    def run_a() -> None:
+        try:
+            engine.run_session("a")
+        except RuntimeError as e:
+            failed.append(e)
+
+    def run_b() -> None:
+        aborting.wait(5)
+        engine.run_session("b")
+
+    threads = [threading.Thread(target=run_a, name="A"), threading.Thread(target=run_b, name="B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(failed) == 1 and forgot.is_set() and b_writes.is_set()
+    rec.after_insert, rec.after_abort = insert, abort
+    del pending._write_messages
+    live = projection_rows(engine)
+    engine.projections.rebuild()
+    assert projection_rows(engine) == live

@@ -360,6 +360,43 @@ def test_threads_serving_one_engine_book_each_event_once_without_errors(
     assert all(engine.workflow(n).open_session is None for n in names)
 
 
+def test_threads_serving_and_reading_one_memory_engine(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`memory://` (the testing store): its connections share one cache, where
+    a read on a connection of its own met another thread's table lock at once
+    ("database table is locked"): sessions failed, leases were left held."""
+    ledger = MemoryLedger()
+    names = [f"w{i}" for i in range(3)]
+    engine = fl.Engine("memory://", clock=fl.SystemClock())
+    try:
+        for name in names:
+            engine.register(ledger_workflow(name, items=[f"{name}-{j}" for j in range(10)]),
+                            tools=[ScriptedLedgerTool(ledger)])
+            engine.run_session(name, max_iterations=0)  # published, nothing consumed
+        stop, failed = threading.Event(), []
+
+        def ask_status() -> None:
+            while not stop.is_set():
+                try:
+                    engine.status()
+                except fl.FlowledgerError as e:
+                    failed.append(e)
+
+        threads = [threading.Thread(target=engine.serve,
+                                    kwargs={"stop": stop, "interval": 0.01, "max_iterations": 2})
+                   for _ in range(2)]
+        threads.append(threading.Thread(target=ask_status))
+        with caplog.at_level(logging.WARNING, logger="flowledger"):
+            _serve_until(threads, stop, lambda: len(ledger.keys()) == 30, 30)
+        assert sorted(ledger.writes) == sorted(f"{n}-{j}" for n in names for j in range(10))
+        said = [r.getMessage() for r in caplog.records]
+        assert [m for m in said if "so this worker never runs it" not in m] == []
+        assert failed == []
+        assert all(engine.workflow(n).open_session is None for n in names)
+    finally:
+        engine.close()
+
+
 def test_follow_one_workflow_knows_streams_begun_before_it_started(
         make_engine: Callable[..., fl.Engine]) -> None:
     from flowledger.engine.waiting import max_position

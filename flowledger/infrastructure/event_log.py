@@ -433,16 +433,20 @@ class EventLog(Application[UUID]):
     def _ids_repeated(self, events: Sequence[Any], fence: Fence) -> ConfigurationError | None:
         """Why a fenced append clashed with the log's streams, when nobody took
         its workflow: a stream it begins (a run's or a session's, named by the
-        engine's id factory) is in the log already. Read only after a clash."""
+        engine's id factory) is in the log already. Read only after a clash; a
+        store that cannot be read then leaves the clash said as before."""
         expected = fence.version - sum(1 for e in events if e.originator_id == fence.stream_id)
-        since = self.flow_recorder.select_from_versions({fence.stream_id: expected})
-        if [version for version, _, _ in since.get(fence.stream_id, [])] != [expected]:
-            return None  # the workflow moved on: its session was taken over
-        begun = {e.originator_id: e for e in events if e.originator_version == 1}
-        taken = self.flow_recorder.select_streams(list(begun))
-        if not taken:
+        begun = [e for e in events if e.originator_version == 1]
+        try:
+            since = self.flow_recorder.select_from_versions({fence.stream_id: expected})
+            if [version for version, _, _ in since.get(fence.stream_id, [])] != [expected]:
+                return None  # the workflow moved on: its session was taken over
+            taken = self.flow_recorder.select_streams([e.originator_id for e in begun])
+        except Exception:
             return None
-        first = begun[next(iter(taken))]
+        first = next((e for e in begun if e.originator_id in taken), None)
+        if first is None:
+            return None
         kind = type(first).__qualname__.split(".")[0]
         return ConfigurationError(
             f"an append was refused: the {kind} stream {first.originator_id} it begins is in "

@@ -203,7 +203,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         snapshot, no write lock. (`snapshot=False` allows each statement a
         snapshot of its own; in-process, one transaction costs no more.)
         """
-        with self._reading_connection() as conn:
+        with self._reading_connection(brief=not snapshot) as conn:
             cursor = conn.cursor()
             cursor.execute("BEGIN")
             try:
@@ -213,17 +213,21 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                 cursor.close()
 
     @contextmanager
-    def _reading_connection(self) -> Iterator[sqlite3.Connection]:
-        """The writer's connection, if no thread is writing or reading on it:
-        its page cache holds what this process just wrote, where a connection of
-        its own would re-read every page another connection changed. Else (a
-        read inside this thread's write transaction, or while another thread
-        uses the writer) a reading connection lent for this read alone: two
-        threads on one connection would begin a transaction inside the other's.
-        A `memory://` store waits for the writer instead: its connections share
-        one cache, whose table locks another connection's read meets at once
-        ("database table is locked"), without waiting for them."""
-        if self._writer_lock.acquire(blocking=self._shares_cache):
+    def _reading_connection(self, brief: bool) -> Iterator[sqlite3.Connection]:
+        """For a `brief` read (one statement: the session loop's, a stream's
+        load), the writer's connection if no thread is writing or reading on
+        it: its page cache holds what this process just wrote, where a
+        connection of its own would re-read every page another connection
+        changed. Else (a read that may be long, one inside this thread's write
+        transaction, or while another thread uses the writer) a reading
+        connection lent for this read alone: two threads on one connection
+        would begin a transaction inside the other's, and a long read holding
+        the writer would hold up every other thread's writes (a lease's
+        renewal too). A `memory://` store waits for the writer instead: its
+        connections share one cache, whose table locks another connection's
+        read meets at once ("database table is locked"), without waiting."""
+        if (brief or self._shares_cache) and self._writer_lock.acquire(
+                blocking=self._shares_cache):
             try:
                 writer = self._writer
                 if writer is None and self._shares_cache:
@@ -250,7 +254,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                 conn.close()
 
     def read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        with self._reading_connection() as conn:
+        with self._reading_connection(brief=True) as conn:
             return conn.execute(sql, params).fetchall()
 
     @contextmanager

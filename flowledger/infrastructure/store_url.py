@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import shlex
@@ -103,13 +104,14 @@ def _hide_secret(parameter: str) -> str:
 
 
 # How every connection notices a server gone without a word (its machine lost,
-# the network cut) unless the URL says otherwise: a connection with nothing
-# in flight (one waiting for an answer too) probes after 10 s, every 5 s,
-# and gives up after 3 unanswered probes; data the server has not
-# acknowledged within 30 s ends the connection. Without them a statement
-# waits as long as the system's TCP does: over two hours for an answer,
-# about 15 minutes for a send. A server busy with a long statement still
-# answers the probes (its kernel does).
+# the network cut) unless the URL says otherwise: a connection with nothing in
+# flight (one waiting for an answer too) probes after 10 s, every 5 s, and
+# ends once nothing came back for 30 s; data the server has not acknowledged
+# within 30 s ends it too (`tcp_user_timeout`, which on Linux also decides
+# when unanswered probes end it). Without them a statement waits as long as
+# the system's TCP does: over two hours for an answer, about 15 minutes for a
+# send. A server busy with a long statement still answers the probes and
+# takes what is sent while its buffers have room (its kernel does).
 TCP_DEFAULTS: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10,
                                 "keepalives_interval": 5, "keepalives_count": 3,
                                 "tcp_user_timeout": 30_000}
@@ -135,8 +137,9 @@ class StoreConfig:
         password in the URL, none is passed: libpq takes it, at each
         connection, from PGPASSWORD or the password file (~/.pgpass, PGPASSFILE)."""
         env = self.env
+        known = _libpq_parameters() or frozenset()
         settings: dict[str, Any] = {
-            **TCP_DEFAULTS,
+            **{k: v for k, v in TCP_DEFAULTS.items() if k in known},  # (libpq 12 on: all)
             "dbname": dbname or env["POSTGRES_DBNAME"], "host": env["POSTGRES_HOST"],
             "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
             "connect_timeout": connect_timeout}
@@ -251,14 +254,15 @@ _NOT_IN_QUERY = {
 }
 
 
-def _libpq_parameters() -> set[str] | None:
+@functools.cache
+def _libpq_parameters() -> frozenset[str] | None:
     """The connection parameters the installed libpq knows (None: no driver,
     which opening the store reports)."""
     try:
         from psycopg import pq
     except ImportError:
         return None
-    return {d.keyword.decode() for d in pq.Conninfo.get_defaults()}
+    return frozenset(d.keyword.decode() for d in pq.Conninfo.get_defaults())
 
 
 def _connect_parameters(url: str, query: dict[str, list[str]], hostlist: str

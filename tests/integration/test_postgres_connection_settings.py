@@ -115,8 +115,8 @@ def _every_connection(engine: fl.Engine) -> list[Any]:
 
 @pytest.mark.parametrize(("query", "expected"), [
     # A server gone without a word (its machine lost, the network cut) is given
-    # up on in about 25 s idle, 30 s with a statement unacknowledged, where the
-    # system's TCP defaults wait hours idle and about 15 minutes for a send.
+    # up on after 30 s without an answer, to probes or to data sent, where the
+    # system's TCP defaults wait hours for an answer and about 15 minutes for a send.
     ("", (1, 10, 5, 3, 30_000)),
     # The URL's own settings win, on every connection.
     ("&keepalives_idle=77&keepalives_count=9&tcp_user_timeout=0", (1, 77, 5, 9, 0)),

@@ -360,6 +360,35 @@ def test_threads_serving_one_engine_book_each_event_once_without_errors(
     assert all(engine.workflow(n).open_session is None for n in names)
 
 
+def test_a_long_read_in_one_thread_holds_up_no_session_in_another(
+        make_engine: Callable[..., fl.Engine]) -> None:
+    """A service thread's long read (a snapshot held while it folds, as `at()`
+    does) and a session in another thread of one engine: on SQLite the read
+    had taken the writer connection for its length, and every append of the
+    session (a lease's renewal too) waited for it to end."""
+    ledger = MemoryLedger()
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["x", "y"]), tools=[ScriptedLedgerTool(ledger)])
+    reading, session_done = threading.Event(), threading.Event()
+    ended_while_read: list[bool] = []
+
+    def long_read() -> None:
+        with engine.log.reading() as c:
+            c.execute("SELECT COUNT(*) FROM fl_messages").fetchall()
+            reading.set()
+            ended_while_read.append(session_done.wait(20))
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    assert reading.wait(10)
+    result = engine.run_session("wf")
+    session_done.set()
+    reader.join(30)
+    assert result.status == "completed", result.error
+    assert ledger.writes == ["x", "y"]
+    assert ended_while_read == [True]
+
+
 def test_threads_serving_and_reading_one_memory_engine(
         caplog: pytest.LogCaptureFixture) -> None:
     """`memory://` (the testing store): its connections share one cache, where

@@ -213,7 +213,6 @@ def status_json(st: fl.EngineStatus, now: bool = True) -> dict[str, Any]:
     `now`: the present, whose workers are listed (a view of the past knows none)."""
     names = {w.workflow_id: w.name for w in st.workflows}
     shown = {
-
         "workflows": [{**dataclasses.asdict(w), "holder_gone": w.name in st.holders_gone}
                       for w in st.workflows],
         "open_sessions": [{"session_id": sid, "workflow_id": wid, "workflow": names.get(wid),

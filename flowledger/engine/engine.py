@@ -131,11 +131,6 @@ def _host_says(owner: str | None) -> bool | None:
     return not _exited(pid)
 
 
-def _owner_alive(owner: str | None) -> bool:
-    """Whether a lock holder may still be running (False only when provably dead)."""
-    return _host_says(owner) is not False
-
-
 def _exited(pid: int) -> bool:
     """A process that has ended and waits for its parent to collect it (a
     zombie: killed under a parent that has not waited for it yet), as Linux's

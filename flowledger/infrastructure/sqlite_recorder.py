@@ -270,7 +270,9 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         may be lost with the machine until the next synced commit, which
         syncs everything before it too (ADR 0011). `tracking` changes nothing
         here: each statement is a call, not a round trip. One thread's at a
-        time: another thread's transaction waits for it to end.
+        time: another thread's transaction waits for it to end. One that fails
+        drops what the projections kept (`after_abort`) before it lets the
+        writer go: another thread's fold must not run into the dropping.
         """
         self._writer_lock.acquire()
         try:
@@ -297,6 +299,10 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                     raise
             finally:
                 cursor.close()
+        except BaseException:
+            if self.after_abort is not None:
+                self.after_abort()
+            raise
         finally:
             self._writer_lock.release()
 
@@ -332,50 +338,37 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         (rows of the same shape) go to the snapshot table in it too. `hold` is
         passed on to the hook. `read_after` is read last in the transaction, in order.
         """
-        # Held until what the projections kept is dropped after a failure: another
-        # thread's append must not fold into it meanwhile.
-        with self._writer_lock:
-            return self._append_rows(rows, appended, fence, sync, snapshots, hold, read_after)
-
-    def _append_rows(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
-                     sync: bool, snapshots: Sequence[Row], hold: bool,
-                     read_after: Sequence[ReadAfter]) -> int:
         read: list[list[Any]] = []
-        try:
-            with self.writing(sync) as c:
-                try:
-                    c.executemany(self._insert_sql, rows)
-                except sqlite3.IntegrityError as e:
-                    raise IntegrityError(e) from e
-                # Positions are rowids, given in order while this transaction
-                # holds the write lock (events are never deleted).
-                if fence is None:
-                    last = c.execute("SELECT last_insert_rowid()").fetchone()[0]
-                else:
-                    last, at = c.execute(self._fenced_sql, (fence.stream_id.hex,)).fetchone()
-                    if at != fence.version:
-                        raise StaleFenceError(f"stream {fence.stream_id} is at version {at}, "
-                                              f"expected {fence.version}")
-                positions = range(last - len(rows) + 1, last + 1)
-                if snapshots:  # a cache: one already there stands (as on PostgreSQL)
-                    c.executemany(f"INSERT OR IGNORE INTO {self.snapshot_table_name} "
-                                  "VALUES (?, ?, ?, ?)", snapshots)
-                try:
-                    if self.chain is not None:  # the tamper-evident links (ADR 0023)
-                        head = head_of(c.execute(HEAD_SQL).fetchall())
-                        c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
-                    if self.after_insert is not None:
-                        self.after_insert(c, appended, positions, hold, fence)
-                    read = [c.execute(r.sql, r.params).fetchall() for r in read_after]
-                except sqlite3.IntegrityError as e:
-                    taken = re.match(r"UNIQUE constraint failed: (\w+)\.", str(e))
-                    if taken is None:
-                        raise
-                    raise ProjectionRowTaken(taken[1], str(e)) from e
-        except BaseException:
-            if self.after_abort is not None:
-                self.after_abort()
-            raise
+        with self.writing(sync) as c:
+            try:
+                c.executemany(self._insert_sql, rows)
+            except sqlite3.IntegrityError as e:
+                raise IntegrityError(e) from e
+            # Positions are rowids, given in order while this transaction
+            # holds the write lock (events are never deleted).
+            if fence is None:
+                last = c.execute("SELECT last_insert_rowid()").fetchone()[0]
+            else:
+                last, at = c.execute(self._fenced_sql, (fence.stream_id.hex,)).fetchone()
+                if at != fence.version:
+                    raise StaleFenceError(f"stream {fence.stream_id} is at version {at}, "
+                                          f"expected {fence.version}")
+            positions = range(last - len(rows) + 1, last + 1)
+            if snapshots:  # a cache: one already there stands (as on PostgreSQL)
+                c.executemany(f"INSERT OR IGNORE INTO {self.snapshot_table_name} "
+                              "VALUES (?, ?, ?, ?)", snapshots)
+            try:
+                if self.chain is not None:  # the tamper-evident links (ADR 0023)
+                    head = head_of(c.execute(HEAD_SQL).fetchall())
+                    c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
+                if self.after_insert is not None:
+                    self.after_insert(c, appended, positions, hold, fence)
+                read = [c.execute(r.sql, r.params).fetchall() for r in read_after]
+            except sqlite3.IntegrityError as e:
+                taken = re.match(r"UNIQUE constraint failed: (\w+)\.", str(e))
+                if taken is None:
+                    raise
+                raise ProjectionRowTaken(taken[1], str(e)) from e
         for asked, rows_read in zip(read_after, read, strict=True):
             asked.rows = rows_read  # committed
         return int(last)

@@ -110,7 +110,7 @@ def _opened(conninfo: dict[str, Any], autocommit: bool) -> psycopg.Connection[An
         return psycopg.connect(**conninfo, autocommit=autocommit)
     except psycopg.OperationalError as e:
         said = one_line(e)
-        if cannot_connect_now(said):
+        if cannot_connect_now(str(e), conninfo):
             raise NotConnected(said) from e
         raise InterfaceError(said) from e
 

@@ -184,7 +184,7 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
             todo = ("the server's pg_hba.conf does not let this user connect to this database "
                     "from here (or with this TLS setting): have its administrator add an "
                     "entry, or connect as one it lets in")
-        elif not cannot_connect_now(said):  # the server answered, and refused
+        elif not cannot_connect_now(str(e), config.libpq()):  # the server refused
             todo = "check the URL against what the server says"
         else:
             todo = _unreachable(said, where)
@@ -344,11 +344,33 @@ _UNAVAILABLE = ("the database system is starting up", "the database system is sh
                 "not accepting connections", *_NO_SPARE)
 
 
-def cannot_connect_now(said: str) -> bool:
+# A server's own answer, in whatever language it speaks: libpq writes the
+# answer's severity, a colon and two spaces ("FATAL:  ", "ВАЖНО:  ") before it.
+_A_SERVER_ANSWERED = re.compile(r"\S:  ")
+
+
+def cannot_connect_now(said: str, conninfo: dict[str, Any]) -> bool:
     """Whether a failed connection found no server to answer (refused, timed
     out, unreachable) or one that cannot take it yet: worth trying again. A
-    server that answered FATAL otherwise (a login or a database refused) is not."""
-    return "FATAL:" not in said or any(words in said for words in _UNAVAILABLE)
+    server that answered otherwise (a login or a database refused) is not.
+
+    `said` is the driver's message as it came: its spacing tells a server's
+    answer. The server's words are English only where its lc_messages is, so
+    a server that answered in other words is asked again, without words, by
+    libpq's ping (`conninfo`): it rejects connections while it starts, stops
+    or recovers, and takes them (it refused ours) otherwise."""
+    if any(words in " ".join(said.split()) for words in _UNAVAILABLE):
+        return True
+    if not _A_SERVER_ANSWERED.search(said):
+        return True
+    return not _takes_connections(conninfo)
+
+
+def _takes_connections(conninfo: dict[str, Any]) -> bool:
+    from psycopg import pq
+    from psycopg.conninfo import make_conninfo
+
+    return pq.Ping(pq.PGconn.ping(make_conninfo(**conninfo).encode())) is pq.Ping.OK
 
 
 def _no_spare(said: str) -> bool:

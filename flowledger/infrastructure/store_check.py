@@ -11,6 +11,7 @@ written to it (ADR 0013). The check reads the schema on a read-only connection.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sqlite3
@@ -347,6 +348,15 @@ _UNAVAILABLE = ("the database system is starting up", "the database system is sh
 # A server's own answer, in whatever language it speaks: libpq writes the
 # answer's severity, a colon and two spaces ("FATAL:  ", "ВАЖНО:  ") before it.
 _A_SERVER_ANSWERED = re.compile(r"\S:  ")
+# Where that answer came from, in libpq's words (English, as libpq speaks in
+# a process that did not set LC_MESSAGES).
+_ANSWERED_FROM = re.compile(
+    r'connection to server (?:at "(?P<host>[^"]*)"(?: \((?P<addr>[^)]*)\))?, port (?P<port>\d+)'
+    r'|on socket "(?P<socket>[^"]*)") failed: [^\s:]+:  ')
+# Not for a ping: it asks one server whether it takes connections, as nobody.
+_NOT_PINGED = ("password", "passfile", "target_session_attrs", "load_balance_hosts",
+               "host", "hostaddr", "port")
+PING_TIMEOUT_S = 2
 
 
 def cannot_connect_now(said: str, conninfo: dict[str, Any]) -> bool:
@@ -357,20 +367,39 @@ def cannot_connect_now(said: str, conninfo: dict[str, Any]) -> bool:
     `said` is the driver's message as it came: its spacing tells a server's
     answer. The server's words are English only where its lc_messages is, so
     a server that answered in other words is asked again, without words, by
-    libpq's ping (`conninfo`): it rejects connections while it starts, stops
-    or recovers, and takes them (it refused ours) otherwise."""
+    libpq's ping: it rejects connections while it starts, stops or recovers,
+    and takes them (it refused ours) otherwise."""
     if any(words in " ".join(said.split()) for words in _UNAVAILABLE):
         return True
     if not _A_SERVER_ANSWERED.search(said):
         return True
-    return not _takes_connections(conninfo)
+    return not _takes_connections(said, conninfo)
 
 
-def _takes_connections(conninfo: dict[str, Any]) -> bool:
+def _takes_connections(said: str, conninfo: dict[str, Any]) -> bool:
+    """libpq's ping of the server that answered (all of the URL's hosts when
+    libpq's words do not say which), as briefly as it can be: the binary
+    psycopg holds the interpreter for its length, every thread waits. Without
+    a password: a server counts as up once it asks for one, and a login it
+    refused is not tried again against it (lockouts count failed logins)."""
     from psycopg import pq
     from psycopg.conninfo import make_conninfo
 
-    return pq.Ping(pq.PGconn.ping(make_conninfo(**conninfo).encode())) is pq.Ping.OK
+    ping = {k: v for k, v in conninfo.items() if k not in _NOT_PINGED}
+    answered = _ANSWERED_FROM.search(said)
+    if answered is None:
+        ping.update({k: conninfo[k] for k in ("host", "hostaddr", "port") if k in conninfo})
+    elif answered["socket"]:
+        folder, _, number = answered["socket"].rpartition("/.s.PGSQL.")
+        ping.update(host=folder, port=number)
+    else:
+        ping.update(host=answered["host"], port=answered["port"])
+        if answered["addr"]:
+            ping["hostaddr"] = answered["addr"]
+    # No password file either: a path under the null device cannot exist.
+    ping.update(password="", passfile=os.path.join(os.devnull, "none"),
+                connect_timeout=PING_TIMEOUT_S)
+    return pq.Ping(pq.PGconn.ping(make_conninfo(**ping).encode())) is pq.Ping.OK
 
 
 def _no_spare(said: str) -> bool:

@@ -7,7 +7,10 @@ one's shutting down (`FATAL:`, other words) for a refusal, which stops it."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -90,3 +93,48 @@ def test_a_server_shutting_down_in_german_is_waited_for(clusters: Clusters) -> N
         fl.Engine(url.replace("postgres@", "nobody@"))
     assert not isinstance(refused.value, fl.StoreUnreachable)
     assert 'Rolle »nobody« existiert nicht' in str(refused.value)
+
+
+def test_the_server_that_answered_is_asked_alone_and_without_a_password(
+        clusters: Clusters) -> None:  # noqa: F811
+    """Asking again (libpq's ping) went to every host of the URL, a silent
+    one too, for its whole connect_timeout, while the binary driver held every
+    thread of the process; and with the password, a second failed login on
+    the server's count (lockouts count them). It asks the host that answered,
+    as nobody."""
+    clusters.primary("a", f"-c lc_messages={RUSSIAN} -c log_line_prefix='%e ' "
+                          "-c log_error_verbosity=terse")
+    with clusters.connect("a") as admin:
+        admin.execute("CREATE ROLE app LOGIN PASSWORD 'right'")
+    hba = clusters.root / "a" / "pg_hba.conf"
+    hba.write_text("host all app 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    clusters.run("pg_ctl", "-D", str(clusters.root / "a"), "reload")
+    time.sleep(0.5)  # the postmaster reads it again
+
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
+    accepted: list[socket.socket] = []
+    silent.settimeout(0.2)
+
+    def listen() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(silent.accept()[0])
+
+    stop = threading.Event()
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+        url = (f"postgresql://app:wrong@127.0.0.1:{silent.getsockname()[1]},"
+               f"127.0.0.1:{clusters.ports['a']}/postgres?connect_timeout=2")
+        with pytest.raises(fl.ConfigurationError) as refused:
+            fl.Engine(url)
+        assert not isinstance(refused.value, fl.StoreUnreachable)
+    finally:
+        stop.set()
+        listener.join()
+        silent.close()
+        for conn in accepted:
+            conn.close()
+    assert len(accepted) == 1  # libpq's own try, not a ping's
+    log = (clusters.root / "a.log").read_text()
+    assert log.count("\n28P01 ") == 1  # invalid_password: the login's own, once

@@ -67,20 +67,23 @@ def copy(
             shown(done, total)
         return progress
 
+    terminated: list[int] = []  # SIGTERM, once it came
     try:
-        if as_json:
-            report = copy_store_report(source, target, noted(lambda done, total: None),
-                                       source_key=source_key, target_key=target_key)
-        else:
-            with progress_bar("copying") as progress:
-                report = copy_store_report(source, target, noted(progress),
+        with _terminated_as_interrupted(terminated):
+            if as_json:
+                report = copy_store_report(source, target, noted(lambda done, total: None),
                                            source_key=source_key, target_key=target_key)
+            else:
+                with progress_bar("copying") as progress:
+                    report = copy_store_report(source, target, noted(progress),
+                                               source_key=source_key, target_key=target_key)
     except KeyboardInterrupt:
-        where = (f"after {seen[0]:,} of about {seen[1]:,} events" if seen[0] < seen[1]
-                 else "once its events were in" if seen[1] else "before any event was copied")
+        where = (f"with {seen[0]:,} of about {seen[1]:,} events in" if seen[0] < seen[1]
+                 else "once its events were in" if seen[1]
+                 else "before this run copied any event")
         print_error(f"the copy into {shown(target)} was interrupted {where}. Run the same "
                     "command again: it goes on where this one stopped, or finds the copy whole")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED) from None
     # The copy is whole: a Ctrl-C now would only cut its report short.
     with _not_interrupted():
         seconds = time.perf_counter() - started
@@ -107,6 +110,27 @@ def copy(
                       "the source, the two logs now go apart: stop them, then copy again into a "
                       "new store. If they had crashed, a run or recover on the copy continues "
                       "their sessions.", soft_wrap=True, markup=False, highlight=False)
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupted(came: list[int]) -> Iterator[None]:
+    """SIGTERM stops the copy as Ctrl-C does (a KeyboardInterrupt where it is,
+    the copy resumable), where it killed the process without a word; `came`
+    is given the signal once it came. Set from the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager

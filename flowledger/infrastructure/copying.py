@@ -1,7 +1,8 @@
 """Carry a whole log from one store to another, in position order (DESIGN §7).
 
-Every stored event is copied (stream, version, type, body), in the order of
-the source's positions, into a store that holds no event yet; snapshots are
+Every stored event is copied (stream, version, type, body) at the source's
+position, in their order, into a store that holds no event yet: a position
+names the same event in both (`timeline`, `at P`, `log --after`); snapshots are
 a cache and are not copied. The target's projections are then rebuilt from
 its log by whoever opens it (an Engine catches up on start).
 
@@ -85,6 +86,8 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
             progress(copied, copied)
         return copied, 0
     started = copied
+    if progress is not None:  # where it starts: an earlier copy's events are in
+        progress(copied, max(events, copied))
     hook, dst.after_insert = dst.after_insert, None  # the target's projections: rebuilt after
     try:
         batches = _batches(src, after)
@@ -93,9 +96,10 @@ def copy_log(source: EventLog, target: EventLog, progress: Progress | None = Non
                 batch = next(batches, None)
                 if batch is None:
                     break
-                rows = [(_hex(stored.originator_id), stored.originator_version, stored.topic,
-                         recode(bytes(stored.state))) for _, stored in batch]
-                dst.append_rows(rows, [], sync=False)
+                rows = [(position, (_hex(stored.originator_id), stored.originator_version,
+                                    stored.topic, recode(bytes(stored.state))))
+                        for position, stored in batch]
+                dst.place_rows(rows)
             except Exception as e:
                 raise _stopped(source, target, copied, events, e) from e
             copied += len(rows)

@@ -1152,6 +1152,26 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             self._append_rows, rows, appended, fence, sync, snapshots, hold, read_after, lost,
             answered))
 
+    def place_rows(self, placed: Sequence[tuple[int, Row]]) -> None:
+        positions, rows = [p for p, _ in placed], [row for _, row in placed]
+        with self.writing(sync=False) as c:
+            head = c.ask(HEAD_SQL) if self.chain is not None else None
+            for part in _in_statements(placed):
+                values, params = _values("(%s::bigint, %s::uuid, %s::bigint, %s::text, "
+                                         "%s::bytea)", [(p, *row) for p, row in part])
+                c.add(f"INSERT INTO {self.events_table_name} (notification_id, originator_id, "
+                      f"originator_version, topic, state) VALUES {values}", params)
+            if head is not None and self.chain is not None:
+                for part in _in_statements(self.chain.links(
+                        head_of(head.fetchall()), positions, rows)):
+                    c.add(f"INSERT INTO {CHAIN_TABLE} VALUES "
+                          + _values("(%s, %s, %s::bytea)", part)[0],
+                          [v for link in part for v in link])
+            # Positions given bypass the sequence: it is kept past them.
+            c.add("SELECT setval(%s, %s)", [self._sequence, positions[-1]])
+        self._forecast.forget()  # its head is not where it was
+        self._last_appended = (positions[-1], rows[-1][0], rows[-1][1])
+
     def _reconnecting(self, append: Callable[[], int]) -> int:
         """`append`, tried again while no connection can be opened to make it."""
         deadline, delay, tries = time.monotonic() + self.RECONNECT_WITHIN_S, 0.05, 0

@@ -373,6 +373,19 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
             asked.rows = rows_read  # committed
         return int(last)
 
+    def place_rows(self, placed: Sequence[tuple[int, Row]]) -> None:
+        with self.writing(sync=False) as c:
+            try:
+                c.executemany(f"INSERT INTO {self.events_table_name} (rowid, originator_id, "
+                              "originator_version, topic, state) VALUES (?, ?, ?, ?, ?)",
+                              [(position, *row) for position, row in placed])
+            except sqlite3.IntegrityError as e:
+                raise IntegrityError(e) from e
+            if self.chain is not None:
+                head = head_of(c.execute(HEAD_SQL).fetchall())
+                c.executemany(INSERT_SQL, self.chain.links(
+                    head, [p for p, _ in placed], [row for _, row in placed]))
+
     @property
     def _insert_sql(self) -> str:
         return f"INSERT INTO {self.events_table_name} VALUES (?, ?, ?, ?)"

@@ -155,6 +155,12 @@ class LogStore(Protocol):
         `tracking`: the caller reads the projections' tracking rows, which a
         store that sends statements together reads with its first message."""
 
+    def place_rows(self, placed: Sequence[tuple[int, Row]]) -> None:
+        """Insert events at the positions given, rising and past the log's
+        head, with their chain links, in one unsynced transaction and without
+        the after-insert hook: a copy keeps its source's positions (its
+        projections are rebuilt after)."""
+
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
                     snapshots: Sequence[Row] = (), hold: bool = False,

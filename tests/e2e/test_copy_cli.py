@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import flowledger as fl
 from tests.e2e.test_cli import assert_user_error, flowledger
@@ -62,15 +65,23 @@ def _ran_once(tmp_path: Path, items: list[str]) -> tuple[str, list[tuple[Any, ..
         engine.register(ledger_workflow(items=items),
                         tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
         engine.run_session("wf")
-        return source, [(e.stream_id, e.version, e.name) for e in engine.events()]
+        return source, [(e.position, e.stream_id, e.version, e.name)
+                        for e in engine.events()]
 
 
-def test_an_interrupted_copy_says_so_and_the_same_command_finishes_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_copy_says_so_and_the_same_command_finishes_it(
+        tmp_path: Path, stop: signal.Signals, code: int) -> None:
     """Ctrl-C (a real SIGINT) midway: one line saying where it stopped and
-    what to do, exit 130; the same command then finishes the copy."""
+    what to do, exit 130; the same command then finishes the copy, every
+    event at its source's position. SIGTERM killed the copy without a word
+    (a service manager stopping it): it now stops as Ctrl-C does, exit 143.
+    Stopped again before it copied more, it said "before any event was
+    copied" of a target holding 40: it says what is in."""
     source, logged = _ran_once(tmp_path, ["a", "b", "c"])
     target = f"sqlite:///{tmp_path / 'new.db'}"
-    stopped = _copied_in_a_process(  # batches of 20 events; Ctrl-C once 40 are in
+    stopped = _copied_in_a_process(  # batches of 20 events; the signal once 40 are in
         "import flowledger.infrastructure.copying as copying\n"
         "copying.BATCH = 20\n"
         "real = command.copy_store_report\n"
@@ -78,18 +89,30 @@ def test_an_interrupted_copy_says_so_and_the_same_command_finishes_it(tmp_path: 
         "    def at(done, total):\n"
         "        progress(done, total)\n"
         "        if done >= 40:\n"
-        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        f"            os.kill(os.getpid(), {int(stop)})\n"
         "    return real(source, target, at, **keys)\n"
         "command.copy_store_report = interrupted\n", source, target, tmp_path)
-    assert stopped.returncode == 130, stopped.stderr
-    assert stopped.stderr.strip().splitlines() == [
-        f"error: the copy into {target} was interrupted after 40 of about {len(logged)} "
-        "events. Run the same command again: it goes on where this one stopped, or finds "
-        "the copy whole"], stopped.stderr
+    said = (f"error: the copy into {target} was interrupted with 40 of about {len(logged)} "
+            "events in. Run the same command again: it goes on where this one stopped, or "
+            "finds the copy whole")
+    assert stopped.returncode == code, stopped.stderr
+    assert stopped.stderr.strip().splitlines() == [said], stopped.stderr
+    # Stopped again at once: it says what is in, not that nothing was copied.
+    again = _copied_in_a_process(
+        "real = command.copy_store_report\n"
+        "def interrupted(source, target, progress, **keys):\n"
+        "    def at(done, total):\n"
+        "        progress(done, total)\n"
+        f"        os.kill(os.getpid(), {int(stop)})\n"
+        "    return real(source, target, at, **keys)\n"
+        "command.copy_store_report = interrupted\n", source, target, tmp_path)
+    assert again.returncode == code, again.stderr
+    assert again.stderr.strip().splitlines() == [said], again.stderr
     done = flowledger("copy", "--from", source, "--to", target, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     with fl.Engine(target) as copy:
-        assert [(e.stream_id, e.version, e.name) for e in copy.events()] == logged
+        assert [(e.position, e.stream_id, e.version, e.name)
+                for e in copy.events()] == logged
 
 
 def test_a_ctrl_c_once_the_copy_is_whole_ends_it_as_done(tmp_path: Path) -> None:

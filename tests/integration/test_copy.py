@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import flowledger as fl
+from tests import postgres
 from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
 
 
@@ -36,7 +37,7 @@ def answers(engine: fl.Engine) -> dict[str, Any]:
     runs = engine.runs(workflow="wf")
     first_input = next(e for e in events if e.name == "Registered" and e.aggregate == "Input")
     return {
-        "log": [(e.stream_id, e.version, e.name, e.fields) for e in events],
+        "log": [(e.position, e.stream_id, e.version, e.name, e.fields) for e in events],
         "status": [(w.name, w.status, w.open_session) for w in engine.status().workflows],
         "runs": sorted((r.run_id, r.handler, r.status, r.phase) for r in runs),
         "timeline": [(e.name, e.fields) for e in engine.run_timeline(runs[-1].run_id).entries],
@@ -56,6 +57,39 @@ def test_a_copied_log_answers_the_same(tmp_path: Path, ledger: ExternalLedger,
         assert seen[-1] == (copied, copied)
         assert answers(after) == answers(before)
         assert after.projections.lag() == 0
+
+
+@pytest.mark.postgres
+def test_a_copy_keeps_each_event_at_its_source_s_position(tmp_path: Path, ledger: ExternalLedger,
+                                                          store: str) -> None:
+    """PostgreSQL's positions skip the numbers of appends rolled back (and a
+    copy's own batch stopped midway skipped a thousand): the copy numbered
+    its events afresh, so `timeline`, `audit`, `at P` and `log --after` named
+    other events on the two stores. Each event now keeps its position."""
+    import psycopg
+
+    with postgres.fresh_schema() as source:
+        schema = source.rsplit("schema=", 1)[1]
+        for items in (["a", "b"], ["c"]):
+            with fl.Engine(source) as engine:  # a new engine appends the ordinary way first
+                engine.register(ledger_workflow(items=items, name=f"wf-{items[0]}"),
+                                tools=[ScriptedLedgerTool(ledger)])
+                engine.run_session(f"wf-{items[0]}")
+            with psycopg.connect(source.split("?")[0]) as conn:  # appends rolled back
+                conn.execute("SELECT nextval(pg_get_serial_sequence(%s, 'notification_id')) "
+                             "FROM generate_series(1, 5)", (f"{schema}.stored_events",))
+        with fl.Engine(source) as before:
+            logged = [(e.position, e.stream_id, e.version, e.name) for e in before.events()]
+        assert [p for p, *_ in logged] != list(range(1, len(logged) + 1))  # it skips some
+        fl.copy_store(source, store)
+    with fl.Engine(store) as after:
+        assert [(e.position, e.stream_id, e.version, e.name) for e in after.events()] == logged
+        assert after.verify().ok
+        last = logged[-1][0]
+        after.register(ledger_workflow(items=["d"], name="wf-d"),
+                       tools=[ScriptedLedgerTool(ledger)])
+        after.run_session("wf-d")  # appends go on past the copied positions
+        assert min(e.position for e in after.events(after=last)) == last + 1
 
 
 def test_a_store_named_two_ways_is_not_copied_into_itself(tmp_path: Path,
@@ -268,7 +302,7 @@ def test_a_copy_killed_midway_is_refused_until_run_again_which_finishes_it(
         fl.copy_store(other, store)
     seen: list[tuple[int, int]] = []
     copied = fl.copy_store(source, store, lambda done, total: seen.append((done, total)))
-    assert copied == len(logged["log"]) and seen == [(copied, copied)]
+    assert copied == len(logged["log"]) and seen == [(40, copied), (copied, copied)]
     with fl.Engine(store) as after:
         assert answers(after) == logged
         assert after.verify().ok

@@ -86,7 +86,8 @@ def _no_store_yet(said: str, check: str) -> NoStoreYet:
     """A store that does not exist, opened by what does not create one."""
     return NoStoreYet(
         f"{said}, and this does not create one: check {check} (a new store is made by "
-        "running a workflow, or by `flowledger copy --to`). Nothing was created")
+        "running a workflow, by `flowledger setup`, or by `flowledger copy --to`). Nothing "
+        "was created")
 
 
 def _refuse_not_ours(where: str, tables: dict[str, list[str]],
@@ -321,15 +322,21 @@ def _refuse_role_that_cannot(config: StoreConfig, c: Any, schema: str) -> None:
     role, owner = c.fetchone()
     option = "--grant-read" if config.read_only else "--grant"
     said = ", ".join(lacks[:6]) + (f" and {len(lacks) - 6} more" if len(lacks) > 6 else "")
+    # A role that may read it all (a viewer's) most likely meant to only read.
+    reads = not config.read_only and not any(
+        lack.startswith(("SELECT ", "USAGE on schema ")) for lack in lacks)
     raise ConfigurationError(
         f"cannot open store {config.shown!r}: role {role!r} may not "
         f"{'read' if config.read_only else 'use'} it: it lacks {said}. Nothing was read or "
-        "written. As the store's owner (the role that created it) or a superuser, grant "
+        "written. "
+        + ("It may read it: to only read it, add ?mode=ro to the URL. To use it, as "
+           if reads else "As ")
+        + "the store's owner (the role that created it) or a superuser, grant "
         "them (in psql, for example): " + " ".join(grants(
             schema, role, later_too=True, read_only=config.read_only, owner=owner))
         + f" Or run `flowledger --store OWNER-URL setup {option} {shlex.quote(role)}`"
         " with a URL naming the owner."
-        + ("" if config.read_only else " Or, to only read it, add ?mode=ro to the URL."))
+        + ("" if config.read_only or reads else " Or, to only read it, add ?mode=ro to the URL."))
 
 
 # What a server says when it has no connection to spare: for anyone, for the

@@ -514,8 +514,12 @@ def test_setup_grant_read_lets_a_role_read_through_an_upgrade_and_nothing_more(
         assert [r.status for r in reader.runs()] == ["committed"] * 2
     status = flowledger("--store", read_only(role_url(schema, role)), "status", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
-    with pytest.raises(fl.ConfigurationError, match=re.escape("may not use it: it lacks")):
+    with pytest.raises(fl.ConfigurationError, match=re.escape("may not use it: it lacks")
+                       ) as writing:
         fl.Engine(role_url(schema, role))  # reads only: writing is refused before anything
+    # What it most likely meant comes first, not after seven GRANTs.
+    assert ("Nothing was read or written. It may read it: to only read it, add ?mode=ro to "
+            "the URL. To use it, as the store's owner") in str(writing.value)
     with psycopg.connect(role_url(schema, role).partition("?")[0]) as conn, pytest.raises(
             psycopg.errors.InsufficientPrivilege):
         conn.execute(f'DELETE FROM "{schema}".stored_events')

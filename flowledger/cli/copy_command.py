@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from flowledger.cli.exits import EXIT_INTERRUPTED, CommandError
+from flowledger.cli.exits import EXIT_INTERRUPTED, EXIT_NOT_DONE, CommandError
 from flowledger.cli.render import err, print_error, print_json, say
 from flowledger.cli.views import progress_bar
 from flowledger.engine.engine import copy_store_report
@@ -94,7 +94,9 @@ def copy(
         if as_json:
             print_json({"events": copied, "written": report.written,
                         "seconds": round(seconds, 3), "to": shown(target),
-                        "open_sessions": list(held)})
+                        "open_sessions": list(held), "still_held": list(report.still_held)})
+            if report.still_held:
+                raise typer.Exit(EXIT_NOT_DONE)
             return
         if copied and not report.written:
             say(f"{shown(target)} holds this copy already, whole: its {copied:,} events (no event "
@@ -104,12 +106,21 @@ def copy(
                 f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections. "
                 "Its chain is its own: anchor its head anew (`verify` on it prints it); the "
                 "source's no longer applies.")
-        if held:
-            err.print(f"note: sessions were open in the source ({', '.join(held)}), and are open "
-                      "in the copy as the source had them. If processes were still running on "
-                      "the source, the two logs now go apart: stop them, then copy again into a "
-                      "new store. If they had crashed, a run or recover on the copy continues "
-                      "their sessions.", soft_wrap=True, markup=False, highlight=False)
+        running = report.still_held
+        if running:
+            err.print(f"note: sessions of {', '.join(running)} are held in the source by "
+                      "processes that still run: their work from now on goes to the source "
+                      "alone, and the two logs go apart. Stop them (their sessions then close "
+                      "or are left as a crash leaves them), then copy again into a new store.",
+                      soft_wrap=True, markup=False, highlight=False)
+        left = [name for name in held if name not in running]
+        if left:
+            err.print(f"note: sessions were open in the source ({', '.join(left)}), and are open "
+                      "in the copy as the source had them; their holders run no more (or "
+                      "on another host, which this cannot tell): a run or recover on the copy "
+                      "continues their sessions.", soft_wrap=True, markup=False, highlight=False)
+        if running:
+            raise typer.Exit(EXIT_NOT_DONE)
 
 
 @contextlib.contextmanager

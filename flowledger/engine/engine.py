@@ -907,6 +907,8 @@ class CopyReport:
     encrypted: bool
     open_sessions: tuple[str, ...]
     written: int = 0  # of `events`, by this call (0: the same copy, run again, found whole)
+    # Of `open_sessions`, those whose holder still runs: the two logs go apart.
+    still_held: tuple[str, ...] = ()
 
 
 @store_errors_as_ours
@@ -943,9 +945,15 @@ def copy_store_report(source: str, target: str,
             copied, written = copy_log(src, dst, progress)
         finally:
             dst.close()
+        # Opening it folds every projection in from position 0.
+        with Engine(target, cipher_key=to.cipher_key or "", chain_key=chain_key) as made:
+            held = sorted({s.workflow for s in made.sessions(status="open", limit=None)})
+            owners = {name: made.workflow(name).session_owner for name in held}
+        # Known to run (by the source's store, else by this host, as an engine
+        # judges a holder): its later work goes to the source alone.
+        said = {name: src.flow_recorder.holder_alive(owner) for name, owner in owners.items()}
+        running = tuple(name for name, owner in owners.items()
+                        if (_host_says(owner) if said[name] is None else said[name]))
     finally:
         src.close()
-    # Opening it folds every projection in from position 0.
-    with Engine(target, cipher_key=to.cipher_key or "", chain_key=chain_key) as made:
-        held = sorted({s.workflow for s in made.sessions(status="open", limit=None)})
-    return CopyReport(copied, to.cipher_key is not None, tuple(held), written)
+    return CopyReport(copied, to.cipher_key is not None, tuple(held), written, running)

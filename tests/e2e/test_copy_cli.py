@@ -145,6 +145,28 @@ def test_copy_says_when_sessions_were_open_in_the_source(tmp_path: Path) -> None
         copies: list[Any] = []
         engine.run_session("wf", max_iterations=2)
     text, as_json = copies
-    assert text.returncode == 0, text.stderr
-    assert "note: sessions were open in the source (wf)" in text.stderr
-    assert json.loads(as_json.stdout)["open_sessions"] == ["wf"]
+    # Its holder (this process) runs: said so, and exit 1 (it said "if", exit 0).
+    assert text.returncode == 1, text.stderr
+    assert ("note: sessions of wf are held in the source by processes that still run: "
+            "their work from now on goes to the source alone") in text.stderr
+    assert "sessions were open in the source" not in text.stderr
+    assert as_json.returncode == 1, as_json.stderr
+    said = json.loads(as_json.stdout)
+    assert said["open_sessions"] == ["wf"] and said["still_held"] == ["wf"]
+
+
+def test_a_copy_of_a_session_whose_holder_crashed_says_the_copy_continues_it(
+        tmp_path: Path) -> None:
+    """Its holder gone (crashed in this process: judged so, as a dead process
+    is), the session is one the copy continues, and the copy is not held."""
+    import flowledger.testing as flt
+    from flowledger.engine.engine import copy_store_report
+
+    source = f"sqlite:///{tmp_path / 'crashed.db'}"
+    engine = fl.Engine(source)
+    engine.register(ledger_workflow(items=["a"]),
+                    tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+    with flt.crash_at(engine, "before_call"):
+        engine.run_session("wf")
+    report = copy_store_report(source, f"sqlite:///{tmp_path / 'copy.db'}")
+    assert report.open_sessions == ("wf",) and report.still_held == ()

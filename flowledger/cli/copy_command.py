@@ -78,7 +78,9 @@ def copy(
                     report = copy_store_report(source, target, noted(progress),
                                                source_key=source_key, target_key=target_key)
     except KeyboardInterrupt:
-        where = (f"with {seen[0]:,} of about {seen[1]:,} events in" if seen[0] < seen[1]
+        # At least: a batch may have gone in as the signal came, before it was told.
+        where = (f"with at least {seen[0]:,} of about {seen[1]:,} events in"
+                 if seen[0] < seen[1]
                  else "once its events were in" if seen[1]
                  else "before this run copied any event")
         print_error(f"the copy into {shown(target)} was interrupted {where}. Run the same "

@@ -138,7 +138,10 @@ def _start(source: EventLog, target: EventLog, total: int) -> tuple[int, int, bo
             "into it has not finished (it is under way, or it stopped). Let it finish, or "
             f"run it again to go on where it stopped; copy {shown!r} into a new, empty store")
     with dst.reading() as c:  # one snapshot: the count and the last event agree
-        return *_prefix_or_refuse(source, target, c), False
+        held, after = _prefix_or_refuse(source, target, c)
+        if held:
+            _at_the_source_s_positions(source, target, c, after)
+        return held, after, False
 
 
 def _whole_or_refuse(source: EventLog, target: EventLog, c: Any, recorded: dict[str, str],
@@ -198,6 +201,20 @@ def _prefix_of(source: EventLog, target: EventLog, c: Any, count: int | None = N
                                                               int(last[0][1])):
         return None
     return count, int(there[0][0])
+
+
+def _at_the_source_s_positions(source: EventLog, target: EventLog, c: Any, after: int) -> None:
+    """A copy goes on only where the target's events stand at the source's
+    positions: one begun by a release that numbered them afresh would go on
+    above (or into) positions those took."""
+    dst = target.flow_recorder
+    held = dst.max_position(c)
+    if held != after:
+        raise ConfigurationError(
+            f"cannot go on with the copy into {target.config.shown!r}: it was begun by an "
+            f"earlier flowledger release, which numbered its events afresh (its last is at "
+            f"position {held:,}, where {source.config.shown!r} has it at {after:,}). Nothing "
+            "more was copied; delete it and copy into a new, empty store")
 
 
 def _same_source(source: EventLog, named: str | None, named_id: str | None) -> bool:

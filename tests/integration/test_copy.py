@@ -8,7 +8,9 @@ already holds events is refused and left as it was.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +61,10 @@ def test_a_copied_log_answers_the_same(tmp_path: Path, ledger: ExternalLedger,
         assert after.projections.lag() == 0
 
 
-@pytest.mark.postgres
-def test_a_copy_keeps_each_event_at_its_source_s_position(tmp_path: Path, ledger: ExternalLedger,
-                                                          store: str) -> None:
-    """PostgreSQL's positions skip the numbers of appends rolled back (and a
-    copy's own batch stopped midway skipped a thousand): the copy numbered
-    its events afresh, so `timeline`, `audit`, `at P` and `log --after` named
-    other events on the two stores. Each event now keeps its position."""
+@contextlib.contextmanager
+def _source_with_gaps(ledger: ExternalLedger) -> Iterator[str]:
+    """A PostgreSQL store whose positions skip numbers, as appends rolled back
+    leave them: five after its first session's 40-odd events, five at its end."""
     import psycopg
 
     with postgres.fresh_schema() as source:
@@ -78,6 +77,19 @@ def test_a_copy_keeps_each_event_at_its_source_s_position(tmp_path: Path, ledger
             with psycopg.connect(source.split("?")[0]) as conn:  # appends rolled back
                 conn.execute("SELECT nextval(pg_get_serial_sequence(%s, 'notification_id')) "
                              "FROM generate_series(1, 5)", (f"{schema}.stored_events",))
+        yield source
+
+
+@pytest.mark.postgres
+def test_a_copy_keeps_each_event_at_its_source_s_position(
+        tmp_path: Path, ledger: ExternalLedger, store: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL's positions skip the numbers of appends rolled back (and a
+    copy's own batch stopped midway skipped a thousand): the copy numbered
+    its events afresh, so `timeline`, `audit`, `at P` and `log --after` named
+    other events on the two stores. Each event now keeps its position, and
+    the copy's sequence stands past the last (an engine found it behind)."""
+    with _source_with_gaps(ledger) as source:
         with fl.Engine(source) as before:
             logged = [(e.position, e.stream_id, e.version, e.name) for e in before.events()]
         assert [p for p, *_ in logged] != list(range(1, len(logged) + 1))  # it skips some
@@ -90,6 +102,43 @@ def test_a_copy_keeps_each_event_at_its_source_s_position(tmp_path: Path, ledger
                        tools=[ScriptedLedgerTool(ledger)])
         after.run_session("wf-d")  # appends go on past the copied positions
         assert min(e.position for e in after.events(after=last)) == last + 1
+    assert "was behind the log's head" not in caplog.text
+
+
+@pytest.mark.postgres
+def test_a_copy_an_earlier_release_began_is_not_gone_on_with_at_other_positions(
+        tmp_path: Path, ledger: ExternalLedger, store: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy begun, and stopped, by a release that numbered events afresh
+    holds them at other positions than its source's: going on would put the
+    rest above them (or into them: a unique key refused every try). It is
+    refused, saying so and what to do."""
+    import flowledger.infrastructure.copying as copying
+
+    with _source_with_gaps(ledger) as source:
+        monkeypatch.setattr(copying, "BATCH", 60)  # the first batch holds the first gap
+
+        class EarlierRelease(KeyboardInterrupt):
+            pass
+
+        def stop(done: int, total: int) -> None:
+            if done:
+                raise EarlierRelease
+
+        from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
+        from flowledger.infrastructure.sqlite_recorder import FlowSQLiteRecorder
+
+        recorder = FlowSQLiteRecorder if store.startswith("sqlite") else FlowPostgresRecorder
+        with monkeypatch.context() as earlier:  # placed as an earlier release did
+            earlier.setattr(recorder, "place_rows", lambda self, placed: self.append_rows(
+                [row for _, row in placed], [], sync=False), raising=True)
+            with pytest.raises(EarlierRelease):
+                fl.copy_store(source, store, stop)
+        with pytest.raises(fl.ConfigurationError, match=(
+                r"it was begun by an earlier flowledger release, which numbered its events "
+                r"afresh \(its last is at position 60, where .* has it at 65\)\. Nothing more "
+                r"was copied; delete it and copy into a new, empty store")):
+            fl.copy_store(source, store)
 
 
 def test_a_store_named_two_ways_is_not_copied_into_itself(tmp_path: Path,

@@ -12,6 +12,7 @@ from tests.helpers import release_together
 
 RACER = textwrap.dedent("""
     import sys, time, json
+    from pathlib import Path
     import flowledger as fl
     wf = fl.Workflow("race", topics=["t"])
 
@@ -22,7 +23,12 @@ RACER = textwrap.dedent("""
 
     @wf.producer(publishes=["t"])
     def slow(ctx, state):
-        time.sleep(float(sys.argv[2]))
+        if len(sys.argv) > 2:  # hold the session until the test opens the gate
+            gate = Path(sys.argv[2])
+            print("holding", flush=True)
+            deadline = time.monotonic() + 60
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     engine = fl.Engine(sys.argv[1])
     engine.register(wf)
@@ -31,29 +37,20 @@ RACER = textwrap.dedent("""
 
 
 def test_two_processes_race_for_one_workflow_and_one_gets_busy(tmp_path: Path, store: str):
-    script = tmp_path / "racer.py"
+    script, gate = tmp_path / "racer.py", tmp_path / "gate"
     script.write_text(RACER)
-    slow = subprocess.Popen([sys.executable, str(script), store, "2.0"],
+    slow = subprocess.Popen([sys.executable, str(script), store, str(gate)],
                             stdout=subprocess.PIPE, text=True)
-    # Wait until the slow process has opened its session, then try a second one.
-    import time
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        engine = fl.Engine(store)
-        try:
-            if engine.status().open_sessions:
-                break
-        except Exception:
-            pass
-        finally:
-            engine.close()
-        time.sleep(0.05)
-    fast = subprocess.run([sys.executable, str(script), store, "0"], capture_output=True,
-                          text=True, timeout=60)
+    try:
+        # Its producer runs inside its session, and holds it until the gate opens.
+        assert slow.stdout is not None and slow.stdout.readline().strip() == "holding"
+        fast = subprocess.run([sys.executable, str(script), store], capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        gate.touch()
     out, _ = slow.communicate(timeout=60)
     assert fast.stdout.strip() == '"busy"', fast.stderr
-    assert out.strip() == '"completed"'
+    assert out.strip().splitlines()[-1] == '"completed"'
 
 
 STARTER = textwrap.dedent("""

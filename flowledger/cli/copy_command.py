@@ -8,14 +8,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from flowledger.cli.exits import EXIT_INTERRUPTED, EXIT_NOT_DONE, CommandError
 from flowledger.cli.render import err, print_error, print_json, say
 from flowledger.cli.views import progress_bar
-from flowledger.engine.engine import copy_store_report
+from flowledger.engine.engine import CopyReport, copy_store_report
 from flowledger.infrastructure.encryption import KEY_ENV, decode_key
 from flowledger.infrastructure.store_url import shown
 
@@ -97,65 +97,65 @@ def copy(
             print_json({"events": copied, "written": report.written,
                         "seconds": round(seconds, 3), "to": shown(target),
                         "open_sessions": list(held), "still_held": list(report.still_held)})
-            if report.still_held:
-                raise typer.Exit(EXIT_NOT_DONE)
-            return
-        if copied and not report.written:
-            say(f"{shown(target)} holds this copy already, whole: its {copied:,} events (no event "
-                "was written now), its projections caught up.")
         else:
-            say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
-                f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections. "
-                "Its chain is its own: anchor its head anew (`verify` on it prints it); the "
-                "source's no longer applies.")
-        running = report.still_held
-        if running:
-            err.print(f"note: sessions of {', '.join(running)} are held in the source by "
-                      "processes that still run: their work from now on goes to the source "
-                      "alone, and the two logs go apart. Stop them (their sessions then close "
-                      "or are left as a crash leaves them), then copy again into a new store.",
-                      soft_wrap=True, markup=False, highlight=False)
-        left = [name for name in held if name not in running]
-        if left:
-            err.print(f"note: sessions were open in the source ({', '.join(left)}), and are open "
-                      "in the copy as the source had them; their holders run no more (or "
-                      "on another host, which this cannot tell): a run or recover on the copy "
-                      "continues their sessions.", soft_wrap=True, markup=False, highlight=False)
-        if running:
-            raise typer.Exit(EXIT_NOT_DONE)
+            _say_copied(report, target, seconds, sealed)
+    if report.still_held:
+        raise typer.Exit(EXIT_NOT_DONE)
 
 
-@contextlib.contextmanager
-def _terminated_as_interrupted(came: list[int]) -> Iterator[None]:
+def _say_copied(report: CopyReport, target: str, seconds: float, sealed: str | None) -> None:
+    """What the copy made, and the sessions open in it, for a person."""
+    copied, held = report.events, report.open_sessions
+    if copied and not report.written:
+        say(f"{shown(target)} holds this copy already, whole: its {copied:,} events (no event "
+            "was written now), its projections caught up.")
+    else:
+        say(f"Verified the source's chain, copied {copied:,} events to {shown(target)} in "
+            f"{seconds:.2f} s{f' ({sealed})' if sealed else ''} and rebuilt its projections. "
+            "Its chain is its own: anchor its head anew (`verify` on it prints it); the "
+            "source's no longer applies.")
+    running = report.still_held
+    if running:
+        err.print(f"note: sessions of {', '.join(running)} are held in the source by "
+                  "processes that still run: their work from now on goes to the source "
+                  "alone, and the two logs go apart. Stop them (their sessions then close "
+                  "or are left as a crash leaves them), then copy again into a new store.",
+                  soft_wrap=True, markup=False, highlight=False)
+    left = [name for name in held if name not in running]
+    if left:
+        err.print(f"note: sessions were open in the source ({', '.join(left)}), and are open "
+                  "in the copy as the source had them; their holders run no more (or "
+                  "on another host, which this cannot tell): a run or recover on the copy "
+                  "continues their sessions.", soft_wrap=True, markup=False, highlight=False)
+
+
+def _terminated_as_interrupted(came: list[int]) -> contextlib.AbstractContextManager[None]:
     """SIGTERM stops the copy as Ctrl-C does (a KeyboardInterrupt where it is,
     the copy resumable), where it killed the process without a word; `came`
-    is given the signal once it came. Set from the main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
+    is given the signal once it came."""
     def interrupt(signum: int, frame: object) -> None:
         came.append(signum)
         raise KeyboardInterrupt
 
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        if before is not None:
-            signal.signal(signal.SIGTERM, before)
+    return _handling(signal.SIGTERM, interrupt)
+
+
+def _not_interrupted() -> contextlib.AbstractContextManager[None]:
+    """SIGINT ignored meanwhile: the copy is whole, a Ctrl-C would only cut its
+    report short."""
+    return _handling(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
-def _not_interrupted() -> Iterator[None]:
-    """SIGINT ignored meanwhile (from the main thread, where signals are set),
-    then as it was."""
+def _handling(signum: int, handler: Any) -> Iterator[None]:
+    """`handler` for `signum` meanwhile (from the main thread, where signals
+    are set; elsewhere nothing changes), then as it was."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = signal.signal(signum, handler)
     try:
         yield
     finally:
         if before is not None:  # None: set outside Python, and not to be set back from it
-            signal.signal(signal.SIGINT, before)
+            signal.signal(signum, before)

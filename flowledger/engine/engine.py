@@ -65,7 +65,7 @@ from flowledger.engine.streams import Streams
 from flowledger.engine.verification import Verification, verify_log
 from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
-from flowledger.infrastructure.store import LogWentBack, stored_after
+from flowledger.infrastructure.store import LogStore, LogWentBack, stored_after
 from flowledger.infrastructure.store_failures import (
     from_the_store,
     opening_failed,
@@ -129,6 +129,16 @@ def _host_says(owner: str | None) -> bool | None:
     except PermissionError:
         return True
     return not _exited(pid)
+
+
+def holder_state(store: LogStore, owner: str | None, patient: bool = False) -> bool | None:
+    """What is known of a lock holder (a session's, a worker's) in `store`:
+    True while it runs, False when provably gone, None when neither the store
+    nor this host can tell. The store may know (ADR 0017); no second look to
+    wait for where the host knows it gone."""
+    host = _host_says(owner)
+    said = store.holder_alive(owner, patient and host is not False)
+    return host if said is None else said
 
 
 def _exited(pid: int) -> bool:
@@ -713,13 +723,8 @@ class Engine:
             self.log.flow_recorder.holder_alive(owner)
 
     def _holder_state(self, owner: str | None, patient: bool = False) -> bool | None:
-        """What is known of a lock holder (a session's, a worker's): True while it
-        runs, False when provably gone, None when neither the store nor this host
-        can tell. The store may know (ADR 0017); no second look to wait for
-        where the host knows it gone."""
-        host = _host_says(owner)
-        store = self.log.flow_recorder.holder_alive(owner, patient and host is not False)
-        return host if store is None else store
+        """What is known of a lock holder (a session's, a worker's): `holder_state`."""
+        return holder_state(self.log.flow_recorder, owner, patient)
 
     def _holder_alive(self, owner: str | None, patient: bool = False) -> bool:
         """Whether a session's holder may still be running (False only when provably dead)."""
@@ -949,11 +954,10 @@ def copy_store_report(source: str, target: str,
         with Engine(target, cipher_key=to.cipher_key or "", chain_key=chain_key) as made:
             held = sorted({s.workflow for s in made.sessions(status="open", limit=None)})
             owners = {name: made.workflow(name).session_owner for name in held}
-        # Known to run (by the source's store, else by this host, as an engine
-        # judges a holder): its later work goes to the source alone.
-        said = {name: src.flow_recorder.holder_alive(owner) for name, owner in owners.items()}
+        # Known to run, as an engine judges a holder: its later work goes to
+        # the source alone.
         running = tuple(name for name, owner in owners.items()
-                        if (_host_says(owner) if said[name] is None else said[name]))
+                        if holder_state(src.flow_recorder, owner) is True)
     finally:
         src.close()
     return CopyReport(copied, to.cipher_key is not None, tuple(held), written, running)

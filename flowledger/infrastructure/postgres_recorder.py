@@ -212,6 +212,13 @@ def _in_statements(rows: Sequence[Any]) -> list[Sequence[Any]]:
     return [rows[i:i + _ROWS_PER_INSERT] for i in range(0, len(rows), _ROWS_PER_INSERT)]
 
 
+def _add_links(c: PgBatch, links: Sequence[Link]) -> None:
+    """Queue the tamper-evident chain's links (ADR 0023), a multi-row INSERT a part."""
+    for part in _in_statements(links):
+        c.add(f"INSERT INTO {CHAIN_TABLE} VALUES " + _values("(%s, %s, %s::bytea)", part)[0],
+              [v for link in part for v in link])
+
+
 def _values(template: str, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
     """A multi-row VALUES list for `rows` (each row as `template`) and its parameters."""
     return ", ".join([template] * len(rows)), [v for row in rows for v in row]
@@ -1162,11 +1169,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 c.add(f"INSERT INTO {self.events_table_name} (notification_id, originator_id, "
                       f"originator_version, topic, state) VALUES {values}", params)
             if head is not None and self.chain is not None:
-                for part in _in_statements(self.chain.links(
-                        head_of(head.fetchall()), positions, rows)):
-                    c.add(f"INSERT INTO {CHAIN_TABLE} VALUES "
-                          + _values("(%s, %s, %s::bytea)", part)[0],
-                          [v for link in part for v in link])
+                _add_links(c, self.chain.links(head_of(head.fetchall()), positions, rows))
             # Positions given bypass the sequence: it is kept past them.
             c.add("SELECT setval(%s, %s)", [self._sequence, positions[-1]])
         self._forecast.forget()  # its head is not where it was
@@ -1383,10 +1386,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                         self._went_back(self._last_appended[0], head[0])  # rolled back too
                 if self.chain is not None and not forecast:  # a forecast's went with it
                     links = self.chain.links(head, positions, rows)
-                    for part in _in_statements(links):
-                        c.add(f"INSERT INTO {CHAIN_TABLE} VALUES "
-                              + _values("(%s, %s, %s::bytea)", part)[0],
-                              [v for link in part for v in link])
+                    _add_links(c, links)
                 for snapshot in snapshots:
                     c.add(f"INSERT INTO {self.snapshot_table_name} VALUES "
                           "(%s::uuid, %s, %s, %s::bytea) ON CONFLICT DO NOTHING", snapshot)

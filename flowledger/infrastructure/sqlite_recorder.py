@@ -358,9 +358,7 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                 c.executemany(f"INSERT OR IGNORE INTO {self.snapshot_table_name} "
                               "VALUES (?, ?, ?, ?)", snapshots)
             try:
-                if self.chain is not None:  # the tamper-evident links (ADR 0023)
-                    head = head_of(c.execute(HEAD_SQL).fetchall())
-                    c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
+                self._link(c, positions, rows)
                 if self.after_insert is not None:
                     self.after_insert(c, appended, positions, hold, fence)
                 read = [c.execute(r.sql, r.params).fetchall() for r in read_after]
@@ -381,10 +379,13 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
                               [(position, *row) for position, row in placed])
             except sqlite3.IntegrityError as e:
                 raise IntegrityError(e) from e
-            if self.chain is not None:
-                head = head_of(c.execute(HEAD_SQL).fetchall())
-                c.executemany(INSERT_SQL, self.chain.links(
-                    head, [p for p, _ in placed], [row for _, row in placed]))
+            self._link(c, [p for p, _ in placed], [row for _, row in placed])
+
+    def _link(self, c: sqlite3.Cursor, positions: Sequence[int], rows: Sequence[Row]) -> None:
+        """The tamper-evident chain's links of events just inserted (ADR 0023)."""
+        if self.chain is not None:
+            head = head_of(c.execute(HEAD_SQL).fetchall())
+            c.executemany(INSERT_SQL, self.chain.links(head, positions, rows))
 
     @property
     def _insert_sql(self) -> str:

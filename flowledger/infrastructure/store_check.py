@@ -153,9 +153,9 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
         raise ConfigurationError(
             f"cannot open store {config.shown!r}: PostgreSQL needs the postgres extra "
             "(pip install 'flowledger[postgres]'); see the README") from None
-    env = config.env
+    env, conninfo = config.env, config.libpq()
     try:
-        conn = psycopg.connect(**config.libpq())
+        conn = psycopg.connect(**conninfo)
     except psycopg.Error as e:  # OperationalError; a bad parameter value: ProgrammingError
         said = one_line(e)
         where = _where(config)
@@ -186,7 +186,7 @@ def check_postgres_server(config: StoreConfig, create: bool = True) -> None:
             todo = ("the server's pg_hba.conf does not let this user connect to this database "
                     "from here (or with this TLS setting): have its administrator add an "
                     "entry, or connect as one it lets in")
-        elif not cannot_connect_now(str(e), config.libpq()):  # the server refused
+        elif not cannot_connect_now(str(e), conninfo):  # the server refused
             todo = "check the URL against what the server says"
         else:
             todo = _unreachable(said, where)
@@ -361,8 +361,7 @@ _ANSWERED_FROM = re.compile(
     r'connection to server (?:at "(?P<host>[^"]*)"(?: \((?P<addr>[^)]*)\))?, port (?P<port>\d+)'
     r'|on socket "(?P<socket>[^"]*)") failed: [^\s:]+:  ')
 # Not for a ping: it asks one server whether it takes connections, as nobody.
-_NOT_PINGED = ("password", "passfile", "target_session_attrs", "load_balance_hosts",
-               "host", "hostaddr", "port")
+_NOT_PINGED = ("password", "passfile", "target_session_attrs", "load_balance_hosts")
 PING_TIMEOUT_S = 2
 
 
@@ -376,7 +375,7 @@ def cannot_connect_now(said: str, conninfo: dict[str, Any]) -> bool:
     a server that answered in other words is asked again, without words, by
     libpq's ping: it rejects connections while it starts, stops or recovers,
     and takes them (it refused ours) otherwise."""
-    if any(words in " ".join(said.split()) for words in _UNAVAILABLE):
+    if any(words in one_line(said) for words in _UNAVAILABLE):
         return True
     if not _A_SERVER_ANSWERED.search(said):
         return True
@@ -394,15 +393,15 @@ def _takes_connections(said: str, conninfo: dict[str, Any]) -> bool:
 
     ping = {k: v for k, v in conninfo.items() if k not in _NOT_PINGED}
     answered = _ANSWERED_FROM.search(said)
-    if answered is None:
-        ping.update({k: conninfo[k] for k in ("host", "hostaddr", "port") if k in conninfo})
-    elif answered["socket"]:
-        folder, _, number = answered["socket"].rpartition("/.s.PGSQL.")
-        ping.update(host=folder, port=number)
-    else:
-        ping.update(host=answered["host"], port=answered["port"])
-        if answered["addr"]:
-            ping["hostaddr"] = answered["addr"]
+    if answered is not None:  # that host alone
+        ping.pop("hostaddr", None)
+        if answered["socket"]:
+            folder, _, number = answered["socket"].rpartition("/.s.PGSQL.")
+            ping.update(host=folder, port=number)
+        else:
+            ping.update(host=answered["host"], port=answered["port"])
+            if answered["addr"]:
+                ping["hostaddr"] = answered["addr"]
     # No password file either: a path under the null device cannot exist.
     ping.update(password="", passfile=os.path.join(os.devnull, "none"),
                 connect_timeout=PING_TIMEOUT_S)

@@ -57,6 +57,7 @@ from flowledger.engine.faults import SimulatedCrash, declared_dead, from_environ
 from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.policy import RetryPolicy
+from flowledger.engine.publish_guess import PublishGuesses
 from flowledger.engine.recovery_progress import RecoveryCount
 from flowledger.engine.replay import ReplayReport, replay_run
 from flowledger.engine.secret_resolution import SecretProvider, SecretResolver
@@ -206,6 +207,8 @@ class Engine:
                 f"cannot open store {shown(store)!r}: {one_line(describe(e))}") from e
         self._registered: dict[str, Registration] = {}
         self._left: set[UUID] = set()  # sessions stopped whose lease could not be ended
+        # Per workflow: whether its consumers' commits take their messages for new.
+        self._guesses: dict[UUID, PublishGuesses] = {}
         self.heartbeat = Heartbeat(min(1.0, self.policy.lease_seconds / 4))
 
     def _refuse_acting(self, what: str, align_lease: bool = False) -> None:
@@ -335,11 +338,13 @@ class Engine:
 
     def _scope_factory(self, reg: Registration, checkpoint: Callable[[str], None] | None = None
                        ) -> Callable[[Streams, Workflow, Session], SessionScope]:
+        guesses = self._guesses.setdefault(reg.workflow_id, PublishGuesses())
+
         def make(streams: Streams, wf: Workflow, session: Session) -> SessionScope:
             return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
                                 self.limits, self.policy, checkpoint or self.checkpoint,
                                 self.projections.pending_hints, self.heartbeat, self.lease,
-                                self.secrets)
+                                self.secrets, guesses)
 
         return make
 

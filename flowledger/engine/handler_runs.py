@@ -83,6 +83,7 @@ from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.pending_window import MessageChange, PendingWindow
 from flowledger.engine.policy import RetryPolicy
 from flowledger.engine.prepared_check import CheckedPrepared, check_prepared
+from flowledger.engine.publish_guess import PublishGuesses
 from flowledger.engine.secret_resolution import SecretResolver, scrub
 from flowledger.engine.store_errors import StoreFailedForHandler, read_for_handler
 from flowledger.engine.streams import Streams
@@ -152,6 +153,8 @@ class SessionScope:
     heartbeat: Heartbeat | None = None
     lease: LeaseClock | None = None  # leases are in the store's time (DESIGN §7)
     secrets: SecretResolver = field(default_factory=SecretResolver)  # DESIGN §9
+    # Whether a consumer's commit may take its messages for new (publish_guess.py).
+    guesses: PublishGuesses = field(default_factory=PublishGuesses)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -661,18 +664,24 @@ class RunDriver:
                  caused_by: list[UUID] | None) -> None:
         """The streams the commit looks for (each publish's, each input's) read
         in one go: a producer publishing many items asks once. A message whose
-        id this run made is new, and so is its implicit input: not asked for."""
+        id this run made is new, and so is its implicit input: not asked for.
+        A consumer's messages published by id are taken for new unless a guess
+        was wrong lately (publish_guess.py): the append checks."""
         wf = self._wf
         wanted = [input_id(wf, reg.source, reg.type, reg.external_id)
                   for reg in ctx.inputs.values()]
         fresh: list[UUID] = []
+        guessed: list[UUID] = []
+        by_id = (guessed if caused_by is not None and ctx.published
+                 and self.s.guesses.may_guess() else wanted)
         for p in ctx.published.values():
-            streams = fresh if p.fresh else wanted
+            streams = fresh if p.fresh else by_id
             streams.append(topic_event_id(wf, p.topic, p.message_id))
             implicit = self._implicit_input(run, p) if caused_by is None else None
             if implicit is not None:
                 streams.append(input_id(wf, *implicit))
         self.s.streams.absent(fresh)
+        self.s.streams.guess_absent(guessed, run.id)
         self.s.streams.preload(wanted)
 
     def _register_inputs(self, run: HandlerRun, ctx: HandlerContext) -> None:

@@ -23,6 +23,7 @@ from flowledger.domain.scheduling import ConsumerView, Decline, pick_consumer, r
 from flowledger.domain.session import Session, SessionOutcome, Trigger
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.handler_runs import RunDriver, RunResult, SessionScope
+from flowledger.engine.publish_guess import MessageNotNew
 from flowledger.engine.streams import Streams
 from flowledger.infrastructure.store import ReadAfter
 from flowledger.infrastructure.store_url import cli_command
@@ -173,6 +174,45 @@ class SessionRunner:
             request: SessionRequest, opening: OpeningReads | None = None) -> SessionResult:
         """Work the session to its end and close it (one append). `opening`: what
         the append that opened it read (None: a session taken over reads afresh)."""
+        runs: list[RunResult] = []
+        guessed_wrong: set[UUID] = set()
+        owner = wf.session_owner  # this engine's, until someone takes the session over
+        while True:
+            try:
+                return self._run(streams, wf, session, request, opening, runs)
+            except MessageNotNew as wrong:
+                if wrong.run_id in guessed_wrong:  # its commit looked its messages up
+                    raise wrong.error from None
+                guessed_wrong.add(wrong.run_id)
+                # Nothing of that run's commit was stored, nor anything after it:
+                # the session goes on as the log has it, that run's `next` first.
+                runs[:] = [r for r in runs if r.run_id != wrong.run_id]
+                streams, wf, session, opening = self._read_back(streams, wf, session, owner,
+                                                                wrong)
+
+    def _read_back(self, old: Streams, wf: Workflow, session: Session, owner: str | None,
+                   wrong: MessageNotNew) -> tuple[Streams, Workflow, Session, OpeningReads]:
+        """The session as the log has it, after a commit that took a message for
+        new which was not (publish_guess.py): still this session's (else the
+        append's refusal is raised: it was taken over), its lease renewed in an
+        append that reads what the session reads first."""
+        scope = self.make_scope(old, wf, session)
+        scope.guesses.missed()
+        streams = Streams(old.log)
+        now_wf: Workflow | None = streams.log.load(wf.id)
+        now_session: Session | None = streams.log.load(session.id)
+        if (now_wf is None or now_session is None or now_wf.open_session != session.id
+                or now_wf.session_owner != owner):
+            raise wrong.error
+        streams.pin(now_session)
+        streams.fence_on(now_wf)
+        now_wf.renew_lease(scope.now(), scope.policy.lease_until(scope.lease_now()))
+        opening = OpeningReads(now_wf.id)
+        streams.append(read_after=opening.asked)
+        return streams, now_wf, now_session, opening
+
+    def _run(self, streams: Streams, wf: Workflow, session: Session, request: SessionRequest,
+             opening: OpeningReads | None, runs: list[RunResult]) -> SessionResult:
         scope = self.make_scope(streams, wf, session)
         driver = RunDriver(scope)
         if opening is not None:
@@ -180,7 +220,6 @@ class SessionRunner:
             # Kept from now on, and kept up to date by this session's own folds.
             scope.pending_hints(self.reg.workflow_id, False,
                                 pending_work.backlog_and_wakeups_found(opening.hints.rows))
-        runs: list[RunResult] = []
         cleared = wf.status == WorkflowStatus.ACTIVE
         blocked = self._blocked_reason(wf, scope.now())
         if blocked is not None:

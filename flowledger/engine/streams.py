@@ -14,11 +14,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import IntegrityError
+
 from flowledger.domain.aggregate import EventSourcedAggregate
 from flowledger.domain.errors import ConcurrencyError, StoreError
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.pending_window import MessageChange
+from flowledger.engine.publish_guess import MessageNotNew
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import Fence
 from flowledger.infrastructure.store import ReadAfter, StreamEvents
@@ -49,8 +52,13 @@ class Streams:
         # Told, after each append, what it did to topic messages (the session's
         # window of pending messages keeps to it: engine/pending_window.py).
         self.on_messages_changed: Callable[[list[MessageChange]], None] | None = None
-        # How an append whose answer was read later failed (`_answered`).
+        # How an append whose answer was read later failed (`_answered`), and
+        # the run whose commit guessed its messages new, if that one did.
         self._failed_later: BaseException | None = None
+        self._failed_guess: UUID | None = None
+        # Message streams a commit took for new without looking (publish_guess.py):
+        # stream id -> the run whose commit guessed.
+        self._guessed: dict[UUID, UUID] = {}
 
     def get(self, aggregate_id: UUID, *, short: bool = False) -> Any | None:
         """`short`: see EventLog.load."""
@@ -85,6 +93,15 @@ class Streams:
         finds their absence in memory, without asking the store."""
         for stream_id in stream_ids:
             self._cache.setdefault(stream_id, None)
+
+    def guess_absent(self, stream_ids: Iterable[UUID], run_id: UUID) -> None:
+        """Streams taken for new without asking the store (messages a consumer's
+        commit publishes by id): if one is in the log after all, the append
+        that begins it fails whole and raises `MessageNotNew` for `run_id`."""
+        for stream_id in stream_ids:
+            if stream_id not in self._cache and stream_id not in self._ahead:
+                self._cache[stream_id] = None
+                self._guessed[stream_id] = run_id
 
     def read_ahead(self, events: dict[UUID, StreamEvents]) -> None:
         """Short streams' events (version, topic, stored state) read with another
@@ -128,11 +145,11 @@ class Streams:
         with self.lock:
             return self._append(sync, hold, read_after, later)
 
-    def _answered(self, result: int | BaseException) -> None:
+    def _answered(self, result: int | BaseException, guess: UUID | None = None) -> None:
         """An append sent earlier, answered (possibly from another thread that
         read the store first): only noted here, acted on by `_settled`."""
         if isinstance(result, BaseException):
-            self._failed_later = result
+            self._failed_later, self._failed_guess = result, guess
         elif result > self.position:
             self.position = result
 
@@ -147,7 +164,8 @@ class Streams:
         if self.broken is None:
             self._break(failed)
         if here:
-            self._failed_later = None
+            guess, self._failed_later, self._failed_guess = self._failed_guess, None, None
+            _raise_guess_wrong(failed, guess)
             raise failed
 
     def _break(self, e: BaseException) -> None:
@@ -227,13 +245,19 @@ class Streams:
         wf = self.fenced_on
         fence = Fence(wf.id, wf.version) if wf is not None else None
         changes = _message_changes(pending) if self.on_messages_changed is not None else []
+        guessed, self._guessed = self._guessed, {}
+        guess = next((guessed[a.id] for a in pending if a.id in guessed), None)
+        answered: Callable[[int | BaseException], None] | None = None
+        if later:
+            answered = (self._answered if guess is None
+                        else lambda result: self._answered(result, guess))
         try:
             position = self.log.append(*pending, fence=fence, sync=sync, hold=hold,
-                                       read_after=read_after,
-                                       answered=self._answered if later else None)
+                                       read_after=read_after, answered=answered)
         except BaseException as e:
             # The events were taken off the aggregates but not stored.
             self._break(e)
+            _raise_guess_wrong(e, guess)
             raise
         self._touched.clear()
         if position:
@@ -245,6 +269,14 @@ class Streams:
     def message_changes(self) -> list[MessageChange]:
         """What the next append would do to topic messages, as things stand."""
         return _message_changes({**self._touched, **self._pinned}.values())
+
+
+def _raise_guess_wrong(error: BaseException, guess: UUID | None) -> None:
+    """An append that guessed its messages new, refused on a stream's unique
+    version (or, fenced, said as a lost lock: the session reads the log back
+    and finds out which), is `MessageNotNew`."""
+    if guess is not None and isinstance(error.__cause__, IntegrityError):
+        raise MessageNotNew(guess, error) from error
 
 
 def _message_changes(aggregates: Iterable[EventSourcedAggregate]) -> list[MessageChange]:

@@ -1,0 +1,247 @@
+"""A consumer's commit takes the messages it publishes by id for new, and the
+log's unique stream versions check it (engine/publish_guess.py, ADR 0032).
+
+A message already in the log fails the whole commit, nothing of it stored; the
+session reads itself back from the log and runs that run's `next` again, its
+messages looked up, so the message is replaced as it always was. On a server
+the commit's answer is read later, so the failure is found at the next run's
+first append: that run, of which nothing was stored, prepares again. Every
+tool call is still made once, and the log, its projections and the session's
+result are what looking the messages up would have given.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flowledger as fl
+from flowledger.domain.ids import topic_event_id, workflow_id
+from flowledger.engine.publish_guess import PublishGuesses
+from flowledger.infrastructure.codec import unpack
+from flowledger.testing import assert_projections_rebuild_equal
+from tests import postgres
+
+
+class Counted(fl.Tool):
+    """Counts every call of its mutator, by key."""
+
+    name = "ledger"
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    @fl.mutator(reconcile="find")
+    def book(self, key: str) -> str:
+        self.calls[key] += 1
+        return key
+
+    def find(self, key: str) -> fl.Reconciliation:
+        return fl.Reconciliation.applied(key) if self.calls[key] else fl.Reconciliation.failed()
+
+
+def _workflow(plan: dict[str, Any], seen: collections.Counter[str]) -> fl.Workflow:
+    """A producer publishes plan["batch"] to `in` (id, then where it goes and
+    what it says); Forward books each `in` message and publishes to `out` by
+    the id it names; Sink books each `out` message. `seen` counts the calls
+    of prepare and next, by step and message id; plan["on_next"], if set, is
+    run (once) in the next `next`."""
+    wf = fl.Workflow("wf", topics=["in", "out"])
+
+    @wf.producer(publishes=["in"])
+    def produce(ctx: Any, state: Any) -> None:
+        for message_id, to, value in plan["batch"]:
+            ctx.publish("in", message_id=message_id, payload={"to": to, "v": value})
+
+    @wf.consumer(subscribe=["in"], publishes=["out"])
+    class Forward:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            found = ctx.peek("in", limit=1)
+            if not found:
+                return None
+            m = found[0]
+            seen[f"prepare:{m.message_id}"] += 1
+            return fl.Prepared({"in": [m.message_id]}, data={"id": m.message_id, **m.payload})
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.ledger.book(f"in:{prepared.data['id']}")
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            seen[f"next:{prepared.data['id']}"] += 1
+            plan.pop("on_next", lambda: None)()
+            ctx.publish("out", message_id=prepared.data["to"], payload=prepared.data["v"])
+
+    @wf.consumer(subscribe=["out"])
+    class Sink:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            found = ctx.peek("out", limit=1)
+            if not found:
+                return None
+            return fl.Prepared({"out": [found[0].message_id]}, data=found[0].message_id)
+
+        def mutate(self, ctx: Any, prepared: fl.Prepared) -> None:
+            ctx.tools.ledger.book(f"out:{prepared.data}")
+
+    return wf
+
+
+def _messages(engine: fl.Engine, topic: str, ids: list[str]) -> dict[str, Any]:
+    """Each message as the log has it: its version, status and payload."""
+    found = {}
+    for message_id in ids:
+        m = engine.log.load(topic_event_id("wf", topic, message_id), short=True)
+        if m is not None:
+            found[message_id] = (m.version, m.status.value, unpack(m.payload))
+    return found
+
+
+def _engine(make_engine: Any, plan: dict[str, Any]) -> tuple[fl.Engine, Counted,
+                                                              collections.Counter[str]]:
+    engine, tool, seen = make_engine(), Counted(), collections.Counter[str]()
+    engine.register(_workflow(plan, seen), tools=[tool])
+    return engine, tool, seen
+
+
+def test_a_message_published_again_is_replaced_and_the_session_goes_on(make_engine: Any
+                                                                        ) -> None:
+    """`out/x` is in the log from an earlier session; the second session's first
+    Forward run publishes it again: its commit guessed it new, the log refused
+    it, and the session ran that `next` again and replaced the message."""
+    plan = {"batch": [("a", "x", 1)]}
+    engine, tool, seen = _engine(make_engine, plan)
+    first = engine.run_session("wf")
+    assert first.status == "completed", first.error
+    plan["batch"] = [("b", "x", 2), ("c", "y", 3)]
+
+    second = engine.run_session("wf")
+
+    assert second.status == "completed", second.error
+    handlers = collections.Counter(r.handler for r in second.runs)
+    assert handlers == {"produce": 1, "Forward": 2, "Sink": 1}  # x stays consumed
+    assert len({r.run_id for r in second.runs}) == 4 and all(r.committed for r in second.runs)
+    assert seen["next:b"] == 2 and seen["next:c"] == 1  # b's next ran again, once
+    assert tool.calls == {"in:a": 1, "in:b": 1, "in:c": 1, "out:x": 1, "out:y": 1}
+    # x was consumed in the first session: replaced (its fourth event), it stays so
+    assert _messages(engine, "out", ["x", "y"]) == {"x": (4, "consumed", 2),
+                                                    "y": (3, "consumed", 3)}
+    assert engine.verify().ok
+    assert_projections_rebuild_equal(engine)
+
+
+def test_after_a_wrong_guess_the_commits_that_follow_look_their_messages_up(
+        make_engine: Any) -> None:
+    """Every Forward run of the second session publishes an id already in the
+    log: only the first guessed (PublishGuesses.PAUSE commits look up after a
+    wrong guess), so only its `next` ran twice."""
+    plan = {"batch": [(f"a{k}", f"x{k}", k) for k in range(6)]}
+    engine, tool, seen = _engine(make_engine, plan)
+    assert engine.run_session("wf").status == "completed"
+    plan["batch"] = [(f"b{k}", f"x{k}", 10 + k) for k in range(6)]
+
+    second = engine.run_session("wf")
+
+    assert second.status == "completed", second.error
+    assert sum(v for k, v in seen.items() if k.startswith("next:b")) == 7
+    assert max(tool.calls.values()) == 1 and len(tool.calls) == 18
+    replaced = _messages(engine, "out", [f"x{k}" for k in range(6)])
+    assert replaced == {f"x{k}": (4, "consumed", 10 + k) for k in range(6)}
+    assert_projections_rebuild_equal(engine)
+
+
+def test_a_session_taken_over_while_its_commit_guessed_is_refused_as_before(
+        make_engine: Any) -> None:
+    """Another process takes the session over while `next` runs, and the commit
+    publishes a message already in the log: refused, the session reads the
+    log back, finds the session is no longer its own and stops with the
+    refusal the append made (a lost lock), storing nothing more."""
+    plan: dict[str, Any] = {"batch": [("a", "x", 1)]}
+    engine, tool, seen = _engine(make_engine, plan)
+    assert engine.run_session("wf").status == "completed"
+    other = make_engine()
+
+    def take_over() -> None:
+        wf = other.log.load(workflow_id("wf"))
+        assert wf is not None and wf.open_session is not None
+        wf.take_over_session(datetime(2030, 1, 1, tzinfo=UTC), "another-process",
+                             datetime(2030, 1, 2, tzinfo=UTC), holder_dead=True)
+        other.log.append(wf)
+
+    plan["batch"], plan["on_next"] = [("b", "x", 2)], take_over
+
+    with pytest.raises(fl.ConcurrencyError, match="lost its lock"):
+        engine.run_session("wf")
+
+    assert seen["next:b"] == 1
+    assert tool.calls == {"in:a": 1, "out:x": 1, "in:b": 1}
+    assert _messages(engine, "out", ["x"]) == {"x": (3, "consumed", 1)}  # not replaced
+    assert engine.verify().ok
+
+
+# ------------------------------------------------------------------ property
+
+@contextlib.contextmanager
+def _fresh_store(kind: str) -> Iterator[str]:
+    if kind == "postgresql":
+        with postgres.fresh_schema() as url:
+            yield url
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        yield f"sqlite:///{Path(folder) / 'flow.db'}"
+
+
+IN_IDS = [f"i{k}" for k in range(5)]
+OUT_IDS = [f"o{k}" for k in range(3)]
+SESSIONS = st.lists(
+    st.tuples(st.lists(st.tuples(st.sampled_from(IN_IDS), st.sampled_from(OUT_IDS),
+                                 st.integers(0, 3)), max_size=4),
+              st.integers(1, 6)),
+    min_size=1, max_size=6)
+
+
+def _play(store: str, sessions: list[tuple[list[tuple[str, str, int]], int]], guess: bool
+          ) -> tuple[dict[str, Any], collections.Counter[str], list[str]]:
+    plan: dict[str, Any] = {"batch": []}
+    tool, seen = Counted(), collections.Counter[str]()
+    engine = fl.Engine(store, clock=fl.ManualClock(), ids=fl.SeededIds(7))
+    try:
+        engine.register(_workflow(plan, seen), tools=[tool])
+        statuses = []
+        with (mock.patch.object(PublishGuesses, "PAUSE", 1) if guess else
+              mock.patch.object(PublishGuesses, "may_guess", lambda self: False)):
+            for batch, iterations in sessions:
+                plan["batch"] = batch
+                result = engine.run_session("wf", max_iterations=iterations)
+                statuses.append(f"{result.status}:{result.error}:{len(result.runs)}")
+        assert engine.verify().ok
+        assert_projections_rebuild_equal(engine)
+        state = {"in": _messages(engine, "in", IN_IDS), "out": _messages(engine, "out", OUT_IDS)}
+        return state, tool.calls, statuses
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sessions=SESSIONS)
+def test_guessing_changes_nothing_the_log_or_the_tools_see(
+        kind: str, sessions: list[tuple[list[tuple[str, str, int]], int]]) -> None:
+    """Sessions republishing ids from small pools, played once with guesses
+    (wrong ones, redone, every other commit) and once looking every message
+    up: the same messages, statuses and payloads, the same calls (each at most
+    once), the same session results; projections equal their rebuild."""
+    with _fresh_store(kind) as guessing, _fresh_store(kind) as looking:
+        guessed = _play(guessing, sessions, guess=True)
+        looked = _play(looking, sessions, guess=False)
+    assert guessed == looked
+    assert all(n == 1 for n in guessed[1].values()), guessed[1]

@@ -672,7 +672,8 @@ class RunDriver:
                   for reg in ctx.inputs.values()]
         fresh: list[UUID] = []
         guessed: list[UUID] = []
-        by_id = (guessed if caused_by is not None and ctx.published
+        by_id = (guessed if caused_by is not None
+                 and any(not p.fresh for p in ctx.published.values())
                  and self.s.guesses.may_guess() else wanted)
         for p in ctx.published.values():
             streams = fresh if p.fresh else by_id

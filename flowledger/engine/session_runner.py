@@ -175,11 +175,12 @@ class SessionRunner:
         """Work the session to its end and close it (one append). `opening`: what
         the append that opened it read (None: a session taken over reads afresh)."""
         runs: list[RunResult] = []
+        # Kept across a read-back, as `runs`: the log they were judged by stands.
+        declines: dict[str, Decline] = {}
         guessed_wrong: set[UUID] = set()
-        owner = wf.session_owner  # this engine's, until someone takes the session over
         while True:
             try:
-                return self._run(streams, wf, session, request, opening, runs)
+                return self._run(streams, wf, session, request, opening, runs, declines)
             except MessageNotNew as wrong:
                 if wrong.run_id in guessed_wrong:  # its commit looked its messages up
                     raise wrong.error from None
@@ -187,32 +188,35 @@ class SessionRunner:
                 # Nothing of that run's commit was stored, nor anything after it:
                 # the session goes on as the log has it, that run's `next` first.
                 runs[:] = [r for r in runs if r.run_id != wrong.run_id]
-                streams, wf, session, opening = self._read_back(streams, wf, session, owner,
-                                                                wrong)
+                streams, wf, session, opening = self._read_back(streams, wf, session, wrong)
 
-    def _read_back(self, old: Streams, wf: Workflow, session: Session, owner: str | None,
-                   wrong: MessageNotNew) -> tuple[Streams, Workflow, Session, OpeningReads]:
+    def _read_back(self, old: Streams, wf: Workflow, session: Session, wrong: MessageNotNew
+                   ) -> tuple[Streams, Workflow, Session, OpeningReads]:
         """The session as the log has it, after a commit that took a message for
-        new which was not (publish_guess.py): still this session's (else the
-        append's refusal is raised: it was taken over), its lease renewed in an
-        append that reads what the session reads first."""
-        scope = self.make_scope(old, wf, session)
-        scope.guesses.missed()
+        new which was not (publish_guess.py), its lease renewed in an append that
+        reads what the session reads first. If anyone else wrote its workflow
+        since its last append (a takeover, even by another thread of this
+        engine), or none of the messages guessed is in the log (the clash was
+        another's: ids that repeat), the append's refusal is raised, as before."""
+        self.make_scope(old, wf, session).guesses.missed()
         streams = Streams(old.log)
         now_wf: Workflow | None = streams.log.load(wf.id)
         now_session: Session | None = streams.log.load(session.id)
         if (now_wf is None or now_session is None or now_wf.open_session != session.id
-                or now_wf.session_owner != owner):
+                or now_wf.version != wrong.workflow_version
+                or not streams.log.load_short(wrong.streams)):
             raise wrong.error
         streams.pin(now_session)
         streams.fence_on(now_wf)
+        scope = self.make_scope(streams, now_wf, now_session)
         now_wf.renew_lease(scope.now(), scope.policy.lease_until(scope.lease_now()))
         opening = OpeningReads(now_wf.id)
         streams.append(read_after=opening.asked)
         return streams, now_wf, now_session, opening
 
     def _run(self, streams: Streams, wf: Workflow, session: Session, request: SessionRequest,
-             opening: OpeningReads | None, runs: list[RunResult]) -> SessionResult:
+             opening: OpeningReads | None, runs: list[RunResult],
+             declines: dict[str, Decline]) -> SessionResult:
         scope = self.make_scope(streams, wf, session)
         driver = RunDriver(scope)
         if opening is not None:
@@ -227,13 +231,13 @@ class SessionRunner:
             # paused or failed it was recorded, the close was not.
             outcome = (SessionOutcome.FAILED if wf.status == WorkflowStatus.ERROR
                        else SessionOutcome.SUSPENDED)
-            remaining = self._left(scope, {})
+            remaining = self._left(scope, declines)
             reason, budget = wf.reason, None
         else:
             if wf.status == WorkflowStatus.PAUSED:
                 wf.resume(scope.now(), "a retry or reconciliation fell due")
             outcome, reason, budget, remaining = self._work(scope, driver, request, runs,
-                                                            cleared, opening)
+                                                            declines, cleared, opening)
         now = scope.now()
         session.close(now, outcome, reason, budget, remaining)
         wf.close_session(now, session.id, outcome.value)
@@ -242,11 +246,11 @@ class SessionRunner:
                              reason, budget, tuple(runs))
 
     def _work(self, scope: SessionScope, driver: RunDriver, request: SessionRequest,
-              runs: list[RunResult], cleared: bool, opening: OpeningReads | None
+              runs: list[RunResult], declines: dict[str, Decline], cleared: bool,
+              opening: OpeningReads | None
               ) -> tuple[SessionOutcome, str | None, str | None, dict[str, dict[str, int]]]:
         """`opening`: the unfinished runs and the hints, as the session's opening
         append read them (None: read here)."""
-        declines: dict[str, Decline] = {}
         stopped = self._continue_unfinished(
             scope, driver, runs, cleared, opening.unfinished.rows if opening else None)
         if stopped is not None:

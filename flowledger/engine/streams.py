@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
@@ -53,9 +53,9 @@ class Streams:
         # window of pending messages keeps to it: engine/pending_window.py).
         self.on_messages_changed: Callable[[list[MessageChange]], None] | None = None
         # How an append whose answer was read later failed (`_answered`), and
-        # the run whose commit guessed its messages new, if that one did.
+        # what it guessed, if it took messages for new.
         self._failed_later: BaseException | None = None
-        self._failed_guess: UUID | None = None
+        self._failed_guess: _Guess | None = None
         # Message streams a commit took for new without looking (publish_guess.py):
         # stream id -> the run whose commit guessed.
         self._guessed: dict[UUID, UUID] = {}
@@ -145,7 +145,7 @@ class Streams:
         with self.lock:
             return self._append(sync, hold, read_after, later)
 
-    def _answered(self, result: int | BaseException, guess: UUID | None = None) -> None:
+    def _answered(self, result: int | BaseException, guess: _Guess | None = None) -> None:
         """An append sent earlier, answered (possibly from another thread that
         read the store first): only noted here, acted on by `_settled`."""
         if isinstance(result, BaseException):
@@ -245,8 +245,7 @@ class Streams:
         wf = self.fenced_on
         fence = Fence(wf.id, wf.version) if wf is not None else None
         changes = _message_changes(pending) if self.on_messages_changed is not None else []
-        guessed, self._guessed = self._guessed, {}
-        guess = next((guessed[a.id] for a in pending if a.id in guessed), None)
+        guess = self._guess(pending, wf)
         answered: Callable[[int | BaseException], None] | None = None
         if later:
             answered = (self._answered if guess is None
@@ -266,17 +265,39 @@ class Streams:
             self.on_messages_changed(changes)
         return self.position
 
+    def _guess(self, pending: list[EventSourcedAggregate], wf: Workflow | None
+               ) -> _Guess | None:
+        """What this append guessed (messages taken for new), if anything."""
+        if not self._guessed:
+            return None
+        guessed, self._guessed = self._guessed, {}
+        streams = [a.id for a in pending if a.id in guessed]
+        if not streams:
+            return None
+        stored = wf.version - len(wf._pending_events) if wf is not None else None
+        return _Guess(guessed[streams[0]], streams, stored)
+
     def message_changes(self) -> list[MessageChange]:
         """What the next append would do to topic messages, as things stand."""
         return _message_changes({**self._touched, **self._pinned}.values())
 
 
-def _raise_guess_wrong(error: BaseException, guess: UUID | None) -> None:
-    """An append that guessed its messages new, refused on a stream's unique
-    version (or, fenced, said as a lost lock: the session reads the log back
-    and finds out which), is `MessageNotNew`."""
+class _Guess(NamedTuple):
+    """An append that took messages for new: whose commit, which streams, and
+    the workflow stream's version before it."""
+
+    run_id: UUID
+    streams: list[UUID]
+    workflow_version: int | None
+
+
+def _raise_guess_wrong(error: BaseException, guess: _Guess | None) -> None:
+    """An append that guessed its messages new, refused on a unique key (a
+    stream's version; said, fenced, as a lost lock or as ids repeated: the
+    session reads the log back and finds out which), is `MessageNotNew`."""
     if guess is not None and isinstance(error.__cause__, IntegrityError):
-        raise MessageNotNew(guess, error) from error
+        raise MessageNotNew(guess.run_id, error, guess.streams,
+                            guess.workflow_version) from error
 
 
 def _message_changes(aggregates: Iterable[EventSourcedAggregate]) -> list[MessageChange]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -185,6 +186,118 @@ def test_a_session_taken_over_while_its_commit_guessed_is_refused_as_before(
     assert tool.calls == {"in:a": 1, "out:x": 1, "in:b": 1}
     assert _messages(engine, "out", ["x"]) == {"x": (3, "consumed", 1)}  # not replaced
     assert engine.verify().ok
+
+
+def test_a_session_taken_over_by_another_thread_of_this_engine_is_refused(
+        make_engine: Any, clock: fl.ManualClock) -> None:
+    """The same as above, the takeover made by `recover()` in another thread of
+    the same engine once the lease ran out: the owner is the same, so the
+    session tells by its workflow's version, which someone else moved, and
+    does not run its `next` again. (What becomes of the recovering thread is
+    not this test's: the refused session's engine ends the lease of the
+    session it held, which the other thread holds now under the same owner.)"""
+    plan: dict[str, Any] = {"batch": [("a", "x", 1)]}
+    engine, tool, seen = _engine(make_engine, plan)
+    assert engine.run_session("wf").status == "completed"
+    recovering, session_done = threading.Event(), threading.Event()
+
+    def recover() -> None:
+        with contextlib.suppress(fl.ConcurrencyError):
+            engine.recover()
+
+    def hold_the_recovered_next() -> None:
+        recovering.set()  # the recover thread is in the session's next
+        assert session_done.wait(30)
+
+    def take_over() -> None:
+        clock.advance("1h")  # the lease ran out
+        plan["on_next"] = hold_the_recovered_next
+        threading.Thread(target=recover, name="recover").start()
+        assert recovering.wait(30)
+
+    plan["batch"], plan["on_next"] = [("b", "x", 2)], take_over
+
+    try:
+        with pytest.raises(fl.ConcurrencyError, match="lost its lock"):
+            engine.run_session("wf")
+    finally:
+        session_done.set()
+    for thread in threading.enumerate():
+        if thread.name == "recover":
+            thread.join(30)
+
+    assert seen["next:b"] == 2  # this session's once, then the recovering thread's
+    assert tool.calls == {"in:a": 1, "out:x": 1, "in:b": 1}
+    assert engine.verify().ok
+    assert_projections_rebuild_equal(engine)
+
+
+def _declining(plan: dict[str, Any]) -> fl.Workflow:
+    """Waiter declines its message (it waits for something else); Forward,
+    without a mutator (its one append is its commit), publishes to `out`."""
+    wf = fl.Workflow("wf", topics=["in", "out", "hold"])
+
+    @wf.producer(publishes=["in", "hold"])
+    def produce(ctx: Any, state: Any) -> None:
+        for message_id, to in plan["batch"]:
+            ctx.publish("in", message_id=message_id, payload={"to": to})
+        if plan.get("hold"):
+            ctx.publish("hold", message_id=plan["hold"], payload=1)
+
+    @wf.consumer(subscribe=["hold"])
+    class Waiter:
+        def prepare(self, ctx: Any, state: Any) -> None:
+            return None
+
+    @wf.consumer(subscribe=["in"], publishes=["out"])
+    class Forward:
+        def prepare(self, ctx: Any, state: Any) -> fl.Prepared | None:
+            found = ctx.peek("in", limit=1)
+            if not found:
+                return None
+            return fl.Prepared({"in": [found[0].message_id]}, data=found[0].payload["to"])
+
+        def next(self, ctx: Any, prepared: fl.Prepared, outcome: fl.Outcome) -> None:
+            ctx.publish("out", message_id=prepared.data, payload=1)
+
+    return wf
+
+
+def test_a_decline_stands_after_a_wrong_guess(make_engine: Any) -> None:
+    """Waiter declined before Forward's commit guessed wrong: the session read
+    back from the log does not run it again (a run more, and a budget of two
+    runs spent on it)."""
+    plan: dict[str, Any] = {"batch": [("a", "x")]}
+    engine = make_engine()
+    engine.register(_declining(plan))
+    assert engine.run_session("wf").status == "completed"
+    plan["batch"], plan["hold"] = [("b", "x")], "h"  # x is in the log: the guess is wrong
+
+    result = engine.run_session("wf", max_iterations=2)
+
+    assert [r.handler for r in result.runs] == ["produce", "Waiter", "Forward"]
+    assert result.status == "completed", (result.status, result.budget, result.remaining)
+
+
+def test_ids_that_repeat_in_a_commit_that_guessed_are_still_said(make_engine: Any) -> None:
+    """The commit guessed right (y is new) but its run's stream is in the log
+    already (an id factory that repeats): said as such, never redone as a
+    wrong guess under the next id."""
+    plan: dict[str, Any] = {"batch": [("a", "x")]}
+    first = make_engine(ids=fl.SeededIds(7))
+    first.register(_declining(plan))
+    assert first.run_session("wf").status == "completed"
+    given = fl.SeededIds(7)
+    used = [given() for _ in range(3)]  # the session's id, produce's run, Forward's run
+    other = fl.SeededIds(8)
+    ids = iter([other(), other(), used[2], *(other() for _ in range(20))])
+    repeating = make_engine(ids=lambda: next(ids))
+    plan["batch"] = [("b", "y")]
+    repeating.register(_declining(plan))
+
+    with pytest.raises(fl.ConfigurationError, match=r"HandlerRun stream .* in the log already"):
+        repeating.run_session("wf")
+    assert _messages(repeating, "out", ["y"]) == {}
 
 
 # ------------------------------------------------------------------ property

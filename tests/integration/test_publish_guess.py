@@ -16,7 +16,6 @@ import collections
 import contextlib
 import tempfile
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,7 @@ import flowledger as fl
 from flowledger.domain.ids import topic_event_id, workflow_id
 from flowledger.engine.publish_guess import PublishGuesses
 from flowledger.infrastructure.codec import unpack
-from flowledger.testing import assert_projections_rebuild_equal
-from tests import postgres
+from flowledger.testing import assert_projections_rebuild_equal, fresh_store
 
 
 class Counted(fl.Tool):
@@ -302,16 +300,6 @@ def test_ids_that_repeat_in_a_commit_that_guessed_are_still_said(make_engine: An
 
 # ------------------------------------------------------------------ property
 
-@contextlib.contextmanager
-def _fresh_store(kind: str) -> Iterator[str]:
-    if kind == "postgresql":
-        with postgres.fresh_schema() as url:
-            yield url
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        yield f"sqlite:///{Path(folder) / 'flow.db'}"
-
-
 IN_IDS = [f"i{k}" for k in range(5)]
 OUT_IDS = [f"o{k}" for k in range(3)]
 SESSIONS = st.lists(
@@ -353,7 +341,9 @@ def test_guessing_changes_nothing_the_log_or_the_tools_see(
     (wrong ones, redone, every other commit) and once looking every message
     up: the same messages, statuses and payloads, the same calls (each at most
     once), the same session results; projections equal their rebuild."""
-    with _fresh_store(kind) as guessing, _fresh_store(kind) as looking:
+    with (tempfile.TemporaryDirectory() as folder,
+          fresh_store(kind, Path(folder)) as guessing,
+          fresh_store(kind, Path(folder)) as looking):
         guessed = _play(guessing, sessions, guess=True)
         looked = _play(looking, sessions, guess=False)
     assert guessed == looked

@@ -22,11 +22,12 @@ class MessageNotNew(BaseException):
     handler's `except Exception` nor a run's failure handling takes it."""
 
     def __init__(self, run_id: UUID, error: BaseException, streams: list[UUID],
-                 workflow_version: int | None) -> None:
+                 begun: list[UUID], workflow_version: int | None) -> None:
         super().__init__(f"run {run_id}: a message it published is not new ({error})")
         self.run_id = run_id
         self.error = error
         self.streams = streams  # the message streams the commit took for new
+        self.begun = begun  # the other streams it began (a new run's, say)
         # The session's workflow stream as its last stored append left it: the
         # log holds it at that version unless someone else wrote it since.
         self.workflow_version = workflow_version

@@ -186,7 +186,11 @@ class SessionRunner:
                     raise wrong.error from None
                 guessed_wrong.add(wrong.run_id)
                 # Nothing of that run's commit was stored, nor anything after it:
-                # the session goes on as the log has it, that run's `next` first.
+                # the session goes on as the log has it, that run's `next` first
+                # (or, if it declined, its consumer is asked again).
+                for r in runs:
+                    if r.run_id == wrong.run_id and r.declined:
+                        declines.pop(r.handler, None)
                 runs[:] = [r for r in runs if r.run_id != wrong.run_id]
                 streams, wf, session, opening = self._read_back(streams, wf, session, wrong)
 
@@ -196,15 +200,18 @@ class SessionRunner:
         new which was not (publish_guess.py), its lease renewed in an append that
         reads what the session reads first. If anyone else wrote its workflow
         since its last append (a takeover, even by another thread of this
-        engine), or none of the messages guessed is in the log (the clash was
-        another's: ids that repeat), the append's refusal is raised, as before."""
+        engine), or none of the messages guessed is in the log, or another
+        stream the commit began is (the clash was not only the guess's: ids
+        that repeat), the append's refusal is raised, as before."""
         self.make_scope(old, wf, session).guesses.missed()
         streams = Streams(old.log)
         now_wf: Workflow | None = streams.log.load(wf.id)
         now_session: Session | None = streams.log.load(session.id)
+        found = streams.log.load_short([*wrong.streams, *wrong.begun])
         if (now_wf is None or now_session is None or now_wf.open_session != session.id
                 or now_wf.version != wrong.workflow_version
-                or not streams.log.load_short(wrong.streams)):
+                or not any(s in found for s in wrong.streams)
+                or any(s in found for s in wrong.begun)):
             raise wrong.error
         streams.pin(now_session)
         streams.fence_on(now_wf)

@@ -165,8 +165,16 @@ class Streams:
             self._break(failed)
         if here:
             guess, self._failed_later, self._failed_guess = self._failed_guess, None, None
-            _raise_guess_wrong(failed, guess)
+            if self._as_it_was():
+                _raise_guess_wrong(failed, guess)
             raise failed
+
+    def _as_it_was(self) -> bool:
+        """Nothing but this session's own failed append stands between it and
+        the log: no lock lost, no appends the store lost (a wrong guess is then
+        read back from the log; else the session stops as before)."""
+        return (self.lost_lock is None
+                and self.log.flow_recorder.lost_appends == self._lost_before)
 
     def _break(self, e: BaseException) -> None:
         """An append failed: the in-memory copies are ahead of the log, and this
@@ -256,7 +264,8 @@ class Streams:
         except BaseException as e:
             # The events were taken off the aggregates but not stored.
             self._break(e)
-            _raise_guess_wrong(e, guess)
+            if self._as_it_was():
+                _raise_guess_wrong(e, guess)
             raise
         self._touched.clear()
         if position:
@@ -274,8 +283,10 @@ class Streams:
         streams = [a.id for a in pending if a.id in guessed]
         if not streams:
             return None
+        begun = [a.id for a in pending if a.id not in guessed
+                 and a._pending_events[0].originator_version == 1]
         stored = wf.version - len(wf._pending_events) if wf is not None else None
-        return _Guess(guessed[streams[0]], streams, stored)
+        return _Guess(guessed[streams[0]], streams, begun, stored)
 
     def message_changes(self) -> list[MessageChange]:
         """What the next append would do to topic messages, as things stand."""
@@ -288,6 +299,7 @@ class _Guess(NamedTuple):
 
     run_id: UUID
     streams: list[UUID]
+    begun: list[UUID]  # the other streams it begins, taken for new as any append does
     workflow_version: int | None
 
 
@@ -296,7 +308,7 @@ def _raise_guess_wrong(error: BaseException, guess: _Guess | None) -> None:
     stream's version; said, fenced, as a lost lock or as ids repeated: the
     session reads the log back and finds out which), is `MessageNotNew`."""
     if guess is not None and isinstance(error.__cause__, IntegrityError):
-        raise MessageNotNew(guess.run_id, error, guess.streams,
+        raise MessageNotNew(guess.run_id, error, guess.streams, guess.begun,
                             guess.workflow_version) from error
 
 

@@ -154,6 +154,21 @@ def test_a_message_published_again_is_replaced_and_the_session_goes_on(make_engi
     assert_projections_rebuild_equal(engine)
 
 
+def test_a_message_this_session_holds_is_not_guessed(make_engine: Any) -> None:
+    """a publishes x, then b publishes x again, in one session: x's stream is in
+    the session's memory, so b's commit replaces it without a guess (no read
+    back: b's `next` runs once)."""
+    plan = {"batch": [("a", "x", 1), ("b", "x", 2)]}
+    engine, tool, seen = _engine(make_engine, plan)
+
+    result = engine.run_session("wf")
+
+    assert result.status == "completed", result.error
+    assert seen["next:a"] == 1 and seen["next:b"] == 1
+    assert _messages(engine, "out", ["x"])["x"][2] == 2
+    assert max(tool.calls.values()) == 1
+
+
 def test_after_a_wrong_guess_the_commits_that_follow_look_their_messages_up(
         make_engine: Any) -> None:
     """Every Forward run of the second session publishes an id already in the

@@ -12,7 +12,20 @@ an id stops guessing for a while, so one that often does pays that once.
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 from uuid import UUID
+
+
+class Guess(NamedTuple):
+    """What an append took for new: whose commit guessed, the message streams
+    it guessed, the other streams it began (a new run's, say), and the
+    session's workflow stream as its last stored append left it (the log
+    holds it at that version unless someone else wrote it since)."""
+
+    run_id: UUID
+    streams: list[UUID]
+    begun: list[UUID]
+    workflow_version: int | None
 
 
 class MessageNotNew(BaseException):
@@ -21,16 +34,10 @@ class MessageNotNew(BaseException):
     from the log (`SessionRunner`). A BaseException, so that neither a
     handler's `except Exception` nor a run's failure handling takes it."""
 
-    def __init__(self, run_id: UUID, error: BaseException, streams: list[UUID],
-                 begun: list[UUID], workflow_version: int | None) -> None:
-        super().__init__(f"run {run_id}: a message it published is not new ({error})")
-        self.run_id = run_id
+    def __init__(self, guess: Guess, error: BaseException) -> None:
+        super().__init__(f"run {guess.run_id}: a message it published is not new ({error})")
+        self.guess = guess
         self.error = error
-        self.streams = streams  # the message streams the commit took for new
-        self.begun = begun  # the other streams it began (a new run's, say)
-        # The session's workflow stream as its last stored append left it: the
-        # log holds it at that version unless someone else wrote it since.
-        self.workflow_version = workflow_version
 
 
 class PublishGuesses:

@@ -182,16 +182,17 @@ class SessionRunner:
             try:
                 return self._run(streams, wf, session, request, opening, runs, declines)
             except MessageNotNew as wrong:
-                if wrong.run_id in guessed_wrong:  # its commit looked its messages up
+                run_id = wrong.guess.run_id
+                if run_id in guessed_wrong:  # its commit looked its messages up
                     raise wrong.error from None
-                guessed_wrong.add(wrong.run_id)
+                guessed_wrong.add(run_id)
                 # Nothing of that run's commit was stored, nor anything after it:
                 # the session goes on as the log has it, that run's `next` first
                 # (or, if it declined, its consumer is asked again).
                 for r in runs:
-                    if r.run_id == wrong.run_id and r.declined:
+                    if r.run_id == run_id and r.declined:
                         declines.pop(r.handler, None)
-                runs[:] = [r for r in runs if r.run_id != wrong.run_id]
+                runs[:] = [r for r in runs if r.run_id != run_id]
                 streams, wf, session, opening = self._read_back(streams, wf, session, wrong)
 
     def _read_back(self, old: Streams, wf: Workflow, session: Session, wrong: MessageNotNew
@@ -203,19 +204,20 @@ class SessionRunner:
         engine), or none of the messages guessed is in the log, or another
         stream the commit began is (the clash was not only the guess's: ids
         that repeat), the append's refusal is raised, as before."""
-        self.make_scope(old, wf, session).guesses.missed()
-        streams = Streams(old.log)
-        now_wf: Workflow | None = streams.log.load(wf.id)
-        now_session: Session | None = streams.log.load(session.id)
-        found = streams.log.load_short([*wrong.streams, *wrong.begun])
+        guess, log = wrong.guess, old.log
+        now_wf: Workflow | None = log.load(wf.id)
+        now_session: Session | None = log.load(session.id)
+        found = log.load_short([*guess.streams, *guess.begun])
         if (now_wf is None or now_session is None or now_wf.open_session != session.id
-                or now_wf.version != wrong.workflow_version
-                or not any(s in found for s in wrong.streams)
-                or any(s in found for s in wrong.begun)):
+                or now_wf.version != guess.workflow_version
+                or not any(s in found for s in guess.streams)
+                or any(s in found for s in guess.begun)):
             raise wrong.error
+        streams = Streams(log)
         streams.pin(now_session)
         streams.fence_on(now_wf)
         scope = self.make_scope(streams, now_wf, now_session)
+        scope.guesses.missed()
         now_wf.renew_lease(scope.now(), scope.policy.lease_until(scope.lease_now()))
         opening = OpeningReads(now_wf.id)
         streams.append(read_after=opening.asked)

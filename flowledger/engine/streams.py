@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
@@ -21,7 +21,7 @@ from flowledger.domain.errors import ConcurrencyError, StoreError
 from flowledger.domain.topic_event import TopicEvent
 from flowledger.domain.workflow import Workflow
 from flowledger.engine.pending_window import MessageChange
-from flowledger.engine.publish_guess import MessageNotNew
+from flowledger.engine.publish_guess import Guess, MessageNotNew
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.sqlite_recorder import Fence
 from flowledger.infrastructure.store import ReadAfter, StreamEvents
@@ -55,7 +55,7 @@ class Streams:
         # How an append whose answer was read later failed (`_answered`), and
         # what it guessed, if it took messages for new.
         self._failed_later: BaseException | None = None
-        self._failed_guess: _Guess | None = None
+        self._failed_guess: Guess | None = None
         # Message streams a commit took for new without looking (publish_guess.py):
         # stream id -> the run whose commit guessed.
         self._guessed: dict[UUID, UUID] = {}
@@ -145,7 +145,7 @@ class Streams:
         with self.lock:
             return self._append(sync, hold, read_after, later)
 
-    def _answered(self, result: int | BaseException, guess: _Guess | None = None) -> None:
+    def _answered(self, result: int | BaseException, guess: Guess | None = None) -> None:
         """An append sent earlier, answered (possibly from another thread that
         read the store first): only noted here, acted on by `_settled`."""
         if isinstance(result, BaseException):
@@ -173,8 +173,12 @@ class Streams:
         """Nothing but this session's own failed append stands between it and
         the log: no lock lost, no appends the store lost (a wrong guess is then
         read back from the log; else the session stops as before)."""
-        return (self.lost_lock is None
-                and self.log.flow_recorder.lost_appends == self._lost_before)
+        return self.lost_lock is None and not self._store_lost_appends()
+
+    def _store_lost_appends(self) -> bool:
+        """The store lost appends since this session began (its server crashed
+        or failed over before they reached its disk)."""
+        return self.log.flow_recorder.lost_appends != self._lost_before
 
     def _break(self, e: BaseException) -> None:
         """An append failed: the in-memory copies are ahead of the log, and this
@@ -192,7 +196,7 @@ class Streams:
             self._settled(here=False)  # its session's next append raises it
             wf = self.fenced_on
             if (self.broken is not None or self.lost_lock is not None or wf is None
-                    or self.log.flow_recorder.lost_appends != self._lost_before
+                    or self._store_lost_appends()
                     or wf.open_session != session_id or wf.has_pending_events):
                 return False
             stored_version = wf.version
@@ -229,7 +233,7 @@ class Streams:
         self._settled(here=True)
         if self.lost_lock is not None:
             raise ConcurrencyError(str(self.lost_lock)) from self.lost_lock
-        if self.log.flow_recorder.lost_appends != self._lost_before and self.broken is None:
+        if self._store_lost_appends() and self.broken is None:
             self.broken = ConcurrencyError(
                 "the store lost appends this engine had made (its server crashed or failed "
                 "over before they reached its disk): this session's memory may hold what "
@@ -275,7 +279,7 @@ class Streams:
         return self.position
 
     def _guess(self, pending: list[EventSourcedAggregate], wf: Workflow | None
-               ) -> _Guess | None:
+               ) -> Guess | None:
         """What this append guessed (messages taken for new), if anything."""
         if not self._guessed:
             return None
@@ -286,30 +290,19 @@ class Streams:
         begun = [a.id for a in pending if a.id not in guessed
                  and a._pending_events[0].originator_version == 1]
         stored = wf.version - len(wf._pending_events) if wf is not None else None
-        return _Guess(guessed[streams[0]], streams, begun, stored)
+        return Guess(guessed[streams[0]], streams, begun, stored)
 
     def message_changes(self) -> list[MessageChange]:
         """What the next append would do to topic messages, as things stand."""
         return _message_changes({**self._touched, **self._pinned}.values())
 
 
-class _Guess(NamedTuple):
-    """An append that took messages for new: whose commit, which streams, and
-    the workflow stream's version before it."""
-
-    run_id: UUID
-    streams: list[UUID]
-    begun: list[UUID]  # the other streams it begins, taken for new as any append does
-    workflow_version: int | None
-
-
-def _raise_guess_wrong(error: BaseException, guess: _Guess | None) -> None:
+def _raise_guess_wrong(error: BaseException, guess: Guess | None) -> None:
     """An append that guessed its messages new, refused on a unique key (a
     stream's version; said, fenced, as a lost lock or as ids repeated: the
     session reads the log back and finds out which), is `MessageNotNew`."""
     if guess is not None and isinstance(error.__cause__, IntegrityError):
-        raise MessageNotNew(guess.run_id, error, guess.streams, guess.begun,
-                            guess.workflow_version) from error
+        raise MessageNotNew(guess, error) from error
 
 
 def _message_changes(aggregates: Iterable[EventSourcedAggregate]) -> list[MessageChange]:

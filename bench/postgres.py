@@ -24,12 +24,16 @@ rounds; each round measures every system once. Printed:
     PostgreSQL system database (target: engine >= 5x); two processes >= 1.5x one;
  7. a consumer run's appends made without the engine, each ONE message under
     the log table's lock, with one process and two on one store: what the
-    lock itself allows two processes, beside what the engine's appends get.
+    lock itself allows two processes, beside what the engine's appends get;
+ 8. the server's WAL flushes (fsyncs) a consumer run and a DBOS workflow, and
+    how long each took (pg_stat_wal, PostgreSQL 14 and later; timed where the
+    script may set track_wal_io_timing): the part of a run that is the disk.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -59,6 +63,9 @@ def fresh_db(url: str, name: str) -> str:
     with admin(url) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         c.execute(f'CREATE DATABASE "{name}"')
+        # The time of each WAL flush its sessions make (wal_flushes); a superuser's to set.
+        with contextlib.suppress(psycopg.Error):
+            c.execute(f'ALTER DATABASE "{name}" SET track_wal_io_timing = on')
     return f"{url}/{name}"
 
 
@@ -85,6 +92,28 @@ def backends_cpu(store: str) -> float | None:
 
 
 CPU: dict[str, list[float]] = {"client": [], "server": []}  # ms a consumer run
+# WAL flushes (fsyncs) of the whole server a consumer run / a DBOS workflow,
+# and their ms each (0 where the server does not time them).
+FLUSHES: dict[str, list[tuple[float, float]]] = {"one": [], "dbos": []}
+
+
+def wal_flushes(store: str) -> tuple[int, float] | None:
+    """The server's WAL flushes so far and their total ms (pg_stat_wal: the
+    whole server, its WAL writer included; None before PostgreSQL 14)."""
+    url, _, _ = store.rpartition("/")
+    with admin(url) as c:
+        try:
+            row = c.execute("SELECT wal_sync, wal_sync_time FROM pg_stat_wal").fetchone()
+        except psycopg.Error:
+            return None
+    return (int(row[0]), float(row[1])) if row is not None else None
+
+
+def note_flushes(key: str, before: tuple[int, float] | None, store: str, n: int) -> None:
+    after = wal_flushes(store)
+    if before is not None and after is not None and after[0] > before[0]:
+        syncs = after[0] - before[0]
+        FLUSHES[key].append((syncs / n, (after[1] - before[1]) / syncs))
 
 
 def consumer_rate(store: str, n: int, warmup: int, name: str = wl.CONSUMER_WF) -> float:
@@ -94,10 +123,11 @@ def consumer_rate(store: str, n: int, warmup: int, name: str = wl.CONSUMER_WF) -
         b.fill(warmup + n)
         if warmup:
             b.engine.run_session(name, trigger="event", max_iterations=warmup)
-        server = backends_cpu(store)
+        server, flushes = backends_cpu(store), wal_flushes(store)
         cpu, t = time.process_time(), time.perf_counter()
         b.consume(n)
         took = time.perf_counter() - t
+        note_flushes("one", flushes, store, n)
         CPU["client"].append((time.process_time() - cpu) / n * 1e3)
         after = backends_cpu(store)
         if server is not None and after is not None:
@@ -305,10 +335,12 @@ def dbos_rate(url: str, n: int, warmup: int) -> float:
     try:
         for i in range(warmup):
             book(i)
-        t = time.perf_counter()
+        flushes, t = wal_flushes(url), time.perf_counter()
         for i in range(warmup, warmup + n):
             book(i)
-        return n / (time.perf_counter() - t)
+        took = time.perf_counter() - t
+        note_flushes("dbos", flushes, url, n)
+        return n / took
     finally:
         DBOS.destroy()
 
@@ -402,6 +434,14 @@ def main() -> int:
     rows += [("sessions/s, one run each", f"{med['sessions']:,.0f}",
               "open, one consumer run, close: a worker serving one message at a time" + (
                   f"; {med['sessions'] / med['dbos']:.2f}x DBOS" if "dbos" in med else ""))]
+    flushed = {key: (statistics.median(f for f, _ in v), statistics.median(ms for _, ms in v))
+               for key, v in FLUSHES.items() if v}
+    for key, what in (("one", "a consumer run"), ("dbos", "a DBOS workflow")):
+        if key in flushed:
+            count, ms = flushed[key]
+            rows.append((f"WAL flushes, {what}", f"{count:.2f}",
+                         f"{ms:.2f} ms each, the whole server's (pg_stat_wal)" if ms
+                         else "the whole server's (pg_stat_wal; not timed)"))
     wl.print_figures("flowledger on PostgreSQL", rows)
     return 0
 

@@ -43,6 +43,9 @@ class Workflow(EventSourcedAggregate):
         self.paused_until: datetime | None = None
         self.open_session: UUID | None = None
         self.session_owner: str | None = None
+        # The version of the event that gave the open session its present
+        # holder (opened or taken over): one engine's threads share an owner.
+        self.session_held_since: int | None = None
         self.lease_until: datetime | None = None
 
     class Registered(EventSourcedAggregate.Created):
@@ -75,6 +78,7 @@ class Workflow(EventSourcedAggregate):
         def apply(self, wf: Workflow) -> None:
             wf.open_session = self.session_id
             wf.session_owner = self.owner
+            wf.session_held_since = self.originator_version
             wf.lease_until = self.lease_until
 
     class LeaseRenewed(EventSourcedAggregate.Event):
@@ -92,6 +96,7 @@ class Workflow(EventSourcedAggregate):
 
         def apply(self, wf: Workflow) -> None:
             wf.session_owner = self.owner
+            wf.session_held_since = self.originator_version
             wf.lease_until = self.lease_until
 
     class SessionAbandoned(EventSourcedAggregate.Event):
@@ -115,6 +120,7 @@ class Workflow(EventSourcedAggregate):
         def apply(self, wf: Workflow) -> None:
             wf.open_session = None
             wf.session_owner = None
+            wf.session_held_since = None
             wf.lease_until = None
 
     class Paused(EventSourcedAggregate.Event):
@@ -149,6 +155,7 @@ class Workflow(EventSourcedAggregate):
 
     def restored_from_snapshot(self) -> None:
         self.status = WorkflowStatus(self.status)
+        self.__dict__.setdefault("session_held_since", None)  # a snapshot from before it
 
     # --------------------------------------------------------------- commands
 
@@ -205,10 +212,16 @@ class Workflow(EventSourcedAggregate):
         return self.open_session
 
     def abandon_session(self, now: datetime, session_id: UUID, owner: str, reason: str,
-                        lease_until: datetime | None = None) -> bool:
+                        lease_until: datetime | None = None,
+                        held_since: int | None = None) -> bool:
         """Give up a session this owner holds; False if it is not (or no longer) theirs.
-        `lease_until`: now in the leases' time, where that is not `now`'s."""
+        `lease_until`: now in the leases' time, where that is not `now`'s.
+        `held_since`: the `session_held_since` the giver got the session at; a
+        later takeover under the same owner (another thread of its engine) then
+        keeps the session."""
         if self.open_session != session_id or self.session_owner != owner:
+            return False
+        if held_since is not None and self.session_held_since != held_since:
             return False
         self.record(self.SessionAbandoned, now, session_id=session_id, reason=reason,
                     lease_until=lease_until)

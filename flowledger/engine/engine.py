@@ -400,9 +400,9 @@ class Engine:
         session = opened.session
         logger.info("session %s of %s (%s) opened", session.id, reg.definition.name,
                     request.trigger.value)
-        with self._abandoned_if_interrupted(reg, session.id):
+        assert streams.fenced_on is not None
+        with self._abandoned_if_interrupted(reg, session.id, streams.fenced_on):
             self.checkpoint("after_append:session_open")
-            assert streams.fenced_on is not None
             result = runner.run(streams, streams.fenced_on, session, request, opened.reads)
         if recovered is not None:
             result = dataclasses.replace(result, recovered=recovered)
@@ -414,27 +414,33 @@ class Engine:
         return result
 
     @contextlib.contextmanager
-    def _abandoned_if_interrupted(self, reg: Registration, session_id: UUID) -> Iterator[None]:
+    def _abandoned_if_interrupted(self, reg: Registration, session_id: UUID,
+                                  held: Workflow) -> Iterator[None]:
         """A session whose work is cut short by an exception the engine does not
         handle (KeyboardInterrupt, SystemExit, a bug) is left as a crash leaves
         it — its runs unfinished, to be continued by the rules of DESIGN §2.3,
         never failed — but its lease ends at once: this engine (or any other)
         continues it on the next session or recover(), instead of waiting out
-        the lease of a holder that is alive but no longer working on it."""
+        the lease of a holder that is alive but no longer working on it.
+        `held`: the workflow as this session got it (opened or taken over); a
+        session another thread of this engine took over since is left to it."""
+        held_since = held.session_held_since
         try:
             yield
         except SimulatedCrash:
             raise  # a test standing for a dead process: write nothing more
         except BaseException as interruption:
-            self._abandon(reg, session_id, interruption)
+            self._abandon(reg, session_id, held_since, interruption)
             raise
 
-    def _abandon(self, reg: Registration, session_id: UUID, cause: BaseException) -> None:
+    def _abandon(self, reg: Registration, session_id: UUID, held_since: int | None,
+                 cause: BaseException) -> None:
         try:
             wf: Workflow | None = self.log.load(reg.workflow_id)
             if wf is not None and wf.abandon_session(
                     self.clock.now(), session_id, self.owner,
-                    f"the session stopped: {describe(cause)}", lease_until=self.lease.now()):
+                    f"the session stopped: {describe(cause)}", lease_until=self.lease.now(),
+                    held_since=held_since):
                 self._append_and_catch_up(wf)
         except Exception as e:  # the store itself may be what failed
             # This engine knows it holds the session no more: its own recover()
@@ -542,7 +548,7 @@ class Engine:
                     "its holder is gone" if not alive else "its lease ran out")
         request = SessionRequest(Trigger(session.trigger), session.max_iterations,
                                  session.max_cost, should_stop=should_stop)
-        with self._abandoned_if_interrupted(reg, session_id):
+        with self._abandoned_if_interrupted(reg, session_id, wf):
             return SessionRunner(reg, self._scope_factory(reg, checkpoint), self.store).run(
                 streams, wf, session, request)
 

@@ -223,17 +223,19 @@ def test_a_session_taken_over_by_another_thread_of_this_engine_is_refused(
     """The same as above, the takeover made by `recover()` in another thread of
     the same engine once the lease ran out: the owner is the same, so the
     session tells by its workflow's version, which someone else moved, and
-    does not run its `next` again. (What becomes of the recovering thread is
-    not this test's: the refused session's engine ends the lease of the
-    session it held, which the other thread holds now under the same owner.)"""
+    does not run its `next` again. The refused session leaves the lease
+    alone as it stops (the session is the other thread's now, under the same
+    owner), so the recovering thread runs it to its end."""
     plan: dict[str, Any] = {"batch": [("a", "x", 1)]}
     engine, tool, seen = _engine(make_engine, plan)
     assert engine.run_session("wf").status == "completed"
     recovering, session_done = threading.Event(), threading.Event()
 
+    recovered: list[Any] = []
+
     def recover() -> None:
         with contextlib.suppress(fl.ConcurrencyError):
-            engine.recover()
+            recovered.extend(engine.recover())
 
     def hold_the_recovered_next() -> None:
         recovering.set()  # the recover thread is in the session's next
@@ -256,8 +258,14 @@ def test_a_session_taken_over_by_another_thread_of_this_engine_is_refused(
         if thread.name == "recover":
             thread.join(30)
 
-    assert seen["next:b"] == 2  # this session's once, then the recovering thread's
+    # This session's once, then the recovering thread's twice: its commit took
+    # x, published by the first session, for new, and ran `next` again.
+    assert seen["next:b"] == 3
     assert tool.calls == {"in:a": 1, "out:x": 1, "in:b": 1}
+    assert [r.status for r in recovered] == ["completed"]
+    work = engine.pending_work("wf")
+    assert work.open_session is None and not work.unfinished_runs
+    assert not [e for e in engine.events("wf") if e.name == "SessionAbandoned"]
     assert engine.verify().ok
     assert_projections_rebuild_equal(engine)
 

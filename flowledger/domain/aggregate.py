@@ -76,12 +76,18 @@ class EventSourcedAggregate(BaseAggregate[UUID]):
             aggregate = cast("EventSourcedAggregate", super().mutate(_))
             for name in aggregate.dropped_fields:
                 aggregate.__dict__.pop(name, None)
+            for name, value in aggregate.added_fields.items():
+                aggregate.__dict__.setdefault(name, value)
             aggregate.restored_from_snapshot()
             return aggregate
 
     # Fields an earlier release kept and this one does not: a snapshot taken
     # then may hold them; restored, they are left out (and `verify` expects them).
     dropped_fields: ClassVar[tuple[str, ...]] = ()
+    # Fields this release added, with the value an aggregate restored from a
+    # snapshot an earlier release took (which lacks them) gets; `verify`
+    # accepts such a snapshot.
+    added_fields: ClassVar[dict[str, Any]] = {}
 
     def restored_from_snapshot(self) -> None:
         """Give back their types to fields the codec stores plainly (enums)."""

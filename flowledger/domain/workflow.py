@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import UUID
 
 from flowledger.domain.aggregate import EventSourcedAggregate
@@ -31,6 +31,8 @@ class SessionAlreadyOpen(ConcurrencyError):
 
 class Workflow(EventSourcedAggregate):
     append_order: ClassVar[int] = 3
+
+    added_fields: ClassVar[dict[str, Any]] = {"session_held_since": None}  # 2026-12-07
 
     def __init__(self) -> None:
         self.name: str = ""
@@ -155,7 +157,6 @@ class Workflow(EventSourcedAggregate):
 
     def restored_from_snapshot(self) -> None:
         self.status = WorkflowStatus(self.status)
-        self.__dict__.setdefault("session_held_since", None)  # a snapshot from before it
 
     # --------------------------------------------------------------- commands
 

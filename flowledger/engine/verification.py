@@ -60,7 +60,7 @@ def snapshot_problems(log: EventLog) -> list[Problem]:
                 problems.append(Problem(_position(rows, version), "snapshot", (
                     f"a snapshot of stream {stream_id} says version {version}, which the "
                     "log does not hold: it was written or moved outside flowledger")))
-            elif found.topic != fresh.topic or _kept(found.state, folded) != fresh.state:
+            elif found.topic != fresh.topic or _differs(found.state, fresh.state, folded):
                 problems.append(Problem(_position(rows, version), "snapshot", (
                     f"the snapshot of stream {stream_id} at version {version} is not what "
                     "the stream's events make: it was changed, or moved from another "
@@ -68,13 +68,17 @@ def snapshot_problems(log: EventLog) -> list[Problem]:
     return problems
 
 
-def _kept(state: Any, folded: Any) -> Any:
-    """A snapshot's state without the fields an earlier release kept and this
-    one drops (`dropped_fields`): restored, they are left out."""
-    dropped = type(folded).dropped_fields
-    if not dropped or not isinstance(state, dict):
-        return state
-    return {k: v for k, v in state.items() if k not in dropped}
+def _differs(state: Any, fresh: Any, folded: Any) -> bool:
+    """Whether a snapshot's state differs from the fold's (`fresh`), but for the
+    fields an earlier release kept and this one drops (`dropped_fields`:
+    restored, they are left out) and those this one added where the snapshot,
+    an earlier release's, lacks them (`added_fields`)."""
+    cls = type(folded)
+    if not isinstance(state, dict) or not isinstance(fresh, dict):
+        return bool(state != fresh)
+    state = {k: v for k, v in state.items() if k not in cls.dropped_fields}
+    lacking = {k for k in cls.added_fields if k not in state}
+    return state != {k: v for k, v in fresh.items() if k not in lacking}
 
 
 def _position(rows: list[tuple[int, int, str, bytes]], version: int) -> int:

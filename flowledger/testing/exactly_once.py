@@ -125,18 +125,33 @@ class Recover:
 Step = Deliver[Any] | RunSession | ArmCrash | TellFault | TimePasses | Recover
 
 
-def _steps(inputs: st.SearchStrategy[Any], targets: list[tuple[str, str, Fault]]
-           ) -> st.SearchStrategy[Step]:
+# Where a crash hits a mutation: its in_flight record, its call, its outcome.
+MUTATION_POINTS = ("before_append:in_flight", "after_append:in_flight", "before_call",
+                   "after_call", "before_append:outcome", "after_append:outcome")
+
+
+def _steps(inputs: st.SearchStrategy[Any], targets: list[tuple[str, str, Fault]],
+           mutators: list[tuple[str, str, Fault]]) -> st.SearchStrategy[Step]:
+    """A step of a history. Crashes around a mutation and faults in mutator
+    calls are drawn besides crashes anywhere and faults in any call: they are
+    what exactly-once is about, and one among a dozen points or faults was
+    missed by a whole check now and then (a reconcile that answers "failed"
+    without looking, 7 seeds in 100 at 50 histories)."""
+    def crash_at(points: Sequence[str]) -> st.SearchStrategy[ArmCrash]:
+        return st.builds(ArmCrash, st.tuples(st.sampled_from(points), st.integers(1, 2)).map(
+            lambda p: p[0] if p[1] == 1 else f"{p[0]}#{p[1]}"))
+
     options: list[st.SearchStrategy[Any]] = [
         st.builds(Deliver, inputs),
         st.builds(RunSession, st.sampled_from(["manual", "event"]), st.integers(0, 4)),
-        st.builds(ArmCrash, st.tuples(st.sampled_from(DURABLE_POINTS), st.integers(1, 2)).map(
-            lambda p: p[0] if p[1] == 1 else f"{p[0]}#{p[1]}")),
+        crash_at(DURABLE_POINTS),
+        crash_at(MUTATION_POINTS),
         st.builds(TimePasses, st.sampled_from([1, 30, 600, _AN_HOUR])),
         st.builds(Recover),
     ]
-    if targets:
-        options.append(st.sampled_from(targets).map(lambda t: TellFault(*t)))
+    for told in (targets, mutators):
+        if told:
+            options.append(st.sampled_from(told).map(lambda t: TellFault(*t)))
     return st.one_of(options)
 
 
@@ -171,10 +186,12 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
     mutated: list[bool] = []  # per history: did any mutation have an effect
     seen = Counter[str]()  # across histories: messages published, consumer runs, calls
     with tempfile.TemporaryDirectory() as folder:
-        targets = [(d.tool_name(), method, fault)
-                   for d in _doubles(tools, Path(folder))
-                   for method in _methods(d) for fault in sorted(
-                       FAULTS_FOR[d.kind_of(method)], key=lambda f: f.value)]
+        calls = [(d, method, fault) for d in _doubles(tools, Path(folder))
+                 for method in _methods(d)
+                 for fault in sorted(FAULTS_FOR[d.kind_of(method)], key=lambda f: f.value)]
+    targets = [(d.tool_name(), method, fault) for d, method, fault in calls]
+    mutators = [(d.tool_name(), method, fault) for d, method, fault in calls
+                if d.kind_of(method) == "mutator"]
 
     # One report, the smallest failure found: a group of them would not be the
     # ExactlyOnceViolation the caller is promised, and one mend often ends all.
@@ -184,7 +201,7 @@ def check_exactly_once(workflow: Workflow, *, tools: Callable[[Path], Sequence[T
                                      HealthCheck.function_scoped_fixture])
     # Every history starts with an input: one without any has nothing to check.
     @given(st.builds(lambda first, rest: [Deliver(first), *rest], inputs,
-                     st.lists(_steps(inputs, targets), max_size=max_steps - 1)))
+                     st.lists(_steps(inputs, targets, mutators), max_size=max_steps - 1)))
     def histories(history: list[Step]) -> None:
         faulty = _History(workflow, tools, deliver, policy, mutation_key or _same_call)
         try:

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 from uuid import UUID
 
 from flowledger.domain.aggregate import EventSourcedAggregate
+from flowledger.domain.amounts import minus, total
 from flowledger.domain.errors import InternalError
 from flowledger.domain.mutation_ledger import Mutation, MutationState
 from flowledger.domain.phases import Phase, RunKind, RunStatus, phase_may_advance
@@ -447,12 +448,12 @@ class HandlerRun(EventSourcedAggregate):
 
     @property
     def cost(self) -> Decimal:
-        return sum((amount for amount, _ in self.costs), Decimal(0))
+        return total(amount for amount, _ in self.costs)
 
     @property
     def uncounted_cost(self) -> Decimal:
         """What the run spent that no session has counted yet."""
-        return self.cost - self.counted_cost
+        return minus(self.cost, self.counted_cost)
 
     @property
     def is_finished(self) -> bool:

@@ -13,6 +13,7 @@ from typing import ClassVar
 from uuid import UUID
 
 from flowledger.domain.aggregate import EventSourcedAggregate
+from flowledger.domain.amounts import plus
 from flowledger.domain.errors import InternalError
 from flowledger.domain.phases import RunKind
 
@@ -82,7 +83,7 @@ class Session(EventSourcedAggregate):
         cost: Decimal
 
         def apply(self, s: Session) -> None:
-            s.cost += self.cost
+            s.cost = plus(s.cost, self.cost)
             # A replaced run is counted for its cost only.
             if self.status != "superseded" and self.kind == RunKind.CONSUMER:
                 s.consumer_runs += 1

@@ -19,6 +19,7 @@ from uuid import UUID
 from flowledger.authoring.definition import TopicMessage
 from flowledger.authoring.tools import Tool, ToolMethod, reset_cost_sink, set_cost_sink
 from flowledger.domain import handler_rules as rules
+from flowledger.domain.amounts import amount_problem
 from flowledger.domain.errors import FlowledgerError, InternalError, LogicError, ToolError
 from flowledger.domain.handler_rules import Operation, RuleBroken, Step
 from flowledger.domain.ids import input_id as make_input_id
@@ -244,7 +245,8 @@ class HandlerContext:
     def _amount(self, amount: Any) -> Decimal:
         if isinstance(amount, bool) or not isinstance(amount, Decimal | int | float | str):
             raise self._broke(LogicError(
-                f"{self.where}: add_cost needs a Decimal, int or str amount, got {amount!r}"))
+                f"{self.where}: add_cost needs a Decimal, int, float or str amount, "
+                f"got {amount!r}"))
         if isinstance(amount, float) and not math.isfinite(amount):
             raise self._broke(LogicError(f"{self.where}: cost {amount!r} is not a number"))
         try:
@@ -252,9 +254,9 @@ class HandlerContext:
         except InvalidOperation:
             raise self._broke(LogicError(
                 f"{self.where}: cost {amount!r} is not a decimal number")) from None
-        if not value.is_finite() or value < 0:
-            raise self._broke(LogicError(
-                f"{self.where}: cost must be a finite amount >= 0, got {amount!r}"))
+        why = amount_problem(value)
+        if why is not None:
+            raise self._broke(LogicError(f"{self.where}: cost {amount!r} {why}"[:2000]))
         return value
 
     def _text(self, value: Any, what: str, limit: str, empty_ok: bool = False) -> str:

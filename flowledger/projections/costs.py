@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from flowledger.domain.amounts import plus
 from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.session import Session
 from flowledger.projections.base import Cursor, Projection
@@ -148,5 +149,5 @@ def counted_by_sessions(c: Cursor, session_ids: Sequence[UUID], chunk: int = 500
                   + ", ".join("?" * len(ids)) + ")", ids)
         for counted_by, amount in c.fetchall():
             session = UUID(counted_by)
-            sums[session] = sums.get(session, Decimal(0)) + Decimal(amount)
+            sums[session] = plus(sums.get(session, Decimal(0)), Decimal(amount))
     return sums

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from flowledger.authoring.registration import Registration
+from flowledger.domain.amounts import plus, total
 from flowledger.domain.continuation import Step as Continue
 from flowledger.domain.continuation import continuation
 from flowledger.domain.errors import InvalidArgument, NotFoundError
@@ -191,9 +192,9 @@ class _CostSum:
         self.runs: set[UUID] = set()
 
     def add(self, e: costs.CostEntry) -> None:
-        self.amount += e.amount
+        self.amount = plus(self.amount, e.amount)
         if not e.counted:
-            self.not_counted += e.amount
+            self.not_counted = plus(self.not_counted, e.amount)
         self.entries += 1
         self.runs.add(e.run_id)
 
@@ -678,7 +679,7 @@ class ReadSide:
         # Otherwise in the order each line's first cost was recorded: entries come
         # in that order, and so were the groups made.
         return CostReport(by, workflow, sid, tuple(lines),
-                          sum((line.amount for line in lines), Decimal(0)))
+                          total(line.amount for line in lines))
 
     # --------------------------------------------------------------- audit
 

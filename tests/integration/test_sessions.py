@@ -119,6 +119,49 @@ def test_session_cost_is_the_exact_sum_of_run_costs(make_engine):
     assert run_costs == result.cost
 
 
+def test_costs_at_the_edges_sum_exactly(make_engine):
+    """Python's 28 digits rounded a sum of a large and a small amount: a
+    session of the largest and the finest costs sums them exactly, in its
+    result, its runs and the read side."""
+    engine = make_engine()
+    engine.register(pipeline([], n=2, cost="999999999999999999.000000000000000001"))
+    result = engine.run_session("wf")
+    expected = Decimal("3999999999999999996.000000000000000004")  # four runs' costs
+    assert result.status == "completed" and result.cost == expected
+    assert engine.costs().total == expected
+
+
+@pytest.mark.parametrize(("cost", "why"), [
+    ("1000000000000000000", "is too large: a cost is below 1,000,000,000,000,000,000"),
+    ("9e999999", "is too large"),
+    ("0.0000000000000000001", "has more than 18 decimal places"),
+    ("-1", "must be a finite amount >= 0"),
+    ("NaN", "must be a finite amount >= 0"),
+])
+def test_a_cost_beyond_what_sums_exactly_fails_its_run_and_stops_nothing_else(
+        make_engine, cost, why):
+    """Two costs of 9e999999 overflowed the session's sum outside any handler
+    step: the session stayed open and every later session and recovery raised
+    `decimal.Overflow`. Such a cost is now refused where it is added."""
+    engine = make_engine()
+    engine.register(pipeline([], n=1, cost=cost))
+    result = engine.run_session("wf")
+    assert result.status == "failed"
+    assert f"cost {cost!r} {why}" in (result.error or "")
+    assert engine.pending_work("wf").open_session is None
+    assert engine.recover() == []
+    assert engine.verify().ok
+
+
+def test_fine_costs_add_up_to_no_more_than_the_finest_place(make_engine):
+    """1.000000000000000000000 has 21 places, all zeros after the 18th: as a
+    cost it is 1."""
+    engine = make_engine()
+    engine.register(pipeline([], n=1, cost="1.000000000000000000000"))
+    result = engine.run_session("wf")
+    assert result.status == "completed" and result.cost == 2
+
+
 def test_session_stops_at_the_first_failure(make_engine, ledger):
     engine = make_engine()
     tool = ScriptedLedgerTool(ledger)

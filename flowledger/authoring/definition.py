@@ -17,7 +17,7 @@ from flowledger.authoring.runnable import not_runnable
 from flowledger.authoring.tools import Tool
 from flowledger.domain.errors import DefinitionError
 from flowledger.domain.schedule import Schedule, parse_schedule
-from flowledger.domain.text import unstorable
+from flowledger.domain.text import unfit_name
 
 # The decorators hand back what they decorate: a user's handlers keep their types.
 ProducerFunc = TypeVar("ProducerFunc", bound=Callable[..., Any])
@@ -93,9 +93,9 @@ def _names(value: Iterable[str] | str | None, what: str, where: str) -> tuple[st
 def _name(value: Any, what: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise DefinitionError(f"{where}: {what}: expected a non-empty string, got {value!r}")
-    why = unstorable(value)
+    why = unfit_name(value)
     if why is not None:
-        raise DefinitionError(f"{where}: {what} {value!r} {why}")
+        raise DefinitionError(f"{where}: {what} {value[:80]!r} {why}")
     return value
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, overload
 
 from flowledger.authoring.runnable import not_runnable
 from flowledger.domain.errors import DefinitionError, FlowledgerError
-from flowledger.domain.text import unstorable
+from flowledger.domain.text import unfit_name
 
 # The decorators hand back the method itself, marked: its signature is the
 # user's (checked by tests/integration/test_tool_typing.py under mypy --strict).
@@ -124,9 +124,12 @@ class Tool:
     @classmethod
     def check_definition(cls) -> None:
         tool = cls.tool_name()
-        if not isinstance(tool, str) or not tool.strip() or unstorable(tool) is not None:
+        if not isinstance(tool, str) or not tool.strip():
             raise DefinitionError(f"tool class {cls.__name__}: name must be a non-empty "
-                                  f"UTF-8 string without NUL, got {tool!r}")
+                                  f"string, got {tool!r}")
+        why = unfit_name(tool)
+        if why is not None:
+            raise DefinitionError(f"tool class {cls.__name__}: name {tool[:80]!r} {why}")
         for name, spec in cls.methods().items():
             why = not_runnable(getattr(cls, name))
             if why is not None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from functools import lru_cache
 from uuid import UUID, uuid5
 
+from flowledger.domain.text import SEPARATOR
+
 NAMESPACE = UUID("5b0f2c7e-2d1a-4c59-9a2e-6f1f0f8f1e11")
 
 
 @lru_cache(maxsize=65536)
 def _id(*parts: str) -> UUID:
-    # A unit separator cannot appear by accident in names, so ("a", "b/c") and
-    # ("a/b", "c") never collide.
-    return uuid5(NAMESPACE, "\x1f".join(parts))
+    # No name or id may hold the separator (text.unstorable), so ("a", "b/c")
+    # and ("a/b", "c") never collide.
+    return uuid5(NAMESPACE, SEPARATOR.join(parts))
 
 
 def workflow_id(name: str) -> UUID:

@@ -2,7 +2,8 @@
 
 Python strings may hold lone surrogates (`"\\ud800"`, from broken JSON escapes
 or `errors="surrogateescape"`), which UTF-8 cannot encode. Names and ids a
-user hands in are refused with `unstorable`'s answer (which also refuses NUL);
+user hands in are refused with `unstorable`'s answer (which also refuses NUL
+and the separator ids are joined with; names also `unfit_name`'s, by length);
 free text the engine must record whatever it holds (an exception's message)
 goes through `recordable`.
 """
@@ -12,6 +13,12 @@ from __future__ import annotations
 # An exception's text kept in the log: enough for a traceback's last line and
 # then some, never megabytes.
 MAX_RECORDED_TEXT = 4000
+# What joins names into stream ids (domain/ids.py): no name or id may hold it,
+# or ("a\x1fb", "c") and ("a", "b\x1fc") would be one stream.
+SEPARATOR = "\x1f"
+# A workflow's, topic's, handler's or tool's name, in UTF-8 bytes: names go into
+# the projections' keys and indexes, whose rows PostgreSQL holds to about 2.7 kB.
+MAX_NAME_BYTES = 200
 
 
 def unencodable(text: str) -> str | None:
@@ -37,6 +44,21 @@ def unstorable(text: str) -> str | None:
     if at >= 0:
         return (f"holds a NUL character ('\\x00') at position {at}, which a PostgreSQL "
                 "store cannot keep in text (remove it)")
+    at = text.find(SEPARATOR)
+    if at >= 0:
+        return (f"holds the unit separator ('\\x1f') at position {at}, which flowledger "
+                "keeps for joining names into ids (remove it)")
+    return None
+
+
+def unfit_name(name: str) -> str | None:
+    """Why `name` cannot name a workflow, topic, handler or tool, or None."""
+    why = unstorable(name)
+    if why is not None:
+        return why
+    size = len(name.encode())
+    if size > MAX_NAME_BYTES:
+        return f"is {size:,} bytes long, over the {MAX_NAME_BYTES} bytes a name may have"
     return None
 
 

@@ -85,6 +85,8 @@ def test_any_exception_text_leaves_the_session_closed(shared_engine: fl.Engine,
 @given(text=ANY_TEXT, where=st.sampled_from(["message_id", "title", "label", "source"]))
 @example(text="a\x00b", where="message_id")
 @example(text="a\x00b", where="label")
+@example(text="mail\x1fbox", where="source")
+@example(text="a\x1fb", where="message_id")
 def test_any_text_in_an_id_or_title_is_stored_or_refused_by_name(shared_engine: fl.Engine,
                                                                  text: str,
                                                                  where: str) -> None:
@@ -105,7 +107,8 @@ def test_any_text_in_an_id_or_title_is_stored_or_refused_by_name(shared_engine: 
     shared_engine.register(producer_workflow(name, use))
     result = shared_engine.run_session(name)
     assert open_session(shared_engine, name) is None
-    encodable = "\x00" not in text and not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    encodable = ("\x00" not in text and "\x1f" not in text
+                 and not any(0xD800 <= ord(c) <= 0xDFFF for c in text))
     empty_refused = where in ("message_id", "source") and not text
     if encodable and not empty_refused:
         assert result.status == "completed", result.error
@@ -189,3 +192,38 @@ def test_a_consumer_reserving_an_unencodable_id_fails_by_the_reservation_rule(ma
     assert "reserved in/\\udfff, which is un" in error and "UnicodeEncodeError" not in error
     assert open_session(engine, "wf") is None
     assert message_status(engine, "wf", "in") == {"pending": 1}  # nothing lost
+
+
+def test_names_that_would_join_into_another_s_id_are_refused(make_engine) -> None:
+    """Stream ids join names with the unit separator: an input of source
+    "mail\x1fbox", type "msg" was the input of source "mail", type "box\x1fmsg",
+    and workflow "w\x1fa"'s topic "b" held workflow "w"'s topic "a\x1fb"'s
+    messages. The separator is refused in names and ids, by name."""
+    with pytest.raises(fl.DefinitionError, match=r"topics 'a\\x1fb' holds the unit separator"):
+        fl.Workflow("w", topics=["a\x1fb"])
+    with pytest.raises(fl.DefinitionError, match=r"a workflow's name 'w\\x1fa' holds the unit"):
+        fl.Workflow("w\x1fa", topics=["b"])
+    engine = make_engine()
+    engine.register(producer_workflow("inputs", lambda ctx: ctx.register_input(
+        source="mail", type="box\x1fmsg", id="1")))
+    result = engine.run_session("inputs")
+    assert result.status == "failed" and "type holds the unit separator" in (result.error or "")
+    assert open_session(engine, "inputs") is None
+
+
+@pytest.mark.parametrize("what", ["workflow", "topic", "handler", "tool"])
+def test_a_name_longer_than_a_store_can_index_is_refused_at_definition(what: str) -> None:
+    """A 3,000-character topic or handler name ran on SQLite and left the
+    workflow stuck on PostgreSQL, whose index rows hold about 2.7 kB."""
+    long = "n" * 201
+    with pytest.raises(fl.DefinitionError, match="is 201 bytes long, over the 200 bytes"):
+        if what == "workflow":
+            fl.Workflow(long)
+        elif what == "topic":
+            fl.Workflow("w", topics=[long])
+        elif what == "handler":
+            wf = fl.Workflow("w", topics=["in"])
+            wf.producer(publishes=["in"], name=long)(lambda ctx, state: None)
+        else:
+            type("LongTool", (fl.Tool,), {"name": long}).check_definition()
+    fl.Workflow("n" * 200, topics=["é" * 100])  # 200 bytes each: accepted

@@ -108,11 +108,11 @@ def input_id_in_next(where: str) -> RuleBroken:
     )
 
 
-def unknown_input(where: str, input_id: object) -> RuleBroken:
+def unknown_input(where: str, input_id: object, why: str = "") -> RuleBroken:
     return RuleBroken(
         "publish with a registered input",
         f"{where}: input_id {input_id} was not returned by ctx.register_input in this "
-        f"workflow. Register the input first and pass the id it returns.",
+        f"workflow.{why or ' Register the input first and pass the id it returns.'}",
     )
 
 

@@ -182,7 +182,7 @@ class HandlerContext:
     # ---------------------------------------------------------- operations
 
     def publish(self, topic: str, message_id: str | None = None, payload: Any = None,
-                input_id: UUID | None = None) -> str:
+                input_id: UUID | str | None = None) -> str:
         """Publish (or replace, by message_id) a message; visible once the run commits."""
         self._guard(Operation.PUBLISH)
         if topic not in self._publishes_allowed:
@@ -194,6 +194,8 @@ class HandlerContext:
         if message_id is None:
             message_id = self._new_message_id()
         self._text(message_id, f"message_id of a message published to {topic!r}", "message_id")
+        if input_id is not None and not isinstance(input_id, UUID):
+            input_id = self._input_id(input_id)
         if input_id is not None and input_id not in self.inputs and not (
             self._input_known and self._input_known(input_id)
         ):
@@ -258,6 +260,18 @@ class HandlerContext:
         if why is not None:
             raise self._broke(LogicError(f"{self.where}: cost {amount!r} {why}"[:2000]))
         return value
+
+    def _input_id(self, value: Any) -> UUID:
+        """An input id given as text (str(id), as from a queue or a file) is the
+        UUID it spells; anything else is not an input id."""
+        if isinstance(value, str):
+            try:
+                return UUID(value)
+            except ValueError:
+                pass
+        raise self._broke(rules.unknown_input(
+            self.where, repr(value)[:200],
+            " It is not an input id: pass the uuid.UUID ctx.register_input returned."))
 
     def _text(self, value: Any, what: str, limit: str, empty_ok: bool = False) -> str:
         """A name or id handed in for the log: a string, encodable, within its limit."""

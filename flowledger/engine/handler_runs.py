@@ -563,15 +563,20 @@ class RunDriver:
         self.s.append("outcome")
         return unpack(run.outcome_result)
 
-    def _result(self, run: HandlerRun, value: Any, call: _MutationCall | None) -> bytes:
+    def _result(self, run: HandlerRun, value: Any, call: _MutationCall | None,
+                reconciled: bool = False) -> bytes:
         """The mutation's result, packed; if it cannot be kept the effect still
         happened: recorded as applied without a result, and the run fails so a
-        person looks."""
+        person looks. `reconciled`: the result came from the reconcile's answer."""
         m = run.mutation
         assert m is not None
+        method = m.reconcile if reconciled and m.reconcile else m.method
 
         def where() -> str:
-            return f"workflow {self._wf!r}, run {run.id}, result of {m.tool}.{m.method}"
+            said = f"result of {m.tool}.{method}"
+            if method != m.method:
+                said += f" (the reconcile of {m.tool}.{m.method}), in its Reconciliation"
+            return f"workflow {self._wf!r}, run {run.id}, {said}"
 
         try:
             result = pack(value, where, "the mutation's result")
@@ -603,7 +608,8 @@ class RunDriver:
             answer = Reconciliation.retry(
                 f"{m.tool}.{m.reconcile} returned {type(answer).__name__}, not "
                 "fl.Reconciliation.applied/failed/retry")
-        result = self._result(run, answer.result, call) if answer.status == "applied" else None
+        result = (self._result(run, answer.result, call, reconciled=True)
+                  if answer.status == "applied" else None)
         told = recordable(str(answer.reason or ""))  # a tool's text, kept whatever it holds
         return self._decide(run, ReconcileAnswered(answer.status, result, told, cause, live))
 

@@ -207,6 +207,31 @@ def test_a_mutation_result_over_the_limit_keeps_the_mutation_applied(make_engine
     assert message_status(engine, "wf", "in") == {"reserved": 1}
 
 
+def test_a_reconciled_result_that_cannot_be_stored_names_the_reconcile(make_engine, ledger):
+    """The result a reconcile's `Reconciliation.applied(...)` carries was said
+    to be the mutator's, where the mutator's own result never came back."""
+    from datetime import date
+
+    class Unsure(fl.Tool):
+        name = "ledger"
+
+        @fl.mutator(reconcile="look")
+        def append(self, key: str, value: str) -> str:
+            ledger.append(key, value)
+            raise fl.UncertainOutcome("timed out after writing")
+
+        def look(self, key: str, value: str) -> fl.Reconciliation:
+            return fl.Reconciliation.applied({"on": date(2026, 1, 1)})
+
+    engine = make_engine()
+    engine.register(ledger_workflow(items=["a"]), tools=[Unsure()])
+    result = engine.run_session("wf")
+    assert result.status == "failed"
+    assert ("result of ledger.look (the reconcile of ledger.append), in its Reconciliation"
+            in (result.error or ""))
+    assert ledger.keys() == ["a"]
+
+
 def test_limits_must_be_positive():
     with pytest.raises(fl.ConfigurationError, match="positive"):
         fl.Limits(payload=0)

@@ -261,6 +261,36 @@ def test_register_input_twice_returns_the_same_id(make_engine):
     assert len(registered) == 1 and registered[0].fields["title"] == "first"
 
 
+@pytest.mark.parametrize("given", ["text", "not an id", "number"])
+def test_an_input_id_given_as_text_is_the_id_it_spells_and_anything_else_is_named(
+        make_engine, given):
+    """str(id), as an id comes back from a queue or a file, was said never to
+    have been returned by register_input; text that spells no id, or a number,
+    raised a bare ValueError naming no run."""
+    wf = fl.Workflow("wf", topics=["in"])
+    ids: list[Any] = []
+
+    @wf.producer(publishes=["in"])
+    def producer(ctx: Any, state: Any) -> None:
+        registered = ctx.register_input(source="s", type="t", id="1")
+        ids.append(registered)
+        ctx.publish("in", message_id="m", payload=1, input_id={
+            "text": str(registered), "not an id": "A-1", "number": 7}[given])
+
+    engine = make_engine()
+    engine.register(wf)
+    result = engine.run_session("wf")
+    if given == "text":
+        assert result.status == "completed", result.error
+        (message,) = [e for e in engine.events(workflow="wf") if e.name == "Published"]
+        assert [str(i) for i in message.fields["caused_by"]] == [str(ids[0])]
+    else:
+        assert result.status == "failed"
+        assert "producer of 'producer'" in (result.error or "")
+        assert "It is not an input id: pass the uuid.UUID ctx.register_input returned" in (
+            result.error or "")
+
+
 def test_a_failed_producer_leaves_no_trace_in_topics_inputs_or_state(make_engine):
     wf = fl.Workflow("wf", topics=["in"])
 

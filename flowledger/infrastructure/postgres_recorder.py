@@ -45,6 +45,7 @@ from psycopg import pq
 
 from flowledger.domain.errors import ConfigurationError
 from flowledger.domain.text import one_line
+from flowledger.infrastructure.busy_appends import BUSY_PATIENCE_S, waiting_out_busy
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, Link, head_of
 from flowledger.infrastructure.postgres_batch import PgBatch, Prepared, Rows
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast, create_guard_sql
@@ -1141,6 +1142,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
     # How long an append waits for a server it cannot connect to (restarting,
     # failing over) before it fails: nothing was sent, so trying again is safe.
     RECONNECT_WITHIN_S = 30.0
+    busy_patience_s = BUSY_PATIENCE_S  # busy_appends.py
 
     def append_rows(self, rows: Sequence[Row], appended: Sequence[Any],
                     fence: Fence | None = None, sync: bool = True,
@@ -1155,9 +1157,12 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         was taken over meanwhile. A connection lost while sending is not: its
         outcome is unknown."""
         lost = self.lost_appends  # as the caller last checked it
-        return self._reconnecting(functools.partial(
+        append = functools.partial(self._reconnecting, functools.partial(
             self._append_rows, rows, appended, fence, sync, snapshots, hold, read_after, lost,
             answered))
+        if fence is None:
+            return append()
+        return waiting_out_busy(append, self.is_busy, self.busy_patience_s)
 
     def place_rows(self, placed: Sequence[tuple[int, Row]]) -> None:
         positions, rows = [p for p, _ in placed], [row for _, row in placed]
@@ -1317,7 +1322,14 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
             again = True
         if not again:
             if isinstance(e, psycopg.errors.LockNotAvailable):
-                return OperationalError(e)  # as `writing` says it
+                # A session's append (busy_appends.py), whose answer came late:
+                # nothing of it was stored, so it is made again, patiently.
+                try:
+                    return waiting_out_busy(functools.partial(
+                        self._reconnecting, sent.later.again), self.is_busy,
+                        self.busy_patience_s)
+                except BaseException as failed:
+                    return failed
             return e
         try:
             return self._reconnecting(sent.later.again)

@@ -8,6 +8,7 @@ tracking position in that same transaction.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import sqlite3
@@ -29,6 +30,7 @@ from eventsourcing.sqlite import (
 )
 
 from flowledger.domain.errors import ConfigurationError
+from flowledger.infrastructure.busy_appends import BUSY_PATIENCE_S, waiting_out_busy
 from flowledger.infrastructure.hash_chain import HEAD_SQL, INSERT_SQL, Chain, head_of
 from flowledger.infrastructure.store import (
     CREATE_WORKERS,
@@ -125,6 +127,7 @@ class FastReads:
 
 class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
     after_insert: AfterInsert | None = None
+    busy_patience_s = BUSY_PATIENCE_S  # busy_appends.py
     chain: Chain | None = None  # set once the store's format is settled
     after_abort: Callable[[], None] | None = None  # an append's transaction rolled back
     before_fold: BeforeFold | None = None  # unused: reads of a file cost no round trip
@@ -338,6 +341,17 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
         (rows of the same shape) go to the snapshot table in it too. `hold` is
         passed on to the hook. `read_after` is read last in the transaction, in order.
         """
+        append = functools.partial(self._append_rows, rows, appended, fence, sync,
+                                   snapshots, hold, read_after)
+        if fence is None:
+            return append()
+        return waiting_out_busy(append, self.is_busy, self.busy_patience_s)
+
+    def _append_rows(self, rows: Sequence[Row], appended: Sequence[Any], fence: Fence | None,
+                     sync: bool, snapshots: Sequence[Row], hold: bool,
+                     read_after: Sequence[ReadAfter]) -> int:
+        """`append_rows`, once (a session's is tried again while the store is
+        busy: busy_appends.py)."""
         read: list[list[Any]] = []
         with self.writing(sync) as c:
             try:

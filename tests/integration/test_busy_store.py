@@ -48,12 +48,12 @@ def short_lock_timeout(store: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 def hold_write_lock(store: str, held: threading.Event) -> None:
     """Another process's transaction holding the log's write lock for HELD_S."""
     if store.startswith("sqlite"):
-        conn = sqlite3.connect(store[len("sqlite:///"):], isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
+        lite = sqlite3.connect(store[len("sqlite:///"):], isolation_level=None)
+        lite.execute("BEGIN IMMEDIATE")
         held.set()
         time.sleep(HELD_S)
-        conn.rollback()
-        conn.close()
+        lite.rollback()
+        lite.close()
         return
     import psycopg
 

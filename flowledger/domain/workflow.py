@@ -180,7 +180,7 @@ class Workflow(EventSourcedAggregate):
         if self.open_session is not None:
             raise SessionAlreadyOpen(
                 f"workflow {self.name!r} already has session {self.open_session} open "
-                f"(held by {self.session_owner}, lease until {self.lease_until})"
+                f"(held by {self.session_owner}, lease until {_shown(self.lease_until)})"
             )
         self.record(self.SessionOpened, now, session_id=session_id, owner=owner,
                     lease_until=lease_until)
@@ -206,7 +206,7 @@ class Workflow(EventSourcedAggregate):
         if not (holder_dead or self.lease_expired(lease_now or now)):
             raise SessionAlreadyOpen(
                 f"session {self.open_session} of workflow {self.name!r} is held by "
-                f"{self.session_owner} until {self.lease_until}"
+                f"{self.session_owner} until {_shown(self.lease_until)}"
             )
         self.record(self.SessionTakenOver, now, session_id=self.open_session,
                     previous_owner=self.session_owner, owner=owner, lease_until=lease_until)
@@ -245,3 +245,8 @@ class Workflow(EventSourcedAggregate):
     def resume(self, now: datetime, reason: str) -> None:
         if self.status != WorkflowStatus.ACTIVE:
             self.record(self.Resumed, now, reason=reason)
+
+
+def _shown(moment: datetime | None) -> str:
+    """A lease's end as every time is shown (UTC, to the second)."""
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}Z"

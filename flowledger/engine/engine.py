@@ -523,7 +523,7 @@ class Engine:
         if alive and not expired:
             return SessionResult("busy", name, wf.open_session, error=(
                 f"session {wf.open_session} is held by {wf.session_owner}, which may still be "
-                f"running (lease until {wf.lease_until}); nothing was done"))
+                f"running (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z); nothing was done"))
         self._refuse_acting("taking a session over appends to the log")  # the worker's way in
         session_id = wf.take_over_session(now, self.owner, self.policy.lease_until(lease_now),
                                           holder_dead=not alive, lease_now=lease_now)

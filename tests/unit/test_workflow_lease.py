@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowledger.domain.workflow import Workflow
+from flowledger.domain.workflow import SessionAlreadyOpen, Workflow
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SESSION = UUID(int=7)
@@ -61,3 +62,13 @@ def test_only_the_latest_holder_gives_it_up(steps: list[str], data: st.DataObjec
     for event in wf.collect_events():
         replayed = event.mutate(replayed)
     assert replayed is not None and vars(replayed) == vars(wf)
+
+
+def test_a_lease_s_end_is_said_as_every_time_is_shown() -> None:
+    """UTC to the second, as the README shows times (it was said with
+    microseconds and +00:00 here, and with neither elsewhere)."""
+    wf = opened()
+    with pytest.raises(SessionAlreadyOpen, match=r"lease until 2026-01-01 00:01:00Z\)$"):
+        wf.open_session_for(NOW, UUID(int=8), OWNER, NOW + timedelta(minutes=5))
+    with pytest.raises(SessionAlreadyOpen, match=r"until 2026-01-01 00:01:00Z$"):
+        wf.take_over_session(NOW, "other", NOW + timedelta(minutes=5))

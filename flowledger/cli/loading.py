@@ -49,6 +49,8 @@ def import_workflow_module(target: str) -> ModuleType:
         except Exception as e:
             raise _raised(repr(target), "while it was imported", e,
                           f"`python {target}` shows the whole traceback") from e
+        except SystemExit as e:
+            raise _exited(repr(target), "while it was imported", e) from e
         return module
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # as `python -m` would
@@ -68,6 +70,8 @@ def import_workflow_module(target: str) -> ModuleType:
     except Exception as e:
         raise _raised(f"module {target!r}", "while it was imported", e,
                       f"`python -c 'import {target}'` shows the whole traceback") from e
+    except SystemExit as e:
+        raise _exited(f"module {target!r}", "while it was imported", e) from e
 
 
 def _syntax_error(e: SyntaxError) -> str:
@@ -91,6 +95,17 @@ def _raised(what: str, when: str, e: Exception, whole: str) -> CommandError:
     where = f" (at {frame.filename}, line {frame.lineno}: {frame.line})" if frame else ""
     return CommandError(f"{what} raised {type(e).__name__} {when}: {e}{where}. Nothing was "
                         f"written; mend the code and run the command again ({whole})")
+
+
+def _exited(what: str, when: str, e: SystemExit) -> CommandError:
+    """The user's code called sys.exit as the command loaded it: a command that
+    ended there, silently and with its code, looked like one that ran (a
+    worker under `Restart=always` would start again and again)."""
+    frame = _deepest_own_frame(e)
+    where = f" (at {frame.filename}, line {frame.lineno}: {frame.line})" if frame else ""
+    return CommandError(f"{what} called sys.exit({e.code!r}) {when}{where}. Nothing was "
+                        "written; a workflow module is imported, not run: keep a script's "
+                        "own code under `if __name__ == \"__main__\":`")
 
 
 def _deepest_own_frame(e: BaseException) -> traceback.FrameSummary | None:
@@ -153,6 +168,8 @@ def load_definitions(target: str) -> Definitions:
             raise _raised(repr(target), "in its register(engine)", e,
                           "register(engine) called on an fl.Engine in a program of your "
                           "own shows the whole traceback") from e
+        except SystemExit as e:
+            raise _exited(repr(target), "in its register(engine)", e) from e
     else:
         definitions = Definitions(target, "list it in the module's TOOLS = [...]")
         workflows = list({id(v): v for v in vars(module).values()

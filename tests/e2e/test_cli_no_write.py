@@ -165,6 +165,13 @@ CODE_MISTAKES = {
     "raises.py": ("import flowledger as fl\nSETTINGS = {}\nINBOX = SETTINGS['inbox']\n",
                   ("'raises.py' raised KeyError while it was imported: 'inbox' (at ",
                    "raises.py, line 3: INBOX = SETTINGS['inbox'])")),
+    # A module that exits as it is imported ended the command there, silently, with
+    # its own code (0: a worker under Restart=always started again and again).
+    "exits.py": ("import sys\nsys.exit(0)\n",
+                 ("'exits.py' called sys.exit(0) while it was imported (at ",
+                  "exits.py, line 2: sys.exit(0))", "if __name__ == \"__main__\":")),
+    "register_exits.py": (FLAKY + "\ndef register(engine):\n    raise SystemExit(3)\n",
+                          ("'register_exits.py' called sys.exit(3) in its register(engine)",)),
     "register_raises.py": (FLAKY + "\ndef register(engine):\n    int('seven')\n",
                            ("'register_raises.py' raised ValueError in its register(engine): "
                             "invalid literal for int() with base 10: 'seven' (at ",

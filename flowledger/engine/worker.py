@@ -32,7 +32,7 @@ from flowledger.domain.schedule import Schedule
 from flowledger.domain.scheduling import ConsumerView, TopicBacklog
 from flowledger.domain.session import Trigger
 from flowledger.domain.text import one_line
-from flowledger.domain.workflow import Workflow
+from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine import worker_notes
 from flowledger.engine.graceful_stop import GracefulStop
 from flowledger.engine.session_runner import SessionRequest, SessionResult
@@ -40,6 +40,7 @@ from flowledger.engine.waiting import LogWaiter, max_position, retry_wait
 from flowledger.infrastructure.event_log import Kept
 from flowledger.infrastructure.store import LogWentBack
 from flowledger.infrastructure.store_failures import advice, from_the_store, is_outage
+from flowledger.infrastructure.store_url import cli_command
 from flowledger.projections import pending_work
 from flowledger.read_side.log_view import read_log
 
@@ -193,6 +194,7 @@ class Worker:
             if result is not None and result.status != "busy":
                 logger.info("recovered session %s of %s: %s", result.session_id,
                             result.workflow, result.status)
+            self._say_if_waiting(reg)
         engine._catch_up_read_side()
         self._seed_last_runs(waiter.head())
         self._note("started", lambda: worker_notes.note_started(engine, list(engine.workflows)))
@@ -304,6 +306,23 @@ class Worker:
                     "consumers serve what is published", reg.definition.name,
                     "s" if len(idle) > 1 else "", ", ".join(idle),
                     "have" if len(idle) > 1 else "has", "them" if len(idle) > 1 else "it")
+
+    def _say_if_waiting(self, reg: Registration) -> None:
+        """A workflow in error, or paused until a person decides, is served by no
+        session until then: said at the start, as a worker that only says it
+        serves it looks idle for no reason."""
+        wf: Workflow | None = self.engine.log.load(reg.workflow_id)
+        if wf is None or wf.status == WorkflowStatus.ACTIVE:
+            return
+        if wf.paused_until is not None:
+            logger.warning("workflow %s is paused until %s (%s): this worker serves it again "
+                           "then", wf.name, f"{wf.paused_until:%Y-%m-%d %H:%M:%S}Z",
+                           one_line(wf.reason or "no reason given"))
+            return
+        logger.warning("workflow %s is %s (%s): this worker serves it again once a person "
+                       "acts: `%s` lists what waits and the command for each", wf.name,
+                       wf.status.value, one_line(wf.reason or "no reason given"),
+                       cli_command(self.engine.store, "blocked"))
 
     def _regs(self) -> list[Registration]:
         return list(self.engine._registered.values())

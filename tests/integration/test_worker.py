@@ -1091,6 +1091,36 @@ def test_a_worker_says_at_its_start_which_producers_it_never_runs(
     assert said[0].startswith("workflow manual: producer produce has no every= or cron=")
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_worker_says_at_its_start_which_workflows_wait_for_a_person(
+        store: str, make_engine: Callable[..., fl.Engine],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A worker serving a workflow in error said only that it served it, and
+    then nothing: it names the workflow, why, and where to see what to do."""
+    broken = fl.Workflow("broken", topics=["in"])
+
+    @broken.producer(publishes=["in"])
+    def put(ctx: Any, state: Any) -> None:
+        ctx.publish("in", message_id="1", payload=1)
+
+    @broken.consumer(subscribe=["in"])
+    class Take:
+        def prepare(self, ctx: Any, state: Any) -> Any:
+            raise KeyError("customer")
+
+    engine = make_engine(clock=fl.SystemClock())
+    engine.register(broken)
+    engine.register(ledger_workflow("fine", items=[]), tools=[ScriptedLedgerTool(MemoryLedger())])
+    assert engine.run_session("broken").status == "failed"
+    with caplog.at_level(logging.INFO, logger="flowledger.worker"):
+        serve_for(engine, 0.5)
+    said = [m for m in caplog.messages if "once a person acts" in m]
+    assert len(said) == 1, caplog.messages
+    assert said[0].startswith("workflow broken is error (run ")
+    assert "KeyError: 'customer'" in said[0] and said[0].endswith(
+        "blocked` lists what waits and the command for each")
+
+
 def _opens_meanwhile(monkeypatch: pytest.MonkeyPatch, held: threading.Thread,
                      entered: threading.Event) -> None:
     """The next session opening starts `held` (another engine's session) after

@@ -27,7 +27,11 @@ def amount_problem(value: Decimal) -> str | None:
         return "must be a finite amount >= 0"
     if value >= AMOUNT_BELOW:
         return f"is too large: a cost is below {AMOUNT_BELOW:,}"
-    if int(value.normalize(SUMS).as_tuple().exponent) < -DECIMAL_PLACES:  # finite: an int
+    if value == 0:
+        return None
+    _, digits, exponent = value.as_tuple()
+    zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))  # trailing: no places
+    if -(int(exponent) + zeros) > DECIMAL_PLACES:  # finite: an int exponent
         return f"has more than {DECIMAL_PLACES} decimal places"
     return None
 

@@ -185,6 +185,9 @@ class Engine:
         self.log = EventLog.open(store, protection(cipher_key, compress, chain_key), create)
         try:
             self.log.flow_recorder.announce(self.owner)
+            # A session's append waits out a write lock others hold while its
+            # lease would hold; past it, another engine may take the session over.
+            self.log.flow_recorder.busy_patience_s = self.policy.lease_seconds
             self.lease = LeaseClock(self.clock, self.log.flow_recorder.store_time)
             self.lease.align()
             self.projections = self._projections(store)

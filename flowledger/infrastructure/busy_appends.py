@@ -5,9 +5,12 @@ lock stored nothing, and failing it stopped the session: a mutation whose
 call had returned then lost the outcome the engine held, and a mutator
 without a reconcile waited for a person (a `projections rebuild` on a big
 log, or any long transaction, holds that lock). A session's append (one with
-a fence) is tried again instead, for up to `BUSY_PATIENCE_S`; if the session
-was taken over meanwhile, its fence refuses it as before. Other appends (a
-person's decision, registering) fail at once, as the caller can try again.
+a fence) is tried again instead, for up to the recorder's `busy_patience_s`:
+the session's lease (the engine sets it; the lease cannot be renewed while the
+lock is held, and past it another engine may take the session over, whose
+fence then refuses this append, as for any takeover). A worker asked to stop
+waits that long at most. Other appends (a person's decision, registering)
+fail at once, as the caller can try again.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ logger = logging.getLogger("flowledger.store")
 
 T = TypeVar("T")
 
-# How long a session's append waits, in all, for a write lock others hold.
-BUSY_PATIENCE_S = 600.0
+# How long a session's append waits, in all, for a write lock others hold,
+# where no engine set it (the engine sets its policy's lease).
+BUSY_PATIENCE_S = 60.0
 
 
 def waiting_out_busy(append: Callable[[], T], busy: Callable[[BaseException], bool],

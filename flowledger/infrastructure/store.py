@@ -131,6 +131,8 @@ class LogStore(Protocol):
     after_insert: AfterInsert | None
     chain: Chain | None  # the tamper-evident links each append writes (ADR 0023)
     after_abort: Callable[[], None] | None
+    # How long a session's append waits out a write lock others hold (busy_appends.py).
+    busy_patience_s: float
     # Called before an append's positions are known, where the store's cursor
     # can send reads ahead (`prefetch`); None where it cannot (SQLite: reads
     # cost no round trip).

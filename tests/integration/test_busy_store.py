@@ -128,3 +128,22 @@ def test_an_append_outside_a_session_still_fails_at_the_lock_timeout(
                 engine.register(ledger_workflow(items=[]))
         finally:
             holder.join(10)
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_session_waits_no_longer_than_its_lease(
+        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the lease another worker may take the session over, and a worker
+    asked to stop waits no longer: the append then fails as before, nothing
+    of it stored, and the session stops to be recovered."""
+    ledger = MemoryLedger()
+    tool = LockedAfterTheCall(ledger, store)
+    policy = fl.RetryPolicy(lease_seconds=1.2)  # one more try after the first timeout
+    with short_lock_timeout(store, monkeypatch), fl.Engine(store, policy=policy) as engine:
+        engine.register(ledger_workflow(items=["a"]), tools=[tool])
+        with pytest.raises(fl.StoreBusyError, match="another process held its write lock"):
+            engine.run_session("wf")
+        assert tool.holder is not None
+        tool.holder.join(10)
+        assert tool.calls == 1
+        assert [r.status for r in engine.recover()] == ["suspended"]  # no reconcile

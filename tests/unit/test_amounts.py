@@ -71,6 +71,9 @@ def test_costs_beyond_the_bounds_are_refused_saying_why() -> None:
         "is too large: a cost is below 1,000,000,000,000,000,000")
     assert amount_problem(Decimal("1e-19")) == "has more than 18 decimal places"
     assert amount_problem(Decimal("1.0000000000000000000000")) is None  # zeros past the 18th
+    assert amount_problem(Decimal("100E-20")) is None  # 18 places once its zeros go
+    assert amount_problem(Decimal("1." + "0" * 80 + "1")) == "has more than 18 decimal places"
+    assert amount_problem(Decimal("0")) is None and amount_problem(Decimal("0E-40")) is None
     assert amount_problem(Decimal("-0.01")) == "must be a finite amount >= 0"
     assert amount_problem(Decimal("sNaN")) == "must be a finite amount >= 0"
     assert amount_problem(Decimal("Infinity")) == "must be a finite amount >= 0"

@@ -160,7 +160,8 @@ def recover(ctx: typer.Context, path_or_module: TargetArgument,
     if not results:
         out.print("Nothing to recover: no workflow of this code has a session open.")
         return
-    print_recovered(results)
+    print_recovered(results, "Recovered sessions" if any(r.status != "busy" for r in results)
+                    else "Sessions still held (nothing recovered)")
     print_settled(settled, engine.store)
     raise typer.Exit(exit_code_for(results))
 

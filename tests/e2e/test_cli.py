@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import flowledger as fl
 from flowledger import demo
 from flowledger.engine.faults import CRASH_EXIT_CODE
 
@@ -402,6 +403,31 @@ def test_recover_finishes_what_a_crash_left(workdir: Path) -> None:
     nothing = flowledger("recover", str(EXAMPLE), cwd=workdir)
     assert nothing.returncode == 0
     assert "Nothing to recover" in nothing.stdout
+
+
+def test_recover_of_a_session_its_living_holder_keeps_says_nothing_was_recovered(
+        tmp_path: Path) -> None:
+    """A session this test's own process holds (alive, its lease running) is
+    left to it: recover said so under "Recovered sessions"."""
+    from flowledger.engine.faults import SimulatedCrash
+
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    namespace: dict[str, Any] = {}
+    exec(compile(FLAKY, "flaky.py", "exec"), namespace)
+
+    def stop_after_opening(point: str) -> None:
+        if point == "after_append:session_open":
+            raise SimulatedCrash(point)  # the session stays open, held by this process
+
+    with fl.Engine(f"sqlite:///{tmp_path / 'flowledger.db'}",
+                   checkpoint=stop_after_opening) as engine:
+        engine.register(namespace["wf"], tools=namespace["TOOLS"])
+        with pytest.raises(SimulatedCrash):
+            engine.run_session("flaky")
+    held = flowledger("recover", "flaky.py", cwd=tmp_path)
+    assert "Sessions still held (nothing recovered)" in held.stdout, held.stdout
+    assert "Recovered sessions" not in held.stdout
+    assert "busy" in held.stdout
 
 
 def test_the_next_run_recovers_what_a_crash_left(workdir: Path) -> None:

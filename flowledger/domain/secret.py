@@ -36,6 +36,17 @@ class Secret:
     def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError("a Secret is immutable")
 
+    # Immutable: a copy is itself (`copy.deepcopy`, `dataclasses.asdict` of what
+    # holds one, as `replay --json` made, failed on the slots it cannot set).
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Secret:
+        return self
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str, SecretSource]]:
+        return (Secret, (self.name, self.source))
+
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Secret) and other.name == self.name
                 and other.source == self.source)

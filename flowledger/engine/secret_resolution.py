@@ -173,7 +173,9 @@ def _shows_only(error: BaseException, text: str) -> None:
 def _scrubbed(value: Any, revealed: Mapping[str, Secret]) -> Any:
     if not isinstance(value, str):
         return value
-    for plain, ref in revealed.items():
+    # Longest first: a value within another ("admin" in "admin-Hunter2!") would
+    # otherwise be replaced inside it, leaving the rest of the longer one shown.
+    for plain in sorted(revealed, key=len, reverse=True):
         if plain:
-            value = value.replace(plain, repr(ref))
+            value = value.replace(plain, repr(revealed[plain]))
     return value

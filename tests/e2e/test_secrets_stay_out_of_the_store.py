@@ -201,3 +201,55 @@ def test_a_missing_secret_pauses_the_run_for_a_person_and_names_it(
         result = engine.run_session("billing")
         assert result.status == "suspended"
         assert "environment variable PAY_KEY is not set" in str(engine.blocked())
+
+
+class Login(fl.Tool):
+    name = "payments"
+
+    @fl.mutator
+    def charge(self, user: str, api_key: str) -> None:
+        raise ValueError(f"login failed for password {api_key}")
+
+
+def logging_in() -> fl.Workflow:
+    wf = fl.Workflow("login", topics=["orders"])
+
+    @wf.producer(publishes=["orders"])
+    def orders(ctx: object, state: object) -> None:
+        ctx.publish("orders", message_id="o1", payload=1)  # type: ignore[attr-defined]
+
+    @wf.consumer(subscribe=["orders"])
+    class Charge:
+        def prepare(self, ctx: object, state: object) -> fl.Prepared:
+            return fl.Prepared({"orders": ["o1"]})
+
+        def mutate(self, ctx: object, prepared: fl.Prepared) -> None:
+            ctx.tools.payments.charge(  # type: ignore[attr-defined]
+                fl.Secret("user"), api_key=fl.Secret.from_env("PAY_KEY"))
+
+    return wf
+
+
+def test_a_secret_whose_value_holds_another_s_is_scrubbed_whole(
+        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With secrets "admin" and "admin-Hunter2!", the shorter was replaced
+    first: the error read "Secret('user')-Hunter2!", the rest of the password
+    in the log and the wrong secret named."""
+    monkeypatch.setenv("PAY_KEY", "admin-Hunter2!")
+    with fl.Engine(store, secrets={"user": "admin"}) as engine:
+        engine.register(logging_in(), tools=[Login()])
+        engine.run_session("login")
+        run = next(r for r in engine.runs() if r.handler == "Charge")
+        said = f"{run.reason} {run.traceback}"
+        assert "password Secret.from_env('PAY_KEY')" in said, said
+        assert "Hunter2" not in said
+    assert b"Hunter2" not in store_bytes(store)
+
+
+def test_data_holding_a_secret_can_be_copied_as_replay_json_does() -> None:
+    """`replay RUN --json` crashed (a Secret could not be deep-copied)."""
+    import copy
+
+    secret = fl.Secret.from_env("PAY_KEY")
+    held = {"token": secret, "items": [secret]}
+    assert copy.deepcopy(held) == held and copy.deepcopy(secret) is secret

@@ -25,6 +25,7 @@ A failing history is shrunk by hypothesis and reported step by step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import tempfile
 from collections import Counter
@@ -44,6 +45,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from flowledger.authoring.definition import Workflow
 from flowledger.authoring.tools import Reconciliation, Tool
 from flowledger.domain.errors import ActionNotApplicable
+from flowledger.domain.secret import Secret
 from flowledger.engine.clock import ManualClock, SeededIds
 from flowledger.engine.engine import Engine
 from flowledger.engine.faults import DURABLE_POINTS
@@ -279,10 +281,14 @@ class _History:
     make_tools: Callable[[Path], Sequence[Tool]]
     deliver: Callable[[Path, Any], None]
     policy: RetryPolicy
-    key: MutationKey
+    given_key: MutationKey
     folder: tempfile.TemporaryDirectory[str] = field(
         default_factory=tempfile.TemporaryDirectory)
     lines: list[str] = field(default_factory=list)
+
+    def key(self, call: RecordedCall) -> Hashable:
+        """Which mutation a recorded call is (the caller's rule), as the log names it."""
+        return self.given_key(self.as_logged(call))
 
     def __post_init__(self) -> None:
         root = Path(self.folder.name)
@@ -296,6 +302,8 @@ class _History:
         # Mutations a person skipped whose effect had happened: their key, and
         # their run for the report.
         self.skipped_after_effect: list[tuple[Hashable, str]] = []
+        # A secret's value, as the tools got it, → the reference the log holds.
+        self.revealed: dict[str, Secret] = {}
         self.engine = self._new_engine()
 
     def __enter__(self) -> _History:
@@ -314,7 +322,37 @@ class _History:
         engine = Engine(self.store, clock=self.clock, ids=SeededIds(self.engines),
                         policy=self.policy)
         engine.register(self.workflow, tools=self.doubles)
+        resolve = engine.secrets.resolve
+
+        def noting(args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Secret]]:
+            resolved = resolve(args, kwargs)
+            self.revealed.update(resolved[2])
+            return resolved
+
+        engine.secrets.resolve = noting  # type: ignore[method-assign]
         return engine
+
+    def as_logged(self, call: RecordedCall) -> RecordedCall:
+        """The call as the log names it: a secret's value, which the tool got, as
+        the `fl.Secret` the handler passed (the log's side of every comparison
+        holds the reference, and no report may show the value)."""
+        if not self.revealed:
+            return call
+
+        def named(value: Any) -> Any:
+            if isinstance(value, str) and value in self.revealed:
+                return self.revealed[value]
+            if isinstance(value, list):
+                return [named(v) for v in value]
+            if isinstance(value, tuple):
+                return tuple(named(v) for v in value)
+            if isinstance(value, dict):
+                return {k: named(v) for k, v in value.items()}
+            return value
+
+        return dataclasses.replace(call, args=tuple(named(a) for a in call.args),
+                                   kwargs={k: named(v) for k, v in call.kwargs.items()})
 
     def say(self, line: str) -> None:
         self.lines.append(line)
@@ -394,9 +432,10 @@ class _History:
                 if last is not None and last.fault is None and last.effect == "unknown":
                     self.fail(f"run {blocked.run_id} of {blocked.handler} waits for a person, "
                               f"and not because of a fault the check injected: "
-                              f"{last.describe()}. A mutator says what became of its call: "
-                              "it returns, or raises fl.TransientError, fl.AuthError or "
-                              "fl.UncertainOutcome (and has a reconcile method)")
+                              f"{self.as_logged(last).describe()}. A mutator says what "
+                              "became of its call: it returns, or raises fl.TransientError, "
+                              "fl.AuthError or fl.UncertainOutcome (and has a reconcile "
+                              "method)")
                 effect = self._effect_of(blocked.tool, blocked.method or "", blocked.params)
                 # As a person who looked would: no call made, or none that took
                 # effect, is a mutation that did not happen (a fresh run makes it).
@@ -481,7 +520,7 @@ class _History:
         for calls in effects.values():
             if len(calls) > 1:
                 self.fail(f"a mutation happened {len(calls)} times: "
-                          + "; ".join(c.describe() for c in calls))
+                          + "; ".join(self.as_logged(c).describe() for c in calls))
         self._check_reconcile_answers()
         applied = Counter(self._applied_in_log())
         applied.update(key for key, _ in self.skipped_after_effect)
@@ -489,11 +528,12 @@ class _History:
         if applied != happened:
             only_log = applied - happened
             only_world = happened - applied
+            unlogged = [c for k in only_world for c in effects[k]]
             self.fail("the log and the tools disagree: "
                       + (f"the log says applied, but no call had that effect: "
                          f"{sorted(map(repr, only_log))}; " if only_log else "")
                       + (f"calls had effects the log does not record as applied: "
-                         f"{[c.describe() for k in only_world for c in effects[k]]}"
+                         f"{[self.as_logged(c).describe() for c in unlogged]}"
                          if only_world else ""))
         left = self._left_over()
         if left:
@@ -542,9 +582,10 @@ class _History:
                 if "unknown" in effects:
                     continue
                 truth = "happened" if "happened" in effects else "did not happen"
-                self.fail(f"{c.describe()}, though the mutation it looks for {truth} (by the "
-                          f"recorded calls of {c.tool}.{'/'.join(methods)}). A reconcile that "
-                          "cannot tell leaves every uncertain outcome of this tool to a person: "
+                self.fail(f"{self.as_logged(c).describe()}, though the mutation it looks for "
+                          f"{truth} (by the recorded calls of {c.tool}.{'/'.join(methods)}). "
+                          "A reconcile that cannot tell leaves every uncertain outcome of this "
+                          "tool to a person: "
                           "it answers fl.Reconciliation.applied(result) when the effect is "
                           "there, failed() when it is not, and retry() only while it cannot "
                           "see yet")
@@ -576,7 +617,8 @@ class _History:
             f"exactly-once check of workflow {self.workflow.name!r}: {problem}",
             "History:", *(f"  {line}" for line in self.lines),
             "Mutator and reconcile calls:",
-            *(f"  {c.describe()}" for c in calls), *([] if calls else ["  (none)"])])
+            *(f"  {self.as_logged(c).describe()}" for c in calls),
+            *([] if calls else ["  (none)"])])
         # The history's temporary folder is gone once it is read, and named
         # anew at each replay: one name, so that a seed gives the same report.
         report = report.replace(self.folder.name, "<history>")

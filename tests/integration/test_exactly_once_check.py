@@ -554,3 +554,53 @@ def test_a_reconcile_that_does_not_look_is_found_at_the_default_number_of_histor
         flt.check_exactly_once(orders_workflow(),
                                tools=lambda f: [OrderFolder(f), LookNoFurther(f)],
                                inputs=ORDERS, deliver=place_order, seed=seed)
+
+
+TOKEN = "tok_SUPERSECRET_42"
+
+
+class TokenBook(OrderBook):
+    """A book whose add also takes an API token, passed as a secret."""
+
+    @fl.mutator(reconcile="find")
+    def add(self, order: str, token: str) -> int:  # type: ignore[override]
+        assert token == TOKEN
+        return super().add(order)
+
+    def find(self, order: str, token: str) -> fl.Reconciliation:  # type: ignore[override]
+        return super().find(order)
+
+
+class TokenBookThatDoesNotLook(TokenBook):
+    def find(self, order: str, token: str) -> fl.Reconciliation:
+        return fl.Reconciliation.failed("did not look")
+
+
+def with_a_token() -> fl.Workflow:
+    wf = fl.Workflow("orders", topics=["placed", "booked"])
+    wf.producer(publishes=["placed"], tools=["orders"])(orders_workflow().producers[0].func)
+    booking(wf, lambda m: m.payload,
+            lambda book, order: book.add(order, token=fl.Secret.from_env("BOOK_TOKEN")))
+    return wf
+
+
+@pytest.mark.parametrize("book", [TokenBook, TokenBookThatDoesNotLook],
+                         ids=["sound", "reconcile-that-does-not-look"])
+def test_a_mutation_given_a_secret_is_judged_by_its_reference_and_never_shown(
+        book: type[OrderBook], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log holds a secret's reference and the tool got its value: a sound
+    workflow was reported as "the log and the tools disagree", with the token
+    printed in the report. Calls are compared as the log names them; a broken
+    one is still found, and its report shows the reference."""
+    monkeypatch.setenv("BOOK_TOKEN", TOKEN)
+    check = lambda: flt.check_exactly_once(  # noqa: E731
+        with_a_token(), tools=lambda f: [OrderFolder(f), book(f)], inputs=ORDERS,
+        deliver=place_order, seed=126)
+    if book is TokenBook:
+        check()
+        return
+    with pytest.raises(flt.ExactlyOnceViolation) as found:
+        check()
+    report = str(found.value)
+    assert "a mutation happened 2 times" in report
+    assert "token=Secret.from_env('BOOK_TOKEN')" in report and TOKEN not in report

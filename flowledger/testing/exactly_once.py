@@ -44,7 +44,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from flowledger.authoring.definition import Workflow
 from flowledger.authoring.tools import Reconciliation, Tool
-from flowledger.domain.errors import ActionNotApplicable
+from flowledger.domain.errors import ActionNotApplicable, InvalidArgument
 from flowledger.domain.secret import Secret
 from flowledger.engine.clock import ManualClock, SeededIds
 from flowledger.engine.engine import Engine
@@ -253,7 +253,12 @@ def _where_to_look(seen: Counter[str]) -> str:
 
 
 def _doubles(tools: Callable[[Path], Sequence[Tool]], folder: Path) -> list[ToolDouble]:
-    return [double(t) for t in tools(folder)]
+    made = tools(folder)
+    if isinstance(made, Tool) or not hasattr(made, "__iter__"):
+        hint = f": return [{type(made).__name__}(folder), ...]" if isinstance(made, Tool) else ""
+        raise InvalidArgument(f"check_exactly_once: tools(folder) must return a list of "
+                              f"fl.Tool instances, got {type(made).__name__}{hint}")
+    return [double(t) for t in made]
 
 
 def _methods(tool: ToolDouble) -> list[str]:
@@ -363,7 +368,12 @@ class _History:
         for number, step in enumerate(history, 1):
             self.say(f"{number}. {step!r}")
             if isinstance(step, Deliver):
-                self.deliver(self.world, step.value)
+                try:
+                    self.deliver(self.world, step.value)
+                except Exception as e:
+                    e.add_note(f"raised by check_exactly_once's deliver(folder, {step.value!r}): "
+                               "your function that puts an input into the world")
+                    raise
             elif isinstance(step, ArmCrash):
                 self.armed = step.point
             elif isinstance(step, TellFault):

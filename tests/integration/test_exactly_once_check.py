@@ -604,3 +604,21 @@ def test_a_mutation_given_a_secret_is_judged_by_its_reference_and_never_shown(
     report = str(found.value)
     assert "a mutation happened 2 times" in report
     assert "token=Secret.from_env('BOOK_TOKEN')" in report and TOKEN not in report
+
+
+def test_tools_that_is_not_a_list_and_a_deliver_that_raises_are_named() -> None:
+    """`tools=` giving one tool said "'OrderBook' object is not iterable", and
+    an error of `deliver` came out bare, as if the check had raised it."""
+    with pytest.raises(fl.InvalidArgument, match=r"tools\(folder\) must return a list of "
+                       r"fl.Tool instances, got OrderBook: return \[OrderBook\(folder\), "):
+        flt.check_exactly_once(orders_workflow(), tools=lambda f: OrderBook(f),  # type: ignore
+                               inputs=ORDERS, deliver=place_order, max_examples=1)
+
+    def full_disk(folder: Path, order: str) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full") as raised:
+        flt.check_exactly_once(orders_workflow(), tools=lambda f: [OrderFolder(f), OrderBook(f)],
+                               inputs=ORDERS, deliver=full_disk, max_examples=1, seed=1)
+    assert any("raised by check_exactly_once's deliver(folder, 'A-" in note
+               for note in raised.value.__notes__)

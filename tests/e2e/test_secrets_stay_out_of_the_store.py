@@ -163,7 +163,8 @@ def test_a_tools_error_that_holds_the_secret_elsewhere_than_its_args_is_scrubbed
     assert PAY_KEY.encode() not in store_bytes(store)
 
 
-def leaking() -> fl.Workflow:
+def leaking(first: object = "o1") -> fl.Workflow:
+    """A charge of one order with the PAY_KEY secret; `first`: its first argument."""
     wf = fl.Workflow("leak", topics=["orders"])
 
     @wf.producer(publishes=["orders"])
@@ -176,7 +177,7 @@ def leaking() -> fl.Workflow:
             return fl.Prepared({"orders": ["o1"]})
 
         def mutate(self, ctx: object, prepared: fl.Prepared) -> None:
-            ctx.tools.payments.charge("o1", api_key=fl.Secret.from_env("PAY_KEY"))  # type: ignore[attr-defined]
+            ctx.tools.payments.charge(first, api_key=fl.Secret.from_env("PAY_KEY"))  # type: ignore[attr-defined]
 
     return wf
 
@@ -211,25 +212,6 @@ class Login(fl.Tool):
         raise ValueError(f"login failed for password {api_key}")
 
 
-def logging_in() -> fl.Workflow:
-    wf = fl.Workflow("login", topics=["orders"])
-
-    @wf.producer(publishes=["orders"])
-    def orders(ctx: object, state: object) -> None:
-        ctx.publish("orders", message_id="o1", payload=1)  # type: ignore[attr-defined]
-
-    @wf.consumer(subscribe=["orders"])
-    class Charge:
-        def prepare(self, ctx: object, state: object) -> fl.Prepared:
-            return fl.Prepared({"orders": ["o1"]})
-
-        def mutate(self, ctx: object, prepared: fl.Prepared) -> None:
-            ctx.tools.payments.charge(  # type: ignore[attr-defined]
-                fl.Secret("user"), api_key=fl.Secret.from_env("PAY_KEY"))
-
-    return wf
-
-
 def test_a_secret_whose_value_holds_another_s_is_scrubbed_whole(
         store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With secrets "admin" and "admin-Hunter2!", the shorter was replaced
@@ -237,8 +219,8 @@ def test_a_secret_whose_value_holds_another_s_is_scrubbed_whole(
     in the log and the wrong secret named."""
     monkeypatch.setenv("PAY_KEY", "admin-Hunter2!")
     with fl.Engine(store, secrets={"user": "admin"}) as engine:
-        engine.register(logging_in(), tools=[Login()])
-        engine.run_session("login")
+        engine.register(leaking(fl.Secret("user")), tools=[Login()])
+        engine.run_session("leak")
         run = next(r for r in engine.runs() if r.handler == "Charge")
         said = f"{run.reason} {run.traceback}"
         assert "password Secret.from_env('PAY_KEY')" in said, said

@@ -22,17 +22,24 @@ def run_sql(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
         finally:
             conn.close()
         return rows
+    with pg_connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql.replace("?", "%s"), params)
+        return list(cur.fetchall()) if cur.description else []
+
+
+def pg_connect(url: str, autocommit: bool = False) -> Any:
+    """A connection of its own to a PostgreSQL store's database, its schema first
+    on the search path."""
     import psycopg
 
     parts = urlsplit(url)
     schema = parse_qs(parts.query).get("schema", ["public"])[0]
-    with psycopg.connect(host=parts.hostname, port=parts.port or 5432,
-                         user=unquote(parts.username or "postgres"),
-                         password=unquote(parts.password or ""),
-                         dbname=parts.path.lstrip("/"), autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{schema}"')
-        cur = conn.execute(sql.replace("?", "%s"), params)
-        return list(cur.fetchall()) if cur.description else []
+    conn = psycopg.connect(host=parts.hostname, port=parts.port or 5432,
+                           user=unquote(parts.username or "postgres"),
+                           password=unquote(parts.password or ""),
+                           dbname=parts.path.lstrip("/"), autocommit=autocommit)
+    conn.execute(f'SET search_path TO "{schema}"')
+    return conn
 
 
 def tables(url: str) -> list[str]:

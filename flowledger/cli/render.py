@@ -26,6 +26,7 @@ from flowledger.cli.exits import EXIT_PIPE_CLOSED
 from flowledger.domain.phases import RunStatus
 from flowledger.domain.secret import Secret
 from flowledger.domain.session import SessionOutcome
+from flowledger.domain.text import TIME_FORMAT  # every time the CLI prints, in UTC
 from flowledger.domain.workflow import WorkflowStatus
 from flowledger.read_side.queries import SHORT_ID
 
@@ -70,7 +71,6 @@ def short(value: UUID | None) -> str:
     return value.hex[-SHORT_ID:] if value is not None else "-"
 
 
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # every time the CLI prints, in UTC ("... (UTC)")
 TIME_WIDTH = 19
 
 

@@ -19,6 +19,7 @@ AMOUNT_BELOW = Decimal(10) ** 18
 DECIMAL_PLACES = 18
 
 SUMS = Context(prec=76, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOperation])
+FINEST = Decimal(1).scaleb(-DECIMAL_PLACES)  # 1E-18
 
 
 def amount_problem(value: Decimal) -> str | None:
@@ -27,11 +28,9 @@ def amount_problem(value: Decimal) -> str | None:
         return "must be a finite amount >= 0"
     if value >= AMOUNT_BELOW:
         return f"is too large: a cost is below {AMOUNT_BELOW:,}"
-    if value == 0:
-        return None
-    _, digits, exponent = value.as_tuple()
-    zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))  # trailing: no places
-    if -(int(exponent) + zeros) > DECIMAL_PLACES:  # finite: an int exponent
+    # Below 10**18, to 18 places is at most 36 digits: `SUMS` quantizes it exactly,
+    # and a value with a nonzero digit past the 18th place comes back changed.
+    if value.quantize(FINEST, context=SUMS) != value:
         return f"has more than {DECIMAL_PLACES} decimal places"
     return None
 

@@ -112,7 +112,7 @@ def unknown_input(where: str, input_id: object, why: str = "") -> RuleBroken:
     return RuleBroken(
         "publish with a registered input",
         f"{where}: input_id {input_id} was not returned by ctx.register_input in this "
-        f"workflow.{why or ' Register the input first and pass the id it returns.'}",
+        f"workflow. {why or 'Register the input first and pass the id it returns.'}",
     )
 
 

@@ -10,6 +10,8 @@ goes through `recordable`.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 # An exception's text kept in the log: enough for a traceback's last line and
 # then some, never megabytes.
 MAX_RECORDED_TEXT = 4000
@@ -71,6 +73,20 @@ def recordable(text: str, limit: int = MAX_RECORDED_TEXT) -> str:
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit:,} more characters)"
     return text
+
+
+# Every time flowledger shows a person: UTC, to the second (the CLI's tables
+# say "(UTC)" in their headers; a message marks it Z).
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def shown_time(moment: datetime | None) -> str:
+    """A moment as a message shows it: `2026-12-01 22:15:56Z` ("-" for none)."""
+    if moment is None:
+        return "-"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{moment:{TIME_FORMAT}}Z"
 
 
 def one_line(value: object) -> str:

@@ -17,6 +17,7 @@ from uuid import UUID
 from flowledger.domain.aggregate import EventSourcedAggregate
 from flowledger.domain.errors import ConcurrencyError, InternalError
 from flowledger.domain.ids import workflow_id
+from flowledger.domain.text import shown_time
 
 
 class WorkflowStatus(StrEnum):
@@ -180,7 +181,7 @@ class Workflow(EventSourcedAggregate):
         if self.open_session is not None:
             raise SessionAlreadyOpen(
                 f"workflow {self.name!r} already has session {self.open_session} open "
-                f"(held by {self.session_owner}, lease until {_shown(self.lease_until)})"
+                f"(held by {self.session_owner}, lease until {shown_time(self.lease_until)})"
             )
         self.record(self.SessionOpened, now, session_id=session_id, owner=owner,
                     lease_until=lease_until)
@@ -206,7 +207,7 @@ class Workflow(EventSourcedAggregate):
         if not (holder_dead or self.lease_expired(lease_now or now)):
             raise SessionAlreadyOpen(
                 f"session {self.open_session} of workflow {self.name!r} is held by "
-                f"{self.session_owner} until {_shown(self.lease_until)}"
+                f"{self.session_owner} until {shown_time(self.lease_until)}"
             )
         self.record(self.SessionTakenOver, now, session_id=self.open_session,
                     previous_owner=self.session_owner, owner=owner, lease_until=lease_until)
@@ -245,8 +246,3 @@ class Workflow(EventSourcedAggregate):
     def resume(self, now: datetime, reason: str) -> None:
         if self.status != WorkflowStatus.ACTIVE:
             self.record(self.Resumed, now, reason=reason)
-
-
-def _shown(moment: datetime | None) -> str:
-    """A lease's end as every time is shown (UTC, to the second)."""
-    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}Z"

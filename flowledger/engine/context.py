@@ -271,7 +271,7 @@ class HandlerContext:
                 pass
         raise self._broke(rules.unknown_input(
             self.where, repr(value)[:200],
-            " It is not an input id: pass the uuid.UUID ctx.register_input returned."))
+            "It is not an input id: pass the uuid.UUID ctx.register_input returned."))
 
     def _text(self, value: Any, what: str, limit: str, empty_ok: bool = False) -> str:
         """A name or id handed in for the log: a string, encodable, within its limit."""

@@ -43,7 +43,7 @@ from flowledger.domain.run_decider import (
     decide,
 )
 from flowledger.domain.session import Session, Trigger
-from flowledger.domain.text import one_line
+from flowledger.domain.text import one_line, shown_time
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.clock import Clock, IdFactory, LeaseClock, SystemClock, random_ids
 from flowledger.engine.closing import (
@@ -404,7 +404,8 @@ class Engine:
         logger.info("session %s of %s (%s) opened", session.id, reg.definition.name,
                     request.trigger.value)
         assert streams.fenced_on is not None
-        with self._abandoned_if_interrupted(reg, session.id, streams.fenced_on):
+        with self._abandoned_if_interrupted(reg, session.id,
+                                            streams.fenced_on.session_held_since):
             self.checkpoint("after_append:session_open")
             result = runner.run(streams, streams.fenced_on, session, request, opened.reads)
         if recovered is not None:
@@ -418,16 +419,16 @@ class Engine:
 
     @contextlib.contextmanager
     def _abandoned_if_interrupted(self, reg: Registration, session_id: UUID,
-                                  held: Workflow) -> Iterator[None]:
+                                  held_since: int | None) -> Iterator[None]:
         """A session whose work is cut short by an exception the engine does not
         handle (KeyboardInterrupt, SystemExit, a bug) is left as a crash leaves
         it — its runs unfinished, to be continued by the rules of DESIGN §2.3,
         never failed — but its lease ends at once: this engine (or any other)
         continues it on the next session or recover(), instead of waiting out
         the lease of a holder that is alive but no longer working on it.
-        `held`: the workflow as this session got it (opened or taken over); a
-        session another thread of this engine took over since is left to it."""
-        held_since = held.session_held_since
+        `held_since`: the workflow's `session_held_since` as this session got it
+        (opened or taken over); a session another thread of this engine took
+        over since is left to it."""
         try:
             yield
         except SimulatedCrash:
@@ -526,7 +527,7 @@ class Engine:
         if alive and not expired:
             return SessionResult("busy", name, wf.open_session, error=(
                 f"session {wf.open_session} is held by {wf.session_owner}, which may still be "
-                f"running (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z); nothing was done"))
+                f"running (lease until {shown_time(wf.lease_until)}); nothing was done"))
         self._refuse_acting("taking a session over appends to the log")  # the worker's way in
         session_id = wf.take_over_session(now, self.owner, self.policy.lease_until(lease_now),
                                           holder_dead=not alive, lease_now=lease_now)
@@ -551,7 +552,7 @@ class Engine:
                     "its holder is gone" if not alive else "its lease ran out")
         request = SessionRequest(Trigger(session.trigger), session.max_iterations,
                                  session.max_cost, should_stop=should_stop)
-        with self._abandoned_if_interrupted(reg, session_id, wf):
+        with self._abandoned_if_interrupted(reg, session_id, wf.session_held_since):
             return SessionRunner(reg, self._scope_factory(reg, checkpoint), self.store).run(
                 streams, wf, session, request)
 

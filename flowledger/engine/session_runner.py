@@ -21,6 +21,7 @@ from flowledger.domain.handler_run import HandlerRun
 from flowledger.domain.phases import RunKind
 from flowledger.domain.scheduling import ConsumerView, Decline, pick_consumer, remaining_work
 from flowledger.domain.session import Session, SessionOutcome, Trigger
+from flowledger.domain.text import shown_time
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine.handler_runs import RunDriver, RunResult, SessionScope
 from flowledger.engine.publish_guess import MessageNotNew
@@ -139,7 +140,7 @@ class SessionRunner:
         return SessionResult(
             "busy", wf.name, error=(
                 f"workflow {wf.name!r} has session {wf.open_session} open, held by "
-                f"{wf.session_owner} (lease until {wf.lease_until:%Y-%m-%d %H:%M:%S}Z), "
+                f"{wf.session_owner} (lease until {shown_time(wf.lease_until)}), "
                 "which is still running as far as the store can tell. Nothing was done: "
                 "run again once it has closed that session. Should it end without closing "
                 "it, the next run (or `"
@@ -158,7 +159,7 @@ class SessionRunner:
             if wf.paused_until is not None and wf.paused_until <= now:
                 return None  # a retry or reconciliation is due
             if wf.paused_until is not None:
-                return (f"workflow {name!r} is paused until {wf.paused_until:%Y-%m-%d %H:%M:%S}Z"
+                return (f"workflow {name!r} is paused until {shown_time(wf.paused_until)}"
                         f": {_sentence(wf.reason)} Nothing was done; run a session after "
                         "that time.")
             return (f"workflow {name!r} is paused and waits for a person: "

@@ -31,7 +31,7 @@ from flowledger.domain.phases import RunKind
 from flowledger.domain.schedule import Schedule
 from flowledger.domain.scheduling import ConsumerView, TopicBacklog
 from flowledger.domain.session import Trigger
-from flowledger.domain.text import one_line
+from flowledger.domain.text import one_line, shown_time
 from flowledger.domain.workflow import Workflow, WorkflowStatus
 from flowledger.engine import worker_notes
 from flowledger.engine.graceful_stop import GracefulStop
@@ -316,7 +316,7 @@ class Worker:
             return
         if wf.paused_until is not None:
             logger.warning("workflow %s is paused until %s (%s): this worker serves it again "
-                           "then", wf.name, f"{wf.paused_until:%Y-%m-%d %H:%M:%S}Z",
+                           "then", wf.name, shown_time(wf.paused_until),
                            one_line(wf.reason or "no reason given"))
             return
         logger.warning("workflow %s is %s (%s): this worker serves it again once a person "

@@ -1157,12 +1157,17 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         was taken over meanwhile. A connection lost while sending is not: its
         outcome is unknown."""
         lost = self.lost_appends  # as the caller last checked it
-        append = functools.partial(self._reconnecting, functools.partial(
+        append = functools.partial(
             self._append_rows, rows, appended, fence, sync, snapshots, hold, read_after, lost,
-            answered))
-        if fence is None:
-            return append()
-        return waiting_out_busy(append, self.is_busy, self.busy_patience_s)
+            answered)
+        return self._reconnecting(append) if fence is None else self._patiently(append)
+
+    def _patiently(self, append: Callable[[], int]) -> int:
+        """A session's append: tried again while no connection can be opened
+        (`_reconnecting`) and while another process holds the write lock past
+        the lock timeout (busy_appends.py)."""
+        return waiting_out_busy(functools.partial(self._reconnecting, append), self.is_busy,
+                                self.busy_patience_s)
 
     def place_rows(self, placed: Sequence[tuple[int, Row]]) -> None:
         positions, rows = [p for p, _ in placed], [row for _, row in placed]
@@ -1325,9 +1330,7 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
                 # A session's append (busy_appends.py), whose answer came late:
                 # nothing of it was stored, so it is made again, patiently.
                 try:
-                    return waiting_out_busy(functools.partial(
-                        self._reconnecting, sent.later.again), self.is_busy,
-                        self.busy_patience_s)
+                    return self._patiently(sent.later.again)
                 except BaseException as failed:
                     return failed
             return e

@@ -229,9 +229,12 @@ def test_a_secret_whose_value_holds_another_s_is_scrubbed_whole(
 
 
 def test_data_holding_a_secret_can_be_copied_as_replay_json_does() -> None:
-    """`replay RUN --json` crashed (a Secret could not be deep-copied)."""
+    """`replay RUN --json` crashed (a Secret could not be deep-copied); nor
+    could a Secret be pickled (its slots cannot be set once made)."""
     import copy
+    import pickle
 
     secret = fl.Secret.from_env("PAY_KEY")
     held = {"token": secret, "items": [secret]}
     assert copy.deepcopy(held) == held and copy.deepcopy(secret) is secret
+    assert pickle.loads(pickle.dumps(held)) == held

@@ -8,30 +8,26 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
 import flowledger as fl
 from flowledger.infrastructure import store_url
 from tests.helpers import MemoryLedger, ledger_workflow
+from tests.store_contents import pg_connect
 
 LOCK_TIMEOUT_S = 1  # SQLite takes whole seconds
 HELD_S = 2.5  # past the lock timeout, twice over
 
 
-@contextmanager
-def short_lock_timeout(store: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The engines opened here wait LOCK_TIMEOUT_S for the write lock, not 30 s
-    (the real lock, a shorter wait)."""
+def short_lock_timeout(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engines the test opens wait LOCK_TIMEOUT_S for the write lock, not
+    30 s (the real lock, a shorter wait)."""
     if store.startswith("sqlite"):
         env = store_url._sqlite_env
         monkeypatch.setattr(store_url, "_sqlite_env", lambda name: {
             **env(name), "SQLITE_LOCK_TIMEOUT": str(LOCK_TIMEOUT_S)})
-        yield
         return
     from flowledger.infrastructure.postgres_recorder import FlowPostgresRecorder
 
@@ -42,7 +38,6 @@ def short_lock_timeout(store: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         return connect(self, setting)
 
     monkeypatch.setattr(FlowPostgresRecorder, "_connect", shorter)
-    yield
 
 
 def hold_write_lock(store: str, held: threading.Event) -> None:
@@ -55,14 +50,8 @@ def hold_write_lock(store: str, held: threading.Event) -> None:
         lite.rollback()
         lite.close()
         return
-    import psycopg
-
-    parts = urlsplit(store)
-    schema = parse_qs(parts.query).get("schema", ["public"])[0]
-    with psycopg.connect(host=parts.hostname, port=parts.port or 5432,
-                         user=unquote(parts.username or "postgres"),
-                         dbname=parts.path.lstrip("/")) as conn:
-        conn.execute(f'LOCK TABLE "{schema}".stored_events IN EXCLUSIVE MODE')
+    with pg_connect(store) as conn:
+        conn.execute("LOCK TABLE stored_events IN EXCLUSIVE MODE")
         held.set()
         time.sleep(HELD_S)
         conn.rollback()
@@ -97,7 +86,8 @@ def test_an_outcome_waits_out_a_write_lock_held_past_the_timeout(
         store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = MemoryLedger()
     tool = LockedAfterTheCall(ledger, store)
-    with short_lock_timeout(store, monkeypatch), fl.Engine(store) as engine:
+    short_lock_timeout(store, monkeypatch)
+    with fl.Engine(store) as engine:
         engine.register(ledger_workflow(items=["a", "b"]), tools=[tool])
         started = time.monotonic()
         result = engine.run_session("wf")
@@ -118,7 +108,8 @@ def test_an_append_outside_a_session_still_fails_at_the_lock_timeout(
         store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A person's decision or a registration fails at once, as before: its
     caller can try again, and nothing it holds is lost."""
-    with short_lock_timeout(store, monkeypatch), fl.Engine(store) as engine:
+    short_lock_timeout(store, monkeypatch)
+    with fl.Engine(store) as engine:
         held = threading.Event()
         holder = threading.Thread(target=hold_write_lock, args=(store, held))
         holder.start()
@@ -139,7 +130,8 @@ def test_a_session_waits_no_longer_than_its_lease(
     ledger = MemoryLedger()
     tool = LockedAfterTheCall(ledger, store)
     policy = fl.RetryPolicy(lease_seconds=1.2)  # one more try after the first timeout
-    with short_lock_timeout(store, monkeypatch), fl.Engine(store, policy=policy) as engine:
+    short_lock_timeout(store, monkeypatch)
+    with fl.Engine(store, policy=policy) as engine:
         engine.register(ledger_workflow(items=["a"]), tools=[tool])
         with pytest.raises(fl.StoreBusyError, match="another process held its write lock"):
             engine.run_session("wf")

@@ -74,9 +74,7 @@ from flowledger.infrastructure.store_failures import (
 )
 from flowledger.infrastructure.store_url import DEFAULT_STORE, cli_command, parse_store_url, shown
 from flowledger.projections import pending_work
-from flowledger.projections.audit import Audit
-from flowledger.projections.costs import Costs
-from flowledger.projections.log_times import LogTimes
+from flowledger.projections.catalog import store_projections
 from flowledger.projections.pending_work import PendingWork
 from flowledger.projections.runner import Progress, ProjectionRunner
 from flowledger.projections.sealing import Seal
@@ -239,9 +237,10 @@ class Engine:
                 "is knowing that, rebuild the projections (`flowledger projections rebuild`)")
 
     @engine_call
-    def verify(self, expect: str | None = None) -> Verification:
-        """Walk the log and its tamper-evident chain (see `fl.verify_store`)."""
-        return verify_log(self.log, expect)
+    def verify(self, expect: str | None = None, projections: bool = True) -> Verification:
+        """Walk the log and its tamper-evident chain, and compare the projections
+        with a fold of it (see `fl.verify_store`)."""
+        return verify_log(self.log, expect, projections)
 
     @engine_call
     def grant(self, role: str, read_only: bool = False) -> list[str]:
@@ -258,7 +257,7 @@ class Engine:
         (a store opened read-only that an older release wrote), said so."""
         try:
             return ProjectionRunner(self.log.flow_recorder, self.log.mapper,
-                                    [PendingWork(), Costs(), Audit(), LogTimes(), Settled()],
+                                    store_projections(),
                                     Seal(self.log.column_cipher))
         except Exception as e:
             if not (self.log.config.read_only and from_the_store(e)):

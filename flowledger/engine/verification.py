@@ -13,15 +13,23 @@ from flowledger.infrastructure.encryption import protection
 from flowledger.infrastructure.event_log import EventLog
 from flowledger.infrastructure.log_verification import Problem, Verification, verify_chain
 from flowledger.infrastructure.store_failures import store_errors_as_ours
+from flowledger.projections.checking import check_projections
 
 __all__ = ["Problem", "Verification", "verify_log", "verify_store"]
 
 
-def verify_log(log: EventLog, expect: str | None = None) -> Verification:
+def verify_log(log: EventLog, expect: str | None = None, projections: bool = True
+               ) -> Verification:
     chain = log.flow_recorder.chain
     assert chain is not None  # set when the log was opened
     report = verify_chain(log.flow_recorder, chain, expect)
     report.problems.extend(snapshot_problems(log))
+    if projections and not report.problems:  # the engine acts on pending work, which
+        # the chain does not cover; a log found changed is restored first anyway
+        check = check_projections(log)
+        report.projection_rows = check.rows
+        report.problems.extend(Problem(d.folded_upto, "projection", d.detail)
+                               for d in check.differences)
     return report
 
 
@@ -88,13 +96,15 @@ def _position(rows: list[tuple[int, int, str, bytes]], version: int) -> int:
 
 @store_errors_as_ours
 def verify_store(store: str, *, cipher_key: str | None = None, chain_key: str | None = None,
-                 expect: str | None = None) -> Verification:
+                 expect: str | None = None, projections: bool = True) -> Verification:
     """Walk store `store`'s log and chain once, in position order: every changed,
     removed, inserted or moved event is reported by position. `expect`: a head
     digest recorded earlier (`verify` prints it), which must still be in the chain.
+    `projections`: also fold the log again and compare every projection table
+    with it (a second read of the log; rows that differ are problems too).
     Keys as for `Engine` (arguments, else FLOWLEDGER_CIPHER_KEY / FLOWLEDGER_CHAIN_KEY)."""
     log = EventLog.open(store, protection(cipher_key, None, chain_key), create=False)
     try:
-        return verify_log(log, expect)
+        return verify_log(log, expect, projections)
     finally:
         log.close()

@@ -23,7 +23,7 @@ BATCH = 5000
 @dataclass(frozen=True)
 class Problem:
     position: int
-    kind: str  # "changed" | "removed" | "inserted"
+    kind: str  # "changed" | "removed" | "inserted" | "snapshot" | "projection"
     detail: str
 
     def __str__(self) -> str:
@@ -44,6 +44,7 @@ class Verification:
     problems: list[Problem] = field(default_factory=list)
     expected: str | None = None
     expected_found: bool | None = None  # None: no anchor was expected
+    projection_rows: int | None = None  # rows of projections compared (None: not checked)
 
     @property
     def ok(self) -> bool:

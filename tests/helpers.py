@@ -154,11 +154,11 @@ class ScriptedLedgerTool(fl.Tool):
     `script` holds, per call of `append`, one of: "ok", "transient", "auth",
     "uncertain_applied" (writes, then raises UncertainOutcome), "uncertain"
     (does not write, raises UncertainOutcome), "boom_applied" (writes, then
-    raises a plain exception) — or a MutationScenario, whose call is one of
-    these and whose answers join `reconcile_script` when the call is made. An
-    empty script means "ok". `reconcile_script` holds answers of the
-    reconcile: "look" (look the row up; also when it is empty), "retry",
-    "raise". Tools that share one script pass the same lists.
+    raises a plain exception), "boom" (raises it without writing) — or a
+    MutationScenario, whose call is one of these and whose answers join
+    `reconcile_script` when the call is made. An empty script means "ok".
+    `reconcile_script` holds answers of the reconcile: "look" (look the row
+    up; also when it is empty), "retry", "raise". Tools that share one script pass the same lists.
 
     It remembers every call (`calls`), every reconcile (`reconcile_calls`) and
     every key it wrote (`writes`).
@@ -193,6 +193,8 @@ class ScriptedLedgerTool(fl.Tool):
             raise fl.AuthError("token expired")
         if how == "uncertain":
             raise fl.UncertainOutcome("timeout before the write")
+        if how == "boom":
+            raise RuntimeError("connection refused")
         row = self.ledger.append(key, value)
         self.writes.append(key)
         if how == "uncertain_applied":

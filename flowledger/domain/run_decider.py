@@ -99,6 +99,7 @@ class MutateEnded:
     error: RunStatus | None
     reason: str | None
     call_failure: CallFailure | None  # how the mutator's call failed, if it did
+    call_error: str | None = None  # and what it raised, described
 
 
 @dataclass(frozen=True)
@@ -291,9 +292,11 @@ def _after_mutate(run: HandlerRun, o: MutateEnded, now: datetime) -> Effect:
         return RunNext("applied", run.outcome_result)
     if m.state is MutationState.FAILED:
         failure = o.call_failure or "unexpected"
-        if failure == "unexpected":
+        if failure == "unexpected":  # what it raised, then what the reconcile found
+            found = (NO_EFFECT_FOUND if m.reason == NO_EFFECT_FOUND
+                     else f"reconcile says it did not happen: {m.reason}")
             return Settle(RunStatus.FAILED_INTERNAL,
-                          f"mutator raised {m.reason}; reconcile says it did not happen")
+                          f"mutator raised {o.call_error or 'an exception'}; {found}")
         return Settle(call_failed_status(failure), m.reason or "")
     return settle_unknown(run)
 

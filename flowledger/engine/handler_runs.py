@@ -523,7 +523,7 @@ class RunDriver:
         self._flush(ctx, run)
         return self._decide(run, MutateEnded(
             status_for(problem) if problem else None, describe(problem) if problem else None,
-            call.failure))
+            call.failure, describe(call.error) if call.error is not None else None))
 
     def _perform(self, run: HandlerRun, ctx: HandlerContext, call: _MutationCall, tool: Tool,
                  method: ToolMethod, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

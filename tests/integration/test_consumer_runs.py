@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 import flowledger as fl
 from flowledger.domain.mutation_ledger import MutationState
 from tests.helpers import (
@@ -257,6 +259,33 @@ def test_unexpected_mutator_exception_is_reconciled_at_once(make_engine, ledger)
     assert result.status == "completed", result.error
     assert tool.reconcile_calls == [("a", "v-a")]
     assert ledger.keys() == ["a"]
+
+
+@pytest.mark.parametrize("reconcile, found", [
+    ("look", "reconcile says it did not happen: no such row"),
+    ("no_reason", "reconcile found no effect of the call")])
+def test_an_unexpected_exception_proven_harmless_names_what_was_raised(
+        make_engine, ledger, reconcile, found):
+    """The run fails as a tool bug, its reason saying what the mutator raised and
+    what the reconcile found (it read "mutator raised reconcile found no effect
+    of the call; reconcile says it did not happen", the exception lost)."""
+    class Silent(ScriptedLedgerTool):
+        def find_appended(self, key: str, value: str) -> fl.Reconciliation:
+            answer = super().find_appended(key, value)
+            return fl.Reconciliation.failed() if reconcile == "no_reason" else answer
+
+    engine = make_engine()
+    tool = Silent(ledger)
+    tool.script = ["boom"]
+    engine.register(ledger_workflow(items=["a"]), tools=[tool])
+
+    result = engine.run_session("wf")
+
+    assert result.status == "failed"
+    run = engine.run(runs_of(result, "Append")[0].run_id)
+    assert run.status.value == "failed:internal"
+    assert run.reason == f"mutator raised RuntimeError: connection refused; {found}"
+    assert tool.calls == [("a", "v-a")] and ledger.keys() == []
 
 
 def test_failure_in_next_after_applied_keeps_reservations_and_never_remutates(

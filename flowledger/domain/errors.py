@@ -72,6 +72,12 @@ class EngineClosed(FlowledgerError):
     nothing more; open a new one on the store."""
 
 
+class EngineForked(EngineClosed):
+    """The engine is used in a process forked from the one that opened it: its
+    connections, its liveness lock and its lease's heartbeat are the parent's.
+    Open a new engine in the child."""
+
+
 class CorruptEventError(FlowledgerError):
     """A stored event cannot be read back: its body (or its type) was changed or
     damaged outside flowledger. Nothing is skipped: what needed the event stops.

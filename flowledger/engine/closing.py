@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
-from flowledger.domain.errors import EngineClosed, FlowledgerError
+from flowledger.domain.errors import EngineClosed, EngineForked, FlowledgerError
 from flowledger.infrastructure.store_failures import store_errors_as_ours
 
 logger = logging.getLogger("flowledger.engine")
@@ -41,10 +42,30 @@ class Activity:
         self.closing = False
         self.why = (f"this engine (store {shown_store!r}) was closed: it does nothing more. "
                     "Open a new fl.Engine on the store to go on")
+        self._pid = os.getpid()  # the process whose connections and threads it holds
+
+    @property
+    def forked(self) -> bool:
+        """Whether this is a process forked from the one that opened the engine:
+        there its connections are the parent's sockets (statements of the two
+        would interleave), its liveness is the parent's pid and lock, and its
+        heartbeat thread does not run (a long call's lease would run out)."""
+        return os.getpid() != self._pid
+
+    def forked_why(self) -> str:
+        return (f"this engine was opened in process {self._pid} and is used in process "
+                f"{os.getpid()}, forked from it: its store connections, its liveness and "
+                "its lease's heartbeat belong to the parent, and using them here would "
+                "mix the two processes' statements or let another engine take this "
+                "one's session over mid-call. Nothing was done. Open a new fl.Engine in "
+                "the child, after the fork (with a pre-forking server, in its post-fork "
+                "hook)")
 
     def refuse_if_closed(self) -> None:
         if self.closing:
             raise EngineClosed(self.why)
+        if self.forked:
+            raise EngineForked(self.forked_why())
 
     @contextlib.contextmanager
     def running(self, stop: threading.Event | None = None) -> Iterator[None]:
@@ -75,6 +96,8 @@ class Activity:
             for item in items:
                 if stop.is_set():  # closed (or stopped) while it was read
                     return
+                if self.forked:  # read on in a child: its connection is the parent's
+                    raise EngineForked(self.forked_why())
                 yield item
         finally:
             with self._changed:

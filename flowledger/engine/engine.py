@@ -25,6 +25,7 @@ from flowledger.domain.errors import (
     CorruptEventError,
     DefinitionError,
     EngineClosed,
+    EngineForked,
     FlowledgerError,
     InvalidArgument,
     NotFoundError,
@@ -275,6 +276,9 @@ class Engine:
         take its session over and make the call again. Every later call raises
         EngineClosed (engine/closing.py)."""
         if isinstance(self.log, Refusing):  # closed already, or crashed (testing)
+            return
+        if self._activity.forked:  # a child's copy: what it would close is the parent's
+            refuse_everything(self, EngineForked, self._activity.forked_why())
             return
         self._activity.close()
         self.heartbeat.stop()

@@ -59,11 +59,12 @@ def check_projections(log: EventLog, projections: Sequence[Projection] | None = 
                     f"projection {projection.name} has folded the log up to position "
                     f"{upto}, past its head at {head}: the log lost events this store's "
                     "tables were made from (restored without the rest of the store?)")))
-            elif lacking:
+            elif lacking and upto > 0:
                 check.differences.append(ProjectionDifference(projection.name, upto, (
-                    f"projection {projection.name} lacks its table(s) "
-                    f"{', '.join(lacking)} (dropped outside flowledger?)")))
-            else:
+                    f"projection {projection.name} has folded the log up to position "
+                    f"{upto} but lacks its table(s) {', '.join(lacking)} (dropped outside "
+                    "flowledger?)")))
+            elif not lacking:  # else not made yet: a store an earlier release wrote
                 folded[projection.name] = (projection, upto)
         db, made = scratch_database()
         try:

@@ -24,7 +24,7 @@ def in_child(work: Any, report: Path, timeout: float = 60) -> dict[str, Any]:
             signal_alarm(timeout)
             report.write_text(json.dumps(work()))
             code = 0
-        except BaseException as e:  # noqa: BLE001 - said to the parent through the report
+        except BaseException as e:  # said to the parent through the report
             report.write_text(json.dumps({"crashed": repr(e)}))
         finally:
             os._exit(code)

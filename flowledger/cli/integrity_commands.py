@@ -55,8 +55,10 @@ def verify(
             "head digest elsewhere, or give the store a key)")
         say(f"{found.events:,} events checked; chain {kind}")
         if found.uncovered:
-            say(f"positions before {found.covered_from} ({found.uncovered:,} events) were "
-                "written before the chain existed and are not covered")
+            say(f"positions before {found.covered_from} ({found.uncovered:,} events) are not "
+                "covered by the chain: written before it existed, or the chain and the "
+                "store's format record were removed since. verify cannot tell which; a "
+                "head digest kept from before, checked with --expect, can")
         if found.projection_rows is not None:
             say(f"{found.projection_rows:,} projection rows compared with a fold of the log")
         say(f"head: position {found.head_position} digest {found.head_digest or '-'}")
@@ -67,8 +69,10 @@ def verify(
                 "log was cut or rewritten since that digest was printed (or it is another "
                 "store's)")
         if found.ok:
-            say("OK: the log is as it was written" + (
-                "" if found.projection_rows is None else ", and its projections are what it makes"))
+            say("OK: the log is as it was written"
+                + (f" from position {found.covered_from} on" if found.uncovered else "")
+                + ("" if found.projection_rows is None else
+                   ", and its projections are what it makes"))
         elif in_log or found.expected_found is False:
             say(f"NOT OK: {what}: restore it from a backup taken before that (verify the "
                 "backup with --expect and a digest kept elsewhere), and find who could write "

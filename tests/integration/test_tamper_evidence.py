@@ -178,6 +178,13 @@ def test_a_store_from_before_the_chain_is_covered_from_its_next_append(
         engine.run_session("wf")
         report = engine.verify()
     assert report.ok and report.covered_from == head + 1 and report.uncovered == head
+    # The same as a chain stripped with its format record: said, not passed over.
+    said = flowledger("--store", url, "verify", cwd=tmp_path)
+    assert said.returncode == 0, said.stderr
+    assert (f"positions before {head + 1} ({head:,} events) are not covered by the chain: "
+            "written before it existed, or the chain and the store's format record were "
+            "removed since") in " ".join(said.stdout.split())
+    assert f"OK: the log is as it was written from position {head + 1} on" in said.stdout
 
 
 @pytest.mark.postgres

@@ -22,7 +22,7 @@ from flowledger.cli.options import at_options, global_options
 from flowledger.cli.render import print_error
 from flowledger.domain.failures import describe
 from flowledger.infrastructure.store import LogWentBack
-from flowledger.infrastructure.store_failures import from_the_store
+from flowledger.infrastructure.store_failures import advice, from_the_store
 
 app = typer.Typer(
     name="flowledger",
@@ -92,7 +92,9 @@ def main() -> None:
     except Exception as e:
         if not from_the_store(e):
             raise  # a bug of ours: shown whole
+        known = advice(e)  # a cause a retry does not mend (a read-only role, say)
         print_error(f"the store failed ({describe(e)}). Nothing more was done, and what the "
-                    "log holds stands: run the command again once the store works (`recover` "
-                    "continues a session this one left)")
+                    "log holds stands: " + (known or "run the command again once the store "
+                                            "works (`recover` continues a session this one "
+                                            "left)"))
         sys.exit(EXIT_USAGE)

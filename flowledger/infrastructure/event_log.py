@@ -548,10 +548,11 @@ class EventLog(Application[UUID]):
                         state=state)) for version, topic, state in events]
 
     @contextmanager
-    def reading(self, snapshot: bool = True) -> Iterator[Any]:
+    def reading(self, snapshot: bool = True, lasting: bool = False) -> Iterator[Any]:
         """A read transaction: one consistent snapshot of log and projections
-        (`snapshot=False`: each statement its own, where that costs less)."""
-        with self.flow_recorder.reading(snapshot) as c:
+        (`snapshot=False`: each statement its own, where that costs less;
+        `lasting`: see LogStore.reading)."""
+        with self.flow_recorder.reading(snapshot, lasting) as c:
             yield c
 
     def close(self) -> None:

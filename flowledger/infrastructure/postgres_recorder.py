@@ -103,17 +103,49 @@ _OBJECTS_SQL = (
     "AND NOT a.attisdropped AND 'column ' || c.relname || '.' || a.attname = ANY(%s)")
 
 
+# Settings a database or role may give its sessions (ALTER DATABASE/ROLE ...
+# SET) that the engine's connections cannot work under, set back on each one
+# (those the server lacks, older than 14 say, are skipped):
+# - DateStyle: psycopg reads times only in ISO (any other: NotImplementedError);
+# - statement_timeout: would cancel an append waiting for the log's lock,
+#   which the engine waits for by its own lock timeout and the lease (ADR 0029),
+#   and a call's outcome would be lost;
+# - idle_session_timeout: would end the engine's idle connections just as it
+#   takes them up again, mid-session;
+# - default_transaction_isolation: the writers' reads after the log's lock
+#   (creating the tables, the fence) must see what committed before it;
+#   snapshot reads ask REPEATABLE READ themselves.
+# The server's idle_in_transaction_session_timeout is kept: it frees the log's
+# lock from a process stopped inside an append. (ADR 0017, "Server settings".)
+SESSION_SETTINGS = (("DateStyle", "ISO"), ("statement_timeout", "0"),
+                    ("idle_session_timeout", "0"),
+                    ("default_transaction_isolation", "read committed"))
+_SET_SESSION = (
+    "SELECT set_config(s.name, s.value, false) FROM (VALUES "
+    + ", ".join(f"('{name}', '{value}')" for name, value in SESSION_SETTINGS)
+    + ") AS s(name, value) JOIN pg_settings p ON lower(p.name) = lower(s.name)")
+
+
 def _opened(conninfo: dict[str, Any], autocommit: bool) -> psycopg.Connection[Any]:
-    """A new connection; one the server cannot take now (down, restarting, none
-    to spare) raises NotConnected, one it refuses (a login, a database) the
-    library's InterfaceError."""
+    """A new connection, its session set as the engine needs (SESSION_SETTINGS);
+    one the server cannot take now (down, restarting, none to spare) raises
+    NotConnected, one it refuses (a login, a database) the library's
+    InterfaceError."""
     try:
-        return psycopg.connect(**conninfo, autocommit=autocommit)
+        conn = psycopg.connect(**conninfo, autocommit=autocommit)
     except psycopg.OperationalError as e:
         said = one_line(e)
         if cannot_connect_now(str(e), conninfo):
             raise NotConnected(said) from e
         raise InterfaceError(said) from e
+    try:
+        conn.execute(_SET_SESSION)
+        if not autocommit:
+            conn.commit()  # else the transaction's end would set them back
+    except BaseException:
+        _replace(conn)
+        raise
+    return conn
 
 
 class NotConnected(ServerUnavailable):
@@ -687,16 +719,19 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         return PgAppendWakeups(self.conninfo, self.channel)
 
     @contextmanager
-    def reading(self, snapshot: bool = True) -> Iterator[PgCursor]:
+    def reading(self, snapshot: bool = True, lasting: bool = False) -> Iterator[PgCursor]:
         """`snapshot`: one REPEATABLE READ transaction for all the statements;
         else each statement is its own snapshot, on an autocommit connection (one
-        round trip a statement, where a transaction adds two)."""
+        round trip a statement, where a transaction adds two). `lasting`: the
+        server's idle_in_transaction_session_timeout does not end it."""
         if not snapshot:
             with self._lent("single") as single, single.cursor() as raw:
                 yield PgCursor(raw)
             return
         with self._lent("reader") as conn, conn.cursor() as raw:
             try:
+                if lasting:
+                    raw.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
                 yield PgCursor(raw)
             finally:
                 # Ended by COMMIT, which changes nothing here: psycopg forgets the
@@ -947,10 +982,8 @@ class FlowPostgresRecorder(SharedSQL, _PgReads, PostgresApplicationRecorder):
         exempt from the server's idle timeout; like every connection, it finds
         a vanished server by its TCP settings (`store_url.TCP_DEFAULTS`, or the
         URL's)."""
-        conn = _opened(self.conninfo, autocommit=True)
+        conn = _opened(self.conninfo, autocommit=True)  # idle_session_timeout = 0 too
         try:
-            with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14 on
-                conn.execute("SET idle_session_timeout = 0")
             if wait:
                 conn.execute("SELECT pg_advisory_lock(%s, %s)", (_CREATE_LOCK, key))
             else:
@@ -1556,6 +1589,7 @@ class PgAppendWakeups:
         notifications: waits then only sleep, and the waiter polls the head."""
         conn = psycopg.connect(**self.conninfo, autocommit=True)
         try:
+            conn.execute(_SET_SESSION)  # idle for long: idle_session_timeout
             conn.execute(f'LISTEN "{self.channel}"')
         except psycopg.errors.ReadOnlySqlTransaction:
             conn.close()

@@ -199,7 +199,8 @@ class FlowSQLiteRecorder(SharedSQL, FastReads, SQLiteProcessRecorder):
             timeout=pool.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT)
 
     @contextmanager
-    def reading(self, snapshot: bool = True) -> Iterator[sqlite3.Cursor]:
+    def reading(self, snapshot: bool = True, lasting: bool = False
+                ) -> Iterator[sqlite3.Cursor]:
         """A read transaction on a connection of its own (no pool round trip).
 
         Reads are the engine's hot path between appends: one consistent

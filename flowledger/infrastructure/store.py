@@ -147,9 +147,12 @@ class LogStore(Protocol):
     # already, found at opening: the projections then create nothing either.
     tables_current: bool
 
-    def reading(self, snapshot: bool = True) -> AbstractContextManager[Cursor]:
+    def reading(self, snapshot: bool = True, lasting: bool = False
+                ) -> AbstractContextManager[Cursor]:
         """One consistent read snapshot (`snapshot=False`: statements that need
-        not agree with each other, each as fresh as the store can give)."""
+        not agree with each other, each as fresh as the store can give).
+        `lasting`: held open while the caller works for long between its
+        statements (`verify` folding the log), which the server must allow."""
 
     def writing(self, sync: bool = True, tracking: bool = False
                 ) -> AbstractContextManager[Cursor]:

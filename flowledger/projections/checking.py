@@ -46,7 +46,7 @@ def check_projections(log: EventLog, projections: Sequence[Projection] | None = 
     seal = Seal(log.column_cipher)  # deterministic: a fold seals as the engine did
     recorder = log.flow_recorder
     check = ProjectionCheck()
-    with log.reading() as held:  # the store's rows and positions, one snapshot
+    with log.reading(lasting=True) as held:  # the store's rows and positions, one snapshot
         head = recorder.max_position(held)
         present = recorder.existing_tables(held, [t for p in chosen for t in p.tables])
         folded: dict[str, tuple[Projection, int]] = {}

@@ -235,12 +235,23 @@ def _check_postgres_schema(config: StoreConfig, c: Any, create: bool) -> None:
         c.execute(f'SELECT topic FROM "{schema}".{LOG_TABLE} ORDER BY notification_id LIMIT 1')
         row = c.fetchone()
         _refuse_foreign_log(where, None if row is None else str(row[0]), POSTGRES_WHAT_TO_DO)
-    elif config.read_only:
+        return
+    c.execute("SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid "
+              "WHERE lower(n.nspname) = lower(%s) AND n.nspname <> %s AND c.relname = %s "
+              "ORDER BY 1 LIMIT 1", (schema, schema, LOG_TABLE))
+    other = c.fetchone()
+    if other is not None:  # CREATE SCHEMA AppData makes appdata
+        raise ConfigurationError(
+            f"{where} holds no flowledger store, but schema {other[0]!r} does: PostgreSQL "
+            "folds a name written without quotes to lower case, while ?schema= is taken as "
+            f"written. Name the schema as the server does (?schema={other[0]}). Nothing "
+            "was created")
+    if config.read_only:
         raise ConfigurationError(
             f"{where} holds no flowledger store yet, and it is opened read-only (?mode=ro): "
             "its tables cannot be created. Check the database and ?schema= in the URL, or "
             "open it once without ?mode=ro. Nothing was created")
-    elif not create:
+    if not create:
         raise _no_store_yet(f"{where} holds no flowledger store yet",
                             "the database and ?schema= in the URL")
 

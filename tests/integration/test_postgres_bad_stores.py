@@ -141,3 +141,24 @@ def test_a_role_that_may_not_create_is_told_what_the_store_needs(schema: str) ->
     finally:
         with _server() as conn:
             conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_schema_named_in_another_case_than_the_stores_is_refused() -> None:
+    """`CREATE SCHEMA AppData` makes `appdata`; ?schema=AppData is taken as written:
+    it made a second, empty store beside the one meant (or, for a role that may
+    not create, said to run setup as the owner)."""
+    import psycopg
+
+    with postgres.fresh_schema() as url:
+        with fl.Engine(url):
+            pass
+        base, _, query = url.partition("?schema=")
+        other = f"{base}?schema={query.upper()}"
+        with pytest.raises(fl.ConfigurationError) as caught:
+            fl.Engine(other)
+        said = str(caught.value)
+        assert f"schema {query.upper()!r} of database" in said
+        assert f"but schema {query!r} does" in said and f"(?schema={query})" in said
+        with psycopg.connect(postgres.URL) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s",
+                                (query.upper(),)).fetchone() == (0,)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -340,8 +340,9 @@ class PendingWork(Projection):
         self._ahead_msgs.clear()
         self._ahead_runs.clear()
         for key, row in rows.items():
-            if isinstance(row["updated_at"], datetime):
-                row["updated_at"] = row["updated_at"].isoformat()
+            if isinstance(row["updated_at"], datetime):  # as the log gives it back: in UTC
+                at = row["updated_at"]
+                row["updated_at"] = (at.astimezone(UTC) if at.tzinfo else at).isoformat()
             was_open = row["open"]
             row["open"] = _is_open(row)
             c.execute(_UPSERT_RUN, tuple(row[f] for f in _RUN_FIELDS))

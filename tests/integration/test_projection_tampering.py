@@ -132,3 +132,21 @@ def test_a_table_dropped_is_named_but_one_not_made_yet_is_not(store: str,
     run_sql(store, "DELETE FROM tracking WHERE application_name='settled'")
     assert fl.verify_store(store).ok
 
+
+
+def test_a_sound_store_whose_clock_is_not_in_utc_verifies(store: str, tmp_path: Path) -> None:
+    """fl_runs.updated_at was written from the event in memory, in the clock's
+    zone, where a fold of the log writes it in UTC: verify called such a store
+    edited (the row also sorted by the wrong instant)."""
+    from datetime import datetime, timedelta, timezone
+
+    clock = fl.ManualClock(datetime(2026, 3, 1, 12, 0,
+                                    tzinfo=timezone(timedelta(hours=5, minutes=30))))
+    with fl.Engine(store, clock=clock) as engine:
+        engine.register(ledger_workflow(items=["a", "b"]),
+                        tools=[ScriptedLedgerTool(ExternalLedger(tmp_path / "l.db"))])
+        engine.run_session("wf")
+        report = engine.verify()
+    assert report.ok, report.problems
+    assert {at for (at,) in run_sql(store, "SELECT updated_at FROM fl_runs")} == {
+        "2026-03-01T06:30:00+00:00"}

@@ -93,11 +93,15 @@ class Activity:
             self.refuse_if_closed()
             self._stops.append(stop)
         try:
-            for item in items:
-                if stop.is_set():  # closed (or stopped) while it was read
-                    return
+            while True:
                 if self.forked:  # read on in a child: its connection is the parent's
                     raise EngineForked(self.forked_why())
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                if stop.is_set():  # closed (or stopped) while it was read
+                    return
                 yield item
         finally:
             with self._changed:

@@ -47,6 +47,7 @@ from flowledger.domain.errors import ConfigurationError
 from flowledger.domain.text import one_line
 from flowledger.infrastructure.busy_appends import BUSY_PATIENCE_S, waiting_out_busy
 from flowledger.infrastructure.hash_chain import CHAIN_TABLE, HEAD_SQL, Chain, Link, head_of
+from flowledger.infrastructure.inherited_connections import opened_here
 from flowledger.infrastructure.postgres_batch import PgBatch, Prepared, Rows
 from flowledger.infrastructure.postgres_forecast import GUARD_FAILED, Forecast, create_guard_sql
 from flowledger.infrastructure.sqlite_recorder import FastReads, StaleFenceError
@@ -132,7 +133,7 @@ def _opened(conninfo: dict[str, Any], autocommit: bool) -> psycopg.Connection[An
     NotConnected, one it refuses (a login, a database) the library's
     InterfaceError."""
     try:
-        conn = psycopg.connect(**conninfo, autocommit=autocommit)
+        conn = opened_here(psycopg.connect(**conninfo, autocommit=autocommit))
     except psycopg.OperationalError as e:
         said = one_line(e)
         if cannot_connect_now(str(e), conninfo):
@@ -1587,7 +1588,7 @@ class PgAppendWakeups:
         """A connection listening to the log's channel; None on a standby (a
         URL of several hosts may reach one after a failover), which sends no
         notifications: waits then only sleep, and the waiter polls the head."""
-        conn = psycopg.connect(**self.conninfo, autocommit=True)
+        conn = opened_here(psycopg.connect(**self.conninfo, autocommit=True))
         try:
             conn.execute(_SET_SESSION)  # idle for long: idle_session_timeout
             conn.execute(f'LISTEN "{self.channel}"')

@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import flowledger as fl
+from tests import postgres
 from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
 
 
@@ -128,3 +134,49 @@ def test_a_child_closes_at_once_what_was_busy_in_the_parent_at_the_fork(
         assert tool.calls == [("a", "v-a")] and engine.verify().ok
     finally:
         engine.close()
+
+
+CHILD_EXITS = '''
+import json, os, sys
+import psycopg
+import flowledger as fl
+from tests.helpers import MemoryLedger, ScriptedLedgerTool, ledger_workflow
+
+url, admin, app = sys.argv[1:4]
+
+def backends():
+    with psycopg.connect(admin, autocommit=True) as a:
+        return sorted(p for (p,) in a.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)))
+
+engine = fl.Engine(url)
+engine.register(ledger_workflow(items=["a"]), tools=[ScriptedLedgerTool(MemoryLedger())])
+engine.run_session("wf")
+follow = engine.follow()
+next(follow)  # its listener's connection is open
+before = backends()
+pid = os.fork()
+if pid == 0:  # the child: a generator closed, then the interpreter's own exit
+    follow.close()
+    sys.exit(0)
+os.waitpid(pid, 0)
+after = backends()
+print(json.dumps({"before": before, "after": after}))
+engine.close()
+'''
+
+
+@pytest.mark.postgres
+def test_a_child_exiting_ends_none_of_the_parents_connections(tmp_path: Path) -> None:
+    """libpq's Terminate, sent on the shared sockets as a child closed a generator
+    and exited, ended every connection of the parent, its liveness lock's too."""
+    app = f"forktest-{uuid.uuid4().hex[:8]}"
+    with postgres.fresh_schema() as url:
+        said = subprocess.run(
+            [sys.executable, "-c", CHILD_EXITS, f"{url}&application_name={app}",
+             postgres.URL, app], capture_output=True, text=True, timeout=120,
+            cwd=Path(__file__).parents[2])
+    assert said.returncode == 0, said.stderr
+    seen = json.loads(said.stdout.strip().splitlines()[-1])
+    assert len(seen["before"]) >= 3  # a writer, a reader, the liveness lock's, the listener
+    assert seen["after"] == seen["before"]

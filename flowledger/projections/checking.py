@@ -130,20 +130,26 @@ def _rows(rows: Iterable[Sequence[Any]], wanted: Counter[bytes]) -> list[tuple[A
 def _said(columns: list[str], extra: list[tuple[Any, ...]], missing: list[tuple[Any, ...]],
           extras: int, missings: int) -> str:
     """Which rows differ, named by their first column (the table's key, or its
-    first part), and for a row on both sides which of its columns."""
-    made = {row[0]: row for row in missing}
+    first part; the second too where the first names several). A row on both
+    sides (the same first column) is paired with the one it differs from least,
+    and said which of its columns differ."""
+    left = list(missing)
     named: list[str] = []
     for row in extra:
-        other = made.pop(row[0], None)
-        if other is None:
+        twins = [m for m in left if m[0] == row[0]]
+        if not twins:
             named.append(f"a row whose {columns[0]} is {_shown(row[0])}, which the log "
                          "does not make")
-        else:
-            changed = [c for c, a, b in zip(columns, row, other, strict=True) if a != b]
-            named.append(f"the row whose {columns[0]} is {_shown(row[0])} has "
-                         f"{', '.join(changed)} other than the log makes")
-    named += [f"no row whose {columns[0]} is {_shown(key)}, which the log makes"
-              for key in made]
+            continue
+        other = min(twins, key=lambda m: sum(a != b for a, b in zip(row, m, strict=True)))
+        left.remove(other)
+        shared = [f"{columns[0]} is {_shown(row[0])}"]
+        if len(twins) > 1 and len(row) > 1 and row[1] == other[1]:  # the first is not enough
+            shared.append(f"{columns[1]} is {_shown(row[1])}")
+        changed = [c for c, a, b in zip(columns, row, other, strict=True) if a != b]
+        named.append(f"the row whose {' and '.join(shared)} has {', '.join(changed)} other "
+                     "than the log makes")
+    named += [f"no row whose {columns[0]} is {_shown(m[0])}, which the log makes" for m in left]
     counts = f"{extras} row(s) the log does not make, {missings} it makes that are not there"
     return f"{counts}; " + "; ".join(named)
 

@@ -150,3 +150,26 @@ def test_a_sound_store_whose_clock_is_not_in_utc_verifies(store: str, tmp_path: 
     assert report.ok, report.problems
     assert {at for (at,) in run_sql(store, "SELECT updated_at FROM fl_runs")} == {
         "2026-03-01T06:30:00+00:00"}
+
+
+def test_a_row_of_a_table_keyed_by_two_columns_is_named_by_both(store: str,
+                                                                 tmp_path: Path) -> None:
+    """fl_audit_mentions is keyed by (run_id, position): the changed row is paired
+    with the one the log makes for that run, not with another of the run's."""
+    engine = half_done(store, "", tmp_path / "l.db")
+    try:
+        engine.costs()  # the read side folded up to the head
+        (run_id,) = run_sql(store, "SELECT run_id FROM fl_audit_mentions GROUP BY run_id "
+                                   "HAVING count(*) > 1 ORDER BY run_id LIMIT 1")[0]
+        for moved, (position,) in enumerate(run_sql(
+                store, "SELECT position FROM fl_audit_mentions WHERE run_id=? ORDER BY "
+                       "position LIMIT 2", (run_id,))):
+            run_sql(store, "UPDATE fl_audit_mentions SET position=? WHERE run_id=? AND "
+                           "position=?", (10**9 + moved, run_id, position))
+        (problem,) = engine.verify().problems
+        assert "2 row(s) the log does not make, 2 it makes that are not there" in problem.detail
+        assert problem.detail.count(
+            f"the row whose run_id is {run_id!r} has position other than the log makes") == 2
+    finally:
+        engine.close()
+

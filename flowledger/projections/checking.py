@@ -12,9 +12,11 @@ size.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from flowledger.infrastructure.event_log import EventLog
@@ -110,8 +112,22 @@ def _compare(held: Cursor, made: Cursor, name: str, table: str, upto: int,
 
 
 def _plain(row: Sequence[Any]) -> tuple[Any, ...]:
-    """A row as both stores' drivers give it back: bytes, whatever the buffer."""
-    return tuple(bytes(v) if isinstance(v, (memoryview, bytearray)) else v for v in row)
+    """A row as both stores' drivers give it back: bytes, whatever the buffer;
+    a time as the instant it names (an earlier release wrote a run's updated_at
+    in its clock's zone, where a fold writes UTC)."""
+    return tuple(bytes(v) if isinstance(v, (memoryview, bytearray))
+                 else _instant(v) if isinstance(v, str) and _ISO_TIME.match(v) else v
+                 for v in row)
+
+
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?[+-]\d\d:\d\d$")
+
+
+def _instant(text: str) -> Any:
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return text
 
 
 def _digest(row: Sequence[Any]) -> bytes:

@@ -150,6 +150,12 @@ def test_a_sound_store_whose_clock_is_not_in_utc_verifies(store: str, tmp_path: 
     assert report.ok, report.problems
     assert {at for (at,) in run_sql(store, "SELECT updated_at FROM fl_runs")} == {
         "2026-03-01T06:30:00+00:00"}
+    # As an earlier release wrote them: the same instants in the clock's zone.
+    run_sql(store, "UPDATE fl_runs SET updated_at='2026-03-01T12:00:00+05:30'")
+    assert fl.verify_store(store).ok
+    run_sql(store, "UPDATE fl_runs SET updated_at='2026-03-01T12:00:01+05:30'")
+    (problem,) = fl.verify_store(store).problems
+    assert "has updated_at other than the log makes" in problem.detail
 
 
 def test_a_row_of_a_table_keyed_by_two_columns_is_named_by_both(store: str,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from uuid import UUID
 
 from flowledger.domain.aggregate import EventSourcedAggregate
@@ -33,6 +33,7 @@ class RecordedRead:
 
 class HandlerRun(EventSourcedAggregate):
     append_order: ClassVar[int] = 0
+    added_fields: ClassVar[dict[str, Any]] = {"mutation_made_by": None}  # 2026-12-07
 
     def __init__(self) -> None:
         self.workflow_id: UUID
@@ -56,6 +57,9 @@ class HandlerRun(EventSourcedAggregate):
         self.title: str | None = None
         self.wake_at: datetime | None = None
         self.mutation: Mutation | None = None
+        # The engine (its owner string) that recorded the mutation in flight and
+        # made its call; None in runs recorded before it was kept.
+        self.mutation_made_by: str | None = None
         self.outcome: OutcomeStatus | None = None
         self.outcome_result: bytes | None = None
         self.costs: list[tuple[Decimal, str]] = []
@@ -158,9 +162,11 @@ class HandlerRun(EventSourcedAggregate):
         method: str
         params: bytes
         reconcile: str | None
+        made_by: str | None = None  # absent in events recorded before it was kept
 
         def apply(self, run: HandlerRun) -> None:
             run.mutation = Mutation(self.tool, self.method, self.params, self.reconcile)
+            run.mutation_made_by = self.made_by
 
     class MutationApplied(EventSourcedAggregate.Event):
         ledger_state: ClassVar[MutationState] = MutationState.APPLIED
@@ -382,13 +388,13 @@ class HandlerRun(EventSourcedAggregate):
         self._advance(self.MutatingStarted, Phase.MUTATING, now)
 
     def mutation_in_flight(self, now: datetime, tool: str, method: str, params: bytes,
-                           reconcile: str | None) -> None:
+                           reconcile: str | None, made_by: str | None = None) -> None:
         if self.phase is not Phase.MUTATING:
             raise InternalError(f"run {self.id}: a mutation starts only in phase mutating")
         if self.mutation is not None:
             raise InternalError(f"run {self.id} already recorded a mutation")
         self.record(self.MutationInFlight, now, tool=tool, method=method, params=params,
-                    reconcile=reconcile)
+                    reconcile=reconcile, made_by=made_by)
 
     def mutation_applied(self, now: datetime, result: bytes, via: str) -> None:
         self.record(self.MutationApplied, now, result=result, via=via)

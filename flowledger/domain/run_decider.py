@@ -60,6 +60,7 @@ class MutatorCalled:
     method: str
     params: bytes
     reconcile: str | None
+    made_by: str | None = None  # the engine making the call (its owner string)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ class ReconcileAnswered:
     # True: asked right after the call, inside mutate; False: by recovery or
     # when its backoff fell due, with the run found unfinished.
     live: bool
+    # Found unfinished: why the call may still be under way elsewhere (the
+    # engine that made it still runs: its session was taken over when its
+    # lease ran out, a process stopped or stalled), so "failed" proves nothing yet.
+    maker_still_running: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,7 +209,7 @@ def _decide(run: HandlerRun, o: Observation, rules: Rules) -> Effect:
         run.start_mutating(now)
         return RunMutate()
     if isinstance(o, MutatorCalled):
-        run.mutation_in_flight(now, o.tool, o.method, o.params, o.reconcile)
+        run.mutation_in_flight(now, o.tool, o.method, o.params, o.reconcile, o.made_by)
         return CallTool()
     if isinstance(o, CallReturned):
         return _applied(run, o.result, o.via, now)
@@ -256,14 +261,18 @@ def _reconciled(run: HandlerRun, o: ReconcileAnswered, rules: Rules) -> Effect:
         assert o.result is not None
         applied = _applied(run, o.result, "reconcile", now)
         return applied if o.live else RunNext("applied", o.result)
-    if o.status == "failed":
+    if o.status == "failed" and (o.live or o.maker_still_running is None):
         # Not the cause that asked (an "outcome unknown" beside "it had not
         # happened" reads as a contradiction): what reconcile found.
         run.mutation_failed(now, o.reason or NO_EFFECT_FOUND, via="reconcile")
         return RaiseToHandler() if o.live else RetryFresh()
     attempts = _mutation(run).reconcile_attempts + 1
     next_at = rules.reconcile_at(now, attempts)
-    reason = f"{o.cause}; reconcile said retry" + (f" ({o.reason})" if o.reason else "")
+    if o.status == "failed":  # not yet proof: the call may land after this look
+        reason = (f"{o.cause}; reconcile found no effect yet, but {o.maker_still_running}: "
+                  "its call may still land, so it is looked for again")
+    else:
+        reason = f"{o.cause}; reconcile said retry" + (f" ({o.reason})" if o.reason else "")
     if next_at is None:
         run.mutation_indeterminate(now, f"{reason}; gave up after {attempts} attempts")
     else:

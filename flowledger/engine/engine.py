@@ -54,7 +54,12 @@ from flowledger.engine.closing import (
     engine_call,
     refuse_everything,
 )
-from flowledger.engine.faults import SimulatedCrash, declared_dead, from_environment
+from flowledger.engine.faults import (
+    SimulatedCrash,
+    declare_dead,
+    declared_dead,
+    from_environment,
+)
 from flowledger.engine.handler_runs import SessionScope
 from flowledger.engine.heartbeat import Heartbeat
 from flowledger.engine.policy import RetryPolicy
@@ -283,6 +288,9 @@ class Engine:
         self._activity.close()
         self.heartbeat.stop()
         self.log.close()
+        # No call of this engine is under way any more: another engine of this
+        # process need not wait for one to land (RunDriver._maker_running).
+        declare_dead(self.owner)
         refuse_everything(self, EngineClosed, self._activity.why)
 
     def __enter__(self) -> Engine:
@@ -350,7 +358,7 @@ class Engine:
             return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
                                 self.limits, self.policy, checkpoint or self.checkpoint,
                                 self.projections.pending_hints, self.heartbeat, self.lease,
-                                self.secrets, guesses)
+                                self.secrets, guesses, self.owner, self._holder_alive)
 
         return make
 

@@ -155,6 +155,10 @@ class SessionScope:
     secrets: SecretResolver = field(default_factory=SecretResolver)  # DESIGN §9
     # Whether a consumer's commit may take its messages for new (publish_guess.py).
     guesses: PublishGuesses = field(default_factory=PublishGuesses)
+    owner: str | None = None  # this engine's, recorded with each call it makes
+    # Whether another engine, by its owner string, may still be running (False
+    # only when proven gone): its call found unfinished may still land.
+    maker_running: Callable[[str], bool] | None = None
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -532,7 +536,7 @@ class RunDriver:
                            "params")
         self._flush(ctx, run)
         self._decide(run, MutatorCalled(tool.tool_name(), method.name, params,
-                                        method.reconcile))
+                                        method.reconcile, self.s.owner))
         # Appended before the external call: after a crash from here on,
         # recovery must reconcile, never call the mutator again.
         self.s.append("in_flight")
@@ -611,7 +615,21 @@ class RunDriver:
         result = (self._result(run, answer.result, call, reconciled=True)
                   if answer.status == "applied" else None)
         told = recordable(str(answer.reason or ""))  # a tool's text, kept whatever it holds
-        return self._decide(run, ReconcileAnswered(answer.status, result, told, cause, live))
+        return self._decide(run, ReconcileAnswered(answer.status, result, told, cause, live,
+                                                   None if live else self._maker_running(run)))
+
+    def _maker_running(self, run: HandlerRun) -> str | None:
+        """Why a call found unfinished may still be under way: the engine that
+        made it is not this one and is not proven gone (its session was taken
+        over when its lease ran out: a process stopped, a machine stalled), so
+        a reconcile that finds no effect proves nothing yet."""
+        maker = run.mutation_made_by
+        if maker is None or maker == self.s.owner or self.s.maker_running is None:
+            return None
+        if not self.s.maker_running(maker):
+            return None
+        return (f"the engine that made the call ({maker}) may still be running it (its "
+                "session was taken over when its lease ran out)")
 
     # ------------------------------------------------------------ next + commit
 

@@ -73,3 +73,75 @@ def test_a_stale_holder_is_fenced_and_never_mutates_after_a_takeover(tmp_path: P
     takeovers = [e for e in engine.events(workflow="wf") if e.name == "SessionTakenOver"]
     assert len(takeovers) == 1
     engine.close()
+
+
+FROZEN_IN_CALL = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[3])
+    import flowledger as fl
+    from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
+
+    class SlowTool(ScriptedLedgerTool):
+        @fl.mutator(reconcile="find_appended")
+        def append(self, key, value):
+            print("calling", flush=True)
+            time.sleep(float(sys.argv[4]))  # frozen in here: the effect lands later
+            return super().append(key, value)
+
+    engine = fl.Engine(sys.argv[1], policy=fl.RetryPolicy(lease_seconds=1))
+    engine.register(ledger_workflow(items=["a"]),
+                    tools=[SlowTool(ExternalLedger(sys.argv[2], count_calls=True))])
+    try:
+        print(engine.run_session("wf").status, flush=True)
+    except fl.ConcurrencyError as e:
+        print("fenced:", e, flush=True)
+""")
+
+
+def test_a_call_frozen_past_its_lease_is_not_made_again_by_the_taker_over(
+        tmp_path: Path, store: str) -> None:
+    """The holder is stopped inside its tool call, after the call went in
+    flight; its lease runs out and another engine takes the session over while
+    the holder still lives. Its reconcile finds no effect, yet the frozen call
+    lands once the holder goes on: "failed" then proved nothing, and the taker
+    made the call a second time (a chaos trial). Now it looks again until the
+    effect shows, or the maker is proven gone; the call is made once."""
+    ledger_path = tmp_path / "ledger.db"
+    ExternalLedger(ledger_path)
+    script = tmp_path / "frozen.py"
+    script.write_text(FROZEN_IN_CALL)
+    root = str(Path(__file__).resolve().parents[2])
+    holder = subprocess.Popen([sys.executable, str(script), store, str(ledger_path), root, "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "calling"
+    holder.send_signal(signal.SIGSTOP)
+    time.sleep(1.5)  # its lease (1 s) runs out; its heartbeat is stopped with it
+
+    ledger = ExternalLedger(ledger_path, count_calls=True)
+    tool = ScriptedLedgerTool(ledger)
+    policy = fl.RetryPolicy(reconcile_base_delay=0.2, reconcile_max_delay=0.2, jitter=0)
+    engine = fl.Engine(store, policy=policy)
+    try:
+        engine.register(ledger_workflow(items=["a"]), tools=[tool])
+        (taken,) = engine.recover()
+        assert taken.status != "completed", taken
+        assert tool.calls == [] and ledger.keys() == []
+        (append,) = [r for r in engine.runs(limit=None) if r.handler == "Append"]
+        run = engine.run(append.run_id)
+        assert run.status.value == "paused:reconciliation", run.status
+        assert "may still be running it" in (run.reason or "")
+
+        holder.send_signal(signal.SIGCONT)
+        out, err = holder.communicate(timeout=60)
+        assert out.startswith("fenced: this session lost its lock"), (out, err)
+        assert ledger.keys() == ["a"]  # the frozen call landed
+
+        time.sleep(0.5)  # the reconcile falls due
+        assert engine.run_session("wf").status == "completed"
+        assert tool.calls == [] and len(tool.reconcile_calls) == 2
+        assert ledger.keys() == ["a"] and ledger.calls_made() == 1  # made once, by the holder
+    finally:
+        if holder.poll() is None:
+            holder.send_signal(signal.SIGCONT)
+            holder.kill()
+        engine.close()

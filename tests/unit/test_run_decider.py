@@ -314,3 +314,32 @@ def test_a_transient_failure_past_its_last_attempt_gives_up() -> None:
                             chain.rules())
         assert ending.workflow == wanted
         assert (ending.retry_at is None) == (wanted == "error")
+
+
+def test_no_effect_found_while_the_maker_may_still_run_is_looked_for_again() -> None:
+    """Found unfinished, a reconcile's "failed" proves the call did not happen only
+    once its maker cannot still be making it: while another engine that made it
+    is not proven gone (taken over when its lease ran out), the run waits for
+    reconciliation again, and gives up to a person after the policy's attempts."""
+    chain = Chain()
+    run = new_run(chain, None)
+    run.start_preparing(START)
+    decide(run, PrepareReturned({"in": ["m"]}, b"\xc0", None, None, True), chain.rules())
+    decide(run, MutatorCalled("ledger", "append", b"\x90", "find", "host:1:abc"),
+           chain.rules())
+    assert run.mutation_made_by == "host:1:abc"
+    maker = "the engine that made the call (host:1:abc) may still be running it"
+
+    def looked(maker_still_running: str | None) -> object:
+        return decide(run, ReconcileAnswered("failed", None, "", "found unfinished", False,
+                                             maker_still_running), chain.rules()).effect
+
+    effect = looked(maker)
+    assert isinstance(effect, Settle) and effect.status is RunStatus.PAUSED_RECONCILIATION
+    assert run.mutation is not None and run.mutation.state is MutationState.NEEDS_RECONCILE
+    assert maker in (run.mutation.reason or "")
+    looked(maker)
+    looked(maker)  # the policy's third attempt: given up to a person
+    assert run.mutation.state is MutationState.INDETERMINATE
+    assert isinstance(looked(None), RetryFresh)  # its maker proven gone: proof at last
+    assert run.mutation.state is MutationState.FAILED

@@ -71,9 +71,12 @@ def _not_served(when: datetime, served_at: datetime | None) -> bool:
 
 def decide_due(s: Situation, now: datetime) -> Decision:
     if s.session_open:
-        if s.holder_dead or (s.lease_until is not None and s.lease_until <= now):
+        if s.holder_dead:
             return Decision(Due(s.name, "recover", reason="a session whose holder is gone"),
                             None)
+        if s.lease_until is not None and s.lease_until <= now:
+            return Decision(Due(s.name, "recover",
+                                reason="a session whose holder's lease ran out"), None)
         return Decision(None, s.lease_until)  # another worker has it
     if s.status == "error":
         return Decision(None, None)  # waits for a person

@@ -136,3 +136,14 @@ def test_good_intervals() -> None:
     with pytest.raises(fl.DefinitionError, match="not both"):
         fl.Workflow("wf", topics=["t"]).producer(publishes=["t"], every="1m",
                                                  cron="* * * * *")(tick)
+
+
+def test_a_session_to_take_over_is_said_why() -> None:
+    """A lease that ran out is not a holder proven gone (a chaos trial's worker
+    said "holder is gone" of a stopped one, where the engine said "lease ran out")."""
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    gone = decide_due(Situation("wf", session_open=True, holder_dead=True), now).due
+    lapsed = decide_due(Situation("wf", session_open=True,
+                                  lease_until=now - timedelta(seconds=1)), now).due
+    assert gone is not None and gone.reason == "a session whose holder is gone"
+    assert lapsed is not None and lapsed.reason == "a session whose holder's lease ran out"

@@ -269,8 +269,8 @@ def _reconciled(run: HandlerRun, o: ReconcileAnswered, rules: Rules) -> Effect:
     attempts = _mutation(run).reconcile_attempts + 1
     next_at = rules.reconcile_at(now, attempts)
     if o.status == "failed":  # not yet proof: the call may land after this look
-        reason = (f"{o.cause}; reconcile found no effect yet, but {o.maker_still_running}: "
-                  "its call may still land, so it is looked for again")
+        reason = (f"reconcile found no effect yet, but {o.maker_still_running}: its call "
+                  "may still land, so it is looked for again")
     else:
         reason = f"{o.cause}; reconcile said retry" + (f" ({o.reason})" if o.reason else "")
     if next_at is None:

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -146,6 +147,26 @@ def holder_state(store: LogStore, owner: str | None, patient: bool = False) -> b
     return host if said is None else said
 
 
+# The engines of this process not closed yet, by owner: a call recorded by an
+# engine of this process that is not among them cannot be under way.
+_ENGINES_HERE: weakref.WeakValueDictionary[str, Engine] = weakref.WeakValueDictionary()
+
+
+def maker_may_be_calling(store: LogStore, owner: str) -> bool:
+    """Whether the engine `owner`, which recorded a call in flight, may still be
+    making it (RunDriver._maker_running). Any sign of life wins: a process of
+    this host that runs is taken as making it whatever the store's lock says (a
+    stopped process cannot take its lock again); one of this process only
+    while that engine is open; another host's, unless the store proves it gone."""
+    host = _host_says(owner)
+    if host is False:
+        return False
+    _, _, rest = owner.partition(":")
+    if host and rest.partition(":")[0] == str(os.getpid()):
+        return owner in _ENGINES_HERE  # else closed, or collected without a close
+    return bool(host) or store.holder_alive(owner) is not False
+
+
 def _exited(pid: int) -> bool:
     """A process that has ended and waits for its parent to collect it (a
     zombie: killed under a parent that has not waited for it yet), as Linux's
@@ -186,6 +207,7 @@ class Engine:
         self.policy = policy or RetryPolicy()
         self.checkpoint = checkpoint or from_environment()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        _ENGINES_HERE[self.owner] = self
         self.log = EventLog.open(store, protection(cipher_key, compress, chain_key), create)
         try:
             self.log.flow_recorder.announce(self.owner)
@@ -358,7 +380,8 @@ class Engine:
             return SessionScope(streams, wf, session, reg.tools, self.clock, self.ids,
                                 self.limits, self.policy, checkpoint or self.checkpoint,
                                 self.projections.pending_hints, self.heartbeat, self.lease,
-                                self.secrets, guesses, self.owner, self._holder_alive)
+                                self.secrets, guesses, self.owner,
+                                lambda maker: maker_may_be_calling(self.log.flow_recorder, maker))
 
         return make
 

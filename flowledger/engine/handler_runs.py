@@ -620,16 +620,15 @@ class RunDriver:
 
     def _maker_running(self, run: HandlerRun) -> str | None:
         """Why a call found unfinished may still be under way: the engine that
-        made it is not this one and is not proven gone (its session was taken
-        over when its lease ran out: a process stopped, a machine stalled), so
-        a reconcile that finds no effect proves nothing yet."""
+        made it is not this one and is not proven gone (a process stopped past
+        its lease, a machine stalled, or one this store cannot tell of), so a
+        reconcile that finds no effect proves nothing yet."""
         maker = run.mutation_made_by
         if maker is None or maker == self.s.owner or self.s.maker_running is None:
             return None
         if not self.s.maker_running(maker):
             return None
-        return (f"the engine that made the call ({maker}) may still be running it (its "
-                "session was taken over when its lease ran out)")
+        return f"the engine that made the call ({maker}) is not proven gone"
 
     # ------------------------------------------------------------ next + commit
 

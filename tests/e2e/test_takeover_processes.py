@@ -9,6 +9,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 import flowledger as fl
 from tests.helpers import ExternalLedger, ScriptedLedgerTool, ledger_workflow
 
@@ -129,7 +131,7 @@ def test_a_call_frozen_past_its_lease_is_not_made_again_by_the_taker_over(
         (append,) = [r for r in engine.runs(limit=None) if r.handler == "Append"]
         run = engine.run(append.run_id)
         assert run.status.value == "paused:reconciliation", run.status
-        assert "may still be running it" in (run.reason or "")
+        assert "is not proven gone" in (run.reason or "")
 
         holder.send_signal(signal.SIGCONT)
         out, err = holder.communicate(timeout=60)
@@ -145,3 +147,55 @@ def test_a_call_frozen_past_its_lease_is_not_made_again_by_the_taker_over(
             holder.send_signal(signal.SIGCONT)
             holder.kill()
         engine.close()
+
+
+@pytest.mark.postgres
+def test_a_frozen_maker_whose_connections_the_server_ended_is_still_waited_for(
+        tmp_path: Path) -> None:
+    """A paused machine loses its connections (the server's keepalives end them):
+    its liveness lock is free, and stays free, since a stopped process cannot
+    take it again; the store's look then called the maker gone, and the taker
+    made the call again. A process of this host that runs (stopped or not) is
+    taken as alive whatever the lock says (ADR 0007)."""
+    from tests import postgres
+    from tests.store_contents import run_sql
+
+    ledger_path = tmp_path / "ledger.db"
+    ExternalLedger(ledger_path)
+    script = tmp_path / "frozen.py"
+    script.write_text(FROZEN_IN_CALL)
+    root = str(Path(__file__).resolve().parents[2])
+    with postgres.fresh_schema() as store:
+        holder = subprocess.Popen(
+            [sys.executable, str(script), f"{store}&application_name=frozen-maker",
+             str(ledger_path), root, "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        engine = None
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "calling"
+            holder.send_signal(signal.SIGSTOP)
+            run_sql(store, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE application_name = 'frozen-maker'")
+            time.sleep(1.5)
+            ledger = ExternalLedger(ledger_path, count_calls=True)
+            tool = ScriptedLedgerTool(ledger)
+            policy = fl.RetryPolicy(reconcile_base_delay=0.2, reconcile_max_delay=0.2,
+                                    jitter=0, reconcile_max_attempts=50)
+            engine = fl.Engine(store, policy=policy)
+            engine.register(ledger_workflow(items=["a"]), tools=[tool])
+            engine.recover()
+            time.sleep(3.5)  # the lock free for longer than a living engine retakes it
+            assert engine.run_session("wf").status != "completed"
+            assert tool.calls == []
+
+            holder.send_signal(signal.SIGCONT)
+            holder.communicate(timeout=60)
+            time.sleep(0.5)
+            assert engine.run_session("wf").status == "completed"
+            assert tool.calls == [] and ledger.keys() == ["a"] and ledger.calls_made() == 1
+        finally:
+            if holder.poll() is None:
+                holder.send_signal(signal.SIGCONT)
+                holder.kill()
+            if engine is not None:
+                engine.close()

@@ -8,6 +8,7 @@ failed, the workflow never in error.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,3 +127,36 @@ def test_another_engine_in_the_same_process_takes_over_at_once(make_engine,
     assert_done_exactly_once(second, tool, ledger, ["a"])
     names = [e.name for e in second.events(workflow="wf")]
     assert "SessionAbandoned" in names and "SessionTakenOver" in names
+
+
+def test_a_call_an_engine_of_this_process_left_is_retried_once_that_engine_is_gone(
+        store: str, tmp_path: Path) -> None:
+    """An engine interrupted in its tool call (before the effect) and dropped
+    without close(): another engine of the same process recovers the run. The
+    first cannot still be making the call, so the reconcile's "no effect" is
+    proof and the run is retried at once (it counted as alive, its pid being
+    this process's, and the run waited until a person decided)."""
+    import gc
+
+    ledger = ExternalLedger(tmp_path / "l.db", count_calls=True)
+
+    class Interrupted(ScriptedLedgerTool):
+        @fl.mutator(reconcile="find_appended")
+        def append(self, key: str, value: str) -> dict[str, Any]:
+            self.ledger.note_call()
+            raise KeyboardInterrupt
+
+    first = fl.Engine(store)
+    first.register(ledger_workflow(items=["a"]), tools=[Interrupted(ledger)])
+    with pytest.raises(KeyboardInterrupt):
+        first.run_session("wf")
+    del first
+    gc.collect()
+
+    tool = ScriptedLedgerTool(ledger)
+    with fl.Engine(store) as second:
+        second.register(ledger_workflow(items=["a"]), tools=[tool])
+        (result,) = second.recover()
+        assert result.status == "completed", result
+    assert tool.calls == [("a", "v-a")] and ledger.keys() == ["a"]
+    assert ledger.calls_made() == 2  # the interrupted call, then the retry's

@@ -61,6 +61,12 @@ class Activity:
                 "the child, after the fork (with a pre-forking server, in its post-fork "
                 "hook)")
 
+    @property
+    def busy(self) -> bool:
+        """Whether a call of this engine is under way in any thread."""
+        with self._changed:
+            return any(n for n in self._by_thread.values())
+
     def refuse_if_closed(self) -> None:
         if self.closing:
             raise EngineClosed(self.why)

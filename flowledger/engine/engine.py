@@ -157,13 +157,15 @@ def maker_may_be_calling(store: LogStore, owner: str) -> bool:
     making it (RunDriver._maker_running). Any sign of life wins: a process of
     this host that runs is taken as making it whatever the store's lock says (a
     stopped process cannot take its lock again); one of this process only
-    while that engine is open; another host's, unless the store proves it gone."""
+    while that engine is open and busy in some thread; another host's, unless
+    the store proves it gone."""
     host = _host_says(owner)
     if host is False:
         return False
     _, _, rest = owner.partition(":")
     if host and rest.partition(":")[0] == str(os.getpid()):
-        return owner in _ENGINES_HERE  # else closed, or collected without a close
+        engine = _ENGINES_HERE.get(owner)  # else closed, or collected without a close
+        return engine is not None and engine._activity.busy  # idle: no call under way
     return bool(host) or store.holder_alive(owner) is not False
 
 

@@ -115,17 +115,22 @@ from flowledger.read_side.time_travel import EngineAt, pending_then
 logger = logging.getLogger("flowledger.engine")
 
 
+def _pid_here(owner: str) -> int | None:
+    """The process id of an owner (host:process id:tag) of this host, else None."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    return int(pid_text) if host == socket.gethostname() and pid_text.isdigit() else None
+
+
 def _host_says(owner: str | None) -> bool | None:
     """What this host knows of a lock holder (host:process id:tag): False when
     provably dead, True when its process runs here, None when it cannot tell
     (another host)."""
     if not owner or declared_dead(owner):
         return False
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    pid = _pid_here(owner)
+    if pid is None:
         return None
-    pid = int(pid_text)
     if pid == os.getpid():
         return True
     try:
@@ -162,8 +167,7 @@ def maker_may_be_calling(store: LogStore, owner: str) -> bool:
     host = _host_says(owner)
     if host is False:
         return False
-    _, _, rest = owner.partition(":")
-    if host and rest.partition(":")[0] == str(os.getpid()):
+    if _pid_here(owner) == os.getpid():
         engine = _ENGINES_HERE.get(owner)  # else closed, or collected without a close
         return engine is not None and engine._activity.busy  # idle: no call under way
     return bool(host) or store.holder_alive(owner) is not False

@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flowledger.infrastructure.event_log import EventLog
-from flowledger.infrastructure.store import scratch_database, stored_after
+from flowledger.infrastructure.store import scratch_database
 from flowledger.projections.base import Cursor, Projection
 from flowledger.projections.catalog import store_projections
+from flowledger.projections.point_in_time import fold_each
 from flowledger.projections.sealing import Seal
 
 EXAMPLES = 3  # rows named for each table that differs
@@ -70,28 +71,15 @@ def check_projections(log: EventLog, projections: Sequence[Projection] | None = 
                 folded[projection.name] = (projection, upto)
         db, made = scratch_database()
         try:
-            _fold(log, made, list(folded.values()))
+            for projection, _ in folded.values():
+                projection.create_tables(made)
+            fold_each(log, made, list(folded.values()))
             for projection, upto in folded.values():
                 for table in projection.tables:
                     _compare(held, made, projection.name, table, upto, check)
         finally:
             db.close()
     return check
-
-
-def _fold(log: EventLog, c: Cursor, folds: list[tuple[Projection, int]],
-          batch: int = 2000) -> None:
-    """Fold the log into each projection's (new, empty) tables up to its own
-    position, reading and decoding the log once for all of them."""
-    for projection, _ in folds:
-        projection.create_tables(c)
-    last = max((upto for _, upto in folds), default=0)
-    with log.reading() as read:  # positions up to `last` are settled: any snapshot
-        for rows in stored_after(log.flow_recorder, read, 0, last, batch):
-            events = [(log.mapper.to_domain_event(stored), pos) for pos, stored in rows]
-            for projection, upto in folds:
-                if events[0][1] <= upto:
-                    projection.apply_batch(c, [e for e in events if e[1] <= upto])
 
 
 def _compare(held: Cursor, made: Cursor, name: str, table: str, upto: int,

@@ -25,11 +25,22 @@ from flowledger.projections.base import Cursor, Projection
 def fold_into(log: EventLog, c: Cursor, projections: Sequence[Projection], position: int,
               batch: int = 2000) -> None:
     """Fold the log's events up to `position` into these projections' (empty) tables."""
-    with log.reading() as read:  # one consistent snapshot of the log
-        for rows in stored_after(log.flow_recorder, read, 0, position, batch):
+    fold_each(log, c, [(p, position) for p in projections], batch)
+
+
+def fold_each(log: EventLog, c: Cursor, folds: Sequence[tuple[Projection, int]],
+              batch: int = 2000) -> None:
+    """Fold the log into each projection's (empty) tables up to its own position,
+    reading and decoding the log once for all of them (`verify`: each up to
+    where its tracking row says)."""
+    last = max((upto for _, upto in folds), default=0)
+    with log.reading() as read:  # positions up to `last` are settled: any snapshot
+        for rows in stored_after(log.flow_recorder, read, 0, last, batch):
             events = [(log.mapper.to_domain_event(stored), pos) for pos, stored in rows]
-            for p in projections:
-                p.apply_batch(c, events)
+            for p, upto in folds:
+                if events[0][1] <= upto:
+                    p.apply_batch(c, events if events[-1][1] <= upto
+                                  else [e for e in events if e[1] <= upto])
 
 
 class FoldedOnDemand:

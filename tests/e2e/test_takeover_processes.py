@@ -44,16 +44,25 @@ STALE_HOLDER = textwrap.dedent("""
 """)
 
 
-def test_a_stale_holder_is_fenced_and_never_mutates_after_a_takeover(tmp_path: Path,
-                                                                     store: str):
+def started_holder(tmp_path: Path, text: str, store: str, seconds: str, said: str
+                   ) -> tuple[subprocess.Popen[str], Path]:
+    """The holder script `text` running on `store` with a ledger file of its own,
+    once it printed `said` (where it is to be stopped); and that ledger's path."""
     ledger_path = tmp_path / "ledger.db"
     ExternalLedger(ledger_path)
-    script = tmp_path / "stale.py"
-    script.write_text(STALE_HOLDER)
+    script = tmp_path / "holder.py"
+    script.write_text(text)
     root = str(Path(__file__).resolve().parents[2])
-    stale = subprocess.Popen([sys.executable, str(script), store, str(ledger_path), root, "4"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert stale.stdout is not None and stale.stdout.readline().strip() == "reading"
+    holder = subprocess.Popen([sys.executable, str(script), store, str(ledger_path), root,
+                               seconds], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == said
+    return holder, ledger_path
+
+
+def test_a_stale_holder_is_fenced_and_never_mutates_after_a_takeover(tmp_path: Path,
+                                                                     store: str):
+    stale, ledger_path = started_holder(tmp_path, STALE_HOLDER, store, "4", "reading")
     # Frozen (a stopped process, a paused machine): its heartbeat stops too, so its
     # lease (1 s) runs out while it is stuck in prepare. A live holder in a long
     # call keeps its lease (ADR 0019).
@@ -108,14 +117,7 @@ def test_a_call_frozen_past_its_lease_is_not_made_again_by_the_taker_over(
     lands once the holder goes on: "failed" then proved nothing, and the taker
     made the call a second time (a chaos trial). Now it looks again until the
     effect shows, or the maker is proven gone; the call is made once."""
-    ledger_path = tmp_path / "ledger.db"
-    ExternalLedger(ledger_path)
-    script = tmp_path / "frozen.py"
-    script.write_text(FROZEN_IN_CALL)
-    root = str(Path(__file__).resolve().parents[2])
-    holder = subprocess.Popen([sys.executable, str(script), store, str(ledger_path), root, "2"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "calling"
+    holder, ledger_path = started_holder(tmp_path, FROZEN_IN_CALL, store, "2", "calling")
     holder.send_signal(signal.SIGSTOP)
     time.sleep(1.5)  # its lease (1 s) runs out; its heartbeat is stopped with it
 
@@ -160,19 +162,11 @@ def test_a_frozen_maker_whose_connections_the_server_ended_is_still_waited_for(
     from tests import postgres
     from tests.store_contents import run_sql
 
-    ledger_path = tmp_path / "ledger.db"
-    ExternalLedger(ledger_path)
-    script = tmp_path / "frozen.py"
-    script.write_text(FROZEN_IN_CALL)
-    root = str(Path(__file__).resolve().parents[2])
     with postgres.fresh_schema() as store:
-        holder = subprocess.Popen(
-            [sys.executable, str(script), f"{store}&application_name=frozen-maker",
-             str(ledger_path), root, "2"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        holder, ledger_path = started_holder(
+            tmp_path, FROZEN_IN_CALL, f"{store}&application_name=frozen-maker", "2", "calling")
         engine = None
         try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "calling"
             holder.send_signal(signal.SIGSTOP)
             run_sql(store, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                            "WHERE application_name = 'frozen-maker'")

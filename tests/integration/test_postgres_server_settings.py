@@ -71,8 +71,7 @@ def test_a_statement_timeout_does_not_lose_a_calls_outcome(database: str,
     stopped, and the call's outcome was left to reconcile (or to a person)."""
     set_on(database, "statement_timeout", "200ms")
     url = url_of(database)
-    holder = psycopg.connect(postgres.URL.partition("?")[0].rsplit("/", 1)[0] + "/"
-                             + database, autocommit=False, options="-c statement_timeout=0")
+    holder = psycopg.connect(url, autocommit=False, options="-c statement_timeout=0")
 
     class Locking(ScriptedLedgerTool):
         @fl.mutator(reconcile="find_appended")
